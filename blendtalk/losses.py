@@ -1,0 +1,153 @@
+"""Training losses of the deformation fusion module (paper eqs. 9-12), as pure batched functions.
+
+Units. The rig's displacements are in metres (about 1e-3..1e-2), so every length is multiplied
+by `DFMLossConfig.scale` before a loss is taken: the default 100 works in centimetres; or set
+`scale = unit_scale(train_displacements)` so that predicting zero costs exactly 1 (unweighted).
+The DFM's weights are lengths too (each is the RMS displacement its unit-RMS blendshape
+contributes, see blendtalk.models.dfm), so the same scale applies to them and the lambdas below
+are relative to a unit-scale reconstruction loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DFMLossConfig:
+    """Weights of the DFM loss terms (eq. 10)."""
+
+    scale: float = 100.0  # lengths (d, d_hat, w) are multiplied by this: metres -> centimetres
+    lambda_sparse: float = 1e-2  # L1 on cross-domain weights; 0 = the "without L_sparse" ablation
+    lambda_lap: float = 1e-1  # uniform-Laplacian smoothness of outputs; 0 = the "without L_lap" ablation
+    lambda_reg: float = 1e-4  # L2 on outputs; it pulls towards zero, so keep it well below 1
+    lip_weight: float = 5.0  # m_v on lip vertices (1 elsewhere): lip sync is judged on the lips
+
+
+def _check_displacements(d: torch.Tensor, what: str) -> None:
+    if d.ndim < 2 or d.shape[-1] != 3:
+        raise ValueError(f"{what} must have shape (..., V, 3), got {tuple(d.shape)}")
+
+
+def vertex_weights(
+    num_vertices: int, lip_mask: torch.Tensor | None = None, lip_weight: float = 1.0
+) -> torch.Tensor:
+    """Per-vertex weights m_v (V,): 1 everywhere, `lip_weight` on vertices where lip_mask (V,) is True."""
+    m = torch.ones(num_vertices)
+    if lip_mask is not None:
+        lip_mask = torch.as_tensor(lip_mask, dtype=torch.bool)
+        if lip_mask.shape != (num_vertices,):
+            raise ValueError(f"lip_mask must have shape (V,) = ({num_vertices},), got {tuple(lip_mask.shape)}")
+        m[lip_mask] = float(lip_weight)
+    return m
+
+
+def unit_scale(d: torch.Tensor, vertex_weights: torch.Tensor | None = None) -> float:
+    """1 / weighted RMS vertex displacement of data d (..., V, 3): a `scale` under which L_rec(0, d) = 1."""
+    _check_displacements(d, "d")
+    sq = d.double().pow(2).sum(-1).reshape(-1, d.shape[-2]).mean(0)  # (V,) mean squared length
+    m = torch.ones_like(sq) if vertex_weights is None else vertex_weights.to(sq)
+    ms = float((m * sq).sum() / m.sum())
+    if ms <= 0:
+        raise ValueError("d is all zeros; unit_scale needs displacements that move")
+    return ms**-0.5
+
+
+def reconstruction_loss(
+    pred: torch.Tensor, target: torch.Tensor, vertex_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Weighted squared vertex error (eq. 11), a scalar.
+
+    pred, target: (..., V, 3). vertex_weights m: (V,) or None (all ones). Returns the mean over
+    the leading dims of sum_v m_v ||pred_v - target_v||^2 / sum_v m_v: dividing by sum_v m_v makes
+    it a weighted mean per vertex, so a unit-length error everywhere costs 1 whatever V and m are.
+    """
+    _check_displacements(pred, "pred")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    sq = (pred - target).pow(2).sum(-1)  # (..., V)
+    if vertex_weights is None:
+        return sq.mean()
+    if vertex_weights.shape != (pred.shape[-2],):
+        raise ValueError(f"vertex_weights must have shape (V,) = ({pred.shape[-2]},), got {tuple(vertex_weights.shape)}")
+    m = vertex_weights.to(sq)
+    return (sq * m).sum(-1).mean() / m.sum()
+
+
+def sparsity_loss(w_s: torch.Tensor, w_e: torch.Tensor, num_blendshapes: int) -> torch.Tensor:
+    """L1 on the cross-domain halves (eq. 9), a scalar.
+
+    w_s: (..., 2K) weights of speech inputs [w_s^s | w_e^s]; w_e: (..., 2K) weights of expression
+    inputs [w_s^e | w_e^e]. Returns mean |w_e^s| + mean |w_s^e| (each mean over its batch and K,
+    so the two domains count equally whatever their batch sizes).
+    """
+    k = num_blendshapes
+    for w, what in ((w_s, "w_s"), (w_e, "w_e")):
+        if w.ndim == 0 or w.shape[-1] != 2 * k:
+            raise ValueError(f"{what} must have shape (..., 2K) = (..., {2 * k}), got {tuple(w.shape)}")
+    return w_s[..., k:].abs().mean() + w_e[..., :k].abs().mean()
+
+
+def laplacian_loss(pred: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
+    """Uniform-Laplacian smoothness (eq. 12), a scalar.
+
+    pred: (..., V, 3). laplacian L = I - D^-1 A: (V, V) sparse or dense. (L d)_i = d_i - mean of
+    its neighbours. Returns the mean over leading dims and vertices of ||(L d)_i||^2 (per vertex,
+    like the reconstruction loss).
+    """
+    _check_displacements(pred, "pred")
+    v = pred.shape[-2]
+    if tuple(laplacian.shape) != (v, v):
+        raise ValueError(f"laplacian must have shape (V, V) = ({v}, {v}), got {tuple(laplacian.shape)}")
+    x = pred.reshape(-1, v, 3).permute(1, 0, 2).reshape(v, -1)  # (V, B*3)
+    laplacian = laplacian.to(device=x.device, dtype=x.dtype)
+    lx = torch.sparse.mm(laplacian, x) if laplacian.is_sparse else laplacian @ x  # (V, B*3)
+    return lx.pow(2).sum() / (x.shape[1] // 3 * v)
+
+
+def l2_loss(pred: torch.Tensor) -> torch.Tensor:
+    """L2 regulariser on output deformations: mean over leading dims and vertices of ||d_v||^2.
+
+    pred: (..., V, 3). Returns a scalar.
+    """
+    _check_displacements(pred, "pred")
+    return pred.pow(2).sum(-1).mean()
+
+
+def dfm_loss(
+    outputs: dict[str, torch.Tensor],
+    d_s: torch.Tensor,
+    d_e: torch.Tensor,
+    config: DFMLossConfig,
+    vertex_weights: torch.Tensor | None = None,
+    laplacian: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total DFM loss (eq. 10) = L_rec + lambda_sparse L_sparse + lambda_lap L_lap + lambda_reg L_reg.
+
+    outputs: the DFM's forward dict (w_s (B, 2K), w_e (B', 2K), rec_s (B, V, 3), rec_e (B', V, 3)).
+    d_s (B, V, 3), d_e (B', V, 3): the targets in the rig's unit. vertex_weights m (V,) or None.
+    laplacian (V, V) or None (then L_lap is skipped; required when lambda_lap > 0).
+    L_rec sums the two domains' reconstruction losses. Terms with a zero lambda are not computed,
+    so a zero really drops them. Returns (total, parts) with parts as floats for logging.
+    """
+    s = config.scale
+    rec_s = reconstruction_loss(s * outputs["rec_s"], s * d_s, vertex_weights)
+    rec_e = reconstruction_loss(s * outputs["rec_e"], s * d_e, vertex_weights)
+    total = rec_s + rec_e
+    parts = {"rec_s": rec_s, "rec_e": rec_e}
+    if config.lambda_sparse:
+        k = outputs["w_s"].shape[-1] // 2
+        parts["sparse"] = sparsity_loss(s * outputs["w_s"], s * outputs["w_e"], k)
+        total = total + config.lambda_sparse * parts["sparse"]
+    if config.lambda_lap:
+        if laplacian is None:
+            raise ValueError("lambda_lap > 0 needs the mesh's (V, V) laplacian (blendtalk.geometry.uniform_laplacian)")
+        parts["lap"] = laplacian_loss(s * outputs["rec_s"], laplacian) + laplacian_loss(s * outputs["rec_e"], laplacian)
+        total = total + config.lambda_lap * parts["lap"]
+    if config.lambda_reg:
+        parts["reg"] = l2_loss(s * outputs["rec_s"]) + l2_loss(s * outputs["rec_e"])
+        total = total + config.lambda_reg * parts["reg"]
+    parts["total"] = total
+    return total, {k: float(v.detach()) for k, v in parts.items()}

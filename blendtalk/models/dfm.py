@@ -1,0 +1,330 @@
+"""Deformation fusion module (DFM): disentangled speech and expression blendshapes (paper eqs. 3-13).
+
+A speech deformation d_s and an expression deformation d_e (per-vertex displacements from the
+neutral face, (..., V, 3)) are each encoded to 2K blendshape weights by their own encoder, on the
+square geometric map G(d) (3, N, N) or, for the ablation, on the flat (V*3) vector:
+
+    w^s = E_s(G(d_s)) = [w_s^s | w_e^s]        w^e = E_e(G(d_e)) = [w_s^e | w_e^e]
+
+One linear decoder with no bias, whose weight matrix is the blendshapes [B_s | B_e] (V*3, 2K),
+reconstructs both. The cross-domain halves w_e^s, w_s^e absorb each domain's secondary
+deformations in training; inference (eq. 13) drops them:  d = B_s w_s^s + B_e (intensity * w_e^e).
+
+Two choices beyond the paper text, both because a linear blendshape model needs them:
+* The encoders are positively homogeneous: E(c d) = c E(d) for c > 0, and E(0) = 0. InstanceNorm
+  after the first convolution removes each sample's overall amplitude, so a plain CNN gives a 10%
+  and a 100% jaw opening the same weights; we encode d / rms(d) and multiply the weights by rms(d).
+* The blendshape columns are normalised to unit RMS (`normalize_blendshapes`). Otherwise the L1
+  sparsity loss is cheated by scaling B_e up and all expression weights down by the same factor.
+  The weights then carry the amplitude: w_k is the RMS displacement (in the input's length unit,
+  over all V*3 entries) that blendshape k contributes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "blendtalk-dfm"
+AMPLITUDE_FLOOR = 1e-9  # input length unit (metres on the rig): a displacement this small counts as zero
+MIN_MAP_SIZE = 2  # pixels: the last block's output side; InstanceNorm needs more than one pixel
+
+
+@dataclass
+class DFMConfig:
+    """Architecture of the deformation fusion module; saved as config.json next to the weights."""
+
+    num_vertices: int  # V of the topology the module is trained on; the map matrix must have V columns
+    num_blendshapes: int = 32  # K per domain; the DESIGN tuning notes found 16-64 works, larger K absorbs leaks
+    map_size: int = 128  # N of the (3, N, N) geometry map; six stride-2 blocks take 128 to 2x2
+    channels: tuple[int, ...] = (32, 64, 128, 256, 256, 256)  # per conv block; ~16 MB of weights at V=5023, K=32 (paper: 17.9 MB)
+    kernel_size: int = 3  # 3 or 4; with padding 1 and stride 2 both halve an even side exactly
+    use_geometric_map: bool = True  # False = the "without geometric mapping" ablation: MLPs on the flat V*3 vector
+    mlp_hidden: tuple[int, ...] = (256, 256)  # hidden widths of the flat (ablation) encoders
+    normalize_blendshapes: bool = True  # unit-RMS columns, so the L1 sparsity cannot be met by rescaling B
+    init_scale: float = 1e-2  # std of the initial blendshape entries (only matters when not normalised)
+    chunk_size: int = 512  # frames per encoder call, so long sequences use bounded memory
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)  # JSON round trip gives lists
+        self.mlp_hidden = tuple(int(c) for c in self.mlp_hidden)
+        if self.num_vertices < 1 or self.num_blendshapes < 1 or self.chunk_size < 1:
+            raise ValueError(
+                f"num_vertices, num_blendshapes and chunk_size must be positive, got "
+                f"{self.num_vertices}, {self.num_blendshapes}, {self.chunk_size}"
+            )
+        if self.use_geometric_map:
+            if len(self.channels) == 0:
+                raise ValueError("channels must name at least one conv block")
+            if self.kernel_size not in (3, 4):
+                raise ValueError(f"kernel_size must be 3 or 4, got {self.kernel_size}")
+            n = self.map_size
+            if n < 2 * MIN_MAP_SIZE or n & (n - 1):
+                raise ValueError(f"map_size must be a power of two >= {2 * MIN_MAP_SIZE}, got {n}")
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Per-block strides: stride 2 except leading stride-1 blocks that keep the last map >= 2x2."""
+        max_down = int(math.log2(self.map_size // MIN_MAP_SIZE))
+        n_down = min(len(self.channels), max_down)
+        return (1,) * (len(self.channels) - n_down) + (2,) * n_down
+
+    @property
+    def final_map_size(self) -> int:
+        return self.map_size // 2 ** sum(s == 2 for s in self.strides)
+
+
+def _conv_encoder(config: DFMConfig) -> nn.Sequential:
+    """(B, 3, N, N) -> (B, 2K): blocks of Conv2d -> InstanceNorm2d -> ReLU, then flatten -> Linear."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for c_out, stride in zip(config.channels, config.strides):
+        # No conv bias: InstanceNorm subtracts each channel's mean, which would cancel it.
+        # Stride 2 with padding 1 halves an even side for kernel 3 or 4; stride-1 blocks keep it.
+        padding = 1 if stride == 2 else "same"
+        layers += [
+            nn.Conv2d(c_in, c_out, config.kernel_size, stride=stride, padding=padding, bias=False),
+            nn.InstanceNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
+        c_in = c_out
+    side = config.final_map_size
+    layers += [nn.Flatten(), nn.Linear(c_in * side * side, 2 * config.num_blendshapes)]
+    return nn.Sequential(*layers)
+
+
+def _mlp_encoder(config: DFMConfig) -> nn.Sequential:
+    """(B, V*3) -> (B, 2K): Linear -> LayerNorm -> ReLU blocks (LayerNorm plays InstanceNorm's role)."""
+    layers: list[nn.Module] = []
+    d_in = 3 * config.num_vertices
+    for d_out in config.mlp_hidden:
+        layers += [nn.Linear(d_in, d_out), nn.LayerNorm(d_out), nn.ReLU(inplace=True)]
+        d_in = d_out
+    layers.append(nn.Linear(d_in, 2 * config.num_blendshapes))
+    return nn.Sequential(*layers)
+
+
+def _as_sparse_map(map_matrix: torch.Tensor, config: DFMConfig) -> torch.Tensor:
+    expected = (config.map_size**2, config.num_vertices)
+    if map_matrix.ndim != 2 or tuple(map_matrix.shape) != expected:
+        raise ValueError(
+            f"map matrix must have shape (N*N, V) = {expected} for map_size N={config.map_size} and "
+            f"V={config.num_vertices} vertices, got {tuple(map_matrix.shape)}"
+        )
+    m = map_matrix.detach().float()
+    m = m.to_sparse_coo() if m.layout != torch.sparse_coo else m  # dense (N*N, V) would be ~300 MB at V=5023
+    return m.coalesce()
+
+
+class DeformationFusionModule(nn.Module):
+    """Two encoders and a shared linear blendshape decoder; see the module docstring.
+
+    map_matrix: (N*N, V) dense or sparse COO, the geometric map G (pixels x vertices). It is derived
+    from the rig, not learned, so it is a non-persistent buffer: pass it again when loading. Not
+    needed (may be None) when `config.use_geometric_map` is False.
+    """
+
+    def __init__(self, config: DFMConfig, map_matrix: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config
+        if config.use_geometric_map:
+            if map_matrix is None:
+                raise ValueError("use_geometric_map=True needs a (N*N, V) map_matrix (blendtalk.geometry.square_map)")
+            self.register_buffer("map_matrix", _as_sparse_map(map_matrix, config), persistent=False)
+            self.speech_encoder = _conv_encoder(config)
+            self.expression_encoder = _conv_encoder(config)
+        else:
+            self.map_matrix = None
+            self.speech_encoder = _mlp_encoder(config)
+            self.expression_encoder = _mlp_encoder(config)
+        k2, v3 = 2 * config.num_blendshapes, 3 * config.num_vertices
+        # [B_s | B_e] (V*3, 2K), vertex-major rows (v*3 + xyz); no bias: a neutral face decodes to zero.
+        self.blendshape_weight = nn.Parameter(torch.randn(v3, k2) * config.init_scale)
+
+    # ---- layout of the 2K weights: [speech | expression], defined here once ----
+    @property
+    def num_blendshapes(self) -> int:
+        return self.config.num_blendshapes
+
+    def split(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., 2K) -> (speech half (..., K), expression half (..., K))."""
+        self._check_last(w, 2 * self.num_blendshapes, "blendshape weights")
+        k = self.num_blendshapes
+        return w[..., :k], w[..., k:]
+
+    def join(self, w_speech: torch.Tensor, w_expression: torch.Tensor) -> torch.Tensor:
+        """(..., K), (..., K) -> (..., 2K), the inverse of `split`."""
+        self._check_last(w_speech, self.num_blendshapes, "speech weights")
+        self._check_last(w_expression, self.num_blendshapes, "expression weights")
+        return torch.cat(torch.broadcast_tensors(w_speech, w_expression), dim=-1)
+
+    # ---- blendshapes ----
+    @property
+    def blendshapes(self) -> torch.Tensor:
+        """[B_s | B_e] (V*3, 2K) as used by the decoder (column-normalised when configured)."""
+        b = self.blendshape_weight
+        if self.config.normalize_blendshapes:
+            b = b / b.pow(2).mean(dim=0, keepdim=True).add(1e-24).sqrt()
+        return b
+
+    @property
+    def speech_blendshapes(self) -> torch.Tensor:
+        """B_s as (K, V, 3)."""
+        return self.blendshapes[:, : self.num_blendshapes].T.reshape(self.num_blendshapes, -1, 3)
+
+    @property
+    def expression_blendshapes(self) -> torch.Tensor:
+        """B_e as (K, V, 3)."""
+        return self.blendshapes[:, self.num_blendshapes :].T.reshape(self.num_blendshapes, -1, 3)
+
+    # ---- encoders and decoder ----
+    def geometry_map(self, d: torch.Tensor) -> torch.Tensor:
+        """G: displacements (B, V, 3) -> geometry displacement maps (B, 3, N, N) (eq. 1)."""
+        b, v, _ = d.shape
+        n = self.config.map_size
+        x = d.permute(1, 0, 2).reshape(v, b * 3)  # (V, B*3)
+        img = torch.sparse.mm(self.map_matrix, x)  # (N*N, B*3)
+        return img.reshape(n, n, b, 3).permute(2, 3, 0, 1)  # (B, 3, N, N)
+
+    def encode_speech(self, d: torch.Tensor) -> torch.Tensor:
+        """w^s = E_s(G(d)): speech displacements (..., V, 3) -> weights (..., 2K) = [w_s^s | w_e^s]."""
+        return self._encode(self.speech_encoder, d)
+
+    def encode_expression(self, d: torch.Tensor) -> torch.Tensor:
+        """w^e = E_e(G(d)): expression displacements (..., V, 3) -> weights (..., 2K) = [w_s^e | w_e^e]."""
+        return self._encode(self.expression_encoder, d)
+
+    def decode(self, w: torch.Tensor) -> torch.Tensor:
+        """[B_s | B_e] w: weights (..., 2K) -> displacements (..., V, 3)."""
+        self._check_last(w, 2 * self.num_blendshapes, "blendshape weights")
+        out = nn.functional.linear(w, self.blendshapes)  # (..., V*3)
+        return out.reshape(*w.shape[:-1], self.config.num_vertices, 3)
+
+    def forward(self, d_s: torch.Tensor, d_e: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training pass on a speech batch and an expression batch (sizes may differ).
+
+        d_s: (B, V, 3), d_e: (B', V, 3) displacements. Returns w_s (B, 2K), w_e (B', 2K) and the
+        reconstructions rec_s (B, V, 3), rec_e (B', V, 3). Losses are in blendtalk.losses.
+        """
+        w_s = self.encode_speech(d_s)
+        w_e = self.encode_expression(d_e)
+        return {"w_s": w_s, "w_e": w_e, "rec_s": self.decode(w_s), "rec_e": self.decode(w_e)}
+
+    # ---- inference (eq. 13) ----
+    def fuse(
+        self, d_s: torch.Tensor, d_e: torch.Tensor, intensity: float | torch.Tensor = 1.0
+    ) -> torch.Tensor:
+        """Fused deformation B_s w_s^s + B_e (intensity * w_e^e); cross-domain halves dropped.
+
+        d_s, d_e: (..., V, 3) with equal (or broadcastable) leading dims, e.g. (T, V, 3) or
+        (B, T, V, 3). intensity: a float or a tensor broadcastable to the leading dims (...), e.g.
+        a per-frame ramp (T,). Returns (..., V, 3).
+        """
+        w_speech, _ = self.split(self.encode_speech(d_s))
+        _, w_expr = self.split(self.encode_expression(d_e))
+        return self.fuse_weights(w_speech, w_expr, intensity)
+
+    def fuse_weights(
+        self, w_speech_own: torch.Tensor, w_expr_own: torch.Tensor, intensity: float | torch.Tensor = 1.0
+    ) -> torch.Tensor:
+        """B_s w_speech_own + B_e (intensity * w_expr_own): (..., K), (..., K) -> (..., V, 3).
+
+        For callers that already hold weights (mixed emotions, curves edited by hand).
+        """
+        if isinstance(intensity, torch.Tensor):
+            intensity = intensity.to(w_expr_own)[..., None]  # (...,) -> (..., 1)
+        return self.decode(self.join(w_speech_own, intensity * w_expr_own))
+
+    # ---- checkpoints: a folder with config.json + model.safetensors ----
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write config.json, model.safetensors (the map matrix is not saved) and a short README.md."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": MODEL_TYPE, **asdict(self.config)}
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt", "model_type": MODEL_TYPE})
+        c = self.config
+        (folder / "README.md").write_text(
+            f"# blendtalk deformation fusion module\n\nV={c.num_vertices} vertices, K={c.num_blendshapes} "
+            f"blendshapes per domain, {'geometric map N=' + str(c.map_size) if c.use_geometric_map else 'flat MLP encoders'}.\n"
+            "Load with `blendtalk.models.dfm.DeformationFusionModule.from_pretrained(folder, map_matrix)`.\n"
+        )
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, map_matrix: torch.Tensor | None = None, device: str | torch.device | None = None
+    ) -> DeformationFusionModule:
+        """Load a folder written by `save_pretrained`, strictly (every tensor, every shape)."""
+        folder = Path(folder)
+        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"DFM checkpoint file missing: {path} (a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raw = json.loads(config_path.read_text())
+        if raw.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
+            raise ValueError(f"{config_path} is not a {MODEL_TYPE} config")
+        known = {f.name for f in fields(DFMConfig)}
+        if unknown := sorted(set(raw) - known):
+            raise ValueError(f"{config_path} has unknown fields {unknown}; this blendtalk knows {sorted(known)}")
+        config = DFMConfig(**raw)
+        if map_matrix is not None and config.use_geometric_map and map_matrix.shape[-1] != config.num_vertices:
+            raise ValueError(
+                f"checkpoint {folder} was trained for V={config.num_vertices} vertices but the map matrix has "
+                f"V={map_matrix.shape[-1]} columns; use the rig/topology the checkpoint was trained on"
+            )
+        model = cls(config, map_matrix)
+        state = load_file(weights_path)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{weights_path} does not match {config_path}: {err}") from None
+        return model.to(device) if device is not None else model
+
+    # ---- helpers ----
+    def _encode(self, encoder: nn.Module, d: torch.Tensor) -> torch.Tensor:
+        v = self.config.num_vertices
+        if d.ndim < 2 or tuple(d.shape[-2:]) != (v, 3):
+            raise ValueError(f"displacements must have shape (..., V={v}, 3), got {tuple(d.shape)}")
+        lead = d.shape[:-2]
+        flat = d.reshape(-1, v, 3)  # (B, V, 3)
+        if flat.shape[0] == 0:
+            return flat.new_zeros(*lead, 2 * self.num_blendshapes)
+        chunks = [self._encode_chunk(encoder, c) for c in flat.split(self.config.chunk_size)]
+        return torch.cat(chunks).reshape(*lead, 2 * self.num_blendshapes)  # (..., 2K)
+
+    def _encode_chunk(self, encoder: nn.Module, d: torch.Tensor) -> torch.Tensor:
+        # Positive homogeneity (module docstring): encode the unit-RMS shape, scale by the amplitude.
+        # vector_norm has a zero (not NaN) gradient at d = 0, and a neutral frame gives w = 0 exactly.
+        amp = torch.linalg.vector_norm(d, dim=(1, 2)) / math.sqrt(d.shape[1] * 3)  # (B,) RMS
+        x = d / amp.clamp_min(AMPLITUDE_FLOOR)[:, None, None]  # (B, V, 3)
+        x = self.geometry_map(x) if self.config.use_geometric_map else x.reshape(len(x), -1)
+        return encoder(x) * amp[:, None]  # (B, 2K)
+
+    @staticmethod
+    def _check_last(t: torch.Tensor, size: int, what: str) -> None:
+        if t.ndim == 0 or t.shape[-1] != size:
+            raise ValueError(f"{what} must have shape (..., {size}), got {tuple(t.shape)}")
+
+
+def interpolate_inputs(
+    d_s: torch.Tensor, d_e: torch.Tensor, intensity: float | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """The "interpolation of inputs" baseline (eq. 6): d_s + intensity * d_e, (..., V, 3) each.
+
+    intensity: a float or a tensor broadcastable to the leading dims (...).
+    """
+    if d_s.shape[-1] != 3 or d_e.shape[-1] != 3 or d_s.shape[-2] != d_e.shape[-2]:
+        raise ValueError(f"d_s and d_e must be (..., V, 3) on one topology, got {tuple(d_s.shape)} and {tuple(d_e.shape)}")
+    if isinstance(intensity, torch.Tensor):
+        intensity = intensity.to(d_e)[..., None, None]  # (...,) -> (..., 1, 1)
+    return d_s + intensity * d_e
