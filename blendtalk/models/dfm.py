@@ -89,7 +89,10 @@ def _conv_encoder(config: DFMConfig) -> nn.Sequential:
     for c_out, stride in zip(config.channels, config.strides):
         # No conv bias: InstanceNorm subtracts each channel's mean, which would cancel it.
         # Stride 2 with padding 1 halves an even side for kernel 3 or 4; stride-1 blocks keep it.
-        padding = 1 if stride == 2 else "same"
+        padding = 1
+        if stride == 1 and config.kernel_size == 4:  # an even kernel needs asymmetric "same" padding
+            layers.append(nn.ZeroPad2d((1, 2, 1, 2)))
+            padding = 0
         layers += [
             nn.Conv2d(c_in, c_out, config.kernel_size, stride=stride, padding=padding, bias=False),
             nn.InstanceNorm2d(c_out),

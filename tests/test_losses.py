@@ -1,0 +1,121 @@
+import pytest
+import torch
+
+from blendtalk.losses import (
+    DFMLossConfig,
+    dfm_loss,
+    l2_loss,
+    laplacian_loss,
+    reconstruction_loss,
+    sparsity_loss,
+    unit_scale,
+    vertex_weights,
+)
+
+V, K = 6, 3
+
+
+def ring_laplacian(v: int = V) -> torch.Tensor:
+    """L = I - D^-1 A of a cycle graph (every vertex has two neighbours), dense (V, V)."""
+    a = torch.zeros(v, v)
+    idx = torch.arange(v)
+    a[idx, (idx + 1) % v] = a[(idx + 1) % v, idx] = 1
+    return torch.eye(v) - a / a.sum(1, keepdim=True)
+
+
+def test_reconstruction_loss_is_unit_scale_and_weighted():
+    target = torch.nn.functional.normalize(torch.randn(4, V, 3), dim=-1)  # unit-length displacements
+    pred = torch.zeros_like(target)
+    torch.testing.assert_close(reconstruction_loss(pred, target), torch.tensor(1.0))
+    m = vertex_weights(V, torch.arange(V) < 2, lip_weight=5.0)
+    torch.testing.assert_close(reconstruction_loss(pred, target, m), torch.tensor(1.0))
+    torch.testing.assert_close(reconstruction_loss(pred, target, 10 * m), torch.tensor(1.0))
+    err = torch.zeros(V, 3)
+    err[0, 0] = 1.0  # a unit error on one lip vertex only
+    torch.testing.assert_close(reconstruction_loss(err, torch.zeros(V, 3), m), 5.0 / m.sum())
+    with pytest.raises(ValueError, match="same shape"):
+        reconstruction_loss(pred, target[:2])
+    with pytest.raises(ValueError, match=r"\(V,\) = \(6,\)"):
+        reconstruction_loss(pred, target, torch.ones(5))
+
+
+def test_vertex_weights_and_unit_scale():
+    m = vertex_weights(V, torch.tensor([True, False, False, False, False, True]), lip_weight=3.0)
+    assert m.tolist() == [3, 1, 1, 1, 1, 3]
+    with pytest.raises(ValueError, match="lip_mask"):
+        vertex_weights(V, torch.ones(5, dtype=torch.bool))
+    d = torch.randn(10, V, 3) * 1e-3
+    s = unit_scale(d, m)
+    torch.testing.assert_close(reconstruction_loss(torch.zeros_like(d), s * d, m), torch.tensor(1.0))
+
+
+def test_sparsity_loss_sees_only_cross_domain_halves():
+    w_s, w_e = torch.randn(4, 2 * K), torch.randn(5, 2 * K)
+    expected = w_s[:, K:].abs().mean() + w_e[:, :K].abs().mean()
+    torch.testing.assert_close(sparsity_loss(w_s, w_e, K), expected)
+    w_s2, w_e2 = w_s.clone(), w_e.clone()
+    w_s2[:, :K] = 100.0  # own-domain halves are free
+    w_e2[:, K:] = -100.0
+    torch.testing.assert_close(sparsity_loss(w_s2, w_e2, K), expected)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
+        sparsity_loss(w_s[:, :5], w_e, K)
+
+
+def test_laplacian_loss():
+    lap = ring_laplacian()
+    const = torch.ones(2, V, 3)  # a rigid translation is perfectly smooth
+    assert laplacian_loss(const, lap) < 1e-12
+    spike = torch.zeros(V, 3)
+    spike[0, 1] = 1.0
+    # (L d)_0 = 1, both neighbours get -1/2: (1 + 1/4 + 1/4) / V
+    torch.testing.assert_close(laplacian_loss(spike, lap), torch.tensor(1.5 / V))
+    d = torch.randn(3, 4, V, 3)
+    torch.testing.assert_close(laplacian_loss(d, lap.to_sparse()), laplacian_loss(d, lap))
+    with pytest.raises(ValueError, match=r"\(V, V\) = \(6, 6\)"):
+        laplacian_loss(d, torch.eye(5))
+
+
+def test_l2_loss():
+    d = torch.zeros(2, V, 3)
+    d[:, 0] = torch.tensor([3.0, 4.0, 0.0])
+    torch.testing.assert_close(l2_loss(d), torch.tensor(25.0 / V))
+
+
+def fake_outputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    out = {
+        "w_s": torch.randn(4, 2 * K, generator=g) * 1e-2,
+        "w_e": torch.randn(4, 2 * K, generator=g) * 1e-2,
+        "rec_s": torch.randn(4, V, 3, generator=g) * 1e-2,
+        "rec_e": torch.randn(4, V, 3, generator=g) * 1e-2,
+    }
+    return {k: v.requires_grad_() for k, v in out.items()}
+
+
+def test_dfm_loss_sparsity_weight_changes_total_and_gradient():
+    d_s, d_e = torch.randn(4, V, 3) * 1e-2, torch.randn(4, V, 3) * 1e-2
+    m, lap = vertex_weights(V), ring_laplacian()
+    grads, totals = {}, {}
+    for lam in (0.0, 0.1):
+        out = fake_outputs()
+        total, parts = dfm_loss(out, d_s, d_e, DFMLossConfig(lambda_sparse=lam), m, lap)
+        total.backward()
+        grads[lam], totals[lam] = out["w_s"].grad, parts
+    assert "sparse" not in totals[0.0]  # a zero lambda really drops the term
+    assert grads[0.0] is None  # nothing else depends on the weights
+    assert grads[0.1][:, :K].abs().max() == 0 and grads[0.1][:, K:].abs().min() > 0
+    assert totals[0.1]["total"] == pytest.approx(totals[0.0]["total"] + 0.1 * totals[0.1]["sparse"], rel=1e-5)
+
+
+def test_dfm_loss_parts_and_scale():
+    out = fake_outputs()
+    d_s, d_e = torch.randn(4, V, 3) * 1e-2, torch.randn(4, V, 3) * 1e-2
+    config = DFMLossConfig(scale=100.0, lambda_lap=0.5, lambda_reg=1e-3)
+    _, parts = dfm_loss(out, d_s, d_e, config, None, ring_laplacian())
+    assert set(parts) == {"rec_s", "rec_e", "sparse", "lap", "reg", "total"}
+    expected_rec = float(reconstruction_loss(100 * out["rec_s"].detach(), 100 * d_s))
+    assert parts["rec_s"] == pytest.approx(expected_rec, rel=1e-5)
+    expected = parts["rec_s"] + parts["rec_e"] + 1e-2 * parts["sparse"] + 0.5 * parts["lap"] + 1e-3 * parts["reg"]
+    assert parts["total"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="laplacian"):
+        dfm_loss(out, d_s, d_e, config)
