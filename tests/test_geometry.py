@@ -1,0 +1,253 @@
+import numpy as np
+import pytest
+import torch
+
+import blendtalk.geometry as geometry
+from blendtalk.geometry import (
+    SquareMap,
+    laplacian_apply,
+    load_square_map,
+    square_map,
+    uniform_laplacian,
+    vertex_normals,
+)
+from blendtalk.rig import load_rig
+
+
+@pytest.fixture(scope="module")
+def rig():
+    return load_rig()
+
+
+@pytest.fixture(scope="module")
+def smap(rig):
+    return square_map(rig.vertices, rig.triangles, rig.mask("face_crop"), rig.mirror, 128)
+
+
+def smooth_field(vertices: np.ndarray) -> torch.Tensor:
+    """A low-frequency displacement (V, 3) of the vertex positions, in metres."""
+    v = torch.as_tensor(vertices, dtype=torch.float64)
+    x, y = v[:, 0], v[:, 1]
+    return 0.01 * torch.stack(
+        [torch.sin(30 * y + 1) * torch.cos(20 * x), torch.cos(25 * x + 0.3 * torch.sin(40 * y)), torch.sin(20 * x + 15 * y)], -1
+    )
+
+
+def mirrored(field: torch.Tensor, mirror: np.ndarray) -> torch.Tensor:
+    """The mirror image of a displacement field: partner's displacement with x negated."""
+    return field[..., torch.as_tensor(mirror), :] * torch.tensor([-1.0, 1.0, 1.0], dtype=field.dtype)
+
+
+def grid_mesh(half: int = 6, holes=((2, 2), (-3, 2), (-1, -3), (0, -3))):
+    """A flat symmetric grid on x in [-half, half] with quads removed (and their mirror images).
+
+    Returns vertices (V, 3), triangles (F, 3), mirror (V,). Diagonals are mirrored so the
+    connectivity is exactly symmetric. `holes` are (i, j) lower-left quad corners.
+    """
+    xs = np.arange(-half, half + 1)
+    ys = np.arange(0, 2 * half + 1)
+    gx, gy = np.meshgrid(xs, ys, indexing="xy")
+    vid = np.arange(gx.size).reshape(gx.shape)  # [row j, column i]
+    verts = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], 1).astype(np.float64)
+    removed = set()
+    for i, j in holes:
+        removed |= {(i, j), (-i - 1, j)}
+    tris = []
+    for j in range(len(ys) - 1):
+        for i in range(len(xs) - 1):
+            if (xs[i], ys[j]) in removed:
+                continue
+            a, b, c, d = vid[j, i], vid[j, i + 1], vid[j + 1, i + 1], vid[j + 1, i]
+            tris += [[a, b, c], [a, c, d]] if xs[i] >= 0 else [[a, b, d], [b, c, d]]
+    mirror = vid[:, ::-1].ravel()
+    return verts, np.asarray(tris), mirror
+
+
+# --- Laplacian --------------------------------------------------------------------------------------
+
+
+def test_laplacian_constant_and_linear():
+    verts, tris, _ = grid_mesh(holes=())
+    lap = uniform_laplacian(len(verts), tris)
+    assert lap.shape == (len(verts), len(verts)) and lap.is_sparse
+    const = torch.full((2, len(verts), 3), 0.7)
+    assert laplacian_apply(lap, const).abs().max() < 1e-6
+    linear = torch.as_tensor(verts @ np.array([[0.3, -1.0, 2.0], [1.5, 0.2, -0.4], [0, 0, 0]]), dtype=torch.float32)
+    out = laplacian_apply(lap, linear)
+    x, y = verts[:, 0], verts[:, 1]
+    # Away from the border and the mid-line column (where the mirrored diagonals meet) every
+    # vertex has 6 neighbours whose mean is the vertex itself.
+    inside = torch.as_tensor((np.abs(x) < x.max()) & (x != 0) & (y > 0) & (y < y.max()))
+    assert out[inside].abs().max() < 1e-5
+    assert out[~inside].abs().max() > 0.1  # on the border it is not: the test could fail
+
+
+def test_laplacian_on_rig_smooth_field_is_small(rig):
+    lap = uniform_laplacian(rig.num_vertices, rig.triangles)
+    d = smooth_field(rig.vertices).float()
+    rows = torch.sparse.sum(lap, dim=1).to_dense()
+    assert rows.abs().max() < 1e-5  # L @ 1 = 0
+    assert laplacian_apply(lap, d).norm() < 0.05 * d.norm()
+
+
+# --- square map on the rig --------------------------------------------------------------------------
+
+
+def test_map_layout(rig, smap):
+    n, v = smap.size, rig.num_vertices
+    assert smap.indices.shape == (n * n, 3) and smap.indices.dtype == np.int64
+    assert smap.weights.shape == (n * n, 3) and smap.weights.dtype == np.float32
+    assert smap.mask.shape == (n, n) and smap.uv.shape == (v, 2)
+    crop = rig.mask("face_crop")
+    assert np.isnan(smap.uv[~crop]).all() and np.isfinite(smap.uv[crop]).all()
+    assert smap.uv[crop].min() >= 0 and smap.uv[crop].max() <= 1
+    assert smap.coverage >= 0.6
+    assert smap.num_flipped == 0
+    assert smap.symmetry_error < 1e-9
+
+
+def test_barycentric_weights(smap):
+    w = smap.weights[smap.mask.ravel()]
+    assert (w >= 0).all()
+    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-6)
+    assert (smap.weights[~smap.mask.ravel()] == 0).all()
+    assert set(np.unique(smap.indices[smap.mask.ravel()])) <= set(np.flatnonzero(smap.crop))
+
+
+def test_face_is_upright_and_symmetric(rig, smap):
+    dominant = smap.indices[np.arange(len(smap.indices)), smap.weights.argmax(1)].reshape(smap.size, smap.size)
+    rows = np.arange(smap.size)[:, None].repeat(smap.size, 1)
+    cols = rows.T
+    lips = rig.mask("lips")[dominant] & smap.mask
+    eyes = rig.mask("eyes")[dominant] & smap.mask
+    assert rows[lips].mean() > rows[eyes].mean() + 0.2 * smap.size  # row 0 is the forehead
+    assert abs(cols[lips].mean() - (smap.size - 1) / 2) < 1
+    assert (smap.mask == smap.mask[:, ::-1]).all()
+    # the face's left (+x) is on the image's right
+    left = rig.vertices[:, 0][dominant] > 0.01
+    assert cols[left & smap.mask].min() >= smap.size // 2
+
+
+def test_mirrored_fields_give_flipped_maps(rig, smap):
+    d = smooth_field(rig.vertices) + 0.003 * torch.randn(rig.num_vertices, 3, generator=torch.Generator().manual_seed(0))
+    img = smap.apply(d)
+    img_m = smap.apply(mirrored(d, rig.mirror))
+    expected = img.flip(-1) * torch.tensor([-1.0, 1.0, 1.0], dtype=d.dtype)[:, None, None]
+    torch.testing.assert_close(img_m, expected, rtol=0, atol=1e-12)
+    assert not torch.allclose(img, img.flip(-1), atol=1e-4)  # the random field is not symmetric itself
+
+
+@pytest.mark.parametrize("size, tolerance", [(64, 0.02), (128, 0.01)])
+def test_map_unmap_round_trip(rig, size, tolerance):
+    sm = square_map(rig.vertices, rig.triangles, rig.mask("face_crop"), rig.mirror, size)
+    d = smooth_field(rig.vertices)
+    back = sm.unmap(sm.apply(d))
+    crop = torch.as_tensor(sm.crop)
+    rel = (back[crop] - d[crop]).norm() / d[crop].norm()
+    assert rel < tolerance  # measured: 0.6 % at N=64, 0.25 % at N=128 (brief: < 5 % at N=128)
+    assert (back[~crop] == 0).all()
+
+
+def test_batched_apply_matches_per_frame(rig, smap):
+    d = torch.randn(2, 3, rig.num_vertices, 3, generator=torch.Generator().manual_seed(1))
+    out = smap.apply(d)
+    assert out.shape == (2, 3, 3, smap.size, smap.size)
+    for b in range(2):
+        for t in range(3):
+            torch.testing.assert_close(out[b, t], smap.apply(d[b, t]))
+    assert (out[..., ~torch.as_tensor(smap.mask)] == 0).all()
+    back = smap.unmap(out)
+    assert back.shape == d.shape
+    torch.testing.assert_close(back[1, 2], smap.unmap(out[1, 2]))
+
+
+def test_apply_is_differentiable(rig, smap):
+    d = torch.zeros(4, rig.num_vertices, 3, requires_grad=True)
+    smap.apply(d).square().sum().backward()
+    assert d.grad is not None and d.grad.shape == d.shape
+    m = smap.matrix()
+    assert m.shape == (smap.size**2, rig.num_vertices) and m.is_sparse
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_apply_on_cuda(rig, smap):
+    d = torch.randn(2, rig.num_vertices, 3)
+    out = smap.apply(d.cuda())
+    torch.testing.assert_close(out.cpu(), smap.apply(d), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(smap.unmap(out).cpu(), smap.unmap(smap.apply(d)), atol=1e-4, rtol=1e-4)
+
+
+# --- square map on a synthetic mesh -----------------------------------------------------------------
+
+
+def test_synthetic_grid_with_holes():
+    verts, tris, mirror = grid_mesh()
+    crop = np.ones(len(verts), bool)
+    sm = square_map(verts, tris, crop, mirror, 32)
+    assert sm.num_flipped == 0 and sm.symmetry_error < 1e-12
+    assert 0.6 < sm.coverage < 1.0  # holes are not covered
+    w = sm.weights[sm.mask.ravel()]
+    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-6)
+    assert (sm.mask == sm.mask[:, ::-1]).all()
+
+
+# --- cache ------------------------------------------------------------------------------------------
+
+
+def test_cache_hit_returns_identical_arrays(rig, tmp_path, monkeypatch):
+    first = load_square_map(rig, 32, cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("cache miss: square_map was called again")
+
+    monkeypatch.setattr(geometry, "square_map", fail)
+    monkeypatch.setenv(geometry.CACHE_ENV, str(tmp_path))
+    second = load_square_map(rig, 32)  # folder from the environment variable
+    assert isinstance(second, SquareMap)
+    for name in ("indices", "weights", "mask", "uv", "mirror", "triangles"):
+        a, b = getattr(first, name), getattr(second, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), name
+    assert (second.size, second.num_vertices, second.num_flipped) == (first.size, first.num_vertices, first.num_flipped)
+    with pytest.raises(AssertionError, match="cache miss"):
+        load_square_map(rig, 48, cache_dir=tmp_path)  # a different N is a different key
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise(rig, smap):
+    v, f, crop, mir = rig.vertices, rig.triangles, rig.mask("face_crop"), rig.mirror
+    with pytest.raises(ValueError, match=r"vertices must have shape \(V, 3\)"):
+        square_map(v[:, :2], f, crop, mir, 64)
+    bad = v.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        square_map(bad, f, crop, mir, 64)
+    with pytest.raises(ValueError, match="triangle indices"):
+        square_map(v, f + len(v), crop, mir, 64)
+    with pytest.raises(ValueError, match="crop_mask"):
+        square_map(v, f, crop[:-1], mir, 64)
+    with pytest.raises(ValueError, match="involution"):
+        square_map(v, f, crop, np.roll(mir, 1), 64)
+    for size in (8, 1024, 64.0, True):
+        with pytest.raises(ValueError, match="size N"):
+            square_map(v, f, crop, mir, size)
+    with pytest.raises(ValueError, match="size N"):
+        load_square_map(rig, 4)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 4278, 3\)"):
+        smap.apply(torch.zeros(2, 100, 3))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3, 128, 128\)"):
+        smap.unmap(torch.zeros(2, 3, 64, 64))
+    lap = uniform_laplacian(len(v), f)
+    with pytest.raises(ValueError, match="x must have shape"):
+        laplacian_apply(lap, torch.zeros(10, 3))
+    with pytest.raises(ValueError, match="triangles must be integer"):
+        uniform_laplacian(len(v), f.astype(float))
+
+
+def test_vertex_normals_still_work(rig):
+    n = vertex_normals(torch.as_tensor(rig.vertices), torch.as_tensor(rig.triangles))
+    crop = torch.as_tensor(rig.mask("face_crop"))
+    assert n[crop, 2].mean() > 0.7  # the face crop faces +z
