@@ -189,6 +189,8 @@ def _symmetric_embedding(pos, tri, mirror, outer_arc, outer_uv) -> np.ndarray:
     n = len(pos)
     is_mid = mirror == np.arange(n)
     rep = np.where(is_mid | (pos[:, 0] > 0), np.arange(n), mirror)
+    if (rep[rep] != rep).any():
+        raise ValueError("mirror partners must lie on opposite sides of x = 0 (or be the vertex itself on it)")
     sign = np.where(rep == np.arange(n), 1.0, -1.0)
     lap = sp.eye(n) - _mean_value_weights(pos, tri)
     pinned = np.zeros(n, bool)
