@@ -1,0 +1,354 @@
+"""The emotion library: FACS/EMFACS prototypes on ARKit units, intensity, mixing, dynamics, blinks, timelines.
+
+Each emotion is a set of FACS action units (EMFACS prototypes, `EMOTION_AUS`); each action unit maps
+to ARKit blendshapes (`AU_TO_ARKIT`). Everything returns ARKit weights in the rig's column order
+(`ARKIT_NAMES`, the order of `rig.blendshape_names`; pass `names=rig.blendshape_names` for another
+rig); vertices come from `rig(weights)`. Frame f is at time f / fps seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from .constants import FPS
+
+EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised", "fearful", "disgusted", "contempt")
+ALIASES = {"happiness": "happy", "sadness": "sad", "anger": "angry", "surprise": "surprised",
+           "fear": "fearful", "disgust": "disgusted"}
+MAX_INTENSITY = 1.5  # above 1 exaggerates; weights are clipped to [0, 1] per unit
+BLINK_RATE = 17.0  # blinks per minute, a typical resting rate
+
+# The 52 ARKit units in the default rig's column order (rig.blendshape_names).
+ARKIT_NAMES = (
+    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff",
+    "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft",
+    "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight",
+    "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight",
+    "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight",
+    "mouthFrownLeft", "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft",
+    "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight",
+    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft",
+    "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+    "noseSneerLeft", "noseSneerRight", "tongueOut",
+)
+
+# FACS action unit -> ARKit units (weight per unit of AU intensity). "{side}" expands to Left and
+# Right for a bilateral AU, to one side for a unilateral one ("L12"/"R12" in EMOTION_AUS; Left/Right
+# are the face's own sides, as in ARKit); midline units get half weight in a unilateral AU.
+AU_TO_ARKIT: dict[int, dict[str, float]] = {
+    1: {"browInnerUp": 1.0},                                     # inner brow raiser
+    2: {"browOuterUp{side}": 1.0},                               # outer brow raiser
+    4: {"browDown{side}": 1.0},                                  # brow lowerer
+    5: {"eyeWide{side}": 1.0},                                   # upper lid raiser
+    6: {"cheekSquint{side}": 1.0, "eyeSquint{side}": 0.2},       # cheek raiser (narrows the eye from below)
+    7: {"eyeSquint{side}": 1.0},                                 # lid tightener
+    9: {"noseSneer{side}": 1.0, "mouthUpperUp{side}": 0.2},      # nose wrinkler (drags the upper lip up)
+    10: {"mouthUpperUp{side}": 1.0},                             # upper lip raiser
+    12: {"mouthSmile{side}": 1.0},                               # lip corner puller
+    14: {"mouthDimple{side}": 1.0},                              # dimpler
+    15: {"mouthFrown{side}": 1.0},                               # lip corner depressor
+    16: {"mouthLowerDown{side}": 1.0},                           # lower lip depressor
+    17: {"mouthShrugLower": 1.0},                                # chin raiser
+    18: {"mouthPucker": 1.0},                                    # lip pucker
+    20: {"mouthStretch{side}": 1.0},                             # lip stretcher
+    22: {"mouthFunnel": 1.0},                                    # lip funneler
+    23: {"mouthPress{side}": 1.0, "mouthRollLower": 0.2, "mouthRollUpper": 0.2},  # lip tightener
+    24: {"mouthPress{side}": 1.0},                               # lip pressor
+    25: {"mouthLowerDown{side}": 0.3, "mouthUpperUp{side}": 0.2},  # lips part (without the jaw)
+    26: {"jawOpen": 1.0},                                        # jaw drop
+    43: {"eyeBlink{side}": 1.0},                                 # eyes closed
+}
+
+# EMFACS prototypes: AU -> intensity in [0, 1] ("AU12" bilateral, "R12"/"L12" one side). Jaw and
+# lip-parting AUs stay small so that speech added on top can still be read.
+EMOTION_AUS: dict[str, dict[str, float]] = {
+    "neutral": {},
+    "happy": {"AU6": 0.6, "AU12": 0.8, "AU25": 0.15},                      # Duchenne smile
+    "sad": {"AU1": 0.8, "AU4": 0.45, "AU15": 0.7, "AU17": 0.3},
+    "angry": {"AU4": 0.9, "AU5": 0.35, "AU7": 0.6, "AU23": 0.6},
+    "surprised": {"AU1": 0.85, "AU2": 0.85, "AU5": 0.45, "AU26": 0.2},    # AU5B: slight lid raise
+    "fearful": {"AU1": 0.75, "AU2": 0.5, "AU4": 0.4, "AU5": 0.7, "AU7": 0.3, "AU20": 0.6, "AU26": 0.12},
+    "disgusted": {"AU9": 0.8, "AU10": 0.3, "AU15": 0.4, "AU16": 0.3},     # EMFACS 9+15+16 with the AU10 variant
+    "contempt": {"R12": 0.5, "R14": 0.7},                                  # unilateral
+}
+
+_AU_KEY = re.compile(r"^(AU|L|R)(\d+)$")
+_TOKEN = re.compile(r"^([A-Za-z_]+)@([^:@]+)(?::([^:@]+))?$")
+
+
+def check_emotion(name: str) -> str:
+    """Canonical emotion name (case-insensitive, common aliases); unknown names raise a ValueError."""
+    key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in EMOTIONS:
+        raise ValueError(f"unknown emotion {name!r}; valid emotions: {', '.join(EMOTIONS)}")
+    return key
+
+
+def check_intensity(intensity: float, what: str = "intensity") -> float:
+    """A finite intensity in [0, MAX_INTENSITY]; anything else raises a ValueError."""
+    value = float(intensity)
+    if not (math.isfinite(value) and 0.0 <= value <= MAX_INTENSITY):
+        raise ValueError(f"{what} must be a finite number in [0, {MAX_INTENSITY}], got {intensity!r}")
+    return value
+
+
+def _column(names: Sequence[str], unit: str) -> int:
+    try:
+        return list(names).index(unit)
+    except ValueError:
+        raise ValueError(f"blendshape {unit!r} is not among the {len(names)} names given") from None
+
+
+def au_weights(aus: dict[str, float], names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
+    """ARKit weights (K,) of a set of action units {"AU12": 0.8, "R14": 0.5, ...}, unclipped."""
+    w = np.zeros(len(names), dtype=np.float32)
+    for key, amount in aus.items():
+        match = _AU_KEY.match(key)
+        if match is None or int(match[2]) not in AU_TO_ARKIT:
+            raise ValueError(f"unknown action unit {key!r}; use AU<n>, L<n> or R<n> with n in {sorted(AU_TO_ARKIT)}")
+        sides = ("Left", "Right") if match[1] == "AU" else ({"L": "Left", "R": "Right"}[match[1]],)
+        for unit, gain in AU_TO_ARKIT[int(match[2])].items():
+            if "{side}" in unit:
+                for side in sides:
+                    w[_column(names, unit.format(side=side))] += amount * gain
+            else:
+                w[_column(names, unit)] += amount * gain * (1.0 if len(sides) == 2 else 0.5)
+    return w
+
+
+def emotion_weights(emotion: str, intensity: float = 1.0, names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
+    """Apex ARKit weights (K,) float32 in [0, 1] of an emotion at `intensity` in [0, 1.5]."""
+    emotion, intensity = check_emotion(emotion), check_intensity(intensity)
+    return np.clip(au_weights(EMOTION_AUS[emotion], names) * intensity, 0.0, 1.0)
+
+
+def mix(emotion_a: str, emotion_b: str, ratio: float, intensity: float = 1.0,
+        names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
+    """A blend (K,) of two emotions: ratio 0 gives emotion_a, 1 gives emotion_b."""
+    ratio = float(ratio)
+    if not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
+        raise ValueError(f"ratio must be a finite number in [0, 1], got {ratio!r}")
+    a = emotion_weights(emotion_a, intensity, names)
+    b = emotion_weights(emotion_b, intensity, names)
+    return ((1.0 - ratio) * a + ratio * b).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class SubjectStyle:
+    """How one subject performs expressions: per-unit gains (K,), left/right asymmetry, tempo."""
+
+    gains: np.ndarray  # (K,) multiplies each unit: people use their muscles differently
+    asymmetry: float = 0.0  # left units x (1 + a), right units x (1 - a)
+    tempo: float = 1.0  # multiplies onset/offset durations (slow or quick expressers)
+
+    def __post_init__(self):
+        if self.gains.ndim != 1 or not np.isfinite(self.gains).all() or (self.gains < 0).any():
+            raise ValueError(f"SubjectStyle.gains must be finite non-negative (K,), got shape {self.gains.shape}")
+        if not (math.isfinite(self.asymmetry) and abs(self.asymmetry) < 1.0):
+            raise ValueError(f"SubjectStyle.asymmetry must be in (-1, 1), got {self.asymmetry}")
+        if not (math.isfinite(self.tempo) and self.tempo > 0):
+            raise ValueError(f"SubjectStyle.tempo must be positive, got {self.tempo}")
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, variation: float = 0.2, num_units: int = len(ARKIT_NAMES)) -> "SubjectStyle":
+        """A random subject; `variation` ~ the relative spread of gains (0 gives the neutral subject)."""
+        if not (math.isfinite(variation) and 0.0 <= variation <= 1.0):
+            raise ValueError(f"variation must be in [0, 1], got {variation}")
+        gains = np.clip(rng.lognormal(0.0, variation, num_units), 0.5, 1.6).astype(np.float32)
+        return cls(gains, float(rng.uniform(-0.5, 0.5) * variation), float(np.exp(rng.normal(0.0, variation))))
+
+    @classmethod
+    def random(cls, seed: int, variation: float = 0.2, num_units: int = len(ARKIT_NAMES)) -> "SubjectStyle":
+        """`sample` from a seeded generator."""
+        return cls.sample(np.random.default_rng(seed), variation, num_units)
+
+    def apply(self, weights: np.ndarray, names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
+        """Styled weights (..., K) -> (..., K), clipped to [0, 1]."""
+        if weights.shape[-1] != len(self.gains) or len(names) != len(self.gains):
+            raise ValueError(f"weights (..., {len(self.gains)}) expected for this subject, got {weights.shape}")
+        side = np.array([1.0 + self.asymmetry if n.endswith("Left") else 1.0 - self.asymmetry if n.endswith("Right")
+                         else 1.0 for n in names], dtype=np.float32)
+        return np.clip(weights * self.gains * side, 0.0, 1.0).astype(np.float32)
+
+
+def _ease(x: np.ndarray) -> np.ndarray:
+    """Raised-cosine ease from 0 (x <= 0) to 1 (x >= 1)."""
+    return 0.5 - 0.5 * np.cos(np.pi * np.clip(x, 0.0, 1.0))
+
+
+def envelope(num_frames: int, onset: float, apex: float | None, offset: float, start: float = 0.0,
+             fps: float = FPS) -> np.ndarray:
+    """Onset-apex-offset envelope (T,) in [0, 1]: 0 before `start`, raised-cosine rise over `onset` s,
+    1 for `apex` s, raised-cosine fall over `offset` s. apex=None holds until the offset ends on the last frame.
+    """
+    _check_frames(num_frames)
+    for name, value in (("onset", onset), ("offset", offset), ("start", start)) + ((("apex", apex),) if apex is not None else ()):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    t = np.arange(num_frames) / fps
+    if apex is None:
+        apex = max(0.0, (num_frames - 1) / fps - start - onset - offset)
+    rise = _ease((t - start) / onset) if onset > 0 else (t >= start).astype(np.float64)
+    fall_start = start + onset + apex
+    fall = 1.0 - (_ease((t - fall_start) / offset) if offset > 0 else (t > fall_start).astype(np.float64))
+    return np.minimum(rise, fall)
+
+
+def blinks(num_frames: int, seed: int | np.random.Generator | None = None, rate_per_min: float = BLINK_RATE,
+           fps: float = FPS, names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
+    """Natural blinks as ARKit weights (T, K): only eyeBlinkLeft/Right are non-zero.
+
+    Intervals are a 0.5 s refractory time plus an exponential wait (mean 60/rate s); each blink
+    closes in 50-80 ms, stays shut 15-40 ms and reopens in 90-140 ms (155-260 ms in all).
+    """
+    _check_frames(num_frames)
+    if not (math.isfinite(rate_per_min) and 0.0 <= rate_per_min <= 60.0):
+        raise ValueError(f"rate_per_min must be in [0, 60], got {rate_per_min!r}")
+    rng = np.random.default_rng(seed)
+    t = np.arange(num_frames) / fps
+    curve = np.zeros(num_frames)
+    duration = t[-1] + 1.0 / fps
+    if rate_per_min > 0:
+        refractory = 0.5
+        mean_wait = max(60.0 / rate_per_min - refractory, 0.05)
+        when = float(rng.uniform(0.0, 60.0 / rate_per_min))
+        while when < duration:
+            close, hold, reopen = rng.uniform(0.05, 0.08), rng.uniform(0.015, 0.04), rng.uniform(0.09, 0.14)
+            depth = rng.uniform(0.85, 1.0)
+            shape = np.minimum(_ease((t - when) / close), 1.0 - _ease((t - when - close - hold) / reopen))
+            curve = np.maximum(curve, depth * shape)
+            when += close + hold + reopen + refractory + float(rng.exponential(mean_wait))
+    w = np.zeros((num_frames, len(names)), dtype=np.float32)
+    for unit in ("eyeBlinkLeft", "eyeBlinkRight"):
+        w[:, _column(names, unit)] = curve
+    return w
+
+
+def add_blinks(weights: np.ndarray, blink_weights: np.ndarray, names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
+    """Expression (T, K) with blinks (T, K) on top: the lids close over any widening or squint."""
+    if weights.shape != blink_weights.shape:
+        raise ValueError(f"weights {weights.shape} and blink weights {blink_weights.shape} must match")
+    out = weights.copy()
+    for side in ("Left", "Right"):
+        b = blink_weights[:, _column(names, f"eyeBlink{side}")]
+        k = _column(names, f"eyeBlink{side}")
+        out[:, k] = np.maximum(out[:, k], b)
+        for unit in (f"eyeWide{side}", f"eyeSquint{side}"):
+            out[:, _column(names, unit)] *= 1.0 - b
+    return out
+
+
+def emotion_curve(
+    emotion: str, num_frames: int, intensity: float = 1.0, onset: float = 0.4, apex: float | None = None,
+    offset: float = 0.4, start: float = 0.0, seed: int | np.random.Generator | None = None,
+    variation: float = 0.0, subject: SubjectStyle | None = None, blink_rate: float = 0.0,
+    fps: float = FPS, names: Sequence[str] = ARKIT_NAMES,
+) -> np.ndarray:
+    """One expression over time: (T, K) float32 in [0, 1].
+
+    Envelope as in `envelope` (onset/offset scaled by the subject's tempo). The subject is `subject`,
+    else one sampled from `seed` with `variation` (0 = the prototype itself). blink_rate > 0 adds
+    blinks (per minute) drawn from the same seed.
+    """
+    rng = np.random.default_rng(seed)
+    if not (math.isfinite(variation) and 0.0 <= variation <= 1.0):
+        raise ValueError(f"variation must be in [0, 1], got {variation!r}")
+    if subject is None and variation > 0:
+        subject = SubjectStyle.sample(rng, variation, len(names))
+    apex_w = emotion_weights(emotion, intensity, names)  # (K,)
+    tempo = subject.tempo if subject is not None else 1.0
+    env = envelope(num_frames, onset * tempo, apex, offset * tempo, start, fps)  # (T,)
+    if subject is not None:
+        apex_w = subject.apply(apex_w, names)
+    w = (env[:, None] * apex_w[None, :]).astype(np.float32)  # (T, K)
+    if blink_rate != 0:  # blinks() rejects negative rates
+        w = add_blinks(w, blinks(num_frames, rng, blink_rate, fps, names), names)
+    return w
+
+
+class Keyframe(NamedTuple):
+    """One timeline entry: `emotion` from `start` seconds, at `intensity` (relative to the global one)."""
+
+    emotion: str
+    start: float
+    intensity: float = 1.0
+
+
+def parse_timeline(text: str) -> list[Keyframe]:
+    """Parse "neutral@0 happy@1.5:0.8, sad@4.0" (NAME@SECONDS[:INTENSITY], spaces or commas between)."""
+    tokens = [tok for tok in re.split(r"[\s,;]+", str(text).strip()) if tok]
+    if not tokens:
+        raise ValueError("empty emotion timeline; expected e.g. 'neutral@0 happy@1.5 sad@4.0:0.7'")
+    keys = []
+    for i, tok in enumerate(tokens):
+        match = _TOKEN.match(tok)
+        if match is None:
+            raise ValueError(f"bad timeline token {tok!r} (#{i + 1}); expected NAME@SECONDS or "
+                             f"NAME@SECONDS:INTENSITY, e.g. 'happy@1.5:0.8'")
+        try:
+            start = float(match[2])
+            intensity = float(match[3]) if match[3] is not None else 1.0
+        except ValueError:
+            raise ValueError(f"bad number in timeline token {tok!r} (#{i + 1}); expected e.g. 'happy@1.5:0.8'") from None
+        keys.append(Keyframe(match[1], start, intensity))
+    return check_timeline(keys)
+
+
+def check_timeline(keys: Sequence[Keyframe | tuple]) -> list[Keyframe]:
+    """Validated keyframes from (emotion, start[, intensity]) tuples: known emotions, finite
+    non-negative strictly increasing starts, intensities in [0, 1.5]."""
+    out: list[Keyframe] = []
+    for i, key in enumerate(keys):
+        if not isinstance(key, tuple) or len(key) not in (2, 3):
+            raise ValueError(f"timeline entry #{i + 1} {key!r} must be (emotion, start[, intensity])")
+        key = Keyframe(*key)
+        start = float(key.start)
+        if not (math.isfinite(start) and start >= 0):
+            raise ValueError(f"timeline entry #{i + 1} {key.emotion}@{key.start}: start must be finite and >= 0 s")
+        if out and start <= out[-1].start:
+            raise ValueError(f"timeline times must increase: {key.emotion}@{start} comes after "
+                             f"{out[-1].emotion}@{out[-1].start}")
+        out.append(Keyframe(check_emotion(key.emotion), start,
+                            check_intensity(key.intensity, f"intensity of timeline entry #{i + 1}")))
+    if not out:
+        raise ValueError("empty emotion timeline; expected at least one (emotion, start) entry")
+    return out
+
+
+def timeline_weights(
+    timeline: str | Sequence[Keyframe | tuple], num_frames: int, intensity: float = 1.0, transition: float = 0.4,
+    subject: SubjectStyle | None = None, fps: float = FPS, names: Sequence[str] = ARKIT_NAMES,
+) -> np.ndarray:
+    """Expression weights (T, K) following a timeline: neutral before the first entry, then each entry
+    eases (raised cosine over `transition` s) from wherever the face is to its emotion at
+    intensity x entry intensity (the product must stay <= 1.5)."""
+    _check_frames(num_frames)
+    keys = parse_timeline(timeline) if isinstance(timeline, str) else check_timeline(timeline)
+    intensity = check_intensity(intensity)
+    if not (math.isfinite(transition) and transition >= 0):
+        raise ValueError(f"transition must be a finite number of seconds >= 0, got {transition!r}")
+    t = np.arange(num_frames) / fps
+    w = np.zeros((num_frames, len(names)))
+    state = np.zeros(len(names))  # the face at the current key's start
+    for i, key in enumerate(keys):
+        target = emotion_weights(key.emotion, check_intensity(intensity * key.intensity, "intensity x entry intensity"), names)
+        end = keys[i + 1].start if i + 1 < len(keys) else math.inf
+        progress = _ease((t - key.start) / transition) if transition > 0 else np.ones_like(t)
+        inside = (t >= key.start) & (t < end)
+        w[inside] = state + (target - state) * progress[inside, None]
+        if math.isfinite(end):  # where the next transition starts from
+            p = float(_ease(np.array((end - key.start) / transition))) if transition > 0 else 1.0
+            state = state + (target - state) * p
+    w = w.astype(np.float32)
+    return subject.apply(w, names) if subject is not None else w
+
+
+def _check_frames(num_frames: int) -> None:
+    if not (isinstance(num_frames, (int, np.integer)) and num_frames > 0):
+        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")

@@ -1,0 +1,181 @@
+import numpy as np
+import pytest
+
+from blendtalk.constants import FPS
+from blendtalk.emotions import (
+    ARKIT_NAMES, AU_TO_ARKIT, EMOTION_AUS, EMOTIONS, Keyframe, SubjectStyle, add_blinks, au_weights, blinks,
+    emotion_curve, emotion_weights, envelope, mix, parse_timeline, timeline_weights,
+)
+from blendtalk.rig import REGIONS, load_rig
+
+MM = 1e-3
+
+
+@pytest.fixture(scope="module")
+def rig():
+    return load_rig()
+
+
+def support(rig, *units, threshold=0.5 * MM):
+    """Vertices that any of `units` moves by more than `threshold`."""
+    return np.any([np.linalg.norm(rig.deltas[rig.index(u)], axis=-1) > threshold for u in units], axis=0)
+
+
+def test_names_and_tables_match_the_rig(rig):
+    assert rig.blendshape_names == ARKIT_NAMES
+    assert set(EMOTION_AUS) == set(EMOTIONS)
+    w = au_weights({f"AU{n}": 1.0 for n in AU_TO_ARKIT})  # every unit named in the table exists
+    assert w.shape == (52,) and w.min() >= 0 and (w > 0).sum() > 25
+    with pytest.raises(ValueError, match="unknown action unit"):
+        au_weights({"AU99": 1.0})
+
+
+def test_emotion_weights_validation():
+    assert not emotion_weights("neutral").any()
+    w = emotion_weights("happy", 0.5)
+    assert w.shape == (52,) and w.dtype == np.float32 and 0 <= w.min() and w.max() <= 1
+    np.testing.assert_allclose(w, 0.5 * emotion_weights("happy"), atol=1e-7)
+    np.testing.assert_array_equal(emotion_weights("Surprise"), emotion_weights("surprised"))
+    assert emotion_weights("angry", 1.5).max() <= 1
+    with pytest.raises(ValueError, match="valid emotions: neutral, happy, sad"):
+        emotion_weights("joyful")
+    for bad in (-0.1, 1.6, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="intensity"):
+            emotion_weights("happy", bad)
+
+
+def test_prototypes_move_the_face_as_their_action_units_say(rig):
+    v = rig.vertices
+    lips = rig.mask("lips")
+    corner = lips & (np.abs(v[:, 0]) > 0.8 * np.abs(v[lips, 0]).max())
+    brow_inner = support(rig, "browInnerUp") & (np.abs(v[:, 0]) < 0.02)
+    brow = support(rig, "browDownLeft", "browDownRight")
+    below_eyes = v[:, 1] < v[rig.mask("eyes"), 1].min()
+    nose_wings = support(rig, "noseSneerLeft", "noseSneerRight") & below_eyes & ~lips
+
+    def dy(emotion, mask):
+        return rig.displacement(emotion_weights(emotion))[mask, 1].mean()
+
+    assert dy("happy", corner) > 3 * MM  # AU12 raises the mouth corners
+    assert dy("happy", support(rig, "cheekSquintLeft") & ~rig.mask("mouth")) > 0.5 * MM  # AU6 lifts the cheeks
+    assert dy("sad", corner) < -1 * MM and dy("sad", brow_inner) > 0  # AU15, AU1
+    assert dy("surprised", rig.mask("upper_face")) > 0.3 * MM  # AU1 + AU2 raise the brows
+    assert rig.lip_gap(rig(emotion_weights("surprised"))) > 2 * MM  # AU26
+    assert dy("fearful", brow_inner) > 0 and dy("fearful", corner) < 0  # AU1, AU20
+    assert dy("angry", brow) < -0.5 * MM  # AU4 lowers the brows
+    assert dy("disgusted", nose_wings) > 0.5 * MM  # AU9 pulls the sides of the nose up
+    right, left = corner & (v[:, 0] < 0), corner & (v[:, 0] > 0)  # +x is the face's left
+    assert dy("contempt", right) > dy("contempt", left) + 3 * MM  # unilateral AU12 + AU14
+    for emotion in EMOTIONS[1:]:
+        assert np.linalg.norm(rig.displacement(emotion_weights(emotion)), axis=-1).max() > 2 * MM, emotion
+
+
+def test_displacement_per_region_is_plausible(rig):
+    """Render-free check: mean/max displacement per region and emotion (run with -s to see the table)."""
+    print(f"\n{'emotion':10s} int " + " ".join(f"{r:>14s}" for r in REGIONS) + "   (mean/max mm)")
+    for emotion in EMOTIONS:
+        for intensity in (1.0, 1.5):
+            n = np.linalg.norm(rig.displacement(emotion_weights(emotion, intensity)), axis=-1) / MM  # (V,)
+            print(f"{emotion:10s} {intensity:.1f} " + " ".join(
+                f"{n[rig.mask(r)].mean():6.2f}/{n[rig.mask(r)].max():6.2f}" for r in REGIONS))
+            assert n.max() < 30, (emotion, intensity)  # nothing moves more than 3 cm
+            assert n[rig.mask("upper_face")].max() < 15
+            assert rig.lip_gap(rig(emotion_weights(emotion, intensity))) < 10 * MM  # speech stays readable
+
+
+def test_mix():
+    np.testing.assert_array_equal(mix("happy", "sad", 0.0), emotion_weights("happy"))
+    np.testing.assert_array_equal(mix("happy", "sad", 1.0, 0.7), emotion_weights("sad", 0.7))
+    np.testing.assert_allclose(mix("happy", "sad", 0.5), (emotion_weights("happy") + emotion_weights("sad")) / 2)
+    with pytest.raises(ValueError, match="ratio"):
+        mix("happy", "sad", 1.2)
+    with pytest.raises(ValueError, match="valid emotions"):
+        mix("happy", "bored", 0.5)
+
+
+def test_envelope_and_curve_reach_the_apex():
+    env = envelope(90, onset=0.5, apex=1.0, offset=0.5, start=0.2)
+    t = np.arange(90) / FPS
+    assert env[t < 0.2].max() == 0 and env[(t >= 0.7) & (t <= 1.7)].min() == pytest.approx(1.0)
+    assert env[-1] < 0.2 and np.abs(np.diff(env)).max() < 0.11  # raised cosine: <= pi/2 * dt/onset
+    w = emotion_curve("surprised", 90, intensity=0.8, onset=0.3, offset=0.3)
+    apex = emotion_weights("surprised", 0.8)
+    np.testing.assert_allclose(w.max(0), apex, atol=1e-6)
+    assert not w[0].any() and np.abs(w[-1]).max() < 1e-6  # neutral -> apex -> neutral
+    hold = emotion_curve("sad", 60, onset=0.2, offset=0.0)  # held to the end
+    np.testing.assert_allclose(hold[-1], emotion_weights("sad"), atol=1e-6)
+    with pytest.raises(ValueError, match="onset"):
+        envelope(10, onset=-1, apex=None, offset=0.1)
+
+
+def test_subject_variation():
+    a = emotion_curve("happy", 60, seed=3, variation=0.3)
+    np.testing.assert_array_equal(a, emotion_curve("happy", 60, seed=3, variation=0.3))
+    assert not np.allclose(a, emotion_curve("happy", 60, seed=4, variation=0.3))
+    assert not np.allclose(a, emotion_curve("happy", 60))
+    subject = SubjectStyle(np.ones(52, np.float32), asymmetry=0.2)
+    w = subject.apply(emotion_weights("happy"))
+    assert w[ARKIT_NAMES.index("mouthSmileLeft")] > w[ARKIT_NAMES.index("mouthSmileRight")]
+    with pytest.raises(ValueError, match="asymmetry"):
+        SubjectStyle(np.ones(52, np.float32), asymmetry=1.5)
+
+
+def test_blinks_close_the_eyes_briefly(rig):
+    num_frames = 60 * FPS
+    w = blinks(num_frames, seed=0, rate_per_min=17)
+    blink = w[:, ARKIT_NAMES.index("eyeBlinkLeft")]
+    np.testing.assert_array_equal(blink, w[:, ARKIT_NAMES.index("eyeBlinkRight")])
+    assert np.count_nonzero(w.any(0)) == 2
+    shut = blink > 0.05
+    starts = np.flatnonzero(shut[1:] & ~shut[:-1])
+    lengths = [np.argmin(shut[s + 1:]) for s in starts]
+    assert 8 <= len(starts) <= 30 and max(lengths) <= 9  # ~17/min, each under 300 ms
+    assert blink.max() > 0.85 and (blink > 0.5).mean() < 0.1
+    lid = rig.deltas[rig.index("eyeBlinkLeft"), :, 1]
+    upper, lower = lid < -1 * MM, (lid > 1 * MM) & rig.mask("eyes")
+
+    def aperture(vertices):  # left eye: upper-lid height over lower-lid height
+        return vertices[upper, 1].mean() - vertices[lower, 1].mean()
+
+    assert aperture(rig(w[np.argmax(blink)])) < 0.25 * aperture(rig.vertices)
+    assert not blinks(100, seed=0, rate_per_min=0).any()
+    # a blink closes the eyes even in surprise
+    curve = emotion_curve("surprised", num_frames, onset=0.1, offset=0.0, seed=0, blink_rate=17)
+    k = np.argmax(curve[:, ARKIT_NAMES.index("eyeBlinkLeft")])
+    assert curve[k, ARKIT_NAMES.index("eyeWideLeft")] < 0.2 * emotion_weights("surprised")[ARKIT_NAMES.index("eyeWideLeft")]
+    with pytest.raises(ValueError, match="must match"):
+        add_blinks(curve, w[:10])
+
+
+def test_parse_timeline():
+    assert parse_timeline("neutral@0 happy@1.5 sad@4.0") == [
+        Keyframe("neutral", 0.0), Keyframe("happy", 1.5), Keyframe("sad", 4.0)]
+    assert parse_timeline(" Happy@0.5:0.8,  fear@2 ") == [Keyframe("happy", 0.5, 0.8), Keyframe("fearful", 2.0)]
+    bad = {
+        "": "empty", "happy": "bad timeline token", "happy@": "bad timeline token", "happy@x": "bad number",
+        "@1": "bad timeline token", "happy@1:": "bad timeline token", "joy@1": "valid emotions",
+        "happy@-1": ">= 0", "happy@nan": "finite", "happy@1 sad@1": "must increase",
+        "happy@2 sad@1": "must increase", "happy@1:2": "intensity",
+    }
+    for text, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            parse_timeline(text)
+
+
+def test_timeline_weights():
+    w = timeline_weights("happy@0.5 sad@2.0:0.5", 120, intensity=1.0, transition=0.4)
+    t = np.arange(120) / FPS
+    assert not w[t < 0.5].any()
+    np.testing.assert_allclose(w[(t >= 0.9) & (t < 2.0)], np.broadcast_to(emotion_weights("happy"), (33, 52)), atol=1e-6)
+    np.testing.assert_allclose(w[-1], emotion_weights("sad", 0.5), atol=1e-6)
+    assert np.abs(np.diff(w, axis=0)).max() < 0.15  # smooth transitions
+    # keys closer than the transition still give a continuous curve
+    quick = timeline_weights([("happy", 0.0), ("angry", 0.1), ("sad", 0.2)], 30, transition=0.4)
+    assert np.abs(np.diff(quick, axis=0)).max() < 0.15
+    step = timeline_weights("happy@0 sad@0.5", 30, transition=0.0)
+    np.testing.assert_array_equal(step[14], emotion_weights("happy"))
+    np.testing.assert_array_equal(step[15], emotion_weights("sad"))
+    with pytest.raises(ValueError, match="intensity x entry"):
+        timeline_weights("happy@0:1.5", 10, intensity=1.2)
+    with pytest.raises(ValueError, match="transition"):
+        timeline_weights("happy@0", 10, transition=-1)
