@@ -89,6 +89,8 @@ VISEME_DECAY = {"PP": 1.5, "FF": 1.3, "CH": 0.7, "RR": 0.7, "O": 0.6, "U": 0.6}
 
 JAW_UNITS = ("jawOpen", "mouthClose")  # scaled together so closures stay closed
 ROUNDING_UNITS = ("mouthPucker", "mouthFunnel")
+CHUNK_FRAMES = 1024  # frames coarticulated at once (bounds memory on long inputs)
+DOMINANCE_REACH = 3.0  # s; beyond this a dominance is below exp(-0.6 * 20 * 3) ~ 2e-16 of its peak
 STRETCH_UNITS = ("mouthStretchLeft", "mouthStretchRight", "mouthSmileLeft", "mouthSmileRight")
 
 
@@ -182,9 +184,10 @@ def check_phones(phones: Sequence[Phone]) -> None:
         prev_start = p.start
 
 
-def _keys(phones: Sequence[Phone], offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Coarticulation keys (one per phone, two per diphthong): centres (N,), half-durations (N,), viseme ids (N,)."""
-    centres, halves, ids = [], [], []
+def _keys(phones: Sequence[Phone], offset: float) -> tuple[np.ndarray, ...]:
+    """Coarticulation keys (one per phone, two per diphthong): centres, half-durations, viseme ids,
+    dominance magnitudes and decay multipliers, each (N,)."""
+    centres, halves, ids, alpha = [], [], [], []
     for p in phones:
         start, dur = p.start + offset, p.end - p.start
         parts = [(viseme_of(p.symbol), 0.0, 1.0)]
@@ -194,7 +197,19 @@ def _keys(phones: Sequence[Phone], offset: float) -> tuple[np.ndarray, np.ndarra
             centres.append(start + dur * (a + b) / 2)
             halves.append(dur * (b - a) / 2)
             ids.append(VISEMES.index(vis))
-    return np.asarray(centres), np.asarray(halves), np.asarray(ids, dtype=np.int64)
+            alpha.append(PHONE_DOMINANCE.get(p.symbol, VISEME_DOMINANCE[vis]))
+    decay = [VISEME_DECAY.get(VISEMES[i], 1.0) for i in ids]
+    return (np.asarray(centres, dtype=np.float64), np.asarray(halves, dtype=np.float64),
+            np.asarray(ids, dtype=np.int64), np.asarray(alpha, dtype=np.float64), np.asarray(decay, dtype=np.float64))
+
+
+def _dominance_at(times: np.ndarray, keys: tuple[np.ndarray, ...], config: CoarticulationConfig) -> np.ndarray:
+    """(T,) times x N keys -> (T, N) dominance."""
+    centres, halves, _, alpha, decay = keys
+    tau = times[:, None] - centres[None, :]  # (T, N)
+    d = np.maximum(np.abs(tau) - config.plateau * halves[None, :], 0.0)
+    theta = np.where(tau < 0, config.theta_anticipation, config.theta_carryover) * decay[None, :]
+    return alpha[None, :] * np.exp(-theta * d**config.exponent)
 
 
 def dominance(
@@ -204,24 +219,25 @@ def dominance(
     """Cohen-Massaro dominance of every key at `times` (T,): returns (T, N) dominance and (N,) viseme ids.
 
     D(t) = alpha * exp(-theta * d^c), d = max(0, |t - centre| - plateau * half_duration),
-    theta = theta_anticipation before the centre and theta_carryover after it.
+    theta = theta_anticipation before the centre and theta_carryover after it (times VISEME_DECAY).
     """
-    centres, halves, ids = _keys(phones, offset)
-    alpha = np.array([VISEME_DOMINANCE[VISEMES[i]] for i in ids])
-    for n, p in enumerate(_expand_symbols(phones)):
-        alpha[n] = PHONE_DOMINANCE.get(p, alpha[n])
-    decay = np.array([VISEME_DECAY.get(VISEMES[i], 1.0) for i in ids])
-    tau = times[:, None] - centres[None, :]  # (T, N)
-    d = np.maximum(np.abs(tau) - config.plateau * halves[None, :], 0.0)
-    theta = np.where(tau < 0, config.theta_anticipation, config.theta_carryover) * decay[None, :]
-    return alpha[None, :] * np.exp(-theta * d**config.exponent), ids
+    keys = _keys(phones, offset)
+    return _dominance_at(np.asarray(times, dtype=np.float64), keys, config), keys[2]
 
 
-def _expand_symbols(phones: Sequence[Phone]) -> list[str]:
-    """Phone symbol of each key (diphthongs give two keys)."""
-    out = []
-    for p in phones:
-        out.extend([p.symbol] * (2 if p.symbol in DIPHTHONG_GLIDES else 1))
+def _coarticulate(times: np.ndarray, keys: tuple[np.ndarray, ...], targets: np.ndarray,
+                  config: CoarticulationConfig) -> np.ndarray:
+    """Dominance-weighted average of targets (14, K) at times (T,) -> (T, K), in chunks of frames so
+    that long inputs never build a full (T, N) matrix (keys further than DOMINANCE_REACH are negligible)."""
+    sil = VISEMES.index("sil")
+    out = np.empty((len(times), targets.shape[1]))
+    for lo in range(0, len(times), CHUNK_FRAMES):
+        t = times[lo:lo + CHUNK_FRAMES]
+        near = np.abs(keys[0] - (t[0] + t[-1]) / 2) <= (t[-1] - t[0]) / 2 + keys[1] + DOMINANCE_REACH
+        chunk = tuple(k[near] for k in keys)
+        dom = np.concatenate([_dominance_at(t, chunk, config), np.full((len(t), 1), config.rest_dominance)], 1)
+        ids = np.concatenate([chunk[2], [sil]])  # a faint silence everywhere
+        out[lo:lo + CHUNK_FRAMES] = (dom @ targets[ids]) / dom.sum(1, keepdims=True)  # (t, K)
     return out
 
 
@@ -277,7 +293,7 @@ def close_lips(weights: np.ndarray, rig: FaceRig, margin: float = 0.0) -> np.nda
     """The nearest closed-lip version of each frame: (T, K) -> (T, K), every lip-seam pair gap <= margin.
 
     mouthClose is raised to match jawOpen (ARKit's way of closing the lips with the jaw open), then
-    the remaining lip-opening units are scaled down by the smallest factor that closes every pair;
+    the remaining lip-opening units are scaled down only as far as needed to close every pair;
     if that is not enough (lips opened by jawOpen alone), mouthClose is raised further.
     """
     gaps = lip_seam_gaps(rig)  # (P, K)
@@ -311,14 +327,7 @@ def visemes_to_weights(
     style = style or SpeakerStyle()
     times = np.arange(num_frames) / fps
     targets = viseme_targets(rig, style).astype(np.float64)  # (14, K)
-    if len(phones):
-        dom, ids = dominance(phones, times, config, style.timing_offset)  # (T, N)
-    else:
-        dom, ids = np.zeros((num_frames, 0)), np.zeros(0, dtype=np.int64)
-    rest = np.full((num_frames, 1), config.rest_dominance)  # (T, 1) faint silence
-    dom = np.concatenate([dom, rest], 1)
-    ids = np.concatenate([ids, [VISEMES.index("sil")]])
-    w = (dom @ targets[ids]) / dom.sum(1, keepdims=True)  # (T, K)
+    w = _coarticulate(times, _keys(phones, style.timing_offset), targets, config)  # (T, K)
     if style.smoothing > 0:
         w = gaussian_filter1d(w, style.smoothing, axis=0, mode="nearest")
     w = np.clip(w, 0.0, 1.0)

@@ -171,3 +171,24 @@ def test_random_phone_stream():
     assert all(p.symbol in ARPABET for p in a)
     fast = random_phone_stream(5.0, np.random.default_rng(1), rate=2.0)
     assert len(fast) > len(a)
+
+
+def test_chunked_coarticulation_matches_one_pass(rig, monkeypatch):
+    import blendtalk.visemes as visemes
+
+    phones = random_phone_stream(12.0, np.random.default_rng(5))
+    whole = visemes_to_weights(phones, 360, rig)
+    monkeypatch.setattr(visemes, "CHUNK_FRAMES", 37)
+    np.testing.assert_allclose(visemes_to_weights(phones, 360, rig), whole, atol=1e-6)
+
+
+def test_close_lips_closes_any_pose(rig):
+    from blendtalk.visemes import close_lips, lip_seam_gaps
+
+    w = np.random.default_rng(0).uniform(0, 0.6, (200, 52))
+    closed = close_lips(w, rig)
+    assert (closed @ lip_seam_gaps(rig).T).max() <= 1e-9  # every lip-seam pair, not just the mean
+    assert rig.lip_gap(rig(closed.astype(np.float32))).max() < 1e-6
+    assert closed.min() >= 0 and closed.max() <= 1
+    jaw = rig.index("jawOpen")
+    np.testing.assert_array_equal(closed[:, jaw], w[:, jaw])  # the jaw may stay open behind closed lips
