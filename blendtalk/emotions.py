@@ -156,7 +156,8 @@ class SubjectStyle:
             raise ValueError(f"SubjectStyle.tempo must be positive, got {self.tempo}")
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, variation: float = 0.2, num_units: int = len(ARKIT_NAMES)) -> "SubjectStyle":
+    def sample(cls, rng: np.random.Generator, variation: float = 0.2,
+               num_units: int = len(ARKIT_NAMES)) -> "SubjectStyle":
         """A random subject; `variation` ~ the relative spread of gains (0 gives the neutral subject)."""
         if not (math.isfinite(variation) and 0.0 <= variation <= 1.0):
             raise ValueError(f"variation must be in [0, 1], got {variation}")
@@ -188,7 +189,8 @@ def envelope(num_frames: int, onset: float, apex: float | None, offset: float, s
     1 for `apex` s, raised-cosine fall over `offset` s. apex=None holds until the offset ends on the last frame.
     """
     _check_frames(num_frames)
-    for name, value in (("onset", onset), ("offset", offset), ("start", start)) + ((("apex", apex),) if apex is not None else ()):
+    named = {"onset": onset, "offset": offset, "start": start, "apex": 0.0 if apex is None else apex}
+    for name, value in named.items():
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
     t = np.arange(num_frames) / fps
@@ -295,7 +297,8 @@ def parse_timeline(text: str) -> list[Keyframe]:
             start = float(match[2])
             intensity = float(match[3]) if match[3] is not None else 1.0
         except ValueError:
-            raise ValueError(f"bad number in timeline token {tok!r} (#{i + 1}); expected e.g. 'happy@1.5:0.8'") from None
+            raise ValueError(f"bad number in timeline token {tok!r} (#{i + 1}); "
+                             f"expected e.g. 'happy@1.5:0.8'") from None
         keys.append(Keyframe(match[1], start, intensity))
     return check_timeline(keys)
 
@@ -337,7 +340,8 @@ def timeline_weights(
     w = np.zeros((num_frames, len(names)))
     state = np.zeros(len(names))  # the face at the current key's start
     for i, key in enumerate(keys):
-        target = emotion_weights(key.emotion, check_intensity(intensity * key.intensity, "intensity x entry intensity"), names)
+        level = check_intensity(intensity * key.intensity, "intensity x entry intensity")
+        target = emotion_weights(key.emotion, level, names)
         end = keys[i + 1].start if i + 1 < len(keys) else math.inf
         progress = _ease((t - key.start) / transition) if transition > 0 else np.ones_like(t)
         inside = (t >= key.start) & (t < end)
