@@ -136,7 +136,8 @@ class _DisplacementDataset(Dataset):
             strides.append(self._stride(s, fps))
             t = s.vertices[0] if first_frame_template else s.template
             if t is None:
-                raise ValueError(f"sequence {s.name} has no subject template; add one or use the first frame")
+                raise ValueError(f"sequence {s.name} has no subject template; write <root>/{s.subject}.obj or "
+                                 "pass first_frame_template=True (sequences that start neutral)")
             templates.append(np.asarray(t, dtype=np.float32))
         self.num_source_vertices = templates[0].shape[0]
         for s, t in zip(seqs, templates):
@@ -277,6 +278,8 @@ class SpeechDataset(_DisplacementDataset):
         seqs = list(index)
         if with_audio:
             silent = [s.name for s in seqs if not s.has_audio]
+            if silent and len(silent) == len(seqs):
+                raise ValueError("no sequence has audio; pass with_audio=False to read motion only")
             if silent:
                 warnings.warn(f"skipping {len(silent)} sequences without audio, e.g. {silent[:3]}", stacklevel=2)
             seqs = [s for s in seqs if s.has_audio]

@@ -194,7 +194,10 @@ class VocaSequence:
     def load_audio(self) -> tuple[np.ndarray, int]:
         """(S,) float32 samples in [-1, 1] and their sample rate in Hz."""
         if self.audio_data is not None:
-            return _to_float(self.audio_data), int(self.sample_rate)
+            try:
+                return _to_float(self.audio_data), int(self.sample_rate)
+            except ValueError as e:
+                raise ValueError(f"audio of {self.name}: {e}") from None
         if self.audio_path is None:
             raise ValueError(f"sequence {self.name} has no audio")
         import soundfile
@@ -280,6 +283,8 @@ def _to_int16(name: str, audio: Any) -> np.ndarray:
 
 def _to_float(audio: np.ndarray) -> np.ndarray:
     a = np.asarray(audio)
+    if a.ndim != 1:
+        raise ValueError(f"stored audio must be mono with shape (S,), got {a.shape}")
     if np.issubdtype(a.dtype, np.integer):
         return (a.astype(np.float32) / (np.iinfo(a.dtype).max + 1)).reshape(-1)
     return a.astype(np.float32).reshape(-1)
