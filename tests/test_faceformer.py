@@ -246,3 +246,30 @@ def test_forty_seconds_generate_in_bounded_time_and_memory(monkeypatch):
     assert out.shape == (1, t, V, 3) and torch.isfinite(out).all()
     assert capacities == [(1, 2, 600, D // 2)]  # one fixed-size cache of W = 600 frames, never grown
     assert elapsed < 30.0
+
+
+def test_end_to_end_on_the_shipped_speech_clip():
+    from blendtalk.audio import num_frames
+    from blendtalk.models.audio_encoders import phonetic_features
+    from blendtalk.phonetics import ARPABET, load_arctic_fixture
+
+    audio, _, transcript = load_arctic_fixture()
+    feats = phonetic_features(audio, transcript)  # (T, 40 + 80)
+    t = num_frames(audio.shape[0])
+    assert feats.shape == (t, len(ARPABET) + 80)
+    assert (feats[:, : len(ARPABET)].sum(1) == 1).all()  # one phone per frame
+    config = FaceFormerConfig(num_vertices=V, feature_dim=D, encoder=AudioEncoderConfig(hidden_dim=16))
+    model = randomize(FaceFormer(config))
+    out = model.generate(torch.from_numpy(feats)[None], t, torch.tensor([0]))
+    assert out.shape == (1, t, V, 3) and torch.isfinite(out).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(tmp_path):
+    model = randomize(FaceFormer(tiny_config(window=8)))
+    x, spk = features(2, 20), torch.tensor([0, 1])
+    cpu = model.generate(x, 20, spk)
+    model.save_pretrained(tmp_path / "ckpt")
+    gpu = FaceFormer.from_pretrained(tmp_path / "ckpt", device="cuda").generate(x, 20, spk)  # inputs moved for us
+    assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=1e-4)
