@@ -1,0 +1,183 @@
+"""Training of the deformation fusion module: data, loop, validation, resumable checkpoints, DDP.
+
+A run is a folder (never reused or deleted):
+    train_config.json      the DFMTrainConfig
+    checkpoint/            the latest model (config.json + model.safetensors) ...
+    state.pt               ... with optimiser state and step, for --resume (tensors only, weights_only)
+    best/                  the model with the best validation score so far
+    metrics.jsonl          one line per validation
+Under `torchrun --nproc_per_node=N` each process trains on its own batches with
+DistributedDataParallel; rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data.datasets import ExpressionDataset, SpeechDataset
+from .data.florence import read_florence
+from .data.vocaset import read_vocaset
+from .fusion_eval import evaluate_fusion, fusion_cases, synthetic_split
+from .geometry import load_square_map, uniform_laplacian
+from .losses import DFMLossConfig, dfm_loss, vertex_weights
+from .models.dfm import DeformationFusionModule, DFMConfig, interpolate_inputs
+from .rig import FaceRig, load_rig
+
+
+@dataclass
+class DFMTrainConfig:
+    data: str = "data/synth"  # synthetic corpus root (speech/, expression/, truth/); generated if missing
+    speech_root: str | None = None  # a real VOCASET root instead of data/speech
+    expression_root: str | None = None  # a real Florence4D root instead of data/expression
+    out: str = "runs"  # runs are created inside; earlier runs are never touched
+    model: DFMConfig | None = None  # filled from the rig when None (num_vertices)
+    loss: DFMLossConfig = field(default_factory=DFMLossConfig)
+    lr: float = 3e-4  # Adam, as in the paper
+    batch_size: int = 128  # as in the paper (per process under DDP)
+    epochs: float = 20.0  # the paper trains 4000; an epoch covers every frame of the larger corpus once
+    max_minutes: float | None = None  # stop (and save) after this wall time, whatever the epoch
+    val_every: int = 500  # steps between validations
+    val_sentences: int = 8  # per held-out speaker, for the fusion validation on synthetic truth
+    seed: int = 0
+    device: str | None = None  # None: cuda when available, else cpu
+
+
+def pick_device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _preload(ds, device) -> torch.Tensor:
+    """All frames of a single-frame dataset as one (M, V, 3) float32 tensor on `device`."""
+    chunks = [torch.from_numpy(ds.displacements(np.arange(i, min(i + 4096, len(ds))))[:, 0])
+              for i in range(0, len(ds), 4096)]
+    return torch.cat(chunks).to(device)
+
+
+def load_frames(config: DFMTrainConfig, subset: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speech (M_s, V, 3) and expression (M_e, V, 3) displacement frames of a subset, on device."""
+    speech_index = read_vocaset(config.speech_root or Path(config.data) / "speech")
+    expr_index = read_florence(config.expression_root or Path(config.data) / "expression")
+    speech_split = synthetic_split([s.subject for s in speech_index.sequences])
+    expr_split = synthetic_split([s.subject for s in expr_index.sequences])
+    speech = SpeechDataset(speech_index.sequences, speech_split, subset, window=1, with_audio=False)
+    expr = ExpressionDataset(expr_index.sequences, expr_split, subset, window=1)
+    return _preload(speech, device), _preload(expr, device)
+
+
+def build_model(rig: FaceRig, model_config: DFMConfig, device) -> DeformationFusionModule:
+    smap = load_square_map(rig, size=model_config.map_size) if model_config.use_geometric_map else None
+    return DeformationFusionModule(model_config, smap.matrix() if smap else None).to(device)
+
+
+def new_run_dir(out: str | Path, name: str = "dfm") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        run = Path(out) / (f"{name}-{stamp}" + (f"-{k}" if k else ""))
+        try:
+            run.mkdir(parents=True, exist_ok=False)
+            return run
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run folder in {out}")
+
+
+def validate(model: DeformationFusionModule, config: DFMTrainConfig, rig: FaceRig, device) -> dict:
+    """Fusion metrics on the validation speakers/subjects (needs synthetic truth)."""
+    truth = Path(config.data) / "truth"
+    if config.speech_root or not truth.is_dir():
+        return {}
+    model.eval()
+    cases = list(fusion_cases(config.data, "val", max_sentences=config.val_sentences))
+    report = evaluate_fusion({"dfm": model.fuse, "interpolation": interpolate_inputs}, cases, rig, device)
+    model.train()
+    return report
+
+
+def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> Path:
+    """Train (or resume) a DFM; returns the run folder."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = int(os.environ.get("RANK", "0"))
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    else:
+        device = pick_device(config.device)
+    rig = load_rig()
+    if config.model is None:
+        config.model = DFMConfig(num_vertices=rig.num_vertices)
+    torch.manual_seed(config.seed + rank)
+    rng = torch.Generator(device=device).manual_seed(config.seed + rank)
+
+    speech, expr = load_frames(config, "train", device)
+    if speech.shape[1] != config.model.num_vertices:
+        raise ValueError(f"the data has V={speech.shape[1]} vertices but the model expects {config.model.num_vertices}")
+    model = build_model(rig, config.model, device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    lip_w = vertex_weights(rig.num_vertices, torch.as_tensor(rig.mask("lips")), config.loss.lip_weight).to(device)
+    lap = uniform_laplacian(rig.num_vertices, torch.as_tensor(rig.triangles), device=device) if config.loss.lambda_lap else None
+
+    run = Path(run_dir) if run_dir is not None else None
+    step, best = 0, math.inf
+    if resume:
+        if run is None or not (run / "state.pt").is_file():
+            raise FileNotFoundError(f"nothing to resume in {run}: no state.pt")
+        state = torch.load(run / "state.pt", map_location=device, weights_only=True)
+        model.load_state_dict(DeformationFusionModule.from_pretrained(run / "checkpoint", model.map_matrix).state_dict())
+        opt.load_state_dict(state["optimizer"])
+        step, best = int(state["step"]), float(state["best"])
+    elif rank == 0:
+        run = run or new_run_dir(config.out)
+        (run / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
+    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+
+    steps_per_epoch = max(len(speech), len(expr)) // config.batch_size
+    total = int(config.epochs * steps_per_epoch)
+    started = time.time()
+    bar = tqdm(total=total, initial=step, desc="train dfm", disable=rank != 0, unit="step")
+    parts = {}
+    while step < total:
+        i_s = torch.randint(len(speech), (config.batch_size,), device=device, generator=rng)
+        i_e = torch.randint(len(expr), (config.batch_size,), device=device, generator=rng)
+        d_s, d_e = speech[i_s], expr[i_e]
+        loss, parts = dfm_loss(net(d_s, d_e), d_s, d_e, config.loss, lip_w, lap)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update()
+        out_of_time = config.max_minutes is not None and time.time() - started > 60 * config.max_minutes
+        if distributed:  # every process must stop at the same step, or DDP waits forever
+            flag = torch.tensor(float(out_of_time), device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            out_of_time = bool(flag)
+        if rank == 0 and (step % config.val_every == 0 or step == total or out_of_time):
+            report = validate(model, config, rig, device)
+            score = report.get("dfm", {}).get("fused_mve", parts["total"])
+            line = {"step": step, "epoch": step / steps_per_epoch, "minutes": (time.time() - started) / 60, "loss": parts, "val": report}
+            with open(run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+            bar.set_postfix(loss=f"{parts['total']:.4f}", val=f"{score:.4f}")
+            if score < best:
+                best = score
+                model.save_pretrained(run / "best")
+            model.save_pretrained(run / "checkpoint")
+            torch.save({"optimizer": opt.state_dict(), "step": step, "best": best}, run / "state.pt.tmp")
+            os.replace(run / "state.pt.tmp", run / "state.pt")
+        if out_of_time:
+            break
+    bar.close()
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return run

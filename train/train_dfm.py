@@ -1,0 +1,73 @@
+"""Train the deformation fusion module (DFM).
+
+    python train/train_dfm.py                         # synthetic corpora (generated if missing), CPU or GPU
+    python train/train_dfm.py --no-sparsity           # an ablation
+    python train/train_dfm.py --resume runs/dfm-...   # continue a run
+    torchrun --nproc_per_node=2 train/train_dfm.py    # DistributedDataParallel
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from blendtalk.losses import DFMLossConfig  # noqa: E402
+from blendtalk.models.dfm import DFMConfig  # noqa: E402
+from blendtalk.rig import load_rig  # noqa: E402
+from blendtalk.training import DFMTrainConfig, train_dfm  # noqa: E402
+
+PAPER_EPOCHS = 4000
+
+
+def main(argv=None) -> int:
+    d, dl = DFMTrainConfig(), DFMLossConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=d.data, help="synthetic corpus root; generated there if missing")
+    p.add_argument("--vocaset", help="real VOCASET root (raw or FaceFormer layout) for the speech corpus")
+    p.add_argument("--florence", help="real Florence4D root for the expression corpus")
+    p.add_argument("--out", default=d.out, help="folder in which a new run folder is created")
+    p.add_argument("--resume", type=Path, help="run folder to continue")
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--paper-schedule", action="store_true", help=f"train {PAPER_EPOCHS} epochs as in the paper")
+    p.add_argument("--max-minutes", type=float, help="stop and save after this many minutes")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--blendshapes", "-K", type=int, default=DFMConfig.num_blendshapes, help="blendshapes per domain")
+    p.add_argument("--map-size", type=int, default=DFMConfig.map_size)
+    p.add_argument("--lambda-sparse", type=float, default=dl.lambda_sparse)
+    p.add_argument("--lambda-lap", type=float, default=dl.lambda_lap)
+    p.add_argument("--no-sparsity", action="store_true", help="ablation: lambda_sparse = 0")
+    p.add_argument("--no-laplacian", action="store_true", help="ablation: lambda_lap = 0")
+    p.add_argument("--no-geometric-map", action="store_true", help="ablation: MLP encoders on the flat vertex vector")
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "lr", "blendshapes", "val_every"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.lambda_sparse < 0 or args.lambda_lap < 0:
+        p.error("loss weights must be >= 0")
+
+    if not args.vocaset and not (Path(args.data) / "speech").is_dir():
+        from blendtalk.data.synth import generate
+
+        print(f"no corpora in {args.data}: generating the synthetic ones there first")
+        generate(args.data)
+    config = DFMTrainConfig(
+        data=args.data, speech_root=args.vocaset, expression_root=args.florence, out=args.out,
+        model=DFMConfig(num_vertices=load_rig().num_vertices, num_blendshapes=args.blendshapes,
+                        map_size=args.map_size, use_geometric_map=not args.no_geometric_map),
+        loss=DFMLossConfig(lambda_sparse=0.0 if args.no_sparsity else args.lambda_sparse,
+                           lambda_lap=0.0 if args.no_laplacian else args.lambda_lap),
+        lr=args.lr, batch_size=args.batch_size, epochs=PAPER_EPOCHS if args.paper_schedule else args.epochs,
+        max_minutes=args.max_minutes, val_every=args.val_every, seed=args.seed, device=args.device,
+    )
+    run = train_dfm(config, run_dir=args.resume, resume=args.resume is not None)
+    print(f"run saved in {run}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
