@@ -1,0 +1,251 @@
+"""Audio in: load any common format, validate, mix to mono, resample to 16 kHz; log-mel features.
+
+Everything downstream sees float32 mono at `SAMPLE_RATE`, and motion frames at `FPS`, with
+`num_frames` the one definition of how many frames a clip has.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from .constants import FPS, SAMPLE_RATE
+
+MIN_SECONDS = 0.2  # s, shorter clips hold less than one syllable and give < 6 motion frames
+MAX_SECONDS = 120.0  # s, default cap: memory and the app's patience, not a model limit
+SILENCE_RMS_DBFS = -60.0  # dB re full scale; a clip whose RMS is below this is treated as silent
+CLIP_LEVEL = 0.999  # |sample| at or above this (full scale = 1) counts as clipped
+MAX_CLIPPED_SHARE = 0.05  # more than this share of clipped samples is "heavily clipped"
+MAX_CHANNELS = 16  # more columns than this in an array is taken as a layout mistake, not channels
+
+SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff")  # decoded by libsndfile
+FFMPEG_SUFFIXES = (".mp3", ".m4a", ".aac", ".mp4", ".opus", ".webm", ".wma", ".mka", ".mkv", ".mov")
+ACCEPTED = "wav, flac, ogg (libsndfile) or mp3, m4a, aac, mp4, opus, webm, wma (ffmpeg)"
+
+N_FFT = 512  # samples, 32 ms STFT window (zero-padded from WIN_LENGTH)
+WIN_LENGTH = 400  # samples, 25 ms analysis window, the usual speech front-end choice
+HOP_LENGTH = 160  # samples, 10 ms; mel frames are pooled onto the 30 fps motion frames
+LOG_MEL_FLOOR = 1e-5  # mel power floor before the log, about -50 dB; keeps silence finite
+
+_DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d*)?)")
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used: the message says what was wrong and what is accepted."""
+
+
+def num_frames(num_samples: int, fps: int = FPS, sample_rate: int = SAMPLE_RATE) -> int:
+    """Motion frames T for S audio samples: T = round(S * fps / sample_rate), halves rounded up.
+
+    This is the one definition used everywhere (features, phones, animation, video).
+    """
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    # Integer arithmetic so that no float error can flip a frame count.
+    return int((2 * int(num_samples) * fps + sample_rate) // (2 * sample_rate))
+
+
+def load_audio(
+    source: str | os.PathLike | np.ndarray,
+    sample_rate: int | None = None,
+    max_seconds: float = MAX_SECONDS,
+) -> np.ndarray:
+    """Load and validate speech; return float32 mono (S,) at `SAMPLE_RATE` (16 kHz).
+
+    `source` is a path (wav/flac/ogg through libsndfile; mp3, m4a and other containers through the
+    ffmpeg binary of imageio-ffmpeg) or an array (S,) or (S, C) with its `sample_rate` in Hz
+    (float in [-1, 1], or int16/int32 PCM). Channels are averaged to mono.
+
+    Raises:
+        AudioError: missing/unreadable/unsupported file, no samples, shorter than MIN_SECONDS,
+            longer than `max_seconds`, NaN/inf samples, silence, or heavy clipping.
+    """
+    if max_seconds <= MIN_SECONDS:
+        raise ValueError(f"max_seconds must exceed MIN_SECONDS={MIN_SECONDS}, got {max_seconds}")
+    if isinstance(source, np.ndarray):
+        if sample_rate is None:
+            raise AudioError("An audio array needs its sample_rate in Hz, e.g. load_audio(x, sample_rate=16000).")
+        data, sr = _array_samples(source), int(sample_rate)
+        _check_length(data.shape[0], sr, max_seconds, "audio array")
+    elif isinstance(source, (str, os.PathLike)):
+        if sample_rate is not None:
+            raise AudioError("sample_rate is only for arrays; a file's sample rate comes from its header.")
+        data, sr = _read_file(Path(source), max_seconds)
+    else:
+        raise AudioError(f"Audio source must be a file path or a numpy array, got {type(source).__name__}.")
+    return _validate_and_convert(data, sr)
+
+
+def _array_samples(x: np.ndarray) -> np.ndarray:
+    """Array (S,) or (S, C) of float or int PCM -> float32 (S, C)."""
+    if x.ndim == 1:
+        x = x[:, None]
+    elif x.ndim != 2 or x.shape[1] > MAX_CHANNELS:
+        raise AudioError(
+            f"Audio array must be (S,) or (S, C) with C <= {MAX_CHANNELS} channels, got shape "
+            f"{tuple(x.shape)}; transpose a (C, S) array first."
+        )
+    if x.dtype == np.int16:
+        return x.astype(np.float32) / 32768.0
+    if x.dtype == np.int32:
+        return x.astype(np.float32) / 2147483648.0
+    if np.issubdtype(x.dtype, np.floating):
+        return x.astype(np.float32, copy=False)
+    raise AudioError(f"Audio array dtype must be float, int16 or int32, got {x.dtype}.")
+
+
+def _check_length(num_samples: int, sr: int, max_seconds: float, what: str) -> None:
+    """Duration checks that run before anything large is decoded or resampled."""
+    if sr <= 0:
+        raise AudioError(f"The {what} has sample rate {sr} Hz; it must be positive.")
+    if num_samples == 0:
+        raise AudioError(f"The {what} contains no audio samples; give at least {MIN_SECONDS} s of speech.")
+    seconds = num_samples / sr
+    if seconds > max_seconds:
+        raise AudioError(f"The {what} is {seconds:.1f} s long; at most {max_seconds:g} s is accepted, trim it first.")
+    if seconds < MIN_SECONDS:
+        raise AudioError(f"The {what} is {seconds:.3f} s long; at least {MIN_SECONDS} s of speech is needed.")
+
+
+def _read_file(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
+    """Decode a file to float32 (S, C) and its sample rate, checking duration from the header first."""
+    if not path.exists():
+        raise AudioError(f"Audio file not found: {path}.")
+    if not path.is_file():
+        raise AudioError(f"Audio path is not a file: {path}.")
+    if path.stat().st_size == 0:
+        raise AudioError(f"Audio file is empty (0 bytes): {path}.")
+    suffix = path.suffix.lower()
+    if suffix in SOUNDFILE_SUFFIXES:
+        return _read_soundfile(path, max_seconds)
+    if suffix in FFMPEG_SUFFIXES:
+        return _read_ffmpeg(path, max_seconds)
+    raise AudioError(f"Unsupported audio format '{suffix or path.name}'; accepted: {ACCEPTED}.")
+
+
+def _read_soundfile(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    what = f"audio file {path.name}"
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # libsndfile raises its own error type for every kind of bad file
+        raise AudioError(
+            f"Could not read {path.name} as {path.suffix.lower()[1:]} audio (corrupt, truncated or not "
+            f"audio: {err}); accepted: {ACCEPTED}."
+        ) from None
+    _check_length(info.frames, info.samplerate, max_seconds, what)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:
+        raise AudioError(f"Could not decode {path.name} (corrupt or truncated: {err}).") from None
+    _check_length(data.shape[0], sr, max_seconds, what)
+    return data, sr
+
+
+def _read_ffmpeg(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
+    import imageio_ffmpeg
+
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    what = f"audio file {path.name}"
+    # `ffmpeg -i` without an output prints the container header (duration) and exits non-zero.
+    probe = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True)
+    if "Audio:" not in probe.stderr:
+        raise AudioError(f"Could not read {path.name}: ffmpeg finds no audio stream in it; accepted: {ACCEPTED}.")
+    match = _DURATION_RE.search(probe.stderr)
+    if match:
+        h, m, s = match.groups()
+        seconds = int(h) * 3600 + int(m) * 60 + float(s)
+        if seconds > max_seconds:
+            raise AudioError(f"The {what} is {seconds:.1f} s long; at most {max_seconds:g} s is accepted, trim it first.")
+    # -t caps the decode even when the header had no duration or lied about it.
+    cmd = [exe, "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-t", f"{max_seconds + 1.0:.3f}",
+           "-map", "0:a:0", "-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
+    out = subprocess.run(cmd, capture_output=True)
+    if out.returncode != 0:
+        last = out.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
+        raise AudioError(f"ffmpeg could not decode {path.name} ({last[0]}); accepted: {ACCEPTED}.")
+    data = np.frombuffer(out.stdout, dtype="<f4").astype(np.float32)[:, None]
+    _check_length(data.shape[0], SAMPLE_RATE, max_seconds, what)
+    return data, SAMPLE_RATE
+
+
+def _validate_and_convert(data: np.ndarray, sr: int) -> np.ndarray:
+    """float32 (S, C) at `sr` -> validated float32 mono (S,) at SAMPLE_RATE."""
+    if not np.isfinite(data).all():
+        raise AudioError("Audio contains NaN or infinite samples; give finite samples in [-1, 1].")
+    peak = float(np.abs(data).max())
+    if peak > 1.0 + 1e-3:
+        raise AudioError(
+            f"Float audio must lie in [-1, 1] but peaks at {peak:.4g}; divide int16 PCM by 32768 first."
+        )
+    # Clipping is judged on the raw channels: averaging would hide one clipped channel.
+    clipped = float(np.mean(np.abs(data) >= CLIP_LEVEL))
+    if clipped > MAX_CLIPPED_SHARE:
+        raise AudioError(
+            f"Audio is heavily clipped: {clipped:.1%} of samples are at full scale (at most "
+            f"{MAX_CLIPPED_SHARE:.0%} accepted); record it again at a lower level."
+        )
+    mono = data.mean(axis=1, dtype=np.float32)
+    rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
+    rms_dbfs = 20.0 * math.log10(max(rms, 1e-12))
+    if rms_dbfs < SILENCE_RMS_DBFS:
+        raise AudioError(
+            f"Audio is silent (RMS {rms_dbfs:.0f} dBFS, below {SILENCE_RMS_DBFS:.0f} dBFS); give a recording of speech."
+        )
+    if sr != SAMPLE_RATE:
+        import librosa
+
+        mono = librosa.resample(mono, orig_sr=sr, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _power_spectrogram(audio: np.ndarray) -> np.ndarray:
+    """|STFT|^2 of (S,) audio -> (N_FFT // 2 + 1, F) with F = 1 + S // HOP_LENGTH, frames centred.
+
+    Plain numpy (same framing as librosa.stft(center=True)): librosa's STFT costs about a second
+    of lazy imports per process, which matters for tests and the app's first request.
+    """
+    pad = N_FFT // 2
+    mode = "reflect" if audio.shape[0] > pad else "constant"
+    padded = np.pad(audio, pad, mode=mode)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]  # (F, N_FFT)
+    left = (N_FFT - WIN_LENGTH) // 2
+    window = np.zeros(N_FFT, dtype=np.float32)
+    window[left:left + WIN_LENGTH] = np.hanning(WIN_LENGTH + 1)[:-1]  # periodic Hann, centred
+    return (np.abs(np.fft.rfft(frames * window, axis=1)) ** 2).T.astype(np.float32)
+
+
+def log_mel(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
+    """Log-mel features at the motion frame rate: audio (S,) at 16 kHz -> (T, n_mels) float32.
+
+    T = num_frames(S). Mel power at a 10 ms hop is averaged over each motion frame's span
+    [t/FPS, (t+1)/FPS) before the log, so every motion frame sees all of its audio.
+    """
+    import librosa
+
+    if audio.ndim != 1 or audio.shape[0] == 0:
+        raise ValueError(f"audio must be (S,) with S > 0 samples, got shape {tuple(audio.shape)}")
+    if n_mels < 1:
+        raise ValueError(f"n_mels must be >= 1, got {n_mels}")
+    audio = np.asarray(audio, dtype=np.float32)
+    spec = _power_spectrogram(audio)  # (N_FFT // 2 + 1, F)
+    mel_fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels, fmin=20.0, fmax=SAMPLE_RATE / 2)
+    mel = (mel_fb @ spec).T  # (F, n_mels), mel frame f centred at f * HOP_LENGTH samples
+    t = num_frames(audio.shape[0])
+    if t == 0:
+        return np.zeros((0, n_mels), dtype=np.float32)
+    # First mel frame whose centre lies at or after each motion frame's start.
+    starts = -(-np.arange(t, dtype=np.int64) * SAMPLE_RATE // (FPS * HOP_LENGTH))
+    starts = np.minimum(starts, mel.shape[0] - 1)
+    ends = np.append(starts[1:], mel.shape[0])
+    ends = np.maximum(ends, starts + 1)  # never an empty span, even at the clip's end
+    sums = np.add.reduceat(mel, starts, axis=0)  # (T, n_mels) sums from each start to the next start
+    sums[-1] = mel[starts[-1]:].sum(axis=0)
+    pooled = sums / (ends - starts)[:, None]
+    return np.log(pooled + LOG_MEL_FLOOR).astype(np.float32)

@@ -1,0 +1,187 @@
+"""Audio loading, validation, resampling and log-mel features."""
+
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from blendtalk.audio import (
+    MIN_SECONDS,
+    AudioError,
+    load_audio,
+    log_mel,
+    num_frames,
+)
+from blendtalk.constants import FPS, SAMPLE_RATE
+from blendtalk.phonetics import ARCTIC_DIR
+
+ARCTIC_WAV = ARCTIC_DIR / "arctic_a0009.wav"
+
+
+def _speechlike(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Amplitude-modulated noise at about -20 dBFS: (S,) or (S, C) float32."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sr))
+    t = np.arange(n) / sr
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)
+    x = (0.15 * env[:, None] * rng.standard_normal((n, channels))).astype(np.float32)
+    return x[:, 0] if channels == 1 else x
+
+
+def _wav_header(sr: int, data_bytes: int, channels: int = 1) -> bytes:
+    """A 16-bit PCM WAV header declaring `data_bytes` of samples (whatever follows it)."""
+    block = 2 * channels
+    return (
+        b"RIFF" + struct.pack("<I", (36 + data_bytes) & 0xFFFFFFFF) + b"WAVE"
+        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sr, sr * block, block, 16)
+        + b"data" + struct.pack("<I", data_bytes & 0xFFFFFFFF)
+    )
+
+
+def test_loads_shipped_fixture():
+    audio = load_audio(ARCTIC_WAV)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert audio.shape[0] == sf.info(str(ARCTIC_WAV)).frames  # already 16 kHz mono: unchanged length
+
+
+def test_resampling_and_mono_keep_duration(tmp_path):
+    path = tmp_path / "stereo44k.wav"
+    sf.write(str(path), _speechlike(1.5, 44_100, channels=2), 44_100, subtype="PCM_16")
+    audio = load_audio(path)
+    assert audio.ndim == 1
+    assert abs(audio.shape[0] - 1.5 * SAMPLE_RATE) <= 1
+    # Arrays: same rule, and the mono mix is the channel mean.
+    x = _speechlike(0.8, 22_050, channels=2)
+    y = load_audio(x, sample_rate=22_050)
+    assert abs(y.shape[0] - 0.8 * SAMPLE_RATE) <= 1
+    same = load_audio(x, sample_rate=SAMPLE_RATE)
+    np.testing.assert_allclose(same, x.mean(axis=1), atol=1e-7)
+
+
+def test_int16_array_scaled():
+    x = (_speechlike(0.5, SAMPLE_RATE) * 32767).astype(np.int16)
+    np.testing.assert_allclose(load_audio(x, sample_rate=SAMPLE_RATE), x / 32768.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".mp3", ".m4a"])
+def test_ffmpeg_formats(tmp_path, suffix):
+    import imageio_ffmpeg
+
+    out = tmp_path / f"clip{suffix}"
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(ARCTIC_WAV), "-ar", "44100", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    audio = load_audio(out)
+    # Encoders add some priming/padding samples; the duration stays within 0.1 s.
+    assert abs(audio.shape[0] / SAMPLE_RATE - sf.info(str(ARCTIC_WAV)).duration) < 0.1
+
+
+def _write_bad(tmp_path, case: str):
+    path = tmp_path / f"{case}.wav"
+    rng = np.random.default_rng(0)
+    if case == "random_bytes":
+        path.write_bytes(rng.bytes(4000))
+    elif case == "truncated":
+        sf.write(str(path), _speechlike(1.0, SAMPLE_RATE), SAMPLE_RATE, subtype="PCM_16")
+        path.write_bytes(path.read_bytes()[:30])  # cut inside the header
+    elif case == "text":
+        path.write_text("this is not audio\n" * 50)
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "nan":
+        x = _speechlike(0.5, SAMPLE_RATE)
+        x[100] = np.nan
+        sf.write(str(path), x, SAMPLE_RATE, subtype="FLOAT")
+    elif case == "silent":
+        sf.write(str(path), np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE, subtype="PCM_16")
+    elif case == "short":
+        sf.write(str(path), _speechlike(0.1, SAMPLE_RATE), SAMPLE_RATE, subtype="PCM_16")
+    elif case == "clipped":
+        sf.write(str(path), np.clip(_speechlike(1.0, SAMPLE_RATE) * 20, -1, 1), SAMPLE_RATE, subtype="PCM_16")
+    elif case == "hours":
+        # 3 h at 1 Hz: a tiny file whose header duration is far over the cap. Decoding and
+        # resampling it to 16 kHz would need 170 M samples; the header check refuses it first.
+        n = 3 * 3600
+        path.write_bytes(_wav_header(1, 2 * n) + rng.integers(-3000, 3000, n, dtype=np.int16).tobytes())
+    elif case == "no_samples":
+        path.write_bytes(_wav_header(SAMPLE_RATE, 0))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("random_bytes", "Could not read"),
+        ("truncated", "Could not read"),
+        ("text", "Could not read"),
+        ("empty", "empty"),
+        ("nan", "NaN"),
+        ("silent", "silent"),
+        ("short", f"at least {MIN_SECONDS} s"),
+        ("clipped", "clipped"),
+        ("hours", "at most 120 s"),
+        ("no_samples", "no audio samples"),
+    ],
+)
+def test_bad_files_raise_clear_errors(tmp_path, case, message):
+    path = _write_bad(tmp_path, case)
+    with pytest.raises(AudioError, match=message):
+        load_audio(path)
+
+
+def test_header_overclaiming_data_reads_only_what_is_there(tmp_path):
+    # The data chunk claims ~4 GiB (37 h at 16 kHz) but 1 s follows: read 1 s, allocate no more.
+    path = tmp_path / "liar.wav"
+    samples = (_speechlike(1.0, SAMPLE_RATE) * 32767).astype("<i2")
+    path.write_bytes(_wav_header(SAMPLE_RATE, 0xFFFFFF00) + samples.tobytes())
+    assert load_audio(path).shape == (SAMPLE_RATE,)
+
+
+def test_other_bad_sources(tmp_path):
+    with pytest.raises(AudioError, match="not found"):
+        load_audio(tmp_path / "missing.wav")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(AudioError, match="Unsupported audio format '.txt'"):
+        load_audio(tmp_path / "notes.txt")
+    (tmp_path / "noise.mp3").write_bytes(b"\x00" * 3000)
+    with pytest.raises(AudioError, match="ffmpeg"):
+        load_audio(tmp_path / "noise.mp3")
+    x = _speechlike(0.5, SAMPLE_RATE)
+    with pytest.raises(AudioError, match="sample_rate"):
+        load_audio(x)
+    with pytest.raises(AudioError, match="transpose"):
+        load_audio(np.stack([x, x]), sample_rate=SAMPLE_RATE)  # (C, S) instead of (S, C)
+    with pytest.raises(AudioError, match="at most 2 s"):
+        load_audio(_speechlike(3.0, SAMPLE_RATE), sample_rate=SAMPLE_RATE, max_seconds=2.0)
+    with pytest.raises(AudioError, match=r"\[-1, 1\]"):
+        load_audio(x * 30000, sample_rate=SAMPLE_RATE)  # int16 values passed as float
+    with pytest.raises(AudioError, match="NaN"):
+        load_audio(np.full(SAMPLE_RATE, np.inf, np.float32), sample_rate=SAMPLE_RATE)
+
+
+def test_num_frames_rounding():
+    assert num_frames(0) == 0
+    assert num_frames(SAMPLE_RATE) == FPS
+    # 1 frame = 533.33 samples; halves round up, just below rounds down.
+    assert num_frames(266) == 0 and num_frames(267) == 1
+    assert num_frames(int(2.5 * SAMPLE_RATE / FPS)) == 2  # 1333 samples = 2.499 frames
+    for s in range(0, 50_000, 997):
+        assert num_frames(s) == int(np.floor(s * FPS / SAMPLE_RATE + 0.5))
+
+
+@pytest.mark.parametrize("seconds", [0.2, 1.0, 3.095, 7.31])
+def test_log_mel_frames(seconds):
+    audio = _speechlike(seconds, SAMPLE_RATE)
+    mel = log_mel(audio, n_mels=40)
+    assert mel.shape == (num_frames(audio.shape[0]), 40)
+    assert mel.dtype == np.float32 and np.isfinite(mel).all()
+
+
+def test_log_mel_tracks_loudness():
+    # Silence then noise: the features of the noisy half are far above those of the silent half.
+    x = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), _speechlike(1.0, SAMPLE_RATE)])
+    mel = log_mel(x)
+    assert mel[5:25].mean() + 5 < mel[35:55].mean()
+    with pytest.raises(ValueError, match=r"\(S,\)"):
+        log_mel(np.zeros((2, 100), np.float32))
