@@ -80,14 +80,15 @@ def sparsity_loss(w_s: torch.Tensor, w_e: torch.Tensor, num_blendshapes: int) ->
     """L1 on the cross-domain halves (eq. 9), a scalar.
 
     w_s: (..., 2K) weights of speech inputs [w_s^s | w_e^s]; w_e: (..., 2K) weights of expression
-    inputs [w_s^e | w_e^e]. Returns mean |w_e^s| + mean |w_s^e| (each mean over its batch and K,
-    so the two domains count equally whatever their batch sizes).
+    inputs [w_s^e | w_e^e]. Returns mean ||w_e^s||_1 + mean ||w_s^e||_1: the L1 norm sums over the
+    K cross weights of a sample (so one unit of cross weight costs the same whatever K is), the
+    mean is over the leading dims (so the two domains count equally whatever their batch sizes).
     """
     k = num_blendshapes
     for w, what in ((w_s, "w_s"), (w_e, "w_e")):
         if w.ndim == 0 or w.shape[-1] != 2 * k:
             raise ValueError(f"{what} must have shape (..., 2K) = (..., {2 * k}), got {tuple(w.shape)}")
-    return w_s[..., k:].abs().mean() + w_e[..., :k].abs().mean()
+    return w_s[..., k:].abs().sum(-1).mean() + w_e[..., :k].abs().sum(-1).mean()
 
 
 def laplacian_loss(pred: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:

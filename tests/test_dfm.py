@@ -77,6 +77,14 @@ def test_encoder_is_positively_homogeneous():
     assert model.encode_expression(torch.zeros(2, V, 3)).abs().max() == 0
 
 
+def test_cross_halves_start_at_zero():
+    model = tiny(True, 64)
+    d = torch.randn(3, V, 3) * 1e-3
+    assert model.encode_speech(d)[:, K:].abs().max() == 0 < model.encode_speech(d)[:, :K].abs().max()
+    assert model.encode_expression(d)[:, :K].abs().max() == 0 < model.encode_expression(d)[:, K:].abs().max()
+    assert tiny(True, 64, cross_init=1.0).encode_speech(d)[:, K:].abs().max() > 0
+
+
 def test_split_join_layout_and_decode():
     model = tiny(False)
     w = torch.randn(2, 7, 2 * K)

@@ -51,6 +51,7 @@ class DFMConfig:
     mlp_hidden: tuple[int, ...] = (256, 256)  # hidden widths of the flat (ablation) encoders
     normalize_blendshapes: bool = True  # unit-RMS columns, so the L1 sparsity cannot be met by rescaling B
     init_scale: float = 1e-2  # std of the initial blendshape entries (only matters when not normalised)
+    cross_init: float = 0.0  # initial cross-domain head outputs, relative to own-domain: 0 starts disentangled
     chunk_size: int = 512  # frames per encoder call, so long sequences use bounded memory
 
     def __post_init__(self):
@@ -148,9 +149,22 @@ class DeformationFusionModule(nn.Module):
             self.map_matrix = None
             self.speech_encoder = _mlp_encoder(config)
             self.expression_encoder = _mlp_encoder(config)
+        self._init_cross_halves()
         k2, v3 = 2 * config.num_blendshapes, 3 * config.num_vertices
         # [B_s | B_e] (V*3, 2K), vertex-major rows (v*3 + xyz); no bias: a neutral face decodes to zero.
         self.blendshape_weight = nn.Parameter(torch.randn(v3, k2) * config.init_scale)
+
+    @torch.no_grad()
+    def _init_cross_halves(self) -> None:
+        # The two halves of the shared decoder are symmetric until the L1 term breaks the tie, and a
+        # weak L1 never does: both domains end up spread over both halves. Starting with (near) zero
+        # cross-domain outputs breaks the tie the intended way; they still get gradients and grow
+        # where the other domain's secondary deformations need them.
+        k = self.num_blendshapes
+        for encoder, cross in ((self.speech_encoder, slice(k, 2 * k)), (self.expression_encoder, slice(0, k))):
+            head = encoder[-1]  # the final Linear (..., 2K)
+            head.weight[cross] *= self.config.cross_init
+            head.bias[cross] *= self.config.cross_init
 
     # ---- layout of the 2K weights: [speech | expression], defined here once ----
     @property
