@@ -1,8 +1,31 @@
-"""Phones: the ARPAbet phone set, timed phone segments, TTS with exact timings, forced alignment."""
+"""Phones: the ARPAbet phone set, timed phone segments, TTS with exact timings, forced alignment.
+
+* `synthesize` speaks text with eSpeak NG (the shared library shipped in the `espeakng-loader`
+  wheel, through ctypes) and returns the audio with the phone timings the synthesiser used, so the
+  timings are exact rather than estimated. `FliteTTS` is an optional second engine (Debian `flite`).
+* `align` (forced alignment with a transcript) and `recognize_phones` (allphone recognition) use
+  pocketsphinx with the CMU en-US acoustic model, dictionary and phone LM from its wheel.
+* `phones_to_frames` / `phone_features` turn timed phones into per-motion-frame indices / one-hots.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .constants import ASSETS_DIR, FPS, SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
 
 # ARPAbet without stress marks, plus "sil" for silence/pauses.
 ARPABET = (
@@ -11,6 +34,50 @@ ARPABET = (
     "v", "w", "y", "z", "zh",
 )
 BILABIALS = ("p", "b", "m")
+PHONE_INDEX = {p: i for i, p in enumerate(ARPABET)}
+
+# A few curated, clearly different speakers from the bundled eSpeak NG data (accent + variant),
+# for corpora that need several "speakers"; any name from EspeakTTS().voices(variants=True) works.
+SPEAKER_VOICES = (
+    "en-us", "en-us+f3", "en-gb-x-rp", "en+f2", "en-us+m3", "en-gb-scotland+m7", "en-029+f4",
+    "en-us-nyc+m2",
+)
+VOICE_ALIASES = {"en-gb": "en"}  # accepted names -> eSpeak voice file names
+ESPEAK_RATE_RANGE = (80, 450)  # words per minute accepted by espeak_SetParameter(espeakRATE)
+ALIGN_FRAME_RATE = 100  # pocketsphinx frames per second (10 ms frame shift)
+ARCTIC_DIR = ASSETS_DIR / "audio"
+
+# eSpeak NG English phoneme mnemonics ("en"/"en-us" phoneme tables, Kirshenbaum-like names, stress
+# marks stripped) -> ARPAbet. Entries with two phones (r-coloured vowels, syllabic l) split the
+# eSpeak segment evenly. Variants carrying '#', '2', '[' etc. are allophones of the same phone.
+ESPEAK_TO_ARPABET: dict[str, tuple[str, ...]] = {
+    # pauses
+    "_": ("sil",), "_:": ("sil",), "_!": ("sil",), "_;": ("sil",), "_^_": ("sil",),
+    # vowels
+    "@": ("ah",), "@2": ("ah",), "@5": ("ah",), "@-": ("ah",), "a#": ("ah",), "V": ("ah",),
+    "3": ("er",), "3:": ("er",), "a": ("ae",), "aa": ("ae",), "a2": ("ae",), "A:": ("aa",),
+    "A": ("aa",), "0": ("aa",), "O": ("ao",), "O:": ("ao",), "O2": ("ao",), "E": ("eh",),
+    "e": ("eh",), "eI": ("ey",), "I": ("ih",), "I2": ("ih",), "I#": ("ih",), "i": ("iy",),
+    "i:": ("iy",), "U": ("uh",), "u:": ("uw",), "u": ("uw",), "aI": ("ay",), "aI2": ("ay",),
+    "aU": ("aw",), "OI": ("oy",), "oU": ("ow",), "oU#": ("ow",), "o": ("ow",),
+    # r-coloured vowels and vowel + schwa
+    "A@": ("aa", "r"), "O@": ("ao", "r"), "o@": ("ao", "r"), "e@": ("eh", "r"), "i@": ("ih", "r"),
+    "i@3": ("ih", "r"), "U@": ("uh", "r"), "IR": ("ih", "r"), "VR": ("ah", "r"), "aI@": ("ay", "ah"),
+    "aI3": ("ay", "er"), "aU@": ("aw", "ah"), "@L": ("ah", "l"),
+    # consonants
+    "p": ("p",), "b": ("b",), "t": ("t",), "t#": ("t",), "t2": ("t",), "t[": ("t",), "d": ("d",),
+    "d#": ("d",), "k": ("k",), "g": ("g",), "f": ("f",), "v": ("v",), "T": ("th",), "D": ("dh",),
+    "s": ("s",), "z": ("z",), "S": ("sh",), "Z": ("zh",), "h": ("hh",), "x": ("k",), "?": ("t",),
+    "m": ("m",), "n": ("n",), "n-": ("n",), "N": ("ng",), "l": ("l",), "l/": ("l",), "r": ("r",),
+    "r-": ("r",), "j": ("y",), ";": ("y",), "w": ("w",), "w#": ("w",), "W": ("w",),
+    "tS": ("ch",), "dZ": ("jh",),
+}
+_STRESS_MARKS = "',%="
+_VOWEL_START = "aeiouAEIOUV03@"
+
+# eSpeak NG keeps one engine (voice, parameters, callback) per process inside the C library. This
+# lock is not state of ours: it only serialises use of that process-wide engine between threads.
+_ESPEAK_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -20,3 +87,477 @@ class Phone:
     symbol: str
     start: float
     end: float
+
+
+# ---------------------------------------------------------------------------------------------
+# eSpeak NG through ctypes (API: espeak-ng/speak_lib.h, revision 12)
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_PHONEME_EVENTS = 0x0001
+_EVENT_LIST_TERMINATED, _EVENT_PHONEME = 0, 7
+_CHARS_UTF8, _ENDPAUSE = 1, 0x1000
+_POS_CHARACTER = 1
+_PARAM_RATE, _PARAM_PITCH = 1, 3
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p), ("id", _EventId),
+    ]
+
+
+class _Voice(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p), ("languages", ctypes.c_char_p), ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p),
+    ]
+
+
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+
+
+def espeak_to_arpabet(mnemonic: str) -> tuple[tuple[str, ...], bool]:
+    """Map one eSpeak phoneme mnemonic to ARPAbet phones; returns (phones, known).
+
+    Unknown mnemonics fall back to the nearest class: a vowel-like name -> "ah", a consonant whose
+    first letter is an ARPAbet consonant -> that consonant, anything else -> "sil".
+    """
+    name = mnemonic.lstrip(_STRESS_MARKS)
+    if name in ESPEAK_TO_ARPABET:
+        return ESPEAK_TO_ARPABET[name], True
+    base = name.rstrip("#/-[]0123456789") if len(name) > 1 else name
+    if base in ESPEAK_TO_ARPABET:
+        return ESPEAK_TO_ARPABET[base], False
+    if name[:1] and name[0] in _VOWEL_START:
+        return ("ah",), False
+    first = name[:1].lower()
+    return ((first,) if first in PHONE_INDEX and first not in "aeiou" else ("sil",)), False
+
+
+class EspeakTTS:
+    """eSpeak NG text-to-speech with exact phone timings from its phoneme events.
+
+    Holds the library handle and the callback; `synthesize` sets voice, rate and pitch on every
+    call because the C library's engine is shared by the whole process.
+    """
+
+    def __init__(self, library_path: str | None = None, data_path: str | None = None) -> None:
+        import espeakng_loader
+
+        self._lib = ctypes.CDLL(library_path or espeakng_loader.get_library_path())
+        self._lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self._lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
+        self._lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+        self._lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
+            ctypes.c_void_p, ctypes.c_void_p,
+        ]
+        self.data_path = data_path or espeakng_loader.get_data_path()
+        with _ESPEAK_LOCK:
+            rate = self._lib.espeak_Initialize(
+                _AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(), _INITIALIZE_PHONEME_EVENTS
+            )
+        if rate <= 0:
+            raise RuntimeError(f"espeak_Initialize failed for data at {self.data_path}")
+        self.sample_rate = int(rate)  # Hz, 22050 for the bundled voices
+        self._warned: set[str] = set()
+        self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[str, int]] = []
+        self._callback = _SYNTH_CALLBACK(self._on_synth)  # kept alive as long as the library may call it
+
+    def _on_synth(self, wav, num_samples, events) -> int:
+        if wav and num_samples > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            if events[i].type == _EVENT_PHONEME:
+                # `sample` is the exact output sample index (audio_position is the same in ms).
+                self._events.append((events[i].id.string.decode("utf-8", "replace"), int(events[i].sample)))
+            i += 1
+        return 0
+
+    def voices(self, variants: bool = False) -> list[str]:
+        """English voice names in the bundled data; with `variants`, every 'lang+variant' pair too."""
+        with _ESPEAK_LOCK:
+            # SetVoiceByName takes the voice file's name, e.g. gmw/en-GB-x-rp -> "en-gb-x-rp".
+            langs = [v.identifier.decode().split("/")[-1].lower() for v in self._list(None)
+                     if v.identifier.startswith(b"gmw/en")]
+            spec = _Voice(languages=b"variant")
+            names = [v.identifier.decode().split("/")[-1] for v in self._list(ctypes.byref(spec))]
+        langs = sorted(set(langs) - {"en-shaw"})  # Shavian is a script, not an accent
+        if not variants:
+            return langs
+        return langs + [f"{lang}+{name}" for lang in langs for name in sorted(names)]
+
+    def _list(self, spec) -> list[_Voice]:
+        array, out, i = self._lib.espeak_ListVoices(spec), [], 0
+        while array[i]:
+            out.append(array[i].contents)
+            i += 1
+        return out
+
+    def synthesize(
+        self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50
+    ) -> tuple[np.ndarray, list[Phone]]:
+        """Speak `text`; returns audio (S,) float32 at 16 kHz and phones covering [0, S / 16000].
+
+        rate: words per minute (80..450); pitch: 0..100 (50 = the voice's normal pitch).
+        """
+        _check_text(text)
+        if not ESPEAK_RATE_RANGE[0] <= rate <= ESPEAK_RATE_RANGE[1]:
+            raise ValueError(f"rate must be {ESPEAK_RATE_RANGE[0]}..{ESPEAK_RATE_RANGE[1]} words per minute, got {rate}")
+        if not 0 <= pitch <= 100:
+            raise ValueError(f"pitch must be 0..100 (50 = normal), got {pitch}")
+        data = text.encode("utf-8")
+        lang, plus, variant = voice.partition("+")
+        name = VOICE_ALIASES.get(lang.lower(), lang) + plus + variant
+        with _ESPEAK_LOCK:
+            found = self._lib.espeak_SetVoiceByName(name.encode()) == 0
+            if found:
+                self._synth(data, rate, pitch)
+            chunks, events = self._chunks, self._events
+            self._chunks, self._events = [], []
+        if not found:
+            raise ValueError(f"Unknown eSpeak voice {voice!r}; English voices: {', '.join(self.voices())} "
+                             "(add '+f3', '+m3', ... for variants)")
+        if not chunks:
+            raise RuntimeError(f"eSpeak NG synthesis gave no audio for text {text[:40]!r}")
+        native = np.concatenate(chunks).astype(np.float32) / 32768.0
+        audio = _resample(native, self.sample_rate)
+        return audio, cover_phones(self._phones(events, native.shape[0]), audio.shape[0] / SAMPLE_RATE)
+
+    def _synth(self, data: bytes, rate: int, pitch: int) -> None:
+        """Run the C synthesis; the callback fills self._chunks and self._events. Caller holds the lock."""
+        self._lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
+        self._lib.espeak_SetParameter(_PARAM_PITCH, int(pitch), 0)
+        self._lib.espeak_SetSynthCallback(self._callback)
+        self._chunks, self._events = [], []
+        err = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
+        if err != 0:
+            raise RuntimeError(f"espeak_Synth failed with error {err}")
+
+    def _phones(self, events: list[tuple[str, int]], num_samples: int) -> list[Phone]:
+        """Phoneme events (mnemonic, start sample) -> ARPAbet phones in seconds; each ends where the next starts."""
+        segments = []
+        bounds = [s for _, s in events] + [num_samples]
+        for (mnemonic, start), end in zip(events, bounds[1:]):
+            symbols, known = espeak_to_arpabet(mnemonic)
+            if not known and mnemonic not in self._warned:
+                self._warned.add(mnemonic)
+                logger.warning("eSpeak phoneme %r is not in ESPEAK_TO_ARPABET; using %s", mnemonic, symbols)
+            step = (end - start) / len(symbols)  # multi-phone mnemonics split their segment evenly
+            for k, symbol in enumerate(symbols):
+                segments.append(Phone(symbol, (start + k * step) / self.sample_rate, (start + (k + 1) * step) / self.sample_rate))
+        return segments
+
+
+class FliteTTS:
+    """Optional second engine: the Debian `flite` binary, phone end times from `-psdur`.
+
+    `FliteTTS.available()` says whether the binary is installed; the package never requires it.
+    Flite voices have a fixed pitch, so only `pitch=50` is accepted.
+    """
+
+    FLITE_RENAME = {"pau": "sil", "ax": "ah", "axr": "er"}
+
+    def __init__(self, executable: str | None = None) -> None:
+        exe = executable or shutil.which("flite")
+        if exe is None:
+            raise RuntimeError("The flite binary is not installed (Debian/Ubuntu: apt-get install flite).")
+        self.executable = exe
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("flite") is not None
+
+    def voices(self) -> list[str]:
+        out = subprocess.run([self.executable, "-lv"], capture_output=True, text=True, check=True).stdout
+        return out.split(":", 1)[-1].split()
+
+    def synthesize(self, text: str, voice: str = "slt", rate: int = 175, pitch: int = 50) -> tuple[np.ndarray, list[Phone]]:
+        """Like `EspeakTTS.synthesize`; `voice` is a flite voice name (see `voices()`)."""
+        import soundfile as sf
+
+        _check_text(text)
+        if voice not in self.voices():
+            raise ValueError(f"Unknown flite voice {voice!r}; available: {', '.join(self.voices())}")
+        if not ESPEAK_RATE_RANGE[0] <= rate <= ESPEAK_RATE_RANGE[1]:
+            raise ValueError(f"rate must be {ESPEAK_RATE_RANGE[0]}..{ESPEAK_RATE_RANGE[1]} words per minute, got {rate}")
+        if pitch != 50:
+            raise ValueError(f"flite voices have a fixed pitch; use pitch=50 (got {pitch}) or another voice")
+        with tempfile.TemporaryDirectory() as tmp:
+            wav_path = str(Path(tmp) / "out.wav")
+            cmd = [self.executable, "-voice", voice, "--setf", f"duration_stretch={175.0 / rate:.4f}",
+                   "-psdur", "-t", text, "-o", wav_path]
+            stdout = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            native, sr = sf.read(wav_path, dtype="float32")
+        audio = _resample(native, sr)
+        phones, start = [], 0.0
+        for item in stdout.split():  # "hh:0.302" = phone and its end time in seconds
+            symbol, _, end = item.rpartition(":")
+            symbol = self.FLITE_RENAME.get(symbol, symbol)
+            phones.append(Phone(symbol if symbol in PHONE_INDEX else "sil", start, float(end)))
+            start = float(end)
+        return audio, cover_phones(phones, audio.shape[0] / SAMPLE_RATE)
+
+
+def synthesize(
+    text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, tts: EspeakTTS | FliteTTS | None = None
+) -> tuple[np.ndarray, list[Phone]]:
+    """Text to speech with exact phone timings: audio (S,) float32 at 16 kHz and its phones.
+
+    The phones cover the audio from 0 to S / 16000 s without gaps ("sil" fills pauses). Pass a
+    `tts` engine to reuse it across calls (creating an EspeakTTS takes a few milliseconds).
+    """
+    return (tts if tts is not None else EspeakTTS()).synthesize(text, voice=voice, rate=rate, pitch=pitch)
+
+
+def _check_text(text: str) -> None:
+    if not isinstance(text, str) or not re.search(r"\w", text):
+        raise ValueError(f"text must be a string with at least one word, got {text!r}")
+
+
+def _resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    if sample_rate == SAMPLE_RATE:
+        return np.ascontiguousarray(audio, dtype=np.float32)
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(SAMPLE_RATE, int(sample_rate))
+    return resample_poly(audio, SAMPLE_RATE // g, int(sample_rate) // g).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timed phone sequences
+
+
+def cover_phones(phones: Sequence[Phone], duration: float) -> list[Phone]:
+    """Sort, clip to [0, duration], fill gaps with "sil", merge neighbouring "sil", drop empty phones."""
+    out: list[Phone] = []
+    cursor = 0.0
+
+    def add(symbol: str, start: float, end: float) -> None:
+        if end - start <= 1e-9:
+            return
+        if symbol == "sil" and out and out[-1].symbol == "sil":
+            out[-1] = Phone("sil", out[-1].start, end)
+        else:
+            out.append(Phone(symbol, start, end))
+
+    for p in sorted(phones, key=lambda q: q.start):
+        start, end = max(p.start, cursor), min(p.end, duration)
+        if start > cursor:
+            add("sil", cursor, start)
+        if end > start:
+            add(p.symbol, start, end)
+            cursor = end
+    add("sil", cursor, duration)
+    return out
+
+
+def phones_to_frames(phones: Sequence[Phone], num_frames: int, fps: int = FPS) -> np.ndarray:
+    """Phone index into ARPABET per motion frame: (T,) int64, T = `num_frames`.
+
+    Frame t covers [t / fps, (t + 1) / fps) and takes the phone at its centre; frames outside
+    every phone are "sil". Phones must be sorted and non-overlapping.
+    """
+    if num_frames < 0:
+        raise ValueError(f"num_frames must be >= 0, got {num_frames}")
+    unknown = sorted({p.symbol for p in phones} - set(ARPABET))
+    if unknown:
+        raise ValueError(f"Phone symbols {unknown} are not ARPAbet; expected lower-case symbols from ARPABET")
+    starts = np.array([p.start for p in phones], dtype=np.float64)
+    ends = np.array([p.end for p in phones], dtype=np.float64)
+    if np.any(ends < starts) or np.any(starts[1:] < ends[:-1] - 1e-6):
+        raise ValueError("phones must be sorted by time, each with start <= end, and must not overlap")
+    out = np.zeros(num_frames, dtype=np.int64)  # 0 = "sil"
+    if not phones:
+        return out
+    ids = np.array([PHONE_INDEX[p.symbol] for p in phones], dtype=np.int64)
+    centres = (np.arange(num_frames) + 0.5) / fps
+    k = np.searchsorted(starts, centres, side="right") - 1  # last phone starting at or before the centre
+    inside = (k >= 0) & (centres < ends[np.maximum(k, 0)])
+    out[inside] = ids[k[inside]]
+    return out
+
+
+def phone_error_rate(reference: Sequence[str], hypothesis: Sequence[str]) -> float:
+    """Levenshtein distance between phone sequences divided by len(reference) ("sil" ignored)."""
+    ref = [p for p in reference if p != "sil"]
+    hyp = [p for p in hypothesis if p != "sil"]
+    if not ref:
+        raise ValueError("reference has no phones other than 'sil'")
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / len(ref)
+
+
+def read_phone_labels(path: str | Path) -> list[Phone]:
+    """Read 'start end phone' lines (seconds, ARPAbet; '#' starts a comment)."""
+    phones = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            start, end, symbol = line.split()
+            phones.append(Phone(symbol, float(start), float(end)))
+    return phones
+
+
+def write_phone_labels(path: str | Path, phones: Sequence[Phone]) -> None:
+    """Write phones as 'start end phone' lines in seconds."""
+    Path(path).write_text("".join(f"{p.start:.4f} {p.end:.4f} {p.symbol}\n" for p in phones))
+
+
+def load_arctic_fixture() -> tuple[np.ndarray, list[Phone], str]:
+    """The shipped CMU ARCTIC utterance arctic_a0009: audio (S,) 16 kHz, its labelled phones, transcript."""
+    from .audio import load_audio
+
+    audio = load_audio(ARCTIC_DIR / "arctic_a0009.wav")
+    phones = read_phone_labels(ARCTIC_DIR / "arctic_a0009.phones.txt")
+    return audio, phones, (ARCTIC_DIR / "arctic_a0009.txt").read_text().strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# pocketsphinx: forced alignment and allphone recognition
+
+
+class PhoneAligner:
+    """pocketsphinx decoders (created on first use) for `align` and `recognize`.
+
+    Reuse one instance: creating each decoder loads the acoustic model (about half a second).
+    """
+
+    def __init__(self) -> None:
+        self._aligner = None
+        self._allphone = None
+        self._g2p: EspeakTTS | None = None
+
+    def _align_decoder(self):
+        if self._aligner is None:
+            from pocketsphinx import Decoder
+
+            # lm=None: alignment builds its own search from the transcript; no N-gram LM needed.
+            self._aligner = Decoder(samprate=SAMPLE_RATE, lm=None, bestpath=False, loglevel="FATAL")
+        return self._aligner
+
+    def align(self, audio: np.ndarray, transcript: str, on_unknown: str = "g2p") -> list[Phone]:
+        """Forced alignment of `transcript` to audio (S,) 16 kHz -> phones covering the audio.
+
+        on_unknown: what to do with words missing from the CMU dictionary: "g2p" adds eSpeak's
+        pronunciation (with a warning), "recognize" falls back to `recognize`, "error" raises.
+        """
+        if on_unknown not in ("g2p", "recognize", "error"):
+            raise ValueError(f"on_unknown must be 'g2p', 'recognize' or 'error', got {on_unknown!r}")
+        pcm = _to_pcm16(audio)
+        words = [w.strip("'") for w in re.findall(r"[a-z0-9']+", transcript.lower())]
+        words = [w for w in words if w]
+        if not words:
+            raise ValueError(f"transcript has no words: {transcript!r}")
+        decoder = self._align_decoder()
+        unknown = sorted({w for w in words if decoder.lookup_word(w) is None})
+        if unknown:
+            if on_unknown == "error":
+                raise ValueError(f"Words not in the pronunciation dictionary: {', '.join(unknown)}; "
+                                 "respell them or use on_unknown='g2p'")
+            if on_unknown == "recognize":
+                logger.warning("Words %s are not in the dictionary; recognising phones without the transcript", unknown)
+                return self.recognize(audio)
+            logger.warning("Words %s are not in the dictionary; using eSpeak NG pronunciations", unknown)
+            for word in unknown:
+                decoder.add_word(word, " ".join(self._pronounce(word)), update=True)
+        try:
+            decoder.set_align_text(" ".join(words))
+            for _ in range(2):  # pass 1 aligns words; pass 2 (after set_alignment) phones and states
+                decoder.start_utt()
+                decoder.process_raw(pcm, full_utt=True)
+                decoder.end_utt()
+                if _ == 0:
+                    decoder.set_alignment()
+            entries = list(decoder.get_alignment().phones())
+        except RuntimeError as err:
+            raise ValueError(f"Could not align the transcript to the audio ({err}); check that they match") from None
+        phones = [Phone(_sphinx_symbol(e.name), e.start / ALIGN_FRAME_RATE, (e.start + e.duration) / ALIGN_FRAME_RATE)
+                  for e in entries]
+        return cover_phones(phones, len(audio) / SAMPLE_RATE)
+
+    def _pronounce(self, word: str) -> list[str]:
+        if self._g2p is None:
+            self._g2p = EspeakTTS()
+        _, phones = self._g2p.synthesize(word)
+        symbols = [p.symbol.upper() for p in phones if p.symbol != "sil"]
+        if not symbols:
+            raise ValueError(f"No pronunciation could be made for {word!r}")
+        return symbols
+
+    def recognize(self, audio: np.ndarray) -> list[Phone]:
+        """Allphone recognition (phone bigram LM, no transcript) of audio (S,) 16 kHz -> phones."""
+        pcm = _to_pcm16(audio)
+        if self._allphone is None:
+            from pocketsphinx import Decoder, get_model_path
+
+            # Beams and language weight as recommended for pocketsphinx phoneme recognition.
+            self._allphone = Decoder(
+                samprate=SAMPLE_RATE, allphone=str(Path(get_model_path()) / "en-us" / "en-us-phone.lm.bin"),
+                lm=None, backtrace=True, beam=1e-20, pbeam=1e-20, lw=2.0, loglevel="FATAL",
+            )
+        self._allphone.start_utt()
+        self._allphone.process_raw(pcm, full_utt=True)
+        self._allphone.end_utt()
+        phones = [Phone(_sphinx_symbol(s.word), s.start_frame / ALIGN_FRAME_RATE, (s.end_frame + 1) / ALIGN_FRAME_RATE)
+                  for s in self._allphone.seg()]
+        return cover_phones(phones, len(audio) / SAMPLE_RATE)
+
+
+def _to_pcm16(audio: np.ndarray) -> bytes:
+    if not isinstance(audio, np.ndarray) or audio.ndim != 1 or audio.shape[0] == 0:
+        raise ValueError(f"audio must be a non-empty (S,) array at {SAMPLE_RATE} Hz, got {getattr(audio, 'shape', type(audio))}")
+    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype("<i2").tobytes()
+
+
+def _sphinx_symbol(name: str) -> str:
+    """pocketsphinx phone name (CMU set upper case, SIL, +NOISE+ fillers) -> ARPABET symbol."""
+    symbol = name.lower()
+    return symbol if symbol in PHONE_INDEX else "sil"
+
+
+def align(audio: np.ndarray, transcript: str, aligner: PhoneAligner | None = None, on_unknown: str = "g2p") -> list[Phone]:
+    """Forced alignment: audio (S,) 16 kHz + transcript -> phones covering the audio. See PhoneAligner.align."""
+    return (aligner or PhoneAligner()).align(audio, transcript, on_unknown=on_unknown)
+
+
+def recognize_phones(audio: np.ndarray, aligner: PhoneAligner | None = None) -> list[Phone]:
+    """Phones recognised without a transcript: audio (S,) 16 kHz -> phones covering the audio."""
+    return (aligner or PhoneAligner()).recognize(audio)
+
+
+def phone_features(audio: np.ndarray, transcript: str | None = None, aligner: PhoneAligner | None = None) -> np.ndarray:
+    """Frame-level phones for the "phonetic" audio front end: audio (S,) -> (T, len(ARPABET)) float32.
+
+    One-hot of forced-aligned phones when a transcript is given (recognised phones if alignment
+    fails or no transcript), at T = num_frames(S) motion frames.
+    """
+    from .audio import num_frames
+
+    aligner = aligner or PhoneAligner()
+    phones = None
+    if transcript is not None:
+        try:
+            phones = aligner.align(audio, transcript)
+        except ValueError as err:
+            logger.warning("Alignment failed (%s); using phone recognition instead", err)
+    if phones is None:
+        phones = aligner.recognize(audio)
+    ids = phones_to_frames(phones, num_frames(audio.shape[0]))
+    return np.eye(len(ARPABET), dtype=np.float32)[ids]
