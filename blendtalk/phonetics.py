@@ -46,6 +46,11 @@ VOICE_ALIASES = {"en-gb": "en"}  # accepted names -> eSpeak voice file names
 ESPEAK_RATE_RANGE = (80, 450)  # words per minute accepted by espeak_SetParameter(espeakRATE)
 ALIGN_FRAME_RATE = 100  # pocketsphinx frames per second (10 ms frame shift)
 ARCTIC_DIR = ASSETS_DIR / "audio"
+# Pruning beams for the word-alignment pass. The recognition defaults (1e-48) prune the only
+# path of a linear transcript grammar on synthetic or multi-sentence speech ("final result does
+# not match the grammar"; 1e-100 still fails on 75 s of TTS). A grammar this small is cheap to
+# search almost exhaustively: 126 s of speech aligns in about 6 s on one CPU core.
+ALIGN_BEAMS = {"beam": 1e-200, "wbeam": 1e-200, "pbeam": 1e-200}
 
 # eSpeak NG English phoneme mnemonics ("en"/"en-us" phoneme tables, Kirshenbaum-like names, stress
 # marks stripped) -> ARPAbet. Entries with two phones (r-coloured vowels, syllabic l) split the
@@ -449,7 +454,7 @@ class PhoneAligner:
             from pocketsphinx import Decoder
 
             # lm=None: alignment builds its own search from the transcript; no N-gram LM needed.
-            self._aligner = Decoder(samprate=SAMPLE_RATE, lm=None, bestpath=False, loglevel="FATAL")
+            self._aligner = Decoder(samprate=SAMPLE_RATE, lm=None, bestpath=False, loglevel="FATAL", **ALIGN_BEAMS)
         return self._aligner
 
     def align(self, audio: np.ndarray, transcript: str, on_unknown: str = "g2p") -> list[Phone]:
@@ -479,12 +484,9 @@ class PhoneAligner:
                 decoder.add_word(word, " ".join(self._pronounce(word)), update=True)
         try:
             decoder.set_align_text(" ".join(words))
-            for _ in range(2):  # pass 1 aligns words; pass 2 (after set_alignment) phones and states
-                decoder.start_utt()
-                decoder.process_raw(pcm, full_utt=True)
-                decoder.end_utt()
-                if _ == 0:
-                    decoder.set_alignment()
+            _decode(decoder, pcm)  # pass 1: word alignment
+            decoder.set_alignment()
+            _decode(decoder, pcm)  # pass 2: phone and state alignment within those words
             entries = list(decoder.get_alignment().phones())
         except RuntimeError as err:
             raise ValueError(f"Could not align the transcript to the audio ({err}); check that they match") from None
@@ -512,12 +514,16 @@ class PhoneAligner:
                 samprate=SAMPLE_RATE, allphone=str(Path(get_model_path()) / "en-us" / "en-us-phone.lm.bin"),
                 lm=None, backtrace=True, beam=1e-20, pbeam=1e-20, lw=2.0, loglevel="FATAL",
             )
-        self._allphone.start_utt()
-        self._allphone.process_raw(pcm, full_utt=True)
-        self._allphone.end_utt()
+        _decode(self._allphone, pcm)
         phones = [Phone(_sphinx_symbol(s.word), s.start_frame / ALIGN_FRAME_RATE, (s.end_frame + 1) / ALIGN_FRAME_RATE)
                   for s in self._allphone.seg()]
         return cover_phones(phones, len(audio) / SAMPLE_RATE)
+
+
+def _decode(decoder, pcm: bytes) -> None:
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
 
 
 def _to_pcm16(audio: np.ndarray) -> bytes:
