@@ -98,7 +98,8 @@ def evaluate_fusion(methods: dict[str, FusionMethod], cases, rig: FaceRig, devic
 
     fused_mve: mean vertex error vs the true fused deformation; fused_lve: LVE vs it; lip_mve and
     upper_face_mve: the same error on those regions; bilabial_gap: mean lip opening at /p b m/
-    frames (truth gives the floor: some emotions part the lips themselves).
+    frames (the truth's own gap is not zero where an emotion parts the lips, e.g. surprise), and
+    bilabial_gap_error: mean |gap - true gap| over those frames.
     """
     deltas = torch.as_tensor(rig.deltas, device=device)
     template = torch.as_tensor(rig.vertices, device=device)
@@ -115,10 +116,13 @@ def evaluate_fusion(methods: dict[str, FusionMethod], cases, rig: FaceRig, devic
         preds = {"truth": truth}
         with torch.no_grad():
             preds |= {name: fn(d_s, d_e).to(truth) for name, fn in methods.items()}
+        bilabial = torch.as_tensor(case.bilabial, device=device)
+        true_gap = rig.lip_gap(template + truth[bilabial]) if case.bilabial.any() else None
         for name, pred in preds.items():
-            if case.bilabial.any():
-                gap = rig.lip_gap(template + pred[torch.as_tensor(case.bilabial, device=device)])
+            if true_gap is not None:
+                gap = rig.lip_gap(template + pred[bilabial])  # (frames,)
                 gaps[name][case.emotion].append(float(gap.mean()) * MM_PER_M)
+                sums[name]["bilabial_gap_error"].append(float((gap - true_gap).abs().mean()) * MM_PER_M)
             if name == "truth":
                 continue
             p, t = pred.cpu(), truth.cpu()
@@ -128,7 +132,7 @@ def evaluate_fusion(methods: dict[str, FusionMethod], cases, rig: FaceRig, devic
             sums[name]["upper_face_mve"].append(mean_vertex_error(p, t, upper) * MM_PER_M)
     report = {}
     for name in list(methods) + ["truth"]:
-        row = {k: float(np.mean(v)) for k, v in sums[name].items()}
+        row = {k: float(np.mean(v)) for k, v in sums[name].items() if name != "truth" or k != "bilabial_gap_error"}
         row["bilabial_gap"] = float(np.mean([g for v in gaps[name].values() for g in v])) if gaps[name] else float("nan")
         row["bilabial_gap_by_emotion"] = {e: float(np.mean(v)) for e, v in sorted(gaps[name].items())}
         report[name] = row

@@ -116,6 +116,7 @@ def generate_speech(out: Path, rig: FaceRig, config: SynthConfig, tts: EspeakTTS
                 pure = visemes_to_weights(phones, num_frames, rig, style)
                 leak = speech_leak(num_frames, seq_rng, spk["leak_emotion"], config).astype(np.float32)
                 sentence = f"sentence{n + 1:02d}"
+                audio = np.clip(audio, -1.0, 1.0)  # resampling can overshoot full scale by a hair
                 w.add(spk["name"], sentence, rig(pure + leak), audio, SAMPLE_RATE)
                 np.savez_compressed(
                     truth / f"{spk['name']}_{sentence}.npz", speech=pure, leak=leak, text=np.array(SENTENCES[k]),
