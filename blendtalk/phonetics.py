@@ -260,7 +260,8 @@ class EspeakTTS:
                 logger.warning("eSpeak phoneme %r is not in ESPEAK_TO_ARPABET; using %s", mnemonic, symbols)
             step = (end - start) / len(symbols)  # multi-phone mnemonics split their segment evenly
             for k, symbol in enumerate(symbols):
-                segments.append(Phone(symbol, (start + k * step) / self.sample_rate, (start + (k + 1) * step) / self.sample_rate))
+                a, b = start + k * step, start + (k + 1) * step  # samples at the engine's rate
+                segments.append(Phone(symbol, a / self.sample_rate, b / self.sample_rate))
         return segments
 
 
