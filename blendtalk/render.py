@@ -68,10 +68,10 @@ class RenderConfig:
     iris: tuple[float, float, float] = (0.38, 0.26, 0.17)  # hazel-brown
     sclera: tuple[float, float, float] = (0.86, 0.84, 0.80)  # off-white: eyes sit in the lids' shade
     # Key light up-left-front, weaker fill from the right; directions point from surface to light.
-    lights: tuple[tuple[float, float, float], ...] = ((-0.55, 0.55, 0.85), (0.85, 0.05, 0.55))
-    light_intensities: tuple[float, ...] = (0.95, 0.35)
-    ambient: float = 0.12  # keeps shadowed skin from going black
-    specular: float = 0.10  # soft sheen; skin is not glossy
+    lights: tuple[tuple[float, float, float], ...] = ((-0.7, 0.5, 0.6), (0.8, 0.1, 0.6))
+    light_intensities: tuple[float, ...] = (1.0, 0.25)  # a 4:1 key-to-fill ratio models the face
+    ambient: float = 0.08  # keeps shadowed skin from going black
+    specular: float = 0.12  # soft sheen; skin is not glossy
     occlusion_strength: float = 0.8  # how much ambient occlusion darkens creases and cavities, 0..1
     fov_deg: float = 18.0  # vertical field of view, deg (a portrait lens); 0 means orthographic
     yaw_deg: float = 0.0  # camera orbit about the vertical axis, deg (+ toward the face's left)
@@ -272,8 +272,8 @@ class Renderer:
     ):
         self.config = config = config or RenderConfig()
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        tri = torch.as_tensor(np.asarray(triangles)).long()
-        tmpl = torch.as_tensor(np.asarray(template_vertices), dtype=torch.float64)
+        tri = _host_tensor(triangles).long()
+        tmpl = _host_tensor(template_vertices).double()
         if tmpl.ndim != 2 or tmpl.shape[1] != 3 or len(tmpl) < 3:
             raise ValueError(f"template_vertices must have shape (V, 3), got {tuple(tmpl.shape)}")
         if not torch.isfinite(tmpl).all():
@@ -283,14 +283,14 @@ class Renderer:
         if tri.min() < 0 or tri.max() >= len(tmpl):
             raise ValueError(f"triangle indices must lie in [0, {len(tmpl)}), got [{int(tri.min())}, {int(tri.max())}]")
         colours = config.skin if vertex_colours is None else vertex_colours
-        colours = torch.as_tensor(np.asarray(colours), dtype=torch.float32)
+        colours = _host_tensor(colours).float()
         colours = colours.expand(len(tmpl), 3) if colours.ndim == 1 else colours
         if colours.shape != (len(tmpl), 3):
             raise ValueError(f"vertex_colours must have shape ({len(tmpl)}, 3), got {tuple(colours.shape)}")
         self.num_vertices = len(tmpl)
         static_v = torch.zeros(0, 3, dtype=torch.float64)
         if static_mesh is not None:
-            static_v, static_t, static_c = (torch.as_tensor(np.asarray(a)) for a in static_mesh)
+            static_v, static_t, static_c = (_host_tensor(a) for a in static_mesh)
             static_v = static_v.double()
             tri = torch.cat([tri, static_t.long() + len(tmpl)])
             colours = torch.cat([colours, static_c.float()])
@@ -629,6 +629,11 @@ def _eyeball(centre: np.ndarray, radius: float, config: RenderConfig):
         a, b = 1 + ring * _EYE_SEGMENTS, 1 + (ring + 1) * _EYE_SEGMENTS
         tris += [np.stack([a + j, b + j, b + k], -1), np.stack([a + j, b + k, a + k], -1)]
     return verts.astype(np.float32), np.concatenate(tris), colours
+
+
+def _host_tensor(array) -> torch.Tensor:
+    """A CPU tensor from a numpy array, sequence or tensor (detached: rendering needs no gradients)."""
+    return array.detach().cpu() if isinstance(array, torch.Tensor) else torch.as_tensor(np.asarray(array))
 
 
 def _smooth(values: torch.Tensor, triangles: torch.Tensor, steps: int) -> torch.Tensor:

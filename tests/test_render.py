@@ -1,0 +1,179 @@
+import numpy as np
+import pytest
+import torch
+
+from blendtalk.render import Renderer, RenderConfig, render
+from blendtalk.rig import load_rig
+
+SIZE = 128  # px: small frames keep the tests fast
+
+
+@pytest.fixture(scope="module")
+def rig():
+    return load_rig()
+
+
+@pytest.fixture(scope="module")
+def renderer(rig):
+    return Renderer.for_rig(rig, RenderConfig(size=SIZE))
+
+
+@pytest.fixture(scope="module")
+def poses(rig):
+    """(3, V, 3): neutral, jawOpen = 1, a smile."""
+    named = [{}, {"jawOpen": 1.0}, {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}]
+    return rig(np.stack([rig.weights(p) for p in named]))
+
+
+def covered(frames: np.ndarray, config: RenderConfig = RenderConfig()) -> np.ndarray:
+    """(..., H, W) bool: pixels that differ from the background colour."""
+    background = frames[..., 0, 0, :]  # the corners are always background on these meshes
+    return (frames != background[..., None, None, :]).any(-1)
+
+
+def grid_plane(side: int, z: float = 0.0, jitter: float = 0.0, seed: int = 0):
+    """A unit square in the xy-plane facing +z, cut into 2 * side**2 triangles: (V, 3), (F, 3)."""
+    u = np.linspace(-0.5, 0.5, side + 1)
+    xx, yy = np.meshgrid(u, u)
+    verts = np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, z)], -1)
+    if jitter:
+        inner = (np.abs(verts[:, 0]) < 0.5) & (np.abs(verts[:, 1]) < 0.5)
+        step = jitter / side
+        verts[inner, :2] += np.random.default_rng(seed).uniform(-step, step, (int(inner.sum()), 2))
+    i = np.arange(side)
+    a = (i[:, None] * (side + 1) + i[None, :]).ravel()  # lower-left corner of each cell
+    tris = np.concatenate([np.stack([a, a + 1, a + side + 2], -1), np.stack([a, a + side + 2, a + side + 1], -1)])
+    return verts.astype(np.float32), tris
+
+
+def test_shapes_and_dtype(renderer, poses, rig):
+    frames = renderer(poses)
+    assert frames.shape == (3, SIZE, SIZE, 3) and frames.dtype == np.uint8
+    single = renderer(rig.vertices)
+    assert single.shape == (SIZE, SIZE, 3) and single.dtype == np.uint8
+    assert np.array_equal(single, frames[0])
+    assert renderer(torch.as_tensor(poses)).shape == (3, SIZE, SIZE, 3)
+
+
+def test_deterministic_and_independent_of_chunking(rig, renderer, poses):
+    first = renderer(poses)
+    assert first.tobytes() == renderer(poses).tobytes()
+    rebuilt = Renderer.for_rig(rig, RenderConfig(size=SIZE, max_candidates=1))  # one frame per chunk
+    assert first.tobytes() == rebuilt(poses).tobytes()
+    assert np.array_equal(first[1], renderer(poses[1]))
+
+
+def test_face_covers_a_centred_share_of_the_frame(renderer, poses):
+    mask = covered(renderer(poses[0]))
+    share = mask.mean()
+    assert 0.2 < share < 0.8, share
+    rows, cols = np.nonzero(mask)
+    # Centred on the template's bounding box: the silhouette's box is centred in the frame.
+    assert abs((cols.min() + cols.max()) / 2 - SIZE / 2) < 0.05 * SIZE
+    assert abs((rows.min() + rows.max()) / 2 - SIZE / 2) < 0.08 * SIZE  # the slight look down shifts it
+    # Left-right symmetric face, frontal camera: the coverage is nearly mirror-symmetric.
+    assert (mask != mask[:, ::-1]).mean() < 0.01
+
+
+def test_jaw_open_changes_the_mouth_not_the_forehead(renderer, poses):
+    neutral, jaw = renderer(poses[:2]).astype(int)
+    rows, _ = np.nonzero(covered(neutral.astype(np.uint8)))
+    top, bottom = rows.min(), rows.max()
+    changed = np.abs(jaw - neutral).max(-1) > 0
+    forehead = slice(top, top + int(0.3 * (bottom - top)))
+    mouth = slice(top + int(0.6 * (bottom - top)), bottom + 1)
+    assert not changed[forehead].any()
+    assert changed[mouth].sum() > 0.01 * SIZE * SIZE
+
+
+def test_open_mouth_is_dark(renderer, poses):
+    """No teeth: the inside of an opened mouth must read as a dark opening, darker than the skin."""
+    neutral, jaw = renderer(poses[:2]).astype(float).mean(-1)  # luminance-ish (H, W)
+    rows, cols = np.nonzero(covered(renderer(poses[0])))
+    skin = np.median(neutral[rows, cols])
+    top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+    box = (slice(top + int(0.6 * (bottom - top)), bottom), slice(left + int(0.35 * (right - left)), right - int(0.35 * (right - left))))
+    dark_neutral = (neutral[box] < 0.4 * skin).sum()
+    dark_jaw = (jaw[box] < 0.4 * skin).sum()
+    assert dark_jaw > 100 + 3 * dark_neutral, (dark_jaw, dark_neutral)  # a dark opening appears
+
+
+def test_smile_changes_pixels(renderer, poses):
+    neutral, _, smile = renderer(poses).astype(int)
+    assert (np.abs(smile - neutral).max(-1) > 8).sum() > 0.005 * SIZE * SIZE
+
+
+def test_bad_inputs_raise(renderer, rig):
+    v = rig.vertices
+    for bad in (v[None, :, :2], v[None, :-1], v[None, None], v[:, :2], np.zeros(3)):
+        with pytest.raises(ValueError, match=r"shape"):
+            renderer(bad)
+    nan = v.copy()
+    nan[5, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN"):
+        renderer(nan)
+    with pytest.raises(ValueError, match=r"shape"):
+        render(v[None, :, :2], rig.triangles)
+    with pytest.raises(ValueError, match=r"triangle"):
+        Renderer(rig.triangles + 10_000, v)
+    with pytest.raises(ValueError, match=r"size"):
+        RenderConfig(size=0)
+
+
+def test_orthographic_square_fills_its_exact_share():
+    """Rasterization is exact and watertight: a jittered grid square covers (1 - 2 margin)^2."""
+    verts, tris = grid_plane(24, jitter=0.3)
+    config = RenderConfig(size=100, fov_deg=0, pitch_deg=0, margin=0.1)
+    frame = Renderer(tris, verts, config)(verts)
+    mask = covered(frame)
+    assert mask[10:90, 10:90].all()  # no cracks between the 1152 triangles
+    assert mask.sum() == 80 * 80
+
+
+def test_nearer_surface_wins():
+    near, tris = grid_plane(2, z=0.1)
+    far, _ = grid_plane(2, z=-0.1)
+    far[:, 0] += 0.3  # the far square sticks out on the right
+    verts = np.concatenate([near, far])
+    triangles = np.concatenate([tris, tris + len(near)])
+    colours = np.concatenate([np.tile([1.0, 0.1, 0.1], (len(near), 1)), np.tile([0.1, 0.1, 1.0], (len(far), 1))])
+    frame = Renderer(triangles, verts, RenderConfig(size=64, pitch_deg=0), vertex_colours=colours)(verts).astype(int)
+    mask = covered(frame.astype(np.uint8))
+    red = mask & (frame[..., 0] > frame[..., 2])
+    blue = mask & (frame[..., 2] > frame[..., 0])
+    # The near square hides the far one where they overlap; the far one shows only on the right.
+    assert red.sum() > blue.sum() > 0
+    assert np.nonzero(blue)[1].min() > np.nonzero(red)[1].mean()
+
+
+def test_convenience_render_and_supersampling(rig):
+    frame = render(rig.vertices, rig.triangles, size=64)
+    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+    plain = Renderer(rig.triangles, rig.vertices, RenderConfig(size=64))(rig.vertices)
+    assert np.array_equal(frame, plain)
+    smooth = Renderer(rig.triangles, rig.vertices, RenderConfig(size=64, supersample=2))(rig.vertices)
+    assert smooth.shape == plain.shape
+    assert np.abs(smooth.astype(int) - plain).mean() < 6  # the same picture, softer edges
+
+
+def test_rig_gets_eyeballs_and_lip_tint(rig):
+    dressed = Renderer.for_rig(rig, RenderConfig(size=SIZE))
+    bare = Renderer.for_rig(rig, RenderConfig(size=SIZE, eyes=False))
+    assert len(dressed.static_vertices) > 0 and len(bare.static_vertices) == 0
+    a, b = dressed(rig.vertices).astype(int), bare(rig.vertices).astype(int)
+    diff = np.abs(a - b).max(-1) > 30
+    rows, cols = np.nonzero(diff)
+    assert diff.sum() > 20  # eyeballs are visible in the eye openings: both, at mid-height
+    assert (cols < SIZE / 2).sum() > 10 and (cols > SIZE / 2).sum() > 10
+    face_rows = np.nonzero(covered(a.astype(np.uint8)))[0]
+    top, bottom = face_rows.min(), face_rows.max()
+    assert top + 0.35 * (bottom - top) < rows.min() and rows.max() < top + 0.65 * (bottom - top)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(rig, renderer, poses):
+    gpu = Renderer.for_rig(rig, RenderConfig(size=SIZE), device="cuda")
+    a, b = renderer(poses).astype(int), gpu(torch.as_tensor(poses, device="cuda")).astype(int)
+    diff = np.abs(a - b).max(-1)
+    assert (diff > 8).mean() < 0.005
+    assert diff.mean() < 1.0
