@@ -1,0 +1,42 @@
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from blendtalk.cli import main
+
+
+def test_info_json_and_picture(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BLENDTALK_CACHE", str(tmp_path / "cache"))
+    picture = tmp_path / "rig.png"
+    assert main(["info", "--map-size", "64", "--picture", str(picture)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["vertices"] == 4278 and info["triangles"] == 8508 and len(info["blendshapes"]) == 52
+    assert info["map_size"] == 64 and info["map_coverage"] >= 0.6 and info["map_symmetry_error"] < 1e-9
+    assert info["regions"]["lips"] > 0 and info["lip_pairs"] >= 5
+    import imageio.v3 as iio
+
+    img = iio.imread(picture)
+    assert img.shape[0] == 256 and img.shape[1] == 256 * 5  # the map beside four rendered poses
+    assert img.std() > 10
+
+
+def test_info_bad_map_size(capsys):
+    assert main(["info", "--map-size", "3"]) == 2
+    assert "blendtalk: error:" in capsys.readouterr().err
+
+
+def test_rig_loads_without_network(monkeypatch):
+    """The embedded default needs nothing from the network: every socket connection fails here."""
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    from blendtalk.rig import load_rig
+
+    rig = load_rig()
+    assert np.isfinite(rig.vertices).all()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", 9))
