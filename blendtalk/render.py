@@ -38,6 +38,7 @@ _AO_DIRECTIONS = 48  # view directions sampled over the sphere for ambient occlu
 _AO_SIZE = 160  # px, resolution of the ambient-occlusion depth maps
 _CPU_CANDIDATES = 1_000_000  # pixel-row candidates per chunk on CPU: small tensors stay cache- and allocator-friendly
 _CUDA_CANDIDATES = 32_000_000  # per chunk on CUDA: big launches amortise kernel overhead
+_PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a time
 # Eyeball: rings of the front cap (polar angle, deg) and their colour: 0 pupil, 1 iris, 2 limbus, 3 sclera.
 _EYE_RINGS = ((3, 0), (6, 0), (8.5, 0), (10, 1), (16, 1), (22, 1), (25.5, 1), (27.5, 2), (29.5, 3),
               (38, 3), (50, 3), (64, 3), (78, 3))
@@ -291,6 +292,12 @@ class Renderer:
         static_v = torch.zeros(0, 3, dtype=torch.float64)
         if static_mesh is not None:
             static_v, static_t, static_c = (_host_tensor(a) for a in static_mesh)
+            if static_v.ndim != 2 or static_v.shape[1] != 3 or static_c.shape != static_v.shape:
+                raise ValueError(
+                    f"static_mesh needs vertices (E, 3) and colours (E, 3), got {tuple(static_v.shape)} and {tuple(static_c.shape)}"
+                )
+            if static_t.ndim != 2 or static_t.shape[1] != 3 or static_t.min() < 0 or static_t.max() >= len(static_v):
+                raise ValueError(f"static_mesh triangles must be (G, 3) indices below E={len(static_v)}, got {tuple(static_t.shape)}")
             static_v = static_v.double()
             tri = torch.cat([tri, static_t.long() + len(tmpl)])
             colours = torch.cat([colours, static_c.float()])
@@ -365,13 +372,15 @@ class Renderer:
             )
         if not torch.isfinite(verts).all():
             raise ValueError(f"vertices of shape {shape} contain NaN or infinite values")
-        verts = verts.reshape(-1, self.num_vertices, 3).to(self.device, torch.float32)
-        if len(self.static_vertices):
-            verts = torch.cat([verts, self.static_vertices.expand(len(verts), -1, -1)], 1)  # (T, V+E, 3)
+        verts = verts.reshape(-1, self.num_vertices, 3)
         size = self.config.size
-        chunks = [self._render_chunk(verts[s:e]) for s, e in self._chunks(verts)]
-        out = torch.cat(chunks) if chunks else torch.zeros(0, size, size, 3, dtype=torch.uint8)
-        out = out.cpu().numpy()
+        out = np.empty((len(verts), size, size, 3), dtype=np.uint8)
+        for first in range(0, len(verts), _PLAN_FRAMES):  # long clips: plan chunks a block at a time
+            block = verts[first : first + _PLAN_FRAMES].to(self.device, torch.float32)
+            if len(self.static_vertices):
+                block = torch.cat([block, self.static_vertices.expand(len(block), -1, -1)], 1)  # (T, V+E, 3)
+            for start, end in self._chunks(block):
+                out[first + start : first + end] = self._render_chunk(block[start:end]).cpu().numpy()
         return out[0] if len(shape) == 2 else out
 
     def _project(self, verts: torch.Tensor, n: int):

@@ -75,8 +75,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--frames", type=int, default=60, help="frames per rendered batch")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before timing")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per size")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # a script may; the package never sets global state
     if args.frames < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--frames and --repeats must be >= 1 and --warmup >= 0")
     device = torch.device(args.device)
@@ -89,7 +92,7 @@ def main(argv=None) -> dict:
     host = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     if device.type == "cuda":
         host += f", {torch.cuda.get_device_name(device)}"
-    print(f"renderer frames/s on {device} ({host}); V={rig.num_vertices}, F={len(rig.triangles)}, "
+    print(f"renderer frames/s on {device} ({host}, {torch.get_num_threads()} threads); V={rig.num_vertices}, F={len(rig.triangles)}, "
           f"{args.frames} frames per batch, {args.repeats} timed batches")
     print(f"{'size':>6} {'fps median':>11} {'fps min..max':>15} {'build s':>8}")
     for row in rows:

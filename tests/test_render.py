@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+import blendtalk.render as render_module
 from blendtalk.render import Renderer, RenderConfig, render
 from blendtalk.rig import load_rig
 
@@ -55,12 +56,14 @@ def test_shapes_and_dtype(renderer, poses, rig):
     assert renderer(torch.as_tensor(poses)).shape == (3, SIZE, SIZE, 3)
 
 
-def test_deterministic_and_independent_of_chunking(rig, renderer, poses):
+def test_deterministic_and_independent_of_chunking(rig, renderer, poses, monkeypatch):
     first = renderer(poses)
     assert first.tobytes() == renderer(poses).tobytes()
     rebuilt = Renderer.for_rig(rig, RenderConfig(size=SIZE, max_candidates=1))  # one frame per chunk
     assert first.tobytes() == rebuilt(poses).tobytes()
     assert np.array_equal(first[1], renderer(poses[1]))
+    monkeypatch.setattr(render_module, "_PLAN_FRAMES", 2)  # long clips are planned block by block
+    assert first.tobytes() == renderer(poses).tobytes()
 
 
 def test_face_covers_a_centred_share_of_the_frame(renderer, poses):
