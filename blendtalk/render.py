@@ -294,10 +294,13 @@ class Renderer:
             static_v, static_t, static_c = (_host_tensor(a) for a in static_mesh)
             if static_v.ndim != 2 or static_v.shape[1] != 3 or static_c.shape != static_v.shape:
                 raise ValueError(
-                    f"static_mesh needs vertices (E, 3) and colours (E, 3), got {tuple(static_v.shape)} and {tuple(static_c.shape)}"
+                    "static_mesh needs vertices (E, 3) and colours (E, 3), "
+                    f"got {tuple(static_v.shape)} and {tuple(static_c.shape)}"
                 )
             if static_t.ndim != 2 or static_t.shape[1] != 3 or static_t.min() < 0 or static_t.max() >= len(static_v):
-                raise ValueError(f"static_mesh triangles must be (G, 3) indices below E={len(static_v)}, got {tuple(static_t.shape)}")
+                raise ValueError(
+                    f"static_mesh triangles must be (G, 3) indices below E={len(static_v)}, got {tuple(static_t.shape)}"
+                )
             static_v = static_v.double()
             tri = torch.cat([tri, static_t.long() + len(tmpl)])
             colours = torch.cat([colours, static_c.float()])
@@ -591,10 +594,10 @@ def _eye_sockets(rig, n: int = 256) -> list[tuple[np.ndarray, float]]:
     code = (zbuf >> raster.tri_bits).float() / raster.levels
     z = torch.where(zbuf != raster.empty, hi[2] - code * (hi[2] - lo[2]), torch.full_like(code, -float("inf")))
     z = z.reshape(n, n)
-    reach = max(3, int(0.012 * scale) | 1)  # a window of about a centimetre (the rig is in metres)
+    size = float((hi - lo)[1])  # head height: the unit-free yardstick (about 26 cm on the rig)
+    reach = max(3, int(0.045 * size * scale) | 1)  # px, a window about a centimetre wide
     rim = nnf.max_pool2d(z[None, None], reach, stride=1, padding=reach // 2)[0, 0]
-    size = float((hi - lo)[1])
-    step = 0.04 * size  # about a centimetre on a head: lids in front of the socket's back wall
+    step = 0.04 * size  # about a centimetre: the lids' rim stands this far in front of the socket
     eyes = torch.as_tensor(rig.masks["eyes"])
     sockets = []
     for side in (-1, 1):

@@ -92,8 +92,10 @@ def main(argv=None) -> dict:
     host = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     if device.type == "cuda":
         host += f", {torch.cuda.get_device_name(device)}"
-    print(f"renderer frames/s on {device} ({host}, {torch.get_num_threads()} threads); V={rig.num_vertices}, F={len(rig.triangles)}, "
-          f"{args.frames} frames per batch, {args.repeats} timed batches")
+    print(
+        f"renderer frames/s on {device} ({host}, {torch.get_num_threads()} threads); "
+        f"V={rig.num_vertices}, F={len(rig.triangles)}, {args.frames} frames per batch, {args.repeats} timed batches"
+    )
     print(f"{'size':>6} {'fps median':>11} {'fps min..max':>15} {'build s':>8}")
     for row in rows:
         spread = f"{row['fps_min']:.1f}..{row['fps_max']:.1f}"

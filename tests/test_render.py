@@ -26,7 +26,7 @@ def poses(rig):
     return rig(np.stack([rig.weights(p) for p in named]))
 
 
-def covered(frames: np.ndarray, config: RenderConfig = RenderConfig()) -> np.ndarray:
+def covered(frames: np.ndarray) -> np.ndarray:
     """(..., H, W) bool: pixels that differ from the background colour."""
     background = frames[..., 0, 0, :]  # the corners are always background on these meshes
     return (frames != background[..., None, None, :]).any(-1)
@@ -95,7 +95,8 @@ def test_open_mouth_is_dark(renderer, poses):
     rows, cols = np.nonzero(covered(renderer(poses[0])))
     skin = np.median(neutral[rows, cols])
     top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
-    box = (slice(top + int(0.6 * (bottom - top)), bottom), slice(left + int(0.35 * (right - left)), right - int(0.35 * (right - left))))
+    inset = int(0.35 * (right - left))
+    box = (slice(top + int(0.6 * (bottom - top)), bottom), slice(left + inset, right - inset))  # around the mouth
     dark_neutral = (neutral[box] < 0.4 * skin).sum()
     dark_jaw = (jaw[box] < 0.4 * skin).sum()
     assert dark_jaw > 100 + 3 * dark_neutral, (dark_jaw, dark_neutral)  # a dark opening appears
@@ -173,6 +174,7 @@ def test_rig_gets_eyeballs_and_lip_tint(rig):
     assert top + 0.35 * (bottom - top) < rows.min() and rows.max() < top + 0.65 * (bottom - top)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(rig, renderer, poses):
     gpu = Renderer.for_rig(rig, RenderConfig(size=SIZE), device="cuda")
