@@ -33,7 +33,7 @@ from .geometry import vertex_normals
 _EDGE_EPS = 1e-4  # barycentric slack: float32 round-off must not open one-pixel cracks on shared edges
 _SPAN_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # px; row spans are padded to these widths
 _SHININESS_SQUARINGS = 4  # Blinn-Phong exponent 2**4 = 16: a broad, soft sheen
-_BACK_FACE_LIGHT = 0.5  # surfaces seen from behind get half the light
+_BACK_FACE_LIGHT = 0.35  # surfaces seen from behind (the inside of the head) get a third of the light
 _AO_DIRECTIONS = 48  # view directions sampled over the sphere for ambient occlusion
 _AO_SIZE = 160  # px, resolution of the ambient-occlusion depth maps
 _CPU_CANDIDATES = 1_000_000  # pixel-row candidates per chunk on CPU: small tensors stay cache- and allocator-friendly
