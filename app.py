@@ -7,14 +7,15 @@ def build_demo():
     import gradio as gr
     import numpy as np
 
-    from blendtalk.render import render
+    from blendtalk.render import Renderer, RenderConfig
     from blendtalk.rig import load_rig
 
     rig = load_rig()
+    renderer = Renderer.for_rig(rig, RenderConfig(size=384))
 
     def show(jaw: float, smile: float, brows: float) -> np.ndarray:
         w = rig.weights({"jawOpen": jaw, "mouthSmileLeft": smile, "mouthSmileRight": smile, "browInnerUp": brows})
-        return render(rig(w)[None], rig.triangles, size=384)[0]
+        return renderer(rig(w))
 
     with gr.Blocks(title="blendtalk") as demo:
         gr.Markdown("# blendtalk\nEmotional 3D talking faces. This preview poses the embedded CC0 face rig.")

@@ -64,11 +64,11 @@ def write_picture(path: Path, rig, smap, size: int = 256) -> None:
     import imageio.v3 as iio
     from PIL import Image
 
-    from .render import render
+    from .render import Renderer, RenderConfig
 
     tiles = [np.asarray(Image.fromarray(region_image(smap, rig)).resize((size, size), Image.NEAREST))]
     poses = np.stack([rig.weights(p) for p in PICTURE_POSES.values()])
-    tiles += list(render(rig(poses), rig.triangles, size=size))
+    tiles += list(Renderer.for_rig(rig, RenderConfig(size=size))(rig(poses)))
     iio.imwrite(path, np.concatenate(tiles, axis=1))
 
 
