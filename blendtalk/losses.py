@@ -76,19 +76,29 @@ def reconstruction_loss(
     return (sq * m).sum(-1).mean() / m.sum()
 
 
-def sparsity_loss(w_s: torch.Tensor, w_e: torch.Tensor, num_blendshapes: int) -> torch.Tensor:
+def sparsity_loss(w_s: torch.Tensor, w_e: torch.Tensor, num_speech_blendshapes: int) -> torch.Tensor:
     """L1 on the cross-domain halves (eq. 9), a scalar.
 
-    w_s: (..., 2K) weights of speech inputs [w_s^s | w_e^s]; w_e: (..., 2K) weights of expression
-    inputs [w_s^e | w_e^e]. Returns mean ||w_e^s||_1 + mean ||w_s^e||_1: the L1 norm sums over the
-    K cross weights of a sample (so one unit of cross weight costs the same whatever K is), the
-    mean is over the leading dims (so the two domains count equally whatever their batch sizes).
+    w_s: (..., K_s + K_e) weights of speech inputs [w_s^s | w_e^s]; w_e: (..., K_s + K_e) weights
+    of expression inputs [w_s^e | w_e^e]; num_speech_blendshapes: K_s, the length of the speech
+    half. Returns cross_l1(w_e^s, w_s^e).
     """
-    k = num_blendshapes
-    for w, what in ((w_s, "w_s"), (w_e, "w_e")):
-        if w.ndim == 0 or w.shape[-1] != 2 * k:
-            raise ValueError(f"{what} must have shape (..., 2K) = (..., {2 * k}), got {tuple(w.shape)}")
-    return w_s[..., k:].abs().sum(-1).mean() + w_e[..., :k].abs().sum(-1).mean()
+    k = num_speech_blendshapes
+    if w_s.ndim == 0 or w_e.ndim == 0 or w_s.shape[-1] != w_e.shape[-1] or not 0 < k < w_s.shape[-1]:
+        raise ValueError(
+            f"w_s and w_e must have shape (..., K_s + K_e) with K_s = {k} < K_s + K_e, got {tuple(w_s.shape)} and {tuple(w_e.shape)}"
+        )
+    return cross_l1(w_s[..., k:], w_e[..., :k])
+
+
+def cross_l1(cross_s: torch.Tensor, cross_e: torch.Tensor) -> torch.Tensor:
+    """mean ||w_e^s||_1 + mean ||w_s^e||_1 from the cross halves cross_s (..., K_e), cross_e (..., K_s).
+
+    The L1 norm sums over a sample's cross weights (so one unit of cross weight costs the same
+    whatever K is); the mean is over the leading dims (so the two domains count equally whatever
+    their batch sizes).
+    """
+    return cross_s.abs().sum(-1).mean() + cross_e.abs().sum(-1).mean()
 
 
 def laplacian_loss(pred: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
@@ -127,7 +137,8 @@ def dfm_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total DFM loss (eq. 10) = L_rec + lambda_sparse L_sparse + lambda_lap L_lap + lambda_reg L_reg.
 
-    outputs: the DFM's forward dict (w_s (B, 2K), w_e (B', 2K), rec_s (B, V, 3), rec_e (B', V, 3)).
+    outputs: the DFM's forward dict (cross_s (B, K_e), cross_e (B', K_s), rec_s (B, V, 3),
+    rec_e (B', V, 3); see DeformationFusionModule.forward).
     d_s (B, V, 3), d_e (B', V, 3): the targets in the rig's unit. vertex_weights m (V,) or None.
     laplacian (V, V) or None (then L_lap is skipped; required when lambda_lap > 0).
     L_rec sums the two domains' reconstruction losses. Terms with a zero lambda are not computed,
@@ -139,8 +150,7 @@ def dfm_loss(
     total = rec_s + rec_e
     parts = {"rec_s": rec_s, "rec_e": rec_e}
     if config.lambda_sparse:
-        k = outputs["w_s"].shape[-1] // 2
-        parts["sparse"] = sparsity_loss(s * outputs["w_s"], s * outputs["w_e"], k)
+        parts["sparse"] = cross_l1(s * outputs["cross_s"], s * outputs["cross_e"])
         total = total + config.lambda_sparse * parts["sparse"]
     if config.lambda_lap:
         if laplacian is None:

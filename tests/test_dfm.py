@@ -49,6 +49,17 @@ def test_forward_shapes(geometric, n, kernel):
     assert torch.isfinite(out["rec_e"]).all()
 
 
+def test_unequal_speech_and_expression_counts():
+    model = tiny(True, 64, num_expression_blendshapes=3)  # K_s = 4, K_e = 3
+    assert model.num_blendshapes == (4, 3)
+    out = model(torch.randn(2, V, 3) * 1e-3, torch.randn(5, V, 3) * 1e-3)
+    assert out["w_s"].shape == (2, 7) and out["cross_s"].shape == (2, 3) and out["cross_e"].shape == (5, 4)
+    assert torch.equal(out["cross_s"], out["w_s"][:, 4:]) and out["cross_s"].abs().max() == 0  # zero-initialised
+    assert model.speech_blendshapes.shape == (4, V, 3) and model.expression_blendshapes.shape == (3, V, 3)
+    fused = model.fuse_weights(torch.ones(4), torch.ones(3))
+    torch.testing.assert_close(fused, model.speech_blendshapes.sum(0) + model.expression_blendshapes.sum(0))
+
+
 def test_geometry_map_is_the_sparse_product():
     model = tiny(True, 64)
     d = torch.randn(2, V, 3)
@@ -137,6 +148,8 @@ def test_leading_dims_and_chunking():
         whole.config.chunk_size = 512
     torch.testing.assert_close(fused, per_seq)
     torch.testing.assert_close(whole.fuse(d_s, d_e, 0.7).detach(), fused)
+    static = model.fuse(d_s, d_e[0, 0], intensity=0.7)  # one expression frame held over (B, T)
+    torch.testing.assert_close(static, model.fuse(d_s, d_e[0, 0].expand_as(d_s), intensity=0.7))
     with pytest.raises(ValueError, match=r"\(\.\.\., V=50, 3\)"):
         model.fuse(torch.zeros(5, 49, 3), torch.zeros(5, 49, 3))
 

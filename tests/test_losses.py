@@ -57,8 +57,10 @@ def test_sparsity_loss_sees_only_cross_domain_halves():
     w_s2[:, :K] = 100.0  # own-domain halves are free
     w_e2[:, K:] = -100.0
     torch.testing.assert_close(sparsity_loss(w_s2, w_e2, K), expected)
-    with pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
+    with pytest.raises(ValueError, match="K_s = 3"):
         sparsity_loss(w_s[:, :5], w_e, K)
+    # Unequal halves (K_s = 2, K_e = 4): the speech half is always the first K_s entries.
+    torch.testing.assert_close(sparsity_loss(w_s, w_e, 2), w_s[:, 2:].abs().sum(1).mean() + w_e[:, :2].abs().sum(1).mean())
 
 
 def test_laplacian_loss():
@@ -89,7 +91,8 @@ def fake_outputs(seed: int = 0):
         "rec_s": torch.randn(4, V, 3, generator=g) * 1e-2,
         "rec_e": torch.randn(4, V, 3, generator=g) * 1e-2,
     }
-    return {k: v.requires_grad_() for k, v in out.items()}
+    out = {k: v.requires_grad_() for k, v in out.items()}
+    return out | {"cross_s": out["w_s"][:, K:], "cross_e": out["w_e"][:, :K]}
 
 
 def test_dfm_loss_sparsity_weight_changes_total_and_gradient():

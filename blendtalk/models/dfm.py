@@ -1,12 +1,12 @@
 """Deformation fusion module (DFM): disentangled speech and expression blendshapes (paper eqs. 3-13).
 
 A speech deformation d_s and an expression deformation d_e (per-vertex displacements from the
-neutral face, (..., V, 3)) are each encoded to 2K blendshape weights by their own encoder, on the
+neutral face, (..., V, 3)) are each encoded to K_s + K_e blendshape weights by their own encoder, on the
 square geometric map G(d) (3, N, N) or, for the ablation, on the flat (V*3) vector:
 
     w^s = E_s(G(d_s)) = [w_s^s | w_e^s]        w^e = E_e(G(d_e)) = [w_s^e | w_e^e]
 
-One linear decoder with no bias, whose weight matrix is the blendshapes [B_s | B_e] (V*3, 2K),
+One linear decoder with no bias, whose weight matrix is the blendshapes [B_s | B_e] (V*3, K_s + K_e),
 reconstructs both. The cross-domain halves w_e^s, w_s^e absorb each domain's secondary
 deformations in training; inference (eq. 13) drops them:  d = B_s w_s^s + B_e (intensity * w_e^e).
 
@@ -43,7 +43,8 @@ class DFMConfig:
     """Architecture of the deformation fusion module; saved as config.json next to the weights."""
 
     num_vertices: int  # V of the topology the module is trained on; the map matrix must have V columns
-    num_blendshapes: int = 32  # K per domain; the DESIGN tuning notes found 16-64 works, larger K absorbs leaks
+    num_blendshapes: int = 32  # K_s speech blendshapes (and K_e unless set below); too large a K absorbs leaks
+    num_expression_blendshapes: int | None = None  # K_e; None = K_s. A K_e near the expression data's rank keeps B_e from absorbing speech leaks
     map_size: int = 128  # N of the (3, N, N) geometry map; six stride-2 blocks take 128 to 2x2
     channels: tuple[int, ...] = (32, 64, 128, 256, 256, 256)  # per conv block; ~16 MB of weights at V=5023, K=32 (paper: 17.9 MB)
     kernel_size: int = 3  # 3 or 4; with padding 1 and stride 2 both halve an even side exactly
@@ -57,10 +58,10 @@ class DFMConfig:
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)  # JSON round trip gives lists
         self.mlp_hidden = tuple(int(c) for c in self.mlp_hidden)
-        if self.num_vertices < 1 or self.num_blendshapes < 1 or self.chunk_size < 1:
+        if min(self.num_vertices, self.num_blendshapes, self.k_expression, self.chunk_size) < 1:
             raise ValueError(
-                f"num_vertices, num_blendshapes and chunk_size must be positive, got "
-                f"{self.num_vertices}, {self.num_blendshapes}, {self.chunk_size}"
+                f"num_vertices, num_blendshapes, num_expression_blendshapes and chunk_size must be positive, got "
+                f"{self.num_vertices}, {self.num_blendshapes}, {self.num_expression_blendshapes}, {self.chunk_size}"
             )
         if self.use_geometric_map:
             if len(self.channels) == 0:
@@ -70,6 +71,19 @@ class DFMConfig:
             n = self.map_size
             if n < 2 * MIN_MAP_SIZE or n & (n - 1):
                 raise ValueError(f"map_size must be a power of two >= {2 * MIN_MAP_SIZE}, got {n}")
+
+    @property
+    def k_speech(self) -> int:
+        return self.num_blendshapes
+
+    @property
+    def k_expression(self) -> int:
+        return self.num_blendshapes if self.num_expression_blendshapes is None else self.num_expression_blendshapes
+
+    @property
+    def k_total(self) -> int:
+        """Length of a weight vector [speech | expression]."""
+        return self.k_speech + self.k_expression
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -84,7 +98,7 @@ class DFMConfig:
 
 
 def _conv_encoder(config: DFMConfig) -> nn.Sequential:
-    """(B, 3, N, N) -> (B, 2K): blocks of Conv2d -> InstanceNorm2d -> ReLU, then flatten -> Linear."""
+    """(B, 3, N, N) -> (B, K_s + K_e): blocks of Conv2d -> InstanceNorm2d -> ReLU, then flatten -> Linear."""
     layers: list[nn.Module] = []
     c_in = 3
     for c_out, stride in zip(config.channels, config.strides):
@@ -101,18 +115,18 @@ def _conv_encoder(config: DFMConfig) -> nn.Sequential:
         ]
         c_in = c_out
     side = config.final_map_size
-    layers += [nn.Flatten(), nn.Linear(c_in * side * side, 2 * config.num_blendshapes)]
+    layers += [nn.Flatten(), nn.Linear(c_in * side * side, config.k_total)]
     return nn.Sequential(*layers)
 
 
 def _mlp_encoder(config: DFMConfig) -> nn.Sequential:
-    """(B, V*3) -> (B, 2K): Linear -> LayerNorm -> ReLU blocks (LayerNorm plays InstanceNorm's role)."""
+    """(B, V*3) -> (B, K_s + K_e): Linear -> LayerNorm -> ReLU blocks (LayerNorm plays InstanceNorm's role)."""
     layers: list[nn.Module] = []
     d_in = 3 * config.num_vertices
     for d_out in config.mlp_hidden:
         layers += [nn.Linear(d_in, d_out), nn.LayerNorm(d_out), nn.ReLU(inplace=True)]
         d_in = d_out
-    layers.append(nn.Linear(d_in, 2 * config.num_blendshapes))
+    layers.append(nn.Linear(d_in, config.k_total))
     return nn.Sequential(*layers)
 
 
@@ -150,8 +164,8 @@ class DeformationFusionModule(nn.Module):
             self.speech_encoder = _mlp_encoder(config)
             self.expression_encoder = _mlp_encoder(config)
         self._init_cross_halves()
-        k2, v3 = 2 * config.num_blendshapes, 3 * config.num_vertices
-        # [B_s | B_e] (V*3, 2K), vertex-major rows (v*3 + xyz); no bias: a neutral face decodes to zero.
+        k2, v3 = config.k_total, 3 * config.num_vertices
+        # [B_s | B_e] (V*3, K_s + K_e), vertex-major rows (v*3 + xyz); no bias: a neutral face decodes to zero.
         self.blendshape_weight = nn.Parameter(torch.randn(v3, k2) * config.init_scale)
 
     @torch.no_grad()
@@ -160,33 +174,35 @@ class DeformationFusionModule(nn.Module):
         # weak L1 never does: both domains end up spread over both halves. Starting with (near) zero
         # cross-domain outputs breaks the tie the intended way; they still get gradients and grow
         # where the other domain's secondary deformations need them.
-        k = self.num_blendshapes
-        for encoder, cross in ((self.speech_encoder, slice(k, 2 * k)), (self.expression_encoder, slice(0, k))):
-            head = encoder[-1]  # the final Linear (..., 2K)
+        k = self.config.k_speech
+        for encoder, cross in ((self.speech_encoder, slice(k, None)), (self.expression_encoder, slice(0, k))):
+            head = encoder[-1]  # the final Linear (..., K_s + K_e)
             head.weight[cross] *= self.config.cross_init
             head.bias[cross] *= self.config.cross_init
 
-    # ---- layout of the 2K weights: [speech | expression], defined here once ----
+    # ---- layout of the weights: [speech (K_s) | expression (K_e)], defined here once ----
     @property
-    def num_blendshapes(self) -> int:
-        return self.config.num_blendshapes
+    def num_blendshapes(self) -> tuple[int, int]:
+        """(K_s, K_e)."""
+        return self.config.k_speech, self.config.k_expression
 
     def split(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(..., 2K) -> (speech half (..., K), expression half (..., K))."""
-        self._check_last(w, 2 * self.num_blendshapes, "blendshape weights")
-        k = self.num_blendshapes
+        """(..., K_s + K_e) -> (speech half (..., K_s), expression half (..., K_e))."""
+        self._check_last(w, self.config.k_total, "blendshape weights")
+        k = self.config.k_speech
         return w[..., :k], w[..., k:]
 
     def join(self, w_speech: torch.Tensor, w_expression: torch.Tensor) -> torch.Tensor:
-        """(..., K), (..., K) -> (..., 2K), the inverse of `split`."""
-        self._check_last(w_speech, self.num_blendshapes, "speech weights")
-        self._check_last(w_expression, self.num_blendshapes, "expression weights")
-        return torch.cat(torch.broadcast_tensors(w_speech, w_expression), dim=-1)
+        """(..., K_s), (..., K_e) -> (..., K_s + K_e), the inverse of `split`; leading dims broadcast."""
+        self._check_last(w_speech, self.config.k_speech, "speech weights")
+        self._check_last(w_expression, self.config.k_expression, "expression weights")
+        lead = torch.broadcast_shapes(w_speech.shape[:-1], w_expression.shape[:-1])
+        return torch.cat([w_speech.expand(*lead, -1), w_expression.expand(*lead, -1)], dim=-1)
 
     # ---- blendshapes ----
     @property
     def blendshapes(self) -> torch.Tensor:
-        """[B_s | B_e] (V*3, 2K) as used by the decoder (column-normalised when configured)."""
+        """[B_s | B_e] (V*3, K_s + K_e) as used by the decoder (unit-RMS columns when normalised)."""
         b = self.blendshape_weight
         if self.config.normalize_blendshapes:
             b = b / b.pow(2).mean(dim=0, keepdim=True).add(1e-24).sqrt()
@@ -194,13 +210,13 @@ class DeformationFusionModule(nn.Module):
 
     @property
     def speech_blendshapes(self) -> torch.Tensor:
-        """B_s as (K, V, 3)."""
-        return self.blendshapes[:, : self.num_blendshapes].T.reshape(self.num_blendshapes, -1, 3)
+        """B_s as (K_s, V, 3)."""
+        return self.blendshapes[:, : self.config.k_speech].T.reshape(self.config.k_speech, -1, 3)
 
     @property
     def expression_blendshapes(self) -> torch.Tensor:
-        """B_e as (K, V, 3)."""
-        return self.blendshapes[:, self.num_blendshapes :].T.reshape(self.num_blendshapes, -1, 3)
+        """B_e as (K_e, V, 3)."""
+        return self.blendshapes[:, self.config.k_speech :].T.reshape(self.config.k_expression, -1, 3)
 
     # ---- encoders and decoder ----
     def geometry_map(self, d: torch.Tensor) -> torch.Tensor:
@@ -212,28 +228,31 @@ class DeformationFusionModule(nn.Module):
         return img.reshape(n, n, b, 3).permute(2, 3, 0, 1)  # (B, 3, N, N)
 
     def encode_speech(self, d: torch.Tensor) -> torch.Tensor:
-        """w^s = E_s(G(d)): speech displacements (..., V, 3) -> weights (..., 2K) = [w_s^s | w_e^s]."""
+        """w^s = E_s(G(d)): speech displacements (..., V, 3) -> weights (..., K_s + K_e) = [w_s^s | w_e^s]."""
         return self._encode(self.speech_encoder, d)
 
     def encode_expression(self, d: torch.Tensor) -> torch.Tensor:
-        """w^e = E_e(G(d)): expression displacements (..., V, 3) -> weights (..., 2K) = [w_s^e | w_e^e]."""
+        """w^e = E_e(G(d)): expression displacements (..., V, 3) -> weights (..., K_s + K_e) = [w_s^e | w_e^e]."""
         return self._encode(self.expression_encoder, d)
 
     def decode(self, w: torch.Tensor) -> torch.Tensor:
-        """[B_s | B_e] w: weights (..., 2K) -> displacements (..., V, 3)."""
-        self._check_last(w, 2 * self.num_blendshapes, "blendshape weights")
+        """[B_s | B_e] w: weights (..., K_s + K_e) -> displacements (..., V, 3)."""
+        self._check_last(w, self.config.k_total, "blendshape weights")
         out = nn.functional.linear(w, self.blendshapes)  # (..., V*3)
         return out.reshape(*w.shape[:-1], self.config.num_vertices, 3)
 
     def forward(self, d_s: torch.Tensor, d_e: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training pass on a speech batch and an expression batch (sizes may differ).
 
-        d_s: (B, V, 3), d_e: (B', V, 3) displacements. Returns w_s (B, 2K), w_e (B', 2K) and the
-        reconstructions rec_s (B, V, 3), rec_e (B', V, 3). Losses are in blendtalk.losses.
+        d_s: (B, V, 3), d_e: (B', V, 3) displacements. Returns the weights w_s (B, K_s + K_e), w_e
+        (B', K_s + K_e), their cross-domain halves cross_s = w_e^s (B, K_e) and cross_e = w_s^e
+        (B', K_s) (split here so that losses need not know the layout), and the reconstructions
+        rec_s (B, V, 3), rec_e (B', V, 3). Losses are in blendtalk.losses.
         """
         w_s = self.encode_speech(d_s)
         w_e = self.encode_expression(d_e)
-        return {"w_s": w_s, "w_e": w_e, "rec_s": self.decode(w_s), "rec_e": self.decode(w_e)}
+        return {"w_s": w_s, "w_e": w_e, "cross_s": self.split(w_s)[1], "cross_e": self.split(w_e)[0],
+                "rec_s": self.decode(w_s), "rec_e": self.decode(w_e)}
 
     # ---- inference (eq. 13) ----
     def fuse(
@@ -252,7 +271,7 @@ class DeformationFusionModule(nn.Module):
     def fuse_weights(
         self, w_speech_own: torch.Tensor, w_expr_own: torch.Tensor, intensity: float | torch.Tensor = 1.0
     ) -> torch.Tensor:
-        """B_s w_speech_own + B_e (intensity * w_expr_own): (..., K), (..., K) -> (..., V, 3).
+        """B_s w_speech_own + B_e (intensity * w_expr_own): (..., K_s), (..., K_e) -> (..., V, 3).
 
         For callers that already hold weights (mixed emotions, curves edited by hand).
         """
@@ -271,8 +290,8 @@ class DeformationFusionModule(nn.Module):
         save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt", "model_type": MODEL_TYPE})
         c = self.config
         (folder / "README.md").write_text(
-            f"# blendtalk deformation fusion module\n\nV={c.num_vertices} vertices, K={c.num_blendshapes} "
-            f"blendshapes per domain, {'geometric map N=' + str(c.map_size) if c.use_geometric_map else 'flat MLP encoders'}.\n"
+            f"# blendtalk deformation fusion module\n\nV={c.num_vertices} vertices, K_s={c.k_speech} speech and "
+            f"K_e={c.k_expression} expression blendshapes, {'geometric map N=' + str(c.map_size) if c.use_geometric_map else 'flat MLP encoders'}.\n"
             "Load with `blendtalk.models.dfm.DeformationFusionModule.from_pretrained(folder, map_matrix)`.\n"
         )
         return folder
@@ -315,9 +334,9 @@ class DeformationFusionModule(nn.Module):
         lead = d.shape[:-2]
         flat = d.reshape(-1, v, 3)  # (B, V, 3)
         if flat.shape[0] == 0:
-            return flat.new_zeros(*lead, 2 * self.num_blendshapes)
+            return flat.new_zeros(*lead, self.config.k_total)
         chunks = [self._encode_chunk(encoder, c) for c in flat.split(self.config.chunk_size)]
-        return torch.cat(chunks).reshape(*lead, 2 * self.num_blendshapes)  # (..., 2K)
+        return torch.cat(chunks).reshape(*lead, self.config.k_total)  # (..., K_s + K_e)
 
     def _encode_chunk(self, encoder: nn.Module, d: torch.Tensor) -> torch.Tensor:
         # Positive homogeneity (module docstring): encode the unit-RMS shape, scale by the amplitude.
@@ -325,7 +344,7 @@ class DeformationFusionModule(nn.Module):
         amp = torch.linalg.vector_norm(d, dim=(1, 2)) / math.sqrt(d.shape[1] * 3)  # (B,) RMS
         x = d / amp.clamp_min(AMPLITUDE_FLOOR)[:, None, None]  # (B, V, 3)
         x = self.geometry_map(x) if self.config.use_geometric_map else x.reshape(len(x), -1)
-        return encoder(x) * amp[:, None]  # (B, 2K)
+        return encoder(x) * amp[:, None]  # (B, K_s + K_e)
 
     @staticmethod
     def _check_last(t: torch.Tensor, size: int, what: str) -> None:
