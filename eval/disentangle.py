@@ -20,26 +20,27 @@ import torch  # noqa: E402
 from blendtalk.constants import FPS  # noqa: E402
 from blendtalk.fusion_eval import evaluate_fusion, fusion_cases  # noqa: E402
 from blendtalk.metrics import MM_PER_M, lip_vertex_error  # noqa: E402
-from blendtalk.models.dfm import interpolate_inputs  # noqa: E402
+from blendtalk.geometry import load_square_map  # noqa: E402
+from blendtalk.models.dfm import DeformationFusionModule, interpolate_inputs  # noqa: E402
 from blendtalk.phonetics import Phone  # noqa: E402
 from blendtalk.rig import load_rig  # noqa: E402
-from blendtalk.training import build_model, pick_device  # noqa: E402
+from blendtalk.training import pick_device  # noqa: E402
 from blendtalk.visemes import visemes_to_weights  # noqa: E402
 
 COLUMNS = ("fused_mve", "fused_lve", "lip_mve", "upper_face_mve", "bilabial_gap", "bilabial_gap_error")
 UNITS = {"fused_lve": "mm²"}
 
 
-def load_dfm(folder: Path, rig, device):
-    from blendtalk.models.dfm import DFMConfig
-
-    config = json.loads((folder / "config.json").read_text())
+def load_dfm(folder: Path, rig, device) -> DeformationFusionModule:
+    """A DFM checkpoint with the geometry map of `rig`, in eval mode on `device`."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no DFM checkpoint in {folder}: {config_path} is missing")
+    config = json.loads(config_path.read_text())
     config.pop("model_type", None)
-    model = build_model(rig, DFMConfig(**config), device)
-    from blendtalk.models.dfm import DeformationFusionModule
-
-    loaded = DeformationFusionModule.from_pretrained(folder, model.map_matrix)
-    return loaded.to(device).eval()
+    use_map = config.get("use_geometric_map", True)
+    smap = load_square_map(rig, size=config.get("map_size", 128)) if use_map else None
+    return DeformationFusionModule.from_pretrained(folder, smap.matrix() if smap else None, device).eval()
 
 
 def lve_through_dfm(model, data: Path, rig, device, max_sentences: int | None) -> dict:
