@@ -118,7 +118,7 @@ def test_dfm_loss_parts_and_scale():
     assert set(parts) == {"rec_s", "rec_e", "sparse", "lap", "reg", "total"}
     expected_rec = float(reconstruction_loss(100 * out["rec_s"].detach(), 100 * d_s))
     assert parts["rec_s"] == pytest.approx(expected_rec, rel=1e-5)
-    expected = parts["rec_s"] + parts["rec_e"] + 1e-2 * parts["sparse"] + 0.5 * parts["lap"] + 1e-3 * parts["reg"]
+    expected = parts["rec_s"] + parts["rec_e"] + config.lambda_sparse * parts["sparse"] + 0.5 * parts["lap"] + 1e-3 * parts["reg"]
     assert parts["total"] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="laplacian"):
         dfm_loss(out, d_s, d_e, config)

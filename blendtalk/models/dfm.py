@@ -1,16 +1,17 @@
 """Deformation fusion module (DFM): disentangled speech and expression blendshapes (paper eqs. 3-13).
 
 A speech deformation d_s and an expression deformation d_e (per-vertex displacements from the
-neutral face, (..., V, 3)) are each encoded to K_s + K_e blendshape weights by their own encoder, on the
-square geometric map G(d) (3, N, N) or, for the ablation, on the flat (V*3) vector:
+neutral face, (..., V, 3)) are each encoded by their own encoder, on the square geometric map
+G(d) (3, N, N) or, for the ablation, on the flat (V*3) vector, to K_s + K_e blendshape weights:
 
     w^s = E_s(G(d_s)) = [w_s^s | w_e^s]        w^e = E_e(G(d_e)) = [w_s^e | w_e^e]
 
-One linear decoder with no bias, whose weight matrix is the blendshapes [B_s | B_e] (V*3, K_s + K_e),
-reconstructs both. The cross-domain halves w_e^s, w_s^e absorb each domain's secondary
-deformations in training; inference (eq. 13) drops them:  d = B_s w_s^s + B_e (intensity * w_e^e).
+One linear decoder with no bias, whose weight matrix is the blendshapes [B_s | B_e]
+(V*3, K_s + K_e), reconstructs both. The cross-domain halves w_e^s, w_s^e absorb each domain's
+secondary deformations in training; inference (eq. 13) drops them:
+d = B_s w_s^s + B_e (intensity * w_e^e). The paper uses K_s = K_e; K_e may be set apart.
 
-Two choices beyond the paper text, both because a linear blendshape model needs them:
+Choices beyond the paper text, each because the linear blendshape model needs it:
 * The encoders are positively homogeneous: E(c d) = c E(d) for c > 0, and E(0) = 0. InstanceNorm
   after the first convolution removes each sample's overall amplitude, so a plain CNN gives a 10%
   and a 100% jaw opening the same weights; we encode d / rms(d) and multiply the weights by rms(d).
@@ -18,6 +19,8 @@ Two choices beyond the paper text, both because a linear blendshape model needs 
   sparsity loss is cheated by scaling B_e up and all expression weights down by the same factor.
   The weights then carry the amplitude: w_k is the RMS displacement (in the input's length unit,
   over all V*3 entries) that blendshape k contributes.
+* The cross-domain outputs of both heads start at zero (`cross_init`). The two halves of the
+  shared decoder are otherwise interchangeable and a weak L1 never picks which is which.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class DFMConfig:
     use_geometric_map: bool = True  # False = the "without geometric mapping" ablation: MLPs on the flat V*3 vector
     mlp_hidden: tuple[int, ...] = (256, 256)  # hidden widths of the flat (ablation) encoders
     normalize_blendshapes: bool = True  # unit-RMS columns, so the L1 sparsity cannot be met by rescaling B
-    init_scale: float = 1e-2  # std of the initial blendshape entries (only matters when not normalised)
+    init_scale: float = 1e-2  # std of the initial raw blendshape entries; when normalised, Adam turns a column by ~lr/init_scale per step
     cross_init: float = 0.0  # initial cross-domain head outputs, relative to own-domain: 0 starts disentangled
     chunk_size: int = 512  # frames per encoder call, so long sequences use bounded memory
 
@@ -170,10 +173,9 @@ class DeformationFusionModule(nn.Module):
 
     @torch.no_grad()
     def _init_cross_halves(self) -> None:
-        # The two halves of the shared decoder are symmetric until the L1 term breaks the tie, and a
-        # weak L1 never does: both domains end up spread over both halves. Starting with (near) zero
-        # cross-domain outputs breaks the tie the intended way; they still get gradients and grow
-        # where the other domain's secondary deformations need them.
+        # Zero cross-domain outputs break the tie between the decoder's halves the intended way (on
+        # a toy, starting from a random head left both domains spread over both halves); they still
+        # get gradients and grow where the other domain's secondary deformations need them.
         k = self.config.k_speech
         for encoder, cross in ((self.speech_encoder, slice(k, None)), (self.expression_encoder, slice(0, k))):
             head = encoder[-1]  # the final Linear (..., K_s + K_e)
