@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="data/synth")
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--blendshapes", "-K", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--expression-blendshapes", type=int, nargs="+", default=[None], help="K_e values (default: K_e = K)")
     p.add_argument("--lambda-sparse", type=float, nargs="+", default=[0.003, 0.01, 0.03])
     p.add_argument("--minutes-each", type=float, default=1.0)
     p.add_argument("--val-every", type=int, default=300)
@@ -40,12 +41,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     num_vertices = load_rig().num_vertices
     results = []
-    for k, lam in itertools.product(args.blendshapes, args.lambda_sparse):
-        config = DFMTrainConfig(data=args.data, out=args.out, model=DFMConfig(num_vertices, num_blendshapes=k),
+    for k, k_e, lam in itertools.product(args.blendshapes, args.expression_blendshapes, args.lambda_sparse):
+        model = DFMConfig(num_vertices, num_blendshapes=k, num_expression_blendshapes=k_e)
+        config = DFMTrainConfig(data=args.data, out=args.out, model=model,
                                 loss=DFMLossConfig(lambda_sparse=lam), epochs=1e6, max_minutes=args.minutes_each,
                                 val_every=args.val_every, device=args.device)
         run = train_dfm(config)
-        results.append({"K": k, "lambda_sparse": lam, "run": str(run), **best_val(run)})
+        results.append({"K": k, "K_e": k_e, "lambda_sparse": lam, "run": str(run), **best_val(run)})
         print(json.dumps(results[-1]), flush=True)
     results.sort(key=lambda r: r["fused_mve"])
     Path(args.out).mkdir(parents=True, exist_ok=True)

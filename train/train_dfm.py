@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--blendshapes", "-K", type=int, default=DFMConfig.num_blendshapes, help="blendshapes per domain")
+    p.add_argument("--expression-blendshapes", type=int, help="K_e, expression blendshapes (default: same as -K)")
     p.add_argument("--map-size", type=int, default=DFMConfig.map_size)
     p.add_argument("--lambda-sparse", type=float, default=dl.lambda_sparse)
     p.add_argument("--lambda-lap", type=float, default=dl.lambda_lap)
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
     for name in ("epochs", "batch_size", "lr", "blendshapes", "val_every"):
         if not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.expression_blendshapes is not None and args.expression_blendshapes < 1:
+        p.error("--expression-blendshapes must be positive")
     if args.lambda_sparse < 0 or args.lambda_lap < 0:
         p.error("loss weights must be >= 0")
 
@@ -58,6 +61,7 @@ def main(argv=None) -> int:
     config = DFMTrainConfig(
         data=args.data, speech_root=args.vocaset, expression_root=args.florence, out=args.out,
         model=DFMConfig(num_vertices=load_rig().num_vertices, num_blendshapes=args.blendshapes,
+                        num_expression_blendshapes=args.expression_blendshapes,
                         map_size=args.map_size, use_geometric_map=not args.no_geometric_map),
         loss=DFMLossConfig(lambda_sparse=0.0 if args.no_sparsity else args.lambda_sparse,
                            lambda_lap=0.0 if args.no_laplacian else args.lambda_lap),
