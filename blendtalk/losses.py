@@ -33,15 +33,25 @@ def _check_displacements(d: torch.Tensor, what: str) -> None:
 
 
 def vertex_weights(
-    num_vertices: int, lip_mask: torch.Tensor | None = None, lip_weight: float = 1.0
+    num_vertices: int,
+    lip_mask: torch.Tensor | None = None,
+    lip_weight: float = 1.0,
+    crop_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-vertex weights m_v (V,): 1 everywhere, `lip_weight` on vertices where lip_mask (V,) is True."""
+    """Per-vertex weights m_v (V,) for the reconstruction loss.
+
+    1 everywhere, `lip_weight` (DFMLossConfig.lip_weight) where lip_mask (V,) is True, and 0 where
+    crop_mask (V,) is False: the geometric map only sees the face crop, so motion outside it (the
+    rig's 'face_crop' mask) cannot be encoded and should not be scored.
+    """
     m = torch.ones(num_vertices)
-    if lip_mask is not None:
-        lip_mask = torch.as_tensor(lip_mask, dtype=torch.bool)
-        if lip_mask.shape != (num_vertices,):
-            raise ValueError(f"lip_mask must have shape (V,) = ({num_vertices},), got {tuple(lip_mask.shape)}")
-        m[lip_mask] = float(lip_weight)
+    for mask, value, keep in ((lip_mask, float(lip_weight), True), (crop_mask, 0.0, False)):
+        if mask is None:
+            continue
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.shape != (num_vertices,):
+            raise ValueError(f"vertex masks must have shape (V,) = ({num_vertices},), got {tuple(mask.shape)}")
+        m[mask if keep else ~mask] = value
     return m
 
 

@@ -42,8 +42,10 @@ def test_reconstruction_loss_is_unit_scale_and_weighted():
 def test_vertex_weights_and_unit_scale():
     m = vertex_weights(V, torch.tensor([True, False, False, False, False, True]), lip_weight=3.0)
     assert m.tolist() == [3, 1, 1, 1, 1, 3]
-    with pytest.raises(ValueError, match="lip_mask"):
+    with pytest.raises(ValueError, match=r"\(V,\) = \(6,\)"):
         vertex_weights(V, torch.ones(5, dtype=torch.bool))
+    cropped = vertex_weights(V, torch.arange(V) < 2, 3.0, crop_mask=torch.arange(V) >= 1)
+    assert cropped.tolist() == [0, 3, 1, 1, 1, 1]
     d = torch.randn(10, V, 3) * 1e-3
     s = unit_scale(d, m)
     torch.testing.assert_close(reconstruction_loss(torch.zeros_like(d), s * d, m), torch.tensor(1.0))
