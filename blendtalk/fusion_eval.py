@@ -65,6 +65,8 @@ def fusion_cases(root: str | Path, subset: str = "test", max_sentences: int | No
     expr = _truth_names(root / "truth" / "expression")
     speakers = synthetic_split(list(speech)).subjects(subset)
     subjects = synthetic_split(list(expr)).subjects(subset)
+    if not speakers or not subjects:  # a tiny corpus may leave a split empty: no cases, not a crash
+        return
     expr_files = {}
     for sub in subjects:
         for path in expr[sub]:

@@ -24,6 +24,7 @@ class DFMLossConfig:
     lambda_sparse: float = 1e-1  # L1 on cross-domain weights; toy sweep at unit scale: 1e-2 too weak, 1e-1..1 work; 0 = "without L_sparse"
     lambda_lap: float = 1e-1  # uniform-Laplacian smoothness of outputs; 0 = the "without L_lap" ablation
     lambda_reg: float = 1e-4  # L2 on outputs; it pulls towards zero, so keep it well below 1
+    lambda_orth: float = 0.0  # squared cosines between speech and expression blendshapes; > 0 keeps B_e out of span(B_s)
     lip_weight: float = 5.0  # m_v on lip vertices (1 elsewhere): lip sync is judged on the lips
 
 
@@ -112,6 +113,20 @@ def cross_l1(cross_s: torch.Tensor, cross_e: torch.Tensor) -> torch.Tensor:
     return cross_s.abs().sum(-1).mean() + cross_e.abs().sum(-1).mean()
 
 
+def cross_cosine_loss(blendshapes: torch.Tensor, num_speech_blendshapes: int) -> torch.Tensor:
+    """Mean over expression blendshapes of sum_j cos^2(b_e, b_s_j), a scalar in [0, K_s].
+
+    blendshapes: [B_s | B_e] (V*3, K_s + K_e). An expression blendshape that lies in the speech
+    blendshapes' span can explain articulation that leaks into the expression corpus, which then
+    survives fusion; this term pushes B_e away from B_s so that the leak must go through the
+    sparse (and dropped) cross half instead.
+    """
+    k = num_speech_blendshapes
+    unit = blendshapes / blendshapes.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    cos = unit[:, :k].T @ unit[:, k:]  # (K_s, K_e)
+    return cos.pow(2).sum(0).mean()
+
+
 def laplacian_loss(pred: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
     """Uniform-Laplacian smoothness (eq. 12), a scalar.
 
@@ -171,5 +186,8 @@ def dfm_loss(
     if config.lambda_reg:
         parts["reg"] = l2_loss(s * outputs["rec_s"]) + l2_loss(s * outputs["rec_e"])
         total = total + config.lambda_reg * parts["reg"]
+    if config.lambda_orth:
+        parts["orth"] = cross_cosine_loss(outputs["blendshapes"], outputs["w_s"].shape[-1] - outputs["cross_s"].shape[-1])
+        total = total + config.lambda_orth * parts["orth"]
     parts["total"] = total
     return total, {k: float(v.detach()) for k, v in parts.items()}

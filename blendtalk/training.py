@@ -42,6 +42,8 @@ class DFMTrainConfig:
     model: DFMConfig | None = None  # filled from the rig when None (num_vertices)
     loss: DFMLossConfig = field(default_factory=DFMLossConfig)
     lr: float = 3e-4  # Adam, as in the paper
+    lr_schedule: str = "constant"  # or "cosine": decay to 0 over the run (its epochs or max_minutes, whichever ends first)
+    crop_loss: bool = False  # score reconstruction only inside the rig's face crop (all the geometric map sees)
     batch_size: int = 128  # as in the paper (per process under DDP)
     epochs: float = 20.0  # the paper trains 4000; an epoch covers every frame of the larger corpus once
     max_minutes: float | None = None  # stop (and save) after this wall time, whatever the epoch
@@ -49,6 +51,17 @@ class DFMTrainConfig:
     val_sentences: int = 8  # per held-out speaker, for the fusion validation on synthetic truth
     seed: int = 0
     device: str | None = None  # None: cuda when available, else cpu
+
+
+def load_train_config(run: str | Path) -> DFMTrainConfig:
+    """The DFMTrainConfig saved in a run folder (for --resume: the run goes on as it was configured)."""
+    path = Path(run) / "train_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {run} is not a DFM run folder")
+    raw = json.loads(path.read_text())
+    raw["model"] = DFMConfig(**raw["model"]) if raw.get("model") else None
+    raw["loss"] = DFMLossConfig(**raw.get("loss", {}))
+    return DFMTrainConfig(**raw)
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -102,6 +115,14 @@ def validate(model: DeformationFusionModule, config: DFMTrainConfig, rig: FaceRi
     return report
 
 
+def _progress(step: int, total: int, started: float, max_minutes: float | None) -> float:
+    """Fraction of the run done, in [0, 1]: by steps, or by wall time when that ends it sooner."""
+    done = step / max(total, 1)
+    if max_minutes:
+        done = max(done, (time.time() - started) / (60 * max_minutes))
+    return min(done, 1.0)
+
+
 def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> Path:
     """Train (or resume) a DFM; returns the run folder."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -125,7 +146,10 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
         raise ValueError(f"the data has V={speech.shape[1]} vertices but the model expects {config.model.num_vertices}")
     model = build_model(rig, config.model, device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    lip_w = vertex_weights(rig.num_vertices, torch.as_tensor(rig.mask("lips")), config.loss.lip_weight).to(device)
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
+    crop = torch.as_tensor(rig.mask("face_crop")) if config.crop_loss else None
+    lip_w = vertex_weights(rig.num_vertices, torch.as_tensor(rig.mask("lips")), config.loss.lip_weight, crop).to(device)
     lap = uniform_laplacian(rig.num_vertices, torch.as_tensor(rig.triangles), device=device) if config.loss.lambda_lap else None
 
     run = Path(run_dir) if run_dir is not None else None
@@ -151,6 +175,9 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
         i_s = torch.randint(len(speech), (config.batch_size,), device=device, generator=rng)
         i_e = torch.randint(len(expr), (config.batch_size,), device=device, generator=rng)
         d_s, d_e = speech[i_s], expr[i_e]
+        if config.lr_schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * _progress(step, total, started, config.max_minutes)))
         loss, parts = dfm_loss(net(d_s, d_e), d_s, d_e, config.loss, lip_w, lap)
         opt.zero_grad(set_to_none=True)
         loss.backward()

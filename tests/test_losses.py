@@ -124,3 +124,12 @@ def test_dfm_loss_parts_and_scale():
     assert parts["total"] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="laplacian"):
         dfm_loss(out, d_s, d_e, config)
+
+
+def test_cross_cosine_loss_is_zero_for_orthogonal_and_counts_shared_directions():
+    from blendtalk.losses import cross_cosine_loss
+
+    eye = torch.eye(6)
+    assert float(cross_cosine_loss(eye[:, :4], 2)) == pytest.approx(0.0)
+    shared = torch.stack([eye[0], eye[1], 3 * eye[0], eye[2]], dim=1)  # B_e's first column = 3 * B_s's first
+    assert float(cross_cosine_loss(shared, 2)) == pytest.approx(0.5)  # mean over K_e=2 of (1, 0)

@@ -7,6 +7,7 @@
 """
 
 import argparse
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from blendtalk.losses import DFMLossConfig  # noqa: E402
 from blendtalk.models.dfm import DFMConfig  # noqa: E402
 from blendtalk.rig import load_rig  # noqa: E402
-from blendtalk.training import DFMTrainConfig, train_dfm  # noqa: E402
+from blendtalk.training import DFMTrainConfig, load_train_config, train_dfm  # noqa: E402
 
 PAPER_EPOCHS = 4000
 
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--map-size", type=int, default=DFMConfig.map_size)
     p.add_argument("--lambda-sparse", type=float, default=dl.lambda_sparse)
     p.add_argument("--lambda-lap", type=float, default=dl.lambda_lap)
+    p.add_argument("--lambda-orth", type=float, default=dl.lambda_orth, help="keep expression blendshapes out of the speech span")
+    p.add_argument("--crop-loss", action="store_true", help="score reconstruction only inside the face crop")
+    p.add_argument("--cosine-lr", action="store_true", help="decay the learning rate to 0 over the run")
     p.add_argument("--no-sparsity", action="store_true", help="ablation: lambda_sparse = 0")
     p.add_argument("--no-laplacian", action="store_true", help="ablation: lambda_lap = 0")
     p.add_argument("--no-geometric-map", action="store_true", help="ablation: MLP encoders on the flat vertex vector")
@@ -50,7 +54,7 @@ def main(argv=None) -> int:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.expression_blendshapes is not None and args.expression_blendshapes < 1:
         p.error("--expression-blendshapes must be positive")
-    if args.lambda_sparse < 0 or args.lambda_lap < 0:
+    if min(args.lambda_sparse, args.lambda_lap, args.lambda_orth) < 0:
         p.error("loss weights must be >= 0")
 
     if not args.vocaset and not (Path(args.data) / "speech").is_dir():
@@ -64,10 +68,12 @@ def main(argv=None) -> int:
                         num_expression_blendshapes=args.expression_blendshapes,
                         map_size=args.map_size, use_geometric_map=not args.no_geometric_map),
         loss=DFMLossConfig(lambda_sparse=0.0 if args.no_sparsity else args.lambda_sparse,
-                           lambda_lap=0.0 if args.no_laplacian else args.lambda_lap),
-        lr=args.lr, batch_size=args.batch_size, epochs=PAPER_EPOCHS if args.paper_schedule else args.epochs,
+                           lambda_lap=0.0 if args.no_laplacian else args.lambda_lap, lambda_orth=args.lambda_orth),
+        lr=args.lr, lr_schedule="cosine" if args.cosine_lr else "constant", crop_loss=args.crop_loss, batch_size=args.batch_size, epochs=PAPER_EPOCHS if args.paper_schedule else args.epochs,
         max_minutes=args.max_minutes, val_every=args.val_every, seed=args.seed, device=args.device,
     )
+    if args.resume is not None:  # go on as the run was configured; only the time budget and device may change
+        config = replace(load_train_config(args.resume), max_minutes=args.max_minutes, device=args.device)
     run = train_dfm(config, run_dir=args.resume, resume=args.resume is not None)
     print(f"run saved in {run}")
     return 0

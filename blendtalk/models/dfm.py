@@ -248,13 +248,13 @@ class DeformationFusionModule(nn.Module):
 
         d_s: (B, V, 3), d_e: (B', V, 3) displacements. Returns the weights w_s (B, K_s + K_e), w_e
         (B', K_s + K_e), their cross-domain halves cross_s = w_e^s (B, K_e) and cross_e = w_s^e
-        (B', K_s) (split here so that losses need not know the layout), and the reconstructions
-        rec_s (B, V, 3), rec_e (B', V, 3). Losses are in blendtalk.losses.
+        (B', K_s) (split here so that losses need not know the layout), the reconstructions
+        rec_s (B, V, 3), rec_e (B', V, 3), and the blendshapes [B_s | B_e] (V*3, K_s + K_e). Losses are in blendtalk.losses.
         """
         w_s = self.encode_speech(d_s)
         w_e = self.encode_expression(d_e)
         return {"w_s": w_s, "w_e": w_e, "cross_s": self.split(w_s)[1], "cross_e": self.split(w_e)[0],
-                "rec_s": self.decode(w_s), "rec_e": self.decode(w_e)}
+                "rec_s": self.decode(w_s), "rec_e": self.decode(w_e), "blendshapes": self.blendshapes}
 
     # ---- inference (eq. 13) ----
     def fuse(
