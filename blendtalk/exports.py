@@ -1,0 +1,361 @@
+"""Export an `Animation` for other tools: vertex arrays, OBJ sequences, glTF, ARKit curves, FLAME.
+
+| key        | file (stem "animation")   | content                                                       |
+|------------|---------------------------|---------------------------------------------------------------|
+| npy        | animation.npy             | vertices (T, V, 3) float32, metres                            |
+| obj        | animation_obj.zip         | frame_0000.obj ... one OBJ (vertices + faces) per frame       |
+| glb        | animation.glb             | base mesh + one morph target per frame, a weights animation   |
+| arkit_csv  | animation_arkit.csv       | 52 ARKit curves in the Live Link Face CSV layout              |
+| arkit_json | animation_arkit.json      | {"fps", "names", "frames": (T, 52) list}                      |
+| flame      | animation_flame.npz       | the FLAME parameters per frame, plus fps                      |
+
+Every file is written under a hidden temporary name in its folder and renamed when complete, so
+a failure never leaves a half-written file. `export_all` skips the formats the animation has no
+data for (no ARKit weights, no FLAME parameters, too many frames for a glb) with a logged
+warning, or raises with `strict=True`; the `write_*` functions always raise.
+
+glTF: the rig's units and axes are glTF's (metres, +y up, +z out of the face), so no conversion.
+Every frame is a morph target holding its offset from the base mesh; the animation keys target k
+to weight 1 at frame k (STEP: frames hold, as rendered). Blender's glTF importer turns this into
+one shape key per frame named `frame_0000`..., keyed over the timeline. Both the targets (T*V*3
+floats) and the key weights (T*T floats) grow with T, hence GLB_MAX_FRAMES. No normals are
+stored: viewers compute them (in Blender: Shade Smooth). Audio is not part of glTF; use the MP4.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import struct
+import uuid
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .animation import Animation
+
+FORMATS = ("npy", "obj", "glb", "arkit_csv", "arkit_json", "flame")
+GLB_MAX_FRAMES = 1800  # 60 s at 30 fps: ~90 MB of targets for the 4278-vertex rig; Blender imports slow down past it
+OBJ_ZIP_LEVEL = 1  # deflate level: the repeated faces compress well even at the fastest level
+_STEM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # no separators, dots or '..': stays in out_dir
+_SUFFIX = {"npy": "{}.npy", "obj": "{}_obj.zip", "glb": "{}.glb", "arkit_csv": "{}_arkit.csv",
+           "arkit_json": "{}_arkit.json", "flame": "{}_flame.npz"}
+
+# Live Link Face's CSV columns after Timecode and BlendShapeCount: its 52 blendshapes in its order
+# and PascalCase spelling, then head and eye rotations (written as 0: the rig has no head pose).
+LIVE_LINK_FACE_NAMES = (
+    "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft", "EyeSquintLeft",
+    "EyeWideLeft", "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight", "EyeLookOutRight", "EyeLookUpRight",
+    "EyeSquintRight", "EyeWideRight", "JawForward", "JawRight", "JawLeft", "JawOpen", "MouthClose",
+    "MouthFunnel", "MouthPucker", "MouthRight", "MouthLeft", "MouthSmileLeft", "MouthSmileRight",
+    "MouthFrownLeft", "MouthFrownRight", "MouthDimpleLeft", "MouthDimpleRight", "MouthStretchLeft",
+    "MouthStretchRight", "MouthRollLower", "MouthRollUpper", "MouthShrugLower", "MouthShrugUpper",
+    "MouthPressLeft", "MouthPressRight", "MouthLowerDownLeft", "MouthLowerDownRight", "MouthUpperUpLeft",
+    "MouthUpperUpRight", "BrowDownLeft", "BrowDownRight", "BrowInnerUp", "BrowOuterUpLeft", "BrowOuterUpRight",
+    "CheekPuff", "CheekSquintLeft", "CheekSquintRight", "NoseSneerLeft", "NoseSneerRight", "TongueOut",
+)
+LIVE_LINK_FACE_ROTATIONS = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
+                            "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
+
+_log = logging.getLogger(__name__)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary path next to `path`; move it onto `path` if the block succeeds.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and `path` is
+    left as it was. Same folder, so the final `os.replace` is an atomic rename.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def unavailable(animation: Animation, formats: Sequence[str] = FORMATS) -> dict[str, str]:
+    """{format: why it cannot be exported} for the formats this animation lacks data for."""
+    _check_formats(formats)
+    reasons = {}
+    for fmt in formats:
+        if fmt.startswith("arkit") and animation.arkit_weights is None:
+            reasons[fmt] = "the animation has no ARKit weights (no mapping to the rig's blendshapes was run)"
+        elif fmt == "flame" and not animation.flame_params:
+            reasons[fmt] = "the animation has no FLAME parameters (it was not made on a FLAME mesh)"
+        elif fmt == "glb" and animation.num_frames > GLB_MAX_FRAMES:
+            reasons[fmt] = (f"{animation.num_frames} frames exceed GLB_MAX_FRAMES={GLB_MAX_FRAMES} "
+                            "(one morph target per frame); use npy or obj, or a shorter clip")
+    return reasons
+
+
+def export_all(
+    animation: Animation,
+    out_dir: str | os.PathLike,
+    formats: Sequence[str] = FORMATS,
+    stem: str = "animation",
+    template: np.ndarray | None = None,
+    strict: bool = False,
+) -> dict[str, Path]:
+    """Write the requested formats into `out_dir` (created if missing); return {format: path}.
+
+    File names are `stem` plus a fixed suffix per format (see the module table); `stem` must be a
+    plain name (letters, digits, '_' or '-'), so nothing lands outside `out_dir`. template: (V, 3)
+    neutral mesh used as the glb's base (default: the first frame). Formats the animation has no
+    data for are skipped with a warning, or raise a ValueError when `strict`.
+    """
+    _check_formats(formats)
+    if not isinstance(stem, str) or not _STEM_RE.fullmatch(stem):
+        raise ValueError(f"stem must be 1-64 letters, digits, '_' or '-' (no path parts), got {stem!r}")
+    missing = unavailable(animation, formats)
+    if missing and strict:
+        raise ValueError("; ".join(f"cannot export {fmt}: {why}" for fmt, why in missing.items()))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for fmt in dict.fromkeys(formats):  # keep order, drop repeats
+        if fmt in missing:
+            _log.warning("skipping %s export: %s", fmt, missing[fmt])
+            continue
+        path = out_dir / _SUFFIX[fmt].format(stem)
+        if path.resolve().parent != out_dir.resolve():  # belt and braces next to the stem check
+            raise ValueError(f"export name {path.name!r} would leave {str(out_dir)!r}")
+        if fmt == "glb":
+            written[fmt] = write_glb(animation, path, template=template)
+        else:
+            written[fmt] = _WRITERS[fmt](animation, path)
+    return written
+
+
+def write_npy(animation: Animation, path: str | os.PathLike) -> Path:
+    """Vertices (T, V, 3) float32 in metres as a .npy file."""
+    path = _target(path, ".npy")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
+        np.save(f, animation.vertices.astype(np.float32, copy=False), allow_pickle=False)
+    return path
+
+
+def write_obj_zip(animation: Animation, path: str | os.PathLike) -> Path:
+    """A zip of one Wavefront OBJ per frame, frame_0000.obj ..., each with all V vertices and F faces."""
+    path = _target(path, ".zip")
+    verts, tri = animation.vertices, _triangles(animation)
+    digits = max(4, len(str(len(verts) - 1)))
+    # %-formatting a whole frame at once is ~10x faster than np.savetxt; faces are the same every frame.
+    faces = ("f %d %d %d\n" * len(tri)) % tuple((tri + 1).ravel().tolist())  # OBJ indices start at 1
+    vertex_fmt = "v %.6f %.6f %.6f\n" * verts.shape[1]  # micrometre precision in metres
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=OBJ_ZIP_LEVEL) as z:
+        for t, frame in enumerate(verts):
+            header = f"# blendtalk frame {t} of {len(verts)} at {animation.fps:g} fps, metres\n"
+            z.writestr(f"frame_{t:0{digits}d}.obj", header + vertex_fmt % tuple(frame.ravel().tolist()) + faces)
+    return path
+
+
+def write_arkit_csv(animation: Animation, path: str | os.PathLike) -> Path:
+    """The 52 ARKit curves in Live Link Face's CSV layout (Unreal's LiveLinkFace importer, Blender add-ons).
+
+    Columns: Timecode (HH:MM:SS:FF.mmm, FF counted at the animation's fps), BlendShapeCount (61),
+    the 52 LIVE_LINK_FACE_NAMES, the 9 LIVE_LINK_FACE_ROTATIONS (0). Curves are matched to
+    `animation.arkit_names` case-insensitively; curves the animation lacks are 0; values are
+    clipped to [0, 1], the range ARKit coefficients have.
+    """
+    path = _target(path, ".csv")
+    columns = _live_link_columns(animation)  # (T, 52)
+    columns = np.clip(columns, 0.0, 1.0)
+    rest = ",0" * len(LIVE_LINK_FACE_ROTATIONS)
+    count = len(LIVE_LINK_FACE_NAMES) + len(LIVE_LINK_FACE_ROTATIONS)
+    lines = [",".join(("Timecode", "BlendShapeCount") + LIVE_LINK_FACE_NAMES + LIVE_LINK_FACE_ROTATIONS)]
+    for t, row in enumerate(columns):
+        lines.append(f"{_timecode(t, animation.fps)},{count}," + ",".join(f"{v:.6f}" for v in row) + rest)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_arkit_json(animation: Animation, path: str | os.PathLike) -> Path:
+    """{"fps": float, "names": [K names], "frames": [[K weights] * T]}, names as in the animation."""
+    path = _target(path, ".json")
+    weights = _arkit(animation)
+    doc = {"fps": float(animation.fps), "names": list(animation.arkit_names),
+           "frames": np.round(weights.astype(np.float64), 6).tolist()}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+    return path
+
+
+def write_flame(animation: Animation, path: str | os.PathLike) -> Path:
+    """The FLAME parameters (e.g. 'expr' (T, n), 'jaw_pose' (T, 3)) and 'fps' as an .npz (no pickle)."""
+    path = _target(path, ".npz")
+    if not animation.flame_params:
+        raise ValueError("the animation has no FLAME parameters (it was not made on a FLAME mesh)")
+    arrays = {}
+    for name, value in animation.flame_params.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)) or name == "fps":
+            raise ValueError(f"FLAME parameter names must be identifiers other than 'fps', got {name!r}")
+        a = np.asarray(value)
+        if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
+            raise ValueError(f"FLAME parameter {name!r} must be finite numbers, got {a.dtype} {a.shape}")
+        arrays[name] = a
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, fps=np.float32(animation.fps), **arrays)
+    return path
+
+
+def write_glb(
+    animation: Animation,
+    path: str | os.PathLike,
+    template: np.ndarray | None = None,
+    interpolation: str = "STEP",
+    max_frames: int = GLB_MAX_FRAMES,
+) -> Path:
+    """A binary glTF 2.0: base mesh (template (V, 3), default frame 0) + T morph targets + animation.
+
+    The animation channel drives the mesh node's morph weights: at time t/fps target t has weight
+    1 and all others 0. interpolation: 'STEP' (hold each frame) or 'LINEAR' (blend neighbours,
+    smoother when a viewer plays at another rate).
+    """
+    path = _target(path, ".glb")
+    if interpolation not in ("STEP", "LINEAR"):
+        raise ValueError(f"interpolation must be 'STEP' or 'LINEAR', got {interpolation!r}")
+    verts = animation.vertices  # (T, V, 3)
+    n_frames, n_verts = verts.shape[:2]
+    if n_frames > max_frames:
+        raise ValueError(f"{n_frames} frames exceed max_frames={max_frames} (one morph target per frame)")
+    base = verts[0] if template is None else np.asarray(template, dtype=np.float32)
+    if base.shape != (n_verts, 3) or not np.isfinite(base).all():
+        raise ValueError(f"template must be finite with shape ({n_verts}, 3), got {base.shape}")
+    if not np.isfinite(verts).all():
+        raise ValueError("vertices contain NaN or infinite values")
+    tri = _triangles(animation).astype(np.uint32)
+    deltas = (verts - base).astype(np.float32)  # (T, V, 3)
+    times = (np.arange(n_frames) / animation.fps).astype(np.float32)  # (T,)
+    weights = np.eye(n_frames, dtype=np.float32)  # (T keys, T targets): key k shows target k
+
+    blobs = [base.astype(np.float32), tri, deltas, times, weights]
+    views, offset = [], 0
+    for blob, target in zip(blobs, (34962, 34963, 34962, None, None)):  # ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER
+        view = {"buffer": 0, "byteOffset": offset, "byteLength": blob.nbytes}
+        if target is not None:
+            view["target"] = target
+        views.append(view)
+        offset += blob.nbytes  # every blob is 4-byte data, so offsets stay 4-byte aligned
+    views[2]["byteStride"] = 12  # T accessors share this view; glTF then requires an explicit stride
+    lo, hi = deltas.min(1), deltas.max(1)  # (T, 3): POSITION accessors must carry min/max
+    accessors = [
+        _accessor(0, 0, n_verts, "VEC3", base.min(0), base.max(0)),
+        {"bufferView": 1, "componentType": 5125, "count": tri.size, "type": "SCALAR"},  # UNSIGNED_INT
+        *(_accessor(2, t * n_verts * 12, n_verts, "VEC3", lo[t], hi[t]) for t in range(n_frames)),
+        _accessor(3, 0, n_frames, "SCALAR", times[:1], times[-1:]),
+        _accessor(4, 0, weights.size, "SCALAR"),
+    ]
+    names = [f"frame_{t:0{max(4, len(str(n_frames - 1)))}d}" for t in range(n_frames)]
+    doc = {
+        "asset": {"version": "2.0", "generator": "blendtalk",
+                  "extras": {"fps": float(animation.fps), "frames": n_frames}},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0, "name": "face"}],
+        "meshes": [{
+            "name": "face",
+            "primitives": [{"attributes": {"POSITION": 0}, "indices": 1, "mode": 4,
+                            "targets": [{"POSITION": 2 + t} for t in range(n_frames)]}],
+            "weights": [0.0] * n_frames,  # at rest: the base mesh
+            "extras": {"targetNames": names},  # read by Blender's importer as shape-key names
+        }],
+        "animations": [{
+            "name": "speech",
+            "samplers": [{"input": 2 + n_frames, "output": 3 + n_frames, "interpolation": interpolation}],
+            "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}],
+        }],
+        "accessors": accessors,
+        "bufferViews": views,
+        "buffers": [{"byteLength": offset}],
+    }
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned; JSON pads with spaces
+    total = 12 + 8 + len(text) + 8 + offset
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<4sII", b"glTF", 2, total))
+        f.write(struct.pack("<I4s", len(text), b"JSON") + text)
+        f.write(struct.pack("<I4s", offset, b"BIN\0"))
+        for blob in blobs:  # streamed: the binary chunk is never assembled in memory
+            f.write(memoryview(np.ascontiguousarray(blob)))
+    return path
+
+
+def _accessor(view: int, offset: int, count: int, kind: str, lo=None, hi=None) -> dict:
+    acc = {"bufferView": view, "byteOffset": offset, "componentType": 5126, "count": count, "type": kind}  # FLOAT
+    if lo is not None:
+        acc["min"], acc["max"] = [float(v) for v in lo], [float(v) for v in hi]
+    return acc
+
+
+def _timecode(frame: int, fps: float) -> str:
+    """Frame index -> 'HH:MM:SS:FF.mmm', FF the frame within the second at `fps` (+ a fraction)."""
+    seconds = math.floor(frame / fps + 1e-9)
+    within = frame - seconds * fps  # frames into this second, fractional for non-integer fps
+    whole = int(within + 1e-9)
+    milli = min(999, round((within - whole) * 1000))
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}:{whole:02d}.{milli:03d}"
+
+
+def _arkit(animation: Animation) -> np.ndarray:
+    if animation.arkit_weights is None:
+        raise ValueError("the animation has no ARKit weights (no mapping to the rig's blendshapes was run)")
+    w = np.asarray(animation.arkit_weights, dtype=np.float32)
+    if not np.isfinite(w).all():
+        raise ValueError("ARKit weights contain NaN or infinite values")
+    return w
+
+
+def _live_link_columns(animation: Animation) -> np.ndarray:
+    """ARKit weights (T, K) -> (T, 52) in LIVE_LINK_FACE_NAMES order; absent curves are 0."""
+    weights = _arkit(animation)
+    column = {name.lower(): i for i, name in enumerate(LIVE_LINK_FACE_NAMES)}
+    out = np.zeros((len(weights), len(LIVE_LINK_FACE_NAMES)), dtype=np.float32)
+    seen = set()
+    for k, name in enumerate(animation.arkit_names):
+        key = name.lower()
+        if key not in column:
+            raise ValueError(f"{name!r} is not an ARKit blendshape name; expected names like {LIVE_LINK_FACE_NAMES[:3]}")
+        if key in seen:
+            raise ValueError(f"ARKit blendshape {name!r} appears twice in arkit_names")
+        seen.add(key)
+        out[:, column[key]] = weights[:, k]
+    return out
+
+
+def _triangles(animation: Animation) -> np.ndarray:
+    tri = animation.triangles
+    n = animation.vertices.shape[1]
+    if len(tri) == 0 or tri.min() < 0 or tri.max() >= n:
+        raise ValueError(f"triangles must be a non-empty (F, 3) array of indices below V={n}")
+    return tri
+
+
+def _target(path: str | os.PathLike, suffix: str) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"expected a {suffix} file name, got {path.name!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"folder {str(path.parent)!r} does not exist; create it first")
+    return path
+
+
+def _check_formats(formats: Sequence[str]) -> None:
+    if isinstance(formats, str):
+        raise ValueError(f"formats must be a sequence of names, e.g. ('npy',), got the string {formats!r}")
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown export formats {bad}; choose from {', '.join(FORMATS)}")
+
+
+_WRITERS = {"npy": write_npy, "obj": write_obj_zip, "arkit_csv": write_arkit_csv,
+            "arkit_json": write_arkit_json, "flame": write_flame}
