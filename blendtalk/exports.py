@@ -16,10 +16,11 @@ warning, or raises with `strict=True`; the `write_*` functions always raise.
 
 glTF: the rig's units and axes are glTF's (metres, +y up, +z out of the face), so no conversion.
 Every frame is a morph target holding its offset from the base mesh; the animation keys target k
-to weight 1 at frame k (STEP: frames hold, as rendered). Blender's glTF importer turns this into
-one shape key per frame named `frame_0000`..., keyed over the timeline. Both the targets (T*V*3
-floats) and the key weights (T*T floats) grow with T, hence GLB_MAX_FRAMES. No normals are
-stored: viewers compute them (in Blender: Shade Smooth). Audio is not part of glTF; use the MP4.
+to weight 1 at time k/fps (STEP: frames hold, as rendered) and lasts T/fps seconds. Blender's glTF
+importer turns this into one shape key per frame named `frame_0000`..., keyed over the timeline.
+Both the targets (T*V*3 floats) and the key weights (T*T floats) grow with T, hence
+GLB_MAX_FRAMES. No normals are stored: viewers compute them (in Blender: Shade Smooth). Audio is
+not part of glTF; use the MP4.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def write_glb(
     """A binary glTF 2.0: base mesh (template (V, 3), default frame 0) + T morph targets + animation.
 
     The animation channel drives the mesh node's morph weights: at time t/fps target t has weight
-    1 and all others 0. interpolation: 'STEP' (hold each frame) or 'LINEAR' (blend neighbours,
+    1 and all others 0; the clip lasts T/fps seconds (the last frame is held). interpolation: 'STEP' (hold each frame) or 'LINEAR' (blend neighbours,
     smoother when a viewer plays at another rate).
     """
     path = _target(path, ".glb")
@@ -235,8 +236,11 @@ def write_glb(
         raise ValueError("vertices contain NaN or infinite values")
     tri = _triangles(animation).astype(np.uint32)
     deltas = (verts - base).astype(np.float32)  # (T, V, 3)
-    times = (np.arange(n_frames) / animation.fps).astype(np.float32)  # (T,)
-    weights = np.eye(n_frames, dtype=np.float32)  # (T keys, T targets): key k shows target k
+    # Key k shows target k; one more key at T/fps holds the last frame, so the clip lasts T/fps
+    # seconds, as long as the video and its audio, and loops in step with them.
+    times = (np.arange(n_frames + 1) / animation.fps).astype(np.float32)  # (T + 1,)
+    weights = np.eye(n_frames + 1, n_frames, dtype=np.float32)  # (T + 1 keys, T targets)
+    weights[-1, -1] = 1
 
     blobs = [base.astype(np.float32), tri, deltas, times, weights]
     views, offset = [], 0
@@ -252,7 +256,7 @@ def write_glb(
         _accessor(0, 0, n_verts, "VEC3", base.min(0), base.max(0)),
         {"bufferView": 1, "componentType": 5125, "count": tri.size, "type": "SCALAR"},  # UNSIGNED_INT
         *(_accessor(2, t * n_verts * 12, n_verts, "VEC3", lo[t], hi[t]) for t in range(n_frames)),
-        _accessor(3, 0, n_frames, "SCALAR", times[:1], times[-1:]),
+        _accessor(3, 0, len(times), "SCALAR", times[:1], times[-1:]),
         _accessor(4, 0, weights.size, "SCALAR"),
     ]
     names = [f"frame_{t:0{max(4, len(str(n_frames - 1)))}d}" for t in range(n_frames)]

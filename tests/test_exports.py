@@ -156,9 +156,10 @@ def test_glb_one_morph_target_per_frame(tmp_path, interpolation):
     assert sampler["interpolation"] == interpolation
     assert doc["animations"][0]["channels"][0]["target"] == {"node": 0, "path": "weights"}
     times = _accessor_array(doc, binary, sampler["input"])[:, 0]
-    np.testing.assert_allclose(times, np.arange(7) / 30, atol=1e-6)
-    weights = _accessor_array(doc, binary, sampler["output"]).reshape(7, 7)  # (keys, targets)
-    np.testing.assert_array_equal(weights, np.eye(7))
+    np.testing.assert_allclose(times, np.arange(8) / 30, atol=1e-6)  # + one key: the clip lasts T / fps
+    weights = _accessor_array(doc, binary, sampler["output"]).reshape(8, 7)  # (keys, targets)
+    np.testing.assert_array_equal(weights[:7], np.eye(7))
+    np.testing.assert_array_equal(weights[7], np.eye(7)[6])  # the last frame is held
 
 
 def test_glb_loads_in_trimesh_with_the_rig(tmp_path):
