@@ -236,6 +236,9 @@ def build_study(stimuli: Sequence[Stimulus], n_participants: int, methods: Seque
     (panel: len(methods), pairs: 2). Screen order is shuffled independently per participant.
     """
     methods = tuple(methods)
+    if layout not in LAYOUTS or reference not in methods or len(set(methods)) != len(methods) or len(methods) < 2:
+        raise StudyError(f"need a layout in {LAYOUTS} (got {layout!r}) and at least two distinct methods "
+                         f"including the reference {reference!r} (got {methods})")
     if n_participants < 1:
         raise StudyError(f"n_participants must be >= 1, got {n_participants}")
     ids = list(participant_ids) if participant_ids is not None else [f"P{i + 1:02d}" for i in range(n_participants)]
@@ -367,40 +370,42 @@ class RatingStore:
         """Save ratings [{"clip", "aspect", "score"}] on the current screen; with `submit`, lock it
         (every clip must then have every aspect). Returns the participant's next current screen."""
         p = self.participant(participant)
-        current = self.current_trial(p.id)
-        if current is None:
-            raise StudyError("all screens of this participant are already submitted", status=409)
-        if trial != current.id:
-            raise StudyError(f"screen {trial!r} is not this participant's current screen; reload the page",
-                             status=409)
-        if not isinstance(ratings, (list, tuple)) or len(ratings) > len(current.clips) * len(self.study.aspects):
+        if not isinstance(ratings, (list, tuple)) or len(ratings) > max(len(t.clips) for t in p.trials) * len(
+                self.study.aspects):
             raise StudyError("ratings must be a list of at most one {clip, aspect, score} per clip and aspect")
-        clean = []
-        for r in ratings:
-            if not isinstance(r, Mapping) or set(r) != {"clip", "aspect", "score"}:
-                raise StudyError(f"each rating must be an object with clip, aspect and score, got {r!r}")
-            if r["clip"] not in current.clips:
-                raise StudyError(f"clip {r['clip']!r} is not on the current screen")
-            if r["aspect"] not in self.study.aspects:
-                raise StudyError(f"aspect must be one of {self.study.aspects}, got {r['aspect']!r}")
-            s = r["score"]
-            if type(s) is not int or not LIKERT_MIN <= s <= LIKERT_MAX:
-                raise StudyError(f"score must be an integer {LIKERT_MIN}..{LIKERT_MAX}, got {s!r}")
-            clean.append((p.id, current.id, r["clip"], r["aspect"], s, _now()))
         if not isinstance(submit, bool):
             raise StudyError(f"submit must be true or false, got {submit!r}")
-        with self._lock:
+        with self._lock:  # check and write in one critical section: no answer slips into a submitted screen
+            done = self._submitted(p.id)
+            current = next((t for t in p.trials if t.id not in done), None)
+            if current is None:
+                raise StudyError("all screens of this participant are already submitted", status=409)
+            if trial != current.id:
+                raise StudyError(f"screen {trial!r} is not this participant's current screen; reload the page",
+                                 status=409)
+            clean = []
+            for r in ratings:
+                if not isinstance(r, Mapping) or set(r) != {"clip", "aspect", "score"}:
+                    raise StudyError(f"each rating must be an object with clip, aspect and score, got {r!r}")
+                if r["clip"] not in current.clips:
+                    raise StudyError(f"clip {r['clip']!r} is not on the current screen")
+                if r["aspect"] not in self.study.aspects:
+                    raise StudyError(f"aspect must be one of {self.study.aspects}, got {r['aspect']!r}")
+                s = r["score"]
+                if type(s) is not int or not LIKERT_MIN <= s <= LIKERT_MAX:
+                    raise StudyError(f"score must be an integer {LIKERT_MIN}..{LIKERT_MAX}, got {s!r}")
+                clean.append((p.id, current.id, r["clip"], r["aspect"], s, _now()))
             with self._db:
                 self._db.executemany("INSERT OR REPLACE INTO ratings VALUES (?, ?, ?, ?, ?, ?)", clean)
             if submit:
-                have = {(c, a) for c, a in self._db.execute(
-                    "SELECT clip, aspect FROM ratings WHERE participant = ? AND trial = ?", (p.id, current.id))}
+                have = set(self._db.execute("SELECT clip, aspect FROM ratings WHERE participant = ? AND trial = ?",
+                                            (p.id, current.id)))
                 need = [f"{chr(65 + k)}:{a}" for k, c in enumerate(current.clips) for a in self.study.aspects
                         if (c, a) not in have]
                 if need:
                     raise StudyError(f"rate every video on every question before going on; missing {need}")
                 with self._db:
-                    self._db.execute("INSERT INTO submitted VALUES (?, ?, ?)", (p.id, current.id, _now()))
+                    self._db.execute("INSERT OR IGNORE INTO submitted VALUES (?, ?, ?)", (p.id, current.id, _now()))
         return self.current_trial(p.id)
 
     def rows(self) -> list[dict]:

@@ -272,6 +272,10 @@ def test_rating_app_stores_and_resumes(app):
     for body, code in bad:
         assert _call(base, "/api/rate", body)[0] == code, body
     assert _call(base, f"/api/next?participant={p2}")[1]["done"] == 0
+    plain = urllib.request.Request(base + "/api/rate", data=json.dumps(bad[0][0]).encode(),
+                                   headers={"Content-Type": "text/plain"})  # what a cross-site form could send
+    with pytest.raises(urllib.error.HTTPError, match="415"):
+        urllib.request.urlopen(plain)
 
     out = root / "export.csv"
     assert rate.main(["--manifest", str(root / "manifest.json"), "--db", str(root / "ratings.sqlite"),
@@ -307,3 +311,54 @@ def test_rating_app_serves_only_manifest_files(app):
         body = resp.read()
         assert resp.status == 404 and b"RIFF" not in body and b"schema" not in body, path
         conn.close()
+
+
+def test_analyze_script_from_the_database(tmp_path, capsys):
+    analyze_script = _script("analyze")
+    study = build_study(_stimuli(4), 4, methods=("ours", "interpolation", "no_sparsity"), seed=2)
+    study.save(tmp_path / "manifest.json")
+    store = RatingStore(tmp_path / "ratings.sqlite", study)
+    rows = simulate_ratings(study, {"ours": 1.0}, seed=0)
+    by_trial = {}
+    for r in rows:
+        by_trial.setdefault((r["participant"], r["trial"]), []).append(
+            {"clip": r["clip"], "aspect": r["aspect"], "score": r["score"]})
+    last = study.participants[-1]
+    for (pid, tid), ratings in by_trial.items():
+        if (pid, tid) != (last.id, last.trials[-1].id):  # one screen left unrated
+            store.rate(pid, tid, ratings, submit=True)
+    store.close()
+    args = ["--manifest", str(tmp_path / "manifest.json"), "--db", str(tmp_path / "ratings.sqlite"),
+            "--out", str(tmp_path / "out")]
+    assert analyze_script.main(args) == 2
+    assert f"{last.id}: 6 of 24 ratings missing" in capsys.readouterr().err
+    assert analyze_script.main(args + ["--allow-incomplete"]) == 0
+    text = (tmp_path / "out" / "study_tables.md").read_text()
+    assert "| Ours |" in text and "Incomplete data" in text
+    result = json.loads((tmp_path / "out" / "study_results.json").read_text())
+    assert {c["method"] for c in result["comparisons"]} == {"interpolation", "no_sparsity"}
+    assert any((tmp_path / "out").glob("study_mos.*"))
+
+
+def test_concurrent_submits_lock_the_screen_once(tmp_path):
+    study = build_study(_stimuli(2), 1, methods=("ours", "speech_only"), seed=0)
+    store = RatingStore(tmp_path / "r.sqlite", study)
+    trial = study.participants[0].trials[0]
+    every = [{"clip": c, "aspect": a, "score": 3} for c, a in product(trial.clips, study.aspects)]
+    outcomes = []
+
+    def submit():
+        try:
+            store.rate("P01", trial.id, every, submit=True)
+            outcomes.append("ok")
+        except StudyError as e:
+            outcomes.append(e.status)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes, key=str) == [409] * 7 + ["ok"]
+    assert store.progress("P01") == (1, 2) and len(store.rows()) == len(every)
+    store.close()

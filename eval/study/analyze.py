@@ -67,10 +67,10 @@ def plot(analysis: StudyAnalysis, study: Study, path_stem: Path) -> Path:
             if star and not math.isnan(y):
                 ax.text(x, y + e + 0.05, star, ha="center")
     ax.set_xticks(range(len(methods)), labels, rotation=20, ha="right")
-    ax.set_ylim(0, 5.8)
+    ax.set_ylim(0, 6.2)  # headroom for the legend above the bars
     ax.set_ylabel("MOS (1-5)")
     ax.set_title(f"{study.name}: MOS ± SD (* p < {analysis.alpha} vs {study.label(study.reference)})")
-    ax.legend()
+    ax.legend(loc="upper left", ncols=len(series), frameon=False)
     fig.tight_layout()
     out = path_stem.with_suffix(".png")
     fig.savefig(out, dpi=120)

@@ -7,7 +7,7 @@ Give each participant their id from the manifest (or a link http://HOST:7870/?pa
 Every answer is stored when it is clicked, so a closed tab loses nothing and the participant
 resumes where they stopped. The app listens on 127.0.0.1 unless --host says otherwise.
 
-HTTP API (JSON; errors are {"error": message} with status 400, 404, 409 or 413):
+HTTP API (JSON; errors are {"error": message} with status 400, 404, 409, 413 or 415):
   GET  /api/next?participant=ID   the participant's current screen, their drafts and progress
   POST /api/rate                  {"participant", "trial", "ratings": [{"clip", "aspect", "score"}],
                                    "submit": bool} -> the same answer as /api/next
@@ -117,6 +117,9 @@ def make_server(study: Study, store: RatingStore, root: Path, host: str = "127.0
         def do_POST(self):
             if urlsplit(self.path).path != "/api/rate":
                 return self._error(404, "not found")
+            if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+                # also keeps other web sites out: a cross-site JSON POST needs a CORS preflight we never grant
+                return self._error(415, "Content-Type must be application/json")
             try:
                 length = int(self.headers.get("Content-Length", ""))
             except ValueError:
