@@ -18,6 +18,7 @@ Plotly's scene light position is in camera space (+x right, +y up, +z toward the
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -102,25 +103,51 @@ def _indices(triangles: np.ndarray, num_vertices: int) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(triangles[:, c], dtype=dtype) for c, name in enumerate("ijk")}
 
 
-def _dressing(rig: FaceRig | None, num_vertices: int, scene: _Scene) -> tuple[dict[str, Any], list[go.Mesh3d]]:
-    """Colour keywords for the face trace (a skin-to-lip intensity when the mesh is the rig) and
-    static eyeball traces for the rig's open eye sockets."""
-    skin = dict(color=_rgb(_STYLE.skin))
-    if rig is None:
-        return skin, []
-    if rig.num_vertices != num_vertices:
-        raise ValueError(f"rig has {rig.num_vertices} vertices but the mesh has {num_vertices}")
+@dataclass(frozen=True, eq=False)
+class RigLook:
+    """How figures dress a rig's mesh, computed once by `rig_look` (about 30 ms) and reusable.
+
+    lip_tint: (V,) in [0, 1], 0 skin to 1 lip colour (the renderer's lip region). eyes: eyeballs
+    for open eye sockets as (vertices (E, 3) metres, triangles (G, 3), sRGB colours (E, 3)), or
+    None. template: (V, 3) the rig's neutral vertices, which fix the framing.
+    """
+
+    lip_tint: np.ndarray
+    eyes: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    template: np.ndarray
+
+
+def rig_look(rig: FaceRig) -> RigLook:
+    """The lip tint and eyeballs of `rig`, as the video renderer draws them."""
     colours, eyes = _rig_dressing(rig, _STYLE)  # (V, 3) sRGB, eyeballs or None
     tint = np.subtract(_STYLE.lips, _STYLE.skin)
     # The renderer's colours are skin + t * (lips - skin); recover t and let a colour scale apply it.
     amount = np.clip((colours - np.array(_STYLE.skin)) @ tint / float(tint @ tint), 0, 1).astype(np.float32)
-    keywords = dict(
-        intensity=amount, intensitymode="vertex", cmin=0.0, cmax=1.0, showscale=False,
-        colorscale=[[0.0, _rgb(_STYLE.skin)], [1.0, _rgb(_STYLE.lips)]],
-    ) if amount.any() else skin
+    return RigLook(lip_tint=amount, eyes=eyes, template=np.asarray(rig.vertices, dtype=np.float64))
+
+
+def _look(rig: FaceRig | RigLook | None, num_vertices: int) -> RigLook | None:
+    look = rig_look(rig) if isinstance(rig, FaceRig) else rig
+    if look is not None and not isinstance(look, RigLook):
+        raise ValueError(f"rig must be a FaceRig, a RigLook from rig_look(rig) or None, got {type(rig).__name__}")
+    if look is not None and len(look.template) != num_vertices:
+        raise ValueError(f"rig has {len(look.template)} vertices but the mesh has {num_vertices}")
+    return look
+
+
+def _dressing(look: RigLook | None, scene: _Scene) -> tuple[dict[str, Any], list[go.Mesh3d]]:
+    """Colour keywords for the face trace (a skin-to-lip intensity when the mesh is the rig) and
+    static eyeball traces for the rig's open eye sockets."""
+    if look is None or not look.lip_tint.any():
+        keywords = dict(color=_rgb(_STYLE.skin))
+    else:
+        keywords = dict(
+            intensity=look.lip_tint, intensitymode="vertex", cmin=0.0, cmax=1.0, showscale=False,
+            colorscale=[[0.0, _rgb(_STYLE.skin)], [1.0, _rgb(_STYLE.lips)]],
+        )
     traces = []
-    if eyes is not None:
-        verts, tris, eye_colours = eyes
+    if look is not None and look.eyes is not None:
+        verts, tris, eye_colours = look.eyes
         xyz = scene.units(np.asarray(verts, dtype=np.float64))
         traces.append(go.Mesh3d(
             x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], **_indices(np.asarray(tris), len(verts)),
@@ -173,7 +200,7 @@ def mesh_figure(
     vertices,
     triangles,
     *,
-    rig: FaceRig | None = None,
+    rig: FaceRig | RigLook | None = None,
     reference=None,
     title: str | None = None,
     height: int = 520,
@@ -181,18 +208,20 @@ def mesh_figure(
     """A static, lit Plotly mesh of one pose, seen from the front.
 
     vertices: (V, 3) metres, numpy or torch. triangles: (F, 3) int. rig: the `FaceRig` the mesh
-    belongs to, for lip colour and eyeballs (its V must match). reference: (V', 3) vertices that
-    fix the centre and axis ranges (default: the rig's template, else the pose itself), so that
-    poses of one rig shown one after another keep the same framing. A few tens of milliseconds.
+    belongs to (its V must match), for lip colour and eyeballs; pass `rig_look(rig)` instead when
+    drawing many poses, to dress it once. reference: (V', 3) vertices that fix the centre and axis
+    ranges (default: the rig's template, else the pose itself), so that poses of one rig shown one
+    after another keep the same framing. Builds in about 15 ms with a RigLook (5 ms bare).
     """
     verts, tri = _check_mesh(_as_numpy(vertices), triangles, frames=False)
+    look = _look(rig, len(verts))
     if reference is None:
-        reference = rig.vertices if rig is not None else verts
+        reference = look.template if look is not None else verts
     ref = _as_numpy(reference).astype(np.float64)
     if ref.ndim != 2 or ref.shape[1] != 3 or len(ref) == 0:
         raise ValueError(f"reference must have shape (V, 3), got {ref.shape}")
     scene = _Scene(ref, verts)
-    colour, extras = _dressing(rig, len(verts), scene)
+    colour, extras = _dressing(look, scene)
     return go.Figure([_face_trace(scene.units(verts), tri, colour), *extras], layout=_scene_layout(scene, height, title))
 
 
@@ -214,7 +243,7 @@ def animation_figure(
     fps: float | None = None,
     max_frames: int = MAX_FRAMES,
     *,
-    rig: FaceRig | None = None,
+    rig: FaceRig | RigLook | None = None,
     title: str | None = None,
     height: int = 560,
 ) -> go.Figure:
@@ -224,7 +253,8 @@ def animation_figure(
     vertices (T, V, 3) metres, numpy or torch, with triangles (F, 3) and fps (default FPS).
     max_frames: at most this many frames, spread evenly over the clip (first and last kept); each
     is shown for the real time between them, so playback runs at the clip's speed where the
-    browser keeps up. rig: the `FaceRig` the mesh belongs to, for lip colour and eyeballs.
+    browser keeps up. rig: the `FaceRig` (or its `rig_look`) the mesh belongs to, for lip colour,
+    eyeballs and framing.
     The payload is about 2.7 bytes per coordinate per frame (5 MB for the rig at 150 frames).
     """
     if isinstance(animation_or_vertices, Animation):
@@ -243,9 +273,10 @@ def animation_figure(
     num_frames = len(verts)
     picks = frame_indices(num_frames, max_frames)
     shown = verts[picks]  # (n, V, 3)
-    scene = _Scene(rig.vertices if rig is not None else verts[0], shown)
+    look = _look(rig, verts.shape[1])
+    scene = _Scene(look.template if look is not None else verts[0], shown)
     xyz = scene.units(shown)  # (n, V, 3) int16
-    colour, extras = _dressing(rig, verts.shape[1], scene)
+    colour, extras = _dressing(look, scene)
 
     times = picks / fps  # (n,) s
     # One frame lasts the mean real-time gap between shown frames: the last lands at its real time.
@@ -348,13 +379,13 @@ def weights_figure(animation: Animation, max_arkit: int = MAX_ARKIT_CURVES, *, h
 
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=[p[0] for p in panels])
-    times = np.arange(animation.num_frames) / animation.fps  # (T,) s
+    times = (np.arange(animation.num_frames) / animation.fps).astype(np.float32)  # (T,) s
     for row, (label, weights, names) in enumerate(panels, start=1):
         _curves(fig, row, times, weights, names, group=label.split(" ")[0])
         fig.update_yaxes(title_text="weight", row=row, col=1)
     fig.update_xaxes(title_text="time (s)", row=len(panels), col=1)
     fig.update_layout(
-        template="plotly_white", height=height or 230 * len(panels) + 80, hovermode="x unified",
+        template="plotly_white", height=height or 230 * len(panels) + 80, hovermode="closest",
         title=dict(text=note, font=dict(size=12)) if note else None,
         margin=dict(l=60, r=20, t=70 if note else 40, b=50),
         legend=dict(groupclick="togglegroup", tracegroupgap=12),

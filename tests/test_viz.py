@@ -14,6 +14,7 @@ from blendtalk.viz import (
     figure_html,
     frame_indices,
     mesh_figure,
+    rig_look,
     weights_figure,
 )
 
@@ -138,11 +139,13 @@ def test_look_of_the_scene(rig_figure, rig):
 
 def test_mesh_figure(rig):
     pose = rig(rig.weights({"jawOpen": 1.0}))
-    fig = mesh_figure(pose, rig.triangles, rig=rig, title="jawOpen")
+    look = rig_look(rig)  # dressed once, as the app's explorer would
+    fig = mesh_figure(pose, rig.triangles, rig=look, title="jawOpen")
+    assert fig.to_json() == mesh_figure(pose, rig.triangles, rig=rig, title="jawOpen").to_json()
     assert fig.frames == ()
     assert len(fig.data) == 2 and fig.layout.title.text == "jawOpen"
     # The same framing for every pose of the rig: the ranges come from the template.
-    neutral = mesh_figure(rig.vertices, rig.triangles, rig=rig)
+    neutral = mesh_figure(rig.vertices, rig.triangles, rig=look)
     assert neutral.layout.scene.yaxis.range == fig.layout.scene.yaxis.range
     plain = mesh_figure(pose, rig.triangles)
     assert len(plain.data) == 1 and plain.data[0].color is not None and plain.data[0].intensity is None
@@ -202,6 +205,7 @@ def test_figure_html_keeps_the_frames(rig, talking):
     (lambda r, v: animation_figure(np.full_like(v, np.nan), r.triangles), "finite"),
     (lambda r, v: animation_figure(v[:, :100], r.triangles[:10] % 100, rig=r), "rig has"),
     (lambda r, v: mesh_figure(v, r.triangles), r"\(V, 3\)"),
+    (lambda r, v: mesh_figure(v[0], r.triangles, rig=r.vertices), "rig must be"),
     (lambda r, v: mesh_figure(v[0], r.triangles, reference=np.zeros((4, 2))), "reference"),
 ])
 def test_bad_input(rig, talking, make, message):
