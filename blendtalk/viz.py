@@ -8,8 +8,9 @@ trace type, so frames are shown with `redraw=True`.
 Payload: coordinates are sent as int16 in units of `COORD_QUANTUM` (0.01 mm), relative to the
 centre of the mesh's bounding box. Plotly serialises numpy arrays as base64 typed arrays, so a
 coordinate costs 2 bytes (about 3 characters of JSON: base64, with plotly escaping '/') instead of
-about 7 as decimal text; 150 frames of the 4278-vertex rig are about 6 MB. The scene's units are therefore 0.01 mm; the axes are hidden
-and hover is off, so only shape and proportion show, with aspect ratio 'data'.
+about 7 as decimal text; 150 frames of the 4278-vertex rig are about 6 MB. The scene's units are
+therefore 0.01 mm; the axes are hidden and hover is off, so only shape and proportion show, with
+aspect ratio 'data'.
 
 Plotly's scene light position is in camera space (+x right, +y up, +z toward the viewer), like
 `RenderConfig.lights`, so the key light stays up-left-front however the face is turned.
