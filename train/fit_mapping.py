@@ -1,0 +1,218 @@
+"""Fit the linear map from a DFM's blendshape weights to ARKit or FLAME parameters (paper eqs. 14-15).
+
+    python train/fit_mapping.py --dfm assets/dfm --target arkit --picture arkit_map.png
+    python train/fit_mapping.py --dfm runs/dfm-voca/best --target flame --flame-model generic_model.pkl \\
+        --vocaset VOCASET --florence FLORENCE4D --flame-masks FLAME_masks.pkl --picture flame_map.png
+
+Weights to fit on: DFM-encoded training-split frames of the corpora, combined as at inference
+(speech own half + intensity * expression own half), plus sampled ones; held-out errors come from
+the --eval-subset split. Without corpora (or, for a FLAME-topology DFM, without a geometric map
+to encode them) only sampled weights are used, and the report says so. Writes
+<dfm>/mapping_<target>/ (config.json with the held-out errors + model.safetensors).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from blendtalk.mapping import (SAMPLE_RMS, MappingFitConfig, corpus_frames, file_sha256,  # noqa: E402
+                               fit_arkit_mapping, fit_flame_mapping, flame_displacement, mapping_dir,
+                               observed_weights, sample_weights, save_mapping)
+from blendtalk.models.dfm import CONFIG_NAME, DeformationFusionModule, DFMConfig  # noqa: E402
+from blendtalk.rig import load_rig  # noqa: E402
+
+PAIRS_PER_ROW = 4  # blendshape pairs per row of the picture
+
+
+def load_dfm(folder: Path, rig, device) -> tuple[DeformationFusionModule, bool]:
+    """The DFM in eval mode, and whether it can encode frames (its geometric map is known)."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no DFM checkpoint in {folder}: {path} is missing")
+    raw = json.loads(path.read_text())
+    raw.pop("model_type", None)
+    config = DFMConfig(**raw)
+    if not config.use_geometric_map:
+        return DeformationFusionModule.from_pretrained(folder, None, device).eval(), True
+    if config.num_vertices == rig.num_vertices:
+        from blendtalk.geometry import load_square_map
+
+        smap = load_square_map(rig, size=config.map_size).matrix()
+        return DeformationFusionModule.from_pretrained(folder, smap, device).eval(), True
+    # Another topology (FLAME): we have no square map for it, so the decoder (the blendshapes) is
+    # all we can use; an all-zero map only lets the checkpoint load, the encoders are never called.
+    n = config.map_size
+    empty = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n * n, config.num_vertices),
+                                    check_invariants=True)
+    return DeformationFusionModule.from_pretrained(folder, empty, device).eval(), False
+
+
+def fitting_weights(dfm, can_encode: bool, args, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(train weights, held-out weights, a note on where they came from)."""
+    k = dfm.config.k_total
+    speech_root = Path(args.vocaset or Path(args.data) / "speech")
+    expr_root = Path(args.florence or Path(args.data) / "expression")
+    have_corpus = speech_root.is_dir() and expr_root.is_dir()
+    train = held = None
+    if can_encode and have_corpus:
+        frames = corpus_frames(speech_root, expr_root, "train", args.frames, args.seed)
+        if frames is not None:
+            train = observed_weights(dfm, *frames, args.observed, gen).cpu()
+        frames = corpus_frames(speech_root, expr_root, args.eval_subset, args.frames, args.seed + 1)
+        if frames is not None:
+            held = observed_weights(dfm, *frames, max(args.observed // 4, 1), gen).cpu()
+    sampled = sample_weights(k, args.samples, gen, reference=train)
+    note = {"observed_train": 0 if train is None else len(train), "sampled_train": len(sampled),
+            "corpus": f"{speech_root} + {expr_root}" if train is not None else None,
+            "heldout": f"{args.eval_subset} split of the corpus" if held is not None else "sampled"}
+    if train is None:
+        why = ("the DFM's topology has no geometric map here to encode frames" if not can_encode
+               else f"no corpus at {speech_root} and {expr_root}")
+        print(f"fitting on sampled weights only ({why}); scale {SAMPLE_RMS * 1e3:.1f} mm RMS", file=sys.stderr)
+    if held is None:
+        held = sample_weights(k, max(args.samples // 4, 1), gen, reference=train)
+    train = sampled if train is None else torch.cat([train, sampled])
+    return train, held, note
+
+
+def picture(dfm, mapping, displacement, renderer, template: torch.Tensor, amplitude: torch.Tensor,
+            path: Path, title: str) -> None:
+    """Each learned blendshape (at a typical weight) beside the target rig's reconstruction of it."""
+    import imageio.v3 as iio
+    from PIL import Image, ImageDraw
+
+    k_s, k = dfm.config.k_speech, dfm.config.k_total
+    w = torch.diag(amplitude.float())  # (K, K): blendshape k alone at its amplitude
+    with torch.no_grad():
+        ours = dfm.decode(w.to(dfm.blendshape_weight.device)).cpu()  # (K, V, 3)
+        theirs = displacement(mapping.apply(w)).cpu()
+    frames = renderer(torch.cat([ours, theirs]) + template)  # (2K, H, W, 3)
+    size = frames.shape[1]
+    label_h, gap = 14, 6
+    rows = -(-k // PAIRS_PER_ROW)
+    width = PAIRS_PER_ROW * (2 * size + gap)
+    canvas = Image.new("RGB", (width, 22 + rows * (size + label_h)), (30, 31, 36))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), title, fill=(235, 235, 235))
+    for i in range(k):
+        r, c = divmod(i, PAIRS_PER_ROW)
+        x, y = c * (2 * size + gap), 22 + r * (size + label_h)
+        canvas.paste(Image.fromarray(frames[i]), (x, y + label_h))
+        canvas.paste(Image.fromarray(frames[k + i]), (x + size, y + label_h))
+        name = f"S{i}" if i < k_s else f"E{i - k_s}"
+        draw.text((x + 2, y + 1), f"{name} w={amplitude[i] * 1e3:+.2f} mm", fill=(220, 220, 220))
+    iio.imwrite(path, np.asarray(canvas))
+
+
+def main(argv=None) -> int:
+    d = MappingFitConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dfm", type=Path, required=True, help="DFM checkpoint folder (config.json + model.safetensors)")
+    p.add_argument("--target", choices=("arkit", "flame"), required=True)
+    p.add_argument("--flame-model", type=Path, help="FLAME 2020 generic_model.pkl or FLAME 2023 flame2023_Open.pkl")
+    p.add_argument("--flame-masks", type=Path, help="FLAME_masks.pkl: lip weighting ('lips') and scoring region ('face')")
+    p.add_argument("--num-expression", type=int, default=100, help="FLAME expression coefficients to fit (<= 100)")
+    p.add_argument("--data", default="data/synth", help="corpus root with speech/ and expression/")
+    p.add_argument("--vocaset", help="real VOCASET root instead of <data>/speech")
+    p.add_argument("--florence", help="real Florence4D root instead of <data>/expression")
+    p.add_argument("--frames", type=int, default=1024, help="frames per domain encoded from each split")
+    p.add_argument("--observed", type=int, default=4096, help="observed weight combinations (speech x expression frames)")
+    p.add_argument("--samples", type=int, default=4096, help="sampled weight vectors added to the observed ones")
+    p.add_argument("--eval-subset", default="val", choices=("val", "test"), help="split of the held-out errors")
+    p.add_argument("--steps", type=int, default=d.steps, help="Adam refinement steps (0: closed form only)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lambda-reg", type=float, default=d.lambda_reg, help="L2 on output deformations")
+    p.add_argument("--lambda-params", type=float, default=d.lambda_params, help="ridge on the target parameters")
+    p.add_argument("--lip-weight", type=float, default=d.lip_weight)
+    p.add_argument("--unbounded", action="store_true", help="ARKit: plain linear map, weights may leave [0, 1]")
+    p.add_argument("--out", type=Path, help="output folder (default <dfm>/mapping_<target>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing mapping folder's files")
+    p.add_argument("--picture", type=Path, help="PNG: each learned blendshape beside its reconstruction")
+    p.add_argument("--picture-size", type=int, default=128, help="px per rendered face")
+    p.add_argument("--picture-gain", type=float, default=1.0, help="multiply the shown weights (small motions are hard to see)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    for name in ("frames", "observed", "samples", "num_expression", "picture_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.steps < 0 or min(args.lambda_reg, args.lambda_params, args.lip_weight) < 0:
+        p.error("--steps and the loss weights must be >= 0")
+    if args.target == "flame" and args.flame_model is None:
+        p.error("--target flame needs --flame-model (FLAME is licence-gated: download it from https://flame.is.tue.mpg.de)")
+    out = args.out or mapping_dir(args.dfm, args.target)
+    if (out / "config.json").exists() and not args.overwrite:
+        p.error(f"{out} already holds a mapping; pass --overwrite to replace it or --out for another folder")
+
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    rig = load_rig()
+    dfm, can_encode = load_dfm(args.dfm, rig, args.device)
+    config = MappingFitConfig(lambda_reg=args.lambda_reg, lambda_params=args.lambda_params, lip_weight=args.lip_weight,
+                              bounded=not args.unbounded, steps=args.steps, lr=args.lr, seed=args.seed)
+    if args.target == "arkit":
+        if dfm.config.num_vertices != rig.num_vertices:
+            p.error(f"--target arkit maps onto the shipped face rig (V={rig.num_vertices}) but this DFM has "
+                    f"V={dfm.config.num_vertices}; use --target flame for a FLAME-topology DFM")
+        train, held, note = fitting_weights(dfm, can_encode, args, gen)
+        mapping = fit_arkit_mapping(dfm, rig, train, held, config, progress=True)
+        displacement = rig.displacement
+        template = torch.as_tensor(rig.vertices)
+    else:
+        from blendtalk.flame import load_flame, read_flame_masks
+
+        flame = load_flame(args.flame_model, num_expression=args.num_expression, device=args.device)
+        if dfm.config.num_vertices != flame.num_vertices:
+            p.error(f"a FLAME mapping needs a DFM trained on FLAME-topology data (V={flame.num_vertices}); "
+                    f"this DFM has V={dfm.config.num_vertices}")
+        lips = region = None
+        if args.flame_masks:
+            masks = read_flame_masks(args.flame_masks)
+            to_mask = lambda idx: np.isin(np.arange(flame.num_vertices), idx)  # noqa: E731
+            lips = to_mask(masks["lips"]) if "lips" in masks else None
+            region = to_mask(masks["face"]) if "face" in masks else None
+        train, held, note = fitting_weights(dfm, can_encode, args, gen)
+        mapping = fit_flame_mapping(dfm, flame, train, held, config, lips, region, progress=True)
+        mapping.info["flame_model"] = {"file": args.flame_model.name, "sha256": file_sha256(args.flame_model),
+                                       "masks": args.flame_masks.name if args.flame_masks else None}
+        displacement = flame_displacement(flame)
+        template = flame.v_template.cpu()
+    mapping.info["data"] = note
+    mapping.info["dfm"] = str(args.dfm)
+    save_mapping(mapping, out, args.dfm)
+    metrics = mapping.info["metrics"]
+    print(f"saved {out}")
+    for name, row in metrics.items():
+        extra = f", lips {row['lip_mm']:.3f} mm, LVE {row['lve_mm2']:.4f} mm^2" if "lip_mm" in row else ""
+        clamp = f", clamped {100 * row['clamped_fraction']:.1f}%" if "clamped_fraction" in row else ""
+        print(f"  {name:32s} mean {row['mean_mm']:.3f} mm{extra}, relative {row['relative']:.3f}"
+              f" (DFM motion {row['target_mm']:.3f} mm){clamp}")
+
+    if args.picture:
+        from blendtalk.render import RenderConfig, Renderer
+
+        rc = RenderConfig(size=args.picture_size)
+        if args.target == "arkit":
+            renderer = Renderer.for_rig(rig, rc)
+        else:
+            renderer = Renderer(flame.faces.cpu(), template, rc)
+        ref = train[: note["observed_train"]] if note["observed_train"] else train
+        amp = ref.abs().quantile(0.95, dim=0) * torch.sign(ref.mean(0) + 1e-12)
+        amp = torch.where(amp.abs() > 0, amp, torch.full_like(amp, SAMPLE_RMS)) * args.picture_gain
+        held_row = metrics["heldout"]
+        gain = f" x{args.picture_gain:g}" if args.picture_gain != 1 else ""
+        title = (f"left: DFM blendshape (95th-pct weight{gain})  right: {args.target.upper()} reconstruction   "
+                 f"held-out error {held_row['mean_mm']:.3f} mm mean, relative {held_row['relative']:.3f}")
+        picture(dfm, mapping, displacement, renderer, template, amp, args.picture, title)
+        print(f"wrote {args.picture}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
