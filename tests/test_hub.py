@@ -298,6 +298,17 @@ def test_hub_corrupt_file_falls_back(hub, shipped, tmp_path, corrupt, expected):
     assert got.fell_back and got.path == shipped and expected in got.message
 
 
+def test_damaged_cache_is_downloaded_again(hub, shipped, tmp_path):
+    model = tiny_dfm(tmp_path / "src", seed=6)
+    hub.add("org/dfm", tmp_path / "src")
+    first = resolve_checkpoint("dfm", "org/dfm", shipped=shipped)
+    weights = (first.path / "model.safetensors").resolve()  # the cache blob behind the snapshot symlink
+    weights.write_bytes(weights.read_bytes()[:100])
+    got = resolve_checkpoint("dfm", "org/dfm", shipped=shipped)
+    assert (got.source, got.fell_back) == ("hub", False)
+    assert same_output(model, DeformationFusionModule.from_pretrained(got.path))
+
+
 def test_hub_pickle_only_repo_falls_back(hub, shipped, tmp_path):
     src = tmp_path / "src"
     tiny_dfm(src)
