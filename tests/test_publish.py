@@ -22,6 +22,13 @@ V = 10
 COMMIT = "c" * 40
 
 
+@pytest.fixture(autouse=True)
+def hf_home(tmp_path, monkeypatch):
+    """Nothing here may read or write the real ~/.cache/huggingface, nor use a real token."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
 def make_run(root: Path, **train_overrides) -> Path:
     """A DFM run folder as blendtalk.training writes it: train_config.json, best/, checkpoint/, metrics.jsonl."""
     torch.manual_seed(0)
@@ -131,7 +138,6 @@ def test_push_to_hub_errors(tmp_path, monkeypatch):
         push_to_hub(run, "org/dfm@v1", token="t", api=api)
     with pytest.raises(ValueError, match="not a valid tag"):
         push_to_hub(run, "org/dfm", revision="v 1", token="t", api=api)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     with pytest.raises(ValueError, match="no Hugging Face token.*HF_TOKEN"):
         push_to_hub(run, "org/dfm", api=api)
