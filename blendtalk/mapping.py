@@ -60,6 +60,7 @@ class MappingFitConfig:
     lambda_reg: float = 1e-3  # L2 on the target's output deformation (paper eq. 14), relative to unit-scale L_fit
     lambda_params: float = 1e-4  # ridge on the parameters: units no blendshape needs stay at 0; a Gaussian prior for FLAME's unit-variance coefficients
     lip_weight: float = DFMLossConfig.lip_weight  # m_v on lip vertices, as in DFM training
+    crop_loss: bool = False  # fit and score only the rig's face crop; match the DFM's training (DFMTrainConfig.crop_loss)
     bounded: bool = True  # ARKit: refine M for the clamped weights clamp(M w, 0, 1) that avatars receive
     steps: int = 1500  # Adam refinement steps (ARKit bounded; FLAME through the nonlinear jaw); 0 = closed form only
     lr: float = 1e-2  # Adam step on the scale-free map (parameters per unit-scale weight)
@@ -294,10 +295,12 @@ def _adam(m_tilde: torch.Tensor, loss_fn: Callable[[torch.Tensor, int], torch.Te
 
 
 def fit_arkit_mapping(dfm, rig, train_weights: torch.Tensor, eval_weights: torch.Tensor,
-                      config: MappingFitConfig | None = None, progress: bool = False) -> ArkitMapping:
+                      config: MappingFitConfig | None = None, progress: bool = False,
+                      also_score: dict[str, torch.Tensor] | None = None) -> ArkitMapping:
     """Fit DFM weights -> ARKit weights on `rig` (a FaceRig on the DFM's topology).
 
-    train_weights (N, K_s + K_e): observed + sampled weights; eval_weights (N', K_s + K_e): held out.
+    train_weights (N, K_s + K_e): observed + sampled weights; eval_weights (N', K_s + K_e): held
+    out, scored as info['metrics']['heldout']; also_score: more named weight sets to score.
     """
     config = config or MappingFitConfig()
     v = rig.num_vertices
@@ -305,8 +308,8 @@ def fit_arkit_mapping(dfm, rig, train_weights: torch.Tensor, eval_weights: torch
         raise ValueError(f"an ARKit mapping needs a DFM trained on the face rig's topology (V={v}); this DFM has "
                          f"V={dfm.config.num_vertices} (use --target flame for a FLAME-topology DFM)")
     dev = dfm.blendshape_weight.device
-    lips = rig.masks.get("lips")
-    m3, lips, region = _masks(v, lips, rig.masks.get("face_crop"), config.lip_weight, dev)
+    crop = rig.mask("face_crop") if config.crop_loss else None
+    m3, lips, region = _masks(v, rig.masks.get("lips"), crop, config.lip_weight, dev)
     a = torch.as_tensor(rig.deltas, dtype=torch.float64, device=dev).reshape(rig.num_blendshapes, -1).T  # (V*3, 52)
     b = _blendshapes(dfm)
     w = train_weights.to(dev).double()
@@ -335,10 +338,10 @@ def fit_arkit_mapping(dfm, rig, train_weights: torch.Tensor, eval_weights: torch
     mapping = ArkitMapping("arkit", matrix, names, dfm.config.k_speech, bounds)
     disp = rig.displacement
     mapping.info = {
-        "fit": asdict(config), "unit_scale": s, "region": "face_crop" if "face_crop" in rig.masks else "all",
+        "fit": asdict(config), "unit_scale": s, "region": "face_crop" if config.crop_loss else "all",
         "metrics": {
             "heldout": fit_report(disp, mapping, dfm, eval_weights, region, lips),
-            "train": fit_report(disp, mapping, dfm, train_weights, region, lips),
+            **{name: fit_report(disp, mapping, dfm, w, region, lips) for name, w in (also_score or {}).items()},
             "closed_form_unbounded_heldout": fit_report(disp, closed, dfm, eval_weights, region, lips),
             "closed_form_clamped_heldout": fit_report(
                 disp, ArkitMapping("arkit", m0.float(), names, dfm.config.k_speech, ARKIT_BOUNDS), dfm, eval_weights, region, lips),
@@ -366,11 +369,12 @@ def flame_linearization(flame) -> torch.Tensor:
 
 def fit_flame_mapping(dfm, flame, train_weights: torch.Tensor, eval_weights: torch.Tensor,
                       config: MappingFitConfig | None = None, lips: np.ndarray | None = None,
-                      region: np.ndarray | None = None, progress: bool = False) -> FlameMapping:
+                      region: np.ndarray | None = None, progress: bool = False,
+                      also_score: dict[str, torch.Tensor] | None = None) -> FlameMapping:
     """Fit DFM weights -> FLAME [expr (n) | jaw_pose (3)] for a `FlameModel` on the DFM's topology.
 
     lips, region: optional (V,) bool masks (FLAME_masks.pkl 'lips', 'face'): lip weighting and the
-    region the mean error is scored on (all vertices when None).
+    region the mean error is scored on (all vertices when None). Weights as in fit_arkit_mapping.
     """
     config = config or MappingFitConfig()
     v = flame.num_vertices
@@ -410,7 +414,7 @@ def fit_flame_mapping(dfm, flame, train_weights: torch.Tensor, eval_weights: tor
         "num_expression": flame.num_expression,
         "metrics": {
             "heldout": fit_report(disp, mapping, dfm, eval_weights, region_mask, lips),
-            "train": fit_report(disp, mapping, dfm, train_weights, region_mask, lips),
+            **{name: fit_report(disp, mapping, dfm, w, region_mask, lips) for name, w in (also_score or {}).items()},
             "linearized_closed_form_heldout": fit_report(disp, closed, dfm, eval_weights, region_mask, lips),
         },
     }

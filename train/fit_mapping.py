@@ -27,7 +27,7 @@ from blendtalk.mapping import (SAMPLE_RMS, MappingFitConfig, corpus_frames, file
 from blendtalk.models.dfm import CONFIG_NAME, DeformationFusionModule, DFMConfig  # noqa: E402
 from blendtalk.rig import load_rig  # noqa: E402
 
-PAIRS_PER_ROW = 4  # blendshape pairs per row of the picture
+PAIRS_PER_ROW_MAX = 4  # blendshape pairs per row of the picture
 
 
 def load_dfm(folder: Path, rig, device) -> tuple[DeformationFusionModule, bool]:
@@ -53,8 +53,8 @@ def load_dfm(folder: Path, rig, device) -> tuple[DeformationFusionModule, bool]:
     return DeformationFusionModule.from_pretrained(folder, empty, device).eval(), False
 
 
-def fitting_weights(dfm, can_encode: bool, args, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(train weights, held-out weights, a note on where they came from)."""
+def fitting_weights(dfm, can_encode: bool, args, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
+    """(train weights, held-out weights, a note on where they came from, named train parts to score)."""
     k = dfm.config.k_total
     speech_root = Path(args.vocaset or Path(args.data) / "speech")
     expr_root = Path(args.florence or Path(args.data) / "expression")
@@ -77,13 +77,15 @@ def fitting_weights(dfm, can_encode: bool, args, gen: torch.Generator) -> tuple[
         print(f"fitting on sampled weights only ({why}); scale {SAMPLE_RMS * 1e3:.1f} mm RMS", file=sys.stderr)
     if held is None:
         held = sample_weights(k, max(args.samples // 4, 1), gen, reference=train)
+    parts = {"train_sampled": sampled} if train is None else {"train_observed": train, "train_sampled": sampled}
     train = sampled if train is None else torch.cat([train, sampled])
-    return train, held, note
+    return train, held, note, parts
 
 
 def picture(dfm, mapping, displacement, renderer, template: torch.Tensor, amplitude: torch.Tensor,
-            path: Path, title: str) -> None:
-    """Each learned blendshape (at a typical weight) beside the target rig's reconstruction of it."""
+            path: Path, title: str, tile: int) -> None:
+    """Each learned blendshape (at a typical weight) beside the target rig's reconstruction of it,
+    cropped to the part of the face that moves in any of them, tiles `tile` px high."""
     import imageio.v3 as iio
     from PIL import Image, ImageDraw
 
@@ -92,19 +94,26 @@ def picture(dfm, mapping, displacement, renderer, template: torch.Tensor, amplit
     with torch.no_grad():
         ours = dfm.decode(w.to(dfm.blendshape_weight.device)).cpu()  # (K, V, 3)
         theirs = displacement(mapping.apply(w)).cpu()
-    frames = renderer(torch.cat([ours, theirs]) + template)  # (2K, H, W, 3)
-    size = frames.shape[1]
+    frames = renderer(torch.cat([torch.zeros_like(ours[:1]), ours, theirs]) + template)  # (1 + 2K, H, W, 3)
+    change = np.abs(frames[1:].astype(np.int16) - frames[:1]).max(-1).max(0)  # (H, W) largest change of a pixel
+    moving = change > max(8, 0.3 * np.percentile(change, 99.5))  # where the strong motion is, not stray shading
+    ys, xs = np.nonzero(moving) if moving.any() else np.nonzero(np.ones_like(moving))
+    pad = frames.shape[1] // 20
+    y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad, frames.shape[1])
+    x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad, frames.shape[2])
+    tile_w = max(1, round(tile * (x1 - x0) / (y1 - y0)))
+    tiles = [Image.fromarray(f[y0:y1, x0:x1]).resize((tile_w, tile)) for f in frames[1:]]
     label_h, gap = 14, 6
-    rows = -(-k // PAIRS_PER_ROW)
-    width = PAIRS_PER_ROW * (2 * size + gap)
-    canvas = Image.new("RGB", (width, 22 + rows * (size + label_h)), (30, 31, 36))
+    per_row = max(1, min(PAIRS_PER_ROW_MAX, 900 // (2 * tile_w + gap)))
+    rows = -(-k // per_row)
+    canvas = Image.new("RGB", (max(per_row * (2 * tile_w + gap), 640), 22 + rows * (tile + label_h)), (30, 31, 36))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), title, fill=(235, 235, 235))
     for i in range(k):
-        r, c = divmod(i, PAIRS_PER_ROW)
-        x, y = c * (2 * size + gap), 22 + r * (size + label_h)
-        canvas.paste(Image.fromarray(frames[i]), (x, y + label_h))
-        canvas.paste(Image.fromarray(frames[k + i]), (x + size, y + label_h))
+        r, c = divmod(i, per_row)
+        x, y = c * (2 * tile_w + gap), 22 + r * (tile + label_h)
+        canvas.paste(tiles[i], (x, y + label_h))
+        canvas.paste(tiles[k + i], (x + tile_w, y + label_h))
         name = f"S{i}" if i < k_s else f"E{i - k_s}"
         draw.text((x + 2, y + 1), f"{name} w={amplitude[i] * 1e3:+.2f} mm", fill=(220, 220, 220))
     iio.imwrite(path, np.asarray(canvas))
@@ -123,18 +132,21 @@ def main(argv=None) -> int:
     p.add_argument("--florence", help="real Florence4D root instead of <data>/expression")
     p.add_argument("--frames", type=int, default=1024, help="frames per domain encoded from each split")
     p.add_argument("--observed", type=int, default=4096, help="observed weight combinations (speech x expression frames)")
-    p.add_argument("--samples", type=int, default=4096, help="sampled weight vectors added to the observed ones")
+    p.add_argument("--samples", type=int, default=1024,
+                   help="sampled weight vectors added to the observed ones (coverage of combinations the corpus lacks)")
     p.add_argument("--eval-subset", default="val", choices=("val", "test"), help="split of the held-out errors")
     p.add_argument("--steps", type=int, default=d.steps, help="Adam refinement steps (0: closed form only)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lambda-reg", type=float, default=d.lambda_reg, help="L2 on output deformations")
     p.add_argument("--lambda-params", type=float, default=d.lambda_params, help="ridge on the target parameters")
     p.add_argument("--lip-weight", type=float, default=d.lip_weight)
+    p.add_argument("--crop-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="fit only the face crop (default: as the DFM run was trained, from its train_config.json)")
     p.add_argument("--unbounded", action="store_true", help="ARKit: plain linear map, weights may leave [0, 1]")
     p.add_argument("--out", type=Path, help="output folder (default <dfm>/mapping_<target>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing mapping folder's files")
     p.add_argument("--picture", type=Path, help="PNG: each learned blendshape beside its reconstruction")
-    p.add_argument("--picture-size", type=int, default=128, help="px per rendered face")
+    p.add_argument("--picture-size", type=int, default=128, help="px height of each face tile")
     p.add_argument("--picture-gain", type=float, default=1.0, help="multiply the shown weights (small motions are hard to see)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu")
@@ -154,14 +166,18 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     rig = load_rig()
     dfm, can_encode = load_dfm(args.dfm, rig, args.device)
-    config = MappingFitConfig(lambda_reg=args.lambda_reg, lambda_params=args.lambda_params, lip_weight=args.lip_weight,
+    crop_loss = args.crop_loss
+    if crop_loss is None:  # a run folder holds <run>/train_config.json beside best/ and checkpoint/
+        run_config = args.dfm.resolve().parent / "train_config.json"
+        crop_loss = bool(json.loads(run_config.read_text()).get("crop_loss", False)) if run_config.is_file() else False
+    config = MappingFitConfig(crop_loss=crop_loss, lambda_reg=args.lambda_reg, lambda_params=args.lambda_params, lip_weight=args.lip_weight,
                               bounded=not args.unbounded, steps=args.steps, lr=args.lr, seed=args.seed)
     if args.target == "arkit":
         if dfm.config.num_vertices != rig.num_vertices:
             p.error(f"--target arkit maps onto the shipped face rig (V={rig.num_vertices}) but this DFM has "
                     f"V={dfm.config.num_vertices}; use --target flame for a FLAME-topology DFM")
-        train, held, note = fitting_weights(dfm, can_encode, args, gen)
-        mapping = fit_arkit_mapping(dfm, rig, train, held, config, progress=True)
+        train, held, note, parts = fitting_weights(dfm, can_encode, args, gen)
+        mapping = fit_arkit_mapping(dfm, rig, train, held, config, progress=True, also_score=parts)
         displacement = rig.displacement
         template = torch.as_tensor(rig.vertices)
     else:
@@ -177,8 +193,8 @@ def main(argv=None) -> int:
             to_mask = lambda idx: np.isin(np.arange(flame.num_vertices), idx)  # noqa: E731
             lips = to_mask(masks["lips"]) if "lips" in masks else None
             region = to_mask(masks["face"]) if "face" in masks else None
-        train, held, note = fitting_weights(dfm, can_encode, args, gen)
-        mapping = fit_flame_mapping(dfm, flame, train, held, config, lips, region, progress=True)
+        train, held, note, parts = fitting_weights(dfm, can_encode, args, gen)
+        mapping = fit_flame_mapping(dfm, flame, train, held, config, lips, region, progress=True, also_score=parts)
         mapping.info["flame_model"] = {"file": args.flame_model.name, "sha256": file_sha256(args.flame_model),
                                        "masks": args.flame_masks.name if args.flame_masks else None}
         displacement = flame_displacement(flame)
@@ -197,7 +213,7 @@ def main(argv=None) -> int:
     if args.picture:
         from blendtalk.render import RenderConfig, Renderer
 
-        rc = RenderConfig(size=args.picture_size)
+        rc = RenderConfig(size=3 * args.picture_size)  # rendered large, then cropped to the moving part
         if args.target == "arkit":
             renderer = Renderer.for_rig(rig, rc)
         else:
@@ -209,7 +225,7 @@ def main(argv=None) -> int:
         gain = f" x{args.picture_gain:g}" if args.picture_gain != 1 else ""
         title = (f"left: DFM blendshape (95th-pct weight{gain})  right: {args.target.upper()} reconstruction   "
                  f"held-out error {held_row['mean_mm']:.3f} mm mean, relative {held_row['relative']:.3f}")
-        picture(dfm, mapping, displacement, renderer, template, amp, args.picture, title)
+        picture(dfm, mapping, displacement, renderer, template, amp, args.picture, title, args.picture_size)
         print(f"wrote {args.picture}")
     return 0
 
