@@ -262,3 +262,16 @@ def test_flame_export_layout(tmp_path):
         flame_export({"expr": np.zeros((t, 101))}, tmp_path / "g.npz")
     with pytest.raises(ValueError, match="jaw_pose"):
         flame_export({"expr": np.zeros((t, 10)), "jaw_pose": np.zeros((t + 1, 3))}, tmp_path / "g.npz")
+
+
+def test_flame_masks_are_read_as_index_arrays(tmp_path):
+    from blendtalk.flame import read_flame_masks
+
+    with open(tmp_path / "FLAME_masks.pkl", "wb") as f:
+        pickle.dump({"lips": np.array([3, 4, 5]), "face": np.arange(10)}, f, protocol=2)
+    masks = read_flame_masks(tmp_path / "FLAME_masks.pkl")
+    assert masks["lips"].tolist() == [3, 4, 5] and masks["face"].dtype == np.int64
+    with open(tmp_path / "bad.pkl", "wb") as f:
+        pickle.dump([1, 2], f)
+    with pytest.raises(ValueError, match="region name"):
+        read_flame_masks(tmp_path / "bad.pkl")
