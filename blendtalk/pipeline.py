@@ -1,0 +1,343 @@
+"""Speech + emotion -> an animated face: the models loaded once, then `Pipeline.animate`.
+
+    from blendtalk import Pipeline
+    pipe = Pipeline.from_pretrained()                     # shipped checkpoints, or BLENDTALK_DFM / BLENDTALK_SPEECH
+    anim = pipe.animate("speech.wav", emotion="happy", intensity=0.8)
+    pipe.save_video(anim, "out.mp4")
+
+Stages (timed in `Animation.meta["timings"]`): the audio front end (load, phones, features), the
+speech model (FaceFormer, or the procedural viseme driver when no speech checkpoint is found),
+the expression input (an emotion label, a mix of two, a timeline, or a reference sequence, with
+blinks), the DFM (paper eq. 13: speech weights from the speech input, expression weights from the
+expression input), and the ARKit/FLAME mappings when they were fitted beside the DFM.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .animation import Animation
+from .audio import AudioError, load_audio, num_frames
+from .constants import FPS, SAMPLE_RATE
+from .emotions import (
+    EMOTIONS, add_blinks, blinks, check_emotion, check_intensity, envelope, mix, timeline_weights,
+)
+from .rig import FaceRig, load_rig
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("ours", "interpolation", "speech_only")  # DFM fusion; d_s + d_e (the naive sum); d_s alone
+MAX_TEXT_CHARS = 600  # typed text for TTS: about 40 s of speech
+ONSET_SECONDS = 0.4  # an emotion label eases in over this long from the first frame
+Progress = Callable[[float, str], None]  # (fraction done in [0, 1], what is happening)
+
+
+@dataclass
+class Expression:
+    """What the face should show besides speech.
+
+    emotion: one of EMOTIONS. intensity: 0..1.5 (above 1 exaggerates). mix_with / mix_ratio: a
+    second emotion blended in (ratio 0 = only `emotion`, 1 = only `mix_with`). timeline: e.g.
+    "neutral@0 happy@1.5 sad@4.0:0.7" (overrides emotion/mix). reference: a file with an expression
+    sequence (overrides the rest): .npy/.npz of ARKit weights (T', 52) or rig vertices (T', V, 3)
+    in metres; it is looped or cut to the speech length. blinks: natural blinks on top.
+    """
+
+    emotion: str = "neutral"
+    intensity: float = 1.0
+    mix_with: str | None = None
+    mix_ratio: float = 0.5
+    timeline: str | None = None
+    reference: str | Path | None = None
+    blinks: bool = True
+    seed: int = 0  # blink timing
+
+    def __post_init__(self):
+        self.emotion = check_emotion(self.emotion)
+        self.intensity = check_intensity(self.intensity)
+        if self.mix_with is not None:
+            self.mix_with = check_emotion(self.mix_with)
+            if not (isinstance(self.mix_ratio, (int, float)) and 0.0 <= self.mix_ratio <= 1.0):
+                raise ValueError(f"mix_ratio must be a number in [0, 1], got {self.mix_ratio!r}")
+        if self.timeline is not None and not str(self.timeline).strip():
+            self.timeline = None
+
+    def describe(self) -> str:
+        if self.reference is not None:
+            return f"reference {Path(self.reference).name}"
+        if self.timeline:
+            return f"timeline '{self.timeline}' x{self.intensity:g}"
+        if self.mix_with:
+            return f"{self.emotion} + {self.mix_with} ({self.mix_ratio:g}) x{self.intensity:g}"
+        return f"{self.emotion} x{self.intensity:g}"
+
+
+def expression_weights(expr: Expression, frames: int, fps: float = FPS, names: Sequence[str] | None = None) -> np.ndarray:
+    """ARKit weights (T, 52) of an `Expression` without a reference file."""
+    kw = {} if names is None else {"names": names}
+    if expr.timeline:
+        w = timeline_weights(expr.timeline, frames, intensity=expr.intensity, fps=fps, **kw)
+    else:
+        target = (mix(expr.emotion, expr.mix_with, expr.mix_ratio, expr.intensity, **kw) if expr.mix_with
+                  else mix(expr.emotion, expr.emotion, 0.0, expr.intensity, **kw))
+        w = envelope(frames, onset=ONSET_SECONDS, apex=None, offset=0.0, fps=fps)[:, None] * target[None]
+    if expr.blinks:
+        w = add_blinks(w, blinks(frames, seed=expr.seed, fps=fps, **kw), **kw)
+    return w.astype(np.float32)
+
+
+def load_reference(path: str | Path, rig: FaceRig, frames: int) -> np.ndarray:
+    """A reference expression sequence file -> displacements (T, V, 3) on the rig, looped or cut to T."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"reference expression file {str(path)!r} does not exist")
+    if path.suffix.lower() not in (".npy", ".npz"):
+        raise ValueError(f"reference expression must be a .npy or .npz file, got {path.name!r}")
+    try:
+        if path.suffix.lower() == ".npy":
+            data = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                if len(z.files) != 1:
+                    raise ValueError(f"{path.name} holds {len(z.files)} arrays {z.files}; give one array")
+                data = z[z.files[0]]
+    except (OSError, EOFError) as err:
+        raise ValueError(f"cannot read the reference expression {path.name}: {err}") from None
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim == 2 and data.shape[1] == rig.num_blendshapes:
+        disp = rig.displacement(data)
+    elif data.ndim == 3 and data.shape[1:] == (rig.num_vertices, 3):
+        disp = data - rig.vertices[None]
+    else:
+        raise ValueError(f"reference expression {path.name} has shape {data.shape}; expected ARKit weights "
+                         f"(T, {rig.num_blendshapes}) or rig vertices (T, {rig.num_vertices}, 3) in metres")
+    if len(disp) == 0 or not np.isfinite(disp).all():
+        raise ValueError(f"reference expression {path.name} is empty or has NaN/inf values")
+    if np.abs(disp).max() > 0.05:  # 5 cm: not a face expression on this rig (wrong units or another mesh)
+        raise ValueError(f"reference expression {path.name} moves vertices by up to {np.abs(disp).max():.3g} m; "
+                         "expected metres on the shipped rig (motions of a few mm)")
+    return disp[np.arange(frames) % len(disp)].astype(np.float32)
+
+
+@dataclass
+class Pipeline:
+    """The loaded models. Build with `from_pretrained`; reuse for many clips.
+
+    dfm: a DeformationFusionModule (or None: only "interpolation"/"speech_only"). speech_model: a
+    FaceFormer (or None: the procedural viseme driver). arkit / flame: mappings from the DFM's
+    weights (or None). sources: one line per checkpoint saying where it came from.
+    """
+
+    rig: FaceRig
+    dfm: torch.nn.Module | None = None
+    speech_model: torch.nn.Module | None = None
+    arkit: object | None = None
+    flame: object | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    sources: list[str] = field(default_factory=list)
+    _aligner: object | None = None
+    _renderers: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_pretrained(cls, dfm: str | None = None, speech: str | None = None, device: str | None = None,
+                        rig: FaceRig | None = None) -> "Pipeline":
+        """Load the checkpoints: `dfm`/`speech` a local folder or Hub id ("org/name[@rev]"), else the
+        BLENDTALK_DFM / BLENDTALK_SPEECH environment variables, else the shipped assets/ ones.
+        Hub failures fall back to the shipped checkpoints (logged, and listed in `sources`)."""
+        from .geometry import load_square_map
+        from .hub import CheckpointNotFoundError, resolve_checkpoint
+        from .mapping import load_mapping
+        from .models.dfm import DeformationFusionModule
+        from .models.faceformer import FaceFormer
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        rig = rig or load_rig()
+        pipe = cls(rig=rig, device=device)
+        found = resolve_checkpoint("dfm", dfm)
+        map_size = _map_size(found.path)
+        smap = load_square_map(rig, map_size).matrix(device) if map_size else None
+        pipe.dfm = DeformationFusionModule.from_pretrained(found.path, smap, device=device).eval()
+        pipe.sources.append(found.message)
+        for target in ("arkit", "flame"):
+            if (Path(found.path) / f"mapping_{target}").is_dir():
+                try:
+                    setattr(pipe, target, load_mapping(found.path, target, device=device))
+                except (ValueError, FileNotFoundError) as err:
+                    pipe.sources.append(f"{target} mapping not used: {err}")
+        try:
+            found = resolve_checkpoint("speech", speech)
+            pipe.speech_model = FaceFormer.from_pretrained(found.path, device=device).eval()
+            pipe.sources.append(found.message)
+        except CheckpointNotFoundError as err:
+            if speech is not None:
+                raise
+            pipe.sources.append(f"speech: no checkpoint ({err}); using the procedural viseme driver")
+        for line in pipe.sources:
+            logger.info(line)
+        return pipe
+
+    # ---- stages ----
+    def speech_input(self, audio=None, text: str | None = None, transcript: str | None = None):
+        """Audio path/array (16 kHz) or text -> SpeechFeatures (audio, phones, encoder features)."""
+        from .phonetics import PhoneAligner
+        from .speech_input import speech_features, text_features
+
+        if (audio is None) == (text is None):
+            raise ValueError("give either speech audio or text to speak, not both and not neither")
+        if text is not None:
+            text = str(text).strip()
+            if not text:
+                raise ValueError("the text to speak is empty")
+            if len(text) > MAX_TEXT_CHARS:
+                raise ValueError(f"the text to speak has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+            return text_features(text)
+        samples = audio if isinstance(audio, np.ndarray) and audio.ndim == 1 and audio.dtype == np.float32 else load_audio(audio)
+        if self._aligner is None:
+            self._aligner = PhoneAligner()
+        return speech_features(samples, transcript, self._aligner)
+
+    def speech_deformation(self, speech) -> tuple[np.ndarray, str]:
+        """SpeechFeatures -> speech displacements d_s (T, V, 3) in metres, and the driver's name."""
+        if self.speech_model is not None:
+            from .speech_input import driver_inputs
+
+            inputs = driver_inputs(self.speech_model, speech).to(self.device)
+            n = self.speech_model.config.num_speakers
+            style = torch.full((1, n), 1.0 / n, device=self.device)  # a new voice: the mean training style
+            with torch.no_grad():
+                d = self.speech_model.generate(inputs, speech.num_frames, style)[0]
+            return d.float().cpu().numpy(), "faceformer"
+        from .visemes import VisemeDriver
+
+        _, d = VisemeDriver(self.rig)(speech.phones, speech.num_frames)
+        return d, "visemes"
+
+    def expression_deformation(self, expr: Expression, frames: int) -> np.ndarray:
+        """Expression displacements d_e (T, V, 3) in metres."""
+        if expr.reference is not None:
+            return load_reference(expr.reference, self.rig, frames)
+        return self.rig.displacement(expression_weights(expr, frames, names=self.rig.blendshape_names)).astype(np.float32)
+
+    @torch.no_grad()
+    def fuse(self, d_s: np.ndarray, d_e: np.ndarray, method: str = "ours") -> tuple[np.ndarray, dict]:
+        """(T, V, 3) speech and expression displacements -> fused (T, V, 3) and the weights used."""
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method == "speech_only":
+            return d_s, {}
+        if method == "interpolation" or self.dfm is None:
+            return d_s + d_e, {}
+        ds, de = (torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in (d_s, d_e))
+        w_speech, _ = self.dfm.split(self.dfm.encode_speech(ds))
+        _, w_expr = self.dfm.split(self.dfm.encode_expression(de))
+        fused = self.dfm.fuse_weights(w_speech, w_expr)
+        w = self.dfm.join(w_speech, w_expr)
+        out = {"speech_weights": w_speech.cpu().numpy(), "expression_weights": w_expr.cpu().numpy()}
+        if self.arkit is not None:
+            out["arkit_weights"] = np.asarray(self.arkit.arkit_weights(w).cpu().numpy(), dtype=np.float32)
+        if self.flame is not None:
+            out["flame_params"] = {k: v.cpu().numpy() for k, v in self.flame.flame_params(w).items()}
+        return fused.cpu().numpy(), out
+
+    # ---- the whole thing ----
+    def animate(
+        self, audio=None, *, text: str | None = None, transcript: str | None = None, emotion: str = "neutral",
+        intensity: float = 1.0, mix_with: str | None = None, mix_ratio: float = 0.5, timeline: str | None = None,
+        reference: str | Path | None = None, blinks: bool = True, method: str = "ours", progress: Progress | None = None,
+    ) -> Animation:
+        """Speech (a path, a 16 kHz float32 array, or `text` to speak) + an expression -> Animation.
+
+        Validates everything before the slow work. Raises ValueError (AudioError for audio) with a
+        message a person can act on.
+        """
+        expr = Expression(emotion, intensity, mix_with, mix_ratio, timeline, reference, blinks)
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        report = progress or (lambda fraction, what: None)
+        timings = {}
+
+        def stage(name, fraction, fn, *args):
+            report(fraction, name)
+            t0 = time.perf_counter()
+            out = fn(*args)
+            timings[name] = time.perf_counter() - t0
+            return out
+
+        speech = stage("audio front end", 0.0, self.speech_input, audio, text, transcript)
+        frames = speech.num_frames
+        d_s, driver = stage("speech model", 0.3, self.speech_deformation, speech)
+        d_e = stage("expression", 0.6, self.expression_deformation, expr, frames)
+        fused, weights = stage("dfm", 0.7, self.fuse, d_s, d_e, method)
+        report(1.0, "done")
+        arkit = weights.get("arkit_weights")
+        return Animation(
+            vertices=self.rig.vertices[None].astype(np.float32) + fused, triangles=self.rig.triangles,
+            audio=speech.audio, fps=FPS, sample_rate=SAMPLE_RATE,
+            speech_weights=weights.get("speech_weights"), expression_weights=weights.get("expression_weights"),
+            arkit_weights=arkit, arkit_names=tuple(self.rig.blendshape_names) if arkit is not None else (),
+            flame_params=weights.get("flame_params"),
+            meta={"expression": expr.describe(), "method": method if self.dfm is not None or method != "ours" else "interpolation",
+                  "speech_driver": driver, "phones": speech.phone_source, "sources": list(self.sources),
+                  "timings": timings, "frames": frames},
+        )
+
+    # ---- output ----
+    def renderer(self, size: int = 512):
+        """A Renderer for the rig at `size` px, built once per size."""
+        from .render import RenderConfig, Renderer
+
+        if not (isinstance(size, int) and 64 <= size <= 2048):
+            raise ValueError(f"video size must be an integer number of pixels in [64, 2048], got {size!r}")
+        if size not in self._renderers:
+            self._renderers[size] = Renderer.for_rig(self.rig, RenderConfig(size=size), device=self.device)
+        return self._renderers[size]
+
+    def render_frames(self, animation: Animation, size: int = 512, batch: int = 60, progress: Progress | None = None):
+        """Yield uint8 frame batches (B, size, size, 3) of the animation (for write_video)."""
+        renderer = self.renderer(size)
+        total = animation.num_frames
+        for start in range(0, total, batch):
+            if progress:
+                progress(start / total, "render")
+            yield renderer(animation.vertices[start : start + batch])
+
+    def save_video(self, animation: Animation, path: str | Path, size: int = 512, progress: Progress | None = None) -> Path:
+        """Render and encode to an mp4 (H.264 + AAC, same length as the audio); times both stages."""
+        from .video import write_video
+
+        t0 = time.perf_counter()
+        t_render = [0.0]
+
+        def timed():
+            it = self.render_frames(animation, size, progress=progress)
+            while True:
+                t = time.perf_counter()
+                try:
+                    block = next(it)
+                except StopIteration:
+                    return
+                t_render[0] += time.perf_counter() - t
+                yield block
+
+        out = write_video(path, timed(), animation.fps, animation.audio, animation.sample_rate)
+        total = time.perf_counter() - t0
+        animation.meta.setdefault("timings", {}).update({"render": t_render[0], "encode": total - t_render[0]})
+        return out
+
+
+def _map_size(folder) -> int:
+    """The geometric map size N a DFM checkpoint was trained with (its config.json); 0 without a map."""
+    import json
+
+    from .models.dfm import DFMConfig
+
+    raw = json.loads((Path(folder) / "config.json").read_text())
+    return int(raw.get("map_size", DFMConfig.map_size)) if raw.get("use_geometric_map", True) else 0
