@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from .pipeline import METHODS
 
 REGION_COLOURS = {  # RGB for the map picture, drawn in this order (later wins)
     "face_crop": (200, 170, 150),
@@ -80,7 +83,108 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-size", type=int, default=128, help="side N of the square geometry map")
     p.add_argument("--picture", type=Path, help="also draw the map and a few rendered poses into this PNG")
     p.set_defaults(func=info)
+
+    p = sub.add_parser("emotions", help="list the emotions an animation can show")
+    p.set_defaults(func=list_emotions)
+
+    p = sub.add_parser("animate", help="speech + emotion -> an mp4 with sound (and exports)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("speech", nargs="?", type=Path, help="speech audio (wav, flac, ogg, mp3, m4a ...); or use --text")
+    p.add_argument("--text", help="words to speak with the built-in TTS instead of an audio file")
+    p.add_argument("--transcript", help="the words of the audio: forced alignment gives better lip sync")
+    p.add_argument("--emotion", default="neutral", help="one of `python -m blendtalk emotions`")
+    p.add_argument("--intensity", type=float, default=0.8, help="0..1, up to 1.5 to exaggerate")
+    p.add_argument("--mix", metavar="EMOTION", help="a second emotion blended in")
+    p.add_argument("--mix-ratio", type=float, default=0.5, help="share of --mix (0..1)")
+    p.add_argument("--timeline", help="e.g. 'neutral@0 happy@1.5 sad@4.0:0.7' (overrides --emotion)")
+    p.add_argument("--reference", type=Path, help="expression sequence .npy/.npz: ARKit weights (T, 52) or rig vertices (T, V, 3)")
+    p.add_argument("--no-blinks", action="store_true", help="no natural blinks")
+    p.add_argument("--method", default="ours", choices=METHODS, help="fusion: the DFM, the naive sum, or speech alone")
+    p.add_argument("-o", "--output", type=Path, default=Path("out.mp4"), help="the video (.mp4)")
+    p.add_argument("--export-dir", type=Path, help="also write vertices .npy, OBJ zip, GLB, ARKit CSV/JSON here")
+    p.add_argument("--size", type=int, default=512, help="video frame size in pixels")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dfm", help="DFM checkpoint: a folder or a Hub id org/name[@rev] (default: BLENDTALK_DFM, then shipped)")
+    p.add_argument("--speech-model", help="speech checkpoint: a folder or Hub id (default: BLENDTALK_SPEECH, then shipped)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=animate)
     return parser
+
+
+def list_emotions(args) -> int:
+    from .emotions import EMOTIONS
+
+    print("\n".join(EMOTIONS))
+    return 0
+
+
+def _check_output(path: Path, suffix: str, overwrite: bool, what: str) -> None:
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{what} {str(path)!r} must end in {suffix}")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{what} {str(path)!r} exists; pass --overwrite to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"folder {str(parent)!r} for the {what} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"folder {str(parent)!r} for the {what} is not writable")
+
+
+def animate(args) -> int:
+    """Validate every input first (nothing is loaded or written before), then animate, render, export."""
+    from tqdm import tqdm
+
+    from .audio import load_audio
+    from .pipeline import Expression, Pipeline
+
+    if (args.speech is None) == (args.text is None):
+        raise ValueError("give a speech file or --text (one of the two)")
+    Expression(args.emotion, args.intensity, args.mix, args.mix_ratio, args.timeline, args.reference)
+    if args.timeline:
+        from .emotions import parse_timeline
+
+        parse_timeline(args.timeline)
+    if args.reference is not None and not args.reference.is_file():
+        raise ValueError(f"reference expression file {str(args.reference)!r} does not exist")
+    if not 64 <= args.size <= 2048:
+        raise ValueError(f"--size must be in [64, 2048] pixels, got {args.size}")
+    _check_output(args.output, ".mp4", args.overwrite, "output video")
+    if args.export_dir is not None:
+        if args.export_dir.exists() and not args.export_dir.is_dir():
+            raise ValueError(f"--export-dir {str(args.export_dir)!r} is a file, not a folder")
+        if args.export_dir.is_dir() and any(args.export_dir.glob("animation*")) and not args.overwrite:
+            raise ValueError(f"{str(args.export_dir)!r} already holds exports; pass --overwrite or choose another folder")
+    audio = load_audio(args.speech) if args.speech is not None else None
+
+    bar = tqdm(total=100, desc="animate", unit="%", disable=args.quiet, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def progress(share: float, start: float, span: float):
+        def report(fraction, what):
+            bar.n = int(100 * (start + span * fraction))
+            bar.set_postfix_str(what)
+            bar.refresh()
+        return report
+
+    pipe = Pipeline.from_pretrained(dfm=args.dfm, speech=args.speech_model, device=args.device)
+    anim = pipe.animate(audio, text=args.text, transcript=args.transcript, emotion=args.emotion,
+                        intensity=args.intensity, mix_with=args.mix, mix_ratio=args.mix_ratio, timeline=args.timeline,
+                        reference=args.reference, blinks=not args.no_blinks, method=args.method,
+                        progress=progress(1, 0.0, 0.3))
+    pipe.save_video(anim, args.output, size=args.size, progress=progress(1, 0.3, 0.65))
+    written = {}
+    if args.export_dir is not None:
+        from .exports import export_all
+
+        bar.set_postfix_str("exports")
+        written = export_all(anim, args.export_dir, template=pipe.rig.vertices)
+    bar.n = 100
+    bar.close()
+    timings = {k: round(v, 3) for k, v in anim.meta["timings"].items()}
+    print(json.dumps({"video": str(args.output), "exports": {k: str(v) for k, v in written.items()},
+                      "frames": anim.num_frames, "seconds": round(anim.duration, 3), "expression": anim.meta["expression"],
+                      "speech_driver": anim.meta["speech_driver"], "timings_s": timings}, indent=1))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -90,3 +194,6 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"blendtalk: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("blendtalk: interrupted; no partial files were left", file=sys.stderr)
+        return 130
