@@ -46,19 +46,13 @@ class RendererUnavailable(RuntimeError):
 
 
 def pipeline_renderer(methods: Sequence[str] = METHODS, checkpoints: Mapping[str, str | Path] | None = None,
-                      device: str | None = None, intensity: float = 1.0) -> RenderClip:
+                      device: str | None = None, intensity: float = 1.0, size: int = 512) -> RenderClip:
     """The default renderer: blendtalk.pipeline.Pipeline (one per DFM checkpoint, loaded lazily) and
     blendtalk.video.write_video. checkpoints: method -> DFM checkpoint folder; "ours" is the full
     model (default: the pipeline's own), each ablation in `methods` needs its own."""
     checkpoints = {k: str(v) for k, v in (checkpoints or {}).items()}
-    try:
-        from blendtalk.pipeline import Pipeline
-        from blendtalk.video import write_video
-    except ImportError as e:
-        raise RendererUnavailable(
-            f"the default renderer needs blendtalk.pipeline (Pipeline.from_pretrained, Pipeline.animate) and "
-            f"blendtalk.video.write_video, which this checkout cannot import ({e}). Use --dry-run for the manifest "
-            f"only, or --renderer module:function with a render_clip(audio_path, emotion, method, out_path)") from e
+    from blendtalk.pipeline import Pipeline
+
     unknown = [m for m in methods if m not in PIPELINE_METHODS]
     need = [m for m in methods if m in ABLATIONS and m not in checkpoints]
     if unknown or need:
@@ -69,15 +63,10 @@ def pipeline_renderer(methods: Sequence[str] = METHODS, checkpoints: Mapping[str
     def render_clip(audio_path: Path, emotion: str, method: str, out_path: Path) -> None:
         folder = checkpoints.get(method, checkpoints.get("ours"))
         if folder not in pipelines:
-            try:
-                pipelines[folder] = (Pipeline.from_pretrained(dfm=folder, device=device) if folder
-                                     else Pipeline.from_pretrained(device=device))
-            except TypeError as e:  # the pipeline was written against another signature than assumed here
-                raise RendererUnavailable(f"Pipeline.from_pretrained(dfm=..., device=...) failed ({e}); adapt "
-                                          f"eval/study/make_clips.py:pipeline_renderer to the pipeline's API") from e
+            pipelines[folder] = Pipeline.from_pretrained(dfm=folder, device=device)
         animation = pipelines[folder].animate(str(audio_path), emotion=emotion, intensity=intensity,
                                               method=PIPELINE_METHODS[method])
-        write_video(animation, out_path)
+        pipelines[folder].save_video(animation, out_path, size=size)
 
     return render_clip
 
