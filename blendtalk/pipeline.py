@@ -28,7 +28,7 @@ from .animation import Animation
 from .audio import AudioError, load_audio, num_frames
 from .constants import FPS, SAMPLE_RATE
 from .emotions import (
-    EMOTIONS, add_blinks, blinks, check_emotion, check_intensity, envelope, mix, timeline_weights,
+    EMOTIONS, add_blinks, blinks, check_emotion, check_intensity, envelope, mix, parse_timeline, timeline_weights,
 )
 from .rig import FaceRig, load_rig
 
@@ -69,6 +69,11 @@ class Expression:
                 raise ValueError(f"mix_ratio must be a number in [0, 1], got {self.mix_ratio!r}")
         if self.timeline is not None and not str(self.timeline).strip():
             self.timeline = None
+        if self.timeline is not None:
+            # Each entry is scaled by the global intensity; check the products now, not after the slow work.
+            for key in parse_timeline(self.timeline):
+                check_intensity(self.intensity * key.intensity,
+                                f"intensity {self.intensity:g} x the intensity of timeline entry {key.emotion}@{key.start:g}")
 
     def describe(self) -> str:
         if self.reference is not None:
@@ -96,6 +101,17 @@ def expression_weights(expr: Expression, frames: int, fps: float = FPS, names: S
 
 def load_reference(path: str | Path, rig: FaceRig, frames: int) -> np.ndarray:
     """A reference expression sequence file -> displacements (T, V, 3) on the rig, looped or cut to T."""
+    return _loop(read_reference(path, rig), frames)
+
+
+def _loop(disp: np.ndarray, frames: int) -> np.ndarray:
+    """(T', V, 3) -> (T, V, 3): repeated from the start or cut."""
+    return disp[np.arange(frames) % len(disp)]
+
+
+def read_reference(path: str | Path, rig: FaceRig) -> np.ndarray:
+    """A reference expression sequence file (.npy/.npz of ARKit weights (T', 52) or rig vertices
+    (T', V, 3) in metres) -> validated displacements (T', V, 3) float32 on the rig."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"reference expression file {str(path)!r} does not exist")
@@ -106,11 +122,15 @@ def load_reference(path: str | Path, rig: FaceRig, frames: int) -> np.ndarray:
             data = np.load(path, allow_pickle=False)
         else:
             with np.load(path, allow_pickle=False) as z:
-                if len(z.files) != 1:
-                    raise ValueError(f"{path.name} holds {len(z.files)} arrays {z.files}; give one array")
-                data = z[z.files[0]]
-    except (OSError, EOFError) as err:
-        raise ValueError(f"cannot read the reference expression {path.name}: {err}") from None
+                files = list(z.files)
+                data = z[files[0]] if len(files) == 1 else None
+    # numpy raises ValueError for pickled/garbled files, OSError/EOFError for unreadable/truncated ones.
+    except (OSError, EOFError, ValueError) as err:
+        raise ValueError(f"cannot read the reference expression {path.name} as a numpy {path.suffix} file: {err}") from None
+    if data is None:
+        raise ValueError(f"{path.name} holds {len(files)} arrays {files}; give one array")
+    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
+        raise ValueError(f"reference expression {path.name} holds {data.dtype} values; expected real numbers")
     data = np.asarray(data, dtype=np.float64)
     if data.ndim == 2 and data.shape[1] == rig.num_blendshapes:
         disp = rig.displacement(data)
@@ -124,7 +144,7 @@ def load_reference(path: str | Path, rig: FaceRig, frames: int) -> np.ndarray:
     if np.abs(disp).max() > 0.05:  # 5 cm: not a face expression on this rig (wrong units or another mesh)
         raise ValueError(f"reference expression {path.name} moves vertices by up to {np.abs(disp).max():.3g} m; "
                          "expected metres on the shipped rig (motions of a few mm)")
-    return disp[np.arange(frames) % len(disp)].astype(np.float32)
+    return disp.astype(np.float32)
 
 
 @dataclass
@@ -158,7 +178,7 @@ class Pipeline:
         from .models.dfm import DeformationFusionModule
         from .models.faceformer import FaceFormer
 
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(device)
         rig = rig or load_rig()
         pipe = cls(rig=rig, device=device)
         found = resolve_checkpoint("dfm", dfm)
@@ -199,7 +219,8 @@ class Pipeline:
             if len(text) > MAX_TEXT_CHARS:
                 raise ValueError(f"the text to speak has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
             return text_features(text)
-        samples = audio if isinstance(audio, np.ndarray) and audio.ndim == 1 and audio.dtype == np.float32 else load_audio(audio)
+        # Arrays are validated like files (length, NaN, silence, clipping): they are a boundary too.
+        samples = load_audio(audio, sample_rate=SAMPLE_RATE) if isinstance(audio, np.ndarray) else load_audio(audio)
         if self._aligner is None:
             self._aligner = PhoneAligner()
         return speech_features(samples, transcript, self._aligner)
@@ -266,6 +287,7 @@ class Pipeline:
         expr = Expression(emotion, intensity, mix_with, mix_ratio, timeline, reference, blinks)
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        ref = read_reference(reference, self.rig) if reference is not None else None  # (T', V, 3), before the slow work
         report = progress or (lambda fraction, what: None)
         timings = {}
 
@@ -279,7 +301,7 @@ class Pipeline:
         speech = stage("audio front end", 0.0, self.speech_input, audio, text, transcript)
         frames = speech.num_frames
         d_s, driver = stage("speech model", 0.3, self.speech_deformation, speech)
-        d_e = stage("expression", 0.6, self.expression_deformation, expr, frames)
+        d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames))
         fused, weights = stage("dfm", 0.7, self.fuse, d_s, d_e, method)
         report(1.0, "done")
         arkit = weights.get("arkit_weights")
@@ -336,6 +358,29 @@ class Pipeline:
         total = time.perf_counter() - t0
         animation.meta.setdefault("timings", {}).update({"render": t_render[0], "encode": total - t_render[0]})
         return out
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' (or None: cuda when available, else cpu) -> a torch.device this torch can use.
+
+    Raises ValueError for names torch does not know and for CUDA devices it cannot see, so the
+    mistake is reported before anything is loaded.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use 'cpu'")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r} asked for, but this torch sees {count} CUDA GPU(s): cuda:0..cuda:{count - 1}")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    return dev
 
 
 def _map_size(folder) -> int:
