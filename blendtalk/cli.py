@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -119,16 +120,45 @@ def list_emotions(args) -> int:
     return 0
 
 
+def _check_writable(folder: Path, what: str) -> None:
+    """Create (and drop) a scratch file in `folder`: os.access says yes to root even where writing fails (/proc, read-only mounts)."""
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"folder {str(folder)!r} for the {what} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"folder {str(folder)!r} for the {what} is not writable ({err.strerror or err})") from None
+
+
 def _check_output(path: Path, suffix: str, overwrite: bool, what: str) -> None:
     if path.suffix.lower() != suffix:
         raise ValueError(f"{what} {str(path)!r} must end in {suffix}")
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder; give a file name")
     if path.exists() and not overwrite:
         raise ValueError(f"{what} {str(path)!r} exists; pass --overwrite to replace it")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ValueError(f"folder {str(parent)!r} for the {what} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"folder {str(parent)!r} for the {what} is not writable")
+    _check_writable(parent, what)
+
+
+def _check_export_dir(folder: Path, overwrite: bool) -> None:
+    """The folder exists and is writable, or can be created inside the nearest existing (writable) folder."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--export-dir {str(folder)!r} is a file, not a folder")
+    if folder.is_dir():
+        if any(folder.glob("animation*")) and not overwrite:
+            raise ValueError(f"{str(folder)!r} already holds exports; pass --overwrite or choose another folder")
+        _check_writable(folder, "exports")
+        return
+    ancestor = folder.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"--export-dir {str(folder)!r} cannot be created: {str(ancestor)!r} is a file")
+    _check_writable(ancestor, "exports")
 
 
 def animate(args) -> int:
@@ -136,25 +166,25 @@ def animate(args) -> int:
     from tqdm import tqdm
 
     from .audio import load_audio
-    from .pipeline import Expression, Pipeline
+    from .pipeline import MAX_TEXT_CHARS, Expression, Pipeline, read_reference, resolve_device
+    from .rig import load_rig
 
     if (args.speech is None) == (args.text is None):
         raise ValueError("give a speech file or --text (one of the two)")
+    if args.text is not None and not args.text.strip():
+        raise ValueError("--text is empty; give the words to speak")
+    if args.text is not None and len(args.text.strip()) > MAX_TEXT_CHARS:
+        raise ValueError(f"--text has {len(args.text.strip())} characters; the limit is {MAX_TEXT_CHARS}")
+    # Expression checks the emotion names, intensity, mix ratio and the timeline (syntax, times, intensities).
     Expression(args.emotion, args.intensity, args.mix, args.mix_ratio, args.timeline, args.reference)
-    if args.timeline:
-        from .emotions import parse_timeline
-
-        parse_timeline(args.timeline)
-    if args.reference is not None and not args.reference.is_file():
-        raise ValueError(f"reference expression file {str(args.reference)!r} does not exist")
+    if args.reference is not None:
+        read_reference(args.reference, load_rig())  # shape, units and values, before anything slow
     if not 64 <= args.size <= 2048:
         raise ValueError(f"--size must be in [64, 2048] pixels, got {args.size}")
+    resolve_device(args.device)
     _check_output(args.output, ".mp4", args.overwrite, "output video")
     if args.export_dir is not None:
-        if args.export_dir.exists() and not args.export_dir.is_dir():
-            raise ValueError(f"--export-dir {str(args.export_dir)!r} is a file, not a folder")
-        if args.export_dir.is_dir() and any(args.export_dir.glob("animation*")) and not args.overwrite:
-            raise ValueError(f"{str(args.export_dir)!r} already holds exports; pass --overwrite or choose another folder")
+        _check_export_dir(args.export_dir, args.overwrite)
     audio = load_audio(args.speech) if args.speech is not None else None
 
     bar = tqdm(total=100, desc="animate", unit="%", disable=args.quiet, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
@@ -194,6 +224,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"blendtalk: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # ffmpeg or torch failing mid-run (not the user's input): one line, no traceback
+        print(f"blendtalk: failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("blendtalk: interrupted; no partial files were left", file=sys.stderr)
         return 130
