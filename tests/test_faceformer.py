@@ -161,6 +161,20 @@ def test_speaker_style_and_mixture():
     assert torch.allclose(mix[0], out[1], atol=1e-6)
 
 
+def test_motion_scale_only_changes_units():
+    """A model in mm (motion_scale=1e-3) on metres equals the same weights in metres on mm data, / 1000."""
+    metres = randomize(FaceFormer(tiny_config())).eval()
+    mm = FaceFormer(tiny_config(motion_scale=1e-3)).eval()
+    mm.load_state_dict(metres.state_dict())
+    x, spk = features(2, 9), torch.tensor([0, 1])
+    target = torch.randn(2, 9, V, 3)
+    with torch.no_grad():
+        assert torch.allclose(mm(x, 9, spk, target * 1e-3), metres(x, 9, spk, target) * 1e-3, atol=1e-9)
+    assert torch.allclose(mm.generate(x, 9, spk), metres.generate(x, 9, spk) * 1e-3, atol=1e-9)
+    with pytest.raises(ValueError, match="motion_scale"):
+        tiny_config(motion_scale=0.0)
+
+
 def test_save_load_identical_output(tmp_path):
     model = randomize(FaceFormer(tiny_config()))
     model.save_pretrained(tmp_path / "ckpt")

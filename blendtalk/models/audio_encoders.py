@@ -230,21 +230,32 @@ _WAV2VEC2_OVERRIDABLE = frozenset({
 })
 
 
+def phonetic_inputs(phone_ids: np.ndarray, mel: np.ndarray) -> np.ndarray:
+    """Phonetic encoder inputs from their parts: phone indices (T,) into ARPABET and log-mel (T, 80)
+    -> (T, len(ARPABET) + 80) float32, one-hot phones first. Pure numpy (no pocketsphinx, no librosa)."""
+    phone_ids, mel = np.asarray(phone_ids), np.asarray(mel)
+    if phone_ids.ndim != 1 or mel.ndim != 2 or mel.shape[0] != phone_ids.shape[0]:
+        raise ValueError(f"need phone_ids (T,) and mel (T, n_mels) with the same T, got {phone_ids.shape} and {mel.shape}")
+    if phone_ids.size and (phone_ids.min() < 0 or phone_ids.max() >= len(ARPABET)):
+        raise ValueError(f"phone indices must lie in [0, {len(ARPABET)}) (ARPABET), got {phone_ids.min()}..{phone_ids.max()}")
+    one_hot = np.eye(len(ARPABET), dtype=np.float32)[phone_ids]  # (T, 40)
+    return np.concatenate([one_hot, mel.astype(np.float32)], axis=1)
+
+
 def phonetic_features(audio: np.ndarray, transcript: str | None = None, aligner=None) -> np.ndarray:
     """Inputs of the phonetic encoder: audio (S,) at 16 kHz -> (T, len(ARPABET) + 80) float32.
 
     One-hot phones (forced-aligned with `transcript` when given, else recognised) followed by
     80 log-mel bands, both at T = num_frames(S) frames. `aligner`: a reusable
     blendtalk.phonetics.PhoneAligner (creating one loads the acoustic model).
+    See blendtalk.speech_input.speech_features for the same with the phones returned.
     """
-    from ..audio import log_mel
-    from ..phonetics import phone_features
+    from ..audio import log_mel, num_frames
+    from ..phonetics import PhoneAligner, phones_to_frames
+    from ..speech_input import speech_phones
 
-    phones = phone_features(audio, transcript, aligner=aligner)  # (T, len(ARPABET))
-    mel = log_mel(audio, n_mels=PHONETIC_MELS)  # (T, 80)
-    if phones.shape[0] != mel.shape[0]:
-        raise RuntimeError(f"phone features {phones.shape} and log-mel {mel.shape} disagree on T; both must use audio.num_frames")
-    return np.concatenate([phones, mel], axis=1).astype(np.float32)
+    phones, _ = speech_phones(audio, transcript, aligner or PhoneAligner())
+    return phonetic_inputs(phones_to_frames(phones, num_frames(audio.shape[0])), log_mel(audio, n_mels=PHONETIC_MELS))
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -254,5 +265,5 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 __all__ = [
     "AudioEncoder", "AudioEncoderConfig", "ENCODER_KINDS", "PhoneticEncoder", "Wav2Vec2Encoder", "build_audio_encoder",
-    "count_parameters", "load_wav2vec2", "phonetic_features",
+    "count_parameters", "load_wav2vec2", "phonetic_features", "phonetic_inputs",
 ]

@@ -23,6 +23,10 @@ Departures from the original code, and why:
   under the temporal bias (the steepest head weights a frame 600 back by e^-5), but the gentlest
   heads (slope 1/256) still look back; W bounds that look-back by design, and clips shorter than W
   are untouched by it.
+* `motion_scale`: displacements are divided by it on the way in and multiplied on the way out, so
+  the network sees motion of order 1 (mm on a face in metres) whatever the data's unit. With
+  metres (1.0, the original), Adam's fixed step size is large next to millimetre targets and the
+  motion encoder's inputs are too small to matter early in training. Outputs stay in the data's unit.
 * The start token is the style embedding alone in training and generation alike (the original
   adds the motion encoder's bias in training only). Motion encoder and decoder start at zero, so an
   untrained model outputs zero displacement (the template) and ignores past motion until trained.
@@ -61,6 +65,7 @@ class FaceFormerConfig:
     window: int = 600  # W frames (20 s at 30 fps) of self-attention look-back; bounds the KV cache, see module doc
     alignment_radius: int = 0  # r: frame t attends audio frames t-r..t+r; 0 = FaceFormer's diagonal alignment
     dropout: float = 0.1  # on tokens, attention weights and residual branches (nn.TransformerDecoderLayer's 0.1)
+    motion_scale: float = 1.0  # metres per model unit of motion: 1e-3 lets the network work in mm (module doc)
     encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)  # audio front end
 
     def __post_init__(self):
@@ -73,6 +78,8 @@ class FaceFormerConfig:
             raise ValueError(f"FaceFormerConfig fields must be positive, got {bad}")
         if self.feature_dim % self.num_heads:
             raise ValueError(f"feature_dim={self.feature_dim} must be divisible by num_heads={self.num_heads}")
+        if not (math.isfinite(self.motion_scale) and self.motion_scale > 0):
+            raise ValueError(f"motion_scale must be a positive number of metres per model unit, got {self.motion_scale}")
         if self.alignment_radius < 0 or not 0 <= self.dropout < 1:
             raise ValueError(f"need alignment_radius >= 0 and 0 <= dropout < 1, got {self.alignment_radius}, {self.dropout}")
 
@@ -296,12 +303,12 @@ class FaceFormer(nn.Module):
         if target is None or tuple(target.shape) != (b, num_frames, v, 3):
             got = None if target is None else tuple(target.shape)
             raise ValueError(f"target must have shape (B={b}, T={num_frames}, V={v}, 3) with teacher forcing, got {got}")
-        target = target.to(memory)
+        target = target.to(memory) / self.config.motion_scale
         prev = self.motion_encoder(target[:, :-1].reshape(b, num_frames - 1, 3 * v))  # (B, T-1, D)
         tokens = torch.cat([torch.zeros_like(style)[:, None], prev], dim=1)  # (B, T, D), start token = style only
         positions = torch.arange(num_frames, device=memory.device)
         h = self._decode(tokens, style, positions, self._memories(memory))
-        return self.motion_decoder(h).reshape(b, num_frames, v, 3)
+        return self.motion_decoder(h).reshape(b, num_frames, v, 3) * self.config.motion_scale
 
     # ---- inference ----
     @torch.no_grad()
@@ -347,7 +354,7 @@ class FaceFormer(nn.Module):
             d = self.motion_decoder(h)  # (B, V*3)
             outputs.append(d)
             prev = self.motion_encoder(d)
-        return torch.stack(outputs, 1).reshape(b, t_total, c.num_vertices, 3)  # (B, T, V, 3)
+        return torch.stack(outputs, 1).reshape(b, t_total, c.num_vertices, 3) * c.motion_scale  # (B, T, V, 3)
 
     # ---- shared decoder path ----
     def _memories(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

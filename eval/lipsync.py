@@ -1,0 +1,84 @@
+"""Lip sync on real speech without ground-truth motion (metrics: blendtalk.lipsync).
+
+    python eval/lipsync.py assets/audio/arctic_a0009.wav --transcript "$(cat assets/audio/arctic_a0009.txt)" \
+        --driver visemes --json out/lipsync_visemes.json
+    python eval/lipsync.py speech.wav --driver faceformer --checkpoint runs/faceformer-.../best --json out/ls.json
+
+Phones come from forced alignment with --transcript, else from recognition; --phones scores against
+a label file ('start end phone' lines, e.g. the ARCTIC fixture's) instead. The driver animates the
+shipped rig; the metrics read its lip gap (closed below --closure-mm) and lip vertices.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from blendtalk.lipsync import CLOSURE_GAP, lipsync_report  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("audio", type=Path, help="speech file (wav, flac, mp3, ...)")
+    p.add_argument("--transcript", help="what is said: phones by forced alignment (else by recognition)")
+    p.add_argument("--phones", type=Path, help="score against these labelled phones instead of the found ones")
+    p.add_argument("--driver", choices=("faceformer", "visemes"), default="visemes")
+    p.add_argument("--checkpoint", help="FaceFormer folder or Hub id (default: BLENDTALK_SPEECH, then assets/speech)")
+    p.add_argument("--speaker", type=int, help="training style index (default: the mixture of all styles)")
+    p.add_argument("--closure-mm", type=float, default=CLOSURE_GAP * 1e3, help="lips count as closed below this gap")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", type=Path, required=True, help="where to write the report")
+    args = p.parse_args(argv)
+    if args.closure_mm <= 0:
+        p.error("--closure-mm must be positive")
+
+    from blendtalk.audio import load_audio
+    from blendtalk.phonetics import read_phone_labels
+    from blendtalk.rig import load_rig
+    from blendtalk.speech_input import speech_features
+
+    rig = load_rig()
+    audio = load_audio(args.audio)
+    speech = speech_features(audio, args.transcript)
+    phones = read_phone_labels(args.phones) if args.phones else list(speech.phones)
+    described = {"audio": str(args.audio), "driver": args.driver, "phone_source": "labels" if args.phones else speech.phone_source}
+    if args.driver == "visemes":
+        from blendtalk.visemes import VisemeDriver
+
+        displacement = VisemeDriver(rig)(list(speech.phones), speech.num_frames)[1]
+    else:
+        import torch
+
+        from blendtalk.hub import resolve_checkpoint
+        from blendtalk.models.faceformer import FaceFormer
+        from blendtalk.speech_input import animate_speech
+
+        ckpt = resolve_checkpoint("speech", args.checkpoint)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = FaceFormer.from_pretrained(ckpt.path, device=device)
+        if model.config.num_vertices != rig.num_vertices:
+            p.error(f"the checkpoint animates V={model.config.num_vertices} vertices; lip-sync is measured on the rig (V={rig.num_vertices})")
+        displacement = animate_speech(model, speech, args.speaker)
+        described |= {"checkpoint": str(ckpt.path), "speaker": args.speaker}
+    report = described | lipsync_report(rig.vertices + displacement, rig, phones, threshold=args.closure_mm / 1e3)
+    report["units"] = {"closure_gap_mm": "mm", "mean_gap_mm": "mm", "jitter_m_s2": "m/s^2, mean |second difference| of lip vertices x fps^2",
+                       "bilabial_closure": "share of /p b m/ phones with a closed frame",
+                       "silence_closure": "share of pauses > 150 ms with a closed frame",
+                       "silence_closed_frames": "share of closed frames > 100 ms inside pauses",
+                       "vowel_opening": "share of vowels whose lips part by at least the closure gap",
+                       "openness_r": "Pearson r of vowel peak lip gap vs vowel openness"}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    report = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}  # nan: no such phones
+    args.json.write_text(json.dumps(report, indent=2))
+    for key in ("bilabial_closure", "silence_closure", "silence_closed_frames", "vowel_opening", "openness_r",
+                "jitter_m_s2", "mean_gap_mm"):
+        print(f"{key:22s} {'n/a (no such phones)' if report[key] is None else f'{report[key]:.3f}'}")
+    print(f"report written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

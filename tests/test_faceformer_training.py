@@ -1,0 +1,209 @@
+"""FaceFormer training: feature cache, windows, loss, evaluation, runs and resume, on a tiny synthetic corpus."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from blendtalk.faceformer_eval import evaluate_driver, evaluate_model, motion_metrics, region_masks, summarise
+from blendtalk.faceformer_training import (
+    FaceFormerTrainConfig, cache_features, faceformer_loss, fit_frames, load_sequences, load_train_config, new_model,
+    sample_batch, train_faceformer,
+)
+from blendtalk.models.audio_encoders import AudioEncoderConfig
+from blendtalk.models.faceformer import FaceFormerConfig
+from blendtalk.speech_input import FeatureCache
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("librosa", "pocketsphinx", "soundfile")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """4 speakers (2 train, 1 val, 1 test) x 2 sentences, and its feature cache."""
+    from blendtalk.data.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, SynthConfig(num_speakers=4, sentences_per_speaker=2, num_subjects=1, takes_per_emotion=1,
+                               expression_seconds=1.0))
+    features = cache_features(FaceFormerTrainConfig(data=str(root)), root / "features.npz")
+    return root, features
+
+
+def tiny_model(v: int, dropout: float = 0.1) -> FaceFormerConfig:
+    return FaceFormerConfig(num_vertices=v, feature_dim=16, num_heads=2, num_speakers=2, motion_scale=1e-3, dropout=dropout,
+                            encoder=AudioEncoderConfig(hidden_dim=16, conv_layers=1))
+
+
+def config(corpus, tmp_path, **kw) -> FaceFormerTrainConfig:
+    root, features = corpus
+    args = dict(data=str(root), features=str(features), out=str(tmp_path / "runs"), batch_size=2, val_sequences=2,
+                device="cpu", threads=1, min_seconds=0.5, max_seconds=1.0)
+    args.update(kw)
+    return FaceFormerTrainConfig(**args)
+
+
+def test_cache_matches_live_features_and_is_compact(corpus):
+    from blendtalk.data.vocaset import read_vocaset
+    from blendtalk.models.audio_encoders import phonetic_features
+
+    root, path = corpus
+    cache = FeatureCache.load(path)
+    assert cache.sources == ("exact", "aligned", "recognized") and len(cache.names) == 8
+    seq = read_vocaset(root / "speech").sequences[0]
+    audio, _ = seq.load_audio()
+    with np.load(root / "truth" / "speech" / f"{seq.name}.npz") as z:
+        live = phonetic_features(audio, str(z["text"]))
+    cached = cache.features(seq.name, "aligned")
+    assert cached.shape == live.shape
+    assert np.array_equal(cached[:, :40], live[:, :40])  # the same aligned phones
+    assert np.abs(cached[:, 40:] - live[:, 40:]).max() < 0.02  # log-mel through float16
+    assert path.stat().st_size < 200 * cached.shape[0] * 8  # < 200 bytes a frame (float16 mel + phone segments)
+    with pytest.raises(KeyError, match="--cache-features"):
+        cache.features("nobody_sentence01")
+
+
+def test_training_imports_need_no_audio_stack(corpus, tmp_path):
+    """What the GPU machine runs: train from the cache with librosa, pocketsphinx and soundfile unimportable."""
+    root, features = corpus
+    code = (
+        "import sys\n"
+        f"for m in {HEAVY!r}: sys.modules[m] = None  # any import of them now fails\n"
+        "import blendtalk.faceformer_training as t, blendtalk.faceformer_eval, blendtalk.speech_input\n"
+        "from blendtalk.models.faceformer import FaceFormerConfig\n"
+        "from blendtalk.models.audio_encoders import AudioEncoderConfig\n"
+        f"c = t.FaceFormerTrainConfig(data={str(root)!r}, features={str(features)!r}, out={str(tmp_path)!r},"
+        " batch_size=2, epochs=1, device='cpu', threads=1, val_sequences=1,"
+        " model=FaceFormerConfig(num_vertices=4278, feature_dim=16, num_heads=2, num_speakers=2,"
+        " encoder=AudioEncoderConfig(hidden_dim=16, conv_layers=1)))\n"
+        "run = t.train_faceformer(c)\n"
+        "assert (run / 'best' / 'model.safetensors').is_file()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_windows_have_one_length_and_match_the_motion(corpus, tmp_path):
+    cfg = config(corpus, tmp_path, batch_size=3, phone_mix={"recognized": 1.0})
+    cache = FeatureCache.load(cfg.feature_path())
+    data = load_sequences(cfg, "train", "cpu", cache)
+    assert len(data) == 4 and set(data.speaker.tolist()) == {0, 1}
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        b = sample_batch(data, cfg, rng, "cpu")
+        t = b["num_frames"]
+        assert 15 <= t <= 30 and b["inputs"].shape == (3, t, 120) and b["target"].shape == (3, t, 4278, 3)
+        # every window is a contiguous stretch of one sequence, with that sequence's recognised phones
+        for k in range(3):
+            hits = [n for n in range(len(data)) for s in range(data.lengths[n] - t + 1)
+                    if torch.equal(data.motion[data.rows(n)][s:s + t], b["target"][k])]
+            n = hits[0]
+            start = [s for s in range(data.lengths[n] - t + 1) if torch.equal(data.motion[data.rows(n)][s:s + t], b["target"][k])][0]
+            ids = fit_frames(cache.phone_ids(data.names[n], "recognized"), int(data.lengths[n]), "x")[start:start + t]
+            assert torch.equal(b["inputs"][k, :, :40].argmax(-1), torch.from_numpy(ids))
+            assert b["speaker"][k] == data.speaker[n]
+    with pytest.raises(ValueError, match="rebuild"):
+        fit_frames(np.zeros((10, 3)), 30, "seq")
+    assert fit_frames(np.arange(5.0)[:, None], 7, "seq")[:, 0].tolist() == [0, 1, 2, 3, 4, 4, 4]
+
+
+def test_loss_and_metrics_definitions():
+    target = torch.zeros(1, 4, 5, 3)
+    pred = target.clone()
+    pred[0, 1, 2, 1] = 2e-3  # one lip vertex 2 mm off on one frame
+    loss, parts = faceformer_loss(pred, target, torch.ones(5), scale=1e-3)
+    assert loss.item() == pytest.approx(4.0 / 20) and parts["velocity"] == 0
+    assert faceformer_loss(target, target, torch.ones(5), 1e-3, lambda_velocity=1.0)[0].item() == 0
+    masks = {"lips": np.array([1, 2]), "upper_face": np.array([0])}
+    m = summarise([motion_metrics(pred, target, masks)])
+    assert m["lve_mm2"] == pytest.approx(4.0 / 4)  # max over lips per frame (4 mm^2 once), mean over 4 frames
+    assert m["fdd_mm"] == 0 and m["mve_mm"] == pytest.approx(2.0 / 20)
+    with pytest.raises(ValueError, match=r"\(B, T, V, 3\)"):
+        faceformer_loss(pred[0], target[0], torch.ones(5), 1e-3)
+
+
+def test_untrained_model_scores_like_no_motion(corpus, tmp_path):
+    cfg = config(corpus, tmp_path, model=tiny_model(4278))
+    data = load_sequences(cfg, "val", "cpu", FeatureCache.load(cfg.feature_path()))
+    masks = region_masks(cfg, 4278)
+    model = new_model(cfg, 4278, 2, "cpu")
+    got = evaluate_model(model, data, masks, sources=("aligned", "exact"), styles="all")
+    zero = evaluate_driver(lambda n, s: torch.zeros_like(data.motion[data.rows(n)])[None], data, masks, ["z"])["z"]
+    assert got["aligned"]["lve_mm2"] == pytest.approx(zero["lve_mm2"]) and zero["lve_mm2"] > 1.0
+    assert got["exact"]["frames"] == int(data.lengths.sum())
+
+
+def test_steps_lower_the_loss(corpus, tmp_path):
+    torch.manual_seed(0)
+    cfg = config(corpus, tmp_path, model=tiny_model(4278, dropout=0.0))
+    data = load_sequences(cfg, "train", "cpu", FeatureCache.load(cfg.feature_path()))
+    model = new_model(cfg, 4278, 2, "cpu")
+    batch = sample_batch(data, cfg, np.random.default_rng(1), "cpu")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss, _ = faceformer_loss(model(batch["inputs"], batch["num_frames"], batch["speaker"], batch["target"]),
+                                  batch["target"], torch.ones(4278), cfg.motion_scale)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0] and min(losses[-5:]) < min(losses[:5])
+
+
+def test_run_folder_and_resume(corpus, tmp_path):
+    cfg = config(corpus, tmp_path, model=tiny_model(4278), epochs=2, self_feed=1.0, lambda_velocity=0.5)
+    run = train_faceformer(cfg)
+    for name in ("train_config.json", "state.pt", "metrics.jsonl", "checkpoint/model.safetensors", "best/config.json"):
+        assert (run / name).is_file(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4]  # 4 train sequences / batch 2 = 2 steps an epoch
+    assert {"aligned", "recognized"} <= set(lines[-1]["val"]) and lines[-1]["val_loss"] == lines[-1]["val"]["aligned"]["lve_mm2"]
+    again = load_train_config(run)
+    assert again.model == cfg.model and again.phone_mix == cfg.phone_mix
+    again.epochs = 3
+    assert train_faceformer(again, run_dir=run, resume=True) == run
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
+    second = train_faceformer(config(corpus, tmp_path, model=tiny_model(4278), epochs=1))
+    assert second != run and run.is_dir()  # runs are never reused
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match="phone_mix"):
+        FaceFormerTrainConfig(phone_mix={"guessed": 1.0})
+    with pytest.raises(ValueError, match="encoder"):
+        FaceFormerTrainConfig(encoder="mfcc")
+    with pytest.raises(ValueError, match="min_seconds"):
+        FaceFormerTrainConfig(min_seconds=3, max_seconds=2)
+
+
+def test_cli_caches_then_trains(corpus, tmp_path):
+    root, _ = corpus
+    script = ROOT / "train" / "train_faceformer.py"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    feats = tmp_path / "f.npz"
+    out = subprocess.run([sys.executable, str(script), "--data", str(root), "--cache-features", str(feats)],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and feats.is_file(), out.stderr[-1500:]
+    out = subprocess.run([sys.executable, str(script), "--data", str(root), "--features", str(feats), "--out",
+                          str(tmp_path / "runs"), "--max-minutes", "0.02", "--epochs", "1000", "--device", "cpu",
+                          "--threads", "1", "--batch-size", "2", "--val-sequences", "1"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-1500:]
+    run = next((tmp_path / "runs").iterdir())
+    assert json.loads((run / "train_config.json").read_text())["max_minutes"] == 0.02
+    assert (run / "best" / "model.safetensors").is_file()
