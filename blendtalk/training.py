@@ -164,7 +164,10 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
     elif rank == 0:
         run = run or new_run_dir(config.out)
         (run / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
-    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    net = model
+    if distributed:  # the geometric map is a fixed sparse buffer, the same on every rank: DDP must not broadcast it
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["map_matrix"])
+        net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
 
     steps_per_epoch = max(len(speech), len(expr)) // config.batch_size
     total = int(config.epochs * steps_per_epoch)
