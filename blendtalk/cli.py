@@ -121,7 +121,8 @@ def list_emotions(args) -> int:
 
 
 def _check_writable(folder: Path, what: str) -> None:
-    """Create (and drop) a scratch file in `folder`: os.access says yes to root even where writing fails (/proc, read-only mounts)."""
+    """Create (and drop) a scratch file in `folder`: os.access says yes to root even where writing
+    fails (/proc, read-only mounts)."""
     if not os.access(folder, os.W_OK):
         raise ValueError(f"folder {str(folder)!r} for the {what} is not writable")
     try:
