@@ -81,6 +81,8 @@ class FaceFormerTrainConfig:
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = FaceFormerConfig(**self.model)
+        if self.model is not None:
+            self.encoder = self.model.encoder.kind  # an explicit architecture decides which inputs are read
         if self.encoder not in ("phonetic", "wav2vec2"):
             raise ValueError(f"encoder must be 'phonetic' or 'wav2vec2', got {self.encoder!r}")
         if unknown := set(self.phone_mix) - set(PHONE_SOURCES):
@@ -160,6 +162,16 @@ def fit_frames(x: np.ndarray, num_frames: int, name: str) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], num_frames - x.shape[0], axis=0)])
 
 
+def check_cache_audio(cache: FeatureCache, seq) -> None:
+    """Refuse a cache made from other audio: its clip length must match the corpus's within 1 ms."""
+    if seq.audio_data is None or seq.sample_rate is None:
+        return  # audio in separate wav files (FaceFormer layout): only the frame count is checked
+    ours, theirs = len(seq.audio_data) / seq.sample_rate, cache.duration(seq.name)
+    if abs(ours - theirs) > 1e-3:
+        raise ValueError(f"{seq.name}: the corpus audio lasts {ours:.4f} s but the feature cache's {theirs:.4f} s; the "
+                         "cache was made from another corpus (rebuild it with --cache-features)")
+
+
 @dataclass
 class SequenceData:
     """Whole sequences of one subset, concatenated on one device.
@@ -219,6 +231,7 @@ def load_sequences(config: FaceFormerTrainConfig, subset: str, device, cache: Fe
         if with_audio:
             audio.append(item["audio"].numpy())
         if cache is not None:
+            check_cache_audio(cache, ds.sequences[i])
             mels.append(fit_frames(cache.log_mel(name), t, name))
             for source in cache.sources:
                 ids.setdefault(source, []).append(fit_frames(cache.phone_ids(name, source), t, name))
@@ -305,6 +318,9 @@ def _setup(config: FaceFormerTrainConfig):
             torch.cuda.set_device(device)
     else:
         device = pick_device(config.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores: ~1e-3 relative, ample here
+        torch.backends.cudnn.allow_tf32 = True
     if device.type == "cpu":
         # The model is small: past ~4 threads per process, thread hand-offs cost more than they give.
         torch.set_num_threads(config.threads or max(1, min(4, (os.cpu_count() or 1) // world)))

@@ -162,6 +162,10 @@ class FeatureCache:
         i = self._index(name)
         return int(self.offsets[i + 1] - self.offsets[i])
 
+    def duration(self, name: str) -> float:
+        """Seconds of the audio the features were computed from."""
+        return float(self.num_samples[self._index(name)]) / SAMPLE_RATE
+
     def _index(self, name: str) -> int:
         if name not in self._row:
             raise KeyError(f"sequence {name!r} is not in the feature cache ({len(self.names)} sequences, e.g. "

@@ -207,3 +207,78 @@ def test_cli_caches_then_trains(corpus, tmp_path):
     run = next((tmp_path / "runs").iterdir())
     assert json.loads((run / "train_config.json").read_text())["max_minutes"] == 0.02
     assert (run / "best" / "model.safetensors").is_file()
+
+
+def test_vocaset_layout_split_recognised_phones_and_flame_masks(tmp_path):
+    """Real-VOCASET path on a fake corpus with FaceFormer's subject names: split, 22.05 kHz audio, FLAME masks."""
+    import pickle
+
+    from blendtalk.data.datasets import VOCASET_TEST_SUBJECTS, VOCASET_TRAIN_SUBJECTS, VOCASET_VAL_SUBJECTS
+    from blendtalk.data.vocaset import write_vocaset_raw
+    from blendtalk.phonetics import synthesize
+
+    v, rng = 30, np.random.default_rng(0)
+    audio, _ = synthesize("Maybe a bit more.")
+    from scipy.signal import resample_poly
+
+    audio22 = np.clip(resample_poly(audio, 441, 320), -1, 1).astype(np.float32)  # stored at 22.05 kHz
+    t60 = int(round(len(audio) / 16000 * 60))
+    subjects = VOCASET_TRAIN_SUBJECTS + VOCASET_VAL_SUBJECTS + VOCASET_TEST_SUBJECTS
+    templates = {s: rng.normal(size=(v, 3)).astype(np.float32) * 0.1 for s in subjects}
+    seqs, sound = {}, {}
+    for s in subjects:
+        for n in ((1,) if s in VOCASET_TRAIN_SUBJECTS else (1, 21)):  # val/test keep sentences 21-40 only
+            wiggle = 1e-3 * np.sin(np.arange(t60) / 5.0)[:, None, None] * np.ones((1, v, 3))
+            seqs[(s, f"sentence{n:02d}")] = templates[s] + wiggle.astype(np.float32)
+            sound[(s, f"sentence{n:02d}")] = (audio22, 22050)
+    write_vocaset_raw(tmp_path / "voca", seqs, templates, sound, fps=60)
+    with open(tmp_path / "masks.pkl", "wb") as f:
+        pickle.dump({"lips": np.arange(5), "forehead": np.arange(20, 25), "eye_region": np.arange(24, 28)}, f)
+    cfg = FaceFormerTrainConfig(vocaset=str(tmp_path / "voca"), flame_masks=str(tmp_path / "masks.pkl"), out=str(tmp_path / "runs"),
+                                batch_size=2, epochs=1, device="cpu", threads=1, min_seconds=0.5, max_seconds=1.0,
+                                model=FaceFormerConfig(num_vertices=v, feature_dim=16, num_heads=2, num_speakers=8,
+                                                       encoder=AudioEncoderConfig(hidden_dim=16, conv_layers=1)))
+    path = cache_features(cfg)
+    assert path == tmp_path / "voca" / "phonetic_features.npz"
+    cache = FeatureCache.load(path)
+    assert cache.sources == ("aligned", "recognized") and len(cache.names) == 16  # no transcripts: recognised phones
+    val = load_sequences(cfg, "val", "cpu", cache)
+    assert val.names == [f"{s}_sentence21" for s in sorted(VOCASET_VAL_SUBJECTS)] and (val.speaker == -1).all()
+    assert val.lengths[0] == len(range(0, t60, 2))  # 60 fps subsampled to 30 ([::2])
+    run = train_faceformer(cfg)
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["val"]["aligned"]["lve_mm2"] > 0 and json.loads((run / "train_config.json").read_text())["vocaset"]
+
+
+def test_lvefdd_script_compares_with_the_procedural_driver(corpus, tmp_path):
+    root, features = corpus
+    cfg = config(corpus, tmp_path, model=tiny_model(4278))
+    new_model(cfg, 4278, 2, "cpu").save_pretrained(tmp_path / "ckpt")  # untrained: outputs the template
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = tmp_path / "lvefdd.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "eval" / "lvefdd.py"), "--checkpoint", str(tmp_path / "ckpt"),
+                           "--data", str(root), "--features", str(features), "--device", "cpu", "--json", str(out)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    report = json.loads(out.read_text())
+    assert report["sequences"] == 2 and report["vertex_sets"] == {"lips": int(region_masks(cfg, 4278)["lips"].size),
+                                                                   "upper_face": int(region_masks(cfg, 4278)["upper_face"].size)}
+    assert set(report["faceformer"]) == set(report["procedural"]) == {"exact", "aligned", "recognized"}
+    assert report["faceformer"]["aligned"]["lve_mm2"] == pytest.approx(report["no_motion"]["lve_mm2"])
+    assert report["procedural"]["exact"]["lve_mm2"] < 0.5 * report["no_motion"]["lve_mm2"]  # it made the data
+    assert "LVE" in proc.stdout and report["units"]["lve_mm2"] == "mm^2"
+
+
+def test_wav2vec2_encoder_trains_on_audio_windows(corpus, tmp_path):
+    tiny_w2v = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                    conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, layerdrop=0.0)
+    model = FaceFormerConfig(num_vertices=4278, feature_dim=16, num_heads=2, num_speakers=2,
+                             encoder=AudioEncoderConfig(kind="wav2vec2", wav2vec2=tiny_w2v))
+    cfg = config(corpus, tmp_path, model=model, features=str(tmp_path / "absent.npz"), epochs=1)
+    assert cfg.encoder == "wav2vec2"
+    data = load_sequences(cfg, "train", "cpu")
+    b = sample_batch(data, cfg, np.random.default_rng(0), "cpu")
+    assert b["inputs"].shape == (2, round(b["num_frames"] * 16000 / 30))
+    run = train_faceformer(cfg)  # no feature cache needed
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(line["val"]) == {"audio"} and line["val"]["audio"]["lve_mm2"] > 0

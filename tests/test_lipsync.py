@@ -103,3 +103,20 @@ def test_text_path_gives_exact_phones_and_features():
     symbols = [p.symbol for p in speech.phones]
     assert symbols.count("b") >= 2 and "m" in symbols
     assert (speech.features[:, :40].sum(1) == 1).all()
+
+
+def test_cli_with_a_faceformer_checkpoint(tmp_path, rig):
+    from blendtalk.models.audio_encoders import AudioEncoderConfig
+    from blendtalk.models.faceformer import FaceFormer, FaceFormerConfig
+
+    config = FaceFormerConfig(num_vertices=rig.num_vertices, feature_dim=16, num_heads=2, num_speakers=2,
+                              encoder=AudioEncoderConfig(hidden_dim=16, conv_layers=1))
+    FaceFormer(config).save_pretrained(tmp_path / "ckpt")  # untrained: the mouth never moves
+    out = tmp_path / "ff.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "eval" / "lipsync.py"), str(ROOT / "assets/audio/arctic_a0009.wav"),
+                           "--driver", "faceformer", "--checkpoint", str(tmp_path / "ckpt"), "--device", "cpu",
+                           "--json", str(out)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    report = json.loads(out.read_text())
+    assert report["phone_source"] == "recognized" and report["vowel_opening"] == 0.0 and report["openness_r"] is None

@@ -97,7 +97,8 @@ def main(argv=None) -> int:
         print(f"no phonetic feature cache at {config.feature_path()}: computing it first (pocketsphinx, a few minutes)")
         cache_features(config)
     run = train_faceformer(config, run_dir=args.resume, resume=args.resume is not None)
-    print(f"run saved in {run}")
+    if run is not None:  # under torchrun only rank 0 writes a run
+        print(f"run saved in {run}")
     return 0
 
 
