@@ -295,6 +295,14 @@ def run(args) -> dict:
     stage("dfm_clip", "DFM (both encoders + decoder)", f"clip ({t} frames)", lambda: dfm.fuse(d_s, d_e), t)
     ds_b, de_b = d_s.repeat(b, 1, 1), d_e.repeat(b, 1, 1)  # (B*T, V, 3)
     stage("dfm_b", "DFM (both encoders + decoder)", f"{b} clips ({b * t} frames)", lambda: dfm.fuse(ds_b, de_b), b * t)
+    if device.type == "cuda":  # bfloat16 convolutions (the sparse geometric map and the decoder stay float32)
+        def dfm_bf16(ds, de):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return dfm.fuse(ds, de)
+
+        stage("dfm_b_bf16", "DFM, bfloat16 autocast", f"{b} clips ({b * t} frames)", lambda: dfm_bf16(ds_b, de_b), b * t)
+        err = (dfm_bf16(d_s, d_e).float() - dfm.fuse(d_s, d_e)).norm(dim=-1)  # (T, V) metres
+        notes.append(f"bfloat16 DFM vs float32: mean vertex difference {err.mean().item() * 1e3:.4f} mm, max {err.max().item() * 1e3:.4f} mm")
 
     # The pipeline = front end + speech model + DFM, from the stage medians.
     for key, label, frames, secs in (

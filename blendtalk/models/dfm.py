@@ -226,7 +226,8 @@ class DeformationFusionModule(nn.Module):
         b, v, _ = d.shape
         n = self.config.map_size
         x = d.permute(1, 0, 2).reshape(v, b * 3)  # (V, B*3)
-        img = torch.sparse.mm(self.map_matrix, x)  # (N*N, B*3)
+        with torch.autocast(d.device.type, enabled=False):  # sparse matmul has no half-precision kernels
+            img = torch.sparse.mm(self.map_matrix, x.float())  # (N*N, B*3)
         return img.reshape(n, n, b, 3).permute(2, 3, 0, 1)  # (B, 3, N, N)
 
     def encode_speech(self, d: torch.Tensor) -> torch.Tensor:
