@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="video frame size in pixels")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dfm", help="DFM checkpoint: a folder or a Hub id org/name[@rev] (default: BLENDTALK_DFM, then shipped)")
-    p.add_argument("--speech-model", help="speech checkpoint: a folder or Hub id (default: BLENDTALK_SPEECH, then shipped)")
+    p.add_argument("--speech-model", help="speech checkpoint: a folder or Hub id, or 'visemes' for the procedural driver (default: BLENDTALK_SPEECH, then shipped)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=animate)

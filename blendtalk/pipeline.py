@@ -34,6 +34,7 @@ from .rig import FaceRig, load_rig
 
 logger = logging.getLogger(__name__)
 
+PROCEDURAL = "visemes"  # as the speech source: the procedural viseme driver instead of a learned model
 METHODS = ("ours", "interpolation", "speech_only")  # DFM fusion; d_s + d_e (the naive sum); d_s alone
 MAX_TEXT_CHARS = 600  # typed text for TTS: about 40 s of speech
 ONSET_SECONDS = 0.4  # an emotion label eases in over this long from the first frame
@@ -169,7 +170,8 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, dfm: str | None = None, speech: str | None = None, device: str | None = None,
                         rig: FaceRig | None = None) -> "Pipeline":
-        """Load the checkpoints: `dfm`/`speech` a local folder or Hub id ("org/name[@rev]"), else the
+        """Load the checkpoints: `dfm`/`speech` a local folder or Hub id ("org/name[@rev]") (speech may
+        also be "visemes": the procedural driver, which closes the lips on /p b m/ by rule), else the
         BLENDTALK_DFM / BLENDTALK_SPEECH environment variables, else the shipped assets/ ones.
         Hub failures fall back to the shipped checkpoints (logged, and listed in `sources`)."""
         from .geometry import load_square_map
@@ -192,6 +194,9 @@ class Pipeline:
                     setattr(pipe, target, load_mapping(found.path, target, device=device))
                 except (ValueError, FileNotFoundError) as err:
                     pipe.sources.append(f"{target} mapping not used: {err}")
+        if speech == PROCEDURAL:
+            pipe.sources.append("speech: the procedural viseme driver (asked for)")
+            return pipe._log_sources()
         try:
             found = resolve_checkpoint("speech", speech)
             pipe.speech_model = FaceFormer.from_pretrained(found.path, device=device).eval()
@@ -200,9 +205,12 @@ class Pipeline:
             if speech is not None:
                 raise
             pipe.sources.append(f"speech: no checkpoint ({err}); using the procedural viseme driver")
-        for line in pipe.sources:
+        return pipe._log_sources()
+
+    def _log_sources(self) -> "Pipeline":
+        for line in self.sources:
             logger.info(line)
-        return pipe
+        return self
 
     # ---- stages ----
     def speech_input(self, audio=None, text: str | None = None, transcript: str | None = None):
