@@ -1,41 +1,465 @@
-"""blendtalk browser demo (Gradio). The full app lands with the app issue; this page shows the rig."""
+"""blendtalk browser demo (Gradio 6): speech + an emotion -> a talking 3D face.
+
+    python app.py [--port 7860] [--size 256]          # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured
+
+Tab "Animate": speech by upload, microphone or typed text (built-in TTS), an optional transcript,
+an emotion with intensity, an optional second emotion and mix ratio, an optional emotion timeline
+and blinks -> the mp4 with sound, the animated Plotly mesh, the blendshape weight curves and the
+downloads. The same work is the API endpoint `/animate` (gradio_client). Tab "Blendshapes": pose
+the DFM's learned speech or expression blendshapes with sliders.
+
+Files: everything made for a request goes into its own folder under the app's work folder
+(`--workdir`, default a fresh temporary folder removed at exit) and is deleted as soon as Gradio
+has copied the results into its cache; Gradio's cache (uploads and results, inside the work folder
+unless GRADIO_TEMP_DIR is set) is emptied of files older than `--delete-cache AGE` seconds. The
+pipeline is loaded once, at start-up. With the `spaces` package (a ZeroGPU Space) the model and
+rendering work runs inside `@spaces.GPU`.
+"""
+
+from __future__ import annotations
 
 import argparse
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from blendtalk.constants import ASSETS_DIR
+
+logger = logging.getLogger("blendtalk.app")
+
+MAX_AUDIO_SECONDS = 60.0  # s of speech per request: render time and download sizes grow with it
+MAX_UPLOAD = "20mb"  # per uploaded file: a minute of 48 kHz stereo 16-bit wav is 11.5 MB
+MAX_TRANSCRIPT_CHARS = 1000  # about a minute of speech
+VIDEO_SIZES = (128, 256, 384, 512)  # px; CPU render time grows with the square of the size
+FIGURE_FRAMES = 90  # frames in the Plotly animation: about 3.8 MB of JSON for the rig
+SLIDER_PEAK_M = 0.010  # m: a blendshape slider at +-1 moves its most-moved vertex by 10 mm
+QUEUE_SIZE = 16  # requests waiting at most; more are refused with "queue full"
+CONCURRENCY = 2  # animations computed at once
+REQUEST_KEEP_S = 600.0  # s: a request folder left behind (an example run, a crash) is swept after this
+DELETE_CACHE = (300, 900)  # s: every 5 min, Gradio's cached uploads/results older than 15 min are deleted
+EXAMPLES_DIR = ASSETS_DIR / "examples"
+ARCTIC_DIR = ASSETS_DIR / "audio"
+TIMELINE_HINT = "neutral@0 happy@1.5 sad@4.0:0.7"
+NO_MIX = ""  # the second-emotion value that means "no mix"
+
+try:  # a ZeroGPU Space: the GPU is attached only inside functions decorated with spaces.GPU
+    import spaces
+
+    GPU = spaces.GPU(duration=120)
+except ImportError:
+    spaces = None
+
+    def GPU(fn):
+        return fn
 
 
-def build_demo():
+# ---------------------------------------------------------------------------------------------
+# The app's work folder
+
+
+@dataclass
+class Workspace:
+    """The folder this app owns: request folders under requests/, Gradio's cache under gradio/.
+
+    Request folders older than `keep_s` seconds are swept (by `prune`, called for each request and
+    by a background thread), so nothing piles up even when a request dies half-way.
+    """
+
+    root: Path
+    keep_s: float = REQUEST_KEEP_S
+
+    def __post_init__(self):
+        self.root = Path(self.root).resolve()
+        self.requests.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def requests(self) -> Path:
+        return self.root / "requests"
+
+    def new_request(self) -> Path:
+        self.prune()
+        folder = self.requests / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+        return folder
+
+    def prune(self) -> None:
+        now = time.time()
+        for folder in self.requests.iterdir():
+            try:
+                if now - folder.stat().st_mtime > self.keep_s:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except FileNotFoundError:
+                continue  # removed by its own request meanwhile
+
+    def start_sweeper(self, every_s: float, also=None) -> None:
+        """Every `every_s` seconds, prune request folders and call `also()` (if given)."""
+        def sweep():
+            while True:
+                time.sleep(every_s)
+                self.prune()
+                if also is not None:
+                    also()
+
+        threading.Thread(target=sweep, name="blendtalk-sweeper", daemon=True).start()
+
+
+def clear_gradio_cache(demo, age_s: float) -> None:
+    """Delete Gradio's cached files of `demo` older than `age_s` (as `delete_cache` does).
+
+    Gradio's own scheduled deletion iterates sets that request threads add to, so under concurrent
+    requests it can die of "Set changed size during iteration" and never run again; this retries.
+    """
+    from gradio.route_utils import delete_files_created_by_app
+
+    for _ in range(5):
+        try:
+            delete_files_created_by_app(demo, age_s)
+            return
+        except RuntimeError:
+            time.sleep(0.1)
+
+
+def setup_workspace(workdir: str | None) -> Workspace:
+    """The work folder (created; a temporary one, removed at exit, when `workdir` is None) and
+    Gradio's cache folders inside it unless GRADIO_TEMP_DIR / GRADIO_EXAMPLES_CACHE are set. Must
+    run before gradio is imported: it reads GRADIO_TEMP_DIR at import."""
+    if workdir:
+        root = Path(workdir)
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root = Path(tempfile.mkdtemp(prefix="blendtalk-app-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(root.resolve() / "gradio"))
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(root.resolve() / "examples"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no phoning home
+    return Workspace(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline, loaded once
+
+_PIPELINE = None
+_PIPELINE_LOCK = threading.Lock()
+# Pipeline.animate shares one pocketsphinx decoder between calls, which crashes when two requests
+# use it at once ("Failed to start utterance processing"); rendering, the slow part, runs in parallel.
+_ANIMATE_LOCK = threading.Lock()
+
+
+def get_pipeline(dfm: str | None = None, speech: str | None = None, device: str | None = None):
+    """The app's one Pipeline, loaded by the first call (the arguments count only then)."""
+    global _PIPELINE
+    with _PIPELINE_LOCK:
+        if _PIPELINE is None:
+            from blendtalk.pipeline import Pipeline
+
+            _PIPELINE = Pipeline.from_pretrained(dfm=dfm, speech=speech, device=device)
+        return _PIPELINE
+
+
+@GPU
+def animate_and_render(audio, text, transcript, expression: dict, video: Path, size: int, progress=None):
+    """The model and rendering work (on the GPU in a ZeroGPU Space) -> the Animation; writes `video`."""
+    pipe = get_pipeline()
+
+    def stage(start, span):
+        def report(fraction, what):
+            if progress is not None:
+                progress(start + span * fraction, desc=what)
+        return report
+
+    with _ANIMATE_LOCK:
+        anim = pipe.animate(audio, text=text, transcript=transcript, progress=stage(0.02, 0.38), **expression)
+    pipe.save_video(anim, video, size=size, progress=stage(0.4, 0.6))
+    return anim
+
+
+# ---------------------------------------------------------------------------------------------
+# One request
+
+
+@dataclass
+class Request:
+    """A validated request: audio samples (S,) at 16 kHz or text to speak, and the expression."""
+
+    audio: np.ndarray | None
+    text: str | None
+    transcript: str | None
+    expression: dict
+    size: int
+
+
+def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
+                  allowed_dirs) -> Request:
+    """Validate every input before any slow work; raises ValueError with what to change."""
+    from blendtalk.audio import load_audio
+    from blendtalk.emotions import parse_timeline
+    from blendtalk.pipeline import MAX_TEXT_CHARS, Expression
+
+    text = (text or "").strip() or None
+    transcript = (transcript or "").strip() or None
+    timeline = (timeline or "").strip() or None
+    mix_with = (mix_with or "").strip() or None
+    if audio is not None and text is not None:
+        raise ValueError("Give speech audio or text to speak, not both: clear the audio or the text box.")
+    if audio is None and text is None:
+        raise ValueError("No speech: upload or record audio, or type text to speak.")
+    if text is not None and len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"The text to speak has {len(text)} characters; the limit is {MAX_TEXT_CHARS}.")
+    if transcript is not None and len(transcript) > MAX_TRANSCRIPT_CHARS:
+        raise ValueError(f"The transcript has {len(transcript)} characters; the limit is {MAX_TRANSCRIPT_CHARS}.")
+    for name, value in (("intensity", intensity), ("mix ratio", mix_ratio)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"The {name} must be a number, got {value!r}.")
+    if not isinstance(blinks, bool):
+        raise ValueError(f"blinks must be true or false, got {blinks!r}.")
+    if size not in VIDEO_SIZES:
+        raise ValueError(f"The video size must be one of {', '.join(map(str, VIDEO_SIZES))} px, got {size!r}.")
+    Expression(emotion, intensity, mix_with, mix_ratio, timeline, None, blinks)  # emotion names and ranges
+    if timeline is not None:
+        parse_timeline(timeline)
+    samples = None
+    if audio is not None:
+        path = Path(str(audio)).resolve()
+        # Gradio hands us its own upload copies; anything else is not read on a user's behalf.
+        if not any(path.is_relative_to(Path(d).resolve()) for d in allowed_dirs):
+            raise ValueError("The audio must be an uploaded or recorded file.")
+        samples = load_audio(path, max_seconds=MAX_AUDIO_SECONDS)
+    expression = dict(emotion=emotion, intensity=float(intensity), mix_with=mix_with, mix_ratio=float(mix_ratio),
+                      timeline=timeline, blinks=blinks)
+    return Request(samples, text, transcript, expression, int(size))
+
+
+def describe(anim, missing: dict[str, str]) -> str:
+    """The status line under the outputs: what was made, how, and how long each stage took."""
+    meta = anim.meta
+    timings = " · ".join(f"{k} {v:.2f} s" for k, v in meta.get("timings", {}).items())
+    lines = [f"**{anim.duration:.2f} s**, {anim.num_frames} frames · expression: {meta['expression']} · "
+             f"speech driver: {meta['speech_driver']} · fusion: {meta['method']} · phones: {meta.get('phones', '?')}",
+             f"timings: {timings}"]
+    lines += [f"no {fmt} download: {why}" for fmt, why in missing.items()]
+    return "\n\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def plotly_js_path() -> Path:
+    """plotly.js as shipped in the plotly package (the version its figures are written for)."""
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tuple[int, int] = DELETE_CACHE):
+    """The Gradio Blocks of the app (the pipeline must load: `get_pipeline`)."""
     import gradio as gr
-    import numpy as np
 
-    from blendtalk.render import Renderer, RenderConfig
-    from blendtalk.rig import load_rig
+    from blendtalk.emotions import EMOTIONS, MAX_INTENSITY
+    from blendtalk.exports import export_all, unavailable
+    from blendtalk.viz import animation_figure, figure_html, mesh_figure, rig_look, weights_figure
 
-    rig = load_rig()
-    renderer = Renderer.for_rig(rig, RenderConfig(size=384))
+    pipe = get_pipeline()
+    look = rig_look(pipe.rig)
+    plotly_js = plotly_js_path()
+    # Served by this app (launch's allowed_paths) so the figure works offline; the srcdoc iframe
+    # resolves a relative URL against the page, which also holds behind a proxy's root path.
+    plotly_url = f"gradio_api/file={plotly_js}"
+    allowed_dirs = [os.environ["GRADIO_TEMP_DIR"], str(EXAMPLES_DIR), str(ARCTIC_DIR)]
 
-    def show(jaw: float, smile: float, brows: float) -> np.ndarray:
-        w = rig.weights({"jawOpen": jaw, "mouthSmileLeft": smile, "mouthSmileRight": smile, "browInnerUp": brows})
-        return renderer(rig(w))
+    def steps(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
+              folder: Path, progress=None):
+        """Yield the outputs (video, mesh html, weights figure, downloads, status) as they become ready."""
+        try:
+            req = check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline,
+                                blinks, size, allowed_dirs)
+        except ValueError as err:  # AudioError included
+            raise gr.Error(str(err), title="Please check the input", print_exception=False) from None
+        stem = f"blendtalk_{req.expression['emotion']}"
+        video = folder / f"{stem}.mp4"
+        try:
+            anim = animate_and_render(req.audio, req.text, req.transcript, req.expression, video, req.size, progress)
+        except ValueError as err:  # e.g. text the TTS cannot speak
+            raise gr.Error(str(err), title="Please check the input", print_exception=False) from None
+        yield str(video), "", None, None, describe(anim, {}) + "\n\nbuilding the 3D view and downloads…"
+        # No progress() from here on: Gradio would lay its progress overlay over the playable video.
+        html = figure_html(animation_figure(anim, rig=look, max_frames=FIGURE_FRAMES), include_plotlyjs=plotly_url)
+        curves = weights_figure(anim)
+        missing = unavailable(anim)
+        written = export_all(anim, folder / "downloads", stem=stem, template=pipe.rig.vertices)
+        files = [str(video)] + [str(p) for p in written.values()]
+        yield str(video), html, curves, files, describe(anim, missing)
 
-    with gr.Blocks(title="blendtalk") as demo:
-        gr.Markdown("# blendtalk\nEmotional 3D talking faces. This preview poses the embedded CC0 face rig.")
-        with gr.Row():
-            with gr.Column():
-                jaw = gr.Slider(0, 1, 0.0, label="jawOpen")
-                smile = gr.Slider(0, 1, 0.0, label="mouthSmile")
-                brows = gr.Slider(0, 1, 0.0, label="browInnerUp")
-            image = gr.Image(label="face", value=show(0, 0, 0))
-        for s in (jaw, smile, brows):
-            s.change(show, [jaw, smile, brows], image)
+    def generate(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
+                 progress=gr.Progress()):
+        """Speech (an audio file, or text to speak) + an emotion -> (mp4 with sound, animated mesh as
+        HTML, blendshape weight curves, downloads, status). Audio at most 60 s; emotion one of
+        neutral, happy, sad, angry, surprised, fearful, disgusted, contempt; intensity 0..1.5;
+        mix_with "" or a second emotion, mix_ratio 0..1; timeline e.g. 'neutral@0 happy@1.5 sad@4.0:0.7'."""
+        folder = workspace.new_request()
+        try:
+            yield from steps(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks,
+                             size, folder, progress)
+        except gr.Error:
+            raise
+        except Exception:
+            logger.exception("request failed")
+            raise gr.Error("Something went wrong while animating; the details are in the server log. "
+                           "Try again, or with other input.") from None
+        finally:
+            # Runs when Gradio asks for the next value after the last one, i.e. after it copied the
+            # files into its cache (or when the request is cancelled): the folder is no longer needed.
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def run_example(audio, text, transcript, emotion, intensity):
+        # Example caching consumes every value before copying the files, so the folder stays for the sweeper.
+        out = None
+        for out in steps(audio, text, transcript, emotion, intensity, NO_MIX, 0.5, "", True, default_size,
+                         workspace.new_request()):
+            pass
+        return out
+
+    # ---- the blendshape explorer ----
+    dfm = pipe.dfm
+    bases = {"speech": dfm.speech_blendshapes.detach().float().cpu().numpy(),  # (K_s, V, 3) m per unit weight
+             "expression": dfm.expression_blendshapes.detach().float().cpu().numpy()}  # (K_e, V, 3)
+    scales = {kind: SLIDER_PEAK_M / np.maximum(np.linalg.norm(b, axis=-1).max(axis=1), 1e-12)
+              for kind, b in bases.items()}  # (K,) weight per slider unit
+    num_sliders = max(len(b) for b in bases.values())
+    template = pipe.rig.vertices.astype(np.float32)
+
+    def pose(kind, *values):
+        if kind not in bases:
+            raise gr.Error(f"Choose speech or expression blendshapes, got {kind!r}.")
+        k = len(bases[kind])
+        w = np.clip(np.asarray(values[:k], dtype=np.float32), -1, 1) * scales[kind]  # (K,)
+        verts = template + np.tensordot(w, bases[kind], axes=1)  # (V, 3)
+        return mesh_figure(verts, pipe.rig.triangles, rig=look, height=520)
+
+    def choose(kind):
+        k = len(bases[kind])
+        sliders = [gr.Slider(value=0.0, visible=i < k, label=f"{kind[0]}{i}") for i in range(num_sliders)]
+        return [pose(kind, *([0.0] * num_sliders)), *sliders]
+
+    with gr.Blocks(title="blendtalk", delete_cache=tuple(delete_cache), analytics_enabled=False) as demo:
+        gr.Markdown("# blendtalk\nEmotional 3D talking faces: speech and an emotion in, an animated face out.")
+        with gr.Accordion("Models in use", open=False):
+            gr.Markdown("\n".join(f"* {line}" for line in pipe.sources) + f"\n* device: {pipe.device}")
+        with gr.Tab("Animate"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                                     label=f"Speech (upload or record, at most {MAX_AUDIO_SECONDS:g} s)",
+                                     elem_id="speech")
+                    text = gr.Textbox(label="…or text to speak (built-in TTS)", lines=2, max_length=600,
+                                      placeholder="Type a sentence; leave empty when you give audio.", elem_id="text")
+                    transcript = gr.Textbox(label="Transcript (optional): the words of the audio, for better lip sync",
+                                            max_length=MAX_TRANSCRIPT_CHARS, elem_id="transcript")
+                    with gr.Row():
+                        emotion = gr.Dropdown(list(EMOTIONS), value="happy", label="Emotion", elem_id="emotion")
+                        intensity = gr.Slider(0, MAX_INTENSITY, 0.8, step=0.05, label="Intensity", info="above 1 exaggerates",
+                                              elem_id="intensity")
+                    with gr.Accordion("More: mix, timeline, blinks, video size", open=False):
+                        with gr.Row():
+                            mix_with = gr.Dropdown([("none", NO_MIX), *[(e, e) for e in EMOTIONS]], value=NO_MIX,
+                                                   label="Second emotion (optional)")
+                            mix_ratio = gr.Slider(0, 1, 0.5, step=0.05, label="Share of the second emotion")
+                        timeline = gr.Textbox(label="Emotion timeline (optional; overrides the emotions above)",
+                                              placeholder=TIMELINE_HINT, info="NAME@SECONDS[:INTENSITY], e.g. " + TIMELINE_HINT)
+                        with gr.Row():
+                            blinks = gr.Checkbox(True, label="Natural blinks")
+                            size = gr.Dropdown(list(VIDEO_SIZES), value=default_size, label="Video size (px)")
+                    button = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Column(scale=3):
+                    video = gr.Video(label="Talking face (mp4 with sound)", elem_id="video", autoplay=False)
+                    status = gr.Markdown(elem_id="status")
+            mesh = gr.HTML(label="Interactive 3D face (drag to turn, ▶ to play)", elem_id="mesh",
+                           js_on_load=None, min_height=100)
+            curves = gr.Plot(label="Blendshape weights over time", elem_id="curves")
+            files = gr.File(label="Downloads: mp4, vertices .npy, OBJ sequence .zip, glTF .glb, ARKit CSV/JSON, FLAME",
+                            file_count="multiple", interactive=False, elem_id="downloads")
+            inputs = [audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size]
+            outputs = [video, mesh, curves, files, status]
+            button.click(generate, inputs, outputs, api_name="animate", api_visibility="public")
+            gr.Examples(
+                [[str(EXAMPLES_DIR / "tts_surprised.wav"), "", (EXAMPLES_DIR / "tts_surprised.txt").read_text().strip(),
+                  "surprised", 0.9],
+                 [str(ARCTIC_DIR / "arctic_a0009.wav"), "", (ARCTIC_DIR / "arctic_a0009.txt").read_text().strip(),
+                  "angry", 0.8],
+                 [str(EXAMPLES_DIR / "tts_sad.wav"), "", (EXAMPLES_DIR / "tts_sad.txt").read_text().strip(), "sad", 1.0],
+                 [None, "What a lovely surprise to see you here!", "", "happy", 1.0]],
+                inputs=[audio, text, transcript, emotion, intensity], outputs=outputs, fn=run_example,
+                cache_examples=True, cache_mode="lazy", label="Examples (computed on first use, then cached)",
+            )
+        with gr.Tab("Blendshapes"):
+            gr.Markdown("The DFM's learned blendshapes on the face rig: speech ones move the mouth, expression ones "
+                        f"the rest. A slider at ±1 moves its blendshape's most-moved vertex by {SLIDER_PEAK_M * 1000:g} mm.")
+            with gr.Row():
+                with gr.Column(scale=2):
+                    kind = gr.Radio(list(bases), value="speech", label="Blendshapes")
+                    reset = gr.Button("Reset")
+                    sliders = []
+                    for row in range(0, num_sliders, 4):
+                        with gr.Row():
+                            for i in range(row, min(row + 4, num_sliders)):
+                                sliders.append(gr.Slider(-1, 1, 0.0, step=0.05, label=f"s{i}", min_width=80,
+                                                         visible=i < len(bases["speech"])))
+                with gr.Column(scale=3):
+                    face = gr.Plot(pose("speech", *([0.0] * num_sliders)), label="Face", elem_id="face")
+            explore = dict(api_visibility="private", show_progress="hidden", concurrency_id="explore",
+                           concurrency_limit=4, trigger_mode="always_last")
+            for slider in sliders:
+                slider.change(pose, [kind, *sliders], face, **explore)
+            kind.change(choose, kind, [face, *sliders], **explore)
+            reset.click(choose, kind, [face, *sliders], **explore)
     return demo
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (GRADIO_SERVER_NAME)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                        help="port (GRADIO_SERVER_PORT)")
+    parser.add_argument("--size", type=int, choices=VIDEO_SIZES, help="default video size in px (default: 512 on a GPU, else 256)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dfm", help="DFM checkpoint folder or Hub id (default: BLENDTALK_DFM, then shipped)")
+    parser.add_argument("--speech-model", help="speech checkpoint folder or Hub id (default: BLENDTALK_SPEECH, then shipped)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: CPU cores / concurrent requests)")
+    parser.add_argument("--workdir", default=os.environ.get("BLENDTALK_APP_DIR"),
+                        help="the app's work folder (BLENDTALK_APP_DIR; default: a temporary folder removed at exit)")
+    parser.add_argument("--delete-cache", type=int, nargs=2, default=DELETE_CACHE, metavar=("EVERY", "AGE"),
+                        help="every EVERY s, delete Gradio's cached uploads/results older than AGE s")
+    parser.add_argument("--keep-requests", type=float, default=REQUEST_KEEP_S,
+                        help="s after which a left-over request folder is swept")
     args = parser.parse_args(argv)
-    build_demo().launch(server_name=args.host, server_port=args.port)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    workspace = setup_workspace(args.workdir)  # before gradio is imported
+    workspace.keep_s = args.keep_requests
+    import torch
+
+    # Each request gets an equal share of the cores: oversubscribed OpenMP threads spin and slow
+    # everything down many times over (measured: 2 threads per request on 2 busy cores, 10x slower).
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // CONCURRENCY))
+    pipe = get_pipeline(args.dfm, args.speech_model, args.device)
+    size = args.size or (512 if pipe.device.type == "cuda" else 256)
+    every, age = args.delete_cache
+    demo = build_demo(workspace, default_size=size, delete_cache=(every, age))
+    workspace.start_sweeper(every, also=lambda: clear_gradio_cache(demo, age))
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, ssr_mode=False,
+                allowed_paths=[str(plotly_js_path())], footer_links=["api", "gradio", "settings"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,241 @@
+"""The Gradio app end to end: launched as `python app.py` on a free port, driven with gradio_client.
+
+The server runs with 128 px video and a short cache age so that the suite stays fast and the
+clean-up can be watched. Input checks are also tested in-process (no server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import app  # noqa: E402  (the repo root holds app.py)
+
+WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
+CACHE_AGE_S = 8  # s, the test server's Gradio cache age; an upload must outlive its queue wait
+STARTUP_S = 180  # s the server may take to load the pipeline on a busy machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def launch_app(workdir: Path, *extra: str):
+    """Run `python app.py` on a free port with its work folder in `workdir`; yield (url, workdir)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADIO_")}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    log = open(workdir / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--workdir", str(workdir / "app"), "--size", "128",
+         "--delete-cache", "1", str(CACHE_AGE_S), *extra],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        end = time.monotonic() + STARTUP_S
+        while True:
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"app did not start:\n{(workdir / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url, workdir / "app"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with launch_app(tmp_path_factory.mktemp("app")) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server, tmp_path):
+    from gradio_client import Client
+
+    return Client(server[0], verbose=False, download_files=str(tmp_path / "downloads"))
+
+
+def animate(client, audio=None, text="", transcript="", emotion="happy", intensity=0.8, mix_with="", mix_ratio=0.5,
+            timeline="", blinks=True, size=128):
+    from gradio_client import handle_file
+
+    audio = handle_file(str(audio)) if audio is not None else None
+    return client.predict(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
+                          api_name="/animate")
+
+
+def clip(path: Path, seconds: float, start: float = 0.0) -> Path:
+    audio, sr = sf.read(str(WAV), dtype="float32")
+    sf.write(str(path), audio[int(start * sr): int((start + seconds) * sr)], sr)
+    return path
+
+
+def files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end
+
+
+def test_animate_endpoint(client):
+    from blendtalk.video import probe
+
+    video, html, curves, files, status = animate(client, WAV, transcript=(ASSETS_DIR / "audio" / "arctic_a0009.txt").read_text())
+    info = probe(video)
+    seconds = sf.info(str(WAV)).duration
+    assert info["video"]["width"] == 128 and info["video"]["codec"] == "h264"
+    assert info["audio"] is not None and info["audio"]["codec"] == "aac"
+    assert abs(info["audio"]["duration"] - seconds) < 0.05 and abs(info["video"]["duration"] - seconds) < 0.1
+    # The animated mesh: an iframe whose figure has frames and loads plotly.js from this app.
+    assert html.startswith("<iframe") and "gradio_api/file=" in html and "plotly.min.js" in html
+    assert html.count("&quot;name&quot;:&quot;") >= 60  # the named animation frames
+    assert curves["type"] == "plotly" and '"speech"' in curves["plot"]
+    suffixes = sorted(Path(f).name.split("blendtalk_happy")[1] for f in files)
+    assert suffixes == [".glb", ".mp4", ".npy", "_arkit.csv", "_arkit.json", "_obj.zip"]
+    vertices = np.load(next(f for f in files if f.endswith(".npy")))
+    assert vertices.shape == (93, 4278, 3) and np.isfinite(vertices).all()
+    assert "happy x0.8" in status and "no flame download" in status
+
+
+def test_typed_text_mix_and_timeline(client):
+    from blendtalk.video import probe
+
+    video, _, _, files, status = animate(client, text="Hello there, nice to meet you.", emotion="sad", mix_with="angry",
+                                         mix_ratio=0.3, blinks=False)
+    assert probe(video)["audio"] is not None and "sad + angry (0.3)" in status
+    _, _, _, _, status = animate(client, text="One two three four.", timeline="neutral@0 happy@0.5:0.9")
+    assert "timeline 'neutral@0 happy@0.5:0.9'" in status
+
+
+def test_bad_inputs_give_clear_errors_and_the_app_keeps_serving(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    silent = tmp_path / "silent.wav"
+    sf.write(str(silent), np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    long = tmp_path / "long.wav"
+    sf.write(str(long), np.random.default_rng(0).uniform(-0.3, 0.3, 61 * SAMPLE_RATE).astype(np.float32), SAMPLE_RATE,
+             subtype="PCM_16")
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt " + os.urandom(300))
+    wrong = tmp_path / "notes.txt"
+    wrong.write_text("not audio")
+    cases = [
+        (dict(), "No speech"),
+        (dict(audio=silent), "silent"),
+        (dict(audio=long), "at most 60 s"),
+        (dict(audio=corrupt), "Could not read corrupt.wav"),
+        (dict(audio=wrong), "Unsupported audio format"),
+        (dict(audio=WAV, text="both"), "not both"),
+        (dict(text="word " * 200), "limit is 600"),
+        (dict(text="hi", timeline="happy@x"), "bad number in timeline"),
+        (dict(text="hi", timeline="happy@2 sad@1"), "times must increase"),
+        (dict(text="hi", emotion="joyful"), "joyful"),
+        (dict(text="hi", mix_with="bored"), "bored"),
+        (dict(text="hi", intensity=3.0), "greater than maximum value 1.5"),
+        (dict(text="hi", size=999), "999"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(AppError, match=message):
+            animate(client, **kwargs)
+    # A path on the server that was not uploaded is refused by Gradio before the app sees it.
+    with pytest.raises(Exception):
+        client.predict({"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "", "", "happy", 0.8, "", 0.5,
+                       "", True, 128, api_name="/animate")
+    video, *_ = animate(client, clip(tmp_path / "ok.wav", 1.0))
+    assert Path(video).stat().st_size > 1000
+
+
+def test_upload_size_limit(server, client, tmp_path):
+    big = tmp_path / "big.wav"
+    sf.write(str(big), np.random.default_rng(1).uniform(-0.3, 0.3, (120 * 48_000, 2)).astype(np.float32), 48_000,
+             subtype="PCM_16")  # 23 MB, over the 20 MB limit
+    with pytest.raises(Exception, match="(?i)size|large|413"):
+        animate(client, big)
+    assert httpx.get(server[0], timeout=10).status_code == 200
+
+
+def test_concurrent_requests_are_queued_and_leave_no_files(server, client, tmp_path):
+    from blendtalk.video import probe
+
+    url, workdir = server
+    emotions = ["happy", "sad", "angry", "surprised", "fearful", "disgusted", "contempt", "neutral"]
+    # Typed text, not uploads: with the short cache age an upload could expire while it waits in the queue.
+    t0 = time.perf_counter()
+    jobs = [client.submit(None, "Nice to see you.", "", e, 0.8, "", 0.5, "", True, 128, api_name="/animate")
+            for e in emotions]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: job.result(timeout=300), jobs))
+    print(f"\n8 concurrent requests: {time.perf_counter() - t0:.1f} s")
+    for emotion, (video, html, curves, files, status) in zip(emotions, results):
+        assert probe(video)["audio"] is not None and f"{emotion} x0.8" in status and len(files) == 6
+    # Request folders are deleted once Gradio has copied the results...
+    assert list((workdir / "requests").iterdir()) == []
+    # ...and Gradio's copies (uploads and results) go after CACHE_AGE_S.
+    cache = workdir / "gradio"
+    assert len(files_under(cache)) >= 8
+    end = time.monotonic() + CACHE_AGE_S + 20
+    while files_under(cache) and time.monotonic() < end:
+        time.sleep(1)
+    left = [p for p in files_under(cache) if "example" not in str(p)]
+    assert left == [], left
+
+
+# ---------------------------------------------------------------------------------------------
+# in-process checks
+
+
+def test_check_request_validates_before_any_work(tmp_path):
+    ok = dict(audio=None, text="hello", transcript="", emotion="happy", intensity=0.8, mix_with="", mix_ratio=0.5,
+              timeline="", blinks=True, size=128, allowed_dirs=[tmp_path])
+    req = app.check_request(**ok)
+    assert req.text == "hello" and req.audio is None and req.expression["mix_with"] is None
+    outside = tmp_path.parent / "elsewhere.wav"
+    clip(outside, 1.0)
+    with pytest.raises(ValueError, match="uploaded or recorded"):
+        app.check_request(**{**ok, "text": "", "audio": str(outside)})
+    inside = clip(tmp_path / "in.wav", 1.0)
+    req = app.check_request(**{**ok, "text": "", "audio": str(inside)})
+    assert req.audio.dtype == np.float32 and len(req.audio) == SAMPLE_RATE
+    for bad, message in [({"intensity": "1"}, "must be a number"), ({"blinks": "yes"}, "true or false"),
+                         ({"transcript": "x" * 1001}, "transcript"), ({"mix_with": "sad", "mix_ratio": 1.5}, "mix_ratio")]:
+        with pytest.raises(ValueError, match=message):
+            app.check_request(**{**ok, **bad})
+
+
+def test_workspace_sweeps_old_request_folders(tmp_path):
+    space = app.Workspace(tmp_path / "work", keep_s=60)
+    old, new = space.new_request(), space.new_request()
+    (old / "video.mp4").write_bytes(b"x")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    space.prune()
+    assert not old.exists() and new.exists()

@@ -1,0 +1,206 @@
+"""The app in a real browser: headless Chromium driven through chromedriver's W3C WebDriver API.
+
+Speaks WebDriver over HTTP with httpx (already a gradio dependency), so no selenium/playwright is
+needed. Skipped when /usr/bin/chromium or /usr/bin/chromedriver is missing
+(`apt-get install chromium chromium-driver`). Opens the page, uploads a wav, chooses an emotion,
+clicks Generate, and checks that the <video> plays with the audio's duration and that the Plotly
+face rendered inside its iframe; the screenshot is saved under tmp_path and its path printed.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import soundfile as sf
+
+from blendtalk.constants import ASSETS_DIR
+from tests.test_app import launch_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run", "--window-size=1280,2200",
+                "--autoplay-policy=no-user-gesture-required",
+                "--enable-unsafe-swiftshader"]  # software WebGL for Plotly's 3D mesh without a GPU
+WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
+ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
+KEY_ENTER, KEY_BACKSPACE = "\ue007", "\ue003"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                       reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)"),
+]
+
+
+class WebDriver:
+    """The few W3C WebDriver commands the test needs, over HTTP."""
+
+    def __init__(self, url: str):
+        self.http = httpx.Client(base_url=url, timeout=120)
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": str(CHROMIUM), "args": CHROME_FLAGS}}}}
+        self.session = self._call("POST", "/session", caps)["sessionId"]
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        r = self.http.request(method, path, json=body)
+        value = r.json().get("value")
+        if r.status_code != 200:
+            raise RuntimeError(f"WebDriver {method} {path}: {value}")
+        return value
+
+    def cmd(self, method: str, path: str, body: dict | None = None):
+        return self._call(method, f"/session/{self.session}{path}", body)
+
+    def get(self, url: str) -> None:
+        self.cmd("POST", "/url", {"url": url})
+
+    def find(self, css: str) -> str:
+        return self.cmd("POST", "/element", {"using": "css selector", "value": css})[ELEMENT]
+
+    def wait_for(self, css: str, timeout: float = 60) -> str:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                return self.find(css)
+            except RuntimeError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.2)
+
+    def type(self, element: str, text: str) -> None:
+        self.cmd("POST", f"/element/{element}/value", {"text": text})
+
+    def click(self, element: str) -> None:
+        self.cmd("POST", f"/element/{element}/click", {})
+
+    def js(self, script: str, *elements: str):
+        """Run `script` with `elements` (ids from `find`) as arguments[0], ..."""
+        return self.cmd("POST", "/execute/sync", {"script": script, "args": [{ELEMENT: e} for e in elements]})
+
+    def js_async(self, script: str):
+        return self.cmd("POST", "/execute/async", {"script": script, "args": []})
+
+    def frame(self, element: str | None) -> None:
+        self.cmd("POST", "/frame", {"id": None if element is None else {ELEMENT: element}})
+
+    def screenshot(self, path: Path) -> Path:
+        path.write_bytes(base64.b64decode(self.cmd("GET", "/screenshot")))
+        return path
+
+    def quit(self) -> None:
+        try:
+            self.cmd("DELETE", "")
+        finally:
+            self.http.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    port = _free_port()
+    proc = subprocess.Popen([str(CHROMEDRIVER), f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{url}/status", timeout=1).json()["value"]["ready"]:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        driver = WebDriver(url)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    # The page keeps fetching the video while it plays: results must outlive the test's steps.
+    with launch_app(tmp_path_factory.mktemp("browser_app"), "--delete-cache", "60", "600") as (url, _):
+        yield url
+
+
+def generate_in_browser(browser: WebDriver, url: str, wav: Path, emotion: str) -> dict:
+    """Open the page, upload `wav`, choose `emotion`, click Generate; wait until the video can play.
+
+    Returns {'page_load_s', 'click_to_video_s'}: DOMContentLoaded + the Generate button shown, and
+    the click until the <video> has its data (readyState >= 3).
+    """
+    t0 = time.perf_counter()
+    browser.get(url)
+    button = browser.wait_for("#generate")
+    page_load = time.perf_counter() - t0
+    # Gradio's upload area holds a hidden <input type=file>; WebDriver sends it the file path.
+    upload = browser.wait_for("#speech input[type=file]")
+    browser.type(upload, str(wav))
+    browser.wait_for("#speech audio, #speech .waveform-container, #speech button[aria-label='Clear']", timeout=30)
+    choice = browser.find("#emotion input")
+    browser.click(choice)
+    browser.type(choice, KEY_BACKSPACE * 12 + emotion + KEY_ENTER)
+    assert browser.js("return arguments[0].value", choice) == emotion
+    t1 = time.perf_counter()
+    browser.click(button)
+    ready = None
+    while time.perf_counter() - t1 < 180:
+        ready = browser.js("const v = document.querySelector('#video video');"
+                           "return v ? [v.readyState, v.duration, v.currentSrc] : null;")
+        if ready and ready[0] >= 3:
+            break
+        time.sleep(0.1)
+    assert ready and ready[0] >= 3, f"the video never became playable: {ready}"
+    return {"page_load_s": page_load, "click_to_video_s": time.perf_counter() - t1}
+
+
+def test_generate_in_browser(browser, app_url, tmp_path):
+    times = generate_in_browser(browser, app_url, WAV, "sad")
+    print(f"\npage load {times['page_load_s']:.2f} s, click -> playable video {times['click_to_video_s']:.2f} s")
+    seconds = sf.info(str(WAV)).duration
+
+    duration = browser.js("return document.querySelector('#video video').duration")
+    assert abs(duration - seconds) < 0.15, (duration, seconds)
+    played = browser.js_async(
+        "const [v, done] = [document.querySelector('#video video'), arguments[arguments.length - 1]];"
+        "v.muted = true; v.play().then(() => setTimeout(() => done([v.currentTime, v.paused, v.error]), 800),"
+        " (e) => done(['play failed: ' + e]));")
+    assert isinstance(played[0], float) and played[0] > 0.2 and played[2] is None, played
+
+    # The animated face: the iframe from figure_html, with plotly.js served by the app itself.
+    iframe = browser.wait_for("#mesh iframe", timeout=60)
+    browser.js("arguments[0].scrollIntoView()", iframe)
+    browser.frame(iframe)
+    try:
+        plot = browser.wait_for(".js-plotly-plot", timeout=30)
+        info = browser.js("const p = arguments[0]; return [typeof Plotly, (p._transitionData || {})._frames ?"
+                          " p._transitionData._frames.length : 0, p.querySelectorAll('canvas').length];", plot)
+    finally:
+        browser.frame(None)
+    assert info[0] == "object", "plotly.js did not load in the iframe"
+    assert info[1] > 10, f"the figure has no animation frames: {info}"
+    assert info[2] >= 1, f"no WebGL canvas in the plot: {info}"
+    curves = browser.wait_for("#curves .js-plotly-plot", timeout=30)
+    assert curves
+    downloads = browser.js("return document.querySelectorAll('#downloads a').length")
+    assert downloads >= 5, downloads
+    status = browser.js("return document.querySelector('#status').innerText")
+    assert "sad" in status, status
+
+    shot = browser.screenshot(tmp_path / "app.png")
+    print(f"screenshot: {shot}")
+    assert shot.stat().st_size > 10_000
