@@ -187,7 +187,8 @@ def _scene_layout(scene: _Scene, height: int, title: str | None) -> dict[str, An
             zaxis=dict(axis, range=scene.ranges[2]),
             aspectmode="data",
             bgcolor=background,
-            dragmode="turntable",
+            # Not "turntable": plotly.js's turntable keeps +z up and shows this y-up face upside down.
+            dragmode="orbit",
             camera=dict(
                 eye=dict(zip("xyz", CAMERA_EYE)), up=dict(x=0, y=1, z=0), center=dict(x=0, y=0, z=0),
                 projection=dict(type="perspective"),
