@@ -9,6 +9,8 @@ VOCASET (FLAME) the 'lips' and 'forehead' + 'eye_region' regions of FLAME_masks.
 * fdd_codetalker_mm2: CodeTalker's variant: std over time of the squared displacement norm, mean
   over upper-face vertices, truth minus prediction (signed: > 0 = too little motion), mm^2.
 * mve_mm: mean vertex L2 error over the whole mesh, mm.
+* bilabial_closure (rig only): share of /p b m/ phones where the lips close below 1 mm
+  (blendtalk.lipsync), each style's prediction counted.
 """
 
 from __future__ import annotations
@@ -64,26 +66,49 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     for k in ("fdd_mm", "fdd_codetalker_mm2"):
         if k in rows[0]:
             out[k] = float(np.mean([r[k] for r in rows]))
+    if "bilabials" in rows[0]:
+        count = sum(r["bilabials"] for r in rows)
+        out["bilabial_closure"] = sum(r["bilabials_closed"] for r in rows) / count if count else float("nan")
     return out
 
 
+def closure_counts(pred: torch.Tensor, rig, phones) -> dict[str, float]:
+    """Bilabials (counted once per prediction) and how many close: pred (B, T, V, 3) displacements on `rig`."""
+    from .lipsync import bilabial_closure
+
+    gap = rig.lip_gap(pred.double().cpu().numpy() + rig.vertices)  # (B, T)
+    rows = [bilabial_closure(g, phones) for g in gap]
+    count = sum(r["bilabials"] for r in rows)
+    return {"bilabials": count, "bilabials_closed": sum(r["bilabial_closure"] * r["bilabials"] for r in rows if r["bilabials"])}
+
+
 @torch.no_grad()
-def evaluate_driver(drive, data, masks: dict | None, sources=("aligned",),
-                    max_sequences: int | None = None) -> dict[str, dict]:
+def evaluate_driver(drive, data, masks: dict | None, sources=("aligned",), max_sequences: int | None = None,
+                    rig=None) -> dict[str, dict]:
     """Metrics of any speech driver per phone source: drive(n, source) -> (B, T, V, 3) displacements
-    of sequence n (B predictions, e.g. one per style, are averaged); see motion_metrics and summarise."""
+    of sequence n (B predictions, e.g. one per style, are averaged); see motion_metrics and summarise.
+
+    rig: on the rig's topology, also `bilabial_closure` (blendtalk.lipsync, 1 mm), judged at the
+    reference phones: the synthetic corpus's exact ones, else the aligned ones.
+    """
+    reference = data.phones.get("exact", data.phones.get("aligned"))
+    if rig is None or reference is None or data.motion.shape[1] != rig.num_vertices:
+        reference = None
     report = {}
     for source in sources:
         rows = []
         for n in range(min(len(data), max_sequences or len(data))):
             target = data.motion[data.rows(n)][None]  # (1, T, V, 3)
-            rows.append(motion_metrics(drive(n, source).to(target), target, masks))
+            pred = drive(n, source).to(target)
+            rows.append(motion_metrics(pred, target, masks))
+            if reference is not None:
+                rows[-1] |= closure_counts(pred, rig, reference[n])
         report[source] = summarise(rows)
     return report
 
 
 def evaluate_model(model: FaceFormer, data, masks: dict | None, sources=("aligned",),
-                   styles: str = "mean", max_sequences: int | None = None) -> dict[str, dict]:
+                   styles: str = "mean", max_sequences: int | None = None, rig=None) -> dict[str, dict]:
     """Autoregressive generation on whole sequences; metrics per phone source (or 'audio' for wav2vec2).
 
     styles: "mean" conditions on the uniform mixture of the training styles (one pass); "all"
@@ -104,7 +129,7 @@ def evaluate_model(model: FaceFormer, data, masks: dict | None, sources=("aligne
             x = data.phonetic(torch.arange(r.start, r.stop, device=data.motion.device), source)[None]
         return model.generate(x.expand(speaker.shape[0], *x.shape[1:]), t, speaker)  # (B, T, V, 3)
 
-    return evaluate_driver(drive, data, masks, sources, max_sequences)
+    return evaluate_driver(drive, data, masks, sources, max_sequences, rig)
 
 
 def evaluate_procedural(data, rig, masks: dict | None, sources=("aligned",),
@@ -119,4 +144,4 @@ def evaluate_procedural(data, rig, masks: dict | None, sources=("aligned",),
     def drive(n: int, source: str) -> torch.Tensor:
         return torch.from_numpy(driver(data.phones[source][n], int(data.lengths[n]))[1])[None]
 
-    return evaluate_driver(drive, data, masks, [s for s in sources if s in data.phones], max_sequences)
+    return evaluate_driver(drive, data, masks, [s for s in sources if s in data.phones], max_sequences, rig)

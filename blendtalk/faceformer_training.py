@@ -43,6 +43,7 @@ from .data.vocaset import read_vocaset
 from .models.faceformer import FaceFormer, FaceFormerConfig, build_faceformer
 from .models.audio_encoders import AudioEncoderConfig
 from .phonetics import ARPABET, Phone
+from .rig import load_rig
 from .faceformer_eval import evaluate_model, region_masks
 from .speech_input import PHONE_SOURCES, FeatureCache
 
@@ -69,6 +70,7 @@ class FaceFormerTrainConfig:
     self_feed: float = 0.5  # share of steps fed their own predictions as previous motion (module doc)
     lip_weight: float = 1.0  # loss weight of lip vertices (1 elsewhere); FaceFormer's plain MSE is 1
     lambda_velocity: float = 0.0  # MSE of frame-to-frame differences; > 0 discourages jitter
+    lambda_lip_gap: float = 0.0  # L1 on the lip-seam gap (rig.lip_pairs): a median, not a mean, so lips close (rig only)
     motion_scale: float = 1e-3  # m per model unit (FaceFormerConfig.motion_scale): the network works in mm
     epochs: float = 200.0  # an epoch draws as many windows as there are training sequences
     max_minutes: float | None = None  # stop (and save) after this wall time, whatever the epoch
@@ -270,16 +272,26 @@ def sample_batch(data: SequenceData, config: FaceFormerTrainConfig, rng: np.rand
 
 
 def faceformer_loss(pred: torch.Tensor, target: torch.Tensor, vertex_weight: torch.Tensor, scale: float,
-                    lambda_velocity: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """Weighted vertex MSE (+ velocity MSE) in model units: pred, target (B, T, V, 3), vertex_weight (V,)."""
+                    lambda_velocity: float = 0.0, lip_pairs: torch.Tensor | None = None,
+                    lambda_lip_gap: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Weighted vertex MSE (+ velocity MSE, + lip-gap L1) in model units.
+
+    pred, target (B, T, V, 3); vertex_weight (V,); lip_pairs (P, 2) [upper, lower] lip-seam vertices.
+    The lip-gap term is an L1 on upper-minus-lower height per pair: under timing uncertainty MSE
+    predicts half-closed lips (the mean of closed and open), L1 the more likely of the two.
+    """
     if pred.shape != target.shape or pred.ndim != 4:
         raise ValueError(f"pred and target must both be (B, T, V, 3), got {tuple(pred.shape)} and {tuple(target.shape)}")
     w = vertex_weight / vertex_weight.mean()
     err = (pred - target) / scale
     rec = (err.pow(2).sum(-1) * w).mean()
-    vel = (err[:, 1:] - err[:, :-1]).pow(2).sum(-1).mul(w).mean() if lambda_velocity and pred.shape[1] > 1 else err.new_zeros(())
-    total = rec + lambda_velocity * vel
-    return total, {"total": total.item(), "rec": rec.item(), "velocity": vel.item()}
+    zero = err.new_zeros(())
+    vel = (err[:, 1:] - err[:, :-1]).pow(2).sum(-1).mul(w).mean() if lambda_velocity and pred.shape[1] > 1 else zero
+    gap = zero
+    if lambda_lip_gap and lip_pairs is not None:
+        gap = (err[..., lip_pairs[:, 0], 1] - err[..., lip_pairs[:, 1], 1]).abs().mean()  # (B, T, P) -> ()
+    total = rec + lambda_velocity * vel + lambda_lip_gap * gap
+    return total, {"total": total.item(), "rec": rec.item(), "velocity": vel.item(), "lip_gap": gap.item()}
 
 
 def new_model(config: FaceFormerTrainConfig, num_vertices: int, num_speakers: int, device) -> FaceFormer:
@@ -359,6 +371,8 @@ def train_faceformer(config: FaceFormerTrainConfig, run_dir: str | Path | None =
     lip_w = torch.ones(train.motion.shape[1], device=device)
     if masks is not None:
         lip_w[torch.as_tensor(masks["lips"], device=device)] = config.lip_weight
+    rig = load_rig()
+    pairs = torch.as_tensor(rig.lip_pairs, device=device) if train.motion.shape[1] == rig.num_vertices else None
 
     steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
     val_every = config.val_every or steps_per_epoch
@@ -379,7 +393,8 @@ def train_faceformer(config: FaceFormerTrainConfig, run_dir: str | Path | None =
         if rng.random() < config.self_feed:
             with torch.no_grad():
                 prev = model(x, t, spk, target)  # teacher-forced guesses become the previous motion
-        loss, parts = faceformer_loss(net(x, t, spk, prev), target, lip_w, config.motion_scale, config.lambda_velocity)
+        loss, parts = faceformer_loss(net(x, t, spk, prev), target, lip_w, config.motion_scale, config.lambda_velocity,
+                                      pairs, config.lambda_lip_gap)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -392,7 +407,7 @@ def train_faceformer(config: FaceFormerTrainConfig, run_dir: str | Path | None =
             out_of_time = bool(flag)
         if rank == 0 and (step % val_every == 0 or step == total or out_of_time):
             sources = [s for s in ("aligned", "recognized") if s in val.phone_ids] or ["aligned"]
-            report = evaluate_model(model, val, masks, sources=sources)
+            report = evaluate_model(model, val, masks, sources=sources, rig=rig)
             first = next(iter(report.values()))
             score = first.get("lve_mm2", first.get("mve_mm", parts["total"]))
             line = {"step": step, "epoch": step / steps_per_epoch, "minutes": (time.time() - started) / 60,

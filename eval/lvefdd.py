@@ -10,6 +10,7 @@ Metrics (blendtalk.faceformer_eval), on displacements from the subject template:
   vertices and sequences (blendtalk.metrics), mm. fdd_codetalker_mm2: CodeTalker's signed variant on
   squared norms (truth - prediction; > 0 = too little upper-face motion), mm^2.
 * mve_mm: mean vertex L2 error over the whole mesh, mm.
+* bilabial_closure (rig only): share of /p b m/ phones (true TTS phones) where the lips close below 1 mm.
 Vertex sets: on the shipped rig its pinned masks 'lips' and 'upper_face' (assets/face_rig.npz);
 on VOCASET FLAME's 'lips' and 'forehead' + 'eye_region' (FLAME_masks.pkl). Unseen test subjects
 are animated with every training style and the metrics averaged (--styles all, CodeTalker) or
@@ -76,25 +77,27 @@ def main(argv=None) -> int:
     report = {"subset": args.subset, "sequences": len(data), "frames": int(data.lengths.sum()), "styles": args.styles,
               "data": config.vocaset or config.data,
               "vertex_sets": None if masks is None else {k: int(len(v)) for k, v in masks.items()},
-              "units": {"lve_mm2": "mm^2", "fdd_mm": "mm", "fdd_codetalker_mm2": "mm^2", "mve_mm": "mm"}}
+              "units": {"lve_mm2": "mm^2", "fdd_mm": "mm", "fdd_codetalker_mm2": "mm^2", "mve_mm": "mm",
+                        "bilabial_closure": "share of /p b m/ phones with lip gap < 1 mm at some frame"}}
     if model is not None:
         started = time.time()
-        report["faceformer"] = evaluate_model(model, data, masks, sources or ["aligned"], styles=args.styles)
+        report["faceformer"] = evaluate_model(model, data, masks, sources or ["aligned"], styles=args.styles, rig=rig)
         report["faceformer_checkpoint"] = str(ckpt.path)
         report["faceformer_seconds"] = time.time() - started
     if data.motion.shape[1] == rig.num_vertices and sources:
         report["procedural"] = evaluate_procedural(data, rig, masks, sources)
     report["no_motion"] = evaluate_driver(lambda n, s: torch.zeros_like(data.motion[data.rows(n)])[None], data, masks,
-                                          ["template"])["template"]
+                                          ["template"], rig=rig)["template"]
+    report["ground_truth"] = evaluate_driver(lambda n, s: data.motion[data.rows(n)][None], data, masks, ["data"], rig=rig)["data"]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"{args.subset}: {report['sequences']} sequences, {report['frames']} frames; LVE mm^2 / FDD mm / MVE mm")
-    rows = [("no motion", report["no_motion"])]
+    rows = [("ground truth (data)", report["ground_truth"]), ("no motion", report["no_motion"])]
     for driver in ("faceformer", "procedural"):
         rows += [(f"{driver} ({s})", r) for s, r in report.get(driver, {}).items()]
     for name, r in rows:
         print(f"  {name:26s} LVE {r.get('lve_mm2', float('nan')):8.3f}  FDD {r.get('fdd_mm', float('nan')):7.4f}  "
-              f"MVE {r['mve_mm']:7.4f}")
+              f"MVE {r['mve_mm']:7.4f}  /p b m/ closed {r.get('bilabial_closure', float('nan')):.3f}")
     print(f"report written to {args.json}")
     return 0
 

@@ -132,6 +132,9 @@ def test_loss_and_metrics_definitions():
     m = summarise([motion_metrics(pred, target, masks)])
     assert m["lve_mm2"] == pytest.approx(4.0 / 4)  # max over lips per frame (4 mm^2 once), mean over 4 frames
     assert m["fdd_mm"] == 0 and m["mve_mm"] == pytest.approx(2.0 / 20)
+    pairs = torch.tensor([[2, 3]])  # one lip pair: upper 2, lower 3; pred raises the upper lip by 2 mm on 1 of 4 frames
+    _, parts = faceformer_loss(pred, target, torch.ones(5), 1e-3, lip_pairs=pairs, lambda_lip_gap=1.0)
+    assert parts["lip_gap"] == pytest.approx(2.0 / 4) and parts["total"] == pytest.approx(4.0 / 20 + 0.5)
     with pytest.raises(ValueError, match=r"\(B, T, V, 3\)"):
         faceformer_loss(pred[0], target[0], torch.ones(5), 1e-3)
 
@@ -267,6 +270,8 @@ def test_lvefdd_script_compares_with_the_procedural_driver(corpus, tmp_path):
     assert report["faceformer"]["aligned"]["lve_mm2"] == pytest.approx(report["no_motion"]["lve_mm2"])
     assert report["procedural"]["exact"]["lve_mm2"] < 0.5 * report["no_motion"]["lve_mm2"]  # it made the data
     assert "LVE" in proc.stdout and report["units"]["lve_mm2"] == "mm^2"
+    assert report["ground_truth"]["lve_mm2"] == 0 and report["ground_truth"]["bilabial_closure"] > 0.8  # the data close
+    assert report["no_motion"]["bilabial_closure"] == 1.0  # closure alone proves nothing: see LVE
 
 
 def test_wav2vec2_encoder_trains_on_audio_windows(corpus, tmp_path):

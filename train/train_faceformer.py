@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--self-feed", type=float, default=d.self_feed, help="share of steps fed their own predictions")
     p.add_argument("--lip-weight", type=float, default=d.lip_weight)
     p.add_argument("--lambda-velocity", type=float, default=d.lambda_velocity)
+    p.add_argument("--lambda-lip-gap", type=float, default=d.lambda_lip_gap, help="L1 on the rig's lip-seam gap")
     p.add_argument("--val-every", type=int, default=d.val_every, help="steps between validations (0: every epoch)")
     p.add_argument("--val-sequences", type=int, default=d.val_sequences)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -61,8 +62,8 @@ def main(argv=None) -> int:
     for name in ("epochs", "batch_size", "lr", "val_sequences"):
         if not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
-    if args.val_every < 0 or min(args.lip_weight, args.lambda_velocity) < 0:
-        p.error("--val-every, --lip-weight and --lambda-velocity must be >= 0")
+    if args.val_every < 0 or min(args.lip_weight, args.lambda_velocity, args.lambda_lip_gap) < 0:
+        p.error("--val-every, --lip-weight and the loss weights must be >= 0")
     if len(args.data) == 2 and args.data[0] == "vocaset":
         data, vocaset = d.data, args.data[1]
     elif len(args.data) == 1:
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
             encoder=args.encoder, wav2vec2=args.wav2vec2, phone_mix=args.phone_mix, lr=args.lr,
             lr_schedule="cosine" if args.cosine_lr else "constant", batch_size=args.batch_size,
             min_seconds=args.window[0], max_seconds=args.window[1], self_feed=args.self_feed,
-            lip_weight=args.lip_weight, lambda_velocity=args.lambda_velocity, epochs=args.epochs,
+            lip_weight=args.lip_weight, lambda_velocity=args.lambda_velocity, lambda_lip_gap=args.lambda_lip_gap, epochs=args.epochs,
             max_minutes=args.max_minutes, val_every=args.val_every, val_sequences=args.val_sequences,
             seed=args.seed, device=args.device, threads=args.threads,
         )
