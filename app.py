@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import csv
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ MAX_UPLOAD = "20mb"  # per uploaded file: a minute of 48 kHz stereo 16-bit wav i
 MAX_TRANSCRIPT_CHARS = 1000  # about a minute of speech
 VIDEO_SIZES = (128, 256, 384, 512)  # px; CPU render time grows with the square of the size
 FIGURE_FRAMES = 90  # frames in the Plotly animation: about 3.8 MB of JSON for the rig
+SLIDERS_PER_ROW = 2  # blendshape sliders side by side in the explorer
 SLIDER_PEAK_M = 0.010  # m: a blendshape slider at +-1 moves its most-moved vertex by 10 mm
 QUEUE_SIZE = 16  # requests waiting at most; more are refused with "queue full"
 CONCURRENCY = 2  # animations computed at once
@@ -292,7 +295,8 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
             raise gr.Error(str(err), title="Please check the input", print_exception=False) from None
         yield str(video), "", None, None, describe(anim, {}) + "\n\nbuilding the 3D view and downloads…"
         # No progress() from here on: Gradio would lay its progress overlay over the playable video.
-        html = figure_html(animation_figure(anim, rig=look, max_frames=FIGURE_FRAMES), include_plotlyjs=plotly_url)
+        figure = animation_figure(anim, rig=look, max_frames=FIGURE_FRAMES)
+        html = figure_html(figure, height=figure.layout.height + 40, include_plotlyjs=plotly_url)  # no inner scroll bar
         curves = weights_figure(anim)
         missing = unavailable(anim)
         written = export_all(anim, folder / "downloads", stem=stem, template=pipe.rig.vertices)
@@ -390,6 +394,11 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
             inputs = [audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size]
             outputs = [video, mesh, curves, files, status]
             button.click(generate, inputs, outputs, api_name="animate", api_visibility="public")
+            # Gradio keeps cached example outputs in a CSV; the 3D view's HTML (a few MB) is one field,
+            # above the csv module's default field limit of 128 kB when it is read back.
+            csv.field_size_limit(2**31 - 1)
+            # Gradio warns that some examples leave inputs empty: they do on purpose (audio or text).
+            warnings.filterwarnings("ignore", message="Examples will be cached but not all input components")
             gr.Examples(
                 [[str(EXAMPLES_DIR / "tts_surprised.wav"), "", (EXAMPLES_DIR / "tts_surprised.txt").read_text().strip(),
                   "surprised", 0.9],
@@ -408,11 +417,12 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                     kind = gr.Radio(list(bases), value="speech", label="Blendshapes")
                     reset = gr.Button("Reset")
                     sliders = []
-                    for row in range(0, num_sliders, 4):
-                        with gr.Row():
-                            for i in range(row, min(row + 4, num_sliders)):
-                                sliders.append(gr.Slider(-1, 1, 0.0, step=0.05, label=f"s{i}", min_width=80,
-                                                         visible=i < len(bases["speech"])))
+                    with gr.Column(elem_id="face-sliders"):
+                        for row in range(0, num_sliders, SLIDERS_PER_ROW):
+                            with gr.Row():
+                                for i in range(row, min(row + SLIDERS_PER_ROW, num_sliders)):
+                                    sliders.append(gr.Slider(-1, 1, 0.0, step=0.05, label=f"s{i}", min_width=80,
+                                                             visible=i < len(bases["speech"])))
                 with gr.Column(scale=3):
                     face = gr.Plot(pose("speech", *([0.0] * num_sliders)), label="Face", elem_id="face")
             explore = dict(api_visibility="private", show_progress="hidden", concurrency_id="explore",
@@ -454,6 +464,13 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // CONCURRENCY))
     pipe = get_pipeline(args.dfm, args.speech_model, args.device)
     size = args.size or (512 if pipe.device.type == "cuda" else 256)
+    if spaces is None:  # load the lazy parts (aligner, TTS, renderer) now, not on the first user's click
+        t0 = time.perf_counter()
+        from blendtalk.phonetics import synthesize
+
+        speech, _ = synthesize("Hello there.")  # as audio, so the phone recogniser loads too
+        pipe.renderer(size)(pipe.animate(speech).vertices[:2])
+        logger.info("warm-up took %.1f s", time.perf_counter() - t0)
     every, age = args.delete_cache
     demo = build_demo(workspace, default_size=size, delete_cache=(every, age))
     workspace.start_sweeper(every, also=lambda: clear_gradio_cache(demo, age))

@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import soundfile as sf
+from PIL import Image
 
 from blendtalk.constants import ASSETS_DIR
 from tests.test_app import launch_app
@@ -91,8 +93,9 @@ class WebDriver:
     def frame(self, element: str | None) -> None:
         self.cmd("POST", "/frame", {"id": None if element is None else {ELEMENT: element}})
 
-    def screenshot(self, path: Path) -> Path:
-        path.write_bytes(base64.b64decode(self.cmd("GET", "/screenshot")))
+    def screenshot(self, path: Path, element: str | None = None) -> Path:
+        """A PNG of the page's viewport, or of one element."""
+        path.write_bytes(base64.b64decode(self.cmd("GET", f"/element/{element}/screenshot" if element else "/screenshot")))
         return path
 
     def quit(self) -> None:
@@ -194,6 +197,13 @@ def test_generate_in_browser(browser, app_url, tmp_path):
     assert info[0] == "object", "plotly.js did not load in the iframe"
     assert info[1] > 10, f"the figure has no animation frames: {info}"
     assert info[2] >= 1, f"no WebGL canvas in the plot: {info}"
+    # Upright: the lips (reddish pixels) lie below the middle of the face (skin-coloured pixels).
+    rgb = np.asarray(Image.open(browser.screenshot(tmp_path / "face.png", iframe)).convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    skin_rows = np.nonzero((r > 180) & (r - b > 30))[0]
+    lip_rows = np.nonzero((r > 120) & (r - g > 70))[0]
+    assert len(skin_rows) > 1000 and len(lip_rows) > 50, (len(skin_rows), len(lip_rows))
+    assert lip_rows.mean() > skin_rows.mean(), "the 3D face is upside down"
     curves = browser.wait_for("#curves .js-plotly-plot", timeout=30)
     assert curves
     downloads = browser.js("return document.querySelectorAll('#downloads a').length")
@@ -204,3 +214,24 @@ def test_generate_in_browser(browser, app_url, tmp_path):
     shot = browser.screenshot(tmp_path / "app.png")
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 10_000
+
+
+def test_blendshape_explorer_moves_the_face(browser, app_url):
+    browser.get(app_url)
+    browser.wait_for("#generate")
+    browser.js("Array.from(document.querySelectorAll('button[role=tab]')).find(b => b.innerText.includes('Blendshapes')).click()")
+    plot = browser.wait_for("#face .js-plotly-plot", timeout=30)
+    # The face trace's coordinates as plotly holds them (base64 int16 from the server).
+    shape = "const d = arguments[0].data[0]; return JSON.stringify([d.x, d.y, d.z]);"
+    before = browser.js(shape, plot)
+    assert len(before) > 10_000, before[:200]
+    number = browser.find("#face-sliders input[type=number]")
+    browser.click(number)
+    browser.type(number, KEY_BACKSPACE * 4 + "1" + KEY_ENTER)
+    t0 = time.perf_counter()
+    after = before
+    while after == before and time.perf_counter() - t0 < 30:
+        time.sleep(0.1)
+        after = browser.js(shape, browser.find("#face .js-plotly-plot"))
+    print(f"\nslider -> new face {time.perf_counter() - t0:.2f} s")
+    assert after != before, "moving a blendshape slider did not change the face"
