@@ -277,7 +277,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
     # Served by this app (launch's allowed_paths) so the figure works offline; the srcdoc iframe
     # resolves a relative URL against the page, which also holds behind a proxy's root path.
     plotly_url = f"gradio_api/file={plotly_js}"
-    allowed_dirs = [os.environ["GRADIO_TEMP_DIR"], str(EXAMPLES_DIR), str(ARCTIC_DIR)]
+    allowed_dirs = [os.environ["GRADIO_TEMP_DIR"]]  # uploads, recordings and examples all arrive as copies here
 
     def steps(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
               folder: Path, progress=None):
@@ -441,13 +441,13 @@ def main(argv=None) -> None:
                         help="address to listen on (GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port (GRADIO_SERVER_PORT)")
-    parser.add_argument("--size", type=int, choices=VIDEO_SIZES, help="default video size in px (default: 512 on a GPU, else 256)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dfm", help="DFM checkpoint folder or Hub id (default: BLENDTALK_DFM, then shipped)")
-    parser.add_argument("--speech-model", help="speech checkpoint folder or Hub id (default: BLENDTALK_SPEECH, then shipped)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: CPU cores / concurrent requests)")
+    parser.add_argument("--size", type=int, choices=VIDEO_SIZES, help="default video size in px; unset: 512 on a GPU, else 256")
+    parser.add_argument("--device", help="cpu or cuda; unset: cuda when available")
+    parser.add_argument("--dfm", help="DFM checkpoint folder or Hub id; unset: BLENDTALK_DFM, then the shipped one")
+    parser.add_argument("--speech-model", help="speech checkpoint folder or Hub id; unset: BLENDTALK_SPEECH, then the shipped one")
+    parser.add_argument("--threads", type=int, help="torch CPU threads; unset: CPU cores / concurrent requests")
     parser.add_argument("--workdir", default=os.environ.get("BLENDTALK_APP_DIR"),
-                        help="the app's work folder (BLENDTALK_APP_DIR; default: a temporary folder removed at exit)")
+                        help="the app's work folder (BLENDTALK_APP_DIR); unset: a temporary folder removed at exit")
     parser.add_argument("--delete-cache", type=int, nargs=2, default=DELETE_CACHE, metavar=("EVERY", "AGE"),
                         help="every EVERY s, delete Gradio's cached uploads/results older than AGE s")
     parser.add_argument("--keep-requests", type=float, default=REQUEST_KEEP_S,

@@ -10,7 +10,6 @@ face rendered inside its iframe; the screenshot is saved under tmp_path and its 
 from __future__ import annotations
 
 import base64
-import shutil
 import socket
 import subprocess
 import time
