@@ -78,6 +78,8 @@ KINDS = {
                              ASSETS_DIR / "speech", "FaceFormer speech model", "python train/train_faceformer.py"),
 }
 
+CHECKS = {"dfm": dfm.check_pretrained, "speech": faceformer.check_pretrained}  # config vs stored shapes, no allocation
+
 
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
@@ -172,6 +174,10 @@ def validate_checkpoint(folder: str | Path, kind: str | None = None) -> Checkpoi
         raise CheckpointError(f"{config_path} is not a valid {spec.name} config: {err}") from None
     for path in sorted(folder.rglob("*.safetensors")):
         _check_safetensors(path)
+    try:  # the model built on the meta device (no memory) must have exactly the stored tensors' shapes
+        CHECKS[spec.name](folder)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     return spec
 
 

@@ -31,8 +31,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from . import loading
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -303,30 +305,22 @@ class DeformationFusionModule(nn.Module):
     def from_pretrained(
         cls, folder: str | Path, map_matrix: torch.Tensor | None = None, device: str | torch.device | None = None
     ) -> DeformationFusionModule:
-        """Load a folder written by `save_pretrained`, strictly (every tensor, every shape)."""
-        folder = Path(folder)
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"DFM checkpoint file missing: {path} (a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
-        raw = json.loads(config_path.read_text())
-        if raw.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ValueError(f"{config_path} is not a {MODEL_TYPE} config")
-        known = {f.name for f in fields(DFMConfig)}
-        if unknown := sorted(set(raw) - known):
-            raise ValueError(f"{config_path} has unknown fields {unknown}; this blendtalk knows {sorted(known)}")
-        config = DFMConfig(**raw)
-        if map_matrix is not None and config.use_geometric_map and map_matrix.shape[-1] != config.num_vertices:
-            raise ValueError(
-                f"checkpoint {folder} was trained for V={config.num_vertices} vertices but the map matrix has "
-                f"V={map_matrix.shape[-1]} columns; use the rig/topology the checkpoint was trained on"
-            )
-        model = cls(config, map_matrix)
-        state = load_file(weights_path)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"{weights_path} does not match {config_path}: {err}") from None
+        """Load a folder written by `save_pretrained`, strictly (every tensor, every shape).
+
+        config.json is checked against the stored tensors before any memory is allocated
+        (`check_pretrained`); ValueError for a config or weights that do not fit, FileNotFoundError
+        for a missing file.
+        """
+        def build(config: DFMConfig) -> DeformationFusionModule:
+            if map_matrix is not None and config.use_geometric_map and map_matrix.shape[-1] != config.num_vertices:
+                raise ValueError(
+                    f"checkpoint {folder} was trained for V={config.num_vertices} vertices but the map matrix has "
+                    f"V={map_matrix.shape[-1]} columns; use the rig/topology the checkpoint was trained on"
+                )
+            return cls(config, map_matrix)
+
+        model = loading.load_checkpoint(folder, MODEL_TYPE, "DFM", _config_from_dict, build,
+                                        skeleton=_skeleton)
         return model.to(device) if device is not None else model
 
     # ---- helpers ----
@@ -367,3 +361,25 @@ def interpolate_inputs(
     if isinstance(intensity, torch.Tensor):
         intensity = intensity.to(d_e)[..., None, None]  # (...,) -> (..., 1, 1)
     return d_s + intensity * d_e
+
+
+def _config_from_dict(raw: dict) -> DFMConfig:
+    known = {f.name for f in fields(DFMConfig)}
+    if unknown := sorted(set(raw) - known):
+        raise ValueError(f"unknown fields {unknown}; this blendtalk knows {sorted(known)}")
+    return DFMConfig(**raw)
+
+
+def _skeleton(config: DFMConfig) -> DeformationFusionModule:
+    """The model with an empty sparse map of the right shape: for building on the meta device."""
+    if not config.use_geometric_map:
+        return DeformationFusionModule(config)
+    empty = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long, device="cpu"), torch.zeros(0, device="cpu"),
+                                    (config.map_size**2, config.num_vertices), check_invariants=False)
+    return DeformationFusionModule(config, empty)
+
+
+def check_pretrained(folder: str | Path) -> DFMConfig:
+    """Check a DFM checkpoint folder without allocating the model: config.json builds a valid DFM
+    whose tensor names and shapes are those stored in model.safetensors. Returns the config."""
+    return loading.check_checkpoint(folder, MODEL_TYPE, "DFM", _config_from_dict, _skeleton)

@@ -41,9 +41,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from . import loading
 from .audio_encoders import AudioEncoder, AudioEncoderConfig, build_audio_encoder
 
 CONFIG_NAME = "config.json"
@@ -71,6 +72,8 @@ class FaceFormerConfig:
     def __post_init__(self):
         if isinstance(self.encoder, dict):  # from config.json
             self.encoder = _from_dict(AudioEncoderConfig, self.encoder, "encoder")
+        if not isinstance(self.encoder, AudioEncoderConfig):
+            raise ValueError(f"encoder must be an AudioEncoderConfig or its fields as a dict, got {self.encoder!r}")
         positive = {"num_vertices": self.num_vertices, "feature_dim": self.feature_dim, "num_heads": self.num_heads,
                     "num_layers": self.num_layers, "ff_mult": self.ff_mult, "period": self.period,
                     "num_speakers": self.num_speakers, "window": self.window}
@@ -391,23 +394,24 @@ class FaceFormer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> FaceFormer:
-        """Load a folder written by `save_pretrained`, strictly (every tensor, every shape); no downloads."""
-        folder = Path(folder)
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"FaceFormer checkpoint file missing: {path} (a checkpoint folder holds "
-                                        f"{CONFIG_NAME} and {WEIGHTS_NAME})")
-        raw = json.loads(config_path.read_text())
-        if raw.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ValueError(f"{config_path} is not a {MODEL_TYPE} config")
-        model = cls(_from_dict(FaceFormerConfig, raw, str(config_path)))
-        state = load_file(weights_path)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"{weights_path} does not match {config_path}: {err}") from None
+        """Load a folder written by `save_pretrained`, strictly (every tensor, every shape); no downloads.
+
+        config.json is checked against the stored tensors before any memory is allocated
+        (`check_pretrained`); ValueError for a config or weights that do not fit, FileNotFoundError
+        for a missing file.
+        """
+        model = loading.load_checkpoint(folder, MODEL_TYPE, "FaceFormer", _config_from_dict, cls)
         return model.to(device) if device is not None else model
+
+
+def _config_from_dict(raw: dict) -> FaceFormerConfig:
+    return _from_dict(FaceFormerConfig, raw, CONFIG_NAME)
+
+
+def check_pretrained(folder: str | Path) -> FaceFormerConfig:
+    """Check a FaceFormer checkpoint folder without allocating the model: config.json builds a valid
+    model whose tensor names and shapes are those stored in model.safetensors. Returns the config."""
+    return loading.check_checkpoint(folder, MODEL_TYPE, "FaceFormer", _config_from_dict, FaceFormer)
 
 
 def build_faceformer(config: FaceFormerConfig, device: str | torch.device | None = None) -> FaceFormer:
