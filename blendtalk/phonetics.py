@@ -442,10 +442,12 @@ def load_arctic_fixture() -> tuple[np.ndarray, list[Phone], str]:
 class PhoneAligner:
     """pocketsphinx decoders (created on first use) for `align` and `recognize`.
 
-    Reuse one instance: creating each decoder loads the acoustic model (about half a second).
+    Reuse one instance: creating each decoder loads the acoustic model (about half a second). A
+    decoder runs one utterance at a time, so calls from several threads take turns.
     """
 
     def __init__(self) -> None:
+        self._lock = threading.RLock()  # align may fall back to recognize under the same lock
         self._aligner = None
         self._allphone = None
         self._g2p: EspeakTTS | None = None
@@ -464,6 +466,10 @@ class PhoneAligner:
         on_unknown: what to do with words missing from the CMU dictionary: "g2p" adds eSpeak's
         pronunciation (with a warning), "recognize" falls back to `recognize`, "error" raises.
         """
+        with self._lock:
+            return self._align(audio, transcript, on_unknown)
+
+    def _align(self, audio: np.ndarray, transcript: str, on_unknown: str) -> list[Phone]:
         if on_unknown not in ("g2p", "recognize", "error"):
             raise ValueError(f"on_unknown must be 'g2p', 'recognize' or 'error', got {on_unknown!r}")
         pcm = _to_pcm16(audio)
@@ -506,6 +512,10 @@ class PhoneAligner:
 
     def recognize(self, audio: np.ndarray) -> list[Phone]:
         """Allphone recognition (phone bigram LM, no transcript) of audio (S,) 16 kHz -> phones."""
+        with self._lock:
+            return self._recognize(audio)
+
+    def _recognize(self, audio: np.ndarray) -> list[Phone]:
         pcm = _to_pcm16(audio)
         if self._allphone is None:
             from pocketsphinx import Decoder, get_model_path

@@ -242,3 +242,16 @@ def test_phone_error_rate():
     assert phone_error_rate(["a", "b", "c", "d"], ["a", "x", "c"]) == 0.5  # 1 substitution + 1 deletion
     with pytest.raises(ValueError):
         phone_error_rate(["sil"], ["a"])
+
+
+def test_one_aligner_shared_by_threads(arctic, aligner):
+    """The app and the pipeline share one PhoneAligner; concurrent calls must take turns, not crash."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    audio, _, transcript = arctic
+    expected = aligner.align(audio, transcript)
+    with ThreadPoolExecutor(4) as pool:
+        aligned = list(pool.map(lambda _: aligner.align(audio, transcript), range(4)))
+        recognized = list(pool.map(lambda _: aligner.recognize(audio), range(2)))
+    assert all(a == expected for a in aligned)
+    assert all(len(r) > 10 for r in recognized)
