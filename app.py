@@ -452,7 +452,11 @@ def main(argv=None) -> None:
                         help="every EVERY s, delete Gradio's cached uploads/results older than AGE s")
     parser.add_argument("--keep-requests", type=float, default=REQUEST_KEEP_S,
                         help="s after which a left-over request folder is swept")
+    parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE,
+                        help="requests that may wait; more are refused with 'queue full'")
     args = parser.parse_args(argv)
+    if args.queue_size < 1:
+        parser.error(f"--queue-size must be at least 1, got {args.queue_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     workspace = setup_workspace(args.workdir)  # before gradio is imported
@@ -474,7 +478,7 @@ def main(argv=None) -> None:
     every, age = args.delete_cache
     demo = build_demo(workspace, default_size=size, delete_cache=(every, age))
     workspace.start_sweeper(every, also=lambda: clear_gradio_cache(demo, age))
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=CONCURRENCY)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, ssr_mode=False,
                 allowed_paths=[str(plotly_js_path())], footer_links=["api", "gradio", "settings"])
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -202,13 +206,15 @@ def animate(args) -> int:
                         intensity=args.intensity, mix_with=args.mix, mix_ratio=args.mix_ratio, timeline=args.timeline,
                         reference=args.reference, blinks=not args.no_blinks, method=args.method,
                         progress=progress(1, 0.0, 0.3))
-    pipe.save_video(anim, args.output, size=args.size, progress=progress(1, 0.3, 0.65))
+    with _disk_full_is_clear(args.output.parent, "the video"):
+        pipe.save_video(anim, args.output, size=args.size, progress=progress(1, 0.3, 0.65))
     written = {}
     if args.export_dir is not None:
         from .exports import export_all
 
         bar.set_postfix_str("exports")
-        written = export_all(anim, args.export_dir, template=pipe.rig.vertices)
+        with _disk_full_is_clear(args.export_dir, "the exports"):
+            written = export_all(anim, args.export_dir, template=pipe.rig.vertices)
     bar.n = 100
     bar.close()
     timings = {k: round(v, 3) for k, v in anim.meta["timings"].items()}
@@ -218,8 +224,37 @@ def animate(args) -> int:
     return 0
 
 
+def _disk_full(err: OSError) -> bool:
+    """ENOSPC/EDQUOT, or numpy's short write "N requested and M written", which is how np.save meets a full disk."""
+    text = str(err)
+    return err.errno in (errno.ENOSPC, errno.EDQUOT) or ("requested and" in text and "written" in text)
+
+
+@contextlib.contextmanager
+def _disk_full_is_clear(folder: Path, what: str):
+    """Turn a full disk while writing into `folder` into a ValueError saying so (exit 2, one line).
+
+    The writers use temporary names, so nothing half-written is left either way.
+    """
+    try:
+        yield
+    except OSError as err:
+        if not _disk_full(err):
+            raise
+        where = str(folder) if str(folder) else "."
+        raise ValueError(f"no space left on the device of {where!r} while writing {what}; "
+                         "free some space or write somewhere else (nothing was left half-written)") from None
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # `kill` (SIGTERM) stops a run like Ctrl-C: the writers' clean-up runs and removes their temporary files.
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main else None
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -231,3 +266,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("blendtalk: interrupted; no partial files were left", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

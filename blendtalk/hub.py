@@ -8,10 +8,11 @@ A checkpoint is a folder: config.json + model.safetensors (+ rig-mapping JSON/sa
 2. the checkpoint shipped in assets/dfm/ or assets/speech/.
 
 A Hub source that cannot be used (HF_HUB_OFFLINE and not cached, no network, 404, a missing or
-corrupt file) falls back to the shipped checkpoint and says why in one log line and in the returned
-message, so the app keeps working. A damaged cached copy is downloaded again once. An existing
-folder wins over a repo id spelt the same. A local folder or repo id that is malformed or not a valid
-checkpoint is an error instead: the user named it, and loading something else would hide that.
+corrupt file, no answer within BLENDTALK_HUB_TIMEOUT seconds) falls back to the shipped checkpoint
+and says why in one log line and in the returned message, so the app keeps working. A damaged
+cached copy is downloaded again once. An existing folder wins over a repo id spelt the same. A
+local folder or repo id that is malformed or not a valid checkpoint is an error instead: the user
+named it, and loading something else would hide that.
 
 Only safetensors are loaded: unpickling (.bin/.pt/.pkl) can run code, so a folder holding only
 pickle weights is refused. huggingface_hub reads HF_HUB_OFFLINE, HF_ENDPOINT and HF_HOME once, at
@@ -28,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -49,6 +51,8 @@ DOWNLOAD_PATTERNS = ("*.json", "*.safetensors", "README.md")  # config, weights,
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # as huggingface_hub parses its boolean environment variables
 MAX_REASON_CHARS = 240  # a fallback reason stays one readable log line
+HUB_TIMEOUT_S = 120.0  # s one checkpoint download may take in all (BLENDTALK_HUB_TIMEOUT); then the shipped one is used
+TIMEOUT_ENV = "BLENDTALK_HUB_TIMEOUT"
 TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
 
 
@@ -58,6 +62,10 @@ class CheckpointError(ValueError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """No checkpoint where one was asked for (or none shipped)."""
+
+
+class HubTimeoutError(TimeoutError):
+    """The Hub did not finish a download within the allowed time."""
 
 
 @dataclass(frozen=True)
@@ -210,23 +218,44 @@ def hub_cache_dir() -> Path:
     return Path(hf_constants.HF_HUB_CACHE)
 
 
+def hub_timeout() -> float:
+    """BLENDTALK_HUB_TIMEOUT (seconds, > 0) read now, else HUB_TIMEOUT_S."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return HUB_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{TIMEOUT_ENV}={text!r} must be a number of seconds > 0, e.g. 120")
+    return value
+
+
 def download_checkpoint(repo: str, kind: str, *, token: str | None = None, endpoint: str | None = None,
-                        cache_dir: str | Path | None = None, offline: bool | None = None) -> Path:
+                        cache_dir: str | Path | None = None, offline: bool | None = None,
+                        timeout: float | None = None) -> Path:
     """Fetch config.json, *.safetensors and mapping JSON of `org/name[@revision]`; returns the verified folder.
 
-    Offline (HF_HUB_OFFLINE or offline=True) only the local Hugging Face cache is read. Raises
-    huggingface_hub errors (RepositoryNotFoundError, RevisionNotFoundError, LocalEntryNotFoundError,
-    HfHubHTTPError, ...) and CheckpointError for files that do not parse.
+    Offline (HF_HUB_OFFLINE or offline=True) only the local Hugging Face cache is read. Online, each
+    download must finish within `timeout` seconds (default BLENDTALK_HUB_TIMEOUT, else HUB_TIMEOUT_S)
+    or HubTimeoutError is raised. Raises huggingface_hub errors (RepositoryNotFoundError,
+    RevisionNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, ...) and CheckpointError for
+    files that do not parse.
     """
     repo_id, revision = parse_repo_id(repo)
     offline = hub_offline() if offline is None else offline
+    timeout = hub_timeout() if timeout is None else float(timeout)
 
     def fetch(force: bool) -> Path:
-        return Path(huggingface_hub.snapshot_download(
-            repo_id, revision=revision, allow_patterns=list(DOWNLOAD_PATTERNS), local_files_only=offline,
-            endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, cache_dir=str(cache_dir or hub_cache_dir()),
-            token=token, library_name="blendtalk", force_download=force,
-        ))
+        def download() -> Path:
+            return Path(huggingface_hub.snapshot_download(
+                repo_id, revision=revision, allow_patterns=list(DOWNLOAD_PATTERNS), local_files_only=offline,
+                endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, cache_dir=str(cache_dir or hub_cache_dir()),
+                token=token, library_name="blendtalk", force_download=force,
+                etag_timeout=min(timeout, hf_constants.HF_HUB_ETAG_TIMEOUT),
+            ))
+        return download() if offline else _within(download, timeout, f"{repo_id}@{revision or 'main'}")
 
     path = fetch(force=False)
     try:
@@ -239,13 +268,43 @@ def download_checkpoint(repo: str, kind: str, *, token: str | None = None, endpo
     return path
 
 
+def _within(fn, seconds: float, what: str):
+    """fn() run in a daemon thread; HubTimeoutError when it has not returned after `seconds`.
+
+    huggingface_hub sends its metadata requests (repo info, file list) without a timeout, so a Hub
+    that accepts the connection and never answers would hold start-up for ever; per-file reads have
+    timeouts but are retried with back-off. A thread cannot be stopped: the abandoned download goes
+    on in the background until huggingface_hub gives up or it completes into the cache (which
+    snapshot_download fills atomically, so the next start can use it).
+    """
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # handed to the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name=f"blendtalk-hub {what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise HubTimeoutError(f"no complete answer from the Hub within {seconds:g} s for {what} "
+                              f"(set {TIMEOUT_ENV} to wait longer)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def resolve_checkpoint(kind: str, source: str | os.PathLike | None = None, *, fallback: bool = True,
                        shipped: str | Path | None = None, token: str | None = None, endpoint: str | None = None,
-                       cache_dir: str | Path | None = None, offline: bool | None = None) -> ResolvedCheckpoint:
+                       cache_dir: str | Path | None = None, offline: bool | None = None,
+                       timeout: float | None = None) -> ResolvedCheckpoint:
     """The checkpoint folder to load for `kind` ("dfm" or "speech"); see the module docstring for the order.
 
     source: a local folder or `org/name[@revision]`; None reads the kind's environment variable.
     fallback: False raises CheckpointError on a Hub failure instead of using the shipped checkpoint.
+    timeout: seconds a Hub download may take (default BLENDTALK_HUB_TIMEOUT, else HUB_TIMEOUT_S).
     shipped: the shipped folder (default assets/<kind>/). The result's message is also logged,
     at WARNING when it fell back.
     """
@@ -265,8 +324,10 @@ def resolve_checkpoint(kind: str, source: str | os.PathLike | None = None, *, fa
                                           kind, text))
     repo_id, revision = parse_repo_id(text)  # a malformed id is a typo to fix, not a network failure
     offline = hub_offline() if offline is None else offline
+    timeout = hub_timeout() if timeout is None else timeout  # a bad BLENDTALK_HUB_TIMEOUT is an error, not a fallback
     try:
-        path = download_checkpoint(text, kind, token=token, endpoint=endpoint, cache_dir=cache_dir, offline=offline)
+        path = download_checkpoint(text, kind, token=token, endpoint=endpoint, cache_dir=cache_dir, offline=offline,
+                                   timeout=timeout)
     except Exception as err:  # any Hub failure falls back (module docstring); the reason goes in the message
         reason = _describe_failure(err, offline)
         if not fallback:
@@ -308,7 +369,7 @@ def _describe_failure(err: Exception, offline: bool) -> str:
     elif isinstance(err, hf_errors.HfHubHTTPError):
         status = getattr(getattr(err, "response", None), "status_code", "?")
         reason = f"HTTP {status} ({_first_line(err)})"
-    elif isinstance(err, CheckpointError):
+    elif isinstance(err, (CheckpointError, HubTimeoutError)):
         reason = _first_line(err)
     else:
         reason = f"{type(err).__name__}: {_first_line(err)}"

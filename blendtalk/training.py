@@ -2,10 +2,14 @@
 
 A run is a folder (never reused or deleted):
     train_config.json      the DFMTrainConfig
-    checkpoint/            the latest model (config.json + model.safetensors) ...
-    state.pt               ... with optimiser state and step, for --resume (tensors only, weights_only)
+    checkpoint/            the latest model (config.json + model.safetensors)
+    state.pt               the same weights with optimiser and sampler state and step, for --resume
+                           (tensors only, loaded with weights_only)
     best/                  the model with the best validation score so far
     metrics.jsonl          one line per validation
+A run killed at any moment (SIGKILL, power loss) resumes from its last state.pt with nothing
+lost: every file is written under a temporary name and renamed when complete, state.pt last, and
+a resume drops the metrics lines after its step (they are computed again).
 Under `torchrun --nproc_per_node=N` each process trains on its own batches with
 DistributedDataParallel; rank 0 validates and writes.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,6 +108,46 @@ def new_run_dir(out: str | Path, name: str = "dfm") -> Path:
     raise RuntimeError(f"could not create a new run folder in {out}")
 
 
+def save_checkpoint(model: DeformationFusionModule, folder: Path) -> None:
+    """`model.save_pretrained(folder)` where each file appears whole: staged beside it, then renamed.
+
+    A kill mid-save leaves every file of `folder` either the old version or the new one (the config
+    does not change during a run), and at worst a `.name.tmp` folder that the next save replaces.
+    """
+    stage = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(stage, ignore_errors=True)
+    model.save_pretrained(stage)
+    folder.mkdir(exist_ok=True)
+    for f in sorted(stage.iterdir()):
+        os.replace(f, folder / f.name)
+    stage.rmdir()
+
+
+def save_state(path: Path, **state) -> None:
+    """torch.save(state) to `path` under a temporary name, then an atomic rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Keep the metrics lines up to `step` (a resumed run computes the later ones again) and drop a
+    torn last line; rewritten atomically."""
+    if not path.is_file():
+        return
+    keep = []
+    for text in path.read_text().splitlines():
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(line, dict) and line.get("step", 0) <= step:
+            keep.append(text + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+
+
 def validate(model: DeformationFusionModule, config: DFMTrainConfig, rig: FaceRig, device) -> dict:
     """Fusion metrics on the validation speakers/subjects (needs synthetic truth)."""
     truth = Path(config.data) / "truth"
@@ -158,9 +203,16 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
         if run is None or not (run / "state.pt").is_file():
             raise FileNotFoundError(f"nothing to resume in {run}: no state.pt")
         state = torch.load(run / "state.pt", map_location=device, weights_only=True)
-        model.load_state_dict(DeformationFusionModule.from_pretrained(run / "checkpoint", model.map_matrix).state_dict())
+        if "model" in state:  # the weights saved with this step (runs before it: checkpoint/, saved just before)
+            model.load_state_dict(state["model"])
+        else:
+            model.load_state_dict(DeformationFusionModule.from_pretrained(run / "checkpoint", model.map_matrix).state_dict())
         opt.load_state_dict(state["optimizer"])
+        if "rng" in state and not distributed:  # the batches go on as if the run had not stopped (rank 0's state)
+            rng.set_state(state["rng"].cpu())
         step, best = int(state["step"]), float(state["best"])
+        if rank == 0:
+            trim_metrics(run / "metrics.jsonl", step)
     elif rank == 0:
         run = run or new_run_dir(config.out)
         (run / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
@@ -201,10 +253,10 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
             bar.set_postfix(loss=f"{parts['total']:.4f}", val=f"{score:.4f}")
             if score < best:
                 best = score
-                model.save_pretrained(run / "best")
-            model.save_pretrained(run / "checkpoint")
-            torch.save({"optimizer": opt.state_dict(), "step": step, "best": best}, run / "state.pt.tmp")
-            os.replace(run / "state.pt.tmp", run / "state.pt")
+                save_checkpoint(model, run / "best")
+            save_checkpoint(model, run / "checkpoint")
+            save_state(run / "state.pt", model=model.state_dict(), optimizer=opt.state_dict(), rng=rng.get_state(), step=step,
+                       best=best)
         if out_of_time:
             break
     bar.close()

@@ -10,6 +10,7 @@ into place only when ffmpeg succeeded; on any failure (including Ctrl-C) nothing
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -107,10 +108,10 @@ def write_video(
                 _feed(proc, first, batches, (height, width), target, fps)
                 proc.stdin.close()
                 if proc.wait() != 0:
-                    raise RuntimeError(f"ffmpeg failed to encode {path.name}: {_tail(log)}")
+                    raise _ffmpeg_error(path, "failed to encode", _tail(log))
             except BrokenPipeError:
                 proc.wait()
-                raise RuntimeError(f"ffmpeg stopped while encoding {path.name}: {_tail(log)}") from None
+                raise _ffmpeg_error(path, "stopped while encoding", _tail(log)) from None
             finally:
                 if proc.poll() is None:  # an error or Ctrl-C on our side: stop ffmpeg before cleanup
                     proc.kill()
@@ -196,6 +197,13 @@ def _write_wav(path: str, audio: np.ndarray, sample_rate: int) -> None:
 
     # 32-bit float wav: no requantisation before the AAC encoder; clip so it stays in range.
     soundfile.write(path, np.clip(audio, -1.0, 1.0), sample_rate, subtype="FLOAT")
+
+
+def _ffmpeg_error(path: Path, what: str, tail: str) -> Exception:
+    """OSError(ENOSPC) when ffmpeg ran out of disk space (the user can act on it), else RuntimeError."""
+    if "No space left on device" in tail:
+        return OSError(errno.ENOSPC, f"no space left on the device of {str(path.parent)!r} while encoding {path.name}")
+    return RuntimeError(f"ffmpeg {what} {path.name}: {tail}")
 
 
 def _tail(log, lines: int = 5) -> str:
