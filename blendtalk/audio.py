@@ -22,6 +22,11 @@ SILENCE_RMS_DBFS = -60.0  # dB re full scale; a clip whose RMS is below this is 
 CLIP_LEVEL = 0.999  # |sample| at or above this (full scale = 1) counts as clipped
 MAX_CLIPPED_SHARE = 0.05  # more than this share of clipped samples is "heavily clipped"
 MAX_CHANNELS = 16  # more columns than this in an array is taken as a layout mistake, not channels
+MIN_SAMPLE_RATE = 4_000  # Hz; below this a header is broken (speech needs ~2 kHz of bandwidth, telephony has 8 kHz)
+MAX_SAMPLE_RATE = 384_000  # Hz; the highest rate audio interfaces record at; above it a header is broken
+MAX_DECODED_SAMPLES = 64 * 2**20  # frames x channels decoded from one file: 256 MB as float32 (120 s of 8-channel
+#                                   48 kHz audio fits); bounds a compressed file that expands (e.g. a FLAC of hours)
+FFMPEG_TIMEOUT = 120.0  # s per ffmpeg call; decoding 120 s of audio takes well under a second
 
 SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff")  # decoded by libsndfile
 FFMPEG_SUFFIXES = (".mp3", ".m4a", ".aac", ".mp4", ".opus", ".webm", ".wma", ".mka", ".mkv", ".mov")
@@ -65,12 +70,12 @@ def load_audio(
         AudioError: missing/unreadable/unsupported file, no samples, shorter than MIN_SECONDS,
             longer than `max_seconds`, NaN/inf samples, silence, or heavy clipping.
     """
-    if max_seconds <= MIN_SECONDS:
-        raise ValueError(f"max_seconds must exceed MIN_SECONDS={MIN_SECONDS}, got {max_seconds}")
+    if not (isinstance(max_seconds, (int, float)) and math.isfinite(max_seconds) and max_seconds > MIN_SECONDS):
+        raise ValueError(f"max_seconds must be a finite number above MIN_SECONDS={MIN_SECONDS}, got {max_seconds!r}")
     if isinstance(source, np.ndarray):
         if sample_rate is None:
             raise AudioError("An audio array needs its sample_rate in Hz, e.g. load_audio(x, sample_rate=16000).")
-        data, sr = _array_samples(source), int(sample_rate)
+        data, sr = _array_samples(source), _array_rate(sample_rate)
         _check_length(data.shape[0], sr, max_seconds, "audio array")
     elif isinstance(source, (str, os.PathLike)):
         if sample_rate is not None:
@@ -81,13 +86,22 @@ def load_audio(
     return _validate_and_convert(data, sr)
 
 
+def _array_rate(sample_rate) -> int:
+    """An array's sample rate in Hz: a whole number (int or integral float); range checked with the length."""
+    if isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, (int, float, np.integer, np.floating)):
+        raise AudioError(f"sample_rate must be a number of Hz, e.g. 16000, got {sample_rate!r}.")
+    if not (math.isfinite(sample_rate) and float(sample_rate).is_integer()):
+        raise AudioError(f"sample_rate must be a whole number of Hz, e.g. 16000, got {sample_rate!r}.")
+    return int(sample_rate)
+
+
 def _array_samples(x: np.ndarray) -> np.ndarray:
     """Array (S,) or (S, C) of float or int PCM -> float32 (S, C)."""
     if x.ndim == 1:
         x = x[:, None]
-    elif x.ndim != 2 or x.shape[1] > MAX_CHANNELS:
+    elif x.ndim != 2 or not 1 <= x.shape[1] <= MAX_CHANNELS:
         raise AudioError(
-            f"Audio array must be (S,) or (S, C) with C <= {MAX_CHANNELS} channels, got shape "
+            f"Audio array must be (S,) or (S, C) with 1 <= C <= {MAX_CHANNELS} channels, got shape "
             f"{tuple(x.shape)}; transpose a (C, S) array first."
         )
     if x.dtype == np.int16:
@@ -99,27 +113,37 @@ def _array_samples(x: np.ndarray) -> np.ndarray:
     raise AudioError(f"Audio array dtype must be float, int16 or int32, got {x.dtype}.")
 
 
-def _check_length(num_samples: int, sr: int, max_seconds: float, what: str) -> None:
-    """Duration checks that run before anything large is decoded or resampled."""
+def _check_length(num_samples: int, sr: int, max_seconds: float, what: str, channels: int = 1) -> None:
+    """Sample rate, duration and decoded-size checks that run before anything large is decoded or resampled."""
+    rate_error = AudioError(f"The {what} has sample rate {sr} Hz; {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz is accepted "
+                            f"(a broken header, or resample it first).")
     if sr <= 0:
-        raise AudioError(f"The {what} has sample rate {sr} Hz; it must be positive.")
+        raise rate_error
     if num_samples == 0:
         raise AudioError(f"The {what} contains no audio samples; give at least {MIN_SECONDS} s of speech.")
     seconds = num_samples / sr
     if seconds > max_seconds:
         raise AudioError(f"The {what} is {seconds:.1f} s long; at most {max_seconds:g} s is accepted, trim it first.")
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise rate_error
     if seconds < MIN_SECONDS:
         raise AudioError(f"The {what} is {seconds:.3f} s long; at least {MIN_SECONDS} s of speech is needed.")
+    if num_samples * channels > MAX_DECODED_SAMPLES:
+        raise AudioError(f"The {what} holds {num_samples} frames x {channels} channels, more than "
+                         f"{MAX_DECODED_SAMPLES} samples in all; mix it down to mono or resample it to 48 kHz first.")
 
 
 def _read_file(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
     """Decode a file to float32 (S, C) and its sample rate, checking duration from the header first."""
-    if not path.exists():
-        raise AudioError(f"Audio file not found: {path}.")
-    if not path.is_file():
-        raise AudioError(f"Audio path is not a file: {path}.")
-    if path.stat().st_size == 0:
-        raise AudioError(f"Audio file is empty (0 bytes): {path}.")
+    try:
+        if not path.exists():
+            raise AudioError(f"Audio file not found: {path}.")
+        if not path.is_file():
+            raise AudioError(f"Audio path is not a file: {path}.")
+        if path.stat().st_size == 0:
+            raise AudioError(f"Audio file is empty (0 bytes): {path}.")
+    except OSError as err:  # a name too long for the file system, a broken mount, no permission
+        raise AudioError(f"Cannot open the audio file {str(path)[:200]!r}: {err.strerror or err}.") from None
     suffix = path.suffix.lower()
     if suffix in SOUNDFILE_SUFFIXES:
         return _read_soundfile(path, max_seconds)
@@ -139,7 +163,7 @@ def _read_soundfile(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
             f"Could not read {path.name} as {path.suffix.lower()[1:]} audio (corrupt, truncated or not "
             f"audio: {err}); accepted: {ACCEPTED}."
         ) from None
-    _check_length(info.frames, info.samplerate, max_seconds, what)
+    _check_length(info.frames, info.samplerate, max_seconds, what, max(1, info.channels))
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:
@@ -153,26 +177,38 @@ def _read_ffmpeg(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
 
     exe = imageio_ffmpeg.get_ffmpeg_exe()
     what = f"audio file {path.name}"
+    # "file:" and the whitelist: a name such as "concat:a|b.mp3" or "pipe:0.mp3" is a file, never a protocol,
+    # and the file cannot make ffmpeg open other files or URLs (playlists).
+    source = ["-protocol_whitelist", "file", "-i", f"file:{path}"]
     # `ffmpeg -i` without an output prints the container header (duration) and exits non-zero.
-    probe = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True)
-    if "Audio:" not in probe.stderr:
+    probe = _run_ffmpeg([exe, "-hide_banner", "-nostdin", *source], path)
+    probe_text = probe.stderr.decode(errors="replace")
+    if "Audio:" not in probe_text:
         raise AudioError(f"Could not read {path.name}: ffmpeg finds no audio stream in it; accepted: {ACCEPTED}.")
-    match = _DURATION_RE.search(probe.stderr)
+    match = _DURATION_RE.search(probe_text)
     if match:
         h, m, s = match.groups()
         seconds = int(h) * 3600 + int(m) * 60 + float(s)
         if seconds > max_seconds:
             raise AudioError(f"The {what} is {seconds:.1f} s long; at most {max_seconds:g} s is accepted, trim it first.")
     # -t caps the decode even when the header had no duration or lied about it.
-    cmd = [exe, "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-t", f"{max_seconds + 1.0:.3f}",
+    cmd = [exe, "-hide_banner", "-nostdin", "-v", "error", *source, "-t", f"{max_seconds + 1.0:.3f}",
            "-map", "0:a:0", "-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
-    out = subprocess.run(cmd, capture_output=True)
+    out = _run_ffmpeg(cmd, path)
     if out.returncode != 0:
         last = out.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
         raise AudioError(f"ffmpeg could not decode {path.name} ({last[0]}); accepted: {ACCEPTED}.")
     data = np.frombuffer(out.stdout, dtype="<f4").astype(np.float32)[:, None]
     _check_length(data.shape[0], SAMPLE_RATE, max_seconds, what)
     return data, SAMPLE_RATE
+
+
+def _run_ffmpeg(cmd: list[str], path: Path) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=FFMPEG_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AudioError(f"ffmpeg took more than {FFMPEG_TIMEOUT:g} s on {path.name}; "
+                         "convert it to wav first.") from None
 
 
 def _validate_and_convert(data: np.ndarray, sr: int) -> np.ndarray:

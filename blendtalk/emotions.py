@@ -22,6 +22,7 @@ ALIASES = {"happiness": "happy", "sadness": "sad", "anger": "angry", "surprise":
            "fear": "fearful", "disgust": "disgusted"}
 MAX_INTENSITY = 1.5  # above 1 exaggerates; weights are clipped to [0, 1] per unit
 BLINK_RATE = 17.0  # blinks per minute, a typical resting rate
+FPS_RANGE = (1.0, 1000.0)  # frames per second accepted; outside it a curve has no usable time axis (0 divides)
 
 # The 52 ARKit units in the default rig's column order (rig.blendshape_names).
 ARKIT_NAMES = (
@@ -92,7 +93,7 @@ def check_emotion(name: str) -> str:
 
 def check_intensity(intensity: float, what: str = "intensity") -> float:
     """A finite intensity in [0, MAX_INTENSITY]; anything else raises a ValueError."""
-    value = float(intensity)
+    value = _number(intensity)
     if not (math.isfinite(value) and 0.0 <= value <= MAX_INTENSITY):
         raise ValueError(f"{what} must be a finite number in [0, {MAX_INTENSITY}], got {intensity!r}")
     return value
@@ -131,8 +132,7 @@ def emotion_weights(emotion: str, intensity: float = 1.0, names: Sequence[str] =
 def mix(emotion_a: str, emotion_b: str, ratio: float, intensity: float = 1.0,
         names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
     """A blend (K,) of two emotions: ratio 0 gives emotion_a, 1 gives emotion_b."""
-    ratio = float(ratio)
-    if not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
+    if not 0.0 <= _number(ratio) <= 1.0:  # NaN (not a number) fails too
         raise ValueError(f"ratio must be a finite number in [0, 1], got {ratio!r}")
     a = emotion_weights(emotion_a, intensity, names)
     b = emotion_weights(emotion_b, intensity, names)
@@ -189,9 +189,10 @@ def envelope(num_frames: int, onset: float, apex: float | None, offset: float, s
     1 for `apex` s, raised-cosine fall over `offset` s. apex=None holds until the offset ends on the last frame.
     """
     _check_frames(num_frames)
+    _check_fps(fps)
     named = {"onset": onset, "offset": offset, "start": start, "apex": 0.0 if apex is None else apex}
     for name, value in named.items():
-        if not (math.isfinite(value) and value >= 0):
+        if not 0 <= _number(value) < math.inf:
             raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
     t = np.arange(num_frames) / fps
     if apex is None:
@@ -210,7 +211,8 @@ def blinks(num_frames: int, seed: int | np.random.Generator | None = None, rate_
     closes in 50-80 ms, stays shut 15-40 ms and reopens in 90-140 ms (155-260 ms in all).
     """
     _check_frames(num_frames)
-    if not (math.isfinite(rate_per_min) and 0.0 <= rate_per_min <= 60.0):
+    _check_fps(fps)
+    if not 0.0 <= _number(rate_per_min) <= 60.0:
         raise ValueError(f"rate_per_min must be in [0, 60], got {rate_per_min!r}")
     rng = np.random.default_rng(seed)
     t = np.arange(num_frames) / fps
@@ -306,12 +308,14 @@ def parse_timeline(text: str) -> list[Keyframe]:
 def check_timeline(keys: Sequence[Keyframe | tuple]) -> list[Keyframe]:
     """Validated keyframes from (emotion, start[, intensity]) tuples: known emotions, finite
     non-negative strictly increasing starts, intensities in [0, 1.5]."""
+    if not isinstance(keys, (list, tuple)):
+        raise ValueError(f"a timeline is text or a list of (emotion, start[, intensity]) tuples, got {keys!r}")
     out: list[Keyframe] = []
     for i, key in enumerate(keys):
         if not isinstance(key, tuple) or len(key) not in (2, 3):
             raise ValueError(f"timeline entry #{i + 1} {key!r} must be (emotion, start[, intensity])")
         key = Keyframe(*key)
-        start = float(key.start)
+        start = _number(key.start)
         if not (math.isfinite(start) and start >= 0):
             raise ValueError(f"timeline entry #{i + 1} {key.emotion}@{key.start}: start must be finite and >= 0 s")
         if out and start <= out[-1].start:
@@ -332,9 +336,10 @@ def timeline_weights(
     eases (raised cosine over `transition` s) from wherever the face is to its emotion at
     intensity x entry intensity (the product must stay <= 1.5)."""
     _check_frames(num_frames)
+    _check_fps(fps)
     keys = parse_timeline(timeline) if isinstance(timeline, str) else check_timeline(timeline)
     intensity = check_intensity(intensity)
-    if not (math.isfinite(transition) and transition >= 0):
+    if not 0 <= _number(transition) < math.inf:
         raise ValueError(f"transition must be a finite number of seconds >= 0, got {transition!r}")
     t = np.arange(num_frames) / fps
     w = np.zeros((num_frames, len(names)))
@@ -351,6 +356,20 @@ def timeline_weights(
             state = state + (target - state) * p
     w = w.astype(np.float32)
     return subject.apply(w, names) if subject is not None else w
+
+
+def _number(value) -> float:
+    """A real number as a float, or NaN for anything else (None, text, a bool, a list), so that callers
+    report it in their own ValueError instead of a TypeError from arithmetic."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return math.nan
+    return float(value)
+
+
+def _check_fps(fps: float) -> None:
+    if not FPS_RANGE[0] <= _number(fps) <= FPS_RANGE[1]:
+        raise ValueError(f"fps must be a number of frames per second in [{FPS_RANGE[0]:g}, {FPS_RANGE[1]:g}], "
+                         f"got {fps!r}")
 
 
 def _check_frames(num_frames: int) -> None:

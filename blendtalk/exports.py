@@ -44,6 +44,8 @@ from .animation import Animation
 FORMATS = ("npy", "obj", "glb", "arkit_csv", "arkit_json", "flame")
 GLB_MAX_FRAMES = 1800  # 60 s at 30 fps: ~90 MB of targets for the 4278-vertex rig; Blender imports slow down past it
 OBJ_ZIP_LEVEL = 1  # deflate level: the repeated faces compress well even at the fastest level
+MAX_NAME_BYTES = 255  # a file name's length limit on Linux, macOS and Windows file systems (NAME_MAX)
+TMP_NAME_CHARS = 40  # characters of the final name kept in the temporary one, which must stay under MAX_NAME_BYTES too
 _STEM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # no separators, dots or '..': stays in out_dir
 _SUFFIX = {"npy": "{}.npy", "obj": "{}_obj.zip", "glb": "{}.glb", "arkit_csv": "{}_arkit.csv",
            "arkit_json": "{}_arkit.json", "flame": "{}_flame.npz"}
@@ -75,7 +77,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     left as it was. Same folder, so the final `os.replace` is an atomic rename.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
+    tmp = path.with_name(f".{path.name[:TMP_NAME_CHARS]}.{uuid.uuid4().hex[:12]}.part")  # short: any valid name has one
     try:
         yield tmp
         os.replace(tmp, path)
@@ -116,10 +118,14 @@ def export_all(
     _check_formats(formats)
     if not isinstance(stem, str) or not _STEM_RE.fullmatch(stem):
         raise ValueError(f"stem must be 1-64 letters, digits, '_' or '-' (no path parts), got {stem!r}")
+    _check_values(animation)  # before anything is written: no format of a broken animation is exported
     missing = unavailable(animation, formats)
     if missing and strict:
         raise ValueError("; ".join(f"cannot export {fmt}: {why}" for fmt, why in missing.items()))
     out_dir = Path(out_dir)
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"cannot export into {str(out_dir)!r}: {str(folder)!r} is a file, not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for fmt in dict.fromkeys(formats):  # keep order, drop repeats
@@ -139,6 +145,7 @@ def export_all(
 def write_npy(animation: Animation, path: str | os.PathLike) -> Path:
     """Vertices (T, V, 3) float32 in metres as a .npy file."""
     path = _target(path, ".npy")
+    _check_values(animation)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
         np.save(f, animation.vertices.astype(np.float32, copy=False), allow_pickle=False)
     return path
@@ -147,6 +154,7 @@ def write_npy(animation: Animation, path: str | os.PathLike) -> Path:
 def write_obj_zip(animation: Animation, path: str | os.PathLike) -> Path:
     """A zip of one Wavefront OBJ per frame, frame_0000.obj ..., each with all V vertices and F faces."""
     path = _target(path, ".zip")
+    _check_values(animation)
     verts, tri = animation.vertices, _triangles(animation)
     digits = max(4, len(str(len(verts) - 1)))
     # %-formatting a whole frame at once is ~10x faster than np.savetxt; faces are the same every frame.
@@ -168,6 +176,7 @@ def write_arkit_csv(animation: Animation, path: str | os.PathLike) -> Path:
     clipped to [0, 1], the range ARKit coefficients have.
     """
     path = _target(path, ".csv")
+    _check_values(animation)
     columns = _live_link_columns(animation)  # (T, 52)
     columns = np.clip(columns, 0.0, 1.0)
     rest = ",0" * len(LIVE_LINK_FACE_ROTATIONS)
@@ -183,6 +192,7 @@ def write_arkit_csv(animation: Animation, path: str | os.PathLike) -> Path:
 def write_arkit_json(animation: Animation, path: str | os.PathLike) -> Path:
     """{"fps": float, "names": [K names], "frames": [[K weights] * T]}, names as in the animation."""
     path = _target(path, ".json")
+    _check_values(animation)
     weights = _arkit(animation)
     doc = {"fps": float(animation.fps), "names": list(animation.arkit_names),
            "frames": np.round(weights.astype(np.float64), 6).tolist()}
@@ -194,6 +204,7 @@ def write_arkit_json(animation: Animation, path: str | os.PathLike) -> Path:
 def write_flame(animation: Animation, path: str | os.PathLike) -> Path:
     """The FLAME parameters (e.g. 'expr' (T, n), 'jaw_pose' (T, 3)) and 'fps' as an .npz (no pickle)."""
     path = _target(path, ".npz")
+    _check_values(animation)
     if not animation.flame_params:
         raise ValueError("the animation has no FLAME parameters (it was not made on a FLAME mesh)")
     arrays = {}
@@ -223,6 +234,7 @@ def write_glb(
     smoother when a viewer plays at another rate).
     """
     path = _target(path, ".glb")
+    _check_values(animation)
     if interpolation not in ("STEP", "LINEAR"):
         raise ValueError(f"interpolation must be 'STEP' or 'LINEAR', got {interpolation!r}")
     verts = animation.vertices  # (T, V, 3)
@@ -232,8 +244,6 @@ def write_glb(
     base = verts[0] if template is None else np.asarray(template, dtype=np.float32)
     if base.shape != (n_verts, 3) or not np.isfinite(base).all():
         raise ValueError(f"template must be finite with shape ({n_verts}, 3), got {base.shape}")
-    if not np.isfinite(verts).all():
-        raise ValueError("vertices contain NaN or infinite values")
     tri = _triangles(animation).astype(np.uint32)
     deltas = (verts - base).astype(np.float32)  # (T, V, 3)
     # Key k shows target k; one more key at T/fps holds the last frame, so the clip lasts T/fps
@@ -344,8 +354,22 @@ def _triangles(animation: Animation) -> np.ndarray:
     return tri
 
 
+def _check_values(animation: Animation) -> None:
+    """Finite vertices and a usable frame rate: NaN or inf would be written into the file as text or bits."""
+    fps = animation.fps
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.number)) or not 0 < fps < math.inf:
+        raise ValueError(f"fps must be a finite number of frames per second > 0, got {fps!r}")
+    if not np.isfinite(animation.vertices).all():
+        raise ValueError("vertices contain NaN or infinite values; the animation is broken, nothing was exported")
+
+
 def _target(path: str | os.PathLike, suffix: str) -> Path:
     path = Path(path)
+    if "\0" in str(path):
+        raise ValueError(f"file names cannot contain NUL characters, got {str(path)!r}")
+    if len(os.fsencode(path.name)) > MAX_NAME_BYTES:
+        raise ValueError(f"file name {path.name[:40]!r}... is {len(os.fsencode(path.name))} bytes; "
+                         f"at most {MAX_NAME_BYTES} are allowed")
     if path.suffix.lower() != suffix:
         raise ValueError(f"expected a {suffix} file name, got {path.name!r}")
     if not path.parent.is_dir():

@@ -158,7 +158,7 @@ def validate_checkpoint(folder: str | Path, kind: str | None = None) -> Checkpoi
         raise CheckpointError(f"{folder} has no {CONFIG_NAME}; a checkpoint is what save_pretrained writes")
     try:
         raw = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, an int of > 4300 digits, deep nesting
         raise CheckpointError(f"{config_path} is not valid JSON ({err})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{config_path} must hold a JSON object, got {type(raw).__name__}")
