@@ -1,7 +1,10 @@
 """DFM throughput: fused frames per second at batch 1 (streaming) and batched.
 
     python eval/benchmark_dfm.py --dfm assets/dfm --device cuda --json out.json
+    python eval/benchmark_dfm.py --device cuda --bf16 --compile      # bfloat16 autocast, torch.compile(fuse)
 """
+
+import contextlib
 
 import argparse
 import json
@@ -42,23 +45,28 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64, 512, 4096])
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fuse (compiled once per batch size)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     device = pick_device(args.device)
     rig = load_rig()
     model = load_dfm(args.dfm, rig, device)
     deltas = torch.as_tensor(rig.deltas, device=device)
+    fuse = torch.compile(model.fuse) if args.compile else model.fuse
+    precision = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
     rows = []
     for b in args.batches:
         g = torch.Generator(device="cpu").manual_seed(0)
         d_s = torch.einsum("bk,kvc->bvc", torch.rand(b, 52, generator=g).to(device) * 0.3, deltas)
         d_e = torch.einsum("bk,kvc->bvc", torch.rand(b, 52, generator=g).to(device) * 0.3, deltas)
-        with torch.inference_mode():
-            rows.append(frames_per_second(lambda: model.fuse(d_s, d_e), b, device, args.reps))
+        with torch.inference_mode(), precision:
+            rows.append(frames_per_second(lambda: fuse(d_s, d_e), b, device, args.reps))
         print(f"batch {b:5d}: {rows[-1]['fps']:12.1f} frames/s (median {rows[-1]['median_s'] * 1e3:.2f} ms)", flush=True)
     size_mb = sum(f.stat().st_size for f in args.dfm.glob("*.safetensors")) / 1e6
     report = {"device": str(device), "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "threads": torch.get_num_threads(), "weights_mb": size_mb, "rows": rows}
+              "threads": torch.get_num_threads(), "weights_mb": size_mb,
+              "bf16": args.bf16, "compile": args.compile, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
