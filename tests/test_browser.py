@@ -224,9 +224,17 @@ def test_blendshape_explorer_moves_the_face(browser, app_url):
     shape = "const d = arguments[0].data[0]; return JSON.stringify([d.x, d.y, d.z]);"
     before = browser.js(shape, plot)
     assert len(before) > 10_000, before[:200]
-    number = browser.find("#face-sliders input[type=number]")
-    browser.click(number)
-    browser.type(number, KEY_BACKSPACE * 4 + "1" + KEY_ENTER)
+    # The tab's components mount on first visit and can be swapped once more while it settles; type
+    # again until the box holds the value, so that a lost keystroke is not mistaken for a stuck face.
+    value = "return document.querySelector('#face-sliders input[type=number]').value;"
+    for _ in range(5):
+        number = browser.find("#face-sliders input[type=number]")
+        browser.click(number)
+        browser.type(number, KEY_BACKSPACE * 4 + "1" + KEY_ENTER)
+        time.sleep(0.3)
+        if float(browser.js(value) or 0) == 1:
+            break
+    assert float(browser.js(value)) == 1, "could not type into the first blendshape slider"
     t0 = time.perf_counter()
     after = before
     while after == before and time.perf_counter() - t0 < 30:

@@ -24,6 +24,7 @@ import signal
 import string
 import struct
 import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -973,3 +974,19 @@ def test_out_dir_that_is_a_file(sandbox, tally):
             export_all(animation(), sandbox / "file" / "sub")
     finally:
         (sandbox / "file").unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Coverage-guided: a short atheris run per target (tests/fuzz_atheris.py; long runs by hand)
+
+
+@pytest.mark.parametrize("target, runs", [("timeline", 5000), ("config", 2000), ("audio", 300)])
+def test_atheris_short_run_finds_nothing(target, runs, tmp_path):
+    pytest.importorskip("atheris")
+    harness = Path(__file__).with_name("fuzz_atheris.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, str(harness), target, f"-atheris_runs={runs}", "-timeout=30", "-seed=1"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Done {runs} " in out.stderr, out.stderr[-1000:]
+    assert not list(tmp_path.glob("crash-*")) + list(tmp_path.glob("timeout-*"))

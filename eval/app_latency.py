@@ -1,0 +1,92 @@
+"""Time from Generate to a finished video in the Gradio app, for a longer clip, per video size.
+
+    python eval/app_latency.py --seconds 10 --sizes 256 512 --repeats 3 --json out/app_latency.json
+
+Starts `python app.py` offline on a free port (as eval/load_test.py does), builds a speech clip of
+about --seconds from the shipped 3 s clips (joined with 0.3 s pauses, transcripts joined too) and
+sends it to `/animate` with gradio_client, one request at a time: the time is from submission to
+the mp4, figure and downloads back on the client. The page's HTML load is timed with a plain GET;
+the browser's page load and click-to-playable time come from `pytest tests/test_browser.py -s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load_test import CLIPS, launch_app  # noqa: E402
+
+PAUSE_S = 0.3
+
+
+def long_clip(seconds: float, folder: Path) -> tuple[Path, str]:
+    """A wav of the shipped clips in turn until `seconds` are reached, and its transcript."""
+    parts, words, total, sr = [], [], 0.0, None
+    while total < seconds:
+        audio, transcript = CLIPS[len(parts) % len(CLIPS)]
+        x, sr_i = sf.read(str(audio), dtype="float32")
+        if sr is None:
+            sr = sr_i
+        elif sr_i != sr:
+            raise RuntimeError(f"{audio} is at {sr_i} Hz, the others at {sr} Hz")
+        parts += [x, np.zeros(int(PAUSE_S * sr), np.float32)]
+        words.append(transcript.read_text().strip())
+        total += len(x) / sr + PAUSE_S
+    x = np.concatenate(parts)[: int(seconds * sr)]
+    path = folder / "speech.wav"
+    sf.write(str(path), x, sr)
+    return path, " ".join(words)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--seconds", type=float, default=10.0, help="length of the speech clip")
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], choices=[128, 256, 384, 512])
+    p.add_argument("--repeats", type=int, default=3, help="requests per size (after one untimed warm-up)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if not 1.0 <= args.seconds <= 60.0 or args.repeats < 1:
+        p.error("--seconds must be in [1, 60] and --repeats at least 1")
+    from gradio_client import Client, handle_file
+
+    with tempfile.TemporaryDirectory(prefix="blendtalk-latency-") as tmp:
+        tmp = Path(tmp)
+        wav, transcript = long_clip(args.seconds, tmp)
+        with launch_app(tmp) as app:
+            t = time.perf_counter()
+            httpx.get(app.url, timeout=30).raise_for_status()
+            page_s = time.perf_counter() - t
+            client = Client(app.url, verbose=False, download_files=str(tmp / "downloads"))
+            report = {"seconds": args.seconds, "page_html_s": page_s, "sizes": {}}
+            for size in args.sizes:
+                times = []
+                for i in range(args.repeats + 1):
+                    t = time.perf_counter()
+                    video, *_ = client.predict(handle_file(str(wav)), "", transcript, "happy", 0.8, "", 0.5, "", True,
+                                               size, api_name="/animate")
+                    if not (video and Path(video).stat().st_size > 0):
+                        raise RuntimeError(f"no video came back at size {size}")
+                    if i:  # the first request at a size is a warm-up
+                        times.append(time.perf_counter() - t)
+                report["sizes"][size] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+                print(f"{args.seconds:g} s of speech at {size} px: median {statistics.median(times):.1f} s "
+                      f"({min(times):.1f}..{max(times):.1f}, {args.repeats} requests)", flush=True)
+    print(f"page HTML: {page_s * 1e3:.0f} ms")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
