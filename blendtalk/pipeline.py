@@ -265,8 +265,12 @@ class Pipeline:
         if method == "interpolation" or self.dfm is None:
             return d_s + d_e, {}
         # Expression inputs repeat (a held emotion is the same frame until a blink or a change):
-        # encode each distinct frame once, which is exact and several times cheaper.
-        unique, inverse = np.unique(d_e.reshape(len(d_e), -1), axis=0, return_inverse=True)
+        # encode each distinct frame once, which is exact and several times cheaper. Frames are
+        # matched by their bytes (np.unique(axis=0) sorts rows and costs as much as the encoder).
+        rows = np.ascontiguousarray(d_e, dtype=np.float32).reshape(len(d_e), -1)
+        ids: dict[bytes, int] = {}
+        inverse = np.array([ids.setdefault(row.tobytes(), len(ids)) for row in rows], dtype=np.int64)
+        unique = rows[np.unique(inverse, return_index=True)[1]]  # (U, V*3), in order of first appearance
         ds = torch.from_numpy(np.ascontiguousarray(d_s)).to(self.device)
         de = torch.from_numpy(unique.reshape(-1, *d_e.shape[1:])).to(self.device)
         w_speech, _ = self.dfm.split(self.dfm.encode_speech(ds))

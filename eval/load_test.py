@@ -74,7 +74,7 @@ def launch_app(workdir: Path, *extra: str, startup_s: float = STARTUP_S) -> Iter
     workdir = Path(workdir)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADIO_")}
-    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])), HF_HUB_OFFLINE="1")
     log_path = workdir / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--workdir",

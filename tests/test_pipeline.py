@@ -56,6 +56,21 @@ def test_loads_shipped_checkpoints(speech):
     assert np.ptp(pipe.rig.lip_gap(pipe.rig.vertices[None] + d_s)) > 2e-3  # the mouth opens and closes: > 2 mm
 
 
+def test_fuse_encodes_repeated_expression_frames_once_and_exactly(pipe, speech):
+    _, d_s, _ = speech
+    d_s = d_s[:SHORT]
+    held = pipe.expression_deformation(Expression("happy", 0.8, blinks=False), SHORT)
+    d_e = np.concatenate([held[:10], held[:1] * 0.5, held[10:20], held[:1] * 0.5, held[20:28]])  # repeats far apart, not only in runs
+    assert len(np.unique(d_e.reshape(SHORT, -1), axis=0)) < SHORT
+    fused, weights = pipe.fuse(d_s, d_e)
+    with torch.no_grad():  # the reference: every frame through the expression encoder
+        w_s, _ = pipe.dfm.split(pipe.dfm.encode_speech(torch.from_numpy(d_s)))
+        _, w_e = pipe.dfm.split(pipe.dfm.encode_expression(torch.from_numpy(d_e)))
+        expected = pipe.dfm.fuse_weights(w_s, w_e).numpy()
+    np.testing.assert_allclose(weights["expression_weights"], w_e.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fused, expected, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("method", ["interpolation", "ours"])
 def test_timeline_changes_the_upper_face_after_its_key(pipe, speech, method):
     features, d_s, _ = speech

@@ -1,0 +1,86 @@
+"""Wall time of "speech file -> finished mp4" through the loaded pipeline, as the CLI and the app run it.
+
+    python eval/end_to_end.py --device cuda --seconds 10 --size 512 --repeats 5 --json out/e2e.json
+
+eval/benchmark.py times each stage alone and adds them up; here the stages run as the product runs
+them: `Pipeline.animate` on a wav file (decode, phones, features, speech model, expression, DFM),
+then `Pipeline.save_video`, which streams rendered batches into the ffmpeg encoder while it
+encodes, so render and encode overlap. The pipeline and the renderer are loaded once and one
+untimed call warms them up; then --repeats calls are timed, with the transcript (forced alignment)
+and without it (phone recognition). The clip is the shipped 3 s clips joined to --seconds
+(eval/app_latency.py builds it the same way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from app_latency import long_clip  # noqa: E402
+
+from blendtalk.pipeline import Pipeline  # noqa: E402
+
+STAGES = ("audio front end", "speech model", "expression", "dfm", "render", "encode")
+
+
+def run_once(pipe: Pipeline, wav: Path, transcript: str | None, out: Path, size: int) -> dict:
+    """One clip through animate + save_video: wall seconds and the pipeline's own stage times."""
+    t0 = time.perf_counter()
+    animation = pipe.animate(wav, transcript=transcript, emotion="happy", intensity=0.8)
+    pipe.save_video(animation, out, size=size)
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    out.unlink()
+    return {"wall_s": wall, **{k: animation.meta["timings"][k] for k in STAGES}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of the speech clip")
+    p.add_argument("--size", type=int, default=512, help="video size in pixels")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per mode, after one warm-up")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if not 1.0 <= args.seconds <= 60.0 or args.repeats < 1:
+        p.error("--seconds must be in [1, 60] and --repeats at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = Pipeline.from_pretrained(device=args.device)
+    print("\n".join(pipe.sources), flush=True)
+    report = {"device": str(pipe.device), "gpu": torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else None,
+              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "checkpoints": pipe.sources, "seconds": args.seconds, "size": args.size, "modes": {}}
+    with tempfile.TemporaryDirectory(prefix="blendtalk-e2e-") as tmp:
+        tmp = Path(tmp)
+        wav, words = long_clip(args.seconds, tmp)
+        for mode, transcript in (("with transcript", words), ("audio alone", None)):
+            run_once(pipe, wav, transcript, tmp / "out.mp4", args.size)  # warm-up
+            runs = [run_once(pipe, wav, transcript, tmp / "out.mp4", args.size) for _ in range(args.repeats)]
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            report["modes"][mode] = {"median": med, "runs": runs}
+            stages = ", ".join(f"{k} {med[k]:.3f}" for k in STAGES)
+            print(f"{args.seconds:g} s of speech -> {args.size} px mp4, {mode}: {med['wall_s']:.2f} s "
+                  f"(median of {args.repeats}; {min(r['wall_s'] for r in runs):.2f}..{max(r['wall_s'] for r in runs):.2f}); "
+                  f"stages: {stages}", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
