@@ -1,4 +1,4 @@
-"""Time from Generate to a finished video in the Gradio app, for a longer clip, per video size.
+"""Time from Generate to a playable video (and to all outputs) in the Gradio app, per video size.
 
     python eval/app_latency.py --seconds 10 --sizes 256 512 --repeats 3 --json out/app_latency.json
 
@@ -6,8 +6,9 @@ Starts `python app.py` offline on a free port (as eval/load_test.py does), build
 about --seconds from the shipped 3 s clips (joined with 0.3 s pauses, transcripts joined too) and
 sends it to `/animate` with gradio_client, one request at a time. Two times per request, from
 submission: to the playable video on the client (the app's first update, what a person waits for)
-and to everything back (the 3D view, the weight curves and the downloads follow the video). The page's HTML load is timed with a plain GET;
-the browser's page load and click-to-playable time come from `pytest tests/test_browser.py -s`.
+and to everything back (the 3D view, the weight curves and the downloads follow the video). The
+page's HTML load is timed with a plain GET; the browser's page load and click-to-playable time
+come from `pytest tests/test_browser.py -s`.
 """
 
 from __future__ import annotations

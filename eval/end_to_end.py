@@ -55,11 +55,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if not 1.0 <= args.seconds <= 60.0 or args.repeats < 1:
-        p.error("--seconds must be in [1, 60] and --repeats at least 1")
+    if not 1.0 <= args.seconds <= 60.0 or args.repeats < 1 or not 64 <= args.size <= 2048:
+        p.error("--seconds must be in [1, 60], --repeats at least 1 and --size in [64, 2048]")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = Pipeline.from_pretrained(device=args.device)
+    try:
+        pipe = Pipeline.from_pretrained(device=args.device)
+    except ValueError as err:  # an unknown or unavailable --device
+        p.error(str(err))
     print("\n".join(pipe.sources), flush=True)
     report = {"device": str(pipe.device), "gpu": torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else None,
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
