@@ -6,10 +6,22 @@
     pipe.save_video(anim, "out.mp4")
 """
 
-from .animation import Animation
-from .emotions import EMOTIONS
-from .pipeline import Expression, Pipeline
-from .rig import FaceRig, load_rig
+import importlib
 
-__all__ = ["Animation", "EMOTIONS", "Expression", "FaceRig", "Pipeline", "load_rig"]
+# The public names load their modules on first use, so that `import blendtalk.phonetics` (as the
+# phone-recognition worker processes do) does not pull in torch.
+_EXPORTS = {"Animation": ".animation", "EMOTIONS": ".emotions", "Expression": ".pipeline", "Pipeline": ".pipeline",
+            "FaceRig": ".rig", "load_rig": ".rig"}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'blendtalk' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -169,20 +169,27 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, dfm: str | None = None, speech: str | None = None, device: str | None = None,
-                        rig: FaceRig | None = None) -> "Pipeline":
+                        rig: FaceRig | None = None, phone_workers: int | None = None) -> "Pipeline":
         """Load the checkpoints: `dfm`/`speech` a local folder or Hub id ("org/name[@rev]") (speech may
         also be "visemes": the procedural driver, which closes the lips on /p b m/ by rule), else the
         BLENDTALK_DFM / BLENDTALK_SPEECH environment variables, else the shipped assets/ ones.
-        Hub failures fall back to the shipped checkpoints (logged, and listed in `sources`)."""
+        Hub failures fall back to the shipped checkpoints (logged, and listed in `sources`).
+
+        phone_workers: processes that recognise the phones of one clip in pieces at once
+        (blendtalk.phonetics.PhoneAligner); None: `default_phone_workers` (up to 8 on a GPU, 0 on CPU)."""
         from .geometry import load_square_map
         from .hub import CheckpointNotFoundError, resolve_checkpoint
         from .mapping import load_mapping
         from .models.dfm import DeformationFusionModule
         from .models.faceformer import FaceFormer
 
+        from .phonetics import PhoneAligner, default_phone_workers
+
         device = resolve_device(device)
+        if phone_workers is None:
+            phone_workers = default_phone_workers(device.type)
         rig = rig or load_rig()
-        pipe = cls(rig=rig, device=device)
+        pipe = cls(rig=rig, device=device, _aligner=PhoneAligner(phone_workers))
         found = resolve_checkpoint("dfm", dfm)
         map_size = _map_size(found.path)
         smap = load_square_map(rig, map_size).matrix(device) if map_size else None
@@ -232,6 +239,16 @@ class Pipeline:
         if self._aligner is None:
             self._aligner = PhoneAligner()
         return speech_features(samples, transcript, self._aligner)
+
+    @property
+    def phone_workers(self) -> int:
+        """Processes that recognise phones in pieces (0: in this process)."""
+        return self._aligner.workers if self._aligner is not None else 0
+
+    def close(self) -> None:
+        """Stop the phone recognition processes, if any (they restart when needed)."""
+        if self._aligner is not None:
+            self._aligner.close()
 
     def speech_deformation(self, speech) -> tuple[np.ndarray, str]:
         """SpeechFeatures -> speech displacements d_s (T, V, 3) in metres, and the driver's name."""

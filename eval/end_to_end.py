@@ -53,22 +53,27 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=512, help="video size in pixels")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per mode, after one warm-up")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--phone-workers", type=int, default=None,
+                   help="processes recognising phones in pieces (default: the pipeline's: spare cores on a GPU, 0 on CPU)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if not 1.0 <= args.seconds <= 60.0 or args.repeats < 1 or not 64 <= args.size <= 2048:
         p.error("--seconds must be in [1, 60], --repeats at least 1 and --size in [64, 2048]")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.phone_workers is not None and args.phone_workers < 0:
+        p.error("--phone-workers must be at least 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        pipe = Pipeline.from_pretrained(device=args.device)
+        pipe = Pipeline.from_pretrained(device=args.device, phone_workers=args.phone_workers)
     except ValueError as err:  # an unknown or unavailable --device
         p.error(str(err))
     print("\n".join(pipe.sources), flush=True)
     report = {"device": str(pipe.device), "gpu": torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else None,
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "checkpoints": pipe.sources, "seconds": args.seconds, "size": args.size, "modes": {}}
+              "torch": torch.__version__, "checkpoints": pipe.sources, "seconds": args.seconds, "size": args.size,
+              "phone_workers": pipe.phone_workers, "modes": {}}
     with tempfile.TemporaryDirectory(prefix="blendtalk-e2e-") as tmp:
         tmp = Path(tmp)
         wav, words = long_clip(args.seconds, tmp)
@@ -81,6 +86,10 @@ def main(argv=None) -> int:
             print(f"{args.seconds:g} s of speech -> {args.size} px mp4, {mode}: {med['wall_s']:.2f} s "
                   f"(median of {args.repeats}; {min(r['wall_s'] for r in runs):.2f}..{max(r['wall_s'] for r in runs):.2f}); "
                   f"stages: {stages}", flush=True)
+            speech_s = med["audio front end"] + med["speech model"]  # audio -> speech deformation
+            print(f"  audio -> speech deformation: {speech_s:.3f} s, {args.seconds / speech_s:.1f}x real time, "
+                  f"{args.seconds * 30 / speech_s:.0f} frames/s", flush=True)
+    pipe.close()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

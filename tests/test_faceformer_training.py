@@ -12,7 +12,7 @@ import torch
 
 from blendtalk.faceformer_eval import evaluate_driver, evaluate_model, motion_metrics, region_masks, summarise
 from blendtalk.faceformer_training import (
-    FaceFormerTrainConfig, cache_features, faceformer_loss, fit_frames, load_sequences, load_train_config, new_model,
+    FaceFormerTrainConfig, augment_mel, cache_features, faceformer_loss, fit_frames, load_sequences, load_train_config, new_model,
     sample_batch, train_faceformer,
 )
 from blendtalk.models.audio_encoders import AudioEncoderConfig
@@ -192,6 +192,36 @@ def test_config_errors_name_the_problem():
         FaceFormerTrainConfig(encoder="mfcc")
     with pytest.raises(ValueError, match="min_seconds"):
         FaceFormerTrainConfig(min_seconds=3, max_seconds=2)
+    with pytest.raises(ValueError, match="mel_warp"):
+        FaceFormerTrainConfig(mel_warp=0.7)
+    with pytest.raises(ValueError, match="mel_dropout"):
+        FaceFormerTrainConfig(mel_dropout=1.5)
+
+
+def test_mel_augmentation():
+    rng = np.random.default_rng(0)
+    mel = torch.randn(6, 40, 80)
+    off = FaceFormerTrainConfig(mel_warp=0.0, mel_masks=0, mel_dropout=0.0)
+    assert torch.equal(augment_mel(mel, off, rng), mel)
+    # Stretch: a formant-like peak at mel bin 30 moves by the window's factor, never beyond +-15%.
+    peak = torch.zeros(6, 40, 80)
+    peak[..., 30] = 10.0
+    moved = augment_mel(peak, FaceFormerTrainConfig(mel_warp=0.15, mel_masks=0), rng).argmax(-1)  # (6, 40)
+    assert ((moved >= 25) & (moved <= 35)).all() and (moved != 30).any()
+    assert (moved == moved[:, :1]).all()  # one factor per window
+    # Masks: blanked entries hold the window's mean level, whole bands or whole frames.
+    masked = augment_mel(mel, FaceFormerTrainConfig(mel_warp=0.0, mel_masks=2), rng)
+    level = mel.mean(dim=(1, 2), keepdim=True).expand_as(mel)
+    blank = masked == level
+    assert blank.any() and torch.equal(masked[~blank], mel[~blank])
+    bands, spans = blank.all(1), blank.all(2)  # (B, M) bands, (B, L) frames
+    assert torch.equal(blank, bands[:, None, :] | spans[:, :, None])
+    assert (bands.sum(1) <= 20).all() and (spans.sum(1) <= 8).all()
+    # Dropout blanks whole windows, only those whose phones are trusted.
+    trusted = torch.tensor([True, True, True, False, False, False])
+    dropped = augment_mel(mel, FaceFormerTrainConfig(mel_warp=0.0, mel_masks=0, mel_dropout=1.0), rng, trusted)
+    flat = dropped.flatten(1).std(1) == 0
+    assert flat.tolist() == trusted.tolist() and torch.equal(dropped[3:], mel[3:])
 
 
 def test_cli_caches_then_trains(corpus, tmp_path):

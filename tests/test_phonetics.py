@@ -20,6 +20,7 @@ from blendtalk.phonetics import (
     cover_phones,
     espeak_to_arpabet,
     load_arctic_fixture,
+    quiet_cuts,
     phone_error_rate,
     phone_features,
     phones_to_frames,
@@ -255,3 +256,44 @@ def test_one_aligner_shared_by_threads(arctic, aligner):
         recognized = list(pool.map(lambda _: aligner.recognize(audio), range(2)))
     assert all(a == expected for a in aligned)
     assert all(len(r) > 10 for r in recognized)
+
+
+def test_quiet_cuts_land_in_pauses():
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0, 0.1, 4 * SAMPLE_RATE).astype(np.float32)
+    audio[int(2.1 * SAMPLE_RATE):int(2.2 * SAMPLE_RATE)] = 0  # a pause 0.1 s after the middle
+    (cut,) = quiet_cuts(audio, 2)
+    assert 2.1 * SAMPLE_RATE <= cut < 2.2 * SAMPLE_RATE
+    cuts = quiet_cuts(audio, 5)
+    assert len(cuts) == 4 and cuts == sorted(cuts) and 0 < cuts[0] and cuts[-1] < len(audio)
+    with pytest.raises(ValueError, match="parts"):
+        quiet_cuts(audio, 0)
+    with pytest.raises(ValueError, match="too short"):
+        quiet_cuts(audio[:300], 2)
+
+
+def test_recognition_in_worker_processes(arctic, aligner, caplog):
+    """Pieces recognised in 2 processes: phones that cover the clip and mostly agree with one pass;
+    a dead worker costs a warning, not the result."""
+    audio = np.concatenate([arctic[0], arctic[0]])  # 6 s: pieces of >= MIN_PIECE_SECONDS for two workers
+    whole = aligner.recognize(audio)
+    parallel = PhoneAligner(workers=2)
+    try:
+        pieces = parallel.recognize(audio)
+        _check_cover(audio, pieces)
+        per = phone_error_rate([p.symbol for p in whole if p.symbol != "sil"], [p.symbol for p in pieces])
+        assert per < 0.15  # only the phones next to the one cut may differ
+        assert len(parallel._pool._procs) == 2
+        parallel._pool._procs[0].kill()
+        parallel._pool._procs[0].wait()
+        with caplog.at_level(logging.WARNING):
+            again = parallel.recognize(audio)
+        assert "worker failed" in caplog.text  # this process recognised it in one pass instead
+        _check_cover(audio, again)
+        assert phone_error_rate([p.symbol for p in whole if p.symbol != "sil"], [p.symbol for p in again]) < 0.15
+        assert parallel.recognize(audio) and len(parallel._pool._procs) == 2  # and the workers came back
+    finally:
+        parallel.close()
+    assert parallel._pool is None
+    with pytest.raises(ValueError, match="whole number"):
+        PhoneAligner(workers=-1)

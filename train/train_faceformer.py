@@ -50,6 +50,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--cosine-lr", action="store_true", help="decay the learning rate to 0 over the run")
     p.add_argument("--self-feed", type=float, default=d.self_feed, help="share of steps fed their own predictions")
+    p.add_argument("--mel-warp", type=float, default=d.mel_warp, help="log-mel frequency stretch, 1 +- up to this")
+    p.add_argument("--mel-masks", type=int, default=d.mel_masks, help="SpecAugment bands and spans blanked per window")
+    p.add_argument("--mel-dropout", type=float, default=d.mel_dropout,
+                   help="share of windows with aligned/exact phones trained without their log-mel")
     p.add_argument("--lip-weight", type=float, default=d.lip_weight)
     p.add_argument("--lambda-velocity", type=float, default=d.lambda_velocity)
     p.add_argument("--lambda-lip-gap", type=float, default=d.lambda_lip_gap, help="L1 on the rig's lip-seam gap")
@@ -82,6 +86,7 @@ def main(argv=None) -> int:
             encoder=args.encoder, wav2vec2=args.wav2vec2, phone_mix=args.phone_mix, lr=args.lr,
             lr_schedule="cosine" if args.cosine_lr else "constant", batch_size=args.batch_size,
             min_seconds=args.window[0], max_seconds=args.window[1], self_feed=args.self_feed,
+            mel_warp=args.mel_warp, mel_masks=args.mel_masks, mel_dropout=args.mel_dropout,
             lip_weight=args.lip_weight, lambda_velocity=args.lambda_velocity, lambda_lip_gap=args.lambda_lip_gap, epochs=args.epochs,
             max_minutes=args.max_minutes, val_every=args.val_every, val_sequences=args.val_sequences,
             seed=args.seed, device=args.device, threads=args.threads,

@@ -1,0 +1,114 @@
+"""Phone recognition in worker processes: one pocketsphinx allphone decoder per process.
+
+pocketsphinx holds the GIL while it decodes, so only processes run recognitions side by side.
+The workers are plain subprocesses (`python -m blendtalk.phone_workers`), not multiprocessing
+ones, so that they never re-import the caller's main script and never fork a process that holds
+CUDA. Protocol on the worker's stdin/stdout, one request at a time: a 4-byte little-endian
+length + 16-bit PCM at 16 kHz in; a 4-byte length + JSON [[symbol, start_s, end_s], ...] out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from .phonetics import Phone
+
+_HEADER = struct.Struct("<I")
+
+
+class WorkerError(RuntimeError):
+    """A worker process died or answered nonsense; the pool is closed."""
+
+
+class PhoneWorkers:
+    """`count` recognition processes, started on first use; `recognize(pieces)` runs one piece each.
+
+    Each process loads the acoustic model once (about half a second); close() stops them.
+    """
+
+    def __init__(self, count: int) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a whole number >= 1, got {count!r}")
+        self.count = count
+        self._procs: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+
+    def _start(self) -> None:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])  # so the workers import this very blendtalk
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        self._procs = [subprocess.Popen([sys.executable, "-m", "blendtalk.phone_workers"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env) for _ in range(self.count)]
+
+    def recognize(self, pieces: list[bytes]) -> list[list[Phone]]:
+        """16-bit PCM pieces (at most `count`) -> the phones of each, times from the piece's start."""
+        if len(pieces) > self.count:
+            raise ValueError(f"{len(pieces)} pieces for {self.count} workers")
+        with self._lock:
+            if not self._procs:
+                self._start()
+            try:
+                for proc, pcm in zip(self._procs, pieces):  # all workers start before any answer is read
+                    proc.stdin.write(_HEADER.pack(len(pcm)) + pcm)
+                    proc.stdin.flush()
+                answers = [_read_message(proc.stdout) for proc in self._procs[: len(pieces)]]
+                return [[Phone(s, float(a), float(b)) for s, a, b in json.loads(x)] for x in answers]
+            except (OSError, ValueError, WorkerError) as err:
+                self._stop()
+                raise WorkerError(f"a phone recognition worker failed: {err}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        for proc in self._procs:
+            try:
+                proc.stdin.close()  # EOF: the worker exits
+                proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+        self._procs = []
+
+    def __del__(self):
+        try:
+            self._stop()
+        except Exception:  # interpreter shutdown: best effort
+            pass
+
+
+def _read_message(stream) -> bytes:
+    header = stream.read(_HEADER.size)
+    if len(header) != _HEADER.size:
+        raise WorkerError("the worker exited")
+    (size,) = _HEADER.unpack(header)
+    body = stream.read(size)
+    if len(body) != size:
+        raise WorkerError("the worker's answer was cut short")
+    return body
+
+
+def _serve() -> None:
+    from .phonetics import _allphone_decoder, _allphone_segments
+
+    decoder = _allphone_decoder()
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            pcm = _read_message(source)
+        except WorkerError:  # EOF: the parent closed our stdin
+            return
+        phones = _allphone_segments(decoder, pcm)
+        body = json.dumps([[p.symbol, p.start, p.end] for p in phones]).encode()
+        sink.write(_HEADER.pack(len(body)) + body)
+        sink.flush()
+
+
+if __name__ == "__main__":
+    _serve()
