@@ -3,6 +3,7 @@
     python eval/lipsync.py assets/audio/arctic_a0009.wav --transcript "$(cat assets/audio/arctic_a0009.txt)" \
         --driver visemes --json out/lipsync_visemes.json
     python eval/lipsync.py speech.wav --driver faceformer --checkpoint runs/faceformer-.../best --json out/ls.json
+    python eval/lipsync.py assets/audio/arctic_a0009.wav --driver faceformer --repeat 3 --pause 0.5 --json out/ls.json
 
 Phones come from forced alignment with --transcript, else from recognition; --phones scores against
 a label file ('start end phone' lines, e.g. the ARCTIC fixture's) instead. The driver animates the
@@ -20,6 +21,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from blendtalk.lipsync import CLOSURE_GAP, lipsync_report  # noqa: E402
 
 
+def with_pauses(audio, repeat: int, pause: float):
+    """audio (S,) said `repeat` times with `pause` s between, filled with the clip's own quietest
+    100 ms tiled: a recording's room tone, not digital silence, which no recording has."""
+    import numpy as np
+
+    from blendtalk.constants import SAMPLE_RATE
+
+    n = SAMPLE_RATE // 10
+    if len(audio) < 2 * n:
+        raise SystemExit("the clip is too short to find its room tone (under 0.2 s)")
+    energy = np.convolve(audio.astype(np.float64) ** 2, np.ones(n), mode="valid")  # per 100 ms window
+    start = int(np.argmin(energy))
+    size = int(round(pause * SAMPLE_RATE))
+    gap = np.resize(audio[start:start + n], size)
+    parts = [audio]
+    for _ in range(repeat - 1):
+        parts += [gap, audio]
+    return np.concatenate(parts).astype(np.float32)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("audio", type=Path, help="speech file (wav, flac, mp3, ...)")
@@ -28,12 +49,20 @@ def main(argv=None) -> int:
     p.add_argument("--driver", choices=("faceformer", "visemes"), default="visemes")
     p.add_argument("--checkpoint", help="FaceFormer folder or Hub id (default: BLENDTALK_SPEECH, then assets/speech)")
     p.add_argument("--speaker", type=int, help="training style index (default: the mixture of all styles)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="say the clip this many times, separated by --pause s of its own quietest 100 ms (room "
+                        "tone), to score closure in pauses on a clip that has none over 150 ms")
+    p.add_argument("--pause", type=float, default=0.5, help="seconds of room tone between repeats")
     p.add_argument("--closure-mm", type=float, default=CLOSURE_GAP * 1e3, help="lips count as closed below this gap")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     args = p.parse_args(argv)
     if args.closure_mm <= 0:
         p.error("--closure-mm must be positive")
+    if not 1 <= args.repeat <= 10 or not 0.2 <= args.pause <= 5:
+        p.error("--repeat must be in [1, 10] and --pause in [0.2, 5] s")
+    if args.repeat > 1 and args.phones:
+        p.error("--phones labels one clip; leave out --repeat")
 
     from blendtalk.audio import load_audio
     from blendtalk.phonetics import read_phone_labels
@@ -42,9 +71,14 @@ def main(argv=None) -> int:
 
     rig = load_rig()
     audio = load_audio(args.audio)
-    speech = speech_features(audio, args.transcript)
+    transcript = args.transcript
+    if args.repeat > 1:
+        audio = with_pauses(audio, args.repeat, args.pause)
+        transcript = " ".join([transcript] * args.repeat) if transcript else None
+    speech = speech_features(audio, transcript)
     phones = read_phone_labels(args.phones) if args.phones else list(speech.phones)
-    described = {"audio": str(args.audio), "driver": args.driver, "phone_source": "labels" if args.phones else speech.phone_source}
+    described = {"audio": str(args.audio), "repeat": args.repeat, "pause_s": args.pause if args.repeat > 1 else None,
+                 "driver": args.driver, "phone_source": "labels" if args.phones else speech.phone_source}
     if args.driver == "visemes":
         from blendtalk.visemes import VisemeDriver
 

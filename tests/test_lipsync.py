@@ -120,3 +120,30 @@ def test_cli_with_a_faceformer_checkpoint(tmp_path, rig):
     assert proc.returncode == 0, proc.stderr[-1500:]
     report = json.loads(out.read_text())
     assert report["phone_source"] == "recognized" and report["vowel_opening"] == 0.0 and report["openness_r"] is None
+
+
+def test_shipped_speech_model_closes_on_real_speech(tmp_path, fixture):
+    """The issue's target as a regression check: the ARCTIC clip said three times with pauses of its
+    own room tone; the shipped FaceFormer closes the lips at >= 90% of /p b m/ and of pauses."""
+    _, _, transcript = fixture
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for words in (transcript, None):
+        out = tmp_path / f"ls_{words is None}.json"
+        cmd = [sys.executable, str(ROOT / "eval" / "lipsync.py"), str(ROOT / "assets/audio/arctic_a0009.wav"),
+               "--driver", "faceformer", "--checkpoint", str(ROOT / "assets" / "speech"), "--device", "cpu",
+               "--repeat", "3", "--pause", "0.5", "--json", str(out)] + (["--transcript", words] if words else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-1500:]
+        report = json.loads(out.read_text())
+        assert report["bilabials"] == 6 and report["silences"] == 2 and report["repeat"] == 3
+        assert report["bilabial_closure"] >= 0.9 and report["silence_closure"] >= 0.9, report
+
+
+def test_cli_repeat_checks_its_arguments(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for extra in (["--repeat", "0"], ["--repeat", "2", "--pause", "9"],
+                  ["--repeat", "2", "--phones", str(ROOT / "assets/audio/arctic_a0009.phones.txt")]):
+        proc = subprocess.run([sys.executable, str(ROOT / "eval" / "lipsync.py"), str(ROOT / "assets/audio/arctic_a0009.wav"),
+                               "--json", str(tmp_path / "x.json"), *extra], capture_output=True, text=True, env=env)
+        assert proc.returncode == 2 and ("--repeat" in proc.stderr or "--phones" in proc.stderr), proc.stderr[-500:]
+    assert not (tmp_path / "x.json").exists()
