@@ -22,7 +22,8 @@ than they differ from each other, and a model that leans on the log-mel then mis
 the phones state plainly (the ARCTIC check in eval/lipsync.py). Three augmentations of the log-mel
 (`augment_mel`) push the model to hear voices loosely and to trust good phones: a random stretch of
 the frequency axis (vocal tract length perturbation), SpecAugment's blanked bands and time spans,
-and windows whose whole log-mel is blanked while their phones are aligned or exact.
+and (off by default: it did not help) windows whose whole log-mel is blanked while their phones
+are aligned or exact.
 
 Exposure bias. Teacher forcing feeds the true previous frame, inference the model's own. With
 probability `self_feed` a step runs two parallel passes instead (scheduled sampling): one

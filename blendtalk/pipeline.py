@@ -182,7 +182,6 @@ class Pipeline:
         from .mapping import load_mapping
         from .models.dfm import DeformationFusionModule
         from .models.faceformer import FaceFormer
-
         from .phonetics import PhoneAligner, default_phone_workers
 
         device = resolve_device(device)
