@@ -199,6 +199,19 @@ def load_speech_model(folder: Path | None, rig, device, seed: int):
     return model, "FaceFormer, default config, random weights (timing only: no speech checkpoint yet)", None
 
 
+def wav2vec2_speech_model(like, device, seed: int):
+    """FaceFormer shaped like `like` (a FaceFormerConfig) but with the wav2vec2-base front end
+    (Wav2Vec2Config's defaults: 12 layers, 768 wide, 94 M parameters), randomly initialised: its
+    speed is the pretrained model's (no weights are offline), its output is not speech."""
+    from dataclasses import replace
+
+    from blendtalk.models.audio_encoders import AudioEncoderConfig
+    from blendtalk.models.faceformer import FaceFormer
+
+    torch.manual_seed(seed)
+    return FaceFormer(replace(like, encoder=AudioEncoderConfig(kind="wav2vec2"))).to(device).eval()
+
+
 def checkpoint_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / MB
 
@@ -278,6 +291,12 @@ def run(args) -> dict:
     stage("speech_b", "speech model (autoregressive)", f"{b} clips", lambda: model.generate(xb, t, styleb), b * t)
     with torch.inference_mode():
         d_s = model.generate(x1, t, style1)[0]  # (T, V, 3) on device
+    if not args.no_wav2vec2:  # the paper's front end: raw audio in, no phone recognition on the CPU
+        w2v = wav2vec2_speech_model(model.config, device, args.seed)
+        audio1 = torch.from_numpy(audio)[None].to(device)  # (1, S)
+        stage("speech_w2v", "speech model, wav2vec2-base front end (random weights)", "1 (streaming)",
+              lambda: w2v.generate(audio1, t, style1), t)
+        del w2v
     if missing("scipy") is None:
         from blendtalk.visemes import VisemeDriver
 
@@ -374,6 +393,10 @@ def run(args) -> dict:
            "expression": rows["expression"]["median_s"], "dfm": rows["dfm_clip"]["median_s"],
            "render": rows["render"]["median_s"], "encode": rows.get("encode", {}).get("median_s")}
     e2e["total"] = sum(v for v in e2e.values() if v is not None)
+    # Audio file -> speech deformation (T, V, 3): what issue 5's speed target counts.
+    to_speech = {"phonetic (shipped)": front_s + rows["speech_1"]["median_s"]}
+    if "speech_w2v" in rows:
+        to_speech["wav2vec2-base"] = rows["load"]["median_s"] + rows["speech_w2v"]["median_s"]
 
     dfm_mb = checkpoint_mb(Path(args.dfm))
     weights = {"dfm": dfm_mb, "dfm_paper": PAPER_DFM_MB,
@@ -387,7 +410,7 @@ def run(args) -> dict:
         "host": host, "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
         "seconds": len(audio) / SAMPLE_RATE, "frames": t, "clips": b, "warmup": args.warmup, "repeats": args.repeats,
         "size": args.size, "speech_model": speech_desc, "dfm": str(args.dfm), "notes": notes, "weights_mb": weights,
-        "rows": rows, "seconds_to_mp4": e2e, "paper": {"fps": PAPER_FPS, "gpu": "RTX 3090", "dfm_mb": PAPER_DFM_MB},
+        "rows": rows, "seconds_to_mp4": e2e, "audio_to_speech_s": to_speech, "paper": {"fps": PAPER_FPS, "gpu": "RTX 3090", "dfm_mb": PAPER_DFM_MB},
     }
 
 
@@ -423,6 +446,9 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | {secs:.3f} | {100 * secs / total:.0f}% |")
     lines.append(f"| **total** | **{e2e['total']:.3f}** | {e2e['total'] / report['seconds']:.2f}x real time |")
     lines.append(f"\nRenderer build (once): {report['rows']['render']['build_s']:.2f} s.")
+    lines += ["", f"| {report['seconds']:g} s audio file -> speech deformation | seconds (median) | real time |", "|---|---|---|"]
+    lines += [f"| {name} front end | {secs:.3f} | {report['seconds'] / secs:.0f}x |"
+              for name, secs in report.get("audio_to_speech_s", {}).items()]
     lines += [f"- {note}" for note in report["notes"]]
     return "\n".join(lines)
 
@@ -440,6 +466,8 @@ def main(argv=None) -> dict:
                         "else a random FaceFormer for timing)")
     parser.add_argument("--phone-workers", type=int, default=None,
                         help="also time recognition in this many processes (default: the pipeline's choice for the device)")
+    parser.add_argument("--no-wav2vec2", action="store_true",
+                        help="skip timing the speech model with a (random) wav2vec2-base front end")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random stand-in speech model")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

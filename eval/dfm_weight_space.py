@@ -1,0 +1,198 @@
+"""Where the leaks go: the DFM's objective studied in the rig's 52-weight space, in under a minute on a CPU.
+
+    python eval/dfm_weight_space.py --data data/synth --json out/weight_space.json
+    python eval/dfm_weight_space.py --expression-blendshapes 10 --invariance 10 --speech-upper-face 1
+
+Every frame of the synthetic corpora is the rig's linear displacement of 52 weights, so a DFM whose
+two encoders are MLPs on those weights and whose decoder is a (52, K_s + K_e) matrix pushed through
+the rig's deltas is the full model minus the geometric map and the convolutions. It trains with the
+same reconstruction (lip-weighted) and sparsity losses, so it shows what the objective does with the
+leaks, apart from what the encoders can learn. Reported on the held-out cases of eval/disentangle.py
+(mean vertex error, mm):
+
+  fused, interpolation   the fused deformation and the naive sum d_s + d_e against the true fusion
+  speech_vs_pure         the speech part B_s w_s^s against the pure speech ...
+  speech_vs_with_leak    ... and against speech + its leak: near 0 means the leak was kept
+  expression_vs_pure, expression_vs_with_leak   the same for B_e w_e^e
+  bound                  per-frame MLPs trained on the truth (input -> pure part): what one frame
+                         allows a perfect decomposition to reach (--no-bound skips it)
+
+Two optional priors, both off by default (the paper has neither): --invariance W trains the
+expression encoder's own half not to move when a speech frame (scaled by U(0, --mix)) is added to an
+expression frame; --speech-upper-face W penalises speech blendshapes that move the upper face.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from blendtalk.fusion_eval import fusion_cases, synthetic_split  # noqa: E402
+from blendtalk.losses import DFMLossConfig  # noqa: E402
+from blendtalk.metrics import MM_PER_M  # noqa: E402
+from blendtalk.rig import load_rig  # noqa: E402
+
+NUM_WEIGHTS = 52
+
+
+def load_frames(root: Path, kind: str, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure part and leak (F, 52) of every frame of `subset` of the speech or expression truth."""
+    files = sorted((root / "truth" / kind).glob("*.npz"))
+    if not files:
+        raise SystemExit(f"no truth files in {root / 'truth' / kind}; generate the corpora: python -m blendtalk.data.synth --out {root}")
+    subjects = set(synthetic_split(sorted({f.stem.split("_")[0] for f in files})).subjects(subset))
+    pure, leak = [], []
+    for path in files:
+        if path.stem.split("_")[0] in subjects:
+            with np.load(path) as z:
+                pure.append(z[kind]), leak.append(z["leak"])
+    return torch.as_tensor(np.concatenate(pure)), torch.as_tensor(np.concatenate(leak))
+
+
+class WeightSpaceDFM(nn.Module):
+    """MLP encoders on rig weights (..., 52) -> (..., K_s + K_e); decoder columns of unit metric norm."""
+
+    def __init__(self, k_speech: int, k_expression: int, metric: torch.Tensor, hidden: int = 256):
+        super().__init__()
+        self.k_speech = k_speech
+
+        def mlp(out):
+            return nn.Sequential(nn.Linear(NUM_WEIGHTS, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, out))
+
+        self.speech_encoder, self.expression_encoder = mlp(k_speech + k_expression), mlp(k_speech + k_expression)
+        self.columns = nn.Parameter(torch.randn(NUM_WEIGHTS, k_speech + k_expression) * 0.05)
+        self.register_buffer("metric", metric)
+
+    def decoder(self) -> torch.Tensor:
+        """(52, K) rig weights per blendshape, each column 1 mm RMS (lip-weighted) on the face."""
+        norm = torch.einsum("kj,kl,lj->j", self.columns, self.metric, self.columns).clamp_min(1e-12).sqrt()
+        return self.columns / norm * 1e-3
+
+
+def metric_norm(r: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the lip-weighted mean squared vertex displacement of weights r (B, 52)."""
+    return torch.einsum("bk,kj,bj->b", r, metric, r).mean()
+
+
+def train(model: WeightSpaceDFM, speech: torch.Tensor, expression: torch.Tensor, args, upper: torch.Tensor,
+          deltas: torch.Tensor) -> None:
+    """speech, expression: (F, 52) inputs (pure + leak). Adam, batches of 256 frames of each."""
+    opt = torch.optim.Adam(model.parameters(), args.lr)
+    scale = DFMLossConfig().scale  # the DFM's displacement scale: m -> model units
+    k = model.k_speech
+    for _ in range(args.steps):
+        x_s = speech[torch.randint(len(speech), (args.batch,))]
+        x_e = expression[torch.randint(len(expression), (args.batch,))]
+        w_s, w_e = model.speech_encoder(x_s), model.expression_encoder(x_e)
+        dec = model.decoder()
+        loss = (metric_norm(w_s @ dec.T - x_s, model.metric) + metric_norm(w_e @ dec.T - x_e, model.metric)) * scale**2
+        loss = loss + args.lambda_sparse * (w_s[:, k:].abs().mean() + w_e[:, :k].abs().mean())
+        if args.invariance:
+            mixed = x_e + torch.rand(args.batch, 1) * args.mix * x_s[torch.randperm(args.batch)]
+            moved = model.expression_encoder(mixed)[:, k:] - w_e[:, k:].detach()
+            loss = loss + args.invariance * moved.square().mean()
+        if args.speech_upper_face:
+            shapes = torch.einsum("kj,kvc->jvc", dec[:, :k], deltas[:, upper])  # (K_s, V_upper, 3)
+            loss = loss + args.speech_upper_face * shapes.square().sum((1, 2)).mean() / len(upper) * scale**2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def fit_bound(inputs: torch.Tensor, pure: torch.Tensor, metric: torch.Tensor, args) -> nn.Module:
+    """A per-frame MLP input (52) -> pure part (52) trained on the truth."""
+    net = nn.Sequential(nn.Linear(NUM_WEIGHTS, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, NUM_WEIGHTS))
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    for _ in range(args.steps):
+        i = torch.randint(len(inputs), (args.batch,))
+        loss = metric_norm(net(inputs[i]) - pure[i], metric) * DFMLossConfig().scale ** 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net
+
+
+def evaluate(parts_fn, cases, deltas: torch.Tensor) -> dict:
+    """parts_fn(speech_in, expr_in) -> (speech part, expression part), all (T, 52); mean errors in mm."""
+    def mve(w):
+        return float(torch.einsum("tk,kvc->tvc", w, deltas).norm(dim=-1).mean()) * MM_PER_M
+
+    rows = []
+    with torch.no_grad():
+        for c in cases:
+            s, ls, e, le = (torch.as_tensor(a) for a in (c.speech, c.speech_leak, c.expression, c.expression_leak))
+            ps, pe = parts_fn(s + ls, e + le)
+            rows.append({"fused": mve(ps + pe - s - e), "interpolation": mve(ls + le),
+                         "speech_vs_pure": mve(ps - s), "speech_vs_with_leak": mve(ps - s - ls),
+                         "expression_vs_pure": mve(pe - e), "expression_vs_with_leak": mve(pe - e - le)})
+    if not rows:
+        raise SystemExit("no held-out cases: the corpus is too small to leave a test speaker and subject")
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=Path("data/synth"), help="synthetic corpus root (python -m blendtalk.data.synth)")
+    p.add_argument("--speech-blendshapes", type=int, default=16, help="K_s")
+    p.add_argument("--expression-blendshapes", type=int, default=16, help="K_e")
+    p.add_argument("--lambda-sparse", type=float, default=DFMLossConfig().lambda_sparse, help="L1 on cross-domain weights")
+    p.add_argument("--invariance", type=float, default=0.0, help="weight of the expression-invariance prior (0: off)")
+    p.add_argument("--mix", type=float, default=1.0, help="largest scale of the speech frame added for --invariance")
+    p.add_argument("--speech-upper-face", type=float, default=0.0, help="weight of the upper-face penalty on B_s (0: off)")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-sentences", type=int, default=10, help="held-out sentences per speaker (as eval/disentangle.py)")
+    p.add_argument("--no-bound", action="store_true", help="skip the supervised per-frame bound")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    for name in ("speech_blendshapes", "expression_blendshapes", "steps", "batch", "max_sentences"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if min(args.lambda_sparse, args.invariance, args.mix, args.speech_upper_face) < 0 or args.lr <= 0:
+        p.error("weights and --mix must be >= 0, --lr > 0")
+
+    torch.manual_seed(args.seed)
+    rig = load_rig()
+    deltas = torch.as_tensor(rig.deltas, dtype=torch.float32)  # (52, V, 3)
+    m = torch.ones(rig.num_vertices)
+    m[torch.as_tensor(rig.mask("lips"))] = DFMLossConfig().lip_weight
+    metric = torch.einsum("kvc,v,jvc->kj", deltas, m, deltas) / m.sum()  # w^T metric w = weighted mean |d_v|^2
+    upper = torch.as_tensor(np.flatnonzero(rig.mask("upper_face")))
+    speech_pure, speech_leak = load_frames(args.data, "speech", "train")
+    expr_pure, expr_leak = load_frames(args.data, "expression", "train")
+    cases = list(fusion_cases(args.data, "test", max_sentences=args.max_sentences))
+
+    start = time.perf_counter()
+    model = WeightSpaceDFM(args.speech_blendshapes, args.expression_blendshapes, metric)
+    train(model, speech_pure + speech_leak, expr_pure + expr_leak, args, upper, deltas)
+    dec, k = model.decoder().detach(), model.k_speech
+    report = {"args": {k_: str(v) if isinstance(v, Path) else v for k_, v in vars(args).items()},
+              "dfm": evaluate(lambda s, e: (model.speech_encoder(s)[:, :k] @ dec[:, :k].T,
+                                            model.expression_encoder(e)[:, k:] @ dec[:, k:].T), cases, deltas)}
+    if not args.no_bound:
+        to_speech = fit_bound(speech_pure + speech_leak, speech_pure, metric, args)
+        to_expr = fit_bound(expr_pure + expr_leak, expr_pure, metric, args)
+        report["bound"] = evaluate(lambda s, e: (to_speech(s), to_expr(e)), cases, deltas)
+    report["seconds"] = time.perf_counter() - start
+    for name in ("dfm", "bound"):
+        if name in report:
+            print(f"{name:6s}", "  ".join(f"{k_} {v:.3f}" for k_, v in report[name].items()))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

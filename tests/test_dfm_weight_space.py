@@ -1,0 +1,57 @@
+"""eval/dfm_weight_space.py: the error decomposition is exact, and a short run reports every method."""
+
+import json
+
+import pytest
+import torch
+
+from blendtalk.data.synth import SynthConfig, generate
+from blendtalk.fusion_eval import fusion_cases
+from blendtalk.rig import load_rig
+from eval.dfm_weight_space import evaluate, main
+
+TINY = SynthConfig(num_speakers=8, sentences_per_speaker=1, num_subjects=8, takes_per_emotion=1, expression_seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, TINY, load_rig())
+    return root
+
+
+def test_decomposition_of_known_parts(corpus):
+    deltas = torch.as_tensor(load_rig().deltas, dtype=torch.float32)
+    cases = list(fusion_cases(corpus, "test"))
+    keep_all = evaluate(lambda s, e: (s, e), cases, deltas)  # the naive sum: parts keep their leaks
+    assert keep_all["fused"] == pytest.approx(keep_all["interpolation"], rel=1e-5)
+    assert keep_all["speech_vs_with_leak"] == pytest.approx(0.0, abs=1e-6)  # mm; float32 rounding
+    assert keep_all["expression_vs_with_leak"] == pytest.approx(0.0, abs=1e-6)  # mm; float32 rounding
+    assert keep_all["interpolation"] > 0
+    it = iter(cases)
+
+    def perfect(s, e):  # called once per case, in order: answer with that case's pure parts
+        c = next(it)
+        return torch.as_tensor(c.speech), torch.as_tensor(c.expression)
+
+    exact = evaluate(perfect, cases, deltas)
+    assert exact["fused"] == pytest.approx(0.0, abs=1e-6)  # mm; float32 rounding
+    assert exact["speech_vs_pure"] == pytest.approx(0.0, abs=1e-6)  # mm; float32 rounding
+
+
+def test_short_run_reports_dfm_and_bound(corpus, tmp_path):
+    out = tmp_path / "ws.json"
+    report = main(["--data", str(corpus), "--steps", "20", "--batch", "16", "--invariance", "1",
+                   "--speech-upper-face", "1", "--json", str(out)])
+    assert json.loads(out.read_text())["dfm"] == pytest.approx(report["dfm"])
+    for name in ("dfm", "bound"):
+        assert set(report[name]) == {"fused", "interpolation", "speech_vs_pure", "speech_vs_with_leak",
+                                     "expression_vs_pure", "expression_vs_with_leak"}
+        assert all(v >= 0 for v in report[name].values())
+
+
+def test_bad_arguments_are_refused(corpus, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--data", str(corpus), "--steps", "0"])
+    with pytest.raises(SystemExit, match="no truth files"):
+        main(["--data", str(tmp_path)])
