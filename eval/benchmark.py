@@ -393,7 +393,7 @@ def run(args) -> dict:
            "expression": rows["expression"]["median_s"], "dfm": rows["dfm_clip"]["median_s"],
            "render": rows["render"]["median_s"], "encode": rows.get("encode", {}).get("median_s")}
     e2e["total"] = sum(v for v in e2e.values() if v is not None)
-    # Audio file -> speech deformation (T, V, 3): what issue 5's speed target counts.
+    # Audio file -> speech deformation (T, V, 3), the speech model's own speed target.
     to_speech = {"phonetic (shipped)": front_s + rows["speech_1"]["median_s"]}
     if "speech_w2v" in rows:
         to_speech["wav2vec2-base"] = rows["load"]["median_s"] + rows["speech_w2v"]["median_s"]
