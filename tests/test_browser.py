@@ -236,9 +236,14 @@ def test_blendshape_explorer_moves_the_face(browser, app_url):
             break
     assert float(browser.js(value)) == 1, "could not type into the first blendshape slider"
     t0 = time.perf_counter()
-    after = before
+    after, typed = before, 1
     while after == before and time.perf_counter() - t0 < 30:
         time.sleep(0.1)
         after = browser.js(shape, browser.find("#face .js-plotly-plot"))
-    print(f"\nslider -> new face {time.perf_counter() - t0:.2f} s")
+        if after == before and time.perf_counter() - t0 > 10 * typed:  # the tab settling can swallow the
+            typed += 1  # first change event (seen once under a loaded CI machine): move the slider again
+            number = browser.find("#face-sliders input[type=number]")
+            browser.click(number)
+            browser.type(number, KEY_BACKSPACE * 4 + ("0.5" if typed % 2 == 0 else "1") + KEY_ENTER)
+    print(f"\nslider -> new face {time.perf_counter() - t0:.2f} s, {typed} value(s) typed")
     assert after != before, "moving a blendshape slider did not change the face"
