@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from blendtalk.fusion_eval import fusion_cases, synthetic_split  # noqa: E402
+from blendtalk.fusion_eval import _truth_names, fusion_cases, synthetic_split  # noqa: E402
 from blendtalk.losses import DFMLossConfig  # noqa: E402
 from blendtalk.metrics import MM_PER_M  # noqa: E402
 from blendtalk.rig import load_rig  # noqa: E402
@@ -44,13 +44,13 @@ NUM_WEIGHTS = 52
 
 def load_frames(root: Path, kind: str, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure part and leak (F, 52) of every frame of `subset` of the speech or expression truth."""
-    files = sorted((root / "truth" / kind).glob("*.npz"))
-    if not files:
-        raise SystemExit(f"no truth files in {root / 'truth' / kind}; generate the corpora: python -m blendtalk.data.synth --out {root}")
-    subjects = set(synthetic_split(sorted({f.stem.split("_")[0] for f in files})).subjects(subset))
+    try:
+        by_subject = _truth_names(root / "truth" / kind)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
     pure, leak = [], []
-    for path in files:
-        if path.stem.split("_")[0] in subjects:
+    for subject in synthetic_split(list(by_subject)).subjects(subset):
+        for path in by_subject[subject]:
             with np.load(path) as z:
                 pure.append(z[kind]), leak.append(z["leak"])
     return torch.as_tensor(np.concatenate(pure)), torch.as_tensor(np.concatenate(leak))
@@ -176,7 +176,7 @@ def main(argv=None) -> dict:
     model = WeightSpaceDFM(args.speech_blendshapes, args.expression_blendshapes, metric)
     train(model, speech_pure + speech_leak, expr_pure + expr_leak, args, upper, deltas)
     dec, k = model.decoder().detach(), model.k_speech
-    report = {"args": {k_: str(v) if isinstance(v, Path) else v for k_, v in vars(args).items()},
+    report = {"args": vars(args),
               "dfm": evaluate(lambda s, e: (model.speech_encoder(s)[:, :k] @ dec[:, :k].T,
                                             model.expression_encoder(e)[:, k:] @ dec[:, k:].T), cases, deltas)}
     if not args.no_bound:
@@ -186,10 +186,10 @@ def main(argv=None) -> dict:
     report["seconds"] = time.perf_counter() - start
     for name in ("dfm", "bound"):
         if name in report:
-            print(f"{name:6s}", "  ".join(f"{k_} {v:.3f}" for k_, v in report[name].items()))
+            print(f"{name:6s}", "  ".join(f"{metric} {v:.3f}" for metric, v in report[name].items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+        args.json.write_text(json.dumps(report, indent=1, default=str))  # default: the Path arguments
         print(f"wrote {args.json}")
     return report
 

@@ -16,3 +16,17 @@ def _grad_mode_restored(request):
     if not torch.is_grad_enabled():
         torch.set_grad_enabled(True)
         pytest.fail(f"{request.node.nodeid} left torch grad mode disabled")
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A small synthetic corpus (8 speakers x 1 sentence, 8 subjects x 8 emotions x 1 s), made once
+    per session: 8 of each so that the 75/12.5/12.5 split leaves one for validation and one for test.
+    Read-only: tests that train write their runs elsewhere."""
+    from blendtalk.data.synth import SynthConfig, generate
+    from blendtalk.rig import load_rig
+
+    root = tmp_path_factory.mktemp("synth")
+    config = SynthConfig(num_speakers=8, sentences_per_speaker=1, num_subjects=8, takes_per_emotion=1, expression_seconds=1.0)
+    generate(root, config, load_rig())
+    return root

@@ -5,24 +5,15 @@ import json
 import pytest
 import torch
 
-from blendtalk.data.synth import SynthConfig, generate
 from blendtalk.fusion_eval import fusion_cases
 from blendtalk.rig import load_rig
 from eval.dfm_weight_space import evaluate, main
 
-TINY = SynthConfig(num_speakers=8, sentences_per_speaker=1, num_subjects=8, takes_per_emotion=1, expression_seconds=1.0)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, TINY, load_rig())
-    return root
-
-
-def test_decomposition_of_known_parts(corpus):
+def test_decomposition_of_known_parts(tiny_corpus):
     deltas = torch.as_tensor(load_rig().deltas, dtype=torch.float32)
-    cases = list(fusion_cases(corpus, "test"))
+    cases = list(fusion_cases(tiny_corpus, "test"))
     keep_all = evaluate(lambda s, e: (s, e), cases, deltas)  # the naive sum: parts keep their leaks
     assert keep_all["fused"] == pytest.approx(keep_all["interpolation"], rel=1e-5)
     assert keep_all["speech_vs_with_leak"] == pytest.approx(0.0, abs=1e-6)  # mm; float32 rounding
@@ -39,9 +30,9 @@ def test_decomposition_of_known_parts(corpus):
     assert exact["speech_vs_pure"] == pytest.approx(0.0, abs=1e-6)  # mm; float32 rounding
 
 
-def test_short_run_reports_dfm_and_bound(corpus, tmp_path):
+def test_short_run_reports_dfm_and_bound(tiny_corpus, tmp_path):
     out = tmp_path / "ws.json"
-    report = main(["--data", str(corpus), "--steps", "20", "--batch", "16", "--invariance", "1",
+    report = main(["--data", str(tiny_corpus), "--steps", "20", "--batch", "16", "--invariance", "1",
                    "--speech-upper-face", "1", "--json", str(out)])
     assert json.loads(out.read_text())["dfm"] == pytest.approx(report["dfm"])
     for name in ("dfm", "bound"):
@@ -50,8 +41,8 @@ def test_short_run_reports_dfm_and_bound(corpus, tmp_path):
         assert all(v >= 0 for v in report[name].values())
 
 
-def test_bad_arguments_are_refused(corpus, tmp_path):
+def test_bad_arguments_are_refused(tiny_corpus, tmp_path):
     with pytest.raises(SystemExit):
-        main(["--data", str(corpus), "--steps", "0"])
+        main(["--data", str(tiny_corpus), "--steps", "0"])
     with pytest.raises(SystemExit, match="no truth files"):
         main(["--data", str(tmp_path)])

@@ -27,7 +27,6 @@ import torch
 
 from blendtalk.cli import main as cli_main
 from blendtalk.constants import ASSETS_DIR
-from blendtalk.data.synth import SynthConfig, generate
 from blendtalk.hub import HUB_TIMEOUT_S, HubTimeoutError, download_checkpoint, hub_timeout, resolve_checkpoint
 from blendtalk.models.dfm import DeformationFusionModule
 from blendtalk.rig import load_rig
@@ -137,7 +136,6 @@ def test_pipeline_on_a_slow_hub_serves_the_shipped_dfm_and_says_so(slow_hub, tmp
 # ---------------------------------------------------------------------------------------------
 # A training run killed with SIGKILL
 
-TINY = SynthConfig(num_speakers=8, sentences_per_speaker=1, num_subjects=8, takes_per_emotion=1, expression_seconds=1.0)
 TRAIN_SCRIPT = """
 import sys
 from blendtalk.losses import DFMLossConfig
@@ -149,20 +147,13 @@ train_dfm(DFMTrainConfig(data=sys.argv[1], out=sys.argv[2], model=model, batch_s
 """
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, TINY, load_rig())
-    return root
-
-
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_training_killed_mid_run_resumes_with_nothing_lost(corpus, tmp_path):
+def test_training_killed_mid_run_resumes_with_nothing_lost(tiny_corpus, tmp_path):
     script = TRAIN_SCRIPT.format(v=load_rig().num_vertices)
-    proc = start([sys.executable, "-c", script, str(corpus), str(tmp_path / "killed")], tmp_path / "train.log")
+    proc = start([sys.executable, "-c", script, str(tiny_corpus), str(tmp_path / "killed")], tmp_path / "train.log")
     run = wait_for(proc, lambda: next((r for r in (tmp_path / "killed").glob("dfm-*")
                                        if (r / "metrics.jsonl").is_file() and len(metrics(r)) >= 3), None), 120)
     proc.kill()

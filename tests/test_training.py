@@ -9,32 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from blendtalk.data.synth import SynthConfig, generate
 from blendtalk.losses import DFMLossConfig
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
 from blendtalk.rig import load_rig
 from blendtalk.training import DFMTrainConfig, load_train_config, train_dfm
 
 ROOT = Path(__file__).resolve().parents[1]
-# 8 speakers/subjects so that the 75/12.5/12.5 split leaves one of each for validation.
-TINY = SynthConfig(num_speakers=8, sentences_per_speaker=1, num_subjects=8, takes_per_emotion=1, expression_seconds=1.0)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, TINY, load_rig())
-    return root
-
-
-def _config(corpus, out, **kw):
+def _config(root, out, **kw):
     model = DFMConfig(num_vertices=load_rig().num_vertices, num_blendshapes=4, map_size=32, channels=(8, 8, 8, 8))
     kw = {"batch_size": 8, "epochs": 0.1, "val_every": 100, "val_sentences": 1, "device": "cpu", **kw}
-    return DFMTrainConfig(data=str(corpus), out=str(out), model=model, loss=DFMLossConfig(lambda_orth=0.1), **kw)
+    return DFMTrainConfig(data=str(root), out=str(out), model=model, loss=DFMLossConfig(lambda_orth=0.1), **kw)
 
 
-def test_run_validates_saves_and_resumes(corpus, tmp_path):
-    run = train_dfm(_config(corpus, tmp_path, lr_schedule="cosine", crop_loss=True))
+def test_run_validates_saves_and_resumes(tiny_corpus, tmp_path):
+    run = train_dfm(_config(tiny_corpus, tmp_path, lr_schedule="cosine", crop_loss=True))
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines and {"dfm", "interpolation"} <= set(lines[-1]["val"])  # fusion scored against the truth
     assert lines[-1]["loss"]["orth"] >= 0
@@ -46,7 +36,7 @@ def test_run_validates_saves_and_resumes(corpus, tmp_path):
     train_dfm(replace(saved, epochs=0.2), run_dir=run, resume=True)
     more = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert more[-1]["step"] > steps  # went on from the saved step, in the same folder
-    assert train_dfm(_config(corpus, tmp_path, epochs=0.02)) != run  # a new run never reuses a folder
+    assert train_dfm(_config(tiny_corpus, tmp_path, epochs=0.02)) != run  # a new run never reuses a folder
 
 
 def _map(run):
@@ -61,9 +51,9 @@ def test_resume_needs_a_run(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
-def test_ddp_two_processes_on_cpu(corpus, tmp_path):
+def test_ddp_two_processes_on_cpu(tiny_corpus, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "train/train_dfm.py"), "--data", str(corpus), "--out", str(tmp_path), "-K", "4",
+           str(ROOT / "train/train_dfm.py"), "--data", str(tiny_corpus), "--out", str(tmp_path), "-K", "4",
            "--map-size", "32", "--batch-size", "4", "--epochs", "0.05", "--val-every", "1000", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
