@@ -25,6 +25,10 @@ class DFMLossConfig:
     lambda_lap: float = 1e-1  # uniform-Laplacian smoothness of outputs; 0 = the "without L_lap" ablation
     lambda_reg: float = 1e-4  # L2 on outputs; it pulls towards zero, so keep it well below 1
     lambda_orth: float = 0.0  # squared cosines between speech and expression blendshapes; > 0 keeps B_e out of span(B_s)
+    # Two priors the paper does not have (0 = off; see eval/dfm_weight_space.py for what they do):
+    lambda_invariance: float = 0.0  # expression weights unchanged when a speech frame is added to an expression frame
+    invariance_mix: float = 1.0  # that speech frame is scaled by U(0, invariance_mix)
+    lambda_speech_upper: float = 0.0  # share of the speech blendshapes' energy on the upper face (speech moves the lower face)
     lip_weight: float = 5.0  # m_v on lip vertices (1 elsewhere): lip sync is judged on the lips
 
 
@@ -127,6 +131,33 @@ def cross_cosine_loss(blendshapes: torch.Tensor, num_speech_blendshapes: int) ->
     return cos.pow(2).sum(0).mean()
 
 
+def invariance_loss(w_mixed: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean squared change of expression weights, a scalar.
+
+    w_mixed: (B, K_e) own-domain weights of expression frames with a speech frame added; w: (B, K_e)
+    those of the frames alone (a target: detach it). Speech added to a face should not change what
+    the expression encoder reads as expression, so the articulation that leaks into an expression
+    corpus has to leave through the cross-domain half.
+    """
+    if w_mixed.shape != w.shape:
+        raise ValueError(f"w_mixed and w must have the same shape, got {tuple(w_mixed.shape)} and {tuple(w.shape)}")
+    return (w_mixed - w).pow(2).mean()
+
+
+def speech_upper_face_loss(blendshapes: torch.Tensor, num_speech_blendshapes: int, upper_mask: torch.Tensor) -> torch.Tensor:
+    """Mean share of a speech blendshape's squared displacement that lies on the upper face, in [0, 1].
+
+    blendshapes: [B_s | B_e] (V*3, K_s + K_e), vertex-major rows; upper_mask: (V,) bool. Articulation
+    moves the jaw, lips and cheeks, not the brows and eyelids: a speech blendshape that does can carry
+    a speaker's resting expression through fusion.
+    """
+    v = upper_mask.shape[0]
+    if blendshapes.shape[0] != 3 * v:
+        raise ValueError(f"blendshapes must have V*3 = {3 * v} rows for a (V,) upper_mask, got {blendshapes.shape[0]}")
+    sq = blendshapes[:, :num_speech_blendshapes].reshape(v, 3, -1).pow(2).sum(1)  # (V, K_s)
+    return (sq[upper_mask.to(sq.device)].sum(0) / sq.sum(0).clamp_min(1e-24)).mean()
+
+
 def laplacian_loss(pred: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
     """Uniform-Laplacian smoothness (eq. 12), a scalar.
 
@@ -160,6 +191,7 @@ def dfm_loss(
     config: DFMLossConfig,
     vertex_weights: torch.Tensor | None = None,
     laplacian: torch.Tensor | None = None,
+    upper_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total DFM loss (eq. 10) = L_rec + lambda_sparse L_sparse + lambda_lap L_lap + lambda_reg L_reg.
 
@@ -167,6 +199,8 @@ def dfm_loss(
     rec_e (B', V, 3); see DeformationFusionModule.forward).
     d_s (B, V, 3), d_e (B', V, 3): the targets in the rig's unit. vertex_weights m (V,) or None.
     laplacian (V, V) or None (then L_lap is skipped; required when lambda_lap > 0).
+    lambda_invariance > 0 needs outputs["mixed_e"] (B', K_e) (the forward pass given d_mixed);
+    lambda_speech_upper > 0 needs upper_mask (V,) bool.
     L_rec sums the two domains' reconstruction losses. Terms with a zero lambda are not computed,
     so a zero really drops them. Returns (total, parts) with parts as floats for logging.
     """
@@ -189,5 +223,16 @@ def dfm_loss(
     if config.lambda_orth:
         parts["orth"] = cross_cosine_loss(outputs["blendshapes"], outputs["w_s"].shape[-1] - outputs["cross_s"].shape[-1])
         total = total + config.lambda_orth * parts["orth"]
+    if config.lambda_invariance:
+        if "mixed_e" not in outputs:
+            raise ValueError("lambda_invariance > 0 needs the forward pass's mixed_e (call the DFM with d_mixed)")
+        own_e = outputs["w_e"][..., outputs["cross_e"].shape[-1]:]
+        parts["invariance"] = invariance_loss(s * outputs["mixed_e"], s * own_e.detach())
+        total = total + config.lambda_invariance * parts["invariance"]
+    if config.lambda_speech_upper:
+        if upper_mask is None:
+            raise ValueError("lambda_speech_upper > 0 needs the rig's (V,) upper_face mask")
+        parts["speech_upper"] = speech_upper_face_loss(outputs["blendshapes"], outputs["cross_e"].shape[-1], upper_mask)
+        total = total + config.lambda_speech_upper * parts["speech_upper"]
     parts["total"] = total
     return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -160,6 +160,13 @@ def validate(model: DeformationFusionModule, config: DFMTrainConfig, rig: FaceRi
     return report
 
 
+def mix_speech(d_e: torch.Tensor, d_s: torch.Tensor, max_scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Expression frames d_e (B, V, 3), each plus a random frame of d_s (B', V, 3) scaled by U(0, max_scale): (B, V, 3)."""
+    i = torch.randint(len(d_s), (len(d_e),), device=d_e.device, generator=generator)
+    scale = torch.rand(len(d_e), 1, 1, device=d_e.device, generator=generator) * max_scale
+    return d_e + scale * d_s[i]
+
+
 def _progress(step: int, total: int, started: float, max_minutes: float | None) -> float:
     """Fraction of the run done, in [0, 1]: by steps, or by wall time when that ends it sooner."""
     done = step / max(total, 1)
@@ -196,6 +203,7 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
     crop = torch.as_tensor(rig.mask("face_crop")) if config.crop_loss else None
     lip_w = vertex_weights(rig.num_vertices, torch.as_tensor(rig.mask("lips")), config.loss.lip_weight, crop).to(device)
     lap = uniform_laplacian(rig.num_vertices, torch.as_tensor(rig.triangles), device=device) if config.loss.lambda_lap else None
+    upper = torch.as_tensor(rig.mask("upper_face"), device=device)
 
     run = Path(run_dir) if run_dir is not None else None
     step, best = 0, math.inf
@@ -230,10 +238,11 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
         i_s = torch.randint(len(speech), (config.batch_size,), device=device, generator=rng)
         i_e = torch.randint(len(expr), (config.batch_size,), device=device, generator=rng)
         d_s, d_e = speech[i_s], expr[i_e]
+        d_mixed = mix_speech(d_e, d_s, config.loss.invariance_mix, rng) if config.loss.lambda_invariance else None
         if config.lr_schedule == "cosine":
             for group in opt.param_groups:
                 group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * _progress(step, total, started, config.max_minutes)))
-        loss, parts = dfm_loss(net(d_s, d_e), d_s, d_e, config.loss, lip_w, lap)
+        loss, parts = dfm_loss(net(d_s, d_e, d_mixed), d_s, d_e, config.loss, lip_w, lap, upper)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -15,11 +15,16 @@ leaks, apart from what the encoders can learn. Reported on the held-out cases of
   speech_vs_with_leak    ... and against speech + its leak: near 0 means the leak was kept
   expression_vs_pure, expression_vs_with_leak   the same for B_e w_e^e
   bound                  per-frame MLPs trained on the truth (input -> pure part): what one frame
-                         allows a perfect decomposition to reach (--no-bound skips it)
+                         allows a perfect decomposition to reach (--no-bound skips it and the next)
+  subspace               the best linear per-frame split onto the true speech and expression
+                         subspaces (top K_s, K_e principal directions of the pure parts; k_s, k_e):
+                         what linear blendshapes with a per-frame least-squares encoder could reach
 
 Two optional priors, both off by default (the paper has neither): --invariance W trains the
 expression encoder's own half not to move when a speech frame (scaled by U(0, --mix)) is added to an
 expression frame; --speech-upper-face W penalises speech blendshapes that move the upper face.
+The trainer has both (train/train_dfm.py --lambda-invariance, --lambda-speech-upper; its weights are
+in other units, so the numbers do not carry over).
 """
 
 import argparse
@@ -40,6 +45,7 @@ from blendtalk.metrics import MM_PER_M  # noqa: E402
 from blendtalk.rig import load_rig  # noqa: E402
 
 NUM_WEIGHTS = 52
+SUBSPACE_SIZES = (6, 8, 10, 12)  # K_s and K_e tried for the linear split on the true subspaces
 
 
 def load_frames(root: Path, kind: str, subset: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +126,21 @@ def fit_bound(inputs: torch.Tensor, pure: torch.Tensor, metric: torch.Tensor, ar
     return net
 
 
+def subspace_split(speech: torch.Tensor, expression: torch.Tensor, metric: torch.Tensor, k_s: int, k_e: int):
+    """parts_fn of the linear per-frame split on the true subspaces: each input frame (T, 52) is solved by
+    least squares (lip-weighted metric) on the top-k_s principal directions of the pure speech frames
+    `speech` (F, 52) and the top-k_e of the pure expression frames, and keeps its own domain's part."""
+    chol = torch.linalg.cholesky(metric.double() + 1e-14 * torch.eye(NUM_WEIGHTS, dtype=torch.float64))  # w M w^T = |w L|^2
+    top = [torch.linalg.svd(x.double() @ chol, full_matrices=False)[2][:k].T for x, k in ((speech, k_s), (expression, k_e))]
+    solve, back = torch.linalg.pinv(torch.cat(top, 1)).T, torch.linalg.inv(chol)
+
+    def parts(s, e):
+        c_s, c_e = (s.double() @ chol) @ solve, (e.double() @ chol) @ solve
+        return (c_s[:, :k_s] @ top[0].T @ back).float(), (c_e[:, k_s:] @ top[1].T @ back).float()
+
+    return parts
+
+
 def evaluate(parts_fn, cases, deltas: torch.Tensor) -> dict:
     """parts_fn(speech_in, expr_in) -> (speech part, expression part), all (T, 52); mean errors in mm."""
     def mve(w):
@@ -183,10 +204,14 @@ def main(argv=None) -> dict:
         to_speech = fit_bound(speech_pure + speech_leak, speech_pure, metric, args)
         to_expr = fit_bound(expr_pure + expr_leak, expr_pure, metric, args)
         report["bound"] = evaluate(lambda s, e: (to_speech(s), to_expr(e)), cases, deltas)
+        splits = [evaluate(subspace_split(speech_pure, expr_pure, metric, k_s, k_e), cases, deltas) | {"k_s": k_s, "k_e": k_e}
+                  for k_s in SUBSPACE_SIZES for k_e in SUBSPACE_SIZES]
+        report["subspace"] = min(splits, key=lambda r: r["fused"])
     report["seconds"] = time.perf_counter() - start
-    for name in ("dfm", "bound"):
+    for name in ("dfm", "bound", "subspace"):
         if name in report:
-            print(f"{name:6s}", "  ".join(f"{metric} {v:.3f}" for metric, v in report[name].items()))
+            print(f"{name:8s}", "  ".join(f"{metric} {v:.3f}" if isinstance(v, float) else f"{metric} {v}"
+                                          for metric, v in report[name].items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1, default=str))  # default: the Path arguments

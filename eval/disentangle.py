@@ -106,6 +106,7 @@ def blendshape_picture(model, rig, data: Path, path: Path, top: int = 6, size: i
     from blendtalk.render import render
 
     deltas = torch.as_tensor(rig.deltas)
+    top = min(top, *model.num_blendshapes)  # both rows the same width
     rows = []
     for domain, own in (("speech", 0), ("expression", 1)):
         weights = []

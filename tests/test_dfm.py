@@ -60,6 +60,16 @@ def test_unequal_speech_and_expression_counts():
     torch.testing.assert_close(fused, model.speech_blendshapes.sum(0) + model.expression_blendshapes.sum(0))
 
 
+def test_mixed_pass_gives_the_expression_half_of_the_mixed_frames():
+    model = tiny(True, 64, num_expression_blendshapes=3)
+    d_s, d_e = torch.randn(2, V, 3) * 1e-3, torch.randn(5, V, 3) * 1e-3
+    assert "mixed_e" not in model(d_s, d_e)
+    mixed = d_e + 0.5 * d_s[:1]
+    out = model(d_s, d_e, mixed)
+    assert out["mixed_e"].shape == (5, 3)
+    torch.testing.assert_close(out["mixed_e"], model.encode_expression(mixed)[:, 4:])
+
+
 def test_geometry_map_is_the_sparse_product():
     model = tiny(True, 64)
     d = torch.randn(2, V, 3)

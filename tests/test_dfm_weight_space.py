@@ -39,6 +39,7 @@ def test_short_run_reports_dfm_and_bound(tiny_corpus, tmp_path):
         assert set(report[name]) == {"fused", "interpolation", "speech_vs_pure", "speech_vs_with_leak",
                                      "expression_vs_pure", "expression_vs_with_leak"}
         assert all(v >= 0 for v in report[name].values())
+    assert report["subspace"]["k_s"] in (6, 8, 10, 12) and report["subspace"]["fused"] >= 0
 
 
 def test_bad_arguments_are_refused(tiny_corpus, tmp_path):

@@ -133,3 +133,44 @@ def test_cross_cosine_loss_is_zero_for_orthogonal_and_counts_shared_directions()
     assert float(cross_cosine_loss(eye[:, :4], 2)) == pytest.approx(0.0)
     shared = torch.stack([eye[0], eye[1], 3 * eye[0], eye[2]], dim=1)  # B_e's first column = 3 * B_s's first
     assert float(cross_cosine_loss(shared, 2)) == pytest.approx(0.5)  # mean over K_e=2 of (1, 0)
+
+
+def test_invariance_loss_is_the_mean_squared_change_and_needs_the_mixed_pass():
+    from blendtalk.losses import invariance_loss
+
+    w = torch.randn(4, K)
+    assert float(invariance_loss(w, w)) == 0.0
+    assert float(invariance_loss(w + 2.0, w)) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="same shape"):
+        invariance_loss(w[:, :2], w)
+    out = fake_outputs()
+    d = torch.randn(4, V, 3) * 1e-2
+    with pytest.raises(ValueError, match="mixed_e"):
+        dfm_loss(out, d, d, DFMLossConfig(lambda_lap=0.0, lambda_invariance=1.0))
+    mixed = (out["w_e"][:, K:].detach() + 0.01).requires_grad_()  # expression halves moved by 0.01 (x scale 300 = 3)
+    total, parts = dfm_loss(out | {"mixed_e": mixed}, d, d, DFMLossConfig(lambda_lap=0.0, lambda_invariance=2.0))
+    assert parts["invariance"] == pytest.approx(9.0, rel=1e-4)
+    total.backward()
+    assert mixed.grad.abs().min() > 0 and out["w_e"].grad[:, K:].abs().max() == 0  # the clean pass is only the target
+
+
+def test_speech_upper_face_loss_is_the_upper_share_of_speech_blendshapes():
+    from blendtalk.losses import speech_upper_face_loss
+
+    upper = torch.tensor([True, True, False, False, False, False])
+    b = torch.zeros(V, 3, 4)  # (V, 3, K_s + K_e) with K_s = 2
+    b[0, 0, 0] = 1.0  # speech blendshape 0: all on the upper face
+    b[3, 1, 1] = 1.0  # speech blendshape 1: none
+    b[1, 2, 2:] = 5.0  # expression blendshapes on the upper face do not count
+    blendshapes = b.reshape(3 * V, 4)
+    assert float(speech_upper_face_loss(blendshapes, 2, upper)) == pytest.approx(0.5)
+    b[2, 0, 1] = b[1, 0, 1] = 1.0  # blendshape 1: one more lower vertex and one upper: a third on the upper face
+    assert float(speech_upper_face_loss(b.reshape(3 * V, 4), 2, upper)) == pytest.approx((1.0 + 1 / 3) / 2)
+    with pytest.raises(ValueError, match="V\\*3"):
+        speech_upper_face_loss(blendshapes[:-3], 2, upper)
+    out = fake_outputs() | {"blendshapes": torch.randn(3 * V, 2 * K)}
+    d = torch.randn(4, V, 3) * 1e-2
+    with pytest.raises(ValueError, match="upper_face"):
+        dfm_loss(out, d, d, DFMLossConfig(lambda_lap=0.0, lambda_speech_upper=1.0))
+    _, parts = dfm_loss(out, d, d, DFMLossConfig(lambda_lap=0.0, lambda_speech_upper=1.0), upper_mask=upper)
+    assert 0 < parts["speech_upper"] < 1

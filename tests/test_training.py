@@ -39,6 +39,27 @@ def test_run_validates_saves_and_resumes(tiny_corpus, tmp_path):
     assert train_dfm(_config(tiny_corpus, tmp_path, epochs=0.02)) != run  # a new run never reuses a folder
 
 
+def test_mix_speech_adds_one_scaled_speech_frame_to_each_expression_frame():
+    import torch
+
+    from blendtalk.training import mix_speech
+
+    d_e, d_s = torch.randn(64, 5, 3), torch.randn(3, 5, 3)
+    mixed = mix_speech(d_e, d_s, 0.5, torch.Generator().manual_seed(0))
+    added = (mixed - d_e).reshape(64, -1)
+    for row in added:  # each is a * d_s[i] with a in [0, 0.5)
+        scales = [float(row @ f.reshape(-1) / f.reshape(-1).square().sum()) for f in d_s]
+        assert any(0 <= a < 0.5 and torch.allclose(row, a * f.reshape(-1), atol=1e-5) for a, f in zip(scales, d_s))
+
+
+def test_priors_train_and_are_logged(tiny_corpus, tmp_path):
+    loss = DFMLossConfig(lambda_invariance=10.0, invariance_mix=0.5, lambda_speech_upper=0.5)
+    run = train_dfm(replace(_config(tiny_corpus, tmp_path, epochs=0.02), loss=loss))
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["loss"]["invariance"] >= 0 and 0 <= last["loss"]["speech_upper"] <= 1
+    assert load_train_config(run).loss == loss
+
+
 def _map(run):
     from blendtalk.geometry import load_square_map
 

@@ -40,6 +40,11 @@ def main(argv=None) -> int:
     p.add_argument("--lambda-sparse", type=float, default=dl.lambda_sparse)
     p.add_argument("--lambda-lap", type=float, default=dl.lambda_lap)
     p.add_argument("--lambda-orth", type=float, default=dl.lambda_orth, help="keep expression blendshapes out of the speech span")
+    p.add_argument("--lambda-invariance", type=float, default=dl.lambda_invariance,
+                   help="prior (not in the paper): expression weights unchanged when speech is added to an expression frame")
+    p.add_argument("--invariance-mix", type=float, default=dl.invariance_mix, help="largest scale of that added speech frame")
+    p.add_argument("--lambda-speech-upper", type=float, default=dl.lambda_speech_upper,
+                   help="prior (not in the paper): keep speech blendshapes off the upper face")
     p.add_argument("--crop-loss", action="store_true", help="score reconstruction only inside the face crop")
     p.add_argument("--cosine-lr", action="store_true", help="decay the learning rate to 0 over the run")
     p.add_argument("--no-sparsity", action="store_true", help="ablation: lambda_sparse = 0")
@@ -54,8 +59,10 @@ def main(argv=None) -> int:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.expression_blendshapes is not None and args.expression_blendshapes < 1:
         p.error("--expression-blendshapes must be positive")
-    if min(args.lambda_sparse, args.lambda_lap, args.lambda_orth) < 0:
+    if min(args.lambda_sparse, args.lambda_lap, args.lambda_orth, args.lambda_invariance, args.lambda_speech_upper) < 0:
         p.error("loss weights must be >= 0")
+    if not args.invariance_mix > 0:
+        p.error("--invariance-mix must be positive")
 
     if not args.vocaset and not (Path(args.data) / "speech").is_dir():
         from blendtalk.data.synth import generate
@@ -68,7 +75,9 @@ def main(argv=None) -> int:
                         num_expression_blendshapes=args.expression_blendshapes,
                         map_size=args.map_size, use_geometric_map=not args.no_geometric_map),
         loss=DFMLossConfig(lambda_sparse=0.0 if args.no_sparsity else args.lambda_sparse,
-                           lambda_lap=0.0 if args.no_laplacian else args.lambda_lap, lambda_orth=args.lambda_orth),
+                           lambda_lap=0.0 if args.no_laplacian else args.lambda_lap, lambda_orth=args.lambda_orth,
+                           lambda_invariance=args.lambda_invariance, invariance_mix=args.invariance_mix,
+                           lambda_speech_upper=args.lambda_speech_upper),
         lr=args.lr, lr_schedule="cosine" if args.cosine_lr else "constant", crop_loss=args.crop_loss, batch_size=args.batch_size, epochs=PAPER_EPOCHS if args.paper_schedule else args.epochs,
         max_minutes=args.max_minutes, val_every=args.val_every, seed=args.seed, device=args.device,
     )

@@ -246,18 +246,23 @@ class DeformationFusionModule(nn.Module):
         out = nn.functional.linear(w, self.blendshapes)  # (..., V*3)
         return out.reshape(*w.shape[:-1], self.config.num_vertices, 3)
 
-    def forward(self, d_s: torch.Tensor, d_e: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, d_s: torch.Tensor, d_e: torch.Tensor, d_mixed: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training pass on a speech batch and an expression batch (sizes may differ).
 
         d_s: (B, V, 3), d_e: (B', V, 3) displacements. Returns the weights w_s (B, K_s + K_e), w_e
         (B', K_s + K_e), their cross-domain halves cross_s = w_e^s (B, K_e) and cross_e = w_s^e
         (B', K_s) (split here so that losses need not know the layout), the reconstructions
-        rec_s (B, V, 3), rec_e (B', V, 3), and the blendshapes [B_s | B_e] (V*3, K_s + K_e). Losses are in blendtalk.losses.
+        rec_s (B, V, 3), rec_e (B', V, 3), and the blendshapes [B_s | B_e] (V*3, K_s + K_e).
+        d_mixed (B', V, 3), expression frames with speech added, adds mixed_e (B', K_e): their
+        expression half, for the invariance prior. Losses are in blendtalk.losses.
         """
         w_s = self.encode_speech(d_s)
         w_e = self.encode_expression(d_e)
-        return {"w_s": w_s, "w_e": w_e, "cross_s": self.split(w_s)[1], "cross_e": self.split(w_e)[0],
-                "rec_s": self.decode(w_s), "rec_e": self.decode(w_e), "blendshapes": self.blendshapes}
+        out = {"w_s": w_s, "w_e": w_e, "cross_s": self.split(w_s)[1], "cross_e": self.split(w_e)[0],
+               "rec_s": self.decode(w_s), "rec_e": self.decode(w_e), "blendshapes": self.blendshapes}
+        if d_mixed is not None:
+            out["mixed_e"] = self.split(self.encode_expression(d_mixed))[1]
+        return out
 
     # ---- inference (eq. 13) ----
     def fuse(
