@@ -146,6 +146,26 @@ def test_fuse_drops_cross_domain_halves(monkeypatch):
         torch.testing.assert_close(model.fuse(d, d, intensity=ramp), half)
 
 
+def test_fuse_keeping_residuals_subtracts_only_the_cross_domain_reconstructions(monkeypatch):
+    model = tiny(True, 64, num_expression_blendshapes=3)  # K_s = 4, K_e = 3
+    T = 5
+    w_s, w_e = torch.randn(T, K + 3), torch.randn(T, K + 3)
+    monkeypatch.setattr(model, "encode_speech", lambda d: w_s)
+    monkeypatch.setattr(model, "encode_expression", lambda d: w_e)
+    d_s, d_e = torch.randn(T, V, 3), torch.randn(T, V, 3)
+    b_s, b_e = model.speech_blendshapes, model.expression_blendshapes
+    speech = d_s - torch.einsum("tk,kvc->tvc", w_s[:, K:], b_e)  # the emotion the speech input carries, removed
+    expression = d_e - torch.einsum("tk,kvc->tvc", w_e[:, :K], b_s)  # the articulation in the expression input, removed
+    ramp = torch.linspace(0, 1, T)
+    with torch.no_grad():
+        torch.testing.assert_close(model.fuse_keeping_residuals(d_s, d_e), speech + expression)
+        torch.testing.assert_close(model.fuse_keeping_residuals(d_s, d_e, intensity=0.0), speech)
+        torch.testing.assert_close(model.fuse_keeping_residuals(d_s, d_e, intensity=ramp), speech + ramp[:, None, None] * expression)
+    monkeypatch.setattr(model, "encode_expression", lambda d: torch.zeros(T, K + 3))
+    with torch.no_grad():  # no cross weights: the naive sum
+        torch.testing.assert_close(model.fuse_keeping_residuals(d_s, d_e), speech + d_e)
+
+
 def test_leading_dims_and_chunking():
     model = tiny(True, 64, chunk_size=3)
     d_s, d_e = torch.randn(2, 5, V, 3) * 1e-3, torch.randn(2, 5, V, 3) * 1e-3  # (B, T, V, 3)

@@ -23,9 +23,10 @@ def test_report_table_chart_and_picture(tiny_corpus, tmp_path):
           "--json", str(out), "--blendshapes", str(tmp_path / "shapes.png"), "--max-sentences", "1", "--device", "cpu"])
     report = json.loads(out.read_text())
     fusion = report["fusion"]
-    assert {"dfm", "again", "interpolation", "speech_only", "truth"} <= set(fusion)
+    assert {"dfm", "dfm_keeping_residuals", "again", "interpolation", "speech_only", "truth"} <= set(fusion)
     assert fusion["again"]["fused_mve"] == pytest.approx(fusion["dfm"]["fused_mve"])  # the same checkpoint twice
     assert fusion["interpolation"]["fused_mve"] > 0 and report["lve_through_dfm"]["sequences"] >= 1
+    assert report["lve_through_dfm_keeping_residuals"]["sequences"] == report["lve_through_dfm"]["sequences"]
     table = out.with_suffix(".md").read_text()
     assert table.count("\n") == len(fusion) + 2 and "| interpolation |" in table
     assert iio.imread(out.with_suffix(".png")).ndim == 3  # the bar chart

@@ -278,6 +278,23 @@ class DeformationFusionModule(nn.Module):
         _, w_expr = self.split(self.encode_expression(d_e))
         return self.fuse_weights(w_speech, w_expr, intensity)
 
+    def fuse_keeping_residuals(
+        self, d_s: torch.Tensor, d_e: torch.Tensor, intensity: float | torch.Tensor = 1.0
+    ) -> torch.Tensor:
+        """A variant of eq. 13 (not in the paper): each input minus its cross-domain reconstruction.
+
+        (d_s - B_e w_e^s) + intensity * (d_e - B_s w_s^e): the leaks that the cross-domain halves
+        model are taken out, and what the blendshapes cannot reconstruct (fine brow and lid motion,
+        say) is kept instead of dropped. Shapes as in `fuse`.
+        """
+        w_s, w_e = self.encode_speech(d_s), self.encode_expression(d_e)
+        zero_s, zero_e = torch.zeros_like(w_s[..., : self.config.k_speech]), torch.zeros_like(w_e[..., self.config.k_speech :])
+        speech = d_s - self.decode(self.join(zero_s, self.split(w_s)[1]))
+        expression = d_e - self.decode(self.join(self.split(w_e)[0], zero_e))
+        if isinstance(intensity, torch.Tensor):
+            intensity = intensity.to(expression)[..., None, None]  # (...,) -> (..., 1, 1)
+        return speech + intensity * expression
+
     def fuse_weights(
         self, w_speech_own: torch.Tensor, w_expr_own: torch.Tensor, intensity: float | torch.Tensor = 1.0
     ) -> torch.Tensor:
