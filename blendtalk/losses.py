@@ -155,7 +155,7 @@ def speech_upper_face_loss(blendshapes: torch.Tensor, num_speech_blendshapes: in
     if blendshapes.shape[0] != 3 * v:
         raise ValueError(f"blendshapes must have V*3 = {3 * v} rows for a (V,) upper_mask, got {blendshapes.shape[0]}")
     sq = blendshapes[:, :num_speech_blendshapes].reshape(v, 3, -1).pow(2).sum(1)  # (V, K_s)
-    return (sq[upper_mask.to(sq.device)].sum(0) / sq.sum(0).clamp_min(1e-24)).mean()
+    return (sq[upper_mask.to(sq.device, torch.bool)].sum(0) / sq.sum(0).clamp_min(1e-24)).mean()
 
 
 def laplacian_loss(pred: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
@@ -193,7 +193,8 @@ def dfm_loss(
     laplacian: torch.Tensor | None = None,
     upper_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total DFM loss (eq. 10) = L_rec + lambda_sparse L_sparse + lambda_lap L_lap + lambda_reg L_reg.
+    """Total DFM loss (eq. 10) = L_rec + lambda_sparse L_sparse + lambda_lap L_lap + lambda_reg L_reg,
+    plus the optional terms not in the paper (lambda_orth, lambda_invariance, lambda_speech_upper).
 
     outputs: the DFM's forward dict (cross_s (B, K_e), cross_e (B', K_s), rec_s (B, V, 3),
     rec_e (B', V, 3); see DeformationFusionModule.forward).

@@ -160,8 +160,9 @@ def validate(model: DeformationFusionModule, config: DFMTrainConfig, rig: FaceRi
     return report
 
 
-def mix_speech(d_e: torch.Tensor, d_s: torch.Tensor, max_scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Expression frames d_e (B, V, 3), each plus a random frame of d_s (B', V, 3) scaled by U(0, max_scale): (B, V, 3)."""
+def mix_speech(d_s: torch.Tensor, d_e: torch.Tensor, max_scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Speech frames d_s (B, V, 3), expression frames d_e (B', V, 3) -> (B', V, 3): each expression frame plus
+    a random speech frame scaled by its own U(0, max_scale) (the inputs of the invariance prior)."""
     i = torch.randint(len(d_s), (len(d_e),), device=d_e.device, generator=generator)
     scale = torch.rand(len(d_e), 1, 1, device=d_e.device, generator=generator) * max_scale
     return d_e + scale * d_s[i]
@@ -238,7 +239,7 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
         i_s = torch.randint(len(speech), (config.batch_size,), device=device, generator=rng)
         i_e = torch.randint(len(expr), (config.batch_size,), device=device, generator=rng)
         d_s, d_e = speech[i_s], expr[i_e]
-        d_mixed = mix_speech(d_e, d_s, config.loss.invariance_mix, rng) if config.loss.lambda_invariance else None
+        d_mixed = mix_speech(d_s, d_e, config.loss.invariance_mix, rng) if config.loss.lambda_invariance else None
         if config.lr_schedule == "cosine":
             for group in opt.param_groups:
                 group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * _progress(step, total, started, config.max_minutes)))

@@ -7,7 +7,7 @@ import torch
 
 from blendtalk.fusion_eval import fusion_cases
 from blendtalk.rig import load_rig
-from eval.dfm_weight_space import evaluate, main
+from eval.dfm_weight_space import evaluate, main, subspace_split
 
 
 
@@ -47,3 +47,18 @@ def test_bad_arguments_are_refused(tiny_corpus, tmp_path):
         main(["--data", str(tiny_corpus), "--steps", "0"])
     with pytest.raises(SystemExit, match="no truth files"):
         main(["--data", str(tmp_path)])
+
+
+def test_subspace_split_recovers_parts_that_lie_in_the_subspaces():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(52, 52, generator=g)
+    metric = a @ a.T / 52  # any positive definite metric
+    metric[51] = metric[:, 51] = 0  # and one unit that moves nothing, as on the rig
+    basis_s, basis_e = torch.randn(3, 52, generator=g), torch.randn(2, 52, generator=g)
+    basis_s[:, 51] = basis_e[:, 51] = 0
+    speech, expression = torch.randn(200, 3, generator=g) @ basis_s, torch.randn(200, 2, generator=g) @ basis_e
+    parts = subspace_split(speech, expression, metric, 3, 2)
+    s, e = speech[:7], expression[:7]
+    ps, pe = parts(s + e, e + s)  # each input holds both parts; each keeps its own
+    torch.testing.assert_close(ps, s, atol=1e-4, rtol=0)
+    torch.testing.assert_close(pe, e, atol=1e-4, rtol=0)

@@ -85,11 +85,12 @@ def test_l2_loss():
     torch.testing.assert_close(l2_loss(d), torch.tensor(25.0 / V))
 
 
-def fake_outputs(seed: int = 0):
+def fake_outputs(seed: int = 0, k_e: int = K):
+    """A DFM forward dict with K_s = K speech and k_e expression weights per frame."""
     g = torch.Generator().manual_seed(seed)
     out = {
-        "w_s": torch.randn(4, 2 * K, generator=g) * 1e-2,
-        "w_e": torch.randn(4, 2 * K, generator=g) * 1e-2,
+        "w_s": torch.randn(4, K + k_e, generator=g) * 1e-2,
+        "w_e": torch.randn(4, K + k_e, generator=g) * 1e-2,
         "rec_s": torch.randn(4, V, 3, generator=g) * 1e-2,
         "rec_e": torch.randn(4, V, 3, generator=g) * 1e-2,
     }
@@ -143,7 +144,7 @@ def test_invariance_loss_is_the_mean_squared_change_and_needs_the_mixed_pass():
     assert float(invariance_loss(w + 2.0, w)) == pytest.approx(4.0)
     with pytest.raises(ValueError, match="same shape"):
         invariance_loss(w[:, :2], w)
-    out = fake_outputs()
+    out = fake_outputs(k_e=2)  # unequal halves: the expression half is the last 2
     d = torch.randn(4, V, 3) * 1e-2
     with pytest.raises(ValueError, match="mixed_e"):
         dfm_loss(out, d, d, DFMLossConfig(lambda_lap=0.0, lambda_invariance=1.0))
@@ -168,9 +169,9 @@ def test_speech_upper_face_loss_is_the_upper_share_of_speech_blendshapes():
     assert float(speech_upper_face_loss(b.reshape(3 * V, 4), 2, upper)) == pytest.approx((1.0 + 1 / 3) / 2)
     with pytest.raises(ValueError, match="V\\*3"):
         speech_upper_face_loss(blendshapes[:-3], 2, upper)
-    out = fake_outputs() | {"blendshapes": torch.randn(3 * V, 2 * K)}
+    out = fake_outputs(k_e=2) | {"blendshapes": torch.randn(3 * V, K + 2)}
     d = torch.randn(4, V, 3) * 1e-2
     with pytest.raises(ValueError, match="upper_face"):
         dfm_loss(out, d, d, DFMLossConfig(lambda_lap=0.0, lambda_speech_upper=1.0))
     _, parts = dfm_loss(out, d, d, DFMLossConfig(lambda_lap=0.0, lambda_speech_upper=1.0), upper_mask=upper)
-    assert 0 < parts["speech_upper"] < 1
+    assert parts["speech_upper"] == pytest.approx(float(speech_upper_face_loss(out["blendshapes"], K, upper)))  # K_s columns

@@ -288,12 +288,10 @@ class DeformationFusionModule(nn.Module):
         say) is kept instead of dropped. Shapes as in `fuse`.
         """
         w_s, w_e = self.encode_speech(d_s), self.encode_expression(d_e)
-        zero_s, zero_e = torch.zeros_like(w_s[..., : self.config.k_speech]), torch.zeros_like(w_e[..., self.config.k_speech :])
-        speech = d_s - self.decode(self.join(zero_s, self.split(w_s)[1]))
-        expression = d_e - self.decode(self.join(self.split(w_e)[0], zero_e))
-        if isinstance(intensity, torch.Tensor):
-            intensity = intensity.to(expression)[..., None, None]  # (...,) -> (..., 1, 1)
-        return speech + intensity * expression
+        k = self.config.k_speech
+        speech = d_s - self.decode(torch.cat([torch.zeros_like(w_s[..., :k]), w_s[..., k:]], -1))  # minus B_e w_e^s
+        expression = d_e - self.decode(torch.cat([w_e[..., :k], torch.zeros_like(w_e[..., k:])], -1))  # minus B_s w_s^e
+        return interpolate_inputs(speech, expression, intensity)
 
     def fuse_weights(
         self, w_speech_own: torch.Tensor, w_expr_own: torch.Tensor, intensity: float | torch.Tensor = 1.0
