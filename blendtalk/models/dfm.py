@@ -287,10 +287,10 @@ class DeformationFusionModule(nn.Module):
         model are taken out, and what the blendshapes cannot reconstruct (fine brow and lid motion,
         say) is kept instead of dropped. Shapes as in `fuse`.
         """
-        w_s, w_e = self.encode_speech(d_s), self.encode_expression(d_e)
-        k = self.config.k_speech
-        speech = d_s - self.decode(torch.cat([torch.zeros_like(w_s[..., :k]), w_s[..., k:]], -1))  # minus B_e w_e^s
-        expression = d_e - self.decode(torch.cat([w_e[..., :k], torch.zeros_like(w_e[..., k:])], -1))  # minus B_s w_s^e
+        own_s, cross_s = self.split(self.encode_speech(d_s))
+        cross_e, own_e = self.split(self.encode_expression(d_e))
+        speech = d_s - self.decode(self.join(torch.zeros_like(own_s), cross_s))  # minus B_e w_e^s
+        expression = d_e - self.decode(self.join(cross_e, torch.zeros_like(own_e)))  # minus B_s w_s^e
         return interpolate_inputs(speech, expression, intensity)
 
     def fuse_weights(
