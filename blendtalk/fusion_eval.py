@@ -127,11 +127,10 @@ def evaluate_fusion(methods: dict[str, FusionMethod], cases, rig: FaceRig, devic
                 sums[name]["bilabial_gap_error"].append(float((gap - true_gap).abs().mean()) * MM_PER_M)
             if name == "truth":
                 continue
-            p, t = pred.cpu(), truth.cpu()
-            sums[name]["fused_mve"].append(mean_vertex_error(p, t) * MM_PER_M)
-            sums[name]["fused_lve"].append(lip_vertex_error(p, t, lips) * MM_PER_M**2)
-            sums[name]["lip_mve"].append(mean_vertex_error(p, t, lips) * MM_PER_M)
-            sums[name]["upper_face_mve"].append(mean_vertex_error(p, t, upper) * MM_PER_M)
+            sums[name]["fused_mve"].append(mean_vertex_error(pred, truth) * MM_PER_M)
+            sums[name]["fused_lve"].append(lip_vertex_error(pred, truth, lips) * MM_PER_M**2)
+            sums[name]["lip_mve"].append(mean_vertex_error(pred, truth, lips) * MM_PER_M)
+            sums[name]["upper_face_mve"].append(mean_vertex_error(pred, truth, upper) * MM_PER_M)
     report = {}
     for name in list(methods) + ["truth"]:
         row = {k: float(np.mean(v)) for k, v in sums[name].items() if name != "truth" or k != "bilabial_gap_error"}

@@ -5,7 +5,9 @@
 
 Methods: the full DFM (eq. 13), the same model keeping the inputs' residuals (its
 fuse_keeping_residuals, not in the paper), each ablation checkpoint given, interpolation of inputs
-(d_s + d_e) and speech only. Writes JSON, a markdown table (beside the JSON) and a bar chart PNG.
+(d_s + d_e) and speech only. Writes JSON, a markdown table (beside the JSON) and a bar chart PNG. The
+JSON also holds the paper's Table-1 check (lve_through_dfm) and, for the full model, where its
+reconstruction error comes from (reconstruction: its encoder against the best its blendshapes allow).
 """
 
 import argparse
@@ -73,6 +75,54 @@ def lve_through_dfm(fuse, data: Path, rig, device, max_sentences: int | None) ->
     a, b = float(np.mean(lve_in)), float(np.mean(lve_out))
     return {"lve_speech_input_mm2": a * MM_PER_M**2, "lve_after_dfm_mm2": b * MM_PER_M**2,
             "increase_mm2": (b - a) * MM_PER_M**2, "increase_percent": 100 * (b - a) / a, "sequences": len(lve_in)}
+
+
+def reconstruction_report(model, data: Path, rig, device, max_sentences: int | None) -> dict:
+    """What limits a DFM's parts: its encoder, or its blendshapes? Mean vertex errors (mm) per domain.
+
+    encoder: decode(encode(d)) against the input d (pure part + leak); least_squares: the best fit of
+    d with all the blendshapes [B_s | B_e]; own_part: the own-domain part (B_s w_s^s or B_e w_e^e) against
+    the pure part; own_blendshapes_floor: the best fit of the pure part with the own-domain blendshapes,
+    what `own_part` would reach with perfect weights.
+    """
+    deltas = torch.as_tensor(rig.deltas, device=device)
+    b = model.blendshapes.detach().double()  # (V*3, K_s + K_e)
+    k_s = model.num_blendshapes[0]
+    own_shapes = {"speech": b[:, :k_s], "expression": b[:, k_s:]}
+    pinv = {"all": torch.linalg.pinv(b)} | {name: torch.linalg.pinv(x) for name, x in own_shapes.items()}
+    sums = {domain: {k: [] for k in ("encoder", "least_squares", "own_part", "own_blendshapes_floor")}
+            for domain in own_shapes}
+
+    def mve(a, ref):  # (T, V, 3) each -> mm
+        return float((a - ref).norm(dim=-1).mean()) * MM_PER_M
+
+    seen = set()
+    with torch.no_grad():
+        for case in fusion_cases(data, "test", max_sentences=max_sentences):
+            names = case.name.split("+")
+            for domain, name, pure, leak in (("speech", names[0], case.speech, case.speech_leak),
+                                             ("expression", names[1], case.expression, case.expression_leak)):
+                if name in seen:
+                    continue
+                seen.add(name)
+                d = torch.einsum("tk,kvc->tvc", torch.as_tensor(pure + leak, device=device), deltas)
+                clean = torch.einsum("tk,kvc->tvc", torch.as_tensor(pure, device=device), deltas)
+                w = (model.encode_speech if domain == "speech" else model.encode_expression)(d)
+                w_s, w_e = model.split(w)
+                own = model.join(w_s, torch.zeros_like(w_e)) if domain == "speech" else model.join(torch.zeros_like(w_s), w_e)
+
+                def fit(x, which):  # least squares of x (T, V, 3) on the `which` blendshapes -> (T, V, 3)
+                    flat = x.reshape(len(x), -1).double()
+                    shapes = b if which == "all" else own_shapes[which]
+                    return ((flat @ pinv[which].T) @ shapes.T).reshape(x.shape).to(x)
+
+                row = sums[domain]
+                row["encoder"].append(mve(model.decode(w), d))
+                row["least_squares"].append(mve(fit(d, "all"), d))
+                row["own_part"].append(mve(model.decode(own), clean))
+                row["own_blendshapes_floor"].append(mve(fit(clean, domain), clean))
+    return {domain: {k: float(np.mean(v)) for k, v in rows.items()} | {"sequences": len(rows["encoder"])}
+            for domain, rows in sums.items()}
 
 
 def markdown(report: dict) -> str:
@@ -161,6 +211,7 @@ def main(argv=None) -> int:
               "lve_through_dfm": lve_through_dfm(model.fuse, args.data, rig, device, args.max_sentences),
               "lve_through_dfm_keeping_residuals": lve_through_dfm(model.fuse_keeping_residuals, args.data, rig, device,
                                                                    args.max_sentences),
+              "reconstruction": reconstruction_report(model, args.data, rig, device, args.max_sentences),
               "fps": FPS, "checkpoint": str(args.dfm)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
@@ -168,7 +219,7 @@ def main(argv=None) -> int:
     args.json.with_suffix(".md").write_text(table)
     bar_chart(report["fusion"], args.json.with_suffix(".png"))
     print(table)
-    print(json.dumps({k: v for k, v in report.items() if k.startswith("lve_through")}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k.startswith(("lve_through", "reconstruction"))}, indent=2))
     return 0
 
 

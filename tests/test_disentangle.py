@@ -27,6 +27,11 @@ def test_report_table_chart_and_picture(tiny_corpus, tmp_path):
     assert fusion["again"]["fused_mve"] == pytest.approx(fusion["dfm"]["fused_mve"])  # the same checkpoint twice
     assert fusion["interpolation"]["fused_mve"] > 0 and report["lve_through_dfm"]["sequences"] >= 1
     assert report["lve_through_dfm_keeping_residuals"]["sequences"] == report["lve_through_dfm"]["sequences"]
+    for domain in ("speech", "expression"):
+        rec = report["reconstruction"][domain]
+        assert rec["sequences"] >= 1
+        # an untrained encoder is far from the least-squares weights of its own blendshapes
+        assert rec["least_squares"] < rec["encoder"] and 0 < rec["own_blendshapes_floor"] < rec["own_part"]
     table = out.with_suffix(".md").read_text()
     assert table.count("\n") == len(fusion) + 2 and "| interpolation |" in table
     assert iio.imread(out.with_suffix(".png")).ndim == 3  # the bar chart

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from blendtalk.losses import DFMLossConfig
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
@@ -84,3 +85,28 @@ def test_ddp_two_processes_on_cpu(tiny_corpus, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     runs = [p for p in tmp_path.iterdir() if (p / "checkpoint").is_dir()]
     assert len(runs) == 1  # only rank 0 writes
+
+
+def test_cli_rejects_a_bad_model_setting_before_making_corpora(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "train"))
+    import train_dfm as cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--data", str(tmp_path / "corpora"), "--out", str(tmp_path), "--map-size", "100"])
+    assert exit_info.value.code == 2
+    assert "map_size must be a power of two" in capsys.readouterr().err
+    assert not (tmp_path / "corpora").exists()  # nothing generated for a run that cannot start
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_validation_scores_on_the_gpu_as_on_the_cpu(tiny_corpus):
+    from blendtalk.fusion_eval import evaluate_fusion, fusion_cases
+    from blendtalk.models.dfm import interpolate_inputs
+
+    rig = load_rig()
+    cases = list(fusion_cases(tiny_corpus, "val", max_sentences=1))
+    assert cases
+    cpu, gpu = (evaluate_fusion({"interpolation": interpolate_inputs}, cases, rig, device) for device in ("cpu", "cuda"))
+    for key in ("fused_mve", "fused_lve", "lip_mve", "upper_face_mve", "bilabial_gap_error"):
+        assert gpu["interpolation"][key] == pytest.approx(cpu["interpolation"][key], rel=1e-4), key

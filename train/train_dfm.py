@@ -64,23 +64,26 @@ def main(argv=None) -> int:
     if not args.invariance_mix > 0:
         p.error("--invariance-mix must be positive")
 
+    try:
+        config = DFMTrainConfig(
+            data=args.data, speech_root=args.vocaset, expression_root=args.florence, out=args.out,
+            model=DFMConfig(num_vertices=load_rig().num_vertices, num_blendshapes=args.blendshapes,
+                            num_expression_blendshapes=args.expression_blendshapes,
+                            map_size=args.map_size, use_geometric_map=not args.no_geometric_map),
+            loss=DFMLossConfig(lambda_sparse=0.0 if args.no_sparsity else args.lambda_sparse,
+                               lambda_lap=0.0 if args.no_laplacian else args.lambda_lap, lambda_orth=args.lambda_orth,
+                               lambda_invariance=args.lambda_invariance, invariance_mix=args.invariance_mix,
+                               lambda_speech_upper=args.lambda_speech_upper),
+            lr=args.lr, lr_schedule="cosine" if args.cosine_lr else "constant", crop_loss=args.crop_loss, batch_size=args.batch_size, epochs=PAPER_EPOCHS if args.paper_schedule else args.epochs,
+            max_minutes=args.max_minutes, val_every=args.val_every, seed=args.seed, device=args.device,
+        )
+    except ValueError as err:  # a model or loss setting out of range
+        p.error(str(err))
     if not args.vocaset and not (Path(args.data) / "speech").is_dir():
         from blendtalk.data.synth import generate
 
         print(f"no corpora in {args.data}: generating the synthetic ones there first")
         generate(args.data)
-    config = DFMTrainConfig(
-        data=args.data, speech_root=args.vocaset, expression_root=args.florence, out=args.out,
-        model=DFMConfig(num_vertices=load_rig().num_vertices, num_blendshapes=args.blendshapes,
-                        num_expression_blendshapes=args.expression_blendshapes,
-                        map_size=args.map_size, use_geometric_map=not args.no_geometric_map),
-        loss=DFMLossConfig(lambda_sparse=0.0 if args.no_sparsity else args.lambda_sparse,
-                           lambda_lap=0.0 if args.no_laplacian else args.lambda_lap, lambda_orth=args.lambda_orth,
-                           lambda_invariance=args.lambda_invariance, invariance_mix=args.invariance_mix,
-                           lambda_speech_upper=args.lambda_speech_upper),
-        lr=args.lr, lr_schedule="cosine" if args.cosine_lr else "constant", crop_loss=args.crop_loss, batch_size=args.batch_size, epochs=PAPER_EPOCHS if args.paper_schedule else args.epochs,
-        max_minutes=args.max_minutes, val_every=args.val_every, seed=args.seed, device=args.device,
-    )
     if args.resume is not None:  # go on as the run was configured; only the time budget and device may change
         config = replace(load_train_config(args.resume), max_minutes=args.max_minutes, device=args.device)
     run = train_dfm(config, run_dir=args.resume, resume=args.resume is not None)
