@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from blendtalk.constants import FPS  # noqa: E402
 from blendtalk.fusion_eval import evaluate_fusion, fusion_cases  # noqa: E402
-from blendtalk.metrics import MM_PER_M, lip_vertex_error  # noqa: E402
+from blendtalk.metrics import MM_PER_M, lip_vertex_error, mean_vertex_error  # noqa: E402
 from blendtalk.geometry import load_square_map  # noqa: E402
 from blendtalk.models.dfm import DeformationFusionModule, interpolate_inputs  # noqa: E402
 from blendtalk.phonetics import Phone  # noqa: E402
@@ -93,8 +93,10 @@ def reconstruction_report(model, data: Path, rig, device, max_sentences: int | N
     sums = {domain: {k: [] for k in ("encoder", "least_squares", "own_part", "own_blendshapes_floor")}
             for domain in own_shapes}
 
-    def mve(a, ref):  # (T, V, 3) each -> mm
-        return float((a - ref).norm(dim=-1).mean()) * MM_PER_M
+    def fit(x, which):  # least squares of x (T, V, 3) on the `which` blendshapes -> (T, V, 3)
+        flat = x.reshape(len(x), -1).double()
+        shapes = b if which == "all" else own_shapes[which]
+        return ((flat @ pinv[which].T) @ shapes.T).reshape(x.shape).to(x)
 
     seen = set()
     with torch.no_grad():
@@ -110,17 +112,10 @@ def reconstruction_report(model, data: Path, rig, device, max_sentences: int | N
                 w = (model.encode_speech if domain == "speech" else model.encode_expression)(d)
                 w_s, w_e = model.split(w)
                 own = model.join(w_s, torch.zeros_like(w_e)) if domain == "speech" else model.join(torch.zeros_like(w_s), w_e)
-
-                def fit(x, which):  # least squares of x (T, V, 3) on the `which` blendshapes -> (T, V, 3)
-                    flat = x.reshape(len(x), -1).double()
-                    shapes = b if which == "all" else own_shapes[which]
-                    return ((flat @ pinv[which].T) @ shapes.T).reshape(x.shape).to(x)
-
-                row = sums[domain]
-                row["encoder"].append(mve(model.decode(w), d))
-                row["least_squares"].append(mve(fit(d, "all"), d))
-                row["own_part"].append(mve(model.decode(own), clean))
-                row["own_blendshapes_floor"].append(mve(fit(clean, domain), clean))
+                for key, pred, target in (("encoder", model.decode(w), d), ("least_squares", fit(d, "all"), d),
+                                          ("own_part", model.decode(own), clean),
+                                          ("own_blendshapes_floor", fit(clean, domain), clean)):
+                    sums[domain][key].append(mean_vertex_error(pred, target) * MM_PER_M)
     return {domain: {k: float(np.mean(v)) for k, v in rows.items()} | {"sequences": len(rows["encoder"])}
             for domain, rows in sums.items()}
 

@@ -87,8 +87,8 @@ def test_ddp_two_processes_on_cpu(tiny_corpus, tmp_path):
     assert len(runs) == 1  # only rank 0 writes
 
 
-def test_cli_rejects_a_bad_model_setting_before_making_corpora(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "train"))
+def test_cli_rejects_a_bad_model_setting_before_making_corpora(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "train"))
     import train_dfm as cli
 
     with pytest.raises(SystemExit) as exit_info:
