@@ -16,6 +16,9 @@ leaks, apart from what the encoders can learn. Reported on the held-out cases of
   expression_vs_pure, expression_vs_with_leak   the same for B_e w_e^e
   bound                  per-frame MLPs trained on the truth (input -> pure part): what one frame
                          allows a perfect decomposition to reach (--no-bound skips bound and subspace)
+  dfm_expression_reconstruction   the expression side as eval/disentangle.py's `reconstruction`:
+                         the encoder's reconstruction of the input, B_e w_e^e against the pure
+                         expression, and the least-squares fit of the pure expression with B_e
   subspace               the linear per-frame split onto the true speech and expression subspaces
                          (top K_s, K_e right-singular vectors of the pure parts, uncentred; k_s, k_e
                          picked from 6-12 on the validation cases):
@@ -164,6 +167,29 @@ def evaluate(parts_fn, cases, deltas: torch.Tensor) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def reconstruction(model: WeightSpaceDFM, cases, deltas: torch.Tensor) -> dict:
+    """Mean vertex errors (mm) of the model's expression side, as eval/disentangle.py's `reconstruction`:
+    encoder (reconstruction of the expression input), own_part (B_e w_e^e vs the pure expression) and
+    own_blendshapes_floor (the least-squares fit of the pure expression with B_e)."""
+    dec, k = model.decoder().detach(), model.k_speech
+    shapes = torch.einsum("kj,kvc->jvc", dec[:, k:], deltas).reshape(dec.shape[1] - k, -1).T.double()  # (V*3, K_e)
+    solve = torch.linalg.pinv(shapes)
+
+    def mve(w):
+        return float(torch.einsum("tk,kvc->tvc", w, deltas).norm(dim=-1).mean()) * MM_PER_M
+
+    rows = []
+    with torch.no_grad():
+        for c in cases:
+            e, le = torch.as_tensor(c.expression), torch.as_tensor(c.expression_leak)
+            w = model.expression_encoder(e + le)
+            pure = torch.einsum("tk,kvc->tvc", e, deltas)
+            fit = (pure.reshape(len(e), -1).double() @ solve.T @ shapes.T).reshape(pure.shape)
+            rows.append({"encoder": mve(w @ dec.T - e - le), "own_part": mve(w[:, k:] @ dec[:, k:].T - e),
+                         "own_blendshapes_floor": float((fit - pure.double()).norm(dim=-1).mean()) * MM_PER_M})
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/synth"), help="synthetic corpus root (python -m blendtalk.data.synth)")
@@ -204,7 +230,8 @@ def main(argv=None) -> dict:
     dec, k = model.decoder().detach(), model.k_speech
     report = {"args": vars(args),
               "dfm": evaluate(lambda s, e: (model.speech_encoder(s)[:, :k] @ dec[:, :k].T,
-                                            model.expression_encoder(e)[:, k:] @ dec[:, k:].T), cases, deltas)}
+                                            model.expression_encoder(e)[:, k:] @ dec[:, k:].T), cases, deltas),
+              "dfm_expression_reconstruction": reconstruction(model, cases, deltas)}
     if not args.no_bound:
         to_speech = fit_bound(speech_pure + speech_leak, speech_pure, metric, args)
         to_expr = fit_bound(expr_pure + expr_leak, expr_pure, metric, args)
@@ -214,7 +241,7 @@ def main(argv=None) -> dict:
             subspace_split(speech_pure, expr_pure, metric, *k), val_cases, deltas)["fused"])
         report["subspace"] = evaluate(subspace_split(speech_pure, expr_pure, metric, k_s, k_e), cases, deltas) | {"k_s": k_s, "k_e": k_e}
     report["seconds"] = time.perf_counter() - start
-    for name in ("dfm", "bound", "subspace"):
+    for name in ("dfm", "dfm_expression_reconstruction", "bound", "subspace"):
         if name in report:
             print(f"{name:8s}", "  ".join(f"{metric} {v:.3f}" if isinstance(v, float) else f"{metric} {v}"
                                           for metric, v in report[name].items()))

@@ -40,6 +40,9 @@ def test_short_run_reports_dfm_and_bound(tiny_corpus, tmp_path):
                                      "expression_vs_pure", "expression_vs_with_leak"}
         assert all(v >= 0 for v in report[name].values())
     assert report["subspace"]["k_s"] in (6, 8, 10, 12) and report["subspace"]["fused"] >= 0
+    rec = report["dfm_expression_reconstruction"]
+    assert rec["own_part"] == pytest.approx(report["dfm"]["expression_vs_pure"])  # B_e w_e^e, measured twice
+    assert 0 < rec["own_blendshapes_floor"] < rec["own_part"]  # 20 steps leave the encoder far from least squares
 
 
 def test_bad_arguments_are_refused(tiny_corpus, tmp_path):
