@@ -23,10 +23,15 @@ def _pair(pred, target, what: str = "pred"):
     return pred, target
 
 
+def _indices(mask, device) -> torch.Tensor:
+    """The True positions of a (V,) bool mask, as a long tensor on `device`."""
+    return torch.as_tensor(np.flatnonzero(np.asarray(mask)), device=device)
+
+
 def lip_vertex_error(pred, target, lip_mask) -> float:
     """LVE: mean over frames of max over lip vertices of ||pred - target||^2. (T, V, 3) each."""
     pred, target = _pair(pred, target)
-    idx = torch.as_tensor(np.flatnonzero(np.asarray(lip_mask)), device=pred.device)
+    idx = _indices(lip_mask, pred.device)
     sq = (pred[..., idx, :] - target[..., idx, :]).pow(2).sum(-1)  # (..., T, L)
     return float(sq.amax(-1).mean())
 
@@ -34,7 +39,7 @@ def lip_vertex_error(pred, target, lip_mask) -> float:
 def face_dynamics_deviation(pred, target, region_mask) -> float:
     """FDD over the region (upper face): mean_v |std_t ||pred_v|| - std_t ||target_v|||. (T, V, 3) displacements."""
     pred, target = _pair(pred, target)
-    idx = torch.as_tensor(np.flatnonzero(np.asarray(region_mask)), device=pred.device)
+    idx = _indices(region_mask, pred.device)
     sp = pred[..., idx, :].norm(dim=-1).std(dim=-2, unbiased=False)  # (..., R)
     st = target[..., idx, :].norm(dim=-1).std(dim=-2, unbiased=False)
     return float((sp - st).abs().mean())
@@ -45,5 +50,5 @@ def mean_vertex_error(pred, target, region_mask=None) -> float:
     pred, target = _pair(pred, target)
     err = (pred - target).norm(dim=-1)  # (..., V)
     if region_mask is not None:
-        err = err[..., torch.as_tensor(np.flatnonzero(np.asarray(region_mask)), device=err.device)]
+        err = err[..., _indices(region_mask, err.device)]
     return float(err.mean())
