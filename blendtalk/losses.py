@@ -196,7 +196,7 @@ def dfm_loss(
     """Total DFM loss (eq. 10) = L_rec + lambda_sparse L_sparse + lambda_lap L_lap + lambda_reg L_reg,
     plus the optional terms not in the paper (lambda_orth, lambda_invariance, lambda_speech_upper).
 
-    outputs: the DFM's forward dict (cross_s (B, K_e), cross_e (B', K_s), rec_s (B, V, 3),
+    outputs: the DFM's forward dict (cross_s (B, K_e), cross_e (B', K_s), own_e (B', K_e), rec_s (B, V, 3),
     rec_e (B', V, 3); see DeformationFusionModule.forward).
     d_s (B, V, 3), d_e (B', V, 3): the targets in the rig's unit. vertex_weights m (V,) or None.
     laplacian (V, V) or None (then L_lap is skipped; required when lambda_lap > 0).
@@ -206,6 +206,7 @@ def dfm_loss(
     so a zero really drops them. Returns (total, parts) with parts as floats for logging.
     """
     s = config.scale
+    k_speech = outputs["cross_e"].shape[-1]  # w_s^e has the speech half's length
     rec_s = reconstruction_loss(s * outputs["rec_s"], s * d_s, vertex_weights)
     rec_e = reconstruction_loss(s * outputs["rec_e"], s * d_e, vertex_weights)
     total = rec_s + rec_e
@@ -222,18 +223,17 @@ def dfm_loss(
         parts["reg"] = l2_loss(s * outputs["rec_s"]) + l2_loss(s * outputs["rec_e"])
         total = total + config.lambda_reg * parts["reg"]
     if config.lambda_orth:
-        parts["orth"] = cross_cosine_loss(outputs["blendshapes"], outputs["w_s"].shape[-1] - outputs["cross_s"].shape[-1])
+        parts["orth"] = cross_cosine_loss(outputs["blendshapes"], k_speech)
         total = total + config.lambda_orth * parts["orth"]
     if config.lambda_invariance:
         if "mixed_e" not in outputs:
             raise ValueError("lambda_invariance > 0 needs the forward pass's mixed_e (call the DFM with d_mixed)")
-        own_e = outputs["w_e"][..., outputs["cross_e"].shape[-1]:]
-        parts["invariance"] = invariance_loss(s * outputs["mixed_e"], s * own_e.detach())
+        parts["invariance"] = invariance_loss(s * outputs["mixed_e"], s * outputs["own_e"].detach())
         total = total + config.lambda_invariance * parts["invariance"]
     if config.lambda_speech_upper:
         if upper_mask is None:
             raise ValueError("lambda_speech_upper > 0 needs the rig's (V,) upper_face mask")
-        parts["speech_upper"] = speech_upper_face_loss(outputs["blendshapes"], outputs["cross_e"].shape[-1], upper_mask)
+        parts["speech_upper"] = speech_upper_face_loss(outputs["blendshapes"], k_speech, upper_mask)
         total = total + config.lambda_speech_upper * parts["speech_upper"]
     parts["total"] = total
     return total, {k: float(v.detach()) for k, v in parts.items()}

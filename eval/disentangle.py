@@ -117,9 +117,9 @@ def reconstruction_report(model, data: Path, rig, device, max_sentences: int | N
                 clean = torch.einsum("tk,kvc->tvc", torch.as_tensor(pure, device=device), deltas)
                 w = (model.encode_speech if domain == "speech" else model.encode_expression)(d)
                 w_s, w_e = model.split(w)
-                own = model.join(w_s, torch.zeros_like(w_e)) if domain == "speech" else model.join(torch.zeros_like(w_s), w_e)
+                own = model.decode_speech(w_s) if domain == "speech" else model.decode_expression(w_e)
                 for key, pred, target in (("encoder", model.decode(w), d), ("least_squares", fit(d, "all"), d),
-                                          ("own_part", model.decode(own), clean),
+                                          ("own_part", own, clean),
                                           ("own_blendshapes_floor", fit(clean, domain), clean)):
                     sums[domain][key].append(mean_vertex_error(pred, target) * MM_PER_M)
     return {domain: {k: float(np.mean(v)) for k, v in rows.items()} | {"sequences": len(rows["encoder"])}

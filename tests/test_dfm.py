@@ -55,6 +55,7 @@ def test_unequal_speech_and_expression_counts():
     out = model(torch.randn(2, V, 3) * 1e-3, torch.randn(5, V, 3) * 1e-3)
     assert out["w_s"].shape == (2, 7) and out["cross_s"].shape == (2, 3) and out["cross_e"].shape == (5, 4)
     assert torch.equal(out["cross_s"], out["w_s"][:, 4:]) and out["cross_s"].abs().max() == 0  # zero-initialised
+    assert torch.equal(out["own_e"], out["w_e"][:, 4:]) and torch.equal(out["cross_e"], out["w_e"][:, :4])
     assert model.speech_blendshapes.shape == (4, V, 3) and model.expression_blendshapes.shape == (3, V, 3)
     fused = model.fuse_weights(torch.ones(4), torch.ones(3))
     torch.testing.assert_close(fused, model.speech_blendshapes.sum(0) + model.expression_blendshapes.sum(0))
@@ -118,6 +119,17 @@ def test_split_join_layout_and_decode():
     torch.testing.assert_close(model.decode(one_hot), model.expression_blendshapes[1])
     with pytest.raises(ValueError, match=r"\(\.\.\., 8\)"):
         model.decode(torch.zeros(3, 5))
+
+
+def test_half_decoders_sum_to_the_full_decode():
+    model = tiny(True, 64, num_expression_blendshapes=3)  # K_s = 4, K_e = 3
+    w = torch.randn(2, 5, 7)
+    speech, expr = model.split(w)
+    torch.testing.assert_close(model.decode_speech(speech), model.decode(model.join(speech, torch.zeros_like(expr))))
+    torch.testing.assert_close(model.decode_expression(expr), model.decode(model.join(torch.zeros_like(speech), expr)))
+    torch.testing.assert_close(model.decode_speech(speech) + model.decode_expression(expr), model.decode(w))
+    with pytest.raises(ValueError, match="expression weights"):
+        model.decode_expression(speech)
 
 
 def test_blendshape_columns_are_unit_rms():

@@ -95,7 +95,7 @@ def fake_outputs(seed: int = 0, k_e: int = K):
         "rec_e": torch.randn(4, V, 3, generator=g) * 1e-2,
     }
     out = {k: v.requires_grad_() for k, v in out.items()}
-    return out | {"cross_s": out["w_s"][:, K:], "cross_e": out["w_e"][:, :K]}
+    return out | {"cross_s": out["w_s"][:, K:], "cross_e": out["w_e"][:, :K], "own_e": out["w_e"][:, K:]}
 
 
 def test_dfm_loss_sparsity_weight_changes_total_and_gradient():

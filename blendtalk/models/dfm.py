@@ -243,7 +243,20 @@ class DeformationFusionModule(nn.Module):
     def decode(self, w: torch.Tensor) -> torch.Tensor:
         """[B_s | B_e] w: weights (..., K_s + K_e) -> displacements (..., V, 3)."""
         self._check_last(w, self.config.k_total, "blendshape weights")
-        out = nn.functional.linear(w, self.blendshapes)  # (..., V*3)
+        return self._decode_columns(w, slice(None))
+
+    def decode_speech(self, w_speech: torch.Tensor) -> torch.Tensor:
+        """B_s w: speech-half weights (..., K_s) -> displacements (..., V, 3)."""
+        self._check_last(w_speech, self.config.k_speech, "speech weights")
+        return self._decode_columns(w_speech, slice(None, self.config.k_speech))
+
+    def decode_expression(self, w_expression: torch.Tensor) -> torch.Tensor:
+        """B_e w: expression-half weights (..., K_e) -> displacements (..., V, 3)."""
+        self._check_last(w_expression, self.config.k_expression, "expression weights")
+        return self._decode_columns(w_expression, slice(self.config.k_speech, None))
+
+    def _decode_columns(self, w: torch.Tensor, columns: slice) -> torch.Tensor:
+        out = nn.functional.linear(w, self.blendshapes[:, columns])  # (..., V*3)
         return out.reshape(*w.shape[:-1], self.config.num_vertices, 3)
 
     def forward(self, d_s: torch.Tensor, d_e: torch.Tensor, d_mixed: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -251,14 +264,16 @@ class DeformationFusionModule(nn.Module):
 
         d_s: (B, V, 3), d_e: (B', V, 3) displacements. Returns the weights w_s (B, K_s + K_e), w_e
         (B', K_s + K_e), their cross-domain halves cross_s = w_e^s (B, K_e) and cross_e = w_s^e
-        (B', K_s) (split here so that losses need not know the layout), the reconstructions
+        (B', K_s) and the expression inputs' own half own_e = w_e^e (B', K_e) (split here so that
+        losses need not know the layout), the reconstructions
         rec_s (B, V, 3), rec_e (B', V, 3), and the blendshapes [B_s | B_e] (V*3, K_s + K_e).
         d_mixed (B', V, 3), expression frames with speech added, adds mixed_e (B', K_e): their
         expression half, for the invariance prior. Losses are in blendtalk.losses.
         """
         w_s = self.encode_speech(d_s)
         w_e = self.encode_expression(d_e)
-        out = {"w_s": w_s, "w_e": w_e, "cross_s": self.split(w_s)[1], "cross_e": self.split(w_e)[0],
+        cross_e, own_e = self.split(w_e)
+        out = {"w_s": w_s, "w_e": w_e, "cross_s": self.split(w_s)[1], "cross_e": cross_e, "own_e": own_e,
                "rec_s": self.decode(w_s), "rec_e": self.decode(w_e), "blendshapes": self.blendshapes}
         if d_mixed is not None:
             out["mixed_e"] = self.split(self.encode_expression(d_mixed))[1]
@@ -287,10 +302,10 @@ class DeformationFusionModule(nn.Module):
         model are taken out, and what the blendshapes cannot reconstruct (fine brow and lid motion,
         say) is kept instead of dropped. Shapes as in `fuse`.
         """
-        own_s, cross_s = self.split(self.encode_speech(d_s))
-        cross_e, own_e = self.split(self.encode_expression(d_e))
-        speech = d_s - self.decode(self.join(torch.zeros_like(own_s), cross_s))  # minus B_e w_e^s
-        expression = d_e - self.decode(self.join(cross_e, torch.zeros_like(own_e)))  # minus B_s w_s^e
+        _, cross_s = self.split(self.encode_speech(d_s))
+        cross_e, _ = self.split(self.encode_expression(d_e))
+        speech = d_s - self.decode_expression(cross_s)  # minus B_e w_e^s
+        expression = d_e - self.decode_speech(cross_e)  # minus B_s w_s^e
         return interpolate_inputs(speech, expression, intensity)
 
     def fuse_weights(
