@@ -46,6 +46,24 @@ def load_dfm(folder: Path, rig, device) -> DeformationFusionModule:
     return DeformationFusionModule.from_pretrained(folder, smap.matrix() if smap else None, device).eval()
 
 
+def held_out_sequences(data: Path, max_sentences: int | None):
+    """Each distinct test sequence of the fusion cases once: (domain, name, pure (T, 52), leak (T, 52)),
+    domain "speech" or "expression" (an expression take as tiled to the first case that uses it)."""
+    seen = set()
+    for case in fusion_cases(data, "test", max_sentences=max_sentences):
+        speech_name, expression_name = case.name.split("+")
+        for domain, name, pure, leak in (("speech", speech_name, case.speech, case.speech_leak),
+                                         ("expression", expression_name, case.expression, case.expression_leak)):
+            if name not in seen:
+                seen.add(name)
+                yield domain, name, pure, leak
+
+
+def displacements(weights: np.ndarray, deltas: torch.Tensor) -> torch.Tensor:
+    """Rig weights (T, 52) -> displacements (T, V, 3) on deltas' device."""
+    return torch.einsum("tk,kvc->tvc", torch.as_tensor(weights, device=deltas.device), deltas)
+
+
 def lve_through_dfm(fuses: dict, data: Path, rig, device, max_sentences: int | None) -> dict:
     """The paper's Table 1 check: LVE of a speech prediction vs LVE after passing it through the DFM.
 
@@ -58,17 +76,13 @@ def lve_through_dfm(fuses: dict, data: Path, rig, device, max_sentences: int | N
     lips = rig.mask("lips")
     deltas = torch.as_tensor(rig.deltas, device=device)
     lve_in, lve_out = [], {name: [] for name in fuses}
-    seen = set()
-    for case in fusion_cases(data, "test", max_sentences=max_sentences):
-        name = case.name.split("+")[0]
-        if name in seen:
+    for domain, name, pure, leak in held_out_sequences(data, max_sentences):
+        if domain != "speech":
             continue
-        seen.add(name)
         with np.load(data / "truth" / "speech" / f"{name}.npz") as z:
             phones = [Phone(str(s), float(a), float(b)) for s, (a, b) in zip(z["phone_symbols"], z["phone_times"])]
-        pred_w = visemes_to_weights(phones, len(case.speech), rig)
-        gt = torch.einsum("tk,kvc->tvc", torch.as_tensor(case.speech + case.speech_leak, device=device), deltas)
-        pred = torch.einsum("tk,kvc->tvc", torch.as_tensor(pred_w, device=device), deltas)
+        gt = displacements(pure + leak, deltas)
+        pred = displacements(visemes_to_weights(phones, len(pure), rig), deltas)
         lve_in.append(lip_vertex_error(pred, gt, lips))
         with torch.no_grad():
             for fuse_name, fuse in fuses.items():
@@ -93,8 +107,7 @@ def reconstruction_report(model, data: Path, rig, device, max_sentences: int | N
     """
     deltas = torch.as_tensor(rig.deltas, device=device)
     b = model.blendshapes.detach().double()  # (V*3, K_s + K_e)
-    k_s = model.num_blendshapes[0]
-    own_shapes = {"speech": b[:, :k_s], "expression": b[:, k_s:]}
+    own_shapes = dict(zip(("speech", "expression"), model.split(b)))
     pinv = {"all": torch.linalg.pinv(b)} | {name: torch.linalg.pinv(x) for name, x in own_shapes.items()}
     sums = {domain: {k: [] for k in ("encoder", "least_squares", "own_part", "own_blendshapes_floor")}
             for domain in own_shapes}
@@ -104,24 +117,15 @@ def reconstruction_report(model, data: Path, rig, device, max_sentences: int | N
         shapes = b if which == "all" else own_shapes[which]
         return ((flat @ pinv[which].T) @ shapes.T).reshape(x.shape).to(x)
 
-    seen = set()
     with torch.no_grad():
-        for case in fusion_cases(data, "test", max_sentences=max_sentences):
-            names = case.name.split("+")
-            for domain, name, pure, leak in (("speech", names[0], case.speech, case.speech_leak),
-                                             ("expression", names[1], case.expression, case.expression_leak)):
-                if name in seen:
-                    continue
-                seen.add(name)
-                d = torch.einsum("tk,kvc->tvc", torch.as_tensor(pure + leak, device=device), deltas)
-                clean = torch.einsum("tk,kvc->tvc", torch.as_tensor(pure, device=device), deltas)
-                w = (model.encode_speech if domain == "speech" else model.encode_expression)(d)
-                w_s, w_e = model.split(w)
-                own = model.decode_speech(w_s) if domain == "speech" else model.decode_expression(w_e)
-                for key, pred, target in (("encoder", model.decode(w), d), ("least_squares", fit(d, "all"), d),
-                                          ("own_part", own, clean),
-                                          ("own_blendshapes_floor", fit(clean, domain), clean)):
-                    sums[domain][key].append(mean_vertex_error(pred, target) * MM_PER_M)
+        for domain, _, pure, leak in held_out_sequences(data, max_sentences):
+            d, clean = displacements(pure + leak, deltas), displacements(pure, deltas)
+            w = (model.encode_speech if domain == "speech" else model.encode_expression)(d)
+            w_s, w_e = model.split(w)
+            own = model.decode_speech(w_s) if domain == "speech" else model.decode_expression(w_e)
+            for key, pred, target in (("encoder", model.decode(w), d), ("least_squares", fit(d, "all"), d),
+                                      ("own_part", own, clean), ("own_blendshapes_floor", fit(clean, domain), clean)):
+                sums[domain][key].append(mean_vertex_error(pred, target) * MM_PER_M)
     return {domain: {k: float(np.mean(v)) for k, v in rows.items()} | {"sequences": len(rows["encoder"])}
             for domain, rows in sums.items()}
 

@@ -215,12 +215,12 @@ class DeformationFusionModule(nn.Module):
     @property
     def speech_blendshapes(self) -> torch.Tensor:
         """B_s as (K_s, V, 3)."""
-        return self.blendshapes[:, : self.config.k_speech].T.reshape(self.config.k_speech, -1, 3)
+        return self.split(self.blendshapes)[0].T.reshape(self.config.k_speech, -1, 3)
 
     @property
     def expression_blendshapes(self) -> torch.Tensor:
         """B_e as (K_e, V, 3)."""
-        return self.blendshapes[:, self.config.k_speech :].T.reshape(self.config.k_expression, -1, 3)
+        return self.split(self.blendshapes)[1].T.reshape(self.config.k_expression, -1, 3)
 
     # ---- encoders and decoder ----
     def geometry_map(self, d: torch.Tensor) -> torch.Tensor:
@@ -243,20 +243,21 @@ class DeformationFusionModule(nn.Module):
     def decode(self, w: torch.Tensor) -> torch.Tensor:
         """[B_s | B_e] w: weights (..., K_s + K_e) -> displacements (..., V, 3)."""
         self._check_last(w, self.config.k_total, "blendshape weights")
-        return self._decode_columns(w, slice(None))
+        return self._decode_with(self.blendshapes, w)
 
     def decode_speech(self, w_speech: torch.Tensor) -> torch.Tensor:
         """B_s w: speech-half weights (..., K_s) -> displacements (..., V, 3)."""
         self._check_last(w_speech, self.config.k_speech, "speech weights")
-        return self._decode_columns(w_speech, slice(None, self.config.k_speech))
+        return self._decode_with(self.split(self.blendshapes)[0], w_speech)
 
     def decode_expression(self, w_expression: torch.Tensor) -> torch.Tensor:
         """B_e w: expression-half weights (..., K_e) -> displacements (..., V, 3)."""
         self._check_last(w_expression, self.config.k_expression, "expression weights")
-        return self._decode_columns(w_expression, slice(self.config.k_speech, None))
+        return self._decode_with(self.split(self.blendshapes)[1], w_expression)
 
-    def _decode_columns(self, w: torch.Tensor, columns: slice) -> torch.Tensor:
-        out = nn.functional.linear(w, self.blendshapes[:, columns])  # (..., V*3)
+    def _decode_with(self, shapes: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """shapes (V*3, K) columns, w (..., K) -> displacements (..., V, 3)."""
+        out = nn.functional.linear(w, shapes)  # (..., V*3)
         return out.reshape(*w.shape[:-1], self.config.num_vertices, 3)
 
     def forward(self, d_s: torch.Tensor, d_e: torch.Tensor, d_mixed: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
