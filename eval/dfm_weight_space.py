@@ -36,6 +36,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -149,11 +150,14 @@ def subspace_split(speech: torch.Tensor, expression: torch.Tensor, metric: torch
     return parts
 
 
+def weight_error_mm(w: torch.Tensor, deltas: torch.Tensor) -> float:
+    """Mean vertex displacement (mm) of a rig-weight difference w (T, 52); deltas (52, V, 3)."""
+    return float(torch.einsum("tk,kvc->tvc", w, deltas).norm(dim=-1).mean()) * MM_PER_M
+
+
 def evaluate(parts_fn, cases, deltas: torch.Tensor) -> dict:
     """parts_fn(speech_in, expr_in) -> (speech part, expression part), all (T, 52); mean errors in mm."""
-    def mve(w):
-        return float(torch.einsum("tk,kvc->tvc", w, deltas).norm(dim=-1).mean()) * MM_PER_M
-
+    mve = partial(weight_error_mm, deltas=deltas)
     rows = []
     with torch.no_grad():
         for c in cases:
@@ -175,9 +179,7 @@ def reconstruction(model: WeightSpaceDFM, cases, deltas: torch.Tensor) -> dict:
     shapes = torch.einsum("kj,kvc->jvc", dec[:, k:], deltas).reshape(dec.shape[1] - k, -1).T.double()  # (V*3, K_e)
     solve = torch.linalg.pinv(shapes)
 
-    def mve(w):
-        return float(torch.einsum("tk,kvc->tvc", w, deltas).norm(dim=-1).mean()) * MM_PER_M
-
+    mve = partial(weight_error_mm, deltas=deltas)
     rows = []
     with torch.no_grad():
         for c in cases:
