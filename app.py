@@ -470,10 +470,17 @@ def main(argv=None) -> None:
     size = args.size or (512 if pipe.device.type == "cuda" else 256)
     if spaces is None:  # load the lazy parts (aligner, TTS, renderer) now, not on the first user's click
         t0 = time.perf_counter()
+        import soundfile
+        import soxr
+
+        from blendtalk.constants import SAMPLE_RATE
         from blendtalk.phonetics import synthesize
 
         speech, _ = synthesize("Hello there.")  # as audio, so the phone recogniser loads too
-        pipe.renderer(size)(pipe.animate(speech).vertices[:2])
+        with tempfile.TemporaryDirectory() as tmp:  # a 44.1 kHz file, as most uploads are: decoder and resampler load too
+            upload = Path(tmp) / "warm-up.wav"
+            soundfile.write(upload, soxr.resample(speech, SAMPLE_RATE, 44_100), 44_100)
+            pipe.renderer(size)(pipe.animate(upload).vertices[:2])
         logger.info("warm-up took %.1f s", time.perf_counter() - t0)
     every, age = args.delete_cache
     demo = build_demo(workspace, default_size=size, delete_cache=(every, age))

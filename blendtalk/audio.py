@@ -35,6 +35,9 @@ ACCEPTED = "wav, flac, ogg (libsndfile) or mp3, m4a, aac, mp4, opus, webm, wma (
 N_FFT = 512  # samples, 32 ms STFT window (zero-padded from WIN_LENGTH)
 WIN_LENGTH = 400  # samples, 25 ms analysis window, the usual speech front-end choice
 HOP_LENGTH = 160  # samples, 10 ms; mel frames are pooled onto the 30 fps motion frames
+MEL_FMIN = 20.0  # Hz, lowest mel band edge: below it is rumble, not speech
+MEL_BREAK_HZ = 1000.0  # Hz where Slaney's mel scale turns from linear to logarithmic
+MEL_LOG_STEP = math.log(6.4) / 27.0  # log-Hz per mel above the break (27 mel per factor 6.4)
 LOG_MEL_FLOOR = 1e-5  # mel power floor before the log, about -50 dB; keeps silence finite
 
 _DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d*)?)")
@@ -235,10 +238,21 @@ def _validate_and_convert(data: np.ndarray, sr: int) -> np.ndarray:
             f"Audio is silent (RMS {rms_dbfs:.0f} dBFS, below {SILENCE_RMS_DBFS:.0f} dBFS); give a recording of speech."
         )
     if sr != SAMPLE_RATE:
-        import librosa
-
-        mono = librosa.resample(mono, orig_sr=sr, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+        mono = resample(mono, sr)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(S,) float32 mono at `sample_rate` -> (ceil(S * SAMPLE_RATE / sample_rate),) float32 at SAMPLE_RATE.
+
+    libsoxr's high-quality filter, called directly: the same filter librosa's "soxr_hq" wraps, without
+    librosa's numba-compiled helpers, whose first compile in a process cost 5-30 s and ~100 MB.
+    """
+    import soxr
+
+    out = soxr.resample(np.ascontiguousarray(audio, dtype=np.float32), sample_rate, SAMPLE_RATE, quality="HQ")
+    length = -(-len(audio) * SAMPLE_RATE // int(sample_rate))
+    return np.pad(out[:length], (0, max(0, length - len(out))))
 
 
 def _power_spectrogram(audio: np.ndarray) -> np.ndarray:
@@ -257,21 +271,44 @@ def _power_spectrogram(audio: np.ndarray) -> np.ndarray:
     return (np.abs(np.fft.rfft(frames * window, axis=1)) ** 2).T.astype(np.float32)
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear (3 mel per 200 Hz) below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    log_part = MEL_BREAK_HZ * 3 / 200 + np.log(np.maximum(hz, MEL_BREAK_HZ) / MEL_BREAK_HZ) / MEL_LOG_STEP
+    return np.where(hz < MEL_BREAK_HZ, hz * 3 / 200, log_part)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of `_hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    break_mel = MEL_BREAK_HZ * 3 / 200
+    return np.where(mel < break_mel, mel * 200 / 3, MEL_BREAK_HZ * np.exp(MEL_LOG_STEP * (mel - break_mel)))
+
+
+def mel_filters(n_mels: int = 80, fmin: float = MEL_FMIN, fmax: float = SAMPLE_RATE / 2) -> np.ndarray:
+    """Triangular mel filter bank (n_mels, N_FFT // 2 + 1) float32 on the Slaney scale, each filter
+    area-normalised (2 / its width in Hz), the bank librosa.filters.mel builds by default."""
+    bins = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)  # (N_FFT // 2 + 1,) Hz
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))  # (n_mels + 2,) Hz
+    rising = (bins[None] - edges[:-2, None]) / np.diff(edges)[:-1, None]
+    falling = (edges[2:, None] - bins[None]) / np.diff(edges)[1:, None]
+    bank = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return bank.astype(np.float32)
+
+
 def log_mel(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
     """Log-mel features at the motion frame rate: audio (S,) at 16 kHz -> (T, n_mels) float32.
 
     T = num_frames(S). Mel power at a 10 ms hop is averaged over each motion frame's span
     [t/FPS, (t+1)/FPS) before the log, so every motion frame sees all of its audio.
     """
-    import librosa
-
     if audio.ndim != 1 or audio.shape[0] == 0:
         raise ValueError(f"audio must be (S,) with S > 0 samples, got shape {tuple(audio.shape)}")
     if n_mels < 1:
         raise ValueError(f"n_mels must be >= 1, got {n_mels}")
     audio = np.asarray(audio, dtype=np.float32)
     spec = _power_spectrogram(audio)  # (N_FFT // 2 + 1, F)
-    mel_fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels, fmin=20.0, fmax=SAMPLE_RATE / 2)
+    mel_fb = mel_filters(n_mels)
     mel = (mel_fb @ spec).T  # (F, n_mels), mel frame f centred at f * HOP_LENGTH samples
     t = num_frames(audio.shape[0])
     if t == 0:

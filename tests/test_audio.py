@@ -12,7 +12,9 @@ from blendtalk.audio import (
     AudioError,
     load_audio,
     log_mel,
+    mel_filters,
     num_frames,
+    resample,
 )
 from blendtalk.constants import FPS, SAMPLE_RATE
 from blendtalk.phonetics import ARCTIC_DIR
@@ -185,3 +187,37 @@ def test_log_mel_tracks_loudness():
     assert mel[5:25].mean() + 5 < mel[35:55].mean()
     with pytest.raises(ValueError, match=r"\(S,\)"):
         log_mel(np.zeros((2, 100), np.float32))
+
+
+@pytest.mark.parametrize("n_mels", [40, 80, 128])
+def test_mel_filters_match_librosa(n_mels):
+    """The numpy filter bank is librosa's default (Slaney scale and area normalisation), which the
+    shipped speech model was trained with."""
+    librosa = pytest.importorskip("librosa")
+    ours = mel_filters(n_mels)
+    ref = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=512, n_mels=n_mels, fmin=20.0, fmax=SAMPLE_RATE / 2)
+    assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1e-6
+
+
+@pytest.mark.parametrize("rate", [8_000, 22_050, 44_100, 48_000])
+def test_resample_matches_librosa_soxr_hq(rate):
+    """Direct libsoxr gives librosa's "soxr_hq" result, length included, so features are unchanged."""
+    librosa = pytest.importorskip("librosa")
+    x = _speechlike(1.37, rate)
+    ref = librosa.resample(x, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+    ours = resample(x, rate)
+    assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1e-6
+
+
+def test_arctic_features_unchanged_by_the_numpy_front_end(monkeypatch):
+    """Log-mel of the ARCTIC clip with the numpy filter bank equals the one built on librosa's bank."""
+    librosa = pytest.importorskip("librosa")
+    import blendtalk.audio
+
+    audio = load_audio(ARCTIC_WAV)
+    ours = log_mel(audio)
+    monkeypatch.setattr(blendtalk.audio, "mel_filters", lambda n_mels: librosa.filters.mel(
+        sr=SAMPLE_RATE, n_fft=512, n_mels=n_mels, fmin=20.0, fmax=SAMPLE_RATE / 2))
+    ref = log_mel(audio)
+    assert ours.shape == ref.shape == (num_frames(len(audio)), 80)
+    assert np.abs(ours - ref).max() <= 1e-4
