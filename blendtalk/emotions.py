@@ -46,9 +46,9 @@ AU_TO_ARKIT: dict[int, dict[str, float]] = {
     2: {"browOuterUp{side}": 1.0},                               # outer brow raiser
     4: {"browDown{side}": 1.0},                                  # brow lowerer
     5: {"eyeWide{side}": 1.0},                                   # upper lid raiser
-    6: {"cheekSquint{side}": 1.0, "eyeSquint{side}": 0.2},       # cheek raiser (narrows the eye from below)
+    6: {"cheekSquint{side}": 1.0, "eyeSquint{side}": 0.3},       # cheek raiser (narrows the eye from below)
     7: {"eyeSquint{side}": 1.0},                                 # lid tightener
-    9: {"noseSneer{side}": 1.0, "mouthUpperUp{side}": 0.2},      # nose wrinkler (drags the upper lip up)
+    9: {"noseSneer{side}": 1.0, "mouthUpperUp{side}": 0.2, "cheekSquint{side}": 0.3},  # nose wrinkler
     10: {"mouthUpperUp{side}": 1.0},                             # upper lip raiser
     12: {"mouthSmile{side}": 1.0},                               # lip corner puller
     14: {"mouthDimple{side}": 1.0},                              # dimpler
@@ -62,21 +62,34 @@ AU_TO_ARKIT: dict[int, dict[str, float]] = {
     24: {"mouthPress{side}": 1.0},                               # lip pressor
     25: {"mouthLowerDown{side}": 0.3, "mouthUpperUp{side}": 0.2},  # lips part (without the jaw)
     26: {"jawOpen": 1.0},                                        # jaw drop
+    41: {"eyeBlink{side}": 1.0},                                 # lid droop (a partial close)
     43: {"eyeBlink{side}": 1.0},                                 # eyes closed
 }
 
-# EMFACS prototypes: AU -> intensity in [0, 1] ("AU12" bilateral, "R12"/"L12" one side). Jaw and
-# lip-parting AUs stay small so that speech added on top can still be read.
+# EMFACS prototypes at their apex: AU -> intensity in [0, 1] ("AU12" bilateral, "R12"/"L12" one
+# side), FACS's A-E intensity scale read as 0.2 (trace) to 1.0 (maximum). The defining AUs sit at
+# D-E, as in posed sets such as JACFEE (Matsumoto & Ekman 1988) and the prototype tables of the
+# FACS Investigator's Guide (Ekman, Friesen & Hager 2002); the rig's units reach only 5-7 mm at
+# 1.0 on the brows, so those go to the top of the scale. Jaw drop and lips part (AU25-27, listed by
+# EMFACS for surprise and fear) are left to the speech, which owns aperture: an expression holding
+# the mouth open would stop the lips closing at /p b m/. The lip-parting units that remain (AU10's
+# raised upper lip, AU25 in a smile) yield to bilabial closures (`yield_to_closure`).
 EMOTION_AUS: dict[str, dict[str, float]] = {
     "neutral": {},
-    "happy": {"AU6": 0.6, "AU12": 0.8, "AU25": 0.15},                      # Duchenne smile
-    "sad": {"AU1": 0.8, "AU4": 0.45, "AU15": 0.7, "AU17": 0.3},
-    "angry": {"AU4": 0.9, "AU5": 0.35, "AU7": 0.6, "AU23": 0.6},
-    "surprised": {"AU1": 0.85, "AU2": 0.85, "AU5": 0.45, "AU26": 0.2},    # AU5B: slight lid raise
-    "fearful": {"AU1": 0.75, "AU2": 0.5, "AU4": 0.4, "AU5": 0.7, "AU7": 0.3, "AU20": 0.6, "AU26": 0.12},
-    "disgusted": {"AU9": 0.8, "AU10": 0.3, "AU15": 0.4, "AU16": 0.3},     # EMFACS 9+15+16 with the AU10 variant
-    "contempt": {"R12": 0.5, "R14": 0.7},                                  # unilateral
+    "happy": {"AU6": 0.9, "AU12": 1.0, "AU25": 0.3},                      # Duchenne smile, lips apart
+    "sad": {"AU1": 1.0, "AU4": 0.6, "AU15": 1.0, "AU17": 0.6, "AU41": 0.25},  # oblique brows, corners down, lids droop
+    "angry": {"AU4": 1.0, "AU5": 0.6, "AU7": 0.8, "AU17": 0.4, "AU23": 0.9, "AU24": 0.5},  # glare, lips pressed thin
+    "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 0.9},                    # brows high and round, eyes wide
+    "fearful": {"AU1": 1.0, "AU2": 0.7, "AU4": 0.7, "AU5": 1.0, "AU7": 0.3, "AU20": 1.0},  # brows up and drawn together
+    "disgusted": {"AU4": 0.5, "AU7": 0.3, "AU9": 1.0, "AU10": 0.7, "AU15": 0.5, "AU17": 0.6},  # nose wrinkled, upper lip up
+    "contempt": {"R12": 0.6, "R14": 1.0},                                  # unilateral
 }
+
+# Units that hold the lips apart, and the speech lip gaps between which they give way to a closure.
+LIP_PARTING_UNITS = ("mouthUpperUpLeft", "mouthUpperUpRight", "mouthLowerDownLeft", "mouthLowerDownRight",
+                     "mouthShrugUpper", "mouthFunnel", "jawOpen")
+CLOSED_GAP = 0.5e-3  # m: speech lips this close are closing; the expression's parting gives way fully
+PARTED_GAP = 2.0e-3  # m: from here on the speech has its lips apart; the expression keeps all of it
 
 _AU_KEY = re.compile(r"^(AU|L|R)(\d+)$")
 _TOKEN = re.compile(r"^([A-Za-z_]+)@([^:@]+)(?::([^:@]+))?$")
@@ -123,10 +136,22 @@ def au_weights(aus: dict[str, float], names: Sequence[str] = ARKIT_NAMES) -> np.
     return w
 
 
+def saturate(apex: np.ndarray, intensity: float) -> np.ndarray:
+    """Unit weights (K,) at `intensity` from apex weights (K,) in [0, 1]: linear up to 1 (0.5 is half
+    the apex), then each unit eases toward 1 with the slope it had at the apex, so exaggeration
+    bends smoothly instead of clipping and no weight ever leaves [0, 1]."""
+    apex = np.clip(np.asarray(apex, dtype=np.float64), 0.0, 1.0)
+    if intensity <= 1.0:
+        return (apex * intensity).astype(np.float32)
+    room = 1.0 - apex  # (K,) what is left to 1
+    rate = np.divide(apex, room, out=np.zeros_like(apex), where=room > 0)
+    return (1.0 - room * np.exp(-rate * (intensity - 1.0))).astype(np.float32)
+
+
 def emotion_weights(emotion: str, intensity: float = 1.0, names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
-    """Apex ARKit weights (K,) float32 in [0, 1] of an emotion at `intensity` in [0, 1.5]."""
+    """ARKit weights (K,) float32 in [0, 1] of an emotion at `intensity` in [0, 1.5] (1 = the apex)."""
     emotion, intensity = check_emotion(emotion), check_intensity(intensity)
-    return np.clip(au_weights(EMOTION_AUS[emotion], names) * intensity, 0.0, 1.0)
+    return saturate(au_weights(EMOTION_AUS[emotion], names), intensity)
 
 
 def mix(emotion_a: str, emotion_b: str, ratio: float, intensity: float = 1.0,
@@ -274,6 +299,28 @@ def emotion_curve(
     if blink_rate != 0:  # blinks() rejects negative rates
         w = add_blinks(w, blinks(num_frames, rng, blink_rate, fps, names), names)
     return w
+
+
+def yield_to_closure(weights: np.ndarray, speech_gap: np.ndarray, names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
+    """Expression weights (T, K) with their lip-parting units eased off where the speech closes the lips.
+
+    speech_gap: (T,) lip opening of the speech deformation alone, metres (`FaceRig.lip_gap`). A
+    bilabial closure is a gesture the speaker makes whatever the emotion: a raised upper lip or lips
+    held apart give way to it and come back after, while corners, presses, brows and lids are kept.
+    """
+    gap = np.asarray(speech_gap, dtype=np.float64)
+    if weights.ndim != 2 or gap.shape != (weights.shape[0],):
+        raise ValueError(f"weights (T, K) and speech_gap (T,) must share T, got {weights.shape} and {gap.shape}")
+    closing = 1.0 - _ease((gap - CLOSED_GAP) / (PARTED_GAP - CLOSED_GAP))  # (T,) 1 closed .. 0 apart
+    # The lips start meeting a frame before the speech's closure and part a frame after it.
+    padded = np.pad(closing, 1, mode="edge")
+    closing = np.maximum(np.maximum(padded[:-2], padded[1:-1]), padded[2:])
+    out = weights.copy()
+    for unit in LIP_PARTING_UNITS:
+        if unit in names:
+            k = list(names).index(unit)
+            out[:, k] *= 1.0 - closing
+    return out.astype(np.float32)
 
 
 class Keyframe(NamedTuple):

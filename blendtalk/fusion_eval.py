@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -138,3 +138,48 @@ def evaluate_fusion(methods: dict[str, FusionMethod], cases, rig: FaceRig, devic
         row["bilabial_gap_by_emotion"] = {e: float(np.mean(v)) for e, v in sorted(gaps[name].items())}
         report[name] = row
     return report
+
+
+KEEP_MIN_MM = 0.05  # mm: a region the emotion moves less than this on average has no share to report
+
+
+@torch.no_grad()
+def expression_kept(fuse: FusionMethod, speech: Iterable[np.ndarray], rig: FaceRig, device,
+                    emotions: tuple[str, ...], intensity: float = 1.0) -> dict:
+    """How much of each emotion survives fusion, on the lower and the upper face.
+
+    speech: held-out speech displacements (T, V, 3), each combined with every emotion held at
+    `intensity` (its lip-parting units yielding at the speech's closures, as in the pipeline).
+    The expression's part of the result is fuse(d_s, d_e) - fuse(d_s, 0). "magnitude" is its mean
+    vertex norm over that of d_e (the interpolation's part) in the region; "projection" is its
+    component along d_e, <part, d_e> / <d_e, d_e>, so a part of the right size pointing elsewhere
+    scores low there. 1 keeps the expression whole. Returns emotion -> region -> {"magnitude",
+    "projection", "input_mm"}, or None where d_e moves the region less than KEEP_MIN_MM on average.
+    """
+    from .emotions import emotion_weights, yield_to_closure
+
+    upper = torch.as_tensor(rig.mask("upper_face"), device=device)
+    regions = {"lower_face": torch.as_tensor(rig.mask("face_crop"), device=device) & ~upper, "upper_face": upper}
+    deltas = torch.as_tensor(rig.deltas, device=device)
+    totals = defaultdict(lambda: np.zeros(5))  # (emotion, region) -> [sum |part|, sum |d_e|, <part, d_e>, <d_e, d_e>, count]
+    for d_s in speech:
+        d_s = torch.as_tensor(d_s, device=device)
+        base = fuse(d_s, torch.zeros_like(d_s))
+        gap = rig.lip_gap(d_s.cpu().numpy() + rig.vertices)  # (T,)
+        for emotion in emotions:
+            w = yield_to_closure(np.repeat(emotion_weights(emotion, intensity)[None], len(d_s), 0), gap)
+            d_e = torch.einsum("tk,kvc->tvc", torch.as_tensor(w, device=device), deltas)
+            part = fuse(d_s, d_e) - base  # (T, V, 3)
+            for name, mask in regions.items():
+                p, e = part[:, mask], d_e[:, mask]
+                totals[emotion, name] += [float(p.norm(dim=-1).sum()), float(e.norm(dim=-1).sum()),
+                                          float((p * e).sum()), float((e * e).sum()), e.shape[0] * e.shape[1]]
+    out = {}
+    for emotion in emotions:
+        out[emotion] = {}
+        for name in regions:
+            kept, given, dot, energy, count = totals[emotion, name]
+            input_mm = given / max(count, 1) * MM_PER_M
+            out[emotion][name] = None if input_mm < KEEP_MIN_MM else {
+                "magnitude": kept / given, "projection": dot / energy, "input_mm": input_mm}
+    return out

@@ -29,6 +29,7 @@ from .audio import AudioError, load_audio, num_frames
 from .constants import FPS, SAMPLE_RATE
 from .emotions import (
     EMOTIONS, add_blinks, blinks, check_emotion, check_intensity, envelope, mix, parse_timeline, timeline_weights,
+    yield_to_closure,
 )
 from .rig import FaceRig, load_rig
 
@@ -265,11 +266,16 @@ class Pipeline:
         _, d = VisemeDriver(self.rig)(speech.phones, speech.num_frames)
         return d, "visemes"
 
-    def expression_deformation(self, expr: Expression, frames: int) -> np.ndarray:
-        """Expression displacements d_e (T, V, 3) in metres."""
+    def expression_deformation(self, expr: Expression, frames: int, d_s: np.ndarray | None = None) -> np.ndarray:
+        """Expression displacements d_e (T, V, 3) in metres. With the speech displacements d_s (T, V, 3),
+        an emotion's lip-parting units give way where the speech closes the lips (`yield_to_closure`)."""
         if expr.reference is not None:
             return load_reference(expr.reference, self.rig, frames)
-        return self.rig.displacement(expression_weights(expr, frames, names=self.rig.blendshape_names)).astype(np.float32)
+        names = self.rig.blendshape_names
+        w = expression_weights(expr, frames, names=names)
+        if d_s is not None:
+            w = yield_to_closure(w, self.rig.lip_gap(self.rig.vertices + d_s), names)
+        return self.rig.displacement(w).astype(np.float32)
 
     @torch.no_grad()
     def fuse(self, d_s: np.ndarray, d_e: np.ndarray, method: str = "ours") -> tuple[np.ndarray, dict]:
@@ -329,7 +335,7 @@ class Pipeline:
         speech = stage("audio front end", 0.0, self.speech_input, audio, text, transcript)
         frames = speech.num_frames
         d_s, driver = stage("speech model", 0.3, self.speech_deformation, speech)
-        d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames))
+        d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames, d_s))
         fused, weights = stage("dfm", 0.7, self.fuse, d_s, d_e, method)
         report(1.0, "done")
         arkit = weights.get("arkit_weights")

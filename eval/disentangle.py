@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from blendtalk.constants import FPS  # noqa: E402
-from blendtalk.fusion_eval import evaluate_fusion, fusion_cases  # noqa: E402
+from blendtalk.emotions import EMOTIONS  # noqa: E402
+from blendtalk.fusion_eval import evaluate_fusion, expression_kept, fusion_cases  # noqa: E402
 from blendtalk.metrics import MM_PER_M, lip_vertex_error, mean_vertex_error  # noqa: E402
 from blendtalk.geometry import load_square_map  # noqa: E402
 from blendtalk.models.dfm import DeformationFusionModule, interpolate_inputs  # noqa: E402
@@ -183,6 +184,16 @@ def blendshape_picture(model, rig, data: Path, path: Path, top: int = 6, size: i
     iio.imwrite(path, np.concatenate(rows, axis=0))
 
 
+def expression_kept_report(model, data: Path, rig, device, max_sentences: int | None) -> dict:
+    """Share of each emotion (intensity 1) that survives fusion, per method, on the held-out speech."""
+    deltas = torch.as_tensor(rig.deltas, device=device)
+    speech = [displacements(pure + leak, deltas) for domain, _, pure, leak in held_out_sequences(data, max_sentences)
+              if domain == "speech"]
+    emotions = tuple(e for e in EMOTIONS if e != "neutral")
+    return {name: expression_kept(fuse, speech, rig, device, emotions)
+            for name, fuse in (("dfm", model.fuse), ("dfm_keeping_residuals", model.fuse_keeping_residuals))}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data/synth"), help="synthetic corpus root (with truth/)")
@@ -217,6 +228,7 @@ def main(argv=None) -> int:
     report = {"fusion": evaluate_fusion(methods, cases, rig, device),
               **{f"lve_through_{name}": figures for name, figures in through.items()},
               "reconstruction": reconstruction_report(model, args.data, rig, device, args.max_sentences),
+              "expression_kept": expression_kept_report(model, args.data, rig, device, args.max_sentences),
               "fps": FPS, "checkpoint": str(args.dfm)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
@@ -224,7 +236,8 @@ def main(argv=None) -> int:
     args.json.with_suffix(".md").write_text(table)
     bar_chart(report["fusion"], args.json.with_suffix(".png"))
     print(table)
-    print(json.dumps({k: v for k, v in report.items() if k.startswith(("lve_through", "reconstruction"))}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k.startswith(("lve_through", "reconstruction", "expression_kept"))},
+                     indent=2))
     return 0
 
 

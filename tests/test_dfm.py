@@ -274,3 +274,22 @@ def test_cuda_matches_cpu(tmp_path):
     gpu = DeformationFusionModule.from_pretrained(model.save_pretrained(tmp_path / "dfm"), model.map_matrix, device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(gpu.fuse(d.cuda(), d.cuda()).cpu(), model.fuse(d, d), atol=1e-6, rtol=1e-4)
+
+
+def test_expression_kept_scores_exact_fusions():
+    """Interpolation keeps every emotion whole (1 by both measures); dropping the expression keeps none."""
+    import numpy as np
+
+    from blendtalk.fusion_eval import expression_kept
+    from blendtalk.rig import load_rig
+
+    rig = load_rig()
+    t = np.linspace(0, 1, 12, dtype=np.float32)
+    d_s = rig.displacement(np.outer(np.sin(6 * t) ** 2, rig.weights({"jawOpen": 0.4})))  # (12, V, 3)
+    whole = expression_kept(interpolate_inputs, [d_s], rig, "cpu", ("happy", "sad"))
+    none = expression_kept(lambda s, e: s, [d_s], rig, "cpu", ("happy", "sad"))
+    for emotion in ("happy", "sad"):
+        for region in ("lower_face", "upper_face"):
+            assert whole[emotion][region]["magnitude"] == pytest.approx(1.0, abs=1e-5)
+            assert whole[emotion][region]["projection"] == pytest.approx(1.0, abs=1e-5)
+            assert none[emotion][region]["magnitude"] == 0.0

@@ -4,7 +4,7 @@ import pytest
 from blendtalk.constants import FPS
 from blendtalk.emotions import (
     ARKIT_NAMES, AU_TO_ARKIT, EMOTION_AUS, EMOTIONS, Keyframe, SubjectStyle, add_blinks, au_weights, blinks,
-    emotion_curve, emotion_weights, envelope, mix, parse_timeline, timeline_weights,
+    emotion_curve, emotion_weights, envelope, mix, parse_timeline, timeline_weights, yield_to_closure,
 )
 from blendtalk.rig import REGIONS, load_rig
 
@@ -37,6 +37,12 @@ def test_emotion_weights_validation():
     np.testing.assert_allclose(w, 0.5 * emotion_weights("happy"), atol=1e-7)
     np.testing.assert_array_equal(emotion_weights("Surprise"), emotion_weights("surprised"))
     assert emotion_weights("angry", 1.5).max() <= 1
+    # Past the apex every unit short of 1 bends toward 1 without a kink: the slope at 1 continues it.
+    for emotion in EMOTIONS[1:]:
+        below, apex, above = (emotion_weights(emotion, s) for s in (0.999, 1.0, 1.001))
+        room = apex < 0.99
+        np.testing.assert_allclose((above - apex)[room], (apex - below)[room], atol=2e-5)
+        assert (emotion_weights(emotion, 1.5) >= apex - 1e-7).all() and emotion_weights(emotion, 1.5).max() <= 1
     with pytest.raises(ValueError, match="valid emotions: neutral, happy, sad"):
         emotion_weights("joyful")
     for bad in (-0.1, 1.6, float("nan"), float("inf")):
@@ -59,8 +65,14 @@ def test_prototypes_move_the_face_as_their_action_units_say(rig):
     assert dy("happy", corner) > 3 * MM  # AU12 raises the mouth corners
     assert dy("happy", support(rig, "cheekSquintLeft") & ~rig.mask("mouth")) > 0.5 * MM  # AU6 lifts the cheeks
     assert dy("sad", corner) < -1 * MM and dy("sad", brow_inner) > 0  # AU15, AU1
-    assert dy("surprised", rig.mask("upper_face")) > 0.3 * MM  # AU1 + AU2 raise the brows
-    assert rig.lip_gap(rig(emotion_weights("surprised"))) > 2 * MM  # AU26
+    def peak_dy(emotion, mask):
+        return rig.displacement(emotion_weights(emotion))[mask, 1]
+
+    # Legible brows: AU1 + AU2 and AU4 at the top of the scale use the rig's whole 5-7 mm of brow travel.
+    assert peak_dy("surprised", brow).max() > 6 * MM and peak_dy("angry", brow).min() < -5 * MM
+    assert peak_dy("sad", brow_inner).max() > 2 * MM and peak_dy("sad", brow).min() < -3 * MM  # oblique sad brows
+    for emotion in EMOTIONS:  # speech owns aperture: no prototype holds the lips apart by more than a trace
+        assert rig.lip_gap(rig(emotion_weights(emotion))) < (3 if emotion == "disgusted" else 0.5) * MM, emotion
     assert dy("fearful", brow_inner) > 0 and dy("fearful", corner) < 0  # AU1, AU20
     assert dy("angry", brow) < -0.5 * MM  # AU4 lowers the brows
     assert dy("disgusted", nose_wings) > 0.5 * MM  # AU9 pulls the sides of the nose up
@@ -181,3 +193,18 @@ def test_timeline_weights():
         timeline_weights("happy@0:1.5", 10, intensity=1.2)
     with pytest.raises(ValueError, match="transition"):
         timeline_weights("happy@0", 10, transition=-1)
+
+
+def test_lip_parting_yields_to_closures_only():
+    """Where the speech closes the lips (gap 0) the raised upper lip gives way; corners, brows and
+    lids stay; with the speech's lips apart the expression is untouched."""
+    w = np.repeat(emotion_weights("disgusted")[None], 7, 0)
+    gap = np.array([3, 3, 3, 0, 3, 3, 3], dtype=np.float64) * MM
+    out = yield_to_closure(w, gap)
+    up = ARKIT_NAMES.index("mouthUpperUpLeft")
+    assert out[3, up] == 0 and out[2, up] == 0 and out[4, up] == 0  # a frame either side too
+    np.testing.assert_array_equal(out[[0, 6]], w[[0, 6]])
+    keep = [ARKIT_NAMES.index(n) for n in ("noseSneerLeft", "mouthFrownLeft", "browDownLeft", "mouthShrugLower")]
+    np.testing.assert_array_equal(out[:, keep], w[:, keep])
+    with pytest.raises(ValueError, match="share T"):
+        yield_to_closure(w, gap[:5])
