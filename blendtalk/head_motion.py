@@ -50,6 +50,7 @@ HOP_SECONDS = 0.010  # s between prosody analysis frames
 PITCH_WINDOW = 512  # samples, 32 ms: over two periods of the lowest F0 below
 F0_MIN = 70.0  # Hz, the lowest speaking F0 (a low male voice)
 F0_MAX = 400.0  # Hz, the highest (a child's or an excited voice)
+OCTAVE_TOLERANCE = 0.9  # a shorter-lag peak this close to the best one is the true period
 VOICING_THRESHOLD = 0.45  # normalised autocorrelation peak above which a hop counts as voiced
 MAX_SEMITONES = 9.0  # F0 this far from the clip's median is an octave error, not intonation
 SPEECH_RANGE_DB = 30.0  # dB below the clip's loud level (95th percentile) that still counts as speech
@@ -186,7 +187,15 @@ def prosody(audio: np.ndarray, num_frames: int, fps: float = FPS, sample_rate: i
     lag_lo, lag_hi = int(sample_rate / F0_MAX), min(int(math.ceil(sample_rate / F0_MIN)), PITCH_WINDOW - 1)
     window_ac = np.correlate(np.hanning(PITCH_WINDOW), np.hanning(PITCH_WINDOW), "full")[PITCH_WINDOW - 1:]
     norm = ac[:, lag_lo:lag_hi] / window_ac[lag_lo:lag_hi] / np.maximum(ac[:, :1] / window_ac[0], 1e-12)  # (H, L)
-    best = norm.argmax(1)
+    # The shortest lag within OCTAVE_TOLERANCE of the best peak: multiples of the period score
+    # almost as high, and picking them would halve F0.
+    top = norm.max(1, keepdims=True)
+    best = np.argmax(norm >= OCTAVE_TOLERANCE * top, axis=1)
+    while True:  # climb to the local maximum of that peak
+        step = (best + 1 < norm.shape[1]) & (norm[np.arange(n_hops), np.minimum(best + 1, norm.shape[1] - 1)] > norm[np.arange(n_hops), best])
+        if not step.any():
+            break
+        best = best + step
     peak = norm[np.arange(n_hops), best]
     f0 = sample_rate / (best + lag_lo)  # (H,) Hz
 
