@@ -3,8 +3,8 @@
     python app.py [--port 7860] [--size 256]          # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured
 
 Tab "Animate": speech by upload, microphone or typed text (built-in TTS), an optional transcript,
-an emotion with intensity, an optional second emotion and mix ratio, an optional emotion timeline
-and blinks -> the mp4 with sound, the animated Plotly mesh, the blendshape weight curves and the
+an emotion with intensity, an optional second emotion and mix ratio, an optional emotion timeline,
+blinks and head and eye motion -> the mp4 with sound, the animated Plotly mesh, the blendshape weight curves and the
 downloads. The same work is the API endpoint `/animate` (gradio_client). Tab "Blendshapes": pose
 the DFM's learned speech or expression blendshapes with sliders.
 
@@ -201,7 +201,7 @@ class Request:
 
 
 def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
-                  allowed_dirs) -> Request:
+                  allowed_dirs, head_motion=True) -> Request:
     """Validate every input before any slow work; raises ValueError with what to change."""
     from blendtalk.audio import load_audio
     from blendtalk.emotions import parse_timeline
@@ -224,6 +224,8 @@ def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_rat
             raise ValueError(f"The {name} must be a number, got {value!r}.")
     if not isinstance(blinks, bool):
         raise ValueError(f"blinks must be true or false, got {blinks!r}.")
+    if not isinstance(head_motion, bool):
+        raise ValueError(f"head_motion must be true or false, got {head_motion!r}.")
     if size not in VIDEO_SIZES:
         raise ValueError(f"The video size must be one of {', '.join(map(str, VIDEO_SIZES))} px, got {size!r}.")
     Expression(emotion, intensity, mix_with, mix_ratio, timeline, None, blinks)  # emotion names and ranges
@@ -237,7 +239,7 @@ def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_rat
             raise ValueError("The audio must be an uploaded or recorded file.")
         samples = load_audio(path, max_seconds=MAX_AUDIO_SECONDS)
     expression = dict(emotion=emotion, intensity=float(intensity), mix_with=mix_with, mix_ratio=float(mix_ratio),
-                      timeline=timeline, blinks=blinks)
+                      timeline=timeline, blinks=blinks, head_motion=head_motion)
     return Request(samples, text, transcript, expression, int(size))
 
 
@@ -280,11 +282,11 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
     allowed_dirs = [os.environ["GRADIO_TEMP_DIR"]]  # uploads, recordings and examples all arrive as copies here
 
     def steps(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
-              folder: Path, progress=None):
+              folder: Path, progress=None, head_motion=True):
         """Yield the outputs (video, mesh html, weights figure, downloads, status) as they become ready."""
         try:
             req = check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline,
-                                blinks, size, allowed_dirs)
+                                blinks, size, allowed_dirs, head_motion)
         except ValueError as err:  # AudioError included
             raise gr.Error(str(err), title="Please check the input", print_exception=False) from None
         stem = f"blendtalk_{req.expression['emotion']}"
@@ -304,15 +306,16 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
         yield str(video), html, curves, files, describe(anim, missing)
 
     def generate(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
-                 progress=gr.Progress()):
+                 head_motion=True, progress=gr.Progress()):
         """Speech (an audio file, or text to speak) + an emotion -> (mp4 with sound, animated mesh as
         HTML, blendshape weight curves, downloads, status). Audio at most 60 s; emotion one of
         neutral, happy, sad, angry, surprised, fearful, disgusted, contempt; intensity 0..1.5;
-        mix_with "" or a second emotion, mix_ratio 0..1; timeline e.g. 'neutral@0 happy@1.5 sad@4.0:0.7'."""
+        mix_with "" or a second emotion, mix_ratio 0..1; timeline e.g. 'neutral@0 happy@1.5 sad@4.0:0.7';
+        head_motion (default true): nods, turns and gaze shifts driven by the speech."""
         folder = workspace.new_request()
         try:
             yield from steps(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks,
-                             size, folder, progress)
+                             size, folder, progress, head_motion)
         except gr.Error:
             raise
         except Exception:
@@ -372,7 +375,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                         emotion = gr.Dropdown(list(EMOTIONS), value="happy", label="Emotion", elem_id="emotion")
                         intensity = gr.Slider(0, MAX_INTENSITY, 0.8, step=0.05, label="Intensity", info="above 1 exaggerates",
                                               elem_id="intensity")
-                    with gr.Accordion("More: mix, timeline, blinks, video size", open=False):
+                    with gr.Accordion("More: mix, timeline, blinks, head motion, video size", open=False):
                         with gr.Row():
                             mix_with = gr.Dropdown([("none", NO_MIX), *[(e, e) for e in EMOTIONS]], value=NO_MIX,
                                                    label="Second emotion (optional)")
@@ -381,6 +384,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                                               placeholder=TIMELINE_HINT, info="NAME@SECONDS[:INTENSITY], e.g. " + TIMELINE_HINT)
                         with gr.Row():
                             blinks = gr.Checkbox(True, label="Natural blinks")
+                            head_motion = gr.Checkbox(True, label="Head and eye motion", elem_id="head-motion")
                             size = gr.Dropdown(list(VIDEO_SIZES), value=default_size, label="Video size (px)")
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Column(scale=3):
@@ -391,7 +395,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
             curves = gr.Plot(label="Blendshape weights over time", elem_id="curves")
             files = gr.File(label="Downloads: mp4, vertices .npy, OBJ sequence .zip, glTF .glb, ARKit CSV/JSON, FLAME",
                             file_count="multiple", interactive=False, elem_id="downloads")
-            inputs = [audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size]
+            inputs = [audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size, head_motion]
             outputs = [video, mesh, curves, files, status]
             button.click(generate, inputs, outputs, api_name="animate", api_visibility="public")
             # Gradio keeps cached example outputs in a CSV; the 3D view's HTML (a few MB) is one field,

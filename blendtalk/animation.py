@@ -18,6 +18,11 @@ class Animation:
     (T = ceil(N / sample_rate * fps)). speech_weights: (T, K_s) and expression_weights: (T, K_e),
     the DFM's blendshape weights (None when no DFM was used). arkit_weights: (T, 52) ARKit curves
     on the shipped rig, named by `arkit_names` (None when no mapping is available).
+    head_rotation: (T, 3) radians [pitch (+ nods down), yaw (+ toward the face's left, +x), roll (+
+    tilts toward the face's left)] about `head_motion.head_pivot` of the template; gaze: (T, 2)
+    radians [yaw (+ toward the face's left), pitch (+ up)] of the eyes in the head. None: the head
+    holds still / the eyes look ahead. `vertices` stay head-local; the rotation is applied when
+    rendering, viewing and in the glb export (`blendtalk.head_motion.rotate_head`).
     """
 
     vertices: np.ndarray
@@ -29,6 +34,8 @@ class Animation:
     expression_weights: np.ndarray | None = None
     arkit_weights: np.ndarray | None = None
     arkit_names: tuple[str, ...] = ()
+    head_rotation: np.ndarray | None = None
+    gaze: np.ndarray | None = None
     flame_params: dict[str, np.ndarray] | None = None  # per frame: 'expr' (T, n), 'jaw_pose' (T, 3), ...
     meta: dict = field(default_factory=dict)  # what made it: emotion, intensity, checkpoints, timings
 
@@ -45,6 +52,14 @@ class Animation:
             w = getattr(self, name)
             if w is not None and (np.ndim(w) != 2 or len(w) != len(v)):
                 raise ValueError(f"{name} must have shape (T, K) with T = {len(v)}, got {np.shape(w)}")
+        for name, width in (("head_rotation", 3), ("gaze", 2)):
+            a = getattr(self, name)
+            if a is None:
+                continue
+            a = np.asarray(a, dtype=np.float32)
+            if a.shape != (len(v), width) or not np.isfinite(a).all():
+                raise ValueError(f"{name} must be finite radians of shape (T, {width}) with T = {len(v)}, got {a.shape}")
+            setattr(self, name, a)
         if self.arkit_weights is not None and len(self.arkit_names) != self.arkit_weights.shape[1]:
             raise ValueError(f"arkit_names has {len(self.arkit_names)} names for {self.arkit_weights.shape[1]} curves")
 

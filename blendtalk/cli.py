@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", help="e.g. 'neutral@0 happy@1.5 sad@4.0:0.7' (overrides --emotion)")
     p.add_argument("--reference", type=Path, help="expression sequence .npy/.npz: ARKit weights (T, 52) or rig vertices (T, V, 3)")
     p.add_argument("--no-blinks", action="store_true", help="no natural blinks")
+    p.add_argument("--no-head-motion", action="store_true", help="keep the head and eyes still (no nods, turns or gaze shifts)")
+    p.add_argument("--seed", type=int, default=0, help="picks the blinks and the head and eye motion (0 .. 2**32-1)")
     p.add_argument("--method", default="ours", choices=METHODS, help="fusion: the DFM, the naive sum, or speech alone")
     p.add_argument("-o", "--output", type=Path, default=Path("out.mp4"), help="the video (.mp4)")
     p.add_argument("--export-dir", type=Path, help="also write vertices .npy, OBJ zip, GLB, ARKit CSV/JSON here")
@@ -181,7 +183,7 @@ def animate(args) -> int:
     if args.text is not None and len(args.text.strip()) > MAX_TEXT_CHARS:
         raise ValueError(f"--text has {len(args.text.strip())} characters; the limit is {MAX_TEXT_CHARS}")
     # Expression checks the emotion names, intensity, mix ratio and the timeline (syntax, times, intensities).
-    Expression(args.emotion, args.intensity, args.mix, args.mix_ratio, args.timeline, args.reference)
+    Expression(args.emotion, args.intensity, args.mix, args.mix_ratio, args.timeline, args.reference, seed=args.seed)
     if args.reference is not None:
         read_reference(args.reference, load_rig())  # shape, units and values, before anything slow
     if not 64 <= args.size <= 2048:
@@ -205,6 +207,7 @@ def animate(args) -> int:
     anim = pipe.animate(audio, text=args.text, transcript=args.transcript, emotion=args.emotion,
                         intensity=args.intensity, mix_with=args.mix, mix_ratio=args.mix_ratio, timeline=args.timeline,
                         reference=args.reference, blinks=not args.no_blinks, method=args.method,
+                        head_motion=not args.no_head_motion, seed=args.seed,
                         progress=progress(1, 0.0, 0.3))
     with _disk_full_is_clear(args.output.parent, "the video"):
         pipe.save_video(anim, args.output, size=args.size, progress=progress(1, 0.3, 0.65))

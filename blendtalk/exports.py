@@ -4,9 +4,19 @@
 |------------|---------------------------|---------------------------------------------------------------|
 | npy        | animation.npy             | vertices (T, V, 3) float32, metres                            |
 | obj        | animation_obj.zip         | frame_0000.obj ... one OBJ (vertices + faces) per frame       |
-| glb        | animation.glb             | base mesh + one morph target per frame, a weights animation   |
-| arkit_csv  | animation_arkit.csv       | 52 ARKit curves in the Live Link Face CSV layout              |
-| arkit_json | animation_arkit.json      | {"fps", "names", "frames": (T, 52) list}                      |
+| glb        | animation.glb             | base mesh + one morph target per frame (head turned), weights |
+| arkit_csv  | animation_arkit.csv       | 52 ARKit curves + head/eye rotations, Live Link Face layout   |
+| arkit_json | animation_arkit.json      | {"fps", "names", "frames": (T, 52), "head_rotation", "gaze"}  |
+
+npy and obj hold the head-local vertices (as `Animation.vertices`); the head's rotation is in the
+ARKit files, and the glb's frames are posed with it (`head_motion.rotate_head` about
+`head_motion.head_pivot(template)`).
+
+Head and eye rotations (Live Link Face columns HeadYaw, HeadPitch, HeadRoll, LeftEyeYaw, ...) are
+radians, as Live Link Face records them, with blendtalk's signs (`Animation`): yaw + toward the
+face's left, head pitch + nodding down, roll + tilting toward the face's left, eye pitch + up; eye
+roll is 0. Live Link Face does not document its signs; flip a curve in the importer if a tool
+disagrees. Both eyes get the same rotation (no vergence: the listener is far away).
 | flame      | animation_flame.npz       | the FLAME parameters per frame, plus fps                      |
 
 Every file is written under a hidden temporary name in its folder and renamed when complete, so
@@ -40,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from .animation import Animation
+from .head_motion import head_pivot, rotate_head
 
 FORMATS = ("npy", "obj", "glb", "arkit_csv", "arkit_json", "flame")
 GLB_MAX_FRAMES = 1800  # 60 s at 30 fps: ~90 MB of targets for the 4278-vertex rig; Blender imports slow down past it
@@ -51,7 +62,7 @@ _SUFFIX = {"npy": "{}.npy", "obj": "{}_obj.zip", "glb": "{}.glb", "arkit_csv": "
            "arkit_json": "{}_arkit.json", "flame": "{}_flame.npz"}
 
 # Live Link Face's CSV columns after Timecode and BlendShapeCount: its 52 blendshapes in its order
-# and PascalCase spelling, then head and eye rotations (written as 0: the rig has no head pose).
+# and PascalCase spelling, then head and eye rotations (radians; 0 when the animation has none).
 LIVE_LINK_FACE_NAMES = (
     "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft", "EyeSquintLeft",
     "EyeWideLeft", "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight", "EyeLookOutRight", "EyeLookUpRight",
@@ -65,6 +76,10 @@ LIVE_LINK_FACE_NAMES = (
 )
 LIVE_LINK_FACE_ROTATIONS = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
                             "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
+
+ROTATION_CONVENTION = ("radians; rig axes +x the face's left, +y up, +z out of the face; head_rotation [pitch (+ nods "
+                       "down), yaw (+ toward +x), roll (+ tilts toward +x)], R = R_yaw R_pitch R_roll about the neck; "
+                       "gaze [yaw (+ toward +x), pitch (+ up)] of the eyes in the head")
 
 _log = logging.getLogger(__name__)
 
@@ -171,31 +186,49 @@ def write_arkit_csv(animation: Animation, path: str | os.PathLike) -> Path:
     """The 52 ARKit curves in Live Link Face's CSV layout (Unreal's LiveLinkFace importer, Blender add-ons).
 
     Columns: Timecode (HH:MM:SS:FF.mmm, FF counted at the animation's fps), BlendShapeCount (61),
-    the 52 LIVE_LINK_FACE_NAMES, the 9 LIVE_LINK_FACE_ROTATIONS (0). Curves are matched to
+    the 52 LIVE_LINK_FACE_NAMES, the 9 LIVE_LINK_FACE_ROTATIONS (radians, `live_link_rotations`). Curves are matched to
     `animation.arkit_names` case-insensitively; curves the animation lacks are 0; values are
     clipped to [0, 1], the range ARKit coefficients have.
     """
     path = _target(path, ".csv")
     _check_values(animation)
     columns = _live_link_columns(animation)  # (T, 52)
-    columns = np.clip(columns, 0.0, 1.0)
-    rest = ",0" * len(LIVE_LINK_FACE_ROTATIONS)
+    columns = np.concatenate([np.clip(columns, 0.0, 1.0), live_link_rotations(animation)], 1)  # (T, 61)
     count = len(LIVE_LINK_FACE_NAMES) + len(LIVE_LINK_FACE_ROTATIONS)
     lines = [",".join(("Timecode", "BlendShapeCount") + LIVE_LINK_FACE_NAMES + LIVE_LINK_FACE_ROTATIONS)]
     for t, row in enumerate(columns):
-        lines.append(f"{_timecode(t, animation.fps)},{count}," + ",".join(f"{v:.6f}" for v in row) + rest)
+        lines.append(f"{_timecode(t, animation.fps)},{count}," + ",".join(f"{v:.6f}" for v in row))
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
+def live_link_rotations(animation: Animation) -> np.ndarray:
+    """(T, 9) radians in LIVE_LINK_FACE_ROTATIONS order from head_rotation and gaze (0 where None)."""
+    out = np.zeros((animation.num_frames, len(LIVE_LINK_FACE_ROTATIONS)), dtype=np.float32)
+    if animation.head_rotation is not None:
+        pitch, yaw, roll = animation.head_rotation.T
+        out[:, 0], out[:, 1], out[:, 2] = yaw, pitch, roll
+    if animation.gaze is not None:
+        for first in (3, 6):  # left eye, right eye: the same rotation
+            out[:, first], out[:, first + 1] = animation.gaze[:, 0], animation.gaze[:, 1]
+    return out
+
+
 def write_arkit_json(animation: Animation, path: str | os.PathLike) -> Path:
-    """{"fps": float, "names": [K names], "frames": [[K weights] * T]}, names as in the animation."""
+    """{"fps": float, "names": [K names], "frames": [[K weights] * T]}, names as in the animation,
+    plus "head_rotation" [[pitch, yaw, roll] * T] and "gaze" [[yaw, pitch] * T] in radians (null
+    when the animation has none) and "rotation_convention", a line saying the signs."""
     path = _target(path, ".json")
     _check_values(animation)
     weights = _arkit(animation)
-    doc = {"fps": float(animation.fps), "names": list(animation.arkit_names),
-           "frames": np.round(weights.astype(np.float64), 6).tolist()}
+
+    def rounded(a):
+        return None if a is None else np.round(a.astype(np.float64), 6).tolist()
+
+    doc = {"fps": float(animation.fps), "names": list(animation.arkit_names), "frames": rounded(weights),
+           "head_rotation": rounded(animation.head_rotation), "gaze": rounded(animation.gaze),
+           "rotation_convention": ROTATION_CONVENTION}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
     return path
@@ -244,6 +277,8 @@ def write_glb(
     base = verts[0] if template is None else np.asarray(template, dtype=np.float32)
     if base.shape != (n_verts, 3) or not np.isfinite(base).all():
         raise ValueError(f"template must be finite with shape ({n_verts}, 3), got {base.shape}")
+    if animation.head_rotation is not None:  # frames posed as rendered; the base stays at rest
+        verts = rotate_head(verts, animation.head_rotation, head_pivot(base))  # (T, V, 3)
     tri = _triangles(animation).astype(np.uint32)
     deltas = (verts - base).astype(np.float32)  # (T, V, 3)
     # Key k shows target k; one more key at T/fps holds the last frame, so the clip lasts T/fps

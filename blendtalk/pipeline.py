@@ -8,7 +8,7 @@
 Stages (timed in `Animation.meta["timings"]`): the audio front end (load, phones, features), the
 speech model (FaceFormer, or the procedural viseme driver when no speech checkpoint is found),
 the expression input (an emotion label, a mix of two, a timeline, or a reference sequence, with
-blinks), the DFM (paper eq. 13: speech weights from the speech input, expression weights from the
+blinks), head and eye motion from the speech's prosody (`head_motion`), the DFM (paper eq. 13: speech weights from the speech input, expression weights from the
 expression input), and the ARKit/FLAME mappings when they were fitted beside the DFM.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,6 +31,7 @@ from .emotions import (
     EMOTIONS, add_blinks, blinks, check_emotion, check_intensity, envelope, mix, parse_timeline, timeline_weights,
     yield_to_closure,
 )
+from .head_motion import HeadMotionConfig, check_seed, check_switch, head_pivot, rotate_head, speech_head_motion
 from .rig import FaceRig, load_rig
 
 logger = logging.getLogger(__name__)
@@ -60,9 +61,11 @@ class Expression:
     timeline: str | None = None
     reference: str | Path | None = None
     blinks: bool = True
-    seed: int = 0  # blink timing
+    seed: int = 0  # blink timing (and, in Pipeline.animate, head and eye motion)
 
     def __post_init__(self):
+        self.seed = check_seed(self.seed)
+        self.blinks = check_switch(self.blinks, "blinks")
         self.emotion = check_emotion(self.emotion)
         self.intensity = check_intensity(self.intensity)
         if self.mix_with is not None:
@@ -165,6 +168,8 @@ class Pipeline:
     flame: object | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     sources: list[str] = field(default_factory=list)
+    # Head and eye motion of `animate(head_motion=True)`; its largest angles also set the video's framing.
+    head_motion_config: HeadMotionConfig = field(default_factory=HeadMotionConfig)
     _aligner: object | None = None
     _renderers: dict = field(default_factory=dict)
 
@@ -311,14 +316,18 @@ class Pipeline:
     def animate(
         self, audio=None, *, text: str | None = None, transcript: str | None = None, emotion: str = "neutral",
         intensity: float = 1.0, mix_with: str | None = None, mix_ratio: float = 0.5, timeline: str | None = None,
-        reference: str | Path | None = None, blinks: bool = True, method: str = "ours", progress: Progress | None = None,
+        reference: str | Path | None = None, blinks: bool = True, method: str = "ours", head_motion: bool = True,
+        seed: int = 0, progress: Progress | None = None,
     ) -> Animation:
         """Speech (a path, a 16 kHz float32 array, or `text` to speak) + an expression -> Animation.
 
-        Validates everything before the slow work. Raises ValueError (AudioError for audio) with a
-        message a person can act on.
+        head_motion: nods, turns, tilts and gaze shifts driven by the speech (`Animation.head_rotation`
+        and `.gaze`; None when off). seed: in [0, 2**32 - 1], picks the blinks and the head and eye
+        motion (the same seed gives the same animation). Validates everything before the slow work.
+        Raises ValueError (AudioError for audio) with a message a person can act on.
         """
-        expr = Expression(emotion, intensity, mix_with, mix_ratio, timeline, reference, blinks)
+        head_motion = check_switch(head_motion)
+        expr = Expression(emotion, intensity, mix_with, mix_ratio, timeline, reference, blinks, seed)
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         ref = read_reference(reference, self.rig) if reference is not None else None  # (T', V, 3), before the slow work
@@ -337,6 +346,8 @@ class Pipeline:
         d_s, driver = stage("speech model", 0.3, self.speech_deformation, speech)
         d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames, d_s))
         fused, weights = stage("dfm", 0.7, self.fuse, d_s, d_e, method)
+        head, gaze = (stage("head motion", 0.95, speech_head_motion, speech.audio, frames, seed, self.head_motion_config)
+                      if head_motion else (None, None))
         report(1.0, "done")
         arkit = weights.get("arkit_weights")
         return Animation(
@@ -344,31 +355,41 @@ class Pipeline:
             audio=speech.audio, fps=FPS, sample_rate=SAMPLE_RATE,
             speech_weights=weights.get("speech_weights"), expression_weights=weights.get("expression_weights"),
             arkit_weights=arkit, arkit_names=tuple(self.rig.blendshape_names) if arkit is not None else (),
-            flame_params=weights.get("flame_params"),
+            head_rotation=head, gaze=gaze, flame_params=weights.get("flame_params"),
             meta={"expression": expr.describe(), "method": method if self.dfm is not None or method != "ours" else "interpolation",
                   "speech_driver": driver, "phones": speech.phone_source, "sources": list(self.sources),
-                  "timings": timings, "frames": frames},
+                  "timings": timings, "frames": frames, "head_motion": head_motion, "seed": seed},
         )
 
     # ---- output ----
     def renderer(self, size: int = 512):
-        """A Renderer for the rig at `size` px, built once per size."""
+        """A Renderer for the rig at `size` px, built once per size, framed so that the head stays
+        inside the frame at the largest angles `head_motion_config` allows."""
         from .render import RenderConfig, Renderer
 
         if not (isinstance(size, int) and 64 <= size <= 2048):
             raise ValueError(f"video size must be an integer number of pixels in [64, 2048], got {size!r}")
         if size not in self._renderers:
-            self._renderers[size] = Renderer.for_rig(self.rig, RenderConfig(size=size), device=self.device)
+            base = RenderConfig(size=size)
+            margin = framing_margin(self.rig.vertices, head_pivot(self.rig.vertices), self.head_motion_config.max_angles, base)
+            self._renderers[size] = Renderer.for_rig(self.rig, replace(base, margin=margin), device=self.device)
         return self._renderers[size]
 
     def render_frames(self, animation: Animation, size: int = 512, batch: int = 60, progress: Progress | None = None):
         """Yield uint8 frame batches (B, size, size, 3) of the animation (for write_video)."""
         renderer = self.renderer(size)
+        pivot = head_pivot(self.rig.vertices)
         total = animation.num_frames
         for start in range(0, total, batch):
             if progress:
                 progress(start / total, "render")
-            yield renderer(animation.vertices[start : start + batch])
+            verts, eyes = animation.vertices[start : start + batch], None  # (B, V, 3)
+            if animation.head_rotation is not None:  # the head turns about the neck, eyeballs with it
+                rot = animation.head_rotation[start : start + batch]  # (B, 3)
+                verts = rotate_head(verts, rot, pivot).astype(np.float32)
+                rest = renderer.static_vertices.cpu().numpy()  # (E, 3)
+                eyes = rotate_head(np.broadcast_to(rest, (len(rot), *rest.shape)), rot, pivot).astype(np.float32)
+            yield renderer(verts, static_vertices=eyes)
 
     def save_video(self, animation: Animation, path: str | Path, size: int = 512, progress: Progress | None = None) -> Path:
         """Render and encode to an mp4 (H.264 + AAC, same length as the audio); times both stages."""
@@ -425,3 +446,40 @@ def _map_size(folder) -> int:
 
     raw = json.loads((Path(folder) / "config.json").read_text())
     return int(raw.get("map_size", DFMConfig.map_size)) if raw.get("use_geometric_map", True) else 0
+
+
+def framing_margin(template: np.ndarray, pivot: np.ndarray, max_angles: np.ndarray, config) -> float:
+    """The `RenderConfig.margin` at which the template (V, 3) turned by up to `max_angles` (3,)
+    radians about `pivot` (3,) keeps at least half of `config.margin` clear on every side.
+
+    The camera is the renderer's (framed on the template's box, `render.Renderer`); the 27 corner,
+    edge and face poses of the box of angles are checked, and the margin found by bisection.
+    """
+    from .render import _rotation
+
+    tmpl = np.asarray(template, dtype=np.float64)
+    signs = np.stack(np.meshgrid(*[[-1.0, 0.0, 1.0]] * 3, indexing="ij"), -1).reshape(-1, 3)  # (27, 3)
+    posed = rotate_head(np.broadcast_to(tmpl, (len(signs), *tmpl.shape)), signs * max_angles, pivot)  # (27, V, 3)
+    rot = _rotation(config.yaw_deg, config.pitch_deg).numpy()
+    centre = (tmpl.min(0) + tmpl.max(0)) / 2
+    local, moved = (tmpl - centre) @ rot.T, (posed - centre) @ rot.T  # camera frame, +z toward the camera
+    reach = np.abs(local[:, :2]).max(1)
+    keep = 1 - config.margin  # share of the half-frame the moving head may fill
+
+    def fits(margin: float) -> bool:
+        fill = 1 - 2 * margin
+        if config.fov_deg > 0:
+            tan = math.tan(math.radians(config.fov_deg) / 2)
+            distance = float((reach / (tan * fill) + local[:, 2]).max())
+            screen = np.abs(moved[..., :2]).max(-1) / (tan * (distance - moved[..., 2]))
+        else:
+            screen = np.abs(moved[..., :2]).max(-1) * fill / float(reach.max())
+        return float(screen.max()) <= keep
+
+    lo, hi = config.margin, 0.45
+    if fits(lo):
+        return lo
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi

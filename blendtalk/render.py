@@ -365,8 +365,11 @@ class Renderer:
         return cls(rig.triangles, rig.vertices, config, device=device, vertex_colours=colours, static_mesh=static_mesh)
 
     @torch.inference_mode()
-    def __call__(self, vertices) -> np.ndarray:
-        """vertices (T, V, 3) or (V, 3), numpy or torch -> uint8 frames (T, H, W, 3) or (H, W, 3)."""
+    def __call__(self, vertices, static_vertices=None) -> np.ndarray:
+        """vertices (T, V, 3) or (V, 3), numpy or torch -> uint8 frames (T, H, W, 3) or (H, W, 3).
+
+        static_vertices: optional (T, E, 3) per-frame positions of the static mesh (e.g. eyeballs
+        turned with the head, see `static_vertices` for the rest pose); default: at rest."""
         verts = vertices if isinstance(vertices, torch.Tensor) else torch.as_tensor(np.asarray(vertices))
         shape = tuple(verts.shape)
         if verts.ndim not in (2, 3) or shape[-2:] != (self.num_vertices, 3):
@@ -376,12 +379,19 @@ class Renderer:
         if not torch.isfinite(verts).all():
             raise ValueError(f"vertices of shape {shape} contain NaN or infinite values")
         verts = verts.reshape(-1, self.num_vertices, 3)
+        if static_vertices is not None:
+            static = torch.as_tensor(np.asarray(static_vertices, dtype=np.float32))
+            if static.shape != (len(verts), *self.static_vertices.shape):
+                raise ValueError(f"static_vertices must have shape ({len(verts)}, {len(self.static_vertices)}, 3), "
+                                 f"got {tuple(static.shape)}")
         size = self.config.size
         out = np.empty((len(verts), size, size, 3), dtype=np.uint8)
         for first in range(0, len(verts), _PLAN_FRAMES):  # long clips: plan chunks a block at a time
             block = verts[first : first + _PLAN_FRAMES].to(self.device, torch.float32)
             if len(self.static_vertices):
-                block = torch.cat([block, self.static_vertices.expand(len(block), -1, -1)], 1)  # (T, V+E, 3)
+                rest = (static[first : first + _PLAN_FRAMES].to(self.device) if static_vertices is not None
+                        else self.static_vertices.expand(len(block), -1, -1))
+                block = torch.cat([block, rest], 1)  # (T, V+E, 3)
             for start, end in self._chunks(block):
                 out[first + start : first + end] = self._render_chunk(block[start:end]).cpu().numpy()
         return out[0] if len(shape) == 2 else out

@@ -227,7 +227,8 @@ def test_check_request_validates_before_any_work(tmp_path):
     req = app.check_request(**{**ok, "text": "", "audio": str(inside)})
     assert req.audio.dtype == np.float32 and len(req.audio) == SAMPLE_RATE
     for bad, message in [({"intensity": "1"}, "must be a number"), ({"blinks": "yes"}, "true or false"),
-                         ({"transcript": "x" * 1001}, "transcript"), ({"mix_with": "sad", "mix_ratio": 1.5}, "mix_ratio")]:
+                         ({"transcript": "x" * 1001}, "transcript"), ({"mix_with": "sad", "mix_ratio": 1.5}, "mix_ratio"),
+                         ({"head_motion": "false"}, "head_motion must be true or false")]:
         with pytest.raises(ValueError, match=message):
             app.check_request(**{**ok, **bad})
 
@@ -239,3 +240,10 @@ def test_workspace_sweeps_old_request_folders(tmp_path):
     os.utime(old, (time.time() - 120, time.time() - 120))
     space.prune()
     assert not old.exists() and new.exists()
+
+
+def test_head_motion_defaults_on_and_reaches_the_pipeline(tmp_path):
+    ok = dict(audio=None, text="hello", transcript="", emotion="happy", intensity=0.8, mix_with="", mix_ratio=0.5,
+              timeline="", blinks=True, size=128, allowed_dirs=[tmp_path])
+    assert app.check_request(**ok).expression["head_motion"] is True
+    assert app.check_request(**ok, head_motion=False).expression["head_motion"] is False

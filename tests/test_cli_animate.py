@@ -113,6 +113,11 @@ def test_animate_arctic_video_and_exports(tmp_path, shared_pipe, pipe, capsys):
     assert doc["accessors"][0]["count"] == pipe.rig.num_vertices and doc["buffers"][0]["byteLength"] == bin_len
     arkit = json.loads((exports / "animation_arkit.json").read_text())
     assert len(arkit["frames"]) == frames and len(arkit["names"]) == 52
+    # Head motion is on by default: the head and eye columns move, in radians of a few degrees.
+    rotations = np.array([r[54:] for r in rows[1:]], dtype=np.float64)  # (T, 9)
+    assert 0.003 < np.abs(rotations[:, :3]).max() < np.radians(6) and np.abs(rotations[:, 3:5]).max() > 0.003
+    np.testing.assert_allclose(rotations[:, 3:5], rotations[:, 6:8])  # both eyes look the same way
+    assert np.array(arkit["head_rotation"]).shape == (frames, 3) and np.array(arkit["gaze"]).shape == (frames, 2)
 
     # Nothing else was left behind (no temporary files), and the finished outputs are not overwritten.
     assert sorted(p.name for p in out.parent.iterdir()) == ["clip.mp4", "exports"]
@@ -219,6 +224,8 @@ def _bad_cases():
         ("reference shape", lambda i, o: [ok, "--reference", str(i / "ref_51.npy"), "-o", o], "has shape (10, 51)", None),
         ("reference missing", lambda i, o: [ok, "--reference", str(i / "none.npy"), "-o", o], "does not exist", None),
         ("size", lambda i, o: [ok, "--size", "32", "-o", o], "--size must be in [64, 2048]", None),
+        ("seed negative", lambda i, o: [ok, "--seed", "-1", "-o", o], "seed must be an integer in [0, 4294967295]", None),
+        ("seed too big", lambda i, o: [ok, "--seed", str(2**32), "-o", o], "seed must be an integer", None),
         ("device name", lambda i, o: [ok, "--device", "gpu", "-o", o], "unknown device 'gpu'", None),
         ("device missing", lambda i, o: [ok, "--device", "cuda", "-o", o], "no CUDA GPU", "CUDA present" if cuda else None),
         ("output suffix", lambda i, o: [ok, "-o", o[:-4] + ".avi"], "must end in .mp4", None),
@@ -284,3 +291,25 @@ def test_usage_errors_exit_2(capsys):
             main(argv)
         assert exc.value.code == 2
         assert "error:" in capsys.readouterr().err
+
+
+def test_no_head_motion_flag_reaches_the_pipeline(tmp_path, monkeypatch, capsys):
+    """--no-head-motion and --seed are passed to Pipeline.animate (stopped there: no models, no files)."""
+    from blendtalk import pipeline
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_animate(self, *args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(pipeline.Pipeline, "from_pretrained", classmethod(lambda cls, **kw: cls(rig=None)))
+    monkeypatch.setattr(pipeline.Pipeline, "animate", fake_animate)
+    for argv, want in (([], (True, 0)), (["--no-head-motion", "--seed", "9"], (False, 9))):
+        with pytest.raises(Stop):
+            main(["animate", str(WAV), "-o", str(tmp_path / "x.mp4"), "--quiet", *argv])
+        assert (seen["head_motion"], seen["seed"]) == want
+    assert not (tmp_path / "x.mp4").exists()

@@ -17,6 +17,7 @@ from blendtalk.exports import (
     export_all,
     unavailable,
     write_arkit_csv,
+    write_arkit_json,
     write_glb,
 )
 
@@ -228,3 +229,34 @@ def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"new")
     assert [p.name for p in tmp_path.iterdir()] == ["a.npy"] and target.read_bytes() == b"new"
+
+
+def test_head_and_eye_rotations_fill_the_live_link_columns_and_the_json(tmp_path):
+    anim = _animation(t=4)
+    anim.head_rotation = np.array([[0.01, 0.02, 0.03]] * 4, np.float32)  # pitch, yaw, roll
+    anim.gaze = np.array([[-0.05, 0.04]] * 4, np.float32)  # yaw, pitch
+    path = write_arkit_csv(anim, tmp_path / "a.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    got = dict(zip(rows[0], rows[1]))
+    assert [float(got[k]) for k in ("HeadYaw", "HeadPitch", "HeadRoll")] == pytest.approx([0.02, 0.01, 0.03])
+    for eye in ("Left", "Right"):
+        assert [float(got[f"{eye}Eye{k}"]) for k in ("Yaw", "Pitch", "Roll")] == pytest.approx([-0.05, 0.04, 0.0])
+    doc = json.loads(write_arkit_json(anim, tmp_path / "a.json").read_text())
+    assert doc["head_rotation"][0] == pytest.approx([0.01, 0.02, 0.03]) and doc["gaze"][0] == pytest.approx([-0.05, 0.04])
+    assert "radians" in doc["rotation_convention"]
+    still = _animation(t=4)
+    with open(write_arkit_csv(still, tmp_path / "b.csv"), newline="") as f:
+        assert all(float(v) == 0 for v in list(csv.reader(f))[1][-9:])
+
+
+def test_glb_frames_are_posed_with_the_head_rotation(tmp_path):
+    from blendtalk.head_motion import head_pivot, rotate_head
+
+    anim = _animation(t=3)
+    anim.head_rotation = np.array([[0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [0.0, -0.05, 0.02]], np.float32)
+    base = anim.vertices[0]
+    doc, binary = _read_glb(write_glb(anim, tmp_path / "a.glb", template=base))
+    want = rotate_head(anim.vertices, anim.head_rotation, head_pivot(base)) - base
+    for t in range(3):
+        np.testing.assert_allclose(_accessor_array(doc, binary, 2 + t), want[t], atol=1e-6)

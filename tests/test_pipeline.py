@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from blendtalk.animation import Animation
 from blendtalk.audio import AudioError, load_audio, num_frames
 from blendtalk.constants import ASSETS_DIR, FPS
 from blendtalk.emotions import EMOTIONS, emotion_weights
@@ -232,7 +233,8 @@ def test_animate_end_to_end_with_mix(pipe):
     assert anim.speech_weights.shape[0] == anim.expression_weights.shape[0] == t
     assert anim.meta["expression"] == "happy + surprised (0.3) x0.8"
     assert anim.meta["method"] == "ours" and anim.meta["phones"] in ("aligned", "recognized")
-    assert set(anim.meta["timings"]) == {"audio front end", "speech model", "expression", "dfm"}
+    assert set(anim.meta["timings"]) == {"audio front end", "speech model", "expression", "dfm", "head motion"}
+    assert anim.head_rotation.shape == (t, 3) and anim.gaze.shape == (t, 2)
     assert [f for f, _ in seen] == sorted(f for f, _ in seen) and seen[-1] == (1.0, "done")
     # The expression shows on the upper face once it has eased in (0.4 s), the mouth still moves.
     d = anim.vertices - pipe.rig.vertices[None]
@@ -242,3 +244,38 @@ def test_animate_end_to_end_with_mix(pipe):
 
 def test_methods_are_the_documented_ones():
     assert METHODS == ("ours", "interpolation", "speech_only")
+
+
+def test_head_motion_switch_seed_and_render(pipe):
+    """On by default, seeded, None when off; rendering turns the head (and only then changes the frames)
+    and keeps it inside the frame at the config's largest angles."""
+    audio = load_audio(WAV)[: 16000]
+    on = pipe.animate(audio, transcript="author", seed=3)
+    again = pipe.animate(audio, transcript="author", seed=3)
+    off = pipe.animate(audio, transcript="author", head_motion=False, seed=3)
+    np.testing.assert_array_equal(on.head_rotation, again.head_rotation)
+    assert np.abs(on.head_rotation).max() > np.radians(0.2) and off.head_rotation is None and off.gaze is None
+    np.testing.assert_array_equal(on.vertices, off.vertices)  # vertices stay head-local
+    still = next(pipe.render_frames(off, size=64, batch=4))
+    moving = next(pipe.render_frames(on, size=64, batch=4))
+    np.testing.assert_array_equal(still, pipe.renderer(64)(off.vertices[:4]))
+    assert np.abs(moving.astype(int) - still.astype(int)).max() > 0
+    # The largest pose the config allows stays off the frame's border (one background-coloured ring).
+    extreme = np.radians([[s * pipe.head_motion_config.max_pitch_deg, y * pipe.head_motion_config.max_yaw_deg,
+                           r * pipe.head_motion_config.max_roll_deg] for s in (-1, 1) for y in (-1, 1) for r in (-1, 1)])
+    verts = np.broadcast_to(pipe.rig.vertices.astype(np.float32), (len(extreme), *pipe.rig.vertices.shape))
+    posed = Animation(verts, pipe.rig.triangles, np.zeros(16000, np.float32), head_rotation=extreme)
+    frames = next(pipe.render_frames(posed, size=96, batch=8))
+    background = frames[0, 0, 0]
+    border = np.concatenate([frames[:, 0], frames[:, -1], frames[:, :, 0], frames[:, :, -1]], 1)
+    assert (border == background).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(head_motion="no"), "head_motion must be true or false"),
+    (dict(seed=-1), "seed must be an integer"),
+    (dict(seed=2**32), "seed must be an integer"),
+])
+def test_bad_head_motion_arguments_are_refused(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe.animate(load_audio(WAV), **kwargs)
