@@ -4,10 +4,12 @@
         --driver visemes --json out/lipsync_visemes.json
     python eval/lipsync.py speech.wav --driver faceformer --checkpoint runs/faceformer-.../best --json out/ls.json
     python eval/lipsync.py assets/audio/arctic_a0009.wav --driver faceformer --repeat 3 --pause 0.5 --json out/ls.json
+    python eval/lipsync.py assets/audio/arctic_a0009.wav --driver faceformer --repeat 3 --emotion disgusted --json out/ls.json
 
 Phones come from forced alignment with --transcript, else from recognition; --phones scores against
 a label file ('start end phone' lines, e.g. the ARCTIC fixture's) instead. The driver animates the
-shipped rig; the metrics read its lip gap (closed below --closure-mm) and lip vertices.
+shipped rig; the metrics read its lip gap (closed below --closure-mm) and lip vertices. With --emotion,
+the speech is combined with that emotion as the app does (--method: the DFM, or the plain sum) first.
 """
 
 import argparse
@@ -53,6 +55,11 @@ def main(argv=None) -> int:
                         "tone), to score closure in pauses on a clip that has none over 150 ms")
     p.add_argument("--pause", type=float, default=0.5, help="seconds of room tone between repeats")
     p.add_argument("--closure-mm", type=float, default=CLOSURE_GAP * 1e3, help="lips count as closed below this gap")
+    p.add_argument("--emotion", help="combine the speech with this emotion before scoring (default: speech alone)")
+    p.add_argument("--intensity", type=float, default=1.0, help="the emotion's intensity, 0..1.5")
+    p.add_argument("--method", choices=("ours", "interpolation"), default="ours",
+                   help="with --emotion: fusion by the DFM (ours) or the sum of the two deformations")
+    p.add_argument("--dfm", help="DFM folder or Hub id for --method ours (default: BLENDTALK_DFM, then assets/dfm)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     args = p.parse_args(argv)
@@ -62,6 +69,12 @@ def main(argv=None) -> int:
         p.error("--repeat must be in [1, 10] and --pause in [0.2, 5] s")
     if args.repeat > 1 and args.phones:
         p.error("--phones labels one clip; leave out --repeat")
+    from blendtalk.pipeline import Expression
+
+    try:
+        expression = Expression(args.emotion, args.intensity, blinks=False) if args.emotion else None
+    except ValueError as err:
+        p.error(str(err))
 
     from blendtalk.audio import load_audio
     from blendtalk.phonetics import read_phone_labels
@@ -96,6 +109,13 @@ def main(argv=None) -> int:
             p.error(f"the checkpoint animates V={model.config.num_vertices} vertices; lip-sync is measured on the rig (V={rig.num_vertices})")
         displacement = animate_speech(model, speech, args.speaker)
         described |= {"checkpoint": str(ckpt.path), "speaker": args.speaker}
+    if expression is not None:
+        from blendtalk.pipeline import Pipeline
+
+        pipe = Pipeline.from_pretrained(dfm=args.dfm, speech="visemes", device=args.device, rig=rig)
+        d_e = pipe.expression_deformation(expression, speech.num_frames, displacement)
+        displacement, _ = pipe.fuse(displacement, d_e, args.method)
+        described |= {"expression": expression.describe(), "method": args.method, "dfm": pipe.sources[0]}
     report = described | lipsync_report(rig.vertices + displacement, rig, phones, threshold=args.closure_mm / 1e3)
     report["units"] = {"closure_gap_mm": "mm", "mean_gap_mm": "mm", "jitter_m_s2": "m/s^2, mean |second difference| of lip vertices x fps^2",
                        "bilabial_closure": "share of /p b m/ phones with a closed frame",
