@@ -53,6 +53,10 @@ class DressingConfig:
     pupil: tuple[float, float, float] = (0.06, 0.05, 0.05)
     mouth_shade: float = 0.55  # how much darker the back of the teeth and tongue is than the front, 0..1
     eyes: bool = True  # False leaves the eye sockets empty
+    # Rest offsets (x, y, z) m of the source helpers: MakeHuman's upper teeth hide behind the upper
+    # lip and its tongue rests against the palate, filling an open mouth; real ones show teeth.
+    upper_teeth_offset: tuple[float, float, float] = (0.0, -0.003, 0.001)
+    tongue_offset: tuple[float, float, float] = (0.0, -0.006, -0.003)
 
 
 def estimate_weights(displacement, projection):
@@ -170,6 +174,8 @@ class FaceDressing:
         h_tris = h_tris[np.argsort(part[order][h_tris[:, 0]], kind="stable")]
         part = part[order]
         hv = d["dressing_vertices"][order].astype(np.float64)
+        hv[part == 0] += config.upper_teeth_offset
+        hv[part == 2] += config.tongue_offset
 
         # Colours: teeth and tongue darken toward the back of the mouth (the lips shade them).
         face_v = len(v)

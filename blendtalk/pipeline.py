@@ -356,13 +356,16 @@ class Pipeline:
         return self._renderers[size]
 
     def render_frames(self, animation: Animation, size: int = 512, batch: int = 60, progress: Progress | None = None):
-        """Yield uint8 frame batches (B, size, size, 3) of the animation (for write_video)."""
+        """Yield uint8 frame batches (B, size, size, 3) of the animation (for write_video), dressed;
+        the eyes follow `animation.gaze` (T, 2) rad [yaw, pitch] where the animation has one."""
         renderer = self.renderer(size)
         total = animation.num_frames
+        gaze = getattr(animation, "gaze", None)  # (T, 2) or None: older animations look ahead
         for start in range(0, total, batch):
             if progress:
                 progress(start / total, "render")
-            yield renderer(animation.vertices[start : start + batch])
+            look = None if gaze is None else gaze[start : start + batch]
+            yield renderer(animation.vertices[start : start + batch], look)
 
     def save_video(self, animation: Animation, path: str | Path, size: int = 512, progress: Progress | None = None) -> Path:
         """Render and encode to an mp4 (H.264 + AAC, same length as the audio); times both stages."""
