@@ -381,7 +381,9 @@ class Renderer:
         sheen[self.num_vertices :] *= _DRESSING_SHEEN
         self.material = torch.cat([base, sheen[:, None]], -1).contiguous()  # (V+E, 4)
         # Reference concavity of the face at rest: only creases the animation adds darken.
-        self.rest_concavity = _concavity(face32[None], self.face_triangles)[0]  # (V,)
+        self.ring_mean = _ring_mean_matrix(self.face_triangles, self.num_vertices)
+        rest_normals = vertex_normals(face32[None], self.face_triangles)
+        self.rest_concavity = _concavity(face32[None], rest_normals, self.ring_mean)[0]  # (V,)
 
     @classmethod
     def for_rig(cls, rig, config: RenderConfig | None = None, device=None) -> "Renderer":
@@ -492,11 +494,13 @@ class Renderer:
         # One row per (frame, triangle) holding everything shading needs, so that each pixel does
         # a single contiguous gather: 3 perspective-weighted barycentric planes (9), a back-facing
         # flag (1) and per corner the camera-space normal (3), base colour (3) and sheen (1).
-        normals = vertex_normals(verts, self.triangles) @ self.rotation.T  # (T, V, 3) camera space
+        world = vertex_normals(verts, self.triangles)  # (T, V, 3)
+        normals = world @ self.rotation.T  # (T, V, 3) camera space
         material = self.material.expand(t_count, -1, -1)
         if self.config.crease_strength > 0:
             # New concavity (mm) darkens the albedo: the folds of a frown or a nose wrinkle.
-            crease = (_concavity(verts[:, : self.num_vertices], self.face_triangles) - self.rest_concavity)
+            v = self.num_vertices
+            crease = _concavity(verts[:, :v], world[:, :v], self.ring_mean) - self.rest_concavity
             dark = (1 - self.config.crease_strength * 1000 * crease.clamp(min=0)).clamp(min=0.35)  # (T, V)
             dark = nnf.pad(dark, (0, verts.shape[1] - self.num_vertices), value=1.0)
             material = torch.cat([material[..., :3] * dark[..., None], material[..., 3:]], -1)
@@ -697,15 +701,24 @@ def _host_tensor(array) -> torch.Tensor:
     return array.detach().cpu() if isinstance(array, torch.Tensor) else torch.as_tensor(np.asarray(array))
 
 
-def _concavity(verts: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
-    """How far each vertex lies below its one-ring mean along its normal: (T, V, 3) -> (T, V), in
-    the vertices' units (> 0 in a crease or valley)."""
+def _ring_mean_matrix(triangles: torch.Tensor, num_vertices: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one-ring average as (src, dst) edge lists (6F,) and 1 / degree (V,) (edges counted per triangle)."""
     tri = triangles
     src = torch.cat([tri[:, 0], tri[:, 1], tri[:, 2], tri[:, 1], tri[:, 2], tri[:, 0]])
     dst = torch.cat([tri[:, 1], tri[:, 2], tri[:, 0], tri[:, 0], tri[:, 1], tri[:, 2]])
-    degree = torch.zeros(verts.shape[1], device=verts.device).index_add_(0, dst, torch.ones(len(dst), device=verts.device))
-    ring = torch.zeros_like(verts).index_add_(1, dst, verts[:, src]) / degree.clamp(min=1)[:, None]  # (T, V, 3)
-    return ((ring - verts) * vertex_normals(verts, tri)).sum(-1)
+    degree = torch.bincount(dst, minlength=num_vertices).clamp(min=1).float()
+    return src, dst, 1 / degree
+
+
+def _concavity(verts: torch.Tensor, normals: torch.Tensor, ring_mean) -> torch.Tensor:
+    """How far each vertex lies below its one-ring mean along its unit normal: verts and normals
+    (T, V, 3), ring_mean from `_ring_mean_matrix` -> (T, V), in the vertices' units (> 0 in a crease)."""
+    src, dst, inv_degree = ring_mean
+    t_count, v_count, _ = verts.shape
+    flat = verts.permute(1, 0, 2).reshape(v_count, t_count * 3)  # (V, T*3): index_add_ on dim 0 is the fast path
+    ring = torch.zeros_like(flat).index_add_(0, dst, flat.index_select(0, src)) * inv_degree[:, None]
+    ring = ring.reshape(v_count, t_count, 3).permute(1, 0, 2)  # (T, V, 3)
+    return ((ring - verts) * normals).sum(-1)
 
 
 def dressing_config(config: RenderConfig) -> DressingConfig:
