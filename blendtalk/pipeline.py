@@ -376,20 +376,17 @@ class Pipeline:
         return self._renderers[size]
 
     def render_frames(self, animation: Animation, size: int = 512, batch: int = 60, progress: Progress | None = None):
-        """Yield uint8 frame batches (B, size, size, 3) of the animation (for write_video)."""
+        """Yield uint8 frame batches (B, size, size, 3) of the animation (for write_video), dressed;
+        the eyes follow `animation.gaze` (T, 2) rad [yaw, pitch] where the animation has one."""
         renderer = self.renderer(size)
-        pivot = head_pivot(self.rig.vertices)
         total = animation.num_frames
+        gaze = animation.gaze  # (T, 2) or None: the eyes look ahead
         for start in range(0, total, batch):
             if progress:
                 progress(start / total, "render")
-            verts, eyes = animation.vertices[start : start + batch], None  # (B, V, 3)
-            if animation.head_rotation is not None:  # the head turns about the neck, eyeballs with it
-                rot = animation.head_rotation[start : start + batch]  # (B, 3)
-                verts = rotate_head(verts, rot, pivot).astype(np.float32)
-                rest = renderer.static_vertices.cpu().numpy()  # (E, 3)
-                eyes = rotate_head(np.broadcast_to(rest, (len(rot), *rest.shape)), rot, pivot).astype(np.float32)
-            yield renderer(verts, static_vertices=eyes)
+            chunk = slice(start, start + batch)
+            yield renderer(animation.vertices[chunk], None if gaze is None else gaze[chunk],
+                           None if animation.head_rotation is None else animation.head_rotation[chunk])
 
     def save_video(self, animation: Animation, path: str | Path, size: int = 512, progress: Progress | None = None) -> Path:
         """Render and encode to an mp4 (H.264 + AAC, same length as the audio); times both stages."""

@@ -15,8 +15,11 @@ There are no teeth, so an open mouth must read as a dark opening. Two per-vertex
 once on the template do it: ambient occlusion (the cavity and inner lips are closed in) and hidden
 depth (how far behind the template's visible surface, seen from the render camera, a vertex lies),
 which tints toward a dark cavity colour. Surfaces seen from behind (the inside of a mesh with no
-mouth cavity, such as FLAME, or a cut neck) are shaded dark too. `Renderer.for_rig` also tints the
-lips and, where the template has open eye sockets, places two static eyeballs in them.
+mouth cavity, such as FLAME, or a cut neck) are shaded dark too. `Renderer.for_rig` dresses a rig
+that carries a dressing (`blendtalk.dressing`: teeth, tongue, lashes, eyeballs following the gaze,
+painted brows, lip tint), moved per frame from the face vertices; for other rigs it tints the lips
+and, where the template has open eye sockets, places two static eyeballs in them. Creases that the
+animation makes (a frown, a nose wrinkle) darken with the per-frame concavity of the skin.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
+from .dressing import DressingConfig, FaceDressing
+from .dressing import smooth as _smooth
 from .geometry import vertex_normals
+from .head_motion import head_pivot, rotate_head
 
 _EDGE_EPS = 1e-4  # barycentric slack: float32 round-off must not open one-pixel cracks on shared edges
 _SPAN_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # px; row spans are padded to these widths
@@ -43,6 +49,7 @@ _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a ti
 _EYE_RINGS = ((3, 0), (6, 0), (8.5, 0), (10, 1), (16, 1), (22, 1), (25.5, 1), (27.5, 2), (29.5, 3),
               (38, 3), (50, 3), (64, 3), (78, 3))
 _EYE_SEGMENTS = 24  # vertices per eyeball ring
+_DRESSING_SHEEN = 2.0  # eyes and teeth are wet: twice the skin's sheen
 
 
 def srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
@@ -74,6 +81,7 @@ class RenderConfig:
     ambient: float = 0.08  # keeps shadowed skin from going black
     specular: float = 0.12  # soft sheen; skin is not glossy
     occlusion_strength: float = 0.8  # how much ambient occlusion darkens creases and cavities, 0..1
+    crease_strength: float = 0.6  # darkening per mm of new concavity (frown lines, nose wrinkles), 0 off
     fov_deg: float = 18.0  # vertical field of view, deg (a portrait lens); 0 means orthographic
     yaw_deg: float = 0.0  # camera orbit about the vertical axis, deg (+ toward the face's left)
     pitch_deg: float = 4.0  # camera orbit above the face, deg: a slight look down reads naturally
@@ -259,6 +267,9 @@ class Renderer:
     vertex_colours: optional (V, 3) sRGB albedo in [0, 1]; default `config.skin` everywhere.
     static_mesh: optional (vertices (E, 3), triangles (G, 3) indexing them, sRGB colours (E, 3)),
     drawn unchanged in every frame (e.g. eyeballs).
+    dressing: optional `FaceDressing` for this face (V must match): its parts are moved per frame
+    from the face vertices (and gaze) and drawn in its colours, which replace `vertex_colours`.
+    Ambient occlusion and the cavity tint come from the face alone; attached parts keep their colour.
     Building one takes a few tenths of a second (ambient occlusion of the template): reuse it.
     """
 
@@ -270,6 +281,7 @@ class Renderer:
         device: str | torch.device | None = None,
         vertex_colours=None,
         static_mesh=None,
+        dressing: FaceDressing | None = None,
     ):
         self.config = config = config or RenderConfig()
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -289,8 +301,17 @@ class Renderer:
         if colours.shape != (len(tmpl), 3):
             raise ValueError(f"vertex_colours must have shape ({len(tmpl)}, 3), got {tuple(colours.shape)}")
         self.num_vertices = len(tmpl)
+        face_tri = tri
         static_v = torch.zeros(0, 3, dtype=torch.float64)
-        if static_mesh is not None:
+        self.dressing = dressing
+        if dressing is not None:
+            if dressing.num_face_vertices != len(tmpl):
+                raise ValueError(f"dressing is for V={dressing.num_face_vertices} face vertices, the template has {len(tmpl)}")
+            dressed = torch.as_tensor(dressing(tmpl.float()), dtype=torch.float64)  # (V+H, 3) at rest
+            tri = torch.as_tensor(dressing.triangles).long()
+            colours = torch.as_tensor(dressing.colours).float()
+            tmpl = dressed
+        elif static_mesh is not None:
             static_v, static_t, static_c = (_host_tensor(a) for a in static_mesh)
             if static_v.ndim != 2 or static_v.shape[1] != 3 or static_c.shape != static_v.shape:
                 raise ValueError(
@@ -306,16 +327,18 @@ class Renderer:
             colours = torch.cat([colours, static_c.float()])
             tmpl = torch.cat([tmpl, static_v])
         self.static_vertices = static_v.float().to(self.device)  # (E, 3)
+        self.pivot = torch.as_tensor(head_pivot(tmpl[: self.num_vertices].numpy()), dtype=torch.float32, device=self.device)
         self.triangles = tri.to(self.device)
         self.raster = Rasterizer(self.triangles)
+        face = tmpl[: self.num_vertices]  # (V, 3): framing, occlusion and cavity come from the face alone
 
-        # Camera: centred on the template's bounding box, at the distance where the box just fits.
-        centre = (tmpl.amin(0) + tmpl.amax(0)) / 2
+        # Camera: centred on the face's bounding box, at the distance where the box just fits.
+        centre = (face.amin(0) + face.amax(0)) / 2
         rot = _rotation(config.yaw_deg, config.pitch_deg)
-        local = (tmpl - centre) @ rot.T  # (V, 3), +z toward the camera
+        local = (face - centre) @ rot.T  # (V, 3), +z toward the camera
         reach = local[:, :2].abs().amax(1)  # (V,)
         fill = 1 - 2 * config.margin
-        extent = float((tmpl.amax(0) - tmpl.amin(0)).norm())
+        extent = float((face.amax(0) - face.amin(0)).norm())
         if config.fov_deg > 0:
             tan = math.tan(math.radians(config.fov_deg) / 2)
             self.distance = float((reach / (tan * fill) + local[:, 2]).max())
@@ -346,30 +369,45 @@ class Renderer:
 
         # Per-vertex material, fixed on the template so per pixel only lighting remains: albedo
         # toward the cavity colour where hidden, darkened by occlusion; the sheen fades in cavities.
-        tmpl32 = tmpl.float().to(dev)
+        # Both come from the face alone; attached parts (teeth, eyeballs) keep their own colour.
+        self.face_triangles = face_tri.to(dev)
+        face_raster = Rasterizer(self.face_triangles)
+        face32 = face.float().to(dev)
         albedo = srgb_to_linear(colours.clamp(0, 1)).to(dev)  # (V+E, 3)
-        occlusion = self._ambient_occlusion(tmpl32)
-        hidden = self._hidden_depth(tmpl32)
-        hidden[self.num_vertices :] = 0  # static parts (eyeballs) keep their colour behind the lids
+        extra = len(tmpl) - self.num_vertices
+        occlusion = nnf.pad(self._ambient_occlusion(face32, face_raster), (0, extra))
+        hidden = nnf.pad(self._hidden_depth(face32, face_raster), (0, extra))
         base = torch.lerp(albedo, cavity.expand_as(albedo), hidden[:, None])
         base = base * (1 - config.occlusion_strength * occlusion)[:, None]
         sheen = config.specular * (1 - occlusion) * (1 - hidden)
+        sheen[self.num_vertices :] *= _DRESSING_SHEEN
         self.material = torch.cat([base, sheen[:, None]], -1).contiguous()  # (V+E, 4)
+        # Reference concavity of the face at rest: only creases the animation adds darken.
+        self.ring_mean = _ring_mean_matrix(self.face_triangles, self.num_vertices)
+        rest_normals = vertex_normals(face32[None], self.face_triangles)
+        self.rest_concavity = _concavity(face32[None], rest_normals, self.ring_mean)[0]  # (V,)
 
     @classmethod
     def for_rig(cls, rig, config: RenderConfig | None = None, device=None) -> "Renderer":
-        """A renderer for a `FaceRig`, framed on its neutral template, with tinted lips (from its
-        'lips' region) and eyeballs in open eye sockets (found from its 'eyes' region)."""
+        """A renderer for a `FaceRig`, framed on its neutral template. A rig that carries a
+        dressing is dressed (`FaceDressing.for_rig`, in this config's skin, lip, iris and sclera
+        colours); others get tinted lips (from the 'lips' region) and static eyeballs in open eye
+        sockets (found from the 'eyes' region)."""
         config = config or RenderConfig()
+        if getattr(rig, "dressing", None):
+            dressing = FaceDressing.for_rig(rig, dressing_config(config))
+            return cls(rig.triangles, rig.vertices, config, device=device, dressing=dressing)
         colours, static_mesh = _rig_dressing(rig, config)
         return cls(rig.triangles, rig.vertices, config, device=device, vertex_colours=colours, static_mesh=static_mesh)
 
     @torch.inference_mode()
-    def __call__(self, vertices, static_vertices=None) -> np.ndarray:
+    def __call__(self, vertices, gaze=None, head_rotation=None) -> np.ndarray:
         """vertices (T, V, 3) or (V, 3), numpy or torch -> uint8 frames (T, H, W, 3) or (H, W, 3).
 
-        static_vertices: optional (T, E, 3) per-frame positions of the static mesh (e.g. eyeballs
-        turned with the head, see `static_vertices` for the rest pose); default: at rest."""
+        gaze: optional (T, 2) eye rotation in radians [yaw (+ toward the face's left), pitch (+ up)]
+        for a dressed renderer; None looks straight ahead. head_rotation: optional (T, 3) radians
+        [pitch, yaw, roll] turning the whole dressed head about the neck (`head_motion.rotate_head`);
+        the vertices themselves stay head-local, as metrics and exports want them."""
         verts = vertices if isinstance(vertices, torch.Tensor) else torch.as_tensor(np.asarray(vertices))
         shape = tuple(verts.shape)
         if verts.ndim not in (2, 3) or shape[-2:] != (self.num_vertices, 3):
@@ -379,19 +417,27 @@ class Renderer:
         if not torch.isfinite(verts).all():
             raise ValueError(f"vertices of shape {shape} contain NaN or infinite values")
         verts = verts.reshape(-1, self.num_vertices, 3)
-        if static_vertices is not None:
-            static = torch.as_tensor(np.asarray(static_vertices, dtype=np.float32))
-            if static.shape != (len(verts), *self.static_vertices.shape):
-                raise ValueError(f"static_vertices must have shape ({len(verts)}, {len(self.static_vertices)}, 3), "
-                                 f"got {tuple(static.shape)}")
+        per_frame = {}
+        for name, value, width in (("gaze", gaze, 2), ("head_rotation", head_rotation, 3)):
+            if value is not None:
+                value = _host_tensor(value).float()
+                if value.shape[-1:] != (width,) or value.numel() != len(verts) * width or not torch.isfinite(value).all():
+                    raise ValueError(f"{name} must have shape ({len(verts)}, {width}) with finite radians, "
+                                     f"got {tuple(value.shape)}")
+                value = value.reshape(len(verts), width)
+            per_frame[name] = value
+        gaze, head_rotation = per_frame["gaze"], per_frame["head_rotation"]
         size = self.config.size
         out = np.empty((len(verts), size, size, 3), dtype=np.uint8)
         for first in range(0, len(verts), _PLAN_FRAMES):  # long clips: plan chunks a block at a time
             block = verts[first : first + _PLAN_FRAMES].to(self.device, torch.float32)
-            if len(self.static_vertices):
-                rest = (static[first : first + _PLAN_FRAMES].to(self.device) if static_vertices is not None
-                        else self.static_vertices.expand(len(block), -1, -1))
-                block = torch.cat([block, rest], 1)  # (T, V+E, 3)
+            if self.dressing is not None:
+                look = None if gaze is None else gaze[first : first + _PLAN_FRAMES].to(self.device)
+                block = self.dressing(block, look)  # (T, V+H, 3)
+            elif len(self.static_vertices):
+                block = torch.cat([block, self.static_vertices.expand(len(block), -1, -1)], 1)  # (T, V+E, 3)
+            if head_rotation is not None:  # after dressing: teeth, eyes and lashes turn with the head
+                block = rotate_head(block, head_rotation[first : first + _PLAN_FRAMES].to(self.device), self.pivot)
             for start, end in self._chunks(block):
                 out[first + start : first + end] = self._render_chunk(block[start:end]).cpu().numpy()
         return out[0] if len(shape) == 2 else out
@@ -460,8 +506,17 @@ class Renderer:
         # One row per (frame, triangle) holding everything shading needs, so that each pixel does
         # a single contiguous gather: 3 perspective-weighted barycentric planes (9), a back-facing
         # flag (1) and per corner the camera-space normal (3), base colour (3) and sheen (1).
-        normals = vertex_normals(verts, self.triangles) @ self.rotation.T  # (T, V, 3) camera space
-        per_vertex = torch.cat([normals, self.material.expand(t_count, -1, -1)], -1)  # (T, V, 7)
+        world = vertex_normals(verts, self.triangles)  # (T, V, 3)
+        normals = world @ self.rotation.T  # (T, V, 3) camera space
+        material = self.material.expand(t_count, -1, -1)
+        if self.config.crease_strength > 0:
+            # New concavity (mm) darkens the albedo: the folds of a frown or a nose wrinkle.
+            v = self.num_vertices
+            crease = _concavity(verts[:, :v], world[:, :v], self.ring_mean) - self.rest_concavity
+            dark = (1 - self.config.crease_strength * 1000 * crease.clamp(min=0)).clamp(min=0.35)  # (T, V)
+            dark = nnf.pad(dark, (0, verts.shape[1] - self.num_vertices), value=1.0)
+            material = torch.cat([material[..., :3] * dark[..., None], material[..., 3:]], -1)
+        per_vertex = torch.cat([normals, material], -1)  # (T, V, 7)
         corners = per_vertex[:, self.triangles].reshape(t_count * f_count, 21)
         # Perspective-correct barycentrics are ratios of affine functions: b_k / depth_k, renormalised.
         if self.config.fov_deg > 0:
@@ -506,10 +561,10 @@ class Renderer:
         light = diffuse.add_(self.config.ambient) * torch.where(back, _BACK_FACE_LIGHT, 1.0)
         return torch.addcmul(base * light[:, None], (sheen * spec * ~back)[:, None], self.white)
 
-    def _surface_code(self, zbuf: torch.Tensor, n: int) -> torch.Tensor:
+    def _surface_code(self, zbuf: torch.Tensor, n: int, raster: Rasterizer) -> torch.Tensor:
         """Keys (T*n*n,) -> (T, n, n) depth code of the visible surface in [0, 1]; 1 where empty."""
-        code = (zbuf >> self.raster.tri_bits).float() / self.raster.levels
-        return torch.where(zbuf != self.raster.empty, code, torch.ones_like(code)).reshape(-1, n, n)
+        code = (zbuf >> raster.tri_bits).float() / raster.levels
+        return torch.where(zbuf != raster.empty, code, torch.ones_like(code)).reshape(-1, n, n)
 
     @staticmethod
     def _sample_furthest(surface: torch.Tensor, x: torch.Tensor, y: torch.Tensor, radius: int) -> torch.Tensor:
@@ -520,7 +575,7 @@ class Renderer:
         px, py = x.floor().long().clamp(0, n - 1), y.floor().long().clamp(0, n - 1)
         return far.reshape(len(far), -1).gather(1, py * n + px)
 
-    def _ambient_occlusion(self, tmpl: torch.Tensor) -> torch.Tensor:
+    def _ambient_occlusion(self, tmpl: torch.Tensor, raster: Rasterizer) -> torch.Tensor:
         """(V,) share of each vertex's cosine-weighted hemisphere that the template itself blocks.
 
         Orthographic depth maps of the template from `_AO_DIRECTIONS` directions; a vertex counts
@@ -535,23 +590,23 @@ class Renderer:
         scale = 0.5 * n * 0.98 / radius
         x, y = 0.5 * n + local[..., 0] * scale, 0.5 * n - local[..., 1] * scale
         q = (radius - local[..., 2]) / (2 * radius)  # nearer the viewer = smaller
-        zbuf, _, _ = self.raster(x, y, q, n)
-        far = self._sample_furthest(self._surface_code(zbuf, n), x, y, radius=1)  # (K, V)
+        zbuf, _, _ = raster(x, y, q, n)
+        far = self._sample_furthest(self._surface_code(zbuf, n, raster), x, y, radius=1)  # (K, V)
         visible = (q <= far + 1.5 / scale / (2 * radius)).float()  # (K, V), 1.5 px of depth slack
-        weight = (vertex_normals(tmpl, self.triangles) @ dirs.T).clamp(min=0).T  # (K, V) cosine weights
+        weight = (vertex_normals(tmpl, raster.triangles) @ dirs.T).clamp(min=0).T  # (K, V) cosine weights
         lit = (weight * visible).sum(0) / weight.sum(0).clamp(min=1e-6)
         # Open convex skin still loses a little to the finite slack: rescale so that it reads as 0.
-        return _smooth(((0.9 - lit) / 0.8).clamp(0, 1), self.triangles, steps=2)
+        return _smooth(((0.9 - lit) / 0.8).clamp(0, 1), raster.triangles, steps=2)
 
-    def _hidden_depth(self, tmpl: torch.Tensor) -> torch.Tensor:
+    def _hidden_depth(self, tmpl: torch.Tensor, raster: Rasterizer) -> torch.Tensor:
         """(V,) in [0, 1]: how far each vertex lies behind the template's visible surface as the
         render camera sees it, relative to `cavity_depth`. Hidden at rest, exposed when the jaw
         opens: the mouth cavity and inner lips."""
         cfg = self.config
         n = min(cfg.size * cfg.supersample, 256)  # the tint is smooth; a coarse map is enough
         x, y, depth, q = self._project(tmpl[None], n)
-        zbuf, _, _ = self.raster(x, y, q, n)
-        far = self._sample_furthest(self._surface_code(zbuf, n), x, y, radius=1)[0]  # (V,)
+        zbuf, _, _ = raster(x, y, q, n)
+        far = self._sample_furthest(self._surface_code(zbuf, n, raster), x, y, radius=1)[0]  # (V,)
         if cfg.fov_deg > 0:
             lo, hi = 1 / self.depth_far, 1 / self.depth_near
             surface = 1 / (hi - far * (hi - lo)).clamp(min=1e-12)
@@ -559,7 +614,7 @@ class Renderer:
             surface = self.depth_near + far * (self.depth_far - self.depth_near)
         behind = (depth[0] - surface).nan_to_num(0.0)
         tint = ((behind - 0.2 * cfg.cavity_depth) / (0.8 * cfg.cavity_depth)).clamp(0, 1)
-        return _smooth(tint, self.triangles, steps=2)
+        return _smooth(tint, raster.triangles, steps=2)
 
 
 def _rig_dressing(rig, config: RenderConfig):
@@ -658,16 +713,29 @@ def _host_tensor(array) -> torch.Tensor:
     return array.detach().cpu() if isinstance(array, torch.Tensor) else torch.as_tensor(np.asarray(array))
 
 
-def _smooth(values: torch.Tensor, triangles: torch.Tensor, steps: int) -> torch.Tensor:
-    """Average each vertex value half-and-half with its one-ring mean, `steps` times: (V,) -> (V,)."""
-    tri = triangles.to(values.device)
+def _ring_mean_matrix(triangles: torch.Tensor, num_vertices: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one-ring average as (src, dst) edge lists (6F,) and 1 / degree (V,) (edges counted per triangle)."""
+    tri = triangles
     src = torch.cat([tri[:, 0], tri[:, 1], tri[:, 2], tri[:, 1], tri[:, 2], tri[:, 0]])
     dst = torch.cat([tri[:, 1], tri[:, 2], tri[:, 0], tri[:, 0], tri[:, 1], tri[:, 2]])
-    ones = torch.ones(len(dst), dtype=values.dtype, device=values.device)
-    degree = torch.zeros_like(values).index_add_(0, dst, ones).clamp_(min=1)
-    for _ in range(steps):
-        values = 0.5 * values + 0.5 * torch.zeros_like(values).index_add_(0, dst, values[src]) / degree
-    return values
+    degree = torch.bincount(dst, minlength=num_vertices).clamp(min=1).float()
+    return src, dst, 1 / degree
+
+
+def _concavity(verts: torch.Tensor, normals: torch.Tensor, ring_mean) -> torch.Tensor:
+    """How far each vertex lies below its one-ring mean along its unit normal: verts and normals
+    (T, V, 3), ring_mean from `_ring_mean_matrix` -> (T, V), in the vertices' units (> 0 in a crease)."""
+    src, dst, inv_degree = ring_mean
+    t_count, v_count, _ = verts.shape
+    flat = verts.permute(1, 0, 2).reshape(v_count, t_count * 3)  # (V, T*3): index_add_ on dim 0 is the fast path
+    ring = torch.zeros_like(flat).index_add_(0, dst, flat.index_select(0, src)) * inv_degree[:, None]
+    ring = ring.reshape(v_count, t_count, 3).permute(1, 0, 2)  # (T, V, 3)
+    return ((ring - verts) * normals).sum(-1)
+
+
+def dressing_config(config: RenderConfig) -> DressingConfig:
+    """The dressing colours that go with a render config (its skin, lips, iris, sclera, eyes)."""
+    return DressingConfig(skin=config.skin, lips=config.lips, iris=config.iris, sclera=config.sclera, eyes=config.eyes)
 
 
 def render(vertices, triangles, size: int = 512, device: str | torch.device | None = None) -> np.ndarray:

@@ -16,6 +16,7 @@ import torch
 from .constants import FACE_RIG_PATH
 
 REGIONS = ("lips", "mouth", "eyes", "upper_face", "face_crop")
+_DRESSING_PREFIXES = ("dressing_", "face_brow", "eye_")  # asset keys that dress the face, not the rig
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,7 +25,8 @@ class FaceRig:
 
     vertices: (V, 3) neutral template. triangles: (F, 3) int. deltas: (52, V, 3) per-unit offsets.
     masks: region name -> (V,) bool. lip_pairs: (P, 2) [upper, lower] lip-seam vertex pairs.
-    mirror: (V,) index of each vertex's left-right mirror partner.
+    mirror: (V,) index of each vertex's left-right mirror partner. dressing: the asset's extra
+    arrays for `blendtalk.dressing.FaceDressing` (helper meshes, eyeballs, painted brows), or None.
     """
 
     vertices: np.ndarray
@@ -35,6 +37,7 @@ class FaceRig:
     lip_pairs: np.ndarray | None = None
     mirror: np.ndarray | None = None
     name: str = "rig"
+    dressing: dict[str, np.ndarray] | None = None
 
     def __post_init__(self):
         v, f = self.vertices, self.triangles
@@ -130,4 +133,5 @@ def load_rig(path: str | Path = FACE_RIG_PATH) -> FaceRig:
         lip_pairs=data["lip_pairs"].astype(np.int64),
         mirror=data["mirror"].astype(np.int64),
         name=path.stem,
+        dressing={k: data[k] for k in data if k.startswith(_DRESSING_PREFIXES)} or None,
     )

@@ -28,8 +28,9 @@ from plotly.subplots import make_subplots
 
 from .animation import Animation
 from .constants import FPS
+from .dressing import FaceDressing
 from .head_motion import head_pivot, rotate_head
-from .render import RenderConfig, _rig_dressing
+from .render import RenderConfig, _rig_dressing, dressing_config
 from .rig import FaceRig
 
 MAX_FRAMES = 150  # frames in an animation figure by default: about 6 MB of JSON for the rig
@@ -109,23 +110,49 @@ def _indices(triangles: np.ndarray, num_vertices: int) -> dict[str, np.ndarray]:
 class RigLook:
     """How figures dress a rig's mesh, computed once by `rig_look` (about 30 ms) and reusable.
 
-    lip_tint: (V,) in [0, 1], 0 skin to 1 lip colour (the renderer's lip region). eyes: eyeballs
-    for open eye sockets as (vertices (E, 3) metres, triangles (G, 3), sRGB colours (E, 3)), or
-    None. template: (V, 3) the rig's neutral vertices, which fix the framing.
+    lip_tint: (V,) in [0, 1], 0 skin to 1 lip colour (the renderer's lip region). eyes: the
+    attached parts shown at rest (eyeballs and lashes of a dressed rig, else eyeballs for open eye
+    sockets) as (vertices (E, 3) metres, triangles (G, 3), sRGB colours (E, 3)), or None. The teeth
+    and tongue are left out: hidden at rest, and they keep the payload lean. template: (V, 3) the
+    rig's neutral vertices, which fix the framing. brow: (V,) in [0, 1] painted brow, 0 skin to 1 brow colour.
     """
 
     lip_tint: np.ndarray
     eyes: tuple[np.ndarray, np.ndarray, np.ndarray] | None
     template: np.ndarray
+    brow: np.ndarray | None = None
 
 
 def rig_look(rig: FaceRig) -> RigLook:
     """The lip tint and eyeballs of `rig`, as the video renderer draws them."""
+    if getattr(rig, "dressing", None):
+        return _dressed_look(rig)
     colours, eyes = _rig_dressing(rig, _STYLE)  # (V, 3) sRGB, eyeballs or None
     tint = np.subtract(_STYLE.lips, _STYLE.skin)
     # The renderer's colours are skin + t * (lips - skin); recover t and let a colour scale apply it.
     amount = np.clip((colours - np.array(_STYLE.skin)) @ tint / float(tint @ tint), 0, 1).astype(np.float32)
     return RigLook(lip_tint=amount, eyes=eyes, template=np.asarray(rig.vertices, dtype=np.float64))
+
+
+def _dressed_look(rig: FaceRig) -> RigLook:
+    """RigLook of a rig with a dressing: lip tint, painted brow, and its eyes and lashes at rest."""
+    from .dressing import lip_tint
+
+    dressing = FaceDressing.for_rig(rig, dressing_config(_STYLE))
+    rest = dressing.neutral()  # (V + H + 2E, 3)
+    names = [n for n in ("lashes", "left_eye", "right_eye") if n in dressing.ranges]
+    verts, tris, cols, offset = [], [], [], 0
+    for name in names:
+        a, b = dressing.ranges[name]
+        ta, tb = dressing.triangle_ranges[name]
+        verts.append(rest[a:b])
+        tris.append(dressing.triangles[ta:tb] - a + offset)
+        cols.append(dressing.colours[a:b])
+        offset += b - a
+    eyes = (np.concatenate(verts), np.concatenate(tris), np.concatenate(cols)) if names else None
+    brow = np.clip(dressing_config(_STYLE).brow_opacity * rig.dressing["face_brow"], 0, 1).astype(np.float32)
+    tint = lip_tint(rig.masks["lips"], rig.triangles).astype(np.float32) if "lips" in rig.masks else np.zeros(len(brow), np.float32)
+    return RigLook(lip_tint=tint, eyes=eyes, template=np.asarray(rig.vertices, dtype=np.float64), brow=brow)
 
 
 def _look(rig: FaceRig | RigLook | None, num_vertices: int) -> RigLook | None:
@@ -142,6 +169,13 @@ def _dressing(look: RigLook | None, scene: _Scene) -> tuple[dict[str, Any], list
     static eyeball traces for the rig's open eye sockets."""
     if look is None or not look.lip_tint.any():
         keywords = dict(color=_rgb(_STYLE.skin))
+    elif look.brow is not None:
+        # One intensity per vertex keeps the payload small: 0 brow, 0.5 skin, 1 lips.
+        brow_colour = dressing_config(_STYLE).brow
+        keywords = dict(
+            intensity=0.5 + 0.5 * look.lip_tint - 0.5 * look.brow, intensitymode="vertex", cmin=0.0, cmax=1.0,
+            showscale=False, colorscale=[[0.0, _rgb(brow_colour)], [0.5, _rgb(_STYLE.skin)], [1.0, _rgb(_STYLE.lips)]],
+        )
     else:
         keywords = dict(
             intensity=look.lip_tint, intensitymode="vertex", cmin=0.0, cmax=1.0, showscale=False,

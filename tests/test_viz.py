@@ -130,10 +130,11 @@ def test_look_of_the_scene(rig_figure, rig):
     assert rig_figure.layout.paper_bgcolor == "rgb(43,46,54)"  # RenderConfig.background
     face = rig_figure.data[0]
     assert face.flatshading is False and face.lightposition.z > 0
-    # Lip tint: intensity is high on the lips and zero far from them.
+    # Intensity: 1 on the lips, 0.5 plain skin, toward 0 on the painted brows.
     tint = np.asarray(face.intensity)
-    lips = rig.mask("lips")
-    assert tint[lips].max() > 0.9 and tint[~rig.mask("mouth")].max() == 0
+    lips, brow = rig.mask("lips"), rig.dressing["face_brow"] > 0
+    assert tint[lips].max() > 0.9 and np.all(tint[~rig.mask("mouth") & ~brow] == 0.5)
+    assert tint[rig.dressing["face_brow"] > 0.8].max() < 0.2
     assert len(rig_figure.data) == 2 and rig_figure.data[1].name == "eyes"  # static eyeballs, not animated
 
 

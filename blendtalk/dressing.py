@@ -1,0 +1,286 @@
+"""The dressed face: teeth, tongue, eyelashes, eyeballs and painted brows worn by the learned face.
+
+The models only ever see the rig's face vertices (V, 3). The dressing is attached geometry and
+colour, driven at render and export time from those vertices alone (the pipeline's output is
+vertices, not rig weights):
+
+- the face displacement is projected onto the rig's 52 units with a fixed ridge pseudo-inverse
+  (52, V*3); the clamped estimates drive the helper meshes through their own rows of the same
+  face-unit targets (jawOpen and jawLeft/Right/Forward move the lower teeth and tongue; the upper
+  teeth sit on the skull);
+- each lash vertex follows the displacement of its anchor vertex on the lid, so lashes stay on
+  the lids whatever drives them;
+- the eyeballs (sclera, iris with a limbal ring, pupil) rotate about their centres with the gaze
+  and shrink just inside the nearest lid vertex, so they never poke through a closing lid;
+- the brows are paint on the face vertices (from the asset's `face_brow` density), so they move
+  with the brow units for free; the lips get a tint.
+
+Layout of a dressed mesh: face vertices [0, V), then the parts in `PARTS` order, each contiguous.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+PARTS = ("upper_teeth", "lower_teeth", "tongue", "lashes", "left_eye", "right_eye")
+_RIDGE = 1e-4  # relative ridge of the unit projection: units the face cannot show (tongueOut) read as 0
+_LID_CLEARANCE = 0.0003  # m kept between the eyeball and the nearest lid vertex
+_MAX_GAZE = math.radians(35.0)  # rad: beyond this the iris would leave the lid opening
+# Eyeball: rings of the cap (polar angle, deg) and their colour: 0 pupil, 1 iris, 2 limbus, 3 sclera.
+# The back of the ball is never seen through the lids, so the cap stops at 115 deg.
+EYE_RINGS = ((3, 0), (6, 0), (8.5, 0), (10, 1), (16, 1), (22, 1), (25.5, 1), (27.5, 2), (29.5, 3),
+             (38, 3), (50, 3), (64, 3), (80, 3), (97, 3), (115, 3))
+EYE_SEGMENTS = 24  # vertices per eyeball ring
+
+
+@dataclass(frozen=True)
+class DressingConfig:
+    """Colours of the dressing, sRGB in [0, 1]."""
+
+    skin: tuple[float, float, float] = (0.90, 0.72, 0.62)  # light skin albedo
+    lips: tuple[float, float, float] = (0.78, 0.45, 0.45)  # lip tint
+    brow: tuple[float, float, float] = (0.24, 0.16, 0.11)  # dark brown: reads in greyscale too
+    brow_opacity: float = 0.92  # the densest paint still lets a little skin through, like hair
+    teeth: tuple[float, float, float] = (0.93, 0.90, 0.82)  # off-white enamel
+    tongue: tuple[float, float, float] = (0.78, 0.36, 0.38)  # pink-red
+    lashes: tuple[float, float, float] = (0.07, 0.05, 0.05)  # near black
+    iris: tuple[float, float, float] = (0.38, 0.26, 0.17)  # hazel-brown
+    sclera: tuple[float, float, float] = (0.86, 0.84, 0.80)  # off-white: eyes sit in the lids' shade
+    pupil: tuple[float, float, float] = (0.06, 0.05, 0.05)
+    mouth_shade: float = 0.55  # how much darker the back of the teeth and tongue is than the front, 0..1
+    eyes: bool = True  # False leaves the eye sockets empty
+    # Rest offsets (x, y, z) m of the source helpers: MakeHuman's upper teeth hide behind the upper
+    # lip and its tongue rests against the palate, filling an open mouth; real ones show teeth.
+    upper_teeth_offset: tuple[float, float, float] = (0.0, -0.003, 0.001)
+    tongue_offset: tuple[float, float, float] = (0.0, -0.006, -0.003)
+
+
+def estimate_weights(displacement, projection):
+    """Face displacement (T, V, 3) and projection (52, V*3) -> unit weights (T, 52), clamped to [0, 1]."""
+    return (displacement.reshape(displacement.shape[0], -1) @ projection.T).clamp(0, 1)
+
+
+def gaze_rotation(gaze: torch.Tensor) -> torch.Tensor:
+    """Gaze (T, 2) rad [yaw (+ toward the face's left, +x), pitch (+ up)] -> rotations (T, 3, 3)
+    taking the eye's rest direction +z to the gaze direction (yaw about +y after pitch about -x)."""
+    yaw, pitch = gaze.unbind(-1)
+    cy, sy, cp, sp = yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin()
+    zero, one = torch.zeros_like(yaw), torch.ones_like(yaw)
+    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).reshape(-1, 3, 3)
+    rx = torch.stack([one, zero, zero, zero, cp, sp, zero, -sp, cp], -1).reshape(-1, 3, 3)
+    return ry @ rx
+
+
+def eyeball_cap(colours: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A unit eyeball cap looking down +z: vertices (E, 3), triangles (G, 3) counter-clockwise from
+    outside, sRGB colours (E, 3) from `colours` (4, 3) [pupil, iris, limbus, sclera]."""
+    phi = np.linspace(0, 2 * np.pi, EYE_SEGMENTS, endpoint=False)
+    verts, kinds = [np.array([[0.0, 0.0, 1.0]])], [np.zeros(1, dtype=np.int64)]
+    for polar, kind in EYE_RINGS:
+        t = np.radians(polar)
+        verts.append(np.stack([np.sin(t) * np.cos(phi), np.sin(t) * np.sin(phi), np.full_like(phi, np.cos(t))], -1))
+        kinds.append(np.full(EYE_SEGMENTS, kind))
+    j = np.arange(EYE_SEGMENTS)
+    k = (j + 1) % EYE_SEGMENTS
+    tris = [np.stack([np.zeros_like(j), 1 + j, 1 + k], -1)]
+    for ring in range(len(EYE_RINGS) - 1):
+        a, b = 1 + ring * EYE_SEGMENTS, 1 + (ring + 1) * EYE_SEGMENTS
+        tris += [np.stack([a + j, b + j, b + k], -1), np.stack([a + j, b + k, a + k], -1)]
+    return np.concatenate(verts).astype(np.float32), np.concatenate(tris), colours[np.concatenate(kinds)]
+
+
+def lip_tint(lips: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """(V,) bool lip region -> (V,) float tint in [0, 1]: the region eroded by two rings (it reaches
+    past the red of the lips), then softened."""
+    tri = torch.as_tensor(triangles).long()
+    tint = torch.as_tensor(lips, dtype=torch.float32)
+    for _ in range(2):
+        tint = (smooth(tint, tri, steps=1) > 0.999).float()
+    return smooth(tint, tri, steps=2).numpy()
+
+
+def smooth(values: torch.Tensor, triangles: torch.Tensor, steps: int) -> torch.Tensor:
+    """Average each vertex value half-and-half with its one-ring mean, `steps` times: (V,) -> (V,)."""
+    tri = triangles.to(values.device)
+    src = torch.cat([tri[:, 0], tri[:, 1], tri[:, 2], tri[:, 1], tri[:, 2], tri[:, 0]])
+    dst = torch.cat([tri[:, 1], tri[:, 2], tri[:, 0], tri[:, 0], tri[:, 1], tri[:, 2]])
+    ones = torch.ones(len(dst), dtype=values.dtype, device=values.device)
+    degree = torch.zeros_like(values).index_add_(0, dst, ones).clamp_(min=1)
+    for _ in range(steps):
+        values = 0.5 * values + 0.5 * torch.zeros_like(values).index_add_(0, dst, values[src]) / degree
+    return values
+
+
+@dataclass(frozen=True, eq=False)
+class FaceDressing:
+    """Dressing of one face rig. Build it with `FaceDressing.for_rig(rig)`; call it on face vertices.
+
+    template: (V, 3) neutral face. projection: (52, V*3) face displacement -> unit weights.
+    helper_vertices: (H, 3) teeth, tongue, lashes at rest; helper_deltas: (52, H, 3);
+    helper_anchor: (H,) face vertex each lash vertex follows, -1 for unit-driven vertices.
+    eye_cap: (E, 3) unit eyeball cap; eye_centres: (2, 3); eye_radius: (2,) m at rest;
+    lid_index: (2, L) face vertices in front of each eyeball that bound its radius.
+    triangles: (F + G, 3) of the dressed mesh; colours: (V + H + 2E, 3) sRGB;
+    ranges: part name -> (first, stop) vertex range in the dressed mesh.
+    """
+
+    template: torch.Tensor
+    projection: torch.Tensor
+    helper_vertices: torch.Tensor
+    helper_deltas: torch.Tensor
+    helper_anchor: torch.Tensor
+    eye_cap: torch.Tensor
+    eye_centres: torch.Tensor
+    eye_radius: torch.Tensor
+    lid_index: torch.Tensor
+    triangles: np.ndarray
+    colours: np.ndarray
+    ranges: dict[str, tuple[int, int]]
+    triangle_ranges: dict[str, tuple[int, int]]
+
+    @property
+    def num_face_vertices(self) -> int:
+        return len(self.template)
+
+    @property
+    def num_vertices(self) -> int:
+        """V + H + 2E: vertices of the dressed mesh."""
+        return len(self.colours)
+
+    @classmethod
+    def for_rig(cls, rig, config: DressingConfig | None = None) -> "FaceDressing":
+        """The dressing stored in a rig asset (tools/build_face_rig.py); a ValueError for a rig
+        without one (it is not guessed from the face)."""
+        config = config or DressingConfig()
+        d = getattr(rig, "dressing", None)
+        if not d:
+            raise ValueError(f"rig {rig.name!r} carries no dressing; rebuild it with tools/build_face_rig.py")
+        v, tri = np.asarray(rig.vertices, np.float64), np.asarray(rig.triangles, np.int64)
+        deltas = np.asarray(rig.deltas, np.float64).reshape(rig.num_blendshapes, -1)  # (52, V*3)
+        gram = deltas @ deltas.T
+        gram += _RIDGE * np.trace(gram) / len(gram) * np.eye(len(gram))
+        projection = np.linalg.solve(gram, deltas)  # (52, V*3)
+
+        # Helper parts contiguous in PARTS order (the asset stores them by source index).
+        part = d["dressing_part"].astype(np.int64)
+        order = np.argsort(part, kind="stable")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        h_tris = inverse[d["dressing_triangles"].astype(np.int64)]
+        h_tris = h_tris[np.argsort(part[order][h_tris[:, 0]], kind="stable")]
+        part = part[order]
+        hv = d["dressing_vertices"][order].astype(np.float64)
+        hv[part == 0] += config.upper_teeth_offset
+        hv[part == 2] += config.tongue_offset
+
+        # Colours: teeth and tongue darken toward the back of the mouth (the lips shade them).
+        face_v = len(v)
+        depth = np.clip((hv[:, 2].max() - hv[:, 2]) / max(np.ptp(hv[part <= 2, 2]), 1e-9), 0, 1)
+        shade = 1 - config.mouth_shade * depth[:, None]
+        palette = np.array([config.teeth, config.teeth, config.tongue, config.lashes], np.float32)
+        h_col = palette[part] * np.where((part <= 2)[:, None], shade, 1.0)
+        skin = np.asarray(config.skin, np.float32)
+        face_col = np.broadcast_to(skin, (face_v, 3)).copy()
+        if "lips" in rig.masks:
+            face_col += lip_tint(rig.masks["lips"], tri)[:, None] * (np.asarray(config.lips) - skin)
+        brow = config.brow_opacity * d["face_brow"].astype(np.float32)[:, None]
+        face_col += brow * (np.asarray(config.brow) - face_col)
+
+        ranges, tri_ranges, start, tstart = {}, {}, face_v, len(tri)
+        for k, name in enumerate(PARTS[:4]):
+            count = int((part == k).sum())
+            tcount = int((part[h_tris[:, 0]] == k).sum())
+            ranges[name], tri_ranges[name] = (start, start + count), (tstart, tstart + tcount)
+            start, tstart = start + count, tstart + tcount
+        all_tris, all_cols = [tri, h_tris + face_v], [face_col, h_col]
+
+        centres = np.asarray(d["eye_centres"], np.float64)
+        radius = np.asarray(d["eye_radius"], np.float64)
+        cap, cap_tris, cap_col = eyeball_cap(np.array([config.pupil, config.iris, [0.6 * c for c in config.iris],
+                                                       config.sclera], np.float32))
+        lids = []
+        for k, (c, r) in enumerate(zip(centres, radius)):
+            # Lid skin in front of the eyeball's centre plane and outside it at rest.
+            dist = np.linalg.norm(v - c, axis=1)
+            near = (dist >= r) & (dist < 1.6 * r) & (v[:, 2] > c[2]) & (np.sign(v[:, 0]) == np.sign(c[0]))
+            lids.append(np.where(near)[0])
+            if config.eyes:
+                name = PARTS[4 + k]
+                ranges[name], tri_ranges[name] = (start, start + len(cap)), (tstart, tstart + len(cap_tris))
+                all_tris.append(cap_tris + start)
+                all_cols.append(cap_col)
+                start, tstart = start + len(cap), tstart + len(cap_tris)
+        width = min(len(x) for x in lids)
+        lid_index = np.stack([x[np.argsort(np.linalg.norm(v[x] - c, axis=1), kind="stable")[:width]]
+                              for x, c in zip(lids, centres)])
+        f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+        return cls(
+            template=f32(v), projection=f32(projection), helper_vertices=f32(hv),
+            helper_deltas=f32(d["dressing_deltas"][:, order]),
+            helper_anchor=torch.as_tensor(d["dressing_anchor"][order].astype(np.int64)),
+            eye_cap=f32(cap) if config.eyes else torch.zeros(0, 3), eye_centres=f32(centres),
+            eye_radius=f32(radius), lid_index=torch.as_tensor(lid_index),
+            triangles=np.concatenate(all_tris).astype(np.int64),
+            colours=np.concatenate(all_cols).astype(np.float32).clip(0, 1),
+            ranges=ranges, triangle_ranges=tri_ranges,
+        )
+
+    def __call__(self, vertices, gaze=None):
+        """Face vertices (T, V, 3) or (V, 3), optional gaze (T, 2) or (2,) rad -> dressed vertices
+        (T, V + H + 2E, 3) or (V + H + 2E, 3); numpy in, numpy out; torch in, torch out."""
+        is_numpy = not isinstance(vertices, torch.Tensor)
+        verts = torch.as_tensor(np.asarray(vertices) if is_numpy else vertices)
+        single = verts.ndim == 2
+        verts = verts[None] if single else verts
+        if verts.ndim != 3 or verts.shape[1:] != (self.num_face_vertices, 3):
+            raise ValueError(
+                f"face vertices must have shape (T, {self.num_face_vertices}, 3) or ({self.num_face_vertices}, 3), "
+                f"got {tuple(torch.as_tensor(np.asarray(vertices) if is_numpy else vertices).shape)}"
+            )
+        dtype, dev = (verts.dtype if verts.is_floating_point() else torch.float32), verts.device
+        verts = verts.to(dtype)
+        t_count = len(verts)
+        if gaze is None:
+            gaze = torch.zeros(t_count, 2, dtype=dtype, device=dev)
+        gaze = torch.as_tensor(np.asarray(gaze) if not isinstance(gaze, torch.Tensor) else gaze).to(dev, dtype)
+        gaze = gaze[None] if gaze.ndim == 1 else gaze
+        if gaze.shape != (t_count, 2):
+            raise ValueError(f"gaze must have shape ({t_count}, 2) [yaw, pitch] in radians, got {tuple(gaze.shape)}")
+        out = dress(verts, gaze.clamp(-_MAX_GAZE, _MAX_GAZE), *(
+            x.to(dev, dtype) if x.is_floating_point() else x.to(dev)
+            for x in (self.template, self.projection, self.helper_vertices, self.helper_deltas, self.helper_anchor,
+                      self.eye_cap, self.eye_centres, self.eye_radius, self.lid_index)
+        ))
+        out = out[0] if single else out
+        return out.cpu().numpy() if is_numpy else out
+
+    def neutral(self) -> np.ndarray:
+        """(V + H + 2E, 3) the dressed template."""
+        return self(self.template.numpy())
+
+
+def dress(verts, gaze, template, projection, helper_v, helper_d, anchor, cap, centres, radius, lid_index):
+    """Face vertices (T, V, 3) and gaze (T, 2) rad -> dressed vertices (T, V + H + 2E, 3).
+
+    The rest are FaceDressing's buffers: template (V, 3), projection (52, V*3), helper_v (H, 3),
+    helper_d (52, H, 3), anchor (H,), cap (E, 3) unit eyeball, centres (2, 3), radius (2,),
+    lid_index (2, L)."""
+    disp = verts - template  # (T, V, 3)
+    weights = estimate_weights(disp, projection)  # (T, 52)
+    helpers = helper_v + torch.einsum("tk,khc->thc", weights, helper_d)  # (T, H, 3)
+    lash = anchor >= 0
+    helpers[:, lash] = helper_v[lash] + disp[:, anchor[lash]]
+    parts = [verts, helpers]
+    if len(cap):
+        rot = gaze_rotation(gaze)  # (T, 3, 3)
+        ball = cap @ rot.transpose(1, 2)  # (T, E, 3) unit, looking along the gaze
+        for k in range(2):
+            # Shrink just inside the nearest lid vertex: a closing lid covers the eyeball.
+            lid = (verts[:, lid_index[k]] - centres[k]).norm(dim=-1).amin(-1)  # (T,)
+            r = torch.minimum(radius[k].expand_as(lid), lid - _LID_CLEARANCE)
+            parts.append(centres[k] + r[:, None, None] * ball)
+    return torch.cat(parts, 1)

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+
+from blendtalk.dressing import PARTS, FaceDressing, gaze_rotation
+from blendtalk.rig import load_rig
+
+
+@pytest.fixture(scope="module")
+def rig():
+    return load_rig()
+
+
+@pytest.fixture(scope="module")
+def dressing(rig):
+    return FaceDressing.for_rig(rig)
+
+
+def part(dressed: np.ndarray, dressing: FaceDressing, name: str) -> np.ndarray:
+    a, b = dressing.ranges[name]
+    return dressed[..., a:b, :]
+
+
+def test_layout_shapes_and_neutral(rig, dressing):
+    assert set(dressing.ranges) == set(PARTS)
+    out = dressing(rig.vertices[None])
+    assert out.shape == (1, dressing.num_vertices, 3) and out.dtype == np.float32
+    assert dressing.triangles.min() >= 0 and dressing.triangles.max() < dressing.num_vertices
+    assert dressing.colours.shape == (dressing.num_vertices, 3)
+    # Zero displacement and no gaze give the stored helpers at rest; the face passes through.
+    np.testing.assert_array_equal(out[0, : rig.num_vertices], rig.vertices)
+    np.testing.assert_allclose(out[0, rig.num_vertices : dressing.ranges["left_eye"][0]],
+                               dressing.helper_vertices.numpy(), atol=1e-7)
+    np.testing.assert_allclose(dressing(rig.vertices, np.zeros(2)), out[0], atol=1e-7)
+    torch_out = dressing(torch.as_tensor(rig.vertices[None]))
+    assert isinstance(torch_out, torch.Tensor) and np.allclose(torch_out.numpy(), out, atol=1e-6)
+
+
+def test_lower_teeth_follow_jaw_upper_teeth_stay(rig, dressing):
+    frames = rig(np.stack([rig.weights({}), rig.weights({"jawOpen": 1.0})]))
+    rest, opened = dressing(frames)
+    drop = (part(opened, dressing, "lower_teeth") - part(rest, dressing, "lower_teeth"))[:, 1]
+    assert drop.mean() < -0.005  # m: the lower teeth go down by centimetres with the jaw
+    np.testing.assert_allclose(part(opened, dressing, "upper_teeth"), part(rest, dressing, "upper_teeth"), atol=2e-4)
+    # They go down as far as the rig's own target moves them (the unit estimate is exact on rig poses).
+    a, b = dressing.ranges["lower_teeth"]
+    k = rig.index("jawOpen")
+    expected = dressing.helper_deltas[k].numpy()[a - rig.num_vertices : b - rig.num_vertices]
+    np.testing.assert_allclose(part(opened, dressing, "lower_teeth") - part(rest, dressing, "lower_teeth"),
+                               expected, atol=2e-4)
+
+
+def test_lashes_follow_blink(rig, dressing):
+    frames = rig(np.stack([rig.weights({}), rig.weights({"eyeBlinkLeft": 1.0})]))
+    rest, blink = dressing(frames)
+    move = part(blink, dressing, "lashes") - part(rest, dressing, "lashes")
+    a, b = dressing.ranges["lashes"]
+    left = part(rest, dressing, "lashes")[:, 0] > 0
+    assert move[left, 1].min() < -0.008  # the upper lashes come down with the lid
+    assert np.abs(move[~left]).max() < 1e-6  # the other eye's lashes stay
+
+
+def test_eyes_rotate_with_gaze(rig, dressing):
+    frames = np.repeat(rig.vertices[None], 3, 0)
+    gaze = np.array([[0.0, 0.0], [0.4, 0.0], [0.0, 0.3]], np.float32)
+    out = dressing(frames, gaze)
+    a, _ = dressing.ranges["left_eye"]
+    centre = dressing.eye_centres[0].numpy()
+    pupil = out[:, a] - centre  # vertex 0 of the cap is the pupil's centre
+    assert pupil[1, 0] > pupil[0, 0] + 0.004  # yaw + looks toward the face's left (+x)
+    assert pupil[2, 1] > pupil[0, 1] + 0.003  # pitch + looks up
+    np.testing.assert_allclose(np.linalg.norm(pupil, axis=1), np.linalg.norm(pupil[0]), rtol=1e-5)
+    r = gaze_rotation(torch.tensor([[0.3, -0.2]]))
+    np.testing.assert_allclose((r @ r.transpose(1, 2))[0].numpy(), np.eye(3), atol=1e-6)
+
+
+def test_eyeballs_stay_behind_a_closing_lid(rig, dressing):
+    for w in (0.5, 1.0):
+        frame = rig(rig.weights({"eyeBlinkLeft": w, "eyeBlinkRight": w}))
+        out = dressing(frame, np.array([0.3, 0.3]))
+        for k, name in enumerate(("left_eye", "right_eye")):
+            centre = dressing.eye_centres[k].numpy()
+            radius = np.linalg.norm(part(out, dressing, name) - centre, axis=1).max()
+            lid = np.linalg.norm(frame[dressing.lid_index[k].numpy()] - centre, axis=1).min()
+            assert radius < lid  # no eyeball vertex reaches past the nearest lid vertex
+
+
+def test_brows_are_painted_dark_and_move_with_the_brow_units(rig, dressing):
+    grey = dressing.colours[: rig.num_vertices].mean(1)
+    brow = rig.dressing["face_brow"] > 0.8
+    assert brow.sum() >= 10 and grey[brow].max() < 0.5 * np.median(grey)
+    v = rig.vertices
+    assert (v[brow, 1] > dressing.eye_centres[0, 1].item()).all()  # above the eyes
+    raised = rig(rig.weights({"browInnerUp": 1.0, "browOuterUpLeft": 1.0, "browOuterUpRight": 1.0}))
+    assert (raised[brow, 1] - v[brow, 1]).mean() > 0.002
+
+
+def test_bad_inputs(rig, dressing):
+    with pytest.raises(ValueError, match="shape"):
+        dressing(rig.vertices[None, :-1])
+    with pytest.raises(ValueError, match="gaze"):
+        dressing(rig.vertices[None], np.zeros((2, 2)))
