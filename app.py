@@ -301,7 +301,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
         html = figure_html(figure, height=figure.layout.height + 40, include_plotlyjs=plotly_url)  # no inner scroll bar
         curves = weights_figure(anim)
         missing = unavailable(anim)
-        written = export_all(anim, folder / "downloads", stem=stem, template=pipe.rig.vertices)
+        written = export_all(anim, folder / "downloads", stem=stem, template=pipe.rig.vertices, dressing=pipe.dressing())
         files = [str(video)] + [str(p) for p in written.values()]
         yield str(video), html, curves, files, describe(anim, missing)
 

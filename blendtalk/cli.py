@@ -217,7 +217,7 @@ def animate(args) -> int:
 
         bar.set_postfix_str("exports")
         with _disk_full_is_clear(args.export_dir, "the exports"):
-            written = export_all(anim, args.export_dir, template=pipe.rig.vertices)
+            written = export_all(anim, args.export_dir, template=pipe.rig.vertices, dressing=pipe.dressing())
     bar.n = 100
     bar.close()
     timings = {k: round(v, 3) for k, v in anim.meta["timings"].items()}

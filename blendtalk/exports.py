@@ -122,12 +122,14 @@ def export_all(
     stem: str = "animation",
     template: np.ndarray | None = None,
     strict: bool = False,
+    dressing=None,
 ) -> dict[str, Path]:
     """Write the requested formats into `out_dir` (created if missing); return {format: path}.
 
     File names are `stem` plus a fixed suffix per format (see the module table); `stem` must be a
     plain name (letters, digits, '_' or '-'), so nothing lands outside `out_dir`. template: (V, 3)
-    neutral mesh used as the glb's base (default: the first frame). Formats the animation has no
+    neutral mesh used as the glb's base (default: the first frame); dressing: the rig's `FaceDressing`
+    for a dressed glb (see `write_glb`). Formats the animation has no
     data for are skipped with a warning, or raise a ValueError when `strict`.
     """
     _check_formats(formats)
@@ -151,7 +153,7 @@ def export_all(
         if path.resolve().parent != out_dir.resolve():  # belt and braces next to the stem check
             raise ValueError(f"export name {path.name!r} would leave {str(out_dir)!r}")
         if fmt == "glb":
-            written[fmt] = write_glb(animation, path, template=template)
+            written[fmt] = write_glb(animation, path, template=template, dressing=dressing)
         else:
             written[fmt] = _WRITERS[fmt](animation, path)
     return written
@@ -259,8 +261,13 @@ def write_glb(
     template: np.ndarray | None = None,
     interpolation: str = "STEP",
     max_frames: int = GLB_MAX_FRAMES,
+    dressing=None,
 ) -> Path:
     """A binary glTF 2.0: base mesh (template (V, 3), default frame 0) + T morph targets + animation.
+
+    dressing: the rig's `FaceDressing`, to export the dressed face as the video shows it (teeth,
+    tongue, lashes and eyes following the face and `animation.gaze`, brows and lips in the vertex
+    colours, COLOR_0) instead of the bare face.
 
     The animation channel drives the mesh node's morph weights: at time t/fps target t has weight
     1 and all others 0; the clip lasts T/fps seconds (the last frame is held). interpolation: 'STEP' (hold each frame) or 'LINEAR' (blend neighbours,
@@ -277,9 +284,16 @@ def write_glb(
     base = verts[0] if template is None else np.asarray(template, dtype=np.float32)
     if base.shape != (n_verts, 3) or not np.isfinite(base).all():
         raise ValueError(f"template must be finite with shape ({n_verts}, 3), got {base.shape}")
+    pivot = head_pivot(base)  # of the face, as the renderer turns it
+    tri, colours = _triangles(animation).astype(np.uint32), None
+    if dressing is not None:
+        if dressing.num_face_vertices != n_verts:
+            raise ValueError(f"the dressing is for V={dressing.num_face_vertices} face vertices, the animation has {n_verts}")
+        base, verts = dressing(base), dressing(verts, animation.gaze)  # (V + H, 3), (T, V + H, 3)
+        tri, n_verts = dressing.triangles.astype(np.uint32), len(base)
+        colours = _srgb_to_linear(dressing.colours)  # (V + H, 3): glTF vertex colours are linear
     if animation.head_rotation is not None:  # frames posed as rendered; the base stays at rest
-        verts = rotate_head(verts, animation.head_rotation, head_pivot(base))  # (T, V, 3)
-    tri = _triangles(animation).astype(np.uint32)
+        verts = rotate_head(verts, animation.head_rotation, pivot)  # (T, V, 3)
     deltas = (verts - base).astype(np.float32)  # (T, V, 3)
     # Key k shows target k; one more key at T/fps holds the last frame, so the clip lasts T/fps
     # seconds, as long as the video and its audio, and loops in step with them.
@@ -288,8 +302,10 @@ def write_glb(
     weights[-1, -1] = 1
 
     blobs = [base.astype(np.float32), tri, deltas, times, weights]
+    if colours is not None:
+        blobs.append(colours.astype(np.float32))
     views, offset = [], 0
-    for blob, target in zip(blobs, (34962, 34963, 34962, None, None)):  # ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER
+    for blob, target in zip(blobs, (34962, 34963, 34962, None, None, 34962)):  # ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER
         view = {"buffer": 0, "byteOffset": offset, "byteLength": blob.nbytes}
         if target is not None:
             view["target"] = target
@@ -304,6 +320,12 @@ def write_glb(
         _accessor(3, 0, len(times), "SCALAR", times[:1], times[-1:]),
         _accessor(4, 0, weights.size, "SCALAR"),
     ]
+    primitive = {"attributes": {"POSITION": 0}, "indices": 1, "mode": 4,
+                 "targets": [{"POSITION": 2 + t} for t in range(n_frames)]}
+    if colours is not None:
+        accessors.append(_accessor(5, 0, n_verts, "VEC3"))
+        primitive["attributes"]["COLOR_0"] = len(accessors) - 1
+        primitive["material"] = 0
     names = [f"frame_{t:0{max(4, len(str(n_frames - 1)))}d}" for t in range(n_frames)]
     doc = {
         "asset": {"version": "2.0", "generator": "blendtalk",
@@ -313,8 +335,7 @@ def write_glb(
         "nodes": [{"mesh": 0, "name": "face"}],
         "meshes": [{
             "name": "face",
-            "primitives": [{"attributes": {"POSITION": 0}, "indices": 1, "mode": 4,
-                            "targets": [{"POSITION": 2 + t} for t in range(n_frames)]}],
+            "primitives": [primitive],
             "weights": [0.0] * n_frames,  # at rest: the base mesh
             "extras": {"targetNames": names},  # read by Blender's importer as shape-key names
         }],
@@ -324,6 +345,8 @@ def write_glb(
             "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}],
         }],
         "accessors": accessors,
+        **({"materials": [{"name": "dressed face", "pbrMetallicRoughness": {
+            "baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0, "roughnessFactor": 0.6}}]} if colours is not None else {}),
         "bufferViews": views,
         "buffers": [{"byteLength": offset}],
     }
@@ -337,6 +360,11 @@ def write_glb(
         for blob in blobs:  # streamed: the binary chunk is never assembled in memory
             f.write(memoryview(np.ascontiguousarray(blob)))
     return path
+
+
+def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    c = np.asarray(c, dtype=np.float64)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
 def _accessor(view: int, offset: int, count: int, kind: str, lo=None, hi=None) -> dict:

@@ -362,6 +362,14 @@ class Pipeline:
         )
 
     # ---- output ----
+    def dressing(self):
+        """The rig's `FaceDressing` as the video draws it (teeth, tongue, lashes, eyes, painted brows),
+        for exports; None for a rig without one."""
+        from .dressing import FaceDressing
+        from .render import RenderConfig, dressing_config
+
+        return FaceDressing.for_rig(self.rig, dressing_config(RenderConfig())) if getattr(self.rig, "dressing", None) else None
+
     def renderer(self, size: int = 512):
         """A Renderer for the rig at `size` px, built once per size, framed so that the head stays
         inside the frame at the largest angles `head_motion_config` allows."""

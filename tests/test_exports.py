@@ -180,6 +180,34 @@ def test_glb_loads_in_trimesh_with_the_rig(tmp_path):
     assert len(doc["meshes"][0]["primitives"][0]["targets"]) == 3
 
 
+def test_dressed_glb_carries_teeth_eyes_and_colours(tmp_path):
+    """With the rig's dressing the glb is the face the video shows: the lower teeth follow jawOpen in
+    the morph targets, the eyes turn with the gaze, brows and lips are in the vertex colours."""
+    trimesh = pytest.importorskip("trimesh")
+    from blendtalk.dressing import FaceDressing
+    from blendtalk.rig import load_rig
+
+    rig = load_rig()
+    dressing = FaceDressing.for_rig(rig)
+    weights = np.zeros((2, 52), np.float32)
+    weights[1, rig.index("jawOpen")] = 1.0
+    gaze = np.array([[0.0, 0.0], [0.3, 0.0]], np.float32)
+    anim = Animation(rig(weights), rig.triangles, np.zeros(1600, np.float32), gaze=gaze)
+    path = export_all(anim, tmp_path, formats=("glb",), template=rig.vertices, dressing=dressing)["glb"]
+    (mesh,) = trimesh.load(path, process=False).geometry.values()
+    assert mesh.vertices.shape == (dressing.num_vertices, 3) and len(mesh.faces) == len(dressing.triangles)
+    doc, binary = _read_glb(path)
+    primitive = doc["meshes"][0]["primitives"][0]
+    colours = _accessor_array(doc, binary, primitive["attributes"]["COLOR_0"]).reshape(-1, 3)
+    assert colours.shape == (dressing.num_vertices, 3) and colours.min() >= 0 and colours.max() <= 1
+    assert colours[: rig.num_vertices].std(0).max() > 0.05  # brows and lips differ from the skin
+    target = _accessor_array(doc, binary, primitive["targets"][1]["POSITION"]).reshape(-1, 3)  # frame 1 - base
+    lo, hi = dressing.ranges["lower_teeth"]
+    assert target[lo:hi, 1].mean() < -5e-3  # the lower teeth drop with the jaw
+    eye_lo, eye_hi = dressing.ranges["left_eye"]
+    assert np.abs(target[eye_lo:eye_hi]).max() > 1e-3  # the eye turned with the gaze
+
+
 def test_missing_data_is_skipped_or_strict(tmp_path, caplog, monkeypatch):
     anim = _animation(arkit=False, flame=False)
     assert set(unavailable(anim)) == {"arkit_csv", "arkit_json", "flame"}
