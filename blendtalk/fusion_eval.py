@@ -55,11 +55,17 @@ def _truth_names(folder: Path) -> dict[str, list[Path]]:
 
 
 def fusion_cases(root: str | Path, subset: str = "test", max_sentences: int | None = None,
-                 emotions: tuple[str, ...] | None = None) -> Iterator[FusionCase]:
+                 emotions: tuple[str, ...] | None = None, rig: FaceRig | None = None) -> Iterator[FusionCase]:
     """Cases for `subset` of a synthetic corpus root: each held-out sentence x each emotion of take 1.
 
-    Expression frames are tiled (or cut) to the speech length.
+    Expression frames are tiled (or cut) to the speech length, and their lip-parting units yield
+    to the speech's closures as in the pipeline (`yield_to_closure`, on `rig`, default the shipped
+    one): a speaker closes the lips at /p b m/ whatever the emotion, so the truth does too.
     """
+    from .emotions import yield_to_closure
+    from .rig import load_rig
+
+    rig = rig or load_rig()
     root = Path(root)
     speech = _truth_names(root / "truth" / "speech")
     expr = _truth_names(root / "truth" / "expression")
@@ -81,6 +87,7 @@ def fusion_cases(root: str | Path, subset: str = "test", max_sentences: int | No
                 s, ls = z["speech"], z["leak"]
                 symbols, times = z["phone_symbols"], z["phone_times"]
             t = len(s)
+            gap = rig.lip_gap(rig(s))  # (T,) the speech's own lip opening
             centres = (np.arange(t) + 0.5) / FPS
             bilabial = np.zeros(t, bool)
             for sym, (a, b) in zip(symbols, times):
@@ -92,7 +99,8 @@ def fusion_cases(root: str | Path, subset: str = "test", max_sentences: int | No
                 with np.load(epath) as z:
                     e, le = z["expression"], z["leak"]
                 idx = np.arange(t) % len(e)
-                yield FusionCase(f"{path.stem}+{epath.stem}", emotion, s, ls, e[idx], le[idx], bilabial)
+                e_held = yield_to_closure(e[idx], gap, rig.blendshape_names)
+                yield FusionCase(f"{path.stem}+{epath.stem}", emotion, s, ls, e_held, le[idx], bilabial)
 
 
 def evaluate_fusion(methods: dict[str, FusionMethod], cases, rig: FaceRig, device: str | torch.device = "cpu") -> dict:

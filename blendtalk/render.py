@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
-from .dressing import DressingConfig, FaceDressing
+from .dressing import DressingConfig, FaceDressing, eyeball_cap, lip_tint
 from .dressing import smooth as _smooth
 from .geometry import vertex_normals
 from .head_motion import head_pivot, rotate_head
@@ -45,10 +45,6 @@ _AO_SIZE = 160  # px, resolution of the ambient-occlusion depth maps
 _CPU_CANDIDATES = 1_000_000  # pixel-row candidates per chunk on CPU: small tensors stay cache- and allocator-friendly
 _CUDA_CANDIDATES = 32_000_000  # per chunk on CUDA: big launches amortise kernel overhead
 _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a time
-# Eyeball: rings of the front cap (polar angle, deg) and their colour: 0 pupil, 1 iris, 2 limbus, 3 sclera.
-_EYE_RINGS = ((3, 0), (6, 0), (8.5, 0), (10, 1), (16, 1), (22, 1), (25.5, 1), (27.5, 2), (29.5, 3),
-              (38, 3), (50, 3), (64, 3), (78, 3))
-_EYE_SEGMENTS = 24  # vertices per eyeball ring
 _DRESSING_SHEEN = 2.0  # eyes and teeth are wet: twice the skin's sheen
 
 
@@ -620,15 +616,10 @@ class Renderer:
 def _rig_dressing(rig, config: RenderConfig):
     """Per-vertex sRGB colours (V, 3) with tinted lips, and eyeballs (vertices, triangles, colours)
     for the template's open eye sockets, or None."""
-    tri = torch.as_tensor(rig.triangles).long()
     skin = torch.tensor(config.skin, dtype=torch.float32)
     colours = skin.expand(rig.num_vertices, 3).clone()
     if "lips" in rig.masks:
-        # The region reaches past the red of the lips: erode it by two rings, then soften the edge.
-        lips = torch.as_tensor(rig.masks["lips"], dtype=torch.float32)
-        for _ in range(2):
-            lips = (_smooth(lips, tri, steps=1) > 0.999).float()
-        lips = _smooth(lips, tri, steps=2)
+        lips = torch.as_tensor(lip_tint(rig.masks["lips"], rig.triangles))
         colours += lips[:, None] * (torch.tensor(config.lips) - skin)
     static_mesh = None
     if config.eyes and "eyes" in rig.masks:
@@ -686,26 +677,12 @@ def _eye_sockets(rig, n: int = 256) -> list[tuple[np.ndarray, float]]:
 
 
 def _eyeball(centre: np.ndarray, radius: float, config: RenderConfig):
-    """The front cap of an eyeball looking down +z: vertices (E, 3), triangles (G, 3), sRGB colours (E, 3)."""
+    """An eyeball cap looking down +z: vertices (E, 3), triangles (G, 3), sRGB colours (E, 3)."""
     palette = np.array(
         [(0.06, 0.05, 0.05), config.iris, tuple(0.6 * c for c in config.iris), config.sclera], dtype=np.float32
     )
-    phi = np.linspace(0, 2 * np.pi, _EYE_SEGMENTS, endpoint=False)
-    verts, colours = [np.array([0.0, 0.0, 1.0])], [palette[0]]
-    for polar, kind in _EYE_RINGS:
-        t = np.radians(polar)
-        ring = np.stack([np.sin(t) * np.cos(phi), np.sin(t) * np.sin(phi), np.full_like(phi, np.cos(t))], -1)
-        verts.append(ring)
-        colours.append(np.repeat(palette[kind][None], _EYE_SEGMENTS, 0))
-    verts = centre + radius * np.concatenate([np.atleast_2d(v) for v in verts])
-    colours = np.concatenate([np.atleast_2d(c) for c in colours])
-    j = np.arange(_EYE_SEGMENTS)
-    k = (j + 1) % _EYE_SEGMENTS
-    tris = [np.stack([np.zeros_like(j), 1 + j, 1 + k], -1)]  # counter-clockwise seen from the front
-    for ring in range(len(_EYE_RINGS) - 1):
-        a, b = 1 + ring * _EYE_SEGMENTS, 1 + (ring + 1) * _EYE_SEGMENTS
-        tris += [np.stack([a + j, b + j, b + k], -1), np.stack([a + j, b + k, a + k], -1)]
-    return verts.astype(np.float32), np.concatenate(tris), colours
+    cap, tris, colours = eyeball_cap(palette)
+    return (centre + radius * cap).astype(np.float32), tris, colours
 
 
 def _host_tensor(array) -> torch.Tensor:

@@ -56,6 +56,7 @@ class DFMTrainConfig:
     val_sentences: int = 8  # per held-out speaker, for the fusion validation on synthetic truth
     seed: int = 0
     device: str | None = None  # None: cuda when available, else cpu
+    init: str | None = None  # a DFM checkpoint folder to start from (adapting a model to new data), else random
 
 
 def load_train_config(run: str | Path) -> DFMTrainConfig:
@@ -198,6 +199,8 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
     if speech.shape[1] != config.model.num_vertices:
         raise ValueError(f"the data has V={speech.shape[1]} vertices but the model expects {config.model.num_vertices}")
     model = build_model(rig, config.model, device)
+    if config.init is not None and not resume:  # strict: the folder's config must be the run's model config
+        model.load_state_dict(DeformationFusionModule.from_pretrained(config.init, model.map_matrix).state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     if config.lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")

@@ -7,6 +7,7 @@
 """
 
 import argparse
+import json
 from dataclasses import replace
 import sys
 from pathlib import Path
@@ -29,6 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--florence", help="real Florence4D root for the expression corpus")
     p.add_argument("--out", default=d.out, help="folder in which a new run folder is created")
     p.add_argument("--resume", type=Path, help="run folder to continue")
+    p.add_argument("--init", type=Path, help="DFM checkpoint folder to start from (its model settings are used): "
+                                             "adapts a trained model to new data")
     p.add_argument("--epochs", type=float, default=d.epochs)
     p.add_argument("--paper-schedule", action="store_true", help=f"train {PAPER_EPOCHS} epochs as in the paper")
     p.add_argument("--max-minutes", type=float, help="stop and save after this many minutes")
@@ -65,17 +68,24 @@ def main(argv=None) -> int:
         p.error("--invariance-mix must be positive")
 
     try:
+        if args.init is not None:  # the starting checkpoint fixes the model's shape
+            if not (args.init / "config.json").is_file():
+                p.error(f"--init {args.init} is not a DFM checkpoint folder (no config.json)")
+            model = DFMConfig(**{k: v for k, v in json.loads((args.init / "config.json").read_text()).items()
+                                 if k != "model_type"})
+        else:
+            model = DFMConfig(num_vertices=load_rig().num_vertices, num_blendshapes=args.blendshapes,
+                              num_expression_blendshapes=args.expression_blendshapes,
+                              map_size=args.map_size, use_geometric_map=not args.no_geometric_map)
         config = DFMTrainConfig(
-            data=args.data, speech_root=args.vocaset, expression_root=args.florence, out=args.out,
-            model=DFMConfig(num_vertices=load_rig().num_vertices, num_blendshapes=args.blendshapes,
-                            num_expression_blendshapes=args.expression_blendshapes,
-                            map_size=args.map_size, use_geometric_map=not args.no_geometric_map),
+            data=args.data, speech_root=args.vocaset, expression_root=args.florence, out=args.out, model=model,
             loss=DFMLossConfig(lambda_sparse=0.0 if args.no_sparsity else args.lambda_sparse,
                                lambda_lap=0.0 if args.no_laplacian else args.lambda_lap, lambda_orth=args.lambda_orth,
                                lambda_invariance=args.lambda_invariance, invariance_mix=args.invariance_mix,
                                lambda_speech_upper=args.lambda_speech_upper),
             lr=args.lr, lr_schedule="cosine" if args.cosine_lr else "constant", crop_loss=args.crop_loss, batch_size=args.batch_size, epochs=PAPER_EPOCHS if args.paper_schedule else args.epochs,
             max_minutes=args.max_minutes, val_every=args.val_every, seed=args.seed, device=args.device,
+            init=None if args.init is None else str(args.init),
         )
     except ValueError as err:  # a model or loss setting out of range
         p.error(str(err))
