@@ -373,7 +373,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                                             max_length=MAX_TRANSCRIPT_CHARS, elem_id="transcript")
                     with gr.Row():
                         emotion = gr.Dropdown(list(EMOTIONS), value="happy", label="Emotion", elem_id="emotion")
-                        intensity = gr.Slider(0, MAX_INTENSITY, 0.8, step=0.05, label="Intensity", info="above 1 exaggerates",
+                        intensity = gr.Slider(0, MAX_INTENSITY, 1.0, step=0.05, label="Intensity", info="1 is the apex; above exaggerates",
                                               elem_id="intensity")
                     with gr.Accordion("More: mix, timeline, blinks, head motion, video size", open=False):
                         with gr.Row():
@@ -405,9 +405,9 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
             warnings.filterwarnings("ignore", message="Examples will be cached but not all input components")
             gr.Examples(
                 [[str(EXAMPLES_DIR / "tts_surprised.wav"), "", (EXAMPLES_DIR / "tts_surprised.txt").read_text().strip(),
-                  "surprised", 0.9],
+                  "surprised", 1.0],
                  [str(ARCTIC_DIR / "arctic_a0009.wav"), "", (ARCTIC_DIR / "arctic_a0009.txt").read_text().strip(),
-                  "angry", 0.8],
+                  "angry", 1.0],
                  [str(EXAMPLES_DIR / "tts_sad.wav"), "", (EXAMPLES_DIR / "tts_sad.txt").read_text().strip(), "sad", 1.0],
                  [None, "What a lovely surprise to see you here!", "", "happy", 1.0]],
                 inputs=[audio, text, transcript, emotion, intensity], outputs=outputs, fn=run_example,

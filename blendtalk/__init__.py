@@ -2,7 +2,7 @@
 
     from blendtalk import Pipeline
     pipe = Pipeline.from_pretrained()
-    anim = pipe.animate("speech.wav", emotion="happy", intensity=0.8)
+    anim = pipe.animate("speech.wav", emotion="happy")  # intensity 1.0: the apex
     pipe.save_video(anim, "out.mp4")
 """
 

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="words to speak with the built-in TTS instead of an audio file")
     p.add_argument("--transcript", help="the words of the audio: forced alignment gives better lip sync")
     p.add_argument("--emotion", default="neutral", help="one of `python -m blendtalk emotions`")
-    p.add_argument("--intensity", type=float, default=0.8, help="0..1, up to 1.5 to exaggerate")
+    p.add_argument("--intensity", type=float, default=1.0, help="0..1 (1: the apex), up to 1.5 to exaggerate")
     p.add_argument("--mix", metavar="EMOTION", help="a second emotion blended in")
     p.add_argument("--mix-ratio", type=float, default=0.5, help="share of --mix (0..1)")
     p.add_argument("--timeline", help="e.g. 'neutral@0 happy@1.5 sad@4.0:0.7' (overrides --emotion)")

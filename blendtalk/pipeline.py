@@ -2,7 +2,7 @@
 
     from blendtalk import Pipeline
     pipe = Pipeline.from_pretrained()                     # shipped checkpoints, or BLENDTALK_DFM / BLENDTALK_SPEECH
-    anim = pipe.animate("speech.wav", emotion="happy", intensity=0.8)
+    anim = pipe.animate("speech.wav", emotion="happy")  # intensity 1.0: the apex
     pipe.save_video(anim, "out.mp4")
 
 Stages (timed in `Animation.meta["timings"]`): the audio front end (load, phones, features), the
