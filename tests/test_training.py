@@ -110,3 +110,20 @@ def test_validation_scores_on_the_gpu_as_on_the_cpu(tiny_corpus):
     cpu, gpu = (evaluate_fusion({"interpolation": interpolate_inputs}, cases, rig, device) for device in ("cpu", "cuda"))
     for key in ("fused_mve", "fused_lve", "lip_mve", "upper_face_mve", "bilabial_gap_error"):
         assert gpu["interpolation"][key] == pytest.approx(cpu["interpolation"][key], rel=1e-4), key
+
+
+def test_init_starts_from_a_checkpoint(tiny_corpus, tmp_path):
+    """--init: the run starts from the given weights (its first steps stay near them), not from random."""
+    from blendtalk.geometry import load_square_map
+
+    config = _config(tiny_corpus, tmp_path, epochs=0.02, lr=1e-6)
+    torch.manual_seed(123)
+    smap = load_square_map(load_rig(), config.model.map_size).matrix()
+    start = DeformationFusionModule(config.model, smap)
+    start.save_pretrained(tmp_path / "start")
+    run = train_dfm(replace(config, init=str(tmp_path / "start")))
+    fresh = train_dfm(config)  # the same run without --init
+    w0, w1, w2 = (m.blendshape_weight.detach() for m in (
+        start, *(DeformationFusionModule.from_pretrained(r / "checkpoint", smap) for r in (run, fresh))))
+    assert (w1 - w0).abs().max() < 1e-3 < (w2 - w0).abs().max()
+    assert load_train_config(run).init == str(tmp_path / "start")
