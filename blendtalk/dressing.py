@@ -13,7 +13,10 @@ vertices, not rig weights):
 - the eyeballs (sclera, iris with a limbal ring, pupil) rotate about their centres with the gaze
   and shrink just inside the nearest lid vertex, so they never poke through a closing lid;
 - the brows are paint on the face vertices (from the asset's `face_brow` density), so they move
-  with the brow units for free; the lips get a tint.
+  with the brow units for free; the lips get a tint;
+- short hair is a cap over the scalp, rigid with the skull (zero unit deltas, like the upper
+  teeth), its hairline well above the raised brows; matte, with a little per-strand colour noise
+  and a thinner, skin-showing edge.
 
 Layout of a dressed mesh: face vertices [0, V), then the parts in `PARTS` order, each contiguous.
 """
@@ -26,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-PARTS = ("upper_teeth", "lower_teeth", "tongue", "lashes", "left_eye", "right_eye")
+PARTS = ("upper_teeth", "lower_teeth", "tongue", "lashes", "hair", "left_eye", "right_eye")
+_HELPERS = 5  # PARTS[:5] come from the asset's helper meshes, the eyeballs are built here
 _RIDGE = 1e-4  # relative ridge of the unit projection: units the face cannot show (tongueOut) read as 0
 _LID_CLEARANCE = 0.0003  # m kept between the eyeball and the nearest lid vertex
 _MAX_GAZE = math.radians(35.0)  # rad: beyond this the iris would leave the lid opening
@@ -35,6 +39,8 @@ _MAX_GAZE = math.radians(35.0)  # rad: beyond this the iris would leave the lid 
 EYE_RINGS = ((3, 0), (6, 0), (8.5, 0), (10, 1), (16, 1), (22, 1), (25.5, 1), (27.5, 2), (29.5, 3),
              (38, 3), (50, 3), (64, 3), (80, 3), (97, 3), (115, 3))
 EYE_SEGMENTS = 24  # vertices per eyeball ring
+_HAIR_SEED = 0  # fixed: the hair's colour noise is part of the look, the same on every run
+_HAIR_EDGE_RINGS = 2  # vertex rings over which the hairline thins into skin
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,10 @@ class DressingConfig:
     pupil: tuple[float, float, float] = (0.06, 0.05, 0.05)
     mouth_shade: float = 0.55  # how much darker the back of the teeth and tongue is than the front, 0..1
     eyes: bool = True  # False leaves the eye sockets empty
+    hair: bool = True  # False leaves the scalp bare (the mannequin look)
+    hair_colour: tuple[float, float, float] = (0.18, 0.12, 0.08)  # dark brown, a shade darker than the brows
+    hair_variation: float = 0.12  # relative brightness noise per hair vertex: matte strands, not plastic
+    hair_edge_skin: float = 0.35  # how much skin shows through at the hairline, 0..1: short hair thins there
     # Rest offsets (x, y, z) m of the source helpers: MakeHuman's upper teeth hide behind the upper
     # lip and its tongue rests against the palate, filling an open mouth; real ones show teeth.
     upper_teeth_offset: tuple[float, float, float] = (0.0, -0.003, 0.001)
@@ -91,6 +101,21 @@ def eyeball_cap(colours: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
         a, b = 1 + ring * EYE_SEGMENTS, 1 + (ring + 1) * EYE_SEGMENTS
         tris += [np.stack([a + j, b + j, b + k], -1), np.stack([a + j, b + k, a + k], -1)]
     return np.concatenate(verts).astype(np.float32), np.concatenate(tris), colours[np.concatenate(kinds)]
+
+
+def hair_colours(triangles: np.ndarray, config: DressingConfig) -> np.ndarray:
+    """Colours (H, 3) of a hair cap with triangles (G, 3) over its H vertices: `config.hair_colour`
+    with seeded per-vertex brightness noise, thinning toward the skin over the cap's open edge."""
+    count = int(triangles.max()) + 1
+    edges = np.sort(np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]]), axis=1)
+    uniq, uses = np.unique(edges, axis=0, return_counts=True)
+    edge = torch.zeros(count)
+    edge[np.unique(uniq[uses == 1])] = 1.0  # vertices on the hairline
+    edge = smooth(edge, torch.as_tensor(triangles), steps=_HAIR_EDGE_RINGS).numpy()
+    edge = np.clip(edge / max(edge.max(), 1e-9), 0, 1)[:, None]  # (H, 1), 1 on the line
+    noise = np.random.default_rng(_HAIR_SEED).uniform(-1, 1, (count, 1))
+    base = np.asarray(config.hair_colour) * (1 + config.hair_variation * noise)
+    return base + config.hair_edge_skin * edge * (np.asarray(config.skin) - base)
 
 
 def lip_tint(lips: np.ndarray, triangles: np.ndarray) -> np.ndarray:
@@ -167,10 +192,13 @@ class FaceDressing:
 
         # Helper parts contiguous in PARTS order (the asset stores them by source index).
         part = d["dressing_part"].astype(np.int64)
-        order = np.argsort(part, kind="stable")
-        inverse = np.empty_like(order)
+        h_tris = d["dressing_triangles"].astype(np.int64)
+        shown = (part != PARTS.index("hair")) | config.hair  # (H,) helper vertices this config wears
+        h_tris = h_tris[shown[h_tris].all(1)]
+        order = np.where(shown)[0][np.argsort(part[shown], kind="stable")]
+        inverse = -np.ones(len(part), dtype=np.int64)
         inverse[order] = np.arange(len(order))
-        h_tris = inverse[d["dressing_triangles"].astype(np.int64)]
+        h_tris = inverse[h_tris]
         h_tris = h_tris[np.argsort(part[order][h_tris[:, 0]], kind="stable")]
         part = part[order]
         hv = d["dressing_vertices"][order].astype(np.float64)
@@ -179,11 +207,14 @@ class FaceDressing:
 
         # Colours: teeth and tongue darken toward the back of the mouth (the lips shade them).
         face_v = len(v)
-        depth = np.clip((hv[:, 2].max() - hv[:, 2]) / max(np.ptp(hv[part <= 2, 2]), 1e-9), 0, 1)
+        depth = np.clip((hv[part <= 3, 2].max() - hv[:, 2]) / max(np.ptp(hv[part <= 2, 2]), 1e-9), 0, 1)
         shade = 1 - config.mouth_shade * depth[:, None]
-        palette = np.array([config.teeth, config.teeth, config.tongue, config.lashes], np.float32)
+        palette = np.array([config.teeth, config.teeth, config.tongue, config.lashes, config.hair_colour], np.float32)
         h_col = palette[part] * np.where((part <= 2)[:, None], shade, 1.0)
         skin = np.asarray(config.skin, np.float32)
+        hair = part == PARTS.index("hair")
+        if hair.any():
+            h_col[hair] = hair_colours(h_tris[hair[h_tris[:, 0]]] - np.argmax(hair), config)
         face_col = np.broadcast_to(skin, (face_v, 3)).copy()
         if "lips" in rig.masks:
             face_col += lip_tint(rig.masks["lips"], tri)[:, None] * (np.asarray(config.lips) - skin)
@@ -191,9 +222,11 @@ class FaceDressing:
         face_col += brow * (np.asarray(config.brow) - face_col)
 
         ranges, tri_ranges, start, tstart = {}, {}, face_v, len(tri)
-        for k, name in enumerate(PARTS[:4]):
+        for k, name in enumerate(PARTS[:_HELPERS]):
             count = int((part == k).sum())
             tcount = int((part[h_tris[:, 0]] == k).sum())
+            if count == 0 and name == "hair":  # turned off, or a rig built before hair
+                continue
             ranges[name], tri_ranges[name] = (start, start + count), (tstart, tstart + tcount)
             start, tstart = start + count, tstart + tcount
         all_tris, all_cols = [tri, h_tris + face_v], [face_col, h_col]
@@ -209,7 +242,7 @@ class FaceDressing:
             near = (dist >= r) & (dist < 1.6 * r) & (v[:, 2] > c[2]) & (np.sign(v[:, 0]) == np.sign(c[0]))
             lids.append(np.where(near)[0])
             if config.eyes:
-                name = PARTS[4 + k]
+                name = PARTS[_HELPERS + k]
                 ranges[name], tri_ranges[name] = (start, start + len(cap)), (tstart, tstart + len(cap_tris))
                 all_tris.append(cap_tris + start)
                 all_cols.append(cap_col)

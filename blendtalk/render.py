@@ -46,6 +46,7 @@ _CPU_CANDIDATES = 1_000_000  # pixel-row candidates per chunk on CPU: small tens
 _CUDA_CANDIDATES = 32_000_000  # per chunk on CUDA: big launches amortise kernel overhead
 _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a time
 _DRESSING_SHEEN = 2.0  # eyes and teeth are wet: twice the skin's sheen
+_HAIR_SHEEN = 0.3  # short hair scatters light: a third of the skin's sheen, never a plastic gloss
 
 
 def srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
@@ -69,6 +70,7 @@ class RenderConfig:
     lips: tuple[float, float, float] = (0.78, 0.45, 0.45)  # lip tint, used by `Renderer.for_rig`
     cavity: tuple[float, float, float] = (0.45, 0.16, 0.15)  # mouth-interior albedo (there are no teeth)
     eyes: bool = True  # `Renderer.for_rig` puts eyeballs in open eye sockets
+    hair: bool = True  # `Renderer.for_rig` puts short hair on a rig whose dressing carries it
     iris: tuple[float, float, float] = (0.38, 0.26, 0.17)  # hazel-brown
     sclera: tuple[float, float, float] = (0.86, 0.84, 0.80)  # off-white: eyes sit in the lids' shade
     # Key light up-left-front, weaker fill from the right; directions point from surface to light.
@@ -377,6 +379,9 @@ class Renderer:
         base = base * (1 - config.occlusion_strength * occlusion)[:, None]
         sheen = config.specular * (1 - occlusion) * (1 - hidden)
         sheen[self.num_vertices :] *= _DRESSING_SHEEN
+        if dressing is not None and "hair" in dressing.ranges:
+            a, b = dressing.ranges["hair"]
+            sheen[a:b] = config.specular * _HAIR_SHEEN
         self.material = torch.cat([base, sheen[:, None]], -1).contiguous()  # (V+E, 4)
         # Reference concavity of the face at rest: only creases the animation adds darken.
         self.ring_mean = _ring_mean_matrix(self.face_triangles, self.num_vertices)
@@ -712,7 +717,8 @@ def _concavity(verts: torch.Tensor, normals: torch.Tensor, ring_mean) -> torch.T
 
 def dressing_config(config: RenderConfig) -> DressingConfig:
     """The dressing colours that go with a render config (its skin, lips, iris, sclera, eyes)."""
-    return DressingConfig(skin=config.skin, lips=config.lips, iris=config.iris, sclera=config.sclera, eyes=config.eyes)
+    return DressingConfig(skin=config.skin, lips=config.lips, iris=config.iris, sclera=config.sclera, eyes=config.eyes,
+                          hair=config.hair)
 
 
 def render(vertices, triangles, size: int = 512, device: str | torch.device | None = None) -> np.ndarray:

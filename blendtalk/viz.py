@@ -135,12 +135,12 @@ def rig_look(rig: FaceRig) -> RigLook:
 
 
 def _dressed_look(rig: FaceRig) -> RigLook:
-    """RigLook of a rig with a dressing: lip tint, painted brow, and its eyes and lashes at rest."""
+    """RigLook of a rig with a dressing: lip tint, painted brow, and its eyes, lashes and hair at rest."""
     from .dressing import lip_tint
 
     dressing = FaceDressing.for_rig(rig, dressing_config(_STYLE))
     rest = dressing.neutral()  # (V + H + 2E, 3)
-    names = [n for n in ("lashes", "left_eye", "right_eye") if n in dressing.ranges]
+    names = [n for n in ("lashes", "hair", "left_eye", "right_eye") if n in dressing.ranges]
     verts, tris, cols, offset = [], [], [], 0
     for name in names:
         a, b = dressing.ranges[name]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from blendtalk.dressing import PARTS, FaceDressing, gaze_rotation
+from blendtalk.dressing import PARTS, DressingConfig, FaceDressing, gaze_rotation
 from blendtalk.rig import load_rig
 
 
@@ -100,3 +100,61 @@ def test_bad_inputs(rig, dressing):
         dressing(rig.vertices[None, :-1])
     with pytest.raises(ValueError, match="gaze"):
         dressing(rig.vertices[None], np.zeros((2, 2)))
+
+
+BROWS_UP = {"browInnerUp": 1.0, "browOuterUpLeft": 1.0, "browOuterUpRight": 1.0}
+
+
+def test_hair_is_dark_and_rigid_with_the_skull(rig, dressing):
+    assert "hair" in dressing.ranges
+    a, b = dressing.ranges["hair"]
+    assert b - a > 100
+    grey = dressing.colours.mean(1)
+    assert np.median(grey[a:b]) < 0.25 and np.median(grey[a:b]) < 0.4 * np.median(grey[: rig.num_vertices])
+    frames = rig(np.stack([rig.weights({}), rig.weights({"jawOpen": 1.0}), rig.weights(BROWS_UP),
+                           rig.weights({"browDownLeft": 1.0, "browDownRight": 1.0, "noseSneerLeft": 1.0})]))
+    out = dressing(frames)
+    for k in range(1, len(out)):
+        np.testing.assert_allclose(part(out[k], dressing, "hair"), part(out[0], dressing, "hair"), atol=2e-4)
+
+
+def test_hair_never_covers_the_raised_brows_nor_lets_skin_through(rig, dressing):
+    raised = rig(rig.weights(BROWS_UP))
+    hair = part(dressing(raised), dressing, "hair")
+    brow = rig.dressing["face_brow"] > 0.05
+    # Hair in front of the brows (their width, the front of the head): 3 cm above the raised brows.
+    front = (np.abs(hair[:, 0]) < np.abs(raised[brow, 0]).max()) & (hair[:, 2] > 0.09)
+    assert front.sum() > 20 and hair[front, 1].min() > raised[brow, 1].max() + 0.03
+    # Skin under the cap stays under it whatever the brows do: every skin vertex that a unit moves
+    # near the cap's inside (not its open edge) lies behind the nearest cap vertex along its normal.
+    from scipy.spatial import cKDTree
+
+    a, b = dressing.ranges["hair"]
+    ta, tb = dressing.triangle_ranges["hair"]
+    cap, tri = dressing.neutral()[a:b], dressing.triangles[ta:tb] - a
+    normal = np.zeros_like(cap)
+    for k in range(3):
+        np.add.at(normal, tri[:, k], np.cross(cap[tri[:, 1]] - cap[tri[:, 0]], cap[tri[:, 2]] - cap[tri[:, 0]]))
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    edges, uses = np.unique(np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), 1),
+                            axis=0, return_counts=True)
+    rim = np.isin(np.arange(len(cap)), edges[uses == 1])
+    tree, checked = cKDTree(cap), 0
+    for pose in (BROWS_UP, {"browDownLeft": 1.0, "browDownRight": 1.0}, {"noseSneerLeft": 1.0, "noseSneerRight": 1.0}):
+        skin = rig(rig.weights(pose))
+        dist, near = tree.query(skin)
+        moved = np.linalg.norm(skin - rig.vertices, axis=1) > 1e-4
+        close = moved & (dist < 0.01) & ~rim[near]
+        checked += close.sum()
+        assert (((skin[close] - cap[near[close]]) * normal[near[close]]).sum(1) < -0.0005).all()
+    assert checked > 10
+
+
+def test_hair_can_be_turned_off(rig, dressing):
+    bare = FaceDressing.for_rig(rig, DressingConfig(hair=False))
+    a, b = dressing.ranges["hair"]
+    assert "hair" not in bare.ranges and bare.num_vertices == dressing.num_vertices - (b - a)
+    assert len(bare.triangles) == len(dressing.triangles) - np.subtract(*dressing.triangle_ranges["hair"][::-1])
+    assert bare.triangles.max() < bare.num_vertices
+    np.testing.assert_allclose(bare.neutral()[: a], dressing.neutral()[: a], atol=1e-7)
+    np.testing.assert_allclose(bare.neutral()[a:], dressing.neutral()[b:], atol=1e-7)

@@ -94,8 +94,9 @@ def test_open_mouth_shows_teeth_and_a_dark_cavity(renderer, poses):
     frames = renderer(poses[:2]).astype(float)  # (2, H, W, 3)
     lum = frames.mean(-1)  # luminance-ish (2, H, W)
     rows, cols = np.nonzero(covered(renderer(poses[0])))
-    skin = np.median(lum[0][rows, cols])
     top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+    lower = rows > (top + bottom) // 2  # the skin's brightness, from below the hair
+    skin = np.median(lum[0][rows[lower], cols[lower]])
     inset = int(0.35 * (right - left))
     box = (slice(top + int(0.6 * (bottom - top)), bottom), slice(left + inset, right - inset))  # around the mouth
     neutral, jaw = frames[0][box], frames[1][box]

