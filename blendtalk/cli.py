@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-blinks", action="store_true", help="no natural blinks")
     p.add_argument("--no-head-motion", action="store_true", help="keep the head and eyes still (no nods, turns or gaze shifts)")
     p.add_argument("--seed", type=int, default=0, help="picks the blinks and the head and eye motion (0 .. 2**32-1)")
-    p.add_argument("--method", default="ours", choices=METHODS, help="fusion: the DFM, the naive sum, or speech alone")
+    p.add_argument("--method", default="ours", choices=METHODS, help="fusion: the DFM keeping what its bases miss (ours), the paper's eq. 13, the naive sum, or speech alone")
     p.add_argument("-o", "--output", type=Path, default=Path("out.mp4"), help="the video (.mp4)")
     p.add_argument("--export-dir", type=Path, help="also write vertices .npy, OBJ zip, GLB, ARKit CSV/JSON here")
     p.add_argument("--size", type=int, default=512, help="video frame size in pixels")

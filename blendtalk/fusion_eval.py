@@ -55,17 +55,12 @@ def _truth_names(folder: Path) -> dict[str, list[Path]]:
 
 
 def fusion_cases(root: str | Path, subset: str = "test", max_sentences: int | None = None,
-                 emotions: tuple[str, ...] | None = None, rig: FaceRig | None = None) -> Iterator[FusionCase]:
+                 emotions: tuple[str, ...] | None = None) -> Iterator[FusionCase]:
     """Cases for `subset` of a synthetic corpus root: each held-out sentence x each emotion of take 1.
 
-    Expression frames are tiled (or cut) to the speech length, and their lip-parting units yield
-    to the speech's closures as in the pipeline (`yield_to_closure`, on `rig`, default the shipped
-    one): a speaker closes the lips at /p b m/ whatever the emotion, so the truth does too.
+    Expression frames are tiled (or cut) to the speech length. (The pipeline's closure yield acts
+    after fusion, the same subtraction for every method, so it is left out of the cases.)
     """
-    from .emotions import yield_to_closure
-    from .rig import load_rig
-
-    rig = rig or load_rig()
     root = Path(root)
     speech = _truth_names(root / "truth" / "speech")
     expr = _truth_names(root / "truth" / "expression")
@@ -87,7 +82,6 @@ def fusion_cases(root: str | Path, subset: str = "test", max_sentences: int | No
                 s, ls = z["speech"], z["leak"]
                 symbols, times = z["phone_symbols"], z["phone_times"]
             t = len(s)
-            gap = rig.lip_gap(rig(s))  # (T,) the speech's own lip opening
             centres = (np.arange(t) + 0.5) / FPS
             bilabial = np.zeros(t, bool)
             for sym, (a, b) in zip(symbols, times):
@@ -99,8 +93,7 @@ def fusion_cases(root: str | Path, subset: str = "test", max_sentences: int | No
                 with np.load(epath) as z:
                     e, le = z["expression"], z["leak"]
                 idx = np.arange(t) % len(e)
-                e_held = yield_to_closure(e[idx], gap, rig.blendshape_names)
-                yield FusionCase(f"{path.stem}+{epath.stem}", emotion, s, ls, e_held, le[idx], bilabial)
+                yield FusionCase(f"{path.stem}+{epath.stem}", emotion, s, ls, e[idx], le[idx], bilabial)
 
 
 def evaluate_fusion(methods: dict[str, FusionMethod], cases, rig: FaceRig, device: str | torch.device = "cpu") -> dict:
@@ -157,14 +150,14 @@ def expression_kept(fuse: FusionMethod, speech: Iterable[np.ndarray], rig: FaceR
     """How much of each emotion survives fusion, on the lower and the upper face.
 
     speech: held-out speech displacements (T, V, 3), each combined with every emotion held at
-    `intensity` (its lip-parting units yielding at the speech's closures, as in the pipeline).
+    `intensity`.
     The expression's part of the result is fuse(d_s, d_e) - fuse(d_s, 0). "magnitude" is its mean
     vertex norm over that of d_e (the interpolation's part) in the region; "projection" is its
     component along d_e, <part, d_e> / <d_e, d_e>, so a part of the right size pointing elsewhere
     scores low there. 1 keeps the expression whole. Returns emotion -> region -> {"magnitude",
     "projection", "input_mm"}, or None where d_e moves the region less than KEEP_MIN_MM on average.
     """
-    from .emotions import emotion_weights, yield_to_closure
+    from .emotions import emotion_weights
 
     upper = torch.as_tensor(rig.mask("upper_face"), device=device)
     regions = {"lower_face": torch.as_tensor(rig.mask("face_crop"), device=device) & ~upper, "upper_face": upper}
@@ -173,10 +166,9 @@ def expression_kept(fuse: FusionMethod, speech: Iterable[np.ndarray], rig: FaceR
     for d_s in speech:
         d_s = torch.as_tensor(d_s, device=device)
         base = fuse(d_s, torch.zeros_like(d_s))
-        gap = rig.lip_gap(d_s.cpu().numpy() + rig.vertices)  # (T,)
         for emotion in emotions:
-            w = yield_to_closure(np.repeat(emotion_weights(emotion, intensity)[None], len(d_s), 0), gap)
-            d_e = torch.einsum("tk,kvc->tvc", torch.as_tensor(w, device=device), deltas)
+            w = torch.as_tensor(emotion_weights(emotion, intensity), device=device)
+            d_e = (w @ deltas.reshape(len(w), -1)).reshape(1, *deltas.shape[1:]).expand_as(d_s).contiguous()  # (T, V, 3)
             part = fuse(d_s, d_e) - base  # (T, V, 3)
             for name, mask in regions.items():
                 p, e = part[:, mask], d_e[:, mask]

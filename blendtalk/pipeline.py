@@ -37,7 +37,10 @@ from .rig import FaceRig, load_rig
 logger = logging.getLogger(__name__)
 
 PROCEDURAL = "visemes"  # as the speech source: the procedural viseme driver instead of a learned model
-METHODS = ("ours", "interpolation", "speech_only")  # DFM fusion; d_s + d_e (the naive sum); d_s alone
+# "ours": the DFM takes out of each input what the other domain's blendshapes explain (its leak) and
+# keeps the rest, (d_s - B_e w_e^s) + (d_e - B_s w_s^e); "eq13": the paper's B_s w_s^s + B_e w_e^e,
+# which redraws both through the learned bases; then the naive sum d_s + d_e, and d_s alone.
+METHODS = ("ours", "eq13", "interpolation", "speech_only")
 MAX_TEXT_CHARS = 600  # typed text for TTS: about 40 s of speech
 ONSET_SECONDS = 0.4  # an emotion label eases in over this long from the first frame
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], what is happening)
@@ -271,16 +274,22 @@ class Pipeline:
         _, d = VisemeDriver(self.rig)(speech.phones, speech.num_frames)
         return d, "visemes"
 
-    def expression_deformation(self, expr: Expression, frames: int, d_s: np.ndarray | None = None) -> np.ndarray:
-        """Expression displacements d_e (T, V, 3) in metres. With the speech displacements d_s (T, V, 3),
-        an emotion's lip-parting units give way where the speech closes the lips (`yield_to_closure`)."""
+    def expression_deformation(self, expr: Expression, frames: int) -> np.ndarray:
+        """Expression displacements d_e (T, V, 3) in metres."""
         if expr.reference is not None:
             return load_reference(expr.reference, self.rig, frames)
+        return self.rig.displacement(expression_weights(expr, frames, names=self.rig.blendshape_names)).astype(np.float32)
+
+    def closure_release(self, expr: Expression, d_s: np.ndarray) -> np.ndarray:
+        """What the speech's closures take back from an emotion (T, V, 3): its lip-parting units where
+        d_s (T, V, 3) closes the lips (`yield_to_closure`). Subtracted after fusion, not before: the
+        DFM reads a closure inside the expression input as articulation leak and would open it again."""
+        if expr.reference is not None:  # a recorded sequence carries its own mouth
+            return np.zeros_like(d_s)
         names = self.rig.blendshape_names
-        w = expression_weights(expr, frames, names=names)
-        if d_s is not None:
-            w = yield_to_closure(w, self.rig.lip_gap(self.rig.vertices + d_s), names)
-        return self.rig.displacement(w).astype(np.float32)
+        w = expression_weights(expr, len(d_s), names=names)
+        held = yield_to_closure(w, self.rig.lip_gap(self.rig.vertices + d_s), names)
+        return self.rig.displacement(w - held).astype(np.float32)
 
     @torch.no_grad()
     def fuse(self, d_s: np.ndarray, d_e: np.ndarray, method: str = "ours") -> tuple[np.ndarray, dict]:
@@ -300,10 +309,15 @@ class Pipeline:
         unique = rows[np.unique(inverse, return_index=True)[1]]  # (U, V*3), in order of first appearance
         ds = torch.from_numpy(np.ascontiguousarray(d_s)).to(self.device)
         de = torch.from_numpy(unique.reshape(-1, *d_e.shape[1:])).to(self.device)
-        w_speech, _ = self.dfm.split(self.dfm.encode_speech(ds))
-        _, w_expr = self.dfm.split(self.dfm.encode_expression(de))
-        w_expr = w_expr[torch.from_numpy(inverse.reshape(-1)).to(self.device)]
-        fused = self.dfm.fuse_weights(w_speech, w_expr)
+        index = torch.from_numpy(inverse).to(self.device)
+        w_speech, cross_s = self.dfm.split(self.dfm.encode_speech(ds))  # (T, K_s), (T, K_e)
+        cross_e, w_expr = self.dfm.split(self.dfm.encode_expression(de))  # (U, K_s), (U, K_e)
+        w_expr = w_expr[index]
+        if method == "eq13":
+            fused = self.dfm.fuse_weights(w_speech, w_expr)
+        else:  # an input's own content outside the learned bases (fine brow and lid motion) is kept, not redrawn
+            own_e = de - self.dfm.decode_speech(cross_e)  # (U, V, 3)
+            fused = ds - self.dfm.decode_expression(cross_s) + own_e[index]
         w = self.dfm.join(w_speech, w_expr)
         out = {"speech_weights": w_speech.cpu().numpy(), "expression_weights": w_expr.cpu().numpy()}
         if self.arkit is not None:
@@ -344,8 +358,10 @@ class Pipeline:
         speech = stage("audio front end", 0.0, self.speech_input, audio, text, transcript)
         frames = speech.num_frames
         d_s, driver = stage("speech model", 0.3, self.speech_deformation, speech)
-        d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames, d_s))
+        d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames))
         fused, weights = stage("dfm", 0.7, self.fuse, d_s, d_e, method)
+        if method != "speech_only":
+            fused = fused - self.closure_release(expr, d_s)
         head, gaze = (stage("head motion", 0.95, speech_head_motion, speech.audio, frames, seed, self.head_motion_config)
                       if head_motion else (None, None))
         report(1.0, "done")
@@ -356,7 +372,7 @@ class Pipeline:
             speech_weights=weights.get("speech_weights"), expression_weights=weights.get("expression_weights"),
             arkit_weights=arkit, arkit_names=tuple(self.rig.blendshape_names) if arkit is not None else (),
             head_rotation=head, gaze=gaze, flame_params=weights.get("flame_params"),
-            meta={"expression": expr.describe(), "method": method if self.dfm is not None or method != "ours" else "interpolation",
+            meta={"expression": expr.describe(), "method": method if self.dfm is not None or method not in ("ours", "eq13") else "interpolation",
                   "speech_driver": driver, "phones": speech.phone_source, "sources": list(self.sources),
                   "timings": timings, "frames": frames, "head_motion": head_motion, "seed": seed},
         )

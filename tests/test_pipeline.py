@@ -57,27 +57,33 @@ def test_loads_shipped_checkpoints(speech):
     assert np.ptp(pipe.rig.lip_gap(pipe.rig.vertices[None] + d_s)) > 2e-3  # the mouth opens and closes: > 2 mm
 
 
-def test_fuse_encodes_repeated_expression_frames_once_and_exactly(pipe, speech):
+@pytest.mark.parametrize("method", ["ours", "eq13"])
+def test_fuse_encodes_repeated_expression_frames_once_and_exactly(pipe, speech, method):
+    """Each distinct expression frame is encoded once; the result is the DFM's own fusion of every frame:
+    fuse_keeping_residuals for "ours", eq. 13 (fuse_weights of the own halves) for "eq13"."""
     _, d_s, _ = speech
     d_s = d_s[:SHORT]
     held = pipe.expression_deformation(Expression("happy", 0.8, blinks=False), SHORT)
     d_e = np.concatenate([held[:10], held[:1] * 0.5, held[10:20], held[:1] * 0.5, held[20:28]])  # repeats far apart, not only in runs
     assert len(np.unique(d_e.reshape(SHORT, -1), axis=0)) < SHORT
-    fused, weights = pipe.fuse(d_s, d_e)
+    fused, weights = pipe.fuse(d_s, d_e, method)
     with torch.no_grad():  # the reference: every frame through the expression encoder
-        w_s, _ = pipe.dfm.split(pipe.dfm.encode_speech(torch.from_numpy(d_s)))
-        _, w_e = pipe.dfm.split(pipe.dfm.encode_expression(torch.from_numpy(d_e)))
-        expected = pipe.dfm.fuse_weights(w_s, w_e).numpy()
+        ds, de = torch.from_numpy(d_s), torch.from_numpy(d_e)
+        w_s, _ = pipe.dfm.split(pipe.dfm.encode_speech(ds))
+        _, w_e = pipe.dfm.split(pipe.dfm.encode_expression(de))
+        expected = (pipe.dfm.fuse_weights(w_s, w_e) if method == "eq13" else pipe.dfm.fuse_keeping_residuals(ds, de)).numpy()
     np.testing.assert_allclose(weights["expression_weights"], w_e.numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(fused, expected, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("method", ["interpolation", "ours"])
+@pytest.mark.parametrize("method", ["interpolation", "ours", "eq13"])
 def test_timeline_changes_the_upper_face_after_its_key(pipe, speech, method):
     features, d_s, _ = speech
     frames = len(d_s)
-    d_e = pipe.expression_deformation(Expression(timeline=f"neutral@0 surprised@{CHANGE_S}", blinks=False), frames)
+    expr = Expression(timeline=f"neutral@0 surprised@{CHANGE_S}", blinks=False)
+    d_e = pipe.expression_deformation(expr, frames)
     fused, weights = pipe.fuse(d_s, d_e, method)
+    fused = fused - pipe.closure_release(expr, d_s)  # as animate does
     assert fused.shape == d_s.shape and np.isfinite(fused).all()
     t = np.arange(frames) / FPS
     upper = upper_face(pipe, fused)
@@ -85,15 +91,19 @@ def test_timeline_changes_the_upper_face_after_its_key(pipe, speech, method):
     assert before.max() < 0.3e-3  # speech barely reaches the brows: < 0.3 mm
     assert after.min() > 0.6e-3  # surprise raises them: > 0.6 mm on average over the upper face
     assert after.mean() > 4 * before.mean()
-    # The mouth still follows the speech under the expression.
+    # The mouth still follows the speech under the expression (surprise drops the jaw further, and
+    # gives it back at the speech's closures: the lips close wherever the speech's do).
     gap_speech = pipe.rig.lip_gap(pipe.rig.vertices[None] + d_s)
     gap_fused = pipe.rig.lip_gap(pipe.rig.vertices[None] + fused)
-    assert np.corrcoef(gap_speech, gap_fused)[0, 1] > 0.8
-    if method == "ours":
+    for span in (t < CHANGE_S, t >= SETTLED_S):
+        assert np.corrcoef(gap_speech[span], gap_fused[span])[0, 1] > 0.8
+    closed = gap_speech < 0.2e-3
+    assert closed[t >= SETTLED_S].any() and gap_fused[closed].max() < 1e-3
+    if method != "interpolation":
         assert weights["speech_weights"].shape[0] == weights["expression_weights"].shape[0] == frames
         assert weights["arkit_weights"].shape == (frames, 52)
     else:
-        np.testing.assert_array_equal(fused, d_s + d_e)
+        np.testing.assert_allclose(fused, d_s + d_e - pipe.closure_release(expr, d_s), atol=1e-7)
 
 
 def test_intensity_zero_is_nearly_speech_only(pipe, speech):
@@ -105,7 +115,7 @@ def test_intensity_zero_is_nearly_speech_only(pipe, speech):
     np.testing.assert_array_equal(pipe.fuse(d_s, full_expr, "speech_only")[0], d_s)
     zero, _ = pipe.fuse(d_s, silent_expr, "ours")
     happy, _ = pipe.fuse(d_s, full_expr, "ours")
-    # The DFM rebuilds d_s from its speech blendshapes: close, not exact (K_s = 16).
+    # The DFM takes the expression-like leak its encoder finds out of d_s: close to it, not exact.
     off = np.sqrt(np.mean((zero - d_s) ** 2))
     assert off < 0.1 * np.sqrt(np.mean(d_s**2))
     assert np.sqrt(np.mean((happy - d_s) ** 2)) > 3 * off
@@ -243,7 +253,7 @@ def test_animate_end_to_end_with_mix(pipe):
 
 
 def test_methods_are_the_documented_ones():
-    assert METHODS == ("ours", "interpolation", "speech_only")
+    assert METHODS == ("ours", "eq13", "interpolation", "speech_only")
 
 
 def test_head_motion_switch_seed_and_render(pipe):
