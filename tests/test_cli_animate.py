@@ -110,7 +110,9 @@ def test_animate_arctic_video_and_exports(tmp_path, shared_pipe, pipe, capsys):
     doc, bin_len = glb_document(exports / "animation.glb")
     primitive = doc["meshes"][0]["primitives"][0]
     assert len(primitive["targets"]) == frames and doc["asset"]["extras"]["frames"] == frames
-    assert doc["accessors"][0]["count"] == pipe.rig.num_vertices and doc["buffers"][0]["byteLength"] == bin_len
+    # The dressed face: the rig's vertices, then teeth, tongue, lashes, hair and eyes, with vertex colours.
+    assert doc["accessors"][0]["count"] == pipe.dressing().num_vertices > pipe.rig.num_vertices
+    assert "COLOR_0" in primitive["attributes"] and doc["buffers"][0]["byteLength"] == bin_len
     arkit = json.loads((exports / "animation_arkit.json").read_text())
     assert len(arkit["frames"]) == frames and len(arkit["names"]) == 52
     # Head motion is on by default: the head and eye columns move, in radians of a few degrees.
