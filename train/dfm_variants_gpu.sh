@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# On a GPU host with no network: make the synthetic corpora from the current emotion prototypes, train
+# four DFM variants at once (K_e 10/16 x lambda_sparse 0.1/0.3) for MINUTES each, score each on the
+# held-out test (eval/disentangle.py, with expression_kept), and leave the weights and reports in $OUT.
+# Wheels for what the host lacks (espeakng-loader, soundfile, cffi, pycparser, tqdm; cp312) go in .whl/.
+#     EPOCHS=38 MINUTES=4.8 OUT=out bash train/dfm_variants_gpu.sh
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi -L
+python3 -c "import torch, scipy, espeakng_loader, soundfile; print(torch.__version__)" || exit 1
+t0=$(date +%s)
+python3 -m blendtalk.data.synth --out data/synth > $OUT/synth.log 2>&1 || { tail -20 $OUT/synth.log; exit 1; }
+echo "corpus in $(( $(date +%s) - t0 )) s"; du -sh data/synth
+common="-K 16 --lambda-invariance 1000 --lambda-speech-upper 1 --cosine-lr --epochs ${EPOCHS:-45} --max-minutes ${MINUTES:-5.3} --val-every 1000 --device cuda"
+python3 train/train_dfm.py $common --expression-blendshapes 10 --out runs/a > $OUT/a.log 2>&1 &
+python3 train/train_dfm.py $common --expression-blendshapes 16 --out runs/b > $OUT/b.log 2>&1 &
+python3 train/train_dfm.py $common --expression-blendshapes 10 --lambda-sparse 0.3 --out runs/c > $OUT/c.log 2>&1 &
+python3 train/train_dfm.py $common --expression-blendshapes 16 --lambda-sparse 0.3 --out runs/d > $OUT/d.log 2>&1 &
+wait
+echo "trained at $(( $(date +%s) - t0 )) s"
+for v in a b c d; do
+  run=$(ls -d runs/$v/dfm-* | head -1)
+  python3 eval/disentangle.py --data data/synth --dfm $run/best --max-sentences 6 --device cuda --json $OUT/eval_$v/disentangle.json > $OUT/eval_$v.log 2>&1 &
+done
+wait
+echo "scored at $(( $(date +%s) - t0 )) s"
+mkdir -p /tmp/keep
+for v in a b c d; do
+  run=$(ls -d runs/$v/dfm-* | head -1); tail -1 $run/metrics.jsonl
+  mkdir -p /tmp/keep/models/$v; cp $run/best/config.json $run/train_config.json $run/metrics.jsonl /tmp/keep/models/$v/
+  cp $run/best/model.safetensors $OUT/model_$v.safetensors
+done
+mv $OUT/*.log $OUT/eval_* /tmp/keep/ && tar czf $OUT/results.tgz -C /tmp/keep .
+ls -la $OUT
