@@ -139,12 +139,13 @@ def saturate(apex: np.ndarray, intensity: float) -> np.ndarray:
     """Unit weights (K,) at `intensity` from apex weights (K,) in [0, 1]: linear up to 1 (0.5 is half
     the apex), then each unit eases toward 1 with the slope it had at the apex, so exaggeration
     bends smoothly instead of clipping and no weight ever leaves [0, 1]."""
-    apex = np.clip(np.asarray(apex, dtype=np.float64), 0.0, 1.0)
+    apex = np.clip(np.asarray(apex, dtype=np.float32), 0.0, 1.0)
     if intensity <= 1.0:
-        return (apex * intensity).astype(np.float32)
-    room = 1.0 - apex  # (K,) what is left to 1
-    rate = np.divide(apex, room, out=np.zeros_like(apex), where=room > 0)
-    return (1.0 - room * np.exp(-rate * (intensity - 1.0))).astype(np.float32)
+        return apex * intensity
+    room = 1.0 - apex.astype(np.float64)  # (K,) what is left to 1
+    rate = np.divide(1.0 - room, room, out=np.zeros_like(room), where=room > 0)
+    with np.errstate(under="ignore"):  # a unit a hair below 1 is at 1 an instant later: exp underflows to 0
+        return (1.0 - room * np.exp(-rate * (intensity - 1.0))).astype(np.float32)
 
 
 def emotion_weights(emotion: str, intensity: float = 1.0, names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:

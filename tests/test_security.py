@@ -48,7 +48,7 @@ def get_raw(url: str, path: str) -> tuple[int, bytes]:
 
 def call_animate(url: str, audio_path: str) -> str:
     """/animate through the HTTP API with `audio_path` as the file -> the server-sent events, as text."""
-    data = [{"path": audio_path, "meta": {"_type": "gradio.FileData"}}, "", "", "happy", 0.8, "", 0.5, "", True, 128]
+    data = [{"path": audio_path, "meta": {"_type": "gradio.FileData"}}, "", "", "happy", 0.8, "", 0.5, "", True, 128, True]
     post = httpx.post(f"{url}gradio_api/call/animate", json={"data": data}, timeout=30)
     post.raise_for_status()
     return httpx.get(f"{url}gradio_api/call/animate/{post.json()['event_id']}", timeout=300).text
