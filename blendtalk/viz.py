@@ -29,7 +29,6 @@ from plotly.subplots import make_subplots
 from .animation import Animation
 from .constants import FPS
 from .dressing import FaceDressing
-from .head_motion import head_pivot, rotate_head
 from .render import RenderConfig, _rig_dressing, dressing_config
 from .rig import FaceRig
 
@@ -313,18 +312,11 @@ def animation_figure(
     picks = frame_indices(num_frames, max_frames)
     shown = verts[picks]  # (n, V, 3)
     look = _look(rig, verts.shape[1])
-    rotation = animation.head_rotation if isinstance(animation_or_vertices, Animation) else None
-    eyes_shown = None
-    if rotation is not None:  # the head turns about the neck, eyeballs with it
-        pivot = head_pivot(look.template if look is not None else verts[0])
-        shown = rotate_head(shown, rotation[picks].astype(np.float64), pivot)
-        if look is not None and look.eyes is not None:
-            eyes = np.asarray(look.eyes[0], dtype=np.float64)  # (E, 3)
-            eyes_shown = rotate_head(np.broadcast_to(eyes, (len(picks), *eyes.shape)), rotation[picks].astype(np.float64), pivot)
+    # The head stays still here (head and eye motion are in the video and the exports): the viewer
+    # turns it at will, and the eyes, lashes and hair are sent once instead of in every frame.
     scene = _Scene(look.template if look is not None else verts[0], shown)
     xyz = scene.units(shown)  # (n, V, 3) int16
     colour, extras = _dressing(look, scene)
-    eye_xyz = scene.units(eyes_shown) if eyes_shown is not None and extras else None  # (n, E, 3)
 
     times = picks / fps  # (n,) s
     # One frame lasts the mean real-time gap between shown frames: the last lands at its real time.
@@ -333,11 +325,7 @@ def animation_figure(
     def moved(p):
         return go.Mesh3d(x=np.ascontiguousarray(p[:, 0]), y=np.ascontiguousarray(p[:, 1]), z=np.ascontiguousarray(p[:, 2]))
 
-    frames = [
-        go.Frame(data=[moved(p)] if eye_xyz is None else [moved(p), moved(eye_xyz[k])],
-                 traces=[0] if eye_xyz is None else [0, 1], name=name)
-        for k, (name, p) in enumerate(zip(names, xyz))
-    ]
+    frames = [go.Frame(data=[moved(p)], traces=[0], name=name) for name, p in zip(names, xyz)]
     layout = _scene_layout(scene, height, title)
     still = dict(frame=dict(duration=0, redraw=True), mode="immediate", transition=dict(duration=0))
     layout["updatemenus"] = [dict(
@@ -359,8 +347,6 @@ def animation_figure(
         steps=[dict(label=f"{t:.2f}", method="animate", args=[[name], still]) for name, t in zip(names, times)],
     )]
     layout["margin"]["b"] = 70
-    if eye_xyz is not None:  # the first frame's eyes, so the still figure matches frame 0
-        extras[0].update(x=eye_xyz[0][:, 0], y=eye_xyz[0][:, 1], z=eye_xyz[0][:, 2])
     return go.Figure(data=[_face_trace(xyz[0], tri, colour), *extras], layout=layout, frames=frames)
 
 
