@@ -226,7 +226,10 @@ def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_rat
         raise ValueError(f"blinks must be true or false, got {blinks!r}.")
     if not isinstance(head_motion, bool):
         raise ValueError(f"head_motion must be true or false, got {head_motion!r}.")
-    if size not in VIDEO_SIZES:
+    # The dropdown documents its choices as text ("256"); API callers send either that or the number.
+    if isinstance(size, str) and size.strip().isdigit():
+        size = int(size)
+    if isinstance(size, bool) or size not in VIDEO_SIZES:
         raise ValueError(f"The video size must be one of {', '.join(map(str, VIDEO_SIZES))} px, got {size!r}.")
     Expression(emotion, intensity, mix_with, mix_ratio, timeline, None, blinks)  # emotion names and ranges
     if timeline is not None:
@@ -385,7 +388,8 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                         with gr.Row():
                             blinks = gr.Checkbox(True, label="Natural blinks")
                             head_motion = gr.Checkbox(True, label="Head and eye motion", elem_id="head-motion")
-                            size = gr.Dropdown(list(VIDEO_SIZES), value=default_size, label="Video size (px)")
+                            size = gr.Dropdown([str(v) for v in VIDEO_SIZES], value=str(default_size), label="Video size (px)",
+                                               allow_custom_value=True)  # check_request takes "256" or 256
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Column(scale=3):
                     video = gr.Video(label="Talking face (mp4 with sound)", elem_id="video", autoplay=False)

@@ -228,9 +228,12 @@ def test_check_request_validates_before_any_work(tmp_path):
     assert req.audio.dtype == np.float32 and len(req.audio) == SAMPLE_RATE
     for bad, message in [({"intensity": "1"}, "must be a number"), ({"blinks": "yes"}, "true or false"),
                          ({"transcript": "x" * 1001}, "transcript"), ({"mix_with": "sad", "mix_ratio": 1.5}, "mix_ratio"),
-                         ({"head_motion": "false"}, "head_motion must be true or false")]:
+                         ({"head_motion": "false"}, "head_motion must be true or false"),
+                         ({"size": "257"}, "video size"), ({"size": "big"}, "video size"), ({"size": True}, "video size")]:
         with pytest.raises(ValueError, match=message):
             app.check_request(**{**ok, **bad})
+    # The size as the API documents it (the dropdown's text) or as a number.
+    assert app.check_request(**{**ok, "size": "256"}).size == app.check_request(**{**ok, "size": 256}).size == 256
 
 
 def test_workspace_sweeps_old_request_folders(tmp_path):
