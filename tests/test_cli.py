@@ -40,3 +40,23 @@ def test_rig_loads_without_network(monkeypatch):
     assert np.isfinite(rig.vertices).all()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", 9))
+
+
+def test_ctrl_c_while_importing_is_one_line_and_exit_130(monkeypatch, capsys):
+    """An interrupt that lands while torch and numpy are still importing (the CLI's first second)
+    ends like any other interrupt: one line and exit status 130, no traceback."""
+    import builtins
+    import runpy
+
+    real_import = builtins.__import__
+
+    def interrupted(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "cli" and level == 1:
+            raise KeyboardInterrupt
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("blendtalk", run_name="__main__")
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip() == "blendtalk: interrupted; no partial files were left"
