@@ -23,6 +23,7 @@ import atexit
 import csv
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -200,6 +201,12 @@ class Request:
     size: int
 
 
+def public_lines(lines: list[str]) -> list[str]:
+    """Lines for the page with every absolute path cut to its last part ("shipped /srv/x/assets/dfm"
+    -> "shipped dfm"): where the server keeps its files is nobody's business on a public page."""
+    return [re.sub(r"(?<![\w.])/[^\s(),]+", lambda m: Path(m.group(0)).name, line) for line in lines]
+
+
 def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
                   allowed_dirs, head_motion=True) -> Request:
     """Validate every input before any slow work; raises ValueError with what to change."""
@@ -363,7 +370,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
     with gr.Blocks(title="blendtalk", delete_cache=tuple(delete_cache), analytics_enabled=False) as demo:
         gr.Markdown("# blendtalk\nEmotional 3D talking faces: speech and an emotion in, an animated face out.")
         with gr.Accordion("Models in use", open=False):
-            gr.Markdown("\n".join(f"* {line}" for line in pipe.sources) + f"\n* device: {pipe.device}")
+            gr.Markdown("\n".join(f"* {line}" for line in public_lines(pipe.sources)) + f"\n* device: {pipe.device}")
         with gr.Tab("Animate"):
             with gr.Row():
                 with gr.Column(scale=2):

@@ -142,11 +142,11 @@ def _read_file(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
         if not path.exists():
             raise AudioError(f"Audio file not found: {path}.")
         if not path.is_file():
-            raise AudioError(f"Audio path is not a file: {path}.")
+            raise AudioError(f"Audio path is not a file: {path.name}.")
         if path.stat().st_size == 0:
-            raise AudioError(f"Audio file is empty (0 bytes): {path}.")
+            raise AudioError(f"Audio file is empty (0 bytes): {path.name}.")
     except OSError as err:  # a name too long for the file system, a broken mount, no permission
-        raise AudioError(f"Cannot open the audio file {str(path)[:200]!r}: {err.strerror or err}.") from None
+        raise AudioError(f"Cannot open the audio file {path.name[:200]!r}: {err.strerror or err}.") from None
     suffix = path.suffix.lower()
     if suffix in SOUNDFILE_SUFFIXES:
         return _read_soundfile(path, max_seconds)

@@ -250,3 +250,22 @@ def test_head_motion_defaults_on_and_reaches_the_pipeline(tmp_path):
               timeline="", blinks=True, size=128, allowed_dirs=[tmp_path])
     assert app.check_request(**ok).expression["head_motion"] is True
     assert app.check_request(**ok, head_motion=False).expression["head_motion"] is False
+
+def test_messages_and_models_panel_show_no_server_paths(tmp_path):
+    """A refused upload is named by its file name, and the models panel by checkpoint names: the
+    server's folders never reach the page."""
+    ok = dict(audio=None, text="", transcript="", emotion="happy", intensity=1.0, mix_with="", mix_ratio=0.5,
+              timeline="", blinks=True, size=128, allowed_dirs=[tmp_path])
+    empty = tmp_path / "upload" / "my take.wav"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+    not_audio = tmp_path / "upload" / "notes.txt"
+    not_audio.write_text("hello")
+    for upload in (empty, not_audio):
+        with pytest.raises(ValueError) as err:
+            app.check_request(**{**ok, "audio": str(upload)})
+        assert str(tmp_path) not in str(err.value) and (upload.name in str(err.value) or ".txt" in str(err.value))
+    lines = app.public_lines([f"dfm checkpoint: shipped {tmp_path / 'assets' / 'dfm'} (no source given)",
+                              "speech checkpoint: Hub org/name@v1 (commit 0123456789ab, from the argument)"])
+    assert lines == ["dfm checkpoint: shipped dfm (no source given)",
+                     "speech checkpoint: Hub org/name@v1 (commit 0123456789ab, from the argument)"]
