@@ -281,15 +281,14 @@ class Pipeline:
         return self.rig.displacement(expression_weights(expr, frames, names=self.rig.blendshape_names)).astype(np.float32)
 
     def closure_release(self, expr: Expression, d_s: np.ndarray) -> np.ndarray:
-        """What the speech's closures take back from an emotion (T, V, 3): its lip-parting units where
-        d_s (T, V, 3) closes the lips (`yield_to_closure`). Subtracted after fusion, not before: the
-        DFM reads a closure inside the expression input as articulation leak and would open it again."""
-        if expr.reference is not None:  # a recorded sequence carries its own mouth
-            return np.zeros_like(d_s)
+        """The emotion's unit weights (T, K) that the speech's closures take back: its lip-parting units
+        where d_s (T, V, 3) closes the lips (`yield_to_closure`). Subtracted after fusion, not before:
+        the DFM reads a closure inside the expression input as articulation leak and would open it again."""
         names = self.rig.blendshape_names
+        if expr.reference is not None:  # a recorded sequence carries its own mouth
+            return np.zeros((len(d_s), len(names)), dtype=np.float32)
         w = expression_weights(expr, len(d_s), names=names)
-        held = yield_to_closure(w, self.rig.lip_gap(self.rig.vertices + d_s), names)
-        return self.rig.displacement(w - held).astype(np.float32)
+        return w - yield_to_closure(w, self.rig.lip_gap(self.rig.vertices + d_s), names)
 
     @torch.no_grad()
     def fuse(self, d_s: np.ndarray, d_e: np.ndarray, method: str = "ours") -> tuple[np.ndarray, dict]:
@@ -360,8 +359,11 @@ class Pipeline:
         d_s, driver = stage("speech model", 0.3, self.speech_deformation, speech)
         d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames))
         fused, weights = stage("dfm", 0.7, self.fuse, d_s, d_e, method)
-        if method != "speech_only":
-            fused = fused - self.closure_release(expr, d_s)
+        if method != "speech_only":  # the lips close at /p b m/ and in pauses whatever the emotion
+            released = self.closure_release(expr, d_s)  # (T, 52)
+            fused = fused - self.rig.displacement(released)
+            if "arkit_weights" in weights:  # the mapping's units are the rig's: an engine's lips close too
+                weights["arkit_weights"] = np.clip(weights["arkit_weights"] - released, 0.0, 1.0)
         head, gaze = (stage("head motion", 0.95, speech_head_motion, speech.audio, frames, seed, self.head_motion_config)
                       if head_motion else (None, None))
         report(1.0, "done")

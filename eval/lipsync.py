@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         pipe = Pipeline.from_pretrained(dfm=args.dfm, speech="visemes", device=args.device, rig=rig)
         d_e = pipe.expression_deformation(expression, speech.num_frames)
         fused, _ = pipe.fuse(displacement, d_e, args.method)
-        displacement = fused - pipe.closure_release(expression, displacement)
+        displacement = fused - rig.displacement(pipe.closure_release(expression, displacement))
         described |= {"expression": expression.describe(), "method": args.method, "dfm": pipe.sources[0]}
     report = described | lipsync_report(rig.vertices + displacement, rig, phones, threshold=args.closure_mm / 1e3)
     report["units"] = {"closure_gap_mm": "mm", "mean_gap_mm": "mm", "jitter_m_s2": "m/s^2, mean |second difference| of lip vertices x fps^2",

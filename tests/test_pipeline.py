@@ -83,7 +83,7 @@ def test_timeline_changes_the_upper_face_after_its_key(pipe, speech, method):
     expr = Expression(timeline=f"neutral@0 surprised@{CHANGE_S}", blinks=False)
     d_e = pipe.expression_deformation(expr, frames)
     fused, weights = pipe.fuse(d_s, d_e, method)
-    fused = fused - pipe.closure_release(expr, d_s)  # as animate does
+    fused = fused - pipe.rig.displacement(pipe.closure_release(expr, d_s))  # as animate does
     assert fused.shape == d_s.shape and np.isfinite(fused).all()
     t = np.arange(frames) / FPS
     upper = upper_face(pipe, fused)
@@ -103,7 +103,7 @@ def test_timeline_changes_the_upper_face_after_its_key(pipe, speech, method):
         assert weights["speech_weights"].shape[0] == weights["expression_weights"].shape[0] == frames
         assert weights["arkit_weights"].shape == (frames, 52)
     else:
-        np.testing.assert_allclose(fused, d_s + d_e - pipe.closure_release(expr, d_s), atol=1e-7)
+        np.testing.assert_allclose(fused, d_s + d_e - pipe.rig.displacement(pipe.closure_release(expr, d_s)), atol=1e-7)
 
 
 def test_intensity_zero_is_nearly_speech_only(pipe, speech):
