@@ -315,8 +315,10 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
         files = [str(video)] + [str(p) for p in written.values()]
         yield str(video), html, curves, files, describe(anim, missing)
 
-    def generate(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
-                 head_motion=True, progress=gr.Progress()):
+    def generate(audio=None, text="", transcript="", emotion="happy", intensity=1.0, mix_with=NO_MIX, mix_ratio=0.5,
+                 timeline="", blinks=True, size=str(default_size), head_motion=True, progress=gr.Progress()):
+        # API callers may leave out every input but the speech: audio's None default and each
+        # component's initial value (text boxes start at "") are what Gradio offers them as defaults.
         """Speech (an audio file, or text to speak) + an emotion -> (mp4 with sound, animated mesh as
         HTML, blendshape weight curves, downloads, status). Audio at most 60 s; emotion one of
         neutral, happy, sad, angry, surprised, fearful, disgusted, contempt; intensity 0..1.5;
@@ -377,9 +379,9 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                     audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
                                      label=f"Speech (upload or record, at most {MAX_AUDIO_SECONDS:g} s)",
                                      elem_id="speech")
-                    text = gr.Textbox(label="…or text to speak (built-in TTS)", lines=2, max_length=600,
+                    text = gr.Textbox("", label="…or text to speak (built-in TTS)", lines=2, max_length=600,
                                       placeholder="Type a sentence; leave empty when you give audio.", elem_id="text")
-                    transcript = gr.Textbox(label="Transcript (optional): the words of the audio, for better lip sync",
+                    transcript = gr.Textbox("", label="Transcript (optional): the words of the audio, for better lip sync",
                                             max_length=MAX_TRANSCRIPT_CHARS, elem_id="transcript")
                     with gr.Row():
                         emotion = gr.Dropdown(list(EMOTIONS), value="happy", label="Emotion", elem_id="emotion")
@@ -390,7 +392,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                             mix_with = gr.Dropdown([("none", NO_MIX), *[(e, e) for e in EMOTIONS]], value=NO_MIX,
                                                    label="Second emotion (optional)")
                             mix_ratio = gr.Slider(0, 1, 0.5, step=0.05, label="Share of the second emotion")
-                        timeline = gr.Textbox(label="Emotion timeline (optional; overrides the emotions above)",
+                        timeline = gr.Textbox("", label="Emotion timeline (optional; overrides the emotions above)",
                                               placeholder=TIMELINE_HINT, info="NAME@SECONDS[:INTENSITY], e.g. " + TIMELINE_HINT)
                         with gr.Row():
                             blinks = gr.Checkbox(True, label="Natural blinks")

@@ -269,3 +269,15 @@ def test_messages_and_models_panel_show_no_server_paths(tmp_path):
                               "speech checkpoint: Hub org/name@v1 (commit 0123456789ab, from the argument)"])
     assert lines == ["dfm checkpoint: shipped dfm (no source given)",
                      "speech checkpoint: Hub org/name@v1 (commit 0123456789ab, from the argument)"]
+
+
+def test_the_first_call_users_try_needs_only_the_speech(client):
+    """`Client(url).predict(handle_file("speech.wav"), api_name="/animate")`, as the Gradio docs show
+    it, and the same with only text: every other input has its default (happy at the apex, 1.0)."""
+    from gradio_client import handle_file
+
+    video, *_, status = client.predict(handle_file(str(clip(Path(client.output_dir) / "first.wav", 1.0))),
+                                       api_name="/animate")
+    assert Path(video).suffix == ".mp4" and "happy x1" in status
+    video, *_, status = client.predict(text="Nice to see you.", api_name="/animate")
+    assert Path(video).suffix == ".mp4" and "phones: exact" in status
