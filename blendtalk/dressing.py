@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .geometry import boundary_edges, smooth
+
 PARTS = ("upper_teeth", "lower_teeth", "tongue", "lashes", "hair", "left_eye", "right_eye")
 _HELPERS = 5  # PARTS[:5] come from the asset's helper meshes, the eyeballs are built here
 _RIDGE = 1e-4  # relative ridge of the unit projection: units the face cannot show (tongueOut) read as 0
@@ -107,10 +109,8 @@ def hair_colours(triangles: np.ndarray, config: DressingConfig) -> np.ndarray:
     """Colours (H, 3) of a hair cap with triangles (G, 3) over its H vertices: `config.hair_colour`
     with seeded per-vertex brightness noise, thinning toward the skin over the cap's open edge."""
     count = int(triangles.max()) + 1
-    edges = np.sort(np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]]), axis=1)
-    uniq, uses = np.unique(edges, axis=0, return_counts=True)
     edge = torch.zeros(count)
-    edge[np.unique(uniq[uses == 1])] = 1.0  # vertices on the hairline
+    edge[np.unique(boundary_edges(triangles))] = 1.0  # vertices on the hairline
     edge = smooth(edge, torch.as_tensor(triangles), steps=_HAIR_EDGE_RINGS).numpy()
     edge = np.clip(edge / max(edge.max(), 1e-9), 0, 1)[:, None]  # (H, 1), 1 on the line
     noise = np.random.default_rng(_HAIR_SEED).uniform(-1, 1, (count, 1))
@@ -126,18 +126,6 @@ def lip_tint(lips: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     for _ in range(2):
         tint = (smooth(tint, tri, steps=1) > 0.999).float()
     return smooth(tint, tri, steps=2).numpy()
-
-
-def smooth(values: torch.Tensor, triangles: torch.Tensor, steps: int) -> torch.Tensor:
-    """Average each vertex value half-and-half with its one-ring mean, `steps` times: (V,) -> (V,)."""
-    tri = triangles.to(values.device)
-    src = torch.cat([tri[:, 0], tri[:, 1], tri[:, 2], tri[:, 1], tri[:, 2], tri[:, 0]])
-    dst = torch.cat([tri[:, 1], tri[:, 2], tri[:, 0], tri[:, 0], tri[:, 1], tri[:, 2]])
-    ones = torch.ones(len(dst), dtype=values.dtype, device=values.device)
-    degree = torch.zeros_like(values).index_add_(0, dst, ones).clamp_(min=1)
-    for _ in range(steps):
-        values = 0.5 * values + 0.5 * torch.zeros_like(values).index_add_(0, dst, values[src]) / degree
-    return values
 
 
 @dataclass(frozen=True, eq=False)

@@ -291,7 +291,11 @@ def write_glb(
             raise ValueError(f"the dressing is for V={dressing.num_face_vertices} face vertices, the animation has {n_verts}")
         base, verts = dressing(base), dressing(verts, animation.gaze)  # (V + H, 3), (T, V + H, 3)
         tri, n_verts = dressing.triangles.astype(np.uint32), len(base)
-        colours = _srgb_to_linear(dressing.colours)  # (V + H, 3): glTF vertex colours are linear
+        import torch
+
+        from .render import srgb_to_linear
+
+        colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()  # (V + H, 3): glTF vertex colours are linear
     if animation.head_rotation is not None:  # frames posed as rendered; the base stays at rest
         verts = rotate_head(verts, animation.head_rotation, pivot)  # (T, V, 3)
     deltas = (verts - base).astype(np.float32)  # (T, V, 3)
@@ -360,11 +364,6 @@ def write_glb(
         for blob in blobs:  # streamed: the binary chunk is never assembled in memory
             f.write(memoryview(np.ascontiguousarray(blob)))
     return path
-
-
-def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    c = np.asarray(c, dtype=np.float64)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
 def _accessor(view: int, offset: int, count: int, kind: str, lo=None, hi=None) -> dict:

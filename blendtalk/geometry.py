@@ -46,6 +46,30 @@ def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Ten
     return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
 
 
+def ring_edges(triangles: torch.Tensor, num_vertices: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one-ring of every vertex as directed edge lists src, dst (6F,), each triangle edge both
+    ways (an edge shared by two triangles counts twice), and each vertex's count of them (V,)."""
+    tri = triangles.long()
+    src = torch.cat([tri[:, 0], tri[:, 1], tri[:, 2], tri[:, 1], tri[:, 2], tri[:, 0]])
+    dst = torch.cat([tri[:, 1], tri[:, 2], tri[:, 0], tri[:, 0], tri[:, 1], tri[:, 2]])
+    return src, dst, torch.bincount(dst, minlength=num_vertices).clamp(min=1)
+
+
+def ring_mean(values: torch.Tensor, edges: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean of each vertex's one-ring neighbours (edges from `ring_edges`): (V, ...) -> (V, ...)."""
+    src, dst, degree = edges
+    total = torch.zeros_like(values).index_add_(0, dst, values.index_select(0, src))
+    return total / degree.to(values.dtype).reshape(-1, *[1] * (values.ndim - 1))
+
+
+def smooth(values: torch.Tensor, triangles: torch.Tensor, steps: int) -> torch.Tensor:
+    """Average each vertex value half-and-half with its one-ring mean, `steps` times: (V,) -> (V,)."""
+    edges = ring_edges(triangles.to(values.device), len(values))
+    for _ in range(steps):
+        values = 0.5 * values + 0.5 * ring_mean(values, edges)
+    return values
+
+
 # --- uniform Laplacian ------------------------------------------------------------------------------
 
 
@@ -108,7 +132,7 @@ def laplacian_apply(lap: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 # --- square map: disk embedding ---------------------------------------------------------------------
 
 
-def _boundary_edges(tri: np.ndarray) -> np.ndarray:
+def boundary_edges(tri: np.ndarray) -> np.ndarray:
     """Directed edges (E_b, 2) of an oriented patch whose reverse edge belongs to no triangle."""
     directed = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
     pairs = set(map(tuple, directed.tolist()))
@@ -117,7 +141,7 @@ def _boundary_edges(tri: np.ndarray) -> np.ndarray:
 
 def _boundary_loops(tri: np.ndarray) -> list[np.ndarray]:
     """Boundary loops of an oriented manifold patch, each following the triangles' orientation."""
-    bnd = _boundary_edges(tri).tolist()
+    bnd = boundary_edges(tri).tolist()
     nxt = dict(map(tuple, bnd))
     if len(nxt) != len(bnd):
         raise ValueError("the face crop is not a manifold patch: a boundary vertex has two outgoing boundary edges")
@@ -225,7 +249,7 @@ def _fill_holes(pos, tri, mirror, loops) -> tuple[np.ndarray, np.ndarray, np.nda
     owner = np.full(n, -1)
     for k, l in enumerate(loops):
         owner[l] = k
-    bnd = _boundary_edges(tri)
+    bnd = boundary_edges(tri)
     bnd = bnd[owner[bnd[:, 0]] >= 0]  # edges of the inner loops only
     fans = np.stack([bnd[:, 1], bnd[:, 0], n + owner[bnd[:, 0]]], 1)  # reversed edge keeps orientation
     centres = np.stack([pos[l].mean(0) for l in loops])

@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as nnf
 
 from .dressing import DressingConfig, FaceDressing, eyeball_cap, lip_tint
-from .dressing import smooth as _smooth
-from .geometry import vertex_normals
+from .geometry import ring_edges, ring_mean, smooth, vertex_normals
 from .head_motion import head_pivot, rotate_head
 
 _EDGE_EPS = 1e-4  # barycentric slack: float32 round-off must not open one-pixel cracks on shared edges
@@ -384,9 +383,9 @@ class Renderer:
             sheen[a:b] = config.specular * _HAIR_SHEEN
         self.material = torch.cat([base, sheen[:, None]], -1).contiguous()  # (V+E, 4)
         # Reference concavity of the face at rest: only creases the animation adds darken.
-        self.ring_mean = _ring_mean_matrix(self.face_triangles, self.num_vertices)
+        self.ring = ring_edges(self.face_triangles, self.num_vertices)
         rest_normals = vertex_normals(face32[None], self.face_triangles)
-        self.rest_concavity = _concavity(face32[None], rest_normals, self.ring_mean)[0]  # (V,)
+        self.rest_concavity = _concavity(face32[None], rest_normals, self.ring)[0]  # (V,)
 
     @classmethod
     def for_rig(cls, rig, config: RenderConfig | None = None, device=None) -> "Renderer":
@@ -513,7 +512,7 @@ class Renderer:
         if self.config.crease_strength > 0:
             # New concavity (mm) darkens the albedo: the folds of a frown or a nose wrinkle.
             v = self.num_vertices
-            crease = _concavity(verts[:, :v], world[:, :v], self.ring_mean) - self.rest_concavity
+            crease = _concavity(verts[:, :v], world[:, :v], self.ring) - self.rest_concavity
             dark = (1 - self.config.crease_strength * 1000 * crease.clamp(min=0)).clamp(min=0.35)  # (T, V)
             dark = nnf.pad(dark, (0, verts.shape[1] - self.num_vertices), value=1.0)
             material = torch.cat([material[..., :3] * dark[..., None], material[..., 3:]], -1)
@@ -597,7 +596,7 @@ class Renderer:
         weight = (vertex_normals(tmpl, raster.triangles) @ dirs.T).clamp(min=0).T  # (K, V) cosine weights
         lit = (weight * visible).sum(0) / weight.sum(0).clamp(min=1e-6)
         # Open convex skin still loses a little to the finite slack: rescale so that it reads as 0.
-        return _smooth(((0.9 - lit) / 0.8).clamp(0, 1), raster.triangles, steps=2)
+        return smooth(((0.9 - lit) / 0.8).clamp(0, 1), raster.triangles, steps=2)
 
     def _hidden_depth(self, tmpl: torch.Tensor, raster: Rasterizer) -> torch.Tensor:
         """(V,) in [0, 1]: how far each vertex lies behind the template's visible surface as the
@@ -615,7 +614,7 @@ class Renderer:
             surface = self.depth_near + far * (self.depth_far - self.depth_near)
         behind = (depth[0] - surface).nan_to_num(0.0)
         tint = ((behind - 0.2 * cfg.cavity_depth) / (0.8 * cfg.cavity_depth)).clamp(0, 1)
-        return _smooth(tint, raster.triangles, steps=2)
+        return smooth(tint, raster.triangles, steps=2)
 
 
 def _rig_dressing(rig, config: RenderConfig):
@@ -695,23 +694,12 @@ def _host_tensor(array) -> torch.Tensor:
     return array.detach().cpu() if isinstance(array, torch.Tensor) else torch.as_tensor(np.asarray(array))
 
 
-def _ring_mean_matrix(triangles: torch.Tensor, num_vertices: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The one-ring average as (src, dst) edge lists (6F,) and 1 / degree (V,) (edges counted per triangle)."""
-    tri = triangles
-    src = torch.cat([tri[:, 0], tri[:, 1], tri[:, 2], tri[:, 1], tri[:, 2], tri[:, 0]])
-    dst = torch.cat([tri[:, 1], tri[:, 2], tri[:, 0], tri[:, 0], tri[:, 1], tri[:, 2]])
-    degree = torch.bincount(dst, minlength=num_vertices).clamp(min=1).float()
-    return src, dst, 1 / degree
-
-
-def _concavity(verts: torch.Tensor, normals: torch.Tensor, ring_mean) -> torch.Tensor:
+def _concavity(verts: torch.Tensor, normals: torch.Tensor, edges) -> torch.Tensor:
     """How far each vertex lies below its one-ring mean along its unit normal: verts and normals
-    (T, V, 3), ring_mean from `_ring_mean_matrix` -> (T, V), in the vertices' units (> 0 in a crease)."""
-    src, dst, inv_degree = ring_mean
+    (T, V, 3), edges from `geometry.ring_edges` -> (T, V), in the vertices' units (> 0 in a crease)."""
     t_count, v_count, _ = verts.shape
     flat = verts.permute(1, 0, 2).reshape(v_count, t_count * 3)  # (V, T*3): index_add_ on dim 0 is the fast path
-    ring = torch.zeros_like(flat).index_add_(0, dst, flat.index_select(0, src)) * inv_degree[:, None]
-    ring = ring.reshape(v_count, t_count, 3).permute(1, 0, 2)  # (T, V, 3)
+    ring = ring_mean(flat, edges).reshape(v_count, t_count, 3).permute(1, 0, 2)  # (T, V, 3)
     return ((ring - verts) * normals).sum(-1)
 
 
