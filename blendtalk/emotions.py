@@ -21,6 +21,7 @@ EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised", "fearful", "disgust
 ALIASES = {"happiness": "happy", "sadness": "sad", "anger": "angry", "surprise": "surprised",
            "fear": "fearful", "disgust": "disgusted"}
 MAX_INTENSITY = 1.5  # above 1 exaggerates; weights are clipped to [0, 1] per unit
+INTENSITY_BEND = 1.7  # `activation`: 0.5 switches on 0.675 of the apex; the slope at 1 is 0.3
 BLINK_RATE = 17.0  # blinks per minute, a typical resting rate
 FPS_RANGE = (1.0, 1000.0)  # frames per second accepted; outside it a curve has no usable time axis (0 divides)
 
@@ -69,18 +70,23 @@ AU_TO_ARKIT: dict[int, dict[str, float]] = {
 # EMFACS prototypes at their apex: AU -> intensity in [0, 1] ("AU12" bilateral, "R12"/"L12" one
 # side), FACS's A-E intensity scale read as 0.2 (trace) to 1.0 (maximum). The defining AUs sit at
 # D-E, as in posed sets such as JACFEE (Matsumoto & Ekman 1988) and the prototype tables of the
-# FACS Investigator's Guide (Ekman, Friesen & Hager 2002), with the open-mouthed variants EMFACS
-# lists for surprise and fear (AU25 + 26) and the pressed-lips variant for anger (AU23 + 24). The
-# units that hold the lips apart (jaw drop, lips part, AU10's raised upper lip) yield to the
+# FACS Investigator's Guide (Ekman, Friesen & Hager 2002). Where EMFACS lists an open-mouthed
+# variant we take it, because these faces talk: a speaking face's mouth is open half the time, and
+# a closed-mouth prototype (anger's pressed lips) fights the speech instead of riding on it. So:
+# happy is the open-mouthed Duchenne smile (6+12+25 with the upper teeth shown), anger the
+# open-mouthed glare (4+5+7+10+16+25+26, a shout), fear 1+2+4+5+20+25+26 with the lower lip drawn
+# down, surprise 1+2+5+25+26, disgust 9+10 with the lower lip lowered and corners down. The units
+# that hold the lips apart (jaw drop, lips part, raised upper lip, lowered lower lip) yield to the
 # speech's bilabial closures and pauses (`yield_to_closure`): corners, presses, brows and lids stay.
 EMOTION_AUS: dict[str, dict[str, float]] = {
     "neutral": {},
-    "happy": {"AU6": 0.9, "AU12": 1.0, "AU25": 0.3},                       # Duchenne smile, lips apart
+    "happy": {"AU6": 1.0, "AU12": 1.0, "AU14": 0.3, "AU10": 0.4, "AU25": 1.0, "AU26": 0.2},  # Duchenne, teeth shown
     "sad": {"AU1": 1.0, "AU4": 0.6, "AU15": 1.0, "AU17": 0.6, "AU41": 0.25},  # oblique brows, corners down, lids droop
-    "angry": {"AU4": 1.0, "AU5": 0.8, "AU7": 1.0, "AU9": 0.4, "AU17": 0.6, "AU23": 1.0, "AU24": 0.8},  # glare, lips pressed
+    "angry": {"AU4": 1.0, "AU5": 0.5, "AU7": 1.0, "AU9": 0.5, "AU10": 0.8, "AU16": 0.6, "AU25": 0.8, "AU26": 0.3},
     "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU25": 0.8, "AU26": 0.5},  # brows high, eyes wide, jaw dropped
-    "fearful": {"AU1": 1.0, "AU2": 0.8, "AU4": 0.8, "AU5": 1.0, "AU7": 0.3, "AU20": 1.0, "AU25": 0.8, "AU26": 0.3},
-    "disgusted": {"AU4": 0.7, "AU6": 0.4, "AU7": 0.5, "AU9": 1.0, "AU10": 1.0, "AU15": 0.6, "AU17": 0.8},  # nose wrinkled
+    "fearful": {"AU1": 1.0, "AU2": 0.3, "AU4": 0.6, "AU5": 1.0, "AU10": 0.4, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0,
+                "AU26": 0.4},  # brows up and knit, eyes wide, lips stretched
+    "disgusted": {"AU4": 0.3, "AU7": 0.3, "AU9": 1.0, "AU10": 1.0, "AU15": 1.0, "AU16": 0.4, "AU17": 0.5, "AU25": 0.6},
     "contempt": {"R12": 0.6, "R14": 1.0},                                   # unilateral
 }
 
@@ -135,15 +141,24 @@ def au_weights(aus: dict[str, float], names: Sequence[str] = ARKIT_NAMES) -> np.
     return w
 
 
+def activation(intensity: float) -> float:
+    """Share of the apex (0..1) that a chosen intensity in [0, 1] switches on: intensity * (A - (A - 1) *
+    intensity), A = INTENSITY_BEND. Concave, so a "half" expression sits at about two thirds of the
+    apex: half the muscle activation reads as barely there on a face without skin texture or
+    wrinkles, while 0.5 should look moderate but plain. Slope at 1: 2 - A."""
+    return intensity * (INTENSITY_BEND - (INTENSITY_BEND - 1.0) * intensity)
+
+
 def saturate(apex: np.ndarray, intensity: float) -> np.ndarray:
-    """Unit weights (K,) at `intensity` from apex weights (K,) in [0, 1]: linear up to 1 (0.5 is half
-    the apex), then each unit eases toward 1 with the slope it had at the apex, so exaggeration
-    bends smoothly instead of clipping and no weight ever leaves [0, 1]."""
+    """Unit weights (K,) at `intensity` from apex weights (K,) in [0, 1]: apex * activation(intensity)
+    up to 1, then each unit eases toward 1 with the slope it had at the apex, so exaggeration bends
+    smoothly instead of clipping and no weight ever leaves [0, 1]."""
     apex = np.clip(np.asarray(apex, dtype=np.float32), 0.0, 1.0)
     if intensity <= 1.0:
-        return apex * intensity
+        return (apex * activation(intensity)).astype(np.float32)
     room = 1.0 - apex.astype(np.float64)  # (K,) what is left to 1
-    rate = np.divide(1.0 - room, room, out=np.zeros_like(room), where=room > 0)
+    slope = (2.0 - INTENSITY_BEND) * apex  # d weight / d intensity at the apex
+    rate = np.divide(slope, room, out=np.zeros_like(room), where=room > 0)
     with np.errstate(under="ignore"):  # a unit a hair below 1 is at 1 an instant later: exp underflows to 0
         return (1.0 - room * np.exp(-rate * (intensity - 1.0))).astype(np.float32)
 

@@ -28,7 +28,7 @@ from .animation import Animation
 from .audio import AudioError, load_audio, num_frames
 from .constants import FPS, SAMPLE_RATE
 from .emotions import (
-    EMOTIONS, add_blinks, blinks, check_emotion, check_intensity, envelope, mix, parse_timeline, timeline_weights,
+    EMOTIONS, add_blinks, blinks, check_emotion, check_intensity, mix, parse_timeline, timeline_weights,
     yield_to_closure,
 )
 from .head_motion import HeadMotionConfig, check_seed, check_switch, head_pivot, rotate_head, speech_head_motion
@@ -42,7 +42,6 @@ PROCEDURAL = "visemes"  # as the speech source: the procedural viseme driver ins
 # which redraws both through the learned bases; then the naive sum d_s + d_e, and d_s alone.
 METHODS = ("ours", "eq13", "interpolation", "speech_only")
 MAX_TEXT_CHARS = 600  # typed text for TTS: about 40 s of speech
-ONSET_SECONDS = 0.4  # an emotion label eases in over this long from the first frame
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], what is happening)
 
 
@@ -101,7 +100,7 @@ def expression_weights(expr: Expression, frames: int, fps: float = FPS, names: S
     else:
         target = (mix(expr.emotion, expr.mix_with, expr.mix_ratio, expr.intensity, **kw) if expr.mix_with
                   else mix(expr.emotion, expr.emotion, 0.0, expr.intensity, **kw))
-        w = envelope(frames, onset=ONSET_SECONDS, apex=None, offset=0.0, fps=fps)[:, None] * target[None]
+        w = np.repeat(target[None], frames, axis=0)  # held from the first frame: the speaker is already angry
     if expr.blinks:
         w = add_blinks(w, blinks(frames, seed=expr.seed, fps=fps, **kw), **kw)
     return w.astype(np.float32)

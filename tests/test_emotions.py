@@ -3,6 +3,7 @@ import pytest
 
 from blendtalk.constants import FPS
 from blendtalk.emotions import (
+    activation,
     ARKIT_NAMES, AU_TO_ARKIT, EMOTION_AUS, EMOTIONS, Keyframe, SubjectStyle, add_blinks, au_weights, blinks,
     emotion_curve, emotion_weights, envelope, mix, parse_timeline, timeline_weights, yield_to_closure,
 )
@@ -34,7 +35,9 @@ def test_emotion_weights_validation():
     assert not emotion_weights("neutral").any()
     w = emotion_weights("happy", 0.5)
     assert w.shape == (52,) and w.dtype == np.float32 and 0 <= w.min() and w.max() <= 1
-    np.testing.assert_allclose(w, 0.5 * emotion_weights("happy"), atol=1e-7)
+    np.testing.assert_allclose(w, activation(0.5) * emotion_weights("happy"), atol=1e-7)
+    assert 0.6 < activation(0.5) < 0.75 and activation(0.0) == 0 and activation(1.0) == 1  # 0.5 is plain, not faint
+    assert all(np.diff([activation(s) for s in np.linspace(0, 1, 11)]) > 0)  # more intensity, more expression
     np.testing.assert_array_equal(emotion_weights("Surprise"), emotion_weights("surprised"))
     assert emotion_weights("angry", 1.5).max() <= 1
     # Past the apex every unit short of 1 bends toward 1 without a kink: the slope at 1 continues it.
