@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from blendtalk.rig import load_rig  # noqa: E402
-from blendtalk.training import pick_device  # noqa: E402
+from blendtalk.face.rig import load_rig  # noqa: E402
+from blendtalk.training.dfm import pick_device  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from disentangle import load_dfm  # noqa: E402

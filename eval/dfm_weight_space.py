@@ -45,10 +45,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from blendtalk.fusion_eval import _truth_names, fusion_cases, synthetic_split  # noqa: E402
-from blendtalk.losses import DFMLossConfig  # noqa: E402
-from blendtalk.metrics import MM_PER_M  # noqa: E402
-from blendtalk.rig import load_rig  # noqa: E402
+from blendtalk.evaluation.fusion import _truth_names, fusion_cases, synthetic_split  # noqa: E402
+from blendtalk.training.losses import DFMLossConfig  # noqa: E402
+from blendtalk.evaluation.metrics import MM_PER_M  # noqa: E402
+from blendtalk.face.rig import load_rig  # noqa: E402
 
 NUM_WEIGHTS = 52
 SUBSPACE_SIZES = (6, 8, 10, 12)  # K_s and K_e tried for the linear split on the true subspaces

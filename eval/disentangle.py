@@ -21,15 +21,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from blendtalk.constants import FPS  # noqa: E402
-from blendtalk.emotions import EMOTIONS  # noqa: E402
-from blendtalk.fusion_eval import evaluate_fusion, expression_kept, fusion_cases  # noqa: E402
-from blendtalk.metrics import MM_PER_M, lip_vertex_error, mean_vertex_error  # noqa: E402
-from blendtalk.geometry import load_square_map  # noqa: E402
+from blendtalk.expression.emotions import EMOTIONS  # noqa: E402
+from blendtalk.evaluation.fusion import evaluate_fusion, expression_kept, fusion_cases  # noqa: E402
+from blendtalk.evaluation.metrics import MM_PER_M, lip_vertex_error, mean_vertex_error  # noqa: E402
+from blendtalk.face.geometry import load_square_map  # noqa: E402
 from blendtalk.models.dfm import DeformationFusionModule, interpolate_inputs  # noqa: E402
-from blendtalk.phonetics import Phone  # noqa: E402
-from blendtalk.rig import load_rig  # noqa: E402
-from blendtalk.training import pick_device  # noqa: E402
-from blendtalk.visemes import visemes_to_weights  # noqa: E402
+from blendtalk.speech.phonetics import Phone  # noqa: E402
+from blendtalk.face.rig import load_rig  # noqa: E402
+from blendtalk.training.dfm import pick_device  # noqa: E402
+from blendtalk.speech.visemes import visemes_to_weights  # noqa: E402
 
 COLUMNS = ("fused_mve", "fused_lve", "lip_mve", "upper_face_mve", "bilabial_gap", "bilabial_gap_error")
 UNITS = {"fused_lve": "mm²"}
@@ -161,7 +161,7 @@ def blendshape_picture(model, rig, data: Path, path: Path, top: int = 6, size: i
     """The most used speech and expression blendshapes, rendered at a typical weight (paper Fig. 4)."""
     import imageio.v3 as iio
 
-    from blendtalk.render import render
+    from blendtalk.render.renderer import render
 
     deltas = torch.as_tensor(rig.deltas)
     top = min(top, *model.num_blendshapes)  # both rows the same width

@@ -24,7 +24,7 @@ def tiny_corpus(tmp_path_factory):
     per session: 8 of each so that the 75/12.5/12.5 split leaves one for validation and one for test.
     Read-only: tests that train write their runs elsewhere."""
     from blendtalk.data.synth import SynthConfig, generate
-    from blendtalk.rig import load_rig
+    from blendtalk.face.rig import load_rig
 
     root = tmp_path_factory.mktemp("synth")
     config = SynthConfig(num_speakers=8, sentences_per_speaker=1, num_subjects=8, takes_per_emotion=1, expression_seconds=1.0)

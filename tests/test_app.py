@@ -108,7 +108,7 @@ def files_under(folder: Path) -> list[Path]:
 
 
 def test_animate_endpoint(client):
-    from blendtalk.video import probe
+    from blendtalk.render.video import probe
 
     video, html, curves, files, status = animate(client, WAV, transcript=(ASSETS_DIR / "audio" / "arctic_a0009.txt").read_text())
     info = probe(video)
@@ -128,7 +128,7 @@ def test_animate_endpoint(client):
 
 
 def test_typed_text_mix_and_timeline(client):
-    from blendtalk.video import probe
+    from blendtalk.render.video import probe
 
     video, _, _, files, status = animate(client, text="Hello there, nice to meet you.", emotion="sad", mix_with="angry",
                                          mix_ratio=0.3, blinks=False)
@@ -185,7 +185,7 @@ def test_upload_size_limit(server, client, tmp_path):
 
 
 def test_concurrent_requests_are_queued_and_leave_no_files(server, client, tmp_path):
-    from blendtalk.video import probe
+    from blendtalk.render.video import probe
 
     url, workdir = server
     emotions = ["happy", "sad", "angry", "surprised", "fearful", "disgusted", "contempt", "neutral"]

@@ -19,13 +19,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from blendtalk.audio import MAX_SECONDS, num_frames
+from blendtalk.speech.audio import MAX_SECONDS, num_frames
 from blendtalk.cli import main
 from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
-from blendtalk.emotions import EMOTIONS
-from blendtalk.exports import LIVE_LINK_FACE_NAMES, LIVE_LINK_FACE_ROTATIONS
+from blendtalk.expression.emotions import EMOTIONS
+from blendtalk.render.exports import LIVE_LINK_FACE_NAMES, LIVE_LINK_FACE_ROTATIONS
 from blendtalk.pipeline import Pipeline
-from blendtalk.video import probe
+from blendtalk.render.video import probe
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 TRANSCRIPT = (ASSETS_DIR / "audio" / "arctic_a0009.txt").read_text().strip()
@@ -136,7 +136,7 @@ def test_animate_arctic_video_and_exports(tmp_path, shared_pipe, pipe, capsys):
 
 def _espeak_available() -> bool:
     try:
-        from blendtalk.phonetics import EspeakTTS
+        from blendtalk.speech.phonetics import EspeakTTS
 
         EspeakTTS()
         return True

@@ -299,7 +299,7 @@ def test_dataset_shapes_windows_region_and_loader(tmp_path):
 
 
 def test_rig_topology_corpus_and_pickling(tmp_path):
-    from blendtalk.rig import load_rig
+    from blendtalk.face.rig import load_rig
 
     rig = load_rig()
     rng = np.random.default_rng(4)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from blendtalk.losses import DFMLossConfig, dfm_loss, vertex_weights
+from blendtalk.training.losses import DFMLossConfig, dfm_loss, vertex_weights
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig, interpolate_inputs
 
 V, K = 50, 4
@@ -280,8 +280,8 @@ def test_expression_kept_scores_exact_fusions():
     """Interpolation keeps every emotion whole (1 by both measures); dropping the expression keeps none."""
     import numpy as np
 
-    from blendtalk.fusion_eval import expression_kept
-    from blendtalk.rig import load_rig
+    from blendtalk.evaluation.fusion import expression_kept
+    from blendtalk.face.rig import load_rig
 
     rig = load_rig()
     t = np.linspace(0, 1, 12, dtype=np.float32)

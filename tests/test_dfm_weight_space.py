@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from blendtalk.fusion_eval import fusion_cases
-from blendtalk.rig import load_rig
+from blendtalk.evaluation.fusion import fusion_cases
+from blendtalk.face.rig import load_rig
 from eval.dfm_weight_space import evaluate, main, subspace_split
 
 

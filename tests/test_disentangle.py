@@ -6,9 +6,9 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from blendtalk.geometry import load_square_map
+from blendtalk.face.geometry import load_square_map
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
-from blendtalk.rig import load_rig
+from blendtalk.face.rig import load_rig
 from eval.disentangle import main
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from blendtalk.dressing import PARTS, DressingConfig, FaceDressing, gaze_rotation
-from blendtalk.rig import load_rig
+from blendtalk.face.dressing import PARTS, DressingConfig, FaceDressing, gaze_rotation
+from blendtalk.face.rig import load_rig
 
 
 @pytest.fixture(scope="module")

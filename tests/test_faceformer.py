@@ -263,9 +263,9 @@ def test_forty_seconds_generate_in_bounded_time_and_memory(monkeypatch):
 
 
 def test_end_to_end_on_the_shipped_speech_clip():
-    from blendtalk.audio import num_frames
+    from blendtalk.speech.audio import num_frames
     from blendtalk.models.audio_encoders import phonetic_features
-    from blendtalk.phonetics import ARPABET, load_arctic_fixture
+    from blendtalk.speech.phonetics import ARPABET, load_arctic_fixture
 
     audio, _, transcript = load_arctic_fixture()
     feats = phonetic_features(audio, transcript)  # (T, 40 + 80)

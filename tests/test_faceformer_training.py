@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from blendtalk.faceformer_eval import evaluate_driver, evaluate_model, motion_metrics, region_masks, summarise
-from blendtalk.faceformer_training import (
+from blendtalk.evaluation.faceformer import evaluate_driver, evaluate_model, motion_metrics, region_masks, summarise
+from blendtalk.training.faceformer import (
     FaceFormerTrainConfig, augment_mel, cache_features, faceformer_loss, fit_frames, load_sequences, load_train_config, new_model,
     sample_batch, train_faceformer,
 )
 from blendtalk.models.audio_encoders import AudioEncoderConfig
 from blendtalk.models.faceformer import FaceFormerConfig
-from blendtalk.speech_input import FeatureCache
+from blendtalk.speech.features import FeatureCache
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("librosa", "pocketsphinx", "soundfile")
@@ -82,7 +82,7 @@ def test_training_imports_need_no_audio_stack(corpus, tmp_path):
     code = (
         "import sys\n"
         f"for m in {HEAVY!r}: sys.modules[m] = None  # any import of them now fails\n"
-        "import blendtalk.faceformer_training as t, blendtalk.faceformer_eval, blendtalk.speech_input\n"
+        "import blendtalk.training.faceformer as t, blendtalk.evaluation.faceformer, blendtalk.speech.features\n"
         "from blendtalk.models.faceformer import FaceFormerConfig\n"
         "from blendtalk.models.audio_encoders import AudioEncoderConfig\n"
         f"c = t.FaceFormerTrainConfig(data={str(root)!r}, features={str(features)!r}, out={str(tmp_path)!r},"
@@ -248,7 +248,7 @@ def test_vocaset_layout_split_recognised_phones_and_flame_masks(tmp_path):
 
     from blendtalk.data.datasets import VOCASET_TEST_SUBJECTS, VOCASET_TRAIN_SUBJECTS, VOCASET_VAL_SUBJECTS
     from blendtalk.data.vocaset import write_vocaset_raw
-    from blendtalk.phonetics import synthesize
+    from blendtalk.speech.phonetics import synthesize
 
     v, rng = 30, np.random.default_rng(0)
     audio, _ = synthesize("Maybe a bit more.")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-import blendtalk.geometry as geometry
-from blendtalk.geometry import (
+import blendtalk.face.geometry as geometry
+from blendtalk.face.geometry import (
     SquareMap,
     laplacian_apply,
     load_square_map,
@@ -11,7 +11,7 @@ from blendtalk.geometry import (
     uniform_laplacian,
     vertex_normals,
 )
-from blendtalk.rig import load_rig
+from blendtalk.face.rig import load_rig
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blendtalk.lipsync import (
+from blendtalk.evaluation.lipsync import (
     VOWEL_OPENNESS, bilabial_closure, lip_jitter, lipsync_report, openness_correlation, phone_frames, silence_closure,
 )
-from blendtalk.phonetics import Phone, load_arctic_fixture
-from blendtalk.rig import load_rig
-from blendtalk.visemes import VisemeDriver
+from blendtalk.speech.phonetics import Phone, load_arctic_fixture
+from blendtalk.face.rig import load_rig
+from blendtalk.speech.visemes import VisemeDriver
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def test_cli_on_the_fixture_with_a_transcript(tmp_path, fixture):
 
 
 def test_text_path_gives_exact_phones_and_features():
-    from blendtalk.speech_input import text_features
+    from blendtalk.speech.features import text_features
 
     speech = text_features("Bob made a map.")
     assert speech.phone_source == "exact" and speech.features.shape == (speech.num_frames, 120)

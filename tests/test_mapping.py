@@ -5,12 +5,12 @@ import pytest
 import torch
 from test_flame import synthetic_flame_arrays
 
-from blendtalk.flame import FlameModel, _validate
-from blendtalk.mapping import (ARKIT_BOUNDS, ArkitMapping, FlameMapping, MappingFitConfig, fit_arkit_mapping,
+from blendtalk.face.flame import FlameModel, _validate
+from blendtalk.face.mapping import (ARKIT_BOUNDS, ArkitMapping, FlameMapping, MappingFitConfig, fit_arkit_mapping,
                                fit_flame_mapping, fit_report, flame_displacement, load_mapping, mapping_dir,
                                observed_weights, sample_weights, save_mapping)
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
-from blendtalk.rig import FaceRig
+from blendtalk.face.rig import FaceRig
 
 V, P, K = 40, 12, 3  # vertices, rig units, blendshapes per domain
 

@@ -30,7 +30,7 @@ def hf_home(tmp_path, monkeypatch):
 
 
 def make_run(root: Path, **train_overrides) -> Path:
-    """A DFM run folder as blendtalk.training writes it: train_config.json, best/, checkpoint/, metrics.jsonl."""
+    """A DFM run folder as blendtalk.training.dfm writes it: train_config.json, best/, checkpoint/, metrics.jsonl."""
     torch.manual_seed(0)
     model = DeformationFusionModule(DFMConfig(num_vertices=V, num_blendshapes=2, use_geometric_map=False, mlp_hidden=(8,)))
     model.save_pretrained(root / "best")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-import blendtalk.render as render_module
-from blendtalk.render import Renderer, RenderConfig, render
-from blendtalk.rig import load_rig
+import blendtalk.render.renderer as render_module
+from blendtalk.render.renderer import Renderer, RenderConfig, render
+from blendtalk.face.rig import load_rig
 
 SIZE = 128  # px: small frames keep the tests fast
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from blendtalk.constants import FACE_RIG_PATH
-from blendtalk.rig import load_rig
+from blendtalk.face.rig import load_rig
 
 
 @pytest.fixture(scope="module")

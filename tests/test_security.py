@@ -22,7 +22,7 @@ from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
 ROOT = Path(__file__).resolve().parents[1]
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"  # a real audio file on the server: the app could animate it
 SCANNED = ["blendtalk", "train", "eval", "tools", "app.py"]  # the code that ships (tests may build pickles on purpose)
-RESTRICTED_UNPICKLERS = {"blendtalk/flame.py", "blendtalk/data/vocaset.py"}  # user-given FLAME / VOCASET files only
+RESTRICTED_UNPICKLERS = {"blendtalk/face/flame.py", "blendtalk/data/vocaset.py"}  # user-given FLAME / VOCASET files only
 MAX_UPLOAD_BYTES = 20 * 2**20  # app.MAX_UPLOAD "20mb", as Gradio reads it
 
 
@@ -129,7 +129,7 @@ def test_check_request_refuses_links_and_dot_dot_out_of_the_upload_folder(tmp_pa
 
 def test_export_names_cannot_leave_the_folder(tmp_path):
     from blendtalk.animation import Animation
-    from blendtalk.exports import export_all
+    from blendtalk.render.exports import export_all
 
     anim = Animation(np.zeros((2, 3, 3), np.float32), np.array([[0, 1, 2]]), np.zeros(SAMPLE_RATE // 15, np.float32))
     out = tmp_path / "out"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blendtalk.study import (
+from blendtalk.evaluation.study import (
     METHODS, IncompleteDataError, RatingStore, Study, StudyError, analyze, appearance_counts, build_study, holm,
     make_stimuli, paired_test, position_counts, report_markdown, simulate_ratings, table_ablation, table_mos)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from blendtalk.losses import DFMLossConfig
+from blendtalk.training.losses import DFMLossConfig
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
-from blendtalk.rig import load_rig
-from blendtalk.training import DFMTrainConfig, load_train_config, train_dfm
+from blendtalk.face.rig import load_rig
+from blendtalk.training.dfm import DFMTrainConfig, load_train_config, train_dfm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_run_validates_saves_and_resumes(tiny_corpus, tmp_path):
 def test_mix_speech_adds_one_scaled_speech_frame_to_each_expression_frame():
     import torch
 
-    from blendtalk.training import mix_speech
+    from blendtalk.training.dfm import mix_speech
 
     d_s, d_e = torch.randn(3, 5, 3), torch.randn(64, 5, 3)
     mixed = mix_speech(d_s, d_e, 0.5, torch.Generator().manual_seed(0))
@@ -65,7 +65,7 @@ def test_priors_train_and_are_logged(tiny_corpus, tmp_path):
 
 
 def _map(run):
-    from blendtalk.geometry import load_square_map
+    from blendtalk.face.geometry import load_square_map
 
     return load_square_map(load_rig(), load_train_config(run).model.map_size).matrix()
 
@@ -101,7 +101,7 @@ def test_cli_rejects_a_bad_model_setting_before_making_corpora(tmp_path, capsys,
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_validation_scores_on_the_gpu_as_on_the_cpu(tiny_corpus):
-    from blendtalk.fusion_eval import evaluate_fusion, fusion_cases
+    from blendtalk.evaluation.fusion import evaluate_fusion, fusion_cases
     from blendtalk.models.dfm import interpolate_inputs
 
     rig = load_rig()
@@ -114,7 +114,7 @@ def test_validation_scores_on_the_gpu_as_on_the_cpu(tiny_corpus):
 
 def test_init_starts_from_a_checkpoint(tiny_corpus, tmp_path):
     """--init: the run starts from the given weights (its first steps stay near them), not from random."""
-    from blendtalk.geometry import load_square_map
+    from blendtalk.face.geometry import load_square_map
 
     config = _config(tiny_corpus, tmp_path, epochs=0.02, lr=1e-6)
     torch.manual_seed(123)

@@ -6,8 +6,8 @@ import torch
 
 from blendtalk.animation import Animation
 from blendtalk.constants import SAMPLE_RATE
-from blendtalk.rig import load_rig
-from blendtalk.viz import (
+from blendtalk.face.rig import load_rig
+from blendtalk.render.viz import (
     COORD_QUANTUM,
     MAX_FRAMES,
     animation_figure,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blendtalk.losses import DFMLossConfig  # noqa: E402
+from blendtalk.training.losses import DFMLossConfig  # noqa: E402
 from blendtalk.models.dfm import DFMConfig  # noqa: E402
-from blendtalk.rig import load_rig  # noqa: E402
-from blendtalk.training import DFMTrainConfig, load_train_config, train_dfm  # noqa: E402
+from blendtalk.face.rig import load_rig  # noqa: E402
+from blendtalk.training.dfm import DFMTrainConfig, load_train_config, train_dfm  # noqa: E402
 
 PAPER_EPOCHS = 4000
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blendtalk.faceformer_training import (  # noqa: E402
+from blendtalk.training.faceformer import (  # noqa: E402
     FaceFormerTrainConfig, cache_features, load_train_config, train_faceformer,
 )
 

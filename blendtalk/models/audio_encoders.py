@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..constants import FPS, SAMPLE_RATE
-from ..phonetics import ARPABET
+from ..speech.phonetics import ARPABET
 
 ENCODER_KINDS = ("phonetic", "wav2vec2")
-PHONETIC_MELS = 80  # log-mel bands appended to the phone one-hots (blendtalk.audio.log_mel's default)
+PHONETIC_MELS = 80  # log-mel bands appended to the phone one-hots (blendtalk.speech.audio.log_mel's default)
 WAV2VEC2_MIN_SAMPLES = 400  # samples (25 ms): the receptive field of one wav2vec2 CNN output frame
 MAX_DURATION_MISMATCH = 0.25  # s: audio vs motion length; VOCAset clips differ by a few frames, more is a wrong clip
 NORM_EPS = 1e-7  # variance floor of the per-clip audio normalisation (Wav2Vec2FeatureExtractor's value)
@@ -247,12 +247,12 @@ def phonetic_features(audio: np.ndarray, transcript: str | None = None, aligner=
 
     One-hot phones (forced-aligned with `transcript` when given, else recognised) followed by
     80 log-mel bands, both at T = num_frames(S) frames. `aligner`: a reusable
-    blendtalk.phonetics.PhoneAligner (creating one loads the acoustic model).
-    See blendtalk.speech_input.speech_features for the same with the phones returned.
+    blendtalk.speech.phonetics.PhoneAligner (creating one loads the acoustic model).
+    See blendtalk.speech.features.speech_features for the same with the phones returned.
     """
-    from ..audio import log_mel, num_frames
-    from ..phonetics import PhoneAligner, phones_to_frames
-    from ..speech_input import speech_phones
+    from ..speech.audio import log_mel, num_frames
+    from ..speech.phonetics import PhoneAligner, phones_to_frames
+    from ..speech.features import speech_phones
 
     phones, _ = speech_phones(audio, transcript, aligner or PhoneAligner())
     return phonetic_inputs(phones_to_frames(phones, num_frames(audio.shape[0])), log_mel(audio, n_mels=PHONETIC_MELS))

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .constants import ASSETS_DIR, FPS, SAMPLE_RATE
+from ..constants import ASSETS_DIR, FPS, SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -457,7 +457,7 @@ class PhoneAligner:
 
     workers > 1: `recognize` cuts audio of 4 s or more into up to `workers` pieces at quiet
     moments (`quiet_cuts`) and recognises them at once in that many processes (started on first
-    use, each with its own decoder; blendtalk.phone_workers). On a GPU host, whose cores are
+    use, each with its own decoder; blendtalk.speech.phone_workers). On a GPU host, whose cores are
     otherwise idle, this cuts most of the audio front end's time.
     Alignment with a transcript always runs in this process.
     """

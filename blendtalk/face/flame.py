@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.vocaset import _allowed_globals
+from ..data.vocaset import _allowed_globals
 
 FLAME_NUM_VERTICES = 5023  # vertices of the FLAME topology (VOCASET, FLAME-registered Florence4D)
 FLAME_NUM_FACES = 9976  # triangles of the FLAME topology

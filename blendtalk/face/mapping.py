@@ -39,8 +39,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .losses import DFMLossConfig, vertex_weights
-from .metrics import MM_PER_M
+from ..training.losses import DFMLossConfig, vertex_weights
+from ..evaluation.metrics import MM_PER_M
 
 TARGETS = ("arkit", "flame")
 MODEL_TYPE = "blendtalk-mapping"
@@ -183,11 +183,11 @@ def sample_weights(num_weights: int, num: int, generator: torch.Generator,
 def corpus_frames(speech_root: str | Path, expression_root: str | Path, subset: str, max_frames: int,
                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Up to max_frames random speech and expression frames (n, V, 3) of a subset, split as in
-    DFM training (blendtalk.training.load_frames); None when the corpus has no such subset."""
-    from .data.datasets import ExpressionDataset, SpeechDataset
-    from .data.florence import read_florence
-    from .data.vocaset import read_vocaset
-    from .fusion_eval import synthetic_split
+    DFM training (blendtalk.training.dfm.load_frames); None when the corpus has no such subset."""
+    from ..data.datasets import ExpressionDataset, SpeechDataset
+    from ..data.florence import read_florence
+    from ..data.vocaset import read_vocaset
+    from ..evaluation.fusion import synthetic_split
 
     speech_index, expr_index = read_vocaset(speech_root), read_florence(expression_root)
     try:
@@ -460,7 +460,7 @@ def save_mapping(mapping: Mapping, folder: str | Path, dfm_dir: str | Path | Non
         f"# blendtalk rig map: DFM weights -> {mapping.target}\n\n{mapping.num_params} parameters from "
         f"{mapping.num_weights} DFM weights. Held-out error: {held.get('mean_mm', float('nan')):.3f} mm mean, "
         f"{held.get('lip_mm', float('nan')):.3f} mm on the lips.\n"
-        "Load with `blendtalk.mapping.load_mapping(dfm_dir, target)`.\n")
+        "Load with `blendtalk.face.mapping.load_mapping(dfm_dir, target)`.\n")
     return folder
 
 

@@ -1,7 +1,7 @@
 """Phone recognition in worker processes: one pocketsphinx allphone decoder per process.
 
 pocketsphinx holds the GIL while it decodes, so only processes run recognitions side by side.
-The workers are plain subprocesses (`python -m blendtalk.phone_workers`), not multiprocessing
+The workers are plain subprocesses (`python -m blendtalk.speech.phone_workers`), not multiprocessing
 ones, so that they never re-import the caller's main script and never fork a process that holds
 CUDA. Protocol on the worker's stdin/stdout, one request at a time: a 4-byte little-endian
 length + 16-bit PCM at 16 kHz in; a 4-byte length + JSON [[symbol, start_s, end_s], ...] out.
@@ -43,7 +43,7 @@ class PhoneWorkers:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])  # so the workers import this very blendtalk
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-        self._procs = [subprocess.Popen([sys.executable, "-m", "blendtalk.phone_workers"], stdin=subprocess.PIPE,
+        self._procs = [subprocess.Popen([sys.executable, "-m", "blendtalk.speech.phone_workers"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env) for _ in range(self.count)]
 
     def recognize(self, pieces: list[bytes]) -> list[list[Phone]]:

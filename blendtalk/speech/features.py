@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from .audio import num_frames
-from .constants import FPS, SAMPLE_RATE
-from .models.audio_encoders import PHONETIC_MELS, phonetic_inputs
+from ..constants import FPS, SAMPLE_RATE
+from ..models.audio_encoders import PHONETIC_MELS, phonetic_inputs
 from .phonetics import ARPABET, PHONE_INDEX, Phone, phones_to_frames
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class SpeechFeatures:
 
 def _check_audio(audio) -> np.ndarray:
     if not isinstance(audio, np.ndarray) or audio.ndim != 1 or audio.shape[0] == 0:
-        raise ValueError(f"audio must be a non-empty (S,) float array at {SAMPLE_RATE} Hz (see blendtalk.audio.load_audio), "
+        raise ValueError(f"audio must be a non-empty (S,) float array at {SAMPLE_RATE} Hz (see blendtalk.speech.audio.load_audio), "
                          f"got {getattr(audio, 'shape', type(audio).__name__)}")
     return audio.astype(np.float32, copy=False)
 
@@ -66,7 +66,7 @@ def speech_phones(audio: np.ndarray, transcript: str | None = None, aligner=None
     """Phones of audio (S,) at 16 kHz and how they were found ("aligned" or "recognized").
 
     With a transcript: forced alignment; if that fails (words and audio do not match), a warning
-    and recognition. `aligner`: a reusable blendtalk.phonetics.PhoneAligner.
+    and recognition. `aligner`: a reusable blendtalk.speech.phonetics.PhoneAligner.
     """
     from .phonetics import PhoneAligner
 
