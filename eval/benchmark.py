@@ -29,7 +29,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import tempfile
 import time
 import wave
@@ -37,16 +36,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from blendtalk.speech.audio import HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, _power_spectrogram, num_frames  # noqa: E402
-from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE  # noqa: E402
-from blendtalk.models.audio_encoders import PHONETIC_MELS, phonetic_inputs  # noqa: E402
-from blendtalk.speech.phonetics import Phone, cover_phones, phones_to_frames, read_phone_labels  # noqa: E402
-from blendtalk.face.rig import load_rig  # noqa: E402
+from blendtalk.speech.audio import (
+    HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, _power_spectrogram, num_frames,
+)
+from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
+from blendtalk.speech.features import PHONETIC_MELS, phonetic_inputs
+from blendtalk.speech.phones import Phone, cover_phones, phones_to_frames, read_phone_labels
+from blendtalk.face.rig import load_rig
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009"
 PAPER_FPS = 165  # frames/s of FaceFormer + DFM on an RTX 3090 (paper, Table 2)

@@ -15,12 +15,9 @@ the speech is combined with that emotion as the app does (--method: the DFM, or 
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from blendtalk.evaluation.lipsync import CLOSURE_GAP, lipsync_report  # noqa: E402
+from blendtalk.evaluation.lipsync import CLOSURE_GAP, lipsync_report
 
 
 def with_pauses(audio, repeat: int, pause: float):
@@ -77,7 +74,7 @@ def main(argv=None) -> int:
         p.error(str(err))
 
     from blendtalk.speech.audio import load_audio
-    from blendtalk.speech.phonetics import read_phone_labels
+    from blendtalk.speech.phones import read_phone_labels
     from blendtalk.face.rig import load_rig
     from blendtalk.speech.features import speech_features
 

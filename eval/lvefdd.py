@@ -20,14 +20,11 @@ with their mixture (--styles mean). Phone sources: forced-aligned (transcript), 
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from blendtalk.training.faceformer import FaceFormerTrainConfig  # noqa: E402
-from blendtalk.speech.features import PHONE_SOURCES  # noqa: E402
+from blendtalk.training.faceformer import FaceFormerTrainConfig
+from blendtalk.speech.features import PHONE_SOURCES
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,6 @@ import atheris
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["blendtalk"]):
     from blendtalk import emotions

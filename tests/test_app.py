@@ -23,8 +23,7 @@ import soundfile as sf
 from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import app  # noqa: E402  (the repo root holds app.py)
+import app  # the repo root's app.py (pytest.ini puts the root on the path)
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 CACHE_AGE_S = 8  # s, the test server's Gradio cache age; an upload must outlive its queue wait

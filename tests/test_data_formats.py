@@ -316,7 +316,7 @@ def test_rig_topology_corpus_and_pickling(tmp_path):
     assert isinstance(pickle.loads(pickle.dumps(index.sequences[0].source)), NpyFile)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_paired_loader_on_cuda(tmp_path):
     templates, seqs, audio = _corpus(["spkA"], [1, 2])
     write_vocaset_raw(tmp_path, seqs, templates, audio)

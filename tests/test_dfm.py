@@ -267,7 +267,6 @@ def test_adam_steps_lower_the_loss(geometric):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(tmp_path):
     model = tiny(True, 64).eval()
     d = torch.randn(4, V, 3) * 1e-3

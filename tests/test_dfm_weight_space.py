@@ -10,7 +10,6 @@ from blendtalk.face.rig import load_rig
 from eval.dfm_weight_space import evaluate, main, subspace_split
 
 
-
 def test_decomposition_of_known_parts(tiny_corpus):
     deltas = torch.as_tensor(load_rig().deltas, dtype=torch.float32)
     cases = list(fusion_cases(tiny_corpus, "test"))

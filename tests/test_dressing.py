@@ -3,12 +3,6 @@ import pytest
 import torch
 
 from blendtalk.face.dressing import PARTS, DressingConfig, FaceDressing, gaze_rotation
-from blendtalk.face.rig import load_rig
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 @pytest.fixture(scope="module")

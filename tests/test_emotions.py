@@ -6,14 +6,9 @@ from blendtalk.expression.emotions import (
     ARKIT_NAMES, AU_TO_ARKIT, EMOTION_AUS, EMOTIONS, Keyframe, SubjectStyle, add_blinks, au_weights, blinks,
     emotion_curve, emotion_weights, envelope, mix, parse_timeline, timeline_weights, yield_to_closure,
 )
-from blendtalk.face.rig import REGIONS, load_rig
+from blendtalk.face.rig import REGIONS
 
 MM = 1e-3
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 def support(rig, *units, threshold=0.5 * MM):

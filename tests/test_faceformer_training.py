@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from blendtalk.evaluation.faceformer import evaluate_driver, evaluate_model, motion_metrics, region_masks, summarise
+from blendtalk.evaluation.faceformer import (
+    evaluate_driver, evaluate_model, motion_metrics, region_masks, summarise,
+)
 from blendtalk.training.faceformer import (
     FaceFormerTrainConfig, augment_mel, cache_features, faceformer_loss, fit_frames, load_sequences, load_train_config, new_model,
     sample_batch, train_faceformer,
@@ -58,7 +60,7 @@ def config(corpus, tmp_path, **kw) -> FaceFormerTrainConfig:
 
 def test_cache_matches_live_features_and_is_compact(corpus):
     from blendtalk.data.vocaset import read_vocaset
-    from blendtalk.models.audio_encoders import phonetic_features
+    from blendtalk.speech.features import phonetic_features
 
     root, path = corpus
     cache = FeatureCache.load(path)

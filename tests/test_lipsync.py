@@ -12,16 +12,11 @@ import pytest
 from blendtalk.evaluation.lipsync import (
     VOWEL_OPENNESS, bilabial_closure, lip_jitter, lipsync_report, openness_correlation, phone_frames, silence_closure,
 )
-from blendtalk.speech.phonetics import Phone, load_arctic_fixture
-from blendtalk.face.rig import load_rig
+from blendtalk.speech.phones import Phone
+from blendtalk.speech.phonetics import load_arctic_fixture
 from blendtalk.speech.visemes import VisemeDriver
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 @pytest.fixture(scope="module")

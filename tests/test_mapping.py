@@ -6,9 +6,11 @@ import torch
 from test_flame import synthetic_flame_arrays
 
 from blendtalk.face.flame import FlameModel, _validate
-from blendtalk.face.mapping import (ARKIT_BOUNDS, ArkitMapping, FlameMapping, MappingFitConfig, fit_arkit_mapping,
-                               fit_flame_mapping, fit_report, flame_displacement, load_mapping, mapping_dir,
-                               observed_weights, sample_weights, save_mapping)
+from blendtalk.face.mapping import (
+    ARKIT_BOUNDS, ArkitMapping, FlameMapping, load_mapping, mapping_dir, save_mapping,
+)
+from blendtalk.training.mapping import (MappingFitConfig, fit_arkit_mapping, fit_flame_mapping, fit_report,
+                                        flame_displacement, observed_weights, sample_weights)
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
 from blendtalk.face.rig import FaceRig
 

@@ -8,25 +8,13 @@ import pytest
 
 from blendtalk.speech.audio import log_mel, num_frames
 from blendtalk.constants import FPS, SAMPLE_RATE
-from blendtalk.speech.phonetics import (
-    ARPABET,
-    BILABIALS,
-    ESPEAK_TO_ARPABET,
-    SPEAKER_VOICES,
-    EspeakTTS,
-    FliteTTS,
-    Phone,
-    PhoneAligner,
-    cover_phones,
-    espeak_to_arpabet,
-    load_arctic_fixture,
-    quiet_cuts,
-    phone_error_rate,
-    phone_features,
-    phones_to_frames,
-    read_phone_labels,
-    synthesize,
+from blendtalk.speech.phones import (
+    ARPABET, BILABIALS, Phone, cover_phones, phone_error_rate, phones_to_frames, read_phone_labels,
     write_phone_labels,
+)
+from blendtalk.speech.phonetics import (
+    ESPEAK_TO_ARPABET, SPEAKER_VOICES, EspeakTTS, FliteTTS, PhoneAligner, espeak_to_arpabet,
+    load_arctic_fixture, quiet_cuts, phone_features, synthesize,
 )
 
 TEXT = "Maybe my mother makes the best plum pie."

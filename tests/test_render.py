@@ -4,14 +4,8 @@ import torch
 
 import blendtalk.render.renderer as render_module
 from blendtalk.render.renderer import Renderer, RenderConfig, render
-from blendtalk.face.rig import load_rig
 
 SIZE = 128  # px: small frames keep the tests fast
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +174,6 @@ def test_rig_gets_eyeballs_and_lip_tint(rig):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(rig, renderer, poses):
     gpu = Renderer.for_rig(rig, RenderConfig(size=SIZE), device="cuda")
     a, b = renderer(poses).astype(int), gpu(torch.as_tensor(poses, device="cuda")).astype(int)

@@ -13,15 +13,9 @@ from blendtalk.data.florence import read_florence
 from blendtalk.data.synth import SynthConfig, generate
 from blendtalk.data.vocaset import read_vocaset
 from blendtalk.evaluation.fusion import synthetic_split
-from blendtalk.speech.phonetics import BILABIALS
-from blendtalk.face.rig import load_rig
+from blendtalk.speech.phones import BILABIALS
 
 SMALL = SynthConfig(num_speakers=3, sentences_per_speaker=2, num_subjects=3, takes_per_emotion=1, expression_seconds=1.5)
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,6 @@ def test_cli_rejects_a_bad_model_setting_before_making_corpora(tmp_path, capsys,
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_validation_scores_on_the_gpu_as_on_the_cpu(tiny_corpus):
     from blendtalk.evaluation.fusion import evaluate_fusion, fusion_cases
     from blendtalk.models.dfm import interpolate_inputs

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from blendtalk.constants import ASSETS_DIR, FPS
-from blendtalk.speech.phonetics import ARPABET, BILABIALS, Phone
-from blendtalk.face.rig import load_rig
+from blendtalk.speech.phones import ARPABET, BILABIALS, Phone
 from blendtalk.speech.visemes import (
     DIPHTHONG_GLIDES, PHONE_TO_VISEME, VISEME_DOMINANCE, VISEME_TARGETS, VISEMES, CoarticulationConfig,
     SpeakerStyle, VisemeDriver, random_phone_stream, viseme_of, viseme_targets, visemes_to_weights,
@@ -13,11 +12,6 @@ from blendtalk.speech.visemes import (
 
 ARCTIC_PHONES = Path(ASSETS_DIR) / "audio" / "arctic_a0009.phones.txt"
 MM = 1e-3
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 def arctic_phones() -> list[Phone]:

@@ -16,16 +16,14 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from blendtalk.face.mapping import (SAMPLE_RMS, MappingFitConfig, corpus_frames, file_sha256,  # noqa: E402
-                               fit_arkit_mapping, fit_flame_mapping, flame_displacement, mapping_dir,
-                               observed_weights, sample_weights, save_mapping)
-from blendtalk.models.dfm import CONFIG_NAME, DeformationFusionModule, DFMConfig  # noqa: E402
-from blendtalk.face.rig import load_rig  # noqa: E402
+from blendtalk.face.mapping import file_sha256, mapping_dir, save_mapping
+from blendtalk.training.mapping import (SAMPLE_RMS, MappingFitConfig, corpus_frames, fit_arkit_mapping,
+                                        fit_flame_mapping, flame_displacement, observed_weights, sample_weights)
+from blendtalk.models.dfm import CONFIG_NAME, DeformationFusionModule, DFMConfig
+from blendtalk.face.rig import load_rig
 
 PAIRS_PER_ROW_MAX = 4  # blendshape pairs per row of the picture
 

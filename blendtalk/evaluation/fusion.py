@@ -21,7 +21,7 @@ import torch
 from ..constants import FPS
 from ..data.datasets import Split
 from .metrics import MM_PER_M, lip_vertex_error, mean_vertex_error
-from ..speech.phonetics import BILABIALS
+from ..speech.phones import BILABIALS
 from ..face.rig import FaceRig
 
 FusionMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (T, V, 3), (T, V, 3) -> (T, V, 3)

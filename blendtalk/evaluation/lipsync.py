@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..constants import FPS
-from ..speech.phonetics import BILABIALS, Phone
+from ..speech.phones import BILABIALS, Phone
 
 CLOSURE_GAP = 1e-3  # m: lips count as closed below a 1 mm opening (the rig's closed neutral is 0)
 MIN_SILENCE = 0.15  # s: shorter pauses are within-phrase gaps where lips need not close

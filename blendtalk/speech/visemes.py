@@ -22,7 +22,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from ..constants import FPS
-from .phonetics import ARPABET, BILABIALS, Phone
+from .phones import ARPABET, BILABIALS, Phone
 from ..face.rig import FaceRig
 
 VISEMES = ("sil", "PP", "FF", "TH", "DD", "KK", "CH", "SS", "RR", "aa", "E", "I", "O", "U")

@@ -50,7 +50,7 @@ from ..data.datasets import VOCASET_SPLIT, SpeechDataset, Split
 from ..data.vocaset import read_vocaset
 from ..models.faceformer import FaceFormer, FaceFormerConfig, build_faceformer
 from ..models.audio_encoders import AudioEncoderConfig
-from ..speech.phonetics import ARPABET, Phone
+from ..speech.phones import ARPABET, Phone
 from ..face.rig import load_rig
 from ..evaluation.faceformer import evaluate_model, region_masks
 from ..speech.features import PHONE_SOURCES, FeatureCache

@@ -27,9 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from blendtalk.evaluation.study import (  # noqa: E402
+from blendtalk.evaluation.study import (
     ASPECTS, LAYOUTS, METHODS, REFERENCE, Study, StudyError, build_study, make_stimuli)
 
 RenderClip = Callable[[Path, str, str, Path], None]  # (audio_path, emotion, method, out_path) -> writes out_path
