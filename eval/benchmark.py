@@ -166,7 +166,7 @@ def stdlib_wav_writer():
     if missing("soundfile") is None:
         yield None
         return
-    from blendtalk import video
+    from blendtalk.render import video
 
     with mock.patch.object(video, "_write_wav", write_wav):
         yield "16-bit wav via the stdlib (soundfile missing)"

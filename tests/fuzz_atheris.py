@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 with atheris.instrument_imports(include=["blendtalk"]):
-    from blendtalk import emotions
+    from blendtalk.expression import emotions
     from blendtalk.speech.audio import AudioError, load_audio
     from blendtalk.constants import ASSETS_DIR
     from blendtalk.models.dfm import check_pretrained

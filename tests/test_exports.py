@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from blendtalk import exports
+from blendtalk.render import exports
 from blendtalk.animation import Animation
 from blendtalk.render.exports import (
     FORMATS,

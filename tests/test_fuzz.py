@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from blendtalk import emotions
+from blendtalk.expression import emotions
 from blendtalk.animation import Animation
 from blendtalk.speech.audio import (
     FFMPEG_SUFFIXES,
