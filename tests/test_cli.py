@@ -7,6 +7,7 @@ import pytest
 from blendtalk.cli import main
 
 
+@pytest.mark.slow
 def test_info_json_and_picture(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BLENDTALK_CACHE", str(tmp_path / "cache"))
     picture = tmp_path / "rig.png"

@@ -65,6 +65,7 @@ def glb_document(path: Path) -> tuple[dict, int]:
     return doc, bin_len
 
 
+@pytest.mark.slow
 def test_animate_arctic_video_and_exports(tmp_path, shared_pipe, pipe, capsys):
     out, exports = tmp_path / "out" / "clip.mp4", tmp_path / "out" / "exports"
     out.parent.mkdir()
@@ -145,6 +146,7 @@ def _espeak_available() -> bool:
 
 
 @pytest.mark.skipif(not _espeak_available(), reason="eSpeak NG (espeakng-loader) not installed")
+@pytest.mark.slow
 def test_animate_text_replaces_an_existing_video_with_overwrite(tmp_path, shared_pipe, capsys):
     out = tmp_path / "speech.mp4"
     out.write_bytes(b"an older video")

@@ -12,6 +12,7 @@ from blendtalk.face.rig import load_rig
 from eval.disentangle import main
 
 
+@pytest.mark.slow
 def test_report_table_chart_and_picture(tiny_corpus, tmp_path):
     rig = load_rig()
     torch.manual_seed(0)

@@ -78,6 +78,7 @@ def test_cache_matches_live_features_and_is_compact(corpus):
         cache.features("nobody_sentence01")
 
 
+@pytest.mark.slow
 def test_training_imports_need_no_audio_stack(corpus, tmp_path):
     """What the GPU machine runs: train from the cache with librosa, pocketsphinx and soundfile unimportable."""
     root, features = corpus
@@ -226,6 +227,7 @@ def test_mel_augmentation():
     assert flat.tolist() == trusted.tolist() and torch.equal(dropped[3:], mel[3:])
 
 
+@pytest.mark.slow
 def test_cli_caches_then_trains(corpus, tmp_path):
     root, _ = corpus
     script = ROOT / "train" / "train_faceformer.py"
@@ -285,6 +287,7 @@ def test_vocaset_layout_split_recognised_phones_and_flame_masks(tmp_path):
     assert line["val"]["aligned"]["lve_mm2"] > 0 and json.loads((run / "train_config.json").read_text())["vocaset"]
 
 
+@pytest.mark.slow
 def test_lvefdd_script_compares_with_the_procedural_driver(corpus, tmp_path):
     root, features = corpus
     cfg = config(corpus, tmp_path, model=tiny_model(4278))

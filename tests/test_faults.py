@@ -152,6 +152,7 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().split("\n")[:-1]]
 
 
+@pytest.mark.slow
 def test_training_killed_mid_run_resumes_with_nothing_lost(tiny_corpus, tmp_path):
     script = TRAIN_SCRIPT.format(v=load_rig().num_vertices)
     proc = start([sys.executable, "-c", script, str(tiny_corpus), str(tmp_path / "killed")], tmp_path / "train.log")
@@ -246,6 +247,7 @@ def temp_parts(folder: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.slow
 def test_cli_killed_while_encoding_leaves_no_video(tmp_path, sig):
     folder = tmp_path / "outputs"
     folder.mkdir()
@@ -267,6 +269,7 @@ def test_cli_killed_while_encoding_leaves_no_video(tmp_path, sig):
         assert all(name.startswith("blendtalk-video-") for name in scratch), scratch  # the speech wav for ffmpeg
 
 
+@pytest.mark.slow
 def test_cli_killed_while_exporting_leaves_only_whole_files(tmp_path):
     from blendtalk.render.video import probe
 
@@ -326,6 +329,7 @@ def run_cli(capsys, *argv) -> tuple[int, list[str]]:
     return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith("blendtalk:")]
 
 
+@pytest.mark.slow
 def test_read_only_output_folders_are_refused_before_any_work(tmpfs, tmp_path, capsys):
     ro = tmpfs("64k", read_only=True)
     code, lines = run_cli(capsys, "-o", ro / "out.mp4")
@@ -335,6 +339,7 @@ def test_read_only_output_folders_are_refused_before_any_work(tmpfs, tmp_path, c
     assert not (tmp_path / "out.mp4").exists()
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_clear_line_and_leaves_nothing(tmpfs, tmp_path, capsys):
     full = tmpfs("8k")  # the mp4 (~40 kB) and the exports (MB) cannot fit
     code, lines = run_cli(capsys, "-o", full / "out.mp4")

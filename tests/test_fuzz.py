@@ -704,6 +704,7 @@ def mutated_config(draw, base: dict) -> str:
 @pytest.mark.parametrize("kind", ["dfm", "speech"])
 @fuzz(70)
 @given(data=st.data())
+@pytest.mark.slow
 def test_fuzzed_config_on_shipped_weights(kind, data, shipped, scratch, tally):
     """config.json mutated next to the shipped weights: the meta-device check (loading.py) and the Hub
     validation refuse it clearly, fast, without allocating what it describes (num_vertices=10**9 ...)."""
@@ -981,6 +982,7 @@ def test_out_dir_that_is_a_file(sandbox, tally):
 
 
 @pytest.mark.parametrize("target, runs", [("timeline", 5000), ("config", 2000), ("audio", 300)])
+@pytest.mark.slow
 def test_atheris_short_run_finds_nothing(target, runs, tmp_path):
     pytest.importorskip("atheris")
     harness = Path(__file__).with_name("fuzz_atheris.py")

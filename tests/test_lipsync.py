@@ -77,6 +77,7 @@ def test_broken_drivers_score_badly(rig, fixture):
     assert jaw["jitter_m_s2"] > 5 * good["jitter_m_s2"]  # 4.9 vs 0.67 m/s^2
 
 
+@pytest.mark.slow
 def test_cli_on_the_fixture_with_a_transcript(tmp_path, fixture):
     _, _, transcript = fixture
     out = tmp_path / "ls.json"
@@ -100,6 +101,7 @@ def test_text_path_gives_exact_phones_and_features():
     assert (speech.features[:, :40].sum(1) == 1).all()
 
 
+@pytest.mark.slow
 def test_cli_with_a_faceformer_checkpoint(tmp_path, rig):
     from blendtalk.models.audio_encoders import AudioEncoderConfig
     from blendtalk.models.faceformer import FaceFormer, FaceFormerConfig
@@ -117,6 +119,7 @@ def test_cli_with_a_faceformer_checkpoint(tmp_path, rig):
     assert report["phone_source"] == "recognized" and report["vowel_opening"] == 0.0 and report["openness_r"] is None
 
 
+@pytest.mark.slow
 def test_shipped_speech_model_closes_on_real_speech(tmp_path, fixture):
     """The issue's target as a regression check: the ARCTIC clip said three times with pauses of its
     own room tone; the shipped FaceFormer closes the lips at >= 90% of /p b m/ and of pauses."""

@@ -74,6 +74,7 @@ def test_bounded_fit_recovers_a_truth_inside_the_bounds_and_stays_in_them():
     assert arkit.shape == (100, P) and arkit.min() >= 0 and arkit.max() <= 1
 
 
+@pytest.mark.slow
 def test_bounded_refinement_beats_clamping_the_closed_form():
     rig = toy_rig()
     dfm = toy_dfm(torch.randn(V * 3, 2 * K) * 2e-3 + rig_matrix(rig) @ torch.randn(P, 2 * K) * 100)  # partly outside the rig's span
@@ -85,6 +86,7 @@ def test_bounded_refinement_beats_clamping_the_closed_form():
     assert m["closed_form_unbounded_heldout"]["relative"] <= m["heldout"]["relative"]  # the bound costs accuracy
 
 
+@pytest.mark.slow
 def test_round_trip_weights_arkit_vertices_stays_within_the_reported_error():
     rig = toy_rig()
     dfm = toy_dfm(torch.randn(V * 3, 2 * K) * 2e-3)
@@ -152,6 +154,7 @@ def toy_flame(num_expr: int = 8) -> FlameModel:
     return FlameModel(_validate(arrays, "toy"), num_expression=num_expr)
 
 
+@pytest.mark.slow
 def test_flame_fit_reproduces_jaw_and_expression_blendshapes():
     flame = toy_flame()
     gen = torch.Generator().manual_seed(0)

@@ -258,6 +258,7 @@ def test_methods_are_the_documented_ones():
     assert METHODS == ("ours", "eq13", "interpolation", "speech_only")
 
 
+@pytest.mark.slow
 def test_head_motion_switch_seed_and_render(pipe):
     """On by default, seeded, None when off; rendering turns the head (and only then changes the frames)
     and keeps it inside the frame at the config's largest angles."""

@@ -149,6 +149,7 @@ def test_nearer_surface_wins():
     assert np.nonzero(blue)[1].min() > np.nonzero(red)[1].mean()
 
 
+@pytest.mark.slow
 def test_convenience_render_and_supersampling(rig):
     frame = render(rig.vertices, rig.triangles, size=64)
     assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
@@ -159,6 +160,7 @@ def test_convenience_render_and_supersampling(rig):
     assert np.abs(smooth.astype(int) - plain).mean() < 6  # the same picture, softer edges
 
 
+@pytest.mark.slow
 def test_rig_gets_eyeballs_and_lip_tint(rig):
     dressed = Renderer.for_rig(rig, RenderConfig(size=SIZE))
     bare = Renderer.for_rig(rig, RenderConfig(size=SIZE, eyes=False))

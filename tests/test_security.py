@@ -58,6 +58,7 @@ def call_animate(url: str, audio_path: str) -> str:
 # The running app
 
 
+@pytest.mark.slow
 def test_the_app_serves_no_other_files(server):
     from app import plotly_js_path
 
@@ -82,6 +83,7 @@ def test_the_app_serves_no_other_files(server):
     assert status == 200 and b"plotly.js" in body[:200]
 
 
+@pytest.mark.slow
 def test_the_api_reads_only_uploaded_files(server):
     outside = [str(WAV), str(server.workdir.parent / "server.log"), f"{server.workdir / 'gradio'}/../../server.log",
                "/etc/hostname"]
@@ -96,6 +98,7 @@ def test_the_api_reads_only_uploaded_files(server):
     assert "event: complete" in events and "blendtalk_happy.mp4" in events, events[:300]
 
 
+@pytest.mark.slow
 def test_uploads_are_size_limited_by_the_server(server):
     big = np.zeros(MAX_UPLOAD_BYTES + 4096, np.uint8).tobytes()
     response = httpx.post(f"{server.url}gradio_api/upload", files={"files": ("big.wav", big, "audio/wav")}, timeout=60)

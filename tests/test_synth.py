@@ -64,6 +64,7 @@ def test_lips_close_at_bilabials_and_emotions_reach_apex(corpus, rig):
     assert smile[0] < 0.2 * smile.max() and smile.max() > 0.3  # rises from near neutral to an apex
 
 
+@pytest.mark.slow
 def test_deterministic(tmp_path):
     """Same seed, same corpus. Fresh processes: eSpeak NG keeps a little state between utterances
     within one process (a sample or two of duration), so a corpus is made in one run of its own."""

@@ -24,6 +24,7 @@ def _config(root, out, **kw):
     return DFMTrainConfig(data=str(root), out=str(out), model=model, loss=DFMLossConfig(lambda_orth=0.1), **kw)
 
 
+@pytest.mark.slow
 def test_run_validates_saves_and_resumes(tiny_corpus, tmp_path):
     run = train_dfm(_config(tiny_corpus, tmp_path, lr_schedule="cosine", crop_loss=True))
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -76,6 +77,7 @@ def test_resume_needs_a_run(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tiny_corpus, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "train/train_dfm.py"), "--data", str(tiny_corpus), "--out", str(tmp_path), "-K", "4",
@@ -111,6 +113,7 @@ def test_validation_scores_on_the_gpu_as_on_the_cpu(tiny_corpus):
         assert gpu["interpolation"][key] == pytest.approx(cpu["interpolation"][key], rel=1e-4), key
 
 
+@pytest.mark.slow
 def test_init_starts_from_a_checkpoint(tiny_corpus, tmp_path):
     """--init: the run starts from the given weights (its first steps stay near them), not from random."""
     from blendtalk.face.geometry import load_square_map
