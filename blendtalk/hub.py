@@ -553,7 +553,7 @@ def _load_line(spec: CheckpointKind) -> str:
     if spec.name == "dfm":
         return ("from blendtalk.models.dfm import DeformationFusionModule\n"
                 "model = DeformationFusionModule.from_pretrained(ckpt.path, map_matrix)  "
-                "# map_matrix: blendtalk.geometry.load_square_map(rig, size).matrix()")
+                "# map_matrix: blendtalk.face.geometry.load_square_map(rig, size).matrix()")
     return "from blendtalk.models.faceformer import FaceFormer\nmodel = FaceFormer.from_pretrained(ckpt.path)"
 
 
@@ -583,7 +583,7 @@ def _metrics_section(metrics: list[dict]) -> str:
     text = [f"{len(metrics)} validation(s); best (lowest score) at step {best.get('step')}, last at step "
             f"{last.get('step')} (epoch {_fmt(last.get('epoch'))}, {_fmt(last.get('minutes'))} min)."
             + (" Fusion metrics are measured against the synthetic corpora's true fused deformation: lengths in mm, "
-               "LVE in mm^2 (`blendtalk.fusion_eval`); `dfm` is this model, `interpolation` a naive baseline."
+               "LVE in mm^2 (`blendtalk.evaluation.fusion`); `dfm` is this model, `interpolation` a naive baseline."
                if fusion else "") + "\n",
             f"| metric | best (step {best.get('step')}) | last (step {last.get('step')}) |", "|---|---:|---:|"]
     text += [f"| {k} | {_fmt(rows_best.get(k))} | {_fmt(rows_last[k])} |" for k in keys]

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from blendtalk.animation import Animation
-from blendtalk.audio import AudioError, load_audio, num_frames
+from blendtalk.speech.audio import AudioError, load_audio, num_frames
 from blendtalk.constants import ASSETS_DIR, FPS
-from blendtalk.emotions import EMOTIONS, emotion_weights
-from blendtalk.phonetics import read_phone_labels
-from blendtalk.pipeline import METHODS, Expression, Pipeline, expression_weights, load_reference, resolve_device
-from blendtalk.speech_input import features_from_phones
+from blendtalk.expression.emotions import EMOTIONS, emotion_weights
+from blendtalk.speech.phones import read_phone_labels
+from blendtalk.pipeline import (
+    METHODS, Expression, Pipeline, expression_weights, load_reference, resolve_device,
+)
+from blendtalk.speech.features import features_from_phones
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 TRANSCRIPT = (ASSETS_DIR / "audio" / "arctic_a0009.txt").read_text().strip()
@@ -256,6 +258,7 @@ def test_methods_are_the_documented_ones():
     assert METHODS == ("ours", "eq13", "interpolation", "speech_only")
 
 
+@pytest.mark.slow
 def test_head_motion_switch_seed_and_render(pipe):
     """On by default, seeded, None when off; rendering turns the head (and only then changes the frames)
     and keeps it inside the frame at the config's largest angles."""

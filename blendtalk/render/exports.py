@@ -49,8 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .animation import Animation
-from .head_motion import head_pivot, rotate_head
+from ..animation import Animation
+from ..expression.head_motion import head_pivot, rotate_head
 
 FORMATS = ("npy", "obj", "glb", "arkit_csv", "arkit_json", "flame")
 GLB_MAX_FRAMES = 1800  # 60 s at 30 fps: ~90 MB of targets for the 4278-vertex rig; Blender imports slow down past it
@@ -293,7 +293,7 @@ def write_glb(
         tri, n_verts = dressing.triangles.astype(np.uint32), len(base)
         import torch
 
-        from .render import srgb_to_linear
+        from .renderer import srgb_to_linear
 
         colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()  # (V + H, 3): glTF vertex colours are linear
     if animation.head_rotation is not None:  # frames posed as rendered; the base stays at rest
