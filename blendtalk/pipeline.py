@@ -290,8 +290,13 @@ class Pipeline:
         return w - yield_to_closure(w, self.rig.lip_gap(self.rig.vertices + d_s), names)
 
     @torch.no_grad()
-    def fuse(self, d_s: np.ndarray, d_e: np.ndarray, method: str = "ours") -> tuple[np.ndarray, dict]:
-        """(T, V, 3) speech and expression displacements -> fused (T, V, 3) and the weights used."""
+    def fuse(self, d_s: np.ndarray, d_e: np.ndarray, method: str = "ours",
+             clean_expression: bool = False) -> tuple[np.ndarray, dict]:
+        """(T, V, 3) speech and expression displacements -> fused (T, V, 3) and the weights used.
+
+        clean_expression: d_e was made from action units (an emotion label), so none of it is
+        articulation: "ours" keeps it whole instead of taking out the part the expression encoder
+        reads on the speech bases (that removal is for recorded expressions, whose mouths leak speech)."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if method == "speech_only":
@@ -314,7 +319,7 @@ class Pipeline:
         if method == "eq13":
             fused = self.dfm.fuse_weights(w_speech, w_expr)
         else:  # an input's own content outside the learned bases (fine brow and lid motion) is kept, not redrawn
-            own_e = de - self.dfm.decode_speech(cross_e)  # (U, V, 3)
+            own_e = de if clean_expression else de - self.dfm.decode_speech(cross_e)  # (U, V, 3)
             fused = ds - self.dfm.decode_expression(cross_s) + own_e[index]
         w = self.dfm.join(w_speech, w_expr)
         out = {"speech_weights": w_speech.cpu().numpy(), "expression_weights": w_expr.cpu().numpy()}
@@ -357,7 +362,7 @@ class Pipeline:
         frames = speech.num_frames
         d_s, driver = stage("speech model", 0.3, self.speech_deformation, speech)
         d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames))
-        fused, weights = stage("dfm", 0.7, self.fuse, d_s, d_e, method)
+        fused, weights = stage("dfm", 0.7, self.fuse, d_s, d_e, method, ref is None)
         if method != "speech_only":  # the lips close at /p b m/ and in pauses whatever the emotion
             released = self.closure_release(expr, d_s)  # (T, 52)
             fused = fused - self.rig.displacement(released)

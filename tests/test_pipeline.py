@@ -123,6 +123,19 @@ def test_intensity_zero_is_nearly_speech_only(pipe, speech):
     assert np.sqrt(np.mean((happy - d_s) ** 2)) > 3 * off
 
 
+def test_an_emotion_label_is_kept_whole_and_a_recording_is_cleaned(pipe, speech):
+    """A label's expression is made of action units, none of it articulation: "ours" adds all of it.
+    A recorded expression may carry speech on its mouth, which the expression encoder takes out."""
+    d_s = speech[1][:SHORT]
+    d_e = pipe.expression_deformation(Expression("angry", blinks=False), SHORT)  # open-mouthed: on the speech bases too
+    base, _ = pipe.fuse(d_s, np.zeros_like(d_e), "ours", clean_expression=True)
+    label, _ = pipe.fuse(d_s, d_e, "ours", clean_expression=True)
+    recorded, _ = pipe.fuse(d_s, d_e, "ours")
+    np.testing.assert_allclose(label - base, d_e, atol=1e-6)
+    taken = np.abs((recorded - base) - d_e).mean() / np.abs(d_e).mean()
+    assert taken > 0.05  # the encoder reads the open jaw as partly articulation
+
+
 def test_mix_is_between_its_emotions(pipe, speech):
     names = pipe.rig.blendshape_names
     w = {r: expression_weights(Expression("happy", 1.0, "sad", r, blinks=False), SHORT, names=names)
