@@ -173,7 +173,8 @@ def animate(args) -> int:
     from tqdm import tqdm
 
     from .speech.audio import load_audio
-    from .pipeline import MAX_TEXT_CHARS, Expression, Pipeline, read_reference, resolve_device
+    from .models.checkpoint import pick_device
+    from .pipeline import MAX_TEXT_CHARS, Expression, Pipeline, read_reference
     from .face.rig import load_rig
 
     if (args.speech is None) == (args.text is None):
@@ -188,7 +189,7 @@ def animate(args) -> int:
         read_reference(args.reference, load_rig())  # shape, units and values, before anything slow
     if not 64 <= args.size <= 2048:
         raise ValueError(f"--size must be in [64, 2048] pixels, got {args.size}")
-    resolve_device(args.device)
+    pick_device(args.device)
     _check_output(args.output, ".mp4", args.overwrite, "output video")
     if args.export_dir is not None:
         _check_export_dir(args.export_dir, args.overwrite)

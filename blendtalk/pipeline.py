@@ -33,6 +33,7 @@ from .expression.emotions import (
 )
 from .expression.head_motion import HeadMotionConfig, check_seed, check_switch, head_pivot, rotate_head, speech_head_motion
 from .face.rig import FaceRig, load_rig
+from .models.checkpoint import pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -186,22 +187,19 @@ class Pipeline:
 
         phone_workers: processes that recognise the phones of one clip in pieces at once
         (blendtalk.speech.phonetics.PhoneAligner); None: `default_phone_workers` (up to 8 on a GPU, 0 on CPU)."""
-        from .face.geometry import load_square_map
         from .hub import CheckpointNotFoundError, resolve_checkpoint
-        from .face.mapping import load_mapping
-        from .models.dfm import DeformationFusionModule
-        from .models.faceformer import FaceFormer
+        from .models.dfm import load_dfm
+        from .models.faceformer import load_speech_model
+        from .models.mapping import load_mapping
         from .speech.phonetics import PhoneAligner, default_phone_workers
 
-        device = resolve_device(device)
+        device = pick_device(device)
         if phone_workers is None:
             phone_workers = default_phone_workers(device.type)
         rig = rig or load_rig()
         pipe = cls(rig=rig, device=device, _aligner=PhoneAligner(phone_workers))
         found = resolve_checkpoint("dfm", dfm)
-        map_size = _map_size(found.path)
-        smap = load_square_map(rig, map_size).matrix(device) if map_size else None
-        pipe.dfm = DeformationFusionModule.from_pretrained(found.path, smap, device=device).eval()
+        pipe.dfm = load_dfm(found.path, rig, device)
         pipe.sources.append(found.message)
         for target in ("arkit", "flame"):
             if (Path(found.path) / f"mapping_{target}").is_dir():
@@ -214,7 +212,7 @@ class Pipeline:
             return pipe._log_sources()
         try:
             found = resolve_checkpoint("speech", speech)
-            pipe.speech_model = FaceFormer.from_pretrained(found.path, device=device).eval()
+            pipe.speech_model = load_speech_model(found.path, device)
             pipe.sources.append(found.message)
         except CheckpointNotFoundError as err:
             if speech is not None:
@@ -436,39 +434,6 @@ class Pipeline:
         total = time.perf_counter() - t0
         animation.meta.setdefault("timings", {}).update({"render": t_render[0], "encode": total - t_render[0]})
         return out
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' (or None: cuda when available, else cpu) -> a torch.device this torch can use.
-
-    Raises ValueError for names torch does not know and for CUDA devices it cannot see, so the
-    mistake is reported before anything is loaded.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use 'cpu'")
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device {device!r} asked for, but this torch sees {count} CUDA GPU(s): cuda:0..cuda:{count - 1}")
-    elif dev.type != "cpu":
-        raise ValueError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
-    return dev
-
-
-def _map_size(folder) -> int:
-    """The geometric map size N a DFM checkpoint was trained with (its config.json); 0 without a map."""
-    import json
-
-    from .models.dfm import DFMConfig
-
-    raw = json.loads((Path(folder) / "config.json").read_text())
-    return int(raw.get("map_size", DFMConfig.map_size)) if raw.get("use_geometric_map", True) else 0
 
 
 def framing_margin(template: np.ndarray, pivot: np.ndarray, max_angles: np.ndarray, config) -> float:

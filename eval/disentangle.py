@@ -21,27 +21,14 @@ from blendtalk.constants import FPS
 from blendtalk.expression.emotions import EMOTIONS
 from blendtalk.evaluation.fusion import evaluate_fusion, expression_kept, fusion_cases
 from blendtalk.evaluation.metrics import MM_PER_M, lip_vertex_error, mean_vertex_error
-from blendtalk.face.geometry import load_square_map
-from blendtalk.models.dfm import DeformationFusionModule, interpolate_inputs
+from blendtalk.models.checkpoint import pick_device
+from blendtalk.models.dfm import interpolate_inputs, load_dfm
 from blendtalk.speech.phones import Phone
 from blendtalk.face.rig import load_rig
-from blendtalk.training.dfm import pick_device
 from blendtalk.speech.visemes import visemes_to_weights
 
 COLUMNS = ("fused_mve", "fused_lve", "lip_mve", "upper_face_mve", "bilabial_gap", "bilabial_gap_error")
 UNITS = {"fused_lve": "mm²"}
-
-
-def load_dfm(folder: Path, rig, device) -> DeformationFusionModule:
-    """A DFM checkpoint with the geometry map of `rig`, in eval mode on `device`."""
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no DFM checkpoint in {folder}: {config_path} is missing")
-    config = json.loads(config_path.read_text())
-    config.pop("model_type", None)
-    use_map = config.get("use_geometric_map", True)
-    smap = load_square_map(rig, size=config.get("map_size", 128)) if use_map else None
-    return DeformationFusionModule.from_pretrained(folder, smap.matrix() if smap else None, device).eval()
 
 
 def held_out_sequences(data: Path, max_sentences: int | None):

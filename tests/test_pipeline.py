@@ -14,7 +14,7 @@ from blendtalk.constants import ASSETS_DIR, FPS
 from blendtalk.expression.emotions import EMOTIONS, emotion_weights
 from blendtalk.speech.phones import read_phone_labels
 from blendtalk.pipeline import (
-    METHODS, Expression, Pipeline, expression_weights, load_reference, resolve_device,
+    METHODS, Expression, Pipeline, expression_weights, load_reference,
 )
 from blendtalk.speech.features import features_from_phones
 
@@ -220,16 +220,6 @@ def test_audio_arrays_are_validated_like_files(pipe):
         pipe.speech_input(np.full(100, 0.1, np.float32))
     with pytest.raises(ValueError, match="not both"):
         pipe.speech_input(np.zeros(16000, np.float32), text="hello")
-
-
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device(None).type in ("cpu", "cuda")
-    with pytest.raises(ValueError, match="unknown device"):
-        resolve_device("gpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
-            resolve_device("cuda")
 
 
 def test_animate_end_to_end_with_mix(pipe):

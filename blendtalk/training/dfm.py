@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from ..data.vocaset import read_vocaset
 from ..evaluation.fusion import evaluate_fusion, fusion_cases, synthetic_split
 from ..face.geometry import load_square_map, uniform_laplacian
 from .losses import DFMLossConfig, dfm_loss, vertex_weights
+from ..models.checkpoint import pick_device
 from ..models.dfm import DeformationFusionModule, DFMConfig, interpolate_inputs
 from ..face.rig import FaceRig, load_rig
 
@@ -70,10 +70,6 @@ def load_train_config(run: str | Path) -> DFMTrainConfig:
     return DFMTrainConfig(**raw)
 
 
-def pick_device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def _preload(ds, device) -> torch.Tensor:
     """All frames of a single-frame dataset as one (M, V, 3) float32 tensor on `device`."""
     chunks = [torch.from_numpy(ds.displacements(np.arange(i, min(i + 4096, len(ds))))[:, 0])
@@ -107,21 +103,6 @@ def new_run_dir(out: str | Path, name: str = "dfm") -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a new run folder in {out}")
-
-
-def save_checkpoint(model: DeformationFusionModule, folder: Path) -> None:
-    """`model.save_pretrained(folder)` where each file appears whole: staged beside it, then renamed.
-
-    A kill mid-save leaves every file of `folder` either the old version or the new one (the config
-    does not change during a run), and at worst a `.name.tmp` folder that the next save replaces.
-    """
-    stage = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(stage, ignore_errors=True)
-    model.save_pretrained(stage)
-    folder.mkdir(exist_ok=True)
-    for f in sorted(stage.iterdir()):
-        os.replace(f, folder / f.name)
-    stage.rmdir()
 
 
 def save_state(path: Path, **state) -> None:
@@ -266,8 +247,8 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
             bar.set_postfix(loss=f"{parts['total']:.4f}", val=f"{score:.4f}")
             if score < best:
                 best = score
-                save_checkpoint(model, run / "best")
-            save_checkpoint(model, run / "checkpoint")
+                model.save_pretrained(run / "best")
+            model.save_pretrained(run / "checkpoint")
             save_state(run / "state.pt", model=model.state_dict(), optimizer=opt.state_dict(), rng=rng.get_state(), step=step,
                        best=best)
         if out_of_time:

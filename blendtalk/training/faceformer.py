@@ -48,6 +48,7 @@ from tqdm import tqdm
 from ..constants import FPS, SAMPLE_RATE
 from ..data.datasets import VOCASET_SPLIT, SpeechDataset, Split
 from ..data.vocaset import read_vocaset
+from ..models.checkpoint import pick_device
 from ..models.faceformer import FaceFormer, FaceFormerConfig, build_faceformer
 from ..models.audio_encoders import AudioEncoderConfig
 from ..speech.phones import ARPABET, Phone
@@ -358,10 +359,6 @@ def new_model(config: FaceFormerTrainConfig, num_vertices: int, num_speakers: in
 
 # ---------------------------------------------------------------------------------------------
 # The loop
-
-
-def pick_device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _new_run_dir(out: str | Path) -> Path:
