@@ -551,10 +551,9 @@ def _describe_model(spec: CheckpointKind, config: dict) -> str:
 
 def _load_line(spec: CheckpointKind) -> str:
     if spec.name == "dfm":
-        return ("from blendtalk.models.dfm import DeformationFusionModule\n"
-                "model = DeformationFusionModule.from_pretrained(ckpt.path, map_matrix)  "
-                "# map_matrix: blendtalk.face.geometry.load_square_map(rig, size).matrix()")
-    return "from blendtalk.models.faceformer import FaceFormer\nmodel = FaceFormer.from_pretrained(ckpt.path)"
+        return ("from blendtalk.models.dfm import load_dfm\n"
+                "model = load_dfm(ckpt.path)  # the shipped rig's square map; rig=... for another rig")
+    return "from blendtalk.models.faceformer import load_speech_model\nmodel = load_speech_model(ckpt.path)"
 
 
 def _data_section(train: dict | None) -> str:

@@ -93,15 +93,12 @@ def main(argv=None) -> int:
 
         displacement = VisemeDriver(rig)(list(speech.phones), speech.num_frames)[1]
     else:
-        import torch
-
         from blendtalk.hub import resolve_checkpoint
-        from blendtalk.models.faceformer import FaceFormer
+        from blendtalk.models.faceformer import load_speech_model
         from blendtalk.speech.features import animate_speech
 
         ckpt = resolve_checkpoint("speech", args.checkpoint)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = FaceFormer.from_pretrained(ckpt.path, device=device)
+        model = load_speech_model(ckpt.path, args.device)
         if model.config.num_vertices != rig.num_vertices:
             p.error(f"the checkpoint animates V={model.config.num_vertices} vertices; lip-sync is measured on the rig (V={rig.num_vertices})")
         displacement = animate_speech(model, speech, args.speaker)
