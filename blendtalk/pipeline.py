@@ -25,73 +25,18 @@ import numpy as np
 import torch
 
 from .animation import Animation
-from .speech.audio import AudioError, load_audio, num_frames
 from .constants import FPS, SAMPLE_RATE
-from .expression.emotions import (
-    EMOTIONS, add_blinks, blinks, check_emotion, check_intensity, envelope, mix, parse_timeline, timeline_weights,
-    yield_to_closure,
-)
-from .expression.head_motion import HeadMotionConfig, check_seed, check_switch, head_pivot, rotate_head, speech_head_motion
+from .expression.emotions import add_blinks, blinks, envelope, mix, timeline_weights, yield_to_closure
+from .expression.head_motion import HeadMotionConfig, head_pivot, rotate_head, speech_head_motion
 from .face.rig import FaceRig, load_rig
 from .models.checkpoint import pick_device
+from .request import METHODS, AnimationRequest, Expression, check_speech, read_reference
 
 logger = logging.getLogger(__name__)
 
 PROCEDURAL = "visemes"  # as the speech source: the procedural viseme driver instead of a learned model
-# "ours": the DFM takes out of each input what the other domain's blendshapes explain (its leak) and
-# keeps the rest, (d_s - B_e w_e^s) + (d_e - B_s w_s^e); "eq13": the paper's B_s w_s^s + B_e w_e^e,
-# which redraws both through the learned bases; then the naive sum d_s + d_e, and d_s alone.
-METHODS = ("ours", "eq13", "interpolation", "speech_only")
-MAX_TEXT_CHARS = 600  # typed text for TTS: about 40 s of speech
 ONSET_SECONDS = 0.4  # an emotion label eases in over this long from the first frame
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], what is happening)
-
-
-@dataclass
-class Expression:
-    """What the face should show besides speech.
-
-    emotion: one of EMOTIONS. intensity: 0..1.5 (above 1 exaggerates). mix_with / mix_ratio: a
-    second emotion blended in (ratio 0 = only `emotion`, 1 = only `mix_with`). timeline: e.g.
-    "neutral@0 happy@1.5 sad@4.0:0.7" (overrides emotion/mix). reference: a file with an expression
-    sequence (overrides the rest): .npy/.npz of ARKit weights (T', 52) or rig vertices (T', V, 3)
-    in metres; it is looped or cut to the speech length. blinks: natural blinks on top.
-    """
-
-    emotion: str = "neutral"
-    intensity: float = 1.0
-    mix_with: str | None = None
-    mix_ratio: float = 0.5
-    timeline: str | None = None
-    reference: str | Path | None = None
-    blinks: bool = True
-    seed: int = 0  # blink timing (and, in Pipeline.animate, head and eye motion)
-
-    def __post_init__(self):
-        self.seed = check_seed(self.seed)
-        self.blinks = check_switch(self.blinks, "blinks")
-        self.emotion = check_emotion(self.emotion)
-        self.intensity = check_intensity(self.intensity)
-        if self.mix_with is not None:
-            self.mix_with = check_emotion(self.mix_with)
-            if not (isinstance(self.mix_ratio, (int, float)) and 0.0 <= self.mix_ratio <= 1.0):
-                raise ValueError(f"mix_ratio must be a number in [0, 1], got {self.mix_ratio!r}")
-        if self.timeline is not None and not str(self.timeline).strip():
-            self.timeline = None
-        if self.timeline is not None:
-            # Each entry is scaled by the global intensity; check the products now, not after the slow work.
-            for key in parse_timeline(self.timeline):
-                check_intensity(self.intensity * key.intensity,
-                                f"intensity {self.intensity:g} x the intensity of timeline entry {key.emotion}@{key.start:g}")
-
-    def describe(self) -> str:
-        if self.reference is not None:
-            return f"reference {Path(self.reference).name}"
-        if self.timeline:
-            return f"timeline '{self.timeline}' x{self.intensity:g}"
-        if self.mix_with:
-            return f"{self.emotion} + {self.mix_with} ({self.mix_ratio:g}) x{self.intensity:g}"
-        return f"{self.emotion} x{self.intensity:g}"
 
 
 def expression_weights(expr: Expression, frames: int, fps: float = FPS, names: Sequence[str] | None = None) -> np.ndarray:
@@ -116,44 +61,6 @@ def load_reference(path: str | Path, rig: FaceRig, frames: int) -> np.ndarray:
 def _loop(disp: np.ndarray, frames: int) -> np.ndarray:
     """(T', V, 3) -> (T, V, 3): repeated from the start or cut."""
     return disp[np.arange(frames) % len(disp)]
-
-
-def read_reference(path: str | Path, rig: FaceRig) -> np.ndarray:
-    """A reference expression sequence file (.npy/.npz of ARKit weights (T', 52) or rig vertices
-    (T', V, 3) in metres) -> validated displacements (T', V, 3) float32 on the rig."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"reference expression file {str(path)!r} does not exist")
-    if path.suffix.lower() not in (".npy", ".npz"):
-        raise ValueError(f"reference expression must be a .npy or .npz file, got {path.name!r}")
-    try:
-        if path.suffix.lower() == ".npy":
-            data = np.load(path, allow_pickle=False)
-        else:
-            with np.load(path, allow_pickle=False) as z:
-                files = list(z.files)
-                data = z[files[0]] if len(files) == 1 else None
-    # numpy raises ValueError for pickled/garbled files, OSError/EOFError for unreadable/truncated ones.
-    except (OSError, EOFError, ValueError) as err:
-        raise ValueError(f"cannot read the reference expression {path.name} as a numpy {path.suffix} file: {err}") from None
-    if data is None:
-        raise ValueError(f"{path.name} holds {len(files)} arrays {files}; give one array")
-    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
-        raise ValueError(f"reference expression {path.name} holds {data.dtype} values; expected real numbers")
-    data = np.asarray(data, dtype=np.float64)
-    if data.ndim == 2 and data.shape[1] == rig.num_blendshapes:
-        disp = rig.displacement(data)
-    elif data.ndim == 3 and data.shape[1:] == (rig.num_vertices, 3):
-        disp = data - rig.vertices[None]
-    else:
-        raise ValueError(f"reference expression {path.name} has shape {data.shape}; expected ARKit weights "
-                         f"(T, {rig.num_blendshapes}) or rig vertices (T, {rig.num_vertices}, 3) in metres")
-    if len(disp) == 0 or not np.isfinite(disp).all():
-        raise ValueError(f"reference expression {path.name} is empty or has NaN/inf values")
-    if np.abs(disp).max() > 0.05:  # 5 cm: not a face expression on this rig (wrong units or another mesh)
-        raise ValueError(f"reference expression {path.name} moves vertices by up to {np.abs(disp).max():.3g} m; "
-                         "expected metres on the shipped rig (motions of a few mm)")
-    return disp.astype(np.float32)
 
 
 @dataclass
@@ -227,24 +134,20 @@ class Pipeline:
 
     # ---- stages ----
     def speech_input(self, audio=None, text: str | None = None, transcript: str | None = None):
-        """Audio path/array (16 kHz) or text -> SpeechFeatures (audio, phones, encoder features)."""
-        from .speech.phonetics import PhoneAligner
-        from .speech.features import speech_features, text_features
+        """Audio path/array (16 kHz) or text -> SpeechFeatures (audio, phones, encoder features),
+        checked as a request's speech is (`check_speech`)."""
+        return self._features(*check_speech(audio, text, transcript))
 
-        if (audio is None) == (text is None):
-            raise ValueError("give either speech audio or text to speak, not both and not neither")
+    def _features(self, audio: np.ndarray | None, text: str | None, transcript: str | None):
+        """Checked speech (`check_speech`) -> SpeechFeatures."""
+        from .speech.features import speech_features, text_features
+        from .speech.phonetics import PhoneAligner
+
         if text is not None:
-            text = str(text).strip()
-            if not text:
-                raise ValueError("the text to speak is empty")
-            if len(text) > MAX_TEXT_CHARS:
-                raise ValueError(f"the text to speak has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
             return text_features(text)
-        # Arrays are validated like files (length, NaN, silence, clipping): they are a boundary too.
-        samples = load_audio(audio, sample_rate=SAMPLE_RATE) if isinstance(audio, np.ndarray) else load_audio(audio)
         if self._aligner is None:
             self._aligner = PhoneAligner()
-        return speech_features(samples, transcript, self._aligner)
+        return speech_features(audio, transcript, self._aligner)
 
     @property
     def phone_workers(self) -> int:
@@ -334,14 +237,19 @@ class Pipeline:
 
         head_motion: nods, turns, tilts and gaze shifts driven by the speech (`Animation.head_rotation`
         and `.gaze`; None when off). seed: in [0, 2**32 - 1], picks the blinks and the head and eye
-        motion (the same seed gives the same animation). Validates everything before the slow work.
-        Raises ValueError (AudioError for audio) with a message a person can act on.
+        motion (the same seed gives the same animation). Validates everything before the slow work
+        (`AnimationRequest.create`). Raises ValueError (AudioError for audio) with a message a person can act on.
         """
-        head_motion = check_switch(head_motion)
-        expr = Expression(emotion, intensity, mix_with, mix_ratio, timeline, reference, blinks, seed)
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        ref = read_reference(reference, self.rig) if reference is not None else None  # (T', V, 3), before the slow work
+        request = AnimationRequest.create(
+            audio, text=text, transcript=transcript, emotion=emotion, intensity=intensity, mix_with=mix_with,
+            mix_ratio=mix_ratio, timeline=timeline, reference=reference, blinks=blinks, method=method,
+            head_motion=head_motion, seed=seed, rig=self.rig)
+        return self.run(request, progress)
+
+    def run(self, request: AnimationRequest, progress: Progress | None = None) -> Animation:
+        """A validated request -> Animation (thread-safe: concurrent calls share the loaded models)."""
+        expr, method, head_motion, seed = request.expression, request.method, request.head_motion, request.seed
+        ref = request.reference  # (T', V, 3) or None
         report = progress or (lambda fraction, what: None)
         timings = {}
 
@@ -352,7 +260,7 @@ class Pipeline:
             timings[name] = time.perf_counter() - t0
             return out
 
-        speech = stage("audio front end", 0.0, self.speech_input, audio, text, transcript)
+        speech = stage("audio front end", 0.0, self._features, request.audio, request.text, request.transcript)
         frames = speech.num_frames
         d_s, driver = stage("speech model", 0.3, self.speech_deformation, speech)
         d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames))

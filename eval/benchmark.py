@@ -296,7 +296,8 @@ def run(args) -> dict:
 
     # Expression input and the DFM.
     from blendtalk.models.dfm import load_dfm
-    from blendtalk.pipeline import Expression, expression_weights
+    from blendtalk.pipeline import expression_weights
+    from blendtalk.request import Expression
 
     expr = Expression("happy", 0.8, timeline=None)
     stage("expression", "expression input (emotion + blinks)", "clip",

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         p.error("--repeat must be in [1, 10] and --pause in [0.2, 5] s")
     if args.repeat > 1 and args.phones:
         p.error("--phones labels one clip; leave out --repeat")
-    from blendtalk.pipeline import Expression
+    from blendtalk.request import Expression
 
     try:
         expression = Expression(args.emotion, args.intensity, blinks=False) if args.emotion else None

@@ -13,9 +13,8 @@ from blendtalk.speech.audio import AudioError, load_audio, num_frames
 from blendtalk.constants import ASSETS_DIR, FPS
 from blendtalk.expression.emotions import EMOTIONS, emotion_weights
 from blendtalk.speech.phones import read_phone_labels
-from blendtalk.pipeline import (
-    METHODS, Expression, Pipeline, expression_weights, load_reference,
-)
+from blendtalk.pipeline import Pipeline, expression_weights, load_reference
+from blendtalk.request import METHODS, Expression
 from blendtalk.speech.features import features_from_phones
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
