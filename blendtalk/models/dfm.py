@@ -294,21 +294,6 @@ class DeformationFusionModule(PretrainedModel):
         _, w_expr = self.split(self.encode_expression(d_e))
         return self.fuse_weights(w_speech, w_expr, intensity)
 
-    def fuse_keeping_residuals(
-        self, d_s: torch.Tensor, d_e: torch.Tensor, intensity: float | torch.Tensor = 1.0
-    ) -> torch.Tensor:
-        """A variant of eq. 13 (not in the paper): each input minus its cross-domain reconstruction.
-
-        (d_s - B_e w_e^s) + intensity * (d_e - B_s w_s^e): the leaks that the cross-domain halves
-        model are taken out, and what the blendshapes cannot reconstruct (fine brow and lid motion,
-        say) is kept instead of dropped. Shapes as in `fuse`.
-        """
-        _, cross_s = self.split(self.encode_speech(d_s))
-        cross_e, _ = self.split(self.encode_expression(d_e))
-        speech = d_s - self.decode_expression(cross_s)  # minus B_e w_e^s
-        expression = d_e - self.decode_speech(cross_e)  # minus B_s w_s^e
-        return interpolate_inputs(speech, expression, intensity)
-
     def fuse_weights(
         self, w_speech_own: torch.Tensor, w_expr_own: torch.Tensor, intensity: float | torch.Tensor = 1.0
     ) -> torch.Tensor:
