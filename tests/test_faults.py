@@ -189,7 +189,7 @@ def test_training_killed_mid_run_resumes_with_nothing_lost(tiny_corpus, tmp_path
 def test_a_save_interrupted_at_any_point_is_repaired(tmp_path):
     """The pieces a kill can leave: a torn metrics line, lines after the saved step, a stale stage folder."""
     from blendtalk.models.dfm import DFMConfig
-    from blendtalk.training.dfm import trim_metrics
+    from blendtalk.training.loop import trim_metrics
 
     log = tmp_path / "metrics.jsonl"
     log.write_text("".join(json.dumps({"step": s, "loss": {"total": 1.0 / s}}) + "\n" for s in (3, 6, 9)) + '{"step": 12, "lo')

@@ -3,8 +3,9 @@ windows per batch, resumable runs, LVE/FDD validation, DDP.
 
 A run is a folder (never reused or deleted), as for the DFM (blendtalk.training.dfm):
     train_config.json      the FaceFormerTrainConfig
-    checkpoint/            the latest model (config.json + model.safetensors) ...
-    state.pt               ... with optimiser state and step, for --resume (tensors only, weights_only)
+    checkpoint/            the latest model (config.json + model.safetensors)
+    state.pt               its weights, the optimiser, the step and every random state, for --resume
+                           (tensors only, weights_only; blendtalk.training.loop)
     best/                  the model with the lowest validation score (LVE on aligned phones) so far
     metrics.jsonl          one line per validation
 Under `torchrun --nproc_per_node=N` each process draws its own batches; rank 0 validates and writes.
@@ -48,8 +49,9 @@ from tqdm import tqdm
 from ..constants import FPS, SAMPLE_RATE
 from ..data.datasets import VOCASET_SPLIT, SpeechDataset, Split
 from ..data.vocaset import read_vocaset
-from ..models.checkpoint import pick_device
 from ..models.faceformer import FaceFormer, FaceFormerConfig, build_faceformer
+from .loop import (append_metrics, load_state, new_run_dir, out_of_time, progress, random_state, restore_random_state,
+                   save_state, set_cosine_lr, setup_process, trim_metrics)
 from ..models.audio_encoders import AudioEncoderConfig
 from ..speech.phones import ARPABET, Phone
 from ..face.rig import load_rig
@@ -361,23 +363,9 @@ def new_model(config: FaceFormerTrainConfig, num_vertices: int, num_speakers: in
 # The loop
 
 
-def _new_run_dir(out: str | Path) -> Path:
-    from .dfm import new_run_dir
-
-    return new_run_dir(out, name="faceformer")
-
-
 def _setup(config: FaceFormerTrainConfig):
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if distributed:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        device = pick_device(config.device)
+    distributed, rank, device = setup_process(config.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores: ~1e-3 relative, ample here
         torch.backends.cudnn.allow_tf32 = True
@@ -398,21 +386,25 @@ def train_faceformer(config: FaceFormerTrainConfig, run_dir: str | Path | None =
     num_speakers = int(train.speaker.max()) + 1
     run = Path(run_dir) if run_dir is not None else None
     step, best = 0, math.inf
+    state = load_state(run, device) if resume else None
     if resume:
-        if run is None or not (run / "state.pt").is_file():
-            raise FileNotFoundError(f"nothing to resume in {run}: no state.pt")
         model = FaceFormer.from_pretrained(run / "checkpoint", device=device)
+        if "model" in state:  # the weights saved with this step (checkpoint/ is saved just before state.pt)
+            model.load_state_dict(state["model"])
     else:
         model = new_model(config, train.motion.shape[1], num_speakers, device)
     if config.model.num_vertices != train.motion.shape[1]:
         raise ValueError(f"the data has V={train.motion.shape[1]} vertices but the model expects {config.model.num_vertices}")
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     if resume:
-        state = torch.load(run / "state.pt", map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         step, best = int(state["step"]), float(state["best"])
+        if "random" in state and not distributed:  # the batches, augmentation and dropout go on as if uninterrupted
+            restore_random_state(state["random"], rng=rng)
+        if rank == 0:
+            trim_metrics(run / "metrics.jsonl", step)
     elif rank == 0:
-        run = run or _new_run_dir(config.out)
+        run = run or new_run_dir(config.out, "faceformer")
         (run / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     masks = region_masks(config, train.motion.shape[1])
@@ -432,11 +424,7 @@ def train_faceformer(config: FaceFormerTrainConfig, run_dir: str | Path | None =
         batch = sample_batch(train, config, rng, device)
         x, t, spk, target = batch["inputs"], batch["num_frames"], batch["speaker"], batch["target"]
         if config.lr_schedule == "cosine":
-            done = step / total
-            if config.max_minutes:
-                done = max(done, (time.time() - started) / (60 * config.max_minutes))
-            for group in opt.param_groups:
-                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+            set_cosine_lr(opt, config.lr, progress(step, total, started, config.max_minutes))
         prev = target
         if rng.random() < config.self_feed:
             with torch.no_grad():
@@ -448,28 +436,23 @@ def train_faceformer(config: FaceFormerTrainConfig, run_dir: str | Path | None =
         opt.step()
         step += 1
         bar.update()
-        out_of_time = config.max_minutes is not None and time.time() - started > 60 * config.max_minutes
-        if distributed:  # every process must stop at the same step, or DDP waits forever
-            flag = torch.tensor(float(out_of_time), device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            out_of_time = bool(flag)
-        if rank == 0 and (step % val_every == 0 or step == total or out_of_time):
+        late = out_of_time(started, config.max_minutes, distributed, device)
+        if rank == 0 and (step % val_every == 0 or step == total or late):
             sources = [s for s in ("aligned", "recognized") if s in val.phone_ids] or ["aligned"]
             report = evaluate_model(model, val, masks, sources=sources, rig=rig)
             first = next(iter(report.values()))
             score = first.get("lve_mm2", first.get("mve_mm", parts["total"]))
             line = {"step": step, "epoch": step / steps_per_epoch, "minutes": (time.time() - started) / 60,
                     "loss": parts, "val": report, "val_loss": score}  # val_loss: what best/ and the Hub card rank by
-            with open(run / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
+            append_metrics(run, line)
             bar.set_postfix(loss=f"{parts['total']:.4f}", val=f"{score:.4f}")
             if score < best:
                 best = score
                 model.save_pretrained(run / "best")
             model.save_pretrained(run / "checkpoint")
-            torch.save({"optimizer": opt.state_dict(), "step": step, "best": best}, run / "state.pt.tmp")
-            os.replace(run / "state.pt.tmp", run / "state.pt")
-        if out_of_time:
+            save_state(run / "state.pt", model=model.state_dict(), optimizer=opt.state_dict(),
+                       random=random_state(rng=rng), step=step, best=best)
+        if late:
             break
     bar.close()
     if distributed:
