@@ -19,21 +19,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..data.datasets import ExpressionDataset, SpeechDataset
 from ..data.florence import read_florence
 from ..data.vocaset import read_vocaset
 from ..evaluation.fusion import evaluate_fusion, fusion_cases, synthetic_split
 from ..face.geometry import load_square_map, uniform_laplacian
-from .loop import (append_metrics, load_state, new_run_dir, out_of_time, progress, random_state, restore_random_state,
-                   save_state, set_cosine_lr, setup_process, trim_metrics)
+from .loop import Loop, load_state, new_run_dir, random_state, restore_random_state, run_loop, setup_process, trim_metrics
 from .losses import DFMLossConfig, dfm_loss, vertex_weights
 from ..models.dfm import DeformationFusionModule, DFMConfig, interpolate_inputs
 from ..face.rig import FaceRig, load_rig
@@ -163,39 +160,21 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
         net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
 
     steps_per_epoch = max(len(speech), len(expr)) // config.batch_size
-    total = int(config.epochs * steps_per_epoch)
-    started = time.time()
-    bar = tqdm(total=total, initial=step, desc="train dfm", disable=rank != 0, unit="step")
-    parts = {}
-    while step < total:
+
+    def train_step():
         i_s = torch.randint(len(speech), (config.batch_size,), device=device, generator=rng)
         i_e = torch.randint(len(expr), (config.batch_size,), device=device, generator=rng)
         d_s, d_e = speech[i_s], expr[i_e]
         d_mixed = mix_speech(d_s, d_e, config.loss.invariance_mix, rng) if config.loss.lambda_invariance else None
-        if config.lr_schedule == "cosine":
-            set_cosine_lr(opt, config.lr, progress(step, total, started, config.max_minutes))
-        loss, parts = dfm_loss(net(d_s, d_e, d_mixed), d_s, d_e, config.loss, lip_w, lap, upper)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update()
-        late = out_of_time(started, config.max_minutes, distributed, device)
-        if rank == 0 and (step % config.val_every == 0 or step == total or late):
-            report = validate(model, config, rig, device)
-            score = report.get("dfm", {}).get("fused_mve", parts["total"])
-            line = {"step": step, "epoch": step / steps_per_epoch, "minutes": (time.time() - started) / 60, "loss": parts, "val": report}
-            append_metrics(run, line)
-            bar.set_postfix(loss=f"{parts['total']:.4f}", val=f"{score:.4f}")
-            if score < best:
-                best = score
-                model.save_pretrained(run / "best")
-            model.save_pretrained(run / "checkpoint")
-            save_state(run / "state.pt", model=model.state_dict(), optimizer=opt.state_dict(),
-                       random=random_state(generator=rng), step=step, best=best)
-        if late:
-            break
-    bar.close()
+        return dfm_loss(net(d_s, d_e, d_mixed), d_s, d_e, config.loss, lip_w, lap, upper)
+
+    def validation(parts):
+        report = validate(model, config, rig, device)
+        return report, report.get("dfm", {}).get("fused_mve", parts["total"]), {}
+
+    loop = Loop(model, opt, run, device, int(config.epochs * steps_per_epoch), steps_per_epoch, config.val_every,
+                config.lr, config.lr_schedule, config.max_minutes, distributed, rank, "train dfm")
+    run_loop(loop, train_step, validation, lambda: random_state(generator=rng), step, best)
     if distributed:
         torch.distributed.destroy_process_group()
     return run

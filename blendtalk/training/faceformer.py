@@ -37,21 +37,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..constants import FPS, SAMPLE_RATE
 from ..data.datasets import VOCASET_SPLIT, SpeechDataset, Split
 from ..data.vocaset import read_vocaset
 from ..models.faceformer import FaceFormer, FaceFormerConfig, build_faceformer
-from .loop import (append_metrics, load_state, new_run_dir, out_of_time, progress, random_state, restore_random_state,
-                   save_state, set_cosine_lr, setup_process, trim_metrics)
+from .loop import Loop, load_state, new_run_dir, random_state, restore_random_state, run_loop, setup_process, trim_metrics
 from ..models.audio_encoders import AudioEncoderConfig
 from ..speech.phones import ARPABET, Phone
 from ..face.rig import load_rig
@@ -415,46 +412,28 @@ def train_faceformer(config: FaceFormerTrainConfig, run_dir: str | Path | None =
     pairs = torch.as_tensor(rig.lip_pairs, device=device) if train.motion.shape[1] == rig.num_vertices else None
 
     steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
-    val_every = config.val_every or steps_per_epoch
-    total = int(config.epochs * steps_per_epoch)
-    started = time.time()
-    bar = tqdm(total=total, initial=step, desc="train faceformer", disable=rank != 0, unit="step")
-    parts: dict = {}
-    while step < total:
+
+    def train_step():
         batch = sample_batch(train, config, rng, device)
         x, t, spk, target = batch["inputs"], batch["num_frames"], batch["speaker"], batch["target"]
-        if config.lr_schedule == "cosine":
-            set_cosine_lr(opt, config.lr, progress(step, total, started, config.max_minutes))
         prev = target
         if rng.random() < config.self_feed:
             with torch.no_grad():
                 prev = model(x, t, spk, target)  # teacher-forced guesses become the previous motion
-        loss, parts = faceformer_loss(net(x, t, spk, prev), target, lip_w, config.motion_scale, config.lambda_velocity,
-                                      pairs, config.lambda_lip_gap)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update()
-        late = out_of_time(started, config.max_minutes, distributed, device)
-        if rank == 0 and (step % val_every == 0 or step == total or late):
-            sources = [s for s in ("aligned", "recognized") if s in val.phone_ids] or ["aligned"]
-            report = evaluate_model(model, val, masks, sources=sources, rig=rig)
-            first = next(iter(report.values()))
-            score = first.get("lve_mm2", first.get("mve_mm", parts["total"]))
-            line = {"step": step, "epoch": step / steps_per_epoch, "minutes": (time.time() - started) / 60,
-                    "loss": parts, "val": report, "val_loss": score}  # val_loss: what best/ and the Hub card rank by
-            append_metrics(run, line)
-            bar.set_postfix(loss=f"{parts['total']:.4f}", val=f"{score:.4f}")
-            if score < best:
-                best = score
-                model.save_pretrained(run / "best")
-            model.save_pretrained(run / "checkpoint")
-            save_state(run / "state.pt", model=model.state_dict(), optimizer=opt.state_dict(),
-                       random=random_state(rng=rng), step=step, best=best)
-        if late:
-            break
-    bar.close()
+        return faceformer_loss(net(x, t, spk, prev), target, lip_w, config.motion_scale, config.lambda_velocity,
+                               pairs, config.lambda_lip_gap)
+
+    def validation(parts):
+        sources = [s for s in ("aligned", "recognized") if s in val.phone_ids] or ["aligned"]
+        report = evaluate_model(model, val, masks, sources=sources, rig=rig)
+        first = next(iter(report.values()))
+        score = first.get("lve_mm2", first.get("mve_mm", parts["total"]))
+        return report, score, {"val_loss": score}  # val_loss: what best/ and the Hub card rank by
+
+    loop = Loop(model, opt, run, device, int(config.epochs * steps_per_epoch), steps_per_epoch,
+                config.val_every or steps_per_epoch, config.lr, config.lr_schedule, config.max_minutes, distributed, rank,
+                "train faceformer")
+    run_loop(loop, train_step, validation, lambda: random_state(rng=rng), step, best)
     if distributed:
         torch.distributed.destroy_process_group()
     return run

@@ -1,7 +1,9 @@
 """What both training loops (the DFM's and the speech model's) share: the process set-up under
 torchrun, run folders, the learning-rate schedule, stopping together, and resumable state.
 
-A run is a folder that is never reused or deleted. After each validation the loop appends a line
+`run_loop` is the one loop: each step asks the model's trainer for a loss (`train_step`, which draws
+its own batch), takes an optimiser step, and at each validation asks it for a report and a score
+(`validate`; lower is better). A run is a folder that is never reused or deleted. After each validation the loop appends a line
 to metrics.jsonl, saves checkpoint/ (and best/) with `save_pretrained`, then state.pt: the weights,
 the optimiser, the step, the best score and every random state the batches and dropout draw from,
 written under a temporary name and renamed. A run killed at any moment resumes from state.pt as if
@@ -16,8 +18,12 @@ import os
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..models.checkpoint import pick_device
 
@@ -134,3 +140,59 @@ def trim_metrics(path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(keep))
     os.replace(tmp, path)
+
+
+@dataclass
+class Loop:
+    """One run's loop: the model (saved with save_pretrained), what the optimiser updates, where and how long."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    run: Path | None  # None on ranks other than 0, which never write
+    device: torch.device
+    total: int  # steps of the whole run
+    steps_per_epoch: int
+    val_every: int
+    lr: float
+    lr_schedule: str  # "constant" or "cosine"
+    max_minutes: float | None
+    distributed: bool = False
+    rank: int = 0
+    desc: str = "train"
+
+
+def run_loop(loop: Loop, train_step: Callable[[], tuple[torch.Tensor, dict]],
+             validate: Callable[[dict], tuple[dict, float, dict]], saved_random: Callable[[], dict],
+             step: int = 0, best: float = math.inf) -> int:
+    """Train from `step` to `loop.total` (or the time budget); returns the last step.
+
+    train_step() -> (loss, its parts as numbers). validate(parts) -> (report, score, more fields for
+    the metrics line). saved_random() -> the random states to put in state.pt (`random_state`).
+    """
+    started = time.time()
+    bar = tqdm(total=loop.total, initial=step, desc=loop.desc, disable=loop.rank != 0, unit="step")
+    while step < loop.total:
+        if loop.lr_schedule == "cosine":
+            set_cosine_lr(loop.opt, loop.lr, progress(step, loop.total, started, loop.max_minutes))
+        loss, parts = train_step()
+        loop.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.opt.step()
+        step += 1
+        bar.update()
+        late = out_of_time(started, loop.max_minutes, loop.distributed, loop.device)
+        if loop.rank == 0 and (step % loop.val_every == 0 or step == loop.total or late):
+            report, score, more = validate(parts)
+            append_metrics(loop.run, {"step": step, "epoch": step / loop.steps_per_epoch,
+                                      "minutes": (time.time() - started) / 60, "loss": parts, "val": report, **more})
+            bar.set_postfix(loss=f"{parts['total']:.4f}", val=f"{score:.4f}")
+            if score < best:
+                best = score
+                loop.model.save_pretrained(loop.run / "best")
+            loop.model.save_pretrained(loop.run / "checkpoint")
+            save_state(loop.run / "state.pt", model=loop.model.state_dict(), optimizer=loop.opt.state_dict(),
+                       random=saved_random(), step=step, best=best)
+        if late:
+            break
+    bar.close()
+    return step
