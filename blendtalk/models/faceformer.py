@@ -31,9 +31,8 @@ Departures from the original code, and why:
   frame's cross-attention output is a function of its own audio frame alone (one visible key gets
   weight 1), so it is computed for all frames at once; the motion fed back to the next frame is
   motion_encoder(motion_decoder(h)), one (D, D) product, and the (V, 3) motion is decoded for all
-  frames after the loop. On CUDA one captured graph of the frame step is replayed per frame. Ten
-  seconds (300 frames) took 425 ms on an H200 before these changes and 37 ms after; 470 -> 130 ms
-  on the 2-core CPU.
+  frames after the loop. On CUDA one captured graph of the frame step is replayed per frame (the
+  speed-up is in docs/experiments.md).
 * The start token is the style embedding alone in training and generation alike (the original
   adds the motion encoder's bias in training only). Motion encoder and decoder start at zero, so an
   untrained model outputs zero displacement (the template) and ignores past motion until trained.

@@ -23,8 +23,8 @@ than they differ from each other, and a model that leans on the log-mel then mis
 the phones state plainly (the ARCTIC check in eval/lipsync.py). Three augmentations of the log-mel
 (`augment_mel`) push the model to hear voices loosely and to trust good phones: a random stretch of
 the frequency axis (vocal tract length perturbation), SpecAugment's blanked bands and time spans,
-and (off by default: it did not help) windows whose whole log-mel is blanked while their phones
-are aligned or exact.
+and (off by default) windows whose whole log-mel is blanked while their phones are aligned or
+exact. What each was worth is in docs/experiments.md.
 
 Exposure bias. Teacher forcing feeds the true previous frame, inference the model's own. With
 probability `self_feed` a step runs two parallel passes instead (scheduled sampling): one
@@ -70,20 +70,19 @@ class FaceFormerTrainConfig:
     encoder: str = "phonetic"  # "phonetic" (offline default) or "wav2vec2"
     wav2vec2: str | None = None  # pretrained wav2vec2 Hub id or folder; None = random init (offline)
     phone_mix: dict = field(default_factory=lambda: {"aligned": 0.5, "recognized": 0.3, "exact": 0.2})  # see module doc
-    lr: float = 5e-4  # Adam; FaceFormer's 1e-4 (batch 1) reached val LVE 84 mm^2 after 186 CPU steps where 5e-4 reached 32
+    lr: float = 5e-4  # Adam; above FaceFormer's 1e-4 (batch 1), which learns far slower with our batches
     lr_schedule: str = "constant"  # or "cosine": decay to 0 over the run (epochs or max_minutes, whichever ends first)
     batch_size: int = 8  # windows per step (per process under DDP); FaceFormer uses 1 whole sequence
     min_seconds: float = 2.0  # window length drawn per batch in [min, max] s, capped by the batch's shortest sequence
     max_seconds: float = 4.0
     self_feed: float = 0.5  # share of steps fed their own predictions as previous motion (module doc)
-    # Log-mel augmentation (module doc). On one H200 for 5.3 min, 0.15 + 2 masks halved the held-out LVE with aligned
-    # phones (14.7 -> 7.4 mm^2) and closed both ARCTIC bilabials (1 of 2 without); adding mel_dropout 0.2/0.4 did not help.
+    # Log-mel augmentation (module doc): warp and masks make the model trust good phones over an unfamiliar voice.
     mel_warp: float = 0.15  # frequency axis stretched by a factor in 1 +- mel_warp per window
     mel_masks: int = 2  # SpecAugment: this many frequency bands (<= 10 mels) and time spans (<= 4 frames) blanked per window
     mel_dropout: float = 0.0  # share of windows with aligned/exact phones whose whole log-mel is blanked
-    lip_weight: float = 5.0  # loss weight of lip vertices (1 elsewhere); at 450 CPU steps 5 gave val LVE 20 mm^2 and 80% /p b m/ closure, 1 (FaceFormer's) 25 and 30%
+    lip_weight: float = 5.0  # loss weight of lip vertices (1 elsewhere): lip errors are what viewers see; closes /p b m/ far more than 1
     lambda_velocity: float = 0.0  # MSE of frame-to-frame differences; > 0 discourages jitter
-    lambda_lip_gap: float = 0.0  # L1 on the lip-seam gap (rig only); 0.2 closed 95% of /p b m/ but cost LVE (31 vs 17 mm^2)
+    lambda_lip_gap: float = 0.0  # L1 on the lip-seam gap (rig only); off: the closures it buys cost more LVE than they are worth
     motion_scale: float = 1e-3  # m per model unit (FaceFormerConfig.motion_scale): the network works in mm
     epochs: float = 200.0  # an epoch draws as many windows as there are training sequences
     max_minutes: float | None = None  # stop (and save) after this wall time, whatever the epoch
