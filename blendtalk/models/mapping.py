@@ -1,15 +1,7 @@
 """Linear maps from the DFM's blendshape weights to other rigs' parameters (paper eqs. 14-15).
 
 A map M (P, K_s + K_e) turns DFM weights w into target parameters p = M w, fitted so that the
-target rig reproduces the DFM's deformation:
-
-    L = L_fit + lambda_reg L_reg + lambda_params |p|^2
-    L_fit = sum_v m_v |t(M w)_v - ([B_s B_e] w)_v|^2 / sum_v m_v      (m_v: lips weighted, as in DFM training)
-    L_reg = mean_v |t(M w)_v|^2                                      (L2 on the output deformation)
-
-averaged over weight vectors w observed on the corpora (DFM-encoded training frames, combined
-as at inference: speech own half + intensity * expression own half) plus sampled ones. Lengths
-are multiplied by a unit scale (1 / weighted RMS target displacement) so the lambdas are relative.
+target rig reproduces the DFM's deformation (the loss and the fitting: blendtalk.training.mapping).
 
 * ARKit (the shipped rig, t(p) = deltas^T p): the loss is quadratic, so M has a closed form,
   the same whatever the weight distribution (it is the per-blendshape least-squares fit). ARKit
@@ -21,10 +13,9 @@ are multiplied by a unit scale (1 / weighted RMS target displacement) so the lam
   differences), solve that in closed form, then refine with Adam through the true FLAME layer.
   A FLAME map needs a DFM trained on FLAME-topology data (V = 5023).
 
-The fitting lives in blendtalk.training.mapping; this module holds the map and its storage (a
-checkpoint folder like the models', blendtalk.models.checkpoint).
 A fitted map is a folder beside the DFM checkpoint, `<dfm>/mapping_<target>/` (config.json with
-the fit's held-out errors + model.safetensors), read back by `load_mapping(dfm_dir, target)`.
+the fit's held-out errors + model.safetensors + README.md, written like every checkpoint by
+blendtalk.models.checkpoint.save_folder), read back by `load_mapping(dfm_dir, target)`.
 """
 
 from __future__ import annotations
