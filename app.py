@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from blendtalk.constants import ASSETS_DIR
+from blendtalk.request import MAX_TRANSCRIPT_CHARS
 
 logger = logging.getLogger("blendtalk.app")
 
 MAX_AUDIO_SECONDS = 60.0  # s of speech per request: render time and download sizes grow with it
 MAX_UPLOAD = "20mb"  # per uploaded file: a minute of 48 kHz stereo 16-bit wav is 11.5 MB
-MAX_TRANSCRIPT_CHARS = 1000  # about a minute of speech
 VIDEO_SIZES = (128, 256, 384, 512)  # px; CPU render time grows with the square of the size
 FIGURE_FRAMES = 90  # frames in the Plotly animation: about 3.8 MB of JSON for the rig
 SLIDERS_PER_ROW = 2  # blendshape sliders side by side in the explorer
@@ -153,9 +153,6 @@ def setup_workspace(workdir: str | None) -> Workspace:
 
 _PIPELINE = None
 _PIPELINE_LOCK = threading.Lock()
-# Pipeline.animate shares one pocketsphinx decoder between calls, which crashes when two requests
-# use it at once ("Failed to start utterance processing"); rendering, the slow part, runs in parallel.
-_ANIMATE_LOCK = threading.Lock()
 
 
 def get_pipeline(dfm: str | None = None, speech: str | None = None, device: str | None = None):
@@ -170,8 +167,9 @@ def get_pipeline(dfm: str | None = None, speech: str | None = None, device: str 
 
 
 @GPU
-def animate_and_render(audio, text, transcript, expression: dict, video: Path, size: int, progress=None):
-    """The model and rendering work (on the GPU in a ZeroGPU Space) -> the Animation; writes `video`."""
+def animate_and_render(request, video: Path, progress=None):
+    """The model and rendering work (on the GPU in a ZeroGPU Space) for an AnimationRequest -> the
+    Animation; writes `video`. Requests run side by side: the pipeline is safe to share."""
     pipe = get_pipeline()
 
     def stage(start, span):
@@ -180,25 +178,13 @@ def animate_and_render(audio, text, transcript, expression: dict, video: Path, s
                 progress(start + span * fraction, desc=what)
         return report
 
-    with _ANIMATE_LOCK:
-        anim = pipe.animate(audio, text=text, transcript=transcript, progress=stage(0.02, 0.38), **expression)
-    pipe.save_video(anim, video, size=size, progress=stage(0.4, 0.6))
+    anim = pipe.run(request, progress=stage(0.02, 0.38))
+    pipe.save_video(anim, video, size=request.size, progress=stage(0.4, 0.6))
     return anim
 
 
 # ---------------------------------------------------------------------------------------------
 # One request
-
-
-@dataclass
-class Request:
-    """A validated request: audio samples (S,) at 16 kHz or text to speak, and the expression."""
-
-    audio: np.ndarray | None
-    text: str | None
-    transcript: str | None
-    expression: dict
-    size: int
 
 
 def public_lines(lines: list[str]) -> list[str]:
@@ -208,49 +194,26 @@ def public_lines(lines: list[str]) -> list[str]:
 
 
 def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
-                  allowed_dirs, head_motion=True) -> Request:
-    """Validate every input before any slow work; raises ValueError with what to change."""
-    from blendtalk.speech.audio import load_audio
-    from blendtalk.expression.emotions import parse_timeline
-    from blendtalk.pipeline import MAX_TEXT_CHARS, Expression
+                  allowed_dirs, head_motion=True):
+    """The page's inputs -> a validated blendtalk AnimationRequest, before any slow work; raises
+    ValueError with what to change. Checked here only what is the page's own: audio only from
+    Gradio's upload folder, a size from the menu, at most MAX_AUDIO_SECONDS of speech."""
+    from blendtalk.request import AnimationRequest
 
-    text = (text or "").strip() or None
-    transcript = (transcript or "").strip() or None
-    timeline = (timeline or "").strip() or None
-    mix_with = (mix_with or "").strip() or None
-    if audio is not None and text is not None:
-        raise ValueError("Give speech audio or text to speak, not both: clear the audio or the text box.")
-    if audio is None and text is None:
-        raise ValueError("No speech: upload or record audio, or type text to speak.")
-    if text is not None and len(text) > MAX_TEXT_CHARS:
-        raise ValueError(f"The text to speak has {len(text)} characters; the limit is {MAX_TEXT_CHARS}.")
-    if transcript is not None and len(transcript) > MAX_TRANSCRIPT_CHARS:
-        raise ValueError(f"The transcript has {len(transcript)} characters; the limit is {MAX_TRANSCRIPT_CHARS}.")
-    for name, value in (("intensity", intensity), ("mix ratio", mix_ratio)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"The {name} must be a number, got {value!r}.")
-    if not isinstance(blinks, bool):
-        raise ValueError(f"blinks must be true or false, got {blinks!r}.")
-    if not isinstance(head_motion, bool):
-        raise ValueError(f"head_motion must be true or false, got {head_motion!r}.")
     # The dropdown documents its choices as text ("256"); API callers send either that or the number.
     if isinstance(size, str) and size.strip().isdigit():
         size = int(size)
     if isinstance(size, bool) or size not in VIDEO_SIZES:
         raise ValueError(f"The video size must be one of {', '.join(map(str, VIDEO_SIZES))} px, got {size!r}.")
-    Expression(emotion, intensity, mix_with, mix_ratio, timeline, None, blinks)  # emotion names and ranges
-    if timeline is not None:
-        parse_timeline(timeline)
-    samples = None
     if audio is not None:
-        path = Path(str(audio)).resolve()
+        audio = Path(str(audio)).resolve()
         # Gradio hands us its own upload copies; anything else is not read on a user's behalf.
-        if not any(path.is_relative_to(Path(d).resolve()) for d in allowed_dirs):
+        if not any(audio.is_relative_to(Path(d).resolve()) for d in allowed_dirs):
             raise ValueError("The audio must be an uploaded or recorded file.")
-        samples = load_audio(path, max_seconds=MAX_AUDIO_SECONDS)
-    expression = dict(emotion=emotion, intensity=float(intensity), mix_with=mix_with, mix_ratio=float(mix_ratio),
-                      timeline=timeline, blinks=blinks, head_motion=head_motion)
-    return Request(samples, text, transcript, expression, int(size))
+    return AnimationRequest.create(
+        audio, text=text, transcript=transcript, emotion=emotion, intensity=intensity, mix_with=mix_with,
+        mix_ratio=mix_ratio, timeline=timeline, blinks=blinks, head_motion=head_motion, size=size,
+        max_audio_seconds=MAX_AUDIO_SECONDS)
 
 
 def describe(anim, missing: dict[str, str]) -> str:
@@ -299,10 +262,10 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                                 blinks, size, allowed_dirs, head_motion)
         except ValueError as err:  # AudioError included
             raise gr.Error(str(err), title="Please check the input", print_exception=False) from None
-        stem = f"blendtalk_{req.expression['emotion']}"
+        stem = f"blendtalk_{req.expression.emotion}"
         video = folder / f"{stem}.mp4"
         try:
-            anim = animate_and_render(req.audio, req.text, req.transcript, req.expression, video, req.size, progress)
+            anim = animate_and_render(req, video, progress)
         except ValueError as err:  # e.g. text the TTS cannot speak
             raise gr.Error(str(err), title="Please check the input", print_exception=False) from None
         yield str(video), "", None, None, describe(anim, {}) + "\n\nbuilding the 3D view and downloads…"

@@ -10,7 +10,7 @@ import importlib
 
 # The public names load their modules on first use, so that `import blendtalk.speech.phonetics` (as the
 # phone-recognition worker processes do) does not pull in torch.
-_EXPORTS = {"Animation": ".animation", "EMOTIONS": ".expression.emotions", "Expression": ".pipeline", "Pipeline": ".pipeline",
+_EXPORTS = {"Animation": ".animation", "EMOTIONS": ".expression.emotions", "AnimationRequest": ".request", "Expression": ".request", "Pipeline": ".pipeline",
             "FaceRig": ".face.rig", "load_rig": ".face.rig"}
 
 __all__ = sorted(_EXPORTS)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pipeline import METHODS
+from .request import METHODS
 
 REGION_COLOURS = {  # RGB for the map picture, drawn in this order (later wins)
     "face_crop": (200, 170, 150),
@@ -172,27 +172,24 @@ def animate(args) -> int:
     """Validate every input first (nothing is loaded or written before), then animate, render, export."""
     from tqdm import tqdm
 
-    from .speech.audio import load_audio
-    from .pipeline import MAX_TEXT_CHARS, Expression, Pipeline, read_reference, resolve_device
-    from .face.rig import load_rig
+    from .models.checkpoint import pick_device
+    from .pipeline import Pipeline
+    from .request import AnimationRequest
 
     if (args.speech is None) == (args.text is None):
         raise ValueError("give a speech file or --text (one of the two)")
     if args.text is not None and not args.text.strip():
         raise ValueError("--text is empty; give the words to speak")
-    if args.text is not None and len(args.text.strip()) > MAX_TEXT_CHARS:
-        raise ValueError(f"--text has {len(args.text.strip())} characters; the limit is {MAX_TEXT_CHARS}")
-    # Expression checks the emotion names, intensity, mix ratio and the timeline (syntax, times, intensities).
-    Expression(args.emotion, args.intensity, args.mix, args.mix_ratio, args.timeline, args.reference, seed=args.seed)
-    if args.reference is not None:
-        read_reference(args.reference, load_rig())  # shape, units and values, before anything slow
-    if not 64 <= args.size <= 2048:
-        raise ValueError(f"--size must be in [64, 2048] pixels, got {args.size}")
-    resolve_device(args.device)
+    pick_device(args.device)
     _check_output(args.output, ".mp4", args.overwrite, "output video")
     if args.export_dir is not None:
         _check_export_dir(args.export_dir, args.overwrite)
-    audio = load_audio(args.speech) if args.speech is not None else None
+    # Text, emotions, intensity, mix, timeline, reference, method, size and seed; the audio is read last.
+    request = AnimationRequest.create(
+        args.speech, text=args.text, transcript=args.transcript, emotion=args.emotion, intensity=args.intensity,
+        mix_with=args.mix, mix_ratio=args.mix_ratio, timeline=args.timeline, reference=args.reference,
+        blinks=not args.no_blinks, method=args.method, head_motion=not args.no_head_motion, seed=args.seed,
+        size=args.size)
 
     bar = tqdm(total=100, desc="animate", unit="%", disable=args.quiet, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
@@ -204,13 +201,9 @@ def animate(args) -> int:
         return report
 
     pipe = Pipeline.from_pretrained(dfm=args.dfm, speech=args.speech_model, device=args.device)
-    anim = pipe.animate(audio, text=args.text, transcript=args.transcript, emotion=args.emotion,
-                        intensity=args.intensity, mix_with=args.mix, mix_ratio=args.mix_ratio, timeline=args.timeline,
-                        reference=args.reference, blinks=not args.no_blinks, method=args.method,
-                        head_motion=not args.no_head_motion, seed=args.seed,
-                        progress=progress(1, 0.0, 0.3))
+    anim = pipe.run(request, progress=progress(1, 0.0, 0.3))
     with _disk_full_is_clear(args.output.parent, "the video"):
-        pipe.save_video(anim, args.output, size=args.size, progress=progress(1, 0.3, 0.65))
+        pipe.save_video(anim, args.output, size=request.size, progress=progress(1, 0.3, 0.65))
     written = {}
     if args.export_dir is not None:
         from .render.exports import export_all

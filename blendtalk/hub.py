@@ -21,7 +21,6 @@ import; we read them at each call so a running app (and tests) see the current v
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ from safetensors import safe_open
 
 from .constants import ASSETS_DIR, FACE_RIG_PATH
 from .models import dfm, faceformer
+from .models.checkpoint import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -524,7 +524,7 @@ def build_model_card(checkpoint: str | Path, run_dir: str | Path | None = None, 
         out += ["Training (`train_config.json`; local paths reduced to their last folder name):\n", "```json",
                 json.dumps(_redact_paths(train), indent=2), "```\n"]
     out += ["## Files\n", "| file | bytes | sha256 |", "|---|---:|---|"]
-    out += [f"| {p.relative_to(checkpoint).as_posix()} | {p.stat().st_size} | `{_sha256(p)}` |"
+    out += [f"| {p.relative_to(checkpoint).as_posix()} | {p.stat().st_size} | `{file_sha256(p)}` |"
             for p in sorted(checkpoint.rglob("*.safetensors"))]
     out += ["", "## Licences\n", _licence_section(config, train), "", "## Intended use and limits\n",
             _limits_section(spec, v), ""]
@@ -551,10 +551,9 @@ def _describe_model(spec: CheckpointKind, config: dict) -> str:
 
 def _load_line(spec: CheckpointKind) -> str:
     if spec.name == "dfm":
-        return ("from blendtalk.models.dfm import DeformationFusionModule\n"
-                "model = DeformationFusionModule.from_pretrained(ckpt.path, map_matrix)  "
-                "# map_matrix: blendtalk.face.geometry.load_square_map(rig, size).matrix()")
-    return "from blendtalk.models.faceformer import FaceFormer\nmodel = FaceFormer.from_pretrained(ckpt.path)"
+        return ("from blendtalk.models.dfm import load_dfm\n"
+                "model = load_dfm(ckpt.path)  # the shipped rig's square map; rig=... for another rig")
+    return "from blendtalk.models.faceformer import load_speech_model\nmodel = load_speech_model(ckpt.path)"
 
 
 def _data_section(train: dict | None) -> str:
@@ -659,11 +658,3 @@ def _fmt(x) -> str:
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

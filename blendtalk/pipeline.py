@@ -25,71 +25,17 @@ import numpy as np
 import torch
 
 from .animation import Animation
-from .speech.audio import AudioError, load_audio, num_frames
 from .constants import FPS, SAMPLE_RATE
-from .expression.emotions import (
-    EMOTIONS, add_blinks, blinks, check_emotion, check_intensity, mix, parse_timeline, timeline_weights,
-    yield_to_closure,
-)
-from .expression.head_motion import HeadMotionConfig, check_seed, check_switch, head_pivot, rotate_head, speech_head_motion
+from .expression.emotions import add_blinks, blinks, mix, timeline_weights, yield_to_closure
+from .expression.head_motion import HeadMotionConfig, head_pivot, rotate_head, speech_head_motion
 from .face.rig import FaceRig, load_rig
+from .models.checkpoint import pick_device
+from .request import METHODS, AnimationRequest, Expression, check_speech, read_reference
 
 logger = logging.getLogger(__name__)
 
 PROCEDURAL = "visemes"  # as the speech source: the procedural viseme driver instead of a learned model
-# "ours": the DFM takes out of each input what the other domain's blendshapes explain (its leak) and
-# keeps the rest, (d_s - B_e w_e^s) + (d_e - B_s w_s^e); "eq13": the paper's B_s w_s^s + B_e w_e^e,
-# which redraws both through the learned bases; then the naive sum d_s + d_e, and d_s alone.
-METHODS = ("ours", "eq13", "interpolation", "speech_only")
-MAX_TEXT_CHARS = 600  # typed text for TTS: about 40 s of speech
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], what is happening)
-
-
-@dataclass
-class Expression:
-    """What the face should show besides speech.
-
-    emotion: one of EMOTIONS. intensity: 0..1.5 (above 1 exaggerates). mix_with / mix_ratio: a
-    second emotion blended in (ratio 0 = only `emotion`, 1 = only `mix_with`). timeline: e.g.
-    "neutral@0 happy@1.5 sad@4.0:0.7" (overrides emotion/mix). reference: a file with an expression
-    sequence (overrides the rest): .npy/.npz of ARKit weights (T', 52) or rig vertices (T', V, 3)
-    in metres; it is looped or cut to the speech length. blinks: natural blinks on top.
-    """
-
-    emotion: str = "neutral"
-    intensity: float = 1.0
-    mix_with: str | None = None
-    mix_ratio: float = 0.5
-    timeline: str | None = None
-    reference: str | Path | None = None
-    blinks: bool = True
-    seed: int = 0  # blink timing (and, in Pipeline.animate, head and eye motion)
-
-    def __post_init__(self):
-        self.seed = check_seed(self.seed)
-        self.blinks = check_switch(self.blinks, "blinks")
-        self.emotion = check_emotion(self.emotion)
-        self.intensity = check_intensity(self.intensity)
-        if self.mix_with is not None:
-            self.mix_with = check_emotion(self.mix_with)
-            if not (isinstance(self.mix_ratio, (int, float)) and 0.0 <= self.mix_ratio <= 1.0):
-                raise ValueError(f"mix_ratio must be a number in [0, 1], got {self.mix_ratio!r}")
-        if self.timeline is not None and not str(self.timeline).strip():
-            self.timeline = None
-        if self.timeline is not None:
-            # Each entry is scaled by the global intensity; check the products now, not after the slow work.
-            for key in parse_timeline(self.timeline):
-                check_intensity(self.intensity * key.intensity,
-                                f"intensity {self.intensity:g} x the intensity of timeline entry {key.emotion}@{key.start:g}")
-
-    def describe(self) -> str:
-        if self.reference is not None:
-            return f"reference {Path(self.reference).name}"
-        if self.timeline:
-            return f"timeline '{self.timeline}' x{self.intensity:g}"
-        if self.mix_with:
-            return f"{self.emotion} + {self.mix_with} ({self.mix_ratio:g}) x{self.intensity:g}"
-        return f"{self.emotion} x{self.intensity:g}"
 
 
 def expression_weights(expr: Expression, frames: int, fps: float = FPS, names: Sequence[str] | None = None) -> np.ndarray:
@@ -114,44 +60,6 @@ def load_reference(path: str | Path, rig: FaceRig, frames: int) -> np.ndarray:
 def _loop(disp: np.ndarray, frames: int) -> np.ndarray:
     """(T', V, 3) -> (T, V, 3): repeated from the start or cut."""
     return disp[np.arange(frames) % len(disp)]
-
-
-def read_reference(path: str | Path, rig: FaceRig) -> np.ndarray:
-    """A reference expression sequence file (.npy/.npz of ARKit weights (T', 52) or rig vertices
-    (T', V, 3) in metres) -> validated displacements (T', V, 3) float32 on the rig."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"reference expression file {str(path)!r} does not exist")
-    if path.suffix.lower() not in (".npy", ".npz"):
-        raise ValueError(f"reference expression must be a .npy or .npz file, got {path.name!r}")
-    try:
-        if path.suffix.lower() == ".npy":
-            data = np.load(path, allow_pickle=False)
-        else:
-            with np.load(path, allow_pickle=False) as z:
-                files = list(z.files)
-                data = z[files[0]] if len(files) == 1 else None
-    # numpy raises ValueError for pickled/garbled files, OSError/EOFError for unreadable/truncated ones.
-    except (OSError, EOFError, ValueError) as err:
-        raise ValueError(f"cannot read the reference expression {path.name} as a numpy {path.suffix} file: {err}") from None
-    if data is None:
-        raise ValueError(f"{path.name} holds {len(files)} arrays {files}; give one array")
-    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
-        raise ValueError(f"reference expression {path.name} holds {data.dtype} values; expected real numbers")
-    data = np.asarray(data, dtype=np.float64)
-    if data.ndim == 2 and data.shape[1] == rig.num_blendshapes:
-        disp = rig.displacement(data)
-    elif data.ndim == 3 and data.shape[1:] == (rig.num_vertices, 3):
-        disp = data - rig.vertices[None]
-    else:
-        raise ValueError(f"reference expression {path.name} has shape {data.shape}; expected ARKit weights "
-                         f"(T, {rig.num_blendshapes}) or rig vertices (T, {rig.num_vertices}, 3) in metres")
-    if len(disp) == 0 or not np.isfinite(disp).all():
-        raise ValueError(f"reference expression {path.name} is empty or has NaN/inf values")
-    if np.abs(disp).max() > 0.05:  # 5 cm: not a face expression on this rig (wrong units or another mesh)
-        raise ValueError(f"reference expression {path.name} moves vertices by up to {np.abs(disp).max():.3g} m; "
-                         "expected metres on the shipped rig (motions of a few mm)")
-    return disp.astype(np.float32)
 
 
 @dataclass
@@ -185,22 +93,19 @@ class Pipeline:
 
         phone_workers: processes that recognise the phones of one clip in pieces at once
         (blendtalk.speech.phonetics.PhoneAligner); None: `default_phone_workers` (up to 8 on a GPU, 0 on CPU)."""
-        from .face.geometry import load_square_map
         from .hub import CheckpointNotFoundError, resolve_checkpoint
-        from .face.mapping import load_mapping
-        from .models.dfm import DeformationFusionModule
-        from .models.faceformer import FaceFormer
+        from .models.dfm import load_dfm
+        from .models.faceformer import load_speech_model
+        from .models.mapping import load_mapping
         from .speech.phonetics import PhoneAligner, default_phone_workers
 
-        device = resolve_device(device)
+        device = pick_device(device)
         if phone_workers is None:
             phone_workers = default_phone_workers(device.type)
         rig = rig or load_rig()
         pipe = cls(rig=rig, device=device, _aligner=PhoneAligner(phone_workers))
         found = resolve_checkpoint("dfm", dfm)
-        map_size = _map_size(found.path)
-        smap = load_square_map(rig, map_size).matrix(device) if map_size else None
-        pipe.dfm = DeformationFusionModule.from_pretrained(found.path, smap, device=device).eval()
+        pipe.dfm = load_dfm(found.path, rig, device)
         pipe.sources.append(found.message)
         for target in ("arkit", "flame"):
             if (Path(found.path) / f"mapping_{target}").is_dir():
@@ -213,7 +118,7 @@ class Pipeline:
             return pipe._log_sources()
         try:
             found = resolve_checkpoint("speech", speech)
-            pipe.speech_model = FaceFormer.from_pretrained(found.path, device=device).eval()
+            pipe.speech_model = load_speech_model(found.path, device)
             pipe.sources.append(found.message)
         except CheckpointNotFoundError as err:
             if speech is not None:
@@ -228,24 +133,20 @@ class Pipeline:
 
     # ---- stages ----
     def speech_input(self, audio=None, text: str | None = None, transcript: str | None = None):
-        """Audio path/array (16 kHz) or text -> SpeechFeatures (audio, phones, encoder features)."""
-        from .speech.phonetics import PhoneAligner
-        from .speech.features import speech_features, text_features
+        """Audio path/array (16 kHz) or text -> SpeechFeatures (audio, phones, encoder features),
+        checked as a request's speech is (`check_speech`)."""
+        return self._features(*check_speech(audio, text, transcript))
 
-        if (audio is None) == (text is None):
-            raise ValueError("give either speech audio or text to speak, not both and not neither")
+    def _features(self, audio: np.ndarray | None, text: str | None, transcript: str | None):
+        """Checked speech (`check_speech`) -> SpeechFeatures."""
+        from .speech.features import speech_features, text_features
+        from .speech.phonetics import PhoneAligner
+
         if text is not None:
-            text = str(text).strip()
-            if not text:
-                raise ValueError("the text to speak is empty")
-            if len(text) > MAX_TEXT_CHARS:
-                raise ValueError(f"the text to speak has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
             return text_features(text)
-        # Arrays are validated like files (length, NaN, silence, clipping): they are a boundary too.
-        samples = load_audio(audio, sample_rate=SAMPLE_RATE) if isinstance(audio, np.ndarray) else load_audio(audio)
         if self._aligner is None:
             self._aligner = PhoneAligner()
-        return speech_features(samples, transcript, self._aligner)
+        return speech_features(audio, transcript, self._aligner)
 
     @property
     def phone_workers(self) -> int:
@@ -340,14 +241,19 @@ class Pipeline:
 
         head_motion: nods, turns, tilts and gaze shifts driven by the speech (`Animation.head_rotation`
         and `.gaze`; None when off). seed: in [0, 2**32 - 1], picks the blinks and the head and eye
-        motion (the same seed gives the same animation). Validates everything before the slow work.
-        Raises ValueError (AudioError for audio) with a message a person can act on.
+        motion (the same seed gives the same animation). Validates everything before the slow work
+        (`AnimationRequest.create`). Raises ValueError (AudioError for audio) with a message a person can act on.
         """
-        head_motion = check_switch(head_motion)
-        expr = Expression(emotion, intensity, mix_with, mix_ratio, timeline, reference, blinks, seed)
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        ref = read_reference(reference, self.rig) if reference is not None else None  # (T', V, 3), before the slow work
+        request = AnimationRequest.create(
+            audio, text=text, transcript=transcript, emotion=emotion, intensity=intensity, mix_with=mix_with,
+            mix_ratio=mix_ratio, timeline=timeline, reference=reference, blinks=blinks, method=method,
+            head_motion=head_motion, seed=seed, rig=self.rig)
+        return self.run(request, progress)
+
+    def run(self, request: AnimationRequest, progress: Progress | None = None) -> Animation:
+        """A validated request -> Animation (thread-safe: concurrent calls share the loaded models)."""
+        expr, method, head_motion, seed = request.expression, request.method, request.head_motion, request.seed
+        ref = request.reference  # (T', V, 3) or None
         report = progress or (lambda fraction, what: None)
         timings = {}
 
@@ -358,7 +264,7 @@ class Pipeline:
             timings[name] = time.perf_counter() - t0
             return out
 
-        speech = stage("audio front end", 0.0, self.speech_input, audio, text, transcript)
+        speech = stage("audio front end", 0.0, self._features, request.audio, request.text, request.transcript)
         frames = speech.num_frames
         d_s, driver = stage("speech model", 0.3, self.speech_deformation, speech)
         d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames))
@@ -440,39 +346,6 @@ class Pipeline:
         total = time.perf_counter() - t0
         animation.meta.setdefault("timings", {}).update({"render": t_render[0], "encode": total - t_render[0]})
         return out
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' (or None: cuda when available, else cpu) -> a torch.device this torch can use.
-
-    Raises ValueError for names torch does not know and for CUDA devices it cannot see, so the
-    mistake is reported before anything is loaded.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use 'cpu'")
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device {device!r} asked for, but this torch sees {count} CUDA GPU(s): cuda:0..cuda:{count - 1}")
-    elif dev.type != "cpu":
-        raise ValueError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
-    return dev
-
-
-def _map_size(folder) -> int:
-    """The geometric map size N a DFM checkpoint was trained with (its config.json); 0 without a map."""
-    import json
-
-    from .models.dfm import DFMConfig
-
-    raw = json.loads((Path(folder) / "config.json").read_text())
-    return int(raw.get("map_size", DFMConfig.map_size)) if raw.get("use_geometric_map", True) else 0
 
 
 def framing_margin(template: np.ndarray, pivot: np.ndarray, max_angles: np.ndarray, config) -> float:

@@ -174,22 +174,13 @@ def stdlib_wav_writer():
 
 # ---- models ----
 
-def load_dfm(folder: Path, rig, device):
-    from blendtalk.face.geometry import load_square_map
-    from blendtalk.models.dfm import DeformationFusionModule
-
-    config = json.loads((folder / "config.json").read_text())
-    smap = load_square_map(rig, config.get("map_size", 128)).matrix() if config.get("use_geometric_map", True) else None
-    return DeformationFusionModule.from_pretrained(folder, smap, device=device).eval()
-
-
-def load_speech_model(folder: Path | None, rig, device, seed: int):
+def speech_model_or_random(folder: Path | None, rig, device, seed: int):
     """(FaceFormer, description, checkpoint folder or None): a checkpoint when one is found, else the
     default config with random weights."""
-    from blendtalk.models.faceformer import FaceFormer, FaceFormerConfig
+    from blendtalk.models.faceformer import FaceFormer, FaceFormerConfig, load_speech_model
 
     if folder is not None and (folder / "config.json").is_file():
-        return FaceFormer.from_pretrained(folder, device=device).eval(), f"FaceFormer checkpoint {folder}", folder
+        return load_speech_model(folder, device), f"FaceFormer checkpoint {folder}", folder
     torch.manual_seed(seed)
     model = FaceFormer(FaceFormerConfig(num_vertices=rig.num_vertices)).to(device).eval()
     with torch.no_grad():  # the zero-initialised motion layers would make every frame the template
@@ -278,7 +269,7 @@ def run(args) -> dict:
 
     # Speech model.
     speech_dir = Path(args.speech) if args.speech else ASSETS_DIR / "speech"
-    model, speech_desc, speech_ckpt = load_speech_model(speech_dir, rig, device, args.seed)
+    model, speech_desc, speech_ckpt = speech_model_or_random(speech_dir, rig, device, args.seed)
     n = model.config.num_speakers
     if model.config.encoder.kind == "phonetic":
         x1 = torch.from_numpy(feats)[None].to(device)  # (1, T, F)
@@ -304,7 +295,9 @@ def run(args) -> dict:
         d_s = torch.from_numpy(driver(phones, t)[1]).to(device)  # a real mouth motion for the DFM
 
     # Expression input and the DFM.
-    from blendtalk.pipeline import Expression, expression_weights
+    from blendtalk.models.dfm import load_dfm
+    from blendtalk.pipeline import expression_weights
+    from blendtalk.request import Expression
 
     expr = Expression("happy", 0.8, timeline=None)
     stage("expression", "expression input (emotion + blinks)", "clip",
@@ -478,10 +471,10 @@ def main(argv=None) -> dict:
         parser.error("--phone-workers must be at least 0")
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # a script may; the package never sets global state
-    from blendtalk.pipeline import resolve_device
+    from blendtalk.models.checkpoint import pick_device
 
     try:
-        resolve_device(args.device)
+        pick_device(args.device)
     except ValueError as err:
         parser.error(str(err))
     report = run(args)

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 from blendtalk.face.rig import load_rig
-from blendtalk.training.dfm import pick_device
-
-from disentangle import load_dfm  # eval/disentangle.py, beside this script
+from blendtalk.models.checkpoint import pick_device
+from blendtalk.models.dfm import load_dfm
 
 
 def frames_per_second(fn, batch: int, device, reps: int) -> dict:

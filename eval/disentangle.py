@@ -3,15 +3,16 @@
     python eval/disentangle.py --dfm assets/dfm --ablation no_sparsity=runs/... --json out.json
     python eval/disentangle.py --dfm assets/dfm --blendshapes blendshapes.png
 
-Methods: the full DFM (eq. 13), the same model keeping the inputs' residuals (its
-fuse_keeping_residuals, not in the paper), each ablation checkpoint given, interpolation of inputs
-(d_s + d_e) and speech only. Writes JSON, a markdown table (beside the JSON) and a bar chart PNG. The
+Methods: the full DFM (eq. 13), the same model keeping the inputs' residuals (the app's "ours",
+blendtalk.evaluation.fusion.fuse_keeping_residuals; not in the paper), each ablation checkpoint
+given, interpolation of inputs (d_s + d_e) and speech only. Writes JSON, a markdown table (beside the JSON) and a bar chart PNG. The
 JSON also holds the paper's Table-1 check (lve_through_dfm) and, for the full model, where its
 reconstruction error comes from (reconstruction: its encoder against the best its blendshapes allow).
 """
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,29 +20,16 @@ import torch
 
 from blendtalk.constants import FPS
 from blendtalk.expression.emotions import EMOTIONS
-from blendtalk.evaluation.fusion import evaluate_fusion, expression_kept, fusion_cases
+from blendtalk.evaluation.fusion import evaluate_fusion, expression_kept, fuse_keeping_residuals, fusion_cases
 from blendtalk.evaluation.metrics import MM_PER_M, lip_vertex_error, mean_vertex_error
-from blendtalk.face.geometry import load_square_map
-from blendtalk.models.dfm import DeformationFusionModule, interpolate_inputs
+from blendtalk.models.checkpoint import pick_device
+from blendtalk.models.dfm import interpolate_inputs, load_dfm
 from blendtalk.speech.phones import Phone
 from blendtalk.face.rig import load_rig
-from blendtalk.training.dfm import pick_device
 from blendtalk.speech.visemes import visemes_to_weights
 
 COLUMNS = ("fused_mve", "fused_lve", "lip_mve", "upper_face_mve", "bilabial_gap", "bilabial_gap_error")
 UNITS = {"fused_lve": "mm²"}
-
-
-def load_dfm(folder: Path, rig, device) -> DeformationFusionModule:
-    """A DFM checkpoint with the geometry map of `rig`, in eval mode on `device`."""
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no DFM checkpoint in {folder}: {config_path} is missing")
-    config = json.loads(config_path.read_text())
-    config.pop("model_type", None)
-    use_map = config.get("use_geometric_map", True)
-    smap = load_square_map(rig, size=config.get("map_size", 128)) if use_map else None
-    return DeformationFusionModule.from_pretrained(folder, smap.matrix() if smap else None, device).eval()
 
 
 def held_out_sequences(data: Path, max_sentences: int | None):
@@ -188,7 +176,7 @@ def expression_kept_report(model, data: Path, rig, device, max_sentences: int | 
               if domain == "speech"]
     emotions = tuple(e for e in EMOTIONS if e != "neutral")
     return {name: expression_kept(fuse, speech, rig, device, emotions)
-            for name, fuse in (("dfm", model.fuse), ("dfm_keeping_residuals", model.fuse_keeping_residuals))}
+            for name, fuse in (("dfm", model.fuse), ("dfm_keeping_residuals", partial(fuse_keeping_residuals, model)))}
 
 
 def main(argv=None) -> int:
@@ -212,7 +200,7 @@ def main(argv=None) -> int:
         print(f"blendshapes drawn in {args.blendshapes}")
     if args.json is None:
         return 0
-    methods = {"dfm": model.fuse, "dfm_keeping_residuals": model.fuse_keeping_residuals}
+    methods = {"dfm": model.fuse, "dfm_keeping_residuals": partial(fuse_keeping_residuals, model)}
     for spec in args.ablation:
         name, _, folder = spec.partition("=")
         if not folder:

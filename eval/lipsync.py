@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         p.error("--repeat must be in [1, 10] and --pause in [0.2, 5] s")
     if args.repeat > 1 and args.phones:
         p.error("--phones labels one clip; leave out --repeat")
-    from blendtalk.pipeline import Expression
+    from blendtalk.request import Expression
 
     try:
         expression = Expression(args.emotion, args.intensity, blinks=False) if args.emotion else None
@@ -93,15 +93,12 @@ def main(argv=None) -> int:
 
         displacement = VisemeDriver(rig)(list(speech.phones), speech.num_frames)[1]
     else:
-        import torch
-
         from blendtalk.hub import resolve_checkpoint
-        from blendtalk.models.faceformer import FaceFormer
+        from blendtalk.models.faceformer import load_speech_model
         from blendtalk.speech.features import animate_speech
 
         ckpt = resolve_checkpoint("speech", args.checkpoint)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = FaceFormer.from_pretrained(ckpt.path, device=device)
+        model = load_speech_model(ckpt.path, args.device)
         if model.config.num_vertices != rig.num_vertices:
             p.error(f"the checkpoint animates V={model.config.num_vertices} vertices; lip-sync is measured on the rig (V={rig.num_vertices})")
         displacement = animate_speech(model, speech, args.speaker)

@@ -61,10 +61,10 @@ def main(argv=None) -> int:
     model = None
     if (args.checkpoint or "").lower() != "none":
         from blendtalk.hub import resolve_checkpoint
-        from blendtalk.models.faceformer import FaceFormer
+        from blendtalk.models.faceformer import load_speech_model
 
         ckpt = resolve_checkpoint("speech", args.checkpoint)
-        model = FaceFormer.from_pretrained(ckpt.path, device=device)
+        model = load_speech_model(ckpt.path, device)
         config.encoder = model.config.encoder.kind
     cache = FeatureCache.load(config.feature_path()) if config.feature_path().is_file() or config.encoder == "phonetic" else None
     sources = [s for s in args.sources if cache is not None and s in cache.sources]

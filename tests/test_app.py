@@ -152,7 +152,7 @@ def test_bad_inputs_give_clear_errors_and_the_app_keeps_serving(client, tmp_path
     wrong = tmp_path / "notes.txt"
     wrong.write_text("not audio")
     cases = [
-        (dict(), "No speech"),
+        (dict(), "no speech"),
         (dict(audio=silent), "silent"),
         (dict(audio=long), "at most 60 s"),
         (dict(audio=corrupt), "Could not read corrupt.wav"),
@@ -222,7 +222,7 @@ def test_check_request_validates_before_any_work(tmp_path):
     ok = dict(audio=None, text="hello", transcript="", emotion="happy", intensity=0.8, mix_with="", mix_ratio=0.5,
               timeline="", blinks=True, size=128, allowed_dirs=[tmp_path])
     req = app.check_request(**ok)
-    assert req.text == "hello" and req.audio is None and req.expression["mix_with"] is None
+    assert req.text == "hello" and req.audio is None and req.expression.mix_with is None
     outside = tmp_path.parent / "elsewhere.wav"
     clip(outside, 1.0)
     with pytest.raises(ValueError, match="uploaded or recorded"):
@@ -230,7 +230,7 @@ def test_check_request_validates_before_any_work(tmp_path):
     inside = clip(tmp_path / "in.wav", 1.0)
     req = app.check_request(**{**ok, "text": "", "audio": str(inside)})
     assert req.audio.dtype == np.float32 and len(req.audio) == SAMPLE_RATE
-    for bad, message in [({"intensity": "1"}, "must be a number"), ({"blinks": "yes"}, "true or false"),
+    for bad, message in [({"intensity": "1"}, "intensity must be a finite number"), ({"blinks": "yes"}, "true or false"),
                          ({"transcript": "x" * 1001}, "transcript"), ({"mix_with": "sad", "mix_ratio": 1.5}, "mix_ratio"),
                          ({"head_motion": "false"}, "head_motion must be true or false"),
                          ({"size": "257"}, "video size"), ({"size": "big"}, "video size"), ({"size": True}, "video size")]:
@@ -252,8 +252,8 @@ def test_workspace_sweeps_old_request_folders(tmp_path):
 def test_head_motion_defaults_on_and_reaches_the_pipeline(tmp_path):
     ok = dict(audio=None, text="hello", transcript="", emotion="happy", intensity=0.8, mix_with="", mix_ratio=0.5,
               timeline="", blinks=True, size=128, allowed_dirs=[tmp_path])
-    assert app.check_request(**ok).expression["head_motion"] is True
-    assert app.check_request(**ok, head_motion=False).expression["head_motion"] is False
+    assert app.check_request(**ok).head_motion is True
+    assert app.check_request(**ok, head_motion=False).head_motion is False
 
 def test_messages_and_models_panel_show_no_server_paths(tmp_path):
     """A refused upload is named by its file name, and the models panel by checkpoint names: the

@@ -227,7 +227,7 @@ def _bad_cases():
         ("timeline intensity", lambda i, o: [ok, "--intensity", "1.2", "--timeline", "sad@0:1.5", "-o", o], "timeline entry sad@0", None),
         ("reference shape", lambda i, o: [ok, "--reference", str(i / "ref_51.npy"), "-o", o], "has shape (10, 51)", None),
         ("reference missing", lambda i, o: [ok, "--reference", str(i / "none.npy"), "-o", o], "does not exist", None),
-        ("size", lambda i, o: [ok, "--size", "32", "-o", o], "--size must be in [64, 2048]", None),
+        ("size", lambda i, o: [ok, "--size", "32", "-o", o], "video size must be an integer number of pixels in [64, 2048]", None),
         ("seed negative", lambda i, o: [ok, "--seed", "-1", "-o", o], "seed must be an integer in [0, 4294967295]", None),
         ("seed too big", lambda i, o: [ok, "--seed", str(2**32), "-o", o], "seed must be an integer", None),
         ("device name", lambda i, o: [ok, "--device", "gpu", "-o", o], "unknown device 'gpu'", None),
@@ -298,7 +298,7 @@ def test_usage_errors_exit_2(capsys):
 
 
 def test_no_head_motion_flag_reaches_the_pipeline(tmp_path, monkeypatch, capsys):
-    """--no-head-motion and --seed are passed to Pipeline.animate (stopped there: no models, no files)."""
+    """--no-head-motion and --seed reach the pipeline's request (stopped there: no models, no files)."""
     from blendtalk import pipeline
 
     seen = {}
@@ -306,14 +306,14 @@ def test_no_head_motion_flag_reaches_the_pipeline(tmp_path, monkeypatch, capsys)
     class Stop(Exception):
         pass
 
-    def fake_animate(self, *args, **kwargs):
-        seen.update(kwargs)
+    def fake_run(self, request, progress=None):
+        seen["request"] = request
         raise Stop
 
     monkeypatch.setattr(pipeline.Pipeline, "from_pretrained", classmethod(lambda cls, **kw: cls(rig=None)))
-    monkeypatch.setattr(pipeline.Pipeline, "animate", fake_animate)
+    monkeypatch.setattr(pipeline.Pipeline, "run", fake_run)
     for argv, want in (([], (True, 0)), (["--no-head-motion", "--seed", "9"], (False, 9))):
         with pytest.raises(Stop):
             main(["animate", str(WAV), "-o", str(tmp_path / "x.mp4"), "--quiet", *argv])
-        assert (seen["head_motion"], seen["seed"]) == want
+        assert (seen["request"].head_motion, seen["request"].seed) == want
     assert not (tmp_path / "x.mp4").exists()

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from blendtalk.data.datasets import (
-    VOCASET_SPLIT, VOCASET_TRAIN_SUBJECTS, ExpressionDataset, PairedFrameLoader, SpeechDataset, Split, collate,
+    VOCASET_SPLIT, VOCASET_TRAIN_SUBJECTS, ExpressionDataset, SpeechDataset, Split, collate,
 )
 from blendtalk.data.florence import read_florence, write_florence
 from blendtalk.data.vocaset import (
@@ -286,16 +286,6 @@ def test_dataset_shapes_windows_region_and_loader(tmp_path):
     expr = ExpressionDataset(fl, Split(["e1", "e2"]), region=region)
     assert len(expr) == 8 and expr[0]["displacement"].shape == (10, 3)
     np.testing.assert_allclose(expr[0]["displacement"].numpy(), 1.0, atol=1e-5)
-    frames = SpeechDataset(index, split, "train", window=1, with_audio=False, region=region)
-    pairs = PairedFrameLoader(frames, expr, batch_size=5, seed=3)
-    batches = list(pairs)
-    assert len(batches) == -(-len(frames) // 5) and batches[0]["speech"].shape == (5, 10, 3)
-    assert batches[0]["expression"].shape == (5, 10, 3) and batches[-1]["speech"].shape[0] == (len(frames) % 5 or 5)
-    seen = torch.cat([b["speech"] for b in batches]).reshape(len(frames), -1)
-    every = frames.displacements(np.arange(len(frames)))[:, 0].reshape(len(frames), -1)
-    assert torch.allclose(torch.sort(seen.sum(1)).values, torch.sort(torch.from_numpy(every.sum(1))).values)
-    again = next(iter(PairedFrameLoader(frames, expr, batch_size=5, seed=3)))
-    assert torch.equal(again["speech"], batches[0]["speech"])  # (seed, epoch) fixes the order
 
 
 def test_rig_topology_corpus_and_pickling(tmp_path):
@@ -314,14 +304,3 @@ def test_rig_topology_corpus_and_pickling(tmp_path):
     # Workers get the path, not a copy of the frames.
     assert len(pickle.dumps(index.sequences[0].source)) < 1000
     assert isinstance(pickle.loads(pickle.dumps(index.sequences[0].source)), NpyFile)
-
-
-@pytest.mark.gpu
-def test_paired_loader_on_cuda(tmp_path):
-    templates, seqs, audio = _corpus(["spkA"], [1, 2])
-    write_vocaset_raw(tmp_path, seqs, templates, audio)
-    write_florence(tmp_path / "fl", "e1", "Afraid", np.ones((5, V, 3)), FACES, template=np.zeros((V, 3)))
-    sp = SpeechDataset(read_vocaset(tmp_path), Split(["spkA"]), window=1, with_audio=False)
-    ex = ExpressionDataset(read_florence(tmp_path / "fl"), Split(["e1"]))
-    batch = next(iter(PairedFrameLoader(sp, ex, batch_size=4, device="cuda")))
-    assert batch["speech"].is_cuda and batch["expression"].shape == (4, V, 3)

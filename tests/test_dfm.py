@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from blendtalk.training.losses import DFMLossConfig, dfm_loss, vertex_weights
+from blendtalk.evaluation.fusion import fuse_keeping_residuals
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig, interpolate_inputs
 
 V, K = 50, 4
@@ -170,12 +171,12 @@ def test_fuse_keeping_residuals_subtracts_only_the_cross_domain_reconstructions(
     expression = d_e - torch.einsum("tk,kvc->tvc", w_e[:, :K], b_s)  # the articulation in the expression input, removed
     ramp = torch.linspace(0, 1, T)
     with torch.no_grad():
-        torch.testing.assert_close(model.fuse_keeping_residuals(d_s, d_e), speech + expression)
-        torch.testing.assert_close(model.fuse_keeping_residuals(d_s, d_e, intensity=0.0), speech)
-        torch.testing.assert_close(model.fuse_keeping_residuals(d_s, d_e, intensity=ramp), speech + ramp[:, None, None] * expression)
+        torch.testing.assert_close(fuse_keeping_residuals(model, d_s, d_e), speech + expression)
+        torch.testing.assert_close(fuse_keeping_residuals(model, d_s, d_e, intensity=0.0), speech)
+        torch.testing.assert_close(fuse_keeping_residuals(model, d_s, d_e, intensity=ramp), speech + ramp[:, None, None] * expression)
     monkeypatch.setattr(model, "encode_expression", lambda d: torch.zeros(T, K + 3))
     with torch.no_grad():  # no cross weights: the naive sum
-        torch.testing.assert_close(model.fuse_keeping_residuals(d_s, d_e), speech + d_e)
+        torch.testing.assert_close(fuse_keeping_residuals(model, d_s, d_e), speech + d_e)
 
 
 def test_leading_dims_and_chunking():

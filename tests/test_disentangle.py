@@ -45,5 +45,5 @@ def test_report_table_chart_and_picture(tiny_corpus, tmp_path):
 
 
 def test_missing_checkpoint_is_named(tiny_corpus, tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    with pytest.raises(FileNotFoundError, match="checkpoint file missing: .*config.json"):
         main(["--data", str(tiny_corpus), "--dfm", str(tmp_path / "nothing"), "--json", str(tmp_path / "r.json")])

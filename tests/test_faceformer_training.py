@@ -18,7 +18,7 @@ from blendtalk.training.faceformer import (
     sample_batch, train_faceformer,
 )
 from blendtalk.models.audio_encoders import AudioEncoderConfig
-from blendtalk.models.faceformer import FaceFormerConfig
+from blendtalk.models.faceformer import FaceFormer, FaceFormerConfig
 from blendtalk.speech.features import FeatureCache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,6 +186,81 @@ def test_run_folder_and_resume(corpus, tmp_path):
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
     second = train_faceformer(config(corpus, tmp_path, model=tiny_model(4278), epochs=1))
     assert second != run and run.is_dir()  # runs are never reused
+
+
+def test_a_resumed_run_is_the_uninterrupted_run(corpus, tmp_path):
+    """Stopped after a validation and resumed, a run draws the same windows, augmentation and dropout
+    as one that never stopped: the same losses, the same weights (state.pt holds every random state)."""
+    whole = train_faceformer(config(corpus, tmp_path, model=tiny_model(4278), epochs=4, val_every=1,
+                                    self_feed=0.5, mel_dropout=0.2))
+    first = train_faceformer(config(corpus, tmp_path, model=tiny_model(4278), epochs=2, val_every=1,
+                                    self_feed=0.5, mel_dropout=0.2))
+    again = load_train_config(first)
+    again.epochs = 4
+    train_faceformer(again, run_dir=first, resume=True)
+    lines = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (whole, first)]
+    assert [m["step"] for m in lines[0]] == [m["step"] for m in lines[1]] == list(range(1, 9))
+    for a, b in zip(*lines):
+        assert a["loss"]["total"] == pytest.approx(b["loss"]["total"], rel=1e-5), a["step"]
+    got, want = (FaceFormer.from_pretrained(run / "checkpoint").state_dict() for run in (first, whole))
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-7)
+
+
+KILLED_RUN = """
+import sys
+from blendtalk.models.audio_encoders import AudioEncoderConfig
+from blendtalk.models.faceformer import FaceFormerConfig
+from blendtalk.training.faceformer import FaceFormerTrainConfig, train_faceformer
+model = FaceFormerConfig(num_vertices=4278, feature_dim=16, num_heads=2, num_speakers=2, motion_scale=1e-3,
+                         encoder=AudioEncoderConfig(hidden_dim=16, conv_layers=1))
+train_faceformer(FaceFormerTrainConfig(data=sys.argv[1], features=sys.argv[2], out=sys.argv[3], model=model, batch_size=2,
+                                       val_sequences=2, device="cpu", threads=1, min_seconds=0.5, max_seconds=1.0,
+                                       epochs=30, val_every=2, self_feed=0.5))
+"""
+
+
+@pytest.mark.slow
+def test_training_killed_mid_run_resumes_with_nothing_lost(corpus, tmp_path):
+    """SIGKILL after a few validations, then --resume: the same metrics lines and weights as a run
+    that was never stopped, and only whole files left behind."""
+    import time
+
+    root, features = corpus
+    out = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(root), str(features), str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def logged(run):
+        path = run / "metrics.jsonl"
+        return len(path.read_text().split("\n")[:-1]) if path.is_file() else 0
+
+    deadline, run = time.monotonic() + 180, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        run = next((r for r in out.glob("faceformer-*") if logged(r) >= 3), None)
+        if run is not None:
+            break
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert run is not None, "the run ended (or never logged) before it could be stopped"
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert 4 <= state["step"] < 60  # 30 epochs of 2 steps
+    for part in ("checkpoint", "best"):
+        FaceFormer.from_pretrained(run / part)  # whole files: they load strictly
+    cfg = load_train_config(run)
+    train_faceformer(cfg, run_dir=run, resume=True)
+    cfg.out = str(tmp_path / "reference")
+    reference = train_faceformer(cfg)
+    got, want = ([json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (run, reference))
+    assert [m["step"] for m in got] == list(range(2, 61, 2)) == [m["step"] for m in want]  # no gap, no repeat
+    for a, b in zip(got, want, strict=True):
+        assert a["loss"]["total"] == pytest.approx(b["loss"]["total"], rel=1e-4), a["step"]
+    final, uninterrupted = (FaceFormer.from_pretrained(r / "checkpoint").state_dict() for r in (run, reference))
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-3, atol=1e-6)
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
 
 
 def test_config_errors_name_the_problem():

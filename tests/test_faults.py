@@ -189,7 +189,7 @@ def test_training_killed_mid_run_resumes_with_nothing_lost(tiny_corpus, tmp_path
 def test_a_save_interrupted_at_any_point_is_repaired(tmp_path):
     """The pieces a kill can leave: a torn metrics line, lines after the saved step, a stale stage folder."""
     from blendtalk.models.dfm import DFMConfig
-    from blendtalk.training.dfm import save_checkpoint, trim_metrics
+    from blendtalk.training.loop import trim_metrics
 
     log = tmp_path / "metrics.jsonl"
     log.write_text("".join(json.dumps({"step": s, "loss": {"total": 1.0 / s}}) + "\n" for s in (3, 6, 9)) + '{"step": 12, "lo')
@@ -199,7 +199,7 @@ def test_a_save_interrupted_at_any_point_is_repaired(tmp_path):
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half a file")
     model = DeformationFusionModule(DFMConfig(num_vertices=10, num_blendshapes=2, use_geometric_map=False, mlp_hidden=(8,)))
-    save_checkpoint(model, tmp_path / "checkpoint")
+    model.save_pretrained(tmp_path / "checkpoint")
     assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "metrics.jsonl"]
     loaded = DeformationFusionModule.from_pretrained(tmp_path / "checkpoint")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

@@ -67,7 +67,8 @@ from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
 from blendtalk.models.dfm import check_pretrained as check_dfm
 from blendtalk.models.faceformer import FaceFormer, FaceFormerConfig
 from blendtalk.models.faceformer import check_pretrained as check_speech
-from blendtalk.pipeline import MAX_TEXT_CHARS, Expression, Pipeline, expression_weights
+from blendtalk.pipeline import Pipeline, expression_weights
+from blendtalk.request import MAX_TEXT_CHARS, Expression
 from blendtalk.face.rig import load_rig
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"

@@ -6,7 +6,7 @@ import torch
 from test_flame import synthetic_flame_arrays
 
 from blendtalk.face.flame import FlameModel, _validate
-from blendtalk.face.mapping import (
+from blendtalk.models.mapping import (
     ARKIT_BOUNDS, ArkitMapping, FlameMapping, load_mapping, mapping_dir, save_mapping,
 )
 from blendtalk.training.mapping import (MappingFitConfig, fit_arkit_mapping, fit_flame_mapping, fit_report,

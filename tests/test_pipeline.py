@@ -13,9 +13,9 @@ from blendtalk.speech.audio import AudioError, load_audio, num_frames
 from blendtalk.constants import ASSETS_DIR, FPS
 from blendtalk.expression.emotions import EMOTIONS, emotion_weights
 from blendtalk.speech.phones import read_phone_labels
-from blendtalk.pipeline import (
-    METHODS, Expression, Pipeline, expression_weights, load_reference, resolve_device,
-)
+from blendtalk.evaluation.fusion import fuse_keeping_residuals
+from blendtalk.pipeline import Pipeline, expression_weights, load_reference
+from blendtalk.request import METHODS, Expression
 from blendtalk.speech.features import features_from_phones
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
@@ -73,7 +73,7 @@ def test_fuse_encodes_repeated_expression_frames_once_and_exactly(pipe, speech, 
         ds, de = torch.from_numpy(d_s), torch.from_numpy(d_e)
         w_s, _ = pipe.dfm.split(pipe.dfm.encode_speech(ds))
         _, w_e = pipe.dfm.split(pipe.dfm.encode_expression(de))
-        expected = (pipe.dfm.fuse_weights(w_s, w_e) if method == "eq13" else pipe.dfm.fuse_keeping_residuals(ds, de)).numpy()
+        expected = (pipe.dfm.fuse_weights(w_s, w_e) if method == "eq13" else fuse_keeping_residuals(pipe.dfm, ds, de)).numpy()
     np.testing.assert_allclose(weights["expression_weights"], w_e.numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(fused, expected, rtol=1e-4, atol=1e-7)
 
@@ -233,16 +233,6 @@ def test_audio_arrays_are_validated_like_files(pipe):
         pipe.speech_input(np.full(100, 0.1, np.float32))
     with pytest.raises(ValueError, match="not both"):
         pipe.speech_input(np.zeros(16000, np.float32), text="hello")
-
-
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device(None).type in ("cpu", "cuda")
-    with pytest.raises(ValueError, match="unknown device"):
-        resolve_device("gpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
-            resolve_device("cuda")
 
 
 def test_animate_end_to_end_with_mix(pipe):

@@ -74,7 +74,7 @@ def test_model_card_synthetic_run(tmp_path):
     assert "Synthetic corpora" in card and "CC0 1.0" in card
     assert "best at step 200" in card.replace("(lowest score) ", "") and "last at step 300" in card
     assert "| val.dfm.fused_mve | 1.25 | 1.75 |" in card and "| loss.total | 0.3 | 0.2 |" in card
-    assert 'resolve_checkpoint("dfm", "org/dfm")' in card and "DeformationFusionModule.from_pretrained" in card
+    assert 'resolve_checkpoint("dfm", "org/dfm")' in card and "load_dfm(ckpt.path)" in card
     assert "/home/alice" not in card and '"data": "synth"' in card  # local paths reduced to their last name
     assert '"num_blendshapes": 2' in card and "Intended use and limits" in card and "V=10" in card
 
@@ -94,7 +94,7 @@ def test_model_card_speech_checkpoint_without_run(tmp_path):
     card = build_model_card(checkpoint, run, "org/speech")
     assert "# blendtalk FaceFormer speech model" in card and "- speech-driven-animation" in card
     assert "No `train_config.json`" in card and "No `metrics.jsonl`" in card and "English" in card
-    assert "FaceFormer.from_pretrained(ckpt.path)" in card and 'resolve_checkpoint("speech", "org/speech")' in card
+    assert "load_speech_model(ckpt.path)" in card and 'resolve_checkpoint("speech", "org/speech")' in card
 
 
 def test_push_to_hub_uploads_checkpoint_and_card(tmp_path):

@@ -19,36 +19,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blendtalk.face.mapping import file_sha256, mapping_dir, save_mapping
+from blendtalk.models.checkpoint import file_sha256, pick_device
+from blendtalk.models.mapping import mapping_dir, save_mapping
 from blendtalk.training.mapping import (SAMPLE_RMS, MappingFitConfig, corpus_frames, fit_arkit_mapping,
                                         fit_flame_mapping, flame_displacement, observed_weights, sample_weights)
-from blendtalk.models.dfm import CONFIG_NAME, DeformationFusionModule, DFMConfig
+from blendtalk.models.dfm import DeformationFusionModule, check_pretrained, load_dfm
 from blendtalk.face.rig import load_rig
 
 PAIRS_PER_ROW_MAX = 4  # blendshape pairs per row of the picture
 
 
-def load_dfm(folder: Path, rig, device) -> tuple[DeformationFusionModule, bool]:
+def load_fitting_dfm(folder: Path, rig, device) -> tuple[DeformationFusionModule, bool]:
     """The DFM in eval mode, and whether it can encode frames (its geometric map is known)."""
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no DFM checkpoint in {folder}: {path} is missing")
-    raw = json.loads(path.read_text())
-    raw.pop("model_type", None)
-    config = DFMConfig(**raw)
-    if not config.use_geometric_map:
-        return DeformationFusionModule.from_pretrained(folder, None, device).eval(), True
-    if config.num_vertices == rig.num_vertices:
-        from blendtalk.face.geometry import load_square_map
-
-        smap = load_square_map(rig, size=config.map_size).matrix()
-        return DeformationFusionModule.from_pretrained(folder, smap, device).eval(), True
+    config = check_pretrained(folder)
+    if not config.use_geometric_map or config.num_vertices == rig.num_vertices:
+        return load_dfm(folder, rig, device), True
     # Another topology (FLAME): we have no square map for it, so the decoder (the blendshapes) is
     # all we can use; an all-zero map only lets the checkpoint load, the encoders are never called.
     n = config.map_size
     empty = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n * n, config.num_vertices),
                                     check_invariants=True)
-    return DeformationFusionModule.from_pretrained(folder, empty, device).eval(), False
+    return DeformationFusionModule.from_pretrained(folder, empty, pick_device(device)).eval(), False
 
 
 def fitting_weights(dfm, can_encode: bool, args, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
@@ -163,7 +154,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     rig = load_rig()
-    dfm, can_encode = load_dfm(args.dfm, rig, args.device)
+    dfm, can_encode = load_fitting_dfm(args.dfm, rig, args.device)
     crop_loss = args.crop_loss
     if crop_loss is None:  # a run folder holds <run>/train_config.json beside best/ and checkpoint/
         run_config = args.dfm.resolve().parent / "train_config.json"

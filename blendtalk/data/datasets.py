@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from types import MappingProxyType
 from math import gcd
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -385,56 +385,5 @@ def collate(batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-class PairedFrameLoader:
-    """Batches of (speech frame, expression frame) displacement pairs for DFM training.
-
-    Each epoch draws an independent permutation of both frame sets (seeded by (seed, epoch)); the
-    smaller set is cycled so an epoch covers every frame of the larger one. Yields dicts with
-    speech (B, V', 3), expression (B, V', 3), subject_index (B,) and expression_index (B,), on `device`.
-    """
-
-    def __init__(self, speech: SpeechDataset, expression: ExpressionDataset, batch_size: int = 128,
-                 seed: int = 0, device: str | torch.device | None = None, drop_last: bool = False):
-        for name, ds in (("speech", speech), ("expression", expression)):
-            if ds.window != 1:
-                raise ValueError(f"the {name} dataset must yield single frames (window=1), got window={ds.window}")
-        if speech.num_vertices != expression.num_vertices:
-            raise ValueError(f"speech frames have V'={speech.num_vertices} but expression frames "
-                             f"V'={expression.num_vertices}; use one topology and region for both")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.speech, self.expression, self.batch_size = speech, expression, batch_size
-        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-
-    def __len__(self) -> int:
-        n = max(len(self.speech), len(self.expression))
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _perm(self, rng: np.random.Generator, size: int, n: int) -> np.ndarray:
-        reps = -(-n // size)
-        return np.concatenate([rng.permutation(size) for _ in range(reps)])[:n]
-
-    def _to(self, array: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
-        n = max(len(self.speech), len(self.expression))
-        ps, pe = self._perm(rng, len(self.speech), n), self._perm(rng, len(self.expression), n)
-        for b in range(len(self)):
-            i_s, i_e = ps[b * self.batch_size : (b + 1) * self.batch_size], pe[b * self.batch_size : (b + 1) * self.batch_size]
-            yield {
-                "speech": self._to(self.speech.displacements(i_s)[:, 0]),  # (B, V', 3)
-                "expression": self._to(self.expression.displacements(i_e)[:, 0]),
-                "subject_index": self._to(self.speech.subject_index[self.speech._item_seq[i_s]]),
-                "expression_index": self._to(self.expression.expression_index[self.expression._item_seq[i_e]]),
-            }
-
-
 __all__ = ["SUBSETS", "VOCASET_SPLIT", "VOCASET_TRAIN_SUBJECTS", "VOCASET_VAL_SUBJECTS", "VOCASET_TEST_SUBJECTS",
-           "VOCASET_SENTENCES", "ExpressionDataset", "PairedFrameLoader", "SpeechDataset", "Split", "collate"]
+           "VOCASET_SENTENCES", "ExpressionDataset", "SpeechDataset", "Split", "collate"]

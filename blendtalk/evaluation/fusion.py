@@ -23,6 +23,7 @@ from ..data.datasets import Split
 from .metrics import MM_PER_M, lip_vertex_error, mean_vertex_error
 from ..speech.phones import BILABIALS
 from ..face.rig import FaceRig
+from ..models.dfm import interpolate_inputs
 
 FusionMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (T, V, 3), (T, V, 3) -> (T, V, 3)
 
@@ -183,3 +184,18 @@ def expression_kept(fuse: FusionMethod, speech: Iterable[np.ndarray], rig: FaceR
             out[emotion][name] = None if input_mm < KEEP_MIN_MM else {
                 "magnitude": kept / given, "projection": dot / energy, "input_mm": input_mm}
     return out
+
+
+def fuse_keeping_residuals(dfm, d_s: torch.Tensor, d_e: torch.Tensor, intensity: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """The pipeline's "ours" fusion written out over whole inputs, the reference its frame-deduplicated
+    version is checked against: each input minus its cross-domain reconstruction.
+
+    (d_s - B_e w_e^s) + intensity * (d_e - B_s w_s^e) for a DeformationFusionModule `dfm`: the leaks
+    that the cross-domain halves model are taken out, and what the blendshapes cannot reconstruct
+    (fine brow and lid motion, say) is kept instead of dropped. d_s, d_e: (..., V, 3).
+    """
+    _, cross_s = dfm.split(dfm.encode_speech(d_s))
+    cross_e, _ = dfm.split(dfm.encode_expression(d_e))
+    speech = d_s - dfm.decode_expression(cross_s)  # minus B_e w_e^s
+    expression = d_e - dfm.decode_speech(cross_e)  # minus B_s w_s^e
+    return interpolate_inputs(speech, expression, intensity)

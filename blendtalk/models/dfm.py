@@ -25,19 +25,16 @@ Choices beyond the paper text, each because the linear blendshape model needs it
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from . import loading
+from .checkpoint import PretrainedModel, pick_device
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "blendtalk-dfm"
 AMPLITUDE_FLOOR = 1e-9  # input length unit (metres on the rig): a displacement this small counts as zero
 MIN_MAP_SIZE = 2  # pixels: the last block's output side; InstanceNorm needs more than one pixel
@@ -147,13 +144,16 @@ def _as_sparse_map(map_matrix: torch.Tensor, config: DFMConfig) -> torch.Tensor:
     return m.coalesce()
 
 
-class DeformationFusionModule(nn.Module):
+class DeformationFusionModule(PretrainedModel):
     """Two encoders and a shared linear blendshape decoder; see the module docstring.
 
     map_matrix: (N*N, V) dense or sparse COO, the geometric map G (pixels x vertices). It is derived
     from the rig, not learned, so it is a non-persistent buffer: pass it again when loading. Not
     needed (may be None) when `config.use_geometric_map` is False.
     """
+
+    MODEL_TYPE = MODEL_TYPE
+    TITLE = "DFM"
 
     def __init__(self, config: DFMConfig, map_matrix: torch.Tensor | None = None):
         super().__init__()
@@ -294,21 +294,6 @@ class DeformationFusionModule(nn.Module):
         _, w_expr = self.split(self.encode_expression(d_e))
         return self.fuse_weights(w_speech, w_expr, intensity)
 
-    def fuse_keeping_residuals(
-        self, d_s: torch.Tensor, d_e: torch.Tensor, intensity: float | torch.Tensor = 1.0
-    ) -> torch.Tensor:
-        """A variant of eq. 13 (not in the paper): each input minus its cross-domain reconstruction.
-
-        (d_s - B_e w_e^s) + intensity * (d_e - B_s w_s^e): the leaks that the cross-domain halves
-        model are taken out, and what the blendshapes cannot reconstruct (fine brow and lid motion,
-        say) is kept instead of dropped. Shapes as in `fuse`.
-        """
-        _, cross_s = self.split(self.encode_speech(d_s))
-        cross_e, _ = self.split(self.encode_expression(d_e))
-        speech = d_s - self.decode_expression(cross_s)  # minus B_e w_e^s
-        expression = d_e - self.decode_speech(cross_e)  # minus B_s w_s^e
-        return interpolate_inputs(speech, expression, intensity)
-
     def fuse_weights(
         self, w_speech_own: torch.Tensor, w_expr_own: torch.Tensor, intensity: float | torch.Tensor = 1.0
     ) -> torch.Tensor:
@@ -321,21 +306,15 @@ class DeformationFusionModule(nn.Module):
         return self.decode(self.join(w_speech_own, intensity * w_expr_own))
 
     # ---- checkpoints: a folder with config.json + model.safetensors ----
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write config.json, model.safetensors (the map matrix is not saved) and a short README.md."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": MODEL_TYPE, **asdict(self.config)}
-        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt", "model_type": MODEL_TYPE})
+    def model_card(self) -> str:
         c = self.config
-        (folder / "README.md").write_text(
-            f"# blendtalk deformation fusion module\n\nV={c.num_vertices} vertices, K_s={c.k_speech} speech and "
-            f"K_e={c.k_expression} expression blendshapes, {'geometric map N=' + str(c.map_size) if c.use_geometric_map else 'flat MLP encoders'}.\n"
-            "Load with `blendtalk.models.dfm.DeformationFusionModule.from_pretrained(folder, map_matrix)`.\n"
-        )
-        return folder
+        return (f"# blendtalk deformation fusion module\n\nV={c.num_vertices} vertices, K_s={c.k_speech} speech and "
+                f"K_e={c.k_expression} expression blendshapes, {'geometric map N=' + str(c.map_size) if c.use_geometric_map else 'flat MLP encoders'}.\n"
+                "Load with `blendtalk.models.dfm.load_dfm(folder)`.\n")
+
+    @classmethod
+    def config_from_dict(cls, raw: dict) -> DFMConfig:
+        return _config_from_dict(raw)
 
     @classmethod
     def from_pretrained(
@@ -345,7 +324,7 @@ class DeformationFusionModule(nn.Module):
 
         config.json is checked against the stored tensors before any memory is allocated
         (`check_pretrained`); ValueError for a config or weights that do not fit, FileNotFoundError
-        for a missing file.
+        for a missing file. `load_dfm` builds the map matrix from a rig.
         """
         def build(config: DFMConfig) -> DeformationFusionModule:
             if map_matrix is not None and config.use_geometric_map and map_matrix.shape[-1] != config.num_vertices:
@@ -355,9 +334,7 @@ class DeformationFusionModule(nn.Module):
                 )
             return cls(config, map_matrix)
 
-        model = loading.load_checkpoint(folder, MODEL_TYPE, "DFM", _config_from_dict, build,
-                                        skeleton=_skeleton)
-        return model.to(device) if device is not None else model
+        return cls._load(folder, build, skeleton=_skeleton, device=device)
 
     # ---- helpers ----
     def _encode(self, encoder: nn.Module, d: torch.Tensor) -> torch.Tensor:
@@ -419,3 +396,16 @@ def check_pretrained(folder: str | Path) -> DFMConfig:
     """Check a DFM checkpoint folder without allocating the model: config.json builds a valid DFM
     whose tensor names and shapes are those stored in model.safetensors. Returns the config."""
     return loading.check_checkpoint(folder, MODEL_TYPE, "DFM", _config_from_dict, _skeleton)
+
+
+def load_dfm(source: str | Path, rig=None, device: str | torch.device | None = None) -> DeformationFusionModule:
+    """A DFM checkpoint folder -> the model in eval mode on `device` (`pick_device`: cuda when
+    available). A checkpoint with a geometric map gets the square map of `rig` (the shipped rig
+    when None) at its size; ValueError when the rig's vertex count is not the checkpoint's."""
+    from ..face.geometry import load_square_map
+    from ..face.rig import load_rig
+
+    device = pick_device(device)
+    config = check_pretrained(source)
+    smap = load_square_map(rig or load_rig(), config.map_size).matrix(device) if config.use_geometric_map else None
+    return DeformationFusionModule.from_pretrained(source, smap, device=device).eval()

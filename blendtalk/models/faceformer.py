@@ -31,9 +31,8 @@ Departures from the original code, and why:
   frame's cross-attention output is a function of its own audio frame alone (one visible key gets
   weight 1), so it is computed for all frames at once; the motion fed back to the next frame is
   motion_encoder(motion_decoder(h)), one (D, D) product, and the (V, 3) motion is decoded for all
-  frames after the loop. On CUDA one captured graph of the frame step is replayed per frame. Ten
-  seconds (300 frames) took 425 ms on an H200 before these changes and 37 ms after; 470 -> 130 ms
-  on the 2-core CPU.
+  frames after the loop. On CUDA one captured graph of the frame step is replayed per frame (the
+  speed-up is in docs/experiments.md).
 * The start token is the style embedding alone in training and generation alike (the original
   adds the motion encoder's bias in training only). Motion encoder and decoder start at zero, so an
   untrained model outputs zero displacement (the template) and ignores past motion until trained.
@@ -43,19 +42,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from . import loading
 from .audio_encoders import AudioEncoder, AudioEncoderConfig, build_audio_encoder
+from .checkpoint import PretrainedModel, pick_device
+from .loading import CONFIG_NAME
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "blendtalk-faceformer"
 
 
@@ -253,12 +251,15 @@ class _DecoderLayer(nn.Module):
 # The model
 
 
-class FaceFormer(nn.Module):
+class FaceFormer(PretrainedModel):
     """Speech-driven displacements (B, T, V, 3); see the module docstring.
 
     audio_encoder: an already built encoder (e.g. with pretrained wav2vec2 weights from
     `build_faceformer`); None builds `config.encoder` without reading any weights.
     """
+
+    MODEL_TYPE = MODEL_TYPE
+    TITLE = "FaceFormer"
 
     def __init__(self, config: FaceFormerConfig, audio_encoder: AudioEncoder | None = None):
         super().__init__()
@@ -461,22 +462,16 @@ class FaceFormer(nn.Module):
         return h
 
     # ---- checkpoints: a folder with config.json + model.safetensors ----
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write config.json (with the audio encoder's full config), model.safetensors and a README.md."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": MODEL_TYPE, **asdict(self.config)}
-        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: t.detach().contiguous().cpu() for k, t in self.state_dict().items()}
-        save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt", "model_type": MODEL_TYPE})
+    def model_card(self) -> str:
         c = self.config
-        (folder / "README.md").write_text(
-            f"# blendtalk FaceFormer\n\nSpeech-driven displacements for V={c.num_vertices} vertices; "
-            f"{c.encoder.kind} audio encoder, D={c.feature_dim}, {c.num_layers} layer(s), period {c.period}, "
-            f"window {c.window} frames, {c.num_speakers} speaker styles.\n"
-            "Load with `blendtalk.models.faceformer.FaceFormer.from_pretrained(folder)`.\n"
-        )
-        return folder
+        return (f"# blendtalk FaceFormer\n\nSpeech-driven displacements for V={c.num_vertices} vertices; "
+                f"{c.encoder.kind} audio encoder, D={c.feature_dim}, {c.num_layers} layer(s), period {c.period}, "
+                f"window {c.window} frames, {c.num_speakers} speaker styles.\n"
+                "Load with `blendtalk.models.faceformer.load_speech_model(folder)`.\n")
+
+    @classmethod
+    def config_from_dict(cls, raw: dict) -> FaceFormerConfig:
+        return _config_from_dict(raw)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> FaceFormer:
@@ -486,8 +481,7 @@ class FaceFormer(nn.Module):
         (`check_pretrained`); ValueError for a config or weights that do not fit, FileNotFoundError
         for a missing file.
         """
-        model = loading.load_checkpoint(folder, MODEL_TYPE, "FaceFormer", _config_from_dict, cls)
-        return model.to(device) if device is not None else model
+        return cls._load(folder, cls, device=device)
 
 
 def _config_from_dict(raw: dict) -> FaceFormerConfig:
@@ -511,3 +505,9 @@ def _from_dict(cls, raw: dict, where: str):
     if unknown := sorted(set(raw) - known):
         raise ValueError(f"{where} has unknown fields {unknown}; this blendtalk knows {sorted(known)}")
     return cls(**raw)
+
+
+def load_speech_model(source: str | Path, device: str | torch.device | None = None) -> FaceFormer:
+    """A speech-model (FaceFormer) checkpoint folder -> the model in eval mode on `device`
+    (`pick_device`: cuda when available); no downloads."""
+    return FaceFormer.from_pretrained(source, device=pick_device(device)).eval()

@@ -19,20 +19,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..data.datasets import ExpressionDataset, SpeechDataset
 from ..data.florence import read_florence
 from ..data.vocaset import read_vocaset
 from ..evaluation.fusion import evaluate_fusion, fusion_cases, synthetic_split
 from ..face.geometry import load_square_map, uniform_laplacian
+from .loop import Loop, load_state, new_run_dir, random_state, restore_random_state, run_loop, setup_process, trim_metrics
 from .losses import DFMLossConfig, dfm_loss, vertex_weights
 from ..models.dfm import DeformationFusionModule, DFMConfig, interpolate_inputs
 from ..face.rig import FaceRig, load_rig
@@ -70,10 +68,6 @@ def load_train_config(run: str | Path) -> DFMTrainConfig:
     return DFMTrainConfig(**raw)
 
 
-def pick_device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def _preload(ds, device) -> torch.Tensor:
     """All frames of a single-frame dataset as one (M, V, 3) float32 tensor on `device`."""
     chunks = [torch.from_numpy(ds.displacements(np.arange(i, min(i + 4096, len(ds))))[:, 0])
@@ -97,58 +91,6 @@ def build_model(rig: FaceRig, model_config: DFMConfig, device) -> DeformationFus
     return DeformationFusionModule(model_config, smap.matrix() if smap else None).to(device)
 
 
-def new_run_dir(out: str | Path, name: str = "dfm") -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for k in range(1000):
-        run = Path(out) / (f"{name}-{stamp}" + (f"-{k}" if k else ""))
-        try:
-            run.mkdir(parents=True, exist_ok=False)
-            return run
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a new run folder in {out}")
-
-
-def save_checkpoint(model: DeformationFusionModule, folder: Path) -> None:
-    """`model.save_pretrained(folder)` where each file appears whole: staged beside it, then renamed.
-
-    A kill mid-save leaves every file of `folder` either the old version or the new one (the config
-    does not change during a run), and at worst a `.name.tmp` folder that the next save replaces.
-    """
-    stage = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(stage, ignore_errors=True)
-    model.save_pretrained(stage)
-    folder.mkdir(exist_ok=True)
-    for f in sorted(stage.iterdir()):
-        os.replace(f, folder / f.name)
-    stage.rmdir()
-
-
-def save_state(path: Path, **state) -> None:
-    """torch.save(state) to `path` under a temporary name, then an atomic rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def trim_metrics(path: Path, step: int) -> None:
-    """Keep the metrics lines up to `step` (a resumed run computes the later ones again) and drop a
-    torn last line; rewritten atomically."""
-    if not path.is_file():
-        return
-    keep = []
-    for text in path.read_text().splitlines():
-        try:
-            line = json.loads(text)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(line, dict) and line.get("step", 0) <= step:
-            keep.append(text + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
-
-
 def validate(model: DeformationFusionModule, config: DFMTrainConfig, rig: FaceRig, device) -> dict:
     """Fusion metrics on the validation speakers/subjects (needs synthetic truth)."""
     truth = Path(config.data) / "truth"
@@ -169,26 +111,9 @@ def mix_speech(d_s: torch.Tensor, d_e: torch.Tensor, max_scale: float, generator
     return d_e + scale * d_s[i]
 
 
-def _progress(step: int, total: int, started: float, max_minutes: float | None) -> float:
-    """Fraction of the run done, in [0, 1]: by steps, or by wall time when that ends it sooner."""
-    done = step / max(total, 1)
-    if max_minutes:
-        done = max(done, (time.time() - started) / (60 * max_minutes))
-    return min(done, 1.0)
-
-
 def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> Path:
     """Train (or resume) a DFM; returns the run folder."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = int(os.environ.get("RANK", "0"))
-    if distributed:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        device = pick_device(config.device)
+    distributed, rank, device = setup_process(config.device)
     rig = load_rig()
     if config.model is None:
         config.model = DFMConfig(num_vertices=rig.num_vertices)
@@ -212,21 +137,22 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
     run = Path(run_dir) if run_dir is not None else None
     step, best = 0, math.inf
     if resume:
-        if run is None or not (run / "state.pt").is_file():
-            raise FileNotFoundError(f"nothing to resume in {run}: no state.pt")
-        state = torch.load(run / "state.pt", map_location=device, weights_only=True)
+        state = load_state(run, device)
         if "model" in state:  # the weights saved with this step (runs before it: checkpoint/, saved just before)
             model.load_state_dict(state["model"])
         else:
             model.load_state_dict(DeformationFusionModule.from_pretrained(run / "checkpoint", model.map_matrix).state_dict())
         opt.load_state_dict(state["optimizer"])
-        if "rng" in state and not distributed:  # the batches go on as if the run had not stopped (rank 0's state)
-            rng.set_state(state["rng"].cpu())
+        if not distributed:  # the batches go on as if the run had not stopped (rank 0's state)
+            if "random" in state:
+                restore_random_state(state["random"], generator=rng)
+            elif "rng" in state:  # runs saved before the shared loop kept only the batch generator
+                rng.set_state(state["rng"].cpu())
         step, best = int(state["step"]), float(state["best"])
         if rank == 0:
             trim_metrics(run / "metrics.jsonl", step)
     elif rank == 0:
-        run = run or new_run_dir(config.out)
+        run = run or new_run_dir(config.out, "dfm")
         (run / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
     net = model
     if distributed:  # the geometric map is a fixed sparse buffer, the same on every rank: DDP must not broadcast it
@@ -234,45 +160,21 @@ def train_dfm(config: DFMTrainConfig, run_dir: str | Path | None = None, resume:
         net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
 
     steps_per_epoch = max(len(speech), len(expr)) // config.batch_size
-    total = int(config.epochs * steps_per_epoch)
-    started = time.time()
-    bar = tqdm(total=total, initial=step, desc="train dfm", disable=rank != 0, unit="step")
-    parts = {}
-    while step < total:
+
+    def train_step():
         i_s = torch.randint(len(speech), (config.batch_size,), device=device, generator=rng)
         i_e = torch.randint(len(expr), (config.batch_size,), device=device, generator=rng)
         d_s, d_e = speech[i_s], expr[i_e]
         d_mixed = mix_speech(d_s, d_e, config.loss.invariance_mix, rng) if config.loss.lambda_invariance else None
-        if config.lr_schedule == "cosine":
-            for group in opt.param_groups:
-                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * _progress(step, total, started, config.max_minutes)))
-        loss, parts = dfm_loss(net(d_s, d_e, d_mixed), d_s, d_e, config.loss, lip_w, lap, upper)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update()
-        out_of_time = config.max_minutes is not None and time.time() - started > 60 * config.max_minutes
-        if distributed:  # every process must stop at the same step, or DDP waits forever
-            flag = torch.tensor(float(out_of_time), device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            out_of_time = bool(flag)
-        if rank == 0 and (step % config.val_every == 0 or step == total or out_of_time):
-            report = validate(model, config, rig, device)
-            score = report.get("dfm", {}).get("fused_mve", parts["total"])
-            line = {"step": step, "epoch": step / steps_per_epoch, "minutes": (time.time() - started) / 60, "loss": parts, "val": report}
-            with open(run / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
-            bar.set_postfix(loss=f"{parts['total']:.4f}", val=f"{score:.4f}")
-            if score < best:
-                best = score
-                save_checkpoint(model, run / "best")
-            save_checkpoint(model, run / "checkpoint")
-            save_state(run / "state.pt", model=model.state_dict(), optimizer=opt.state_dict(), rng=rng.get_state(), step=step,
-                       best=best)
-        if out_of_time:
-            break
-    bar.close()
+        return dfm_loss(net(d_s, d_e, d_mixed), d_s, d_e, config.loss, lip_w, lap, upper)
+
+    def validation(parts):
+        report = validate(model, config, rig, device)
+        return report, report.get("dfm", {}).get("fused_mve", parts["total"]), {}
+
+    loop = Loop(model, opt, run, device, int(config.epochs * steps_per_epoch), steps_per_epoch, config.val_every,
+                config.lr, config.lr_schedule, config.max_minutes, distributed, rank, "train dfm")
+    run_loop(loop, train_step, validation, lambda: random_state(generator=rng), step, best)
     if distributed:
         torch.distributed.destroy_process_group()
     return run

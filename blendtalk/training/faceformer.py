@@ -3,8 +3,9 @@ windows per batch, resumable runs, LVE/FDD validation, DDP.
 
 A run is a folder (never reused or deleted), as for the DFM (blendtalk.training.dfm):
     train_config.json      the FaceFormerTrainConfig
-    checkpoint/            the latest model (config.json + model.safetensors) ...
-    state.pt               ... with optimiser state and step, for --resume (tensors only, weights_only)
+    checkpoint/            the latest model (config.json + model.safetensors)
+    state.pt               its weights, the optimiser, the step and every random state, for --resume
+                           (tensors only, weights_only; blendtalk.training.loop)
     best/                  the model with the lowest validation score (LVE on aligned phones) so far
     metrics.jsonl          one line per validation
 Under `torchrun --nproc_per_node=N` each process draws its own batches; rank 0 validates and writes.
@@ -22,8 +23,8 @@ than they differ from each other, and a model that leans on the log-mel then mis
 the phones state plainly (the ARCTIC check in eval/lipsync.py). Three augmentations of the log-mel
 (`augment_mel`) push the model to hear voices loosely and to trust good phones: a random stretch of
 the frequency axis (vocal tract length perturbation), SpecAugment's blanked bands and time spans,
-and (off by default: it did not help) windows whose whole log-mel is blanked while their phones
-are aligned or exact.
+and (off by default) windows whose whole log-mel is blanked while their phones are aligned or
+exact. What each was worth is in docs/experiments.md.
 
 Exposure bias. Teacher forcing feeds the true previous frame, inference the model's own. With
 probability `self_feed` a step runs two parallel passes instead (scheduled sampling): one
@@ -36,19 +37,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..constants import FPS, SAMPLE_RATE
 from ..data.datasets import VOCASET_SPLIT, SpeechDataset, Split
 from ..data.vocaset import read_vocaset
 from ..models.faceformer import FaceFormer, FaceFormerConfig, build_faceformer
+from .loop import Loop, load_state, new_run_dir, random_state, restore_random_state, run_loop, setup_process, trim_metrics
 from ..models.audio_encoders import AudioEncoderConfig
 from ..speech.phones import ARPABET, Phone
 from ..face.rig import load_rig
@@ -70,20 +70,19 @@ class FaceFormerTrainConfig:
     encoder: str = "phonetic"  # "phonetic" (offline default) or "wav2vec2"
     wav2vec2: str | None = None  # pretrained wav2vec2 Hub id or folder; None = random init (offline)
     phone_mix: dict = field(default_factory=lambda: {"aligned": 0.5, "recognized": 0.3, "exact": 0.2})  # see module doc
-    lr: float = 5e-4  # Adam; FaceFormer's 1e-4 (batch 1) reached val LVE 84 mm^2 after 186 CPU steps where 5e-4 reached 32
+    lr: float = 5e-4  # Adam; above FaceFormer's 1e-4 (batch 1), which learns far slower with our batches
     lr_schedule: str = "constant"  # or "cosine": decay to 0 over the run (epochs or max_minutes, whichever ends first)
     batch_size: int = 8  # windows per step (per process under DDP); FaceFormer uses 1 whole sequence
     min_seconds: float = 2.0  # window length drawn per batch in [min, max] s, capped by the batch's shortest sequence
     max_seconds: float = 4.0
     self_feed: float = 0.5  # share of steps fed their own predictions as previous motion (module doc)
-    # Log-mel augmentation (module doc). On one H200 for 5.3 min, 0.15 + 2 masks halved the held-out LVE with aligned
-    # phones (14.7 -> 7.4 mm^2) and closed both ARCTIC bilabials (1 of 2 without); adding mel_dropout 0.2/0.4 did not help.
+    # Log-mel augmentation (module doc): warp and masks make the model trust good phones over an unfamiliar voice.
     mel_warp: float = 0.15  # frequency axis stretched by a factor in 1 +- mel_warp per window
     mel_masks: int = 2  # SpecAugment: this many frequency bands (<= 10 mels) and time spans (<= 4 frames) blanked per window
     mel_dropout: float = 0.0  # share of windows with aligned/exact phones whose whole log-mel is blanked
-    lip_weight: float = 5.0  # loss weight of lip vertices (1 elsewhere); at 450 CPU steps 5 gave val LVE 20 mm^2 and 80% /p b m/ closure, 1 (FaceFormer's) 25 and 30%
+    lip_weight: float = 5.0  # loss weight of lip vertices (1 elsewhere): lip errors are what viewers see; closes /p b m/ far more than 1
     lambda_velocity: float = 0.0  # MSE of frame-to-frame differences; > 0 discourages jitter
-    lambda_lip_gap: float = 0.0  # L1 on the lip-seam gap (rig only); 0.2 closed 95% of /p b m/ but cost LVE (31 vs 17 mm^2)
+    lambda_lip_gap: float = 0.0  # L1 on the lip-seam gap (rig only); off: the closures it buys cost more LVE than they are worth
     motion_scale: float = 1e-3  # m per model unit (FaceFormerConfig.motion_scale): the network works in mm
     epochs: float = 200.0  # an epoch draws as many windows as there are training sequences
     max_minutes: float | None = None  # stop (and save) after this wall time, whatever the epoch
@@ -360,27 +359,9 @@ def new_model(config: FaceFormerTrainConfig, num_vertices: int, num_speakers: in
 # The loop
 
 
-def pick_device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _new_run_dir(out: str | Path) -> Path:
-    from .dfm import new_run_dir
-
-    return new_run_dir(out, name="faceformer")
-
-
 def _setup(config: FaceFormerTrainConfig):
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if distributed:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        device = pick_device(config.device)
+    distributed, rank, device = setup_process(config.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores: ~1e-3 relative, ample here
         torch.backends.cudnn.allow_tf32 = True
@@ -401,21 +382,25 @@ def train_faceformer(config: FaceFormerTrainConfig, run_dir: str | Path | None =
     num_speakers = int(train.speaker.max()) + 1
     run = Path(run_dir) if run_dir is not None else None
     step, best = 0, math.inf
+    state = load_state(run, device) if resume else None
     if resume:
-        if run is None or not (run / "state.pt").is_file():
-            raise FileNotFoundError(f"nothing to resume in {run}: no state.pt")
         model = FaceFormer.from_pretrained(run / "checkpoint", device=device)
+        if "model" in state:  # the weights saved with this step (checkpoint/ is saved just before state.pt)
+            model.load_state_dict(state["model"])
     else:
         model = new_model(config, train.motion.shape[1], num_speakers, device)
     if config.model.num_vertices != train.motion.shape[1]:
         raise ValueError(f"the data has V={train.motion.shape[1]} vertices but the model expects {config.model.num_vertices}")
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     if resume:
-        state = torch.load(run / "state.pt", map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         step, best = int(state["step"]), float(state["best"])
+        if "random" in state and not distributed:  # the batches, augmentation and dropout go on as if uninterrupted
+            restore_random_state(state["random"], rng=rng)
+        if rank == 0:
+            trim_metrics(run / "metrics.jsonl", step)
     elif rank == 0:
-        run = run or _new_run_dir(config.out)
+        run = run or new_run_dir(config.out, "faceformer")
         (run / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     masks = region_masks(config, train.motion.shape[1])
@@ -426,55 +411,28 @@ def train_faceformer(config: FaceFormerTrainConfig, run_dir: str | Path | None =
     pairs = torch.as_tensor(rig.lip_pairs, device=device) if train.motion.shape[1] == rig.num_vertices else None
 
     steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
-    val_every = config.val_every or steps_per_epoch
-    total = int(config.epochs * steps_per_epoch)
-    started = time.time()
-    bar = tqdm(total=total, initial=step, desc="train faceformer", disable=rank != 0, unit="step")
-    parts: dict = {}
-    while step < total:
+
+    def train_step():
         batch = sample_batch(train, config, rng, device)
         x, t, spk, target = batch["inputs"], batch["num_frames"], batch["speaker"], batch["target"]
-        if config.lr_schedule == "cosine":
-            done = step / total
-            if config.max_minutes:
-                done = max(done, (time.time() - started) / (60 * config.max_minutes))
-            for group in opt.param_groups:
-                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         prev = target
         if rng.random() < config.self_feed:
             with torch.no_grad():
                 prev = model(x, t, spk, target)  # teacher-forced guesses become the previous motion
-        loss, parts = faceformer_loss(net(x, t, spk, prev), target, lip_w, config.motion_scale, config.lambda_velocity,
-                                      pairs, config.lambda_lip_gap)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update()
-        out_of_time = config.max_minutes is not None and time.time() - started > 60 * config.max_minutes
-        if distributed:  # every process must stop at the same step, or DDP waits forever
-            flag = torch.tensor(float(out_of_time), device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            out_of_time = bool(flag)
-        if rank == 0 and (step % val_every == 0 or step == total or out_of_time):
-            sources = [s for s in ("aligned", "recognized") if s in val.phone_ids] or ["aligned"]
-            report = evaluate_model(model, val, masks, sources=sources, rig=rig)
-            first = next(iter(report.values()))
-            score = first.get("lve_mm2", first.get("mve_mm", parts["total"]))
-            line = {"step": step, "epoch": step / steps_per_epoch, "minutes": (time.time() - started) / 60,
-                    "loss": parts, "val": report, "val_loss": score}  # val_loss: what best/ and the Hub card rank by
-            with open(run / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
-            bar.set_postfix(loss=f"{parts['total']:.4f}", val=f"{score:.4f}")
-            if score < best:
-                best = score
-                model.save_pretrained(run / "best")
-            model.save_pretrained(run / "checkpoint")
-            torch.save({"optimizer": opt.state_dict(), "step": step, "best": best}, run / "state.pt.tmp")
-            os.replace(run / "state.pt.tmp", run / "state.pt")
-        if out_of_time:
-            break
-    bar.close()
+        return faceformer_loss(net(x, t, spk, prev), target, lip_w, config.motion_scale, config.lambda_velocity,
+                               pairs, config.lambda_lip_gap)
+
+    def validation(parts):
+        sources = [s for s in ("aligned", "recognized") if s in val.phone_ids] or ["aligned"]
+        report = evaluate_model(model, val, masks, sources=sources, rig=rig)
+        first = next(iter(report.values()))
+        score = first.get("lve_mm2", first.get("mve_mm", parts["total"]))
+        return report, score, {"val_loss": score}  # val_loss: what best/ and the Hub card rank by
+
+    loop = Loop(model, opt, run, device, int(config.epochs * steps_per_epoch), steps_per_epoch,
+                config.val_every or steps_per_epoch, config.lr, config.lr_schedule, config.max_minutes, distributed, rank,
+                "train faceformer")
+    run_loop(loop, train_step, validation, lambda: random_state(rng=rng), step, best)
     if distributed:
         torch.distributed.destroy_process_group()
     return run

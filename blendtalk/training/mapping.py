@@ -1,4 +1,4 @@
-"""Fitting the rig maps of blendtalk.face.mapping (paper eqs. 14-15) on the corpora.
+"""Fitting the rig maps of blendtalk.models.mapping (paper eqs. 14-15) on the corpora.
 
     L = L_fit + lambda_reg L_reg + lambda_params |p|^2
     L_fit = sum_v m_v |t(M w)_v - ([B_s B_e] w)_v|^2 / sum_v m_v      (m_v: lips weighted, as in DFM training)
@@ -7,7 +7,7 @@
 averaged over weight vectors w observed on the corpora (DFM-encoded training frames, combined
 as at inference: speech own half + intensity * expression own half) plus sampled ones. Lengths
 are multiplied by a unit scale (1 / weighted RMS target displacement) so the lambdas are relative.
-See blendtalk.face.mapping for how ARKit (closed form, then bounded refinement) and FLAME
+See blendtalk.models.mapping for how ARKit (closed form, then bounded refinement) and FLAME
 (linearised closed form, then refinement through the jaw) are solved.
 """
 
@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..evaluation.metrics import MM_PER_M
-from ..face.mapping import ARKIT_BOUNDS, JAW_NAMES, ArkitMapping, FlameMapping, Mapping
+from ..models.mapping import ARKIT_BOUNDS, JAW_NAMES, ArkitMapping, FlameMapping, Mapping
 from .losses import DFMLossConfig, vertex_weights
 
 SAMPLE_RMS = 3e-3  # metres: amplitude of sampled weights when no corpus gives their scale (~RMS face motion on the rig)

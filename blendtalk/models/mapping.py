@@ -1,15 +1,7 @@
 """Linear maps from the DFM's blendshape weights to other rigs' parameters (paper eqs. 14-15).
 
 A map M (P, K_s + K_e) turns DFM weights w into target parameters p = M w, fitted so that the
-target rig reproduces the DFM's deformation:
-
-    L = L_fit + lambda_reg L_reg + lambda_params |p|^2
-    L_fit = sum_v m_v |t(M w)_v - ([B_s B_e] w)_v|^2 / sum_v m_v      (m_v: lips weighted, as in DFM training)
-    L_reg = mean_v |t(M w)_v|^2                                      (L2 on the output deformation)
-
-averaged over weight vectors w observed on the corpora (DFM-encoded training frames, combined
-as at inference: speech own half + intensity * expression own half) plus sampled ones. Lengths
-are multiplied by a unit scale (1 / weighted RMS target displacement) so the lambdas are relative.
+target rig reproduces the DFM's deformation (the loss and the fitting: blendtalk.training.mapping).
 
 * ARKit (the shipped rig, t(p) = deltas^T p): the loss is quadratic, so M has a closed form,
   the same whatever the weight distribution (it is the per-blendshape least-squares fit). ARKit
@@ -21,25 +13,26 @@ are multiplied by a unit scale (1 / weighted RMS target displacement) so the lam
   differences), solve that in closed form, then refine with Adam through the true FLAME layer.
   A FLAME map needs a DFM trained on FLAME-topology data (V = 5023).
 
-The fitting lives in blendtalk.training.mapping; this module holds the map and its storage.
 A fitted map is a folder beside the DFM checkpoint, `<dfm>/mapping_<target>/` (config.json with
-the fit's held-out errors + model.safetensors), read back by `load_mapping(dfm_dir, target)`.
+the fit's held-out errors + model.safetensors + README.md, written like every checkpoint by
+blendtalk.models.checkpoint.save_folder), read back by `load_mapping(dfm_dir, target)`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from .checkpoint import file_sha256, save_folder
+from .loading import CONFIG_NAME, WEIGHTS_NAME
 
 TARGETS = ("arkit", "flame")
 MODEL_TYPE = "blendtalk-mapping"
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 ARKIT_BOUNDS = (0.0, 1.0)  # ARKit blendshape weights are fractions of each unit
 JAW_NAMES = ("jaw_pose_x", "jaw_pose_y", "jaw_pose_z")
 
@@ -121,37 +114,25 @@ def mapping_dir(dfm_dir: str | Path, target: str) -> Path:
     return Path(dfm_dir) / f"mapping_{target}"
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_mapping(mapping: Mapping, folder: str | Path, dfm_dir: str | Path | None = None) -> Path:
-    """Write config.json (target, names, bounds, fit info and errors) + model.safetensors ('matrix').
+    """Write config.json (target, names, bounds, fit info and errors) + model.safetensors ('matrix')
+    + README.md, atomically (`save_folder`).
 
     dfm_dir: the DFM checkpoint the map was fitted to; its weights' sha256 is recorded so that a
     map is never applied to a retrained DFM by mistake.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config = {"model_type": MODEL_TYPE, "target": mapping.target, "param_names": list(mapping.param_names),
               "k_speech": mapping.k_speech, "k_total": mapping.num_weights,
               "bounds": None if mapping.bounds is None else list(mapping.bounds), "info": mapping.info}
     if dfm_dir is not None and (Path(dfm_dir) / WEIGHTS_NAME).is_file():
         config["dfm_weights_sha256"] = file_sha256(Path(dfm_dir) / WEIGHTS_NAME)
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    save_file({"matrix": mapping.matrix.detach().float().contiguous().cpu()}, folder / WEIGHTS_NAME,
-              metadata={"format": "pt", "model_type": MODEL_TYPE, "target": mapping.target})
     held = mapping.info.get("metrics", {}).get("heldout", {})
-    (folder / "README.md").write_text(
-        f"# blendtalk rig map: DFM weights -> {mapping.target}\n\n{mapping.num_params} parameters from "
-        f"{mapping.num_weights} DFM weights. Held-out error: {held.get('mean_mm', float('nan')):.3f} mm mean, "
-        f"{held.get('lip_mm', float('nan')):.3f} mm on the lips.\n"
-        "Load with `blendtalk.face.mapping.load_mapping(dfm_dir, target)`.\n")
-    return folder
+    card = (f"# blendtalk rig map: DFM weights -> {mapping.target}\n\n{mapping.num_params} parameters from "
+            f"{mapping.num_weights} DFM weights. Held-out error: {held.get('mean_mm', float('nan')):.3f} mm mean, "
+            f"{held.get('lip_mm', float('nan')):.3f} mm on the lips.\n"
+            "Load with `blendtalk.models.mapping.load_mapping(dfm_dir, target)`.\n")
+    return save_folder(folder, config, {"matrix": mapping.matrix.float()}, card,
+                       {"model_type": MODEL_TYPE, "target": mapping.target})
 
 
 def load_mapping(dfm_dir: str | Path, target: str, device: str | torch.device | None = None,
