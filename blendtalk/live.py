@@ -92,7 +92,7 @@ class LiveSession:
     holds the one-line messages about the input (silence, clipping, dropped floods), newest last.
     """
 
-    def __init__(self, pipe, prior: tuple[np.ndarray, np.ndarray], config: LiveConfig, emotion: str = "neutral",
+    def __init__(self, pipe, prior, config: LiveConfig, emotion: str = "neutral",
                  intensity: float = 1.0, mix_with: str | None = None, mix_ratio: float = 0.5):
         if pipe.speech_model is None or pipe.dfm is None:
             raise ValueError("live mode needs the speech model and the DFM checkpoints (Pipeline.from_pretrained "
@@ -264,18 +264,18 @@ class LiveSession:
         return self._arrivals[0][1] if self._arrivals else time.perf_counter()
 
 
-def speech_prior() -> tuple[np.ndarray, np.ndarray]:
-    """Log-mel mean and spread (80,) each that the running normalisation starts from: those of the
-    shipped ARCTIC sentence (real read speech), worth `StreamConfig.cmvn_prior_frames` frames."""
-    from .audio import load_audio, log_mel
+def default_prior():
+    """The live normalisations' starting point (`live_speech.SpeechPrior`): the statistics of the
+    shipped ARCTIC sentence (real read speech); the stream's own take over within seconds."""
+    from .audio import load_audio
     from .constants import ASSETS_DIR
+    from .live_speech import speech_prior
 
-    mel = log_mel(load_audio(ASSETS_DIR / "audio" / "arctic_a0009.wav"))
-    return mel.mean(0), mel.std(0)
+    return speech_prior(load_audio(ASSETS_DIR / "audio" / "arctic_a0009.wav"))
 
 
 def live_session(pipe, emotion: str = "neutral", intensity: float = 1.0, mix_with: str | None = None,
                  mix_ratio: float = 0.5, config: LiveConfig | None = None, prior=None) -> LiveSession:
     """A LiveSession on a loaded Pipeline (validated expression; ValueError names a bad value)."""
-    return LiveSession(pipe, prior if prior is not None else speech_prior(), config or LiveConfig(), emotion, intensity,
+    return LiveSession(pipe, prior if prior is not None else default_prior(), config or LiveConfig(), emotion, intensity,
                        mix_with, mix_ratio)

@@ -52,6 +52,27 @@ class StreamConfig:
             raise ValueError("cmvn_prior_frames and cmvn_memory_frames must be >= 1")
 
 
+@dataclass(frozen=True)
+class SpeechPrior:
+    """Where the running normalisations start: log-mel mean and spread (80,) each, and
+    pocketsphinx's cepstral mean (its comma-separated string); see `speech_prior`."""
+
+    mel_mean: np.ndarray
+    mel_std: np.ndarray
+    cepstral_mean: str | None = None
+
+
+def speech_prior(audio: np.ndarray) -> SpeechPrior:
+    """The statistics of a speech recording (S,) at 16 kHz, as the live normalisations' starting point."""
+    from .audio import log_mel
+    from .phonetics import _decode, _to_pcm16
+
+    mel = log_mel(audio)
+    decoder = _allphone_decoder()
+    _decode(decoder, _to_pcm16(audio))
+    return SpeechPrior(mel.mean(0), mel.std(0), decoder.get_cmn())
+
+
 def frame_start(t: int) -> int:
     """First sample of motion frame t (frames are 533.3 samples; rounded as `audio.num_frames`)."""
     return (2 * t * SAMPLE_RATE + FPS) // (2 * FPS)
@@ -136,8 +157,10 @@ class _PhoneStream:
     partial hypothesis. The utterance restarts at a quiet frame every UTTERANCE_SECONDS, so the
     search stays small for hours; frames before the restart keep the phones it had found."""
 
-    def __init__(self):
+    def __init__(self, cmn: str | None = None):
         self.decoder = _allphone_decoder()
+        if cmn:  # the cepstral mean to start from: live CMN otherwise takes seconds to settle and misses phones
+            self.decoder.set_cmn(cmn)
         self.decoder.start_utt()
         self.utt_start = 0  # sample where the current utterance began
         self.fed = 0  # samples given to the decoder
@@ -171,7 +194,10 @@ class _PhoneStream:
     def phone(self, t: int) -> int:
         """Phone id of motion frame t (the phone at its centre; "sil" where none), as `phones_to_frames`."""
         centre = (t + 0.5) / FPS
-        for pid, a, b in reversed(self.segments if centre >= self.cut else self.previous):
+        segments = self.segments if centre >= self.cut else self.previous
+        if segments and centre >= segments[-1][2] and centre < self.fed / SAMPLE_RATE:
+            return segments[-1][0]  # the hypothesis lags the audio by a few frames: its last phone goes on
+        for pid, a, b in reversed(segments):
             if a <= centre < b:
                 return pid
             if b <= centre:
@@ -183,7 +209,7 @@ class _EncoderStream:
     """The PhoneticEncoder with a fixed look-ahead: the forward GRU carried, the backward GRU over
     frames t..t+L from a zero state (as if the clip ended at t + L)."""
 
-    def __init__(self, encoder: nn.Module, prior: tuple[np.ndarray, np.ndarray], config: StreamConfig):
+    def __init__(self, encoder: nn.Module, prior: "SpeechPrior", config: StreamConfig):
         c = encoder.config
         if c.gru_layers != 1 or c.conv_layers > 4 or c.cmvn_dims != PHONETIC_MELS or c.input_dim != len(ARPABET) + PHONETIC_MELS:
             raise ValueError("live mode streams the shipped phonetic encoder layout (one bidirectional GRU layer, "
@@ -197,7 +223,7 @@ class _EncoderStream:
             getattr(self.bwd, name).data = getattr(gru, name + "_reverse").data
         self.context = (c.kernel_size // 2) * c.conv_layers  # frames of conv context on each side
         self.state = None  # forward GRU state (1, 1, H/2) after the last committed frame
-        self.prior_mean, self.prior_var = prior[0].astype(np.float64), np.square(prior[1].astype(np.float64))
+        self.prior_mean, self.prior_var = prior.mel_mean.astype(np.float64), np.square(prior.mel_std.astype(np.float64))
         self.n, self.s1, self.s2 = 0.0, np.zeros(PHONETIC_MELS), np.zeros(PHONETIC_MELS)
 
     def observe(self, mel: np.ndarray) -> None:
@@ -239,13 +265,13 @@ class SpeechStream:
     window of features, the decoder's ring buffer, and one pocketsphinx utterance.
     """
 
-    def __init__(self, model: nn.Module, prior: tuple[np.ndarray, np.ndarray], config: StreamConfig | None = None):
+    def __init__(self, model: nn.Module, prior: "SpeechPrior", config: StreamConfig | None = None):
         self.config = config or StreamConfig()
         if model.config.encoder.kind != "phonetic" or model.config.alignment_radius != 0:
             raise ValueError("live mode needs a FaceFormer with the phonetic encoder and alignment_radius 0 "
                              f"(the shipped one); got encoder {model.config.encoder.kind!r}, radius {model.config.alignment_radius}")
         self.model = model.eval()
-        self.mel, self.phones = _MelStream(), _PhoneStream()
+        self.mel, self.phones = _MelStream(), _PhoneStream(prior.cepstral_mean)
         self.encoder = _EncoderStream(model.audio_encoder, prior, self.config)
         self.features: deque = deque()  # (frame, mel (80,)) of the current window
         self.ready = 0  # frames whose features are final (the look-ahead edge is ready - 1)
