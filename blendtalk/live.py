@@ -89,7 +89,7 @@ class LiveSession:
 
     `push(chunk)` validates the chunk and returns the frames it completes (0, 1 or more); `finish()`
     returns the rest. `set_expression(...)` changes the emotion from the next frame on. `notices`
-    holds the one-line messages about the input (silence, clipping, dropped floods), newest last.
+    holds the one-line messages about the input (silence, clipping, dropped floods), oldest first: read them with `notices.popleft()`.
     """
 
     def __init__(self, pipe, prior, config: LiveConfig, emotion: str = "neutral",
@@ -229,7 +229,8 @@ class LiveSession:
         self.emitted = t + 1
         arrived = self._arrival(t)
         return LiveFrame(t, t / FPS, (rig.vertices + fused).astype(np.float32), arkit, head, gaze, arrived=arrived,
-                         ready=time.perf_counter(), stages={"expression": t1 - t0, "dfm": t2 - t1, "head": t3 - t2})
+                         ready=time.perf_counter(), stages={"speech": self.speech.seconds.pop(t, 0.0), "expression": t1 - t0, "dfm": t2 - t1,
+                                 "head": t3 - t2})
 
     def _encode_expression(self, w_e: np.ndarray):
         """DFM encoding of one expression frame (52,) -> (own content (V, 3) tensor, w_e^e (K_e,)); a few

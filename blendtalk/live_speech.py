@@ -18,6 +18,7 @@ frames do not depend on how the audio was cut into chunks.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -290,7 +291,7 @@ class SpeechStream:
         self.caches = [KVCache(1, c.num_heads, c.feature_dim // c.num_heads, c.window, dev, self.style.dtype) for _ in model.layers]
         self.pe = model._phase_table(dev)
         self.prev = torch.zeros_like(self.style)
-        self.pending: deque = deque()  # (t, phone id) decided at its edge, waiting for the encoder window
+        self.seconds: dict[int, float] = {}  # frame -> seconds its encoder and decoder step took
 
     @property
     def latency_frames(self) -> int:
@@ -350,7 +351,8 @@ class SpeechStream:
 
     @torch.no_grad()
     def _decode(self, t: int, edge: int) -> list[tuple[int, np.ndarray]]:
-        """Frame t with the look-ahead edge at frame `edge` -> [(t, d_s (V, 3))]."""
+        """Frame t with the look-ahead edge at frame `edge` -> [(t, d_s (V, 3))]; its seconds in `self.seconds[t]`."""
+        start = time.perf_counter()
         first = max(0, t - self.encoder.context)
         window = [(f, m) for f, m in self.features if first <= f <= edge]
         phones = np.array([self.phones.phone(f) for f, _ in window], dtype=np.int64)
@@ -366,4 +368,7 @@ class SpeechStream:
         self.prev = torch.nn.functional.linear(h, *self.feedback)
         d = m.motion_decoder(h).reshape(-1, 3) * m.config.motion_scale  # (V, 3)
         self.done = t + 1
+        self.seconds[t] = time.perf_counter() - start
+        while len(self.seconds) > 8:  # read by the session as the frame leaves; a few kept in case it is not
+            self.seconds.pop(next(iter(self.seconds)))
         return [(t, d.float().numpy())]
