@@ -41,6 +41,8 @@ SILENCE_DBFS = -60.0  # dBFS: below this for SILENCE_NOTICE_SECONDS the session 
 SILENCE_NOTICE_SECONDS = 5.0  # s
 NOTICE_INTERVAL_SECONDS = 10.0  # s between two notices of the same kind
 MAX_AHEAD_SECONDS = 1.0  # s: with `realtime`, audio further ahead of the wall clock than this is dropped
+MAX_LAG_SECONDS = 1.0  # s: with `realtime`, a session this far behind the clock (a busy CPU) drops audio to catch up
+THIN_LAG_SECONDS = 0.25  # s: ... and this far behind it fuses every other frame only (the speech model sees all)
 EXPRESSION_CACHE = 64  # distinct expression frames whose DFM encoding is kept (a held emotion is one)
 
 
@@ -111,27 +113,40 @@ class LiveSession:
         self.received = 0  # samples accepted
         self.dropped = 0  # samples dropped (floods)
         self.emitted = 0
+        self.skipped = 0  # frames not fused because the session was behind the clock
+        self._thin = False
         self._started: float | None = None
         self._quiet_since = 0
         self._last_notice: dict[str, float] = {}
         self._arrivals: deque = deque()  # (sample count, perf_counter) of accepted chunks
 
     # ---- input ----
-    def push(self, chunk, sample_rate: int = SAMPLE_RATE) -> list[LiveFrame]:
-        """Audio chunk (S,) float32 in [-1, 1] or int16 at 16 kHz, mono -> the frames it completes."""
-        now = time.perf_counter()
+    def push(self, chunk, sample_rate: int = SAMPLE_RATE, arrived: float | None = None) -> list[LiveFrame]:
+        """Audio chunk (S,) float32 in [-1, 1] or int16 at 16 kHz, mono -> the frames it completes.
+
+        arrived: `time.perf_counter()` when the chunk was recorded or received (default: now); frame
+        latencies are measured from it, and with `realtime` the lag behind the clock too."""
+        now = time.perf_counter() if arrived is None else arrived
         x = self._check(chunk, sample_rate)
         if len(x) == 0:
             return []
         if self._started is None:
-            self._started = now
+            self._started = now - len(x) / SAMPLE_RATE
+        self._thin = False
         if self.config.realtime:
-            ahead = (self.received + len(x)) / SAMPLE_RATE - (now - self._started)
+            consumed = (self.received + self.dropped + len(x)) / SAMPLE_RATE
+            ahead = consumed - (time.perf_counter() - self._started)
             if ahead > self.config.max_ahead_seconds:
                 self.dropped += len(x)
                 self._notice("flood", f"audio is arriving faster than real time ({ahead:.1f} s ahead of the clock); "
                              f"dropped {len(x) / SAMPLE_RATE * 1000:.0f} ms (send chunks as they are recorded)")
                 return []
+            if -ahead > MAX_LAG_SECONDS:
+                self.dropped += len(x)
+                self._notice("lag", f"the server is {-ahead:.1f} s behind real time (a busy CPU); dropping audio "
+                             "to catch up")
+                return []
+            self._thin = -ahead > THIN_LAG_SECONDS
         self._watch_level(x)
         self._arrivals.append((self.received + len(x), now))
         self._samples.append((self.received, x))
@@ -193,14 +208,15 @@ class LiveSession:
         for t, d_s in decoded:
             self._held.append((t, d_s))
             if len(self._held) == 2:  # the closure rule reads frame t + 1: frame t is now complete
-                out.append(self._frame())
+                out.append(self._frame(skip=self._thin and self._held[0][0] % 2 == 1))
         if final:
             while self._held:
                 out.append(self._frame())
-        return out
+        return [f for f in out if f is not None]
 
     @torch.no_grad()
-    def _frame(self) -> LiveFrame:
+    def _frame(self, skip: bool = False) -> LiveFrame | None:
+        """The oldest held frame, fused; skip: advance the states only (a session behind the clock)."""
         t0 = time.perf_counter()
         t, d_s = self._held.popleft()
         following = self._held[0][1] if self._held else d_s
@@ -208,6 +224,12 @@ class LiveSession:
         self._last_ds = d_s
         rig, dfm, dev = self.rig, self.pipe.dfm, self.pipe.device
         w_e = self.expression.frame(t)  # (52,)
+        if skip:
+            self.head.frame(t, self._frame_samples(t))
+            self.speech.seconds.pop(t, None)
+            self.emitted = t + 1
+            self.skipped += 1
+            return None
         t1 = time.perf_counter()
         own_e, w_expr = self._encode_expression(w_e)
         ds = torch.from_numpy(d_s).to(dev)

@@ -45,7 +45,6 @@ def main(argv=None) -> int:
     from blendtalk.audio import load_audio
     from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
     from blendtalk.live import LiveConfig
-    from blendtalk.live_speech import frame_start, needed_samples
     from blendtalk.pipeline import Pipeline
     from eval.lipsync import with_pauses
 
@@ -65,17 +64,14 @@ def main(argv=None) -> int:
         if delay > 0:
             time.sleep(delay)
         t0 = time.perf_counter()
-        frames += [(f, time.perf_counter()) for f in session.push(audio[i:i + step])]
+        frames += [(f, time.perf_counter()) for f in session.push(audio[i:i + step], arrived=due)]
         busy += time.perf_counter() - t0
         if i // step % 500 == 0:  # a change of expression now and then, as a user would
             session.set_expression(("happy", "sad", "surprised", "angry")[i // step // 500 % 4], 0.8)
-    frames = [(f, out) for f, out in frames]  # the tail of finish() is not real-time traffic
+    frames = [(f, out) for f, out in frames]  # finish()'s tail is not real-time traffic: not counted
 
-    def due_of(sample: int) -> float:  # when the chunk holding `sample` finished recording
-        return start + min((sample // step + 1) * step, total) / SAMPLE_RATE
-
-    window = np.array([f.ready - due_of(min(needed_samples(f.index + 1 + args.lookahead), total) - 1) for f, _ in frames])
-    own = np.array([f.ready - due_of(frame_start(f.index + 1) - 1) for f, _ in frames])
+    window = np.array([f.latency for f, _ in frames])  # from the due time of the chunk completing the window
+    own = window + session.lookahead_seconds  # from the end of the frame's own audio (about: chunks are 20 ms)
     minute = FPS * 60
     stages = {k: percentiles([f.stages[k] for f, _ in frames]) for k in frames[0][0].stages}
     report = {
@@ -83,6 +79,7 @@ def main(argv=None) -> int:
         "lookahead_frames": args.lookahead, "lookahead_ms": round(session.lookahead_seconds * 1000, 1),
         **percentiles(window), "total_latency": percentiles(own), "realtime_factor": round(busy / (total / SAMPLE_RATE), 3),
         "per_stage": stages, "torch_threads": args.threads, "dropped_samples": session.dropped,
+        "skipped_frames": session.skipped, "load_average_at_end": list(__import__("os").getloadavg()),
         "first_minute": percentiles(window[:minute]), "last_minute": percentiles(window[-minute:]),
         "command": "python eval/live_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
