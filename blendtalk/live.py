@@ -297,6 +297,15 @@ def default_prior():
     return speech_prior(load_audio(ASSETS_DIR / "audio" / "arctic_a0009.wav"))
 
 
+def warm_up(pipe, prior=None) -> None:
+    """Run a throwaway session over 0.5 s of quiet noise, so that a live stream's first frames do not
+    pay for lazy initialisation (the first DFM and decoder calls take several times longer)."""
+    session = live_session(pipe, config=LiveConfig(head_motion=False), prior=prior)
+    noise = np.random.default_rng(0).normal(0.0, 1e-3, SAMPLE_RATE // 2).astype(np.float32)
+    session.push(noise)
+    session.finish()
+
+
 def live_session(pipe, emotion: str = "neutral", intensity: float = 1.0, mix_with: str | None = None,
                  mix_ratio: float = 0.5, config: LiveConfig | None = None, prior=None) -> LiveSession:
     """A LiveSession on a loaded Pipeline (validated expression; ValueError names a bad value)."""

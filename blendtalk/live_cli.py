@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-origin", action="append", default=[], help="browser origin allowed to connect (repeatable)")
     p.add_argument("--wait-client", action="store_true", help="with ws://, start only once a client is connected")
     p.add_argument("--device", default="cpu", help="torch device of the models (live mode is made for the CPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (one session needs about 70%% of one core; "
+                   "more threads on a busy CPU only slow it down)")
     p.set_defaults(func=run)
 
 
@@ -59,7 +61,13 @@ def run(args) -> int:
         if not path.is_file():
             raise ValueError(f"--input must be 'mic' or an audio file; {args.input!r} is neither")
         chunks = realtime_chunks(load_audio(path, max_seconds=4 * 3600))
+    import torch
+
+    from .live import warm_up
+
+    torch.set_num_threads(max(1, args.threads))
     pipe = Pipeline.from_pretrained(device=args.device)
+    warm_up(pipe)
     session = pipe.live(args.emotion, args.intensity, config=LiveConfig(lookahead=args.lookahead, realtime=True))
     names = session.arkit_names
 

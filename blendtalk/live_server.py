@@ -52,11 +52,12 @@ class LiveService:
 
     def __init__(self, pipe, max_sessions: int = MAX_SESSIONS, max_seconds: float = MAX_SECONDS,
                  origins: tuple[str, ...] = (), lookahead: int = 4):
-        from .live import default_prior
+        from .live import default_prior, warm_up
 
         self.pipe, self.max_sessions, self.max_seconds = pipe, max_sessions, max_seconds
         self.origins, self.lookahead = tuple(origins), lookahead
         self.prior = default_prior()  # once, not per session
+        warm_up(pipe, self.prior)
         self.tokens: dict[str, float] = {}
         self.active = 0
         self._lock = threading.Lock()
@@ -177,6 +178,7 @@ class LiveService:
             if message["type"] == "websocket.disconnect":
                 return None
             data, text = message.get("bytes"), message.get("text")
+            arrived = time.perf_counter()
             if data is not None:
                 if len(data) % 2 or len(data) > MAX_MESSAGE_BYTES:
                     await ws.send_text(json.dumps({"type": "error", "text": "audio messages must be whole int16 samples, "
@@ -184,7 +186,7 @@ class LiveService:
                     continue
                 async with lock:
                     try:
-                        frames = await asyncio.to_thread(session.push, np.frombuffer(data, "<i2"))
+                        frames = await asyncio.to_thread(session.push, np.frombuffer(data, "<i2"), SAMPLE_RATE, arrived)
                     except LiveInputError as err:
                         await ws.send_text(json.dumps({"type": "error", "text": str(err)}))
                         continue
