@@ -12,7 +12,7 @@ const stats = window.liveStats = { applied: 0, received: 0, fps: 0, latency: [],
 
 // ---- the face ----
 const canvas = $("view");
-const renderer = new THREE.WebGLRenderer({ canvas, antialias: false, preserveDrawingBuffer: true });
+const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
 renderer.setPixelRatio(1);
 renderer.outputColorSpace = THREE.SRGBColorSpace;
 const scene = new THREE.Scene();
