@@ -114,7 +114,7 @@ class LiveService:
     async def websocket(self, ws) -> None:
         from starlette.websockets import WebSocketDisconnect
 
-        from .live import LiveConfig, LiveInputError, LiveSession
+        from .live import LiveConfig, LiveSession
 
         origin, host = ws.headers.get("origin"), ws.headers.get("host", "")
         await ws.accept()

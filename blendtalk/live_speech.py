@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, mel_filters
+from .audio import HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, WIN_LENGTH, mel_filters
 from .constants import FPS, SAMPLE_RATE
 from .models.audio_encoders import CMVN_STD_FLOOR, PHONETIC_MELS
 from .phonetics import ALIGN_FRAME_RATE, ARPABET, PHONE_INDEX, _allphone_decoder, _sphinx_symbol
@@ -81,8 +81,7 @@ def frame_start(t: int) -> int:
 
 def mel_span(t: int) -> tuple[int, int]:
     """Mel frames [a, b) pooled into motion frame t (`audio.log_mel`: centres in [t/FPS, (t+1)/FPS))."""
-    per = SAMPLE_RATE // HOP_LENGTH  # mel frames per second
-    return -(-t * per // FPS), -(-(t + 1) * per // FPS)
+    return -(-t * MEL_PER_SECOND // FPS), -(-(t + 1) * MEL_PER_SECOND // FPS)
 
 
 def needed_samples(t: int) -> int:
@@ -98,9 +97,9 @@ class _MelStream:
         self.buffer = np.zeros(0, np.float32)  # samples from `offset` on; the oldest are dropped as frames complete
         self.offset = 0
         self.fbank = mel_filters(PHONETIC_MELS)
-        left = (N_FFT - 400) // 2
+        left = (N_FFT - WIN_LENGTH) // 2  # the periodic Hann window of audio._power_spectrogram
         self.window = np.zeros(N_FFT, np.float32)
-        self.window[left:left + 400] = np.hanning(401)[:-1]
+        self.window[left:left + WIN_LENGTH] = np.hanning(WIN_LENGTH + 1)[:-1]
         self.head = np.zeros(0, np.float32)  # the first N_FFT // 2 + 1 samples, for the reflect padding at t = 0
 
     def push(self, x: np.ndarray) -> None:
