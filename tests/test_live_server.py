@@ -38,8 +38,9 @@ def test_cli_live_streams_versioned_json_lines(tmp_path):
     index = [m["frame"] for m in frames]
     # A busy CPU may thin the frames (a realtime session behind the clock fuses every other frame).
     assert index == sorted(set(index)) and index[-1] == 29 and len(index) >= 15, index
-    assert set(frames[10]["arkit"]) == set(lines[0]["arkit_names"]) and len(frames[10]["head"]) == 3
-    assert len(frames[10]["eyes"]) == 2 and abs(frames[10]["t"] - 10 / 30) < 1e-3
+    some = frames[len(frames) // 2]
+    assert set(some["arkit"]) == set(lines[0]["arkit_names"]) and len(some["head"]) == 3
+    assert len(some["eyes"]) == 2 and abs(some["t"] - some["frame"] / 30) < 1e-3
     assert lines[-1] == {"type": "end", "version": 1, "frames": len(frames)}
 
 
