@@ -411,6 +411,9 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                 slider.change(pose, [kind, *sliders], face, **explore)
             kind.change(choose, kind, [face, *sliders], **explore)
             reset.click(choose, kind, [face, *sliders], **explore)
+        with gr.Tab("Live"):  # its own page and WebSocket (blendtalk.live_server), beside the /animate queue
+            gr.HTML('<iframe id="live-frame" src="/live/" allow="microphone" '
+                    'style="width:100%;height:560px;border:0"></iframe>')
     return demo
 
 
@@ -434,6 +437,8 @@ def main(argv=None) -> None:
                         help="s after which a left-over request folder is swept")
     parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE,
                         help="requests that may wait; more are refused with 'queue full'")
+    parser.add_argument("--live-sessions", type=int, default=2, help="live sessions at once (each about 60%% of a core)")
+    parser.add_argument("--live-seconds", type=float, default=300.0, help="audio seconds one live session may stream")
     args = parser.parse_args(argv)
     if args.queue_size < 1:
         parser.error(f"--queue-size must be at least 1, got {args.queue_size}")
@@ -466,8 +471,14 @@ def main(argv=None) -> None:
     demo = build_demo(workspace, default_size=size, delete_cache=(every, age))
     workspace.start_sweeper(every, also=lambda: clear_gradio_cache(demo, age))
     demo.queue(max_size=args.queue_size, default_concurrency_limit=CONCURRENCY)
+    from blendtalk.live_server import LiveService, add_routes
+
+    live = LiveService(pipe, max_sessions=args.live_sessions, max_seconds=args.live_seconds)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, ssr_mode=False,
-                allowed_paths=[str(plotly_js_path())], footer_links=["api", "gradio", "settings"])
+                allowed_paths=[str(plotly_js_path())], footer_links=["api", "gradio", "settings"],
+                prevent_thread_lock=True)
+    add_routes(demo.app, live)  # the Live tab's page and WebSocket, first in the routing table
+    demo.block_thread()
 
 
 if __name__ == "__main__":

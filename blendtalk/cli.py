@@ -1,4 +1,4 @@
-"""Command line: `python -m blendtalk info | emotions | animate ...`."""
+"""Command line: `python -m blendtalk info | emotions | animate | live ...`."""
 
 from __future__ import annotations
 
@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=animate)
+    from .live_cli import add_parser as add_live_parser
+
+    add_live_parser(sub)
     return parser
 
 

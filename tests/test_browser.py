@@ -10,6 +10,7 @@ face rendered inside its iframe; the screenshot is saved under tmp_path and its 
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import subprocess
 import time
@@ -44,10 +45,10 @@ pytestmark = [
 class WebDriver:
     """The few W3C WebDriver commands the test needs, over HTTP."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, extra_flags: tuple[str, ...] = ()):
         self.http = httpx.Client(base_url=url, timeout=120)
         caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-            "binary": str(CHROMIUM), "args": CHROME_FLAGS}}}}
+            "binary": str(CHROMIUM), "args": CHROME_FLAGS + list(extra_flags)}}}}
         self.session = self._call("POST", "/session", caps)["sessionId"]
 
     def _call(self, method: str, path: str, body: dict | None = None):
@@ -110,8 +111,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextlib.contextmanager
+def chrome(*extra_flags: str):
+    """A chromedriver and one WebDriver session of headless Chromium with `extra_flags`."""
     port = _free_port()
     proc = subprocess.Popen([str(CHROMEDRIVER), f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -122,7 +124,7 @@ def browser():
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        driver = WebDriver(url)
+        driver = WebDriver(url, extra_flags)
         try:
             yield driver
         finally:
@@ -130,6 +132,12 @@ def browser():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chrome() as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +255,40 @@ def test_blendshape_explorer_moves_the_face(browser, app_url):
             browser.type(number, KEY_BACKSPACE * 4 + ("0.5" if typed % 2 == 0 else "1") + KEY_ENTER)
     print(f"\nslider -> new face {time.perf_counter() - t0:.2f} s, {typed} value(s) typed")
     assert after != before, "moving a blendshape slider did not change the face"
+
+
+def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
+    """Chromium's fake microphone plays the ARCTIC sentence once: the page's face moves while it plays
+    (about 30 distinct weight frames applied per second) and its mouth rests after it."""
+    flags = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+             f"--use-file-for-fake-audio-capture={WAV}%noloop")
+    with chrome(*flags) as page:
+        page.get(app_url + "live/")
+        end = time.monotonic() + 60
+        while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
+            assert time.monotonic() < end, "the live page did not load its face"
+            time.sleep(0.2)
+        page.click(page.find("#start"))
+        samples, t0 = [], time.monotonic()
+        while time.monotonic() - t0 < 9:
+            time.sleep(0.25)
+            samples.append(page.js("const s = window.liveStats; return [performance.now(), s.received, s.applied, s.fps,"
+                                   " s.status, s.errors];"))
+        history = np.array(page.js("return window.liveStats.mouthHistory"))  # (n, 4): time ms, jawOpen, mouthClose, funnel
+        latency = page.js("return window.liveStats.latency")
+        shot = page.screenshot(tmp_path / "live.png")
+        print(f"\nlive page screenshot: {shot}")
+    assert not samples[-1][5], f"the page reported errors: {samples[-1][5]}"
+    assert samples[-1][1] > 80, f"too few frames received: {samples[-1]}"
+    fps = max(s[3] for s in samples)
+    print(f"weight frames applied per second (max over 1 s windows): {fps}; "
+          f"own audio -> weights in the page: p50 {np.percentile(latency, 50):.0f} ms, p95 {np.percentile(latency, 95):.0f} ms")
+    assert fps >= 27, samples
+    first = history[0, 0]
+    playing = history[(history[:, 0] > first + 300) & (history[:, 0] < first + 2800)]
+    after = history[history[:, 0] > first + 4500]
+    assert len(playing) > 20 and len(after) > 10, (len(playing), len(after))  # fewer when a busy CPU thins the frames
+    moving, resting = playing[:, 1:].std(0).max(), after[:, 1:].std(0).max()
+    print(f"mouth weight spread while speaking {moving:.3f}, after {resting:.4f}")
+    assert moving > 0.05 and resting < 0.2 * moving, (moving, resting)
+    assert shot.stat().st_size > 10_000

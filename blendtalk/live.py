@@ -1,0 +1,313 @@
+"""Live mode: audio chunks in, animation frames out as soon as their audio window is complete.
+
+    from blendtalk import Pipeline
+    pipe = Pipeline.from_pretrained()
+    session = pipe.live(emotion="happy")          # a LiveSession on the same checkpoints as animate()
+    for chunk in microphone():                    # 16 kHz mono, float32 in [-1, 1] or int16, any size
+        for frame in session.push(chunk):
+            send(frame.arkit, frame.head_rotation, frame.gaze)
+        session.set_expression("sad", 0.7)        # any time; eased in over 0.4 s
+    frames = session.finish()                     # the last frames, read as the file path reads a clip's end
+
+Per frame: `live_speech.SpeechStream` (phones, features, the speech model's cached step) gives d_s;
+`live_motion` the expression weights, blinks, head and gaze; the DFM fuses them as
+`Pipeline.fuse(method="ours")` does, the emotion's lip-parting units yield to the speech's
+closures (`Pipeline.closure_release`, which reads the frames either side: one more frame of
+look-ahead), and the ARKit mapping gives the 52 weights. See docs/live.md for the window, the
+latency and the limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .constants import FPS, SAMPLE_RATE
+from .emotions import yield_to_closure
+from .head_motion import HeadMotionConfig
+from .live_motion import ExpressionStream, HeadStream
+from .live_speech import SpeechStream, StreamConfig, frame_start
+
+logger = logging.getLogger(__name__)
+
+CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped (audio.CLIP_LEVEL)
+CLIP_SHARE = 0.01  # a chunk with more clipped samples than this gets a clipping notice
+SILENCE_DBFS = -60.0  # dBFS: below this for SILENCE_NOTICE_SECONDS the session says it hears nothing
+SILENCE_NOTICE_SECONDS = 5.0  # s
+NOTICE_INTERVAL_SECONDS = 10.0  # s between two notices of the same kind
+MAX_AHEAD_SECONDS = 1.0  # s: with `realtime`, audio further ahead of the wall clock than this is dropped
+MAX_LAG_SECONDS = 1.0  # s: with `realtime`, a session this far behind the clock (a busy CPU) drops audio to catch up
+THIN_LAG_SECONDS = 0.25  # s: ... and this far behind it fuses every other frame only (the speech model sees all)
+EXPRESSION_CACHE = 64  # distinct expression frames whose DFM encoding is kept (a held emotion is one)
+
+
+class LiveInputError(ValueError):
+    """A chunk the session cannot use (wrong rate, shape or type); the message says what to send."""
+
+
+@dataclass
+class LiveFrame:
+    """One animation frame. t: seconds from the stream's start (frame index / FPS). vertices: (V, 3)
+    float32 metres, head-local. arkit: (52,) float32 in [0, 1] named by `LiveSession.arkit_names`
+    (None without a mapping). head_rotation: (3,) radians [pitch, yaw, roll]; gaze: (2,) radians
+    [yaw, pitch] (see `Animation`). arrived / ready: `time.perf_counter()` when the audio that
+    completed the frame's window arrived and when the frame was made. stages: seconds per stage."""
+
+    index: int
+    t: float
+    vertices: np.ndarray
+    arkit: np.ndarray | None
+    head_rotation: np.ndarray
+    gaze: np.ndarray
+    arrived: float = 0.0
+    ready: float = 0.0
+    stages: dict = field(default_factory=dict)
+
+    @property
+    def latency(self) -> float:
+        """Seconds from the arrival of the audio ending this frame's window to the frame being out."""
+        return self.ready - self.arrived
+
+
+@dataclass
+class LiveConfig:
+    """A live session's window, motion and input policy."""
+
+    lookahead: int = 4  # frames (133 ms) after frame t the speech encoder reads; +1 for the closure rule. docs/live.md
+    head_motion: bool = True  # nods, turns and gaze shifts from the voice's energy
+    blinks: bool = True
+    seed: int = 0  # blinks, head and eye motion
+    realtime: bool = False  # True (servers, microphones): audio that runs ahead of the wall clock is dropped
+    max_ahead_seconds: float = MAX_AHEAD_SECONDS  # with realtime: how far ahead a client may send before drops
+
+
+class LiveSession:
+    """A streaming animation session on a loaded `Pipeline`; build with `Pipeline.live` / `live_session`.
+
+    `push(chunk)` validates the chunk and returns the frames it completes (0, 1 or more); `finish()`
+    returns the rest. `set_expression(...)` changes the emotion from the next frame on. `notices`
+    holds the one-line messages about the input (silence, clipping, dropped floods), oldest first: read them with `notices.popleft()`.
+    """
+
+    def __init__(self, pipe, prior, config: LiveConfig, emotion: str = "neutral",
+                 intensity: float = 1.0, mix_with: str | None = None, mix_ratio: float = 0.5):
+        if pipe.speech_model is None or pipe.dfm is None:
+            raise ValueError("live mode needs the speech model and the DFM checkpoints (Pipeline.from_pretrained "
+                             "without speech='visemes')")
+        self.pipe, self.config, self.rig = pipe, config, pipe.rig
+        self.speech = SpeechStream(pipe.speech_model, prior, StreamConfig(lookahead=config.lookahead))
+        self.names = tuple(self.rig.blendshape_names)
+        self.expression = ExpressionStream(self.names, emotion, intensity, mix_with, mix_ratio, config.blinks, config.seed)
+        self.head = HeadStream(config.seed, pipe.head_motion_config if isinstance(pipe.head_motion_config, HeadMotionConfig) else None)
+        self.arkit_names = self.names if pipe.arkit is not None else ()
+        self.notices: deque = deque(maxlen=20)
+        self._held: deque = deque()  # (t, d_s) decoded, waiting for the next frame (closure rule)
+        self._last_ds = None  # d_s of the frame before the oldest held one
+        self._expr_cache: OrderedDict = OrderedDict()  # weight bytes -> (own_e (V, 3), w_expr (K_e,))
+        self._samples: deque = deque()  # (first sample, chunk) still needed for head motion energies
+        self.received = 0  # samples accepted
+        self.dropped = 0  # samples dropped (floods)
+        self.emitted = 0
+        self.skipped = 0  # frames not fused because the session was behind the clock
+        self._thin = False
+        self._started: float | None = None
+        self._quiet_since = 0
+        self._last_notice: dict[str, float] = {}
+        self._arrivals: deque = deque()  # (sample count, perf_counter) of accepted chunks
+
+    # ---- input ----
+    def push(self, chunk, sample_rate: int = SAMPLE_RATE, arrived: float | None = None) -> list[LiveFrame]:
+        """Audio chunk (S,) float32 in [-1, 1] or int16 at 16 kHz, mono -> the frames it completes.
+
+        arrived: `time.perf_counter()` when the chunk was recorded or received (default: now); frame
+        latencies are measured from it, and with `realtime` the lag behind the clock too."""
+        now = time.perf_counter() if arrived is None else arrived
+        x = self._check(chunk, sample_rate)
+        if len(x) == 0:
+            return []
+        if self._started is None:
+            self._started = now - len(x) / SAMPLE_RATE
+        self._thin = False
+        if self.config.realtime:
+            consumed = (self.received + self.dropped + len(x)) / SAMPLE_RATE
+            ahead = consumed - (time.perf_counter() - self._started)
+            if ahead > self.config.max_ahead_seconds:
+                self.dropped += len(x)
+                self._notice("flood", f"audio is arriving faster than real time ({ahead:.1f} s ahead of the clock); "
+                             f"dropped {len(x) / SAMPLE_RATE * 1000:.0f} ms (send chunks as they are recorded)")
+                return []
+            if -ahead > MAX_LAG_SECONDS:
+                self.dropped += len(x)
+                self._notice("lag", f"the server is {-ahead:.1f} s behind real time (a busy CPU); dropping audio "
+                             "to catch up")
+                return []
+            self._thin = -ahead > THIN_LAG_SECONDS
+        self._watch_level(x)
+        self._arrivals.append((self.received + len(x), now))
+        self._samples.append((self.received, x))
+        self.received += len(x)
+        return self._emit(self.speech.push(x))
+
+    def finish(self) -> list[LiveFrame]:
+        """The stream is over: the remaining frames (the clip's end read as `Pipeline.animate` reads it)."""
+        if self.received == 0:
+            return []
+        frames = self._emit(self.speech.finish(), final=True)
+        return frames
+
+    def set_expression(self, emotion: str, intensity: float = 1.0, mix_with: str | None = None, mix_ratio: float = 0.5) -> None:
+        """Change the expression from the next frame on, eased in over 0.4 s. ValueError on a bad name or value."""
+        self.expression.set(emotion, intensity, mix_with, mix_ratio, frame=self.emitted + len(self._held))
+
+    @property
+    def lookahead_seconds(self) -> float:
+        """Audio after a frame's own that must arrive before the frame is out (encoder window + closure rule)."""
+        return (self.config.lookahead + 1) / FPS
+
+    def _check(self, chunk, sample_rate) -> np.ndarray:
+        if sample_rate != SAMPLE_RATE:
+            raise LiveInputError(f"live audio must be {SAMPLE_RATE} Hz mono; got {sample_rate} Hz: resample it before sending "
+                                 "(browsers: AudioContext({sampleRate: 16000}))")
+        x = np.asarray(chunk)
+        if x.ndim != 1:
+            raise LiveInputError(f"live audio chunks must be mono (S,) arrays; got shape {x.shape} (mix the channels down)")
+        if x.dtype == np.int16:
+            return x.astype(np.float32) / 32768.0
+        if not np.issubdtype(x.dtype, np.floating):
+            raise LiveInputError(f"live audio must be float32 in [-1, 1] or int16 samples; got {x.dtype}")
+        x = x.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise LiveInputError("the audio chunk has NaN or infinite samples; send finite samples in [-1, 1]")
+        return np.clip(x, -1.0, 1.0)
+
+    def _watch_level(self, x: np.ndarray) -> None:
+        if np.mean(np.abs(x) >= CLIP_LEVEL) > CLIP_SHARE:
+            self._notice("clipping", "the input is clipping (samples at full scale); lower the microphone gain")
+        rms_db = 10 * np.log10(float(np.mean(np.square(x, dtype=np.float64))) + 1e-12)
+        if rms_db >= SILENCE_DBFS:
+            self._quiet_since = self.received + len(x)
+        elif (self.received + len(x) - self._quiet_since) / SAMPLE_RATE >= SILENCE_NOTICE_SECONDS:
+            self._notice("silence", f"no sound for {SILENCE_NOTICE_SECONDS:g} s (below {SILENCE_DBFS:g} dBFS); "
+                         "is the microphone muted? The face rests meanwhile")
+
+    def _notice(self, kind: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_notice.get(kind, -1e9) >= NOTICE_INTERVAL_SECONDS:
+            self._last_notice[kind] = now
+            self.notices.append(text)
+            logger.warning("live: %s", text)
+
+    # ---- frames ----
+    def _emit(self, decoded: list[tuple[int, np.ndarray]], final: bool = False) -> list[LiveFrame]:
+        out = []
+        for t, d_s in decoded:
+            self._held.append((t, d_s))
+            if len(self._held) == 2:  # the closure rule reads frame t + 1: frame t is now complete
+                out.append(self._frame(skip=self._thin and self._held[0][0] % 2 == 1))
+        if final:
+            while self._held:
+                out.append(self._frame())
+        return [f for f in out if f is not None]
+
+    @torch.no_grad()
+    def _frame(self, skip: bool = False) -> LiveFrame | None:
+        """The oldest held frame, fused; skip: advance the states only (a session behind the clock)."""
+        t0 = time.perf_counter()
+        t, d_s = self._held.popleft()
+        following = self._held[0][1] if self._held else d_s
+        before = self._last_ds if self._last_ds is not None else d_s
+        self._last_ds = d_s
+        rig, dfm, dev = self.rig, self.pipe.dfm, self.pipe.device
+        w_e = self.expression.frame(t)  # (52,)
+        if skip:
+            self.head.frame(t, self._frame_samples(t))
+            self.speech.seconds.pop(t, None)
+            self.emitted = t + 1
+            self.skipped += 1
+            return None
+        t1 = time.perf_counter()
+        own_e, w_expr = self._encode_expression(w_e)
+        ds = torch.from_numpy(d_s).to(dev)
+        w_speech, cross_s = dfm.split(dfm.encode_speech(ds[None]))  # (1, K_s), (1, K_e)
+        fused = (ds - dfm.decode_expression(cross_s)[0] + own_e).cpu().numpy()  # Pipeline.fuse, method "ours"
+        # The emotion's lip-parting units yield where the speech closes the lips (Pipeline.closure_release).
+        gaps = rig.lip_gap(rig.vertices[None] + np.stack([before, d_s, following]))  # (3,)
+        released = (w_e[None] - yield_to_closure(w_e[None].repeat(3, 0), gaps, self.names)[1:2])[0]  # (52,)
+        fused = fused - rig.displacement(released[None])[0]
+        arkit = None
+        if self.pipe.arkit is not None:
+            w = dfm.join(w_speech, w_expr[None])
+            arkit = np.clip(self.pipe.arkit.arkit_weights(w).cpu().numpy()[0] - released, 0.0, 1.0).astype(np.float32)
+        t2 = time.perf_counter()
+        head, gaze = self.head.frame(t, self._frame_samples(t))
+        if not self.config.head_motion:
+            head, gaze = np.zeros(3, np.float32), np.zeros(2, np.float32)
+        t3 = time.perf_counter()
+        self.emitted = t + 1
+        arrived = self._arrival(t)
+        return LiveFrame(t, t / FPS, (rig.vertices + fused).astype(np.float32), arkit, head, gaze, arrived=arrived,
+                         ready=time.perf_counter(), stages={"speech": self.speech.seconds.pop(t, 0.0), "expression": t1 - t0, "dfm": t2 - t1,
+                                 "head": t3 - t2})
+
+    def _encode_expression(self, w_e: np.ndarray):
+        """DFM encoding of one expression frame (52,) -> (own content (V, 3) tensor, w_e^e (K_e,)); a few
+        distinct frames are kept (a held emotion is one frame)."""
+        key = w_e.tobytes()
+        if key in self._expr_cache:
+            self._expr_cache.move_to_end(key)
+            return self._expr_cache[key]
+        dfm = self.pipe.dfm
+        de = torch.from_numpy(self.rig.displacement(w_e[None]).astype(np.float32)).to(self.pipe.device)  # (1, V, 3)
+        cross_e, w_expr = dfm.split(dfm.encode_expression(de))
+        value = ((de - dfm.decode_speech(cross_e))[0], w_expr[0])
+        self._expr_cache[key] = value
+        if len(self._expr_cache) > EXPRESSION_CACHE:
+            self._expr_cache.popitem(last=False)
+        return value
+
+    def _frame_samples(self, t: int) -> np.ndarray:
+        a, b = frame_start(t), frame_start(t + 1)
+        while self._samples and self._samples[0][0] + len(self._samples[0][1]) <= a:
+            self._samples.popleft()
+        parts = [x[max(a - s, 0):max(b - s, 0)] for s, x in self._samples if s < b]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def _arrival(self, t: int) -> float:
+        """When the audio that completed frame t's window arrived (the chunk holding its last needed sample)."""
+        from .live_speech import needed_samples
+
+        need = min(needed_samples(t + 1 + self.config.lookahead), self.received)
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < need:
+            self._arrivals.popleft()
+        return self._arrivals[0][1] if self._arrivals else time.perf_counter()
+
+
+def default_prior():
+    """The live normalisations' starting point (`live_speech.SpeechPrior`): the statistics of the
+    shipped ARCTIC sentence (real read speech); the stream's own take over within seconds."""
+    from .audio import load_audio
+    from .constants import ASSETS_DIR
+    from .live_speech import speech_prior
+
+    return speech_prior(load_audio(ASSETS_DIR / "audio" / "arctic_a0009.wav"))
+
+
+def warm_up(pipe, prior=None) -> None:
+    """Run a throwaway session over 0.5 s of quiet noise, so that a live stream's first frames do not
+    pay for lazy initialisation (the first DFM and decoder calls take several times longer)."""
+    session = live_session(pipe, config=LiveConfig(head_motion=False), prior=prior)
+    noise = np.random.default_rng(0).normal(0.0, 1e-3, SAMPLE_RATE // 2).astype(np.float32)
+    session.push(noise)
+    session.finish()
+
+
+def live_session(pipe, emotion: str = "neutral", intensity: float = 1.0, mix_with: str | None = None,
+                 mix_ratio: float = 0.5, config: LiveConfig | None = None, prior=None) -> LiveSession:
+    """A LiveSession on a loaded Pipeline (validated expression; ValueError names a bad value)."""
+    return LiveSession(pipe, prior if prior is not None else default_prior(), config or LiveConfig(), emotion, intensity,
+                       mix_with, mix_ratio)

@@ -1,0 +1,108 @@
+"""`python -m blendtalk live --input mic|FILE --emit stdout|ws://HOST:PORT`: frames as they are made.
+
+    python -m blendtalk live --input assets/audio/arctic_a0009.wav --emit stdout > frames.jsonl
+    python -m blendtalk live --input mic --emit ws://127.0.0.1:8765 --emotion happy --token secret
+
+A FILE is fed at the pace of a recording (20 ms chunks). The frame format is documented in
+`blendtalk.live_stream` and docs/live.md. With ws://, clients connect to ws://HOST:PORT/?token=TOKEN
+(the token is printed on stderr when not given) and all receive every message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("live", help="stream frames (ARKit weights, head and eyes) from a microphone or a file in real time",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", required=True, help="'mic' (the default input device) or an audio FILE fed in real time")
+    p.add_argument("--emit", default="stdout", help="'stdout' (JSON lines) or ws://HOST:PORT (a WebSocket server)")
+    p.add_argument("--emotion", default="neutral", help="one of `python -m blendtalk emotions`")
+    p.add_argument("--intensity", type=float, default=1.0, help="0..1.5 (1 = the apex)")
+    p.add_argument("--lookahead", type=int, default=4, help="frames of audio after a frame that its speech window reads")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: the file's end, or Ctrl-C)")
+    p.add_argument("--token", help="token WebSocket clients must give (?token=); default: a random one, printed")
+    p.add_argument("--allow-origin", action="append", default=[], help="browser origin allowed to connect (repeatable)")
+    p.add_argument("--wait-client", action="store_true", help="with ws://, start only once a client is connected")
+    p.add_argument("--device", default="cpu", help="torch device of the models (live mode is made for the CPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (one session needs about 70%% of one core; "
+                   "more threads on a busy CPU only slow it down)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import time
+
+    import numpy as np
+
+    from .live import LiveConfig
+    from .live_stream import (WebSocketBroadcast, encode, end_message, frame_message, hello_message, microphone_chunks,
+                              notice_message, realtime_chunks)
+    from .pipeline import Pipeline
+
+    sink = None
+    if args.emit != "stdout":
+        if not args.emit.startswith("ws://"):
+            raise ValueError(f"--emit must be 'stdout' or ws://HOST:PORT, got {args.emit!r}")
+        host, _, port = args.emit[len("ws://"):].rstrip("/").rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--emit ws://HOST:PORT needs a host and a port number, got {args.emit!r}")
+        sink = WebSocketBroadcast(host, int(port), args.token, args.allow_origin).start()
+        print(f"blendtalk live: serving ws://{host}:{port}/?token={sink.token}", file=sys.stderr)
+    if args.input == "mic":
+        chunks = microphone_chunks()
+    else:
+        from .audio import load_audio
+
+        path = Path(args.input)
+        if not path.is_file():
+            raise ValueError(f"--input must be 'mic' or an audio file; {args.input!r} is neither")
+        chunks = realtime_chunks(load_audio(path, max_seconds=4 * 3600))
+    import torch
+
+    from .live import warm_up
+
+    torch.set_num_threads(max(1, args.threads))
+    pipe = Pipeline.from_pretrained(device=args.device)
+    warm_up(pipe)
+    session = pipe.live(args.emotion, args.intensity, config=LiveConfig(lookahead=args.lookahead, realtime=True))
+    names = session.arkit_names
+
+    def emit(message: dict) -> None:
+        line = encode(message)
+        if sink is None:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        else:
+            sink.send(line)
+
+    hello = encode(hello_message(names, session.lookahead_seconds))
+    if sink is not None:
+        sink.hello = hello
+        if args.wait_client:
+            print("blendtalk live: waiting for a client", file=sys.stderr)
+            while not sink._clients:
+                time.sleep(0.05)
+    emit(hello_message(names, session.lookahead_seconds))
+    count = 0
+    try:
+        for chunk in chunks:
+            for frame in session.push(np.asarray(chunk)):
+                emit(frame_message(frame, names))
+                count += 1
+            while session.notices:
+                emit(notice_message(session.received / 16000, session.notices.popleft()))
+            if args.seconds is not None and session.received >= args.seconds * 16000:
+                break
+        for frame in session.finish():
+            emit(frame_message(frame, names))
+            count += 1
+        emit(end_message(count))
+    finally:
+        if sink is not None:
+            sink.close()
+        pipe.close()
+    return 0

@@ -1,0 +1,222 @@
+"""Live sessions over a WebSocket, beside the app's /animate queue.
+
+Routes (added to the app's server by `add_routes`):
+
+    GET  /live/                  the live page (three.js face, microphone, controls), with a fresh token
+    GET  /live/token             {"token": ...} for an external client (a script, an engine)
+    GET  /live/face_arkit.glb    the dressed rig with the 52 ARKit units as morph targets (sent once)
+    GET  /live/static/...        the page's script and the bundled three.js (MIT, vendor/three/LICENSE)
+    WS   /live/ws?token=TOKEN    the stream
+
+Protocol: the client sends {"type": "start", "emotion": "happy", "intensity": 1.0, "sample_rate": 16000},
+then binary messages of 16 kHz mono int16 little-endian samples (any length; 20 ms is usual), and
+at any time {"type": "expression", "emotion": ..., "intensity": ...} or {"type": "stop"}. The
+server answers with the "blendtalk-live" v1 messages of `live_stream` (hello, frame, notice, end)
+and {"type": "error", "text": ...} before it closes a connection it refuses.
+
+Limits: at most `max_sessions` at once (the CPU's cores: a session takes about 60% of one core),
+each at most `max_seconds` of audio; tokens are single use and expire after TOKEN_SECONDS; a
+browser must come from the page's own origin (or one of `origins`). One session's failure or
+disconnect closes only that session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from .constants import ASSETS_DIR, SAMPLE_RATE
+from .live_stream import encode, end_message, frame_message, hello_message, notice_message
+
+logger = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent / "live_web"
+GLB_PATH = ASSETS_DIR / "live" / "face_arkit.glb"
+MAX_SESSIONS = 2  # concurrent live sessions: one per core of the 2-core CPU the app is sized for
+MAX_SECONDS = 300.0  # s of audio per session
+TOKEN_SECONDS = 600.0  # s a minted token stays valid (single use)
+MAX_TOKENS = 1000  # minted, unused tokens kept; the oldest are forgotten first
+MAX_MESSAGE_BYTES = 64_000  # one audio message: 2 s of int16 at 16 kHz
+
+
+class LiveService:
+    """Live sessions on a loaded Pipeline; see the module docstring."""
+
+    def __init__(self, pipe, max_sessions: int = MAX_SESSIONS, max_seconds: float = MAX_SECONDS,
+                 origins: tuple[str, ...] = (), lookahead: int = 4):
+        from .live import default_prior, warm_up
+
+        self.pipe, self.max_sessions, self.max_seconds = pipe, max_sessions, max_seconds
+        self.origins, self.lookahead = tuple(origins), lookahead
+        self.prior = default_prior()  # once, not per session
+        warm_up(pipe, self.prior)
+        self.tokens: dict[str, float] = {}
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def mint(self) -> str:
+        token = secrets.token_urlsafe(18)
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = {t: e for t, e in self.tokens.items() if e > now}
+            while len(self.tokens) >= MAX_TOKENS:
+                self.tokens.pop(next(iter(self.tokens)))
+            self.tokens[token] = now + TOKEN_SECONDS
+        return token
+
+    def _take(self, token: str | None) -> bool:
+        with self._lock:
+            expiry = self.tokens.pop(token or "", None)
+        return expiry is not None and expiry > time.monotonic()
+
+    def _reserve(self) -> bool:
+        with self._lock:
+            if self.active >= self.max_sessions:
+                return False
+            self.active += 1
+            return True
+
+    def _release(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    # ---- HTTP ----
+    def routes(self) -> list:
+        from starlette.responses import FileResponse, HTMLResponse, JSONResponse
+        from starlette.routing import Mount, Route, WebSocketRoute
+        from starlette.staticfiles import StaticFiles
+
+        async def page(request):
+            html = (WEB_DIR / "live.html").read_text().replace("__TOKEN__", self.mint())
+            return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+        async def token(request):
+            return JSONResponse({"token": self.mint(), "expires_in_s": TOKEN_SECONDS},
+                                headers={"Cache-Control": "no-store"})
+
+        async def glb(request):
+            if not GLB_PATH.is_file():
+                return JSONResponse({"error": "face_arkit.glb is missing: python tools/build_live_glb.py"}, status_code=404)
+            return FileResponse(GLB_PATH, media_type="model/gltf-binary")
+
+        return [Route("/live/", page), Route("/live", page), Route("/live/token", token), Route("/live/face_arkit.glb", glb),
+                WebSocketRoute("/live/ws", self.websocket), Mount("/live/static", StaticFiles(directory=WEB_DIR))]
+
+    # ---- the stream ----
+    async def websocket(self, ws) -> None:
+        from starlette.websockets import WebSocketDisconnect
+
+        from .live import LiveConfig, LiveSession
+
+        origin, host = ws.headers.get("origin"), ws.headers.get("host", "")
+        await ws.accept()
+
+        async def refuse(text: str, code: int) -> None:
+            await ws.send_text(json.dumps({"type": "error", "text": text}))
+            await ws.close(code)
+
+        if origin and urlparse(origin).netloc != host and origin not in self.origins:
+            return await refuse(f"origin {origin} may not open live sessions on this server", 1008)
+        if not self._take(ws.query_params.get("token")):
+            return await refuse("missing, used or expired token: reload the page (or GET /live/token)", 1008)
+        try:
+            start = json.loads(await asyncio.wait_for(ws.receive_text(), timeout=30))
+        except (asyncio.TimeoutError, ValueError, KeyError, WebSocketDisconnect):
+            return await refuse('send {"type": "start", "emotion": ..., "sample_rate": 16000} first', 1003)
+        if start.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
+            return await refuse(f"live audio must be {SAMPLE_RATE} Hz mono int16; got sample_rate {start.get('sample_rate')!r}", 1003)
+        if not self._reserve():
+            return await refuse(f"live mode is busy ({self.max_sessions} sessions at most on this server); "
+                                "try again in a minute", 1013)
+        try:
+            try:
+                session = LiveSession(self.pipe, self.prior, LiveConfig(lookahead=self.lookahead, realtime=True),
+                                      start.get("emotion", "neutral"), float(start.get("intensity", 1.0)))
+            except (ValueError, TypeError) as err:
+                return await refuse(str(err), 1003)
+            names = session.arkit_names
+            await ws.send_text(encode(hello_message(names, session.lookahead_seconds)))
+            count = await self._serve(ws, session, names)
+            if count is not None:
+                await ws.send_text(encode(end_message(count)))
+                await ws.close()
+        except WebSocketDisconnect:
+            pass  # the client left: its session ends here, nobody else notices
+        except Exception:  # one session's failure must not reach the server or the others
+            logger.exception("live session failed")
+            try:
+                await refuse("the live session failed on the server; start again", 1011)
+            except Exception:
+                pass
+        finally:
+            self._release()
+
+    async def _serve(self, ws, session, names) -> int | None:
+        from .live import LiveInputError
+
+        count = 0
+        lock = asyncio.Lock()
+
+        async def send(frames) -> None:
+            nonlocal count
+            for frame in frames:
+                await ws.send_text(encode(frame_message(frame, names)))
+                count += 1
+            while session.notices:
+                await ws.send_text(encode(notice_message(session.received / SAMPLE_RATE, session.notices.popleft())))
+
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return None
+            data, text = message.get("bytes"), message.get("text")
+            arrived = time.perf_counter()
+            if data is not None:
+                if len(data) % 2 or len(data) > MAX_MESSAGE_BYTES:
+                    await ws.send_text(json.dumps({"type": "error", "text": "audio messages must be whole int16 samples, "
+                                                   f"at most {MAX_MESSAGE_BYTES} bytes"}))
+                    continue
+                async with lock:
+                    try:
+                        frames = await asyncio.to_thread(session.push, np.frombuffer(data, "<i2"), SAMPLE_RATE, arrived)
+                    except LiveInputError as err:
+                        await ws.send_text(json.dumps({"type": "error", "text": str(err)}))
+                        continue
+                    await send(frames)
+                if session.received >= self.max_seconds * SAMPLE_RATE:
+                    await ws.send_text(encode(notice_message(session.received / SAMPLE_RATE,
+                                                             f"the session reached its cap of {self.max_seconds:g} s; start a new one")))
+                    await send(await asyncio.to_thread(session.finish))
+                    return count
+                continue
+            try:
+                control = json.loads(text or "")
+                kind = control.get("type")
+            except (ValueError, AttributeError):
+                kind = None
+            if kind == "expression":
+                try:
+                    session.set_expression(control.get("emotion", "neutral"), float(control.get("intensity", 1.0)),
+                                           control.get("mix_with"), float(control.get("mix_ratio", 0.5)))
+                except (ValueError, TypeError) as err:
+                    await ws.send_text(json.dumps({"type": "error", "text": str(err)}))
+            elif kind == "stop":
+                await send(await asyncio.to_thread(session.finish))
+                return count
+            else:
+                await ws.send_text(json.dumps({"type": "error", "text": 'unknown message; send audio bytes, '
+                                               '{"type": "expression", ...} or {"type": "stop"}'}))
+
+
+def add_routes(app, service: LiveService) -> None:
+    """Put the live routes first in a Starlette/FastAPI app (before any catch-all of the host app)."""
+    for route in reversed(service.routes()):
+        app.router.routes.insert(0, route)

@@ -1,0 +1,232 @@
+// blendtalk live page: microphone -> 16 kHz int16 over a WebSocket -> ARKit weights back -> three.js face.
+// The face is /live/face_arkit.glb (the dressed rig, 52 ARKit morph targets), loaded once; per frame
+// only the weights, the head rotation and the gaze arrive (format "blendtalk-live" v1, docs/live.md).
+import * as THREE from "three";
+import { GLTFLoader } from "/live/static/vendor/three/examples/jsm/loaders/GLTFLoader.js";
+
+const RATE = 16000, CHUNK = 320;          // Hz, samples (20 ms) per message
+const PLAYOUT_MS = 40;                    // frames are shown at their audio time + this jitter buffer
+const $ = (id) => document.getElementById(id);
+const stats = window.liveStats = { applied: 0, received: 0, fps: 0, latency: [], serverLatency: [], status: "idle",
+                                   mouthHistory: [], errors: [] };
+
+// ---- the face ----
+const canvas = $("view");
+const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
+renderer.setPixelRatio(1);
+renderer.outputColorSpace = THREE.SRGBColorSpace;
+const scene = new THREE.Scene();
+scene.background = new THREE.Color(0xd4d4d8);
+scene.add(new THREE.HemisphereLight(0xffffff, 0x707070, 1.6));
+const key = new THREE.DirectionalLight(0xffffff, 1.6);
+key.position.set(0.4, 0.8, 1.2);
+scene.add(key);
+const camera = new THREE.PerspectiveCamera(18, 1, 0.01, 20);
+let meshes = [], head = null, eyes = [], names = [];
+new GLTFLoader().load("/live/face_arkit.glb", (gltf) => {
+  scene.add(gltf.scene);
+  gltf.scene.traverse((o) => { if (o.isMesh && o.morphTargetDictionary) meshes.push(o); });
+  head = gltf.scene.getObjectByName("head");
+  eyes = ["left_eye", "right_eye"].map((n) => gltf.scene.getObjectByName(n)).filter(Boolean);
+  gltf.scene.updateMatrixWorld(true);
+  const box = new THREE.Box3().setFromObject(meshes.find((m) => m.name === "face") || meshes[0]);
+  const centre = box.getCenter(new THREE.Vector3()), size = box.getSize(new THREE.Vector3());
+  camera.position.set(centre.x, centre.y, centre.z + 0.85 * size.y / Math.tan(THREE.MathUtils.degToRad(9)) / 2 + size.z);
+  camera.lookAt(centre);
+  stats.loaded = true;
+  stats.box = [centre.toArray(), size.toArray(), camera.position.toArray(), meshes.length];
+}, undefined, (err) => fail(`the face model did not load: ${err.message || err}`));
+
+function apply(frame) {
+  for (const mesh of meshes) {
+    const dict = mesh.morphTargetDictionary, infl = mesh.morphTargetInfluences;
+    for (const [name, w] of Object.entries(frame.arkit)) { const k = dict[name]; if (k !== undefined) infl[k] = w; }
+  }
+  if (head && frame.head) head.rotation.set(frame.head[0], frame.head[1], -frame.head[2], "YXZ");  // R = Ryaw Rpitch Rroll
+  for (const eye of eyes) if (frame.eyes) eye.rotation.set(-frame.eyes[1], frame.eyes[0], 0, "YXZ");
+  stats.applied += 1;
+  stats.appliedTimes.push(performance.now());
+  stats.lastFrame = frame.frame;
+  stats.mouthHistory.push([performance.now(), frame.arkit.jawOpen || 0, frame.arkit.mouthClose || 0, frame.arkit.mouthFunnel || 0]);
+  if (stats.mouthHistory.length > 3000) stats.mouthHistory.splice(0, 1000);
+}
+stats.appliedTimes = [];
+
+// ---- playout: each frame applied at its audio time (+ a jitter buffer), on a timer of its own; the
+// display redraws the latest state whenever it can (software WebGL may draw slower than 30 frames/s).
+let clockStart = null;
+function schedule(frame) {
+  const now = performance.now();
+  if (clockStart === null) clockStart = now - frame.t * 1000;
+  let due = clockStart + frame.t * 1000 + PLAYOUT_MS;
+  if (now - due > 250) { clockStart = now - frame.t * 1000 - PLAYOUT_MS; due = now; }  // resynchronise after a stall
+  setTimeout(() => apply(frame), Math.max(0, due - now));
+}
+function count() {  // distinct frames applied in the last second
+  const now = performance.now();
+  stats.appliedTimes = stats.appliedTimes.filter((t) => t > now - 1000);
+  stats.fps = stats.appliedTimes.length;
+}
+setInterval(count, 100);
+stats.draws = 0;
+let drawn = -1;
+function tick() {
+  requestAnimationFrame(tick);
+  if (drawn === stats.applied && stats.draws > 0) return;  // draw only when a new frame was applied
+  drawn = stats.applied;
+  try {
+    renderer.render(scene, camera);
+    stats.draws += 1;
+  } catch (err) {
+    if (!stats.drawError) { stats.drawError = String(err); status(`The face cannot be drawn: ${err}`, true); }
+  }
+}
+requestAnimationFrame(tick);
+
+// ---- microphone and socket ----
+let ws = null, ctx = null, stream = null, node = null, take = [], captured = [], pending = new Float32Array(0), sent = 0;
+let token = (window.BLENDTALK_LIVE || {}).token;
+
+function status(text, error = false) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+  stats.status = text;
+  if (error) stats.errors.push(text);
+}
+function fail(text) { status(text, true); stop(false); }
+
+function percentile(values, p) {
+  if (!values.length) return NaN;
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(p / 100 * s.length))];
+}
+
+function resampler(fromRate) {  // linear interpolation to 16 kHz, state kept across blocks
+  const step = fromRate / RATE;
+  let pos = 0, last = 0;
+  return (x) => {
+    const out = [];
+    while (pos < x.length) {
+      const i = Math.floor(pos), f = pos - i;
+      const a = i === 0 ? last : x[i - 1], b = x[i];
+      out.push(a + (b - a) * f);  // sample at pos - 1 (one sample of delay keeps `last` usable)
+      pos += step;
+    }
+    pos -= x.length;
+    last = x[x.length - 1];
+    return Float32Array.from(out);
+  };
+}
+
+async function start() {
+  $("start").disabled = true;
+  take = []; captured = []; sent = 0; clockStart = null; pending = new Float32Array(0);
+  stats.latency = []; stats.serverLatency = []; stats.received = 0;
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    return fail("This browser gives the microphone only to https:// pages or localhost; open the app over https.");
+  }
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false,
+                                                                   noiseSuppression: false, autoGainControl: false } });
+  } catch (err) {
+    const why = err && err.name === "NotAllowedError" ? "The microphone was refused" :
+                err && err.name === "NotFoundError" ? "No microphone was found" : `The microphone failed (${err && err.name})`;
+    return fail(`${why}: allow the microphone for this page (the icon left of the address bar) and press Start again. ` +
+                "Without a microphone: python -m blendtalk live --input FILE.");
+  }
+  if (!token) token = (await (await fetch("/live/token")).json()).token;
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  ws = new WebSocket(`${proto}//${location.host}/live/ws?token=${encodeURIComponent(token)}`);
+  token = null;  // single use
+  ws.binaryType = "arraybuffer";
+  ws.onopen = async () => {
+    ws.send(JSON.stringify({ type: "start", emotion: $("emotion").value, intensity: +$("intensity").value, sample_rate: RATE }));
+    try { ctx = new AudioContext({ sampleRate: RATE }); } catch (e) { ctx = new AudioContext(); }
+    const src = ctx.createMediaStreamSource(stream);
+    const code = "class Tap extends AudioWorkletProcessor { process(inputs) { const c = inputs[0][0]; " +
+                 "if (c) this.port.postMessage(c.slice(0)); return true; } } registerProcessor('tap', Tap);";
+    await ctx.audioWorklet.addModule(URL.createObjectURL(new Blob([code], { type: "application/javascript" })));
+    node = new AudioWorkletNode(ctx, "tap");
+    const toRate = ctx.sampleRate === RATE ? (x) => x : resampler(ctx.sampleRate);
+    node.port.onmessage = (e) => {
+      const x = toRate(e.data);
+      const joined = new Float32Array(pending.length + x.length);
+      joined.set(pending); joined.set(x, pending.length);
+      let i = 0;
+      for (; i + CHUNK <= joined.length; i += CHUNK) {
+        const pcm = new Int16Array(CHUNK);
+        for (let k = 0; k < CHUNK; k++) pcm[k] = Math.max(-32768, Math.min(32767, Math.round(joined[i + k] * 32768)));
+        if (ws && ws.readyState === 1) ws.send(pcm.buffer);
+        captured.push(performance.now());  // when chunk `sent` was complete
+        if (captured.length > 20000) captured = captured.slice(-10000);  // bounded: old times are not needed
+        sent += 1;
+      }
+      pending = joined.slice(i);
+    };
+    src.connect(node);
+    $("stop").disabled = false;
+    status("Listening: speak.");
+  };
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.type === "hello") { names = m.arkit_names; stats.hello = m; }
+    else if (m.type === "frame") {
+      stats.received += 1;
+      schedule(m);
+      take.push(m);
+      if (take.length > 30 * 600) take.shift();  // the take keeps the last 10 minutes
+      const chunk = Math.ceil((m.frame + 1) * RATE / 30 / CHUNK) - 1;  // the chunk that ended this frame's own audio
+      const at = captured[chunk - (sent - captured.length)];
+      if (at !== undefined) stats.latency.push(performance.now() - at);
+      stats.serverLatency.push(m.latency_ms);
+      if (stats.latency.length > 300) stats.latency.shift();
+      if (stats.serverLatency.length > 300) stats.serverLatency.shift();
+      if (stats.received % 15 === 0) {
+        $("latency").textContent = `latency (own audio -> weights here): p50 ${percentile(stats.latency, 50).toFixed(0)} ms, ` +
+          `p95 ${percentile(stats.latency, 95).toFixed(0)} ms (server ${percentile(stats.serverLatency, 50).toFixed(0)} ms)`;
+        $("rate").textContent = `frames/s applied: ${stats.fps}`;
+      }
+    } else if (m.type === "notice") status(m.text);
+    else if (m.type === "error") fail(m.text);
+    else if (m.type === "end") status(`Stopped after ${m.frames} frames.`);
+  };
+  ws.onclose = () => { if (stats.status.startsWith("Listening")) status("The connection closed."); stop(false); };
+  ws.onerror = () => fail("The live connection failed (is the server up?).");
+}
+
+function stop(sendStop = true) {
+  if (sendStop && ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "stop" }));
+  if (node) { node.port.onmessage = null; node.disconnect(); node = null; }
+  if (ctx) { ctx.close(); ctx = null; }
+  if (stream) { stream.getTracks().forEach((t) => t.stop()); stream = null; }
+  $("start").disabled = false;
+  $("stop").disabled = true;
+  $("save").disabled = take.length === 0;
+}
+
+function sendExpression() {
+  $("intensity-value").textContent = (+$("intensity").value).toFixed(2);
+  if (ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "expression", emotion: $("emotion").value, intensity: +$("intensity").value }));
+}
+
+function saveTake() {  // Live Link Face style: Timecode, BlendShapeCount, the 52 weights, head and eye angles (rad)
+  const cols = ["HeadPitch", "HeadYaw", "HeadRoll", "EyeYaw", "EyePitch"];
+  const lines = [["Timecode", "BlendShapeCount", ...names, ...cols].join(",")];
+  for (const f of take) {
+    const s = Math.floor(f.t), ff = Math.round((f.t - s) * 30);
+    const tc = `${String(Math.floor(s / 3600)).padStart(2, "0")}:${String(Math.floor(s / 60) % 60).padStart(2, "0")}:` +
+               `${String(s % 60).padStart(2, "0")}:${String(ff).padStart(2, "0")}.000`;
+    lines.push([tc, names.length, ...names.map((n) => (f.arkit[n] || 0).toFixed(6)), ...f.head, ...f.eyes].join(","));
+  }
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
+  a.download = "blendtalk-live-take.csv";
+  a.click();
+}
+
+$("start").onclick = start;
+$("stop").onclick = () => stop(true);
+$("emotion").onchange = sendExpression;
+$("intensity").oninput = sendExpression;
+$("save").onclick = saveTake;
+if (new URLSearchParams(location.search).get("autostart") === "1") start();

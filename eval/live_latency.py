@@ -1,0 +1,95 @@
+"""Live latency: a file fed at the pace of a recording in 20 ms chunks through a LiveSession.
+
+    python eval/live_latency.py --minutes 1 --json docs/benchmarks/live_latency_1min.json
+    python eval/live_latency.py --minutes 5 --json docs/benchmarks/live_latency_5min.json
+
+Per frame: `window` latency = from the moment the audio that completes the frame's window (its own
+audio, the look-ahead and the closure frame) was recorded (a chunk's due time, not when it was
+pushed: a backlog counts) to the frame's weights being out; `total` latency = from the end of the
+frame's own audio, i.e. window latency + the look-ahead. realtime_factor = processing time /
+audio time. The audio is the ARCTIC sentence said again and again with 0.5 s of its room tone
+between (eval/lipsync.py's `with_pauses`), unless a file is given.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def percentiles(x) -> dict:
+    x = np.asarray(x) * 1000
+    return {"p50_ms": round(float(np.percentile(x, 50)), 1), "p95_ms": round(float(np.percentile(x, 95)), 1),
+            "max_ms": round(float(x.max()), 1), "mean_ms": round(float(x.mean()), 2)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("audio", nargs="?", type=Path, help="speech file (default: the ARCTIC sentence repeated)")
+    p.add_argument("--minutes", type=float, default=1.0, help="stream this long (the file is repeated or cut)")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length; chunks arrive at this pace")
+    p.add_argument("--lookahead", type=int, default=4, help="frames of look-ahead of the speech window")
+    p.add_argument("--emotion", default="happy")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: a session per core)")
+    p.add_argument("--json", type=Path, help="write the report here")
+    args = p.parse_args(argv)
+
+    import torch
+    from tqdm import tqdm
+
+    from blendtalk.audio import load_audio
+    from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
+    from blendtalk.live import LiveConfig
+    from blendtalk.pipeline import Pipeline
+    from eval.lipsync import with_pauses
+
+    torch.set_num_threads(args.threads)
+    source = load_audio(args.audio or ASSETS_DIR / "audio" / "arctic_a0009.wav")
+    total = int(args.minutes * 60 * SAMPLE_RATE)
+    base = with_pauses(source, 2, 0.5) if args.audio is None else source
+    audio = np.resize(base, total).astype(np.float32)
+    pipe = Pipeline.from_pretrained(device="cpu")
+    session = pipe.live(args.emotion, config=LiveConfig(lookahead=args.lookahead, realtime=True))
+    step = int(round(args.chunk_ms / 1000 * SAMPLE_RATE))
+    frames, busy = [], 0.0
+    start = time.perf_counter()
+    for i in tqdm(range(0, total, step), desc="live", unit="chunk", mininterval=5, disable=not sys.stderr.isatty()):
+        due = start + min(i + step, total) / SAMPLE_RATE
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        t0 = time.perf_counter()
+        frames += [(f, time.perf_counter()) for f in session.push(audio[i:i + step], arrived=due)]
+        busy += time.perf_counter() - t0
+        if i // step % 500 == 0:  # a change of expression now and then, as a user would
+            session.set_expression(("happy", "sad", "surprised", "angry")[i // step // 500 % 4], 0.8)
+    frames = [(f, out) for f, out in frames]  # finish()'s tail is not real-time traffic: not counted
+
+    window = np.array([f.latency for f, _ in frames])  # from the due time of the chunk completing the window
+    own = window + session.lookahead_seconds  # from the end of the frame's own audio (about: chunks are 20 ms)
+    minute = FPS * 60
+    stages = {k: percentiles([f.stages[k] for f, _ in frames]) for k in frames[0][0].stages}
+    report = {
+        "audio_seconds": total / SAMPLE_RATE, "chunk_ms": args.chunk_ms, "frames": len(frames),
+        "lookahead_frames": args.lookahead, "lookahead_ms": round(session.lookahead_seconds * 1000, 1),
+        **percentiles(window), "total_latency": percentiles(own), "realtime_factor": round(busy / (total / SAMPLE_RATE), 3),
+        "per_stage": stages, "torch_threads": args.threads, "dropped_samples": session.dropped,
+        "skipped_frames": session.skipped, "load_average_at_end": list(__import__("os").getloadavg()),
+        "first_minute": percentiles(window[:minute]), "last_minute": percentiles(window[-minute:]),
+        "command": "python eval/live_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    report["drift_p95_ms"] = round(report["last_minute"]["p95_ms"] - report["first_minute"]["p95_ms"], 1)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

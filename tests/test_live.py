@@ -1,0 +1,142 @@
+"""Live mode (blendtalk.live): chunking does not change the frames, streamed ~ file path, lips close,
+bad input gets one clear line, memory stays bounded."""
+
+import numpy as np
+import pytest
+import torch
+
+from blendtalk.audio import load_audio
+from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
+from blendtalk.live import EXPRESSION_CACHE, LiveConfig, LiveInputError
+
+ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from blendtalk.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def arctic():
+    return load_audio(ARCTIC)
+
+
+def stream(session, audio, chunk):
+    frames = []
+    for i in range(0, len(audio), chunk):
+        frames += session.push(audio[i:i + chunk])
+    return frames + session.finish()
+
+
+def test_any_chunk_size_gives_the_same_frames(pipe, arctic):
+    audio = arctic[: SAMPLE_RATE]  # 1 s: 30 frames
+    runs = [stream(pipe.live(emotion="happy"), audio, chunk) for chunk in (1, 320, 777, len(audio))]
+    for frames in runs:
+        assert [f.index for f in frames] == list(range(30))
+    for frames in runs[1:]:
+        np.testing.assert_array_equal(np.stack([f.vertices for f in frames]), np.stack([f.vertices for f in runs[0]]))
+        np.testing.assert_array_equal(np.stack([f.arkit for f in frames]), np.stack([f.arkit for f in runs[0]]))
+        np.testing.assert_array_equal(np.stack([f.head_rotation for f in frames]), np.stack([f.head_rotation for f in runs[0]]))
+
+
+def test_int16_chunks_equal_float_chunks(pipe, arctic):
+    audio = arctic[: SAMPLE_RATE // 2]
+    pcm = np.round(audio * 32768).clip(-32768, 32767).astype(np.int16)
+    a = stream(pipe.live(), pcm.astype(np.float32) / 32768, 640)
+    b = stream(pipe.live(), pcm, 640)
+    np.testing.assert_array_equal(np.stack([f.vertices for f in a]), np.stack([f.vertices for f in b]))
+
+
+def test_streamed_file_is_close_to_the_file_path_and_closes_the_lips(pipe, arctic):
+    from blendtalk.lipsync import bilabial_closure
+    from blendtalk.phonetics import read_phone_labels
+
+    anim = pipe.animate(arctic, emotion="neutral")
+    frames = stream(pipe.live(emotion="neutral"), arctic, 320)
+    v = np.stack([f.vertices for f in frames])
+    assert v.shape == anim.vertices.shape
+    distance_mm = np.linalg.norm(v - anim.vertices, axis=-1).mean() * 1e3
+    assert distance_mm <= 0.5, distance_mm
+    phones = read_phone_labels(ARCTIC.with_suffix(".phones.txt"))
+    streamed = bilabial_closure(pipe.rig.lip_gap(v), phones)["bilabial_closure"]
+    file_path = bilabial_closure(pipe.rig.lip_gap(anim.vertices), phones)["bilabial_closure"]
+    assert streamed >= 0.95 * file_path, (streamed, file_path)
+    assert np.isfinite(np.stack([f.arkit for f in frames])).all()
+    a = np.stack([f.arkit for f in frames])
+    assert a.min() >= 0 and a.max() <= 1 and a.shape == (len(frames), 52)
+
+
+def test_frames_leave_after_the_lookahead(pipe, arctic):
+    session = pipe.live()
+    out = []
+    for i in range(0, SAMPLE_RATE, 160):  # 10 ms chunks
+        out.append(len(session.push(arctic[i:i + 160])))
+    first = int(np.argmax(np.array(out) > 0))  # chunk index (10 ms) of the first frame out
+    assert first * 0.01 <= session.lookahead_seconds + 1 / FPS + 0.03
+    assert sum(out) >= 30 - session.config.lookahead - 3
+
+
+def test_expression_changes_ease_in(pipe, arctic):
+    audio = arctic[: SAMPLE_RATE]
+    session = pipe.live(emotion="neutral", config=LiveConfig(blinks=False, head_motion=False))
+    frames = []
+    col = pipe.rig.blendshape_names.index("mouthSmileLeft")
+    for i in range(0, len(audio), 1600):
+        frames += session.push(audio[i:i + 1600])
+        if i == 4800:
+            session.set_expression("happy", 1.0)
+    smile = [session.expression.target[col]]
+    assert smile[0] > 0.3
+    with pytest.raises(ValueError, match="emotion"):
+        session.set_expression("hapy")
+
+
+def test_bad_input_gets_one_clear_line(pipe):
+    session = pipe.live()
+    with pytest.raises(LiveInputError, match="16000 Hz"):
+        session.push(np.zeros(320, np.float32), sample_rate=44100)
+    with pytest.raises(LiveInputError, match="mono"):
+        session.push(np.zeros((320, 2), np.float32))
+    with pytest.raises(LiveInputError, match="int16"):
+        session.push(np.zeros(320, np.int32))
+    with pytest.raises(LiveInputError, match="NaN"):
+        session.push(np.full(320, np.nan, np.float32))
+    session.push(np.ones(3200, np.float32))  # full scale: clipping
+    assert any("clipping" in n for n in session.notices)
+    for _ in range(30):  # 6 s of digital silence
+        session.push(np.zeros(3200, np.float32))
+    assert any("no sound" in n for n in session.notices)
+
+
+def test_flood_faster_than_real_time_is_dropped_with_a_notice(pipe, arctic):
+    session = pipe.live(config=LiveConfig(realtime=True, max_ahead_seconds=0.5))
+    assert session.push(arctic[:1600]) == []  # 0.1 s: accepted (no frame complete yet)
+    assert session.push(arctic[1600:SAMPLE_RATE * 2]) == []  # 1.9 s more at once: too far ahead of the clock
+    assert session.dropped == SAMPLE_RATE * 2 - 1600 and session.received == 1600
+    assert any("faster than real time" in n for n in session.notices)
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_over_a_long_stream(pipe, arctic):
+    """45 s of speech and pauses: every buffer keeps its size, pocketsphinx restarts its utterance."""
+    rng = np.random.default_rng(0)
+    session = pipe.live()
+    sizes = []
+    for k in range(15):
+        piece = np.concatenate([arctic, 0.001 * rng.standard_normal(SAMPLE_RATE // 2).astype(np.float32)])
+        for i in range(0, len(piece), 640):
+            session.push(piece[i:i + 640])
+        s = session.speech
+        sizes.append((len(s.mel.buffer), len(s.features), len(session._samples), len(session._arrivals),
+                      len(session._expr_cache), len(s.phones.segments)))
+    sizes = np.array(sizes)
+    assert (sizes[5:, 0] <= SAMPLE_RATE).all()  # under a second of samples held
+    assert (sizes[5:, 1:4].max(0) <= sizes[:5, 1:4].max(0) + 2).all(), sizes  # no growth past the first 5 rounds
+    assert sizes[:, 4].max() <= EXPRESSION_CACHE  # blinks make new expression frames; the cache keeps the newest
+    assert sizes[:, 5].max() < 600  # phones of one utterance (<= 30 s), not of the whole stream
+    assert session.speech.phones.utt_start > 0  # the recogniser restarted at a pause
+    assert session.speech.caches[0].keys.shape[2] == pipe.speech_model.config.window
+    assert torch.is_grad_enabled()

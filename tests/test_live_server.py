@@ -1,0 +1,139 @@
+"""Live mode's outside: the frame format, `python -m blendtalk live`, the app's WebSocket (tokens,
+origin, session limit, expression changes, bad messages) and the ARKit GLB the browser draws."""
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blendtalk.audio import load_audio
+from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from blendtalk.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(device="cpu")
+
+
+def test_cli_live_streams_versioned_json_lines(tmp_path):
+    short = tmp_path / "short.wav"
+    import soundfile as sf
+
+    sf.write(short, load_audio(ARCTIC)[: SAMPLE_RATE], SAMPLE_RATE)
+    out = subprocess.run([sys.executable, "-m", "blendtalk", "live", "--input", str(short), "--emit", "stdout",
+                          "--emotion", "happy"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert lines[0]["type"] == "hello" and lines[0]["version"] == 1 and len(lines[0]["arkit_names"]) == 52
+    frames = [m for m in lines if m["type"] == "frame"]
+    index = [m["frame"] for m in frames]
+    # A busy CPU may thin the frames (a realtime session behind the clock fuses every other frame).
+    assert index == sorted(set(index)) and index[-1] == 29 and len(index) >= 15, index
+    some = frames[len(frames) // 2]
+    assert set(some["arkit"]) == set(lines[0]["arkit_names"]) and len(some["head"]) == 3
+    assert len(some["eyes"]) == 2 and abs(some["t"] - some["frame"] / 30) < 1e-3
+    assert lines[-1] == {"type": "end", "version": 1, "frames": len(frames)}
+
+
+def test_cli_live_refuses_bad_arguments_in_one_line():
+    for args, words in ((["--input", "nope.wav"], "neither"), (["--input", str(ARCTIC), "--emit", "http://x"], "--emit")):
+        out = subprocess.run([sys.executable, "-m", "blendtalk", "live", *args], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.fixture(scope="module")
+def service(pipe):
+    from blendtalk.live_server import LiveService
+
+    return LiveService(pipe, max_sessions=1, max_seconds=2.0)
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from blendtalk.live_server import add_routes
+
+    app = Starlette()
+    add_routes(app, service)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_websocket_session_streams_frames_and_takes_expression_changes(client):
+    token = client.get("/live/token").json()["token"]
+    pcm = np.round(load_audio(ARCTIC) * 32767).astype("<i2")
+    with client.websocket_connect(f"/live/ws?token={token}") as ws:
+        ws.send_text(json.dumps({"type": "start", "emotion": "happy", "sample_rate": 16000}))
+        hello = ws.receive_json()
+        assert hello["type"] == "hello" and hello["format"] == "blendtalk-live"
+        for i in range(0, SAMPLE_RATE, 320):
+            ws.send_bytes(pcm[i:i + 320].tobytes())
+        ws.send_text(json.dumps({"type": "expression", "emotion": "sad", "intensity": 0.8}))
+        ws.send_text(json.dumps({"type": "expression", "emotion": "hapy"}))
+        ws.send_bytes(b"\x00")  # half a sample
+        ws.send_text(json.dumps({"type": "stop"}))
+        messages = []
+        while not messages or messages[-1]["type"] != "end":
+            messages.append(ws.receive_json())
+    frames = [m for m in messages if m["type"] == "frame"]
+    errors = [m["text"] for m in messages if m["type"] == "error"]
+    assert 15 <= len(frames) <= 30 and frames[-1]["frame"] == 29 and messages[-1]["frames"] == len(frames)
+    assert any("emotion" in e for e in errors) and any("int16" in e for e in errors), errors
+    # the page's own token is single use
+    with client.websocket_connect(f"/live/ws?token={token}") as ws:
+        assert "token" in ws.receive_json()["text"]
+
+
+def test_websocket_refuses_foreign_origins_and_busy_servers(client, service):
+    token = client.get("/live/token").json()["token"]
+    with client.websocket_connect(f"/live/ws?token={token}", headers={"origin": "http://evil.example"}) as ws:
+        assert "origin" in ws.receive_json()["text"]
+    service.active = service.max_sessions  # as if the only slot were taken
+    try:
+        token = client.get("/live/token").json()["token"]
+        with client.websocket_connect(f"/live/ws?token={token}") as ws:
+            ws.send_text(json.dumps({"type": "start", "sample_rate": 16000}))
+            assert "busy" in ws.receive_json()["text"]
+    finally:
+        service.active = 0
+    token = client.get("/live/token").json()["token"]
+    with client.websocket_connect(f"/live/ws?token={token}") as ws:
+        ws.send_text(json.dumps({"type": "start", "sample_rate": 44100}))
+        assert "16000 Hz" in ws.receive_json()["text"]
+    assert service.active == 0
+
+
+def test_page_and_assets_are_served(client):
+    page = client.get("/live/")
+    assert page.status_code == 200 and "__TOKEN__" not in page.text and "importmap" in page.text
+    assert client.get("/live/static/live.js").status_code == 200
+    assert client.get("/live/static/vendor/three/build/three.module.min.js").status_code == 200
+    assert "MIT" in client.get("/live/static/vendor/three/LICENSE").text
+
+
+def test_arkit_glb_has_the_52_units_as_morph_targets(pipe):
+    from blendtalk.live_glb import arkit_glb_bytes
+
+    data = arkit_glb_bytes(pipe.rig, pipe.dressing())
+    magic, version, length = struct.unpack("<4sII", data[:12])
+    assert magic == b"glTF" and version == 2 and length == len(data)
+    size = struct.unpack("<I", data[12:16])[0]
+    doc = json.loads(data[20:20 + size])
+    assert [n["name"] for n in doc["nodes"]] == ["head", "face", "left_eye", "right_eye"]
+    for mesh in doc["meshes"]:
+        assert mesh["extras"]["targetNames"] == list(pipe.rig.blendshape_names)
+        assert len(mesh["primitives"][0]["targets"]) == 52
+    shipped = ASSETS_DIR / "live" / "face_arkit.glb"
+    assert shipped.read_bytes() == data, "assets/live/face_arkit.glb is stale: python tools/build_live_glb.py"
