@@ -411,7 +411,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                 slider.change(pose, [kind, *sliders], face, **explore)
             kind.change(choose, kind, [face, *sliders], **explore)
             reset.click(choose, kind, [face, *sliders], **explore)
-        with gr.Tab("Live"):  # its own page and WebSocket (blendtalk.live_server), beside the /animate queue
+        with gr.Tab("Live"):  # its own page and WebSocket (blendtalk.live.server), beside the /animate queue
             gr.HTML('<iframe id="live-frame" src="/live/" allow="microphone" '
                     'style="width:100%;height:560px;border:0"></iframe>')
     return demo
@@ -471,7 +471,7 @@ def main(argv=None) -> None:
     demo = build_demo(workspace, default_size=size, delete_cache=(every, age))
     workspace.start_sweeper(every, also=lambda: clear_gradio_cache(demo, age))
     demo.queue(max_size=args.queue_size, default_concurrency_limit=CONCURRENCY)
-    from blendtalk.live_server import LiveService, add_routes
+    from blendtalk.live.server import LiveService, add_routes
 
     live = LiveService(pipe, max_sessions=args.live_sessions, max_seconds=args.live_seconds)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, ssr_mode=False,

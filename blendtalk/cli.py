@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=animate)
-    from .live_cli import add_parser as add_live_parser
+    from .live.cli import add_parser as add_live_parser
 
     add_live_parser(sub)
     return parser

@@ -293,7 +293,7 @@ class Pipeline:
     def live(self, emotion: str = "neutral", intensity: float = 1.0, mix_with: str | None = None,
              mix_ratio: float = 0.5, config=None):
         """A `blendtalk.live.LiveSession`: audio chunks in, frames out as they are ready (docs/live.md)."""
-        from .live import live_session
+        from .live.session import live_session
 
         return live_session(self, emotion, intensity, mix_with, mix_ratio, config)
 

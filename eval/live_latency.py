@@ -42,9 +42,9 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from blendtalk.audio import load_audio
+    from blendtalk.speech.audio import load_audio
     from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
-    from blendtalk.live import LiveConfig
+    from blendtalk.live.session import LiveConfig
     from blendtalk.pipeline import Pipeline
     from eval.lipsync import with_pauses
 

@@ -30,12 +30,12 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from blendtalk.audio import load_audio
+    from blendtalk.speech.audio import load_audio
     from blendtalk.constants import ASSETS_DIR
-    from blendtalk.lipsync import lipsync_report
-    from blendtalk.live import LiveConfig, live_session
-    from blendtalk.live_speech import speech_prior
-    from blendtalk.phonetics import read_phone_labels
+    from blendtalk.evaluation.lipsync import lipsync_report
+    from blendtalk.live.session import LiveConfig, live_session
+    from blendtalk.live.speech_stream import speech_prior
+    from blendtalk.speech.phones import read_phone_labels
     from blendtalk.pipeline import Pipeline
 
     torch.set_num_threads(1)

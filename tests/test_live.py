@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from blendtalk.audio import load_audio
+from blendtalk.speech.audio import load_audio
 from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
-from blendtalk.live import EXPRESSION_CACHE, LiveConfig, LiveInputError
+from blendtalk.live.session import EXPRESSION_CACHE, LiveConfig, LiveInputError
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 
@@ -51,8 +51,8 @@ def test_int16_chunks_equal_float_chunks(pipe, arctic):
 
 
 def test_streamed_file_is_close_to_the_file_path_and_closes_the_lips(pipe, arctic):
-    from blendtalk.lipsync import bilabial_closure
-    from blendtalk.phonetics import read_phone_labels
+    from blendtalk.evaluation.lipsync import bilabial_closure
+    from blendtalk.speech.phones import read_phone_labels
 
     anim = pipe.animate(arctic, emotion="neutral")
     frames = stream(pipe.live(emotion="neutral"), arctic, 320)

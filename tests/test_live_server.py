@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blendtalk.audio import load_audio
+from blendtalk.speech.audio import load_audio
 from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_cli_live_refuses_bad_arguments_in_one_line():
 
 @pytest.fixture(scope="module")
 def service(pipe):
-    from blendtalk.live_server import LiveService
+    from blendtalk.live.server import LiveService
 
     return LiveService(pipe, max_sessions=1, max_seconds=2.0)
 
@@ -63,7 +63,7 @@ def client(service):
     from starlette.applications import Starlette
     from starlette.testclient import TestClient
 
-    from blendtalk.live_server import add_routes
+    from blendtalk.live.server import add_routes
 
     app = Starlette()
     add_routes(app, service)
@@ -124,7 +124,7 @@ def test_page_and_assets_are_served(client):
 
 
 def test_arkit_glb_has_the_52_units_as_morph_targets(pipe):
-    from blendtalk.live_glb import arkit_glb_bytes
+    from blendtalk.live.glb import arkit_glb_bytes
 
     data = arkit_glb_bytes(pipe.rig, pipe.dressing())
     magic, version, length = struct.unpack("<4sII", data[:12])

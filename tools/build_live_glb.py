@@ -25,9 +25,9 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from blendtalk.audio import load_audio
+    from blendtalk.speech.audio import load_audio
     from blendtalk.constants import ASSETS_DIR
-    from blendtalk.live_glb import arkit_mapping_error, write_arkit_glb
+    from blendtalk.live.glb import arkit_mapping_error, write_arkit_glb
     from blendtalk.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(device="cpu")

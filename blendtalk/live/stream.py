@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .constants import FPS, SAMPLE_RATE
+from ..constants import FPS, SAMPLE_RATE
 
 FORMAT = "blendtalk-live"
 VERSION = 1

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .constants import FPS, SAMPLE_RATE
-from .emotions import yield_to_closure
-from .head_motion import HeadMotionConfig
-from .live_motion import ExpressionStream, HeadStream
-from .live_speech import SpeechStream, StreamConfig, frame_start
+from ..constants import FPS, SAMPLE_RATE
+from ..expression.emotions import yield_to_closure
+from ..expression.head_motion import HeadMotionConfig
+from .motion import ExpressionStream, HeadStream
+from .speech_stream import SpeechStream, StreamConfig, frame_start
 
 logger = logging.getLogger(__name__)
 
@@ -263,8 +263,8 @@ class LiveSession:
             return self._expr_cache[key]
         dfm = self.pipe.dfm
         de = torch.from_numpy(self.rig.displacement(w_e[None]).astype(np.float32)).to(self.pipe.device)  # (1, V, 3)
-        cross_e, w_expr = dfm.split(dfm.encode_expression(de))
-        value = ((de - dfm.decode_speech(cross_e))[0], w_expr[0])
+        _, w_expr = dfm.split(dfm.encode_expression(de))
+        value = (de[0], w_expr[0])  # a label's expression is kept whole, as Pipeline.fuse(clean_expression=True)
         self._expr_cache[key] = value
         if len(self._expr_cache) > EXPRESSION_CACHE:
             self._expr_cache.popitem(last=False)
@@ -279,7 +279,7 @@ class LiveSession:
 
     def _arrival(self, t: int) -> float:
         """When the audio that completed frame t's window arrived (the chunk holding its last needed sample)."""
-        from .live_speech import needed_samples
+        from .speech_stream import needed_samples
 
         need = min(needed_samples(t + 1 + self.config.lookahead), self.received)
         while len(self._arrivals) > 1 and self._arrivals[0][0] < need:
@@ -290,9 +290,9 @@ class LiveSession:
 def default_prior():
     """The live normalisations' starting point (`live_speech.SpeechPrior`): the statistics of the
     shipped ARCTIC sentence (real read speech); the stream's own take over within seconds."""
-    from .audio import load_audio
-    from .constants import ASSETS_DIR
-    from .live_speech import speech_prior
+    from ..speech.audio import load_audio
+    from ..constants import ASSETS_DIR
+    from .speech_stream import speech_prior
 
     return speech_prior(load_audio(ASSETS_DIR / "audio" / "arctic_a0009.wav"))
 

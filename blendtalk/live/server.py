@@ -33,12 +33,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .constants import ASSETS_DIR, SAMPLE_RATE
-from .live_stream import encode, end_message, frame_message, hello_message, notice_message
+from ..constants import ASSETS_DIR, SAMPLE_RATE
+from .stream import encode, end_message, frame_message, hello_message, notice_message
 
 logger = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent / "live_web"
+WEB_DIR = Path(__file__).resolve().parent / "web"
 GLB_PATH = ASSETS_DIR / "live" / "face_arkit.glb"
 MAX_SESSIONS = 2  # concurrent live sessions: one per core of the 2-core CPU the app is sized for
 MAX_SECONDS = 300.0  # s of audio per session
@@ -52,7 +52,7 @@ class LiveService:
 
     def __init__(self, pipe, max_sessions: int = MAX_SESSIONS, max_seconds: float = MAX_SECONDS,
                  origins: tuple[str, ...] = (), lookahead: int = 4):
-        from .live import default_prior, warm_up
+        from .session import default_prior, warm_up
 
         self.pipe, self.max_sessions, self.max_seconds = pipe, max_sessions, max_seconds
         self.origins, self.lookahead = tuple(origins), lookahead
@@ -114,7 +114,7 @@ class LiveService:
     async def websocket(self, ws) -> None:
         from starlette.websockets import WebSocketDisconnect
 
-        from .live import LiveConfig, LiveSession
+        from .session import LiveConfig, LiveSession
 
         origin, host = ws.headers.get("origin"), ws.headers.get("host", "")
         await ws.accept()
@@ -160,7 +160,7 @@ class LiveService:
             self._release()
 
     async def _serve(self, ws, session, names) -> int | None:
-        from .live import LiveInputError
+        from .session import LiveInputError
 
         count = 0
         lock = asyncio.Lock()

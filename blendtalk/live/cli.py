@@ -38,10 +38,10 @@ def run(args) -> int:
 
     import numpy as np
 
-    from .live import LiveConfig
-    from .live_stream import (WebSocketBroadcast, encode, end_message, frame_message, hello_message, microphone_chunks,
+    from .session import LiveConfig
+    from .stream import (WebSocketBroadcast, encode, end_message, frame_message, hello_message, microphone_chunks,
                               notice_message, realtime_chunks)
-    from .pipeline import Pipeline
+    from ..pipeline import Pipeline
 
     sink = None
     if args.emit != "stdout":
@@ -55,7 +55,7 @@ def run(args) -> int:
     if args.input == "mic":
         chunks = microphone_chunks()
     else:
-        from .audio import load_audio
+        from ..speech.audio import load_audio
 
         path = Path(args.input)
         if not path.is_file():
@@ -63,7 +63,7 @@ def run(args) -> int:
         chunks = realtime_chunks(load_audio(path, max_seconds=4 * 3600))
     import torch
 
-    from .live import warm_up
+    from .session import warm_up
 
     torch.set_num_threads(max(1, args.threads))
     pipe = Pipeline.from_pretrained(device=args.device)

@@ -19,9 +19,9 @@ from collections import deque
 
 import numpy as np
 
-from .constants import FPS
-from .emotions import BLINK_RATE, _ease, check_emotion, check_intensity, mix
-from .head_motion import SILENCE_FLOOR_DBFS, SPEECH_RANGE_DB, HeadMotionConfig, check_seed
+from ..constants import FPS
+from ..expression.emotions import BLINK_RATE, _ease, check_emotion, check_intensity, mix
+from ..expression.head_motion import SILENCE_FLOOR_DBFS, SPEECH_RANGE_DB, HeadMotionConfig, check_seed
 
 ONSET_SECONDS = 0.4  # s: a change of expression eases in over this long (the file path's onset)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .head_motion import head_pivot
+from ..expression.head_motion import head_pivot
 
 EYE_PARTS = ("left_eye", "right_eye")
 MIN_DELTA = 1e-7  # m: target entries below this are left out of the sparse accessors
@@ -32,7 +32,7 @@ def arkit_glb_bytes(rig, dressing) -> bytes:
     """The GLB (see the module docstring) of `rig` (with its 52 units) dressed by `dressing` (a FaceDressing)."""
     import torch
 
-    from .render import srgb_to_linear
+    from ..render.renderer import srgb_to_linear
 
     base = dressing.neutral().astype(np.float32)  # (N, 3)
     targets = (dressing(rig.vertices[None] + rig.deltas) - base[None]).astype(np.float32)  # (K, N, 3)

@@ -26,10 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, WIN_LENGTH, mel_filters
-from .constants import FPS, SAMPLE_RATE
-from .models.audio_encoders import CMVN_STD_FLOOR, PHONETIC_MELS
-from .phonetics import ALIGN_FRAME_RATE, ARPABET, PHONE_INDEX, _allphone_decoder, _sphinx_symbol
+from ..speech.audio import HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, WIN_LENGTH, mel_filters
+from ..constants import FPS, SAMPLE_RATE
+from ..models.audio_encoders import CMVN_STD_FLOOR
+from ..speech.features import PHONETIC_MELS
+from ..speech.phones import ARPABET, PHONE_INDEX
+from ..speech.sphinx import ALIGN_FRAME_RATE
+from ..speech.sphinx import allphone_decoder as _allphone_decoder
+from ..speech.sphinx import sphinx_symbol as _sphinx_symbol
 
 MEL_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 UTTERANCE_SECONDS = 15.0  # s: pocketsphinx restarts its utterance at the next quiet frame after this long
@@ -65,8 +69,9 @@ class SpeechPrior:
 
 def speech_prior(audio: np.ndarray) -> SpeechPrior:
     """The statistics of a speech recording (S,) at 16 kHz, as the live normalisations' starting point."""
-    from .audio import log_mel
-    from .phonetics import _decode, _to_pcm16
+    from ..speech.audio import log_mel
+    from ..speech.phonetics import _to_pcm16
+    from ..speech.sphinx import decode as _decode
 
     mel = log_mel(audio)
     decoder = _allphone_decoder()
@@ -126,7 +131,7 @@ class _MelStream:
 
     def last_frames(self, t0: int, total_samples: int) -> np.ndarray:
         """Log-mel (T - t0, 80) of the clip's frames from t0 to its end, with the file path's end padding."""
-        from .audio import num_frames
+        from ..speech.audio import num_frames
 
         total_frames = num_frames(total_samples)
         out = []
@@ -285,7 +290,7 @@ class SpeechStream:
                        else torch.nn.functional.one_hot(torch.tensor([self.config.speaker]), n).float())
             self.style = model.style_embedding(speaker.to(dev), 1)
             self.feedback = model._feedback()
-        from .models.faceformer import KVCache
+        from ..models.faceformer import KVCache
 
         self.caches = [KVCache(1, c.num_heads, c.feature_dim // c.num_heads, c.window, dev, self.style.dtype) for _ in model.layers]
         self.pe = model._phase_table(dev)
@@ -321,7 +326,7 @@ class SpeechStream:
 
     def finish(self) -> list[tuple[int, np.ndarray]]:
         """The remaining frames of a clip of `received` samples, as the file path frames its end."""
-        from .audio import num_frames
+        from ..speech.audio import num_frames
 
         total = num_frames(self.received)
         if total == 0:
