@@ -1,4 +1,6 @@
+import base64
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from blendtalk.rig import load_rig
 from blendtalk.viz import (
     COORD_QUANTUM,
     MAX_FRAMES,
+    _compact_frames,
     animation_figure,
     figure_html,
     frame_indices,
@@ -223,11 +226,6 @@ def test_animation_with_explicit_triangles_is_refused(rig):
 
 def test_figure_html_sends_moving_vertices_once_per_frame(rig, talking):
     """The page carries only the moving vertices as int8 steps, and they rebuild every frame to within half a step."""
-    import base64
-    import re
-
-    from blendtalk.viz import _compact_frames
-
     fig = animation_figure(talking, rig.triangles, max_frames=30, rig=rig)
     plain = len(fig.to_html(include_plotlyjs=False, full_html=True))
     assert len(figure_html(fig, include_plotlyjs=False)) < plain / 2

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blendtalk.emotions import EMOTIONS  # noqa: E402
+from blendtalk import EMOTIONS  # noqa: E402
 
 ARCTIC = ROOT / "assets" / "audio" / "arctic_a0009.wav"
 LABEL_PX = 22  # height of the name strip under each tile
