@@ -366,6 +366,104 @@ def write_glb(
     return path
 
 
+def write_morph_glb(
+    path: str | os.PathLike,
+    base: np.ndarray,
+    triangles: np.ndarray,
+    targets: np.ndarray,
+    names: Sequence[str],
+    weights: np.ndarray | None = None,
+    fps: float = 30.0,
+    colours: np.ndarray | None = None,
+) -> Path:
+    """A binary glTF 2.0 of one mesh with named morph targets and, optionally, their weight curves.
+
+    base (N, 3) metres; triangles (F, 3) indices below N; targets (K, N, 3) offsets from base, named
+    `names` (K); weights (T, K) per frame at `fps`, keyed LINEAR over T/fps seconds (the animation
+    "weights"; None: a still, rigged mesh); colours (N, 3) linear RGB in [0, 1] as COLOR_0. For a rig
+    with ARKit blendshapes this is a few MB whatever the clip's length, and any glTF viewer or engine
+    can drive the targets live (the live mode) or play the curves.
+    """
+    path = _target(path, ".glb")
+    base, targets = np.asarray(base, np.float32), np.asarray(targets, np.float32)
+    tri = np.asarray(triangles).astype(np.uint32)
+    n, k = len(base), len(targets)
+    if base.ndim != 2 or base.shape[1] != 3 or targets.shape != (k, n, 3) or len(names) != k or k == 0:
+        raise ValueError(f"need base (N, 3), targets (K, N, 3) and K names, got {base.shape}, {targets.shape}, {len(names)}")
+    if tri.ndim != 2 or tri.shape[1] != 3 or not len(tri) or int(tri.max()) >= n:
+        raise ValueError(f"triangles must be (F, 3) indices below N={n}, got {tri.shape}")
+    blobs = [base, tri, targets]
+    if weights is not None:
+        weights = np.asarray(weights, np.float32)
+        if weights.ndim != 2 or weights.shape[1] != k or not len(weights) or not fps > 0:
+            raise ValueError(f"weights must be (T, {k}) with T > 0 and fps > 0, got {weights.shape} at {fps}")
+        times = (np.arange(len(weights) + 1) / fps).astype(np.float32)  # (T + 1,): the last frame held to T/fps
+        blobs += [times, np.concatenate([weights, weights[-1:]])]  # (T + 1, K)
+    if colours is not None:
+        blobs.append(np.asarray(colours, np.float32).reshape(n, 3))
+    views, offset = [], 0
+    for blob in blobs:  # every blob is 4-byte data, so offsets stay 4-byte aligned
+        views.append({"buffer": 0, "byteOffset": offset, "byteLength": blob.nbytes})
+        offset += blob.nbytes
+    views[2]["byteStride"] = 12  # K accessors share this view
+    lo, hi = targets.min(1), targets.max(1)  # (K, 3): POSITION accessors carry min/max
+    accessors = [_accessor(0, 0, n, "VEC3", base.min(0), base.max(0)),
+                 {"bufferView": 1, "componentType": 5125, "count": tri.size, "type": "SCALAR"},
+                 *(_accessor(2, j * n * 12, n, "VEC3", lo[j], hi[j]) for j in range(k))]
+    primitive = {"attributes": {"POSITION": 0}, "indices": 1, "mode": 4,
+                 "targets": [{"POSITION": 2 + j} for j in range(k)]}
+    doc = {"asset": {"version": "2.0", "generator": "blendtalk"}, "scene": 0, "scenes": [{"nodes": [0]}],
+           "nodes": [{"mesh": 0, "name": "face"}],
+           "meshes": [{"name": "face", "primitives": [primitive], "weights": [0.0] * k,
+                       "extras": {"targetNames": list(names)}}]}
+    if weights is not None:
+        accessors += [_accessor(3, 0, len(times), "SCALAR", times[:1], times[-1:]), _accessor(4, 0, weights.size + k, "SCALAR")]
+        doc["animations"] = [{"name": "blendshapes", "samplers": [{"input": 2 + k, "output": 3 + k, "interpolation": "LINEAR"}],
+                              "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]}]
+        doc["asset"]["extras"] = {"fps": float(fps), "frames": len(weights)}
+    if colours is not None:
+        accessors.append(_accessor(len(blobs) - 1, 0, n, "VEC3"))
+        primitive["attributes"]["COLOR_0"] = len(accessors) - 1
+        primitive["material"] = 0
+        doc["materials"] = [{"name": "face", "pbrMetallicRoughness": {
+            "baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0, "roughnessFactor": 0.6}}]
+    doc |= {"accessors": accessors, "bufferViews": views, "buffers": [{"byteLength": offset}]}
+    return _write_glb_file(path, doc, blobs, offset)
+
+
+def arkit_rig_glb(animation: Animation, path: str | os.PathLike, rig, dressing=None) -> Path:
+    """The rig with its 52 ARKit blendshapes as morph targets, played by `animation.arkit_weights`
+    (T, 52): a few MB, unlike `write_glb`'s morph target per frame. The head stays still, and the
+    curves are the ARKit mapping's, without the residual detail the video shows. dressing: the rig's
+    `FaceDressing`, for teeth, eyes, lashes, hair and the painted colours (its parts follow each unit)."""
+    weights = _arkit(animation)
+    base, targets = np.asarray(rig.vertices, np.float32), np.asarray(rig.deltas, np.float32)  # (V, 3), (52, V, 3)
+    tri, colours = np.asarray(rig.triangles), None
+    if dressing is not None:
+        import torch
+
+        from .render import srgb_to_linear
+
+        dressed = dressing(base[None] + targets)  # (52, V + H, 3): each unit alone, at weight 1
+        base = dressing(base)
+        targets, tri = dressed - base, dressing.triangles
+        colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()
+    return write_morph_glb(path, base, tri, targets, rig.blendshape_names, weights, animation.fps, colours)
+
+
+def _write_glb_file(path: Path, doc: dict, blobs: list[np.ndarray], nbytes: int) -> Path:
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned; JSON pads with spaces
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<4sII", b"glTF", 2, 12 + 8 + len(text) + 8 + nbytes))
+        f.write(struct.pack("<I4s", len(text), b"JSON") + text)
+        f.write(struct.pack("<I4s", nbytes, b"BIN\0"))
+        for blob in blobs:  # streamed: the binary chunk is never assembled in memory
+            f.write(memoryview(np.ascontiguousarray(blob)))
+    return path
+
+
+
 def _accessor(view: int, offset: int, count: int, kind: str, lo=None, hi=None) -> dict:
     acc = {"bufferView": view, "byteOffset": offset, "componentType": 5126, "count": count, "type": kind}  # FLOAT
     if lo is not None:
