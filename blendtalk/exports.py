@@ -392,7 +392,12 @@ def write_morph_glb(
         raise ValueError(f"need base (N, 3), targets (K, N, 3) and K names, got {base.shape}, {targets.shape}, {len(names)}")
     if tri.ndim != 2 or tri.shape[1] != 3 or not len(tri) or int(tri.max()) >= n:
         raise ValueError(f"triangles must be (F, 3) indices below N={n}, got {tri.shape}")
-    blobs = [base, tri, targets]
+    import torch
+
+    from .geometry import vertex_normals
+
+    normals = vertex_normals(torch.as_tensor(base), torch.as_tensor(tri.astype(np.int64))).numpy()  # (N, 3): smooth shading
+    blobs = [base, tri, targets, normals]
     if weights is not None:
         weights = np.asarray(weights, np.float32)
         if weights.ndim != 2 or weights.shape[1] != k or not len(weights) or not fps > 0:
@@ -409,16 +414,17 @@ def write_morph_glb(
     lo, hi = targets.min(1), targets.max(1)  # (K, 3): POSITION accessors carry min/max
     accessors = [_accessor(0, 0, n, "VEC3", base.min(0), base.max(0)),
                  {"bufferView": 1, "componentType": 5125, "count": tri.size, "type": "SCALAR"},
-                 *(_accessor(2, j * n * 12, n, "VEC3", lo[j], hi[j]) for j in range(k))]
-    primitive = {"attributes": {"POSITION": 0}, "indices": 1, "mode": 4,
+                 *(_accessor(2, j * n * 12, n, "VEC3", lo[j], hi[j]) for j in range(k)),
+                 _accessor(3, 0, n, "VEC3")]
+    primitive = {"attributes": {"POSITION": 0, "NORMAL": 2 + k}, "indices": 1, "mode": 4,
                  "targets": [{"POSITION": 2 + j} for j in range(k)]}
     doc = {"asset": {"version": "2.0", "generator": "blendtalk"}, "scene": 0, "scenes": [{"nodes": [0]}],
            "nodes": [{"mesh": 0, "name": "face"}],
            "meshes": [{"name": "face", "primitives": [primitive], "weights": [0.0] * k,
                        "extras": {"targetNames": list(names)}}]}
     if weights is not None:
-        accessors += [_accessor(3, 0, len(times), "SCALAR", times[:1], times[-1:]), _accessor(4, 0, weights.size + k, "SCALAR")]
-        doc["animations"] = [{"name": "blendshapes", "samplers": [{"input": 2 + k, "output": 3 + k, "interpolation": "LINEAR"}],
+        accessors += [_accessor(4, 0, len(times), "SCALAR", times[:1], times[-1:]), _accessor(5, 0, weights.size + k, "SCALAR")]
+        doc["animations"] = [{"name": "blendshapes", "samplers": [{"input": 3 + k, "output": 4 + k, "interpolation": "LINEAR"}],
                               "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]}]
         doc["asset"]["extras"] = {"fps": float(fps), "frames": len(weights)}
     if colours is not None:

@@ -26,10 +26,10 @@ ARCTIC = ROOT / "assets" / "audio" / "arctic_a0009.wav"
 LABEL_PX = 22  # height of the name strip under each tile
 
 
-def render(emotion: str, audio: Path, transcript: str, size: int, out: Path) -> Path:
+def render(emotion: str, audio: Path, transcript: str, size: int, seed: int, out: Path) -> Path:
     video = out / f"{emotion}.mp4"
     subprocess.run([sys.executable, "-m", "blendtalk", "animate", str(audio), "--transcript", transcript,
-                    "--emotion", emotion, "--size", str(size), "-o", str(video), "--quiet", "--overwrite"],
+                    "--emotion", emotion, "--size", str(size), "--seed", str(seed), "-o", str(video), "--quiet", "--overwrite"],
                    check=True, cwd=ROOT)
     return video
 
@@ -53,18 +53,21 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     transcript = (ARCTIC.with_suffix(".txt")).read_text().strip()
     with tempfile.TemporaryDirectory(prefix="blendtalk-preview-") as tmp:
-        clips = [frames(render(e, ARCTIC, transcript, 256, Path(tmp)), args.fps, args.tile) for e in args.emotions]
+        # One seed per tile: blinks and head motion differ, as they would between takes.
+        clips = [frames(render(e, ARCTIC, transcript, 256, seed, Path(tmp)), args.fps, args.tile)
+                 for seed, e in enumerate(args.emotions)]
     n = min(len(c) for c in clips)
+    background = tuple(int(c) for c in clips[0][0, 0, 0])  # the renderer's: tiles and labels merge
     rows = -(-len(clips) // args.columns)
     font = ImageFont.load_default(size=16)
     sheet = []
     for f in range(n):
-        canvas = Image.new("RGB", (args.columns * args.tile, rows * (args.tile + LABEL_PX)), "white")
+        canvas = Image.new("RGB", (args.columns * args.tile, rows * (args.tile + LABEL_PX)), background)
         draw = ImageDraw.Draw(canvas)
         for i, (emotion, clip) in enumerate(zip(args.emotions, clips)):
             x, y = (i % args.columns) * args.tile, (i // args.columns) * (args.tile + LABEL_PX)
             canvas.paste(Image.fromarray(clip[f]), (x, y))
-            draw.text((x + args.tile / 2, y + args.tile + LABEL_PX / 2), emotion, fill="black", font=font, anchor="mm")
+            draw.text((x + args.tile / 2, y + args.tile + LABEL_PX / 2), emotion, fill="white", font=font, anchor="mm")
         sheet.append(canvas)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sheet[0].save(args.out, save_all=True, append_images=sheet[1:], duration=round(1000 / args.fps), loop=0,
