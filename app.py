@@ -293,7 +293,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
 
     def steps(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
               folder: Path, progress=None, head_motion=True):
-        """Yield the outputs (video, mesh html, weights figure, downloads, rig glb, status) as they become ready."""
+        """Yield the outputs (video, mesh html, weights figure, downloads, status) as they become ready."""
         try:
             req = check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline,
                                 blinks, size, allowed_dirs, head_motion)
@@ -305,7 +305,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
             anim = animate_and_render(req.audio, req.text, req.transcript, req.expression, video, req.size, progress)
         except ValueError as err:  # e.g. text the TTS cannot speak
             raise gr.Error(str(err), title="Please check the input", print_exception=False) from None
-        yield str(video), "", None, None, None, describe(anim, {}) + "\n\nbuilding the 3D view and downloads…"
+        yield str(video), "", None, None, describe(anim, {}) + "\n\nbuilding the 3D view and downloads…"
         # No progress() from here on: Gradio would lay its progress overlay over the playable video.
         figure = animation_figure(anim, rig=look, max_frames=FIGURE_FRAMES)
         html = figure_html(figure, height=figure.layout.height + 40, include_plotlyjs=plotly_url)  # no inner scroll bar
@@ -313,17 +313,16 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
         missing = unavailable(anim)
         written = export_all(anim, folder / "downloads", stem=stem, template=pipe.rig.vertices, dressing=pipe.dressing())
         files = [str(video)] + [str(p) for p in written.values()]
-        # The rig with its ARKit units as morph targets, played by the curves: a few MB whatever the length.
-        rig_glb = (str(arkit_rig_glb(anim, folder / f"{stem}_rig.glb", pipe.rig, pipe.dressing()))
-                   if anim.arkit_weights is not None else None)
-        yield str(video), html, curves, files, rig_glb, describe(anim, missing)
+        if anim.arkit_weights is not None:  # the rig with its ARKit units as morph targets, played by the curves
+            files.append(str(arkit_rig_glb(anim, folder / "downloads" / f"{stem}_rig.glb", pipe.rig, pipe.dressing())))
+        yield str(video), html, curves, files, describe(anim, missing)
 
     def generate(audio=None, text="", transcript="", emotion="happy", intensity=1.0, mix_with=NO_MIX, mix_ratio=0.5,
                  timeline="", blinks=True, size=str(default_size), head_motion=True, progress=gr.Progress()):
         # API callers may leave out every input but the speech: audio's None default and each
         # component's initial value (text boxes start at "") are what Gradio offers them as defaults.
         """Speech (an audio file, or text to speak) + an emotion -> (mp4 with sound, animated mesh as
-        HTML, blendshape weight curves, downloads, the rig as a GLB played by its ARKit curves, status). Audio at most 60 s; emotion one of
+        HTML, blendshape weight curves, downloads, status). Audio at most 60 s; emotion one of
         neutral, happy, sad, angry, surprised, fearful, disgusted, contempt; intensity 0..1.5;
         mix_with "" or a second emotion, mix_ratio 0..1; timeline e.g. 'neutral@0 happy@1.5 sad@4.0:0.7';
         head_motion (default true): nods, turns and gaze shifts driven by the speech."""
@@ -349,6 +348,10 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                          workspace.new_request()):
             pass
         return out
+
+    def rig_view(files):
+        """The `_rig.glb` among the downloads (for gr.Model3D), or None."""
+        return next((str(f) for f in files or [] if str(f).endswith("_rig.glb")), None)
 
     # ---- the blendshape explorer ----
     dfm = pipe.dfm
@@ -412,11 +415,15 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                                elem_id="rig3d", clear_color=(0.17, 0.18, 0.21, 1.0), camera_position=(90, 90, 0.6),
                                height=420)
             curves = gr.Plot(label="Blendshape weights over time", elem_id="curves")
-            files = gr.File(label="Downloads: mp4, vertices .npy, OBJ sequence .zip, glTF .glb, ARKit CSV/JSON, FLAME",
+            files = gr.File(label="Downloads: mp4, vertices .npy, OBJ sequence .zip, glTF .glb, ARKit CSV/JSON, FLAME, "
+                                  "the rig with ARKit morph targets _rig.glb",
                             file_count="multiple", interactive=False, elem_id="downloads")
             inputs = [audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size, head_motion]
-            outputs = [video, mesh, curves, files, rig3d, status]
-            button.click(generate, inputs, outputs, api_name="animate", api_visibility="public")
+            outputs = [video, mesh, curves, files, status]
+            # gr.Model3D (6.x) starts its viewer for a value set by a plain event, not by a generator's
+            # update: a second event shows the rig's GLB from the downloads, leaving /animate's outputs as they were.
+            button.click(generate, inputs, outputs, api_name="animate", api_visibility="public").then(
+                rig_view, files, rig3d, api_visibility="private", show_progress="hidden")
             # Gradio keeps cached example outputs in a CSV; the 3D view's HTML (a few MB) is one field,
             # above the csv module's default field limit of 128 kB when it is read back.
             csv.field_size_limit(2**31 - 1)

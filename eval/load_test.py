@@ -237,7 +237,7 @@ def run_client(url: str, indices: list[int], size: int, downloads: Path) -> list
     for i in indices:
         t0 = time.perf_counter()
         try:
-            video, _html, _curves, files, _rig, _status = client.submit(*request_args(i), size, api_name="/animate").result(
+            video, _html, _curves, files, _status = client.submit(*request_args(i), size, api_name="/animate").result(
                 timeout=REQUEST_TIMEOUT_S)
             if not (video and Path(video).stat().st_size > 0 and files):
                 raise RuntimeError(f"empty result: video {video!r}, {len(files or [])} downloads")

@@ -113,7 +113,7 @@ def files_under(folder: Path) -> list[Path]:
 def test_animate_endpoint(client):
     from blendtalk.video import probe
 
-    video, html, curves, files, rig_glb, status = animate(client, WAV, transcript=(ASSETS_DIR / "audio" / "arctic_a0009.txt").read_text())
+    video, html, curves, files, status = animate(client, WAV, transcript=(ASSETS_DIR / "audio" / "arctic_a0009.txt").read_text())
     info = probe(video)
     seconds = sf.info(str(WAV)).duration
     assert info["video"]["width"] == 128 and info["video"]["codec"] == "h264"
@@ -125,21 +125,21 @@ def test_animate_endpoint(client):
     assert names and len(json.loads(names.group(1))) >= 60 and "addFrames" in html
     assert curves["type"] == "plotly" and '"speech"' in curves["plot"]
     suffixes = sorted(Path(f).name.split("blendtalk_happy")[1] for f in files)
-    assert suffixes == [".glb", ".mp4", ".npy", "_arkit.csv", "_arkit.json", "_obj.zip"]
+    assert suffixes == [".glb", ".mp4", ".npy", "_arkit.csv", "_arkit.json", "_obj.zip", "_rig.glb"]
+    # The rig with its ARKit morph targets, played by the curves: a few MB (the per-frame .glb grows with the clip).
+    assert Path(files[-1]).read_bytes()[:4] == b"glTF" and Path(files[-1]).stat().st_size < 6e6
     vertices = np.load(next(f for f in files if f.endswith(".npy")))
     assert vertices.shape == (93, 4278, 3) and np.isfinite(vertices).all()
     assert "happy x0.8" in status and "no flame download" in status
-    # The rig with its ARKit morph targets, played by the curves: a few MB (the per-frame GLB above is far larger).
-    assert rig_glb.endswith("_rig.glb") and Path(rig_glb).read_bytes()[:4] == b"glTF" and Path(rig_glb).stat().st_size < 6e6
 
 
 def test_typed_text_mix_and_timeline(client):
     from blendtalk.video import probe
 
-    video, _, _, files, _, status = animate(client, text="Hello there, nice to meet you.", emotion="sad", mix_with="angry",
+    video, _, _, files, status = animate(client, text="Hello there, nice to meet you.", emotion="sad", mix_with="angry",
                                          mix_ratio=0.3, blinks=False)
     assert probe(video)["audio"] is not None and "sad + angry (0.3)" in status
-    *_, status = animate(client, text="One two three four.", timeline="neutral@0 happy@0.5:0.9")
+    _, _, _, _, status = animate(client, text="One two three four.", timeline="neutral@0 happy@0.5:0.9")
     assert "timeline 'neutral@0 happy@0.5:0.9'" in status
 
 
@@ -202,8 +202,8 @@ def test_concurrent_requests_are_queued_and_leave_no_files(server, client, tmp_p
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(lambda job: job.result(timeout=300), jobs))
     print(f"\n8 concurrent requests: {time.perf_counter() - t0:.1f} s")
-    for emotion, (video, html, curves, files, rig_glb, status) in zip(emotions, results):
-        assert probe(video)["audio"] is not None and f"{emotion} x0.8" in status and len(files) == 6
+    for emotion, (video, html, curves, files, status) in zip(emotions, results):
+        assert probe(video)["audio"] is not None and f"{emotion} x0.8" in status and len(files) == 7
     # Request folders are deleted once Gradio has copied the results...
     assert list((workdir / "requests").iterdir()) == []
     # ...and Gradio's copies (uploads and results) go after CACHE_AGE_S.
