@@ -19,6 +19,10 @@ roll is 0. Live Link Face does not document its signs; flip a curve in the impor
 disagrees. Both eyes get the same rotation (no vergence: the listener is far away).
 | flame      | animation_flame.npz       | the FLAME parameters per frame, plus fps                      |
 
+`arkit_rig_glb` writes another glTF (the app's second 3D view): the rig with its 52 ARKit units as
+morph targets, played by the ARKit curves, through `write_morph_glb` (any mesh, named targets,
+optional weight curves), which the live mode can share.
+
 Every file is written under a hidden temporary name in its folder and renamed when complete, so
 a failure never leaves a half-written file. `export_all` skips the formats the animation has no
 data for (no ARKit weights, no FLAME parameters, too many frames for a glb) with a logged
