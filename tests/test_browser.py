@@ -206,12 +206,8 @@ def test_generate_in_browser(browser, app_url, tmp_path):
     curves = browser.wait_for("#curves .js-plotly-plot", timeout=30)
     assert curves
     # The second view: the rig's GLB in gr.Model3D, its ARKit curves playing (Babylon autoplays glTF animations).
-    browser.js("arguments[0].scrollIntoView()", browser.find("#rig3d"))  # the viewer starts once it is in view
-    try:
-        rig3d = browser.wait_for("#rig3d canvas", timeout=60)
-    except RuntimeError:
-        browser.screenshot(Path("/tmp/rig3d_debug.png"))
-        raise
+    browser.js("arguments[0].scrollIntoView()", browser.find("#rig3d"))
+    rig3d = browser.wait_for("#rig3d canvas", timeout=60)
     time.sleep(5)  # the viewer loads Babylon.js and the GLB
     shots = []
     for k in range(3):
