@@ -210,8 +210,8 @@ def public_lines(lines: list[str]) -> list[str]:
 def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
                   allowed_dirs, head_motion=True) -> Request:
     """Validate every input before any slow work; raises ValueError with what to change."""
-    from blendtalk.audio import load_audio
-    from blendtalk.emotions import parse_timeline
+    from blendtalk.speech.audio import load_audio
+    from blendtalk.expression.emotions import parse_timeline
     from blendtalk.pipeline import MAX_TEXT_CHARS, Expression
 
     text = (text or "").strip() or None
@@ -279,9 +279,9 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
     """The Gradio Blocks of the app (the pipeline must load: `get_pipeline`)."""
     import gradio as gr
 
-    from blendtalk.emotions import EMOTIONS, MAX_INTENSITY
-    from blendtalk.exports import arkit_rig_glb, export_all, unavailable
-    from blendtalk.viz import animation_figure, figure_html, mesh_figure, rig_look, weights_figure
+    from blendtalk.expression.emotions import EMOTIONS, MAX_INTENSITY
+    from blendtalk.render.exports import arkit_rig_glb, export_all, unavailable
+    from blendtalk.render.viz import animation_figure, figure_html, mesh_figure, rig_look, weights_figure
 
     pipe = get_pipeline()
     look = rig_look(pipe.rig)
@@ -504,7 +504,7 @@ def main(argv=None) -> None:
         import soxr
 
         from blendtalk.constants import SAMPLE_RATE
-        from blendtalk.phonetics import synthesize
+        from blendtalk.speech.phonetics import synthesize
 
         speech, _ = synthesize("Hello there.")  # as audio, so the phone recogniser loads too
         with tempfile.TemporaryDirectory() as tmp:  # a 44.1 kHz file, as most uploads are: decoder and resampler load too

@@ -8,10 +8,10 @@
 
 import importlib
 
-# The public names load their modules on first use, so that `import blendtalk.phonetics` (as the
+# The public names load their modules on first use, so that `import blendtalk.speech.phonetics` (as the
 # phone-recognition worker processes do) does not pull in torch.
-_EXPORTS = {"Animation": ".animation", "EMOTIONS": ".emotions", "Expression": ".pipeline", "Pipeline": ".pipeline",
-            "FaceRig": ".rig", "load_rig": ".rig"}
+_EXPORTS = {"Animation": ".animation", "EMOTIONS": ".expression.emotions", "Expression": ".pipeline", "Pipeline": ".pipeline",
+            "FaceRig": ".face.rig", "load_rig": ".face.rig"}
 
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -1,9 +1,15 @@
 import sys
 
-try:  # Ctrl-C while torch and numpy are still importing is an interrupt like any other: one line, 130
-    from .cli import main
-except KeyboardInterrupt:
-    print("blendtalk: interrupted; no partial files were left", file=sys.stderr)
-    sys.exit(130)
 
-sys.exit(main())
+def main() -> int:
+    """`python -m blendtalk` and the `blendtalk` console script."""
+    try:  # Ctrl-C while torch and numpy are still importing is an interrupt like any other: one line, 130
+        from .cli import main as cli_main
+    except KeyboardInterrupt:
+        print("blendtalk: interrupted; no partial files were left", file=sys.stderr)
+        return 130
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,7 +22,7 @@ class Animation:
     tilts toward the face's left)] about `head_motion.head_pivot` of the template; gaze: (T, 2)
     radians [yaw (+ toward the face's left), pitch (+ up)] of the eyes in the head. None: the head
     holds still / the eyes look ahead. `vertices` stay head-local; the rotation is applied when
-    rendering, viewing and in the glb export (`blendtalk.head_motion.rotate_head`).
+    rendering, viewing and in the glb export (`blendtalk.expression.head_motion.rotate_head`).
     """
 
     vertices: np.ndarray

@@ -44,8 +44,8 @@ def region_image(square_map, rig) -> np.ndarray:
 
 
 def info(args) -> int:
-    from .geometry import load_square_map
-    from .rig import load_rig
+    from .face.geometry import load_square_map
+    from .face.rig import load_rig
 
     rig = load_rig()
     smap = load_square_map(rig, size=args.map_size)
@@ -72,7 +72,7 @@ def write_picture(path: Path, rig, smap, size: int = 256) -> None:
     import imageio.v3 as iio
     from PIL import Image
 
-    from .render import Renderer, RenderConfig
+    from .render.renderer import Renderer, RenderConfig
 
     tiles = [np.asarray(Image.fromarray(region_image(smap, rig)).resize((size, size), Image.NEAREST))]
     poses = np.stack([rig.weights(p) for p in PICTURE_POSES.values()])
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_emotions(args) -> int:
-    from .emotions import EMOTIONS
+    from .expression.emotions import EMOTIONS
 
     print("\n".join(EMOTIONS))
     return 0
@@ -172,9 +172,9 @@ def animate(args) -> int:
     """Validate every input first (nothing is loaded or written before), then animate, render, export."""
     from tqdm import tqdm
 
-    from .audio import load_audio
+    from .speech.audio import load_audio
     from .pipeline import MAX_TEXT_CHARS, Expression, Pipeline, read_reference, resolve_device
-    from .rig import load_rig
+    from .face.rig import load_rig
 
     if (args.speech is None) == (args.text is None):
         raise ValueError("give a speech file or --text (one of the two)")
@@ -213,7 +213,7 @@ def animate(args) -> int:
         pipe.save_video(anim, args.output, size=args.size, progress=progress(1, 0.3, 0.65))
     written = {}
     if args.export_dir is not None:
-        from .exports import export_all
+        from .render.exports import export_all
 
         bar.set_postfix_str("exports")
         with _disk_full_is_clear(args.export_dir, "the exports"):

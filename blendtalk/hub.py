@@ -565,7 +565,7 @@ def _size_line(checkpoint: Path) -> str:
         target = json.loads((mapping / CONFIG_NAME).read_text()).get("target", mapping.name[len("mapping_"):])
         what = {"arkit": "the 52 ARKit blendshape weights", "flame": "FLAME parameters"}.get(target, f"{target} parameters")
         text += (f" `{mapping.name}/`: a linear map from these weights to {what} "
-                 "(`blendtalk.mapping.load_mapping(dfm_dir, target)`), for other rigs and engines.")
+                 "(`blendtalk.face.mapping.load_mapping(dfm_dir, target)`), for other rigs and engines.")
     return text
 
 
@@ -736,7 +736,7 @@ def _load_line(spec: CheckpointKind) -> str:
     if spec.name == "dfm":
         return ("from blendtalk.models.dfm import DeformationFusionModule\n"
                 "model = DeformationFusionModule.from_pretrained(ckpt.path, map_matrix)  "
-                "# map_matrix: blendtalk.geometry.load_square_map(rig, size).matrix()")
+                "# map_matrix: blendtalk.face.geometry.load_square_map(rig, size).matrix()")
     return "from blendtalk.models.faceformer import FaceFormer\nmodel = FaceFormer.from_pretrained(ckpt.path)"
 
 
@@ -752,7 +752,7 @@ def _metrics_section(metrics: list[dict]) -> str:
     text = [f"{len(metrics)} validation(s); best (lowest score) at step {best.get('step')}, last at step "
             f"{last.get('step')} (epoch {_fmt(last.get('epoch'))}, {_fmt(last.get('minutes'))} min)."
             + (" Fusion metrics are measured against the synthetic corpora's true fused deformation: lengths in mm, "
-               "LVE in mm^2 (`blendtalk.fusion_eval`); `dfm` is this model, `interpolation` a naive baseline."
+               "LVE in mm^2 (`blendtalk.evaluation.fusion`); `dfm` is this model, `interpolation` a naive baseline."
                if fusion else "") + "\n",
             f"| metric | best (step {best.get('step')}) | last (step {last.get('step')}) |", "|---|---:|---:|"]
     text += [f"| {k} | {_fmt(rows_best.get(k))} | {_fmt(rows_last[k])} |" for k in keys]

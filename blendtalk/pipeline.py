@@ -25,14 +25,14 @@ import numpy as np
 import torch
 
 from .animation import Animation
-from .audio import AudioError, load_audio, num_frames
+from .speech.audio import AudioError, load_audio, num_frames
 from .constants import FPS, SAMPLE_RATE
-from .emotions import (
+from .expression.emotions import (
     EMOTIONS, add_blinks, blinks, check_emotion, check_intensity, mix, parse_timeline, timeline_weights,
     yield_to_closure,
 )
-from .head_motion import HeadMotionConfig, check_seed, check_switch, head_pivot, rotate_head, speech_head_motion
-from .rig import FaceRig, load_rig
+from .expression.head_motion import HeadMotionConfig, check_seed, check_switch, head_pivot, rotate_head, speech_head_motion
+from .face.rig import FaceRig, load_rig
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +184,13 @@ class Pipeline:
         Hub failures fall back to the shipped checkpoints (logged, and listed in `sources`).
 
         phone_workers: processes that recognise the phones of one clip in pieces at once
-        (blendtalk.phonetics.PhoneAligner); None: `default_phone_workers` (up to 8 on a GPU, 0 on CPU)."""
-        from .geometry import load_square_map
+        (blendtalk.speech.phonetics.PhoneAligner); None: `default_phone_workers` (up to 8 on a GPU, 0 on CPU)."""
+        from .face.geometry import load_square_map
         from .hub import CheckpointNotFoundError, resolve_checkpoint
-        from .mapping import load_mapping
+        from .face.mapping import load_mapping
         from .models.dfm import DeformationFusionModule
         from .models.faceformer import FaceFormer
-        from .phonetics import PhoneAligner, default_phone_workers
+        from .speech.phonetics import PhoneAligner, default_phone_workers
 
         device = resolve_device(device)
         if phone_workers is None:
@@ -229,8 +229,8 @@ class Pipeline:
     # ---- stages ----
     def speech_input(self, audio=None, text: str | None = None, transcript: str | None = None):
         """Audio path/array (16 kHz) or text -> SpeechFeatures (audio, phones, encoder features)."""
-        from .phonetics import PhoneAligner
-        from .speech_input import speech_features, text_features
+        from .speech.phonetics import PhoneAligner
+        from .speech.features import speech_features, text_features
 
         if (audio is None) == (text is None):
             raise ValueError("give either speech audio or text to speak, not both and not neither")
@@ -260,7 +260,7 @@ class Pipeline:
     def speech_deformation(self, speech) -> tuple[np.ndarray, str]:
         """SpeechFeatures -> speech displacements d_s (T, V, 3) in metres, and the driver's name."""
         if self.speech_model is not None:
-            from .speech_input import driver_inputs
+            from .speech.features import driver_inputs
 
             inputs = driver_inputs(self.speech_model, speech).to(self.device)
             n = self.speech_model.config.num_speakers
@@ -268,7 +268,7 @@ class Pipeline:
             with torch.no_grad():
                 d = self.speech_model.generate(inputs, speech.num_frames, style)[0]
             return d.float().cpu().numpy(), "faceformer"
-        from .visemes import VisemeDriver
+        from .speech.visemes import VisemeDriver
 
         _, d = VisemeDriver(self.rig)(speech.phones, speech.num_frames)
         return d, "visemes"
@@ -290,8 +290,13 @@ class Pipeline:
         return w - yield_to_closure(w, self.rig.lip_gap(self.rig.vertices + d_s), names)
 
     @torch.no_grad()
-    def fuse(self, d_s: np.ndarray, d_e: np.ndarray, method: str = "ours") -> tuple[np.ndarray, dict]:
-        """(T, V, 3) speech and expression displacements -> fused (T, V, 3) and the weights used."""
+    def fuse(self, d_s: np.ndarray, d_e: np.ndarray, method: str = "ours",
+             clean_expression: bool = False) -> tuple[np.ndarray, dict]:
+        """(T, V, 3) speech and expression displacements -> fused (T, V, 3) and the weights used.
+
+        clean_expression: d_e was made from action units (an emotion label), so none of it is
+        articulation: "ours" keeps it whole instead of taking out the part the expression encoder
+        reads on the speech bases (that removal is for recorded expressions, whose mouths leak speech)."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if method == "speech_only":
@@ -314,7 +319,7 @@ class Pipeline:
         if method == "eq13":
             fused = self.dfm.fuse_weights(w_speech, w_expr)
         else:  # an input's own content outside the learned bases (fine brow and lid motion) is kept, not redrawn
-            own_e = de - self.dfm.decode_speech(cross_e)  # (U, V, 3)
+            own_e = de if clean_expression else de - self.dfm.decode_speech(cross_e)  # (U, V, 3)
             fused = ds - self.dfm.decode_expression(cross_s) + own_e[index]
         w = self.dfm.join(w_speech, w_expr)
         out = {"speech_weights": w_speech.cpu().numpy(), "expression_weights": w_expr.cpu().numpy()}
@@ -357,7 +362,7 @@ class Pipeline:
         frames = speech.num_frames
         d_s, driver = stage("speech model", 0.3, self.speech_deformation, speech)
         d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames))
-        fused, weights = stage("dfm", 0.7, self.fuse, d_s, d_e, method)
+        fused, weights = stage("dfm", 0.7, self.fuse, d_s, d_e, method, ref is None)
         if method != "speech_only":  # the lips close at /p b m/ and in pauses whatever the emotion
             released = self.closure_release(expr, d_s)  # (T, 52)
             fused = fused - self.rig.displacement(released)
@@ -382,15 +387,15 @@ class Pipeline:
     def dressing(self):
         """The rig's `FaceDressing` as the video draws it (teeth, tongue, lashes, eyes, painted brows),
         for exports; None for a rig without one."""
-        from .dressing import FaceDressing
-        from .render import RenderConfig, dressing_config
+        from .face.dressing import FaceDressing
+        from .render.renderer import RenderConfig, dressing_config
 
         return FaceDressing.for_rig(self.rig, dressing_config(RenderConfig())) if getattr(self.rig, "dressing", None) else None
 
     def renderer(self, size: int = 512):
         """A Renderer for the rig at `size` px, built once per size, framed so that the head stays
         inside the frame at the largest angles `head_motion_config` allows."""
-        from .render import RenderConfig, Renderer
+        from .render.renderer import RenderConfig, Renderer
 
         if not (isinstance(size, int) and 64 <= size <= 2048):
             raise ValueError(f"video size must be an integer number of pixels in [64, 2048], got {size!r}")
@@ -415,7 +420,7 @@ class Pipeline:
 
     def save_video(self, animation: Animation, path: str | Path, size: int = 512, progress: Progress | None = None) -> Path:
         """Render and encode to an mp4 (H.264 + AAC, same length as the audio); times both stages."""
-        from .video import write_video
+        from .render.video import write_video
 
         t0 = time.perf_counter()
         t_render = [0.0]
@@ -477,7 +482,7 @@ def framing_margin(template: np.ndarray, pivot: np.ndarray, max_angles: np.ndarr
     The camera is the renderer's (framed on the template's box, `render.Renderer`); the 27 corner,
     edge and face poses of the box of angles are checked, and the margin found by bisection.
     """
-    from .render import _rotation
+    from .render.renderer import _rotation
 
     tmpl = np.asarray(template, dtype=np.float64)
     signs = np.stack(np.meshgrid(*[[-1.0, 0.0, 1.0]] * 3, indexing="ij"), -1).reshape(-1, 3)  # (27, 3)

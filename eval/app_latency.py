@@ -16,38 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_test import CLIPS, launch_app  # noqa: E402
+from blendtalk.evaluation.clips import long_clip
 
-PAUSE_S = 0.3
-
-
-def long_clip(seconds: float, folder: Path) -> tuple[Path, str]:
-    """A wav of the shipped clips in turn until `seconds` are reached, and its transcript."""
-    parts, words, total, sr = [], [], 0.0, None
-    while total < seconds:
-        audio, transcript = CLIPS[len(parts) % len(CLIPS)]
-        x, sr_i = sf.read(str(audio), dtype="float32")
-        if sr is None:
-            sr = sr_i
-        elif sr_i != sr:
-            raise RuntimeError(f"{audio} is at {sr_i} Hz, the others at {sr} Hz")
-        parts += [x, np.zeros(int(PAUSE_S * sr), np.float32)]
-        words.append(transcript.read_text().strip())
-        total += len(x) / sr + PAUSE_S
-    x = np.concatenate(parts)[: int(seconds * sr)]
-    path = folder / "speech.wav"
-    sf.write(str(path), x, sr)
-    return path, " ".join(words)
+from load_test import launch_app  # eval/load_test.py, beside this script
 
 
 def request(client, audio, transcript: str, size: int) -> tuple[float, float]:

@@ -16,9 +16,9 @@ Measures, after --warmup untimed calls, --repeats timed calls of each stage (med
   far, from resource.getrusage) and the checkpoints' weight sizes.
 
 The clip is the shipped ARCTIC utterance repeated to --seconds, with its labelled phones. The audio
-front end is measured with what imports: decoding (blendtalk.audio.load_audio, or the stdlib wave
+front end is measured with what imports: decoding (blendtalk.speech.audio.load_audio, or the stdlib wave
 reader without soundfile), phone recognition (pocketsphinx; else "n/a" and the labelled phones
-are used), and the phonetic features (blendtalk.audio.log_mel needs librosa for its mel filter
+are used), and the phonetic features (blendtalk.speech.audio.log_mel needs librosa for its mel filter
 bank; without it a numpy copy of log_mel below gives the same features).
 """
 
@@ -29,7 +29,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import tempfile
 import time
 import wave
@@ -37,16 +36,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from blendtalk.audio import HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, _power_spectrogram, num_frames  # noqa: E402
-from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE  # noqa: E402
-from blendtalk.models.audio_encoders import PHONETIC_MELS, phonetic_inputs  # noqa: E402
-from blendtalk.phonetics import Phone, cover_phones, phones_to_frames, read_phone_labels  # noqa: E402
-from blendtalk.rig import load_rig  # noqa: E402
+from blendtalk.speech.audio import (
+    HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, _power_spectrogram, num_frames,
+)
+from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
+from blendtalk.speech.features import PHONETIC_MELS, phonetic_inputs
+from blendtalk.speech.phones import Phone, cover_phones, phones_to_frames, read_phone_labels
+from blendtalk.face.rig import load_rig
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009"
 PAPER_FPS = 165  # frames/s of FaceFormer + DFM on an RTX 3090 (paper, Table 2)
@@ -106,7 +105,7 @@ def mel_filterbank(n_mels: int, fmin: float = 20.0, fmax: float = SAMPLE_RATE / 
 
 
 def numpy_log_mel(audio: np.ndarray, n_mels: int = PHONETIC_MELS) -> np.ndarray:
-    """blendtalk.audio.log_mel without librosa: (S,) -> (T, n_mels), the same pooling onto motion frames."""
+    """blendtalk.speech.audio.log_mel without librosa: (S,) -> (T, n_mels), the same pooling onto motion frames."""
     mel = (mel_filterbank(n_mels) @ _power_spectrogram(audio)).T  # (F, n_mels)
     t = num_frames(audio.shape[0])
     starts = np.minimum(-(-np.arange(t, dtype=np.int64) * SAMPLE_RATE // (FPS * HOP_LENGTH)), mel.shape[0] - 1)
@@ -167,7 +166,7 @@ def stdlib_wav_writer():
     if missing("soundfile") is None:
         yield None
         return
-    from blendtalk import video
+    from blendtalk.render import video
 
     with mock.patch.object(video, "_write_wav", write_wav):
         yield "16-bit wav via the stdlib (soundfile missing)"
@@ -176,7 +175,7 @@ def stdlib_wav_writer():
 # ---- models ----
 
 def load_dfm(folder: Path, rig, device):
-    from blendtalk.geometry import load_square_map
+    from blendtalk.face.geometry import load_square_map
     from blendtalk.models.dfm import DeformationFusionModule
 
     config = json.loads((folder / "config.json").read_text())
@@ -240,7 +239,7 @@ def run(args) -> dict:
     wav = Path(scratch.name) / "speech.wav"
     write_wav(wav, audio)
     if missing("soundfile") is None:
-        from blendtalk.audio import load_audio
+        from blendtalk.speech.audio import load_audio
 
         stage("load", "audio: decode wav (load_audio)", "clip", lambda: load_audio(wav), t)
     else:
@@ -248,7 +247,7 @@ def run(args) -> dict:
         notes.append("audio decoded with the stdlib wave reader (soundfile missing)")
     why_phones = missing("pocketsphinx")
     if why_phones is None:
-        from blendtalk.phonetics import PhoneAligner, default_phone_workers
+        from blendtalk.speech.phonetics import PhoneAligner, default_phone_workers
 
         aligner = PhoneAligner()
         stage("phones", "audio: phone recognition (pocketsphinx)", "clip", lambda: aligner.recognize(audio), t)
@@ -262,7 +261,7 @@ def run(args) -> dict:
         rows["phones"] = {"stage": "audio: phone recognition", "batch": "clip", "na": f"n/a ({why_phones})"}
         notes.append(f"phone recognition not measured ({why_phones}); the labelled ARCTIC phones are used")
     if missing("librosa") is None:
-        from blendtalk.speech_input import features_from_phones
+        from blendtalk.speech.features import features_from_phones
 
         feats = features_from_phones(audio, phones, "aligned").features
         fallback_gap = float(np.abs(numpy_log_mel(audio) - feats[:, -PHONETIC_MELS:]).max())
@@ -273,7 +272,7 @@ def run(args) -> dict:
         feats = phonetic_inputs(phones_to_frames(phones, t), numpy_log_mel(audio))
         stage("features", "audio: phonetic features (numpy log-mel)", "clip",
               lambda: phonetic_inputs(phones_to_frames(phones, t), numpy_log_mel(audio)), t)
-        notes.append("log-mel from the numpy copy of blendtalk.audio.log_mel (librosa missing)")
+        notes.append("log-mel from the numpy copy of blendtalk.speech.audio.log_mel (librosa missing)")
     phones_key = "phones_parallel" if "phones_parallel" in rows else "phones"  # what the pipeline would use
     front_s = sum(rows[k]["median_s"] for k in ("load", phones_key, "features") if "median_s" in rows.get(k, {}))
 
@@ -298,7 +297,7 @@ def run(args) -> dict:
               lambda: w2v.generate(audio1, t, style1), t)
         del w2v
     if missing("scipy") is None:
-        from blendtalk.visemes import VisemeDriver
+        from blendtalk.speech.visemes import VisemeDriver
 
         driver = VisemeDriver(rig)
         stage("visemes", "procedural viseme driver (CPU, numpy)", "clip", lambda: driver(phones, t), t)
@@ -358,7 +357,7 @@ def run(args) -> dict:
                      "from": "sum of the stage medians"}
 
     # Render and encode.
-    from blendtalk.render import Renderer, RenderConfig
+    from blendtalk.render.renderer import Renderer, RenderConfig
 
     sync(device)
     start = time.perf_counter()
@@ -376,7 +375,7 @@ def run(args) -> dict:
     rows["render"]["build_s"] = build_s
     why_encode = missing("imageio_ffmpeg")
     if why_encode is None:
-        from blendtalk.video import write_video
+        from blendtalk.render.video import write_video
 
         mp4 = Path(scratch.name) / "clip.mp4"
         with stdlib_wav_writer() as how:
@@ -403,7 +402,7 @@ def run(args) -> dict:
                "speech_model": checkpoint_mb(speech_ckpt) if speech_ckpt is not None else None,
                "speech_model_params_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / MB}
     if fallback_gap is not None:
-        notes.append(f"numpy log-mel vs blendtalk.audio.log_mel: max |difference| {fallback_gap:.2e}")
+        notes.append(f"numpy log-mel vs blendtalk.speech.audio.log_mel: max |difference| {fallback_gap:.2e}")
     host = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     return {
         "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

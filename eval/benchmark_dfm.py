@@ -9,19 +9,15 @@ import contextlib
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
+from blendtalk.face.rig import load_rig
+from blendtalk.training.dfm import pick_device
 
-from blendtalk.rig import load_rig  # noqa: E402
-from blendtalk.training import pick_device  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from disentangle import load_dfm  # noqa: E402
+from disentangle import load_dfm  # eval/disentangle.py, beside this script
 
 
 def frames_per_second(fn, batch: int, device, reps: int) -> dict:

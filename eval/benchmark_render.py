@@ -12,17 +12,14 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from blendtalk.render import Renderer, RenderConfig  # noqa: E402
-from blendtalk.rig import load_rig  # noqa: E402
+from blendtalk.render.renderer import Renderer, RenderConfig
+from blendtalk.face.rig import load_rig
 
 
 def animation(rig, frames: int) -> np.ndarray:

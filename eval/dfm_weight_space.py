@@ -34,21 +34,18 @@ the weights do not carry over.
 
 import argparse
 import json
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from blendtalk.fusion_eval import _truth_names, fusion_cases, synthetic_split  # noqa: E402
-from blendtalk.losses import DFMLossConfig  # noqa: E402
-from blendtalk.metrics import MM_PER_M  # noqa: E402
-from blendtalk.rig import load_rig  # noqa: E402
+from blendtalk.evaluation.fusion import _truth_names, fusion_cases, synthetic_split
+from blendtalk.training.losses import DFMLossConfig
+from blendtalk.evaluation.metrics import MM_PER_M
+from blendtalk.face.rig import load_rig
 
 NUM_WEIGHTS = 52
 SUBSPACE_SIZES = (6, 8, 10, 12)  # K_s and K_e tried for the linear split on the true subspaces

@@ -12,24 +12,21 @@ reconstruction error comes from (reconstruction: its encoder against the best it
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from blendtalk.constants import FPS  # noqa: E402
-from blendtalk.emotions import EMOTIONS  # noqa: E402
-from blendtalk.fusion_eval import evaluate_fusion, expression_kept, fusion_cases  # noqa: E402
-from blendtalk.metrics import MM_PER_M, lip_vertex_error, mean_vertex_error  # noqa: E402
-from blendtalk.geometry import load_square_map  # noqa: E402
-from blendtalk.models.dfm import DeformationFusionModule, interpolate_inputs  # noqa: E402
-from blendtalk.phonetics import Phone  # noqa: E402
-from blendtalk.rig import load_rig  # noqa: E402
-from blendtalk.training import pick_device  # noqa: E402
-from blendtalk.visemes import visemes_to_weights  # noqa: E402
+from blendtalk.constants import FPS
+from blendtalk.expression.emotions import EMOTIONS
+from blendtalk.evaluation.fusion import evaluate_fusion, expression_kept, fusion_cases
+from blendtalk.evaluation.metrics import MM_PER_M, lip_vertex_error, mean_vertex_error
+from blendtalk.face.geometry import load_square_map
+from blendtalk.models.dfm import DeformationFusionModule, interpolate_inputs
+from blendtalk.speech.phones import Phone
+from blendtalk.face.rig import load_rig
+from blendtalk.training.dfm import pick_device
+from blendtalk.speech.visemes import visemes_to_weights
 
 COLUMNS = ("fused_mve", "fused_lve", "lip_mve", "upper_face_mve", "bilabial_gap", "bilabial_gap_error")
 UNITS = {"fused_lve": "mm²"}
@@ -161,7 +158,7 @@ def blendshape_picture(model, rig, data: Path, path: Path, top: int = 6, size: i
     """The most used speech and expression blendshapes, rendered at a typical weight (paper Fig. 4)."""
     import imageio.v3 as iio
 
-    from blendtalk.render import render
+    from blendtalk.render.renderer import render
 
     deltas = torch.as_tensor(rig.deltas)
     top = min(top, *model.num_blendshapes)  # both rows the same width

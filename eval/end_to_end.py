@@ -17,19 +17,14 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from app_latency import long_clip  # noqa: E402
-
-from blendtalk.pipeline import Pipeline  # noqa: E402
+from blendtalk.evaluation.clips import long_clip
+from blendtalk.pipeline import Pipeline
 
 STAGES = ("audio front end", "speech model", "expression", "dfm", "render", "encode")
 

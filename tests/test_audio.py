@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from blendtalk.audio import (
+from blendtalk.speech.audio import (
     MIN_SECONDS,
     AudioError,
     load_audio,
@@ -17,7 +17,7 @@ from blendtalk.audio import (
     resample,
 )
 from blendtalk.constants import FPS, SAMPLE_RATE
-from blendtalk.phonetics import ARCTIC_DIR
+from blendtalk.speech.phonetics import ARCTIC_DIR
 
 ARCTIC_WAV = ARCTIC_DIR / "arctic_a0009.wav"
 
@@ -212,11 +212,11 @@ def test_resample_matches_librosa_soxr_hq(rate):
 def test_arctic_features_unchanged_by_the_numpy_front_end(monkeypatch):
     """Log-mel of the ARCTIC clip with the numpy filter bank equals the one built on librosa's bank."""
     librosa = pytest.importorskip("librosa")
-    import blendtalk.audio
+    import blendtalk.speech.audio
 
     audio = load_audio(ARCTIC_WAV)
     ours = log_mel(audio)
-    monkeypatch.setattr(blendtalk.audio, "mel_filters", lambda n_mels: librosa.filters.mel(
+    monkeypatch.setattr(blendtalk.speech.audio, "mel_filters", lambda n_mels: librosa.filters.mel(
         sr=SAMPLE_RATE, n_fft=512, n_mels=n_mels, fmin=20.0, fmax=SAMPLE_RATE / 2))
     ref = log_mel(audio)
     assert ours.shape == ref.shape == (num_frames(len(audio)), 80)

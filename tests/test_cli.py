@@ -7,6 +7,7 @@ import pytest
 from blendtalk.cli import main
 
 
+@pytest.mark.slow
 def test_info_json_and_picture(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BLENDTALK_CACHE", str(tmp_path / "cache"))
     picture = tmp_path / "rig.png"
@@ -34,7 +35,7 @@ def test_rig_loads_without_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    from blendtalk.rig import load_rig
+    from blendtalk.face.rig import load_rig
 
     rig = load_rig()
     assert np.isfinite(rig.vertices).all()

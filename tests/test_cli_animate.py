@@ -19,13 +19,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from blendtalk.audio import MAX_SECONDS, num_frames
+from blendtalk.speech.audio import MAX_SECONDS, num_frames
 from blendtalk.cli import main
 from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
-from blendtalk.emotions import EMOTIONS
-from blendtalk.exports import LIVE_LINK_FACE_NAMES, LIVE_LINK_FACE_ROTATIONS
+from blendtalk.expression.emotions import EMOTIONS
+from blendtalk.render.exports import LIVE_LINK_FACE_NAMES, LIVE_LINK_FACE_ROTATIONS
 from blendtalk.pipeline import Pipeline
-from blendtalk.video import probe
+from blendtalk.render.video import probe
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 TRANSCRIPT = (ASSETS_DIR / "audio" / "arctic_a0009.txt").read_text().strip()
@@ -65,6 +65,7 @@ def glb_document(path: Path) -> tuple[dict, int]:
     return doc, bin_len
 
 
+@pytest.mark.slow
 def test_animate_arctic_video_and_exports(tmp_path, shared_pipe, pipe, capsys):
     out, exports = tmp_path / "out" / "clip.mp4", tmp_path / "out" / "exports"
     out.parent.mkdir()
@@ -136,7 +137,7 @@ def test_animate_arctic_video_and_exports(tmp_path, shared_pipe, pipe, capsys):
 
 def _espeak_available() -> bool:
     try:
-        from blendtalk.phonetics import EspeakTTS
+        from blendtalk.speech.phonetics import EspeakTTS
 
         EspeakTTS()
         return True
@@ -145,6 +146,7 @@ def _espeak_available() -> bool:
 
 
 @pytest.mark.skipif(not _espeak_available(), reason="eSpeak NG (espeakng-loader) not installed")
+@pytest.mark.slow
 def test_animate_text_replaces_an_existing_video_with_overwrite(tmp_path, shared_pipe, capsys):
     out = tmp_path / "speech.mp4"
     out.write_bytes(b"an older video")

@@ -299,7 +299,7 @@ def test_dataset_shapes_windows_region_and_loader(tmp_path):
 
 
 def test_rig_topology_corpus_and_pickling(tmp_path):
-    from blendtalk.rig import load_rig
+    from blendtalk.face.rig import load_rig
 
     rig = load_rig()
     rng = np.random.default_rng(4)
@@ -316,7 +316,7 @@ def test_rig_topology_corpus_and_pickling(tmp_path):
     assert isinstance(pickle.loads(pickle.dumps(index.sequences[0].source)), NpyFile)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_paired_loader_on_cuda(tmp_path):
     templates, seqs, audio = _corpus(["spkA"], [1, 2])
     write_vocaset_raw(tmp_path, seqs, templates, audio)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from blendtalk.losses import DFMLossConfig, dfm_loss, vertex_weights
+from blendtalk.training.losses import DFMLossConfig, dfm_loss, vertex_weights
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig, interpolate_inputs
 
 V, K = 50, 4
@@ -267,7 +267,6 @@ def test_adam_steps_lower_the_loss(geometric):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(tmp_path):
     model = tiny(True, 64).eval()
     d = torch.randn(4, V, 3) * 1e-3
@@ -280,8 +279,8 @@ def test_expression_kept_scores_exact_fusions():
     """Interpolation keeps every emotion whole (1 by both measures); dropping the expression keeps none."""
     import numpy as np
 
-    from blendtalk.fusion_eval import expression_kept
-    from blendtalk.rig import load_rig
+    from blendtalk.evaluation.fusion import expression_kept
+    from blendtalk.face.rig import load_rig
 
     rig = load_rig()
     t = np.linspace(0, 1, 12, dtype=np.float32)

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from blendtalk.fusion_eval import fusion_cases
-from blendtalk.rig import load_rig
+from blendtalk.evaluation.fusion import fusion_cases
+from blendtalk.face.rig import load_rig
 from eval.dfm_weight_space import evaluate, main, subspace_split
 
 
-
+@pytest.mark.slow
 def test_decomposition_of_known_parts(tiny_corpus):
     deltas = torch.as_tensor(load_rig().deltas, dtype=torch.float32)
     cases = list(fusion_cases(tiny_corpus, "test"))
@@ -30,6 +30,7 @@ def test_decomposition_of_known_parts(tiny_corpus):
     assert exact["speech_vs_pure"] == pytest.approx(0.0, abs=1e-6)  # mm; float32 rounding
 
 
+@pytest.mark.slow
 def test_short_run_reports_dfm_and_bound(tiny_corpus, tmp_path):
     out = tmp_path / "ws.json"
     report = main(["--data", str(tiny_corpus), "--steps", "20", "--batch", "16", "--invariance", "1",

@@ -6,12 +6,13 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from blendtalk.geometry import load_square_map
+from blendtalk.face.geometry import load_square_map
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
-from blendtalk.rig import load_rig
+from blendtalk.face.rig import load_rig
 from eval.disentangle import main
 
 
+@pytest.mark.slow
 def test_report_table_chart_and_picture(tiny_corpus, tmp_path):
     rig = load_rig()
     torch.manual_seed(0)

@@ -2,13 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from blendtalk.dressing import PARTS, DressingConfig, FaceDressing, gaze_rotation
-from blendtalk.rig import load_rig
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
+from blendtalk.face.dressing import PARTS, DressingConfig, FaceDressing, gaze_rotation
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,14 @@ import numpy as np
 import pytest
 
 from blendtalk.constants import FPS
-from blendtalk.emotions import (
+from blendtalk.expression.emotions import (
     activation,
     ARKIT_NAMES, AU_TO_ARKIT, EMOTION_AUS, EMOTIONS, Keyframe, SubjectStyle, add_blinks, au_weights, blinks,
     emotion_curve, emotion_weights, envelope, mix, parse_timeline, timeline_weights, yield_to_closure,
 )
-from blendtalk.rig import REGIONS, load_rig
+from blendtalk.face.rig import REGIONS
 
 MM = 1e-3
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 def support(rig, *units, threshold=0.5 * MM):

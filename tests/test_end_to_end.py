@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from eval.end_to_end import STAGES, main
 
 
+@pytest.mark.slow
 def test_end_to_end_reports_wall_time_and_stages(tmp_path):
     out = tmp_path / "e2e.json"
     assert main(["--device", "cpu", "--seconds", "1", "--size", "64", "--repeats", "1", "--json", str(out)]) == 0

@@ -7,9 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from blendtalk import exports
+from blendtalk.render import exports
 from blendtalk.animation import Animation
-from blendtalk.exports import (
+from blendtalk.render.exports import (
     FORMATS,
     LIVE_LINK_FACE_NAMES,
     LIVE_LINK_FACE_ROTATIONS,
@@ -165,7 +165,7 @@ def test_glb_one_morph_target_per_frame(tmp_path, interpolation):
 
 def test_glb_loads_in_trimesh_with_the_rig(tmp_path):
     trimesh = pytest.importorskip("trimesh")
-    from blendtalk.rig import load_rig
+    from blendtalk.face.rig import load_rig
 
     rig = load_rig()
     weights = np.zeros((3, 52), np.float32)
@@ -184,8 +184,8 @@ def test_dressed_glb_carries_teeth_eyes_and_colours(tmp_path):
     """With the rig's dressing the glb is the face the video shows: the lower teeth follow jawOpen in
     the morph targets, the eyes turn with the gaze, brows and lips are in the vertex colours."""
     trimesh = pytest.importorskip("trimesh")
-    from blendtalk.dressing import FaceDressing
-    from blendtalk.rig import load_rig
+    from blendtalk.face.dressing import FaceDressing
+    from blendtalk.face.rig import load_rig
 
     rig = load_rig()
     dressing = FaceDressing.for_rig(rig)
@@ -211,7 +211,7 @@ def test_dressed_glb_carries_teeth_eyes_and_colours(tmp_path):
 def test_missing_data_is_skipped_or_strict(tmp_path, caplog, monkeypatch):
     anim = _animation(arkit=False, flame=False)
     assert set(unavailable(anim)) == {"arkit_csv", "arkit_json", "flame"}
-    with caplog.at_level(logging.WARNING, logger="blendtalk.exports"):
+    with caplog.at_level(logging.WARNING, logger="blendtalk.render.exports"):
         out = export_all(anim, tmp_path)
     assert set(out) == {"npy", "obj", "glb"}
     assert "no ARKit weights" in caplog.text and "no FLAME parameters" in caplog.text
@@ -279,7 +279,7 @@ def test_head_and_eye_rotations_fill_the_live_link_columns_and_the_json(tmp_path
 
 
 def test_glb_frames_are_posed_with_the_head_rotation(tmp_path):
-    from blendtalk.head_motion import head_pivot, rotate_head
+    from blendtalk.expression.head_motion import head_pivot, rotate_head
 
     anim = _animation(t=3)
     anim.head_rotation = np.array([[0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [0.0, -0.05, 0.02]], np.float32)

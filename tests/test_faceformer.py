@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from blendtalk.models import audio_encoders as ae
-from blendtalk.models.audio_encoders import AudioEncoderConfig, PhoneticEncoder, Wav2Vec2Encoder, build_audio_encoder
+from blendtalk.models.audio_encoders import (
+    AudioEncoderConfig, PhoneticEncoder, Wav2Vec2Encoder, build_audio_encoder,
+)
 from blendtalk.models.faceformer import (
     FaceFormer,
     FaceFormerConfig,
@@ -263,9 +265,10 @@ def test_forty_seconds_generate_in_bounded_time_and_memory(monkeypatch):
 
 
 def test_end_to_end_on_the_shipped_speech_clip():
-    from blendtalk.audio import num_frames
-    from blendtalk.models.audio_encoders import phonetic_features
-    from blendtalk.phonetics import ARPABET, load_arctic_fixture
+    from blendtalk.speech.audio import num_frames
+    from blendtalk.speech.features import phonetic_features
+    from blendtalk.speech.phones import ARPABET
+    from blendtalk.speech.phonetics import load_arctic_fixture
 
     audio, _, transcript = load_arctic_fixture()
     feats = phonetic_features(audio, transcript)  # (T, 40 + 80)
@@ -279,7 +282,6 @@ def test_end_to_end_on_the_shipped_speech_clip():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # cuDNN's default TF32 convs differ by ~1e-3
     model = randomize(FaceFormer(tiny_config(window=8)))
@@ -292,7 +294,6 @@ def test_cuda_matches_cpu(tmp_path, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_matches_eager_steps():
     """A captured step replayed per frame gives the eager loop's frames, past the window (ring wrap)."""
     model = randomize(FaceFormer(tiny_config(window=8))).to("cuda")

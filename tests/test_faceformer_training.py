@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from blendtalk.faceformer_eval import evaluate_driver, evaluate_model, motion_metrics, region_masks, summarise
-from blendtalk.faceformer_training import (
+from blendtalk.evaluation.faceformer import (
+    evaluate_driver, evaluate_model, motion_metrics, region_masks, summarise,
+)
+from blendtalk.training.faceformer import (
     FaceFormerTrainConfig, augment_mel, cache_features, faceformer_loss, fit_frames, load_sequences, load_train_config, new_model,
     sample_batch, train_faceformer,
 )
 from blendtalk.models.audio_encoders import AudioEncoderConfig
 from blendtalk.models.faceformer import FaceFormerConfig
-from blendtalk.speech_input import FeatureCache
+from blendtalk.speech.features import FeatureCache
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("librosa", "pocketsphinx", "soundfile")
@@ -58,7 +60,7 @@ def config(corpus, tmp_path, **kw) -> FaceFormerTrainConfig:
 
 def test_cache_matches_live_features_and_is_compact(corpus):
     from blendtalk.data.vocaset import read_vocaset
-    from blendtalk.models.audio_encoders import phonetic_features
+    from blendtalk.speech.features import phonetic_features
 
     root, path = corpus
     cache = FeatureCache.load(path)
@@ -76,13 +78,14 @@ def test_cache_matches_live_features_and_is_compact(corpus):
         cache.features("nobody_sentence01")
 
 
+@pytest.mark.slow
 def test_training_imports_need_no_audio_stack(corpus, tmp_path):
     """What the GPU machine runs: train from the cache with librosa, pocketsphinx and soundfile unimportable."""
     root, features = corpus
     code = (
         "import sys\n"
         f"for m in {HEAVY!r}: sys.modules[m] = None  # any import of them now fails\n"
-        "import blendtalk.faceformer_training as t, blendtalk.faceformer_eval, blendtalk.speech_input\n"
+        "import blendtalk.training.faceformer as t, blendtalk.evaluation.faceformer, blendtalk.speech.features\n"
         "from blendtalk.models.faceformer import FaceFormerConfig\n"
         "from blendtalk.models.audio_encoders import AudioEncoderConfig\n"
         f"c = t.FaceFormerTrainConfig(data={str(root)!r}, features={str(features)!r}, out={str(tmp_path)!r},"
@@ -224,6 +227,7 @@ def test_mel_augmentation():
     assert flat.tolist() == trusted.tolist() and torch.equal(dropped[3:], mel[3:])
 
 
+@pytest.mark.slow
 def test_cli_caches_then_trains(corpus, tmp_path):
     root, _ = corpus
     script = ROOT / "train" / "train_faceformer.py"
@@ -248,7 +252,7 @@ def test_vocaset_layout_split_recognised_phones_and_flame_masks(tmp_path):
 
     from blendtalk.data.datasets import VOCASET_TEST_SUBJECTS, VOCASET_TRAIN_SUBJECTS, VOCASET_VAL_SUBJECTS
     from blendtalk.data.vocaset import write_vocaset_raw
-    from blendtalk.phonetics import synthesize
+    from blendtalk.speech.phonetics import synthesize
 
     v, rng = 30, np.random.default_rng(0)
     audio, _ = synthesize("Maybe a bit more.")
@@ -283,6 +287,7 @@ def test_vocaset_layout_split_recognised_phones_and_flame_masks(tmp_path):
     assert line["val"]["aligned"]["lve_mm2"] > 0 and json.loads((run / "train_config.json").read_text())["vocaset"]
 
 
+@pytest.mark.slow
 def test_lvefdd_script_compares_with_the_procedural_driver(corpus, tmp_path):
     root, features = corpus
     cfg = config(corpus, tmp_path, model=tiny_model(4278))

@@ -29,8 +29,8 @@ from blendtalk.cli import main as cli_main
 from blendtalk.constants import ASSETS_DIR
 from blendtalk.hub import HUB_TIMEOUT_S, HubTimeoutError, download_checkpoint, hub_timeout, resolve_checkpoint
 from blendtalk.models.dfm import DeformationFusionModule
-from blendtalk.rig import load_rig
-from blendtalk.training import load_train_config, train_dfm
+from blendtalk.face.rig import load_rig
+from blendtalk.training.dfm import load_train_config, train_dfm
 from test_hub import FakeHub, hf_env, shipped, tiny_dfm  # noqa: F401  (fixtures: HF_HOME in tmp, a shipped DFM)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,9 +138,9 @@ def test_pipeline_on_a_slow_hub_serves_the_shipped_dfm_and_says_so(slow_hub, tmp
 
 TRAIN_SCRIPT = """
 import sys
-from blendtalk.losses import DFMLossConfig
+from blendtalk.training.losses import DFMLossConfig
 from blendtalk.models.dfm import DFMConfig
-from blendtalk.training import DFMTrainConfig, train_dfm
+from blendtalk.training.dfm import DFMTrainConfig, train_dfm
 model = DFMConfig(num_vertices={v}, num_blendshapes=4, map_size=32, channels=(8, 8, 8, 8))
 train_dfm(DFMTrainConfig(data=sys.argv[1], out=sys.argv[2], model=model, batch_size=8, epochs=0.2, val_every=3,
                          device="cpu"))
@@ -152,6 +152,7 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().split("\n")[:-1]]
 
 
+@pytest.mark.slow
 def test_training_killed_mid_run_resumes_with_nothing_lost(tiny_corpus, tmp_path):
     script = TRAIN_SCRIPT.format(v=load_rig().num_vertices)
     proc = start([sys.executable, "-c", script, str(tiny_corpus), str(tmp_path / "killed")], tmp_path / "train.log")
@@ -166,7 +167,7 @@ def test_training_killed_mid_run_resumes_with_nothing_lost(tiny_corpus, tmp_path
     # the resume then drops that line and computes it again).
     assert 6 <= state["step"] < total
     # Every file the run holds is whole: the latest checkpoint and the best one load strictly.
-    from blendtalk.geometry import load_square_map
+    from blendtalk.face.geometry import load_square_map
 
     smap = load_square_map(load_rig(), config.model.map_size).matrix()
     for part in ("checkpoint", "best"):
@@ -188,7 +189,7 @@ def test_training_killed_mid_run_resumes_with_nothing_lost(tiny_corpus, tmp_path
 def test_a_save_interrupted_at_any_point_is_repaired(tmp_path):
     """The pieces a kill can leave: a torn metrics line, lines after the saved step, a stale stage folder."""
     from blendtalk.models.dfm import DFMConfig
-    from blendtalk.training import save_checkpoint, trim_metrics
+    from blendtalk.training.dfm import save_checkpoint, trim_metrics
 
     log = tmp_path / "metrics.jsonl"
     log.write_text("".join(json.dumps({"step": s, "loss": {"total": 1.0 / s}}) + "\n" for s in (3, 6, 9)) + '{"step": 12, "lo')
@@ -246,6 +247,7 @@ def temp_parts(folder: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.slow
 def test_cli_killed_while_encoding_leaves_no_video(tmp_path, sig):
     folder = tmp_path / "outputs"
     folder.mkdir()
@@ -267,8 +269,9 @@ def test_cli_killed_while_encoding_leaves_no_video(tmp_path, sig):
         assert all(name.startswith("blendtalk-video-") for name in scratch), scratch  # the speech wav for ffmpeg
 
 
+@pytest.mark.slow
 def test_cli_killed_while_exporting_leaves_only_whole_files(tmp_path):
-    from blendtalk.video import probe
+    from blendtalk.render.video import probe
 
     (tmp_path / "outputs").mkdir()
     out, exports = tmp_path / "outputs" / "out.mp4", tmp_path / "outputs" / "exports"
@@ -326,6 +329,7 @@ def run_cli(capsys, *argv) -> tuple[int, list[str]]:
     return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith("blendtalk:")]
 
 
+@pytest.mark.slow
 def test_read_only_output_folders_are_refused_before_any_work(tmpfs, tmp_path, capsys):
     ro = tmpfs("64k", read_only=True)
     code, lines = run_cli(capsys, "-o", ro / "out.mp4")
@@ -335,6 +339,7 @@ def test_read_only_output_folders_are_refused_before_any_work(tmpfs, tmp_path, c
     assert not (tmp_path / "out.mp4").exists()
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_clear_line_and_leaves_nothing(tmpfs, tmp_path, capsys):
     full = tmpfs("8k")  # the mp4 (~40 kB) and the exports (MB) cannot fit
     code, lines = run_cli(capsys, "-o", full / "out.mp4")

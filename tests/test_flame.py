@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from blendtalk.flame import (EXPORT_NUM_EXPR, FLAME_NUM_SHAPE, FlameModel, axis_angle_to_matrix, flame_export,
+from blendtalk.face.flame import (EXPORT_NUM_EXPR, FLAME_NUM_SHAPE, FlameModel, axis_angle_to_matrix, flame_export,
                              load_flame, read_flame_model)
 
 MOUTH_Y = -0.03  # m: the synthetic mouth slit
@@ -265,7 +265,7 @@ def test_flame_export_layout(tmp_path):
 
 
 def test_flame_masks_are_read_as_index_arrays(tmp_path):
-    from blendtalk.flame import read_flame_masks
+    from blendtalk.face.flame import read_flame_masks
 
     with open(tmp_path / "FLAME_masks.pkl", "wb") as f:
         pickle.dump({"lips": np.array([3, 4, 5]), "face": np.arange(10)}, f, protocol=2)

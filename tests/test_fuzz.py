@@ -37,9 +37,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from blendtalk import emotions
+from blendtalk.expression import emotions
 from blendtalk.animation import Animation
-from blendtalk.audio import (
+from blendtalk.speech.audio import (
     FFMPEG_SUFFIXES,
     MAX_DECODED_SAMPLES,
     MAX_SECONDS,
@@ -50,8 +50,8 @@ from blendtalk.audio import (
 )
 from blendtalk.cli import main
 from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
-from blendtalk.emotions import EMOTIONS, MAX_INTENSITY, parse_timeline, timeline_weights
-from blendtalk.exports import (
+from blendtalk.expression.emotions import EMOTIONS, MAX_INTENSITY, parse_timeline, timeline_weights
+from blendtalk.render.exports import (
     FORMATS,
     LIVE_LINK_FACE_NAMES,
     export_all,
@@ -60,7 +60,7 @@ from blendtalk.exports import (
     write_npy,
     write_obj_zip,
 )
-from blendtalk.geometry import load_square_map
+from blendtalk.face.geometry import load_square_map
 from blendtalk.hub import CheckpointError, validate_checkpoint
 from blendtalk.models.audio_encoders import AudioEncoderConfig
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
@@ -68,7 +68,7 @@ from blendtalk.models.dfm import check_pretrained as check_dfm
 from blendtalk.models.faceformer import FaceFormer, FaceFormerConfig
 from blendtalk.models.faceformer import check_pretrained as check_speech
 from blendtalk.pipeline import MAX_TEXT_CHARS, Expression, Pipeline, expression_weights
-from blendtalk.rig import load_rig
+from blendtalk.face.rig import load_rig
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 CALL_SECONDS = 20.0  # s: any single call running longer than this is a hang (the slowest legitimate one takes < 2 s)
@@ -549,7 +549,7 @@ def test_cli_animate_arguments(emotion, intensity, mix, mix_ratio, timeline, cli
 
 @pytest.fixture(scope="module")
 def tts():
-    from blendtalk.phonetics import EspeakTTS
+    from blendtalk.speech.phonetics import EspeakTTS
 
     return EspeakTTS()
 
@@ -704,6 +704,7 @@ def mutated_config(draw, base: dict) -> str:
 @pytest.mark.parametrize("kind", ["dfm", "speech"])
 @fuzz(70)
 @given(data=st.data())
+@pytest.mark.slow
 def test_fuzzed_config_on_shipped_weights(kind, data, shipped, scratch, tally):
     """config.json mutated next to the shipped weights: the meta-device check (loading.py) and the Hub
     validation refuse it clearly, fast, without allocating what it describes (num_vertices=10**9 ...)."""
@@ -981,6 +982,7 @@ def test_out_dir_that_is_a_file(sandbox, tally):
 
 
 @pytest.mark.parametrize("target, runs", [("timeline", 5000), ("config", 2000), ("audio", 300)])
+@pytest.mark.slow
 def test_atheris_short_run_finds_nothing(target, runs, tmp_path):
     pytest.importorskip("atheris")
     harness = Path(__file__).with_name("fuzz_atheris.py")

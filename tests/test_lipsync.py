@@ -9,19 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blendtalk.lipsync import (
+from blendtalk.evaluation.lipsync import (
     VOWEL_OPENNESS, bilabial_closure, lip_jitter, lipsync_report, openness_correlation, phone_frames, silence_closure,
 )
-from blendtalk.phonetics import Phone, load_arctic_fixture
-from blendtalk.rig import load_rig
-from blendtalk.visemes import VisemeDriver
+from blendtalk.speech.phones import Phone
+from blendtalk.speech.phonetics import load_arctic_fixture
+from blendtalk.speech.visemes import VisemeDriver
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +77,7 @@ def test_broken_drivers_score_badly(rig, fixture):
     assert jaw["jitter_m_s2"] > 5 * good["jitter_m_s2"]  # 4.9 vs 0.67 m/s^2
 
 
+@pytest.mark.slow
 def test_cli_on_the_fixture_with_a_transcript(tmp_path, fixture):
     _, _, transcript = fixture
     out = tmp_path / "ls.json"
@@ -96,7 +92,7 @@ def test_cli_on_the_fixture_with_a_transcript(tmp_path, fixture):
 
 
 def test_text_path_gives_exact_phones_and_features():
-    from blendtalk.speech_input import text_features
+    from blendtalk.speech.features import text_features
 
     speech = text_features("Bob made a map.")
     assert speech.phone_source == "exact" and speech.features.shape == (speech.num_frames, 120)
@@ -105,6 +101,7 @@ def test_text_path_gives_exact_phones_and_features():
     assert (speech.features[:, :40].sum(1) == 1).all()
 
 
+@pytest.mark.slow
 def test_cli_with_a_faceformer_checkpoint(tmp_path, rig):
     from blendtalk.models.audio_encoders import AudioEncoderConfig
     from blendtalk.models.faceformer import FaceFormer, FaceFormerConfig
@@ -122,6 +119,7 @@ def test_cli_with_a_faceformer_checkpoint(tmp_path, rig):
     assert report["phone_source"] == "recognized" and report["vowel_opening"] == 0.0 and report["openness_r"] is None
 
 
+@pytest.mark.slow
 def test_shipped_speech_model_closes_on_real_speech(tmp_path, fixture):
     """The issue's target as a regression check: the ARCTIC clip said three times with pauses of its
     own room tone; the shipped FaceFormer closes the lips at >= 90% of /p b m/ and of pauses."""

@@ -22,6 +22,7 @@ def app(tmp_path_factory):
         yield running
 
 
+@pytest.mark.slow
 def test_concurrent_clients_all_served_and_nothing_left(app):
     report = run_load(app, requests=4, clients=2, queue_size=QUEUE)  # 2 in flight: within the concurrency limit
     assert (report.succeeded, report.refused, report.failed) == (4, 0, 0), report.errors
@@ -31,6 +32,7 @@ def test_concurrent_clients_all_served_and_nothing_left(app):
     assert (report.leftover_request_folders, report.leftover_request_files) == (0, 0)
 
 
+@pytest.mark.slow
 def test_a_burst_over_the_queue_limit_is_refused_cleanly(app):
     report = run_load(app, requests=8, clients=8, queue_size=QUEUE)  # all at once, one each
     assert report.failed == 0, report.errors  # a refusal is "queue full", never a crash or a hang

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from blendtalk.losses import (
+from blendtalk.training.losses import (
     DFMLossConfig,
     dfm_loss,
     l2_loss,
@@ -128,7 +128,7 @@ def test_dfm_loss_parts_and_scale():
 
 
 def test_cross_cosine_loss_is_zero_for_orthogonal_and_counts_shared_directions():
-    from blendtalk.losses import cross_cosine_loss
+    from blendtalk.training.losses import cross_cosine_loss
 
     eye = torch.eye(6)
     assert float(cross_cosine_loss(eye[:, :4], 2)) == pytest.approx(0.0)
@@ -137,7 +137,7 @@ def test_cross_cosine_loss_is_zero_for_orthogonal_and_counts_shared_directions()
 
 
 def test_invariance_loss_is_the_mean_squared_change_and_needs_the_mixed_pass():
-    from blendtalk.losses import invariance_loss
+    from blendtalk.training.losses import invariance_loss
 
     w = torch.randn(4, K)
     assert float(invariance_loss(w, w)) == 0.0
@@ -156,7 +156,7 @@ def test_invariance_loss_is_the_mean_squared_change_and_needs_the_mixed_pass():
 
 
 def test_speech_upper_face_loss_is_the_upper_share_of_speech_blendshapes():
-    from blendtalk.losses import speech_upper_face_loss
+    from blendtalk.training.losses import speech_upper_face_loss
 
     upper = torch.tensor([True, True, False, False, False, False])
     b = torch.zeros(V, 3, 4)  # (V, 3, K_s + K_e) with K_s = 2

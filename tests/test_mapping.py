@@ -5,12 +5,14 @@ import pytest
 import torch
 from test_flame import synthetic_flame_arrays
 
-from blendtalk.flame import FlameModel, _validate
-from blendtalk.mapping import (ARKIT_BOUNDS, ArkitMapping, FlameMapping, MappingFitConfig, fit_arkit_mapping,
-                               fit_flame_mapping, fit_report, flame_displacement, load_mapping, mapping_dir,
-                               observed_weights, sample_weights, save_mapping)
+from blendtalk.face.flame import FlameModel, _validate
+from blendtalk.face.mapping import (
+    ARKIT_BOUNDS, ArkitMapping, FlameMapping, load_mapping, mapping_dir, save_mapping,
+)
+from blendtalk.training.mapping import (MappingFitConfig, fit_arkit_mapping, fit_flame_mapping, fit_report,
+                                        flame_displacement, observed_weights, sample_weights)
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
-from blendtalk.rig import FaceRig
+from blendtalk.face.rig import FaceRig
 
 V, P, K = 40, 12, 3  # vertices, rig units, blendshapes per domain
 
@@ -72,6 +74,7 @@ def test_bounded_fit_recovers_a_truth_inside_the_bounds_and_stays_in_them():
     assert arkit.shape == (100, P) and arkit.min() >= 0 and arkit.max() <= 1
 
 
+@pytest.mark.slow
 def test_bounded_refinement_beats_clamping_the_closed_form():
     rig = toy_rig()
     dfm = toy_dfm(torch.randn(V * 3, 2 * K) * 2e-3 + rig_matrix(rig) @ torch.randn(P, 2 * K) * 100)  # partly outside the rig's span
@@ -83,6 +86,7 @@ def test_bounded_refinement_beats_clamping_the_closed_form():
     assert m["closed_form_unbounded_heldout"]["relative"] <= m["heldout"]["relative"]  # the bound costs accuracy
 
 
+@pytest.mark.slow
 def test_round_trip_weights_arkit_vertices_stays_within_the_reported_error():
     rig = toy_rig()
     dfm = toy_dfm(torch.randn(V * 3, 2 * K) * 2e-3)
@@ -150,6 +154,7 @@ def toy_flame(num_expr: int = 8) -> FlameModel:
     return FlameModel(_validate(arrays, "toy"), num_expression=num_expr)
 
 
+@pytest.mark.slow
 def test_flame_fit_reproduces_jaw_and_expression_blendshapes():
     flame = toy_flame()
     gen = torch.Generator().manual_seed(0)

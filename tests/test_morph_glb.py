@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from blendtalk.animation import Animation
-from blendtalk.dressing import FaceDressing
-from blendtalk.exports import arkit_rig_glb, write_morph_glb
-from blendtalk.render import RenderConfig, dressing_config
-from blendtalk.rig import load_rig
+from blendtalk.face.dressing import FaceDressing
+from blendtalk.face.rig import load_rig
+from blendtalk.render.exports import arkit_rig_glb, write_morph_glb
+from blendtalk.render.renderer import RenderConfig, dressing_config
 
 T = 12
 

@@ -6,27 +6,15 @@ import logging
 import numpy as np
 import pytest
 
-from blendtalk.audio import log_mel, num_frames
+from blendtalk.speech.audio import log_mel, num_frames
 from blendtalk.constants import FPS, SAMPLE_RATE
-from blendtalk.phonetics import (
-    ARPABET,
-    BILABIALS,
-    ESPEAK_TO_ARPABET,
-    SPEAKER_VOICES,
-    EspeakTTS,
-    FliteTTS,
-    Phone,
-    PhoneAligner,
-    cover_phones,
-    espeak_to_arpabet,
-    load_arctic_fixture,
-    quiet_cuts,
-    phone_error_rate,
-    phone_features,
-    phones_to_frames,
-    read_phone_labels,
-    synthesize,
+from blendtalk.speech.phones import (
+    ARPABET, BILABIALS, Phone, cover_phones, phone_error_rate, phones_to_frames, read_phone_labels,
     write_phone_labels,
+)
+from blendtalk.speech.phonetics import (
+    ESPEAK_TO_ARPABET, SPEAKER_VOICES, EspeakTTS, FliteTTS, PhoneAligner, espeak_to_arpabet,
+    load_arctic_fixture, quiet_cuts, phone_features, synthesize,
 )
 
 TEXT = "Maybe my mother makes the best plum pie."
@@ -142,7 +130,7 @@ def test_tts_errors(tts):
 
 
 def test_unknown_espeak_phoneme_logged_once(tts, caplog):
-    with caplog.at_level(logging.WARNING, logger="blendtalk.phonetics"):
+    with caplog.at_level(logging.WARNING, logger="blendtalk.speech.phonetics"):
         phones = tts._phones([("Q9", 0), ("Q9", 100), ("m", 200)], 400)
         tts._phones([("Q9", 0)], 100)
     assert [p.symbol for p in phones] == ["sil", "sil", "m"]
@@ -180,7 +168,7 @@ def test_alignment_unknown_words(arctic, aligner, caplog):
     text = "He turned sharply and faced Grogsnik across the table"
     with pytest.raises(ValueError, match="grogsnik"):
         aligner.align(audio, text, on_unknown="error")
-    with caplog.at_level(logging.WARNING, logger="blendtalk.phonetics"):
+    with caplog.at_level(logging.WARNING, logger="blendtalk.speech.phonetics"):
         phones = aligner.align(audio, text, on_unknown="g2p")
     assert "grogsnik" in caplog.text
     _check_cover(audio, phones)

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from blendtalk.animation import Animation
-from blendtalk.audio import AudioError, load_audio, num_frames
+from blendtalk.speech.audio import AudioError, load_audio, num_frames
 from blendtalk.constants import ASSETS_DIR, FPS
-from blendtalk.emotions import EMOTIONS, emotion_weights
-from blendtalk.phonetics import read_phone_labels
-from blendtalk.pipeline import METHODS, Expression, Pipeline, expression_weights, load_reference, resolve_device
-from blendtalk.speech_input import features_from_phones
+from blendtalk.expression.emotions import EMOTIONS, emotion_weights
+from blendtalk.speech.phones import read_phone_labels
+from blendtalk.pipeline import (
+    METHODS, Expression, Pipeline, expression_weights, load_reference, resolve_device,
+)
+from blendtalk.speech.features import features_from_phones
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 TRANSCRIPT = (ASSETS_DIR / "audio" / "arctic_a0009.txt").read_text().strip()
@@ -119,6 +121,19 @@ def test_intensity_zero_is_nearly_speech_only(pipe, speech):
     off = np.sqrt(np.mean((zero - d_s) ** 2))
     assert off < 0.1 * np.sqrt(np.mean(d_s**2))
     assert np.sqrt(np.mean((happy - d_s) ** 2)) > 3 * off
+
+
+def test_an_emotion_label_is_kept_whole_and_a_recording_is_cleaned(pipe, speech):
+    """A label's expression is made of action units, none of it articulation: "ours" adds all of it.
+    A recorded expression may carry speech on its mouth, which the expression encoder takes out."""
+    d_s = speech[1][:SHORT]
+    d_e = pipe.expression_deformation(Expression("angry", blinks=False), SHORT)  # open-mouthed: on the speech bases too
+    base, _ = pipe.fuse(d_s, np.zeros_like(d_e), "ours", clean_expression=True)
+    label, _ = pipe.fuse(d_s, d_e, "ours", clean_expression=True)
+    recorded, _ = pipe.fuse(d_s, d_e, "ours")
+    np.testing.assert_allclose(label - base, d_e, atol=1e-6)
+    taken = np.abs((recorded - base) - d_e).mean() / np.abs(d_e).mean()
+    assert taken > 0.05  # the encoder reads the open jaw as partly articulation
 
 
 def test_mix_is_between_its_emotions(pipe, speech):
@@ -256,6 +271,7 @@ def test_methods_are_the_documented_ones():
     assert METHODS == ("ours", "eq13", "interpolation", "speech_only")
 
 
+@pytest.mark.slow
 def test_head_motion_switch_seed_and_render(pipe):
     """On by default, seeded, None when off; rendering turns the head (and only then changes the frames)
     and keeps it inside the frame at the config's largest angles."""

@@ -1,7 +1,6 @@
 """Publishing: model card contents, the files uploaded (through a mocked HfApi), input errors, the CLI."""
 
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -15,8 +14,7 @@ from blendtalk.models.audio_encoders import AudioEncoderConfig
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
 from blendtalk.models.faceformer import FaceFormer, FaceFormerConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-import publish  # noqa: E402  (train/publish.py)
+from train import publish  # train/publish.py (pytest.ini puts the root on the path)
 
 V = 10
 COMMIT = "c" * 40
@@ -30,7 +28,7 @@ def hf_home(tmp_path, monkeypatch):
 
 
 def make_run(root: Path, **train_overrides) -> Path:
-    """A DFM run folder as blendtalk.training writes it: train_config.json, best/, checkpoint/, metrics.jsonl."""
+    """A DFM run folder as blendtalk.training.dfm writes it: train_config.json, best/, checkpoint/, metrics.jsonl."""
     torch.manual_seed(0)
     model = DeformationFusionModule(DFMConfig(num_vertices=V, num_blendshapes=2, use_geometric_map=False, mlp_hidden=(8,)))
     model.save_pretrained(root / "best")

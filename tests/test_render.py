@@ -2,16 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-import blendtalk.render as render_module
-from blendtalk.render import Renderer, RenderConfig, render
-from blendtalk.rig import load_rig
+import blendtalk.render.renderer as render_module
+from blendtalk.render.renderer import Renderer, RenderConfig, render
 
 SIZE = 128  # px: small frames keep the tests fast
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +149,7 @@ def test_nearer_surface_wins():
     assert np.nonzero(blue)[1].min() > np.nonzero(red)[1].mean()
 
 
+@pytest.mark.slow
 def test_convenience_render_and_supersampling(rig):
     frame = render(rig.vertices, rig.triangles, size=64)
     assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
@@ -165,6 +160,7 @@ def test_convenience_render_and_supersampling(rig):
     assert np.abs(smooth.astype(int) - plain).mean() < 6  # the same picture, softer edges
 
 
+@pytest.mark.slow
 def test_rig_gets_eyeballs_and_lip_tint(rig):
     dressed = Renderer.for_rig(rig, RenderConfig(size=SIZE))
     bare = Renderer.for_rig(rig, RenderConfig(size=SIZE, eyes=False))
@@ -180,7 +176,6 @@ def test_rig_gets_eyeballs_and_lip_tint(rig):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(rig, renderer, poses):
     gpu = Renderer.for_rig(rig, RenderConfig(size=SIZE), device="cuda")
     a, b = renderer(poses).astype(int), gpu(torch.as_tensor(poses, device="cuda")).astype(int)

@@ -7,12 +7,6 @@ import pytest
 import torch
 
 from blendtalk.constants import FACE_RIG_PATH
-from blendtalk.rig import load_rig
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 def test_asset_sizes(rig):

@@ -22,7 +22,7 @@ from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
 ROOT = Path(__file__).resolve().parents[1]
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"  # a real audio file on the server: the app could animate it
 SCANNED = ["blendtalk", "train", "eval", "tools", "app.py"]  # the code that ships (tests may build pickles on purpose)
-RESTRICTED_UNPICKLERS = {"blendtalk/flame.py", "blendtalk/data/vocaset.py"}  # user-given FLAME / VOCASET files only
+RESTRICTED_UNPICKLERS = {"blendtalk/face/flame.py", "blendtalk/data/vocaset.py"}  # user-given FLAME / VOCASET files only
 MAX_UPLOAD_BYTES = 20 * 2**20  # app.MAX_UPLOAD "20mb", as Gradio reads it
 
 
@@ -58,6 +58,7 @@ def call_animate(url: str, audio_path: str) -> str:
 # The running app
 
 
+@pytest.mark.slow
 def test_the_app_serves_no_other_files(server):
     from app import plotly_js_path
 
@@ -82,6 +83,7 @@ def test_the_app_serves_no_other_files(server):
     assert status == 200 and b"plotly.js" in body[:200]
 
 
+@pytest.mark.slow
 def test_the_api_reads_only_uploaded_files(server):
     outside = [str(WAV), str(server.workdir.parent / "server.log"), f"{server.workdir / 'gradio'}/../../server.log",
                "/etc/hostname"]
@@ -96,6 +98,7 @@ def test_the_api_reads_only_uploaded_files(server):
     assert "event: complete" in events and "blendtalk_happy.mp4" in events, events[:300]
 
 
+@pytest.mark.slow
 def test_uploads_are_size_limited_by_the_server(server):
     big = np.zeros(MAX_UPLOAD_BYTES + 4096, np.uint8).tobytes()
     response = httpx.post(f"{server.url}gradio_api/upload", files={"files": ("big.wav", big, "audio/wav")}, timeout=60)
@@ -129,7 +132,7 @@ def test_check_request_refuses_links_and_dot_dot_out_of_the_upload_folder(tmp_pa
 
 def test_export_names_cannot_leave_the_folder(tmp_path):
     from blendtalk.animation import Animation
-    from blendtalk.exports import export_all
+    from blendtalk.render.exports import export_all
 
     anim = Animation(np.zeros((2, 3, 3), np.float32), np.array([[0, 1, 2]]), np.zeros(SAMPLE_RATE // 15, np.float32))
     out = tmp_path / "out"

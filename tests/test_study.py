@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blendtalk.study import (
+from blendtalk.evaluation.study import (
     METHODS, IncompleteDataError, RatingStore, Study, StudyError, analyze, appearance_counts, build_study, holm,
     make_stimuli, paired_test, position_counts, report_markdown, simulate_ratings, table_ablation, table_mos)
 
@@ -121,6 +121,7 @@ def test_analysis_recovers_known_effect():
     assert all(c.p < 0.05 for c in by_participant.comparisons)
 
 
+@pytest.mark.slow
 def test_null_studies_reject_at_about_alpha():
     """200 simulated studies without any effect: the one-sided tests reject at about 5 %."""
     study = build_study(_stimuli(4), 20, methods=("ours", "interpolation", "speech_only"), seed=0)

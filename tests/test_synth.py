@@ -12,16 +12,10 @@ from blendtalk.data.datasets import ExpressionDataset, SpeechDataset
 from blendtalk.data.florence import read_florence
 from blendtalk.data.synth import SynthConfig, generate
 from blendtalk.data.vocaset import read_vocaset
-from blendtalk.fusion_eval import synthetic_split
-from blendtalk.phonetics import BILABIALS
-from blendtalk.rig import load_rig
+from blendtalk.evaluation.fusion import synthetic_split
+from blendtalk.speech.phones import BILABIALS
 
 SMALL = SynthConfig(num_speakers=3, sentences_per_speaker=2, num_subjects=3, takes_per_emotion=1, expression_seconds=1.5)
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +64,7 @@ def test_lips_close_at_bilabials_and_emotions_reach_apex(corpus, rig):
     assert smile[0] < 0.2 * smile.max() and smile.max() > 0.3  # rises from near neutral to an apex
 
 
+@pytest.mark.slow
 def test_deterministic(tmp_path):
     """Same seed, same corpus. Fresh processes: eSpeak NG keeps a little state between utterances
     within one process (a sample or two of duration), so a corpus is made in one run of its own."""

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from blendtalk.losses import DFMLossConfig
+from blendtalk.training.losses import DFMLossConfig
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
-from blendtalk.rig import load_rig
-from blendtalk.training import DFMTrainConfig, load_train_config, train_dfm
+from blendtalk.face.rig import load_rig
+from blendtalk.training.dfm import DFMTrainConfig, load_train_config, train_dfm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +24,7 @@ def _config(root, out, **kw):
     return DFMTrainConfig(data=str(root), out=str(out), model=model, loss=DFMLossConfig(lambda_orth=0.1), **kw)
 
 
+@pytest.mark.slow
 def test_run_validates_saves_and_resumes(tiny_corpus, tmp_path):
     run = train_dfm(_config(tiny_corpus, tmp_path, lr_schedule="cosine", crop_loss=True))
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -43,7 +44,7 @@ def test_run_validates_saves_and_resumes(tiny_corpus, tmp_path):
 def test_mix_speech_adds_one_scaled_speech_frame_to_each_expression_frame():
     import torch
 
-    from blendtalk.training import mix_speech
+    from blendtalk.training.dfm import mix_speech
 
     d_s, d_e = torch.randn(3, 5, 3), torch.randn(64, 5, 3)
     mixed = mix_speech(d_s, d_e, 0.5, torch.Generator().manual_seed(0))
@@ -65,7 +66,7 @@ def test_priors_train_and_are_logged(tiny_corpus, tmp_path):
 
 
 def _map(run):
-    from blendtalk.geometry import load_square_map
+    from blendtalk.face.geometry import load_square_map
 
     return load_square_map(load_rig(), load_train_config(run).model.map_size).matrix()
 
@@ -76,6 +77,7 @@ def test_resume_needs_a_run(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tiny_corpus, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "train/train_dfm.py"), "--data", str(tiny_corpus), "--out", str(tmp_path), "-K", "4",
@@ -99,9 +101,8 @@ def test_cli_rejects_a_bad_model_setting_before_making_corpora(tmp_path, capsys,
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_validation_scores_on_the_gpu_as_on_the_cpu(tiny_corpus):
-    from blendtalk.fusion_eval import evaluate_fusion, fusion_cases
+    from blendtalk.evaluation.fusion import evaluate_fusion, fusion_cases
     from blendtalk.models.dfm import interpolate_inputs
 
     rig = load_rig()
@@ -112,9 +113,10 @@ def test_validation_scores_on_the_gpu_as_on_the_cpu(tiny_corpus):
         assert gpu["interpolation"][key] == pytest.approx(cpu["interpolation"][key], rel=1e-4), key
 
 
+@pytest.mark.slow
 def test_init_starts_from_a_checkpoint(tiny_corpus, tmp_path):
     """--init: the run starts from the given weights (its first steps stay near them), not from random."""
-    from blendtalk.geometry import load_square_map
+    from blendtalk.face.geometry import load_square_map
 
     config = _config(tiny_corpus, tmp_path, epochs=0.02, lr=1e-6)
     torch.manual_seed(123)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from blendtalk.video import VideoConfig, probe, side_by_side, write_video
+from blendtalk.render.video import VideoConfig, probe, side_by_side, write_video
 
 FPS, SR = 30, 16_000
 

@@ -4,20 +4,14 @@ import numpy as np
 import pytest
 
 from blendtalk.constants import ASSETS_DIR, FPS
-from blendtalk.phonetics import ARPABET, BILABIALS, Phone
-from blendtalk.rig import load_rig
-from blendtalk.visemes import (
+from blendtalk.speech.phones import ARPABET, BILABIALS, Phone
+from blendtalk.speech.visemes import (
     DIPHTHONG_GLIDES, PHONE_TO_VISEME, VISEME_DOMINANCE, VISEME_TARGETS, VISEMES, CoarticulationConfig,
     SpeakerStyle, VisemeDriver, random_phone_stream, viseme_of, viseme_targets, visemes_to_weights,
 )
 
 ARCTIC_PHONES = Path(ASSETS_DIR) / "audio" / "arctic_a0009.phones.txt"
 MM = 1e-3
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 def arctic_phones() -> list[Phone]:
@@ -174,7 +168,7 @@ def test_random_phone_stream():
 
 
 def test_chunked_coarticulation_matches_one_pass(rig, monkeypatch):
-    import blendtalk.visemes as visemes
+    import blendtalk.speech.visemes as visemes
 
     phones = random_phone_stream(12.0, np.random.default_rng(5))
     whole = visemes_to_weights(phones, 360, rig)
@@ -183,7 +177,7 @@ def test_chunked_coarticulation_matches_one_pass(rig, monkeypatch):
 
 
 def test_close_lips_closes_any_pose(rig):
-    from blendtalk.visemes import close_lips, lip_seam_gaps
+    from blendtalk.speech.visemes import close_lips, lip_seam_gaps
 
     w = np.random.default_rng(0).uniform(0, 0.6, (200, 52))
     closed = close_lips(w, rig)

@@ -8,8 +8,7 @@ import torch
 
 from blendtalk.animation import Animation
 from blendtalk.constants import SAMPLE_RATE
-from blendtalk.rig import load_rig
-from blendtalk.viz import (
+from blendtalk.render.viz import (
     COORD_QUANTUM,
     MAX_FRAMES,
     _compact_frames,
@@ -23,11 +22,6 @@ from blendtalk.viz import (
 
 PAYLOAD_LIMIT = 10_000_000  # characters of JSON for the rig at MAX_FRAMES frames
 FPS = 30
-
-
-@pytest.fixture(scope="module")
-def rig():
-    return load_rig()
 
 
 @pytest.fixture(scope="module")

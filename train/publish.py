@@ -20,11 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from huggingface_hub.errors import HfHubHTTPError
 
-from huggingface_hub.errors import HfHubHTTPError  # noqa: E402
-
-from blendtalk.hub import find_publishable, parse_repo_id, push_to_hub, stage_for_upload  # noqa: E402
+from blendtalk.hub import find_publishable, parse_repo_id, push_to_hub, stage_for_upload
 
 
 def main(argv=None) -> int:

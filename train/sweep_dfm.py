@@ -9,15 +9,12 @@ against the synthetic truth. Writes sweep.json in --out.
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from blendtalk.losses import DFMLossConfig  # noqa: E402
-from blendtalk.models.dfm import DFMConfig  # noqa: E402
-from blendtalk.rig import load_rig  # noqa: E402
-from blendtalk.training import DFMTrainConfig, train_dfm  # noqa: E402
+from blendtalk.training.losses import DFMLossConfig
+from blendtalk.models.dfm import DFMConfig
+from blendtalk.face.rig import load_rig
+from blendtalk.training.dfm import DFMTrainConfig, train_dfm
 
 
 def best_val(run: Path) -> dict:

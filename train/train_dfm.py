@@ -9,15 +9,12 @@
 import argparse
 import json
 from dataclasses import replace
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from blendtalk.losses import DFMLossConfig  # noqa: E402
-from blendtalk.models.dfm import DFMConfig  # noqa: E402
-from blendtalk.rig import load_rig  # noqa: E402
-from blendtalk.training import DFMTrainConfig, load_train_config, train_dfm  # noqa: E402
+from blendtalk.training.losses import DFMLossConfig
+from blendtalk.models.dfm import DFMConfig
+from blendtalk.face.rig import load_rig
+from blendtalk.training.dfm import DFMTrainConfig, load_train_config, train_dfm
 
 PAPER_EPOCHS = 4000
 

@@ -10,13 +10,10 @@
 """
 
 import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from blendtalk.faceformer_training import (  # noqa: E402
+from blendtalk.training.faceformer import (
     FaceFormerTrainConfig, cache_features, load_train_config, train_faceformer,
 )
 

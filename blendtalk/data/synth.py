@@ -28,10 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..constants import FPS, SAMPLE_RATE
-from ..emotions import EMOTIONS, SubjectStyle, emotion_curve, emotion_weights
-from ..phonetics import SPEAKER_VOICES, EspeakTTS
-from ..rig import FaceRig, load_rig
-from ..visemes import SpeakerStyle, random_phone_stream, visemes_to_weights
+from ..expression.emotions import EMOTIONS, SubjectStyle, emotion_curve, emotion_weights
+from ..speech.phonetics import SPEAKER_VOICES, EspeakTTS
+from ..face.rig import FaceRig, load_rig
+from ..speech.visemes import SpeakerStyle, random_phone_stream, visemes_to_weights
 from .florence import write_florence
 from .sentences import SENTENCES
 from .vocaset import VocasetRawWriter

@@ -28,7 +28,6 @@ The pickles are read only from a local dataset root that the user chose, and onl
 
 from __future__ import annotations
 
-import functools
 import json
 import pickle
 import re
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+
+from ..safe_pickle import allowed_globals
 
 VOCASET_FPS = 60  # Hz, capture rate of the VOCASET release (and of FaceFormer's vertices_npy files)
 META_FILE = "blendtalk_corpus.json"  # our sidecar: frame rate and provenance of a written corpus
@@ -51,29 +52,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # ---------------------------------------------------------------- safe pickles, sidecar, memmaps
 
 
-@functools.lru_cache(maxsize=1)
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    import collections
-    import _codecs
-    import builtins
-
-    from numpy._core import multiarray, numeric
-
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x and 2.x names
-        allowed[(mod, "_reconstruct")] = multiarray._reconstruct
-        allowed[(mod, "scalar")] = multiarray.scalar
-    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-        allowed[(mod, "_frombuffer")] = numeric._frombuffer
-    for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes",
-                 "bytearray", "bool"):
-        allowed[("builtins", name)] = getattr(builtins, name)
-    allowed[("collections", "OrderedDict")] = collections.OrderedDict
-    allowed[("collections", "defaultdict")] = collections.defaultdict
-    allowed[("_codecs", "encode")] = _codecs.encode  # bytes in protocol-2 pickles written by Python 3
-    return allowed
-
-
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only numpy-array reconstruction and builtin containers.
 
@@ -82,7 +60,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     """
 
     def find_class(self, module: str, name: str) -> Any:
-        obj = _allowed_globals().get((module, name))
+        obj = allowed_globals().get((module, name))
         if obj is None:
             raise pickle.UnpicklingError(
                 f"refusing to load global {module}.{name}: dataset pickles may only hold numpy arrays "

@@ -7,7 +7,7 @@ never sees the audio's own rate:
   extractor frozen, as FaceFormer does) -> ~50 Hz hidden states -> linear projection to D ->
   linear resampling onto exactly T frames.
 * `PhoneticEncoder` (the offline default): precomputed frame features (B, T, F), by default
-  one-hot phones from pocketsphinx followed by 80 log-mel bands (`phonetic_features`) -> a small
+  one-hot phones from pocketsphinx followed by 80 log-mel bands (`blendtalk.speech.features.phonetic_features`) -> a small
   residual temporal-conv + bidirectional GRU stack -> (B, T, D).
 
 `build_audio_encoder` picks one by `AudioEncoderConfig.kind`; it is the only place that may read
@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..constants import FPS, SAMPLE_RATE
-from ..phonetics import ARPABET
+from ..speech.features import PHONETIC_MELS
+from ..speech.phones import ARPABET
 
 ENCODER_KINDS = ("phonetic", "wav2vec2")
-PHONETIC_MELS = 80  # log-mel bands appended to the phone one-hots (blendtalk.audio.log_mel's default)
 WAV2VEC2_MIN_SAMPLES = 400  # samples (25 ms): the receptive field of one wav2vec2 CNN output frame
 MAX_DURATION_MISMATCH = 0.25  # s: audio vs motion length; VOCAset clips differ by a few frames, more is a wrong clip
 NORM_EPS = 1e-7  # variance floor of the per-clip audio normalisation (Wav2Vec2FeatureExtractor's value)
@@ -241,34 +241,6 @@ _WAV2VEC2_OVERRIDABLE = frozenset({
 })
 
 
-def phonetic_inputs(phone_ids: np.ndarray, mel: np.ndarray) -> np.ndarray:
-    """Phonetic encoder inputs from their parts: phone indices (T,) into ARPABET and log-mel (T, 80)
-    -> (T, len(ARPABET) + 80) float32, one-hot phones first. Pure numpy (no pocketsphinx, no librosa)."""
-    phone_ids, mel = np.asarray(phone_ids), np.asarray(mel)
-    if phone_ids.ndim != 1 or mel.ndim != 2 or mel.shape[0] != phone_ids.shape[0]:
-        raise ValueError(f"need phone_ids (T,) and mel (T, n_mels) with the same T, got {phone_ids.shape} and {mel.shape}")
-    if phone_ids.size and (phone_ids.min() < 0 or phone_ids.max() >= len(ARPABET)):
-        raise ValueError(f"phone indices must lie in [0, {len(ARPABET)}) (ARPABET), got {phone_ids.min()}..{phone_ids.max()}")
-    one_hot = np.eye(len(ARPABET), dtype=np.float32)[phone_ids]  # (T, 40)
-    return np.concatenate([one_hot, mel.astype(np.float32)], axis=1)
-
-
-def phonetic_features(audio: np.ndarray, transcript: str | None = None, aligner=None) -> np.ndarray:
-    """Inputs of the phonetic encoder: audio (S,) at 16 kHz -> (T, len(ARPABET) + 80) float32.
-
-    One-hot phones (forced-aligned with `transcript` when given, else recognised) followed by
-    80 log-mel bands, both at T = num_frames(S) frames. `aligner`: a reusable
-    blendtalk.phonetics.PhoneAligner (creating one loads the acoustic model).
-    See blendtalk.speech_input.speech_features for the same with the phones returned.
-    """
-    from ..audio import log_mel, num_frames
-    from ..phonetics import PhoneAligner, phones_to_frames
-    from ..speech_input import speech_phones
-
-    phones, _ = speech_phones(audio, transcript, aligner or PhoneAligner())
-    return phonetic_inputs(phones_to_frames(phones, num_frames(audio.shape[0])), log_mel(audio, n_mels=PHONETIC_MELS))
-
-
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those with requires_grad)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
@@ -276,5 +248,5 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 __all__ = [
     "AudioEncoder", "AudioEncoderConfig", "ENCODER_KINDS", "PhoneticEncoder", "Wav2Vec2Encoder", "build_audio_encoder",
-    "count_parameters", "load_wav2vec2", "phonetic_features", "phonetic_inputs",
+    "count_parameters", "load_wav2vec2",
 ]

@@ -160,7 +160,7 @@ class DeformationFusionModule(nn.Module):
         self.config = config
         if config.use_geometric_map:
             if map_matrix is None:
-                raise ValueError("use_geometric_map=True needs a (N*N, V) map_matrix (blendtalk.geometry.square_map)")
+                raise ValueError("use_geometric_map=True needs a (N*N, V) map_matrix (blendtalk.face.geometry.square_map)")
             self.register_buffer("map_matrix", _as_sparse_map(map_matrix, config), persistent=False)
             self.speech_encoder = _conv_encoder(config)
             self.expression_encoder = _conv_encoder(config)
@@ -269,7 +269,7 @@ class DeformationFusionModule(nn.Module):
         losses need not know the layout), the reconstructions
         rec_s (B, V, 3), rec_e (B', V, 3), and the blendshapes [B_s | B_e] (V*3, K_s + K_e).
         d_mixed (B', V, 3), expression frames with speech added, adds mixed_e (B', K_e): their
-        expression half, for the invariance prior. Losses are in blendtalk.losses.
+        expression half, for the invariance prior. Losses are in blendtalk.training.losses.
         """
         w_s = self.encode_speech(d_s)
         w_e = self.encode_expression(d_e)

@@ -312,7 +312,7 @@ class FaceFormer(nn.Module):
         speaker: (B,) int style index (or (B, num_speakers) weights). target: (B, T, V, 3) true
         displacements from the template; with teacher forcing frame t sees target[:, :t] (shifted
         right by one, start token = style). teacher_forcing=False runs the autoregressive loop with
-        gradients (no target needed). Losses live in blendtalk.losses.
+        gradients (no target needed). Losses live in blendtalk.training.losses.
         """
         memory = self.encode_audio(audio_inputs, num_frames)  # (B, T, D)
         b = memory.shape[0]

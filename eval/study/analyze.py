@@ -17,9 +17,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from blendtalk.study import (  # noqa: E402
+from blendtalk.evaluation.study import (
     ALPHA, ASPECT_LABELS, RatingStore, Study, StudyAnalysis, StudyError, analyze, read_rows_csv, report_markdown)
 
 

@@ -10,10 +10,10 @@
 The study folder is self-contained (copy it to the machine that runs rate.py):
 manifest.json, audio/<stimulus>.<ext> (copies of the inputs), clips/<stimulus>_<method>.mp4,
 refs/<emotion>.<ext> (optional exemplar videos). The design and the manifest schema are in
-blendtalk/study.py and eval/study/README.md.
+blendtalk/evaluation/study.py and eval/study/README.md.
 
 A renderer is any callable render_clip(audio_path, emotion, method, out_path) that writes one
-video with the audio muxed in. The default, "pipeline", uses blendtalk.pipeline and blendtalk.video.
+video with the audio muxed in. The default, "pipeline", uses blendtalk.pipeline and blendtalk.render.video.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from blendtalk.study import (  # noqa: E402
+from blendtalk.evaluation.study import (
     ASPECTS, LAYOUTS, METHODS, REFERENCE, Study, StudyError, build_study, make_stimuli)
 
 RenderClip = Callable[[Path, str, str, Path], None]  # (audio_path, emotion, method, out_path) -> writes out_path
@@ -48,7 +46,7 @@ class RendererUnavailable(RuntimeError):
 def pipeline_renderer(methods: Sequence[str] = METHODS, checkpoints: Mapping[str, str | Path] | None = None,
                       device: str | None = None, intensity: float = 1.0, size: int = 512) -> RenderClip:
     """The default renderer: blendtalk.pipeline.Pipeline (one per DFM checkpoint, loaded lazily) and
-    blendtalk.video.write_video. checkpoints: method -> DFM checkpoint folder; "ours" is the full
+    blendtalk.render.video.write_video. checkpoints: method -> DFM checkpoint folder; "ours" is the full
     model (default: the pipeline's own), each ablation in `methods` needs its own."""
     checkpoints = {k: str(v) for k, v in (checkpoints or {}).items()}
     from blendtalk.pipeline import Pipeline

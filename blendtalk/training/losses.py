@@ -216,7 +216,7 @@ def dfm_loss(
         total = total + config.lambda_sparse * parts["sparse"]
     if config.lambda_lap:
         if laplacian is None:
-            raise ValueError("lambda_lap > 0 needs the mesh's (V, V) laplacian (blendtalk.geometry.uniform_laplacian)")
+            raise ValueError("lambda_lap > 0 needs the mesh's (V, V) laplacian (blendtalk.face.geometry.uniform_laplacian)")
         parts["lap"] = laplacian_loss(s * outputs["rec_s"], laplacian) + laplacian_loss(s * outputs["rec_e"], laplacian)
         total = total + config.lambda_lap * parts["lap"]
     if config.lambda_reg:

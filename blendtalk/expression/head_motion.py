@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .constants import FPS, SAMPLE_RATE
+from ..constants import FPS, SAMPLE_RATE
 
 HOP_SECONDS = 0.010  # s between prosody analysis frames
 PITCH_WINDOW = 512  # samples, 32 ms: over two periods of the lowest F0 below

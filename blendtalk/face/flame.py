@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.vocaset import _allowed_globals
+from ..safe_pickle import allowed_globals
 
 FLAME_NUM_VERTICES = 5023  # vertices of the FLAME topology (VOCASET, FLAME-registered Florence4D)
 FLAME_NUM_FACES = 9976  # triangles of the FLAME topology
@@ -91,7 +91,7 @@ class _FlameUnpickler(pickle.Unpickler):
             return _stub(module, name)
         if module.startswith("scipy.sparse") and name in _SPARSE_CLASSES:
             return _stub(module, name)
-        obj = _allowed_globals().get((module, name))
+        obj = allowed_globals().get((module, name))
         if obj is None:
             raise pickle.UnpicklingError(
                 f"refusing to load global {module}.{name}: a FLAME pickle holds only numpy arrays, chumpy arrays "

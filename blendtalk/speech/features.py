@@ -25,15 +25,15 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from ..constants import FPS, SAMPLE_RATE
 from .audio import num_frames
-from .constants import FPS, SAMPLE_RATE
-from .models.audio_encoders import PHONETIC_MELS, phonetic_inputs
-from .phonetics import ARPABET, PHONE_INDEX, Phone, phones_to_frames
+from .phones import ARPABET, PHONE_INDEX, Phone, phones_to_frames
 
 logger = logging.getLogger(__name__)
 
 PHONE_SOURCES = ("exact", "aligned", "recognized")  # TTS phones, forced alignment, allphone recognition
 CACHE_FORMAT = "blendtalk-phonetic-features-v1"
+PHONETIC_MELS = 80  # log-mel bands appended to the phone one-hots (blendtalk.speech.audio.log_mel's default)
 
 
 @dataclass(frozen=True)
@@ -57,16 +57,28 @@ class SpeechFeatures:
 
 def _check_audio(audio) -> np.ndarray:
     if not isinstance(audio, np.ndarray) or audio.ndim != 1 or audio.shape[0] == 0:
-        raise ValueError(f"audio must be a non-empty (S,) float array at {SAMPLE_RATE} Hz (see blendtalk.audio.load_audio), "
+        raise ValueError(f"audio must be a non-empty (S,) float array at {SAMPLE_RATE} Hz (see blendtalk.speech.audio.load_audio), "
                          f"got {getattr(audio, 'shape', type(audio).__name__)}")
     return audio.astype(np.float32, copy=False)
+
+
+def phonetic_inputs(phone_ids: np.ndarray, mel: np.ndarray) -> np.ndarray:
+    """Phonetic encoder inputs from their parts: phone indices (T,) into ARPABET and log-mel (T, 80)
+    -> (T, len(ARPABET) + 80) float32, one-hot phones first. Pure numpy (no pocketsphinx, no librosa)."""
+    phone_ids, mel = np.asarray(phone_ids), np.asarray(mel)
+    if phone_ids.ndim != 1 or mel.ndim != 2 or mel.shape[0] != phone_ids.shape[0]:
+        raise ValueError(f"need phone_ids (T,) and mel (T, n_mels) with the same T, got {phone_ids.shape} and {mel.shape}")
+    if phone_ids.size and (phone_ids.min() < 0 or phone_ids.max() >= len(ARPABET)):
+        raise ValueError(f"phone indices must lie in [0, {len(ARPABET)}) (ARPABET), got {phone_ids.min()}..{phone_ids.max()}")
+    one_hot = np.eye(len(ARPABET), dtype=np.float32)[phone_ids]  # (T, 40)
+    return np.concatenate([one_hot, mel.astype(np.float32)], axis=1)
 
 
 def speech_phones(audio: np.ndarray, transcript: str | None = None, aligner=None) -> tuple[list[Phone], str]:
     """Phones of audio (S,) at 16 kHz and how they were found ("aligned" or "recognized").
 
     With a transcript: forced alignment; if that fails (words and audio do not match), a warning
-    and recognition. `aligner`: a reusable blendtalk.phonetics.PhoneAligner.
+    and recognition. `aligner`: a reusable blendtalk.speech.phonetics.PhoneAligner.
     """
     from .phonetics import PhoneAligner
 
@@ -104,6 +116,21 @@ def text_features(text: str, voice: str = "en-us", rate: int = 175, pitch: int =
 
     audio, phones = synthesize(text, voice=voice, rate=rate, pitch=pitch, tts=tts)
     return features_from_phones(np.clip(audio, -1.0, 1.0), phones, "exact")
+
+
+def phonetic_features(audio: np.ndarray, transcript: str | None = None, aligner=None) -> np.ndarray:
+    """Inputs of the phonetic encoder: audio (S,) at 16 kHz -> (T, len(ARPABET) + 80) float32.
+
+    One-hot phones (forced-aligned with `transcript` when given, else recognised) followed by
+    80 log-mel bands, both at T = num_frames(S) frames. `aligner`: a reusable
+    blendtalk.speech.phonetics.PhoneAligner (creating one loads the acoustic model).
+    See `speech_features` for the same with the phones returned.
+    """
+    from .audio import log_mel
+    from .phonetics import PhoneAligner
+
+    phones, _ = speech_phones(audio, transcript, aligner or PhoneAligner())
+    return phonetic_inputs(phones_to_frames(phones, num_frames(audio.shape[0])), log_mel(audio, n_mels=PHONETIC_MELS))
 
 
 def driver_inputs(model, speech: SpeechFeatures) -> torch.Tensor:

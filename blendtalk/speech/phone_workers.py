@@ -1,7 +1,7 @@
 """Phone recognition in worker processes: one pocketsphinx allphone decoder per process.
 
 pocketsphinx holds the GIL while it decodes, so only processes run recognitions side by side.
-The workers are plain subprocesses (`python -m blendtalk.phone_workers`), not multiprocessing
+The workers are plain subprocesses (`python -m blendtalk.speech.phone_workers`), not multiprocessing
 ones, so that they never re-import the caller's main script and never fork a process that holds
 CUDA. Protocol on the worker's stdin/stdout, one request at a time: a 4-byte little-endian
 length + 16-bit PCM at 16 kHz in; a 4-byte length + JSON [[symbol, start_s, end_s], ...] out.
@@ -17,7 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .phonetics import Phone
+from .phones import Phone
+from .sphinx import allphone_decoder, allphone_segments
 
 _HEADER = struct.Struct("<I")
 
@@ -41,9 +42,9 @@ class PhoneWorkers:
 
     def _start(self) -> None:
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])  # so the workers import this very blendtalk
+        root = str(Path(__file__).resolve().parents[2])  # so the workers import this very blendtalk
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-        self._procs = [subprocess.Popen([sys.executable, "-m", "blendtalk.phone_workers"], stdin=subprocess.PIPE,
+        self._procs = [subprocess.Popen([sys.executable, "-m", "blendtalk.speech.phone_workers"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env) for _ in range(self.count)]
 
     def recognize(self, pieces: list[bytes]) -> list[list[Phone]]:
@@ -95,16 +96,14 @@ def _read_message(stream) -> bytes:
 
 
 def _serve() -> None:
-    from .phonetics import _allphone_decoder, _allphone_segments
-
-    decoder = _allphone_decoder()
+    decoder = allphone_decoder()
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
             pcm = _read_message(source)
         except WorkerError:  # EOF: the parent closed our stdin
             return
-        phones = _allphone_segments(decoder, pcm)
+        phones = allphone_segments(decoder, pcm)
         body = json.dumps([[p.symbol, p.start, p.end] for p in phones]).encode()
         sink.write(_HEADER.pack(len(body)) + body)
         sink.flush()

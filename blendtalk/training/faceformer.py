@@ -1,7 +1,7 @@
 """Training of the speech-driven FaceFormer: whole sequences on the device, random equal-length
 windows per batch, resumable runs, LVE/FDD validation, DDP.
 
-A run is a folder (never reused or deleted), as for the DFM (blendtalk.training):
+A run is a folder (never reused or deleted), as for the DFM (blendtalk.training.dfm):
     train_config.json      the FaceFormerTrainConfig
     checkpoint/            the latest model (config.json + model.safetensors) ...
     state.pt               ... with optimiser state and step, for --resume (tensors only, weights_only)
@@ -9,7 +9,7 @@ A run is a folder (never reused or deleted), as for the DFM (blendtalk.training)
     metrics.jsonl          one line per validation
 Under `torchrun --nproc_per_node=N` each process draws its own batches; rank 0 validates and writes.
 
-Inputs. The phonetic encoder reads per-frame phones + log-mel (blendtalk.speech_input); they come
+Inputs. The phonetic encoder reads per-frame phones + log-mel (blendtalk.speech.features); they come
 from a FeatureCache file, so training itself never needs pocketsphinx or librosa. Each training
 window takes its phones from one source, drawn by `phone_mix`: forced-aligned phones (what users
 get with a transcript), recognised phones (no transcript: about 70% phone error rate on this
@@ -45,15 +45,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .constants import FPS, SAMPLE_RATE
-from .data.datasets import VOCASET_SPLIT, SpeechDataset, Split
-from .data.vocaset import read_vocaset
-from .models.faceformer import FaceFormer, FaceFormerConfig, build_faceformer
-from .models.audio_encoders import AudioEncoderConfig
-from .phonetics import ARPABET, Phone
-from .rig import load_rig
-from .faceformer_eval import evaluate_model, region_masks
-from .speech_input import PHONE_SOURCES, FeatureCache
+from ..constants import FPS, SAMPLE_RATE
+from ..data.datasets import VOCASET_SPLIT, SpeechDataset, Split
+from ..data.vocaset import read_vocaset
+from ..models.faceformer import FaceFormer, FaceFormerConfig, build_faceformer
+from ..models.audio_encoders import AudioEncoderConfig
+from ..speech.phones import ARPABET, Phone
+from ..face.rig import load_rig
+from ..evaluation.faceformer import evaluate_model, region_masks
+from ..speech.features import PHONE_SOURCES, FeatureCache
 
 MAX_FEATURE_MISMATCH = 8  # frames (0.27 s): features vs motion length; VOCASET clips differ by a few frames
 DEFAULT_CACHE_NAME = "phonetic_features.npz"
@@ -137,7 +137,7 @@ def load_train_config(run: str | Path) -> FaceFormerTrainConfig:
 
 def corpus(config: FaceFormerTrainConfig):
     """(VocaIndex, Split) of the training corpus: VOCASET with FaceFormer's split, or the synthetic one."""
-    from .fusion_eval import synthetic_split
+    from ..evaluation.fusion import synthetic_split
 
     index = read_vocaset(config.vocaset or Path(config.data) / "speech")
     split = VOCASET_SPLIT if config.vocaset else synthetic_split([s.subject for s in index.sequences])
@@ -164,7 +164,7 @@ def corpus_clips(config: FaceFormerTrainConfig):
 
 def cache_features(config: FaceFormerTrainConfig, path: str | Path | None = None) -> Path:
     """Compute the phonetic feature cache of the whole corpus (needs pocketsphinx, librosa) and save it."""
-    from .speech_input import build_feature_cache
+    from ..speech.features import build_feature_cache
 
     path = Path(path) if path is not None else config.feature_path()
     return build_feature_cache(corpus_clips(config)).save(path)
@@ -365,7 +365,7 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def _new_run_dir(out: str | Path) -> Path:
-    from .training import new_run_dir
+    from .dfm import new_run_dir
 
     return new_run_dir(out, name="faceformer")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import FPS, SAMPLE_RATE
+from ..constants import FPS, SAMPLE_RATE
 
 MIN_SECONDS = 0.2  # s, shorter clips hold less than one syllable and give < 6 motion frames
 MAX_SECONDS = 120.0  # s, default cap: memory and the app's patience, not a model limit

@@ -18,11 +18,11 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from .constants import FPS
-from .data.datasets import Split
+from ..constants import FPS
+from ..data.datasets import Split
 from .metrics import MM_PER_M, lip_vertex_error, mean_vertex_error
-from .phonetics import BILABIALS
-from .rig import FaceRig
+from ..speech.phones import BILABIALS
+from ..face.rig import FaceRig
 
 FusionMethod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (T, V, 3), (T, V, 3) -> (T, V, 3)
 
@@ -157,7 +157,7 @@ def expression_kept(fuse: FusionMethod, speech: Iterable[np.ndarray], rig: FaceR
     scores low there. 1 keeps the expression whole. Returns emotion -> region -> {"magnitude",
     "projection", "input_mm"}, or None where d_e moves the region less than KEEP_MIN_MM on average.
     """
-    from .emotions import emotion_weights
+    from ..expression.emotions import emotion_weights
 
     upper = torch.as_tensor(rig.mask("upper_face"), device=device)
     regions = {"lower_face": torch.as_tensor(rig.mask("face_crop"), device=device) & ~upper, "upper_face": upper}

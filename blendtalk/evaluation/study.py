@@ -208,7 +208,7 @@ class Study:
 def make_stimuli(audio: Sequence[str | Path], emotions: Sequence[str], cross: bool = False) -> list[Stimulus]:
     """Stimuli from audio files and emotions: zipped (equal lengths, or one emotion for all) or,
     with `cross`, every audio under every emotion. Ids s00, s01, ... in that order."""
-    from .emotions import check_emotion
+    from ..expression.emotions import check_emotion
 
     emotions = [check_emotion(e) for e in emotions]
     if not audio or not emotions:

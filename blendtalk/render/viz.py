@@ -29,11 +29,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .animation import Animation
-from .constants import FPS
-from .dressing import FaceDressing
-from .render import RenderConfig, _rig_dressing, dressing_config
-from .rig import FaceRig
+from ..animation import Animation
+from ..constants import FPS
+from ..face.dressing import FaceDressing
+from .renderer import RenderConfig, _rig_dressing, dressing_config
+from ..face.rig import FaceRig
 
 MAX_FRAMES = 150  # frames in an animation figure by default: about 6 MB of JSON for the rig
 COORD_QUANTUM = 1e-5  # m per int16 unit (0.01 mm): far finer than a screen pixel; int16 spans +-0.33 m
@@ -138,7 +138,7 @@ def rig_look(rig: FaceRig) -> RigLook:
 
 def _dressed_look(rig: FaceRig) -> RigLook:
     """RigLook of a rig with a dressing: lip tint, painted brow, and its eyes, lashes and hair at rest."""
-    from .dressing import lip_tint
+    from ..face.dressing import lip_tint
 
     dressing = FaceDressing.for_rig(rig, dressing_config(_STYLE))
     rest = dressing.neutral()  # (V + H + 2E, 3)

@@ -15,7 +15,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .constants import FPS
+from ..constants import FPS
 
 EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised", "fearful", "disgusted", "contempt")
 ALIASES = {"happiness": "happy", "sadness": "sad", "anger": "angry", "surprise": "surprised",

@@ -1,7 +1,7 @@
 """Lip-sync metrics on real speech without ground-truth motion, from timed phones and the lip gap.
 
 All functions are pure. `gap` is the rig's vertical lip opening per frame (`FaceRig.lip_gap`,
-metres, 0 = lips touching as at rest), frame f sampled at time f / fps (blendtalk.visemes).
+metres, 0 = lips touching as at rest), frame f sampled at time f / fps (blendtalk.speech.visemes).
 A frame belongs to a phone when its time lies within the phone widened by half a frame on each
 side, so every phone owns at least one frame and the frame-centre convention of
 `phones_to_frames` is covered too.
@@ -22,8 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .constants import FPS
-from .phonetics import BILABIALS, Phone
+from ..constants import FPS
+from ..speech.phones import BILABIALS, Phone
 
 CLOSURE_GAP = 1e-3  # m: lips count as closed below a 1 mm opening (the rig's closed neutral is 0)
 MIN_SILENCE = 0.15  # s: shorter pauses are within-phrase gaps where lips need not close

@@ -53,8 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .animation import Animation
-from .head_motion import head_pivot, rotate_head
+from ..animation import Animation
+from ..expression.head_motion import head_pivot, rotate_head
 
 FORMATS = ("npy", "obj", "glb", "arkit_csv", "arkit_json", "flame")
 MIN_TARGET_OFFSET = 1e-7  # m: morph-target offsets below this are not stored (sparse targets)
@@ -298,7 +298,7 @@ def write_glb(
         tri, n_verts = dressing.triangles.astype(np.uint32), len(base)
         import torch
 
-        from .render import srgb_to_linear
+        from .renderer import srgb_to_linear
 
         colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()  # (V + H, 3): glTF vertex colours are linear
     if animation.head_rotation is not None:  # frames posed as rendered; the base stays at rest
@@ -399,7 +399,7 @@ def write_morph_glb(
         raise ValueError(f"triangles must be (F, 3) indices below N={n}, got {tri.shape}")
     import torch
 
-    from .geometry import vertex_normals
+    from ..face.geometry import vertex_normals
 
     normals = vertex_normals(torch.as_tensor(base), torch.as_tensor(tri.astype(np.int64))).numpy()  # (N, 3): smooth shading
     blobs, views = [], []
@@ -460,7 +460,7 @@ def arkit_rig_glb(animation: Animation, path: str | os.PathLike, rig, dressing=N
     if dressing is not None:
         import torch
 
-        from .render import srgb_to_linear
+        from .renderer import srgb_to_linear
 
         dressed = dressing(base[None] + targets)  # (52, V + H, 3): each unit alone, at weight 1
         base = dressing(base)

@@ -1,11 +1,11 @@
-"""Phones: the ARPAbet phone set, timed phone segments, TTS with exact timings, forced alignment.
+"""Phones from speech and text: TTS with exact timings, forced alignment, allphone recognition.
 
 * `synthesize` speaks text with eSpeak NG (the shared library shipped in the `espeakng-loader`
   wheel, through ctypes) and returns the audio with the phone timings the synthesiser used, so the
   timings are exact rather than estimated. `FliteTTS` is an optional second engine (Debian `flite`).
 * `align` (forced alignment with a transcript) and `recognize_phones` (allphone recognition) use
   pocketsphinx with the CMU en-US acoustic model, dictionary and phone LM from its wheel.
-* `phones_to_frames` / `phone_features` turn timed phones into per-motion-frame indices / one-hots.
+* `phone_features` turns them into per-motion-frame one-hots (the phone set: blendtalk.speech.phones).
 """
 
 from __future__ import annotations
@@ -18,24 +18,15 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .constants import ASSETS_DIR, FPS, SAMPLE_RATE
+from ..constants import ASSETS_DIR, SAMPLE_RATE
+from .phones import ARPABET, PHONE_INDEX, Phone, cover_phones, phones_to_frames, read_phone_labels
+from .sphinx import ALIGN_FRAME_RATE, allphone_decoder, allphone_segments, decode, sphinx_symbol
 
 logger = logging.getLogger(__name__)
-
-# ARPAbet without stress marks, plus "sil" for silence/pauses.
-ARPABET = (
-    "sil", "aa", "ae", "ah", "ao", "aw", "ay", "b", "ch", "d", "dh", "eh", "er", "ey", "f", "g", "hh",
-    "ih", "iy", "jh", "k", "l", "m", "n", "ng", "ow", "oy", "p", "r", "s", "sh", "t", "th", "uh", "uw",
-    "v", "w", "y", "z", "zh",
-)
-BILABIALS = ("p", "b", "m")
-PHONE_INDEX = {p: i for i, p in enumerate(ARPABET)}
 
 # A few curated, clearly different speakers from the bundled eSpeak NG data (accent + variant),
 # for corpora that need several "speakers"; any name from EspeakTTS().voices(variants=True) works.
@@ -45,7 +36,6 @@ SPEAKER_VOICES = (
 )
 VOICE_ALIASES = {"en-gb": "en"}  # accepted names -> eSpeak voice file names
 ESPEAK_RATE_RANGE = (80, 450)  # words per minute accepted by espeak_SetParameter(espeakRATE)
-ALIGN_FRAME_RATE = 100  # pocketsphinx frames per second (10 ms frame shift)
 # Parallel recognition (PhoneAligner(workers=N)) cuts no piece shorter: on 10 s of ARCTIC speech, pieces
 # of 2 s or more keep the phone error rate against the labels at 0.41, as one pass; 1 s pieces raise it to 0.45.
 MIN_PIECE_SECONDS = 2.0
@@ -87,15 +77,6 @@ _VOWEL_START = "aeiouAEIOUV03@"
 # eSpeak NG keeps one engine (voice, parameters, callback) per process inside the C library. This
 # lock is not state of ours: it only serialises use of that process-wide engine between threads.
 _ESPEAK_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Phone:
-    """One timed phone: ARPAbet `symbol` (lower case, no stress) from `start` to `end` seconds."""
-
-    symbol: str
-    start: float
-    end: float
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,86 +331,6 @@ def _resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 # Timed phone sequences
 
 
-def cover_phones(phones: Sequence[Phone], duration: float) -> list[Phone]:
-    """Sort, clip to [0, duration], fill gaps with "sil", merge neighbouring "sil", drop empty phones."""
-    out: list[Phone] = []
-    cursor = 0.0
-
-    def add(symbol: str, start: float, end: float) -> None:
-        if end - start <= 1e-9:
-            return
-        if symbol == "sil" and out and out[-1].symbol == "sil":
-            out[-1] = Phone("sil", out[-1].start, end)
-        else:
-            out.append(Phone(symbol, start, end))
-
-    for p in sorted(phones, key=lambda q: q.start):
-        start, end = max(p.start, cursor), min(p.end, duration)
-        if start > cursor:
-            add("sil", cursor, start)
-        if end > start:
-            add(p.symbol, start, end)
-            cursor = end
-    add("sil", cursor, duration)
-    return out
-
-
-def phones_to_frames(phones: Sequence[Phone], num_frames: int, fps: int = FPS) -> np.ndarray:
-    """Phone index into ARPABET per motion frame: (T,) int64, T = `num_frames`.
-
-    Frame t covers [t / fps, (t + 1) / fps) and takes the phone at its centre; frames outside
-    every phone are "sil". Phones must be sorted and non-overlapping.
-    """
-    if num_frames < 0:
-        raise ValueError(f"num_frames must be >= 0, got {num_frames}")
-    unknown = sorted({p.symbol for p in phones} - set(ARPABET))
-    if unknown:
-        raise ValueError(f"Phone symbols {unknown} are not ARPAbet; expected lower-case symbols from ARPABET")
-    starts = np.array([p.start for p in phones], dtype=np.float64)
-    ends = np.array([p.end for p in phones], dtype=np.float64)
-    if np.any(ends < starts) or np.any(starts[1:] < ends[:-1] - 1e-6):
-        raise ValueError("phones must be sorted by time, each with start <= end, and must not overlap")
-    out = np.zeros(num_frames, dtype=np.int64)  # 0 = "sil"
-    if not phones:
-        return out
-    ids = np.array([PHONE_INDEX[p.symbol] for p in phones], dtype=np.int64)
-    centres = (np.arange(num_frames) + 0.5) / fps
-    k = np.searchsorted(starts, centres, side="right") - 1  # last phone starting at or before the centre
-    inside = (k >= 0) & (centres < ends[np.maximum(k, 0)])
-    out[inside] = ids[k[inside]]
-    return out
-
-
-def phone_error_rate(reference: Sequence[str], hypothesis: Sequence[str]) -> float:
-    """Levenshtein distance between phone sequences divided by len(reference) ("sil" ignored)."""
-    ref = [p for p in reference if p != "sil"]
-    hyp = [p for p in hypothesis if p != "sil"]
-    if not ref:
-        raise ValueError("reference has no phones other than 'sil'")
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / len(ref)
-
-
-def read_phone_labels(path: str | Path) -> list[Phone]:
-    """Read 'start end phone' lines (seconds, ARPAbet; '#' starts a comment)."""
-    phones = []
-    for line in Path(path).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            start, end, symbol = line.split()
-            phones.append(Phone(symbol, float(start), float(end)))
-    return phones
-
-
-def write_phone_labels(path: str | Path, phones: Sequence[Phone]) -> None:
-    """Write phones as 'start end phone' lines in seconds."""
-    Path(path).write_text("".join(f"{p.start:.4f} {p.end:.4f} {p.symbol}\n" for p in phones))
-
-
 def load_arctic_fixture() -> tuple[np.ndarray, list[Phone], str]:
     """The shipped CMU ARCTIC utterance arctic_a0009: audio (S,) 16 kHz, its labelled phones, transcript."""
     from .audio import load_audio
@@ -457,7 +358,7 @@ class PhoneAligner:
 
     workers > 1: `recognize` cuts audio of 4 s or more into up to `workers` pieces at quiet
     moments (`quiet_cuts`) and recognises them at once in that many processes (started on first
-    use, each with its own decoder; blendtalk.phone_workers). On a GPU host, whose cores are
+    use, each with its own decoder; blendtalk.speech.phone_workers). On a GPU host, whose cores are
     otherwise idle, this cuts most of the audio front end's time.
     Alignment with a transcript always runs in this process.
     """
@@ -518,13 +419,13 @@ class PhoneAligner:
                 decoder.add_word(word, " ".join(self._pronounce(word)), update=True)
         try:
             decoder.set_align_text(" ".join(words))
-            _decode(decoder, pcm)  # pass 1: word alignment
+            decode(decoder, pcm)  # pass 1: word alignment
             decoder.set_alignment()
-            _decode(decoder, pcm)  # pass 2: phone and state alignment within those words
+            decode(decoder, pcm)  # pass 2: phone and state alignment within those words
             entries = list(decoder.get_alignment().phones())
         except RuntimeError as err:
             raise ValueError(f"Could not align the transcript to the audio ({err}); check that they match") from None
-        phones = [Phone(_sphinx_symbol(e.name), e.start / ALIGN_FRAME_RATE, (e.start + e.duration) / ALIGN_FRAME_RATE)
+        phones = [Phone(sphinx_symbol(e.name), e.start / ALIGN_FRAME_RATE, (e.start + e.duration) / ALIGN_FRAME_RATE)
                   for e in entries]
         return cover_phones(phones, len(audio) / SAMPLE_RATE)
 
@@ -559,23 +460,8 @@ class PhoneAligner:
                 return cover_phones([Phone(p.symbol, p.start + a / SAMPLE_RATE, p.end + a / SAMPLE_RATE)
                                      for a, phones in zip(cuts, found) for p in phones], duration)
         if self._allphone is None:
-            self._allphone = _allphone_decoder()
-        return cover_phones(_allphone_segments(self._allphone, pcm), duration)
-
-
-def _allphone_decoder():
-    from pocketsphinx import Decoder, get_model_path
-
-    # Beams and language weight as recommended for pocketsphinx phoneme recognition.
-    return Decoder(samprate=SAMPLE_RATE, allphone=str(Path(get_model_path()) / "en-us" / "en-us-phone.lm.bin"),
-                   lm=None, backtrace=True, beam=1e-20, pbeam=1e-20, lw=2.0, loglevel="FATAL")
-
-
-def _allphone_segments(decoder, pcm: bytes) -> list[Phone]:
-    """Allphone recognition of 16-bit PCM -> phones as recognised (times from the start, gaps possible)."""
-    _decode(decoder, pcm)
-    return [Phone(_sphinx_symbol(s.word), s.start_frame / ALIGN_FRAME_RATE, (s.end_frame + 1) / ALIGN_FRAME_RATE)
-            for s in decoder.seg()]
+            self._allphone = allphone_decoder()
+        return cover_phones(allphone_segments(self._allphone, pcm), duration)
 
 
 def quiet_cuts(audio: np.ndarray, parts: int, search: float = 0.25) -> list[int]:
@@ -600,22 +486,10 @@ def quiet_cuts(audio: np.ndarray, parts: int, search: float = 0.25) -> list[int]
     return cuts
 
 
-def _decode(decoder, pcm: bytes) -> None:
-    decoder.start_utt()
-    decoder.process_raw(pcm, full_utt=True)
-    decoder.end_utt()
-
-
 def _to_pcm16(audio: np.ndarray) -> bytes:
     if not isinstance(audio, np.ndarray) or audio.ndim != 1 or audio.shape[0] == 0:
         raise ValueError(f"audio must be a non-empty (S,) array at {SAMPLE_RATE} Hz, got {getattr(audio, 'shape', type(audio))}")
     return np.clip(np.round(audio * 32768.0), -32768, 32767).astype("<i2").tobytes()
-
-
-def _sphinx_symbol(name: str) -> str:
-    """pocketsphinx phone name (CMU set upper case, SIL, +NOISE+ fillers) -> ARPABET symbol."""
-    symbol = name.lower()
-    return symbol if symbol in PHONE_INDEX else "sil"
 
 
 def align(audio: np.ndarray, transcript: str, aligner: PhoneAligner | None = None, on_unknown: str = "g2p") -> list[Phone]:

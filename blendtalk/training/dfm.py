@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data.datasets import ExpressionDataset, SpeechDataset
-from .data.florence import read_florence
-from .data.vocaset import read_vocaset
-from .fusion_eval import evaluate_fusion, fusion_cases, synthetic_split
-from .geometry import load_square_map, uniform_laplacian
+from ..data.datasets import ExpressionDataset, SpeechDataset
+from ..data.florence import read_florence
+from ..data.vocaset import read_vocaset
+from ..evaluation.fusion import evaluate_fusion, fusion_cases, synthetic_split
+from ..face.geometry import load_square_map, uniform_laplacian
 from .losses import DFMLossConfig, dfm_loss, vertex_weights
-from .models.dfm import DeformationFusionModule, DFMConfig, interpolate_inputs
-from .rig import FaceRig, load_rig
+from ..models.dfm import DeformationFusionModule, DFMConfig, interpolate_inputs
+from ..face.rig import FaceRig, load_rig
 
 
 @dataclass

@@ -21,9 +21,9 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from .constants import FPS
-from .phonetics import ARPABET, BILABIALS, Phone
-from .rig import FaceRig
+from ..constants import FPS
+from .phones import ARPABET, BILABIALS, Phone
+from ..face.rig import FaceRig
 
 VISEMES = ("sil", "PP", "FF", "TH", "DD", "KK", "CH", "SS", "RR", "aa", "E", "I", "O", "U")
 

@@ -5,12 +5,12 @@ VOCASET (FLAME) the 'lips' and 'forehead' + 'eye_region' regions of FLAME_masks.
 * lve_mm2: per frame the max over lip vertices of the squared L2 error, averaged over all frames
   of all sequences (FaceFormer / CodeTalker), mm^2.
 * fdd_mm: per upper-face vertex |std_t ||d_pred|| - std_t ||d_true|||, mean over vertices, then
-  over sequences (blendtalk.metrics.face_dynamics_deviation), mm.
+  over sequences (blendtalk.evaluation.metrics.face_dynamics_deviation), mm.
 * fdd_codetalker_mm2: CodeTalker's variant: std over time of the squared displacement norm, mean
   over upper-face vertices, truth minus prediction (signed: > 0 = too little motion), mm^2.
 * mve_mm: mean vertex L2 error over the whole mesh, mm.
 * bilabial_closure (rig only): share of /p b m/ phones where the lips close below 1 mm
-  (blendtalk.lipsync), each style's prediction counted.
+  (blendtalk.evaluation.lipsync), each style's prediction counted.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ import numpy as np
 import torch
 
 from .metrics import MM_PER_M
-from .models.faceformer import FaceFormer
+from ..models.faceformer import FaceFormer
 
 
 def region_masks(config, num_vertices: int) -> dict[str, np.ndarray] | None:
     """Vertex indices of 'lips' and 'upper_face': the rig's pinned masks, or FLAME's for VOCASET; None if unknown."""
-    from .rig import load_rig
+    from ..face.rig import load_rig
 
     rig = load_rig()
     if num_vertices == rig.num_vertices:
         return {"lips": np.flatnonzero(rig.mask("lips")), "upper_face": np.flatnonzero(rig.mask("upper_face"))}
     if config.flame_masks:
-        from .flame import read_flame_masks
+        from ..face.flame import read_flame_masks
 
         m = read_flame_masks(config.flame_masks)
         return {"lips": np.asarray(m["lips"]), "upper_face": np.union1d(m["forehead"], m["eye_region"])}
@@ -88,7 +88,7 @@ def evaluate_driver(drive, data, masks: dict | None, sources=("aligned",), max_s
     """Metrics of any speech driver per phone source: drive(n, source) -> (B, T, V, 3) displacements
     of sequence n (B predictions, e.g. one per style, are averaged); see motion_metrics and summarise.
 
-    rig: on the rig's topology, also `bilabial_closure` (blendtalk.lipsync, 1 mm), judged at the
+    rig: on the rig's topology, also `bilabial_closure` (blendtalk.evaluation.lipsync, 1 mm), judged at the
     reference phones: the synthetic corpus's exact ones, else the aligned ones.
     """
     reference = data.phones.get("exact", data.phones.get("aligned"))
@@ -135,7 +135,7 @@ def evaluate_model(model: FaceFormer, data, masks: dict | None, sources=("aligne
 def evaluate_procedural(data, rig, masks: dict | None, sources=("aligned",),
                         max_sequences: int | None = None) -> dict[str, dict]:
     """The procedural viseme driver (default speaker style) on each source's phones; needs data on `rig`."""
-    from .visemes import VisemeDriver
+    from ..speech.visemes import VisemeDriver
 
     if data.motion.shape[1] != rig.num_vertices:
         raise ValueError(f"the procedural driver animates the rig (V={rig.num_vertices}); the data has V={data.motion.shape[1]}")

@@ -16,7 +16,7 @@ once on the template do it: ambient occlusion (the cavity and inner lips are clo
 depth (how far behind the template's visible surface, seen from the render camera, a vertex lies),
 which tints toward a dark cavity colour. Surfaces seen from behind (the inside of a mesh with no
 mouth cavity, such as FLAME, or a cut neck) are shaded dark too. `Renderer.for_rig` dresses a rig
-that carries a dressing (`blendtalk.dressing`: teeth, tongue, lashes, eyeballs following the gaze,
+that carries a dressing (`blendtalk.face.dressing`: teeth, tongue, lashes, eyeballs following the gaze,
 painted brows, lip tint), moved per frame from the face vertices; for other rigs it tints the lips
 and, where the template has open eye sockets, places two static eyeballs in them. Creases that the
 animation makes (a frown, a nose wrinkle) darken with the per-frame concavity of the skin.
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
-from .dressing import DressingConfig, FaceDressing, eyeball_cap, lip_tint
-from .geometry import ring_edges, ring_mean, smooth, vertex_normals
-from .head_motion import head_pivot, rotate_head
+from ..face.dressing import DressingConfig, FaceDressing, eyeball_cap, lip_tint
+from ..face.geometry import ring_edges, ring_mean, smooth, vertex_normals
+from ..expression.head_motion import head_pivot, rotate_head
 
 _EDGE_EPS = 1e-4  # barycentric slack: float32 round-off must not open one-pixel cracks on shared edges
 _SPAN_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # px; row spans are padded to these widths

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import num_frames
-from .constants import FPS, SAMPLE_RATE
+from ..speech.audio import num_frames
+from ..constants import FPS, SAMPLE_RATE
 from .exports import atomic_path
 
 FRAME_BATCH = 32  # frames per write to ffmpeg when given one array: a few MB per pipe write

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .constants import FACE_RIG_PATH
+from ..constants import FACE_RIG_PATH
 
 REGIONS = ("lips", "mouth", "eyes", "upper_face", "face_crop")
 _DRESSING_PREFIXES = ("dressing_", "face_brow", "eye_")  # asset keys that dress the face, not the rig
@@ -26,7 +26,7 @@ class FaceRig:
     vertices: (V, 3) neutral template. triangles: (F, 3) int. deltas: (52, V, 3) per-unit offsets.
     masks: region name -> (V,) bool. lip_pairs: (P, 2) [upper, lower] lip-seam vertex pairs.
     mirror: (V,) index of each vertex's left-right mirror partner. dressing: the asset's extra
-    arrays for `blendtalk.dressing.FaceDressing` (helper meshes, eyeballs, painted brows), or None.
+    arrays for `blendtalk.face.dressing.FaceDressing` (helper meshes, eyeballs, painted brows), or None.
     """
 
     vertices: np.ndarray
