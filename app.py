@@ -43,7 +43,7 @@ logger = logging.getLogger("blendtalk.app")
 MAX_AUDIO_SECONDS = 60.0  # s of speech per request: render time and download sizes grow with it
 MAX_UPLOAD = "20mb"  # per uploaded file: a minute of 48 kHz stereo 16-bit wav is 11.5 MB
 VIDEO_SIZES = (128, 256, 384, 512)  # px; CPU render time grows with the square of the size
-FIGURE_FRAMES = 90  # frames in the Plotly animation: about 3.8 MB of JSON for the rig
+FIGURE_FRAMES = 90  # frames in the Plotly animation: about 1.3 MB of page for the rig (viz.figure_html)
 SLIDERS_PER_ROW = 2  # blendshape sliders side by side in the explorer
 SLIDER_PEAK_M = 0.010  # m: a blendshape slider at +-1 moves its most-moved vertex by 10 mm
 QUEUE_SIZE = 16  # requests waiting at most; more are refused with "queue full"
@@ -243,7 +243,7 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
     import gradio as gr
 
     from blendtalk.expression.emotions import EMOTIONS, MAX_INTENSITY
-    from blendtalk.render.exports import export_all, unavailable
+    from blendtalk.render.exports import arkit_rig_glb, export_all, unavailable
     from blendtalk.render.viz import animation_figure, figure_html, mesh_figure, rig_look, weights_figure
 
     pipe = get_pipeline()
@@ -276,6 +276,8 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
         missing = unavailable(anim)
         written = export_all(anim, folder / "downloads", stem=stem, template=pipe.rig.vertices, dressing=pipe.dressing())
         files = [str(video)] + [str(p) for p in written.values()]
+        if anim.arkit_weights is not None:  # the rig with its ARKit units as morph targets, played by the curves
+            files.append(str(arkit_rig_glb(anim, folder / "downloads" / f"{stem}_rig.glb", pipe.rig, pipe.dressing())))
         yield str(video), html, curves, files, describe(anim, missing)
 
     def generate(audio=None, text="", transcript="", emotion="happy", intensity=1.0, mix_with=NO_MIX, mix_ratio=0.5,
@@ -309,6 +311,10 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                          workspace.new_request()):
             pass
         return out
+
+    def rig_view(files):
+        """The `_rig.glb` among the downloads (for gr.Model3D), or None."""
+        return next((str(f) for f in files or [] if str(f).endswith("_rig.glb")), None)
 
     # ---- the blendshape explorer ----
     dfm = pipe.dfm
@@ -368,12 +374,19 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                     status = gr.Markdown(elem_id="status")
             mesh = gr.HTML(label="Interactive 3D face (drag to turn, ▶ to play)", elem_id="mesh",
                            js_on_load=None, min_height=100)
+            rig3d = gr.Model3D(label="The rig driven by its 52 ARKit blendshape curves (glTF morph targets; loops)",
+                               elem_id="rig3d", clear_color=(0.17, 0.18, 0.21, 1.0), camera_position=(90, 90, 0.6),
+                               height=420)
             curves = gr.Plot(label="Blendshape weights over time", elem_id="curves")
-            files = gr.File(label="Downloads: mp4, vertices .npy, OBJ sequence .zip, glTF .glb, ARKit CSV/JSON, FLAME",
+            files = gr.File(label="Downloads: mp4, vertices .npy, OBJ sequence .zip, glTF .glb, ARKit CSV/JSON, FLAME, "
+                                  "the rig with ARKit morph targets _rig.glb",
                             file_count="multiple", interactive=False, elem_id="downloads")
             inputs = [audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size, head_motion]
             outputs = [video, mesh, curves, files, status]
-            button.click(generate, inputs, outputs, api_name="animate", api_visibility="public")
+            # gr.Model3D (6.x) starts its viewer for a value set by a plain event, not by a generator's
+            # update: a second event shows the rig's GLB from the downloads, leaving /animate's outputs as they were.
+            button.click(generate, inputs, outputs, api_name="animate", api_visibility="public").then(
+                rig_view, files, rig3d, api_visibility="private", show_progress="hidden")
             # Gradio keeps cached example outputs in a CSV; the 3D view's HTML (a few MB) is one field,
             # above the csv module's default field limit of 128 kB when it is read back.
             csv.field_size_limit(2**31 - 1)

@@ -7,7 +7,10 @@ clean-up can be watched. Input checks are also tested in-process (no server).
 from __future__ import annotations
 
 import contextlib
+import html as html_module
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -118,10 +121,13 @@ def test_animate_endpoint(client):
     assert abs(info["audio"]["duration"] - seconds) < 0.05 and abs(info["video"]["duration"] - seconds) < 0.1
     # The animated mesh: an iframe whose figure has frames and loads plotly.js from this app.
     assert html.startswith("<iframe") and "gradio_api/file=" in html and "plotly.min.js" in html
-    assert html.count("&quot;name&quot;:&quot;") >= 60  # the named animation frames
+    names = re.search(r"const names = (\[[^\]]*\])", html_module.unescape(html))  # the frames, rebuilt in the browser
+    assert names and len(json.loads(names.group(1))) >= 60 and "addFrames" in html
     assert curves["type"] == "plotly" and '"speech"' in curves["plot"]
     suffixes = sorted(Path(f).name.split("blendtalk_happy")[1] for f in files)
-    assert suffixes == [".glb", ".mp4", ".npy", "_arkit.csv", "_arkit.json", "_obj.zip"]
+    assert suffixes == [".glb", ".mp4", ".npy", "_arkit.csv", "_arkit.json", "_obj.zip", "_rig.glb"]
+    # The rig with its ARKit morph targets, played by the curves: a few MB (the per-frame .glb grows with the clip).
+    assert Path(files[-1]).read_bytes()[:4] == b"glTF" and Path(files[-1]).stat().st_size < 6e6
     vertices = np.load(next(f for f in files if f.endswith(".npy")))
     assert vertices.shape == (93, 4278, 3) and np.isfinite(vertices).all()
     assert "happy x0.8" in status and "no flame download" in status
@@ -201,7 +207,7 @@ def test_concurrent_requests_are_queued_and_leave_no_files(server, client, tmp_p
         results = list(pool.map(lambda job: job.result(timeout=300), jobs))
     print(f"\n8 concurrent requests: {time.perf_counter() - t0:.1f} s")
     for emotion, (video, html, curves, files, status) in zip(emotions, results):
-        assert probe(video)["audio"] is not None and f"{emotion} x0.8" in status and len(files) == 6
+        assert probe(video)["audio"] is not None and f"{emotion} x0.8" in status and len(files) == 7
     # Request folders are deleted once Gradio has copied the results...
     assert list((workdir / "requests").iterdir()) == []
     # ...and Gradio's copies (uploads and results) go after CACHE_AGE_S.

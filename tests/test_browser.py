@@ -213,6 +213,17 @@ def test_generate_in_browser(browser, app_url, tmp_path):
     assert lip_rows.mean() > skin_rows.mean(), "the 3D face is upside down"
     curves = browser.wait_for("#curves .js-plotly-plot", timeout=30)
     assert curves
+    # The second view: the rig's GLB in gr.Model3D, its ARKit curves playing (Babylon autoplays glTF animations).
+    browser.js("arguments[0].scrollIntoView()", browser.find("#rig3d"))
+    rig3d = browser.wait_for("#rig3d canvas", timeout=60)
+    time.sleep(5)  # the viewer loads Babylon.js and the GLB
+    shots = []
+    for k in range(3):
+        shots.append(np.asarray(Image.open(browser.screenshot(tmp_path / f"rig3d_{k}.png", rig3d)).convert("RGB")).astype(int))
+        time.sleep(0.7)
+    face = np.abs(shots[0] - shots[0][0, 0]).sum(-1) > 30  # pixels off the background
+    moved = max(int((np.abs(a - b).sum(-1) > 30).sum()) for a, b in zip(shots, shots[1:]))
+    assert face.sum() > 5000 and moved > 20, (int(face.sum()), moved)
     downloads = browser.js("return document.querySelectorAll('#downloads a').length")
     assert downloads >= 5, downloads
     status = browser.js("return document.querySelector('#status').innerText")

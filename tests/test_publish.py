@@ -76,7 +76,7 @@ def test_model_card_synthetic_run(tmp_path):
     assert "| val.dfm.fused_mve | 1.25 | 1.75 |" in card and "| loss.total | 0.3 | 0.2 |" in card
     assert 'resolve_checkpoint("dfm", "org/dfm")' in card and "load_dfm(ckpt.path)" in card
     assert "/home/alice" not in card and '"data": "synth"' in card  # local paths reduced to their last name
-    assert '"num_blendshapes": 2' in card and "Intended use and limits" in card and "V=10" in card
+    assert '"num_blendshapes": 2' in card and "## Limitations" in card and "## Intended use" in card and "V=10" in card
 
 
 def test_model_card_names_real_datasets(tmp_path):

@@ -1,4 +1,6 @@
+import base64
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from blendtalk.constants import SAMPLE_RATE
 from blendtalk.render.viz import (
     COORD_QUANTUM,
     MAX_FRAMES,
+    _compact_frames,
     animation_figure,
     figure_html,
     frame_indices,
@@ -213,3 +216,20 @@ def test_animation_with_explicit_triangles_is_refused(rig):
         animation_figure(_animation(rig, frames=3), rig.triangles)
     with pytest.raises(ValueError, match="expects an Animation"):
         weights_figure(np.zeros((3, 4)))
+
+
+def test_figure_html_sends_moving_vertices_once_per_frame(rig, talking):
+    """The page carries only the moving vertices as int8 steps, and they rebuild every frame to within half a step."""
+    fig = animation_figure(talking, rig.triangles, max_frames=30, rig=rig)
+    plain = len(fig.to_html(include_plotlyjs=False, full_html=True))
+    assert len(figure_html(fig, include_plotlyjs=False)) < plain / 2
+    bare, script = _compact_frames(fig)
+    assert not bare.frames and "addFrames" in script
+    idx = np.frombuffer(base64.b64decode(re.search(r"Uint32Array\(raw\('([^']*)'", script).group(1)), "<u4")
+    q = np.frombuffer(base64.b64decode(re.search(r"Int8Array\(raw\('([^']*)'", script).group(1)), np.int8)
+    step = int(re.search(r"step = (\d+)", script).group(1))
+    base = np.stack([np.asarray(getattr(fig.data[0], c), dtype=np.float64) for c in "xyz"], -1)  # (V, 3)
+    shown = np.stack([np.stack([np.asarray(getattr(f.data[0], c)) for c in "xyz"], -1) for f in fig.frames])  # (n, V, 3)
+    rebuilt = np.repeat(base[None], len(shown), 0)
+    rebuilt[:, idx] += q.reshape(len(shown), len(idx), 3).astype(np.float64) * step
+    assert 0 < len(idx) < base.shape[0] and np.abs(rebuilt - shown).max() <= step / 2

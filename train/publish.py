@@ -5,8 +5,11 @@
     python train/publish.py runs/dfm-... --repo-id org/blendtalk-dfm --dry-run   # print the card, upload nothing
 
 RUN_DIR is a training run folder (its best/ is uploaded, with metrics from metrics.jsonl and the
-training config in the card) or a checkpoint folder (config.json + model.safetensors). Only
-config.json, *.safetensors, mapping JSON, metrics.jsonl and the card are uploaded. The token comes
+training config in the card) or a checkpoint folder (config.json + model.safetensors, and the
+metrics.json test summary where there is one). Only config.json, *.safetensors, the JSON beside them
+(mapping, metrics.json), metrics.jsonl and the card are uploaded. The card is
+`blendtalk.hub.build_model_card`'s, the same that assets/dfm/README.md and assets/speech/README.md
+hold: `python train/publish.py assets/dfm --repo-id org/blendtalk-dfm` uploads the shipped DFM with it. The token comes
 from --token, else HF_TOKEN, else `hf auth login`; prefer HF_TOKEN (a --token shows in `ps`).
 Users then load it with BLENDTALK_DFM=org/name (or BLENDTALK_SPEECH) or `org/name@v1`.
 """

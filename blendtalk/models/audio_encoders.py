@@ -36,6 +36,19 @@ CMVN_STD_FLOOR = 1e-3  # log-mel std floor: a constant band (silence, padding) m
 DEFAULT_WAV2VEC2 = "facebook/wav2vec2-base-960h"  # FaceFormer's checkpoint, for messages only
 
 
+def _transformers():
+    """The `transformers` module, which only the optional wav2vec2 encoder needs (not in requirements.txt)."""
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError(
+            "The wav2vec2 audio encoder needs the `transformers` package, which the run-time install leaves out: "
+            "`pip install transformers` (or `pip install -r requirements-dev.txt`), or use the default phonetic "
+            "encoder (AudioEncoderConfig(kind='phonetic'))"
+        ) from err
+    return transformers
+
+
 @dataclass
 class AudioEncoderConfig:
     """Which audio front end and its size; nested in FaceFormerConfig and saved with it."""
@@ -137,8 +150,6 @@ class Wav2Vec2Encoder(AudioEncoder):
 
     def __init__(self, config: AudioEncoderConfig, output_dim: int, model: nn.Module | None = None):
         super().__init__()
-        from transformers import Wav2Vec2Config, Wav2Vec2Model
-
         if config.kind != "wav2vec2":
             raise ValueError(f"Wav2Vec2Encoder needs kind='wav2vec2', got {config.kind!r}")
         if model is None:
@@ -148,7 +159,8 @@ class Wav2Vec2Encoder(AudioEncoder):
                     "build with build_audio_encoder(config, D) / build_faceformer(config), or load a saved "
                     "FaceFormer with FaceFormer.from_pretrained(folder)"
                 )
-            model = Wav2Vec2Model(Wav2Vec2Config.from_dict(config.wav2vec2))
+            transformers = _transformers()
+            model = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config.from_dict(config.wav2vec2))
         if config.freeze_feature_extractor:
             model.freeze_feature_encoder()
         self.model = model
@@ -185,8 +197,7 @@ def load_wav2vec2(pretrained: str, local_files_only: bool = False, **overrides) 
 
     `overrides` are Wav2Vec2Config fields (e.g. layerdrop=0.0) applied on top of the checkpoint's.
     """
-    from transformers import Wav2Vec2Model
-
+    Wav2Vec2Model = _transformers().Wav2Vec2Model
     if Path(pretrained).is_dir():
         return Wav2Vec2Model.from_pretrained(pretrained, local_files_only=True, **overrides)
     if Path(pretrained).expanduser().exists() or pretrained.startswith((".", "/", "~")):

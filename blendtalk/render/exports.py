@@ -19,6 +19,10 @@ roll is 0. Live Link Face does not document its signs; flip a curve in the impor
 disagrees. Both eyes get the same rotation (no vergence: the listener is far away).
 | flame      | animation_flame.npz       | the FLAME parameters per frame, plus fps                      |
 
+`arkit_rig_glb` writes another glTF (the app's second 3D view): the rig with its 52 ARKit units as
+morph targets, played by the ARKit curves, through `write_morph_glb` (any mesh, named targets,
+optional weight curves), which the live mode can share.
+
 Every file is written under a hidden temporary name in its folder and renamed when complete, so
 a failure never leaves a half-written file. `export_all` skips the formats the animation has no
 data for (no ARKit weights, no FLAME parameters, too many frames for a glb) with a logged
@@ -53,6 +57,7 @@ from ..animation import Animation
 from ..expression.head_motion import head_pivot, rotate_head
 
 FORMATS = ("npy", "obj", "glb", "arkit_csv", "arkit_json", "flame")
+MIN_TARGET_OFFSET = 1e-7  # m: morph-target offsets below this are not stored (sparse targets)
 GLB_MAX_FRAMES = 1800  # 60 s at 30 fps: ~90 MB of targets for the 4278-vertex rig; Blender imports slow down past it
 OBJ_ZIP_LEVEL = 1  # deflate level: the repeated faces compress well even at the fastest level
 MAX_NAME_BYTES = 255  # a file name's length limit on Linux, macOS and Windows file systems (NAME_MAX)
@@ -364,6 +369,117 @@ def write_glb(
         for blob in blobs:  # streamed: the binary chunk is never assembled in memory
             f.write(memoryview(np.ascontiguousarray(blob)))
     return path
+
+
+def write_morph_glb(
+    path: str | os.PathLike,
+    base: np.ndarray,
+    triangles: np.ndarray,
+    targets: np.ndarray,
+    names: Sequence[str],
+    weights: np.ndarray | None = None,
+    fps: float = 30.0,
+    colours: np.ndarray | None = None,
+) -> Path:
+    """A binary glTF 2.0 of one mesh with named morph targets and, optionally, their weight curves.
+
+    base (N, 3) metres; triangles (F, 3) indices below N; targets (K, N, 3) offsets from base, named
+    `names` (K); weights (T, K) per frame at `fps`, keyed LINEAR over T/fps seconds (the animation
+    "weights"; None: a still, rigged mesh); colours (N, 3) linear RGB in [0, 1] as COLOR_0. Targets
+    are sparse accessors (only the vertices a target moves), so the rig with its 52 ARKit units is
+    1-2 MB whatever the clip's length; any glTF viewer or engine can drive the targets live or play the curves.
+    """
+    path = _target(path, ".glb")
+    base, targets = np.asarray(base, np.float32), np.asarray(targets, np.float32)
+    tri = np.asarray(triangles).astype(np.uint32)
+    n, k = len(base), len(targets)
+    if base.ndim != 2 or base.shape[1] != 3 or targets.shape != (k, n, 3) or len(names) != k or k == 0:
+        raise ValueError(f"need base (N, 3), targets (K, N, 3) and K names, got {base.shape}, {targets.shape}, {len(names)}")
+    if tri.ndim != 2 or tri.shape[1] != 3 or not len(tri) or int(tri.max()) >= n:
+        raise ValueError(f"triangles must be (F, 3) indices below N={n}, got {tri.shape}")
+    import torch
+
+    from ..face.geometry import vertex_normals
+
+    normals = vertex_normals(torch.as_tensor(base), torch.as_tensor(tri.astype(np.int64))).numpy()  # (N, 3): smooth shading
+    blobs, views = [], []
+
+    def view(blob: np.ndarray) -> int:  # every blob is 4-byte data, so offsets stay 4-byte aligned
+        views.append({"buffer": 0, "byteOffset": sum(b.nbytes for b in blobs), "byteLength": blob.nbytes})
+        blobs.append(np.ascontiguousarray(blob))
+        return len(views) - 1
+
+    accessors = [_accessor(view(base), 0, n, "VEC3", base.min(0), base.max(0)),
+                 {"bufferView": view(tri), "componentType": 5125, "count": tri.size, "type": "SCALAR"},
+                 _accessor(view(normals.astype(np.float32)), 0, n, "VEC3")]
+    for delta in targets:  # sparse: a unit moves part of the face, so only its moved vertices are stored
+        moved = np.flatnonzero(np.abs(delta).max(-1) > MIN_TARGET_OFFSET).astype(np.uint32)
+        acc = {"componentType": 5126, "count": n, "type": "VEC3",
+               "min": [float(x) for x in delta.min(0)], "max": [float(x) for x in delta.max(0)]}
+        if len(moved):  # no sparse and no bufferView: all zeros
+            acc["sparse"] = {"count": len(moved), "indices": {"bufferView": view(moved), "componentType": 5125},
+                             "values": {"bufferView": view(delta[moved])}}
+        accessors.append(acc)
+    primitive = {"attributes": {"POSITION": 0, "NORMAL": 2}, "indices": 1, "mode": 4,
+                 "targets": [{"POSITION": 3 + j} for j in range(k)]}
+    doc = {"asset": {"version": "2.0", "generator": "blendtalk"}, "scene": 0, "scenes": [{"nodes": [0]}],
+           "nodes": [{"mesh": 0, "name": "face"}],
+           "meshes": [{"name": "face", "primitives": [primitive], "weights": [0.0] * k,
+                       "extras": {"targetNames": list(names)}}]}
+    if weights is not None:
+        weights = np.asarray(weights, np.float32)
+        if weights.ndim != 2 or weights.shape[1] != k or not len(weights) or not fps > 0:
+            raise ValueError(f"weights must be (T, {k}) with T > 0 and fps > 0, got {weights.shape} at {fps}")
+        times = (np.arange(len(weights) + 1) / fps).astype(np.float32)  # (T + 1,): the last frame held to T/fps
+        keys = np.concatenate([weights, weights[-1:]])  # (T + 1, K)
+        accessors += [_accessor(view(times), 0, len(times), "SCALAR", times[:1], times[-1:]),
+                      _accessor(view(keys), 0, keys.size, "SCALAR")]
+        doc["animations"] = [{"name": "blendshapes", "samplers": [
+            {"input": len(accessors) - 2, "output": len(accessors) - 1, "interpolation": "LINEAR"}],
+            "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]}]
+        doc["asset"]["extras"] = {"fps": float(fps), "frames": len(weights)}
+    if colours is not None:
+        accessors.append(_accessor(view(np.asarray(colours, np.float32).reshape(n, 3)), 0, n, "VEC3"))
+        primitive["attributes"]["COLOR_0"] = len(accessors) - 1
+        primitive["material"] = 0
+        doc["materials"] = [{"name": "face", "pbrMetallicRoughness": {
+            "baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0, "roughnessFactor": 0.6}}]
+    offset = sum(b.nbytes for b in blobs)
+    doc |= {"accessors": accessors, "bufferViews": views, "buffers": [{"byteLength": offset}]}
+    return _write_glb_file(path, doc, blobs, offset)
+
+
+def arkit_rig_glb(animation: Animation, path: str | os.PathLike, rig, dressing=None) -> Path:
+    """The rig with its 52 ARKit blendshapes as morph targets, played by `animation.arkit_weights`
+    (T, 52): 1.0 MB bare, 1.6 MB dressed, unlike `write_glb`'s morph target per frame. The head stays still, and the
+    curves are the ARKit mapping's, without the residual detail the video shows. dressing: the rig's
+    `FaceDressing`, for teeth, eyes, lashes, hair and the painted colours (its parts follow each unit)."""
+    weights = _arkit(animation)
+    base, targets = np.asarray(rig.vertices, np.float32), np.asarray(rig.deltas, np.float32)  # (V, 3), (52, V, 3)
+    tri, colours = np.asarray(rig.triangles), None
+    if dressing is not None:
+        import torch
+
+        from .renderer import srgb_to_linear
+
+        dressed = dressing(base[None] + targets)  # (52, V + H, 3): each unit alone, at weight 1
+        base = dressing(base)
+        targets, tri = dressed - base, dressing.triangles
+        colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()
+    return write_morph_glb(path, base, tri, targets, rig.blendshape_names, weights, animation.fps, colours)
+
+
+def _write_glb_file(path: Path, doc: dict, blobs: list[np.ndarray], nbytes: int) -> Path:
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned; JSON pads with spaces
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<4sII", b"glTF", 2, 12 + 8 + len(text) + 8 + nbytes))
+        f.write(struct.pack("<I4s", len(text), b"JSON") + text)
+        f.write(struct.pack("<I4s", nbytes, b"BIN\0"))
+        for blob in blobs:  # streamed: the binary chunk is never assembled in memory
+            f.write(memoryview(np.ascontiguousarray(blob)))
+    return path
+
 
 
 def _accessor(view: int, offset: int, count: int, kind: str, lo=None, hi=None) -> dict:
