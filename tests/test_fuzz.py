@@ -742,10 +742,10 @@ def test_config_numbers_that_would_hang_or_allocate(kind, field, value, shipped,
         config["feature_dim"] = value
     folder = folder_with(scratch, shipped[kind] / "model.safetensors", json.dumps(config))
     for fn in (*LOADERS[kind], (DeformationFusionModule if kind == "dfm" else FaceFormer).from_pretrained):
-        start = time.perf_counter()
-        with bounded(5.0, max_traced_mb=MAX_TRACED_MB), pytest.raises((ValueError, CheckpointError)):
+        # The regressions ran for minutes; the slowest honest refusal (50k channels, parsed under
+        # tracemalloc) took 3.6 s with five other processes on 2 cores, so 20 s leaves 5x room.
+        with bounded(20.0, max_traced_mb=MAX_TRACED_MB), pytest.raises((ValueError, CheckpointError)):
             fn(folder)
-        assert time.perf_counter() - start < 3.0, f"{field}={value!r} took {time.perf_counter() - start:.1f} s"
 
 
 def safetensors_parts(path: Path) -> tuple[dict, bytes]:
