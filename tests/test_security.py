@@ -205,7 +205,7 @@ def test_torch_load_only_with_weights_only():
                 if keyword(call, "weights_only") is not True:
                     bad.append(f"{rel}:{call.lineno} torch.load without weights_only=True")
     assert not bad, bad
-    assert len(found) >= 2, found  # the DFM and FaceFormer training resumes: the check has something to check
+    assert "blendtalk/training/loop.py" in {f.split(":")[0] for f in found}, found  # the resume of both training loops: the check has something to check
 
 
 UNSAFE_LOADERS = {"pickle.load", "pickle.loads", "cPickle.load", "dill.load", "dill.loads", "joblib.load",
