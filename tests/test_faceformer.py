@@ -129,6 +129,7 @@ def test_untrained_model_outputs_zero_displacement():
 
 
 def test_cache_matches_full_recomputation_across_window_wrap():
+    torch.manual_seed(0)  # the model is drawn from the global generator: other tests must not pick it
     model = randomize(FaceFormer(tiny_config(window=8, alignment_radius=1)))
     x, spk = features(2, 23), torch.tensor([1, 0])
     fast = model.generate(x, 23, spk, use_cache=True)
