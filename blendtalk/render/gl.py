@@ -29,6 +29,8 @@ RENDER_ENV = "BLENDTALK_RENDER"  # "torch" forces the torch rasterizer; "gl" mak
 SRGB_STEPS = 4096  # the torch path's sRGB lookup table has this many entries; the shader quantises alike
 FRAMES_PER_READ = 8  # frames drawn side by side into one framebuffer and read back at once
 _GL_CLIP_DISTANCE0 = 0x3000  # GLenum: moderngl has no flag for it
+_GL_POLYGON_OFFSET_FILL = 0x8037  # GLenum
+_DEPTH_BITS = 24  # the depth renderbuffer's precision: polygon offset units are steps of 2**-24
 _LOCK = threading.Lock()  # moderngl objects of one context must not be used by two threads at once
 
 _VERTEX_SHADER = """
@@ -76,7 +78,6 @@ uniform vec3 halfways[LIGHTS];
 uniform float intensities[LIGHTS];
 uniform float ambient;
 uniform float back_light;  // surfaces seen from behind get this share of the light
-uniform float tie_bias;    // window depth added to back faces: they lose depth ties to front faces
 uniform float srgb_steps;
 in vec3 v_normal;
 in vec3 v_base;
@@ -99,7 +100,6 @@ void main() {
     c = floor(clamp(c, 0.0, 1.0) * (srgb_steps - 1.0) + 0.5) / (srgb_steps - 1.0);
     vec3 srgb = mix(1.055 * pow(max(c, vec3(1e-8)), vec3(1.0 / 2.4)) - 0.055, c * 12.92, lessThanEqual(c, vec3(0.0031308)));
     f_color = vec4(srgb, 1.0);
-    gl_FragDepth = gl_FragCoord.z + (back ? tie_bias : 0.0);
 }
 """
 
@@ -159,7 +159,7 @@ class GLDrawer:
                                        fragment_shader=_FRAGMENT_SHADER.replace("{lights}", str(len(intensities))))
             uniforms = {"focal": focal, "distance": distance, "ortho": int(ortho),
                         "code_range": (near, far) if ortho else (1 / far, 1 / near), "tile": float(self.tile),
-                        "ambient": ambient, "back_light": back_light, "tie_bias": tie_bias,
+                        "ambient": ambient, "back_light": back_light,
                         "srgb_steps": float(SRGB_STEPS)}
             for name, value in uniforms.items():
                 self.program[name].value = value
@@ -177,7 +177,10 @@ class GLDrawer:
                                         index_buffer=self.index, index_element_size=4)
             self.fbo = ctx.framebuffer(color_attachments=[ctx.renderbuffer((size * self.tile, size))],
                                        depth_attachment=ctx.depth_renderbuffer((size * self.tile, size)))
-            self.fbo_front_face = "cw"  # screen y points down, so a triangle facing us winds clockwise
+            # Back faces lose depth ties to front faces (folds where they touch, e.g. eyelid corners):
+            # they are drawn in a second pass, pushed back by `tie_bias` in units of the depth buffer's
+            # step. Not through gl_FragDepth, which would turn off the early depth test.
+            self.tie_units = float(tie_bias * (1 << _DEPTH_BITS))
 
     def __call__(self, attributes: np.ndarray) -> np.ndarray:
         """attributes (T, V, 10) float32: camera-space position (3), camera-space normal (3),
@@ -197,12 +200,19 @@ class GLDrawer:
             ctx.enable(moderngl.DEPTH_TEST)
             ctx.enable_direct(_GL_CLIP_DISTANCE0)
             ctx.enable_direct(_GL_CLIP_DISTANCE0 + 1)
-            ctx.disable(moderngl.CULL_FACE)
-            ctx.front_face = self.fbo_front_face
+            ctx.enable(moderngl.CULL_FACE)
+            ctx.front_face = "cw"  # screen y points down, so a triangle facing us winds clockwise
             for first in range(0, t_count, tile):
                 count = min(tile, t_count - first)
                 self.fbo.clear(*self.background, depth=1.0)
                 self.vbo.write(attributes[first : first + count])
+                ctx.cull_face = "back"  # pass 1: surfaces facing the camera
+                ctx.polygon_offset = (0.0, 0.0)
+                ctx.disable_direct(_GL_POLYGON_OFFSET_FILL)
+                self.vao.render(moderngl.TRIANGLES, vertices=count * self.num_indices)
+                ctx.cull_face = "front"  # pass 2: surfaces seen from behind, a tie further away
+                ctx.polygon_offset = (0.0, self.tie_units)
+                ctx.enable_direct(_GL_POLYGON_OFFSET_FILL)
                 self.vao.render(moderngl.TRIANGLES, vertices=count * self.num_indices)
                 self.fbo.read_into(strip, viewport=(0, 0, n * count, n), components=3, alignment=1)
                 view = strip.reshape(-1)[: n * n * count * 3].reshape(n, count, n, 3)  # (H, T', W, 3)
