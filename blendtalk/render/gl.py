@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 RENDER_ENV = "BLENDTALK_RENDER"  # "torch" forces the torch rasterizer; "gl" makes a missing OpenGL an error
 SRGB_STEPS = 4096  # the torch path's sRGB lookup table has this many entries; the shader quantises alike
-FRAMES_PER_READ = 8  # frames drawn side by side into one framebuffer and read back at once
-_GL_CLIP_DISTANCE0 = 0x3000  # GLenum: moderngl has no flag for it
 _GL_POLYGON_OFFSET_FILL = 0x8037  # GLenum
 _DEPTH_BITS = 24  # the depth renderbuffer's precision: polygon offset units are steps of 2**-24
 _LOCK = threading.Lock()  # moderngl objects of one context must not be used by two threads at once
@@ -39,8 +37,6 @@ uniform float focal;      // half-frames per unit of x / depth (perspective) or 
 uniform float distance;   // camera distance: depth = distance - z
 uniform vec2 code_range;  // perspective: (1/far, 1/near) of the depth code; orthographic: (near, far)
 uniform int ortho;
-uniform float tile;       // frames side by side in the framebuffer: x is squeezed into one tile
-uniform int frame_vertices;  // vertices per frame: frame k's come after k * frame_vertices
 in vec3 in_pos;           // camera space, +z toward the camera
 in vec3 in_normal;        // camera space, any length
 in vec4 in_material;      // linear albedo (3) and sheen (1)
@@ -59,11 +55,6 @@ void main() {
         float q_w = (code_range.y * depth - 1.0) / (code_range.y - code_range.x);
         gl_Position = vec4(x, y, 2.0 * q_w - depth, depth);
     }
-    // Frame k of `tile` side by side: squeeze x into its slice of [-1, 1], clipped to that slice.
-    float k = float(gl_VertexID / frame_vertices);
-    gl_ClipDistance[0] = gl_Position.w + gl_Position.x;
-    gl_ClipDistance[1] = gl_Position.w - gl_Position.x;
-    gl_Position.x = (gl_Position.x + gl_Position.w * (2.0 * k + 1.0 - tile)) / tile;
     v_normal = in_normal;
     v_base = in_material.rgb;
     v_sheen = in_material.a;
@@ -151,14 +142,12 @@ class GLDrawer:
 
         self.ctx = ctx = gl_context()
         self.size = size
-        self.tile = max(1, min(FRAMES_PER_READ, ctx.info.get("GL_MAX_TEXTURE_SIZE", 8192) // size,
-                               ctx.info.get("GL_MAX_VIEWPORT_DIMS", (8192, 8192))[0] // size))
         self.background = tuple(float(c) / 255 for c in background) + (1.0,)
         with _LOCK, ctx:
             self.program = ctx.program(vertex_shader=_VERTEX_SHADER,
                                        fragment_shader=_FRAGMENT_SHADER.replace("{lights}", str(len(intensities))))
             uniforms = {"focal": focal, "distance": distance, "ortho": int(ortho),
-                        "code_range": (near, far) if ortho else (1 / far, 1 / near), "tile": float(self.tile),
+                        "code_range": (near, far) if ortho else (1 / far, 1 / near),
                         "ambient": ambient, "back_light": back_light,
                         "srgb_steps": float(SRGB_STEPS)}
             for name, value in uniforms.items():
@@ -166,17 +155,15 @@ class GLDrawer:
             self.program["light_dirs"].write(np.asarray(lights, np.float32).tobytes())
             self.program["halfways"].write(np.asarray(halfways, np.float32).tobytes())
             self.program["intensities"].write(np.asarray(intensities, np.float32).tobytes())
-            self.num_vertices = v_count = int(np.max(triangles)) + 1
-            self.num_indices = 3 * len(triangles)
-            self.program["frame_vertices"].value = v_count
-            tri = np.asarray(triangles, dtype=np.uint32)
-            copies = tri[None] + (v_count * np.arange(self.tile, dtype=np.uint32))[:, None, None]  # (tile, F, 3)
-            self.index = ctx.buffer(np.ascontiguousarray(copies).tobytes())
-            self.vbo = ctx.buffer(reserve=self.tile * v_count * 10 * 4, dynamic=True)
+            self.num_vertices = int(np.max(triangles)) + 1
+            self.index = ctx.buffer(np.ascontiguousarray(triangles, dtype=np.uint32).tobytes())
+            self.vbo = ctx.buffer(reserve=self.num_vertices * 10 * 4, dynamic=True)
             self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f 3f 4f", "in_pos", "in_normal", "in_material")],
                                         index_buffer=self.index, index_element_size=4)
-            self.fbo = ctx.framebuffer(color_attachments=[ctx.renderbuffer((size * self.tile, size))],
-                                       depth_attachment=ctx.depth_renderbuffer((size * self.tile, size)))
+            # One frame at a time: frames drawn side by side into a wider framebuffer were no faster
+            # on llvmpipe and made a frame's pixels depend (by rounding) on its place in the batch.
+            self.fbo = ctx.framebuffer(color_attachments=[ctx.renderbuffer((size, size))],
+                                       depth_attachment=ctx.depth_renderbuffer((size, size)))
             # Back faces lose depth ties to front faces (folds where they touch, e.g. eyelid corners):
             # they are drawn in a second pass, pushed back by `tie_bias` in units of the depth buffer's
             # step. Not through gl_FragDepth, which would turn off the early depth test.
@@ -188,33 +175,26 @@ class GLDrawer:
         t_count, v_count, width = attributes.shape
         if v_count != self.num_vertices or width != 10:
             raise ValueError(f"attributes must have shape (T, {self.num_vertices}, 10), got {attributes.shape}")
-        n, tile = self.size, self.tile
+        n = self.size
         out = np.empty((t_count, n, n, 3), np.uint8)
-        strip = np.empty((n, n * tile, 3), np.uint8)
         attributes = np.ascontiguousarray(attributes, dtype=np.float32)
         with _LOCK, self.ctx:
             import moderngl
 
             ctx = self.ctx
             self.fbo.use()
-            ctx.enable(moderngl.DEPTH_TEST)
-            ctx.enable_direct(_GL_CLIP_DISTANCE0)
-            ctx.enable_direct(_GL_CLIP_DISTANCE0 + 1)
-            ctx.enable(moderngl.CULL_FACE)
+            ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
             ctx.front_face = "cw"  # screen y points down, so a triangle facing us winds clockwise
-            for first in range(0, t_count, tile):
-                count = min(tile, t_count - first)
+            for t in range(t_count):
                 self.fbo.clear(*self.background, depth=1.0)
-                self.vbo.write(attributes[first : first + count])
+                self.vbo.write(attributes[t])
                 ctx.cull_face = "back"  # pass 1: surfaces facing the camera
-                ctx.polygon_offset = (0.0, 0.0)
                 ctx.disable_direct(_GL_POLYGON_OFFSET_FILL)
-                self.vao.render(moderngl.TRIANGLES, vertices=count * self.num_indices)
+                self.vao.render(moderngl.TRIANGLES)
                 ctx.cull_face = "front"  # pass 2: surfaces seen from behind, a tie further away
                 ctx.polygon_offset = (0.0, self.tie_units)
                 ctx.enable_direct(_GL_POLYGON_OFFSET_FILL)
-                self.vao.render(moderngl.TRIANGLES, vertices=count * self.num_indices)
-                self.fbo.read_into(strip, viewport=(0, 0, n * count, n), components=3, alignment=1)
-                view = strip.reshape(-1)[: n * n * count * 3].reshape(n, count, n, 3)  # (H, T', W, 3)
-                out[first : first + count] = view.transpose(1, 0, 2, 3)
+                self.vao.render(moderngl.TRIANGLES)
+                # Rows come bottom-up, which the shader's flipped y turns into image order.
+                self.fbo.read_into(out[t], components=3, alignment=1)
         return out

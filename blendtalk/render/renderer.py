@@ -481,7 +481,8 @@ class Renderer:
                 block = rotate_head(block, head_rotation[first : first + _PLAN_FRAMES].to(self.device), self.pivot)
             if self.gl is not None:
                 for start in range(0, len(block), _GL_FRAMES):
-                    out[first + start : first + start + _GL_FRAMES] = self._draw_gl(block[start : start + _GL_FRAMES])
+                    end = min(start + _GL_FRAMES, len(block))
+                    out[first + start : first + end] = self._draw_gl(block[start:end])
                 continue
             for start, end in self._chunks(block):
                 out[first + start : first + end] = self._render_chunk(block[start:end]).cpu().numpy()
