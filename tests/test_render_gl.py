@@ -116,3 +116,17 @@ def test_missing_opengl_falls_back_with_one_log_line(rig, monkeypatch, caplog):
 def test_backend_is_checked():
     with pytest.raises(ValueError, match="backend"):
         RenderConfig(backend="vulkan")
+
+
+def test_template_shading_is_cached_and_the_cache_gives_the_same_frames(rig, tmp_path, monkeypatch):
+    monkeypatch.setenv("BLENDTALK_CACHE", str(tmp_path))
+    first = Renderer.for_rig(rig, RenderConfig(size=64, backend="torch"))
+    assert len(list(tmp_path.glob("shading_*.npz"))) == 1
+    again = Renderer.for_rig(rig, RenderConfig(size=64, backend="torch"))
+    assert torch_equal(first.material, again.material)
+    other = Renderer.for_rig(rig, RenderConfig(size=64, backend="torch", pitch_deg=10))  # another camera: another entry
+    assert len(list(tmp_path.glob("shading_*.npz"))) == 2 and not torch_equal(first.material, other.material)
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())

@@ -24,17 +24,19 @@ animation makes (a frown, a nose wrinkle) darken with the per-frame concavity of
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
+import hashlib
 import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as nnf
 
 from ..face.dressing import DressingConfig, FaceDressing, eyeball_cap, lip_tint
-from ..face.geometry import ring_edges, ring_mean, smooth, vertex_normals
+from ..face.geometry import CACHE_ENV, DEFAULT_CACHE_DIR, ring_edges, ring_mean, smooth, vertex_normals
 from ..expression.head_motion import head_pivot, rotate_head
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ _CUDA_CANDIDATES = 32_000_000  # per chunk on CUDA: big launches amortise kernel
 _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a time
 _DRESSING_SHEEN = 2.0  # eyes and teeth are wet: twice the skin's sheen
 _HAIR_SHEEN = 0.3  # short hair scatters light: a third of the skin's sheen, never a plastic gloss
+SHADING_CACHE_VERSION = 1  # bump when _ambient_occlusion or _hidden_depth change what they compute
 _GL_FRAMES = 32  # frames whose vertex attributes go to OpenGL at a time (about 20 MB for a dressed head)
 BACKENDS = ("auto", "gl", "torch")
 
@@ -383,8 +386,8 @@ class Renderer:
         face32 = face.float().to(dev)
         albedo = srgb_to_linear(colours.clamp(0, 1)).to(dev)  # (V+E, 3)
         extra = len(tmpl) - self.num_vertices
-        occlusion = nnf.pad(self._ambient_occlusion(face32, face_raster), (0, extra))
-        hidden = nnf.pad(self._hidden_depth(face32, face_raster), (0, extra))
+        occlusion, hidden = self._template_shading(face32, face_raster)
+        occlusion, hidden = nnf.pad(occlusion, (0, extra)), nnf.pad(hidden, (0, extra))
         base = torch.lerp(albedo, cavity.expand_as(albedo), hidden[:, None])
         base = base * (1 - config.occlusion_strength * occlusion)[:, None]
         sheen = config.specular * (1 - occlusion) * (1 - hidden)
@@ -632,6 +635,35 @@ class Renderer:
         far = nnf.max_pool2d(surface[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
         px, py = x.floor().long().clamp(0, n - 1), y.floor().long().clamp(0, n - 1)
         return far.reshape(len(far), -1).gather(1, py * n + px)
+
+    def _template_shading(self, face: torch.Tensor, raster: Rasterizer) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ambient occlusion and hidden depth of the face template, each (V,): computed once per face,
+        camera and size, then read from the cache folder ($BLENDTALK_CACHE, else ~/.cache/blendtalk)
+        because they are most of the time a renderer takes to build. An unwritable cache is skipped."""
+        cfg = self.config
+        key = hashlib.sha256()
+        for part in (face.cpu().numpy(), raster.triangles.cpu().numpy().astype(np.int64)):
+            key.update(str(part.shape).encode() + np.ascontiguousarray(part).tobytes())
+        key.update(repr((SHADING_CACHE_VERSION, _AO_DIRECTIONS, _AO_SIZE, min(cfg.size * cfg.supersample, 256),
+                         self.distance, self.focal, self.depth_near, self.depth_far, cfg.cavity_depth, cfg.fov_deg,
+                         cfg.yaw_deg, cfg.pitch_deg, self.centre.tolist())).encode())
+        path = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser() / f"shading_{key.hexdigest()[:24]}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                occlusion, hidden = z["occlusion"], z["hidden"]
+            if occlusion.shape == hidden.shape == (len(face),):
+                return torch.from_numpy(occlusion).to(face.device), torch.from_numpy(hidden).to(face.device)
+        except (OSError, KeyError, ValueError):
+            pass  # not cached yet (or unreadable): compute it
+        occlusion, hidden = self._ambient_occlusion(face, raster), self._hidden_depth(face, raster)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # atomic: concurrent processes may write it too
+            np.savez(tmp, occlusion=occlusion.cpu().numpy(), hidden=hidden.cpu().numpy())
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home: compute it again next time
+        return occlusion, hidden
 
     def _ambient_occlusion(self, tmpl: torch.Tensor, raster: Rasterizer) -> torch.Tensor:
         """(V,) share of each vertex's cosine-weighted hemisphere that the template itself blocks.
