@@ -40,6 +40,31 @@ def timed(fn, repeats: int):
     return out, times
 
 
+@contextlib.contextmanager
+def encoders_in(dfm, precision: str):
+    """Run the DFM's two encoders (not the decoders or mappings) in `precision`; float32 weights out."""
+    plain = {name: getattr(dfm, name) for name in ("encode_speech", "encode_expression")}
+
+    def wrap(encode):
+        def run(d):
+            if precision == "bfloat16":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return encode(d).float()
+            return encode(d)
+        return run
+
+    if precision == "float32 channels-last":
+        dfm.to(memory_format=torch.channels_last)
+    for name, encode in plain.items():
+        object.__setattr__(dfm, name, wrap(encode))
+    try:
+        yield
+    finally:
+        for name in plain:
+            del dfm.__dict__[name]
+        dfm.to(memory_format=torch.contiguous_format)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.15, help="length of the speech clip")
@@ -68,14 +93,11 @@ def main(argv=None) -> int:
     print(f"\nDFM: {len(d_s)} frames, {n_unique} distinct expression frames (encoded once each)")
     reference, times = timed(lambda: pipe.fuse(d_s, d_e)[0], args.repeats)
     rows = [("float32", times, 0.0)]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        fused, times = timed(lambda: pipe.fuse(d_s, d_e)[0], args.repeats)
-    rows.append(("bfloat16", times, float(np.abs(fused.astype(np.float64) - reference).max()) * 1000))
     dfm = pipe.dfm
-    dfm.to(memory_format=torch.channels_last)
-    fused, times = timed(lambda: pipe.fuse(d_s, d_e)[0], args.repeats)
-    dfm.to(memory_format=torch.contiguous_format)
-    rows.append(("float32 channels-last", times, float(np.abs(fused.astype(np.float64) - reference).max()) * 1000))
+    for name in PRECISIONS[1:]:
+        with encoders_in(dfm, name):
+            fused, times = timed(lambda: pipe.fuse(d_s, d_e)[0], args.repeats)
+        rows.append((name, times, float(np.abs(fused.astype(np.float64) - reference).max()) * 1000))
     print("| precision | DFM s (min / median / max) | max deviation from float32, mm | within tolerance |")
     print("|---|---|---|---|")
     for name, t, dev in rows:
