@@ -24,16 +24,22 @@ animation makes (a frown, a nose wrinkle) darken with the per-frame concavity of
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as nnf
 
 from ..face.dressing import DressingConfig, FaceDressing, eyeball_cap, lip_tint
-from ..face.geometry import ring_edges, ring_mean, smooth, vertex_normals
+from ..face.geometry import CACHE_ENV, DEFAULT_CACHE_DIR, ring_edges, ring_mean, smooth, vertex_normals
 from ..expression.head_motion import head_pivot, rotate_head
+
+logger = logging.getLogger(__name__)
 
 _EDGE_EPS = 1e-4  # barycentric slack: float32 round-off must not open one-pixel cracks on shared edges
 _SPAN_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # px; row spans are padded to these widths
@@ -46,6 +52,9 @@ _CUDA_CANDIDATES = 32_000_000  # per chunk on CUDA: big launches amortise kernel
 _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a time
 _DRESSING_SHEEN = 2.0  # eyes and teeth are wet: twice the skin's sheen
 _HAIR_SHEEN = 0.3  # short hair scatters light: a third of the skin's sheen, never a plastic gloss
+SHADING_CACHE_VERSION = 1  # bump when _ambient_occlusion or _hidden_depth change what they compute
+_GL_FRAMES = 32  # frames whose vertex attributes go to OpenGL at a time (about 20 MB for a dressed head)
+BACKENDS = ("auto", "gl", "torch")
 
 
 def srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
@@ -86,6 +95,9 @@ class RenderConfig:
     cavity_depth: float = 0.006  # template units (m) behind the visible surface for full cavity tint
     supersample: int = 1  # render at k x size and average k x k blocks (anti-aliasing, k^2 cost)
     max_candidates: int | None = None  # pixel-row candidates per chunk of frames; None: by device
+    # Who draws: "auto" is OpenGL on a CPU device (llvmpipe, several times faster) where it works and
+    # supersample is 1, else the torch rasterizer; "torch" always the rasterizer; "gl" OpenGL or an error.
+    backend: str = "auto"
 
     def __post_init__(self):
         if self.size < 8:
@@ -100,6 +112,8 @@ class RenderConfig:
             raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")
         if self.supersample < 1:
             raise ValueError(f"supersample must be >= 1, got {self.supersample}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
 
 def _rotation(yaw_deg: float, pitch_deg: float) -> torch.Tensor:
@@ -372,8 +386,8 @@ class Renderer:
         face32 = face.float().to(dev)
         albedo = srgb_to_linear(colours.clamp(0, 1)).to(dev)  # (V+E, 3)
         extra = len(tmpl) - self.num_vertices
-        occlusion = nnf.pad(self._ambient_occlusion(face32, face_raster), (0, extra))
-        hidden = nnf.pad(self._hidden_depth(face32, face_raster), (0, extra))
+        occlusion, hidden = self._template_shading(face32, face_raster)
+        occlusion, hidden = nnf.pad(occlusion, (0, extra)), nnf.pad(hidden, (0, extra))
         base = torch.lerp(albedo, cavity.expand_as(albedo), hidden[:, None])
         base = base * (1 - config.occlusion_strength * occlusion)[:, None]
         sheen = config.specular * (1 - occlusion) * (1 - hidden)
@@ -386,6 +400,36 @@ class Renderer:
         self.ring = ring_edges(self.face_triangles, self.num_vertices)
         rest_normals = vertex_normals(face32[None], self.face_triangles)
         self.rest_concavity = _concavity(face32[None], rest_normals, self.ring)[0]  # (V,)
+        self.gl = self._gl_drawer()
+
+    @property
+    def backend(self) -> str:
+        """Who draws the frames: "gl" (OpenGL) or "torch" (the rasterizer)."""
+        return "gl" if self.gl is not None else "torch"
+
+    def _gl_drawer(self):
+        """A `gl.GLDrawer` for this renderer where the config and the machine allow one, else None."""
+        cfg = self.config
+        if cfg.backend == "torch" or (cfg.backend == "auto" and (self.device.type != "cpu" or cfg.supersample > 1)):
+            return None
+        from . import gl
+
+        ok, why = gl.gl_status()
+        if not ok:
+            if cfg.backend == "gl":
+                raise RuntimeError(f"OpenGL rendering is not available ({why}); use backend='torch'")
+            gl.log_fallback(why)
+            return None
+        if cfg.supersample > 1:
+            raise ValueError("the OpenGL backend draws supersample=1 only; use backend='torch' to supersample")
+        count = len(self.light_intensities)
+        return gl.GLDrawer(
+            self.triangles.cpu().numpy(), cfg.size, focal=self.focal, distance=self.distance, near=self.depth_near,
+            far=self.depth_far, ortho=cfg.fov_deg == 0, lights=self.light_matrix[:, :count].T.cpu().numpy(),
+            halfways=self.light_matrix[:, count:].T.cpu().numpy(), intensities=self.light_intensities.cpu().numpy(),
+            ambient=cfg.ambient, back_light=_BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
+            tie_bias=1.5 / self.raster.levels,
+        )
 
     @classmethod
     def for_rig(cls, rig, config: RenderConfig | None = None, device=None) -> "Renderer":
@@ -438,6 +482,11 @@ class Renderer:
                 block = torch.cat([block, self.static_vertices.expand(len(block), -1, -1)], 1)  # (T, V+E, 3)
             if head_rotation is not None:  # after dressing: teeth, eyes and lashes turn with the head
                 block = rotate_head(block, head_rotation[first : first + _PLAN_FRAMES].to(self.device), self.pivot)
+            if self.gl is not None:
+                for start in range(0, len(block), _GL_FRAMES):
+                    end = min(start + _GL_FRAMES, len(block))
+                    out[first + start : first + end] = self._draw_gl(block[start:end])
+                continue
             for start, end in self._chunks(block):
                 out[first + start : first + end] = self._render_chunk(block[start:end]).cpu().numpy()
         return out[0] if len(shape) == 2 else out
@@ -498,6 +547,28 @@ class Renderer:
         """Linear RGB (..., 3) -> sRGB uint8 through a lookup table (much cheaper than a power)."""
         return self.srgb_table[(linear.clamp(0, 1) * (len(self.srgb_table) - 1) + 0.5).long()]
 
+    def _draw_gl(self, verts: torch.Tensor) -> np.ndarray:
+        """Vertices (T, V, 3) -> uint8 frames (T, H, W, 3) drawn by OpenGL from the same per-vertex
+        camera-space positions, normals and material the torch path interpolates."""
+        cam = (verts - self.centre) @ self.rotation.T  # (T, V, 3)
+        attributes = torch.cat([cam, *self._vertex_attributes(verts)], -1)  # (T, V, 10)
+        return self.gl(attributes.cpu().numpy())
+
+    def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vertices (T, V, 3) -> camera-space normals (T, V, 3) and material (T, V, 4): linear
+        albedo after the cavity tint, occlusion and this frame's crease darkening, and sheen."""
+        world = vertex_normals(verts, self.triangles)  # (T, V, 3)
+        normals = world @ self.rotation.T  # (T, V, 3) camera space
+        material = self.material.expand(verts.shape[0], -1, -1)
+        if self.config.crease_strength > 0:
+            # New concavity (mm) darkens the albedo: the folds of a frown or a nose wrinkle.
+            v = self.num_vertices
+            crease = _concavity(verts[:, :v], world[:, :v], self.ring) - self.rest_concavity
+            dark = (1 - self.config.crease_strength * 1000 * crease.clamp(min=0)).clamp(min=0.35)  # (T, V)
+            dark = nnf.pad(dark, (0, verts.shape[1] - self.num_vertices), value=1.0)
+            material = torch.cat([material[..., :3] * dark[..., None], material[..., 3:]], -1)
+        return normals, material
+
     def _shade_pixels(self, verts, depth, zbuf, planes, area, pix, n: int) -> torch.Tensor:
         """Shade the covered pixels `pix` (M,) of the flat z-buffer `zbuf`: -> linear RGB (M, 3)."""
         t_count, f_count = verts.shape[0], len(self.triangles)
@@ -506,17 +577,7 @@ class Renderer:
         # One row per (frame, triangle) holding everything shading needs, so that each pixel does
         # a single contiguous gather: 3 perspective-weighted barycentric planes (9), a back-facing
         # flag (1) and per corner the camera-space normal (3), base colour (3) and sheen (1).
-        world = vertex_normals(verts, self.triangles)  # (T, V, 3)
-        normals = world @ self.rotation.T  # (T, V, 3) camera space
-        material = self.material.expand(t_count, -1, -1)
-        if self.config.crease_strength > 0:
-            # New concavity (mm) darkens the albedo: the folds of a frown or a nose wrinkle.
-            v = self.num_vertices
-            crease = _concavity(verts[:, :v], world[:, :v], self.ring) - self.rest_concavity
-            dark = (1 - self.config.crease_strength * 1000 * crease.clamp(min=0)).clamp(min=0.35)  # (T, V)
-            dark = nnf.pad(dark, (0, verts.shape[1] - self.num_vertices), value=1.0)
-            material = torch.cat([material[..., :3] * dark[..., None], material[..., 3:]], -1)
-        per_vertex = torch.cat([normals, material], -1)  # (T, V, 7)
+        per_vertex = torch.cat(self._vertex_attributes(verts), -1)  # (T, V, 7)
         corners = per_vertex[:, self.triangles].reshape(t_count * f_count, 21)
         # Perspective-correct barycentrics are ratios of affine functions: b_k / depth_k, renormalised.
         if self.config.fov_deg > 0:
@@ -574,6 +635,35 @@ class Renderer:
         far = nnf.max_pool2d(surface[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
         px, py = x.floor().long().clamp(0, n - 1), y.floor().long().clamp(0, n - 1)
         return far.reshape(len(far), -1).gather(1, py * n + px)
+
+    def _template_shading(self, face: torch.Tensor, raster: Rasterizer) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ambient occlusion and hidden depth of the face template, each (V,): computed once per face,
+        camera and size, then read from the cache folder ($BLENDTALK_CACHE, else ~/.cache/blendtalk)
+        because they are most of the time a renderer takes to build. An unwritable cache is skipped."""
+        cfg = self.config
+        key = hashlib.sha256()
+        for part in (face.cpu().numpy(), raster.triangles.cpu().numpy().astype(np.int64)):
+            key.update(str(part.shape).encode() + np.ascontiguousarray(part).tobytes())
+        key.update(repr((SHADING_CACHE_VERSION, _AO_DIRECTIONS, _AO_SIZE, min(cfg.size * cfg.supersample, 256),
+                         self.distance, self.focal, self.depth_near, self.depth_far, cfg.cavity_depth, cfg.fov_deg,
+                         cfg.yaw_deg, cfg.pitch_deg, self.centre.tolist())).encode())
+        path = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser() / f"shading_{key.hexdigest()[:24]}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                occlusion, hidden = z["occlusion"], z["hidden"]
+            if occlusion.shape == hidden.shape == (len(face),):
+                return torch.from_numpy(occlusion).to(face.device), torch.from_numpy(hidden).to(face.device)
+        except (OSError, KeyError, ValueError):
+            pass  # not cached yet (or unreadable): compute it
+        occlusion, hidden = self._ambient_occlusion(face, raster), self._hidden_depth(face, raster)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # atomic: concurrent processes may write it too
+            np.savez(tmp, occlusion=occlusion.cpu().numpy(), hidden=hidden.cpu().numpy())
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home: compute it again next time
+        return occlusion, hidden
 
     def _ambient_occlusion(self, tmpl: torch.Tensor, raster: Rasterizer) -> torch.Tensor:
         """(V,) share of each vertex's cosine-weighted hemisphere that the template itself blocks.

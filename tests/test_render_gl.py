@@ -1,0 +1,132 @@
+"""The OpenGL back end (render/gl.py) against the torch rasterizer it stands in for, and the fallback."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import blendtalk.render.gl as gl
+from blendtalk.render.renderer import Renderer, RenderConfig
+
+SIZE = 256  # px: large enough that the mouth, eyes and brows span many pixels
+TOLERANCE = 2.0  # mean absolute difference in 8-bit levels allowed between the back ends (issue #27)
+
+needs_gl = pytest.mark.skipif(not gl.gl_status()[0], reason=f"OpenGL unavailable: {gl.gl_status()[1]}")
+
+
+@pytest.fixture(scope="module")
+def animated(rig):
+    """Dressed frames that move what the dressing follows: (T, V, 3) vertices, (T, 2) gaze, (T, 3) head."""
+    named = [{}, {"jawOpen": 1.0}, {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0, "jawOpen": 0.3},
+             {"browInnerUp": 1.0, "eyeWideLeft": 1.0, "eyeWideRight": 1.0},
+             {"browDownLeft": 1.0, "browDownRight": 1.0, "noseSneerLeft": 1.0, "noseSneerRight": 1.0},
+             {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0, "tongueOut": 1.0}]
+    verts = rig(np.stack([rig.weights(p) for p in named]))
+    gaze = np.array([[0, 0], [0.2, 0], [-0.2, 0.1], [0, -0.15], [0.1, 0.1], [0, 0]], np.float32)
+    head = np.array([[0, 0, 0], [0.1, 0, 0], [0, 0.2, 0], [0, -0.15, 0.05], [-0.08, 0.1, -0.05], [0, 0, 0.1]], np.float32)
+    return verts, gaze, head
+
+
+@pytest.fixture(scope="module")
+def both(rig, animated):
+    """Frames of the same animation from the OpenGL and the torch back end: (T, H, W, 3) uint8 each."""
+    a = Renderer.for_rig(rig, RenderConfig(size=SIZE, backend="gl"))
+    b = Renderer.for_rig(rig, RenderConfig(size=SIZE, backend="torch"))
+    assert (a.backend, b.backend) == ("gl", "torch")
+    return a(*animated), b(*animated), b
+
+
+def region_box(renderer: Renderer, rig, name: str) -> tuple[slice, slice]:
+    """Image rows and columns around the template's `name` region as the renderer frames it."""
+    import torch
+
+    x, y, _, _ = renderer._project(torch.as_tensor(rig.vertices, dtype=torch.float32)[None], renderer.config.size)
+    sel = np.asarray(rig.masks[name])
+    xs, ys = x[0].numpy()[sel], y[0].numpy()[sel]
+    pad = 4  # px: the head turns a little in the test frames
+    return slice(max(int(ys.min()) - pad, 0), int(ys.max()) + pad), slice(max(int(xs.min()) - pad, 0), int(xs.max()) + pad)
+
+
+@needs_gl
+def test_gl_frames_match_torch_frames(both):
+    a, b, _ = both
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.mean() < TOLERANCE / 10  # in practice a few edge pixels differ
+    assert (diff.max(-1) > 8).mean() < 0.001
+    assert (a != a[:, :1, :1]).any(-1).mean() > 0.2  # the face is drawn, not just the background
+
+
+@needs_gl
+@pytest.mark.parametrize("region", ["lips", "eyes", "upper_face"])  # mouth with teeth and tongue; eyes with gaze; brows
+def test_gl_matches_torch_in_the_regions_that_carry_expression(both, rig, region):
+    a, b, torch_renderer = both
+    rows, cols = region_box(torch_renderer, rig, region)
+    diff = np.abs(a[:, rows, cols].astype(int) - b[:, rows, cols].astype(int))
+    assert diff.size > 0 and diff.mean() < TOLERANCE
+    # The regions move between frames, so matching frame by frame is not matching a still image.
+    assert np.abs(b[1, rows, cols].astype(int) - b[0, rows, cols].astype(int)).mean() > 1.0 or region != "lips"
+
+
+@needs_gl
+def test_gl_is_independent_of_batching(rig, animated):
+    r = Renderer.for_rig(rig, RenderConfig(size=64, backend="gl"))
+    whole = r(*animated)
+    assert np.array_equal(whole[2], r(*(x[2:3] for x in animated))[0])  # a frame alone = in a batch
+
+
+@needs_gl
+def test_gl_nearer_surface_wins_and_back_faces_lose_ties():
+    # Two quads facing the camera, the red one nearer; then the same quad seen from behind.
+    quad = np.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], np.float32)
+    verts = np.concatenate([quad, quad + [0.2, 0.2, 0.1]])
+    tris = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    colours = np.array([[0, 0, 1]] * 4 + [[1, 0, 0]] * 4, np.float32)
+    frames = {b: Renderer(tris, verts, RenderConfig(size=64, pitch_deg=0, backend=b), vertex_colours=colours)(verts)
+              for b in ("gl", "torch")}
+    centre = frames["gl"][32, 36].astype(int)
+    assert centre[0] > centre[2]  # red (the nearer quad) wins
+    assert np.abs(frames["gl"].astype(int) - frames["torch"].astype(int)).mean() < 1.0
+
+
+def test_forced_off_falls_back_to_torch(rig, animated, monkeypatch):
+    monkeypatch.setenv(gl.RENDER_ENV, "torch")
+    r = Renderer.for_rig(rig, RenderConfig(size=64))
+    assert r.backend == "torch" and r.gl is None
+    frames = r(*animated)
+    assert frames.shape == (len(animated[0]), 64, 64, 3) and (frames != frames[:, :1, :1]).any()
+    with pytest.raises(RuntimeError, match="OpenGL"):
+        Renderer.for_rig(rig, RenderConfig(size=64, backend="gl"))
+
+
+def test_missing_opengl_falls_back_with_one_log_line(rig, monkeypatch, caplog):
+    def broken():
+        raise ImportError("No module named 'moderngl'")
+
+    monkeypatch.setattr(gl, "gl_context", broken)
+    gl.log_fallback.cache_clear()
+    with caplog.at_level(logging.WARNING, logger=gl.__name__):
+        first = Renderer.for_rig(rig, RenderConfig(size=64))
+        second = Renderer.for_rig(rig, RenderConfig(size=64))
+    assert first.backend == second.backend == "torch"
+    lines = [r for r in caplog.records if r.name == gl.__name__]
+    assert len(lines) == 1 and "moderngl" in lines[0].getMessage()
+    gl.log_fallback.cache_clear()
+
+
+def test_backend_is_checked():
+    with pytest.raises(ValueError, match="backend"):
+        RenderConfig(backend="vulkan")
+
+
+def test_template_shading_is_cached_and_the_cache_gives_the_same_frames(rig, tmp_path, monkeypatch):
+    monkeypatch.setenv("BLENDTALK_CACHE", str(tmp_path))
+    first = Renderer.for_rig(rig, RenderConfig(size=64, backend="torch"))
+    assert len(list(tmp_path.glob("shading_*.npz"))) == 1
+    again = Renderer.for_rig(rig, RenderConfig(size=64, backend="torch"))
+    assert torch_equal(first.material, again.material)
+    other = Renderer.for_rig(rig, RenderConfig(size=64, backend="torch", pitch_deg=10))  # another camera: another entry
+    assert len(list(tmp_path.glob("shading_*.npz"))) == 2 and not torch_equal(first.material, other.material)
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
