@@ -23,7 +23,7 @@ from ..constants import FPS
 from ..expression.emotions import BLINK_RATE, _ease, check_emotion, check_intensity, mix
 from ..expression.head_motion import SILENCE_FLOOR_DBFS, SPEECH_RANGE_DB, HeadMotionConfig, check_seed
 
-ONSET_SECONDS = 0.4  # s: a change of expression eases in over this long (the file path's onset)
+ONSET_SECONDS = 0.4  # s: a change of expression eases in over this long (the file path's timeline transition)
 
 
 class ExpressionStream:
@@ -42,6 +42,7 @@ class ExpressionStream:
         self.blink_cols = [self.names.index(f"eyeBlink{s}") for s in ("Left", "Right")]
         self.lid_cols = [[self.names.index(f"eye{u}{s}") for u in ("Wide", "Squint")] for s in ("Left", "Right")]
         self.set(emotion, intensity, mix_with, mix_ratio, frame=0)
+        self.current = self.start_value = self.target  # the first emotion is held from frame 0, as in the file path
 
     def set(self, emotion: str, intensity: float = 1.0, mix_with: str | None = None, mix_ratio: float = 0.5,
             frame: int = 0) -> None:
