@@ -58,7 +58,7 @@ def check_cost(seconds: float, size: int, max_cost: float) -> float:
     cost = request_cost(seconds, size)
     if cost <= max_cost:
         return cost
-    longest = max_cost / (size / REFERENCE_SIZE) ** 2
+    longest = longest_seconds(size, max_cost)
     smaller = [s for s in (128, 256, 384, 512) if s < size and request_cost(seconds, s) <= max_cost]
     hint = f"or choose a video size of {smaller[-1]} px" if smaller else "and a smaller video size"
     raise LimitError(f"{seconds:.1f} s of speech at {size} px is over this server's budget: at {size} px at most "
@@ -200,3 +200,31 @@ def cap_folder(folder: Path, max_bytes: int, keep: Iterable[str | Path] = ()) ->
             if path.parent != Path(folder):
                 path.parent.rmdir()
     return deleted
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for the app
+
+
+def longest_seconds(size: int, max_cost: float) -> float:
+    """The longest speech (s) that fits the budget at `size` px."""
+    return max_cost / (size / REFERENCE_SIZE) ** 2
+
+
+def upload_seconds(path: str | Path) -> float | None:
+    """Duration of an uploaded audio file from its header (None when the header does not say)."""
+    import soundfile
+
+    try:
+        return float(soundfile.info(str(path)).duration)
+    except Exception:  # noqa: BLE001  any unreadable header: no estimate; the request's own check reports it
+        return None
+
+
+def waiting_requests(demo, api_name: str) -> int:
+    """Requests for `api_name` waiting in a Gradio app's queue (0 when Gradio's internals differ)."""
+    try:
+        queues = demo._queue.event_queue_per_concurrency_id.values()
+        return sum(getattr(event.fn, "api_name", None) == api_name for q in queues for event in q.queue)
+    except AttributeError:
+        return 0
