@@ -53,7 +53,10 @@ CONCURRENCY = 2  # animations computed at once
 REQUEST_KEEP_S = 600.0  # s: a request folder left behind (an example run, a crash) is swept after this
 DELETE_CACHE = (60, 600)  # s: every minute, Gradio's cached uploads/results older than 10 min are deleted
 CACHE_MAX_MB = 2048  # MB Gradio's cache may hold (10-20 MB a result); over it the oldest files go first
-STATE_SESSIONS = 32  # sessions whose state (outputs incl. the 3D view's few MB) Gradio keeps; Gradio's default 10,000
+CACHE_MIN_AGE_S = 300  # s: the cap deletes no younger file (uploads wait in the queue: 16 x ~20 s / 2 workers)
+# Sessions whose state Gradio keeps (each a copy of the page's values with its outputs: the 3D view is
+# a few MB); Gradio's default is 10,000. Nothing of ours needs an earlier event's state.
+STATE_SESSIONS = 8
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 ARCTIC_DIR = ASSETS_DIR / "audio"
 TIMELINE_HINT = "neutral@0 happy@1.5 sad@4.0:0.7"
@@ -498,6 +501,8 @@ def main(argv=None) -> None:
     parser.add_argument("--live-seconds", type=float, default=300.0, help="audio seconds one live session may stream")
     parser.add_argument("--cache-max-mb", type=int, default=CACHE_MAX_MB,
                         help="MB Gradio's cache may hold; over it the oldest files are deleted at each sweep")
+    parser.add_argument("--cache-min-age", type=float, default=CACHE_MIN_AGE_S,
+                        help="s: the cache cap never deletes a younger file (uploads waiting in the queue)")
     defaults = serving.ServingConfig()
     parser.add_argument("--max-cost", type=float, default=defaults.max_cost,
                         help="budget of a request in s of speech x (size/256)^2; over it a request is refused")
@@ -541,7 +546,9 @@ def main(argv=None) -> None:
     def sweep():
         clear_gradio_cache(demo, age)
         keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()))
-        serving.cap_folder(Path(os.environ["GRADIO_TEMP_DIR"]), args.cache_max_mb * 2**20, keep=keep)
+        serving.cap_folder(Path(os.environ["GRADIO_TEMP_DIR"]), args.cache_max_mb * 2**20, keep=keep,
+                           min_age_s=args.cache_min_age)
+        serving.release_memory()
 
     workspace.start_sweeper(every, also=sweep)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=CONCURRENCY)

@@ -173,12 +173,15 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
-def cap_folder(folder: Path, max_bytes: int, keep: Iterable[str | Path] = ()) -> list[Path]:
+def cap_folder(folder: Path, max_bytes: int, keep: Iterable[str | Path] = (), min_age_s: float = 0.0,
+               now: float | None = None) -> list[Path]:
     """Delete the oldest files (by modification time) under `folder` while it holds over `max_bytes`.
 
-    Files in `keep` (e.g. cached example inputs) are never deleted; folders left empty are removed.
+    Files in `keep` (e.g. cached example inputs) and files younger than `min_age_s` (the uploads of
+    requests still waiting in the queue) are never deleted; folders left empty are removed.
     Returns the deleted files."""
     keep = {str(Path(p).resolve()) for p in keep}
+    now = time.time() if now is None else now
     files = []
     for path in Path(folder).rglob("*"):
         with contextlib.suppress(FileNotFoundError):
@@ -187,8 +190,8 @@ def cap_folder(folder: Path, max_bytes: int, keep: Iterable[str | Path] = ()) ->
                 files.append((st.st_mtime, st.st_size, path))
     total = sum(size for _, size, _ in files)
     deleted = []
-    for _, size, path in sorted(files, key=lambda f: f[0]):
-        if total <= max_bytes:
+    for mtime, size, path in sorted(files, key=lambda f: f[0]):
+        if total <= max_bytes or now - mtime < min_age_s:
             break
         if str(path.resolve()) in keep:
             continue
@@ -228,3 +231,15 @@ def waiting_requests(demo, api_name: str) -> int:
         return sum(getattr(event.fn, "api_name", None) == api_name for q in queues for event in q.queue)
     except AttributeError:
         return 0
+
+
+def release_memory() -> None:
+    """Give the heap memory that Python and torch freed back to the OS (glibc's malloc_trim; no-op elsewhere).
+
+    glibc keeps freed blocks of each thread's arena for reuse; after bursts of requests on many
+    threads that is hundreds of MB of RSS that nothing uses."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
