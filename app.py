@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import csv
 import logging
 import os
@@ -35,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from blendtalk.constants import ASSETS_DIR
+from blendtalk import serving
+from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
 from blendtalk.request import MAX_TRANSCRIPT_CHARS
 
 logger = logging.getLogger("blendtalk.app")
@@ -49,7 +51,12 @@ SLIDER_PEAK_M = 0.010  # m: a blendshape slider at +-1 moves its most-moved vert
 QUEUE_SIZE = 16  # requests waiting at most; more are refused with "queue full"
 CONCURRENCY = 2  # animations computed at once
 REQUEST_KEEP_S = 600.0  # s: a request folder left behind (an example run, a crash) is swept after this
-DELETE_CACHE = (300, 900)  # s: every 5 min, Gradio's cached uploads/results older than 15 min are deleted
+DELETE_CACHE = (60, 600)  # s: every minute, Gradio's cached uploads/results older than 10 min are deleted
+CACHE_MAX_MB = 2048  # MB Gradio's cache may hold (10-20 MB a result); over it the oldest files go first
+CACHE_MIN_AGE_S = 300  # s: the cap deletes no younger file (uploads wait in the queue: 16 x ~20 s / 2 workers)
+# Sessions whose state Gradio keeps (each a copy of the page's values with its outputs: the 3D view is
+# a few MB); Gradio's default is 10,000. Nothing of ours needs an earlier event's state.
+STATE_SESSIONS = 8
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 ARCTIC_DIR = ASSETS_DIR / "audio"
 TIMELINE_HINT = "neutral@0 happy@1.5 sad@4.0:0.7"
@@ -193,6 +200,11 @@ def public_lines(lines: list[str]) -> list[str]:
     return [re.sub(r"(?<![\w.])/[^\s(),]+", lambda m: Path(m.group(0)).name, line) for line in lines]
 
 
+def public_text(text: str) -> str:
+    """`text` with absolute paths cut to their last part (as `public_lines`): decoders name the server's upload copy."""
+    return "\n".join(public_lines(text.splitlines()))
+
+
 def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
                   allowed_dirs, head_motion=True):
     """The page's inputs -> a validated blendtalk AnimationRequest, before any slow work; raises
@@ -214,6 +226,11 @@ def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_rat
         audio, text=text, transcript=transcript, emotion=emotion, intensity=intensity, mix_with=mix_with,
         mix_ratio=mix_ratio, timeline=timeline, blinks=blinks, head_motion=head_motion, size=size,
         max_audio_seconds=MAX_AUDIO_SECONDS)
+
+
+def request_seconds(req) -> float:
+    """Seconds of speech of a checked AnimationRequest (typed text: estimated from its length)."""
+    return len(req.audio) / SAMPLE_RATE if req.audio is not None else serving.text_seconds(req.text)
 
 
 def describe(anim, missing: dict[str, str]) -> str:
@@ -238,7 +255,8 @@ def plotly_js_path() -> Path:
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
-def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tuple[int, int] = DELETE_CACHE):
+def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tuple[int, int] = DELETE_CACHE,
+               limits: serving.ServingConfig | None = None):
     """The Gradio Blocks of the app (the pipeline must load: `get_pipeline`)."""
     import gradio as gr
 
@@ -253,21 +271,25 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
     # resolves a relative URL against the page, which also holds behind a proxy's root path.
     plotly_url = f"gradio_api/file={plotly_js}"
     allowed_dirs = [os.environ["GRADIO_TEMP_DIR"]]  # uploads, recordings and examples all arrive as copies here
+    limits = limits or serving.ServingConfig(concurrency=CONCURRENCY)
+    gate = serving.Gate(limits)
 
     def steps(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
-              folder: Path, progress=None, head_motion=True):
+              folder: Path, progress=None, head_motion=True, admit=None):
         """Yield the outputs (video, mesh html, weights figure, downloads, status) as they become ready."""
         try:
             req = check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline,
                                 blinks, size, allowed_dirs, head_motion)
+            if admit is not None:  # the cost budget and the client's running limit (LimitError)
+                admit(req)
         except ValueError as err:  # AudioError included
-            raise gr.Error(str(err), title="Please check the input", print_exception=False) from None
+            raise gr.Error(public_text(str(err)), title="Please check the input", print_exception=False) from None
         stem = f"blendtalk_{req.expression.emotion}"
         video = folder / f"{stem}.mp4"
         try:
             anim = animate_and_render(req, video, progress)
         except ValueError as err:  # e.g. text the TTS cannot speak
-            raise gr.Error(str(err), title="Please check the input", print_exception=False) from None
+            raise gr.Error(public_text(str(err)), title="Please check the input", print_exception=False) from None
         yield str(video), "", None, None, describe(anim, {}) + "\n\nbuilding the 3D view and downloads…"
         # No progress() from here on: Gradio would lay its progress overlay over the playable video.
         figure = animation_figure(anim, rig=look, max_frames=FIGURE_FRAMES)
@@ -281,7 +303,8 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
         yield str(video), html, curves, files, describe(anim, missing)
 
     def generate(audio=None, text="", transcript="", emotion="happy", intensity=1.0, mix_with=NO_MIX, mix_ratio=0.5,
-                 timeline="", blinks=True, size=str(default_size), head_motion=True, progress=gr.Progress()):
+                 timeline="", blinks=True, size=str(default_size), head_motion=True, progress=gr.Progress(),
+                 request: gr.Request = None):
         # API callers may leave out every input but the speech: audio's None default and each
         # component's initial value (text boxes start at "") are what Gradio offers them as defaults.
         """Speech (an audio file, or text to speak) + an emotion -> (mp4 with sound, animated mesh as
@@ -289,10 +312,18 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
         neutral, happy, sad, angry, surprised, fearful, disgusted, contempt; intensity 0..1.5;
         mix_with "" or a second emotion, mix_ratio 0..1; timeline e.g. 'neutral@0 happy@1.5 sad@4.0:0.7';
         head_motion (default true): nods, turns and gaze shifts driven by the speech."""
+        client = serving.client_key(getattr(getattr(request, "client", None), "host", None),
+                                    dict(getattr(request, "headers", None) or {}))
+        try:
+            gate.count(client)
+        except serving.LimitError as err:
+            raise gr.Error(str(err), title="Please wait", print_exception=False) from None
         folder = workspace.new_request()
+        held = contextlib.ExitStack()  # the client's running place, from admission to the last output
         try:
             yield from steps(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks,
-                             size, folder, progress, head_motion)
+                             size, folder, progress, head_motion, admit=lambda req: held.enter_context(gate.running(
+                                 client, serving.check_cost(request_seconds(req), req.size, limits.max_cost))))
         except gr.Error:
             raise
         except Exception:
@@ -300,9 +331,17 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
             raise gr.Error("Something went wrong while animating; the details are in the server log. "
                            "Try again, or with other input.") from None
         finally:
+            held.close()
             # Runs when Gradio asks for the next value after the last one, i.e. after it copied the
             # files into its cache (or when the request is cancelled): the folder is no longer needed.
             shutil.rmtree(folder, ignore_errors=True)
+
+    def estimate(audio, text, size):
+        """The status line shown at once on Generate: requests ahead and the estimated wait."""
+        seconds = serving.upload_seconds(audio) if audio else serving.text_seconds((text or "").strip())
+        size = int(size) if str(size).strip().isdigit() else default_size
+        cost = serving.request_cost(seconds or 0.0, size)
+        return gate.describe_wait(serving.waiting_requests(demo, "animate"), cost)
 
     def run_example(audio, text, transcript, emotion, intensity):
         # Example caching consumes every value before copying the files, so the folder stays for the sweeper.
@@ -383,10 +422,18 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
                             file_count="multiple", interactive=False, elem_id="downloads")
             inputs = [audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size, head_motion]
             outputs = [video, mesh, curves, files, status]
+            button.click(estimate, [audio, text, size], status, queue=False, api_visibility="private",
+                         show_progress="hidden")  # before the queue: where this request stands
             # gr.Model3D (6.x) starts its viewer for a value set by a plain event, not by a generator's
             # update: a second event shows the rig's GLB from the downloads, leaving /animate's outputs as they were.
             button.click(generate, inputs, outputs, api_name="animate", api_visibility="public").then(
                 rig_view, files, rig3d, api_visibility="private", show_progress="hidden")
+            gr.Markdown(f"Results are kept for at least {delete_cache[1] / 60:g} minutes, then deleted (sooner only if "
+                        f"the server's cache is full): download what you want to keep. Limits: "
+                        f"{limits.max_cost:g} s of speech at 256 px or less, "
+                        f"{serving.longest_seconds(512, limits.max_cost):.0f} s at 512 px; "
+                        f"{limits.rate_per_minute or 'any number of'} requests a minute and "
+                        f"{limits.running_per_client or 'any number'} computed at once per address.")
             # Gradio keeps cached example outputs in a CSV; the 3D view's HTML (a few MB) is one field,
             # above the csv module's default field limit of 128 kB when it is read back.
             csv.field_size_limit(2**31 - 1)
@@ -452,6 +499,17 @@ def main(argv=None) -> None:
                         help="requests that may wait; more are refused with 'queue full'")
     parser.add_argument("--live-sessions", type=int, default=2, help="live sessions at once (each about 60%% of a core)")
     parser.add_argument("--live-seconds", type=float, default=300.0, help="audio seconds one live session may stream")
+    parser.add_argument("--cache-max-mb", type=int, default=CACHE_MAX_MB,
+                        help="MB Gradio's cache may hold; over it the oldest files are deleted at each sweep")
+    parser.add_argument("--cache-min-age", type=float, default=CACHE_MIN_AGE_S,
+                        help="s: the cache cap never deletes a younger file (uploads waiting in the queue)")
+    defaults = serving.ServingConfig()
+    parser.add_argument("--max-cost", type=float, default=defaults.max_cost,
+                        help="budget of a request in s of speech x (size/256)^2; over it a request is refused")
+    parser.add_argument("--rate-limit", type=int, default=defaults.rate_per_minute,
+                        help="requests a minute per client address; 0: no limit")
+    parser.add_argument("--jobs-per-client", type=int, default=defaults.running_per_client,
+                        help="requests of one client address computed at once; 0: no limit")
     args = parser.parse_args(argv)
     if args.queue_size < 1:
         parser.error(f"--queue-size must be at least 1, got {args.queue_size}")
@@ -481,15 +539,25 @@ def main(argv=None) -> None:
             pipe.renderer(size)(pipe.animate(upload).vertices[:2])
         logger.info("warm-up took %.1f s", time.perf_counter() - t0)
     every, age = args.delete_cache
-    demo = build_demo(workspace, default_size=size, delete_cache=(every, age))
-    workspace.start_sweeper(every, also=lambda: clear_gradio_cache(demo, age))
+    limits = serving.ServingConfig(max_cost=args.max_cost, rate_per_minute=args.rate_limit,
+                                   running_per_client=args.jobs_per_client, concurrency=CONCURRENCY)
+    demo = build_demo(workspace, default_size=size, delete_cache=(every, age), limits=limits)
+
+    def sweep():
+        clear_gradio_cache(demo, age)
+        keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()))
+        serving.cap_folder(Path(os.environ["GRADIO_TEMP_DIR"]), args.cache_max_mb * 2**20, keep=keep,
+                           min_age_s=args.cache_min_age)
+        serving.release_memory()
+
+    workspace.start_sweeper(every, also=sweep)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=CONCURRENCY)
     from blendtalk.live.server import LiveService, add_routes
 
     live = LiveService(pipe, max_sessions=args.live_sessions, max_seconds=args.live_seconds)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, ssr_mode=False,
                 allowed_paths=[str(plotly_js_path())], footer_links=["api", "gradio", "settings"],
-                prevent_thread_lock=True)
+                state_session_capacity=STATE_SESSIONS, prevent_thread_lock=True)
     add_routes(demo.app, live)  # the Live tab's page and WebSocket, first in the routing table
     demo.block_thread()
 

@@ -74,8 +74,9 @@ def launch_app(workdir: Path, *extra: str, startup_s: float = STARTUP_S) -> Iter
     env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])), HF_HUB_OFFLINE="1")
     log_path = workdir / "server.log"
     with open(log_path, "w") as log:
+        # Every client here is 127.0.0.1: the per-client limits are off unless `extra` sets them.
         proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--workdir",
-                                 str(workdir / "app"), *extra], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 str(workdir / "app"), "--rate-limit", "0", "--jobs-per-client", "0", *extra], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}/"
         try:
             end = time.monotonic() + startup_s

@@ -41,14 +41,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def launch_app(workdir: Path, *extra: str):
-    """Run `python app.py` on a free port with its work folder in `workdir`; yield (url, workdir)."""
+    """Run `python app.py` on a free port with its work folder in `workdir`; yield (url, workdir).
+
+    The per-client limits are off (every client of the tests is 127.0.0.1); `extra` may set them."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADIO_")}
     env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     log = open(workdir / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--workdir", str(workdir / "app"), "--size", "128",
-         "--delete-cache", "1", str(CACHE_AGE_S), *extra],
+         "--delete-cache", "1", str(CACHE_AGE_S), "--rate-limit", "0", "--jobs-per-client", "0", *extra],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/"
@@ -292,3 +294,40 @@ def test_the_first_call_users_try_needs_only_the_speech(client):
     assert Path(video).suffix == ".mp4" and "happy x1" in status
     video, *_, status = client.predict(text="Nice to see you.", api_name="/animate")
     assert Path(video).suffix == ".mp4" and "phones: exact" in status
+
+
+@pytest.mark.slow
+def test_served_config_and_error_texts_show_no_server_path(server, client, tmp_path):
+    """GET /config (the page's layout, the models panel, the examples) and the errors of bad uploads
+    name files by their own names: no temporary folder, work folder, repository or example path."""
+    import tempfile
+
+    from gradio_client.exceptions import AppError
+
+    url, workdir = server
+    forbidden = {str(ROOT), str(ASSETS_DIR), str(workdir.resolve()), str(Path(tempfile.gettempdir()).resolve()),
+                 str(tmp_path.resolve())}
+    config = httpx.get(url + "config", timeout=30)
+    assert config.status_code == 200 and "tts_surprised.wav" in config.text  # the examples, by name
+    assert [p for p in forbidden if p in config.text] == []
+    empty = tmp_path / "my take.wav"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.wav"  # libsndfile's message quotes the path it was given: the server's copy
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt " + os.urandom(300))
+    garbage = tmp_path / "noise.flac"
+    garbage.write_bytes(os.urandom(2000))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not audio")
+    for upload in (empty, corrupt, garbage, notes):
+        with pytest.raises(AppError) as err:
+            animate(client, upload)
+        message = str(err.value)
+        assert [p for p in forbidden if p in message] == [] and not re.search(r"(?<![\w.])/[\w.-]+/", message), message
+
+
+@pytest.mark.slow
+def test_a_request_over_the_cost_budget_is_refused_with_what_to_do(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=r"over this server's budget: at 512 px at most 15 s\. Use a shorter clip"):
+        animate(client, text="Nice to see you. " * 20, size=512)  # about 24 s of speech: 4 x 24 units

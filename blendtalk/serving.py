@@ -1,0 +1,245 @@
+"""Serving limits of the public app: what one request may cost, how often and how much at once one
+client may ask, an estimated wait, and a cap on the disk the result cache may take.
+
+Everything here is plain Python (no Gradio), so that each rule can be tested with a fake clock:
+
+* cost: a request costs `speech seconds x (size / 256)^2` "256-px seconds" (CPU render time grows
+  with the square of the size; 59 s at 512 px took 77 s of server time, about 0.33 s a unit);
+  over `ServingConfig.max_cost` it is refused with what to change.
+* `Gate`: per client (IP), at most `rate_per_minute` requests in any 60 s and `running_per_client`
+  computed at once, so one client cannot hold every worker; it also measures seconds per cost unit
+  of finished requests, for `Gate.estimated_wait`.
+* `cap_folder`: deletes the oldest files of a folder while it holds more than its cap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REFERENCE_SIZE = 256  # px: a second of speech at this size costs one unit
+CHARS_PER_SECOND = 14.0  # characters of typed text per second of synthesised speech (TTS at its default rate)
+SECONDS_PER_UNIT = 0.33  # s of server time per cost unit before any request was measured (77 s for 59 s at 512 px, CPU)
+MEASURED_JOBS = 50  # finished requests the seconds-per-unit estimate averages over
+RATE_WINDOW_S = 60.0  # s: the rate limit counts requests in this sliding window
+
+
+@dataclass
+class ServingConfig:
+    """The app's limits (app.py's command line sets them)."""
+
+    max_cost: float = 60.0  # units: 60 s of speech at <= 256 px, 27 s at 384, 15 s at 512 (~20 s of CPU each)
+    rate_per_minute: int = 12  # requests per client in any 60 s; 0: no limit (tests, a private server)
+    running_per_client: int = 1  # requests of one client computed at once; 0: no limit. Below the app's 2 workers
+    concurrency: int = 2  # requests computed at once (the app's CONCURRENCY), for the wait estimate
+
+
+class LimitError(ValueError):
+    """A request refused by a serving limit; the message says what to do instead."""
+
+
+def request_cost(seconds: float, size: int) -> float:
+    """Cost units of `seconds` of speech rendered at `size` px: seconds x (size / 256)^2."""
+    return seconds * (size / REFERENCE_SIZE) ** 2
+
+
+def text_seconds(text: str) -> float:
+    """Seconds of speech that typed `text` will make (an estimate before synthesis)."""
+    return len(text) / CHARS_PER_SECOND
+
+
+def check_cost(seconds: float, size: int, max_cost: float) -> float:
+    """The request's cost, or LimitError saying how to fit the budget (a shorter clip or a smaller size)."""
+    cost = request_cost(seconds, size)
+    if cost <= max_cost:
+        return cost
+    longest = longest_seconds(size, max_cost)
+    smaller = [s for s in (128, 256, 384, 512) if s < size and request_cost(seconds, s) <= max_cost]
+    hint = f"or choose a video size of {smaller[-1]} px" if smaller else "and a smaller video size"
+    raise LimitError(f"{seconds:.1f} s of speech at {size} px is over this server's budget: at {size} px at most "
+                     f"{longest:.0f} s. Use a shorter clip (split it into parts) {hint}.")
+
+
+def client_key(host: str | None, headers: dict | None = None) -> str:
+    """Who is asking: the first X-Forwarded-For address when a proxy (a Space) put one there, else the peer."""
+    forwarded = (headers or {}).get("x-forwarded-for", "")
+    return forwarded.split(",")[0].strip() or host or "unknown"
+
+
+class Gate:
+    """Admits requests per client and measures how long admitted ones take. Thread-safe.
+
+    `clock` is injected (time.monotonic by default) so tests can move time.
+    """
+
+    def __init__(self, config: ServingConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._recent: dict[str, deque[float]] = {}  # client -> times of its requests in the window
+        self._running: dict[str, int] = {}  # client -> requests being computed
+        self._started: dict[int, tuple[float, float]] = {}  # ticket -> (start time, cost)
+        self._done: deque[tuple[float, float]] = deque(maxlen=MEASURED_JOBS)  # (cost, seconds)
+        self._tickets = 0
+
+    def count(self, client: str) -> None:
+        """Count one request of `client` against the rate limit; LimitError when over it."""
+        limit = self.config.rate_per_minute
+        if limit <= 0:
+            return
+        now = self.clock()
+        with self._lock:
+            times = self._recent.setdefault(client, deque())
+            while times and now - times[0] >= RATE_WINDOW_S:
+                times.popleft()
+            if len(times) >= limit:
+                wait = RATE_WINDOW_S - (now - times[0])
+                raise LimitError(f"Too many requests: at most {limit} a minute from one address. "
+                                 f"Try again in {wait:.0f} s.")
+            times.append(now)
+            for key in [k for k, t in self._recent.items() if not t]:  # forget idle clients: bounded memory
+                del self._recent[key]
+
+    @contextlib.contextmanager
+    def running(self, client: str, cost: float) -> Iterator[None]:
+        """Hold one of `client`'s running places while the request is computed; LimitError when none is free.
+
+        The time spent inside is recorded against `cost` for the wait estimate."""
+        limit = self.config.running_per_client
+        with self._lock:
+            if limit > 0 and self._running.get(client, 0) >= limit:
+                raise LimitError(f"You already have {limit} request{'s' * (limit > 1)} being computed; "
+                                 "wait for it to finish, then send the next one.")
+            self._running[client] = self._running.get(client, 0) + 1
+            self._tickets += 1
+            ticket = self._tickets
+            self._started[ticket] = (self.clock(), cost)
+        try:
+            yield
+        finally:
+            with self._lock:
+                start, _ = self._started.pop(ticket)
+                self._done.append((cost, self.clock() - start))
+                self._running[client] -= 1
+                if not self._running[client]:
+                    del self._running[client]
+
+    def seconds_per_unit(self) -> float:
+        """Measured server seconds per cost unit over the last finished requests (a prior before any)."""
+        with self._lock:
+            cost = sum(c for c, _ in self._done)
+            return sum(s for _, s in self._done) / cost if cost > 0 else SECONDS_PER_UNIT
+
+    def mean_cost(self, default: float) -> float:
+        """Mean cost of the last finished requests (`default` before any)."""
+        with self._lock:
+            return sum(c for c, _ in self._done) / len(self._done) if self._done else default
+
+    def estimated_wait(self, waiting: int, default_cost: float) -> float:
+        """Seconds until a request sent now starts: the running requests' remaining time plus `waiting`
+        requests of mean cost ahead of it, shared by `concurrency` workers."""
+        rate = self.seconds_per_unit()
+        now = self.clock()
+        with self._lock:
+            remaining = [max(0.0, cost * rate - (now - start)) for start, cost in self._started.values()]
+        work = sum(remaining) + waiting * self.mean_cost(default_cost) * rate
+        busy = len(remaining) + waiting
+        return 0.0 if busy < self.config.concurrency else work / self.config.concurrency
+
+    def describe_wait(self, waiting: int, cost: float) -> str:
+        """One line for the page: the place in the queue and the estimated wait."""
+        wait = self.estimated_wait(waiting, cost)
+        ahead = f"{waiting} request{'s' * (waiting != 1)} waiting ahead of yours"
+        start = "it should start at once" if wait < 1 else f"estimated wait about {wait:.0f} s"
+        return f"{ahead}; {start} (then about {cost * self.seconds_per_unit():.0f} s to compute)."
+
+
+# ---------------------------------------------------------------------------------------------
+# Disk
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes in the files under `folder` (0 when it does not exist)."""
+    total = 0
+    for path in Path(folder).rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+    return total
+
+
+def cap_folder(folder: Path, max_bytes: int, keep: Iterable[str | Path] = (), min_age_s: float = 0.0,
+               now: float | None = None) -> list[Path]:
+    """Delete the oldest files (by modification time) under `folder` while it holds over `max_bytes`.
+
+    Files in `keep` (e.g. cached example inputs) and files younger than `min_age_s` (the uploads of
+    requests still waiting in the queue) are never deleted; folders left empty are removed.
+    Returns the deleted files."""
+    keep = {str(Path(p).resolve()) for p in keep}
+    now = time.time() if now is None else now
+    files = []
+    for path in Path(folder).rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file() and not path.is_symlink():
+                st = path.stat()
+                files.append((st.st_mtime, st.st_size, path))
+    total = sum(size for _, size, _ in files)
+    deleted = []
+    for mtime, size, path in sorted(files, key=lambda f: f[0]):
+        if total <= max_bytes or now - mtime < min_age_s:
+            break
+        if str(path.resolve()) in keep:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            deleted.append(path)
+        total -= size
+        with contextlib.suppress(OSError):  # not empty, or gone: fine
+            if path.parent != Path(folder):
+                path.parent.rmdir()
+    return deleted
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for the app
+
+
+def longest_seconds(size: int, max_cost: float) -> float:
+    """The longest speech (s) that fits the budget at `size` px."""
+    return max_cost / (size / REFERENCE_SIZE) ** 2
+
+
+def upload_seconds(path: str | Path) -> float | None:
+    """Duration of an uploaded audio file from its header (None when the header does not say)."""
+    import soundfile
+
+    try:
+        return float(soundfile.info(str(path)).duration)
+    except Exception:  # noqa: BLE001  any unreadable header: no estimate; the request's own check reports it
+        return None
+
+
+def waiting_requests(demo, api_name: str) -> int:
+    """Requests for `api_name` waiting in a Gradio app's queue (0 when Gradio's internals differ)."""
+    try:
+        queues = demo._queue.event_queue_per_concurrency_id.values()
+        return sum(getattr(event.fn, "api_name", None) == api_name for q in queues for event in q.queue)
+    except AttributeError:
+        return 0
+
+
+def release_memory() -> None:
+    """Give the heap memory that Python and torch freed back to the OS (glibc's malloc_trim; no-op elsewhere).
+
+    glibc keeps freed blocks of each thread's arena for reuse; after bursts of requests on many
+    threads that is hundreds of MB of RSS that nothing uses."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)

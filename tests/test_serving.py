@@ -1,0 +1,135 @@
+"""The app's serving limits (blendtalk/serving.py) with a fake clock: cost budget, rate limit, one
+running request per client, the wait estimate and the cache's disk cap."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from blendtalk.serving import Gate, LimitError, ServingConfig, cap_folder, check_cost, client_key, folder_bytes
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_cost_budget_refuses_with_what_to_do():
+    assert check_cost(60.0, 256, 60.0) == 60.0  # a minute at 256 px fits
+    assert check_cost(15.0, 512, 60.0) == 60.0  # 15 s at 512 px costs 4 x 15
+    with pytest.raises(LimitError, match=r"at 512 px at most 15 s\. Use a shorter clip .* or choose a video size of "
+                                         r"256 px"):
+        check_cost(59.0, 512, 60.0)
+    with pytest.raises(LimitError, match="at most 4 s.*shorter clip"):
+        check_cost(10.0, 128, 1.0)  # no smaller size helps
+
+
+def test_rate_limit_per_client_and_window():
+    clock = Clock()
+    gate = Gate(ServingConfig(rate_per_minute=3), clock)
+    for _ in range(3):
+        gate.count("1.2.3.4")
+    with pytest.raises(LimitError, match="at most 3 a minute from one address. Try again in 60 s"):
+        gate.count("1.2.3.4")
+    gate.count("5.6.7.8")  # another client is not affected
+    clock.t += 60.0
+    gate.count("1.2.3.4")  # the window has passed
+    assert len(gate._recent) == 2  # only clients with requests in the window are remembered
+    Gate(ServingConfig(rate_per_minute=0), clock).count("x")  # 0: no limit
+
+
+def test_one_client_cannot_hold_both_workers():
+    gate = Gate(ServingConfig(running_per_client=1), Clock())
+    with gate.running("1.2.3.4", 1.0):
+        with pytest.raises(LimitError, match="already have 1 request being computed; wait for it to finish"):
+            with gate.running("1.2.3.4", 1.0):
+                pass
+        with gate.running("5.6.7.8", 1.0):  # the other worker stays for others
+            pass
+    with gate.running("1.2.3.4", 1.0):  # released on exit, also after an error
+        pass
+    with pytest.raises(RuntimeError):
+        with gate.running("1.2.3.4", 1.0):
+            raise RuntimeError("render failed")
+    with gate.running("1.2.3.4", 1.0):
+        pass
+    assert gate._running == {}
+
+
+def test_estimated_wait_from_queue_position_and_measured_cost():
+    clock = Clock()
+    gate = Gate(ServingConfig(concurrency=2), clock)
+    for cost in (10.0, 30.0):  # measured: 2 s per unit
+        with gate.running(f"c{cost}", cost):
+            clock.t += 2.0 * cost
+    assert gate.seconds_per_unit() == pytest.approx(2.0) and gate.mean_cost(1.0) == pytest.approx(20.0)
+    assert gate.estimated_wait(0, 20.0) == 0.0  # a worker is free
+    with gate.running("a", 20.0), gate.running("b", 20.0):  # both busy for 40 s, 10 s gone
+        clock.t += 10.0
+        assert gate.estimated_wait(0, 20.0) == pytest.approx((30 + 30) / 2)
+        assert gate.estimated_wait(3, 20.0) == pytest.approx((30 + 30 + 3 * 40) / 2)
+        assert "3 requests waiting ahead of yours; estimated wait about 90 s" in gate.describe_wait(3, 20.0)
+
+
+def test_client_key_prefers_the_proxys_forwarded_address():
+    assert client_key("10.0.0.1", {"x-forwarded-for": "203.0.113.5, 10.0.0.1"}) == "203.0.113.5"
+    assert client_key("10.0.0.1", {}) == "10.0.0.1"
+
+
+def test_gate_is_thread_safe():
+    gate = Gate(ServingConfig(rate_per_minute=0, running_per_client=0))
+
+    def work(k):
+        for _ in range(200):
+            with gate.running(f"c{k % 3}", 1.0):
+                pass
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert gate._running == {} and gate._started == {}
+
+
+def test_cache_cap_deletes_oldest_first_and_keeps_examples(tmp_path):
+    cache = tmp_path / "gradio"
+    now = time.time()
+    files = []
+    for i in range(6):  # 6 results of 1 MB, i minutes old from the newest
+        path = cache / f"hash{i}" / f"result{i}.mp4"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"\0" * 1_000_000)
+        os.utime(path, (now - 600 + 60 * i, now - 600 + 60 * i))
+        files.append(path)
+    example = files[0]  # the oldest, but an example input Gradio keeps
+    deleted = cap_folder(cache, 3_500_000, keep=[example])
+    assert deleted == files[1:4]  # the oldest three (after the kept one) go
+    assert folder_bytes(cache) == 3_000_000 <= 3_500_000
+    assert example.exists() and all(p.exists() for p in files[4:])
+    assert not files[1].parent.exists()  # its emptied folder too
+    assert cap_folder(cache, 3_500_000) == []  # under the cap: nothing more
+
+
+def test_cache_cap_spares_young_files(tmp_path):
+    """Uploads of requests still waiting in the queue are young: the cap leaves them (found by
+    eval/soak.py: a 100 MB cap deleted queued uploads, 14 of 60 requests got 'Audio file not found')."""
+    now = time.time()
+    for i, age in enumerate((900, 60, 10)):
+        path = tmp_path / f"f{i}.wav"
+        path.write_bytes(b"\0" * 1000)
+        os.utime(path, (now - age, now - age))
+    assert [p.name for p in cap_folder(tmp_path, 0, min_age_s=120, now=now)] == ["f0.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f1.wav", "f2.wav"]
+
+
+def test_release_memory_runs():
+    from blendtalk.serving import release_memory
+
+    release_memory()  # glibc: malloc_trim; elsewhere nothing, and never an error
