@@ -129,13 +129,14 @@ def gl_status() -> tuple[bool, str]:
 class GLDrawer:
     """Draw per-vertex shaded frames of one triangle list with OpenGL.
 
-    triangles: (F, 3) int, the renderer's (face and dressing). size: frame side in px. camera:
+    triangles: (F, 3) int, the renderer's (face and dressing), indices below num_vertices (all the
+    vertices drawn, V+E). size: frame side in px. camera:
     focal, distance, (near, far) depth range and whether it is orthographic, as `Renderer` frames
     them. lights: (L, 3) unit directions and (L, 3) Blinn-Phong half-vectors in camera space, (L,)
     intensities. background: (3,) uint8 sRGB. tie_bias: window depth that back faces lose ties by.
     """
 
-    def __init__(self, triangles: np.ndarray, size: int, *, focal: float, distance: float, near: float, far: float,
+    def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
                  ortho: bool, lights: np.ndarray, halfways: np.ndarray, intensities: np.ndarray, ambient: float,
                  back_light: float, background: np.ndarray, tie_bias: float):
         import moderngl
@@ -155,7 +156,7 @@ class GLDrawer:
             self.program["light_dirs"].write(np.asarray(lights, np.float32).tobytes())
             self.program["halfways"].write(np.asarray(halfways, np.float32).tobytes())
             self.program["intensities"].write(np.asarray(intensities, np.float32).tobytes())
-            self.num_vertices = int(np.max(triangles)) + 1
+            self.num_vertices = int(num_vertices)  # a vertex no triangle uses (a rig's stray point) still comes in
             self.index = ctx.buffer(np.ascontiguousarray(triangles, dtype=np.uint32).tobytes())
             self.vbo = ctx.buffer(reserve=self.num_vertices * 10 * 4, dynamic=True)
             self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f 3f 4f", "in_pos", "in_normal", "in_material")],

@@ -424,8 +424,8 @@ class Renderer:
             raise ValueError("the OpenGL backend draws supersample=1 only; use backend='torch' to supersample")
         count = len(self.light_intensities)
         return gl.GLDrawer(
-            self.triangles.cpu().numpy(), cfg.size, focal=self.focal, distance=self.distance, near=self.depth_near,
-            far=self.depth_far, ortho=cfg.fov_deg == 0, lights=self.light_matrix[:, :count].T.cpu().numpy(),
+            self.triangles.cpu().numpy(), len(self.material), cfg.size, focal=self.focal, distance=self.distance,
+            near=self.depth_near, far=self.depth_far, ortho=cfg.fov_deg == 0, lights=self.light_matrix[:, :count].T.cpu().numpy(),
             halfways=self.light_matrix[:, count:].T.cpu().numpy(), intensities=self.light_intensities.cpu().numpy(),
             ambient=cfg.ambient, back_light=_BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
             tie_bias=1.5 / self.raster.levels,
