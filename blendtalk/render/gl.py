@@ -23,12 +23,15 @@ import threading
 
 import numpy as np
 
+from .wrinkles import GLSL as WRINKLE_GLSL
+
 logger = logging.getLogger(__name__)
 
 RENDER_ENV = "BLENDTALK_RENDER"  # "torch" forces the torch rasterizer; "gl" makes a missing OpenGL an error
 SRGB_STEPS = 4096  # the torch path's sRGB lookup table has this many entries; the shader quantises alike
 _GL_POLYGON_OFFSET_FILL = 0x8037  # GLenum
 _DEPTH_BITS = 24  # the depth renderbuffer's precision: polygon offset units are steps of 2**-24
+ATTRIBUTES = 14  # floats per vertex: position, normal, albedo + sheen, wrinkle
 _LOCK = threading.Lock()  # moderngl objects of one context must not be used by two threads at once
 
 _VERTEX_SHADER = """
@@ -40,7 +43,9 @@ uniform int ortho;
 in vec3 in_pos;           // camera space, +z toward the camera
 in vec3 in_normal;        // camera space, any length
 in vec4 in_material;      // linear albedo (3) and sheen (1)
+in vec4 in_wrinkle;       // `render.wrinkles`: line phases (2) and amounts (2)
 out vec3 v_normal;
+out vec4 v_wrinkle;
 out vec3 v_base;
 out float v_sheen;
 void main() {
@@ -58,6 +63,7 @@ void main() {
     v_normal = in_normal;
     v_base = in_material.rgb;
     v_sheen = in_material.a;
+    v_wrinkle = in_wrinkle;
 }
 """
 
@@ -70,7 +76,9 @@ uniform float intensities[LIGHTS];
 uniform float ambient;
 uniform float back_light;  // surfaces seen from behind get this share of the light
 uniform float srgb_steps;
+{wrinkles}
 in vec3 v_normal;
+in vec4 v_wrinkle;
 in vec3 v_base;
 in float v_sheen;
 out vec4 f_color;
@@ -87,7 +95,7 @@ void main() {
         spec += intensities[i] * h;
     }
     float light = (diffuse + ambient) * (back ? back_light : 1.0);
-    vec3 c = v_base * light + (back ? 0.0 : v_sheen * spec);
+    vec3 c = v_base * wrinkle_factor(v_wrinkle) * light + (back ? 0.0 : v_sheen * spec);
     c = floor(clamp(c, 0.0, 1.0) * (srgb_steps - 1.0) + 0.5) / (srgb_steps - 1.0);
     vec3 srgb = mix(1.055 * pow(max(c, vec3(1e-8)), vec3(1.0 / 2.4)) - 0.055, c * 12.92, lessThanEqual(c, vec3(0.0031308)));
     f_color = vec4(srgb, 1.0);
@@ -138,19 +146,19 @@ class GLDrawer:
 
     def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
                  ortho: bool, lights: np.ndarray, halfways: np.ndarray, intensities: np.ndarray, ambient: float,
-                 back_light: float, background: np.ndarray, tie_bias: float):
+                 back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float] = (0.0, 1.0)):
         import moderngl
 
         self.ctx = ctx = gl_context()
         self.size = size
         self.background = tuple(float(c) / 255 for c in background) + (1.0,)
         with _LOCK, ctx:
-            self.program = ctx.program(vertex_shader=_VERTEX_SHADER,
-                                       fragment_shader=_FRAGMENT_SHADER.replace("{lights}", str(len(intensities))))
+            fragment = _FRAGMENT_SHADER.replace("{lights}", str(len(intensities))).replace("{wrinkles}", WRINKLE_GLSL)
+            self.program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=fragment)
             uniforms = {"focal": focal, "distance": distance, "ortho": int(ortho),
                         "code_range": (near, far) if ortho else (1 / far, 1 / near),
                         "ambient": ambient, "back_light": back_light,
-                        "srgb_steps": float(SRGB_STEPS)}
+                        "srgb_steps": float(SRGB_STEPS), "wrinkle_shape": (*wrinkle, 0.0, 0.0)}
             for name, value in uniforms.items():
                 self.program[name].value = value
             self.program["light_dirs"].write(np.asarray(lights, np.float32).tobytes())
@@ -158,8 +166,8 @@ class GLDrawer:
             self.program["intensities"].write(np.asarray(intensities, np.float32).tobytes())
             self.num_vertices = int(num_vertices)  # a vertex no triangle uses (a rig's stray point) still comes in
             self.index = ctx.buffer(np.ascontiguousarray(triangles, dtype=np.uint32).tobytes())
-            self.vbo = ctx.buffer(reserve=self.num_vertices * 10 * 4, dynamic=True)
-            self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f 3f 4f", "in_pos", "in_normal", "in_material")],
+            self.vbo = ctx.buffer(reserve=self.num_vertices * ATTRIBUTES * 4, dynamic=True)
+            self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f 3f 4f 4f", "in_pos", "in_normal", "in_material", "in_wrinkle")],
                                         index_buffer=self.index, index_element_size=4)
             # One frame at a time: frames drawn side by side into a wider framebuffer were no faster
             # on llvmpipe and made a frame's pixels depend (by rounding) on its place in the batch.
@@ -171,11 +179,11 @@ class GLDrawer:
             self.tie_units = float(tie_bias * (1 << _DEPTH_BITS))
 
     def __call__(self, attributes: np.ndarray) -> np.ndarray:
-        """attributes (T, V, 10) float32: camera-space position (3), camera-space normal (3),
-        linear albedo (3) and sheen (1) per vertex -> uint8 frames (T, size, size, 3)."""
+        """attributes (T, V, 14) float32: camera-space position (3), camera-space normal (3),
+        linear albedo (3), sheen (1) and wrinkle (4, `render.wrinkles`) per vertex -> uint8 frames (T, size, size, 3)."""
         t_count, v_count, width = attributes.shape
-        if v_count != self.num_vertices or width != 10:
-            raise ValueError(f"attributes must have shape (T, {self.num_vertices}, 10), got {attributes.shape}")
+        if v_count != self.num_vertices or width != ATTRIBUTES:
+            raise ValueError(f"attributes must have shape (T, {self.num_vertices}, {ATTRIBUTES}), got {attributes.shape}")
         n = self.size
         out = np.empty((t_count, n, n, 3), np.uint8)
         attributes = np.ascontiguousarray(attributes, dtype=np.float32)

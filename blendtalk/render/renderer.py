@@ -19,7 +19,8 @@ mouth cavity, such as FLAME, or a cut neck) are shaded dark too. `Renderer.for_r
 that carries a dressing (`blendtalk.face.dressing`: teeth, tongue, lashes, eyeballs following the gaze,
 painted brows, lip tint), moved per frame from the face vertices; for other rigs it tints the lips
 and, where the template has open eye sockets, places two static eyeballs in them. Creases that the
-animation makes (a frown, a nose wrinkle) darken with the per-frame concavity of the skin.
+animation makes (a frown, a nose wrinkle) darken with the per-frame concavity of the skin, and skin
+that an expression squeezes shows fine lines (`render.wrinkles`: the forehead of raised brows).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch.nn.functional as nnf
 from ..face.dressing import DressingConfig, FaceDressing, eyeball_cap, lip_tint
 from ..face.geometry import CACHE_ENV, DEFAULT_CACHE_DIR, ring_edges, ring_mean, smooth, vertex_normals
 from ..expression.head_motion import head_pivot, rotate_head
+from .wrinkles import WrinkleConfig, Wrinkles, darkening, line_masks
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class RenderConfig:
     specular: float = 0.12  # soft sheen; skin is not glossy
     occlusion_strength: float = 0.8  # how much ambient occlusion darkens creases and cavities, 0..1
     crease_strength: float = 0.6  # darkening per mm of new concavity (frown lines, nose wrinkles), 0 off
+    wrinkle_strength: float = 0.35  # depth of the fine lines squeezed skin shows (`render.wrinkles`), 0 off
     fov_deg: float = 18.0  # vertical field of view, deg (a portrait lens); 0 means orthographic
     yaw_deg: float = 0.0  # camera orbit about the vertical axis, deg (+ toward the face's left)
     pitch_deg: float = 4.0  # camera orbit above the face, deg: a slight look down reads naturally
@@ -293,6 +296,7 @@ class Renderer:
         vertex_colours=None,
         static_mesh=None,
         dressing: FaceDressing | None = None,
+        wrinkle_mask=None,
     ):
         self.config = config = config or RenderConfig()
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -400,6 +404,13 @@ class Renderer:
         self.ring = ring_edges(self.face_triangles, self.num_vertices)
         rest_normals = vertex_normals(face32[None], self.face_triangles)
         self.rest_concavity = _concavity(face32[None], rest_normals, self.ring)[0]  # (V,)
+        self.wrinkle_config = WrinkleConfig(strength=config.wrinkle_strength)
+        self.wrinkles = None
+        if wrinkle_mask is not None and config.wrinkle_strength > 0:
+            mask = _host_tensor(wrinkle_mask).float()
+            if mask.shape != (self.num_vertices, 2):
+                raise ValueError(f"wrinkle_mask must have shape ({self.num_vertices}, 2), got {tuple(mask.shape)}")
+            self.wrinkles = Wrinkles(face32, self.face_triangles, mask.to(dev), self.wrinkle_config)
         self.gl = self._gl_drawer()
 
     @property
@@ -428,7 +439,7 @@ class Renderer:
             near=self.depth_near, far=self.depth_far, ortho=cfg.fov_deg == 0, lights=self.light_matrix[:, :count].T.cpu().numpy(),
             halfways=self.light_matrix[:, count:].T.cpu().numpy(), intensities=self.light_intensities.cpu().numpy(),
             ambient=cfg.ambient, back_light=_BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
-            tie_bias=1.5 / self.raster.levels,
+            tie_bias=1.5 / self.raster.levels, wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness),
         )
 
     @classmethod
@@ -440,7 +451,7 @@ class Renderer:
         config = config or RenderConfig()
         if getattr(rig, "dressing", None):
             dressing = FaceDressing.for_rig(rig, dressing_config(config))
-            return cls(rig.triangles, rig.vertices, config, device=device, dressing=dressing)
+            return cls(rig.triangles, rig.vertices, config, device=device, dressing=dressing, wrinkle_mask=line_masks(rig))
         colours, static_mesh = _rig_dressing(rig, config)
         return cls(rig.triangles, rig.vertices, config, device=device, vertex_colours=colours, static_mesh=static_mesh)
 
@@ -551,12 +562,13 @@ class Renderer:
         """Vertices (T, V, 3) -> uint8 frames (T, H, W, 3) drawn by OpenGL from the same per-vertex
         camera-space positions, normals and material the torch path interpolates."""
         cam = (verts - self.centre) @ self.rotation.T  # (T, V, 3)
-        attributes = torch.cat([cam, *self._vertex_attributes(verts)], -1)  # (T, V, 10)
+        attributes = torch.cat([cam, *self._vertex_attributes(verts)], -1)  # (T, V, 14)
         return self.gl(attributes.cpu().numpy())
 
-    def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Vertices (T, V, 3) -> camera-space normals (T, V, 3) and material (T, V, 4): linear
-        albedo after the cavity tint, occlusion and this frame's crease darkening, and sheen."""
+    def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Vertices (T, V, 3) -> camera-space normals (T, V, 3), material (T, V, 4): linear albedo
+        after the cavity tint, occlusion and this frame's crease darkening, and sheen; and the
+        wrinkle attributes (T, V, 4) that the shading turns into fine lines (zeros: none)."""
         world = vertex_normals(verts, self.triangles)  # (T, V, 3)
         normals = world @ self.rotation.T  # (T, V, 3) camera space
         material = self.material.expand(verts.shape[0], -1, -1)
@@ -567,7 +579,11 @@ class Renderer:
             dark = (1 - self.config.crease_strength * 1000 * crease.clamp(min=0)).clamp(min=0.35)  # (T, V)
             dark = nnf.pad(dark, (0, verts.shape[1] - self.num_vertices), value=1.0)
             material = torch.cat([material[..., :3] * dark[..., None], material[..., 3:]], -1)
-        return normals, material
+        if self.wrinkles is None:
+            wrinkle = torch.zeros(*verts.shape[:2], 4, device=verts.device)
+        else:
+            wrinkle = self.wrinkles.attributes(verts[:, : self.num_vertices], verts.shape[1])
+        return normals, material, wrinkle
 
     def _shade_pixels(self, verts, depth, zbuf, planes, area, pix, n: int) -> torch.Tensor:
         """Shade the covered pixels `pix` (M,) of the flat z-buffer `zbuf`: -> linear RGB (M, 3)."""
@@ -576,9 +592,10 @@ class Renderer:
             return torch.zeros(0, 3, device=verts.device)
         # One row per (frame, triangle) holding everything shading needs, so that each pixel does
         # a single contiguous gather: 3 perspective-weighted barycentric planes (9), a back-facing
-        # flag (1) and per corner the camera-space normal (3), base colour (3) and sheen (1).
-        per_vertex = torch.cat(self._vertex_attributes(verts), -1)  # (T, V, 7)
-        corners = per_vertex[:, self.triangles].reshape(t_count * f_count, 21)
+        # flag (1) and per corner the camera-space normal (3), base colour (3), sheen (1) and wrinkle (4).
+        per_vertex = torch.cat(self._vertex_attributes(verts), -1)  # (T, V, 11)
+        width = per_vertex.shape[-1]
+        corners = per_vertex[:, self.triangles].reshape(t_count * f_count, 3 * width)
         # Perspective-correct barycentrics are ratios of affine functions: b_k / depth_k, renormalised.
         if self.config.fov_deg > 0:
             weight = (1 / depth)[:, self.triangles].reshape(-1, 3, 1)  # (T*F, 3, 1)
@@ -589,20 +606,22 @@ class Renderer:
         bary = bary * weight  # (T*F, 3 corners, 3 coefficients)
         bary[..., 2] += 0.5 * (bary[..., 0] + bary[..., 1])  # evaluate at pixel centres from indices
         # Screen y points down, so an outward (counter-clockwise) triangle facing us has area < 0.
-        table = torch.cat([bary.reshape(-1, 9), (area > 0).float()[:, None], corners], -1)  # (T*F, 31)
+        table = torch.cat([bary.reshape(-1, 9), (area > 0).float()[:, None], corners], -1)  # (T*F, 10 + 3 * width)
 
         tri_id = (zbuf[pix] & self.raster.tri_mask).long()
         frame = torch.div(pix, n * n, rounding_mode="floor")
         rest = pix - frame * (n * n)
         row_i = torch.div(rest, n, rounding_mode="floor")
         cx, cy = (rest - row_i * n).float(), row_i.float()
-        row = table.index_select(0, frame * f_count + tri_id)  # (M, 31)
+        row = table.index_select(0, frame * f_count + tri_id)  # (M, 10 + 3 * width)
         w = [torch.addcmul(torch.addcmul(row[:, 3 * k + 2], row[:, 3 * k], cx), row[:, 3 * k + 1], cy).clamp_(min=0)
              for k in range(3)]
         norm = (w[0] + w[1] + w[2]).clamp_(min=1e-20).reciprocal_()
-        attr = row[:, 10:17] * (w[0] * norm)[:, None]  # (M, 7) interpolated corner attributes
-        attr.addcmul_(row[:, 17:24], (w[1] * norm)[:, None]).addcmul_(row[:, 24:31], (w[2] * norm)[:, None])
-        return self._shade(attr[:, :3], attr[:, 3:6], attr[:, 6], row[:, 9] > 0)
+        a, b, c = (10 + k * width for k in range(3))
+        attr = row[:, a:b] * (w[0] * norm)[:, None]  # (M, width) interpolated corner attributes
+        attr.addcmul_(row[:, b:c], (w[1] * norm)[:, None]).addcmul_(row[:, c:], (w[2] * norm)[:, None])
+        base = attr[:, 3:6] * darkening(attr[:, 7:11], self.wrinkle_config)[:, None]
+        return self._shade(attr[:, :3], base, attr[:, 6], row[:, 9] > 0)
 
     def _shade(self, nrm, base, sheen, back) -> torch.Tensor:
         """Camera-space normals (M, 3) (any length), base colour (M, 3), sheen (M,) and back-facing

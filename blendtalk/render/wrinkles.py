@@ -1,0 +1,159 @@
+"""Dynamic wrinkles: fine skin lines where the animation compresses the skin.
+
+Real skin folds into lines across the direction it is squeezed: raised brows crowd the forehead into
+horizontal lines, knitted brows pinch vertical lines between them, a nose wrinkle (AU9) folds the
+bridge, a cheek raise (AU6) bunches the skin under the eyes. Production rigs paint wrinkle maps and
+fade them in per blendshape; this rig has no texture, so the lines come from the motion itself:
+each frame measures how much every vertex's edges shortened against the rest pose, split into the
+face's vertical and horizontal directions, and the shader draws a periodic line pattern in rest-pose
+coordinates (so the lines ride on the skin) whose depth follows that compression. Nothing is drawn
+where the skin is at rest or stretched, so speech alone (a stretched chin, an open jaw) stays smooth.
+
+Per vertex the renderer carries four numbers (`Wrinkles.attributes`): the rest-pose line phase
+across (u) and along (v) the face, and the amounts of vertical and horizontal lines. Both the torch
+rasterizer (`darkening`) and the OpenGL shader (`GLSL`) turn them into the same albedo factor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class WrinkleConfig:
+    """How deep and how far apart the lines are. Lengths in the rig's units (metres)."""
+
+    strength: float = 0.35  # albedo darkening at the centre of a fully formed line, 0 turns wrinkles off
+    spacing: float = 0.0085  # m between neighbouring lines, about what adult foreheads show
+    # Share of shortening at which [vertical, horizontal] lines start to show and are fully formed.
+    # Knitting the brows squeezes the glabella hard (0.3-0.6 of its width), while raising them
+    # squeezes it a little (0.1) and must not draw the knitted brows' lines; the forehead bunches less.
+    onset: tuple[float, float] = (0.12, 0.02)
+    full: tuple[float, float] = (0.30, 0.15)
+    sharpness: float = 4.0  # exponent of the raised cosine: higher is thinner lines
+    spread: int = 6  # rings over which the squeeze spreads from where the rig bunches the skin
+    arch: float = 3.0  # 1/m: lines bend down toward the temples as a brow does (y + arch * x^2)
+
+
+# The same line pattern, written for the fragment shader (`render.gl`); keep it identical to `darkening`.
+GLSL = """
+uniform vec4 wrinkle_shape;  // strength, sharpness, unused, unused
+float wrinkle_factor(vec4 w) {
+    // w: phase across (u) and along (v) the face in line periods, amounts of vertical and horizontal lines
+    float across = pow(0.5 + 0.5 * cos(6.283185307 * w.x), wrinkle_shape.y);
+    float along = pow(0.5 + 0.5 * cos(6.283185307 * w.y), wrinkle_shape.y);
+    return max(1.0 - wrinkle_shape.x * (w.z * across + w.w * along), 0.0);
+}
+"""
+
+
+def darkening(wrinkle: torch.Tensor, config: WrinkleConfig) -> torch.Tensor:
+    """Interpolated wrinkle attributes (M, 4) [u, v, vertical amount, horizontal amount] -> albedo
+    factor (M,) in [0, 1]: 1 where there is no line."""
+    across = (0.5 + 0.5 * torch.cos(2 * math.pi * wrinkle[:, 0])).pow(config.sharpness)
+    along = (0.5 + 0.5 * torch.cos(2 * math.pi * wrinkle[:, 1])).pow(config.sharpness)
+    return (1 - config.strength * (wrinkle[:, 2] * across + wrinkle[:, 3] * along)).clamp(min=0)
+
+
+class Wrinkles:
+    """Per-frame wrinkle attributes of one face.
+
+    rest: (V, 3) template, +y up and +x across the face (the rig's frame). triangles: (F, 3).
+    mask: (V, 2) in [0, 1], where skin shows [vertical, horizontal] lines (`line_masks`).
+    """
+
+    def __init__(self, rest: torch.Tensor, triangles: torch.Tensor, mask: torch.Tensor, config: WrinkleConfig):
+        rest = torch.as_tensor(rest, dtype=torch.float32)
+        tri = torch.as_tensor(triangles).long().to(rest.device)
+        self.config = config
+        self.num_vertices = len(rest)
+        edges = torch.cat([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]).sort(1).values.unique(dim=0)  # (E, 2)
+        self.edges = edges
+        vec = rest[edges[:, 1]] - rest[edges[:, 0]]  # (E, 3)
+        self.rest_length = vec.norm(dim=-1).clamp(min=1e-12)  # (E,)
+        # An edge's share in each direction: squeezing a vertical edge makes horizontal lines.
+        share = (vec[:, :2] / self.rest_length[:, None]) ** 2  # (E, 2) [x share, y share]
+        self.share = share
+        total = torch.zeros(len(rest), 2, device=rest.device)
+        for end in (0, 1):
+            total.index_add_(0, edges[:, end], share)
+        self.total = total.clamp(min=1e-6)  # (V, 2)
+        self.mask = torch.as_tensor(mask, dtype=torch.float32, device=rest.device)
+        self.spread = config.spread
+        self.degree = torch.bincount(edges.reshape(-1), minlength=len(rest)).clamp(min=1).float()  # (V,)
+        x, y = rest[:, 0], rest[:, 1]
+        centre_x = float((x.amin() + x.amax()) / 2)
+        x = x - centre_x
+        # Vertical lines sit either side of the midline (the "11" between knitted brows), not on it.
+        self.phase = torch.stack([x / config.spacing + 0.5, (y + config.arch * x * x) / config.spacing], -1)  # (V, 2)
+
+    def _ring_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """(T, V, C) -> the mean over each vertex's neighbours (T, V, C)."""
+        e = self.edges
+        out = torch.zeros_like(values)
+        out.index_add_(1, e[:, 0], values[:, e[:, 1]]).index_add_(1, e[:, 1], values[:, e[:, 0]])
+        return out / self.degree[:, None]
+
+    def amounts(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Face vertices (T, V, 3) -> (T, V, 2) amounts in [0, 1] of [vertical lines, horizontal lines]."""
+        e = self.edges
+        length = (vertices[:, e[:, 1]] - vertices[:, e[:, 0]]).norm(dim=-1)  # (T, E)
+        squeeze = (1 - length / self.rest_length).clamp(min=0)  # (T, E) shortening, 0 when stretched
+        per_edge = squeeze[..., None] * self.share  # (T, E, 2) [across x, along y]
+        acc = torch.zeros(vertices.shape[0], self.num_vertices, 2, device=vertices.device)
+        for end in (0, 1):
+            acc.index_add_(1, e[:, end], per_edge)
+        squeezed = acc / self.total  # (T, V, 2) mean shortening along x and along y
+        # A muscle squeezes the skin over its whole belly, while the rig's units bunch it near the
+        # features they move: spread the squeeze a few rings (the frontalis lines the whole forehead).
+        for _ in range(self.spread):
+            squeezed = torch.maximum(squeezed, self._ring_mean(squeezed))
+        c = self.config
+        onset, full = (torch.tensor(v, device=vertices.device) for v in (c.onset, c.full))
+        ramp = ((squeezed - onset) / (full - onset)).clamp(0, 1)
+        ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: lines fade in, never pop
+        # Squeezed along x -> vertical lines; along y -> horizontal lines.
+        return ramp * self.mask
+
+    def attributes(self, vertices: torch.Tensor, total_vertices: int) -> torch.Tensor:
+        """Face vertices (T, V, 3) -> (T, total_vertices, 4) [u, v, vertical, horizontal]; the
+        vertices after the face's (attached parts: teeth, eyes, hair) never wrinkle."""
+        t_count = vertices.shape[0]
+        out = torch.zeros(t_count, total_vertices, 4, device=vertices.device)
+        out[:, : self.num_vertices, :2] = self.phase
+        out[:, : self.num_vertices, 2:] = self.amounts(vertices)
+        return out
+
+
+def _band(value: np.ndarray, low: float, high: float, soft: float) -> np.ndarray:
+    """1 inside [low, high], easing to 0 over `soft` outside it (smoothstep edges)."""
+    a = np.clip((value - (low - soft)) / soft, 0, 1)
+    b = np.clip(((high + soft) - value) / soft, 0, 1)
+    return (a * a * (3 - 2 * a)) * (b * b * (3 - 2 * b))
+
+
+def line_masks(rig) -> np.ndarray:
+    """(V, 2) in [0, 1]: where a dressed rig's skin shows [vertical, horizontal] lines. Where faces
+    do: horizontal lines across the forehead above the brows and over the root of the nose,
+    vertical lines in the glabella between the brows. The cheeks, mouth and chin fold in broad
+    creases (the nasolabial fold, which the crease shading draws), not in fine lines, and the lips
+    and lids fold their own way."""
+    x, y = rig.vertices[:, 0].astype(np.float64), rig.vertices[:, 1].astype(np.float64)
+    eyes = np.asarray(rig.dressing["eye_centres"], dtype=np.float64)  # (2, 3)
+    eye_y, half_span = float(eyes[:, 1].mean()), float(abs(eyes[0, 0] - eyes[1, 0]) / 2)
+    x = x - float(eyes[:, 0].mean())
+    brow = np.asarray(rig.dressing["face_brow"]) > 0.5
+    brow_top = float(rig.vertices[brow, 1].max()) if brow.any() else eye_y + 0.7 * half_span
+    skin = np.ones(len(x))
+    for region in ("lips", "eyes"):
+        if region in rig.masks:
+            skin[np.asarray(rig.masks[region])] = 0.0
+    u = half_span  # the inter-ocular half distance sets the scale of every zone
+    forehead = _band(y, brow_top + 0.15 * u, 10.0, 0.3 * u) * _band(x, -1.9 * u, 1.9 * u, 0.4 * u)
+    nose_root = _band(y, eye_y - 0.35 * u, eye_y + 0.35 * u, 0.2 * u) * _band(x, -0.35 * u, 0.35 * u, 0.2 * u)
+    glabella = _band(y, eye_y + 0.1 * u, brow_top + 0.6 * u, 0.25 * u) * _band(x, -0.5 * u, 0.5 * u, 0.2 * u)
+    return (np.stack([glabella, np.maximum(forehead, nose_root)], -1) * skin[:, None]).astype(np.float32)
