@@ -149,9 +149,12 @@ def line_masks(rig) -> np.ndarray:
     brow = np.asarray(rig.dressing["face_brow"]) > 0.5
     brow_top = float(rig.vertices[brow, 1].max()) if brow.any() else eye_y + 0.7 * half_span
     skin = np.ones(len(x))
-    for region in ("lips", "eyes"):
-        if region in rig.masks:
-            skin[np.asarray(rig.masks[region])] = 0.0
+    if "lips" in rig.masks:
+        skin[np.asarray(rig.masks["lips"])] = 0.0
+    radius = float(np.asarray(rig.dressing["eye_radius"]).max())
+    for centre in eyes:  # the lids: an ellipse over each eyeball (the rig's "eyes" region spans the nose root too)
+        lid = ((rig.vertices[:, 0] - centre[0]) / (1.45 * radius)) ** 2 + ((rig.vertices[:, 1] - centre[1]) / (0.95 * radius)) ** 2
+        skin = np.minimum(skin, np.clip((lid - 1.0) / 0.6, 0, 1))
     u = half_span  # the inter-ocular half distance sets the scale of every zone
     forehead = _band(y, brow_top + 0.15 * u, 10.0, 0.3 * u) * _band(x, -1.9 * u, 1.9 * u, 0.4 * u)
     nose_root = _band(y, eye_y - 0.35 * u, eye_y + 0.35 * u, 0.2 * u) * _band(x, -0.35 * u, 0.35 * u, 0.2 * u)
