@@ -83,7 +83,9 @@ EMOTION_AUS: dict[str, dict[str, float]] = {
     "happy": {"AU6": 1.0, "AU12": 1.0, "AU14": 0.3, "AU10": 0.4, "AU25": 1.0, "AU26": 0.2},  # Duchenne, teeth shown
     "sad": {"AU1": 1.0, "AU4": 0.6, "AU15": 1.0, "AU17": 0.6, "AU41": 0.25},  # oblique brows, corners down, lids droop
     "angry": {"AU4": 1.0, "AU5": 0.5, "AU7": 1.0, "AU9": 0.5, "AU10": 0.8, "AU16": 0.6, "AU25": 0.8, "AU26": 0.3},
-    "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU25": 0.8, "AU26": 0.5},  # brows high, eyes wide, jaw dropped
+    # brows high, eyes wide, jaw dropped; the rig's jaw drop spreads the lips wide, so a trace of AU22
+    # keeps them in the slack oval of a dropped jaw ("oh") instead of the stretched mouth of fear
+    "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU22": 0.25, "AU25": 0.8, "AU26": 0.5},
     "fearful": {"AU1": 1.0, "AU2": 0.3, "AU4": 0.6, "AU5": 1.0, "AU10": 0.4, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0,
                 "AU26": 0.4},  # brows up and knit, eyes wide, lips stretched
     "disgusted": {"AU4": 0.3, "AU7": 0.3, "AU9": 1.0, "AU10": 1.0, "AU15": 1.0, "AU16": 0.4, "AU17": 0.5, "AU25": 0.6},
