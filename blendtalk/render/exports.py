@@ -278,7 +278,7 @@ def write_glb(
         tri, n_verts = dressing.triangles.astype(np.uint32), len(base)
         import torch
 
-        from .renderer import srgb_to_linear
+        from .shading import srgb_to_linear
 
         colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()  # (V + H, 3): glTF vertex colours are linear
     if animation.head_rotation is not None:  # frames posed as rendered; the base stays at rest

@@ -168,7 +168,7 @@ def write_rig_glb(
         return write_morph_glb(path, parts, rig.blendshape_names, weights, fps)
     import torch
 
-    from .renderer import srgb_to_linear
+    from .shading import srgb_to_linear
 
     dressed = dressing(base[None] + targets)  # (52, N, 3): each unit alone, at weight 1
     base = dressing(base)  # (N, 3)
