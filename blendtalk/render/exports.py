@@ -53,7 +53,7 @@ import numpy as np
 from ..animation import Animation
 from ..expression.head_motion import head_pivot, rotate_head
 from .files import atomic_path, output_path
-from .gltf import accessor, write_glb_file, write_rig_glb
+from .gltf import accessor, buffer_views, write_glb_file, write_rig_glb
 
 FORMATS = ("npy", "obj", "glb", "arkit_csv", "arkit_json", "flame")
 GLB_MAX_FRAMES = 1800  # 60 s at 30 fps: ~90 MB of targets for the 4278-vertex rig; Blender imports slow down past it
@@ -255,8 +255,8 @@ def write_glb(
     colours, COLOR_0) instead of the bare face.
 
     The animation channel drives the mesh node's morph weights: at time t/fps target t has weight
-    1 and all others 0; the clip lasts T/fps seconds (the last frame is held). interpolation: 'STEP' (hold each frame) or 'LINEAR' (blend neighbours,
-    smoother when a viewer plays at another rate).
+    1 and all others 0; the clip lasts T/fps seconds (the last frame is held). interpolation: 'STEP'
+    (hold each frame) or 'LINEAR' (blend neighbours, smoother when a viewer plays at another rate).
     """
     path = output_path(path, ".glb")
     _check_values(animation)
@@ -269,20 +269,8 @@ def write_glb(
     base = verts[0] if template is None else np.asarray(template, dtype=np.float32)
     if base.shape != (n_verts, 3) or not np.isfinite(base).all():
         raise ValueError(f"template must be finite with shape ({n_verts}, 3), got {base.shape}")
-    pivot = head_pivot(base)  # of the face, as the renderer turns it
-    tri, colours = _triangles(animation).astype(np.uint32), None
-    if dressing is not None:
-        if dressing.num_face_vertices != n_verts:
-            raise ValueError(f"the dressing is for V={dressing.num_face_vertices} face vertices, the animation has {n_verts}")
-        base, verts = dressing(base), dressing(verts, animation.gaze)  # (V + H, 3), (T, V + H, 3)
-        tri, n_verts = dressing.triangles.astype(np.uint32), len(base)
-        import torch
-
-        from .shading import srgb_to_linear
-
-        colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()  # (V + H, 3): glTF vertex colours are linear
-    if animation.head_rotation is not None:  # frames posed as rendered; the base stays at rest
-        verts = rotate_head(verts, animation.head_rotation, pivot)  # (T, V, 3)
+    base, verts, tri, colours = _glb_frames(animation, base, dressing)
+    n_verts = len(base)
     deltas = (verts - base).astype(np.float32)  # (T, V, 3)
     # Key k shows target k; one more key at T/fps holds the last frame, so the clip lasts T/fps
     # seconds, as long as the video and its audio, and loops in step with them.
@@ -293,13 +281,7 @@ def write_glb(
     blobs = [base.astype(np.float32), tri, deltas, times, weights]
     if colours is not None:
         blobs.append(colours.astype(np.float32))
-    views, offset = [], 0
-    for blob, target in zip(blobs, (34962, 34963, 34962, None, None, 34962)):  # ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER
-        view = {"buffer": 0, "byteOffset": offset, "byteLength": blob.nbytes}
-        if target is not None:
-            view["target"] = target
-        views.append(view)
-        offset += blob.nbytes  # every blob is 4-byte data, so offsets stay 4-byte aligned
+    views, offset = buffer_views(blobs, (34962, 34963, 34962, None, None, 34962))  # ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER
     views[2]["byteStride"] = 12  # T accessors share this view; glTF then requires an explicit stride
     lo, hi = deltas.min(1), deltas.max(1)  # (T, 3): POSITION accessors must carry min/max
     accessors = [
@@ -340,6 +322,27 @@ def write_glb(
         "buffers": [{"byteLength": offset}],
     }
     return write_glb_file(path, doc, blobs, offset)
+
+
+def _glb_frames(animation: Animation, base: np.ndarray, dressing):
+    """The glb's base (N, 3), posed frames (T, N, 3), triangles (F, 3) uint32 and linear colours
+    (N, 3) or None: the face, or the dressed face when `dressing` is given, turned as rendered."""
+    verts, n_verts = animation.vertices, len(base)
+    pivot = head_pivot(base)  # of the face, as the renderer turns it
+    tri, colours = _triangles(animation).astype(np.uint32), None
+    if dressing is not None:
+        if dressing.num_face_vertices != n_verts:
+            raise ValueError(f"the dressing is for V={dressing.num_face_vertices} face vertices, the animation has {n_verts}")
+        base, verts = dressing(base), dressing(verts, animation.gaze)  # (V + H, 3), (T, V + H, 3)
+        tri = dressing.triangles.astype(np.uint32)
+        import torch
+
+        from .shading import srgb_to_linear
+
+        colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()  # (V + H, 3): glTF vertex colours are linear
+    if animation.head_rotation is not None:  # frames posed as rendered; the base stays at rest
+        verts = rotate_head(verts, animation.head_rotation, pivot)  # (T, V, 3)
+    return base, verts, tri, colours
 
 
 def arkit_rig_glb(animation: Animation, path: str | os.PathLike, rig, dressing=None) -> Path:

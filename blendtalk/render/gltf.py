@@ -49,6 +49,18 @@ def accessor(view: int, offset: int, count: int, kind: str, lo=None, hi=None) ->
     return acc
 
 
+def buffer_views(blobs: Sequence[np.ndarray], targets: Sequence[int | None]) -> tuple[list[dict], int]:
+    """Buffer views of the `blobs` laid back to back (each with its glTF `target`, or none), and their total bytes."""
+    views, offset = [], 0
+    for blob, target in zip(blobs, targets):
+        view = {"buffer": 0, "byteOffset": offset, "byteLength": blob.nbytes}
+        if target is not None:
+            view["target"] = target
+        views.append(view)
+        offset += blob.nbytes  # every blob is 4-byte data, so offsets stay 4-byte aligned
+    return views, offset
+
+
 def write_glb_file(path: Path, doc: dict, blobs: Sequence[np.ndarray], nbytes: int) -> Path:
     """Write a .glb of the glTF JSON `doc` and its binary chunk, the `blobs` back to back (`nbytes` in all)."""
     text = json.dumps(doc, separators=(",", ":")).encode()
