@@ -27,7 +27,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from blendtalk.evaluation.study import (
-    ASPECT_LABELS, ASPECT_QUESTIONS, LIKERT_LABELS, LIKERT_MAX, LIKERT_MIN, RatingStore, Study, StudyError)
+    ASPECT_LABELS, ASPECT_QUESTIONS, LIKERT_LABELS, LIKERT_MAX, LIKERT_MIN, Study, StudyError)
+from blendtalk.evaluation.study_store import RatingStore
 
 PAGE = Path(__file__).with_name("rate.html")
 MAX_BODY = 64 * 1024  # bytes; a screen's ratings are a few hundred
