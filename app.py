@@ -156,29 +156,12 @@ def setup_workspace(workdir: str | None) -> Workspace:
 
 
 # ---------------------------------------------------------------------------------------------
-# The pipeline, loaded once
-
-_PIPELINE = None
-_PIPELINE_LOCK = threading.Lock()
+# The model work
 
 
-def get_pipeline(dfm: str | None = None, speech: str | None = None, device: str | None = None):
-    """The app's one Pipeline, loaded by the first call (the arguments count only then)."""
-    global _PIPELINE
-    with _PIPELINE_LOCK:
-        if _PIPELINE is None:
-            from blendtalk.pipeline import Pipeline
-
-            _PIPELINE = Pipeline.from_pretrained(dfm=dfm, speech=speech, device=device)
-        return _PIPELINE
-
-
-@GPU
-def animate_and_render(request, video: Path, progress=None):
-    """The model and rendering work (on the GPU in a ZeroGPU Space) for an AnimationRequest -> the
-    Animation; writes `video`. Requests run side by side: the pipeline is safe to share."""
-    pipe = get_pipeline()
-
+def animate_and_render(pipe, request, video: Path, progress=None):
+    """An AnimationRequest -> the Animation made by `pipe` (a loaded Pipeline); writes `video`.
+    Requests run side by side: the pipeline is safe to share."""
     def stage(start, span):
         def report(fraction, what):
             if progress is not None:
@@ -188,6 +171,23 @@ def animate_and_render(request, video: Path, progress=None):
     anim = pipe.run(request, progress=stage(0.02, 0.38))
     pipe.save_video(anim, video, size=request.size, progress=stage(0.4, 0.6))
     return anim
+
+
+def warm_up(pipe, size: int) -> None:
+    """Load the lazy parts (aligner, TTS, phone recogniser, decoder, resampler, renderer) now, not on
+    the first user's click."""
+    import soundfile
+    import soxr
+
+    from blendtalk.speech.phonetics import synthesize
+
+    t0 = time.perf_counter()
+    speech, _ = synthesize("Hello there.")  # as audio, so the phone recogniser loads too
+    with tempfile.TemporaryDirectory() as tmp:  # a 44.1 kHz file, as most uploads are: decoder and resampler load too
+        upload = Path(tmp) / "warm-up.wav"
+        soundfile.write(upload, soxr.resample(speech, SAMPLE_RATE, 44_100), 44_100)
+        pipe.renderer(size)(pipe.animate(upload).vertices[:2])
+    logger.info("warm-up took %.1f s", time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,31 +255,48 @@ def plotly_js_path() -> Path:
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
-def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tuple[int, int] = DELETE_CACHE,
-               limits: serving.ServingConfig | None = None):
-    """The Gradio Blocks of the app (the pipeline must load: `get_pipeline`)."""
-    import gradio as gr
+@dataclass
+class Service:
+    """What the page's Animate handlers share: the loaded pipeline, the work folder and the serving limits.
 
-    from blendtalk.expression.emotions import EMOTIONS, MAX_INTENSITY
-    from blendtalk.render.exports import arkit_rig_glb, export_all, unavailable
-    from blendtalk.render.viz import animation_figure, figure_html, mesh_figure, rig_look, weights_figure
+    Made once in `main()` (or a test) and handed to `build_demo`; nothing of it is global, so two
+    apps with different pipelines or limits can live in one process.
+    """
 
-    pipe = get_pipeline()
-    look = rig_look(pipe.rig)
-    plotly_js = plotly_js_path()
-    # Served by this app (launch's allowed_paths) so the figure works offline; the srcdoc iframe
-    # resolves a relative URL against the page, which also holds behind a proxy's root path.
-    plotly_url = f"gradio_api/file={plotly_js}"
-    allowed_dirs = [os.environ["GRADIO_TEMP_DIR"]]  # uploads, recordings and examples all arrive as copies here
-    limits = limits or serving.ServingConfig(concurrency=CONCURRENCY)
-    gate = serving.Gate(limits)
+    pipe: object  # a loaded blendtalk Pipeline
+    workspace: Workspace
+    limits: serving.ServingConfig
+    default_size: int = 256  # px, the page's initial video size
 
-    def steps(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
+    def __post_init__(self):
+        from blendtalk.render.viz import rig_look
+
+        self.gate = serving.Gate(self.limits)
+        self.look = rig_look(self.pipe.rig)
+        # Served by this app (launch's allowed_paths) so the figure works offline; the srcdoc iframe
+        # resolves a relative URL against the page, which also holds behind a proxy's root path.
+        self.plotly_url = f"gradio_api/file={plotly_js_path()}"
+        self.allowed_dirs = [os.environ["GRADIO_TEMP_DIR"]]  # uploads, recordings and examples all arrive as copies here
+        pipe = self.pipe
+
+        @GPU  # a ZeroGPU Space attaches the GPU only inside this call
+        def render(request, video: Path, progress=None):
+            return animate_and_render(pipe, request, video, progress)
+
+        self.render = render
+
+    def steps(self, audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
               folder: Path, progress=None, head_motion=True, admit=None):
         """Yield the outputs (video, mesh html, weights figure, downloads, status) as they become ready."""
+        import gradio as gr
+
+        from blendtalk.render.exports import arkit_rig_glb, export_all, unavailable
+        from blendtalk.render.viz import animation_figure, figure_html, weights_figure
+
+        pipe = self.pipe
         try:
             req = check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline,
-                                blinks, size, allowed_dirs, head_motion)
+                                blinks, size, self.allowed_dirs, head_motion)
             if admit is not None:  # the cost budget and the client's running limit (LimitError)
                 admit(req)
         except ValueError as err:  # AudioError included
@@ -287,13 +304,13 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
         stem = f"blendtalk_{req.expression.emotion}"
         video = folder / f"{stem}.mp4"
         try:
-            anim = animate_and_render(req, video, progress)
+            anim = self.render(req, video, progress)
         except ValueError as err:  # e.g. text the TTS cannot speak
             raise gr.Error(public_text(str(err)), title="Please check the input", print_exception=False) from None
         yield str(video), "", None, None, describe(anim, {}) + "\n\nbuilding the 3D view and downloads…"
         # No progress() from here on: Gradio would lay its progress overlay over the playable video.
-        figure = animation_figure(anim, rig=look, max_frames=FIGURE_FRAMES)
-        html = figure_html(figure, height=figure.layout.height + 40, include_plotlyjs=plotly_url)  # no inner scroll bar
+        figure = animation_figure(anim, rig=self.look, max_frames=FIGURE_FRAMES)
+        html = figure_html(figure, height=figure.layout.height + 40, include_plotlyjs=self.plotly_url)  # no inner scroll bar
         curves = weights_figure(anim)
         missing = unavailable(anim)
         written = export_all(anim, folder / "downloads", stem=stem, template=pipe.rig.vertices, dressing=pipe.dressing())
@@ -301,6 +318,81 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
         if anim.arkit_weights is not None:  # the rig with its ARKit units as morph targets, played by the curves
             files.append(str(arkit_rig_glb(anim, folder / "downloads" / f"{stem}_rig.glb", pipe.rig, pipe.dressing())))
         yield str(video), html, curves, files, describe(anim, missing)
+
+    def admitted_steps(self, client: str, *inputs, progress=None):
+        """`steps` for one client of the page, counted and held to the limits, in its own request folder
+        removed after the last output; failures other than bad input become one line."""
+        import gradio as gr
+
+        try:
+            self.gate.count(client)
+        except serving.LimitError as err:
+            raise gr.Error(str(err), title="Please wait", print_exception=False) from None
+        folder = self.workspace.new_request()
+        held = contextlib.ExitStack()  # the client's running place, from admission to the last output
+        *page, head_motion = inputs
+        try:
+            yield from self.steps(*page, folder, progress, head_motion, admit=lambda req: held.enter_context(
+                self.gate.running(client, serving.check_cost(request_seconds(req), req.size, self.limits.max_cost))))
+        except gr.Error:
+            raise
+        except Exception:
+            logger.exception("request failed")
+            raise gr.Error("Something went wrong while animating; the details are in the server log. "
+                           "Try again, or with other input.") from None
+        finally:
+            held.close()
+            # Runs when Gradio asks for the next value after the last one, i.e. after it copied the
+            # files into its cache (or when the request is cancelled): the folder is no longer needed.
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def estimate(self, demo, audio, text, size) -> str:
+        """The status line shown at once on Generate: requests ahead and the estimated wait."""
+        seconds = serving.upload_seconds(audio) if audio else serving.text_seconds((text or "").strip())
+        size = int(size) if str(size).strip().isdigit() else self.default_size
+        cost = serving.request_cost(seconds or 0.0, size)
+        return self.gate.describe_wait(serving.waiting_requests(demo, "animate"), cost)
+
+    def run_example(self, audio, text, transcript, emotion, intensity):
+        # Example caching consumes every value before copying the files, so the folder stays for the sweeper.
+        out = None
+        for out in self.steps(audio, text, transcript, emotion, intensity, NO_MIX, 0.5, "", True, self.default_size,
+                              self.workspace.new_request()):
+            pass
+        return out
+
+
+def rig_view(files):
+    """The `_rig.glb` among the downloads (for gr.Model3D), or None."""
+    return next((str(f) for f in files or [] if str(f).endswith("_rig.glb")), None)
+
+
+def build_demo(service: Service, delete_cache: tuple[int, int] = DELETE_CACHE):
+    """The Gradio Blocks of the app serving `service`'s pipeline under its limits."""
+    import gradio as gr
+
+    pipe = service.pipe
+    with gr.Blocks(title="blendtalk", delete_cache=tuple(delete_cache), analytics_enabled=False) as demo:
+        gr.Markdown("# blendtalk\nEmotional 3D talking faces: speech and an emotion in, an animated face out.")
+        with gr.Accordion("Models in use", open=False):
+            gr.Markdown("\n".join(f"* {line}" for line in public_lines(pipe.sources)) + f"\n* device: {pipe.device}")
+        with gr.Tab("Animate"):
+            animate_tab(demo, service, delete_cache[1])
+        with gr.Tab("Blendshapes"):
+            blendshapes_tab(pipe, service.look)
+        with gr.Tab("Live"):  # its own page and WebSocket (blendtalk.live.server), beside the /animate queue
+            gr.HTML('<iframe id="live-frame" src="/live/" allow="microphone" '
+                    'style="width:100%;height:560px;border:0"></iframe>')
+    return demo
+
+
+def animate_tab(demo, service: Service, keep_s: float) -> None:
+    """The Animate tab's inputs, outputs and events, inside `demo`'s open Blocks; results are kept `keep_s`."""
+    import gradio as gr
+
+    from blendtalk.expression.emotions import EMOTIONS, MAX_INTENSITY
+
+    default_size, limits = service.default_size, service.limits
 
     def generate(audio=None, text="", transcript="", emotion="happy", intensity=1.0, mix_with=NO_MIX, mix_ratio=0.5,
                  timeline="", blinks=True, size=str(default_size), head_motion=True, progress=gr.Progress(),
@@ -314,48 +406,94 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
         head_motion (default true): nods, turns and gaze shifts driven by the speech."""
         client = serving.client_key(getattr(getattr(request, "client", None), "host", None),
                                     dict(getattr(request, "headers", None) or {}))
-        try:
-            gate.count(client)
-        except serving.LimitError as err:
-            raise gr.Error(str(err), title="Please wait", print_exception=False) from None
-        folder = workspace.new_request()
-        held = contextlib.ExitStack()  # the client's running place, from admission to the last output
-        try:
-            yield from steps(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks,
-                             size, folder, progress, head_motion, admit=lambda req: held.enter_context(gate.running(
-                                 client, serving.check_cost(request_seconds(req), req.size, limits.max_cost))))
-        except gr.Error:
-            raise
-        except Exception:
-            logger.exception("request failed")
-            raise gr.Error("Something went wrong while animating; the details are in the server log. "
-                           "Try again, or with other input.") from None
-        finally:
-            held.close()
-            # Runs when Gradio asks for the next value after the last one, i.e. after it copied the
-            # files into its cache (or when the request is cancelled): the folder is no longer needed.
-            shutil.rmtree(folder, ignore_errors=True)
+        yield from service.admitted_steps(client, audio, text, transcript, emotion, intensity, mix_with, mix_ratio,
+                                          timeline, blinks, size, head_motion, progress=progress)
 
     def estimate(audio, text, size):
-        """The status line shown at once on Generate: requests ahead and the estimated wait."""
-        seconds = serving.upload_seconds(audio) if audio else serving.text_seconds((text or "").strip())
-        size = int(size) if str(size).strip().isdigit() else default_size
-        cost = serving.request_cost(seconds or 0.0, size)
-        return gate.describe_wait(serving.waiting_requests(demo, "animate"), cost)
+        return service.estimate(demo, audio, text, size)
 
-    def run_example(audio, text, transcript, emotion, intensity):
-        # Example caching consumes every value before copying the files, so the folder stays for the sweeper.
-        out = None
-        for out in steps(audio, text, transcript, emotion, intensity, NO_MIX, 0.5, "", True, default_size,
-                         workspace.new_request()):
-            pass
-        return out
+    with gr.Row():
+        with gr.Column(scale=2):
+            audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                             label=f"Speech (upload or record, at most {MAX_AUDIO_SECONDS:g} s)",
+                             elem_id="speech")
+            text = gr.Textbox("", label="…or text to speak (built-in TTS)", lines=2, max_length=600,
+                              placeholder="Type a sentence; leave empty when you give audio.", elem_id="text")
+            transcript = gr.Textbox("", label="Transcript (optional): the words of the audio, for better lip sync",
+                                    max_length=MAX_TRANSCRIPT_CHARS, elem_id="transcript")
+            with gr.Row():
+                emotion = gr.Dropdown(list(EMOTIONS), value="happy", label="Emotion", elem_id="emotion")
+                intensity = gr.Slider(0, MAX_INTENSITY, 1.0, step=0.05, label="Intensity", info="1 is the apex; above exaggerates",
+                                      elem_id="intensity")
+            with gr.Accordion("More: mix, timeline, blinks, head motion, video size", open=False):
+                with gr.Row():
+                    mix_with = gr.Dropdown([("none", NO_MIX), *[(e, e) for e in EMOTIONS]], value=NO_MIX,
+                                           label="Second emotion (optional)")
+                    mix_ratio = gr.Slider(0, 1, 0.5, step=0.05, label="Share of the second emotion")
+                timeline = gr.Textbox("", label="Emotion timeline (optional; overrides the emotions above)",
+                                      placeholder=TIMELINE_HINT, info="NAME@SECONDS[:INTENSITY], e.g. " + TIMELINE_HINT)
+                with gr.Row():
+                    blinks = gr.Checkbox(True, label="Natural blinks")
+                    head_motion = gr.Checkbox(True, label="Head and eye motion", elem_id="head-motion")
+                    size = gr.Dropdown([str(v) for v in VIDEO_SIZES], value=str(default_size), label="Video size (px)",
+                                       allow_custom_value=True)  # check_request takes "256" or 256
+            button = gr.Button("Generate", variant="primary", elem_id="generate")
+        with gr.Column(scale=3):
+            video = gr.Video(label="Talking face (mp4 with sound)", elem_id="video", autoplay=False)
+            status = gr.Markdown(elem_id="status")
+    mesh = gr.HTML(label="Interactive 3D face (drag to turn, ▶ to play)", elem_id="mesh",
+                   js_on_load=None, min_height=100)
+    rig3d = gr.Model3D(label="The rig driven by its 52 ARKit blendshape curves (glTF morph targets; loops)",
+                       elem_id="rig3d", clear_color=(0.17, 0.18, 0.21, 1.0), camera_position=(90, 90, 0.6),
+                       height=420)
+    curves = gr.Plot(label="Blendshape weights over time", elem_id="curves")
+    files = gr.File(label="Downloads: mp4, vertices .npy, OBJ sequence .zip, glTF .glb, ARKit CSV/JSON, FLAME, "
+                          "the rig with ARKit morph targets _rig.glb",
+                    file_count="multiple", interactive=False, elem_id="downloads")
+    inputs = [audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size, head_motion]
+    outputs = [video, mesh, curves, files, status]
+    button.click(estimate, [audio, text, size], status, queue=False, api_visibility="private",
+                 show_progress="hidden")  # before the queue: where this request stands
+    # gr.Model3D (6.x) starts its viewer for a value set by a plain event, not by a generator's
+    # update: a second event shows the rig's GLB from the downloads, leaving /animate's outputs as they were.
+    button.click(generate, inputs, outputs, api_name="animate", api_visibility="public").then(
+        rig_view, files, rig3d, api_visibility="private", show_progress="hidden")
+    gr.Markdown(f"Results are kept for at least {keep_s / 60:g} minutes, then deleted (sooner only if "
+                f"the server's cache is full): download what you want to keep. Limits: "
+                f"{limits.max_cost:g} s of speech at 256 px or less, "
+                f"{serving.longest_seconds(512, limits.max_cost):.0f} s at 512 px; "
+                f"{limits.rate_per_minute or 'any number of'} requests a minute and "
+                f"{limits.running_per_client or 'any number'} computed at once per address.")
+    examples([audio, text, transcript, emotion, intensity], outputs, service.run_example)
 
-    def rig_view(files):
-        """The `_rig.glb` among the downloads (for gr.Model3D), or None."""
-        return next((str(f) for f in files or [] if str(f).endswith("_rig.glb")), None)
 
-    # ---- the blendshape explorer ----
+def examples(inputs, outputs, fn) -> None:
+    """The Animate tab's examples (inside an open Blocks): computed by `fn` on first use, then cached."""
+    import gradio as gr
+
+    # Gradio keeps cached example outputs in a CSV; the 3D view's HTML (a few MB) is one field,
+    # above the csv module's default field limit of 128 kB when it is read back.
+    csv.field_size_limit(2**31 - 1)
+    # Gradio warns that some examples leave inputs empty: they do on purpose (audio or text).
+    warnings.filterwarnings("ignore", message="Examples will be cached but not all input components")
+    gr.Examples(
+        [[str(EXAMPLES_DIR / "tts_surprised.wav"), "", (EXAMPLES_DIR / "tts_surprised.txt").read_text().strip(),
+          "surprised", 1.0],
+         [str(ARCTIC_DIR / "arctic_a0009.wav"), "", (ARCTIC_DIR / "arctic_a0009.txt").read_text().strip(),
+          "angry", 1.0],
+         [str(EXAMPLES_DIR / "tts_sad.wav"), "", (EXAMPLES_DIR / "tts_sad.txt").read_text().strip(), "sad", 1.0],
+         [None, "What a lovely surprise to see you here!", "", "happy", 1.0]],
+        inputs=inputs, outputs=outputs, fn=fn,
+        cache_examples=True, cache_mode="lazy", label="Examples (computed on first use, then cached)",
+    )
+
+
+def blendshapes_tab(pipe, look) -> None:
+    """The Blendshapes tab (inside an open Blocks): pose the DFM's learned blendshapes with sliders."""
+    import gradio as gr
+
+    from blendtalk.render.viz import mesh_figure
+
     dfm = pipe.dfm
     bases = {"speech": dfm.speech_blendshapes.detach().float().cpu().numpy(),  # (K_s, V, 3) m per unit weight
              "expression": dfm.expression_blendshapes.detach().float().cpu().numpy()}  # (K_e, V, 3)
@@ -377,104 +515,27 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
         sliders = [gr.Slider(value=0.0, visible=i < k, label=f"{kind[0]}{i}") for i in range(num_sliders)]
         return [pose(kind, *([0.0] * num_sliders)), *sliders]
 
-    with gr.Blocks(title="blendtalk", delete_cache=tuple(delete_cache), analytics_enabled=False) as demo:
-        gr.Markdown("# blendtalk\nEmotional 3D talking faces: speech and an emotion in, an animated face out.")
-        with gr.Accordion("Models in use", open=False):
-            gr.Markdown("\n".join(f"* {line}" for line in public_lines(pipe.sources)) + f"\n* device: {pipe.device}")
-        with gr.Tab("Animate"):
-            with gr.Row():
-                with gr.Column(scale=2):
-                    audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
-                                     label=f"Speech (upload or record, at most {MAX_AUDIO_SECONDS:g} s)",
-                                     elem_id="speech")
-                    text = gr.Textbox("", label="…or text to speak (built-in TTS)", lines=2, max_length=600,
-                                      placeholder="Type a sentence; leave empty when you give audio.", elem_id="text")
-                    transcript = gr.Textbox("", label="Transcript (optional): the words of the audio, for better lip sync",
-                                            max_length=MAX_TRANSCRIPT_CHARS, elem_id="transcript")
+    gr.Markdown("The DFM's learned blendshapes on the face rig: speech ones move the mouth, expression ones "
+                f"the rest. A slider at ±1 moves its blendshape's most-moved vertex by {SLIDER_PEAK_M * 1000:g} mm.")
+    with gr.Row():
+        with gr.Column(scale=2):
+            kind = gr.Radio(list(bases), value="speech", label="Blendshapes")
+            reset = gr.Button("Reset")
+            sliders = []
+            with gr.Column(elem_id="face-sliders"):
+                for row in range(0, num_sliders, SLIDERS_PER_ROW):
                     with gr.Row():
-                        emotion = gr.Dropdown(list(EMOTIONS), value="happy", label="Emotion", elem_id="emotion")
-                        intensity = gr.Slider(0, MAX_INTENSITY, 1.0, step=0.05, label="Intensity", info="1 is the apex; above exaggerates",
-                                              elem_id="intensity")
-                    with gr.Accordion("More: mix, timeline, blinks, head motion, video size", open=False):
-                        with gr.Row():
-                            mix_with = gr.Dropdown([("none", NO_MIX), *[(e, e) for e in EMOTIONS]], value=NO_MIX,
-                                                   label="Second emotion (optional)")
-                            mix_ratio = gr.Slider(0, 1, 0.5, step=0.05, label="Share of the second emotion")
-                        timeline = gr.Textbox("", label="Emotion timeline (optional; overrides the emotions above)",
-                                              placeholder=TIMELINE_HINT, info="NAME@SECONDS[:INTENSITY], e.g. " + TIMELINE_HINT)
-                        with gr.Row():
-                            blinks = gr.Checkbox(True, label="Natural blinks")
-                            head_motion = gr.Checkbox(True, label="Head and eye motion", elem_id="head-motion")
-                            size = gr.Dropdown([str(v) for v in VIDEO_SIZES], value=str(default_size), label="Video size (px)",
-                                               allow_custom_value=True)  # check_request takes "256" or 256
-                    button = gr.Button("Generate", variant="primary", elem_id="generate")
-                with gr.Column(scale=3):
-                    video = gr.Video(label="Talking face (mp4 with sound)", elem_id="video", autoplay=False)
-                    status = gr.Markdown(elem_id="status")
-            mesh = gr.HTML(label="Interactive 3D face (drag to turn, ▶ to play)", elem_id="mesh",
-                           js_on_load=None, min_height=100)
-            rig3d = gr.Model3D(label="The rig driven by its 52 ARKit blendshape curves (glTF morph targets; loops)",
-                               elem_id="rig3d", clear_color=(0.17, 0.18, 0.21, 1.0), camera_position=(90, 90, 0.6),
-                               height=420)
-            curves = gr.Plot(label="Blendshape weights over time", elem_id="curves")
-            files = gr.File(label="Downloads: mp4, vertices .npy, OBJ sequence .zip, glTF .glb, ARKit CSV/JSON, FLAME, "
-                                  "the rig with ARKit morph targets _rig.glb",
-                            file_count="multiple", interactive=False, elem_id="downloads")
-            inputs = [audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size, head_motion]
-            outputs = [video, mesh, curves, files, status]
-            button.click(estimate, [audio, text, size], status, queue=False, api_visibility="private",
-                         show_progress="hidden")  # before the queue: where this request stands
-            # gr.Model3D (6.x) starts its viewer for a value set by a plain event, not by a generator's
-            # update: a second event shows the rig's GLB from the downloads, leaving /animate's outputs as they were.
-            button.click(generate, inputs, outputs, api_name="animate", api_visibility="public").then(
-                rig_view, files, rig3d, api_visibility="private", show_progress="hidden")
-            gr.Markdown(f"Results are kept for at least {delete_cache[1] / 60:g} minutes, then deleted (sooner only if "
-                        f"the server's cache is full): download what you want to keep. Limits: "
-                        f"{limits.max_cost:g} s of speech at 256 px or less, "
-                        f"{serving.longest_seconds(512, limits.max_cost):.0f} s at 512 px; "
-                        f"{limits.rate_per_minute or 'any number of'} requests a minute and "
-                        f"{limits.running_per_client or 'any number'} computed at once per address.")
-            # Gradio keeps cached example outputs in a CSV; the 3D view's HTML (a few MB) is one field,
-            # above the csv module's default field limit of 128 kB when it is read back.
-            csv.field_size_limit(2**31 - 1)
-            # Gradio warns that some examples leave inputs empty: they do on purpose (audio or text).
-            warnings.filterwarnings("ignore", message="Examples will be cached but not all input components")
-            gr.Examples(
-                [[str(EXAMPLES_DIR / "tts_surprised.wav"), "", (EXAMPLES_DIR / "tts_surprised.txt").read_text().strip(),
-                  "surprised", 1.0],
-                 [str(ARCTIC_DIR / "arctic_a0009.wav"), "", (ARCTIC_DIR / "arctic_a0009.txt").read_text().strip(),
-                  "angry", 1.0],
-                 [str(EXAMPLES_DIR / "tts_sad.wav"), "", (EXAMPLES_DIR / "tts_sad.txt").read_text().strip(), "sad", 1.0],
-                 [None, "What a lovely surprise to see you here!", "", "happy", 1.0]],
-                inputs=[audio, text, transcript, emotion, intensity], outputs=outputs, fn=run_example,
-                cache_examples=True, cache_mode="lazy", label="Examples (computed on first use, then cached)",
-            )
-        with gr.Tab("Blendshapes"):
-            gr.Markdown("The DFM's learned blendshapes on the face rig: speech ones move the mouth, expression ones "
-                        f"the rest. A slider at ±1 moves its blendshape's most-moved vertex by {SLIDER_PEAK_M * 1000:g} mm.")
-            with gr.Row():
-                with gr.Column(scale=2):
-                    kind = gr.Radio(list(bases), value="speech", label="Blendshapes")
-                    reset = gr.Button("Reset")
-                    sliders = []
-                    with gr.Column(elem_id="face-sliders"):
-                        for row in range(0, num_sliders, SLIDERS_PER_ROW):
-                            with gr.Row():
-                                for i in range(row, min(row + SLIDERS_PER_ROW, num_sliders)):
-                                    sliders.append(gr.Slider(-1, 1, 0.0, step=0.05, label=f"s{i}", min_width=80,
-                                                             visible=i < len(bases["speech"])))
-                with gr.Column(scale=3):
-                    face = gr.Plot(pose("speech", *([0.0] * num_sliders)), label="Face", elem_id="face")
-            explore = dict(api_visibility="private", show_progress="hidden", concurrency_id="explore",
-                           concurrency_limit=4, trigger_mode="always_last")
-            for slider in sliders:
-                slider.change(pose, [kind, *sliders], face, **explore)
-            kind.change(choose, kind, [face, *sliders], **explore)
-            reset.click(choose, kind, [face, *sliders], **explore)
-        with gr.Tab("Live"):  # its own page and WebSocket (blendtalk.live.server), beside the /animate queue
-            gr.HTML('<iframe id="live-frame" src="/live/" allow="microphone" '
-                    'style="width:100%;height:560px;border:0"></iframe>')
-    return demo
+                        for i in range(row, min(row + SLIDERS_PER_ROW, num_sliders)):
+                            sliders.append(gr.Slider(-1, 1, 0.0, step=0.05, label=f"s{i}", min_width=80,
+                                                     visible=i < len(bases["speech"])))
+        with gr.Column(scale=3):
+            face = gr.Plot(pose("speech", *([0.0] * num_sliders)), label="Face", elem_id="face")
+    explore = dict(api_visibility="private", show_progress="hidden", concurrency_id="explore",
+                   concurrency_limit=4, trigger_mode="always_last")
+    for slider in sliders:
+        slider.change(pose, [kind, *sliders], face, **explore)
+    kind.change(choose, kind, [face, *sliders], **explore)
+    reset.click(choose, kind, [face, *sliders], **explore)
 
 
 def main(argv=None) -> None:
@@ -522,26 +583,16 @@ def main(argv=None) -> None:
     # Each request gets an equal share of the cores: oversubscribed OpenMP threads spin and slow
     # everything down many times over (measured: 2 threads per request on 2 busy cores, 10x slower).
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // CONCURRENCY))
-    pipe = get_pipeline(args.dfm, args.speech_model, args.device)
+    from blendtalk.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(dfm=args.dfm, speech=args.speech_model, device=args.device)
     size = args.size or (512 if pipe.device.type == "cuda" else 256)
-    if spaces is None:  # load the lazy parts (aligner, TTS, renderer) now, not on the first user's click
-        t0 = time.perf_counter()
-        import soundfile
-        import soxr
-
-        from blendtalk.constants import SAMPLE_RATE
-        from blendtalk.speech.phonetics import synthesize
-
-        speech, _ = synthesize("Hello there.")  # as audio, so the phone recogniser loads too
-        with tempfile.TemporaryDirectory() as tmp:  # a 44.1 kHz file, as most uploads are: decoder and resampler load too
-            upload = Path(tmp) / "warm-up.wav"
-            soundfile.write(upload, soxr.resample(speech, SAMPLE_RATE, 44_100), 44_100)
-            pipe.renderer(size)(pipe.animate(upload).vertices[:2])
-        logger.info("warm-up took %.1f s", time.perf_counter() - t0)
+    if spaces is None:  # a ZeroGPU Space has no GPU here, outside a request
+        warm_up(pipe, size)
     every, age = args.delete_cache
     limits = serving.ServingConfig(max_cost=args.max_cost, rate_per_minute=args.rate_limit,
                                    running_per_client=args.jobs_per_client, concurrency=CONCURRENCY)
-    demo = build_demo(workspace, default_size=size, delete_cache=(every, age), limits=limits)
+    demo = build_demo(Service(pipe, workspace, limits, default_size=size), delete_cache=(every, age))
 
     def sweep():
         clear_gradio_cache(demo, age)

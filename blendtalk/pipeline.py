@@ -363,12 +363,12 @@ def framing_margin(template: np.ndarray, pivot: np.ndarray, max_angles: np.ndarr
     The camera is the renderer's (framed on the template's box, `render.Renderer`); the 27 corner,
     edge and face poses of the box of angles are checked, and the margin found by bisection.
     """
-    from .render.renderer import _rotation
+    from .render.camera import rotation
 
     tmpl = np.asarray(template, dtype=np.float64)
     signs = np.stack(np.meshgrid(*[[-1.0, 0.0, 1.0]] * 3, indexing="ij"), -1).reshape(-1, 3)  # (27, 3)
     posed = rotate_head(np.broadcast_to(tmpl, (len(signs), *tmpl.shape)), signs * max_angles, pivot)  # (27, V, 3)
-    rot = _rotation(config.yaw_deg, config.pitch_deg).numpy()
+    rot = rotation(config.yaw_deg, config.pitch_deg).numpy()
     centre = (tmpl.min(0) + tmpl.max(0)) / 2
     local, moved = (tmpl - centre) @ rot.T, (posed - centre) @ rot.T  # camera frame, +z toward the camera
     reach = np.abs(local[:, :2]).max(1)

@@ -28,11 +28,11 @@ import math
 import os
 import platform
 import resource
-import statistics
 import tempfile
 import time
 import wave
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
@@ -208,45 +208,45 @@ def checkpoint_mb(folder: Path) -> float:
 
 # ---- the benchmark ----
 
-def run(args) -> dict:
-    device = torch.device(args.device)
-    rig = load_rig()
-    audio, phones = arctic_clip(args.seconds)
-    t = num_frames(len(audio))
-    b = args.clips
-    notes = []
-    rows: dict[str, dict] = {}
+@dataclass
+class Bench:
+    """What every stage of one benchmark run shares: the arguments, the clip's length, the rows and notes."""
 
-    def stage(key, label, batch, fn, frames):
-        row = measure(fn, frames, device, args.warmup, args.repeats)
-        rows[key] = {"stage": label, "batch": batch, **row}
+    args: argparse.Namespace
+    device: torch.device
+    t: int  # frames of the clip
+    rows: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def stage(self, key, label, batch, fn, frames) -> dict:
+        row = measure(fn, frames, self.device, self.args.warmup, self.args.repeats)
+        self.rows[key] = {"stage": label, "batch": batch, **row}
         print(f"  {label:<44} {batch:<22} {row['fps']:10.1f} frames/s  ({row['median_s'] * 1e3:.1f} ms)", flush=True)
-        return rows[key]
+        return self.rows[key]
 
-    print(f"{args.seconds:g} s of speech = {t} frames at {FPS} fps on {device}; {args.clips} clips when batched", flush=True)
 
-    # Audio front end: decode, phones, features.
-    scratch = tempfile.TemporaryDirectory(prefix="blendtalk-bench-")
-    wav = Path(scratch.name) / "speech.wav"
-    write_wav(wav, audio)
+def front_end(bench: Bench, audio: np.ndarray, phones: list[Phone], wav: Path) -> tuple[np.ndarray, float | None, float]:
+    """Decode, phones, features: -> the phonetic features (T, F), the numpy log-mel's largest gap to
+    blendtalk's (None when librosa is missing) and the front end's median seconds."""
+    t, device, rows, notes = bench.t, bench.device, bench.rows, bench.notes
     if missing("soundfile") is None:
         from blendtalk.speech.audio import load_audio
 
-        stage("load", "audio: decode wav (load_audio)", "clip", lambda: load_audio(wav), t)
+        bench.stage("load", "audio: decode wav (load_audio)", "clip", lambda: load_audio(wav), t)
     else:
-        stage("load", "audio: decode wav (stdlib wave)", "clip", lambda: read_wav(wav), t)
+        bench.stage("load", "audio: decode wav (stdlib wave)", "clip", lambda: read_wav(wav), t)
         notes.append("audio decoded with the stdlib wave reader (soundfile missing)")
     why_phones = missing("pocketsphinx")
     if why_phones is None:
         from blendtalk.speech.phonetics import PhoneAligner, default_phone_workers
 
         aligner = PhoneAligner()
-        stage("phones", "audio: phone recognition (pocketsphinx)", "clip", lambda: aligner.recognize(audio), t)
-        workers = default_phone_workers(device.type) if args.phone_workers is None else args.phone_workers
+        bench.stage("phones", "audio: phone recognition (pocketsphinx)", "clip", lambda: aligner.recognize(audio), t)
+        workers = default_phone_workers(device.type) if bench.args.phone_workers is None else bench.args.phone_workers
         if workers > 1:  # as the pipeline runs it: pieces of >= 2 s in worker processes
             pool = PhoneAligner(workers)
-            stage("phones_parallel", f"audio: phone recognition, {workers} worker processes", "clip",
-                  lambda: pool.recognize(audio), t)
+            bench.stage("phones_parallel", f"audio: phone recognition, {workers} worker processes", "clip",
+                        lambda: pool.recognize(audio), t)
             pool.close()
     else:
         rows["phones"] = {"stage": "audio: phone recognition", "batch": "clip", "na": f"n/a ({why_phones})"}
@@ -256,18 +256,23 @@ def run(args) -> dict:
 
         feats = features_from_phones(audio, phones, "aligned").features
         fallback_gap = float(np.abs(numpy_log_mel(audio) - feats[:, -PHONETIC_MELS:]).max())
-        stage("features", "audio: phonetic features (log_mel)", "clip",
-              lambda: features_from_phones(audio, phones, "aligned"), t)
+        bench.stage("features", "audio: phonetic features (log_mel)", "clip",
+                    lambda: features_from_phones(audio, phones, "aligned"), t)
     else:
         fallback_gap = None
         feats = phonetic_inputs(phones_to_frames(phones, t), numpy_log_mel(audio))
-        stage("features", "audio: phonetic features (numpy log-mel)", "clip",
-              lambda: phonetic_inputs(phones_to_frames(phones, t), numpy_log_mel(audio)), t)
+        bench.stage("features", "audio: phonetic features (numpy log-mel)", "clip",
+                    lambda: phonetic_inputs(phones_to_frames(phones, t), numpy_log_mel(audio)), t)
         notes.append("log-mel from the numpy copy of blendtalk.speech.audio.log_mel (librosa missing)")
     phones_key = "phones_parallel" if "phones_parallel" in rows else "phones"  # what the pipeline would use
     front_s = sum(rows[k]["median_s"] for k in ("load", phones_key, "features") if "median_s" in rows.get(k, {}))
+    return feats, fallback_gap, front_s
 
-    # Speech model.
+
+def speech_stages(bench: Bench, rig, audio: np.ndarray, phones: list[Phone], feats: np.ndarray):
+    """The speech model (streaming and batched, and the wav2vec2 front end unless skipped) and the
+    procedural driver: -> (model, its description, its checkpoint folder or None, d_s (T, V, 3))."""
+    args, device, t, b = bench.args, bench.device, bench.t, bench.args.clips
     speech_dir = Path(args.speech) if args.speech else ASSETS_DIR / "speech"
     model, speech_desc, speech_ckpt = speech_model_or_random(speech_dir, rig, device, args.seed)
     n = model.config.num_speakers
@@ -277,108 +282,140 @@ def run(args) -> dict:
         x1 = torch.from_numpy(audio)[None].to(device)  # (1, S)
     xb = x1.expand(b, *x1.shape[1:]).contiguous()
     style1, styleb = torch.full((1, n), 1.0 / n, device=device), torch.full((b, n), 1.0 / n, device=device)
-    stage("speech_1", "speech model (autoregressive)", "1 (streaming)", lambda: model.generate(x1, t, style1), t)
-    stage("speech_b", "speech model (autoregressive)", f"{b} clips", lambda: model.generate(xb, t, styleb), b * t)
+    bench.stage("speech_1", "speech model (autoregressive)", "1 (streaming)", lambda: model.generate(x1, t, style1), t)
+    bench.stage("speech_b", "speech model (autoregressive)", f"{b} clips", lambda: model.generate(xb, t, styleb), b * t)
     with torch.inference_mode():
         d_s = model.generate(x1, t, style1)[0]  # (T, V, 3) on device
     if not args.no_wav2vec2:  # the paper's front end: raw audio in, no phone recognition on the CPU
         w2v = wav2vec2_speech_model(model.config, device, args.seed)
         audio1 = torch.from_numpy(audio)[None].to(device)  # (1, S)
-        stage("speech_w2v", "speech model, wav2vec2-base front end (random weights)", "1 (streaming)",
-              lambda: w2v.generate(audio1, t, style1), t)
+        bench.stage("speech_w2v", "speech model, wav2vec2-base front end (random weights)", "1 (streaming)",
+                    lambda: w2v.generate(audio1, t, style1), t)
         del w2v
     if missing("scipy") is None:
         from blendtalk.speech.visemes import VisemeDriver
 
         driver = VisemeDriver(rig)
-        stage("visemes", "procedural viseme driver (CPU, numpy)", "clip", lambda: driver(phones, t), t)
+        bench.stage("visemes", "procedural viseme driver (CPU, numpy)", "clip", lambda: driver(phones, t), t)
         d_s = torch.from_numpy(driver(phones, t)[1]).to(device)  # a real mouth motion for the DFM
+    return model, speech_desc, speech_ckpt, d_s
 
-    # Expression input and the DFM.
+
+def dfm_stages(bench: Bench, rig, d_s: torch.Tensor):
+    """The expression input and the DFM, one frame at a time, per clip and batched: -> (dfm, d_e (T, V, 3))."""
     from blendtalk.models.dfm import load_dfm
     from blendtalk.pipeline import expression_weights
     from blendtalk.request import Expression
 
+    t, b = bench.t, bench.args.clips
     expr = Expression("happy", 0.8, timeline=None)
-    stage("expression", "expression input (emotion + blinks)", "clip",
-          lambda: rig.displacement(expression_weights(expr, t, names=rig.blendshape_names)), t)
-    d_e = torch.from_numpy(rig.displacement(expression_weights(expr, t, names=rig.blendshape_names)).astype(np.float32)).to(device)
-    dfm = load_dfm(Path(args.dfm), rig, device)
+    bench.stage("expression", "expression input (emotion + blinks)", "clip",
+                lambda: rig.displacement(expression_weights(expr, t, names=rig.blendshape_names)), t)
+    d_e = torch.from_numpy(rig.displacement(expression_weights(expr, t, names=rig.blendshape_names)).astype(np.float32))
+    d_e = d_e.to(bench.device)
+    dfm = load_dfm(Path(bench.args.dfm), rig, bench.device)
 
     def dfm_stream():
         for i in range(t):
             dfm.fuse(d_s[i : i + 1], d_e[i : i + 1])
 
-    stage("dfm_1", "DFM (both encoders + decoder)", "1 (streaming)", dfm_stream, t)
-    stage("dfm_clip", "DFM (both encoders + decoder)", f"clip ({t} frames)", lambda: dfm.fuse(d_s, d_e), t)
+    bench.stage("dfm_1", "DFM (both encoders + decoder)", "1 (streaming)", dfm_stream, t)
+    bench.stage("dfm_clip", "DFM (both encoders + decoder)", f"clip ({t} frames)", lambda: dfm.fuse(d_s, d_e), t)
     ds_b, de_b = d_s.repeat(b, 1, 1), d_e.repeat(b, 1, 1)  # (B*T, V, 3)
-    stage("dfm_b", "DFM (both encoders + decoder)", f"{b} clips ({b * t} frames)", lambda: dfm.fuse(ds_b, de_b), b * t)
-    if device.type == "cuda":  # bfloat16 convolutions (the sparse geometric map and the decoder stay float32)
-        def dfm_bf16(ds, de):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return dfm.fuse(ds, de)
+    bench.stage("dfm_b", "DFM (both encoders + decoder)", f"{b} clips ({b * t} frames)", lambda: dfm.fuse(ds_b, de_b), b * t)
+    if bench.device.type == "cuda":
+        dfm_on_cuda(bench, dfm, d_s, d_e, ds_b, de_b)
+    return dfm, d_e
 
-        stage("dfm_b_bf16", "DFM, bfloat16 autocast", f"{b} clips ({b * t} frames)", lambda: dfm_bf16(ds_b, de_b), b * t)
-        err = (dfm_bf16(d_s, d_e).float() - dfm.fuse(d_s, d_e)).norm(dim=-1)  # (T, V) metres
-        notes.append(f"bfloat16 DFM vs float32: mean vertex difference {err.mean().item() * 1e3:.4f} mm, max {err.max().item() * 1e3:.4f} mm")
-        # torch.compile fuses each InstanceNorm + ReLU into its convolution's epilogue (the encoders'
-        # memory traffic is most of the DFM's time); one compile per input shape.
-        compiled = torch.compile(dfm.fuse)
-        start = time.perf_counter()
-        try:
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-                compiled(ds_b, de_b)
-        except Exception as err_:  # no Triton / compiler on this machine: report, keep the other rows
-            notes.append(f"torch.compile not measured ({type(err_).__name__}: {str(err_)[:120]})")
-        else:
-            notes.append(f"torch.compile of DFM.fuse: {time.perf_counter() - start:.1f} s once per input shape")
 
-            def dfm_compiled(ds, de):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    return compiled(ds, de)
+def dfm_on_cuda(bench: Bench, dfm, d_s, d_e, ds_b, de_b) -> None:
+    """The DFM in bfloat16 convolutions (the sparse geometric map and the decoder stay float32), and compiled."""
+    t, b, notes = bench.t, bench.args.clips, bench.notes
 
-            stage("dfm_b_compiled", "DFM, bfloat16 + torch.compile", f"{b} clips ({b * t} frames)",
-                  lambda: dfm_compiled(ds_b, de_b), b * t)
+    def dfm_bf16(ds, de):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return dfm.fuse(ds, de)
 
-    # The pipeline = front end + speech model + DFM, from the stage medians.
-    for key, label, frames, secs in (
-        ("pipeline_1", "1 (streaming)", t, front_s + rows["speech_1"]["median_s"] + rows["dfm_1"]["median_s"]),
-        ("pipeline_b", f"{b} clips", b * t, b * front_s + rows["speech_b"]["median_s"] + rows["dfm_b"]["median_s"]),
-    ):
-        rows[key] = {"stage": "pipeline: front end + speech model + DFM", "batch": label, "frames": frames,
-                     "median_s": secs, "fps": frames / secs, "ms_per_frame": 1e3 * secs / frames,
-                     "from": "sum of the stage medians"}
+    bench.stage("dfm_b_bf16", "DFM, bfloat16 autocast", f"{b} clips ({b * t} frames)", lambda: dfm_bf16(ds_b, de_b), b * t)
+    err = (dfm_bf16(d_s, d_e).float() - dfm.fuse(d_s, d_e)).norm(dim=-1)  # (T, V) metres
+    notes.append(f"bfloat16 DFM vs float32: mean vertex difference {err.mean().item() * 1e3:.4f} mm, max {err.max().item() * 1e3:.4f} mm")
+    # torch.compile fuses each InstanceNorm + ReLU into its convolution's epilogue (the encoders'
+    # memory traffic is most of the DFM's time); one compile per input shape.
+    compiled = torch.compile(dfm.fuse)
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            compiled(ds_b, de_b)
+    except Exception as err_:  # no Triton / compiler on this machine: report, keep the other rows
+        notes.append(f"torch.compile not measured ({type(err_).__name__}: {str(err_)[:120]})")
+        return
+    notes.append(f"torch.compile of DFM.fuse: {time.perf_counter() - start:.1f} s once per input shape")
 
-    # Render and encode.
+    def dfm_compiled(ds, de):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return compiled(ds, de)
+
+    bench.stage("dfm_b_compiled", "DFM, bfloat16 + torch.compile", f"{b} clips ({b * t} frames)",
+                lambda: dfm_compiled(ds_b, de_b), b * t)
+
+
+def render_stages(bench: Bench, rig, vertices: np.ndarray, audio: np.ndarray, scratch: Path) -> None:
+    """Render vertices (T, V, 3) in batches of 60, as Pipeline.render_frames does, and encode the mp4."""
     from blendtalk.render.renderer import Renderer, RenderConfig
 
+    args, device, t = bench.args, bench.device, bench.t
     sync(device)
     start = time.perf_counter()
     renderer = Renderer.for_rig(rig, RenderConfig(size=args.size), device=device)
     sync(device)
     build_s = time.perf_counter() - start
-    with torch.inference_mode():
-        vertices = (torch.as_tensor(rig.vertices, device=device) + dfm.fuse(d_s, d_e)).cpu().numpy()  # (T, V, 3)
     frames_out = {}
 
-    def render_all():  # in batches of 60, as Pipeline.render_frames does
+    def render_all():
         frames_out["v"] = np.concatenate([renderer(vertices[i : i + 60]) for i in range(0, t, 60)])
 
-    stage("render", f"render {args.size}x{args.size}", "clip (batches of 60)", render_all, t)
-    rows["render"]["build_s"] = build_s
+    bench.stage("render", f"render {args.size}x{args.size}", "clip (batches of 60)", render_all, t)
+    bench.rows["render"]["build_s"] = build_s
     why_encode = missing("imageio_ffmpeg")
     if why_encode is None:
         from blendtalk.render.video import write_video
 
-        mp4 = Path(scratch.name) / "clip.mp4"
+        mp4 = scratch / "clip.mp4"
         with stdlib_wav_writer() as how:
-            stage("encode", f"encode {args.size}x{args.size} H.264 + AAC", "clip",
-                  lambda: write_video(mp4, frames_out["v"], FPS, audio, SAMPLE_RATE), t)
+            bench.stage("encode", f"encode {args.size}x{args.size} H.264 + AAC", "clip",
+                        lambda: write_video(mp4, frames_out["v"], FPS, audio, SAMPLE_RATE), t)
         if how:
-            notes.append(f"encode: {how}")
+            bench.notes.append(f"encode: {how}")
     else:
-        rows["encode"] = {"stage": "encode H.264 + AAC", "batch": "clip", "na": f"n/a ({why_encode})"}
-    scratch.cleanup()
+        bench.rows["encode"] = {"stage": "encode H.264 + AAC", "batch": "clip", "na": f"n/a ({why_encode})"}
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    rig = load_rig()
+    audio, phones = arctic_clip(args.seconds)
+    t = num_frames(len(audio))
+    b = args.clips
+    bench = Bench(args, device, t)
+    rows, notes = bench.rows, bench.notes
+    print(f"{args.seconds:g} s of speech = {t} frames at {FPS} fps on {device}; {args.clips} clips when batched", flush=True)
+    with tempfile.TemporaryDirectory(prefix="blendtalk-bench-") as scratch:
+        wav = Path(scratch) / "speech.wav"
+        write_wav(wav, audio)
+        feats, fallback_gap, front_s = front_end(bench, audio, phones, wav)
+        model, speech_desc, speech_ckpt, d_s = speech_stages(bench, rig, audio, phones, feats)
+        dfm, d_e = dfm_stages(bench, rig, d_s)
+        # The pipeline = front end + speech model + DFM, from the stage medians.
+        for key, label, frames, secs in (
+            ("pipeline_1", "1 (streaming)", t, front_s + rows["speech_1"]["median_s"] + rows["dfm_1"]["median_s"]),
+            ("pipeline_b", f"{b} clips", b * t, b * front_s + rows["speech_b"]["median_s"] + rows["dfm_b"]["median_s"]),
+        ):
+            rows[key] = {"stage": "pipeline: front end + speech model + DFM", "batch": label, "frames": frames,
+                         "median_s": secs, "fps": frames / secs, "ms_per_frame": 1e3 * secs / frames,
+                         "from": "sum of the stage medians"}
+        with torch.inference_mode():
+            vertices = (torch.as_tensor(rig.vertices, device=device) + dfm.fuse(d_s, d_e)).cpu().numpy()  # (T, V, 3)
+        render_stages(bench, rig, vertices, audio, Path(scratch))
 
     # Seconds of speech -> finished mp4, stage by stage (medians).
     e2e = {"audio front end": front_s, "speech model": rows["speech_1"]["median_s"],

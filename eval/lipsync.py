@@ -39,7 +39,7 @@ def with_pauses(audio, repeat: int, pause: float):
     return np.concatenate(parts).astype(np.float32)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("audio", type=Path, help="speech file (wav, flac, mp3, ...)")
     p.add_argument("--transcript", help="what is said: phones by forced alignment (else by recognition)")
@@ -59,6 +59,11 @@ def main(argv=None) -> int:
     p.add_argument("--dfm", help="DFM folder or Hub id for --method ours (default: BLENDTALK_DFM, then assets/dfm)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.closure_mm <= 0:
         p.error("--closure-mm must be positive")

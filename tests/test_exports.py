@@ -13,13 +13,13 @@ from blendtalk.render.exports import (
     FORMATS,
     LIVE_LINK_FACE_NAMES,
     LIVE_LINK_FACE_ROTATIONS,
-    atomic_path,
     export_all,
     unavailable,
     write_arkit_csv,
     write_arkit_json,
     write_glb,
 )
+from blendtalk.render.files import atomic_path
 
 ARKIT_NAMES = tuple(n[0].lower() + n[1:] for n in sorted(LIVE_LINK_FACE_NAMES))  # camelCase, rig-like order
 

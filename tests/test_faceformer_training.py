@@ -131,10 +131,20 @@ def test_loss_and_metrics_definitions():
     loss, parts = faceformer_loss(pred, target, torch.ones(5), scale=1e-3)
     assert loss.item() == pytest.approx(4.0 / 20) and parts["velocity"] == 0
     assert faceformer_loss(target, target, torch.ones(5), 1e-3, lambda_velocity=1.0)[0].item() == 0
-    masks = {"lips": np.array([1, 2]), "upper_face": np.array([0])}
+    masks = {"lips": np.array([1, 2]), "upper_face": np.array([0, 4])}
     m = summarise([motion_metrics(pred, target, masks)])
     assert m["lve_mm2"] == pytest.approx(4.0 / 4)  # max over lips per frame (4 mm^2 once), mean over 4 frames
-    assert m["fdd_mm"] == 0 and m["mve_mm"] == pytest.approx(2.0 / 20)
+    assert m["fdd_mm"] == 0 and m["mve_mm"] == pytest.approx(2.0 / 20)  # the upper face does not move
+    # Upper-face vertex 4 moves 1 mm on every other frame in the truth, 3 mm in the prediction: the std over
+    # time of its displacement is 0.5 vs 1.5 mm, and vertex 0 (still in both) halves the mean over vertices.
+    moving_t, moving_p = target.clone(), pred.clone()
+    moving_t[0, 1::2, 4, 1], moving_p[0, 1::2, 4, 1] = 1e-3, 3e-3
+    m = summarise([motion_metrics(moving_p, moving_t, masks)])
+    assert m["fdd_mm"] == pytest.approx((1.5 - 0.5) / 2)
+    assert m["fdd_codetalker_mm2"] == pytest.approx((0.5 - 4.5) / 2)  # std of 0/1 vs 0/9 mm^2, truth minus prediction
+    assert m["lve_mm2"] == pytest.approx(4.0 / 4) and m["mve_mm"] == pytest.approx((2.0 + 2 * 2.0) / 20)
+    m = summarise([motion_metrics(moving_p.flip(1), moving_t, masks)])  # the same motion a frame out of phase
+    assert m["fdd_mm"] == pytest.approx(0.5)  # FDD compares the amount of motion, not its timing
     pairs = torch.tensor([[2, 3]])  # one lip pair: upper 2, lower 3; pred raises the upper lip by 2 mm on 1 of 4 frames
     _, parts = faceformer_loss(pred, target, torch.ones(5), 1e-3, lip_pairs=pairs, lambda_lip_gap=1.0)
     assert parts["lip_gap"] == pytest.approx(2.0 / 4) and parts["total"] == pytest.approx(4.0 / 20 + 0.5)

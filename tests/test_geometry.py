@@ -156,9 +156,15 @@ def test_batched_apply_matches_per_frame(rig, smap):
 
 
 def test_apply_is_differentiable(rig, smap):
-    d = torch.zeros(4, rig.num_vertices, 3, requires_grad=True)
-    smap.apply(d).square().sum().backward()
-    assert d.grad is not None and d.grad.shape == d.shape
+    """The gradient through `apply` is the map's adjoint M^T, at a displacement that is not zero."""
+    g = torch.Generator().manual_seed(0)
+    d = (torch.randn(4, rig.num_vertices, 3, generator=g, dtype=torch.float64) * 1e-2).requires_grad_()
+    upstream = torch.randn(4, 3, smap.size, smap.size, generator=g, dtype=torch.float64)  # dL/d(image)
+    (smap.apply(d) * upstream).sum().backward()
+    cols = upstream.reshape(4, 3, -1).permute(2, 0, 1).reshape(smap.size**2, 12)  # (N*N, B*3)
+    adjoint = torch.sparse.mm(smap.matrix(dtype=torch.float64).t(), cols)  # (V, B*3)
+    torch.testing.assert_close(d.grad, adjoint.reshape(-1, 4, 3).permute(1, 0, 2))
+    assert d.grad[:, ~smap.crop].abs().max() == 0 and d.grad[:, smap.crop].abs().max() > 0
     m = smap.matrix()
     assert m.shape == (smap.size**2, rig.num_vertices) and m.is_sparse
 

@@ -21,7 +21,8 @@ LAYERS = (
     ("blendtalk.evaluation",),  # metrics, lip sync, fusion scores, legibility, study, benchmark clips
     ("blendtalk.training",),  # loops, losses (validation reads evaluation's metrics)
     ("blendtalk.live",),  # live mode: streaming session, frame format, WebSocket server, browser page
-    ("blendtalk.request", "blendtalk.hub", "blendtalk.pipeline", "blendtalk.cli", "blendtalk.live.cli", "blendtalk.serving",
+    ("blendtalk.request", "blendtalk.hub", "blendtalk.model_card", "blendtalk.publish", "blendtalk.pipeline", "blendtalk.cli",
+     "blendtalk.live.cli", "blendtalk.serving",
      "blendtalk.__main__", "blendtalk"),  # the product's entry points
 )
 

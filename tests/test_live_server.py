@@ -123,15 +123,16 @@ def test_page_and_assets_are_served(client):
     assert "MIT" in client.get("/live/static/vendor/three/LICENSE").text
 
 
-def test_arkit_glb_has_the_52_units_as_morph_targets(pipe):
-    from blendtalk.live.glb import arkit_glb_bytes
+def test_arkit_glb_has_the_52_units_as_morph_targets(pipe, tmp_path):
+    from blendtalk.render.gltf import write_rig_glb
 
-    data = arkit_glb_bytes(pipe.rig, pipe.dressing())
+    data = write_rig_glb(tmp_path / "face.glb", pipe.rig, pipe.dressing(), posable=True).read_bytes()
     magic, version, length = struct.unpack("<4sII", data[:12])
     assert magic == b"glTF" and version == 2 and length == len(data)
     size = struct.unpack("<I", data[12:16])[0]
     doc = json.loads(data[20:20 + size])
     assert [n["name"] for n in doc["nodes"]] == ["head", "face", "left_eye", "right_eye"]
+    assert doc["nodes"][0]["children"] == [1, 2, 3] and "animations" not in doc  # driven by the stream
     for mesh in doc["meshes"]:
         assert mesh["extras"]["targetNames"] == list(pipe.rig.blendshape_names)
         assert len(mesh["primitives"][0]["targets"]) == 52

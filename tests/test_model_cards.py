@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from blendtalk.constants import ASSETS_DIR
-from blendtalk.hub import FUSION_COLUMNS, FUSION_ROWS, PHONE_SOURCES, build_model_card, stage_for_upload
+from blendtalk.model_card import FUSION_COLUMNS, FUSION_ROWS, PHONE_SOURCES, build_model_card
+from blendtalk.publish import stage_for_upload
 
 KINDS = ("dfm", "speech")
 
@@ -37,7 +38,7 @@ def close(cell: str, value: float, decimals: int) -> bool:
 @pytest.mark.parametrize("kind", KINDS)
 def test_shipped_card_is_up_to_date(kind):
     """The committed README.md is what build_model_card makes from metrics.json now (rebuild it if this fails:
-    python -c "from blendtalk.hub import build_model_card; print(build_model_card('assets/dfm'), end='')" > assets/dfm/README.md)."""
+    python -c "from blendtalk.model_card import build_model_card; print(build_model_card('assets/dfm'), end='')" > assets/dfm/README.md)."""
     assert card(kind) == build_model_card(ASSETS_DIR / kind)
 
 

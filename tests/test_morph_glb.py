@@ -1,4 +1,4 @@
-"""The rig as a glTF with its ARKit blendshapes as morph targets and their weight curves (exports.arkit_rig_glb)."""
+"""The rig as a glTF with its ARKit blendshapes as morph targets and their weight curves (exports.arkit_rig_glb, gltf)."""
 
 import json
 import struct
@@ -9,7 +9,8 @@ import pytest
 from blendtalk.animation import Animation
 from blendtalk.face.dressing import FaceDressing
 from blendtalk.face.rig import load_rig
-from blendtalk.render.exports import arkit_rig_glb, write_morph_glb
+from blendtalk.render.exports import arkit_rig_glb
+from blendtalk.render.gltf import MorphPart, write_morph_glb
 from blendtalk.render.renderer import RenderConfig, dressing_config
 
 T = 12
@@ -81,10 +82,10 @@ def test_dressed_rig_glb_has_colours_and_stays_small(rig, tmp_path):
 
 def test_morph_glb_checks_its_inputs(tmp_path):
     base, tri, targets = np.zeros((3, 3)), np.array([[0, 1, 2]]), np.zeros((2, 3, 3))
-    write_morph_glb(tmp_path / "still.glb", base, tri, targets, ["a", "b"])  # no curves: a still rigged mesh
+    write_morph_glb(tmp_path / "still.glb", [MorphPart("face", base, tri, targets)], ["a", "b"])  # a still rigged mesh
     with pytest.raises(ValueError, match="K names"):
-        write_morph_glb(tmp_path / "x.glb", base, tri, targets, ["a"])
+        write_morph_glb(tmp_path / "x.glb", [MorphPart("face", base, tri, targets)], ["a"])
     with pytest.raises(ValueError, match=r"\(T, 2\)"):
-        write_morph_glb(tmp_path / "x.glb", base, tri, targets, ["a", "b"], weights=np.zeros((4, 3)))
+        write_morph_glb(tmp_path / "x.glb", [MorphPart("face", base, tri, targets)], ["a", "b"], weights=np.zeros((4, 3)))
     with pytest.raises(ValueError, match="below N=3"):
-        write_morph_glb(tmp_path / "x.glb", base, tri + 1, targets, ["a", "b"])
+        write_morph_glb(tmp_path / "x.glb", [MorphPart("face", base, tri + 1, targets)], ["a", "b"])

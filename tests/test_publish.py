@@ -9,7 +9,8 @@ import huggingface_hub
 import pytest
 import torch
 
-from blendtalk.hub import build_model_card, find_publishable, push_to_hub, read_metrics
+from blendtalk.model_card import build_model_card, read_metrics
+from blendtalk.publish import find_publishable, push_to_hub
 from blendtalk.models.audio_encoders import AudioEncoderConfig
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig
 from blendtalk.models.faceformer import FaceFormer, FaceFormerConfig

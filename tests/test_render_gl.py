@@ -40,7 +40,7 @@ def region_box(renderer: Renderer, rig, name: str) -> tuple[slice, slice]:
     """Image rows and columns around the template's `name` region as the renderer frames it."""
     import torch
 
-    x, y, _, _ = renderer._project(torch.as_tensor(rig.vertices, dtype=torch.float32)[None], renderer.config.size)
+    x, y, _, _ = renderer.camera.project(torch.as_tensor(rig.vertices, dtype=torch.float32)[None], renderer.config.size)
     sel = np.asarray(rig.masks[name])
     xs, ys = x[0].numpy()[sel], y[0].numpy()[sel]
     pad = 4  # px: the head turns a little in the test frames

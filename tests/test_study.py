@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from blendtalk.evaluation.study import (
-    METHODS, IncompleteDataError, RatingStore, Study, StudyError, analyze, appearance_counts, build_study, holm,
-    make_stimuli, paired_test, position_counts, report_markdown, simulate_ratings, table_ablation, table_mos)
+    METHODS, IncompleteDataError, Study, StudyError, appearance_counts, build_study, make_stimuli, position_counts)
+from blendtalk.evaluation.study_analysis import (
+    analyze, holm, paired_test, report_markdown, simulate_ratings, table_ablation, table_mos)
+from blendtalk.evaluation.study_store import RatingStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

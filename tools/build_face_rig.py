@@ -112,6 +112,53 @@ def largest_face_component(tris: np.ndarray, num_verts: int) -> np.ndarray:
     return face_label == best
 
 
+def lip_contour(v: np.ndarray, tris: np.ndarray, jaw_delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 2) [upper, lower] vertex pairs along the outer lip line, left to right, and the mouth's
+    centre (3,): the upper lip barely moves under jawOpen (jaw_delta (V, 3)), the lower lip moves with the jaw."""
+    jaw = np.linalg.norm(jaw_delta, axis=1)
+    front = vertex_normals(v, tris)[:, 2] > -0.2
+    mouth_zone = (np.abs(v[:, 0]) < MOUTH_CORNER_X * DM_TO_M) & front
+    lower = np.where(mouth_zone & (jaw > 0.5 * jaw.max()))[0]
+    upper = np.where(mouth_zone & (jaw < 0.15 * jaw.max()))[0]
+    # Pair each lower-lip vertex with the nearest upper-lip vertex; close pairs form the seam.
+    dist = np.linalg.norm(v[lower][:, None] - v[upper][None], axis=-1)
+    nearest = dist.argmin(1)
+    seam = dist[np.arange(len(lower)), nearest] < 0.004  # m: lips in the neutral pose are nearly shut
+    pairs = np.stack([upper[nearest[seam]], lower[seam]], axis=1)
+    # Keep the frontmost pair at each x (the outer lip line), sorted left to right.
+    pairs = pairs[np.lexsort((-v[pairs[:, 1], 2], np.round(v[pairs[:, 1], 0], 4)))]
+    _, first = np.unique(np.round(v[pairs[:, 1], 0], 4), return_index=True)
+    lip_pairs = pairs[first]
+    mouth_centre = v[lip_pairs].reshape(-1, 3).mean(0)
+    return lip_pairs, mouth_centre
+
+
+def regions(v, tris, normals, mouth_centre, eye_centres) -> tuple[np.ndarray, ...]:
+    """(V,) bool masks lips, mouth, eyes, face crop and upper face: ellipses on the frontal surface around landmarks."""
+    rel = v - mouth_centre
+    lips = ((rel[:, 0] / 0.032) ** 2 + (rel[:, 1] / 0.018) ** 2 < 1) & (rel[:, 2] > -0.02)
+    mouth = ((rel[:, 0] / 0.05) ** 2 + ((rel[:, 1] + 0.01) / 0.045) ** 2 < 1) & (rel[:, 2] > -0.035)
+    eyes = np.zeros(len(v), bool)
+    for c in eye_centres:
+        r = v - c
+        eyes |= ((r[:, 0] / 0.028) ** 2 + (r[:, 1] / 0.018) ** 2 < 1) & (r[:, 2] > -0.01)
+    eye_y = eye_centres[:, 1].mean()
+
+    # Frontal face crop for the geometry map: forward-facing skin inside an ellipse from the
+    # chin to the forehead, the largest connected piece (this drops the mouth cavity and the
+    # eye sockets, which are not connected to the outer surface through forward-facing skin).
+    centre_y = 0.5 * (mouth_centre[1] - 0.055 + eye_y + 0.06)
+    half_h = 0.5 * ((eye_y + 0.06) - (mouth_centre[1] - 0.055))
+    in_ellipse = (v[:, 0] / 0.068) ** 2 + ((v[:, 1] - centre_y) / half_h) ** 2 < 1
+    crop_v = in_ellipse & (normals[:, 2] > 0.25)
+    crop_tris = crop_v[tris].all(axis=1)
+    comp = largest_face_component(tris[crop_tris], len(v))
+    face_crop = np.zeros(len(v), bool)
+    face_crop[np.unique(tris[crop_tris][comp])] = True
+    upper_face = face_crop & (v[:, 1] > eye_y - 0.025)
+    return lips, mouth, eyes, face_crop, upper_face
+
+
 def build(wheel: Path) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(wheel) as zf:
         verts, groups = read_obj(zf.read(OBJ_PATH).decode())
@@ -142,46 +189,9 @@ def build(wheel: Path) -> dict[str, np.ndarray]:
         for g, c in zip(("helper-l-eye", "helper-r-eye"), eye_centres)
     ])
 
-    # Lip contour: the upper lip barely moves under jawOpen, the lower lip moves with the jaw.
-    jaw = np.linalg.norm(d[names.index("jawOpen")], axis=1)
-    front = vertex_normals(v, tris)[:, 2] > -0.2
-    mouth_zone = (np.abs(v[:, 0]) < MOUTH_CORNER_X * DM_TO_M) & front
-    lower = np.where(mouth_zone & (jaw > 0.5 * jaw.max()))[0]
-    upper = np.where(mouth_zone & (jaw < 0.15 * jaw.max()))[0]
-    # Pair each lower-lip vertex with the nearest upper-lip vertex; close pairs form the seam.
-    dist = np.linalg.norm(v[lower][:, None] - v[upper][None], axis=-1)
-    nearest = dist.argmin(1)
-    seam = dist[np.arange(len(lower)), nearest] < 0.004  # m: lips in the neutral pose are nearly shut
-    pairs = np.stack([upper[nearest[seam]], lower[seam]], axis=1)
-    # Keep the frontmost pair at each x (the outer lip line), sorted left to right.
-    pairs = pairs[np.lexsort((-v[pairs[:, 1], 2], np.round(v[pairs[:, 1], 0], 4)))]
-    _, first = np.unique(np.round(v[pairs[:, 1], 0], 4), return_index=True)
-    lip_pairs = pairs[first]
-    mouth_centre = v[lip_pairs].reshape(-1, 3).mean(0)
-
-    # Regions, as ellipses on the frontal surface around landmarks.
+    lip_pairs, mouth_centre = lip_contour(v, tris, d[names.index("jawOpen")])
     normals = vertex_normals(v, tris)
-    rel = v - mouth_centre
-    lips = ((rel[:, 0] / 0.032) ** 2 + (rel[:, 1] / 0.018) ** 2 < 1) & (rel[:, 2] > -0.02)
-    mouth = ((rel[:, 0] / 0.05) ** 2 + ((rel[:, 1] + 0.01) / 0.045) ** 2 < 1) & (rel[:, 2] > -0.035)
-    eyes = np.zeros(len(v), bool)
-    for c in eye_centres:
-        r = v - c
-        eyes |= ((r[:, 0] / 0.028) ** 2 + (r[:, 1] / 0.018) ** 2 < 1) & (r[:, 2] > -0.01)
-    eye_y = eye_centres[:, 1].mean()
-
-    # Frontal face crop for the geometry map: forward-facing skin inside an ellipse from the
-    # chin to the forehead, the largest connected piece (this drops the mouth cavity and the
-    # eye sockets, which are not connected to the outer surface through forward-facing skin).
-    centre_y = 0.5 * (mouth_centre[1] - 0.055 + eye_y + 0.06)
-    half_h = 0.5 * ((eye_y + 0.06) - (mouth_centre[1] - 0.055))
-    in_ellipse = (v[:, 0] / 0.068) ** 2 + ((v[:, 1] - centre_y) / half_h) ** 2 < 1
-    crop_v = in_ellipse & (normals[:, 2] > 0.25)
-    crop_tris = crop_v[tris].all(axis=1)
-    comp = largest_face_component(tris[crop_tris], len(v))
-    face_crop = np.zeros(len(v), bool)
-    face_crop[np.unique(tris[crop_tris][comp])] = True
-    upper_face = face_crop & (v[:, 1] > eye_y - 0.025)
+    lips, mouth, eyes, face_crop, upper_face = regions(v, tris, normals, mouth_centre, eye_centres)
 
     # Exact left-right mirror partner of every vertex (the base mesh is symmetric).
     from scipy.spatial import cKDTree

@@ -13,8 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -27,11 +25,13 @@ def main(argv=None) -> int:
 
     from blendtalk.speech.audio import load_audio
     from blendtalk.constants import ASSETS_DIR
-    from blendtalk.live.glb import arkit_mapping_error, write_arkit_glb
+    from blendtalk.evaluation.metrics import arkit_mapping_error
     from blendtalk.pipeline import Pipeline
+    from blendtalk.render.gltf import write_rig_glb
 
     pipe = Pipeline.from_pretrained(device="cpu")
-    path = write_arkit_glb(args.out, pipe.rig, pipe.dressing())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    path = write_rig_glb(args.out, pipe.rig, pipe.dressing(), posable=True)
     audio = load_audio(ASSETS_DIR / "audio" / "arctic_a0009.wav")
     report = {"glb": str(args.out), "bytes": path.stat().st_size, "mapping_error": {}}
     for emotion in args.emotions:

@@ -108,7 +108,27 @@ def picture(dfm, mapping, displacement, renderer, template: torch.Tensor, amplit
     iio.imwrite(path, np.asarray(canvas))
 
 
-def main(argv=None) -> int:
+def save_picture(args, dfm, mapping, displacement, rig, template, train, note, flame) -> None:
+    """args.picture: each learned blendshape at its 95th-percentile training weight beside its reconstruction."""
+    from blendtalk.render.renderer import RenderConfig, Renderer
+
+    rc = RenderConfig(size=3 * args.picture_size)  # rendered large, then cropped to the moving part
+    if args.target == "arkit":
+        renderer = Renderer.for_rig(rig, rc)
+    else:
+        renderer = Renderer(flame.faces.cpu(), template, rc)
+    ref = train[: note["observed_train"]] if note["observed_train"] else train
+    amp = ref.abs().quantile(0.95, dim=0) * torch.sign(ref.mean(0) + 1e-12)
+    amp = torch.where(amp.abs() > 0, amp, torch.full_like(amp, SAMPLE_RMS)) * args.picture_gain
+    held_row = mapping.info["metrics"]["heldout"]
+    gain = f" x{args.picture_gain:g}" if args.picture_gain != 1 else ""
+    title = (f"left: DFM blendshape (95th-pct weight{gain})  right: {args.target.upper()} reconstruction   "
+             f"held-out error {held_row['mean_mm']:.3f} mm mean, relative {held_row['relative']:.3f}")
+    picture(dfm, mapping, displacement, renderer, template, amp, args.picture, title, args.picture_size)
+    print(f"wrote {args.picture}")
+
+
+def build_parser() -> argparse.ArgumentParser:
     d = MappingFitConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dfm", type=Path, required=True, help="DFM checkpoint folder (config.json + model.safetensors)")
@@ -139,6 +159,11 @@ def main(argv=None) -> int:
     p.add_argument("--picture-gain", type=float, default=1.0, help="multiply the shown weights (small motions are hard to see)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     for name in ("frames", "observed", "samples", "num_expression", "picture_size"):
         if getattr(args, name) < 1:
@@ -200,22 +225,8 @@ def main(argv=None) -> int:
               f" (DFM motion {row['target_mm']:.3f} mm){clamp}")
 
     if args.picture:
-        from blendtalk.render.renderer import RenderConfig, Renderer
-
-        rc = RenderConfig(size=3 * args.picture_size)  # rendered large, then cropped to the moving part
-        if args.target == "arkit":
-            renderer = Renderer.for_rig(rig, rc)
-        else:
-            renderer = Renderer(flame.faces.cpu(), template, rc)
-        ref = train[: note["observed_train"]] if note["observed_train"] else train
-        amp = ref.abs().quantile(0.95, dim=0) * torch.sign(ref.mean(0) + 1e-12)
-        amp = torch.where(amp.abs() > 0, amp, torch.full_like(amp, SAMPLE_RMS)) * args.picture_gain
-        held_row = metrics["heldout"]
-        gain = f" x{args.picture_gain:g}" if args.picture_gain != 1 else ""
-        title = (f"left: DFM blendshape (95th-pct weight{gain})  right: {args.target.upper()} reconstruction   "
-                 f"held-out error {held_row['mean_mm']:.3f} mm mean, relative {held_row['relative']:.3f}")
-        picture(dfm, mapping, displacement, renderer, template, amp, args.picture, title, args.picture_size)
-        print(f"wrote {args.picture}")
+        save_picture(args, dfm, mapping, displacement, rig, template, train, note,
+                     flame if args.target == "flame" else None)
     return 0
 
 

@@ -8,7 +8,7 @@ RUN_DIR is a training run folder (its best/ is uploaded, with metrics from metri
 training config in the card) or a checkpoint folder (config.json + model.safetensors, and the
 metrics.json test summary where there is one). Only config.json, *.safetensors, the JSON beside them
 (mapping, metrics.json), metrics.jsonl and the card are uploaded. The card is
-`blendtalk.hub.build_model_card`'s, the same that assets/dfm/README.md and assets/speech/README.md
+`blendtalk.model_card.build_model_card`'s, the same that assets/dfm/README.md and assets/speech/README.md
 hold: `python train/publish.py assets/dfm --repo-id org/blendtalk-dfm` uploads the shipped DFM with it. The token comes
 from --token, else HF_TOKEN, else `hf auth login`; prefer HF_TOKEN (a --token shows in `ps`).
 Users then load it with BLENDTALK_DFM=org/name (or BLENDTALK_SPEECH) or `org/name@v1`.
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from huggingface_hub.errors import HfHubHTTPError
 
-from blendtalk.hub import find_publishable, parse_repo_id, push_to_hub, stage_for_upload
+from blendtalk.hub import parse_repo_id
+from blendtalk.publish import find_publishable, push_to_hub, stage_for_upload
 
 
 def main(argv=None) -> int:

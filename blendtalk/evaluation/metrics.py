@@ -52,3 +52,14 @@ def mean_vertex_error(pred, target, region_mask=None) -> float:
     if region_mask is not None:
         err = err[..., _indices(region_mask, err.device)]
     return float(err.mean())
+
+
+def arkit_mapping_error(rig, fused: np.ndarray, arkit: np.ndarray) -> dict:
+    """How far the ARKit-driven face is from the fused one: fused (T, V, 3) vertices, arkit (T, 52)
+    weights -> mean and 95th-percentile vertex distance over all vertices and over the lips, in mm."""
+    mapped = rig.vertices[None] + rig.displacement(arkit)  # (T, V, 3)
+    dist = np.linalg.norm(mapped - fused, axis=-1) * 1e3  # (T, V) mm
+    lips = dist[:, rig.mask("lips")]
+    return {"mean_mm": round(float(dist.mean()), 3), "p95_mm": round(float(np.percentile(dist, 95)), 3),
+            "lips_mean_mm": round(float(lips.mean()), 3), "lips_p95_mm": round(float(np.percentile(lips, 95)), 3),
+            "frames": int(len(fused))}

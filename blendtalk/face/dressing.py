@@ -193,21 +193,9 @@ class FaceDressing:
         hv[part == 0] += config.upper_teeth_offset
         hv[part == 2] += config.tongue_offset
 
-        # Colours: teeth and tongue darken toward the back of the mouth (the lips shade them).
         face_v = len(v)
-        depth = np.clip((hv[part <= 3, 2].max() - hv[:, 2]) / max(np.ptp(hv[part <= 2, 2]), 1e-9), 0, 1)
-        shade = 1 - config.mouth_shade * depth[:, None]
-        palette = np.array([config.teeth, config.teeth, config.tongue, config.lashes, config.hair_colour], np.float32)
-        h_col = palette[part] * np.where((part <= 2)[:, None], shade, 1.0)
-        skin = np.asarray(config.skin, np.float32)
-        hair = part == PARTS.index("hair")
-        if hair.any():
-            h_col[hair] = hair_colours(h_tris[hair[h_tris[:, 0]]] - np.argmax(hair), config)
-        face_col = np.broadcast_to(skin, (face_v, 3)).copy()
-        if "lips" in rig.masks:
-            face_col += lip_tint(rig.masks["lips"], tri)[:, None] * (np.asarray(config.lips) - skin)
-        brow = config.brow_opacity * d["face_brow"].astype(np.float32)[:, None]
-        face_col += brow * (np.asarray(config.brow) - face_col)
+        h_col = _helper_colours(hv, part, h_tris, config)
+        face_col = _face_colours(rig, tri, d["face_brow"], config)
 
         ranges, tri_ranges, start, tstart = {}, {}, face_v, len(tri)
         for k, name in enumerate(PARTS[:_HELPERS]):
@@ -305,3 +293,28 @@ def dress(verts, gaze, template, projection, helper_v, helper_d, anchor, cap, ce
             r = torch.minimum(radius[k].expand_as(lid), lid - _LID_CLEARANCE)
             parts.append(centres[k] + r[:, None, None] * ball)
     return torch.cat(parts, 1)
+
+
+def _helper_colours(hv: np.ndarray, part: np.ndarray, h_tris: np.ndarray, config: DressingConfig) -> np.ndarray:
+    """sRGB colours (H, 3) of the helper vertices hv (H, 3) of parts `part` (H,), triangles h_tris
+    (helper indices): teeth and tongue darken toward the back of the mouth (the lips shade them)."""
+    depth = np.clip((hv[part <= 3, 2].max() - hv[:, 2]) / max(np.ptp(hv[part <= 2, 2]), 1e-9), 0, 1)
+    shade = 1 - config.mouth_shade * depth[:, None]
+    palette = np.array([config.teeth, config.teeth, config.tongue, config.lashes, config.hair_colour], np.float32)
+    h_col = palette[part] * np.where((part <= 2)[:, None], shade, 1.0)
+    hair = part == PARTS.index("hair")
+    if hair.any():
+        h_col[hair] = hair_colours(h_tris[hair[h_tris[:, 0]]] - np.argmax(hair), config)
+    return h_col
+
+
+def _face_colours(rig, tri: np.ndarray, brow_mask: np.ndarray, config: DressingConfig) -> np.ndarray:
+    """sRGB colours (V, 3) of the face: skin, tinted lips (its 'lips' region) and painted brows
+    (brow_mask (V,) in [0, 1])."""
+    skin = np.asarray(config.skin, np.float32)
+    face_col = np.broadcast_to(skin, (len(rig.vertices), 3)).copy()
+    if "lips" in rig.masks:
+        face_col += lip_tint(rig.masks["lips"], tri)[:, None] * (np.asarray(config.lips) - skin)
+    brow = config.brow_opacity * brow_mask.astype(np.float32)[:, None]
+    face_col += brow * (np.asarray(config.brow) - face_col)
+    return face_col

@@ -20,8 +20,8 @@ disagrees. Both eyes get the same rotation (no vergence: the listener is far awa
 | flame      | animation_flame.npz       | the FLAME parameters per frame, plus fps                      |
 
 `arkit_rig_glb` writes another glTF (the app's second 3D view): the rig with its 52 ARKit units as
-morph targets, played by the ARKit curves, through `write_morph_glb` (any mesh, named targets,
-optional weight curves), which the live mode can share.
+morph targets, played by the ARKit curves, through `gltf.write_rig_glb`, which also builds the live
+page's face.
 
 Every file is written under a hidden temporary name in its folder and renamed when complete, so
 a failure never leaves a half-written file. `export_all` skips the formats the animation has no
@@ -44,24 +44,20 @@ import logging
 import math
 import os
 import re
-import struct
-import uuid
 import zipfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..animation import Animation
 from ..expression.head_motion import head_pivot, rotate_head
+from .files import atomic_path, output_path
+from .gltf import accessor, buffer_views, write_glb_file, write_rig_glb
 
 FORMATS = ("npy", "obj", "glb", "arkit_csv", "arkit_json", "flame")
-MIN_TARGET_OFFSET = 1e-7  # m: morph-target offsets below this are not stored (sparse targets)
 GLB_MAX_FRAMES = 1800  # 60 s at 30 fps: ~90 MB of targets for the 4278-vertex rig; Blender imports slow down past it
 OBJ_ZIP_LEVEL = 1  # deflate level: the repeated faces compress well even at the fastest level
-MAX_NAME_BYTES = 255  # a file name's length limit on Linux, macOS and Windows file systems (NAME_MAX)
-TMP_NAME_CHARS = 40  # characters of the final name kept in the temporary one, which must stay under MAX_NAME_BYTES too
 _STEM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # no separators, dots or '..': stays in out_dir
 _SUFFIX = {"npy": "{}.npy", "obj": "{}_obj.zip", "glb": "{}.glb", "arkit_csv": "{}_arkit.csv",
            "arkit_json": "{}_arkit.json", "flame": "{}_flame.npz"}
@@ -87,22 +83,6 @@ ROTATION_CONVENTION = ("radians; rig axes +x the face's left, +y up, +z out of t
                        "gaze [yaw (+ toward +x), pitch (+ up)] of the eyes in the head")
 
 _log = logging.getLogger(__name__)
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a hidden temporary path next to `path`; move it onto `path` if the block succeeds.
-
-    On any exception (KeyboardInterrupt included) the temporary file is removed and `path` is
-    left as it was. Same folder, so the final `os.replace` is an atomic rename.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name[:TMP_NAME_CHARS]}.{uuid.uuid4().hex[:12]}.part")  # short: any valid name has one
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def unavailable(animation: Animation, formats: Sequence[str] = FORMATS) -> dict[str, str]:
@@ -166,7 +146,7 @@ def export_all(
 
 def write_npy(animation: Animation, path: str | os.PathLike) -> Path:
     """Vertices (T, V, 3) float32 in metres as a .npy file."""
-    path = _target(path, ".npy")
+    path = output_path(path, ".npy")
     _check_values(animation)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
         np.save(f, animation.vertices.astype(np.float32, copy=False), allow_pickle=False)
@@ -175,7 +155,7 @@ def write_npy(animation: Animation, path: str | os.PathLike) -> Path:
 
 def write_obj_zip(animation: Animation, path: str | os.PathLike) -> Path:
     """A zip of one Wavefront OBJ per frame, frame_0000.obj ..., each with all V vertices and F faces."""
-    path = _target(path, ".zip")
+    path = output_path(path, ".zip")
     _check_values(animation)
     verts, tri = animation.vertices, _triangles(animation)
     digits = max(4, len(str(len(verts) - 1)))
@@ -197,7 +177,7 @@ def write_arkit_csv(animation: Animation, path: str | os.PathLike) -> Path:
     `animation.arkit_names` case-insensitively; curves the animation lacks are 0; values are
     clipped to [0, 1], the range ARKit coefficients have.
     """
-    path = _target(path, ".csv")
+    path = output_path(path, ".csv")
     _check_values(animation)
     columns = _live_link_columns(animation)  # (T, 52)
     columns = np.concatenate([np.clip(columns, 0.0, 1.0), live_link_rotations(animation)], 1)  # (T, 61)
@@ -226,7 +206,7 @@ def write_arkit_json(animation: Animation, path: str | os.PathLike) -> Path:
     """{"fps": float, "names": [K names], "frames": [[K weights] * T]}, names as in the animation,
     plus "head_rotation" [[pitch, yaw, roll] * T] and "gaze" [[yaw, pitch] * T] in radians (null
     when the animation has none) and "rotation_convention", a line saying the signs."""
-    path = _target(path, ".json")
+    path = output_path(path, ".json")
     _check_values(animation)
     weights = _arkit(animation)
 
@@ -243,7 +223,7 @@ def write_arkit_json(animation: Animation, path: str | os.PathLike) -> Path:
 
 def write_flame(animation: Animation, path: str | os.PathLike) -> Path:
     """The FLAME parameters (e.g. 'expr' (T, n), 'jaw_pose' (T, 3)) and 'fps' as an .npz (no pickle)."""
-    path = _target(path, ".npz")
+    path = output_path(path, ".npz")
     _check_values(animation)
     if not animation.flame_params:
         raise ValueError("the animation has no FLAME parameters (it was not made on a FLAME mesh)")
@@ -275,10 +255,10 @@ def write_glb(
     colours, COLOR_0) instead of the bare face.
 
     The animation channel drives the mesh node's morph weights: at time t/fps target t has weight
-    1 and all others 0; the clip lasts T/fps seconds (the last frame is held). interpolation: 'STEP' (hold each frame) or 'LINEAR' (blend neighbours,
-    smoother when a viewer plays at another rate).
+    1 and all others 0; the clip lasts T/fps seconds (the last frame is held). interpolation: 'STEP'
+    (hold each frame) or 'LINEAR' (blend neighbours, smoother when a viewer plays at another rate).
     """
-    path = _target(path, ".glb")
+    path = output_path(path, ".glb")
     _check_values(animation)
     if interpolation not in ("STEP", "LINEAR"):
         raise ValueError(f"interpolation must be 'STEP' or 'LINEAR', got {interpolation!r}")
@@ -289,20 +269,8 @@ def write_glb(
     base = verts[0] if template is None else np.asarray(template, dtype=np.float32)
     if base.shape != (n_verts, 3) or not np.isfinite(base).all():
         raise ValueError(f"template must be finite with shape ({n_verts}, 3), got {base.shape}")
-    pivot = head_pivot(base)  # of the face, as the renderer turns it
-    tri, colours = _triangles(animation).astype(np.uint32), None
-    if dressing is not None:
-        if dressing.num_face_vertices != n_verts:
-            raise ValueError(f"the dressing is for V={dressing.num_face_vertices} face vertices, the animation has {n_verts}")
-        base, verts = dressing(base), dressing(verts, animation.gaze)  # (V + H, 3), (T, V + H, 3)
-        tri, n_verts = dressing.triangles.astype(np.uint32), len(base)
-        import torch
-
-        from .renderer import srgb_to_linear
-
-        colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()  # (V + H, 3): glTF vertex colours are linear
-    if animation.head_rotation is not None:  # frames posed as rendered; the base stays at rest
-        verts = rotate_head(verts, animation.head_rotation, pivot)  # (T, V, 3)
+    base, verts, tri, colours = _glb_frames(animation, base, dressing)
+    n_verts = len(base)
     deltas = (verts - base).astype(np.float32)  # (T, V, 3)
     # Key k shows target k; one more key at T/fps holds the last frame, so the clip lasts T/fps
     # seconds, as long as the video and its audio, and loops in step with them.
@@ -313,26 +281,20 @@ def write_glb(
     blobs = [base.astype(np.float32), tri, deltas, times, weights]
     if colours is not None:
         blobs.append(colours.astype(np.float32))
-    views, offset = [], 0
-    for blob, target in zip(blobs, (34962, 34963, 34962, None, None, 34962)):  # ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER
-        view = {"buffer": 0, "byteOffset": offset, "byteLength": blob.nbytes}
-        if target is not None:
-            view["target"] = target
-        views.append(view)
-        offset += blob.nbytes  # every blob is 4-byte data, so offsets stay 4-byte aligned
+    views, offset = buffer_views(blobs, (34962, 34963, 34962, None, None, 34962))  # ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER
     views[2]["byteStride"] = 12  # T accessors share this view; glTF then requires an explicit stride
     lo, hi = deltas.min(1), deltas.max(1)  # (T, 3): POSITION accessors must carry min/max
     accessors = [
-        _accessor(0, 0, n_verts, "VEC3", base.min(0), base.max(0)),
+        accessor(0, 0, n_verts, "VEC3", base.min(0), base.max(0)),
         {"bufferView": 1, "componentType": 5125, "count": tri.size, "type": "SCALAR"},  # UNSIGNED_INT
-        *(_accessor(2, t * n_verts * 12, n_verts, "VEC3", lo[t], hi[t]) for t in range(n_frames)),
-        _accessor(3, 0, len(times), "SCALAR", times[:1], times[-1:]),
-        _accessor(4, 0, weights.size, "SCALAR"),
+        *(accessor(2, t * n_verts * 12, n_verts, "VEC3", lo[t], hi[t]) for t in range(n_frames)),
+        accessor(3, 0, len(times), "SCALAR", times[:1], times[-1:]),
+        accessor(4, 0, weights.size, "SCALAR"),
     ]
     primitive = {"attributes": {"POSITION": 0}, "indices": 1, "mode": 4,
                  "targets": [{"POSITION": 2 + t} for t in range(n_frames)]}
     if colours is not None:
-        accessors.append(_accessor(5, 0, n_verts, "VEC3"))
+        accessors.append(accessor(5, 0, n_verts, "VEC3"))
         primitive["attributes"]["COLOR_0"] = len(accessors) - 1
         primitive["material"] = 0
     names = [f"frame_{t:0{max(4, len(str(n_frames - 1)))}d}" for t in range(n_frames)]
@@ -359,94 +321,28 @@ def write_glb(
         "bufferViews": views,
         "buffers": [{"byteLength": offset}],
     }
-    text = json.dumps(doc, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned; JSON pads with spaces
-    total = 12 + 8 + len(text) + 8 + offset
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<4sII", b"glTF", 2, total))
-        f.write(struct.pack("<I4s", len(text), b"JSON") + text)
-        f.write(struct.pack("<I4s", offset, b"BIN\0"))
-        for blob in blobs:  # streamed: the binary chunk is never assembled in memory
-            f.write(memoryview(np.ascontiguousarray(blob)))
-    return path
+    return write_glb_file(path, doc, blobs, offset)
 
 
-def write_morph_glb(
-    path: str | os.PathLike,
-    base: np.ndarray,
-    triangles: np.ndarray,
-    targets: np.ndarray,
-    names: Sequence[str],
-    weights: np.ndarray | None = None,
-    fps: float = 30.0,
-    colours: np.ndarray | None = None,
-) -> Path:
-    """A binary glTF 2.0 of one mesh with named morph targets and, optionally, their weight curves.
+def _glb_frames(animation: Animation, base: np.ndarray, dressing):
+    """The glb's base (N, 3), posed frames (T, N, 3), triangles (F, 3) uint32 and linear colours
+    (N, 3) or None: the face, or the dressed face when `dressing` is given, turned as rendered."""
+    verts, n_verts = animation.vertices, len(base)
+    pivot = head_pivot(base)  # of the face, as the renderer turns it
+    tri, colours = _triangles(animation).astype(np.uint32), None
+    if dressing is not None:
+        if dressing.num_face_vertices != n_verts:
+            raise ValueError(f"the dressing is for V={dressing.num_face_vertices} face vertices, the animation has {n_verts}")
+        base, verts = dressing(base), dressing(verts, animation.gaze)  # (V + H, 3), (T, V + H, 3)
+        tri = dressing.triangles.astype(np.uint32)
+        import torch
 
-    base (N, 3) metres; triangles (F, 3) indices below N; targets (K, N, 3) offsets from base, named
-    `names` (K); weights (T, K) per frame at `fps`, keyed LINEAR over T/fps seconds (the animation
-    "weights"; None: a still, rigged mesh); colours (N, 3) linear RGB in [0, 1] as COLOR_0. Targets
-    are sparse accessors (only the vertices a target moves), so the rig with its 52 ARKit units is
-    1-2 MB whatever the clip's length; any glTF viewer or engine can drive the targets live or play the curves.
-    """
-    path = _target(path, ".glb")
-    base, targets = np.asarray(base, np.float32), np.asarray(targets, np.float32)
-    tri = np.asarray(triangles).astype(np.uint32)
-    n, k = len(base), len(targets)
-    if base.ndim != 2 or base.shape[1] != 3 or targets.shape != (k, n, 3) or len(names) != k or k == 0:
-        raise ValueError(f"need base (N, 3), targets (K, N, 3) and K names, got {base.shape}, {targets.shape}, {len(names)}")
-    if tri.ndim != 2 or tri.shape[1] != 3 or not len(tri) or int(tri.max()) >= n:
-        raise ValueError(f"triangles must be (F, 3) indices below N={n}, got {tri.shape}")
-    import torch
+        from .shading import srgb_to_linear
 
-    from ..face.geometry import vertex_normals
-
-    normals = vertex_normals(torch.as_tensor(base), torch.as_tensor(tri.astype(np.int64))).numpy()  # (N, 3): smooth shading
-    blobs, views = [], []
-
-    def view(blob: np.ndarray) -> int:  # every blob is 4-byte data, so offsets stay 4-byte aligned
-        views.append({"buffer": 0, "byteOffset": sum(b.nbytes for b in blobs), "byteLength": blob.nbytes})
-        blobs.append(np.ascontiguousarray(blob))
-        return len(views) - 1
-
-    accessors = [_accessor(view(base), 0, n, "VEC3", base.min(0), base.max(0)),
-                 {"bufferView": view(tri), "componentType": 5125, "count": tri.size, "type": "SCALAR"},
-                 _accessor(view(normals.astype(np.float32)), 0, n, "VEC3")]
-    for delta in targets:  # sparse: a unit moves part of the face, so only its moved vertices are stored
-        moved = np.flatnonzero(np.abs(delta).max(-1) > MIN_TARGET_OFFSET).astype(np.uint32)
-        acc = {"componentType": 5126, "count": n, "type": "VEC3",
-               "min": [float(x) for x in delta.min(0)], "max": [float(x) for x in delta.max(0)]}
-        if len(moved):  # no sparse and no bufferView: all zeros
-            acc["sparse"] = {"count": len(moved), "indices": {"bufferView": view(moved), "componentType": 5125},
-                             "values": {"bufferView": view(delta[moved])}}
-        accessors.append(acc)
-    primitive = {"attributes": {"POSITION": 0, "NORMAL": 2}, "indices": 1, "mode": 4,
-                 "targets": [{"POSITION": 3 + j} for j in range(k)]}
-    doc = {"asset": {"version": "2.0", "generator": "blendtalk"}, "scene": 0, "scenes": [{"nodes": [0]}],
-           "nodes": [{"mesh": 0, "name": "face"}],
-           "meshes": [{"name": "face", "primitives": [primitive], "weights": [0.0] * k,
-                       "extras": {"targetNames": list(names)}}]}
-    if weights is not None:
-        weights = np.asarray(weights, np.float32)
-        if weights.ndim != 2 or weights.shape[1] != k or not len(weights) or not fps > 0:
-            raise ValueError(f"weights must be (T, {k}) with T > 0 and fps > 0, got {weights.shape} at {fps}")
-        times = (np.arange(len(weights) + 1) / fps).astype(np.float32)  # (T + 1,): the last frame held to T/fps
-        keys = np.concatenate([weights, weights[-1:]])  # (T + 1, K)
-        accessors += [_accessor(view(times), 0, len(times), "SCALAR", times[:1], times[-1:]),
-                      _accessor(view(keys), 0, keys.size, "SCALAR")]
-        doc["animations"] = [{"name": "blendshapes", "samplers": [
-            {"input": len(accessors) - 2, "output": len(accessors) - 1, "interpolation": "LINEAR"}],
-            "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]}]
-        doc["asset"]["extras"] = {"fps": float(fps), "frames": len(weights)}
-    if colours is not None:
-        accessors.append(_accessor(view(np.asarray(colours, np.float32).reshape(n, 3)), 0, n, "VEC3"))
-        primitive["attributes"]["COLOR_0"] = len(accessors) - 1
-        primitive["material"] = 0
-        doc["materials"] = [{"name": "face", "pbrMetallicRoughness": {
-            "baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0, "roughnessFactor": 0.6}}]
-    offset = sum(b.nbytes for b in blobs)
-    doc |= {"accessors": accessors, "bufferViews": views, "buffers": [{"byteLength": offset}]}
-    return _write_glb_file(path, doc, blobs, offset)
+        colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()  # (V + H, 3): glTF vertex colours are linear
+    if animation.head_rotation is not None:  # frames posed as rendered; the base stays at rest
+        verts = rotate_head(verts, animation.head_rotation, pivot)  # (T, V, 3)
+    return base, verts, tri, colours
 
 
 def arkit_rig_glb(animation: Animation, path: str | os.PathLike, rig, dressing=None) -> Path:
@@ -454,39 +350,7 @@ def arkit_rig_glb(animation: Animation, path: str | os.PathLike, rig, dressing=N
     (T, 52): 1.0 MB bare, 1.6 MB dressed, unlike `write_glb`'s morph target per frame. The head stays still, and the
     curves are the ARKit mapping's, without the residual detail the video shows. dressing: the rig's
     `FaceDressing`, for teeth, eyes, lashes, hair and the painted colours (its parts follow each unit)."""
-    weights = _arkit(animation)
-    base, targets = np.asarray(rig.vertices, np.float32), np.asarray(rig.deltas, np.float32)  # (V, 3), (52, V, 3)
-    tri, colours = np.asarray(rig.triangles), None
-    if dressing is not None:
-        import torch
-
-        from .renderer import srgb_to_linear
-
-        dressed = dressing(base[None] + targets)  # (52, V + H, 3): each unit alone, at weight 1
-        base = dressing(base)
-        targets, tri = dressed - base, dressing.triangles
-        colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()
-    return write_morph_glb(path, base, tri, targets, rig.blendshape_names, weights, animation.fps, colours)
-
-
-def _write_glb_file(path: Path, doc: dict, blobs: list[np.ndarray], nbytes: int) -> Path:
-    text = json.dumps(doc, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned; JSON pads with spaces
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<4sII", b"glTF", 2, 12 + 8 + len(text) + 8 + nbytes))
-        f.write(struct.pack("<I4s", len(text), b"JSON") + text)
-        f.write(struct.pack("<I4s", nbytes, b"BIN\0"))
-        for blob in blobs:  # streamed: the binary chunk is never assembled in memory
-            f.write(memoryview(np.ascontiguousarray(blob)))
-    return path
-
-
-
-def _accessor(view: int, offset: int, count: int, kind: str, lo=None, hi=None) -> dict:
-    acc = {"bufferView": view, "byteOffset": offset, "componentType": 5126, "count": count, "type": kind}  # FLOAT
-    if lo is not None:
-        acc["min"], acc["max"] = [float(v) for v in lo], [float(v) for v in hi]
-    return acc
+    return write_rig_glb(path, rig, dressing, _arkit(animation), animation.fps)
 
 
 def _timecode(frame: int, fps: float) -> str:
@@ -539,20 +403,6 @@ def _check_values(animation: Animation) -> None:
         raise ValueError(f"fps must be a finite number of frames per second > 0, got {fps!r}")
     if not np.isfinite(animation.vertices).all():
         raise ValueError("vertices contain NaN or infinite values; the animation is broken, nothing was exported")
-
-
-def _target(path: str | os.PathLike, suffix: str) -> Path:
-    path = Path(path)
-    if "\0" in str(path):
-        raise ValueError(f"file names cannot contain NUL characters, got {str(path)!r}")
-    if len(os.fsencode(path.name)) > MAX_NAME_BYTES:
-        raise ValueError(f"file name {path.name[:40]!r}... is {len(os.fsencode(path.name))} bytes; "
-                         f"at most {MAX_NAME_BYTES} are allowed")
-    if path.suffix.lower() != suffix:
-        raise ValueError(f"expected a {suffix} file name, got {path.name!r}")
-    if not path.parent.is_dir():
-        raise ValueError(f"folder {str(path.parent)!r} does not exist; create it first")
-    return path
 
 
 def _check_formats(formats: Sequence[str]) -> None:

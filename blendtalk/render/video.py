@@ -24,7 +24,7 @@ import numpy as np
 
 from ..speech.audio import num_frames
 from ..constants import FPS, SAMPLE_RATE
-from .exports import atomic_path
+from .files import atomic_path
 
 FRAME_BATCH = 32  # frames per write to ffmpeg when given one array: a few MB per pipe write
 MAX_LENGTH_MISMATCH = 0.25  # s; frames and audio further apart than this are a caller bug, not rounding

@@ -32,7 +32,8 @@ from plotly.subplots import make_subplots
 from ..animation import Animation
 from ..constants import FPS
 from ..face.dressing import FaceDressing
-from .renderer import RenderConfig, _rig_dressing, dressing_config
+from .renderer import RenderConfig, dressing_config
+from .undressed import plain_dressing
 from ..face.rig import FaceRig
 
 MAX_FRAMES = 150  # frames in an animation figure by default: about 6 MB of JSON for the rig
@@ -129,7 +130,7 @@ def rig_look(rig: FaceRig) -> RigLook:
     """The lip tint and eyeballs of `rig`, as the video renderer draws them."""
     if getattr(rig, "dressing", None):
         return _dressed_look(rig)
-    colours, eyes = _rig_dressing(rig, _STYLE)  # (V, 3) sRGB, eyeballs or None
+    colours, eyes = plain_dressing(rig, _STYLE)  # (V, 3) sRGB, eyeballs or None
     tint = np.subtract(_STYLE.lips, _STYLE.skin)
     # The renderer's colours are skin + t * (lips - skin); recover t and let a colour scale apply it.
     amount = np.clip((colours - np.array(_STYLE.skin)) @ tint / float(tint @ tint), 0, 1).astype(np.float32)

@@ -17,8 +17,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from blendtalk.evaluation.study import (
-    ALPHA, ASPECT_LABELS, RatingStore, Study, StudyAnalysis, StudyError, analyze, read_rows_csv, report_markdown)
+from blendtalk.evaluation.study import ALPHA, ASPECT_LABELS, Study, StudyError
+from blendtalk.evaluation.study_analysis import StudyAnalysis, analyze, report_markdown
+from blendtalk.evaluation.study_store import RatingStore, read_rows_csv
 
 
 def _finite(x):

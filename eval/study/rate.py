@@ -27,7 +27,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from blendtalk.evaluation.study import (
-    ASPECT_LABELS, ASPECT_QUESTIONS, LIKERT_LABELS, LIKERT_MAX, LIKERT_MIN, RatingStore, Study, StudyError)
+    ASPECT_LABELS, ASPECT_QUESTIONS, LIKERT_LABELS, LIKERT_MAX, LIKERT_MIN, Study, StudyError)
+from blendtalk.evaluation.study_store import RatingStore
 
 PAGE = Path(__file__).with_name("rate.html")
 MAX_BODY = 64 * 1024  # bytes; a screen's ratings are a few hundred
@@ -65,111 +66,118 @@ def screen_state(study: Study, store: RatingStore, participant: str) -> dict:
     return state
 
 
+class StudyHandler(BaseHTTPRequestHandler):
+    """The study's pages, media and rating API; `make_server` sets the class attributes below."""
+
+    server_version = "blendtalk-study"
+    sys_version = ""
+    study: Study
+    store: RatingStore
+    files: dict[str, Path]  # URL path -> file
+    page: bytes
+    quiet = False
+
+    def log_message(self, fmt, *args):
+        if not self.quiet:
+            super().log_message(fmt, *args)
+
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
+        self.send_response(status)
+        for k, v in {**HEADERS, "Content-Type": ctype, "Content-Length": str(len(body)), **(extra or {})}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", {"Cache-Control": "no-store"})
+
+    def _error(self, status: int, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def do_GET(self):
+        url = urlsplit(self.path)
+        try:
+            if url.path in ("/", "/index.html"):
+                self._send(200, self.page, "text/html; charset=utf-8", {
+                    "Cache-Control": "no-store", "Content-Security-Policy":
+                    "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
+            elif url.path == "/api/next":
+                ids = parse_qs(url.query).get("participant", [])
+                if len(ids) != 1:
+                    raise StudyError("give exactly one ?participant=ID")
+                self._json(200, screen_state(self.study, self.store, ids[0]))
+            elif url.path in self.files and self.files[url.path].is_file():
+                self._file(self.files[url.path])
+            else:
+                self._error(404, "not found")
+        except StudyError as e:
+            self._error(e.status, str(e))
+
+    def do_POST(self):
+        if urlsplit(self.path).path != "/api/rate":
+            return self._error(404, "not found")
+        if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+            # also keeps other web sites out: a cross-site JSON POST needs a CORS preflight we never grant
+            return self._error(415, "Content-Type must be application/json")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._error(411, "Content-Length required")
+        if not 0 < length <= MAX_BODY:
+            return self._error(413, f"body must be 1..{MAX_BODY} bytes")
+        try:
+            body = json.loads(self.rfile.read(length))
+            if not isinstance(body, dict) or not {"participant", "trial", "ratings"} <= set(body) or \
+                    set(body) - {"participant", "trial", "ratings", "submit"}:
+                raise StudyError("body must be {participant, trial, ratings[, submit]}")
+            self.store.rate(body["participant"], body["trial"], body["ratings"], body.get("submit", False))
+            self._json(200, screen_state(self.study, self.store, body["participant"]))
+        except json.JSONDecodeError:
+            self._error(400, "body is not JSON")
+        except StudyError as e:
+            self._error(e.status, str(e))
+
+    def _file(self, path: Path) -> None:
+        """The file, or the byte range asked for (browsers seek in videos with Range requests)."""
+        size = path.stat().st_size
+        start, end, status = 0, size - 1, 200
+        m = _RANGE.fullmatch(self.headers.get("Range", "").strip())
+        if self.headers.get("Range"):
+            if not m or (not m[1] and not m[2]):
+                return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"})
+            if m[1]:
+                start, end = int(m[1]), min(int(m[2]), size - 1) if m[2] else size - 1
+            else:  # suffix range: the last n bytes
+                start = max(0, size - int(m[2]))
+            if start > end or start >= size:
+                return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"})
+            status = 206
+        self.send_response(status)
+        headers = {**HEADERS, "Content-Type": mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+                   "Content-Length": str(end - start + 1), "Accept-Ranges": "bytes", "Cache-Control": "private"}
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        with open(path, "rb") as f:
+            f.seek(start)
+            left = end - start + 1
+            while left > 0:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                left -= len(chunk)
+
+
 def make_server(study: Study, store: RatingStore, root: Path, host: str = "127.0.0.1", port: int = 7870,
                 quiet: bool = False) -> ThreadingHTTPServer:
     """An HTTP server for `study` (files under `root`, answers in `store`); port 0 picks a free one.
     Call serve_forever() (e.g. in a thread) and shutdown()."""
-    files = study_files(study, Path(root))
-    page = PAGE.read_bytes()
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "blendtalk-study"
-        sys_version = ""
-
-        def log_message(self, fmt, *args):
-            if not quiet:
-                super().log_message(fmt, *args)
-
-        def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
-            self.send_response(status)
-            for k, v in {**HEADERS, "Content-Type": ctype, "Content-Length": str(len(body)), **(extra or {})}.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, obj) -> None:
-            self._send(status, json.dumps(obj).encode(), "application/json", {"Cache-Control": "no-store"})
-
-        def _error(self, status: int, message: str) -> None:
-            self._json(status, {"error": message})
-
-        def do_GET(self):
-            url = urlsplit(self.path)
-            try:
-                if url.path in ("/", "/index.html"):
-                    self._send(200, page, "text/html; charset=utf-8", {
-                        "Cache-Control": "no-store", "Content-Security-Policy":
-                        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
-                elif url.path == "/api/next":
-                    ids = parse_qs(url.query).get("participant", [])
-                    if len(ids) != 1:
-                        raise StudyError("give exactly one ?participant=ID")
-                    self._json(200, screen_state(study, store, ids[0]))
-                elif url.path in files and files[url.path].is_file():
-                    self._file(files[url.path])
-                else:
-                    self._error(404, "not found")
-            except StudyError as e:
-                self._error(e.status, str(e))
-
-        def do_POST(self):
-            if urlsplit(self.path).path != "/api/rate":
-                return self._error(404, "not found")
-            if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
-                # also keeps other web sites out: a cross-site JSON POST needs a CORS preflight we never grant
-                return self._error(415, "Content-Type must be application/json")
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                return self._error(411, "Content-Length required")
-            if not 0 < length <= MAX_BODY:
-                return self._error(413, f"body must be 1..{MAX_BODY} bytes")
-            try:
-                body = json.loads(self.rfile.read(length))
-                if not isinstance(body, dict) or not {"participant", "trial", "ratings"} <= set(body) or \
-                        set(body) - {"participant", "trial", "ratings", "submit"}:
-                    raise StudyError("body must be {participant, trial, ratings[, submit]}")
-                store.rate(body["participant"], body["trial"], body["ratings"], body.get("submit", False))
-                self._json(200, screen_state(study, store, body["participant"]))
-            except json.JSONDecodeError:
-                self._error(400, "body is not JSON")
-            except StudyError as e:
-                self._error(e.status, str(e))
-
-        def _file(self, path: Path) -> None:
-            """The file, or the byte range asked for (browsers seek in videos with Range requests)."""
-            size = path.stat().st_size
-            start, end, status = 0, size - 1, 200
-            m = _RANGE.fullmatch(self.headers.get("Range", "").strip())
-            if self.headers.get("Range"):
-                if not m or (not m[1] and not m[2]):
-                    return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"})
-                if m[1]:
-                    start, end = int(m[1]), min(int(m[2]), size - 1) if m[2] else size - 1
-                else:  # suffix range: the last n bytes
-                    start = max(0, size - int(m[2]))
-                if start > end or start >= size:
-                    return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"})
-                status = 206
-            self.send_response(status)
-            headers = {**HEADERS, "Content-Type": mimetypes.guess_type(path.name)[0] or "application/octet-stream",
-                       "Content-Length": str(end - start + 1), "Accept-Ranges": "bytes", "Cache-Control": "private"}
-            if status == 206:
-                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            with open(path, "rb") as f:
-                f.seek(start)
-                left = end - start + 1
-                while left > 0:
-                    chunk = f.read(min(CHUNK, left))
-                    if not chunk:
-                        break
-                    self.wfile.write(chunk)
-                    left -= len(chunk)
-
-    return ThreadingHTTPServer((host, port), Handler)
+    handler = type("Handler", (StudyHandler,), {"study": study, "store": store, "files": study_files(study, Path(root)),
+                                                "page": PAGE.read_bytes(), "quiet": quiet})
+    return ThreadingHTTPServer((host, port), handler)
 
 
 def main(argv=None) -> int:
