@@ -353,6 +353,11 @@ def build_demo(workspace: Workspace, default_size: int = 256, delete_cache: tupl
             # files into its cache (or when the request is cancelled): the folder is no longer needed.
             shutil.rmtree(folder, ignore_errors=True)
 
+    # Gradio passes the request only to a parameter whose type hint resolves to gr.Request; this module's
+    # hints are strings (postponed annotations) naming `gr`, imported in here, so Gradio could not resolve
+    # it and every client was "unknown": one shared rate limit and one running request for the whole server.
+    generate.__annotations__["request"] = gr.Request
+
     def estimate(audio, text, size):
         """The status line shown at once on Generate: requests ahead and the estimated wait."""
         seconds = serving.upload_seconds(audio) if audio else serving.text_seconds((text or "").strip())

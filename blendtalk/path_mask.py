@@ -25,7 +25,7 @@ class PathMask:
 
     def __init__(self, app, folders: Iterable[tuple[str, str]]):
         self.app = app
-        self.folders = [(real.rstrip("/").encode(), public.strip("/").encode()) for real, public in folders]
+        self.folders = [(real.rstrip("/").encode(), public.rstrip("/").encode()) for real, public in folders]
         for real, public in self.folders:
             if not real.startswith(b"/") or not public or public.startswith(b"/"):
                 raise ValueError(f"PathMask needs an absolute folder and a relative public name, got {real!r} -> {public!r}")

@@ -122,7 +122,7 @@ def test_animate_endpoint(client):
     assert info["audio"] is not None and info["audio"]["codec"] == "aac"
     assert abs(info["audio"]["duration"] - seconds) < 0.05 and abs(info["video"]["duration"] - seconds) < 0.1
     # The animated mesh: an iframe whose figure has frames and loads plotly.js from this app.
-    assert html.startswith("<iframe") and "gradio_api/file=" in html and "plotly.min.js" in html
+    assert html.startswith("<iframe") and app.PLOTLY_ROUTE in html
     names = re.search(r"const names = (\[[^\]]*\])", html_module.unescape(html))  # the frames, rebuilt in the browser
     assert names and len(json.loads(names.group(1))) >= 60 and "addFrames" in html
     assert curves["type"] == "plotly" and '"speech"' in curves["plot"]
@@ -331,3 +331,65 @@ def test_a_request_over_the_cost_budget_is_refused_with_what_to_do(client):
 
     with pytest.raises(AppError, match=r"over this server's budget: at 512 px at most 15 s\. Use a shorter clip"):
         animate(client, text="Nice to see you. " * 20, size=512)  # about 24 s of speech: 4 x 24 units
+
+
+SERVER_PATH = re.compile(r"(?<![\w.])/(?:tmp|home|root|usr|srv|opt|var|proc|etc)/|site-packages")  # absolute server folders
+
+
+@pytest.mark.slow
+def test_page_uploads_and_results_name_no_server_folder(server, tmp_path):
+    """What a browser or API client receives (the page, /config, the API info, an upload's answer,
+    a result's event stream and its file URLs, plotly.js) names no folder of the server: Gradio's
+    cache appears as `blendtalk-cache/...`, plotly.js is served at its own route."""
+    import sys
+    import tempfile
+
+    url, workdir = server
+    forbidden = {str(ROOT), str(workdir.resolve()), str(Path(tempfile.gettempdir()).resolve()), str(Path.home()),
+                 sys.prefix, "site-packages"}
+    texts = {name: httpx.get(url + name, timeout=30).text for name in ("", "config", "gradio_api/info")}
+    with open(WAV, "rb") as f:
+        upload = httpx.post(f"{url}gradio_api/upload", files={"files": (WAV.name, f, "audio/wav")}, timeout=30)
+    texts["upload"] = upload.text
+    assert upload.json()[0].startswith(app.PUBLIC_CACHE + "/") and upload.json()[0].endswith("/arctic_a0009.wav")
+    data = [{"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}, "", "", "happy", 0.8, "", 0.5, "", True,
+            128, True]
+    event = httpx.post(f"{url}gradio_api/call/animate", json={"data": data}, timeout=30).json()["event_id"]
+    texts["result"] = httpx.get(f"{url}gradio_api/call/animate/{event}", timeout=300).text
+    assert "event: complete" in texts["result"], texts["result"][:500]
+    for name, text in texts.items():
+        assert [p for p in forbidden if p in text] == [] and not SERVER_PATH.search(text), (name, SERVER_PATH.search(text))
+    urls = re.findall(r'"url": "([^"]+)"', texts["result"])
+    assert urls and all(f"gradio_api/file={app.PUBLIC_CACHE}/" in u for u in urls)
+    video = httpx.get(next(u for u in urls if u.endswith(".mp4")), timeout=30)  # the public name still fetches the file
+    assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+    plotly = httpx.get(url + app.PLOTLY_ROUTE, timeout=30)
+    assert plotly.status_code == 200 and b"plotly.js" in plotly.content[:200]
+
+
+def test_trusted_proxies_are_checked_before_anything_loads(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        app.main(["--trusted-proxies", "proxy.example.org"])
+    assert exit_.value.code == 2
+    assert "'proxy.example.org' is not an IP address or network" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trusted", ["", "127.0.0.1"])
+def test_rate_limit_counts_the_connection_unless_the_proxy_is_trusted(tmp_path, trusted):
+    """With 2 requests a minute per address: without a trusted proxy a client that writes a new
+    X-Forwarded-For each time is still one address (its third request is refused); with this
+    host's proxy trusted, the header's addresses are the clients. Requests without speech are
+    counted and then refused at once, so nothing is computed."""
+    NO_SPEECH = [None, "", "", "happy", 0.8, "", 0.5, "", True, 128, True]
+    with launch_app(tmp_path, "--rate-limit", "2", "--trusted-proxies", trusted) as (url, _):
+        def ask(forwarded: str) -> str:
+            event = httpx.post(f"{url}gradio_api/call/animate", json={"data": NO_SPEECH},
+                               headers={"X-Forwarded-For": forwarded}, timeout=30).json()["event_id"]
+            return httpx.get(f"{url}gradio_api/call/animate/{event}", timeout=60).text
+
+        answers = [ask(address) for address in ("203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.1",
+                                                "203.0.113.1")]
+    limited = ["Too many requests" in a for a in answers]
+    assert all("event: error" in a for a in answers)  # no speech: refused either way
+    assert limited == ([False, False, True, True, True] if not trusted else [False, False, False, False, True])
