@@ -393,3 +393,34 @@ def test_rate_limit_counts_the_connection_unless_the_proxy_is_trusted(tmp_path, 
     limited = ["Too many requests" in a for a in answers]
     assert all("event: error" in a for a in answers)  # no speech: refused either way
     assert limited == ([False, False, True, True, True] if not trusted else [False, False, False, False, True])
+
+
+@pytest.mark.slow
+def test_one_address_cannot_hold_both_workers(tmp_path):
+    """Two requests of one address sent at once: one is computed, the other refused with what to do,
+    while another address's request is served beside it (the proxy on this host is trusted, so the
+    addresses come from X-Forwarded-For)."""
+    with launch_app(tmp_path, "--jobs-per-client", "1", "--trusted-proxies", "127.0.0.1") as (url, _):
+        with open(clip(tmp_path / "one_second.wav", 1.0), "rb") as f:
+            path = httpx.post(f"{url}gradio_api/upload", files={"files": ("one_second.wav", f, "audio/wav")},
+                              timeout=30).json()[0]
+        data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, "", "", "happy", 0.8, "", 0.5, "", True, 128, True]
+
+        def ask(forwarded: str) -> str:
+            event = httpx.post(f"{url}gradio_api/call/animate", json={"data": data},
+                               headers={"X-Forwarded-For": forwarded}, timeout=30).json()["event_id"]
+            return httpx.get(f"{url}gradio_api/call/animate/{event}", timeout=300).text
+
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        with ThreadPoolExecutor(3) as pool:
+            # Both sent into an empty queue start at once on the 2 workers: the second finds the first running.
+            pair = [pool.submit(ask, "203.0.113.1") for _ in range(2)]
+            wait(pair, return_when=FIRST_COMPLETED)  # the refusal, at once
+            other = pool.submit(ask, "203.0.113.2")  # sent while the first may still run: the other worker is free
+            answers = [f.result() for f in (*pair, other)]
+    same = sorted("event: complete" in a for a in answers[:2])
+    assert same == [False, True], answers
+    refused = next(a for a in answers[:2] if "event: complete" not in a)
+    assert "You already have 1 request being computed; wait for it to finish" in refused, refused
+    assert "event: complete" in answers[2], answers[2][:500]

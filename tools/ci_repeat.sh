@@ -77,7 +77,7 @@ for i in $(seq 1 "$runs"); do
     mkdir -p "$logs"
     cp "$run/log.txt" "$logs/run-$i.txt"
     # pytest's last line: "653 passed, 9 skipped in 412.3s" (-q), or framed by "=" without -q.
-    summary="$( { grep -E '(passed|failed|errors?|no tests ran).* in [0-9.]+s' "$run/log.txt" || true; } | tail -1 \
+    summary="$( { grep -E '(passed|failed|errors?|deselected|no tests ran).* in [0-9.]+s' "$run/log.txt" || true; } | tail -1 \
                | sed -E 's/^=+ //; s/ =+$//')"
     python - "$records" "$i" "$started" "$ms" "$rc" "$summary" "$load" "$logs/run-$i.txt" <<'EOF'
 import json, sys
