@@ -424,3 +424,64 @@ def test_one_address_cannot_hold_both_workers(tmp_path):
     refused = next(a for a in answers[:2] if "event: complete" not in a)
     assert "You already have 1 request being computed; wait for it to finish" in refused, refused
     assert "event: complete" in answers[2], answers[2][:500]
+
+
+def join(url: str, fn_index: int, data: list, session: str) -> None:
+    """Queue `data` for `fn_index` in `session`, as the page does (its outputs come on the session's stream)."""
+    answer = httpx.post(f"{url}gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
+                                                             "event_data": None, "trigger_id": None}, timeout=30)
+    answer.raise_for_status()
+
+
+@pytest.mark.slow
+def test_a_waiting_request_whose_client_left_is_dropped(server, tmp_path):
+    """Both workers busy with long requests; a third client queues a request and closes its page (its
+    event stream): the request leaves the queue while the two are still running, so it is never computed."""
+    import threading
+
+    from blendtalk.evaluation.clips import long_clip
+
+    url, _ = server
+    config = httpx.get(url + "config", timeout=30).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "animate")
+
+    def uploaded(path: Path) -> dict:
+        with open(path, "rb") as f:
+            name = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, f, "audio/wav")}, timeout=30).json()[0]
+        return {"path": name, "meta": {"_type": "gradio.FileData"}}
+
+    def inputs(audio: dict) -> list:
+        return [audio, "", "", "happy", 0.8, "", 0.5, "", True, "128", True]
+
+    long_audio = uploaded(long_clip(30.0, tmp_path)[0])  # about 10 s of work even on a quiet machine
+    done = []
+
+    def keep(session: str) -> None:  # a client that stays until its result
+        with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=300) as events:
+            for line in events.iter_lines():
+                if '"msg":"process_completed"' in line.replace(" ", ""):
+                    done.append(session)
+                    return
+
+    def waiting() -> int:
+        return httpx.get(f"{url}gradio_api/queue/status", timeout=30).json()["queue_size"]
+
+    keepers = [threading.Thread(target=keep, args=(f"keeper{k}",)) for k in range(2)]
+    for k, thread in enumerate(keepers):
+        join(url, fn_index, inputs(long_audio), f"keeper{k}")
+        thread.start()
+    end = time.monotonic() + 60
+    while waiting() and time.monotonic() < end:  # until the two workers have taken both
+        time.sleep(0.2)
+    join(url, fn_index, inputs(uploaded(clip(tmp_path / "short.wav", 1.0))), "leaver")
+    assert waiting() == 1 and not done
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": "leaver"}, timeout=30) as events:
+        next(events.iter_lines())  # its first message (the estimate); then the page is closed
+    end = time.monotonic() + 20
+    while waiting() and time.monotonic() < end:
+        time.sleep(0.2)
+    left_queue_while_busy = waiting() == 0 and not done
+    for thread in keepers:
+        thread.join(timeout=300)
+    assert sorted(done) == ["keeper0", "keeper1"]
+    assert left_queue_while_busy, "the request of the client that left stayed in the queue"
