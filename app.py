@@ -11,8 +11,10 @@ the DFM's learned speech or expression blendshapes with sliders.
 Files: everything made for a request goes into its own folder under the app's work folder
 (`--workdir`, default a fresh temporary folder removed at exit) and is deleted as soon as Gradio
 has copied the results into its cache; Gradio's cache (uploads and results, inside the work folder
-unless GRADIO_TEMP_DIR is set) is emptied of files older than `--delete-cache AGE` seconds. The
-pipeline is loaded once, at start-up. With the `spaces` package (a ZeroGPU Space) the model and
+unless GRADIO_TEMP_DIR is set) is emptied of files older than `--delete-cache AGE` seconds; clients
+see it as `blendtalk-cache/...`, never as a server folder (blendtalk.path_mask). The per-address
+limits take the client from X-Forwarded-For only behind `--trusted-proxies`. The pipeline is loaded
+once, at start-up. With the `spaces` package (a ZeroGPU Space) the model and
 rendering work runs inside `@spaces.GPU`.
 """
 
