@@ -11,8 +11,10 @@ the DFM's learned speech or expression blendshapes with sliders.
 Files: everything made for a request goes into its own folder under the app's work folder
 (`--workdir`, default a fresh temporary folder removed at exit) and is deleted as soon as Gradio
 has copied the results into its cache; Gradio's cache (uploads and results, inside the work folder
-unless GRADIO_TEMP_DIR is set) is emptied of files older than `--delete-cache AGE` seconds. The
-pipeline is loaded once, at start-up. With the `spaces` package (a ZeroGPU Space) the model and
+unless GRADIO_TEMP_DIR is set) is emptied of files older than `--delete-cache AGE` seconds; clients
+see it as `blendtalk-cache/...`, never as a server folder (blendtalk.path_mask). The per-address
+limits take the client from X-Forwarded-For only behind `--trusted-proxies`. The pipeline is loaded
+once, at start-up. With the `spaces` package (a ZeroGPU Space) the model and
 rendering work runs inside `@spaces.GPU`.
 """
 
@@ -31,7 +33,7 @@ import threading
 import time
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,9 @@ EXAMPLES_DIR = ASSETS_DIR / "examples"
 ARCTIC_DIR = ASSETS_DIR / "audio"
 TIMELINE_HINT = "neutral@0 happy@1.5 sad@4.0:0.7"
 NO_MIX = ""  # the second-emotion value that means "no mix"
+PLOTLY_ROUTE = "blendtalk/plotly.min.js"  # where the app serves plotly.js (add_plotly_route)
+PUBLIC_CACHE = "blendtalk-cache"  # what clients see in place of Gradio's cache folder (blendtalk.path_mask)
+PUBLIC_EXAMPLES = "blendtalk-examples"  # ... and of the cached examples' folder
 
 try:  # a ZeroGPU Space: the GPU is attached only inside functions decorated with spaces.GPU
     import spaces
@@ -255,9 +260,24 @@ def plotly_js_path() -> Path:
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
+def add_plotly_route(app) -> None:
+    """Serve plotly.js at PLOTLY_ROUTE (first in the routing table, before Gradio's catch-all), so the
+    page names it by that route, not by its path in the server's site-packages (`/gradio_api/file=...`)."""
+    from starlette.responses import FileResponse
+    from starlette.routing import Route
+
+    path = plotly_js_path()
+
+    async def plotly_js(request):
+        return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
+    app.router.routes.insert(0, Route("/" + PLOTLY_ROUTE, plotly_js))
+
+
 @dataclass
 class Service:
-    """What the page's Animate handlers share: the loaded pipeline, the work folder and the serving limits.
+    """What the page's Animate handlers share: the loaded pipeline, the work folder, the serving limits
+    and the proxies whose X-Forwarded-For names the client (none: the connection's peer).
 
     Made once in `main()` (or a test) and handed to `build_demo`; nothing of it is global, so two
     apps with different pipelines or limits can live in one process.
@@ -267,15 +287,16 @@ class Service:
     workspace: Workspace
     limits: serving.ServingConfig
     default_size: int = 256  # px, the page's initial video size
+    trusted: serving.TrustedProxies = field(default_factory=serving.TrustedProxies)
 
     def __post_init__(self):
         from blendtalk.render.viz import rig_look
 
         self.gate = serving.Gate(self.limits)
         self.look = rig_look(self.pipe.rig)
-        # Served by this app (launch's allowed_paths) so the figure works offline; the srcdoc iframe
-        # resolves a relative URL against the page, which also holds behind a proxy's root path.
-        self.plotly_url = f"gradio_api/file={plotly_js_path()}"
+        # Served by this app (add_plotly_route) so the figure works offline; the srcdoc iframe resolves
+        # a relative URL against the page, which also holds behind a proxy's root path.
+        self.plotly_url = PLOTLY_ROUTE
         self.allowed_dirs = [os.environ["GRADIO_TEMP_DIR"]]  # uploads, recordings and examples all arrive as copies here
         pipe = self.pipe
 
@@ -405,9 +426,14 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
         mix_with "" or a second emotion, mix_ratio 0..1; timeline e.g. 'neutral@0 happy@1.5 sad@4.0:0.7';
         head_motion (default true): nods, turns and gaze shifts driven by the speech."""
         client = serving.client_key(getattr(getattr(request, "client", None), "host", None),
-                                    dict(getattr(request, "headers", None) or {}))
+                                    serving.forwarded_for(getattr(request, "headers", None)), service.trusted)
         yield from service.admitted_steps(client, audio, text, transcript, emotion, intensity, mix_with, mix_ratio,
                                           timeline, blinks, size, head_motion, progress=progress)
+
+    # Gradio passes the request only to a parameter whose type hint resolves to gr.Request; this module's
+    # hints are strings (postponed annotations) naming `gr`, imported in here, so Gradio could not resolve
+    # it and every client was "unknown": one shared rate limit and one running request for the whole server.
+    generate.__annotations__["request"] = gr.Request
 
     def estimate(audio, text, size):
         return service.estimate(demo, audio, text, size)
@@ -571,9 +597,20 @@ def main(argv=None) -> None:
                         help="requests a minute per client address; 0: no limit")
     parser.add_argument("--jobs-per-client", type=int, default=defaults.running_per_client,
                         help="requests of one client address computed at once; 0: no limit")
+    parser.add_argument("--trusted-proxies", default=os.environ.get(serving.TRUSTED_PROXIES_ENV, ""),
+                        help="proxies in front of the app whose X-Forwarded-For names the client for the per-address "
+                             "limits: their number (1 behind one reverse proxy) or their addresses/networks, comma-"
+                             f"separated (10.0.0.0/8); empty: the header is ignored ({serving.TRUSTED_PROXIES_ENV})")
     args = parser.parse_args(argv)
     if args.queue_size < 1:
         parser.error(f"--queue-size must be at least 1, got {args.queue_size}")
+    try:
+        trusted = serving.TrustedProxies.parse(args.trusted_proxies)
+    except ValueError as err:
+        parser.error(str(err))
+    # uvicorn would otherwise rewrite the peer from X-Forwarded-For for connections from 127.0.0.1
+    # (its FORWARDED_ALLOW_IPS default), so any local process could choose its key; the app decides.
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     workspace = setup_workspace(args.workdir)  # before gradio is imported
@@ -592,7 +629,7 @@ def main(argv=None) -> None:
     every, age = args.delete_cache
     limits = serving.ServingConfig(max_cost=args.max_cost, rate_per_minute=args.rate_limit,
                                    running_per_client=args.jobs_per_client, concurrency=CONCURRENCY)
-    demo = build_demo(Service(pipe, workspace, limits, default_size=size), delete_cache=(every, age))
+    demo = build_demo(Service(pipe, workspace, limits, default_size=size, trusted=trusted), delete_cache=(every, age))
 
     def sweep():
         clear_gradio_cache(demo, age)
@@ -606,10 +643,19 @@ def main(argv=None) -> None:
     from blendtalk.live.server import LiveService, add_routes
 
     live = LiveService(pipe, max_sessions=args.live_sessions, max_seconds=args.live_seconds)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, ssr_mode=False,
-                allowed_paths=[str(plotly_js_path())], footer_links=["api", "gradio", "settings"],
+    from starlette.middleware import Middleware
+
+    from blendtalk.path_mask import PathMask
+
+    # Gradio names files by their absolute paths on the server; clients see neutral names instead.
+    masked = [(os.path.abspath(os.environ["GRADIO_TEMP_DIR"]), PUBLIC_CACHE),
+              (os.path.abspath(os.environ["GRADIO_EXAMPLES_CACHE"]), PUBLIC_EXAMPLES)]
+    demo.launch(app_kwargs={"middleware": [Middleware(PathMask, folders=masked)]},
+                server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, ssr_mode=False,
+                footer_links=["api", "gradio", "settings"],
                 state_session_capacity=STATE_SESSIONS, prevent_thread_lock=True)
     add_routes(demo.app, live)  # the Live tab's page and WebSocket, first in the routing table
+    add_plotly_route(demo.app)
     demo.block_thread()
 
 

@@ -9,12 +9,15 @@ Everything here is plain Python (no Gradio), so that each rule can be tested wit
 * `Gate`: per client (IP), at most `rate_per_minute` requests in any 60 s and `running_per_client`
   computed at once, so one client cannot hold every worker; it also measures seconds per cost unit
   of finished requests, for `Gate.estimated_wait`.
+* `client_key`: the client is the connection's peer; X-Forwarded-For names it only behind proxies
+  the operator declared (`TrustedProxies`, BLENDTALK_TRUSTED_PROXIES), so it cannot be spoofed.
 * `cap_folder`: deletes the oldest files of a folder while it holds more than its cap.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import threading
 import time
 from collections import deque
@@ -65,10 +68,95 @@ def check_cost(seconds: float, size: int, max_cost: float) -> float:
                      f"{longest:.0f} s. Use a shorter clip (split it into parts) {hint}.")
 
 
-def client_key(host: str | None, headers: dict | None = None) -> str:
-    """Who is asking: the first X-Forwarded-For address when a proxy (a Space) put one there, else the peer."""
-    forwarded = (headers or {}).get("x-forwarded-for", "")
-    return forwarded.split(",")[0].strip() or host or "unknown"
+TRUSTED_PROXIES_ENV = "BLENDTALK_TRUSTED_PROXIES"  # the operator's switch (app.py --trusted-proxies)
+MAX_PROXY_HOPS = 16  # a count above this is a typo, not a proxy chain
+MAX_KEY_CHARS = 64  # a client key is an address: longer header tokens are cut (bounded memory per key)
+
+
+@dataclass(frozen=True)
+class TrustedProxies:
+    """Which proxies in front of the app may name the client in X-Forwarded-For.
+
+    Nothing trusted (the default): the header is ignored and the client is the connection's peer, so
+    a client cannot choose its own key to dodge the limits. `hops=N`: the app is reachable only
+    through N proxies, each appending the address it saw; the client is the N-th address from the
+    right. `networks`: a peer inside them is a proxy; the client is the right-most address of the
+    header outside them (a proxy chain inside a private network, as a Space's)."""
+
+    hops: int = 0  # proxies in front of the app (0: not counted)
+    networks: tuple = ()  # ipaddress networks whose peers are proxies
+
+    @property
+    def enabled(self) -> bool:
+        return self.hops > 0 or bool(self.networks)
+
+    @classmethod
+    def parse(cls, spec: str | None) -> TrustedProxies:
+        """From the operator's text: "" (trust none), a count ("1"), or addresses and networks
+        ("10.0.0.0/8,127.0.0.1"); ValueError saying what to write otherwise."""
+        spec = (spec or "").strip()
+        if not spec:
+            return cls()
+        if spec.isdigit():
+            hops = int(spec)
+            if hops > MAX_PROXY_HOPS:
+                raise ValueError(f"trusted proxies: {hops} proxies in a row is not a real set-up; give the number of "
+                                 f"proxies in front of the app (at most {MAX_PROXY_HOPS}) or their addresses.")
+            return cls(hops=hops)
+        networks = []
+        for part in spec.split(","):
+            try:
+                networks.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"trusted proxies: {part.strip()!r} is not an IP address or network; give the number "
+                                 "of proxies in front of the app (e.g. 1) or their addresses and networks, comma-"
+                                 "separated (e.g. 10.0.0.0/8,127.0.0.1).") from None
+        return cls(networks=tuple(networks))
+
+    def trusts(self, address: str | None) -> bool:
+        """Is `address` one of the trusted networks' (False for anything that is not an IP address)?"""
+        ip = _ip(address)
+        return ip is not None and any(ip in net for net in self.networks)
+
+
+def _ip(address: str | None):
+    """`address` ("1.2.3.4", "1.2.3.4:80", "[::1]:80", "::1") as an ipaddress object, or None."""
+    text = (address or "").strip()
+    if text.startswith("["):
+        text = text[1:].split("]")[0]
+    elif text.count(":") == 1:  # IPv4 with a port
+        text = text.split(":")[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def forwarded_for(headers) -> list[str]:
+    """The X-Forwarded-For values of a request's headers (Starlette `Headers` or a plain dict), in order."""
+    if headers is None:
+        return []
+    if hasattr(headers, "getlist"):  # a repeated header is one list, the proxies' appends included
+        return list(headers.getlist("x-forwarded-for"))
+    value = {str(k).lower(): v for k, v in dict(headers).items()}.get("x-forwarded-for")
+    return [value] if value else []
+
+
+def client_key(peer: str | None, forwarded: Iterable[str] = (), trusted: TrustedProxies = TrustedProxies()) -> str:
+    """Who is asking, for the per-client limits: the connection's `peer`, or, behind `trusted`
+    proxies, the client address they report in X-Forwarded-For (`forwarded`, the header's values)."""
+    peer = (peer or "unknown")[:MAX_KEY_CHARS]
+    addresses = [a.strip() for value in forwarded for a in value.split(",") if a.strip()]
+    if not trusted.enabled or not addresses:
+        return peer
+    if trusted.hops:  # the last `hops` entries were appended by our proxies; what is left of them, the client wrote
+        client = addresses[max(0, len(addresses) - trusted.hops)]
+    elif not trusted.trusts(peer):
+        return peer  # reached us directly: its header is its own say-so
+    else:
+        client = next((a for a in reversed(addresses) if not trusted.trusts(a)), addresses[0])
+    ip = _ip(client)
+    return str(ip) if ip is not None else client[:MAX_KEY_CHARS]
 
 
 class Gate:

@@ -122,7 +122,7 @@ def test_animate_endpoint(client):
     assert info["audio"] is not None and info["audio"]["codec"] == "aac"
     assert abs(info["audio"]["duration"] - seconds) < 0.05 and abs(info["video"]["duration"] - seconds) < 0.1
     # The animated mesh: an iframe whose figure has frames and loads plotly.js from this app.
-    assert html.startswith("<iframe") and "gradio_api/file=" in html and "plotly.min.js" in html
+    assert html.startswith("<iframe") and app.PLOTLY_ROUTE in html
     names = re.search(r"const names = (\[[^\]]*\])", html_module.unescape(html))  # the frames, rebuilt in the browser
     assert names and len(json.loads(names.group(1))) >= 60 and "addFrames" in html
     assert curves["type"] == "plotly" and '"speech"' in curves["plot"]
@@ -331,3 +331,157 @@ def test_a_request_over_the_cost_budget_is_refused_with_what_to_do(client):
 
     with pytest.raises(AppError, match=r"over this server's budget: at 512 px at most 15 s\. Use a shorter clip"):
         animate(client, text="Nice to see you. " * 20, size=512)  # about 24 s of speech: 4 x 24 units
+
+
+SERVER_PATH = re.compile(r"(?<![\w.])/(?:tmp|home|root|usr|srv|opt|var|proc|etc)/|site-packages")  # absolute server folders
+
+
+@pytest.mark.slow
+def test_page_uploads_and_results_name_no_server_folder(server, tmp_path):
+    """What a browser or API client receives (the page, /config, the API info, an upload's answer,
+    a result's event stream and its file URLs, plotly.js) names no folder of the server: Gradio's
+    cache appears as `blendtalk-cache/...`, plotly.js is served at its own route."""
+    import sys
+    import tempfile
+
+    url, workdir = server
+    forbidden = {str(ROOT), str(workdir.resolve()), str(Path(tempfile.gettempdir()).resolve()), str(Path.home()),
+                 sys.prefix, "site-packages"}
+    texts = {name: httpx.get(url + name, timeout=30).text for name in ("", "config", "gradio_api/info")}
+    with open(WAV, "rb") as f:
+        upload = httpx.post(f"{url}gradio_api/upload", files={"files": (WAV.name, f, "audio/wav")}, timeout=30)
+    texts["upload"] = upload.text
+    assert upload.json()[0].startswith(app.PUBLIC_CACHE + "/") and upload.json()[0].endswith("/arctic_a0009.wav")
+    data = [{"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}, "", "", "happy", 0.8, "", 0.5, "", True,
+            128, True]
+    event = httpx.post(f"{url}gradio_api/call/animate", json={"data": data}, timeout=30).json()["event_id"]
+    texts["result"] = httpx.get(f"{url}gradio_api/call/animate/{event}", timeout=300).text
+    assert "event: complete" in texts["result"], texts["result"][:500]
+    for name, text in texts.items():
+        assert [p for p in forbidden if p in text] == [] and not SERVER_PATH.search(text), (name, SERVER_PATH.search(text))
+    urls = re.findall(r'"url": "([^"]+)"', texts["result"])
+    assert urls and all(f"gradio_api/file={app.PUBLIC_CACHE}/" in u for u in urls)
+    video = httpx.get(next(u for u in urls if u.endswith(".mp4")), timeout=30)  # the public name still fetches the file
+    assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+    plotly = httpx.get(url + app.PLOTLY_ROUTE, timeout=30)
+    assert plotly.status_code == 200 and b"plotly.js" in plotly.content[:200]
+
+
+def test_trusted_proxies_are_checked_before_anything_loads(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        app.main(["--trusted-proxies", "proxy.example.org"])
+    assert exit_.value.code == 2
+    assert "'proxy.example.org' is not an IP address or network" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trusted", ["", "127.0.0.1"])
+def test_rate_limit_counts_the_connection_unless_the_proxy_is_trusted(tmp_path, trusted):
+    """With 2 requests a minute per address: without a trusted proxy a client that writes a new
+    X-Forwarded-For each time is still one address (its third request is refused); with this
+    host's proxy trusted, the header's addresses are the clients. Requests without speech are
+    counted and then refused at once, so nothing is computed."""
+    NO_SPEECH = [None, "", "", "happy", 0.8, "", 0.5, "", True, 128, True]
+    with launch_app(tmp_path, "--rate-limit", "2", "--trusted-proxies", trusted) as (url, _):
+        def ask(forwarded: str) -> str:
+            event = httpx.post(f"{url}gradio_api/call/animate", json={"data": NO_SPEECH},
+                               headers={"X-Forwarded-For": forwarded}, timeout=30).json()["event_id"]
+            return httpx.get(f"{url}gradio_api/call/animate/{event}", timeout=60).text
+
+        answers = [ask(address) for address in ("203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.1",
+                                                "203.0.113.1")]
+    limited = ["Too many requests" in a for a in answers]
+    assert all("event: error" in a for a in answers)  # no speech: refused either way
+    assert limited == ([False, False, True, True, True] if not trusted else [False, False, False, False, True])
+
+
+@pytest.mark.slow
+def test_one_address_cannot_hold_both_workers(tmp_path):
+    """Two requests of one address sent at once: one is computed, the other refused with what to do,
+    while another address's request is served beside it (the proxy on this host is trusted, so the
+    addresses come from X-Forwarded-For)."""
+    with launch_app(tmp_path, "--jobs-per-client", "1", "--trusted-proxies", "127.0.0.1") as (url, _):
+        with open(clip(tmp_path / "one_second.wav", 1.0), "rb") as f:
+            path = httpx.post(f"{url}gradio_api/upload", files={"files": ("one_second.wav", f, "audio/wav")},
+                              timeout=30).json()[0]
+        data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, "", "", "happy", 0.8, "", 0.5, "", True, 128, True]
+
+        def ask(forwarded: str) -> str:
+            event = httpx.post(f"{url}gradio_api/call/animate", json={"data": data},
+                               headers={"X-Forwarded-For": forwarded}, timeout=30).json()["event_id"]
+            return httpx.get(f"{url}gradio_api/call/animate/{event}", timeout=300).text
+
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        with ThreadPoolExecutor(3) as pool:
+            # Both sent into an empty queue start at once on the 2 workers: the second finds the first running.
+            pair = [pool.submit(ask, "203.0.113.1") for _ in range(2)]
+            wait(pair, return_when=FIRST_COMPLETED)  # the refusal, at once
+            other = pool.submit(ask, "203.0.113.2")  # sent while the first may still run: the other worker is free
+            answers = [f.result() for f in (*pair, other)]
+    same = sorted("event: complete" in a for a in answers[:2])
+    assert same == [False, True], answers
+    refused = next(a for a in answers[:2] if "event: complete" not in a)
+    assert "You already have 1 request being computed; wait for it to finish" in refused, refused
+    assert "event: complete" in answers[2], answers[2][:500]
+
+
+def join(url: str, fn_index: int, data: list, session: str) -> None:
+    """Queue `data` for `fn_index` in `session`, as the page does (its outputs come on the session's stream)."""
+    answer = httpx.post(f"{url}gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
+                                                             "event_data": None, "trigger_id": None}, timeout=30)
+    answer.raise_for_status()
+
+
+@pytest.mark.slow
+def test_a_waiting_request_whose_client_left_is_dropped(server, tmp_path):
+    """Both workers busy with long requests; a third client queues a request and closes its page (its
+    event stream): the request leaves the queue while the two are still running, so it is never computed."""
+    import threading
+
+    from blendtalk.evaluation.clips import long_clip
+
+    url, _ = server
+    config = httpx.get(url + "config", timeout=30).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "animate")
+
+    def uploaded(path: Path) -> dict:
+        with open(path, "rb") as f:
+            name = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, f, "audio/wav")}, timeout=30).json()[0]
+        return {"path": name, "meta": {"_type": "gradio.FileData"}}
+
+    def inputs(audio: dict) -> list:
+        return [audio, "", "", "happy", 0.8, "", 0.5, "", True, "128", True]
+
+    long_audio = uploaded(long_clip(30.0, tmp_path)[0])  # about 10 s of work even on a quiet machine
+    done = []
+
+    def keep(session: str) -> None:  # a client that stays until its result
+        with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=300) as events:
+            for line in events.iter_lines():
+                if '"msg":"process_completed"' in line.replace(" ", ""):
+                    done.append(session)
+                    return
+
+    def waiting() -> int:
+        return httpx.get(f"{url}gradio_api/queue/status", timeout=30).json()["queue_size"]
+
+    keepers = [threading.Thread(target=keep, args=(f"keeper{k}",)) for k in range(2)]
+    for k, thread in enumerate(keepers):
+        join(url, fn_index, inputs(long_audio), f"keeper{k}")
+        thread.start()
+    end = time.monotonic() + 60
+    while waiting() and time.monotonic() < end:  # until the two workers have taken both
+        time.sleep(0.2)
+    join(url, fn_index, inputs(uploaded(clip(tmp_path / "short.wav", 1.0))), "leaver")
+    assert waiting() == 1 and not done
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": "leaver"}, timeout=30) as events:
+        next(events.iter_lines())  # its first message (the estimate); then the page is closed
+    end = time.monotonic() + 20
+    while waiting() and time.monotonic() < end:
+        time.sleep(0.2)
+    left_queue_while_busy = waiting() == 0 and not done
+    for thread in keepers:
+        thread.join(timeout=300)
+    assert sorted(done) == ["keeper0", "keeper1"]
+    assert left_queue_while_busy, "the request of the client that left stayed in the queue"

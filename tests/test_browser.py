@@ -226,6 +226,10 @@ def test_generate_in_browser(browser, app_url, tmp_path):
     assert face.sum() > 5000 and moved > 20, (int(face.sum()), moved)
     downloads = browser.js("return document.querySelectorAll('#downloads a').length")
     assert downloads >= 5, downloads
+    # Files are named by the cache's public name, not by the server's folders (blendtalk.path_mask).
+    links = browser.js("return [document.querySelector('#video video').src,"
+                       " ...[...document.querySelectorAll('#downloads a')].map(a => a.href)]")
+    assert all("file=blendtalk-cache/" in link and "/tmp/" not in link for link in links), links
     status = browser.js("return document.querySelector('#status').innerText")
     assert "sad" in status, status
 
@@ -303,3 +307,26 @@ def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
     print(f"mouth weight spread while speaking {moving:.3f}, after {resting:.4f}")
     assert moving > 0.05 and resting < 0.2 * moving, (moving, resting)
     assert shot.stat().st_size > 10_000
+
+
+def test_an_example_runs_and_plays_under_the_public_cache_name(browser, app_url):
+    """An example's audio is copied into the cache and its result cached lazily: both reach the page,
+    and play, under the cache's public names (blendtalk.path_mask), never the server's folders."""
+    browser.get(app_url)
+    browser.wait_for("#generate")
+    # The examples table: a row per example, its cells the inputs (the audio by its file name).
+    clicked = browser.js("const row = [...document.querySelectorAll('tr')].find(r => /tts_sad/.test(r.textContent));"
+                         "if (!row) return null; row.click(); return row.textContent;")
+    assert clicked, "no example of the sad clip on the page"
+    ready = None
+    end = time.perf_counter() + 180
+    while time.perf_counter() < end:
+        ready = browser.js("const v = document.querySelector('#video video');"
+                           "return v ? [v.readyState, v.currentSrc] : null;")
+        if ready and ready[0] >= 3:
+            break
+        time.sleep(0.2)
+    assert ready and ready[0] >= 3, f"the example's video never became playable: {ready}"
+    assert "file=blendtalk-" in ready[1] and "/tmp/" not in ready[1], ready
+    audio = browser.js("const a = document.querySelector('#speech audio'); return a ? a.currentSrc || a.src : null;")
+    assert audio is None or ("/tmp/" not in audio and "assets/" not in audio), audio

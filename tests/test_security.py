@@ -72,14 +72,16 @@ def test_the_app_serves_no_other_files(server):
         "/assets/../../../../etc/passwd", "/gradio_api/file=app.py", f"/gradio_api/file={ROOT / 'app.py'}",
         f"/gradio_api/file={log}", f"/gradio_api/file={work / 'gradio'}/../../server.log",
         f"/gradio_api/file={work / 'gradio'}/%2e%2e/%2e%2e/server.log", f"/gradio_api/file={work / 'requests'}",
-        f"/gradio_api/file={plotly.parent}/../../../../../../etc/passwd",  # next to the one allowed file
+        f"/gradio_api/file={plotly.parent}/../../../../../../etc/passwd",  # next to plotly.js
         "/gradio_api/proxy=http://127.0.0.1:1/", "/gradio_api/proxy=http://169.254.169.254/latest/meta-data/",
     ]
     for path in forbidden:
         status, body = get_raw(server.url, path)
         assert status in (400, 403, 404), (path, status, body[:200])
         assert b"root:" not in body, path
-    status, body = get_raw(server.url, f"/gradio_api/file={plotly}")  # the one file served on purpose
+    status, body = get_raw(server.url, f"/gradio_api/file={plotly}")  # served at its own route, not by its path
+    assert status == 403, status
+    status, body = get_raw(server.url, "/blendtalk/plotly.min.js")
     assert status == 200 and b"plotly.js" in body[:200]
 
 

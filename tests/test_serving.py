@@ -1,5 +1,6 @@
 """The app's serving limits (blendtalk/serving.py) with a fake clock: cost budget, rate limit, one
-running request per client, the wait estimate and the cache's disk cap."""
+running request per client, who the client is (X-Forwarded-For only behind trusted proxies), the
+wait estimate and the cache's disk cap."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import time
 
 import pytest
 
-from blendtalk.serving import Gate, LimitError, ServingConfig, cap_folder, check_cost, client_key, folder_bytes
+from blendtalk.serving import (Gate, LimitError, ServingConfig, TrustedProxies, cap_folder, check_cost, client_key,
+                               folder_bytes, forwarded_for)
 
 
 class Clock:
@@ -77,9 +79,55 @@ def test_estimated_wait_from_queue_position_and_measured_cost():
         assert "3 requests waiting ahead of yours; estimated wait about 90 s" in gate.describe_wait(3, 20.0)
 
 
-def test_client_key_prefers_the_proxys_forwarded_address():
-    assert client_key("10.0.0.1", {"x-forwarded-for": "203.0.113.5, 10.0.0.1"}) == "203.0.113.5"
-    assert client_key("10.0.0.1", {}) == "10.0.0.1"
+def test_forwarded_for_is_ignored_unless_a_proxy_is_trusted():
+    """A client of a bare server cannot choose its key: whatever it writes in X-Forwarded-For, the
+    limits count its connection's address."""
+    for spoof in (["203.0.113.5"], ["198.51.100.7, 10.0.0.1"], []):
+        assert client_key("192.0.2.9", spoof) == "192.0.2.9"
+    assert client_key(None, ["203.0.113.5"]) == "unknown"
+
+
+def test_trusted_proxies_by_count():
+    """Behind N proxies each appending the address it saw, the client is the N-th from the right;
+    addresses the client wrote itself (to the left) are never taken."""
+    one, two = TrustedProxies.parse("1"), TrustedProxies.parse("2")
+    assert client_key("10.0.0.1", ["203.0.113.5"], one) == "203.0.113.5"
+    assert client_key("10.0.0.1", ["1.1.1.1, 203.0.113.5"], one) == "203.0.113.5"  # 1.1.1.1: the client's own say-so
+    assert client_key("10.0.0.1", ["1.1.1.1, 203.0.113.5, 10.0.0.2"], two) == "203.0.113.5"
+    assert client_key("10.0.0.1", ["1.1.1.1", "203.0.113.5"], one) == "203.0.113.5"  # repeated header = one list
+    assert client_key("10.0.0.1", [], one) == "10.0.0.1"  # no header: the peer
+    assert client_key("10.0.0.1", ["203.0.113.5:4711"], one) == "203.0.113.5"  # a port does not make a new client
+
+
+def test_trusted_proxies_by_network():
+    """Peers inside the trusted networks are proxies; the client is the right-most address outside
+    them. A peer outside them reached the app directly and its header is ignored."""
+    spaces = TrustedProxies.parse("10.0.0.0/8, 127.0.0.1")
+    assert client_key("10.16.3.80", ["203.0.113.5"], spaces) == "203.0.113.5"
+    assert client_key("10.16.3.80", ["1.1.1.1, 203.0.113.5, 10.2.0.7"], spaces) == "203.0.113.5"
+    assert client_key("127.0.0.1", ["2001:db8::1"], spaces) == "2001:db8::1"
+    assert client_key("192.0.2.9", ["203.0.113.5"], spaces) == "192.0.2.9"  # not a proxy: its own say-so
+    assert client_key("10.16.3.80", ["10.1.1.1"], spaces) == "10.1.1.1"  # all trusted: the left-most
+    assert client_key("10.16.3.80", ["x" * 500], spaces) == "x" * 64  # not an address: kept short
+
+
+def test_trusted_proxies_parse_refuses_with_what_to_write():
+    assert not TrustedProxies.parse("").enabled and not TrustedProxies.parse(None).enabled
+    assert not TrustedProxies.parse("0").enabled
+    assert TrustedProxies.parse("127.0.0.1,::1").trusts("::1")
+    for bad, match in (("proxy.example.org", "'proxy.example.org' is not an IP address or network; give the number"),
+                       ("10.0.0.0/8,", "'' is not an IP address"), ("1000", "at most 16")):
+        with pytest.raises(ValueError, match=match):
+            TrustedProxies.parse(bad)
+
+
+def test_forwarded_for_reads_starlette_and_plain_headers():
+    from starlette.datastructures import Headers
+
+    raw = Headers(raw=[(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-for", b"203.0.113.5")])
+    assert forwarded_for(raw) == ["1.1.1.1", "203.0.113.5"]
+    assert forwarded_for({"X-Forwarded-For": "203.0.113.5"}) == ["203.0.113.5"]
+    assert forwarded_for(None) == [] and forwarded_for({}) == []
 
 
 def test_gate_is_thread_safe():
