@@ -190,6 +190,18 @@ def test_recognition_plausible(arctic, aligner):
     assert np.mean((frames_ref == 0) == (frames_hyp == 0)) > 0.9
 
 
+def test_a_clip_gets_the_same_phones_whatever_came_before(arctic, tts):
+    """A reused decoder must not start from the previous clip's cepstral mean (it did: the app's
+    second request for the same clip got other phones than its first, or than the CLI)."""
+    audio, _, _ = arctic
+    other, _ = tts.synthesize(TEXT)
+    fresh = PhoneAligner()
+    first = fresh.recognize(audio)
+    fresh.recognize(other)
+    assert fresh.recognize(audio) == first
+    assert fresh.align(audio, ARCTIC_TEXT) == fresh.align(audio, ARCTIC_TEXT)
+
+
 def test_phone_features(arctic, aligner):
     audio, ref, transcript = arctic
     t = num_frames(audio.shape[0])
