@@ -12,6 +12,12 @@ const stats = window.liveStats = { applied: 0, received: 0, fps: 0, latency: [],
 
 // ---- the face ----
 const canvas = $("view");
+if (!document.createElement("canvas").getContext("webgl2")) {  // three.js needs WebGL 2: say so instead of failing silently
+  status("This browser cannot draw WebGL 2 here (hardware acceleration off, or no GPU driver), so the face cannot " +
+         "be shown. Turn hardware acceleration on, or use another browser; the frame stream (docs/live.md) still works.", true);
+  $("start").disabled = true;
+  throw new Error("no WebGL 2");
+}
 const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
 renderer.setPixelRatio(1);
 renderer.outputColorSpace = THREE.SRGBColorSpace;
