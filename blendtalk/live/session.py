@@ -13,7 +13,8 @@ Per frame: `live_speech.SpeechStream` (phones, features, the speech model's cach
 `live_motion` the expression weights, blinks, head and gaze; the DFM fuses them as
 `Pipeline.fuse(method="ours")` does, the emotion's lip-parting units yield to the speech's
 closures (`Pipeline.closure_release`, which reads the frames either side: one more frame of
-look-ahead), and the ARKit mapping gives the 52 weights. See docs/live.md for the window, the
+look-ahead), and the 52 ARKit weights are the emotion's own units plus the mapped speech half
+(`ArkitMapping.with_expression_units`, as the file path exports them). See docs/live.md for the window, the
 latency and the limits.
 """
 
