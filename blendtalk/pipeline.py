@@ -269,6 +269,9 @@ class Pipeline:
         d_s, driver = stage("speech model", 0.3, self.speech_deformation, speech)
         d_e = stage("expression", 0.6, lambda: _loop(ref, frames) if ref is not None else self.expression_deformation(expr, frames))
         fused, weights = stage("dfm", 0.7, self.fuse, d_s, d_e, method, ref is None)
+        if ref is None and method == "ours" and "arkit_weights" in weights:  # a label: its own units, not redrawn
+            units = expression_weights(expr, frames, names=self.rig.blendshape_names)  # (T, 52)
+            weights["arkit_weights"] = self.arkit.with_expression_units(weights["speech_weights"], units)
         if method != "speech_only":  # the lips close at /p b m/ and in pauses whatever the emotion
             released = self.closure_release(expr, d_s)  # (T, 52)
             fused = fused - self.rig.displacement(released)

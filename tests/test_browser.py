@@ -9,129 +9,24 @@ face rendered inside its iframe; the screenshot is saved under tmp_path and its 
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import socket
-import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
 
 from blendtalk.constants import ASSETS_DIR
+from blendtalk.evaluation.browser import WebDriver, available, chrome, fake_microphone_flags, firefox, firefox_available
 from tests.test_app import launch_app
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--window-size=1280,2200",
-                "--autoplay-policy=no-user-gesture-required",
-                "--enable-unsafe-swiftshader"]  # software WebGL for Plotly's 3D mesh without a GPU
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
-ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
 KEY_ENTER, KEY_BACKSPACE = "\ue007", "\ue003"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                       reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)"),
-]
-
-
-class WebDriver:
-    """The few W3C WebDriver commands the test needs, over HTTP."""
-
-    def __init__(self, url: str, extra_flags: tuple[str, ...] = ()):
-        self.http = httpx.Client(base_url=url, timeout=120)
-        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-            "binary": str(CHROMIUM), "args": CHROME_FLAGS + list(extra_flags)}}}}
-        self.session = self._call("POST", "/session", caps)["sessionId"]
-
-    def _call(self, method: str, path: str, body: dict | None = None):
-        r = self.http.request(method, path, json=body)
-        value = r.json().get("value")
-        if r.status_code != 200:
-            raise RuntimeError(f"WebDriver {method} {path}: {value}")
-        return value
-
-    def cmd(self, method: str, path: str, body: dict | None = None):
-        return self._call(method, f"/session/{self.session}{path}", body)
-
-    def get(self, url: str) -> None:
-        self.cmd("POST", "/url", {"url": url})
-
-    def find(self, css: str) -> str:
-        return self.cmd("POST", "/element", {"using": "css selector", "value": css})[ELEMENT]
-
-    def wait_for(self, css: str, timeout: float = 60) -> str:
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                return self.find(css)
-            except RuntimeError:
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.2)
-
-    def type(self, element: str, text: str) -> None:
-        self.cmd("POST", f"/element/{element}/value", {"text": text})
-
-    def click(self, element: str) -> None:
-        self.cmd("POST", f"/element/{element}/click", {})
-
-    def js(self, script: str, *elements: str):
-        """Run `script` with `elements` (ids from `find`) as arguments[0], ..."""
-        return self.cmd("POST", "/execute/sync", {"script": script, "args": [{ELEMENT: e} for e in elements]})
-
-    def js_async(self, script: str):
-        return self.cmd("POST", "/execute/async", {"script": script, "args": []})
-
-    def frame(self, element: str | None) -> None:
-        self.cmd("POST", "/frame", {"id": None if element is None else {ELEMENT: element}})
-
-    def screenshot(self, path: Path, element: str | None = None) -> Path:
-        """A PNG of the page's viewport, or of one element."""
-        path.write_bytes(base64.b64decode(self.cmd("GET", f"/element/{element}/screenshot" if element else "/screenshot")))
-        return path
-
-    def quit(self) -> None:
-        try:
-            self.cmd("DELETE", "")
-        finally:
-            self.http.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def chrome(*extra_flags: str):
-    """A chromedriver and one WebDriver session of headless Chromium with `extra_flags`."""
-    port = _free_port()
-    proc = subprocess.Popen([str(CHROMEDRIVER), f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                if httpx.get(f"{url}/status", timeout=1).json()["value"]["ready"]:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        driver = WebDriver(url, extra_flags)
-        try:
-            yield driver
-        finally:
-            driver.quit()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+pytestmark = pytest.mark.slow
+needs_chromium = pytest.mark.skipif(not available(), reason="needs /usr/bin/chromium and /usr/bin/chromedriver "
+                                    "(apt-get install chromium chromium-driver)")
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +73,7 @@ def generate_in_browser(browser: WebDriver, url: str, wav: Path, emotion: str) -
     return {"page_load_s": page_load, "click_to_video_s": time.perf_counter() - t1}
 
 
+@needs_chromium
 def test_generate_in_browser(browser, app_url, tmp_path):
     times = generate_in_browser(browser, app_url, WAV, "sad")
     print(f"\npage load {times['page_load_s']:.2f} s, click -> playable video {times['click_to_video_s']:.2f} s")
@@ -238,6 +134,7 @@ def test_generate_in_browser(browser, app_url, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
+@needs_chromium
 def test_blendshape_explorer_moves_the_face(browser, app_url):
     browser.get(app_url)
     browser.wait_for("#generate")
@@ -272,12 +169,11 @@ def test_blendshape_explorer_moves_the_face(browser, app_url):
     assert after != before, "moving a blendshape slider did not change the face"
 
 
+@needs_chromium
 def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
     """Chromium's fake microphone plays the ARCTIC sentence once: the page's face moves while it plays
     (about 30 distinct weight frames applied per second) and its mouth rests after it."""
-    flags = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-             f"--use-file-for-fake-audio-capture={WAV}%noloop")
-    with chrome(*flags) as page:
+    with chrome(*fake_microphone_flags(WAV)) as page:
         page.get(app_url + "live/")
         end = time.monotonic() + 60
         while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
@@ -330,3 +226,52 @@ def test_an_example_runs_and_plays_under_the_public_cache_name(browser, app_url)
     assert "file=blendtalk-" in ready[1] and "/tmp/" not in ready[1], ready
     audio = browser.js("const a = document.querySelector('#speech audio'); return a ? a.currentSrc || a.src : null;")
     assert audio is None or ("/tmp/" not in audio and "assets/" not in audio), audio
+
+
+@pytest.fixture(scope="module")
+def live_url(pipe_for_live):
+    """The live routes alone on a local port (the Live tab without the rest of the app)."""
+    import socket
+
+    from eval.live_legibility import serve_live
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url, server = serve_live(pipe_for_live, port)
+    yield url
+    server.should_exit = True
+
+
+@pytest.fixture(scope="module")
+def pipe_for_live():
+    from blendtalk.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(device="cpu")
+
+
+@pytest.mark.skipif(not firefox_available(), reason="needs /usr/bin/firefox-esr (apt-get install firefox-esr)")
+def test_live_page_in_firefox(live_url):
+    """Firefox ESR through its own Marionette server (no geckodriver here), with its fake microphone
+    (a tone: Firefox cannot play a file as the microphone). Where Firefox has WebGL 2 the face
+    loads and the weight frames stream; where it has none (headless on this GPU-less machine) the
+    page says so in one line and offers no Start button that would fail."""
+    with firefox() as page:
+        page.get(live_url)
+        end = time.monotonic() + 90
+        while not page.js("return !!(window.liveStats && (window.liveStats.loaded || window.liveStats.errors.length))"):
+            assert time.monotonic() < end, "the live page neither loaded its face nor said why"
+            time.sleep(0.3)
+        if not page.js("return !!document.createElement('canvas').getContext('webgl2')"):
+            message = page.js("return document.getElementById('status').textContent")
+            print(f"\nFirefox without WebGL 2: {message}")
+            assert "WebGL" in message and page.js("return document.getElementById('start').disabled")
+            return
+        page.click("#start")
+        end = time.monotonic() + 30
+        while page.js("return window.liveStats.received") < 60:
+            assert time.monotonic() < end, page.js("return window.liveStats.errors")
+            time.sleep(0.3)
+        stats = page.js("const s = window.liveStats; return [s.received, s.applied, s.fps, s.errors];")
+        print(f"\nFirefox: {stats[0]} frames received, {stats[1]} applied, {stats[2]} frames/s")
+        assert not stats[3] and stats[1] > 0

@@ -140,3 +140,18 @@ def test_memory_stays_bounded_over_a_long_stream(pipe, arctic):
     assert session.speech.phones.utt_start > 0  # the recogniser restarted at a pause
     assert session.speech.caches[0].keys.shape[2] == pipe.speech_model.config.window
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.gpu
+def test_a_session_on_cuda_gives_the_cpu_frames(pipe, arctic):
+    """eval/live_latency.py --device cuda: the same checkpoints on the GPU stream the CPU's frames
+    (phones and mels stay on the CPU; only float rounding differs)."""
+    from blendtalk.pipeline import Pipeline
+
+    audio = arctic[: SAMPLE_RATE]
+    gpu = Pipeline.from_pretrained(device="cuda")
+    on_gpu = stream(gpu.live(emotion="happy"), audio, 320)
+    on_cpu = stream(pipe.live(emotion="happy"), audio, 320)
+    assert [f.index for f in on_gpu] == [f.index for f in on_cpu]
+    distance = np.linalg.norm(np.stack([f.vertices for f in on_gpu]) - np.stack([f.vertices for f in on_cpu]), axis=-1)
+    assert distance.mean() < 1e-5  # m: 0.01 mm

@@ -36,8 +36,10 @@ def test_cli_live_streams_versioned_json_lines(tmp_path):
     assert lines[0]["type"] == "hello" and lines[0]["version"] == 1 and len(lines[0]["arkit_names"]) == 52
     frames = [m for m in lines if m["type"] == "frame"]
     index = [m["frame"] for m in frames]
-    # A busy CPU may thin the frames (a realtime session behind the clock fuses every other frame).
-    assert index == sorted(set(index)) and index[-1] == 29 and len(index) >= 15, index
+    # A busy CPU may thin the frames (a realtime session behind the clock fuses every other frame)
+    # and, over 1 s behind, drop audio to catch up: then it says so.
+    behind = any(m["type"] == "notice" and "behind real time" in m["text"] for m in lines)
+    assert index == sorted(set(index)) and (behind or (index[-1] == 29 and len(index) >= 15)), index
     some = frames[len(frames) // 2]
     assert set(some["arkit"]) == set(lines[0]["arkit_names"]) and len(some["head"]) == 3
     assert len(some["eyes"]) == 2 and abs(some["t"] - some["frame"] / 30) < 1e-3
@@ -94,6 +96,14 @@ def test_websocket_session_streams_frames_and_takes_expression_changes(client):
     # the page's own token is single use
     with client.websocket_connect(f"/live/ws?token={token}") as ws:
         assert "token" in ws.receive_json()["text"]
+    # the take: kept on the server for its mp4 (the audio heard, the face sent)
+    take = [m for m in messages if m["type"] == "take"]
+    assert len(take) == 1 and take[0]["seconds"] == pytest.approx(1.0, abs=0.01) and messages[-2] == take[0]
+    video = client.get(f"/live/take/{take[0]['id']}.mp4?size=128")
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4" and video.content[4:8] == b"ftyp"
+    assert "size must be one of" in client.get(f"/live/take/{take[0]['id']}.mp4?size=1000").json()["error"]
+    missing = client.get("/live/take/not-a-take.mp4")
+    assert missing.status_code == 404 and "record a new one" in missing.json()["error"]
 
 
 def test_websocket_refuses_foreign_origins_and_busy_servers(client, service):

@@ -235,3 +235,18 @@ def test_cli_flame_on_a_geometric_dfm_without_corpus(tmp_path, monkeypatch):
         cli.main(argv)
     with pytest.raises(SystemExit):  # a FLAME-topology DFM cannot map onto the ARKit rig
         cli.main(argv[:3] + ["arkit", "--data", str(tmp_path / "none")])
+
+
+def test_expression_units_are_kept_and_only_the_speech_half_is_mapped():
+    """An emotion label is made of the rig's units: its ARKit weights are those units, plus the
+    mapped speech half, bounded (the fitted map would redraw the label through the DFM's weights)."""
+    m = torch.rand(P, 2 * K, generator=torch.Generator().manual_seed(3))
+    mapping = ArkitMapping("arkit", m, tuple(f"u{i}" for i in range(P)), K, ARKIT_BOUNDS)
+    w_s = np.random.default_rng(0).uniform(0, 0.3, (5, K)).astype(np.float32)
+    units = np.random.default_rng(1).uniform(0, 0.5, (5, P)).astype(np.float32)
+    got = mapping.with_expression_units(w_s, units)
+    np.testing.assert_allclose(got, np.clip(w_s @ m[:, :K].numpy().T + units, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(mapping.with_expression_units(np.zeros_like(w_s), units), units, atol=1e-7)
+    assert isinstance(got, np.ndarray)
+    with pytest.raises(ValueError, match="same leading shape"):
+        mapping.with_expression_units(w_s, units[:3])

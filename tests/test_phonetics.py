@@ -190,6 +190,21 @@ def test_recognition_plausible(arctic, aligner):
     assert np.mean((frames_ref == 0) == (frames_hyp == 0)) > 0.9
 
 
+@pytest.mark.xfail(strict=True, reason="known: a reused pocketsphinx decoder gives a clip other phones after "
+                   "another clip (not its cepstral mean: cmn=batch, set_cmn and remove_noise=False do not help); "
+                   "a new decoder per clip would fix it (docs/live.md, Quality)")
+def test_a_clip_gets_the_same_phones_whatever_came_before(arctic, tts):
+    """The file path's phones should depend on the clip alone: the app's second request for a clip
+    got other phones than its first (or than a new CLI process)."""
+    audio, _, _ = arctic
+    other, _ = tts.synthesize(TEXT)
+    fresh = PhoneAligner()
+    first = fresh.recognize(audio)
+    fresh.recognize(other)
+    assert fresh.recognize(audio) == first
+    assert fresh.align(audio, ARCTIC_TEXT) == fresh.align(audio, ARCTIC_TEXT)
+
+
 def test_phone_features(arctic, aligner):
     audio, ref, transcript = arctic
     t = num_frames(audio.shape[0])

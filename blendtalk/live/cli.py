@@ -2,6 +2,7 @@
 
     python -m blendtalk live --input assets/audio/arctic_a0009.wav --emit stdout > frames.jsonl
     python -m blendtalk live --input mic --emit ws://127.0.0.1:8765 --emotion happy --token secret
+    python -m blendtalk live --input mic --seconds 20 --save-mp4 take.mp4 --save-csv take.csv > /dev/null
 
 A FILE is fed at the pace of a recording (20 ms chunks). The frame format is documented in
 `blendtalk.live_stream` and docs/live.md. With ws://, clients connect to ws://HOST:PORT/?token=TOKEN
@@ -27,6 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("--token", help="token WebSocket clients must give (?token=); default: a random one, printed")
     p.add_argument("--allow-origin", action="append", default=[], help="browser origin allowed to connect (repeatable)")
     p.add_argument("--wait-client", action="store_true", help="with ws://, start only once a client is connected")
+    p.add_argument("--save-mp4", type=Path, help="also write the take as an mp4 (audio + the rendered ARKit face) at the end")
+    p.add_argument("--save-csv", type=Path, help="also write the take's ARKit curves (Live Link Face CSV) at the end")
+    p.add_argument("--size", type=int, default=256, help="the take's video size in pixels (128, 256 or 512)")
     p.add_argument("--device", default="cpu", help="torch device of the models (live mode is made for the CPU)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (one session needs about 70%% of one core; "
                    "more threads on a busy CPU only slow it down)")
@@ -43,6 +47,15 @@ def run(args) -> int:
                               notice_message, realtime_chunks)
     from ..pipeline import Pipeline
 
+    from .take import MAX_TAKE_SECONDS, Take, check_mp4_path, check_size
+
+    # Checked before the stream starts, so a bad path does not cost the take.
+    if args.save_mp4 is not None:
+        check_mp4_path(args.save_mp4)
+        check_size(args.size)
+    if args.save_csv is not None:
+        if args.save_csv.suffix.lower() != ".csv" or not args.save_csv.parent.is_dir() or args.save_csv.exists():
+            raise ValueError(f"--save-csv must be a new .csv file in an existing folder, got {str(args.save_csv)!r}")
     sink = None
     if args.emit != "stdout":
         if not args.emit.startswith("ws://"):
@@ -70,6 +83,7 @@ def run(args) -> int:
     warm_up(pipe)
     session = pipe.live(args.emotion, args.intensity, config=LiveConfig(lookahead=args.lookahead, realtime=True))
     names = session.arkit_names
+    take = Take(names, MAX_TAKE_SECONDS) if (args.save_mp4 or args.save_csv) else None
 
     def emit(message: dict) -> None:
         line = encode(message)
@@ -89,20 +103,47 @@ def run(args) -> int:
     emit(hello_message(names, session.lookahead_seconds))
     count = 0
     try:
-        for chunk in chunks:
-            for frame in session.push(np.asarray(chunk)):
+        for chunk in _until_interrupted(chunks):
+            received = session.received
+            frames = session.push(np.asarray(chunk))
+            if take is not None:
+                if session.received > received:  # chunks the session dropped (a busy CPU) are not in the take
+                    take.add_audio(chunk)
+                take.add_frames(frames)
+            for frame in frames:
                 emit(frame_message(frame, names))
                 count += 1
             while session.notices:
                 emit(notice_message(session.received / 16000, session.notices.popleft()))
             if args.seconds is not None and session.received >= args.seconds * 16000:
                 break
-        for frame in session.finish():
+        frames = session.finish()
+        if take is not None:
+            take.add_frames(frames)
+        for frame in frames:
             emit(frame_message(frame, names))
             count += 1
         emit(end_message(count))
+        if take is not None and take.arkit:
+            if args.save_csv is not None:
+                from ..render.exports import write_arkit_csv
+
+                write_arkit_csv(take.animation(pipe.rig), args.save_csv)
+                print(f"blendtalk live: wrote {args.save_csv}", file=sys.stderr)
+            if args.save_mp4 is not None:
+                print(f"blendtalk live: rendering the take ({take.seconds:.1f} s) to {args.save_mp4}", file=sys.stderr)
+                take.write_mp4(pipe, args.save_mp4, args.size)
+                print(f"blendtalk live: wrote {args.save_mp4}", file=sys.stderr)
     finally:
         if sink is not None:
             sink.close()
         pipe.close()
     return 0
+
+
+def _until_interrupted(chunks):
+    """The chunks until Ctrl-C: the stream then ends as at a file's end (its take is still saved)."""
+    try:
+        yield from chunks
+    except KeyboardInterrupt:
+        print("blendtalk live: stopped", file=sys.stderr)

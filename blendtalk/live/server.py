@@ -5,6 +5,7 @@ Routes (added to the app's server by `add_routes`):
     GET  /live/                  the live page (three.js face, microphone, controls), with a fresh token
     GET  /live/token             {"token": ...} for an external client (a script, an engine)
     GET  /live/face_arkit.glb    the dressed rig with the 52 ARKit units as morph targets (sent once)
+    GET  /live/take/ID.mp4?size=256   a finished session's take rendered as an mp4 (audio + the ARKit face)
     GET  /live/static/...        the page's script and the bundled three.js (MIT, vendor/three/LICENSE)
     WS   /live/ws?token=TOKEN    the stream
 
@@ -12,7 +13,9 @@ Protocol: the client sends {"type": "start", "emotion": "happy", "intensity": 1.
 then binary messages of 16 kHz mono int16 little-endian samples (any length; 20 ms is usual), and
 at any time {"type": "expression", "emotion": ..., "intensity": ...} or {"type": "stop"}. The
 server answers with the "blendtalk-live" v1 messages of `live_stream` (hello, frame, notice, end)
-and {"type": "error", "text": ...} before it closes a connection it refuses.
+and {"type": "error", "text": ...} before it closes a connection it refuses. A session that ends
+(stop or cap) also gets {"type": "take", "id": ..., "seconds": ...} before "end": its take is kept
+TAKE_KEEP_SECONDS for /live/take/ID.mp4 (the newest MAX_TAKES; rendered one at a time).
 
 Limits: at most `max_sessions` at once (the CPU's cores: a session takes about 60% of one core),
 each at most `max_seconds` of audio; tokens are single use and expire after TOKEN_SECONDS; a
@@ -34,7 +37,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ..constants import ASSETS_DIR, SAMPLE_RATE
-from .stream import encode, end_message, frame_message, hello_message, notice_message
+from .stream import VERSION, encode, end_message, frame_message, hello_message, notice_message
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ MAX_SECONDS = 300.0  # s of audio per session
 TOKEN_SECONDS = 600.0  # s a minted token stays valid (single use)
 MAX_TOKENS = 1000  # minted, unused tokens kept; the oldest are forgotten first
 MAX_MESSAGE_BYTES = 64_000  # one audio message: 2 s of int16 at 16 kHz
+MAX_TAKES = 4  # finished takes kept for an mp4 (about 12 MB each at the 300 s cap); the oldest go first
+TAKE_KEEP_SECONDS = 600.0  # s a finished take stays available (the app keeps its results 10 min too)
 
 
 class LiveService:
@@ -61,6 +66,32 @@ class LiveService:
         self.tokens: dict[str, float] = {}
         self.active = 0
         self._lock = threading.Lock()
+        self.takes: dict[str, tuple] = {}  # id -> (Take, expiry), oldest first
+        self._render = threading.Lock()  # one take rendered at a time: it shares the CPU with live sessions
+
+    def keep_take(self, take) -> str:
+        """Store a finished take for /live/take/ID.mp4; returns its id (unguessable: it is the key)."""
+        key = secrets.token_urlsafe(12)
+        with self._lock:
+            now = time.monotonic()
+            self.takes = {k: v for k, v in self.takes.items() if v[1] > now}
+            while len(self.takes) >= MAX_TAKES:
+                self.takes.pop(next(iter(self.takes)))
+            self.takes[key] = (take, now + TAKE_KEEP_SECONDS)
+        return key
+
+    def take_mp4(self, key: str, size: int, folder: Path) -> Path:
+        """Render take `key` into folder/take.mp4. ValueError (said to the user) for an unknown id or size."""
+        from .take import check_size
+
+        check_size(size)
+        with self._lock:
+            entry = self.takes.get(key)
+        if entry is None or entry[1] <= time.monotonic():
+            raise LookupError(f"this take is no longer kept (takes are kept {TAKE_KEEP_SECONDS / 60:g} min, the newest "
+                              f"{MAX_TAKES}); record a new one")
+        with self._render:
+            return entry[0].write_mp4(self.pipe, folder / "blendtalk-live-take.mp4", size)
 
     def mint(self) -> str:
         token = secrets.token_urlsafe(18)
@@ -107,7 +138,28 @@ class LiveService:
                 return JSONResponse({"error": "face_arkit.glb is missing: python tools/build_live_glb.py"}, status_code=404)
             return FileResponse(GLB_PATH, media_type="model/gltf-binary")
 
+        async def take(request):
+            import shutil
+            import tempfile
+
+            from starlette.background import BackgroundTask
+
+            size = request.query_params.get("size", "256")
+            folder = Path(tempfile.mkdtemp(prefix="blendtalk-take-"))
+            try:
+                path = await asyncio.to_thread(self.take_mp4, request.path_params["key"], int(size) if size.isdigit() else size, folder)
+            except (ValueError, LookupError) as err:
+                shutil.rmtree(folder, ignore_errors=True)
+                return JSONResponse({"error": str(err)}, status_code=404 if isinstance(err, LookupError) else 400)
+            except Exception:
+                shutil.rmtree(folder, ignore_errors=True)
+                logger.exception("rendering a live take failed")
+                return JSONResponse({"error": "rendering the take failed on the server; save the CSV instead"}, status_code=500)
+            return FileResponse(path, media_type="video/mp4", filename=path.name,
+                                background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+
         return [Route("/live/", page), Route("/live", page), Route("/live/token", token), Route("/live/face_arkit.glb", glb),
+                Route("/live/take/{key}.mp4", take),
                 WebSocketRoute("/live/ws", self.websocket), Mount("/live/static", StaticFiles(directory=WEB_DIR))]
 
     # ---- the stream ----
@@ -161,17 +213,24 @@ class LiveService:
 
     async def _serve(self, ws, session, names) -> int | None:
         from .session import LiveInputError
+        from .take import Take
 
         count = 0
         lock = asyncio.Lock()
+        take = Take(names, self.max_seconds) if names else None  # a take is the ARKit face: none without the mapping
 
-        async def send(frames) -> None:
+        async def send(frames, last: bool = False) -> None:
             nonlocal count
+            if take is not None:
+                take.add_frames(frames)
             for frame in frames:
                 await ws.send_text(encode(frame_message(frame, names)))
                 count += 1
             while session.notices:
                 await ws.send_text(encode(notice_message(session.received / SAMPLE_RATE, session.notices.popleft())))
+            if last and take is not None and take.arkit:
+                await ws.send_text(json.dumps({"type": "take", "version": VERSION, "id": self.keep_take(take),
+                                               "seconds": round(take.seconds, 2)}))
 
         while True:
             message = await ws.receive()
@@ -185,16 +244,19 @@ class LiveService:
                                                    f"at most {MAX_MESSAGE_BYTES} bytes"}))
                     continue
                 async with lock:
+                    received = session.received
                     try:
                         frames = await asyncio.to_thread(session.push, np.frombuffer(data, "<i2"), SAMPLE_RATE, arrived)
                     except LiveInputError as err:
                         await ws.send_text(json.dumps({"type": "error", "text": str(err)}))
                         continue
+                    if take is not None and session.received > received:  # audio the session dropped is not in the take either
+                        take.add_audio(np.frombuffer(data, "<i2"))
                     await send(frames)
                 if session.received >= self.max_seconds * SAMPLE_RATE:
                     await ws.send_text(encode(notice_message(session.received / SAMPLE_RATE,
                                                              f"the session reached its cap of {self.max_seconds:g} s; start a new one")))
-                    await send(await asyncio.to_thread(session.finish))
+                    await send(await asyncio.to_thread(session.finish), last=True)
                     return count
                 continue
             try:
@@ -209,7 +271,7 @@ class LiveService:
                 except (ValueError, TypeError) as err:
                     await ws.send_text(json.dumps({"type": "error", "text": str(err)}))
             elif kind == "stop":
-                await send(await asyncio.to_thread(session.finish))
+                await send(await asyncio.to_thread(session.finish), last=True)
                 return count
             else:
                 await ws.send_text(json.dumps({"type": "error", "text": 'unknown message; send audio bytes, '

@@ -13,7 +13,8 @@ Per frame: `live_speech.SpeechStream` (phones, features, the speech model's cach
 `live_motion` the expression weights, blinks, head and gaze; the DFM fuses them as
 `Pipeline.fuse(method="ours")` does, the emotion's lip-parting units yield to the speech's
 closures (`Pipeline.closure_release`, which reads the frames either side: one more frame of
-look-ahead), and the ARKit mapping gives the 52 weights. See docs/live.md for the window, the
+look-ahead), and the 52 ARKit weights are the emotion's own units plus the mapped speech half
+(`ArkitMapping.with_expression_units`, as the file path exports them). See docs/live.md for the window, the
 latency and the limits.
 """
 
@@ -108,7 +109,7 @@ class LiveSession:
         self.notices: deque = deque(maxlen=20)
         self._held: deque = deque()  # (t, d_s) decoded, waiting for the next frame (closure rule)
         self._last_ds = None  # d_s of the frame before the oldest held one
-        self._expr_cache: OrderedDict = OrderedDict()  # weight bytes -> (own_e (V, 3), w_expr (K_e,))
+        self._expr_cache: OrderedDict = OrderedDict()  # weight bytes -> displacement (V, 3)
         self._samples: deque = deque()  # (first sample, chunk) still needed for head motion energies
         self.received = 0  # samples accepted
         self.dropped = 0  # samples dropped (floods)
@@ -231,7 +232,7 @@ class LiveSession:
             self.skipped += 1
             return None
         t1 = time.perf_counter()
-        own_e, w_expr = self._encode_expression(w_e)
+        own_e = self._expression_displacement(w_e)
         ds = torch.from_numpy(d_s).to(dev)
         w_speech, cross_s = dfm.split(dfm.encode_speech(ds[None]))  # (1, K_s), (1, K_e)
         fused = (ds - dfm.decode_expression(cross_s)[0] + own_e).cpu().numpy()  # Pipeline.fuse, method "ours"
@@ -241,8 +242,9 @@ class LiveSession:
         fused = fused - rig.displacement(released[None])[0]
         arkit = None
         if self.pipe.arkit is not None:
-            w = dfm.join(w_speech, w_expr[None])
-            arkit = np.clip(self.pipe.arkit.arkit_weights(w).cpu().numpy()[0] - released, 0.0, 1.0).astype(np.float32)
+            # The label's own units with the speech half mapped, as the file path's export (`with_expression_units`).
+            speech_units = self.pipe.arkit.with_expression_units(w_speech, torch.from_numpy(w_e[None]).to(w_speech))
+            arkit = np.clip(speech_units.cpu().numpy()[0] - released, 0.0, 1.0).astype(np.float32)
         t2 = time.perf_counter()
         head, gaze = self.head.frame(t, self._frame_samples(t))
         if not self.config.head_motion:
@@ -254,17 +256,15 @@ class LiveSession:
                          ready=time.perf_counter(), stages={"speech": self.speech.seconds.pop(t, 0.0), "expression": t1 - t0, "dfm": t2 - t1,
                                  "head": t3 - t2})
 
-    def _encode_expression(self, w_e: np.ndarray):
-        """DFM encoding of one expression frame (52,) -> (own content (V, 3) tensor, w_e^e (K_e,)); a few
-        distinct frames are kept (a held emotion is one frame)."""
+    def _expression_displacement(self, w_e: np.ndarray) -> torch.Tensor:
+        """One expression frame (52,) -> its displacement (V, 3) on the device, kept whole as
+        `Pipeline.fuse(clean_expression=True)` keeps a label's; a few distinct frames are cached (a held
+        emotion is one frame). No DFM encoding: the ARKit weights take the label's units as they are."""
         key = w_e.tobytes()
         if key in self._expr_cache:
             self._expr_cache.move_to_end(key)
             return self._expr_cache[key]
-        dfm = self.pipe.dfm
-        de = torch.from_numpy(self.rig.displacement(w_e[None]).astype(np.float32)).to(self.pipe.device)  # (1, V, 3)
-        _, w_expr = dfm.split(dfm.encode_expression(de))
-        value = (de[0], w_expr[0])  # a label's expression is kept whole, as Pipeline.fuse(clean_expression=True)
+        value = torch.from_numpy(self.rig.displacement(w_e[None])[0].astype(np.float32)).to(self.pipe.device)  # (V, 3)
         self._expr_cache[key] = value
         if len(self._expr_cache) > EXPRESSION_CACHE:
             self._expr_cache.popitem(last=False)

@@ -221,7 +221,8 @@ class _EncoderStream:
                              f"phones + {PHONETIC_MELS} mel); this checkpoint has {c}")
         self.enc, self.config = encoder, config
         h = c.hidden_dim // 2
-        self.fwd, self.bwd = nn.GRU(c.hidden_dim, h, batch_first=True), nn.GRU(c.hidden_dim, h, batch_first=True)
+        self.device = encoder.input_proj.weight.device
+        self.fwd, self.bwd = (nn.GRU(c.hidden_dim, h, batch_first=True, device=self.device) for _ in range(2))
         gru = encoder.gru
         for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
             getattr(self.fwd, name).data = getattr(gru, name).data
@@ -250,7 +251,7 @@ class _EncoderStream:
         first..first+W-1 (first = max(0, t - context), the window's last frame is the look-ahead edge)."""
         mean, std = self._stats()
         mel = (mels - mean) / np.maximum(std, CMVN_STD_FLOOR)
-        x = torch.from_numpy(np.concatenate([np.eye(len(ARPABET), dtype=np.float32)[phones], mel.astype(np.float32)], 1))
+        x = torch.from_numpy(np.concatenate([np.eye(len(ARPABET), dtype=np.float32)[phones], mel.astype(np.float32)], 1)).to(self.device)
         e = self.enc
         h = e.input_proj(x[None])  # (1, W, H)
         for norm, conv in zip(e.norms, e.convs):
@@ -367,7 +368,7 @@ class SpeechStream:
         for layer in m.layers:
             k, v, aligned = layer.cross_attn.memory(feature[None, None])  # aligned (1, 1, D)
             memories.append((k, v, aligned.expand(-1, t + 1, -1)))  # frame t reads row t: a view, no copy
-        pos = torch.tensor([t], dtype=torch.long)
+        pos = torch.tensor([t], dtype=torch.long, device=feature.device)
         h = m._step(self.prev, self.style, pos, self.pe, memories, self.caches)  # (1, D)
         self.prev = torch.nn.functional.linear(h, *self.feedback)
         d = m.motion_decoder(h).reshape(-1, 3) * m.config.motion_scale  # (V, 3)
@@ -375,4 +376,4 @@ class SpeechStream:
         self.seconds[t] = time.perf_counter() - start
         while len(self.seconds) > 8:  # read by the session as the frame leaves; a few kept in case it is not
             self.seconds.pop(next(iter(self.seconds)))
-        return [(t, d.float().numpy())]
+        return [(t, d.float().cpu().numpy())]

@@ -87,6 +87,24 @@ class ArkitMapping(Mapping):
         """(T, K_s + K_e) -> (T, 52), named by `param_names` (the rig's blendshape names)."""
         return self.apply(w)
 
+    def with_expression_units(self, w_speech, units):
+        """Speech weights (T, K_s) and an expression given as the rig's own units (T, 52) -> (T, 52).
+
+        An emotion label is made of these 52 units, so its weights are the expression exactly; the
+        fitted map redraws them through the DFM's expression weights and loses much of a prototype
+        (the live page's face read as angry 3% of the time against the video's 84%). The speech
+        half is still mapped. numpy in, numpy out."""
+        is_np = not isinstance(w_speech, torch.Tensor)
+        s = torch.as_tensor(np.asarray(w_speech, dtype=np.float32) if is_np else w_speech)
+        u = torch.as_tensor(np.asarray(units, dtype=np.float32)).to(s)
+        if s.shape[-1] != self.k_speech or u.shape[-1] != self.num_params or s.shape[:-1] != u.shape[:-1]:
+            raise ValueError(f"speech weights (..., {self.k_speech}) and units (..., {self.num_params}) with the same "
+                             f"leading shape expected, got {tuple(s.shape)} and {tuple(u.shape)}")
+        p = s @ self.matrix[:, :self.k_speech].to(s).T + u  # (..., 52)
+        if self.bounds is not None:
+            p = p.clamp(*self.bounds)
+        return p.numpy() if is_np else p
+
 
 class FlameMapping(Mapping):
     """DFM weights -> FLAME expression coefficients and jaw pose (axis-angle, radians)."""

@@ -12,6 +12,12 @@ const stats = window.liveStats = { applied: 0, received: 0, fps: 0, latency: [],
 
 // ---- the face ----
 const canvas = $("view");
+if (!document.createElement("canvas").getContext("webgl2")) {  // three.js needs WebGL 2: say so instead of failing silently
+  status("This browser cannot draw WebGL 2 here (hardware acceleration off, or no GPU driver), so the face cannot " +
+         "be shown. Turn hardware acceleration on, or use another browser; the frame stream (docs/live.md) still works.", true);
+  $("start").disabled = true;
+  throw new Error("no WebGL 2");
+}
 const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
 renderer.setPixelRatio(1);
 renderer.outputColorSpace = THREE.SRGBColorSpace;
@@ -84,7 +90,7 @@ function tick() {
 requestAnimationFrame(tick);
 
 // ---- microphone and socket ----
-let ws = null, ctx = null, stream = null, node = null, take = [], captured = [], pending = new Float32Array(0), sent = 0;
+let ws = null, ctx = null, stream = null, node = null, take = [], takeId = null, captured = [], pending = new Float32Array(0), sent = 0;
 let token = (window.BLENDTALK_LIVE || {}).token;
 
 function status(text, error = false) {
@@ -120,7 +126,7 @@ function resampler(fromRate) {  // linear interpolation to 16 kHz, state kept ac
 
 async function start() {
   $("start").disabled = true;
-  take = []; captured = []; sent = 0; clockStart = null; pending = new Float32Array(0);
+  take = []; takeId = null; $("save-mp4").disabled = true; captured = []; sent = 0; clockStart = null; pending = new Float32Array(0);
   stats.latency = []; stats.serverLatency = []; stats.received = 0;
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     return fail("This browser gives the microphone only to https:// pages or localhost; open the app over https.");
@@ -188,6 +194,7 @@ async function start() {
       }
     } else if (m.type === "notice") status(m.text);
     else if (m.type === "error") fail(m.text);
+    else if (m.type === "take") { takeId = m.id; $("save-mp4").disabled = false; }  // kept on the server 10 min
     else if (m.type === "end") status(`Stopped after ${m.frames} frames.`);
   };
   ws.onclose = () => { if (stats.status.startsWith("Listening")) status("The connection closed."); stop(false); };
@@ -207,6 +214,29 @@ function stop(sendStop = true) {
 function sendExpression() {
   $("intensity-value").textContent = (+$("intensity").value).toFixed(2);
   if (ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "expression", emotion: $("emotion").value, intensity: +$("intensity").value }));
+}
+
+async function saveTakeVideo() {  // the server renders the take it kept (audio + the face drawn here)
+  if (!takeId) return;
+  $("save-mp4").disabled = true;
+  status("Rendering the take's video on the server...");
+  try {
+    const r = await fetch(`/live/take/${encodeURIComponent(takeId)}.mp4?size=256`);
+    if (!r.ok) {
+      const e = await r.json().catch(() => ({ error: `the server answered ${r.status}` }));
+      fail(e.error);
+      return;
+    }
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(await r.blob());
+    a.download = "blendtalk-live-take.mp4";
+    a.click();
+    status("Saved the take's video.");
+  } catch (err) {
+    fail("The video could not be fetched (is the server up?).");
+  } finally {
+    $("save-mp4").disabled = !takeId;
+  }
 }
 
 function saveTake() {  // Live Link Face style: Timecode, BlendShapeCount, the 52 weights, head and eye angles (rad)
@@ -229,4 +259,5 @@ $("stop").onclick = () => stop(true);
 $("emotion").onchange = sendExpression;
 $("intensity").oninput = sendExpression;
 $("save").onclick = saveTake;
+$("save-mp4").onclick = saveTakeVideo;
 if (new URLSearchParams(location.search).get("autostart") === "1") start();
