@@ -7,9 +7,11 @@ encoder's convolutions, so the speech path (lip sync, the paper's Table-1 check)
 checkpoint's. The expression weights are amp * (W f + b), f the frozen features of the unit-RMS
 input, so the DFM loss's expression terms (reconstruction, Laplacian, L2, L1 on the cross half,
 invariance to added speech) are convex in (W, b) and the vertex-space terms reduce to (K, K) Gram
-matrices: the features of the corpus are computed once and the fit then takes seconds. A full
-retrain needs a GPU (train/train_dfm.py); this is what a CPU affords when the encoder reads a new
-emotion's mouth as speech.
+matrices: the features of the corpus are computed once (minutes) and a fit then takes under a
+minute on a shared 2-core machine. A full retrain needs a GPU (train/train_dfm.py); this is what a
+CPU affords when the encoder reads a new emotion's mouth as speech. docs/experiments.md (2026-12-06)
+says what it gave: the share of each emotion kept rises with --lambda-sparse, and the removal of the
+expression's articulation leak falls with it.
 """
 
 import argparse
@@ -18,10 +20,8 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from blendtalk.expression.emotions import EMOTIONS, emotion_weights
 from blendtalk.face.geometry import laplacian_apply, uniform_laplacian
 from blendtalk.face.rig import load_rig
 from blendtalk.models.dfm import AMPLITUDE_FLOOR, load_dfm
@@ -98,6 +98,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.out.exists():
         p.error(f"{args.out} exists; give a new folder")
+    if not (args.dfm / "config.json").is_file():
+        p.error(f"--dfm {args.dfm} is not a DFM checkpoint folder (no config.json)")
+    if not all((Path(args.data) / part).is_dir() for part in ("speech", "expression")):
+        p.error(f"{args.data} holds no corpora; make them with python -m blendtalk.data.synth --out {args.data}")
     if min(args.lambda_sparse, args.lambda_invariance) < 0 or args.steps < 1 or args.mixes < 1 or args.stride < 1 or args.rank < 1 or not args.lr > 0:
         p.error("loss weights must be >= 0, --steps, --mixes, --stride, --rank and --lr positive")
     torch.manual_seed(args.seed)
@@ -107,7 +111,7 @@ def main(argv=None) -> int:
     rig = load_rig()
     model = load_dfm(args.dfm, rig, "cpu")
     loss = DFMLossConfig(lambda_sparse=args.lambda_sparse, lambda_invariance=args.lambda_invariance)
-    s, k_s = loss.scale, model.config.k_speech
+    k_s = model.config.k_speech
     key = {"dfm": str(args.dfm), "data": args.data, "stride": args.stride, "mixes": args.mixes, "seed": args.seed}
     if args.cache is not None and args.cache.is_file() and (cached := torch.load(args.cache))["key"] == key:
         expr, f_e, a_e, f_m, a_m = (cached[k] for k in ("expr", "f_e", "a_e", "f_m", "a_m"))
