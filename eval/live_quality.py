@@ -8,8 +8,8 @@ openness) on both, scored against the ARCTIC label file. The live normalisations
 prior (`live.default_prior`: the ARCTIC sentence itself); --prior-audio gives another recording
 for the prior, so that the clip scored is not the one the prior came from.
 
-Each file-path reference is computed with a fresh phone recogniser, as a new CLI process runs it:
-a reused pocketsphinx decoder carries state from the clip it decoded before (docs/live.md).
+Each file-path reference is the phones of a new pocketsphinx decoder, as every clip now gets
+(a reused one carried state from the clip it decoded before: docs/live.md).
 """
 
 import argparse
@@ -41,7 +41,6 @@ def main(argv=None) -> int:
     from blendtalk.live.session import LiveConfig, live_session
     from blendtalk.live.speech_stream import speech_prior
     from blendtalk.speech.phones import read_phone_labels
-    from blendtalk.speech.phonetics import PhoneAligner
     from blendtalk.pipeline import Pipeline
 
     torch.set_num_threads(1)
@@ -51,7 +50,6 @@ def main(argv=None) -> int:
     keys = ("bilabial_closure", "silence_closure", "openness_r", "vowel_opening")
     rows = []
     for emotion in args.emotions:
-        pipe._aligner = PhoneAligner()  # a fresh recogniser: the reference a new CLI process gets
         anim = pipe.animate(audio, emotion=emotion)
         ref = lipsync_report(anim.vertices, pipe.rig, phones)
         for prior_path in args.prior_audio:

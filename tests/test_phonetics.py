@@ -190,12 +190,9 @@ def test_recognition_plausible(arctic, aligner):
     assert np.mean((frames_ref == 0) == (frames_hyp == 0)) > 0.9
 
 
-@pytest.mark.xfail(strict=True, reason="known: a reused pocketsphinx decoder gives a clip other phones after "
-                   "another clip (not its cepstral mean: cmn=batch, set_cmn and remove_noise=False do not help); "
-                   "a new decoder per clip would fix it (docs/live.md, Quality)")
 def test_a_clip_gets_the_same_phones_whatever_came_before(arctic, tts):
-    """The file path's phones should depend on the clip alone: the app's second request for a clip
-    got other phones than its first (or than a new CLI process)."""
+    """The file path's phones depend on the clip alone: the app's second request for a clip once got
+    other phones than its first (a reused pocketsphinx decoder), and than a new CLI process."""
     audio, _, _ = arctic
     other, _ = tts.synthesize(TEXT)
     fresh = PhoneAligner()

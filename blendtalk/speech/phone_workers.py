@@ -107,6 +107,7 @@ def _serve() -> None:
         body = json.dumps([[p.symbol, p.start, p.end] for p in phones]).encode()
         sink.write(_HEADER.pack(len(body)) + body)
         sink.flush()
+        decoder = allphone_decoder()  # a new one for the next piece (see allphone_segments), built while idle
 
 
 if __name__ == "__main__":

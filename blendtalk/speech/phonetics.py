@@ -369,7 +369,6 @@ class PhoneAligner:
         self.workers = workers
         self._lock = threading.RLock()  # align may fall back to recognize under the same lock
         self._aligner = None
-        self._allphone = None
         self._pool = None
         self._g2p: EspeakTTS | None = None
 
@@ -459,9 +458,8 @@ class PhoneAligner:
             else:
                 return cover_phones([Phone(p.symbol, p.start + a / SAMPLE_RATE, p.end + a / SAMPLE_RATE)
                                      for a, phones in zip(cuts, found) for p in phones], duration)
-        if self._allphone is None:
-            self._allphone = allphone_decoder()
-        return cover_phones(allphone_segments(self._allphone, pcm), duration)
+        # A new decoder per clip, 0.1-0.3 s: a used one gives the same clip other phones (allphone_segments).
+        return cover_phones(allphone_segments(allphone_decoder(), pcm), duration)
 
 
 def quiet_cuts(audio: np.ndarray, parts: int, search: float = 0.25) -> list[int]:

@@ -22,7 +22,11 @@ def allphone_decoder():
 
 
 def allphone_segments(decoder, pcm: bytes) -> list[Phone]:
-    """Allphone recognition of 16-bit PCM -> phones as recognised (times from the start, gaps possible)."""
+    """Allphone recognition of 16-bit PCM -> phones as recognised (times from the start, gaps possible).
+
+    `decoder` must be new (`allphone_decoder()`, nothing decoded yet): one that has decoded another
+    clip gives this one other phones (its search carries state over; cmn=batch, set_cmn and
+    remove_noise=False do not stop it), and the same clip must always get the same phones."""
     decode(decoder, pcm)
     return [Phone(sphinx_symbol(s.word), s.start_frame / ALIGN_FRAME_RATE, (s.end_frame + 1) / ALIGN_FRAME_RATE)
             for s in decoder.seg()]
