@@ -112,8 +112,8 @@ def main(argv=None) -> int:
     model = load_dfm(args.dfm, rig, "cpu")
     loss = DFMLossConfig(lambda_sparse=args.lambda_sparse, lambda_invariance=args.lambda_invariance)
     k_s = model.config.k_speech
-    key = {"dfm": str(args.dfm), "data": args.data, "stride": args.stride, "mixes": args.mixes, "seed": args.seed}
-    if args.cache is not None and args.cache.is_file() and (cached := torch.load(args.cache))["key"] == key:
+    key = {"dfm": str(args.dfm), "data": str(args.data), "stride": args.stride, "mixes": args.mixes, "seed": args.seed}
+    if args.cache is not None and args.cache.is_file() and (cached := torch.load(args.cache, weights_only=True))["key"] == key:
         expr, f_e, a_e, f_m, a_m = (cached[k] for k in ("expr", "f_e", "a_e", "f_m", "a_m"))
     else:
         speech, expr = load_frames(DFMTrainConfig(data=args.data), "train", "cpu")
