@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--lookahead", type=int, default=4, help="frames of look-ahead of the speech window")
     p.add_argument("--emotion", default="happy")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: a session per core)")
+    p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda or cuda:N")
     p.add_argument("--json", type=Path, help="write the report here")
     args = p.parse_args(argv)
 
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     total = int(args.minutes * 60 * SAMPLE_RATE)
     base = with_pauses(source, 2, 0.5) if args.audio is None else source
     audio = np.resize(base, total).astype(np.float32)
-    pipe = Pipeline.from_pretrained(device="cpu")
+    pipe = Pipeline.from_pretrained(device=args.device)
     session = pipe.live(args.emotion, config=LiveConfig(lookahead=args.lookahead, realtime=True))
     step = int(round(args.chunk_ms / 1000 * SAMPLE_RATE))
     frames, busy = [], 0.0
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
         "audio_seconds": total / SAMPLE_RATE, "chunk_ms": args.chunk_ms, "frames": len(frames),
         "lookahead_frames": args.lookahead, "lookahead_ms": round(session.lookahead_seconds * 1000, 1),
         **percentiles(window), "total_latency": percentiles(own), "realtime_factor": round(busy / (total / SAMPLE_RATE), 3),
-        "per_stage": stages, "torch_threads": args.threads, "dropped_samples": session.dropped,
+        "per_stage": stages, "torch_threads": args.threads, "device": str(pipe.device), "dropped_samples": session.dropped,
         "skipped_frames": session.skipped, "load_average_at_end": list(__import__("os").getloadavg()),
         "first_minute": percentiles(window[:minute]), "last_minute": percentiles(window[-minute:]),
         "command": "python eval/live_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
