@@ -273,3 +273,19 @@ def test_vertex_normals_still_work(rig):
     n = vertex_normals(torch.as_tensor(rig.vertices), torch.as_tensor(rig.triangles))
     crop = torch.as_tensor(rig.mask("face_crop"))
     assert n[crop, 2].mean() > 0.7  # the face crop faces +z
+
+
+@pytest.mark.parametrize("lead", [(), (4,), (2, 3)])
+def test_vertex_normals_match_a_per_face_sum_to_the_bit(rig, lead):
+    g = torch.Generator().manual_seed(0)
+    v = torch.as_tensor(rig.vertices) + 1e-3 * torch.randn(*lead, rig.num_vertices, 3, generator=g)
+    tri = torch.as_tensor(rig.triangles).long()
+    a, b, c = (v[..., tri[:, k], :] for k in range(3))
+    face_n = torch.cross(b - a, c - a, dim=-1)
+    summed = torch.zeros_like(v)
+    for k in range(3):  # the faces of each vertex added in triangle order
+        summed.index_add_(-2, tri[:, k], face_n)
+    expected = torch.nn.functional.normalize(summed, dim=-1, eps=1e-12)
+    got = vertex_normals(v, tri)
+    assert got.shape == v.shape
+    assert torch.equal(got, expected)
