@@ -124,7 +124,8 @@ def variant_fn(dfm, device, dtype, compiled):
 def graph_fuse(dfm, d_s: torch.Tensor, d_e: torch.Tensor, dtype):
     """dfm.fuse on fixed input buffers captured as one CUDA graph: (replay() -> output, inputs)."""
     static_s, static_e = d_s.clone(), d_e.clone()
-    precision = autocast(d_s.device, dtype)
+    # No autocast weight cache: casts made outside the capture must not be replayed from it.
+    precision = contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype, cache_enabled=False)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side), torch.inference_mode(), precision:
