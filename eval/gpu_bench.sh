@@ -9,7 +9,7 @@
 #   gpu_dfm.json           DFM at batch 1 (eager, CUDA graph) and batched (precisions, channels-last,
 #                          torch.compile), deviations from float32, torch.profiler table, FLOPs/bytes vs peaks
 #   gpu_pipeline.json      pipeline batched (audio -> 512 px frames in memory) and one 10 s clip -> frames / mp4
-#   live_latency.json      eval/live_latency.py on the device (30 s of speech at real pace)
+#   live_latency.json      eval/live_latency.py on the device (24 s of speech at real pace)
 #   gpu_graph_sparse.json  the DFM with its cuSPARSE map captured as a CUDA graph (last: a refused
 #                          capture can spoil the process's CUDA context)
 set -uo pipefail
@@ -39,10 +39,10 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log its output,
   python3 -c "import imageio_ffmpeg; print('ffmpeg', imageio_ffmpeg.get_ffmpeg_exe())"
   git log -1 --format='tree at %h %s'
 } >>"$log" 2>&1
-step dfm 170 python3 eval/gpu_speed.py --device "$device" $quick --sections dfm --json "$OUT/gpu_dfm.json"
+step dfm 160 python3 eval/gpu_speed.py --device "$device" $quick --sections dfm --json "$OUT/gpu_dfm.json"
 step pipeline 110 python3 eval/gpu_speed.py --device "$device" $quick --sections pipeline --repeats-pipeline 2 \
   --json "$OUT/gpu_pipeline.json"
-step live 50 python3 eval/live_latency.py --device "$device" --minutes "${LIVE_MINUTES:-0.5}" --json "$OUT/live_latency.json"
+step live 50 python3 eval/live_latency.py --device "$device" --minutes "${LIVE_MINUTES:-0.4}" --json "$OUT/live_latency.json"
 if [ "$device" != cpu ]; then
   step graph_sparse 30 python3 eval/gpu_speed.py --device "$device" --sections graph_sparse --json "$OUT/gpu_graph_sparse.json"
 fi
