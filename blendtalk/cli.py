@@ -178,6 +178,7 @@ def animate(args) -> int:
     from .models.checkpoint import pick_device
     from .pipeline import Pipeline
     from .request import AnimationRequest
+    from .speech.phonetics import PhoneAligner, default_phone_workers
 
     if (args.speech is None) == (args.text is None):
         raise ValueError("give a speech file or --text (one of the two)")
@@ -203,7 +204,11 @@ def animate(args) -> int:
             bar.refresh()
         return report
 
-    pipe = Pipeline.from_pretrained(dfm=args.dfm, speech=args.speech_model, device=args.device)
+    aligner = PhoneAligner(default_phone_workers(pick_device(args.device).type))
+    if request.audio is not None and request.transcript is None:
+        # The phones are recognised in a worker process on the other core while the models load.
+        aligner.prefetch(request.audio)
+    pipe = Pipeline.from_pretrained(dfm=args.dfm, speech=args.speech_model, device=args.device, aligner=aligner)
     anim = pipe.run(request, progress=progress(1, 0.0, 0.3))
     with _disk_full_is_clear(args.output.parent, "the video"):
         pipe.save_video(anim, args.output, size=request.size, progress=progress(1, 0.3, 0.65))

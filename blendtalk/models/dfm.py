@@ -171,7 +171,7 @@ class DeformationFusionModule(PretrainedModel):
         self._init_cross_halves()
         k2, v3 = config.k_total, 3 * config.num_vertices
         # [B_s | B_e] (V*3, K_s + K_e), vertex-major rows (v*3 + xyz); no bias: a neutral face decodes to zero.
-        self.blendshape_weight = nn.Parameter(torch.randn(v3, k2) * config.init_scale)
+        self.blendshape_weight = nn.Parameter(torch.empty(v3, k2).normal_().mul_(config.init_scale))  # = randn * scale; a fill loading skips
 
     @torch.no_grad()
     def _init_cross_halves(self) -> None:

@@ -84,6 +84,36 @@ class PhoneWorkers:
             pass
 
 
+class BackgroundRecognition:
+    """One clip recognised whole by a worker process of its own, started now; `result()` waits for
+    its phones. The worker's decoder is new, as a first recognition in this process would be, so
+    the phones are the same; meanwhile this process does other work (the CLI loads its models)."""
+
+    def __init__(self, pcm: bytes) -> None:
+        self.pcm = pcm
+        self._phones: list[Phone] | None = None
+        self._error: Exception | None = None
+        # A thread feeds and reads the worker: the write blocks until the worker has loaded its model.
+        self._thread = threading.Thread(target=self._run, name="phone-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pool = PhoneWorkers(1)
+        try:
+            self._phones = pool.recognize([self.pcm])[0]
+        except Exception as err:  # reported by result(), in the caller's thread
+            self._error = err
+        finally:
+            pool.close()
+
+    def result(self) -> list[Phone]:
+        """The phones (times from the clip's start); WorkerError when the worker failed."""
+        self._thread.join()
+        if self._phones is None:
+            raise WorkerError(f"background recognition failed: {self._error}")
+        return self._phones
+
+
 def _read_message(stream) -> bytes:
     header = stream.read(_HEADER.size)
     if len(header) != _HEADER.size:

@@ -370,6 +370,7 @@ class PhoneAligner:
         self._lock = threading.RLock()  # align may fall back to recognize under the same lock
         self._aligner = None
         self._pool = None
+        self._prefetched = None  # a phone_workers.BackgroundRecognition of the clip `recognize` is expected to get
         self._g2p: EspeakTTS | None = None
 
     def close(self) -> None:
@@ -437,15 +438,41 @@ class PhoneAligner:
             raise ValueError(f"No pronunciation could be made for {word!r}")
         return symbols
 
+    def prefetch(self, audio: np.ndarray) -> bool:
+        """Start recognising audio (S,) whole in a worker process now, for a later `recognize` of the
+        same samples to collect (the same phones: a fresh decoder on the same audio). For a process
+        with other work to do first on the other core (the CLI loads its models meanwhile). Only
+        where `recognize` would decode the clip whole (not cut into pieces); returns whether it started."""
+        pcm = _to_pcm16(audio)
+        if self._pieces(len(audio)) > 1:
+            return False
+        from .phone_workers import BackgroundRecognition
+
+        with self._lock:
+            self._prefetched = BackgroundRecognition(pcm)
+        return True
+
     def recognize(self, audio: np.ndarray) -> list[Phone]:
         """Allphone recognition (phone bigram LM, no transcript) of audio (S,) 16 kHz -> phones."""
         with self._lock:
             return self._recognize(audio)
 
+    def _pieces(self, samples: int) -> int:
+        """How many pieces `recognize` cuts audio of `samples` into (1: decoded whole)."""
+        return max(1, min(self.workers, int(samples / SAMPLE_RATE / MIN_PIECE_SECONDS)))
+
     def _recognize(self, audio: np.ndarray) -> list[Phone]:
         pcm = _to_pcm16(audio)
         duration = len(audio) / SAMPLE_RATE
-        parts = min(self.workers, int(duration / MIN_PIECE_SECONDS))
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched.pcm == pcm:
+            from .phone_workers import WorkerError
+
+            try:
+                return cover_phones(prefetched.result(), duration)
+            except WorkerError as err:  # this process still can
+                logger.warning("%s; recognising in this process", err)
+        parts = self._pieces(len(audio))
         if parts > 1:
             from .phone_workers import PhoneWorkers, WorkerError
 
