@@ -408,7 +408,6 @@ def pipeline_section(args, device, report: dict, save) -> None:
           + ", ".join(f"{k} {v:.3f}" for k, v in r["stages_median_s"].items()), flush=True)
 
     # One clip -> mp4, as the CLI's pipeline runs it (phone workers as the device's default).
-    from blendtalk.render.video import write_video
 
     out_mp4 = tmp / "out.mp4"
     try:

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", nargs="+", default=[d.data], metavar="ROOT",
                    help="synthetic corpus root (generated there if missing), or `vocaset ROOT` for real VOCASET")
-    p.add_argument("--features", help=f"phonetic feature cache (default: ROOT/phonetic_features.npz, built if missing)")
+    p.add_argument("--features", help="phonetic feature cache (default: ROOT/phonetic_features.npz, built if missing)")
     p.add_argument("--cache-features", metavar="FILE", help="compute the feature cache into FILE and exit")
     p.add_argument("--flame-masks", help="FLAME_masks.pkl: lip / upper-face vertices for LVE/FDD on VOCASET")
     p.add_argument("--encoder", choices=("phonetic", "wav2vec2"), default=d.encoder)

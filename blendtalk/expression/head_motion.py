@@ -39,7 +39,7 @@ from a normalised autocorrelation per 10 ms hop (one batched FFT), not a probabi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np

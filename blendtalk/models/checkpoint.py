@@ -82,11 +82,12 @@ def save_folder(folder: str | Path, config: dict, tensors: dict[str, torch.Tenso
 
 
 class PretrainedModel(nn.Module):
-    """Base of the saved models: subclasses set MODEL_TYPE and TITLE, keep their dataclass in
-    `self.config`, and describe themselves in `model_card()`."""
+    """Base of the saved models: subclasses set MODEL_TYPE, TITLE and CONFIG (their config dataclass),
+    keep their config in `self.config`, and describe themselves in `model_card()`."""
 
     MODEL_TYPE: ClassVar[str]
     TITLE: ClassVar[str]
+    CONFIG: ClassVar[type]
     config: object
 
     def model_card(self) -> str:
@@ -99,7 +100,8 @@ class PretrainedModel(nn.Module):
 
     @classmethod
     def config_from_dict(cls, raw: dict):
-        raise NotImplementedError
+        """config.json's fields -> the model's config dataclass (CONFIG), strictly."""
+        return loading.dataclass_from_dict(cls.CONFIG, raw)
 
     @classmethod
     def _load(cls, folder: str | Path, build: Callable, skeleton: Callable | None = None,

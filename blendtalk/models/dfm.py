@@ -26,7 +26,7 @@ Choices beyond the paper text, each because the linear blendshape model needs it
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -154,6 +154,7 @@ class DeformationFusionModule(PretrainedModel):
 
     MODEL_TYPE = MODEL_TYPE
     TITLE = "DFM"
+    CONFIG = DFMConfig
 
     def __init__(self, config: DFMConfig, map_matrix: torch.Tensor | None = None):
         super().__init__()
@@ -313,10 +314,6 @@ class DeformationFusionModule(PretrainedModel):
                 "Load with `blendtalk.models.dfm.load_dfm(folder)`.\n")
 
     @classmethod
-    def config_from_dict(cls, raw: dict) -> DFMConfig:
-        return _config_from_dict(raw)
-
-    @classmethod
     def from_pretrained(
         cls, folder: str | Path, map_matrix: torch.Tensor | None = None, device: str | torch.device | None = None
     ) -> DeformationFusionModule:
@@ -376,13 +373,6 @@ def interpolate_inputs(
     return d_s + intensity * d_e
 
 
-def _config_from_dict(raw: dict) -> DFMConfig:
-    known = {f.name for f in fields(DFMConfig)}
-    if unknown := sorted(set(raw) - known):
-        raise ValueError(f"unknown fields {unknown}; this blendtalk knows {sorted(known)}")
-    return DFMConfig(**raw)
-
-
 def _skeleton(config: DFMConfig) -> DeformationFusionModule:
     """The model with an empty sparse map of the right shape: for building on the meta device."""
     if not config.use_geometric_map:
@@ -395,7 +385,7 @@ def _skeleton(config: DFMConfig) -> DeformationFusionModule:
 def check_pretrained(folder: str | Path) -> DFMConfig:
     """Check a DFM checkpoint folder without allocating the model: config.json builds a valid DFM
     whose tensor names and shapes are those stored in model.safetensors. Returns the config."""
-    return loading.check_checkpoint(folder, MODEL_TYPE, "DFM", _config_from_dict, _skeleton)
+    return loading.check_checkpoint(folder, MODEL_TYPE, "DFM", DeformationFusionModule.config_from_dict, _skeleton)
 
 
 def load_dfm(source: str | Path, rig=None, device: str | torch.device | None = None) -> DeformationFusionModule:

@@ -40,9 +40,8 @@ Departures from the original code, and why:
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -52,7 +51,6 @@ from torch import nn
 from . import loading
 from .audio_encoders import AudioEncoder, AudioEncoderConfig, build_audio_encoder
 from .checkpoint import PretrainedModel, pick_device
-from .loading import CONFIG_NAME
 
 MODEL_TYPE = "blendtalk-faceformer"
 
@@ -76,7 +74,7 @@ class FaceFormerConfig:
 
     def __post_init__(self):
         if isinstance(self.encoder, dict):  # from config.json
-            self.encoder = _from_dict(AudioEncoderConfig, self.encoder, "encoder")
+            self.encoder = loading.dataclass_from_dict(AudioEncoderConfig, self.encoder, "encoder")
         if not isinstance(self.encoder, AudioEncoderConfig):
             raise ValueError(f"encoder must be an AudioEncoderConfig or its fields as a dict, got {self.encoder!r}")
         positive = {"num_vertices": self.num_vertices, "feature_dim": self.feature_dim, "num_heads": self.num_heads,
@@ -260,6 +258,7 @@ class FaceFormer(PretrainedModel):
 
     MODEL_TYPE = MODEL_TYPE
     TITLE = "FaceFormer"
+    CONFIG = FaceFormerConfig
 
     def __init__(self, config: FaceFormerConfig, audio_encoder: AudioEncoder | None = None):
         super().__init__()
@@ -470,10 +469,6 @@ class FaceFormer(PretrainedModel):
                 "Load with `blendtalk.models.faceformer.load_speech_model(folder)`.\n")
 
     @classmethod
-    def config_from_dict(cls, raw: dict) -> FaceFormerConfig:
-        return _config_from_dict(raw)
-
-    @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> FaceFormer:
         """Load a folder written by `save_pretrained`, strictly (every tensor, every shape); no downloads.
 
@@ -484,27 +479,16 @@ class FaceFormer(PretrainedModel):
         return cls._load(folder, cls, device=device)
 
 
-def _config_from_dict(raw: dict) -> FaceFormerConfig:
-    return _from_dict(FaceFormerConfig, raw, CONFIG_NAME)
-
-
 def check_pretrained(folder: str | Path) -> FaceFormerConfig:
     """Check a FaceFormer checkpoint folder without allocating the model: config.json builds a valid
     model whose tensor names and shapes are those stored in model.safetensors. Returns the config."""
-    return loading.check_checkpoint(folder, MODEL_TYPE, "FaceFormer", _config_from_dict, FaceFormer)
+    return loading.check_checkpoint(folder, MODEL_TYPE, "FaceFormer", FaceFormer.config_from_dict, FaceFormer)
 
 
 def build_faceformer(config: FaceFormerConfig, device: str | torch.device | None = None) -> FaceFormer:
     """A new FaceFormer whose audio encoder loads pretrained weights when the config names them."""
     model = FaceFormer(config, build_audio_encoder(config.encoder, config.feature_dim, load_weights=True))
     return model.to(device) if device is not None else model
-
-
-def _from_dict(cls, raw: dict, where: str):
-    known = {f.name for f in fields(cls)}
-    if unknown := sorted(set(raw) - known):
-        raise ValueError(f"{where} has unknown fields {unknown}; this blendtalk knows {sorted(known)}")
-    return cls(**raw)
 
 
 def load_speech_model(source: str | Path, device: str | torch.device | None = None) -> FaceFormer:

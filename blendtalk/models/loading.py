@@ -140,6 +140,15 @@ def load_checkpoint(folder: str | Path, model_type: str, title: str, make_config
     return model
 
 
+def dataclass_from_dict(config_cls: type, raw: dict, where: str = CONFIG_NAME):
+    """The dataclass `config_cls` from JSON fields `raw`; a field it does not know is a ValueError
+    (a config written by a newer blendtalk must not load as something else)."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    if unknown := sorted(set(raw) - known):
+        raise ValueError(f"{where} has unknown fields {unknown}; this blendtalk knows {sorted(known)}")
+    return config_cls(**raw)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks that keep a hostile config.json from costing time or memory before the shape comparison
 
