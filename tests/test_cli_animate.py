@@ -25,6 +25,7 @@ from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
 from blendtalk.expression.emotions import EMOTIONS
 from blendtalk.render.exports import LIVE_LINK_FACE_NAMES, LIVE_LINK_FACE_ROTATIONS
 from blendtalk.pipeline import Pipeline
+from blendtalk.speech.phonetics import PhoneAligner
 from blendtalk.render.video import probe
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
@@ -73,7 +74,9 @@ def test_animate_arctic_video_and_exports(tmp_path, shared_pipe, pipe, capsys):
                "--size", str(SIZE), "-o", str(out), "--export-dir", str(exports), "--device", "cpu", "--quiet"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert shared_pipe == [{"dfm": None, "speech": None, "device": "cpu"}]
+    (kwargs,) = shared_pipe
+    assert isinstance(kwargs.pop("aligner"), PhoneAligner)  # made first, to recognise the phones while models load
+    assert kwargs == {"dfm": None, "speech": None, "device": "cpu"}
     report = json.loads(captured.out)
     seconds = sf.info(str(WAV)).duration
     frames = num_frames(sf.info(str(WAV)).frames)

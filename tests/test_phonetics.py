@@ -299,15 +299,20 @@ def test_recognition_in_worker_processes(arctic, aligner, caplog):
         PhoneAligner(workers=-1)
 
 
-def test_prefetched_recognition_gives_the_same_phones(arctic):
+def test_prefetched_recognition_gives_the_same_phones(arctic, monkeypatch):
     """A clip recognised ahead in a worker process: the phones a fresh in-process decoder finds,
     collected by the recognize() of the same samples; other audio is recognised here as before."""
+    import blendtalk.speech.phonetics as phonetics
+
     audio = arctic[0]
     expected = PhoneAligner().recognize(audio)  # a fresh decoder, as a CLI process has
     ahead = PhoneAligner()
     assert ahead.prefetch(audio)
+    decoded_here = []
+    new_decoder = phonetics.allphone_decoder
+    monkeypatch.setattr(phonetics, "allphone_decoder", lambda: decoded_here.append(1) or new_decoder())
     assert ahead.recognize(audio) == expected
-    assert ahead._allphone is None  # collected from the worker, not decoded here
+    assert not decoded_here  # collected from the worker, not decoded in this process
     assert ahead.prefetch(audio)
     other = audio[: len(audio) // 2]
     assert ahead.recognize(other) == PhoneAligner().recognize(other)  # not the prefetched clip
