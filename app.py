@@ -184,7 +184,7 @@ def warm_up(pipe, size: int) -> None:
     import soundfile
     import soxr
 
-    from blendtalk.speech.phonetics import synthesize
+    from blendtalk.speech.tts import synthesize
 
     t0 = time.perf_counter()
     speech, _ = synthesize("Hello there.")  # as audio, so the phone recogniser loads too

@@ -140,7 +140,7 @@ def test_animate_arctic_video_and_exports(tmp_path, shared_pipe, pipe, capsys):
 
 def _espeak_available() -> bool:
     try:
-        from blendtalk.speech.phonetics import EspeakTTS
+        from blendtalk.speech.tts import EspeakTTS
 
         EspeakTTS()
         return True

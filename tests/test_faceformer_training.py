@@ -337,7 +337,7 @@ def test_vocaset_layout_split_recognised_phones_and_flame_masks(tmp_path):
 
     from blendtalk.data.datasets import VOCASET_TEST_SUBJECTS, VOCASET_TRAIN_SUBJECTS, VOCASET_VAL_SUBJECTS
     from blendtalk.data.vocaset import write_vocaset_raw
-    from blendtalk.speech.phonetics import synthesize
+    from blendtalk.speech.tts import synthesize
 
     v, rng = 30, np.random.default_rng(0)
     audio, _ = synthesize("Maybe a bit more.")

@@ -550,7 +550,7 @@ def test_cli_animate_arguments(emotion, intensity, mix, mix_ratio, timeline, cli
 
 @pytest.fixture(scope="module")
 def tts():
-    from blendtalk.speech.phonetics import EspeakTTS
+    from blendtalk.speech.tts import EspeakTTS
 
     return EspeakTTS()
 

@@ -12,10 +12,8 @@ from blendtalk.speech.phones import (
     ARPABET, BILABIALS, Phone, cover_phones, phone_error_rate, phones_to_frames, read_phone_labels,
     write_phone_labels,
 )
-from blendtalk.speech.phonetics import (
-    ESPEAK_TO_ARPABET, SPEAKER_VOICES, EspeakTTS, FliteTTS, PhoneAligner, espeak_to_arpabet,
-    load_arctic_fixture, quiet_cuts, phone_features, synthesize,
-)
+from blendtalk.speech.phonetics import PhoneAligner, load_arctic_fixture, phone_features, quiet_cuts
+from blendtalk.speech.tts import ESPEAK_TO_ARPABET, SPEAKER_VOICES, EspeakTTS, FliteTTS, espeak_to_arpabet, synthesize
 
 TEXT = "Maybe my mother makes the best plum pie."
 ARCTIC_TEXT = "He turned sharply, and faced Gregson across the table."
@@ -130,7 +128,7 @@ def test_tts_errors(tts):
 
 
 def test_unknown_espeak_phoneme_logged_once(tts, caplog):
-    with caplog.at_level(logging.WARNING, logger="blendtalk.speech.phonetics"):
+    with caplog.at_level(logging.WARNING, logger="blendtalk.speech.tts"):
         phones = tts._phones([("Q9", 0), ("Q9", 100), ("m", 200)], 400)
         tts._phones([("Q9", 0)], 100)
     assert [p.symbol for p in phones] == ["sil", "sil", "m"]

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..constants import FPS, SAMPLE_RATE
 from ..expression.emotions import EMOTIONS, SubjectStyle, emotion_curve, emotion_weights
-from ..speech.phonetics import SPEAKER_VOICES, EspeakTTS
+from ..speech.tts import SPEAKER_VOICES, EspeakTTS
 from ..face.rig import FaceRig, load_rig
 from ..speech.visemes import SpeakerStyle, random_phone_stream, visemes_to_weights
 from .florence import write_florence

@@ -99,12 +99,7 @@ class PretrainedModel(nn.Module):
         return save_folder(folder, config, self.state_dict(), self.model_card(), {"model_type": self.MODEL_TYPE})
 
     @classmethod
-    def config_from_dict(cls, raw: dict):
-        """config.json's fields -> the model's config dataclass (CONFIG), strictly."""
-        return loading.dataclass_from_dict(cls.CONFIG, raw)
-
-    @classmethod
     def _load(cls, folder: str | Path, build: Callable, skeleton: Callable | None = None,
               device: str | torch.device | None = None):
-        model = loading.load_checkpoint(folder, cls.MODEL_TYPE, cls.TITLE, cls.config_from_dict, build, skeleton=skeleton)
+        model = loading.load_checkpoint(folder, cls.MODEL_TYPE, cls.TITLE, cls.CONFIG, build, skeleton=skeleton)
         return model.to(device) if device is not None else model

@@ -385,7 +385,7 @@ def _skeleton(config: DFMConfig) -> DeformationFusionModule:
 def check_pretrained(folder: str | Path) -> DFMConfig:
     """Check a DFM checkpoint folder without allocating the model: config.json builds a valid DFM
     whose tensor names and shapes are those stored in model.safetensors. Returns the config."""
-    return loading.check_checkpoint(folder, MODEL_TYPE, "DFM", DeformationFusionModule.config_from_dict, _skeleton)
+    return loading.check_checkpoint(folder, MODEL_TYPE, "DFM", DFMConfig, _skeleton)
 
 
 def load_dfm(source: str | Path, rig=None, device: str | torch.device | None = None) -> DeformationFusionModule:

@@ -482,7 +482,7 @@ class FaceFormer(PretrainedModel):
 def check_pretrained(folder: str | Path) -> FaceFormerConfig:
     """Check a FaceFormer checkpoint folder without allocating the model: config.json builds a valid
     model whose tensor names and shapes are those stored in model.safetensors. Returns the config."""
-    return loading.check_checkpoint(folder, MODEL_TYPE, "FaceFormer", FaceFormer.config_from_dict, FaceFormer)
+    return loading.check_checkpoint(folder, MODEL_TYPE, "FaceFormer", FaceFormerConfig, FaceFormer)
 
 
 def build_faceformer(config: FaceFormerConfig, device: str | torch.device | None = None) -> FaceFormer:

@@ -85,23 +85,22 @@ def stored_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
         raise ValueError(f"{weights_path} is not a readable safetensors file ({err}); download or save it again") from None
 
 
-def check_checkpoint(folder: str | Path, model_type: str, title: str, make_config: Callable[[dict], object],
+def check_checkpoint(folder: str | Path, model_type: str, title: str, config_cls: type,
                      build: Callable[[object], nn.Module]):
     """Validate a checkpoint folder without allocating the model; returns its config.
 
-    make_config: config.json's fields -> the config dataclass. build: config -> the model (called
-    on the meta device here). Raises ValueError when config.json does not describe a valid model
-    or when the stored tensors' names or shapes differ from that model's.
+    config_cls: the config dataclass config.json's fields fill (`dataclass_from_dict`, after
+    `check_field_types`). build: config -> the model (called on the meta device here). Raises
+    ValueError when config.json does not describe a valid model or when the stored tensors' names
+    or shapes differ from that model's.
     """
     config_path, weights_path = checkpoint_files(folder, title)
     raw = read_config(config_path, model_type)
     stored = stored_shapes(weights_path)  # the header only
-    config_cls = _returned_dataclass(make_config)
-    if config_cls is not None:
-        check_field_types(raw, config_cls, str(config_path))
+    check_field_types(raw, config_cls, str(config_path))
     check_sizes(raw, stored, str(config_path))
     try:
-        config = make_config(raw)
+        config = dataclass_from_dict(config_cls, raw, str(config_path))
         # no_grad outermost: when the budget stops a build inside an init's no_grad block, that block's
         # restoring call is refused too; the outer block then restores grad mode after the budget is gone.
         with (torch.no_grad(), torch.device("meta"), _CallBudget(CALLS_PER_TENSOR * len(stored) + CALLS_FLOOR, len(stored)),
@@ -121,13 +120,13 @@ def check_checkpoint(folder: str | Path, model_type: str, title: str, make_confi
     return config
 
 
-def load_checkpoint(folder: str | Path, model_type: str, title: str, make_config: Callable[[dict], object],
+def load_checkpoint(folder: str | Path, model_type: str, title: str, config_cls: type,
                     build: Callable[[object], nn.Module], skeleton: Callable[[object], nn.Module] | None = None) -> nn.Module:
     """`check_checkpoint`, then build the model for real and load every tensor strictly.
 
     skeleton: builds the model for the check when `build` needs something real (default `build`).
     """
-    config = check_checkpoint(folder, model_type, title, make_config, skeleton or build)
+    config = check_checkpoint(folder, model_type, title, config_cls, skeleton or build)
     _, weights_path = checkpoint_files(folder, title)
     with _SkipRandomInit():  # every parameter is replaced by a stored tensor just below
         model = build(config)
@@ -223,15 +222,6 @@ def _integers(value, path: str):
     elif isinstance(value, list):
         for i, v in enumerate(value):
             yield from _integers(v, f"{path}[{i}]")
-
-
-def _returned_dataclass(make_config: Callable) -> type | None:
-    """The config dataclass `make_config` is annotated to return, if it says."""
-    try:
-        hint = typing.get_type_hints(make_config).get("return")
-    except Exception:  # an annotation that does not resolve: no type check, the other checks still run
-        return None
-    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
 class _SkipRandomInit(TorchFunctionMode):

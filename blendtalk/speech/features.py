@@ -112,7 +112,7 @@ def speech_features(audio: np.ndarray, transcript: str | None = None, aligner=No
 
 def text_features(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, tts=None) -> SpeechFeatures:
     """Text -> eSpeak NG speech (audio (S,) at 16 kHz) with its exact phones -> features."""
-    from .phonetics import synthesize
+    from .tts import synthesize
 
     audio, phones = synthesize(text, voice=voice, rate=rate, pitch=pitch, tts=tts)
     return features_from_phones(np.clip(audio, -1.0, 1.0), phones, "exact")
