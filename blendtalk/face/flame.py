@@ -302,22 +302,9 @@ class FlameModel(nn.Module):
         self.register_buffer("joint_regressor", f32(arrays["J_regressor"]))  # (J, V)
         self.register_buffer("lbs_weights", f32(arrays["weights"]))  # (V, J)
         self.register_buffer("parents", torch.as_tensor(arrays["parents"], dtype=torch.long))  # (J,)
-
-    @property
-    def num_vertices(self) -> int:
-        return self.v_template.shape[0]
-
-    @property
-    def num_expression(self) -> int:
-        return self.exprdirs.shape[2]
-
-    @property
-    def num_shape(self) -> int:
-        return self.shapedirs.shape[2]
-
-    @property
-    def num_joints(self) -> int:
-        return self.parents.shape[0]
+        # Sizes, fixed by the file (moving the buffers to another device never changes them).
+        self.num_vertices, self.num_shape = self.v_template.shape[0], num_shape
+        self.num_expression, self.num_joints = num_expression, self.parents.shape[0]
 
     def forward(
         self,

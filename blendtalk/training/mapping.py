@@ -206,6 +206,12 @@ def _adam(m_tilde: torch.Tensor, loss_fn: Callable[[torch.Tensor, int], torch.Te
     return m_tilde.detach()
 
 
+def _check_topology(dfm, v: int, need: str, other: str, other_dfm: str) -> None:
+    """ValueError unless the DFM was trained on V = v vertices, naming the --target that fits it."""
+    if dfm.config.num_vertices != v:
+        raise ValueError(f"{need} (V={v}); this DFM has V={dfm.config.num_vertices} (use --target {other} for {other_dfm})")
+
+
 def fit_arkit_mapping(dfm, rig, train_weights: torch.Tensor, eval_weights: torch.Tensor,
                       config: MappingFitConfig | None = None, progress: bool = False,
                       also_score: dict[str, torch.Tensor] | None = None) -> ArkitMapping:
@@ -216,9 +222,7 @@ def fit_arkit_mapping(dfm, rig, train_weights: torch.Tensor, eval_weights: torch
     """
     config = config or MappingFitConfig()
     v = rig.num_vertices
-    if dfm.config.num_vertices != v:
-        raise ValueError(f"an ARKit mapping needs a DFM trained on the face rig's topology (V={v}); this DFM has "
-                         f"V={dfm.config.num_vertices} (use --target flame for a FLAME-topology DFM)")
+    _check_topology(dfm, v, "an ARKit mapping needs a DFM trained on the face rig's topology", "flame", "a FLAME-topology DFM")
     dev = dfm.blendshape_weight.device
     crop = rig.mask("face_crop") if config.crop_loss else None
     m3, lips, region = _masks(v, rig.masks.get("lips"), crop, config.lip_weight, dev)
@@ -290,9 +294,7 @@ def fit_flame_mapping(dfm, flame, train_weights: torch.Tensor, eval_weights: tor
     """
     config = config or MappingFitConfig()
     v = flame.num_vertices
-    if dfm.config.num_vertices != v:
-        raise ValueError(f"a FLAME mapping needs a DFM trained on FLAME-topology data (V={v}); this DFM has "
-                         f"V={dfm.config.num_vertices} (use --target arkit for a DFM on the face rig)")
+    _check_topology(dfm, v, "a FLAME mapping needs a DFM trained on FLAME-topology data", "arkit", "a DFM on the face rig")
     dev = dfm.blendshape_weight.device
     flame = flame.to(dev)
     m3, lips, region_mask = _masks(v, lips, None, config.lip_weight, dev)
