@@ -136,17 +136,8 @@ def read_flame_model(path: str | Path) -> dict[str, np.ndarray]:
     kintree_table (2, J), weights (V, J), parents (J,) int64 with parents[0] = -1. FLAME has J = 5.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"FLAME model not found: {path}; pass the path of {FLAME_FILES}")
-    try:
-        with open(path, "rb") as f:
-            raw = _FlameUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as err:
-        if str(err).startswith("refusing"):
-            raise ValueError(f"{path}: {err}") from None
-        raise ValueError(f"{path} is not a readable pickle ({err}); expected {FLAME_FILES}") from None
-    except (EOFError, pickle.PickleError, UnicodeDecodeError, AttributeError, TypeError) as err:
-        raise ValueError(f"{path} is not a readable pickle ({err}); expected {FLAME_FILES}") from None
+    raw = _unpickle(path, f"FLAME model not found: {path}; pass the path of {FLAME_FILES}",
+                    f"expected {FLAME_FILES}")
     if not isinstance(raw, dict):
         raise ValueError(f"{path} holds a {type(raw).__name__}, not a dict of arrays; expected {FLAME_FILES}")
     missing = [k for k in REQUIRED_KEYS if k not in raw]
@@ -203,16 +194,27 @@ def _validate(a: dict[str, np.ndarray], path: Path | str) -> dict[str, np.ndarra
     return out
 
 
+def _unpickle(path: Path, missing: str, expected: str):
+    """A FLAME pickle's object through the restricted unpickler (`_FlameUnpickler`): FileNotFoundError
+    `missing` when there is no file, ValueError naming the file for anything unreadable or refused."""
+    if not path.is_file():
+        raise FileNotFoundError(missing)
+    try:
+        with open(path, "rb") as f:
+            return _FlameUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        if str(err).startswith("refusing"):
+            raise ValueError(f"{path}: {err}") from None
+        raise ValueError(f"{path} is not a readable pickle ({err}); {expected}") from None
+    except (EOFError, pickle.PickleError, UnicodeDecodeError, AttributeError, TypeError) as err:
+        raise ValueError(f"{path} is not a readable pickle ({err}); {expected}") from None
+
+
 def read_flame_masks(path: str | Path) -> dict[str, np.ndarray]:
     """FLAME's vertex masks (`FLAME_masks.pkl`: region name -> vertex indices, e.g. 'lips', 'face')."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"FLAME masks not found: {path} (FLAME_masks.pkl from the FLAME downloads)")
-    try:
-        with open(path, "rb") as f:
-            raw = _FlameUnpickler(f, encoding="latin1").load()
-    except (pickle.PickleError, EOFError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a FLAME masks pickle ({err})") from None
+    raw = _unpickle(path, f"FLAME masks not found: {path} (FLAME_masks.pkl from the FLAME downloads)",
+                    "expected FLAME_masks.pkl")
     if not isinstance(raw, dict) or not all(isinstance(v, np.ndarray) and v.ndim == 1 for v in raw.values()):
         raise ValueError(f"{path}: expected a dict of region name -> 1-D vertex index arrays")
     return {str(k): v.astype(np.int64) for k, v in raw.items()}
