@@ -14,7 +14,6 @@ come from `pytest tests/test_browser.py -s`.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from blendtalk.evaluation.clips import long_clip
+from blendtalk.evaluation.reports import write_report
 
 from load_test import launch_app  # eval/load_test.py, beside this script
 
@@ -81,8 +81,7 @@ def main(argv=None) -> int:
                       flush=True)
     print(f"page HTML: {page_s * 1e3:.0f} ms")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        write_report(args.json, report)
     return 0
 
 

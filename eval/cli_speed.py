@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from blendtalk.evaluation.clips import long_clip
+from blendtalk.evaluation.reports import write_report
 
 MODES = ("process-warm", "process-fresh", "in-process")
 
@@ -111,8 +112,7 @@ def main(argv=None) -> int:
     print(f"load average before {report['load_average'][0]:.1f}, after {report['load_average_after'][0]:.1f} "
           f"on {report['cores']} cores", flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        write_report(args.json, report)
     return 0
 
 

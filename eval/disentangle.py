@@ -27,6 +27,7 @@ from blendtalk.models.dfm import interpolate_inputs, load_dfm
 from blendtalk.speech.phones import Phone
 from blendtalk.face.rig import load_rig
 from blendtalk.speech.visemes import visemes_to_weights
+from blendtalk.evaluation.reports import write_report
 
 COLUMNS = ("fused_mve", "fused_lve", "lip_mve", "upper_face_mve", "bilabial_gap", "bilabial_gap_error")
 UNITS = {"fused_lve": "mm²"}
@@ -215,8 +216,7 @@ def main(argv=None) -> int:
               "reconstruction": reconstruction_report(model, args.data, rig, device, args.max_sentences),
               "expression_kept": expression_kept_report(model, args.data, rig, device, args.max_sentences),
               "fps": FPS, "checkpoint": str(args.dfm)}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_report(args.json, report)
     table = markdown(report["fusion"])
     args.json.with_suffix(".md").write_text(table)
     bar_chart(report["fusion"], args.json.with_suffix(".png"))

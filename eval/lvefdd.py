@@ -19,12 +19,12 @@ with their mixture (--styles mean). Phone sources: forced-aligned (transcript), 
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from blendtalk.training.faceformer import FaceFormerTrainConfig
 from blendtalk.speech.features import PHONE_SOURCES
+from blendtalk.evaluation.reports import write_report
 
 
 def main(argv=None) -> int:
@@ -86,8 +86,7 @@ def main(argv=None) -> int:
     report["no_motion"] = evaluate_driver(lambda n, s: torch.zeros_like(data.motion[data.rows(n)])[None], data, masks,
                                           ["template"], rig=rig)["template"]
     report["ground_truth"] = evaluate_driver(lambda n, s: data.motion[data.rows(n)][None], data, masks, ["data"], rig=rig)["data"]
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_report(args.json, report)
     print(f"{args.subset}: {report['sequences']} sequences, {report['frames']} frames; LVE mm^2 / FDD mm / MVE mm")
     rows = [("ground truth (data)", report["ground_truth"]), ("no motion", report["no_motion"])]
     for driver in ("faceformer", "procedural"):
