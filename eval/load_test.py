@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from blendtalk.evaluation.browser import stop_process
 from blendtalk.evaluation.clips import CLIPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,12 +92,7 @@ def launch_app(workdir: Path, *extra: str, startup_s: float = STARTUP_S) -> Iter
                 time.sleep(0.3)
             yield RunningApp(url, proc.pid, workdir / "app")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 20)
 
 
 # ---------------------------------------------------------------------------------------------

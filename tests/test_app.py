@@ -11,9 +11,6 @@ import html as html_module
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,56 +20,24 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import app  # the repo root's app.py (pytest.ini puts the root on the path)
 from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
+from eval.load_test import launch_app as running_app
 
 ROOT = Path(__file__).resolve().parents[1]
-import app  # the repo root's app.py (pytest.ini puts the root on the path)
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 CACHE_AGE_S = 8  # s, the test server's Gradio cache age; an upload must outlive its queue wait
 STARTUP_S = 180  # s the server may take to load the pipeline on a busy machine
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def launch_app(workdir: Path, *extra: str):
-    """Run `python app.py` on a free port with its work folder in `workdir`; yield (url, workdir).
-
-    The per-client limits are off (every client of the tests is 127.0.0.1); `extra` may set them."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADIO_")}
-    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    log = open(workdir / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--workdir", str(workdir / "app"), "--size", "128",
-         "--delete-cache", "1", str(CACHE_AGE_S), "--rate-limit", "0", "--jobs-per-client", "0", *extra],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        end = time.monotonic() + STARTUP_S
-        while True:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"app did not start:\n{(workdir / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url, workdir / "app"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    """Run `python app.py` on a free port with its work folder in `workdir` (`eval.load_test.launch_app`,
+    small videos and a short cache age); yield (url, the app's work folder). The per-client limits
+    are off (every client of the tests is 127.0.0.1); `extra` may set them."""
+    with running_app(workdir, "--size", "128", "--delete-cache", "1", str(CACHE_AGE_S), *extra, startup_s=STARTUP_S) as running:
+        yield running.url, running.workdir
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,16 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgr
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """Ask a child process to end; kill it if it has not within `timeout` s, and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def available() -> bool:
     """Whether Chromium and chromedriver are installed where `chrome` looks for them."""
     return CHROMIUM.exists() and CHROMEDRIVER.exists()
@@ -278,9 +288,5 @@ def firefox():
                 pass
             driver.sock.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 15)
         shutil.rmtree(profile, ignore_errors=True)
