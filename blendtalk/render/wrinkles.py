@@ -87,8 +87,9 @@ class Wrinkles:
         self.share = (vec[:, :2] / self.rest_length[:, None]) ** 2  # (E, 2) [x share, y share]
         count = len(self.vertices)
         ends = torch.cat([edges[:, 0], edges[:, 1]])  # (2E,) each edge at both its vertices
-        ids = torch.arange(len(edges)).repeat(2)
-        total = torch.zeros(count, 2).index_add_(0, ends, self.share.repeat(2, 1)).clamp(min=1e-6)  # (R, 2)
+        dev = rest.device  # a renderer on CUDA keeps all of it there
+        ids = torch.arange(len(edges), device=dev).repeat(2)
+        total = torch.zeros(count, 2, device=dev).index_add_(0, ends, self.share.repeat(2, 1)).clamp(min=1e-6)  # (R, 2)
         # As sparse operators (vertex-major, frames along the columns: several times faster than
         # index_add_ over a frame-major layout): each direction's share-weighted mean of a vertex's
         # edges' shortening, (R, E) each, and the mean over a vertex's neighbours, (R, R).
@@ -97,7 +98,7 @@ class Wrinkles:
         degree = torch.bincount(ends, minlength=count).clamp(min=1).float()
         self.ring_mean = _sparse(ends, torch.cat([edges[:, 1], edges[:, 0]]), 1 / degree[ends], (count, count))
         self.mask = mask[self.vertices]  # (R, 2)
-        self.onset, self.full = torch.tensor(config.onset), torch.tensor(config.full)
+        self.onset, self.full = (torch.tensor(v, device=dev) for v in (config.onset, config.full))
         x, y = rest[:, 0], rest[:, 1]
         x = x - float((x.amin() + x.amax()) / 2)
         # Vertical lines sit either side of the midline (the "11" between knitted brows), not on it.
