@@ -142,6 +142,7 @@ class GLDrawer:
     focal, distance, (near, far) depth range and whether it is orthographic, as `Renderer` frames
     them. lights: (L, 3) unit directions and (L, 3) Blinn-Phong half-vectors in camera space, (L,)
     intensities. background: (3,) uint8 sRGB. tie_bias: window depth that back faces lose ties by.
+    wrinkle: (strength, sharpness) of the fine lines (`render.wrinkles`); strength 0 draws none.
     """
 
     def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
@@ -158,7 +159,7 @@ class GLDrawer:
             uniforms = {"focal": focal, "distance": distance, "ortho": int(ortho),
                         "code_range": (near, far) if ortho else (1 / far, 1 / near),
                         "ambient": ambient, "back_light": back_light,
-                        "srgb_steps": float(SRGB_STEPS), "wrinkle_shape": (*wrinkle, 0.0, 0.0)}
+                        "srgb_steps": float(SRGB_STEPS), "wrinkle_shape": tuple(wrinkle)}
             for name, value in uniforms.items():
                 self.program[name].value = value
             self.program["light_dirs"].write(np.asarray(lights, np.float32).tobytes())

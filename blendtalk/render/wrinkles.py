@@ -41,7 +41,7 @@ class WrinkleConfig:
 
 # The same line pattern, written for the fragment shader (`render.gl`); keep it identical to `darkening`.
 GLSL = """
-uniform vec4 wrinkle_shape;  // strength, sharpness, unused, unused
+uniform vec2 wrinkle_shape;  // strength, sharpness
 float wrinkle_factor(vec4 w) {
     // w: phase across (u) and along (v) the face in line periods, amounts of vertical and horizontal lines
     float across = pow(0.5 + 0.5 * cos(6.283185307 * w.x), wrinkle_shape.y);
