@@ -62,15 +62,20 @@ def generate_in_browser(browser: WebDriver, url: str, wav: Path, emotion: str) -
     assert browser.js("return arguments[0].value", choice) == emotion
     t1 = time.perf_counter()
     browser.click(button)
-    ready = None
-    while time.perf_counter() - t1 < 180:
+    wait_playable(browser, "the video")
+    return {"page_load_s": page_load, "click_to_video_s": time.perf_counter() - t1}
+
+
+def wait_playable(browser, what: str, timeout: float = 180) -> list:
+    """Wait until the result video can play; returns [readyState, duration, currentSrc]."""
+    ready, end = None, time.perf_counter() + timeout
+    while time.perf_counter() < end:
         ready = browser.js("const v = document.querySelector('#video video');"
                            "return v ? [v.readyState, v.duration, v.currentSrc] : null;")
         if ready and ready[0] >= 3:
-            break
+            return ready
         time.sleep(0.1)
-    assert ready and ready[0] >= 3, f"the video never became playable: {ready}"
-    return {"page_load_s": page_load, "click_to_video_s": time.perf_counter() - t1}
+    raise AssertionError(f"{what} never became playable: {ready}")
 
 
 @needs_chromium
@@ -215,16 +220,8 @@ def test_an_example_runs_and_plays_under_the_public_cache_name(browser, app_url)
     clicked = browser.js("const row = [...document.querySelectorAll('tr')].find(r => /tts_sad/.test(r.textContent));"
                          "if (!row) return null; row.click(); return row.textContent;")
     assert clicked, "no example of the sad clip on the page"
-    ready = None
-    end = time.perf_counter() + 180
-    while time.perf_counter() < end:
-        ready = browser.js("const v = document.querySelector('#video video');"
-                           "return v ? [v.readyState, v.currentSrc] : null;")
-        if ready and ready[0] >= 3:
-            break
-        time.sleep(0.2)
-    assert ready and ready[0] >= 3, f"the example's video never became playable: {ready}"
-    assert "file=blendtalk-" in ready[1] and "/tmp/" not in ready[1], ready
+    source = wait_playable(browser, "the example's video")[2]
+    assert "file=blendtalk-" in source and "/tmp/" not in source, source
     audio = browser.js("const a = document.querySelector('#speech audio'); return a ? a.currentSrc || a.src : null;")
     assert audio is None or ("/tmp/" not in audio and "assets/" not in audio), audio
 
