@@ -24,6 +24,7 @@ def pipe():
     return Pipeline.from_pretrained(device="cpu")
 
 
+@pytest.mark.slow  # a new Python process per run of the CLI
 def test_cli_live_streams_versioned_json_lines(tmp_path):
     short = tmp_path / "short.wav"
     import soundfile as sf
@@ -46,6 +47,7 @@ def test_cli_live_streams_versioned_json_lines(tmp_path):
     assert lines[-1] == {"type": "end", "version": 1, "frames": len(frames)}
 
 
+@pytest.mark.slow  # a new Python process per refused argument
 def test_cli_live_refuses_bad_arguments_in_one_line():
     for args, words in ((["--input", "nope.wav"], "neither"), (["--input", str(ARCTIC), "--emit", "http://x"], "--emit")):
         out = subprocess.run([sys.executable, "-m", "blendtalk", "live", *args], cwd=ROOT, capture_output=True, text=True,

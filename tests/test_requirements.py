@@ -33,6 +33,7 @@ def test_runtime_requirements_are_pinned_and_lean():
     assert 'atheris==3.0.0; sys_platform == "linux"' in dev  # no wheel elsewhere: one failed line aborts `pip install -r`
 
 
+@pytest.mark.slow  # a new Python process loads the whole pipeline
 def test_pipeline_runs_without_the_dev_packages():
     """Animate the ARCTIC clip (recognised phones, log-mel, speech model, DFM, head motion) with every dev-only
     package unimportable, as after `pip install -r requirements.txt`."""
