@@ -23,7 +23,6 @@ bank; without it a numpy copy of log_mel below gives the same features).
 """
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -46,6 +45,7 @@ from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
 from blendtalk.speech.features import PHONETIC_MELS, phonetic_inputs
 from blendtalk.speech.phones import Phone, cover_phones, phones_to_frames, read_phone_labels
 from blendtalk.face.rig import load_rig
+from blendtalk.evaluation.reports import write_report
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009"
 PAPER_FPS = 165  # frames/s of FaceFormer + DFM on an RTX 3090 (paper, Table 2)
@@ -518,8 +518,7 @@ def main(argv=None) -> dict:
     table = markdown(report)
     print("\n" + table)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.json, report)
         print(f"wrote {args.json}")
     if args.markdown is not None:
         args.markdown.write_text(table + "\n")

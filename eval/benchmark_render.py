@@ -9,7 +9,6 @@ Reports the median frames/s and the spread (min..max) per size, plus the rendere
 """
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -20,6 +19,7 @@ import torch
 
 from blendtalk.render.renderer import Renderer, RenderConfig
 from blendtalk.face.rig import load_rig
+from blendtalk.evaluation.reports import write_report
 
 
 def animation(rig, frames: int) -> np.ndarray:
@@ -99,8 +99,7 @@ def main(argv=None) -> dict:
         print(f"{row['size']:>6} {row['fps_median']:>11.1f} {spread:>15} {row['build_s']:>8.2f}")
     result = {"device": str(device), "host": host, "torch_threads": torch.get_num_threads(), "results": rows}
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_report(args.json, result)
         print(f"wrote {args.json}")
     return result
 

@@ -33,7 +33,6 @@ the weights do not carry over.
 """
 
 import argparse
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -46,6 +45,7 @@ from blendtalk.evaluation.fusion import _truth_names, fusion_cases, synthetic_sp
 from blendtalk.training.losses import DFMLossConfig
 from blendtalk.evaluation.metrics import MM_PER_M
 from blendtalk.face.rig import load_rig
+from blendtalk.evaluation.reports import write_report
 
 NUM_WEIGHTS = 52
 SUBSPACE_SIZES = (6, 8, 10, 12)  # K_s and K_e tried for the linear split on the true subspaces
@@ -245,8 +245,7 @@ def main(argv=None) -> dict:
             print(f"{name:8s}", "  ".join(f"{metric} {v:.3f}" if isinstance(v, float) else f"{metric} {v}"
                                           for metric, v in report[name].items()))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, default=str))  # default: the Path arguments
+        write_report(args.json, report)
         print(f"wrote {args.json}")
     return report
 

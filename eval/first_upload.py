@@ -14,7 +14,6 @@ reliability issue's target is first <= 2 x second. Prints min/median/max and wri
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import soundfile as sf
 import soxr
 
 from blendtalk.constants import ASSETS_DIR
+from blendtalk.evaluation.reports import write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # eval/load_test.py, beside this script
 from load_test import launch_app  # noqa: E402
@@ -92,8 +92,7 @@ def main(argv=None) -> None:
         print(f"{name}: {s['min']:.2f} / {s['median']:.2f} / {s['max']:.2f} (min / median / max)")
     print(f"target first <= {TARGET_RATIO:g} x second: {'met' if report['met'] else 'MISSED'}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+        write_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import statistics
 import tempfile
@@ -30,6 +29,7 @@ from blendtalk.constants import FPS
 from blendtalk.face.rig import load_rig
 from blendtalk.models.checkpoint import pick_device
 from blendtalk.models.dfm import load_dfm
+from blendtalk.evaluation.reports import write_report
 
 TOLERANCE_MM = 0.01  # the bound against eager float32
 # Vendor peaks (dense, no sparsity) of the SXM cards, for the physical limit; KINDS.md measured
@@ -482,8 +482,7 @@ def main(argv=None) -> int:
 
     def save():
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report, indent=2, default=str))
+            write_report(args.json, report)
 
     for section, fn in (("dfm", lambda: dfm_section(args, device, rig, report, save)),
                         ("graph_sparse", lambda: dfm_section(args, device, rig, report, save)),

@@ -12,6 +12,7 @@ audio time. The audio is the ARCTIC sentence said again and again with 0.5 s of 
 between (eval/lipsync.py's `with_pauses`), unless a file is given.
 """
 
+from blendtalk.evaluation.reports import write_report
 import argparse
 import json
 import sys
@@ -101,8 +102,7 @@ def main(argv=None) -> int:
     report["drift_p95_ms"] = round(report["last_minute"]["p95_ms"] - report["first_minute"]["p95_ms"], 1)
     print(json.dumps(report, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.json, report)
     return 0
 
 

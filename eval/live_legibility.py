@@ -13,7 +13,6 @@ camera), so the difference holds the mapping and the renderer together.
 """
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from blendtalk.constants import ASSETS_DIR
 from blendtalk.expression.emotions import EMOTIONS, check_emotion
+from blendtalk.evaluation.reports import write_report
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 
@@ -111,8 +111,7 @@ def main(argv=None) -> int:
     report = {"clip": args.audio.name, "intensity": 1.0, "rows": rows, "page": page_info,
               "capture_seconds": round(capture_seconds, 1), "recogniser": file_report["recogniser"],
               "command": "python eval/live_legibility.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.json, report)
     if args.sheet:
         contact_sheet(sheet, args.sheet)
     return 0
