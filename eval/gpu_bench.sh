@@ -2,13 +2,14 @@
 # Issue #27's GPU measurements in one go, on a GPU host with no network (Python 3.12 with CUDA torch;
 # what it lacks comes as cp312 wheels in .whl/: soundfile, cffi, pycparser, tqdm, espeakng-loader,
 # pocketsphinx 5.0.4 without its 27 MB word LM, which blendtalk never loads, and imageio-ffmpeg
-# without its ffmpeg binary, so the mp4 is timed only where the host has an ffmpeg). About 5 min;
+# without its ffmpeg binary, which comes xz-packed as .whl/ffmpeg.xz; without it the mp4 is not timed). About 5 min;
 # every result lands in $OUT (JSON, plus bench.log with the host and each step's output):
 #     OUT=out bash eval/gpu_bench.sh
 #     OUT=/tmp/dry DEVICE=cpu QUICK=1 SKIP_INSTALL=1 bash eval/gpu_bench.sh    # dry run of every step on a CPU
 #   gpu_dfm.json           DFM at batch 1 (eager, CUDA graph) and batched (precisions, channels-last,
 #                          torch.compile), deviations from float32, torch.profiler table, FLOPs/bytes vs peaks
 #   gpu_pipeline.json      pipeline batched (audio -> 512 px frames in memory) and one 10 s clip -> frames / mp4
+#   gpu_gl.json            the OpenGL renderer over EGL on this host: which driver, 512 px frames/s
 #   live_latency.json      eval/live_latency.py on the device (24 s of speech at real pace)
 #   gpu_graph_sparse.json  the DFM with its cuSPARSE map captured as a CUDA graph (last: a refused
 #                          capture can spoil the process's CUDA context)
@@ -19,6 +20,10 @@ log="$OUT/bench.log"
 if [ -z "${SKIP_INSTALL:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >>"$log" 2>&1 || { cat "$log"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
+  if [ -f .whl/ffmpeg.xz ]; then  # imageio-ffmpeg's static binary, xz-packed to fit the 64 MiB carry
+    python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.whl/ffmpeg.xz'), open('/tmp/ffmpeg', 'wb'))"
+    chmod +x /tmp/ffmpeg && export IMAGEIO_FFMPEG_EXE=/tmp/ffmpeg
+  fi
 else
   export PYTHONPATH=$PWD
 fi
@@ -42,7 +47,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log its output,
 step dfm 160 python3 eval/gpu_speed.py --device "$device" $quick --sections dfm --json "$OUT/gpu_dfm.json"
 step pipeline 110 python3 eval/gpu_speed.py --device "$device" $quick --sections pipeline --repeats-pipeline 2 \
   --json "$OUT/gpu_pipeline.json"
-step live 50 python3 eval/live_latency.py --device "$device" --minutes "${LIVE_MINUTES:-0.4}" --json "$OUT/live_latency.json"
+step gl 60 python3 eval/gpu_speed.py --device "$device" $quick --sections gl --json "$OUT/gpu_gl.json"
+step live 90 python3 eval/live_latency.py --device "$device" --minutes "${LIVE_MINUTES:-0.4}" --json "$OUT/live_latency.json"
 if [ "$device" != cpu ]; then
   step graph_sparse 30 python3 eval/gpu_speed.py --device "$device" --sections graph_sparse --json "$OUT/gpu_graph_sparse.json"
 fi

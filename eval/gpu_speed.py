@@ -447,6 +447,39 @@ def pipeline_section(args, device, report: dict, save) -> None:
     pipe.close()
 
 
+def gl_section(args, device, report: dict, save) -> None:
+    """The OpenGL renderer on this host (EGL: the GPU's own driver where the host exposes it for
+    graphics, else Mesa's llvmpipe): which driver answers and 512 px frames/s of one 10 s clip."""
+    from blendtalk.evaluation.clips import long_clip
+    from blendtalk.pipeline import Pipeline
+    from blendtalk.render import gl
+    from blendtalk.render.renderer import Renderer
+
+    ok, name = gl.gl_status()
+    report["gl_render"] = {"available": ok, "renderer": name}
+    print(f"OpenGL: {ok}, {name}", flush=True)
+    if not ok:
+        save()
+        return
+    pipe = Pipeline.from_pretrained(device=str(device))
+    wav, _ = long_clip(args.seconds, Path(tempfile.mkdtemp(prefix="blendtalk-gl-")))
+    anim = pipe.animate(wav, emotion="happy")
+    torch_renderer = pipe.renderer(args.size)
+    renderer = Renderer.for_rig(pipe.rig, torch_renderer.config, device="cpu")  # a CPU renderer draws through OpenGL
+    verts = torch.as_tensor(anim.vertices)
+
+    def draw():
+        for i in range(0, len(verts), 60):
+            renderer(verts[i:i + 60])
+
+    times = timed(draw, torch.device("cpu"), args.repeats_clip)
+    report["gl_render"].update({"size": args.size, **rate(times, len(verts))})
+    save()
+    r = report["gl_render"]
+    print(f"gl render {args.size} px: {r['fps_min']:.0f} / {r['fps_median']:.0f} / {r['fps_max']:.0f} frames/s", flush=True)
+    pipe.close()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
@@ -460,7 +493,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats-pipeline", type=int, default=3)
     p.add_argument("--repeats-clip", type=int, default=5)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
-    p.add_argument("--sections", nargs="+", default=["dfm", "pipeline"], choices=["dfm", "pipeline", "graph_sparse"],
+    p.add_argument("--sections", nargs="+", default=["dfm", "pipeline"], choices=["dfm", "pipeline", "gl", "graph_sparse"],
                    help="graph_sparse alone: capture the DFM with its sparse map as a CUDA graph (run it last, in its own process)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a dry run of every code path")
     p.add_argument("--json", type=Path)
@@ -486,7 +519,8 @@ def main(argv=None) -> int:
 
     for section, fn in (("dfm", lambda: dfm_section(args, device, rig, report, save)),
                         ("graph_sparse", lambda: dfm_section(args, device, rig, report, save)),
-                        ("pipeline", lambda: pipeline_section(args, device, report, save))):
+                        ("pipeline", lambda: pipeline_section(args, device, report, save)),
+                        ("gl", lambda: gl_section(args, device, report, save))):
         if section not in args.sections:
             continue
         try:

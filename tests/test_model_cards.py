@@ -57,12 +57,17 @@ def test_card_front_matter_is_hub_metadata(kind):
 
 def test_dfm_card_figures_match_metrics():
     text, fusion = card("dfm"), metrics("dfm")["test"]["fusion"]
-    for key, label in FUSION_ROWS.items():
+    rows = [(key, label) for key, label in FUSION_ROWS.items() if key in fusion]
+    assert {"dfm", "dfm_keeping_residuals", "interpolation"} <= {key for key, _ in rows}
+    for key, label in rows:
         cells = table_row(text, label)
         for cell, (column, _, decimals) in zip(cells, FUSION_COLUMNS, strict=True):
             assert close(cell, fusion[key][column], decimals), (label, column, cell)
     ratio = fusion["interpolation"]["fused_mve"] / fusion["dfm"]["fused_mve"]
-    assert f"Fused error {ratio:.2f}x below" in text and "(target 2x): **missed**" in text
+    assert f"Fused error of eq. 13: the sum of the inputs' is {ratio:.2f}x this (target 2x): **missed**" in text
+    kept = metrics("dfm")["test"]["expression_kept"]["dfm_keeping_residuals"]
+    lower = [kept[e]["lower_face"]["magnitude"] for e in ("angry", "disgusted", "fearful", "happy", "sad", "surprised")]
+    assert f"lower face {min(lower):.2f}-{max(lower):.2f}" in text and "(target 0.9-1.1): met" in text
     pct = metrics("dfm")["test"]["lve_through_dfm"]["increase_percent"]
     assert f"{pct:+.1f}% after the model" in text and "Table 1): **missed**" in text
 

@@ -100,7 +100,9 @@ def test_timeline_changes_the_upper_face_after_its_key(pipe, speech, method):
     for span in (t < CHANGE_S, t >= SETTLED_S):
         assert np.corrcoef(gap_speech[span], gap_fused[span])[0, 1] > 0.8
     closed = gap_speech < 0.2e-3
-    assert closed[t >= SETTLED_S].any() and gap_fused[closed].max() < 1e-3
+    # eq. 13 redraws the speech through the 16 speech blendshapes, whose error at the lips (about a
+    # millimetre) leaves a little gap where the speech closes; the app's fusion keeps the input's lips.
+    assert closed[t >= SETTLED_S].any() and gap_fused[closed].max() < (1.5e-3 if method == "eq13" else 1e-3)
     if method != "interpolation":
         assert weights["speech_weights"].shape[0] == weights["expression_weights"].shape[0] == frames
         assert weights["arkit_weights"].shape == (frames, 52)
@@ -123,17 +125,22 @@ def test_intensity_zero_is_nearly_speech_only(pipe, speech):
     assert np.sqrt(np.mean((happy - d_s) ** 2)) > 3 * off
 
 
-def test_an_emotion_label_is_kept_whole_and_a_recording_is_cleaned(pipe, speech):
+def test_an_emotion_label_is_kept_whole_and_a_recording_keeps_its_expression(pipe, speech):
     """A label's expression is made of action units, none of it articulation: "ours" adds all of it.
-    A recorded expression may carry speech on its mouth, which the expression encoder takes out."""
+    A recorded expression goes through the expression encoder, which must keep the expression itself
+    (issue #23: 0.9-1.1 of it) and take out part of any speech riding on its mouth."""
     d_s = speech[1][:SHORT]
+    leak = speech[1][2 * SHORT:3 * SHORT]  # other words, as a recording made while talking carries them
     d_e = pipe.expression_deformation(Expression("angry", blinks=False), SHORT)  # open-mouthed: on the speech bases too
     base, _ = pipe.fuse(d_s, np.zeros_like(d_e), "ours", clean_expression=True)
     label, _ = pipe.fuse(d_s, d_e, "ours", clean_expression=True)
     recorded, _ = pipe.fuse(d_s, d_e, "ours")
+    talking, _ = pipe.fuse(d_s, d_e + leak, "ours")
     np.testing.assert_allclose(label - base, d_e, atol=1e-6)
     taken = np.abs((recorded - base) - d_e).mean() / np.abs(d_e).mean()
-    assert taken > 0.05  # the encoder reads the open jaw as partly articulation
+    assert taken < 0.1
+    leak_kept = np.abs(talking - recorded).mean() / np.abs(leak).mean()
+    assert leak_kept < 0.9
 
 
 def test_mix_is_between_its_emotions(pipe, speech):

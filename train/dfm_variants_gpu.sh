@@ -38,5 +38,5 @@ for v in a b c d; do
   mkdir -p /tmp/keep/models/$v; cp $run/best/config.json $run/train_config.json $run/metrics.jsonl /tmp/keep/models/$v/
   cp $run/best/model.safetensors $OUT/model_$v.safetensors
 done
-mv $OUT/*.log $OUT/eval_* /tmp/keep/ && tar czf $OUT/results.tgz -C /tmp/keep .
+mv $OUT/*.log /tmp/keep/; mv $OUT/eval_*/ /tmp/keep/; tar czf $OUT/results.tgz -C /tmp/keep .
 ls -la $OUT

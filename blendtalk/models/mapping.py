@@ -96,7 +96,7 @@ class ArkitMapping(Mapping):
         half is still mapped. numpy in, numpy out."""
         is_np = not isinstance(w_speech, torch.Tensor)
         s = torch.as_tensor(np.asarray(w_speech, dtype=np.float32) if is_np else w_speech)
-        u = torch.as_tensor(np.asarray(units, dtype=np.float32)).to(s)
+        u = (units if isinstance(units, torch.Tensor) else torch.as_tensor(np.asarray(units, dtype=np.float32))).to(s)
         if s.shape[-1] != self.k_speech or u.shape[-1] != self.num_params or s.shape[:-1] != u.shape[:-1]:
             raise ValueError(f"speech weights (..., {self.k_speech}) and units (..., {self.num_params}) with the same "
                              f"leading shape expected, got {tuple(s.shape)} and {tuple(u.shape)}")
