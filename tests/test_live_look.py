@@ -66,7 +66,8 @@ def test_blend_follows_the_renderer(pipe, look, units):
     strength, floor = look["crease"]["strength"], look["crease"]["floor"]
     dark = np.clip(1 - strength * np.maximum(crease, 0), floor, 1)
     exact_dark = np.clip(1 - strength * np.maximum(exact_crease, 0), floor, 1)
-    assert exact_dark.min() < 0.9 and np.abs(dark - exact_dark).max() < 0.15
+    error = np.abs(dark - exact_dark)  # linear to first order: a few vertices of a deep fold differ more
+    assert exact_dark.min() < 0.9 and np.percentile(error, 99) < 0.05 and error.mean() < 0.01, (error.max(), error.mean())
 
 
 def test_look_matches_the_file_renderer(pipe, look):

@@ -285,6 +285,12 @@ async function start() {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     return fail("This browser gives the microphone only to https:// pages or localhost; open the app over https.");
   }
+  // The audio context is made here, in the click itself: browsers keep one made later (after the
+  // awaits below) suspended as autoplay, and Firefox then never runs its worklet.
+  try { ctx = new AudioContext({ sampleRate: RATE }); } catch (e) { ctx = new AudioContext(); }
+  ctx.resume();
+  stats.audio = ctx.state;
+  ctx.onstatechange = () => { stats.audio = ctx && ctx.state; };
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false,
                                                                    noiseSuppression: false, autoGainControl: false } });
@@ -301,7 +307,7 @@ async function start() {
   ws.binaryType = "arraybuffer";
   ws.onopen = async () => {
     ws.send(JSON.stringify({ type: "start", emotion: $("emotion").value, intensity: +$("intensity").value, sample_rate: RATE }));
-    try { ctx = new AudioContext({ sampleRate: RATE }); } catch (e) { ctx = new AudioContext(); }
+    if (!ctx) return;  // stopped while the socket opened
     const src = ctx.createMediaStreamSource(stream);
     const code = "class Tap extends AudioWorkletProcessor { process(inputs) { const c = inputs[0][0]; " +
                  "if (c) this.port.postMessage(c.slice(0)); return true; } } registerProcessor('tap', Tap);";
@@ -322,6 +328,7 @@ async function start() {
         sent += 1;
       }
       pending = joined.slice(i);
+      stats.sent = sent;
     };
     src.connect(node);
     $("stop").disabled = false;
