@@ -209,6 +209,9 @@ stats.appliedTimes = [];
 // Draw one frame without a microphone (frame format v1, docs/live.md): eval/live_look.py puts the
 // page's face beside the file renderer's on the same weights.
 window.liveShow = (frame) => { apply({ frame: -1, head: [0, 0, 0], eyes: [0, 0], ...frame }); };
+// The face as drawn now, as a PNG data URL: drawn and read in one task, so the canvas needs no
+// preserved buffer (eval/live_legibility.py captures many more frames a second this way than by screenshots).
+window.liveCapture = () => { renderer.render(scene, camera); return canvas.toDataURL("image/png"); };
 
 // ---- playout: each frame applied at its audio time (+ a jitter buffer), on a timer of its own; the
 // display redraws the latest state whenever it can (software WebGL may draw slower than 30 frames/s).
@@ -290,6 +293,7 @@ async function start() {
   try { ctx = new AudioContext({ sampleRate: RATE }); } catch (e) { ctx = new AudioContext(); }
   ctx.resume();
   stats.audio = ctx.state;
+  stats.audioRate = ctx.sampleRate;  // 16000, or the device's rate when the browser refuses 16 kHz (then resampled)
   ctx.onstatechange = () => { stats.audio = ctx && ctx.state; };
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false,
