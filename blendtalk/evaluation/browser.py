@@ -195,6 +195,24 @@ def live_page_frames(url: str, wav: str | Path, emotions, seconds: float = 6.0, 
     return frames
 
 
+def page_frames_of_weights(url: str, frames, load_timeout: float = 90.0) -> list:
+    """The live page's face (url: the server's /live/ page) drawn from given frames, without a
+    microphone: each a dict of the frame format's fields ("arkit": {unit: weight}, "head", "eyes"),
+    shown with `window.liveShow` and read with `window.liveCapture`. -> [(H, W, 3) uint8]."""
+    shots = []
+    with chrome() as page:
+        page.get(url)
+        end = time.monotonic() + load_timeout
+        while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
+            if time.monotonic() > end:
+                raise RuntimeError("the live page did not load its face")
+            time.sleep(0.2)
+        for frame in frames:
+            data = page.js(f"window.liveShow({json.dumps(frame)}); return window.liveCapture();")
+            shots.append(png_rgb(base64.b64decode(data.split(",", 1)[1])))
+    return shots
+
+
 # ---- Firefox ----
 FIREFOX = Path("/usr/bin/firefox-esr")
 FIREFOX_PREFS = {  # a quiet profile: no first-run pages, updates or telemetry; a fake microphone granted
