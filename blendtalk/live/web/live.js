@@ -30,7 +30,9 @@ let meshes = [], head = null, eyes = [], names = [], look = null;
 const fallbackLights = [new THREE.HemisphereLight(0xffffff, 0x707070, 1.6), new THREE.DirectionalLight(0xffffff, 1.6)];
 const loaded = Promise.all([
   new Promise((resolve, reject) => new GLTFLoader().load("/live/face_arkit.glb", resolve, undefined, reject)),
-  fetch("/live/face_look.json").then((r) => (r.ok ? r.json() : null)).catch(() => null),
+  // ?look=plain: three.js's own lights and material, lighter for software WebGL on a weak machine.
+  new URLSearchParams(location.search).get("look") === "plain" ? null
+    : fetch("/live/face_look.json").then((r) => (r.ok ? r.json() : null)).catch(() => null),
 ]);
 loaded.then(([gltf, bakedLook]) => {
   scene.add(gltf.scene);
@@ -39,7 +41,7 @@ loaded.then(([gltf, bakedLook]) => {
   eyes = ["left_eye", "right_eye"].map((n) => gltf.scene.getObjectByName(n)).filter(Boolean);
   gltf.scene.updateMatrixWorld(true);
   look = bakedLook && bakedLook.format === "blendtalk-live-look" ? makeLook(bakedLook) : null;
-  if (!look) {  // an older asset folder: three.js's own lights and the GLB's material, framed on the face
+  if (!look) {  // ?look=plain or an older asset folder: three.js's own lights and the GLB's material, framed on the face
     fallbackLights[1].position.set(0.4, 0.8, 1.2);
     fallbackLights.forEach((l) => scene.add(l));
     const box = new THREE.Box3().setFromObject(meshes.find((m) => m.name === "face") || meshes[0]);
