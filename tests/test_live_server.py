@@ -133,6 +133,8 @@ def test_page_and_assets_are_served(client):
     assert client.get("/live/static/live.js").status_code == 200
     assert client.get("/live/static/vendor/three/build/three.module.min.js").status_code == 200
     assert "MIT" in client.get("/live/static/vendor/three/LICENSE").text
+    look = client.get("/live/face_look.json")
+    assert look.status_code == 200 and look.json()["format"] == "blendtalk-live-look"
 
 
 def test_arkit_glb_has_the_52_units_as_morph_targets(pipe, tmp_path):

@@ -155,21 +155,26 @@ def png_rgb(data: bytes):
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+def open_live_page(page, url: str, load_timeout: float) -> None:
+    """Open the live page at url in `page` (a `WebDriver`) and wait until it has loaded its face."""
+    page.get(url)
+    end = time.monotonic() + load_timeout
+    while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
+        if time.monotonic() > end:
+            raise RuntimeError("the live page did not load its face")
+        time.sleep(0.2)
+
+
 def live_page_frames(url: str, wav: str | Path, emotions, seconds: float = 6.0, settle: float = 1.0,
                      load_timeout: float = 90.0, progress=None) -> dict:
     """Frames of the live page's face (url: the server's /live/ page) while Chromium's fake microphone
     loops `wav`: for each emotion in turn (chosen on the page, as a user would, in one session),
     `settle` s for the change to ease in, then the face's canvas as drawn (`window.liveCapture`,
-    else element screenshots) for `seconds` s. Returns {emotion: [(H, W, 3) uint8]} and, under "_page", the page's own counters
-    (weight frames received, errors)."""
+    else element screenshots) for `seconds` s. Returns {emotion: [(H, W, 3) uint8]} and, under
+    "_page", the page's own counters (weight frames received, errors)."""
     frames = {}
     with chrome(*fake_microphone_flags(wav, loop=True)) as page:
-        page.get(url)
-        end = time.monotonic() + load_timeout
-        while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
-            if time.monotonic() > end:
-                raise RuntimeError("the live page did not load its face")
-            time.sleep(0.2)
+        open_live_page(page, url, load_timeout)
         page.click(page.find("#start"))
         canvas = page.find("#view")
         end = time.monotonic() + load_timeout
@@ -201,12 +206,7 @@ def page_frames_of_weights(url: str, frames, load_timeout: float = 90.0) -> list
     shown with `window.liveShow` and read with `window.liveCapture`. -> [(H, W, 3) uint8]."""
     shots = []
     with chrome() as page:
-        page.get(url)
-        end = time.monotonic() + load_timeout
-        while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
-            if time.monotonic() > end:
-                raise RuntimeError("the live page did not load its face")
-            time.sleep(0.2)
+        open_live_page(page, url, load_timeout)
         for frame in frames:
             data = page.js(f"window.liveShow({json.dumps(frame)}); return window.liveCapture();")
             shots.append(png_rgb(base64.b64decode(data.split(",", 1)[1])))
