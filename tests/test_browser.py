@@ -248,12 +248,37 @@ def pipe_for_live():
     return Pipeline.from_pretrained(device="cpu")
 
 
+# Firefox plays no file as its microphone (its fake device is a tone): the test hands the page a
+# stream of the wav played through Web Audio instead, at the page's own 16 kHz.
+FILE_MICROPHONE = """
+const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+navigator.mediaDevices.getUserMedia = async () => {
+  const ctx = new AudioContext({ sampleRate: 16000 });
+  await ctx.resume();
+  const source = ctx.createBufferSource();
+  source.buffer = await ctx.decodeAudioData(bytes.buffer);
+  const out = ctx.createMediaStreamDestination();
+  source.connect(out);
+  const silence = ctx.createConstantSource();  // keeps the stream going (silent) after the file, as a microphone does
+  silence.offset.value = 0;
+  silence.connect(out);
+  silence.start();
+  source.start();
+  window.fileMicrophone = { started: performance.now(), seconds: source.buffer.duration };
+  return out.stream;
+};
+return true;
+"""
+
+
 @pytest.mark.skipif(not firefox_available(), reason="needs /usr/bin/firefox-esr (apt-get install firefox-esr)")
 def test_live_page_in_firefox(live_url):
-    """Firefox ESR through its own Marionette server (no geckodriver here), with its fake microphone
-    (a tone: Firefox cannot play a file as the microphone). Where Firefox has WebGL 2 the face
-    loads and the weight frames stream; where it has none (headless on this GPU-less machine) the
-    page says so in one line and offers no Start button that would fail."""
+    """Firefox ESR through its own Marionette server (no geckodriver here), with WebGL on Mesa's
+    llvmpipe (browser.FIREFOX_ENV): the ARCTIC sentence plays once as the microphone, the face moves
+    while it plays and its mouth rests after it. Where Firefox has no WebGL 2 the page says so in
+    one line and offers no Start button that would fail."""
+    import base64
+
     with firefox() as page:
         page.get(live_url)
         end = time.monotonic() + 90
@@ -265,11 +290,22 @@ def test_live_page_in_firefox(live_url):
             print(f"\nFirefox without WebGL 2: {message}")
             assert "WebGL" in message and page.js("return document.getElementById('start').disabled")
             return
+        assert page.js("return window.liveStats.look"), "the page fell back from the file renderer's look"
+        page.js(FILE_MICROPHONE, base64.b64encode(WAV.read_bytes()).decode())
         page.click("#start")
-        end = time.monotonic() + 30
-        while page.js("return window.liveStats.received") < 60:
-            assert time.monotonic() < end, page.js("return window.liveStats.errors")
-            time.sleep(0.3)
-        stats = page.js("const s = window.liveStats; return [s.received, s.applied, s.fps, s.errors];")
-        print(f"\nFirefox: {stats[0]} frames received, {stats[1]} applied, {stats[2]} frames/s")
-        assert not stats[3] and stats[1] > 0
+        samples, t0 = [], time.monotonic()
+        while time.monotonic() - t0 < 9:
+            time.sleep(0.25)
+            samples.append(page.js("const s = window.liveStats; return [s.received, s.applied, s.fps, s.errors];"))
+        history = np.array(page.js("return window.liveStats.mouthHistory"))  # (n, 4): time ms, jawOpen, mouthClose, funnel
+        played = page.js("return window.fileMicrophone")
+    received, applied, fps, errors = samples[-1]
+    print(f"\nFirefox: {received} frames received, {applied} applied, at most {max(s[2] for s in samples)} frames/s")
+    assert not errors and applied > 60, samples[-1]
+    start, seconds = played["started"], played["seconds"]
+    playing = history[(history[:, 0] > start + 300) & (history[:, 0] < start + 1000 * seconds - 200)]
+    after = history[history[:, 0] > start + 1000 * seconds + 1500]
+    assert len(playing) > 20 and len(after) > 10, (len(playing), len(after))
+    moving, resting = playing[:, 1:].std(0).max(), after[:, 1:].std(0).max()
+    print(f"mouth weight spread while speaking {moving:.3f}, after {resting:.4f}")
+    assert moving > 0.05 and resting < 0.2 * moving, (moving, resting)

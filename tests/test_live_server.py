@@ -133,12 +133,14 @@ def test_page_and_assets_are_served(client):
     assert client.get("/live/static/live.js").status_code == 200
     assert client.get("/live/static/vendor/three/build/three.module.min.js").status_code == 200
     assert "MIT" in client.get("/live/static/vendor/three/LICENSE").text
+    look = client.get("/live/face_look.json")
+    assert look.status_code == 200 and look.json()["format"] == "blendtalk-live-look"
 
 
 def test_arkit_glb_has_the_52_units_as_morph_targets(pipe, tmp_path):
     from blendtalk.render.gltf import write_rig_glb
 
-    data = write_rig_glb(tmp_path / "face.glb", pipe.rig, pipe.dressing(), posable=True).read_bytes()
+    data = write_rig_glb(tmp_path / "face.glb", pipe.rig, pipe.dressing(), posable=True, morph_normals=True).read_bytes()
     magic, version, length = struct.unpack("<4sII", data[:12])
     assert magic == b"glTF" and version == 2 and length == len(data)
     size = struct.unpack("<I", data[12:16])[0]
@@ -148,5 +150,6 @@ def test_arkit_glb_has_the_52_units_as_morph_targets(pipe, tmp_path):
     for mesh in doc["meshes"]:
         assert mesh["extras"]["targetNames"] == list(pipe.rig.blendshape_names)
         assert len(mesh["primitives"][0]["targets"]) == 52
+        assert all(set(t) == {"POSITION", "NORMAL"} for t in mesh["primitives"][0]["targets"])
     shipped = ASSETS_DIR / "live" / "face_arkit.glb"
     assert shipped.read_bytes() == data, "assets/live/face_arkit.glb is stale: python tools/build_live_glb.py"

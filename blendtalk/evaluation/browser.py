@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import time
@@ -154,21 +155,26 @@ def png_rgb(data: bytes):
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+def open_live_page(page, url: str, load_timeout: float) -> None:
+    """Open the live page at url in `page` (a `WebDriver`) and wait until it has loaded its face."""
+    page.get(url)
+    end = time.monotonic() + load_timeout
+    while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
+        if time.monotonic() > end:
+            raise RuntimeError("the live page did not load its face")
+        time.sleep(0.2)
+
+
 def live_page_frames(url: str, wav: str | Path, emotions, seconds: float = 6.0, settle: float = 1.0,
                      load_timeout: float = 90.0, progress=None) -> dict:
     """Frames of the live page's face (url: the server's /live/ page) while Chromium's fake microphone
     loops `wav`: for each emotion in turn (chosen on the page, as a user would, in one session),
-    `settle` s for the change to ease in, then element screenshots of the face's canvas for
-    `seconds` s. Returns {emotion: [(H, W, 3) uint8]} and, under "_page", the page's own counters
-    (weight frames received, errors)."""
+    `settle` s for the change to ease in, then the face's canvas as drawn (`window.liveCapture`,
+    else element screenshots) for `seconds` s. Returns {emotion: [(H, W, 3) uint8]} and, under
+    "_page", the page's own counters (weight frames received, errors)."""
     frames = {}
     with chrome(*fake_microphone_flags(wav, loop=True)) as page:
-        page.get(url)
-        end = time.monotonic() + load_timeout
-        while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
-            if time.monotonic() > end:
-                raise RuntimeError("the live page did not load its face")
-            time.sleep(0.2)
+        open_live_page(page, url, load_timeout)
         page.click(page.find("#start"))
         canvas = page.find("#view")
         end = time.monotonic() + load_timeout
@@ -183,12 +189,28 @@ def live_page_frames(url: str, wav: str | Path, emotions, seconds: float = 6.0, 
             time.sleep(settle)
             shots, stop = [], time.monotonic() + seconds
             while time.monotonic() < stop:
-                shots.append(png_rgb(base64.b64decode(page.cmd("GET", f"/element/{canvas}/screenshot"))))
+                # The canvas's own pixels (drawn and read in one task), much faster than an element screenshot.
+                url = page.js("return window.liveCapture ? window.liveCapture() : null;")
+                data = url.split(",", 1)[1] if url else page.cmd("GET", f"/element/{canvas}/screenshot")
+                shots.append(png_rgb(base64.b64decode(data)))
             frames[emotion] = shots
             if progress:
                 progress(emotion, len(shots))
         frames["_page"] = page.js("const s = window.liveStats; return {received: s.received, fps: s.fps, errors: s.errors};")
     return frames
+
+
+def page_frames_of_weights(url: str, frames, load_timeout: float = 90.0) -> list:
+    """The live page's face (url: the server's /live/ page) drawn from given frames, without a
+    microphone: each a dict of the frame format's fields ("arkit": {unit: weight}, "head", "eyes"),
+    shown with `window.liveShow` and read with `window.liveCapture`. -> [(H, W, 3) uint8]."""
+    shots = []
+    with chrome() as page:
+        open_live_page(page, url, load_timeout)
+        for frame in frames:
+            data = page.js(f"window.liveShow({json.dumps(frame)}); return window.liveCapture();")
+            shots.append(png_rgb(base64.b64decode(data.split(",", 1)[1])))
+    return shots
 
 
 # ---- Firefox ----
@@ -199,11 +221,49 @@ FIREFOX_PREFS = {  # a quiet profile: no first-run pages, updates or telemetry; 
     "media.navigator.permission.disabled": True,
     "webgl.force-enabled": True,  # no GPU here: Firefox blocks WebGL on software (Mesa llvmpipe) unless forced
     "gfx.x11-egl.force-enabled": True, "webgl.out-of-process": False, "gfx.webrender.software": True,
+    "media.autoplay.default": 0, "media.autoplay.block-webaudio": False,  # the test plays a file into the page's audio graph
     "browser.shell.checkDefaultBrowser": False, "browser.startup.homepage_override.mstone": "ignore",
     "datareporting.policy.dataSubmissionEnabled": False, "toolkit.telemetry.reportingpolicy.firstRun": False,
     "app.update.disabledForTesting": True, "browser.safebrowsing.update.enabled": False,
     "network.captive-portal-service.enabled": False, "extensions.update.enabled": False,
 }
+
+# Headless Firefox has no display to ask GLX for a context, and no pref makes it try EGL's headless
+# (surfaceless) platform: its WebGL fails with "Exhausted GL driver options" whatever webgl.*, gfx.* or
+# layers.* prefs say (tried: webgl.force-enabled, webgl.disabled=false, webgl.enable-webgl2,
+# layers.acceleration.force-enabled, gfx.webrender.all, gfx.blocklist.all=-1, LIBGL_ALWAYS_SOFTWARE=1,
+# MOZ_HEADLESS=1, EGL_PLATFORM=surfaceless, MOZ_X11_EGL=1). This environment variable makes WebGL take
+# EGL, which Mesa serves with llvmpipe: WebGL 1 and 2 then work headless.
+FIREFOX_ENV = {"MOZ_WEBGL_FORCE_EGL": "1"}
+PULSEAUDIO = Path("/usr/bin/pulseaudio")  # apt-get install pulseaudio
+
+
+@contextlib.contextmanager
+def null_audio_output():
+    """A private PulseAudio server with a null sink, as env for a browser ({} without pulseaudio).
+    Firefox keeps every AudioContext suspended where it finds no audio output (a server with no
+    sound card): the live page's microphone worklet would then never run."""
+    import shutil
+    import tempfile
+
+    if not PULSEAUDIO.exists():
+        yield {}
+        return
+    folder = Path(tempfile.mkdtemp(prefix="blendtalk-pulse-"))
+    socket_path = folder / "native"
+    proc = subprocess.Popen([str(PULSEAUDIO), "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no",
+                             "--disable-shm=yes", "-L", "module-null-sink sink_name=blendtalk",
+                             "-L", f"module-native-protocol-unix auth-anonymous=1 socket={socket_path}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HOME": str(folder), "XDG_RUNTIME_DIR": str(folder)})
+    try:
+        end = time.monotonic() + 10
+        while not socket_path.exists() and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.1)
+        yield {"PULSE_SERVER": f"unix:{socket_path}"} if socket_path.exists() else {}
+    finally:
+        stop_process(proc, 10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def firefox_available() -> bool:
@@ -254,8 +314,9 @@ class Marionette:
     def get(self, url: str) -> None:
         self.cmd("WebDriver:Navigate", {"url": url})
 
-    def js(self, script: str):
-        return self.cmd("WebDriver:ExecuteScript", {"script": script, "args": []}).get("value")
+    def js(self, script: str, *args):
+        """Run `script` with `args` (JSON values) as arguments[0], ..."""
+        return self.cmd("WebDriver:ExecuteScript", {"script": script, "args": list(args)}).get("value")
 
     def click(self, css: str) -> None:
         element = self.cmd("WebDriver:FindElement", {"using": "css selector", "value": css})["value"]
@@ -267,7 +328,8 @@ class Marionette:
 
 @contextlib.contextmanager
 def firefox():
-    """Headless Firefox ESR with a fresh profile (FIREFOX_PREFS) and a Marionette session."""
+    """Headless Firefox ESR with a fresh profile (FIREFOX_PREFS), WebGL on EGL (FIREFOX_ENV), a null
+    audio output (`null_audio_output`) and a Marionette session."""
     import shutil
     import tempfile
 
@@ -275,8 +337,11 @@ def firefox():
     profile = Path(tempfile.mkdtemp(prefix="blendtalk-firefox-"))
     prefs = dict(FIREFOX_PREFS, **{"marionette.port": port})
     (profile / "user.js").write_text("".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in prefs.items()))
+    audio = contextlib.ExitStack()
+    audio_env = audio.enter_context(null_audio_output())
     proc = subprocess.Popen([str(FIREFOX), "--headless", "--marionette", "--no-remote", "--profile", str(profile),
-                             "--width", "1280", "--height", "1400"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--width", "1280", "--height", "1400"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **FIREFOX_ENV, **audio_env})
     try:
         driver = Marionette(port)
         try:
@@ -289,4 +354,5 @@ def firefox():
             driver.sock.close()
     finally:
         stop_process(proc, 15)
+        audio.close()
         shutil.rmtree(profile, ignore_errors=True)

@@ -5,6 +5,7 @@ Routes (added to the app's server by `add_routes`):
     GET  /live/                  the live page (three.js face, microphone, controls), with a fresh token
     GET  /live/token             {"token": ...} for an external client (a script, an engine)
     GET  /live/face_arkit.glb    the dressed rig with the 52 ARKit units as morph targets (sent once)
+    GET  /live/face_look.json    the file renderer's camera, lights, material and per-unit wrinkles and creases (`live.look`)
     GET  /live/take/ID.mp4?size=256   a finished session's take rendered as an mp4 (audio + the ARKit face)
     GET  /live/static/...        the page's script and the bundled three.js (MIT, vendor/three/LICENSE)
     WS   /live/ws?token=TOKEN    the stream
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 GLB_PATH = ASSETS_DIR / "live" / "face_arkit.glb"
+LOOK_PATH = ASSETS_DIR / "live" / "face_look.json"  # the file renderer's look for the page (`live.look`)
 MAX_SESSIONS = 2  # concurrent live sessions: one per core of the 2-core CPU the app is sized for
 MAX_SECONDS = 300.0  # s of audio per session
 TOKEN_SECONDS = 600.0  # s a minted token stays valid (single use)
@@ -138,6 +140,11 @@ class LiveService:
                 return JSONResponse({"error": "face_arkit.glb is missing: python tools/build_live_glb.py"}, status_code=404)
             return FileResponse(GLB_PATH, media_type="model/gltf-binary")
 
+        async def look(request):
+            if not LOOK_PATH.is_file():
+                return JSONResponse({"error": "face_look.json is missing: python tools/build_live_glb.py"}, status_code=404)
+            return FileResponse(LOOK_PATH, media_type="application/json")
+
         async def take(request):
             import shutil
             import tempfile
@@ -159,6 +166,7 @@ class LiveService:
                                 background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
         return [Route("/live/", page), Route("/live", page), Route("/live/token", token), Route("/live/face_arkit.glb", glb),
+                Route("/live/face_look.json", look),
                 Route("/live/take/{key}.mp4", take),
                 WebSocketRoute("/live/ws", self.websocket), Mount("/live/static", StaticFiles(directory=WEB_DIR))]
 

@@ -98,13 +98,16 @@ def write_morph_glb(
     weights: np.ndarray | None = None,
     fps: float = 30.0,
     root: tuple[str, np.ndarray] | None = None,
+    morph_normals: bool = False,
 ) -> Path:
     """A binary glTF 2.0 of `parts` sharing K morph targets named `names` and, optionally, their curves.
 
     weights (T, K) per frame at `fps`, keyed LINEAR over T/fps seconds on every part (the animation
     "blendshapes"; None: a still, rigged mesh). root (name, (3,) position): a parent node the parts
-    hang under, at that position (None: the parts are the scene's nodes). Any glTF viewer or engine can
-    drive the targets live or play the curves.
+    hang under, at that position (None: the parts are the scene's nodes). morph_normals: each target
+    also carries its change of the smooth vertex normals, so that a client shades a moved face as
+    moved (a raised brow's new slope) instead of with the rest pose's normals. Any glTF viewer or
+    engine can drive the targets live or play the curves.
     """
     path = output_path(path, ".glb")
     k = len(names)
@@ -129,8 +132,12 @@ def write_morph_glb(
         primitive = {"attributes": {"POSITION": add(accessor(view(base), 0, len(base), "VEC3", base.min(0), base.max(0)))},
                      "indices": add({"bufferView": view(tri), "componentType": 5125, "count": tri.size, "type": "SCALAR"}),
                      "mode": 4}
-        primitive["attributes"]["NORMAL"] = add(accessor(view(_normals(base, tri)), 0, len(base), "VEC3"))
+        rest_normals = _normals(base, tri)
+        primitive["attributes"]["NORMAL"] = add(accessor(view(rest_normals), 0, len(base), "VEC3"))
         primitive["targets"] = [{"POSITION": add(_sparse_target(delta, view))} for delta in targets]
+        if morph_normals:
+            for target, delta in zip(primitive["targets"], targets):
+                target["NORMAL"] = add(_sparse_target(_normals(base + delta, tri) - rest_normals, view))
         meshes.append({"name": part.name, "primitives": [primitive], "weights": [0.0] * k,
                        "extras": {"targetNames": list(names)}})
         node = {"mesh": len(meshes) - 1, "name": part.name}
@@ -167,17 +174,19 @@ def write_rig_glb(
     weights: np.ndarray | None = None,
     fps: float = 30.0,
     posable: bool = False,
+    morph_normals: bool = False,
 ) -> Path:
     """The rig with its 52 ARKit units as morph targets (1.0 MB bare, 1.6 MB dressed), played by
     `weights` (T, 52) at `fps` if given. dressing: the rig's `FaceDressing`, for teeth, eyes, lashes,
     hair and the painted colours (its parts follow each unit). posable: the head and eye nodes of the
-    module docstring (needs `dressing`), for a client that turns them itself."""
+    module docstring (needs `dressing`), for a client that turns them itself. morph_normals: targets
+    carry normal offsets too (`write_morph_glb`)."""
     if posable and dressing is None:
         raise ValueError("a posable rig glTF needs the dressing: its eyes are the dressing's parts")
     base, targets = np.asarray(rig.vertices, np.float32), np.asarray(rig.deltas, np.float32)  # (V, 3), (52, V, 3)
     if dressing is None:
         parts = [MorphPart("face", base, rig.triangles, targets)]
-        return write_morph_glb(path, parts, rig.blendshape_names, weights, fps)
+        return write_morph_glb(path, parts, rig.blendshape_names, weights, fps, morph_normals=morph_normals)
     import torch
 
     from .shading import srgb_to_linear
@@ -188,18 +197,23 @@ def write_rig_glb(
     colours = srgb_to_linear(torch.as_tensor(dressing.colours)).numpy()  # (N, 3): glTF vertex colours are linear
     if not posable:
         parts = [MorphPart("face", base, dressing.triangles, targets, colours)]
-        return write_morph_glb(path, parts, rig.blendshape_names, weights, fps)
+        return write_morph_glb(path, parts, rig.blendshape_names, weights, fps, morph_normals=morph_normals)
     pivot = head_pivot(rig.vertices).astype(np.float32)
-    ranges = [(0, min(dressing.ranges[p][0] for p in EYE_PARTS), 0, min(dressing.triangle_ranges[p][0] for p in EYE_PARTS))]
-    ranges += [(*dressing.ranges[p], *dressing.triangle_ranges[p]) for p in EYE_PARTS]
     origins = [pivot] + [dressing.eye_centres[i].numpy().astype(np.float32) for i in range(len(EYE_PARTS))]
     parts = []
-    for name, (a, b, ta, tb), origin in zip(("face", *EYE_PARTS), ranges, origins):
+    for (name, a, b, ta, tb), origin in zip(posable_parts(dressing), origins):
         tri = dressing.triangles[ta:tb] - a
         if tri.min() < 0 or tri.max() >= b - a:
             raise ValueError(f"the dressing's part {name} has triangles outside its vertex range")
         parts.append(MorphPart(name, base[a:b], tri, targets[:, a:b], colours[a:b], origin))
-    return write_morph_glb(path, parts, rig.blendshape_names, weights, fps, root=("head", pivot))
+    return write_morph_glb(path, parts, rig.blendshape_names, weights, fps, root=("head", pivot), morph_normals=morph_normals)
+
+
+def posable_parts(dressing) -> list[tuple[str, int, int, int, int]]:
+    """The parts of a posable rig glTF as (name, first vertex, stop, first triangle, stop) in the
+    dressing's order: "face" (the face and every part that does not turn with the gaze), then the eyes."""
+    ranges = [("face", 0, min(dressing.ranges[p][0] for p in EYE_PARTS), 0, min(dressing.triangle_ranges[p][0] for p in EYE_PARTS))]
+    return ranges + [(p, *dressing.ranges[p], *dressing.triangle_ranges[p]) for p in EYE_PARTS]
 
 
 def _checked(part: MorphPart, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -32,8 +32,9 @@ from .wrinkles import WrinkleConfig, Wrinkles, darkening, line_masks
 
 logger = logging.getLogger(__name__)
 
-_SHININESS_SQUARINGS = 4  # Blinn-Phong exponent 2**4 = 16: a broad, soft sheen
-_BACK_FACE_LIGHT = 0.35  # surfaces seen from behind (the inside of the head) get a third of the light
+SHININESS_SQUARINGS = 4  # Blinn-Phong exponent 2**4 = 16: a broad, soft sheen
+BACK_FACE_LIGHT = 0.35  # surfaces seen from behind (the inside of the head) get a third of the light
+CREASE_FLOOR = 0.35  # the deepest crease keeps a third of the albedo: a fold, never a black line
 _CPU_CANDIDATES = 1_000_000  # pixel-row candidates per chunk on CPU: small tensors stay cache- and allocator-friendly
 _CUDA_CANDIDATES = 32_000_000  # per chunk on CUDA: big launches amortise kernel overhead
 _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a time
@@ -201,7 +202,7 @@ class Renderer:
             self.triangles.cpu().numpy(), len(self.material), cfg.size, focal=self.camera.focal,
             distance=self.camera.distance, near=self.camera.depth_near, far=self.camera.depth_far, ortho=cfg.fov_deg == 0, lights=self.light_matrix[:, :count].T.cpu().numpy(),
             halfways=self.light_matrix[:, count:].T.cpu().numpy(), intensities=self.light_intensities.cpu().numpy(),
-            ambient=cfg.ambient, back_light=_BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
+            ambient=cfg.ambient, back_light=BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
             tie_bias=1.5 / self.raster.levels, wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness),
         )
 
@@ -324,7 +325,7 @@ class Renderer:
             # New concavity (mm) darkens the albedo: the folds of a frown or a nose wrinkle.
             v = self.num_vertices
             crease = concavity(verts[:, :v], world[:, :v], self.ring) - self.rest_concavity
-            dark = (1 - self.config.crease_strength * 1000 * crease.clamp(min=0)).clamp(min=0.35)  # (T, V)
+            dark = (1 - self.config.crease_strength * 1000 * crease.clamp(min=0)).clamp(min=CREASE_FLOOR)  # (T, V)
             dark = nnf.pad(dark, (0, verts.shape[1] - self.num_vertices), value=1.0)
             material = torch.cat([material[..., :3] * dark[..., None], material[..., 3:]], -1)
         if self.wrinkles is None:
@@ -381,12 +382,12 @@ class Renderer:
         count = len(self.light_intensities)
         diffuse = dots[:, :count] @ self.light_intensities  # (M,)
         spec = dots[:, count:]
-        for _ in range(_SHININESS_SQUARINGS):  # spec ** (2 ** squarings) without a slow pow
+        for _ in range(SHININESS_SQUARINGS):  # spec ** (2 ** squarings) without a slow pow
             spec = spec * spec
         spec = spec @ self.light_intensities  # (M,)
         # Back faces take their vertex colour, already the dark cavity colour where the template hides
         # them (the inside of the head); thin folds at the surface (eyelid corners) stay skin.
-        light = diffuse.add_(self.config.ambient) * torch.where(back, _BACK_FACE_LIGHT, 1.0)
+        light = diffuse.add_(self.config.ambient) * torch.where(back, BACK_FACE_LIGHT, 1.0)
         return torch.addcmul(base * light[:, None], (sheen * spec * ~back)[:, None], self.white)
 
 def _scene(triangles, template_vertices, config: RenderConfig, vertex_colours, static_mesh, dressing):

@@ -106,6 +106,20 @@ class Wrinkles:
 
     def amounts(self, vertices: torch.Tensor) -> torch.Tensor:
         """Face vertices (T, V, 3) -> (T, V, 2) amounts in [0, 1] of [vertical lines, horizontal lines]."""
+        return self.lines(self.squeeze(vertices))
+
+    def lines(self, squeezed: torch.Tensor) -> torch.Tensor:
+        """Squeeze (T, V, 2) from `squeeze` -> (T, V, 2) line amounts in [0, 1]: faded in between the
+        onset and full squeeze, only where the skin folds into lines (the mask)."""
+        ramp = ((squeezed[:, self.vertices] - self.onset) / (self.full - self.onset)).clamp(0, 1)
+        ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: lines fade in, never pop
+        out = torch.zeros_like(squeezed)
+        out[:, self.vertices] = ramp * self.mask
+        return out
+
+    def squeeze(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Face vertices (T, V, 3) -> (T, V, 2) share by which the skin around each vertex is shortened
+        [along x, along y] against the rest pose, spread over the muscle's belly (0 out of reach of a zone)."""
         e, t_count = self.edges, vertices.shape[0]
         local = vertices[:, self.vertices.to(vertices.device)].transpose(0, 1)  # (R, T, 3)
         length = (local[e[:, 1]] - local[e[:, 0]]).norm(dim=-1)  # (E, T)
@@ -115,12 +129,9 @@ class Wrinkles:
         # features they move: spread the squeeze a few rings (the frontalis lines the whole forehead).
         for _ in range(self.config.spread):
             squeezed = torch.maximum(squeezed, torch.sparse.mm(self.ring_mean, squeezed))
-        squeezed = squeezed.reshape(-1, 2, t_count).permute(2, 0, 1)  # (T, R, 2)
-        ramp = ((squeezed - self.onset) / (self.full - self.onset)).clamp(0, 1)
-        ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: lines fade in, never pop
         # Squeezed along x -> vertical lines; along y -> horizontal lines.
         out = torch.zeros(t_count, self.num_vertices, 2, device=vertices.device)
-        out[:, self.vertices] = ramp * self.mask
+        out[:, self.vertices] = squeezed.reshape(-1, 2, t_count).permute(2, 0, 1)  # (T, R, 2)
         return out
 
     def attributes(self, vertices: torch.Tensor, total_vertices: int) -> torch.Tensor:

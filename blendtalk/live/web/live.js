@@ -1,6 +1,8 @@
 // blendtalk live page: microphone -> 16 kHz int16 over a WebSocket -> ARKit weights back -> three.js face.
-// The face is /live/face_arkit.glb (the dressed rig, 52 ARKit morph targets), loaded once; per frame
-// only the weights, the head rotation and the gaze arrive (format "blendtalk-live" v1, docs/live.md).
+// The face is /live/face_arkit.glb (the dressed rig, 52 ARKit morph targets with normal offsets) drawn
+// in the file renderer's look, /live/face_look.json (camera, lights, material, and each unit's wrinkle
+// lines and creases, blended per frame: blendtalk/live/look.py); both loaded once. Per frame only the
+// weights, the head rotation and the gaze arrive (format "blendtalk-live" v1, docs/live.md).
 import * as THREE from "three";
 import { GLTFLoader } from "/live/static/vendor/three/examples/jsm/loaders/GLTFLoader.js";
 
@@ -23,30 +25,179 @@ renderer.setPixelRatio(1);
 renderer.outputColorSpace = THREE.SRGBColorSpace;
 const scene = new THREE.Scene();
 scene.background = new THREE.Color(0xd4d4d8);
-scene.add(new THREE.HemisphereLight(0xffffff, 0x707070, 1.6));
-const key = new THREE.DirectionalLight(0xffffff, 1.6);
-key.position.set(0.4, 0.8, 1.2);
-scene.add(key);
 const camera = new THREE.PerspectiveCamera(18, 1, 0.01, 20);
-let meshes = [], head = null, eyes = [], names = [];
-new GLTFLoader().load("/live/face_arkit.glb", (gltf) => {
+let meshes = [], head = null, eyes = [], names = [], look = null;
+const fallbackLights = [new THREE.HemisphereLight(0xffffff, 0x707070, 1.6), new THREE.DirectionalLight(0xffffff, 1.6)];
+const loaded = Promise.all([
+  new Promise((resolve, reject) => new GLTFLoader().load("/live/face_arkit.glb", resolve, undefined, reject)),
+  // ?look=plain: three.js's own lights and material, lighter for software WebGL on a weak machine.
+  new URLSearchParams(location.search).get("look") === "plain" ? null
+    : fetch("/live/face_look.json").then((r) => (r.ok ? r.json() : null)).catch(() => null),
+]);
+loaded.then(([gltf, bakedLook]) => {
   scene.add(gltf.scene);
   gltf.scene.traverse((o) => { if (o.isMesh && o.morphTargetDictionary) meshes.push(o); });
   head = gltf.scene.getObjectByName("head");
   eyes = ["left_eye", "right_eye"].map((n) => gltf.scene.getObjectByName(n)).filter(Boolean);
   gltf.scene.updateMatrixWorld(true);
-  const box = new THREE.Box3().setFromObject(meshes.find((m) => m.name === "face") || meshes[0]);
-  const centre = box.getCenter(new THREE.Vector3()), size = box.getSize(new THREE.Vector3());
-  camera.position.set(centre.x, centre.y, centre.z + 0.85 * size.y / Math.tan(THREE.MathUtils.degToRad(9)) / 2 + size.z);
-  camera.lookAt(centre);
+  look = bakedLook && bakedLook.format === "blendtalk-live-look" ? makeLook(bakedLook) : null;
+  if (!look) {  // ?look=plain or an older asset folder: three.js's own lights and the GLB's material, framed on the face
+    fallbackLights[1].position.set(0.4, 0.8, 1.2);
+    fallbackLights.forEach((l) => scene.add(l));
+    const box = new THREE.Box3().setFromObject(meshes.find((m) => m.name === "face") || meshes[0]);
+    const centre = box.getCenter(new THREE.Vector3()), size = box.getSize(new THREE.Vector3());
+    camera.position.set(centre.x, centre.y, centre.z + 0.85 * size.y / Math.tan(THREE.MathUtils.degToRad(9)) / 2 + size.z);
+    camera.lookAt(centre);
+  }
   stats.loaded = true;
-  stats.box = [centre.toArray(), size.toArray(), camera.position.toArray(), meshes.length];
-}, undefined, (err) => fail(`the face model did not load: ${err.message || err}`));
+  stats.look = !!look;
+  stats.box = [camera.position.toArray(), meshes.length];
+}, (err) => fail(`the face model did not load: ${(err && err.message) || err}`));
+
+// ---- the file renderer's look (blendtalk/live/look.py): its camera, lights, per-vertex material, and
+// the wrinkle lines and creases each unit makes, blended here by the frame's weights.
+function decode(b64, Type) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return new Type(bytes.buffer);
+}
+const VERTEX = `
+#include <common>
+#include <morphtarget_pars_vertex>
+attribute vec4 lookMaterial;  // linear albedo after the cavity tint and occlusion, sheen
+attribute vec2 lookPhase;     // wrinkle line phases in rest-pose coordinates
+attribute vec3 lookDynamic;   // this frame's [vertical, horizontal] line amounts and crease darkening
+varying vec3 vNormal;
+varying vec4 vWrinkle;
+varying vec3 vBase;
+varying float vSheen;
+void main() {
+  #include <morphinstance_vertex>
+  #include <beginnormal_vertex>
+  #include <morphnormal_vertex>
+  #include <begin_vertex>
+  #include <morphtarget_vertex>
+  vNormal = normalMatrix * objectNormal;  // view space: the file renderer's camera space
+  vBase = lookMaterial.rgb * lookDynamic.z;
+  vSheen = lookMaterial.a;
+  vWrinkle = vec4(lookPhase, lookDynamic.xy);
+  gl_Position = projectionMatrix * modelViewMatrix * vec4(transformed, 1.0);
+}`;
+const FRAGMENT = (lights, glsl) => `
+const int LIGHTS = ${lights};
+uniform vec3 lightDirs[LIGHTS];
+uniform vec3 halfways[LIGHTS];
+uniform float intensities[LIGHTS];
+uniform float ambient;
+uniform float shininess;
+${glsl}
+varying vec3 vNormal;
+varying vec4 vWrinkle;
+varying vec3 vBase;
+varying float vSheen;
+void main() {  // render/gl.py's fragment shader for surfaces facing the camera: Lambert + Blinn-Phong, sRGB
+  vec3 n = normalize(vNormal);
+  float diffuse = 0.0, spec = 0.0;
+  for (int i = 0; i < LIGHTS; i++) {
+    diffuse += intensities[i] * max(dot(n, lightDirs[i]), 0.0);
+    spec += intensities[i] * pow(max(dot(n, halfways[i]), 0.0), shininess);
+  }
+  // Only skin with lines pays for the pattern: software WebGL draws every pixel on the CPU.
+  float lines = vWrinkle.z + vWrinkle.w > 0.0 ? wrinkle_factor(vWrinkle) : 1.0;
+  vec3 c = clamp(vBase * lines * (diffuse + ambient) + vSheen * spec, 0.0, 1.0);
+  vec3 srgb = mix(1.055 * pow(max(c, vec3(1e-8)), vec3(1.0 / 2.4)) - 0.055, c * 12.92, vec3(lessThanEqual(c, vec3(0.0031308))));
+  gl_FragColor = vec4(srgb, 1.0);
+}`;
+
+function makeLook(baked) {
+  const cam = baked.camera;
+  camera.fov = cam.fov_deg; camera.near = cam.near; camera.far = cam.far;
+  camera.position.fromArray(cam.position);
+  camera.up.fromArray(cam.up);
+  camera.lookAt(new THREE.Vector3().fromArray(cam.target));
+  camera.updateProjectionMatrix();
+  scene.background = new THREE.Color().setRGB(...baked.background, THREE.SRGBColorSpace);
+  const face = baked.parts.face;
+  const wrinkles = face.wrinkle_channels === 2;  // the line pattern (wrinkles.GLSL) takes two channels
+  const material = new THREE.ShaderMaterial({
+    vertexShader: VERTEX, fragmentShader: FRAGMENT(baked.intensities.length, baked.wrinkle_glsl), side: THREE.FrontSide,
+    uniforms: {
+      lightDirs: { value: baked.lights.map((v) => new THREE.Vector3().fromArray(v)) },
+      halfways: { value: baked.halfways.map((v) => new THREE.Vector3().fromArray(v)) },
+      intensities: { value: baked.intensities }, ambient: { value: baked.ambient },
+      shininess: { value: baked.shininess },
+      wrinkle_shape: { value: new THREE.Vector2(wrinkles ? baked.wrinkle.strength : 0, baked.wrinkle.sharpness) },
+    },
+  });
+  let faceGeometry = null;
+  for (const mesh of meshes) {
+    const part = baked.parts[mesh.name];
+    const g = mesh.geometry, n = g.getAttribute("position").count;
+    if (!part || part.count !== n) return null;  // the look was baked for another GLB: keep the old look
+    g.setAttribute("lookMaterial", new THREE.BufferAttribute(decode(part.material, Float32Array), 4));
+    const phase = part.phase ? decode(part.phase, Float32Array) : new Float32Array(n * 2);
+    g.setAttribute("lookPhase", new THREE.BufferAttribute(phase.length === n * 2 ? phase : padded(phase, n * 2), 2));
+    const dynamic = new Float32Array(n * 3);
+    for (let i = 0; i < n; i++) dynamic[3 * i + 2] = 1;  // no lines, no crease
+    g.setAttribute("lookDynamic", new THREE.BufferAttribute(dynamic, 3).setUsage(THREE.DynamicDrawUsage));
+    mesh.material = material;
+    if (mesh.name === "face") faceGeometry = g;
+  }
+  if (!faceGeometry) return null;
+  const unpack = (list, width) => list.map((u) => (u.count ? { index: decode(u.index, Uint32Array),
+                                                               values: decode(u.values, Float32Array), width } : null));
+  const c = face.wrinkle_channels;
+  return { dynamic: faceGeometry.getAttribute("lookDynamic"), v: face.face_vertices, channels: c,
+           levels: [0, ...face.wrinkle_levels], mask: decode(face.wrinkle_mask, Float32Array),
+           onset: face.wrinkle_onset, full: face.wrinkle_full, crease: baked.crease, wrinkles: wrinkles,
+           units: baked.units, squeezes: unpack(face.wrinkles, face.wrinkle_levels.length * c),
+           creases: unpack(face.creases, 1), squeeze: new Float32Array(face.face_vertices * c),
+           fold: new Float32Array(face.face_vertices) };
+}
+function padded(a, n) { const out = new Float32Array(n); out.set(a.subarray(0, Math.min(a.length, n))); return out; }
+
+function shade(arkit) {  // look.py's `blend`: per-unit squeeze and creases summed by weight, then the lines' ramp
+  const L = look, c = L.channels, levels = L.levels, last = levels.length - 2;
+  L.squeeze.fill(0); L.fold.fill(0);
+  L.units.forEach((name, k) => {
+    const w = arkit[name] || 0;
+    if (w <= 0) return;
+    const s = L.squeezes[k];
+    if (s) {
+      let j = 0;
+      while (j < last && w >= levels[j + 1]) j++;
+      const f = (w - levels[j]) / (levels[j + 1] - levels[j]);
+      for (let i = 0; i < s.index.length; i++) {
+        const base = i * s.width, v = s.index[i] * c;
+        for (let ch = 0; ch < c; ch++) {
+          const lo = j === 0 ? 0 : s.values[base + (j - 1) * c + ch], hi = s.values[base + j * c + ch];
+          L.squeeze[v + ch] += lo + f * (hi - lo);
+        }
+      }
+    }
+    const cr = L.creases[k];
+    if (cr) for (let i = 0; i < cr.index.length; i++) L.fold[cr.index[i]] += w * cr.values[i];
+  });
+  const out = L.dynamic.array;
+  for (let v = 0; v < L.v; v++) {
+    for (let ch = 0; ch < 2 && ch < c; ch++) {
+      let r = (L.squeeze[v * c + ch] - L.onset[ch]) / (L.full[ch] - L.onset[ch]);
+      r = Math.min(Math.max(r, 0), 1);
+      out[3 * v + ch] = L.wrinkles ? r * r * (3 - 2 * r) * L.mask[v * c + ch] : 0;
+    }
+    out[3 * v + 2] = Math.max(1 - L.crease.strength * Math.max(L.fold[v], 0), L.crease.floor);
+  }
+  L.dynamic.needsUpdate = true;
+}
 
 function apply(frame) {
   for (const mesh of meshes) {
     const dict = mesh.morphTargetDictionary, infl = mesh.morphTargetInfluences;
     for (const [name, w] of Object.entries(frame.arkit)) { const k = dict[name]; if (k !== undefined) infl[k] = w; }
+  }
+  if (look) {
+    const t0 = performance.now();
+    shade(frame.arkit);
+    stats.shadeMs = 0.9 * (stats.shadeMs || 0) + 0.1 * (performance.now() - t0);  // running mean
   }
   if (head && frame.head) head.rotation.set(frame.head[0], frame.head[1], -frame.head[2], "YXZ");  // R = Ryaw Rpitch Rroll
   for (const eye of eyes) if (frame.eyes) eye.rotation.set(-frame.eyes[1], frame.eyes[0], 0, "YXZ");
@@ -57,6 +208,12 @@ function apply(frame) {
   if (stats.mouthHistory.length > 3000) stats.mouthHistory.splice(0, 1000);
 }
 stats.appliedTimes = [];
+// Draw one frame without a microphone (frame format v1, docs/live.md): eval/live_look.py puts the
+// page's face beside the file renderer's on the same weights.
+window.liveShow = (frame) => { apply({ frame: -1, head: [0, 0, 0], eyes: [0, 0], ...frame }); };
+// The face as drawn now, as a PNG data URL: drawn and read in one task, so the canvas needs no
+// preserved buffer (eval/live_legibility.py captures many more frames a second this way than by screenshots).
+window.liveCapture = () => { renderer.render(scene, camera); return canvas.toDataURL("image/png"); };
 
 // ---- playout: each frame applied at its audio time (+ a jitter buffer), on a timer of its own; the
 // display redraws the latest state whenever it can (software WebGL may draw slower than 30 frames/s).
@@ -81,7 +238,9 @@ function tick() {
   if (drawn === stats.applied && stats.draws > 0) return;  // draw only when a new frame was applied
   drawn = stats.applied;
   try {
+    const t0 = performance.now();
     renderer.render(scene, camera);
+    stats.drawMs = 0.9 * (stats.drawMs || 0) + 0.1 * (performance.now() - t0);  // running mean (the GPU's share may come later)
     stats.draws += 1;
   } catch (err) {
     if (!stats.drawError) { stats.drawError = String(err); status(`The face cannot be drawn: ${err}`, true); }
@@ -131,6 +290,13 @@ async function start() {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     return fail("This browser gives the microphone only to https:// pages or localhost; open the app over https.");
   }
+  // The audio context is made here, in the click itself: browsers keep one made later (after the
+  // awaits below) suspended as autoplay, and Firefox then never runs its worklet.
+  try { ctx = new AudioContext({ sampleRate: RATE }); } catch (e) { ctx = new AudioContext(); }
+  ctx.resume();
+  stats.audio = ctx.state;
+  stats.audioRate = ctx.sampleRate;  // 16000, or the device's rate when the browser refuses 16 kHz (then resampled)
+  ctx.onstatechange = () => { stats.audio = ctx && ctx.state; };
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false,
                                                                    noiseSuppression: false, autoGainControl: false } });
@@ -147,7 +313,7 @@ async function start() {
   ws.binaryType = "arraybuffer";
   ws.onopen = async () => {
     ws.send(JSON.stringify({ type: "start", emotion: $("emotion").value, intensity: +$("intensity").value, sample_rate: RATE }));
-    try { ctx = new AudioContext({ sampleRate: RATE }); } catch (e) { ctx = new AudioContext(); }
+    if (!ctx) return;  // stopped while the socket opened
     const src = ctx.createMediaStreamSource(stream);
     const code = "class Tap extends AudioWorkletProcessor { process(inputs) { const c = inputs[0][0]; " +
                  "if (c) this.port.postMessage(c.slice(0)); return true; } } registerProcessor('tap', Tap);";
@@ -168,6 +334,7 @@ async function start() {
         sent += 1;
       }
       pending = joined.slice(i);
+      stats.sent = sent;
     };
     src.connect(node);
     $("stop").disabled = false;

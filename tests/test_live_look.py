@@ -1,0 +1,88 @@
+"""The file renderer's look baked for the live page (blendtalk/live/look.py): the page's blend of
+per-unit wrinkles and creases against what the renderer measures on the moved face."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from blendtalk.constants import ASSETS_DIR
+from blendtalk.face.geometry import vertex_normals
+from blendtalk.live.look import bake_look, blend
+from blendtalk.render.shading import concavity
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from blendtalk.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def look(pipe):
+    return bake_look(pipe.rig, pipe.renderer(512))
+
+
+def _weights(pipe, **units) -> np.ndarray:
+    names = list(pipe.rig.blendshape_names)
+    w = np.zeros(len(names))
+    for name, value in units.items():
+        w[names.index(name)] = value
+    return w
+
+
+def _renderer_terms(pipe, w):
+    """What the file renderer measures on the ARKit-driven face of weights w (K,): amounts (V, C), crease (V,) m."""
+    r = pipe.renderer(512)
+    face = torch.as_tensor(pipe.rig.vertices + np.einsum("k,kvc->vc", w, pipe.rig.deltas), dtype=torch.float32)[None]
+    normals = vertex_normals(r.dressing(face), r.triangles)[:, : r.num_vertices]
+    crease = (concavity(face, normals, r.ring) - r.rest_concavity)[0]
+    return r.wrinkles.amounts(face)[0].numpy(), crease.numpy()
+
+
+def test_rest_draws_no_lines_and_no_crease(look):
+    amounts, crease = blend(look, np.zeros(len(look["units"])))
+    assert amounts.max() == 0 and np.abs(crease).max() == 0
+
+
+@pytest.mark.parametrize("units", [
+    {"browInnerUp": 1.0},  # surprise's and sadness's forehead
+    {"browInnerUp": 1.0, "browDownLeft": 0.6, "browDownRight": 0.6},  # the sad brow: one unit undoes the other's lines
+    {"browDownLeft": 1.0, "browDownRight": 1.0, "noseSneerLeft": 0.7, "noseSneerRight": 0.7},  # anger, disgust
+])
+def test_blend_follows_the_renderer(pipe, look, units):
+    """The page's blend of per-unit bakes draws lines where the renderer does, about as deep, and
+    the same crease darkening."""
+    w = _weights(pipe, **units)
+    amounts, crease = blend(look, w)
+    exact, exact_crease = _renderer_terms(pipe, w)
+    active = (exact > 0.05) | (amounts > 0.05)
+    assert exact.max() > 0.5, "the case draws lines in the renderer"
+    assert np.abs(amounts - exact)[active].mean() < 0.2, np.abs(amounts - exact)[active].mean()
+    strength, floor = look["crease"]["strength"], look["crease"]["floor"]
+    dark = np.clip(1 - strength * np.maximum(crease, 0), floor, 1)
+    exact_dark = np.clip(1 - strength * np.maximum(exact_crease, 0), floor, 1)
+    error = np.abs(dark - exact_dark)  # linear to first order: a few vertices of a deep fold differ more
+    assert exact_dark.min() < 0.9 and np.percentile(error, 99) < 0.05 and error.mean() < 0.01, (error.max(), error.mean())
+
+
+def test_look_matches_the_file_renderer(pipe, look):
+    r = pipe.renderer(512)
+    position, target = np.array(look["camera"]["position"]), np.array(look["camera"]["target"])
+    assert np.linalg.norm(position - target) == pytest.approx(r.camera.distance, rel=1e-6)
+    parts = look["parts"]
+    assert sum(p["count"] for p in parts.values()) == len(r.material)
+    assert parts["face"]["face_vertices"] == r.num_vertices and len(look["units"]) == 52
+
+
+def test_shipped_look_is_current(look):
+    shipped = json.loads((ASSETS_DIR / "live" / "face_look.json").read_text())
+    stale = "assets/live/face_look.json is stale: python tools/build_live_glb.py"
+    assert shipped["units"] == look["units"] and shipped["camera"] == pytest.approx(look["camera"]), stale
+    assert shipped["wrinkle_glsl"] == look["wrinkle_glsl"], stale
+    for new, old in zip(look["parts"]["face"]["wrinkles"], shipped["parts"]["face"]["wrinkles"]):
+        assert abs(new["count"] - old["count"]) <= 0.01 * max(new["count"], 100), stale
