@@ -340,9 +340,11 @@ class Service:
             files.append(str(arkit_rig_glb(anim, folder / "downloads" / f"{stem}_rig.glb", pipe.rig, pipe.dressing())))
         yield str(video), html, curves, files, describe(anim, missing)
 
-    def admitted_steps(self, client: str, *inputs, progress=None):
+    def admitted_steps(self, client: str, *inputs, progress=None, alive=None):
         """`steps` for one client of the page, counted and held to the limits, in its own request folder
-        removed after the last output; failures other than bad input become one line."""
+        removed after the last output; failures other than bad input become one line. `alive()` (if
+        given) says whether the client still waits: asked at every progress report, so a request whose
+        client left stops between stages or frame batches and frees its worker."""
         import gradio as gr
 
         try:
@@ -350,11 +352,17 @@ class Service:
         except serving.LimitError as err:
             raise gr.Error(str(err), title="Please wait", print_exception=False) from None
         folder = self.workspace.new_request()
-        held = contextlib.ExitStack()  # the client's running place, from admission to the last output
+        start = time.monotonic()
+        if alive is not None:
+            progress = serving.cancellable(progress, alive)
         *page, head_motion = inputs
         try:
-            yield from self.steps(*page, folder, progress, head_motion, admit=lambda req: held.enter_context(
-                self.gate.running(client, serving.check_cost(request_seconds(req), req.size, self.limits.max_cost))))
+            # The client's running place, from admission to the last output (measured only when it ends normally).
+            with contextlib.ExitStack() as held:
+                yield from self.steps(*page, folder, progress, head_motion, admit=lambda req: held.enter_context(
+                    self.gate.running(client, serving.check_cost(request_seconds(req), req.size, self.limits.max_cost))))
+        except serving.Cancelled as stop:
+            logger.info("request of %s %s after %.1f s: its client left", client, stop, time.monotonic() - start)
         except gr.Error:
             raise
         except Exception:
@@ -362,7 +370,6 @@ class Service:
             raise gr.Error("Something went wrong while animating; the details are in the server log. "
                            "Try again, or with other input.") from None
         finally:
-            held.close()
             # Runs when Gradio asks for the next value after the last one, i.e. after it copied the
             # files into its cache (or when the request is cancelled): the folder is no longer needed.
             shutil.rmtree(folder, ignore_errors=True)
@@ -427,8 +434,12 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
         head_motion (default true): nods, turns and gaze shifts driven by the speech."""
         client = serving.client_key(getattr(getattr(request, "client", None), "host", None),
                                     serving.forwarded_for(getattr(request, "headers", None)), service.trusted)
+        from gradio.context import LocalContext  # the queued event this call serves (Gradio sets it per call)
+
+        event_id = LocalContext.event_id.get(None)
+        alive = (lambda: serving.event_alive(demo, event_id)) if event_id else None
         yield from service.admitted_steps(client, audio, text, transcript, emotion, intensity, mix_with, mix_ratio,
-                                          timeline, blinks, size, head_motion, progress=progress)
+                                          timeline, blinks, size, head_motion, progress=progress, alive=alive)
 
     # Gradio passes the request only to a parameter whose type hint resolves to gr.Request; this module's
     # hints are strings (postponed annotations) naming `gr`, imported in here, so Gradio could not resolve

@@ -12,6 +12,8 @@ Everything here is plain Python (no Gradio), so that each rule can be tested wit
 * `client_key`: the client is the connection's peer; X-Forwarded-For names it only behind proxies
   the operator declared (`TrustedProxies`, BLENDTALK_TRUSTED_PROXIES), so it cannot be spoofed.
 * `cap_folder`: deletes the oldest files of a folder while it holds more than its cap.
+* `cancellable` + `event_alive`: a request whose client has left stops at its next progress report
+  (between stages and frame batches) instead of holding a worker to the end.
 """
 
 from __future__ import annotations
@@ -44,6 +46,29 @@ class ServingConfig:
 
 class LimitError(ValueError):
     """A request refused by a serving limit; the message says what to do instead."""
+
+
+class Cancelled(Exception):
+    """Nobody waits for this request any more (its client left); raised at a progress report.
+
+    Not a ValueError: it must pass the handlers that turn bad input into a message for the user."""
+
+    def __init__(self, fraction: float, stage: str | None):
+        super().__init__(f"cancelled at {stage or 'start'} ({100 * fraction:.0f}% done)")
+        self.fraction, self.stage = fraction, stage
+
+
+def cancellable(progress: Callable | None, alive: Callable[[], bool]) -> Callable:
+    """A progress callback `(fraction, desc=None)` that first asks `alive()` and raises Cancelled when
+    it says no, then passes the report on to `progress` (if any). The work reports between its stages
+    and frame batches, so that is where a request whose client left stops, freeing its worker."""
+    def report(fraction: float, desc: str | None = None):
+        if not alive():
+            raise Cancelled(fraction, desc)
+        if progress is not None:
+            progress(fraction, desc=desc)
+
+    return report
 
 
 def request_cost(seconds: float, size: int) -> float:
@@ -197,7 +222,8 @@ class Gate:
     def running(self, client: str, cost: float) -> Iterator[None]:
         """Hold one of `client`'s running places while the request is computed; LimitError when none is free.
 
-        The time spent inside is recorded against `cost` for the wait estimate."""
+        The time spent inside is recorded against `cost` for the wait estimate when the request ends
+        normally; one that failed or was cancelled part-way says nothing about the cost of a whole one."""
         limit = self.config.running_per_client
         with self._lock:
             if limit > 0 and self._running.get(client, 0) >= limit:
@@ -207,12 +233,15 @@ class Gate:
             self._tickets += 1
             ticket = self._tickets
             self._started[ticket] = (self.clock(), cost)
+        finished = False
         try:
             yield
+            finished = True
         finally:
             with self._lock:
                 start, _ = self._started.pop(ticket)
-                self._done.append((cost, self.clock() - start))
+                if finished:
+                    self._done.append((cost, self.clock() - start))
                 self._running[client] -= 1
                 if not self._running[client]:
                     del self._running[client]
@@ -319,6 +348,25 @@ def waiting_requests(demo, api_name: str) -> int:
         return sum(getattr(event.fn, "api_name", None) == api_name for q in queues for event in q.queue)
     except AttributeError:
         return 0
+
+
+def event_alive(demo, event_id: str) -> bool:
+    """Does anybody still wait for the running queued event `event_id` of a Gradio app?
+
+    False once Gradio has marked it dead (its client closed the page or its event stream) or has
+    dropped it from the running jobs (a /cancel: Gradio frees the worker while the function's thread
+    goes on computing). Gradio itself stops a generator only between two of its outputs, so a long
+    first output would otherwise run to its end. Reads Gradio 6.x's queue internals; where they are
+    not as expected the answer is True: work is never stopped on a guess."""
+    try:
+        jobs = list(demo._queue.active_jobs)
+    except (AttributeError, TypeError):
+        return True
+    for job in jobs:
+        for event in job or ():
+            if getattr(event, "_id", None) == event_id:
+                return bool(getattr(event, "alive", True))
+    return False
 
 
 def release_memory() -> None:

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from blendtalk.serving import (Gate, LimitError, ServingConfig, TrustedProxies, cap_folder, check_cost, client_key,
-                               folder_bytes, forwarded_for)
+from blendtalk.serving import (Cancelled, Gate, LimitError, ServingConfig, TrustedProxies, cancellable, cap_folder,
+                               check_cost, client_key, event_alive, folder_bytes, forwarded_for)
 
 
 class Clock:
@@ -62,6 +62,51 @@ def test_one_client_cannot_hold_both_workers():
     with gate.running("1.2.3.4", 1.0):
         pass
     assert gate._running == {}
+
+
+def test_only_requests_that_end_normally_are_measured():
+    """A request cancelled or failed part-way took less time than its cost says: it must not
+    lower the seconds-per-unit that the wait estimate uses."""
+    clock = Clock()
+    gate = Gate(ServingConfig(), clock)
+    with gate.running("a", 10.0):
+        clock.t += 20.0
+    for error in (Cancelled(0.1, "render"), RuntimeError("render failed")):
+        with pytest.raises(type(error)):
+            with gate.running("b", 10.0):
+                clock.t += 1.0
+                raise error
+    assert gate.seconds_per_unit() == pytest.approx(2.0) and gate._running == {}
+
+
+def test_cancellable_progress_stops_when_the_client_has_left():
+    seen, alive = [], [True]
+    report = cancellable(lambda fraction, desc=None: seen.append((fraction, desc)), lambda: alive[0])
+    report(0.1, desc="audio front end")
+    alive[0] = False
+    with pytest.raises(Cancelled, match=r"cancelled at render \(45% done\)") as stop:
+        report(0.45, desc="render")
+    assert seen == [(0.1, "audio front end")] and (stop.value.fraction, stop.value.stage) == (0.45, "render")
+    assert not isinstance(stop.value, ValueError)  # passes the handlers that turn bad input into a message
+    cancellable(None, lambda: True)(0.5)  # no progress bar (an API call without one): only the check
+
+
+class FakeEvent:
+    def __init__(self, event_id, alive=True):
+        self._id, self.alive = event_id, alive
+
+
+class FakeDemo:
+    def __init__(self, *jobs):
+        self._queue = type("Queue", (), {"active_jobs": list(jobs)})()
+
+
+def test_event_alive_reads_the_running_jobs():
+    demo = FakeDemo([FakeEvent("a")], None, [FakeEvent("b", alive=False)])
+    assert event_alive(demo, "a")  # running, its client connected
+    assert not event_alive(demo, "b")  # its client closed the stream: Gradio marked it dead
+    assert not event_alive(demo, "c")  # no longer among the running jobs (/cancel)
+    assert event_alive(object(), "a")  # Gradio's internals not as expected: never stop on a guess
 
 
 def test_estimated_wait_from_queue_position_and_measured_cost():
