@@ -369,13 +369,38 @@ def event_alive(demo, event_id: str) -> bool:
     return False
 
 
+def collect_garbage() -> None:
+    """Free what a finished request left in reference cycles, now rather than at Python's next full collection.
+
+    A request's Plotly figures are cycles (every trace points back at its figure) holding tens of MB
+    of arrays; a full collection comes only after hundreds of thousands of new objects, so without
+    this they piled up over requests (measured: one `gc.collect()` in the soak's app freed 320 MB).
+    Cheap after `freeze_startup`: the start-up's objects are not scanned."""
+    import gc
+
+    gc.collect()
+
+
+def freeze_startup() -> int:
+    """Move every object alive now (the loaded libraries and models, about half a million objects)
+    out of the collector's sight (`gc.freeze`), so that `collect_garbage` only scans what requests
+    made since; returns the number frozen."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def release_memory() -> None:
-    """Give the heap memory that Python and torch freed back to the OS (glibc's malloc_trim; no-op elsewhere).
+    """Collect the garbage, then give the heap memory that Python and torch freed back to the OS
+    (glibc's malloc_trim; no-op elsewhere).
 
     glibc keeps freed blocks of each thread's arena for reuse; after bursts of requests on many
     threads that is hundreds of MB of RSS that nothing uses."""
     import ctypes
     import ctypes.util
 
+    collect_garbage()
     with contextlib.suppress(OSError, AttributeError, TypeError):
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)

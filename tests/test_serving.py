@@ -226,3 +226,28 @@ def test_release_memory_runs():
     from blendtalk.serving import release_memory
 
     release_memory()  # glibc: malloc_trim; elsewhere nothing, and never an error
+
+
+def test_a_request_s_cycles_are_freed_at_once_and_start_up_objects_are_frozen():
+    """A Plotly figure is a reference cycle: without a collection its arrays outlive the request."""
+    import gc
+    import weakref
+
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from blendtalk.serving import collect_garbage, freeze_startup
+
+    kept = go.Figure(go.Scatter(y=np.arange(10)))  # alive at "start-up": frozen, not freed
+    try:
+        assert freeze_startup() > 0
+        figure = go.Figure(go.Scatter(y=np.zeros(1_000_000)))
+        alive = weakref.ref(figure)
+        gc.disable()  # no automatic collection may do it for us
+        del figure
+        assert alive() is not None  # the cycle holds it
+        collect_garbage()
+        assert alive() is None and len(kept.data) == 1
+    finally:
+        gc.enable()
+        gc.unfreeze()
