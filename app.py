@@ -645,7 +645,8 @@ def main(argv=None) -> None:
 
     def sweep():
         clear_gradio_cache(demo, age)
-        keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()))
+        keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()),
+                           serving.queued_files(demo))  # the examples' inputs, and uploads still waiting or running
         serving.cap_folder(Path(os.environ["GRADIO_TEMP_DIR"]), args.cache_max_mb * 2**20, keep=keep,
                            min_age_s=args.cache_min_age)
         serving.release_memory()

@@ -350,6 +350,36 @@ def waiting_requests(demo, api_name: str) -> int:
         return 0
 
 
+def queued_files(demo) -> set[str]:
+    """Paths of the files (uploads) that requests waiting in a Gradio app's queue, or running, were sent with.
+
+    The cache cap must not delete them: a request that has waited longer than the cap's minimum age
+    would find its audio gone (seen in eval/soak.py: bursts of 16 behind 2 workers waited over 120 s,
+    and 20 of 64 requests got "Audio file not found"). Reads Gradio 6.x's queue internals; empty
+    where they are not as expected (the minimum age still protects young files)."""
+    paths: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("path"), str):
+                paths.add(value["path"])
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    try:
+        queue = demo._queue
+        events = [e for q in list(queue.event_queue_per_concurrency_id.values()) for e in list(q.queue)]
+        events += [e for job in list(queue.active_jobs) for e in job or ()]
+    except (AttributeError, TypeError):
+        return paths
+    for event in events:
+        walk(getattr(getattr(event, "data", None), "data", None))
+    return paths
+
+
 def event_alive(demo, event_id: str) -> bool:
     """Does anybody still wait for the running queued event `event_id` of a Gradio app?
 

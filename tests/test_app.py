@@ -518,3 +518,54 @@ def test_a_running_request_whose_client_left_stops_and_frees_its_worker(server, 
     while list((workdir / "requests").iterdir()) and time.monotonic() < end:
         time.sleep(0.5)
     assert list((workdir / "requests").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_cache_cap_spares_the_uploads_of_waiting_requests(tmp_path):
+    """With a cache cap of 0 MB, every sweep (each second) deletes every file older than the minimum age
+    (5 s) that nothing needs. A request waits in the queue behind two long ones; a decoy uploaded after
+    its audio is swept (so the sweep, oldest first, passed the waiting upload), yet the waiting upload is
+    still there, and the request is served once the long ones' clients leave. Before, such a request
+    failed with "Audio file not found" (20 of 64 in a soak whose queue waits outgrew the minimum age)."""
+    from blendtalk.evaluation.clips import long_clip
+
+    with launch_app(tmp_path, "--cache-max-mb", "0", "--cache-min-age", "5", "--delete-cache", "1", "600") as (url, workdir):
+        config = httpx.get(url + "config", timeout=30).json()
+        fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "animate")
+
+        def uploaded(path: Path) -> dict:
+            with open(path, "rb") as f:
+                name = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, f, "audio/wav")},
+                                  timeout=30).json()[0]
+            return {"path": name, "meta": {"_type": "gradio.FileData"}}
+
+        def on_disk(audio: dict) -> Path:  # the public name (blendtalk.path_mask) -> the file in the app's cache
+            return workdir / "gradio" / audio["path"].removeprefix(app.PUBLIC_CACHE + "/")
+
+        def inputs(audio: dict, size: str) -> list:
+            return [audio, "", "", "happy", 0.8, "", 0.5, "", True, size, True]
+
+        (tmp_path / "long").mkdir()
+        long_audio = uploaded(long_clip(55.0, tmp_path / "long")[0])
+        with contextlib.ExitStack() as busy_pages:
+            reading = []  # kept: a dropped line iterator closes its connection (httpx), i.e. its client leaves
+            for k in range(2):  # both workers, for requests whose clients will leave (blendtalk.serving.cancellable)
+                join(url, fn_index, inputs(long_audio, "256"), f"busy{k}")
+                events = busy_pages.enter_context(httpx.stream("GET", f"{url}gradio_api/queue/data",
+                                                               params={"session_hash": f"busy{k}"}, timeout=300))
+                reading.append(events.iter_lines())
+                assert next((True for line in reading[-1] if '"msg":"process_starts"' in line.replace(" ", "")), False)
+            waiting_audio = uploaded(clip(tmp_path / "waiting.wav", 1.0))
+            join(url, fn_index, inputs(waiting_audio, "128"), "waiting")
+            decoy = on_disk(uploaded(clip(tmp_path / "decoy.wav", 0.5)))
+            end = time.monotonic() + 120
+            while decoy.exists() and time.monotonic() < end:
+                time.sleep(0.5)
+            assert not decoy.exists(), "the cap never swept"
+            assert httpx.get(f"{url}gradio_api/queue/status", timeout=30).json()["queue_size"] == 1  # still waiting
+            assert on_disk(waiting_audio).exists(), "the cap deleted a waiting request's upload"
+        # The busy clients have left: their requests stop and the waiting one runs.
+        with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": "waiting"}, timeout=600) as events:
+            answer = next(json.loads(line.removeprefix("data:")) for line in events.iter_lines()
+                          if '"msg":"process_completed"' in line.replace(" ", ""))
+    assert answer["success"], answer

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from blendtalk.serving import (Cancelled, Gate, LimitError, ServingConfig, TrustedProxies, cancellable, cap_folder,
-                               check_cost, client_key, event_alive, folder_bytes, forwarded_for)
+                               check_cost, client_key, event_alive, folder_bytes, forwarded_for, queued_files)
 
 
 class Clock:
@@ -97,8 +97,22 @@ class FakeEvent:
 
 
 class FakeDemo:
-    def __init__(self, *jobs):
-        self._queue = type("Queue", (), {"active_jobs": list(jobs)})()
+    def __init__(self, *jobs, waiting=()):
+        queues = {"animate": type("EventQueue", (), {"queue": list(waiting)})()}
+        self._queue = type("Queue", (), {"active_jobs": list(jobs), "event_queue_per_concurrency_id": queues})()
+
+
+def test_queued_files_names_the_uploads_of_waiting_and_running_requests():
+    def event(*inputs):
+        e = FakeEvent("x")
+        e.data = type("Body", (), {"data": list(inputs)})()
+        return e
+
+    audio = {"path": "/cache/a/speech.wav", "meta": {"_type": "gradio.FileData"}}
+    demo = FakeDemo([event(audio, "", "happy")], None, waiting=[event({"path": "/cache/b/take.wav"}, "hi"),
+                                                                event(None, "typed text")])
+    assert queued_files(demo) == {"/cache/a/speech.wav", "/cache/b/take.wav"}
+    assert queued_files(object()) == set()  # Gradio's internals not as expected: nothing kept beyond the age rule
 
 
 def test_event_alive_reads_the_running_jobs():
