@@ -614,6 +614,7 @@ def main(argv=None) -> None:
                              "limits: their number (1 behind one reverse proxy) or their addresses/networks, comma-"
                              f"separated (10.0.0.0/8); empty: the header is ignored ({serving.TRUSTED_PROXIES_ENV})")
     args = parser.parse_args(argv)
+    serving.limit_malloc_arenas()  # before torch and the server start their threads
     if args.queue_size < 1:
         parser.error(f"--queue-size must be at least 1, got {args.queue_size}")
     try:

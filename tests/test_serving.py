@@ -265,3 +265,14 @@ def test_a_request_s_cycles_are_freed_at_once_and_start_up_objects_are_frozen():
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+def test_malloc_arenas_are_limited_unless_the_operator_chose(monkeypatch):
+    import ctypes.util
+
+    from blendtalk.serving import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the operator's setting stands
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_malloc_arenas() is (ctypes.util.find_library("c") is not None)  # glibc (Linux): set
