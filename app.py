@@ -644,8 +644,11 @@ def main(argv=None) -> None:
                                    running_per_client=args.jobs_per_client, concurrency=CONCURRENCY)
     demo = build_demo(Service(pipe, workspace, limits, default_size=size, trusted=trusted), delete_cache=(every, age))
 
+    idle_sessions: dict[str, float] = {}  # session -> when it was first seen with nothing waiting or running
+
     def sweep():
         clear_gradio_cache(demo, age)
+        serving.prune_sessions(demo, idle_sessions, keep_s=age, now=time.monotonic())
         keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()),
                            serving.queued_files(demo))  # the examples' inputs, and uploads still waiting or running
         serving.cap_folder(Path(os.environ["GRADIO_TEMP_DIR"]), args.cache_max_mb * 2**20, keep=keep,

@@ -380,6 +380,44 @@ def queued_files(demo) -> set[str]:
     return paths
 
 
+MAX_EVENT_RECORDS = 1000  # Gradio's per-event analytics records kept (a few hundred bytes each; it never drops one)
+
+
+def prune_sessions(demo, idle_since: dict[str, float], keep_s: float, now: float) -> int:
+    """Forget what Gradio holds for sessions with nothing waiting or running for `keep_s` seconds; returns
+    how many were dropped. Call it periodically with the same `idle_since` dict and the current time.
+
+    Gradio keeps, per session and for the life of the process, a queue of the messages nobody has read
+    yet: a client that sends a request and never opens its event stream (a bare POST /call/animate)
+    leaves its result there (the 3D view alone is a few MB), so such clients could fill the memory.
+    After `keep_s` (the time results are kept on disk) its messages go; a client that comes back later
+    starts a new queue. Also caps Gradio's per-event analytics records at MAX_EVENT_RECORDS. Reads
+    Gradio 6.x's queue internals; does nothing where they are not as expected."""
+    try:
+        queue = demo._queue
+        pending = queue.pending_messages_per_session
+        busy = {e.session_hash for q in list(queue.event_queue_per_concurrency_id.values()) for e in list(q.queue)}
+        busy |= {e.session_hash for job in list(queue.active_jobs) for e in job or ()}
+    except (AttributeError, TypeError):
+        return 0
+    dropped = 0
+    for session in list(pending):
+        if session in busy:
+            idle_since.pop(session, None)
+        elif now - idle_since.setdefault(session, now) >= keep_s:
+            pending.pop(session, None)
+            getattr(queue, "pending_event_ids_session", {}).pop(session, None)
+            idle_since.pop(session, None)
+            dropped += 1
+    for session in [s for s in idle_since if s not in pending]:  # gone by Gradio's own hand
+        del idle_since[session]
+    records = getattr(queue, "event_analytics", None)
+    if isinstance(records, dict):
+        for event_id in list(records)[: max(0, len(records) - MAX_EVENT_RECORDS)]:  # oldest first
+            records.pop(event_id, None)
+    return dropped
+
+
 def event_alive(demo, event_id: str) -> bool:
     """Does anybody still wait for the running queued event `event_id` of a Gradio app?
 

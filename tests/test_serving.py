@@ -11,7 +11,8 @@ import time
 import pytest
 
 from blendtalk.serving import (Cancelled, Gate, LimitError, ServingConfig, TrustedProxies, cancellable, cap_folder,
-                               check_cost, client_key, event_alive, folder_bytes, forwarded_for, queued_files)
+                               check_cost, client_key, event_alive, folder_bytes, forwarded_for, prune_sessions,
+                               queued_files)
 
 
 class Clock:
@@ -276,3 +277,23 @@ def test_malloc_arenas_are_limited_unless_the_operator_chose(monkeypatch):
     assert limit_malloc_arenas() is False  # the operator's setting stands
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert limit_malloc_arenas() is (ctypes.util.find_library("c") is not None)  # glibc (Linux): set
+
+
+def test_sessions_nobody_reads_are_forgotten_after_the_keep_time():
+    """A client that queues a request and never opens its event stream leaves its result in Gradio's
+    per-session message queue; after the keep time (as its files on disk) it goes. Sessions with a
+    request waiting or running are never touched; analytics records are capped."""
+    running, waiting = FakeEvent("r"), FakeEvent("w")
+    running.session_hash, waiting.session_hash = "busy", "queued"
+    demo = FakeDemo([running], waiting=[waiting])
+    queue = demo._queue
+    queue.pending_messages_per_session = {"busy": ["msg"], "queued": [], "unread": ["4 MB of result"], "read": []}
+    queue.pending_event_ids_session = {"busy": {"r"}, "queued": {"w"}, "unread": set(), "read": set()}
+    queue.event_analytics = {f"e{i}": {} for i in range(1200)}
+    idle: dict[str, float] = {}
+    assert prune_sessions(demo, idle, keep_s=600, now=0.0) == 0  # idle from now on
+    assert prune_sessions(demo, idle, keep_s=600, now=599.0) == 0
+    assert prune_sessions(demo, idle, keep_s=600, now=600.0) == 2
+    assert sorted(queue.pending_messages_per_session) == ["busy", "queued"] == sorted(queue.pending_event_ids_session)
+    assert idle == {} and len(queue.event_analytics) == 1000 and "e1199" in queue.event_analytics
+    assert prune_sessions(object(), {}, 600, 0.0) == 0  # Gradio's internals not as expected: nothing done
