@@ -675,10 +675,7 @@ def main(argv=None) -> None:
     add_plotly_route(demo.app)
     t0 = time.perf_counter()
     frozen = serving.freeze_startup()  # the start-up is done: what is alive now stays for the app's life
-    t1 = time.perf_counter()
-    serving.collect_garbage()
-    logger.info("froze %d start-up objects in %.2f s; a collection now takes %.3f s", frozen, t1 - t0,
-                time.perf_counter() - t1)
+    logger.info("froze %d start-up objects in %.2f s", frozen, time.perf_counter() - t0)
     demo.block_thread()
 
 

@@ -193,11 +193,14 @@ def plot(report: SoakReport, path: Path) -> None:
 
     x = [s.index for s in report.samples]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    top.plot(x, [s.rss_mb for s in report.samples], ".-", ms=3)
+    top.plot(x, [s.rss_mb for s in report.samples], ".-", ms=3, label="after each request")
+    if report.floors:
+        top.plot([f.index for f in report.floors], [f.rss_mb for f in report.floors], "ks", ms=5,
+                 label=f"floor: after {report.config.get('settle_s', 0):g} s idle")
     base = report.rss_mb[f"after_{BASELINE_AT}"]
     top.axhline(base + TARGET_GROWTH_MB, color="r", ls="--", lw=1, label=f"target: RSS after {BASELINE_AT} + {TARGET_GROWTH_MB} MB")
     top.set_ylabel("app RSS (MB)")
-    top.legend(loc="lower right")
+    top.legend(loc="upper left", fontsize=8)
     bottom.plot(x, [s.cache_mb for s in report.samples], ".-", ms=3, color="tab:orange")
     bottom.set_ylabel("Gradio cache (MB)")
     bottom.set_xlabel("requests finished (each from a new client)")
