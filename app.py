@@ -13,8 +13,11 @@ Files: everything made for a request goes into its own folder under the app's wo
 has copied the results into its cache; Gradio's cache (uploads and results, inside the work folder
 unless GRADIO_TEMP_DIR is set) is emptied of files older than `--delete-cache AGE` seconds; clients
 see it as `blendtalk-cache/...`, never as a server folder (blendtalk.path_mask). The per-address
-limits take the client from X-Forwarded-For only behind `--trusted-proxies`. The pipeline is loaded
-once, at start-up. With the `spaces` package (a ZeroGPU Space) the model and
+limits take the client from X-Forwarded-For only behind `--trusted-proxies`. A request whose client
+has left stops at its next progress report (between stages and frame batches) and frees its worker.
+Memory: start-up objects are frozen out of the garbage collector's scans, a collection follows every
+request, glibc gets 2 malloc arenas, and Gradio's unread per-session messages are forgotten after
+the results' keep time (blendtalk.serving). The pipeline is loaded once, at start-up. With the `spaces` package (a ZeroGPU Space) the model and
 rendering work runs inside `@spaces.GPU`.
 """
 

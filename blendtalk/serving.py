@@ -354,8 +354,7 @@ def queued_files(demo) -> set[str]:
     """Paths of the files (uploads) that requests waiting in a Gradio app's queue, or running, were sent with.
 
     The cache cap must not delete them: a request that has waited longer than the cap's minimum age
-    would find its audio gone (seen in eval/soak.py: bursts of 16 behind 2 workers waited over 120 s,
-    and 20 of 64 requests got "Audio file not found"). Reads Gradio 6.x's queue internals; empty
+    would find its audio gone ("Audio file not found", seen in eval/soak.py). Reads Gradio 6.x's queue internals; empty
     where they are not as expected (the minimum age still protects young files)."""
     paths: set[str] = set()
 
@@ -442,8 +441,8 @@ def collect_garbage() -> None:
 
     A request's Plotly figures are cycles (every trace points back at its figure) holding tens of MB
     of arrays; a full collection comes only after hundreds of thousands of new objects, so without
-    this they piled up over requests (measured: one `gc.collect()` in the soak's app freed 320 MB).
-    Cheap after `freeze_startup`: the start-up's objects are not scanned."""
+    this they piled up over requests (docs/RELIABILITY.md). Cheap after `freeze_startup`: the
+    start-up's objects are not scanned."""
     import gc
 
     gc.collect()
@@ -469,9 +468,8 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     operator set MALLOC_ARENA_MAX; call before the threads start. Returns whether it was set.
 
     Requests run on whichever of Gradio's worker threads is free; with a heap per thread (up to 16
-    on 2 cores) each keeps its own freed blocks. Measured (48 requests, 2 at a time on a 16-thread
-    pool, floor after gc and malloc_trim every 8): 698 -> 776 MB with glibc's default, 575 -> 590 MB
-    with 2 arenas (docs/RELIABILITY.md)."""
+    on 2 cores) each keeps its own freed blocks, and the floor sits higher (eval/heap_floor.py,
+    docs/RELIABILITY.md)."""
     import ctypes
     import ctypes.util
     import os

@@ -27,7 +27,9 @@ from eval.load_test import launch_app as running_app
 ROOT = Path(__file__).resolve().parents[1]
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
-CACHE_AGE_S = 8  # s, the test server's Gradio cache age; an upload must outlive its queue wait
+# s, the test server's Gradio cache age: an upload must outlive its queue wait, and a result its download by
+# the client (at load 13, with 8 s, the last download of 8 concurrent requests found its file deleted: 403).
+CACHE_AGE_S = 20
 STARTUP_S = 180  # s the server may take to load the pipeline on a busy machine
 
 
@@ -489,7 +491,7 @@ def test_a_running_request_whose_client_left_stops_and_frees_its_worker(server, 
                                                       params={"session_hash": f"leaver{k}"}, timeout=300))
             reading.append(events.iter_lines())
             assert next((True for line in reading[-1] if '"msg":"process_starts"' in line.replace(" ", "")), False)
-        # Typed text, not an upload: the test server's 8 s cache age could delete an upload while it waits.
+        # Typed text, not an upload: the test server's short cache age could delete an upload while it waits.
         join(url, fn_index, [None, "Nice to see you.", "", "sad", 0.8, "", 0.5, "", True, "128", True], "stayer")
         assert waiting() == 1  # both workers hold the long requests
         answers = []
