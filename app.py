@@ -17,8 +17,8 @@ limits take the client from X-Forwarded-For only behind `--trusted-proxies`. A r
 has left stops at its next progress report (between stages and frame batches) and frees its worker.
 Memory: start-up objects are frozen out of the garbage collector's scans, a collection follows every
 request, glibc gets 2 malloc arenas, and Gradio's unread per-session messages are forgotten after
-the results' keep time (blendtalk.serving). The pipeline is loaded once, at start-up. With the `spaces` package (a ZeroGPU Space) the model and
-rendering work runs inside `@spaces.GPU`.
+the results' keep time (blendtalk.serving). The pipeline is loaded once, at start-up. With the
+`spaces` package (a ZeroGPU Space) the model and rendering work runs inside `@spaces.GPU`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ In one process: load the pipeline, then run typed-text requests two at a time on
 (as Gradio's workers: each request on whichever thread is free), each making the animation, a
 video (128 px, every 4th 256 px), the 3D view's HTML and the weight curves, as `/animate` does;
 as in the app, the start-up's objects are frozen and a full collection follows every request (its
-time is recorded). After every 8 requests: `malloc_trim`, then the RSS and its heap part (RssAnon). `--arenas N` (N > 0) first limits glibc to N malloc arenas (`serving.limit_malloc_arenas`,
+time is recorded). After every 8 requests: `malloc_trim`, then the RSS and its heap part
+(RssAnon). `--arenas N` (N > 0) first limits glibc to N malloc arenas (`serving.limit_malloc_arenas`,
 as app.py does with 2); 0 leaves glibc's default (8 per core). The floor rising with requests is
 memory that neither Python nor glibc gives back. Linux only (/proc).
 """

@@ -475,7 +475,8 @@ def test_a_running_request_whose_client_left_stops_and_frees_its_worker(server, 
     config = httpx.get(url + "config", timeout=30).json()
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "animate")
     with open(long_clip(55.0, tmp_path)[0], "rb") as f:
-        name = httpx.post(f"{url}gradio_api/upload", files={"files": ("speech.wav", f, "audio/wav")}, timeout=30).json()[0]
+        name = httpx.post(f"{url}gradio_api/upload", files={"files": ("speech.wav", f, "audio/wav")},
+                          timeout=30).json()[0]
     long_request = [{"path": name, "meta": {"_type": "gradio.FileData"}}, "", "", "happy", 0.8, "", 0.5, "", True, "256",
                     True]
 
@@ -531,7 +532,8 @@ def test_the_cache_cap_spares_the_uploads_of_waiting_requests(tmp_path):
     failed with "Audio file not found" (20 of 64 in a soak whose queue waits outgrew the minimum age)."""
     from blendtalk.evaluation.clips import long_clip
 
-    with launch_app(tmp_path, "--cache-max-mb", "0", "--cache-min-age", "5", "--delete-cache", "1", "600") as (url, workdir):
+    cap = ("--cache-max-mb", "0", "--cache-min-age", "5", "--delete-cache", "1", "600")
+    with launch_app(tmp_path, *cap) as (url, workdir):
         config = httpx.get(url + "config", timeout=30).json()
         fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "animate")
 
@@ -567,7 +569,8 @@ def test_the_cache_cap_spares_the_uploads_of_waiting_requests(tmp_path):
             assert httpx.get(f"{url}gradio_api/queue/status", timeout=30).json()["queue_size"] == 1  # still waiting
             assert on_disk(waiting_audio).exists(), "the cap deleted a waiting request's upload"
         # The busy clients have left: their requests stop and the waiting one runs.
-        with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": "waiting"}, timeout=600) as events:
+        with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": "waiting"},
+                          timeout=600) as events:
             answer = next(json.loads(line.removeprefix("data:")) for line in events.iter_lines()
                           if '"msg":"process_completed"' in line.replace(" ", ""))
     assert answer["success"], answer
