@@ -13,9 +13,12 @@ Files: everything made for a request goes into its own folder under the app's wo
 has copied the results into its cache; Gradio's cache (uploads and results, inside the work folder
 unless GRADIO_TEMP_DIR is set) is emptied of files older than `--delete-cache AGE` seconds; clients
 see it as `blendtalk-cache/...`, never as a server folder (blendtalk.path_mask). The per-address
-limits take the client from X-Forwarded-For only behind `--trusted-proxies`. The pipeline is loaded
-once, at start-up. With the `spaces` package (a ZeroGPU Space) the model and
-rendering work runs inside `@spaces.GPU`.
+limits take the client from X-Forwarded-For only behind `--trusted-proxies`. A request whose client
+has left stops at its next progress report (between stages and frame batches) and frees its worker.
+Memory: start-up objects are frozen out of the garbage collector's scans, a collection follows every
+request, glibc gets 2 malloc arenas, and Gradio's unread per-session messages are forgotten after
+the results' keep time (blendtalk.serving). The pipeline is loaded once, at start-up. With the
+`spaces` package (a ZeroGPU Space) the model and rendering work runs inside `@spaces.GPU`.
 """
 
 from __future__ import annotations
@@ -340,9 +343,11 @@ class Service:
             files.append(str(arkit_rig_glb(anim, folder / "downloads" / f"{stem}_rig.glb", pipe.rig, pipe.dressing())))
         yield str(video), html, curves, files, describe(anim, missing)
 
-    def admitted_steps(self, client: str, *inputs, progress=None):
+    def admitted_steps(self, client: str, *inputs, progress=None, alive=None):
         """`steps` for one client of the page, counted and held to the limits, in its own request folder
-        removed after the last output; failures other than bad input become one line."""
+        removed after the last output; failures other than bad input become one line. `alive()` (if
+        given) says whether the client still waits: asked at every progress report, so a request whose
+        client left stops between stages or frame batches and frees its worker."""
         import gradio as gr
 
         try:
@@ -350,11 +355,17 @@ class Service:
         except serving.LimitError as err:
             raise gr.Error(str(err), title="Please wait", print_exception=False) from None
         folder = self.workspace.new_request()
-        held = contextlib.ExitStack()  # the client's running place, from admission to the last output
+        start = time.monotonic()
+        if alive is not None:
+            progress = serving.cancellable(progress, alive)
         *page, head_motion = inputs
         try:
-            yield from self.steps(*page, folder, progress, head_motion, admit=lambda req: held.enter_context(
-                self.gate.running(client, serving.check_cost(request_seconds(req), req.size, self.limits.max_cost))))
+            # The client's running place, from admission to the last output (measured only when it ends normally).
+            with contextlib.ExitStack() as held:
+                yield from self.steps(*page, folder, progress, head_motion, admit=lambda req: held.enter_context(
+                    self.gate.running(client, serving.check_cost(request_seconds(req), req.size, self.limits.max_cost))))
+        except serving.Cancelled as stop:
+            logger.info("request of %s %s after %.1f s: its client left", client, stop, time.monotonic() - start)
         except gr.Error:
             raise
         except Exception:
@@ -362,10 +373,10 @@ class Service:
             raise gr.Error("Something went wrong while animating; the details are in the server log. "
                            "Try again, or with other input.") from None
         finally:
-            held.close()
             # Runs when Gradio asks for the next value after the last one, i.e. after it copied the
             # files into its cache (or when the request is cancelled): the folder is no longer needed.
             shutil.rmtree(folder, ignore_errors=True)
+            serving.collect_garbage()  # the request's figures are cycles of tens of MB
 
     def estimate(self, demo, audio, text, size) -> str:
         """The status line shown at once on Generate: requests ahead and the estimated wait."""
@@ -427,8 +438,12 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
         head_motion (default true): nods, turns and gaze shifts driven by the speech."""
         client = serving.client_key(getattr(getattr(request, "client", None), "host", None),
                                     serving.forwarded_for(getattr(request, "headers", None)), service.trusted)
+        from gradio.context import LocalContext  # the queued event this call serves (Gradio sets it per call)
+
+        event_id = LocalContext.event_id.get(None)
+        alive = (lambda: serving.event_alive(demo, event_id)) if event_id else None
         yield from service.admitted_steps(client, audio, text, transcript, emotion, intensity, mix_with, mix_ratio,
-                                          timeline, blinks, size, head_motion, progress=progress)
+                                          timeline, blinks, size, head_motion, progress=progress, alive=alive)
 
     # Gradio passes the request only to a parameter whose type hint resolves to gr.Request; this module's
     # hints are strings (postponed annotations) naming `gr`, imported in here, so Gradio could not resolve
@@ -602,6 +617,7 @@ def main(argv=None) -> None:
                              "limits: their number (1 behind one reverse proxy) or their addresses/networks, comma-"
                              f"separated (10.0.0.0/8); empty: the header is ignored ({serving.TRUSTED_PROXIES_ENV})")
     args = parser.parse_args(argv)
+    serving.limit_malloc_arenas()  # before torch and the server start their threads
     if args.queue_size < 1:
         parser.error(f"--queue-size must be at least 1, got {args.queue_size}")
     try:
@@ -631,9 +647,13 @@ def main(argv=None) -> None:
                                    running_per_client=args.jobs_per_client, concurrency=CONCURRENCY)
     demo = build_demo(Service(pipe, workspace, limits, default_size=size, trusted=trusted), delete_cache=(every, age))
 
+    idle_sessions: dict[str, float] = {}  # session -> when it was first seen with nothing waiting or running
+
     def sweep():
         clear_gradio_cache(demo, age)
-        keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()))
+        serving.prune_sessions(demo, idle_sessions, keep_s=age, now=time.monotonic())
+        keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()),
+                           serving.queued_files(demo))  # the examples' inputs, and uploads still waiting or running
         serving.cap_folder(Path(os.environ["GRADIO_TEMP_DIR"]), args.cache_max_mb * 2**20, keep=keep,
                            min_age_s=args.cache_min_age)
         serving.release_memory()
@@ -656,6 +676,9 @@ def main(argv=None) -> None:
                 state_session_capacity=STATE_SESSIONS, prevent_thread_lock=True)
     add_routes(demo.app, live)  # the Live tab's page and WebSocket, first in the routing table
     add_plotly_route(demo.app)
+    t0 = time.perf_counter()
+    frozen = serving.freeze_startup()  # the start-up is done: what is alive now stays for the app's life
+    logger.info("froze %d start-up objects in %.2f s", frozen, time.perf_counter() - t0)
     demo.block_thread()
 
 

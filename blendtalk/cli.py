@@ -173,12 +173,15 @@ def _check_export_dir(folder: Path, overwrite: bool) -> None:
 
 def animate(args) -> int:
     """Validate every input first (nothing is loaded or written before), then animate, render, export."""
-    from tqdm import tqdm
+    from .interrupt import held_interrupt
 
-    from .models.checkpoint import pick_device
-    from .pipeline import Pipeline
-    from .request import AnimationRequest
-    from .speech.phonetics import PhoneAligner, default_phone_workers
+    with held_interrupt():  # torch imports here: Ctrl-C is raised once it is done (blendtalk.interrupt)
+        from tqdm import tqdm
+
+        from .models.checkpoint import pick_device
+        from .pipeline import Pipeline
+        from .request import AnimationRequest
+        from .speech.phonetics import PhoneAligner, default_phone_workers
 
     if (args.speech is None) == (args.text is None):
         raise ValueError("give a speech file or --text (one of the two)")
@@ -204,23 +207,25 @@ def animate(args) -> int:
             bar.refresh()
         return report
 
-    aligner = PhoneAligner(default_phone_workers(pick_device(args.device).type))
-    if request.audio is not None and request.transcript is None:
-        # The phones are recognised in a worker process on the other core while the models load.
-        aligner.prefetch(request.audio)
-    pipe = Pipeline.from_pretrained(dfm=args.dfm, speech=args.speech_model, device=args.device, aligner=aligner)
-    anim = pipe.run(request, progress=progress(1, 0.0, 0.3))
-    with _disk_full_is_clear(args.output.parent, "the video"):
-        pipe.save_video(anim, args.output, size=request.size, progress=progress(1, 0.3, 0.65))
-    written = {}
-    if args.export_dir is not None:
-        from .render.exports import export_all
+    try:  # the bar is closed before anything else is printed, an interrupt's line included
+        aligner = PhoneAligner(default_phone_workers(pick_device(args.device).type))
+        if request.audio is not None and request.transcript is None:
+            # The phones are recognised in a worker process on the other core while the models load.
+            aligner.prefetch(request.audio)
+        pipe = Pipeline.from_pretrained(dfm=args.dfm, speech=args.speech_model, device=args.device, aligner=aligner)
+        anim = pipe.run(request, progress=progress(1, 0.0, 0.3))
+        with _disk_full_is_clear(args.output.parent, "the video"):
+            pipe.save_video(anim, args.output, size=request.size, progress=progress(1, 0.3, 0.65))
+        written = {}
+        if args.export_dir is not None:
+            from .render.exports import export_all
 
-        bar.set_postfix_str("exports")
-        with _disk_full_is_clear(args.export_dir, "the exports"):
-            written = export_all(anim, args.export_dir, template=pipe.rig.vertices, dressing=pipe.dressing())
-    bar.n = 100
-    bar.close()
+            bar.set_postfix_str("exports")
+            with _disk_full_is_clear(args.export_dir, "the exports"):
+                written = export_all(anim, args.export_dir, template=pipe.rig.vertices, dressing=pipe.dressing())
+        bar.n = 100
+    finally:
+        bar.close()
     timings = {k: round(v, 3) for k, v in anim.meta["timings"].items()}
     print(json.dumps({"video": str(args.output), "exports": {k: str(v) for k, v in written.items()},
                       "frames": anim.num_frames, "seconds": round(anim.duration, 3), "expression": anim.meta["expression"],

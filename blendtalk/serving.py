@@ -12,6 +12,8 @@ Everything here is plain Python (no Gradio), so that each rule can be tested wit
 * `client_key`: the client is the connection's peer; X-Forwarded-For names it only behind proxies
   the operator declared (`TrustedProxies`, BLENDTALK_TRUSTED_PROXIES), so it cannot be spoofed.
 * `cap_folder`: deletes the oldest files of a folder while it holds more than its cap.
+* `cancellable` + `event_alive`: a request whose client has left stops at its next progress report
+  (between stages and frame batches) instead of holding a worker to the end.
 """
 
 from __future__ import annotations
@@ -44,6 +46,29 @@ class ServingConfig:
 
 class LimitError(ValueError):
     """A request refused by a serving limit; the message says what to do instead."""
+
+
+class Cancelled(Exception):
+    """Nobody waits for this request any more (its client left); raised at a progress report.
+
+    Not a ValueError: it must pass the handlers that turn bad input into a message for the user."""
+
+    def __init__(self, fraction: float, stage: str | None):
+        super().__init__(f"cancelled at {stage or 'start'} ({100 * fraction:.0f}% done)")
+        self.fraction, self.stage = fraction, stage
+
+
+def cancellable(progress: Callable | None, alive: Callable[[], bool]) -> Callable:
+    """A progress callback `(fraction, desc=None)` that first asks `alive()` and raises Cancelled when
+    it says no, then passes the report on to `progress` (if any). The work reports between its stages
+    and frame batches, so that is where a request whose client left stops, freeing its worker."""
+    def report(fraction: float, desc: str | None = None):
+        if not alive():
+            raise Cancelled(fraction, desc)
+        if progress is not None:
+            progress(fraction, desc=desc)
+
+    return report
 
 
 def request_cost(seconds: float, size: int) -> float:
@@ -197,7 +222,8 @@ class Gate:
     def running(self, client: str, cost: float) -> Iterator[None]:
         """Hold one of `client`'s running places while the request is computed; LimitError when none is free.
 
-        The time spent inside is recorded against `cost` for the wait estimate."""
+        The time spent inside is recorded against `cost` for the wait estimate when the request ends
+        normally; one that failed or was cancelled part-way says nothing about the cost of a whole one."""
         limit = self.config.running_per_client
         with self._lock:
             if limit > 0 and self._running.get(client, 0) >= limit:
@@ -207,12 +233,15 @@ class Gate:
             self._tickets += 1
             ticket = self._tickets
             self._started[ticket] = (self.clock(), cost)
+        finished = False
         try:
             yield
+            finished = True
         finally:
             with self._lock:
                 start, _ = self._started.pop(ticket)
-                self._done.append((cost, self.clock() - start))
+                if finished:
+                    self._done.append((cost, self.clock() - start))
                 self._running[client] -= 1
                 if not self._running[client]:
                     del self._running[client]
@@ -321,13 +350,147 @@ def waiting_requests(demo, api_name: str) -> int:
         return 0
 
 
+def queued_files(demo) -> set[str]:
+    """Paths of the files (uploads) that requests waiting in a Gradio app's queue, or running, were sent with.
+
+    The cache cap must not delete them: a request that has waited longer than the cap's minimum age
+    would find its audio gone ("Audio file not found", seen in eval/soak.py). Reads Gradio 6.x's queue internals; empty
+    where they are not as expected (the minimum age still protects young files)."""
+    paths: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("path"), str):
+                paths.add(value["path"])
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    try:
+        queue = demo._queue
+        events = [e for q in list(queue.event_queue_per_concurrency_id.values()) for e in list(q.queue)]
+        events += [e for job in list(queue.active_jobs) for e in job or ()]
+    except (AttributeError, TypeError):
+        return paths
+    for event in events:
+        walk(getattr(getattr(event, "data", None), "data", None))
+    return paths
+
+
+MAX_EVENT_RECORDS = 1000  # Gradio's per-event analytics records kept (a few hundred bytes each; it never drops one)
+
+
+def prune_sessions(demo, idle_since: dict[str, float], keep_s: float, now: float) -> int:
+    """Forget what Gradio holds for sessions with nothing waiting or running for `keep_s` seconds; returns
+    how many were dropped. Call it periodically with the same `idle_since` dict and the current time.
+
+    Gradio keeps, per session and for the life of the process, a queue of the messages nobody has read
+    yet: a client that sends a request and never opens its event stream (a bare POST /call/animate)
+    leaves its result there (the 3D view alone is a few MB), so such clients could fill the memory.
+    After `keep_s` (the time results are kept on disk) its messages go; a client that comes back later
+    starts a new queue. Also caps Gradio's per-event analytics records at MAX_EVENT_RECORDS. Reads
+    Gradio 6.x's queue internals; does nothing where they are not as expected."""
+    try:
+        queue = demo._queue
+        pending = queue.pending_messages_per_session
+        busy = {e.session_hash for q in list(queue.event_queue_per_concurrency_id.values()) for e in list(q.queue)}
+        busy |= {e.session_hash for job in list(queue.active_jobs) for e in job or ()}
+    except (AttributeError, TypeError):
+        return 0
+    dropped = 0
+    for session in list(pending):
+        if session in busy:
+            idle_since.pop(session, None)
+        elif now - idle_since.setdefault(session, now) >= keep_s:
+            pending.pop(session, None)
+            getattr(queue, "pending_event_ids_session", {}).pop(session, None)
+            idle_since.pop(session, None)
+            dropped += 1
+    for session in [s for s in idle_since if s not in pending]:  # gone by Gradio's own hand
+        del idle_since[session]
+    records = getattr(queue, "event_analytics", None)
+    if isinstance(records, dict):
+        for event_id in list(records)[: max(0, len(records) - MAX_EVENT_RECORDS)]:  # oldest first
+            records.pop(event_id, None)
+    return dropped
+
+
+def event_alive(demo, event_id: str) -> bool:
+    """Does anybody still wait for the running queued event `event_id` of a Gradio app?
+
+    False once Gradio has marked it dead (its client closed the page or its event stream) or has
+    dropped it from the running jobs (a /cancel: Gradio frees the worker while the function's thread
+    goes on computing). Gradio itself stops a generator only between two of its outputs, so a long
+    first output would otherwise run to its end. Reads Gradio 6.x's queue internals; where they are
+    not as expected the answer is True: work is never stopped on a guess."""
+    try:
+        jobs = list(demo._queue.active_jobs)
+    except (AttributeError, TypeError):
+        return True
+    for job in jobs:
+        for event in job or ():
+            if getattr(event, "_id", None) == event_id:
+                return bool(getattr(event, "alive", True))
+    return False
+
+
+def collect_garbage() -> None:
+    """Free what a finished request left in reference cycles, now rather than at Python's next full collection.
+
+    A request's Plotly figures are cycles (every trace points back at its figure) holding tens of MB
+    of arrays; a full collection comes only after hundreds of thousands of new objects, so without
+    this they piled up over requests (docs/RELIABILITY.md). Cheap after `freeze_startup`: the
+    start-up's objects are not scanned."""
+    import gc
+
+    gc.collect()
+
+
+def freeze_startup() -> int:
+    """Move every object alive now (the loaded libraries and models, about half a million objects)
+    out of the collector's sight (`gc.freeze`), so that `collect_garbage` only scans what requests
+    made since; returns the number frozen."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+MALLOC_ARENAS = 2  # glibc heaps for all threads (its default: 8 per core); MALLOC_ARENA_MAX overrides
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Let glibc's malloc use at most `arenas` heaps for all threads (mallopt M_ARENA_MAX), unless the
+    operator set MALLOC_ARENA_MAX; call before the threads start. Returns whether it was set.
+
+    Requests run on whichever of Gradio's worker threads is free; with a heap per thread (up to 16
+    on 2 cores) each keeps its own freed blocks, and the floor sits higher (eval/heap_floor.py,
+    docs/RELIABILITY.md)."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return False
+
+
 def release_memory() -> None:
-    """Give the heap memory that Python and torch freed back to the OS (glibc's malloc_trim; no-op elsewhere).
+    """Collect the garbage, then give the heap memory that Python and torch freed back to the OS
+    (glibc's malloc_trim; no-op elsewhere).
 
     glibc keeps freed blocks of each thread's arena for reuse; after bursts of requests on many
     threads that is hundreds of MB of RSS that nothing uses."""
     import ctypes
     import ctypes.util
 
+    collect_garbage()
     with contextlib.suppress(OSError, AttributeError, TypeError):
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)

@@ -16,6 +16,7 @@ RSS after the first 20 requests, and the cache bounded (by the app's --cache-max
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -24,6 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from blendtalk.evaluation.clips import CLIPS, long_clip
 from blendtalk.serving import folder_bytes
@@ -46,6 +49,18 @@ class Sample:
 
 
 @dataclass
+class Floor:
+    """The app between bursts, after `--settle` s without requests (its sweeper has trimmed the heap)."""
+
+    index: int  # requests finished so far
+    t_s: float  # s since the start
+    rss_mb: float
+    anon_mb: float  # RSS that is heap (malloc arenas, Python and torch memory), not mapped files
+    threads: int
+    cache_mb: float
+
+
+@dataclass
 class SoakReport:
     requests: int
     sent: int
@@ -58,6 +73,8 @@ class SoakReport:
     wall_s: float
     config: dict
     samples: list[Sample] = field(default_factory=list)
+    floors: list[Floor] = field(default_factory=list)  # one per burst when --settle > 0
+    floor_slope_mb_per_100: float | None = None  # least squares over the floors after BASELINE_AT requests
     command: str = ""
 
 
@@ -78,12 +95,34 @@ def one_request(url: str, audio: Path, transcript: str, size: int, downloads: Pa
         return classify(err), time.perf_counter() - t0, f"{type(err).__name__}: {err}"[:300]
 
 
+def proc_status(pid: int) -> dict[str, int]:
+    """RssAnon (kB) and Threads of a process from /proc (empty without /proc)."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "Threads"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def floor_slope(floors: list[Floor]) -> float | None:
+    """MB per 100 requests of the floors after BASELINE_AT requests (least squares; None under 3 points)."""
+    points = [(f.index, f.rss_mb) for f in floors if f.index > BASELINE_AT]
+    if len(points) < 3:
+        return None
+    x, y = np.array(points, dtype=float).T
+    return round(float(np.polyfit(x, y, 1)[0]) * 100, 1)
+
+
 def soak(app, requests: int, burst: int, long_every: int, long_seconds: float, long_size: int, short_size: int,
-         max_minutes: float, idle_s: float) -> SoakReport:
-    """Send the requests to a running app in bursts and record RSS and cache size after each."""
+         max_minutes: float, idle_s: float, settle_s: float = 0.0) -> SoakReport:
+    """Send the requests to a running app in bursts and record RSS and cache size after each (and, with
+    `settle_s`, the app's floor after each burst: RSS once it has been idle that long)."""
     cache = app.workdir / "gradio"
     lock = threading.Lock()
     samples: list[Sample] = []
+    floors: list[Floor] = []
     start_rss = rss_mb(app.pid)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="blendtalk-soak-") as tmp:
@@ -118,6 +157,14 @@ def soak(app, requests: int, burst: int, long_every: int, long_seconds: float, l
                 last = samples[-1]
                 print(f"{sent}/{requests}: RSS {last.rss_mb:.0f} MB, cache {last.cache_mb:.0f} MB, "
                       f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+                if settle_s > 0:
+                    time.sleep(settle_s)
+                    status = proc_status(app.pid)
+                    floors.append(Floor(len(samples), round(time.perf_counter() - t0, 1), round(rss_mb(app.pid), 1),
+                                        round(status.get("RssAnon", 0) / 1024, 1), status.get("Threads", 0),
+                                        round(folder_bytes(cache) / 2**20, 1)))
+                    print(f"  floor after {settle_s:g} s idle: RSS {floors[-1].rss_mb:.0f} MB "
+                          f"(heap {floors[-1].anon_mb:.0f} MB), {floors[-1].threads} threads", file=sys.stderr)
     wall = time.perf_counter() - t0
     time.sleep(idle_s)  # what stays once nobody asks
     idle_rss, idle_cache = rss_mb(app.pid), folder_bytes(cache) / 2**20
@@ -133,8 +180,8 @@ def soak(app, requests: int, burst: int, long_every: int, long_seconds: float, l
                   "end": samples[-1].cache_mb if samples else 0.0, "idle": round(idle_cache, 1)},
         wall_s=round(wall, 1),
         config=dict(burst=burst, long_every=long_every, long_seconds=long_seconds, long_size=long_size,
-                    short_size=short_size, idle_s=idle_s),
-        samples=samples)
+                    short_size=short_size, idle_s=idle_s, settle_s=settle_s),
+        samples=samples, floors=floors, floor_slope_mb_per_100=floor_slope(floors))
 
 
 def plot(report: SoakReport, path: Path) -> None:
@@ -146,11 +193,14 @@ def plot(report: SoakReport, path: Path) -> None:
 
     x = [s.index for s in report.samples]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    top.plot(x, [s.rss_mb for s in report.samples], ".-", ms=3)
+    top.plot(x, [s.rss_mb for s in report.samples], ".-", ms=3, label="after each request")
+    if report.floors:
+        top.plot([f.index for f in report.floors], [f.rss_mb for f in report.floors], "ks", ms=5,
+                 label=f"floor: after {report.config.get('settle_s', 0):g} s idle")
     base = report.rss_mb[f"after_{BASELINE_AT}"]
     top.axhline(base + TARGET_GROWTH_MB, color="r", ls="--", lw=1, label=f"target: RSS after {BASELINE_AT} + {TARGET_GROWTH_MB} MB")
     top.set_ylabel("app RSS (MB)")
-    top.legend(loc="lower right")
+    top.legend(loc="upper left", fontsize=8)
     bottom.plot(x, [s.cache_mb for s in report.samples], ".-", ms=3, color="tab:orange")
     bottom.set_ylabel("Gradio cache (MB)")
     bottom.set_xlabel("requests finished (each from a new client)")
@@ -173,6 +223,9 @@ def main(argv=None) -> int:
     parser.add_argument("--short-size", type=int, default=128, choices=(128, 256, 384, 512), help="px of a short clip")
     parser.add_argument("--max-minutes", type=float, default=60.0, help="stop sending new bursts after this")
     parser.add_argument("--idle", type=float, default=30.0, help="s to wait after the run before the last reading")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="s to wait after each burst before reading the app's floor (RSS, heap, threads); "
+                             "longer than the app's sweep period (--delete-cache EVERY), which trims the heap")
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--plot", type=Path, help="write the PNG here")
     parser.add_argument("app_args", nargs="*", help="extra app.py arguments (after --), e.g. --cache-max-mb 200")
@@ -183,7 +236,7 @@ def main(argv=None) -> int:
         print("starting the app ...", file=sys.stderr)
         with launch_app(Path(workdir), "--queue-size", str(max(16, args.burst)), *args.app_args) as app:
             report = soak(app, args.requests, args.burst, args.long_every, args.long_seconds, args.long_size,
-                          args.short_size, args.max_minutes, args.idle)
+                          args.short_size, args.max_minutes, args.idle, args.settle)
     report.command = "python eval/soak.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = json.dumps(asdict(report), indent=1)
     print(json.dumps({k: v for k, v in asdict(report).items() if k != "samples"}, indent=1))

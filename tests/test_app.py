@@ -27,7 +27,9 @@ from eval.load_test import launch_app as running_app
 ROOT = Path(__file__).resolve().parents[1]
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
-CACHE_AGE_S = 8  # s, the test server's Gradio cache age; an upload must outlive its queue wait
+# s, the test server's Gradio cache age: an upload must outlive its queue wait, and a result its download by
+# the client (at load 13, with 8 s, the last download of 8 concurrent requests found its file deleted: 403).
+CACHE_AGE_S = 20
 STARTUP_S = 180  # s the server may take to load the pipeline on a busy machine
 
 
@@ -450,3 +452,125 @@ def test_a_waiting_request_whose_client_left_is_dropped(server, tmp_path):
         thread.join(timeout=300)
     assert sorted(done) == ["keeper0", "keeper1"]
     assert left_queue_while_busy, "the request of the client that left stayed in the queue"
+
+
+CANCELLED = re.compile(r"request of \S+ cancelled at (.+?) \((\d+)% done\) after ([\d.]+) s: its client left")
+
+
+@pytest.mark.slow
+def test_a_running_request_whose_client_left_stops_and_frees_its_worker(server, tmp_path):
+    """Two clients each start 55 s of speech at 256 px (both workers busy; about 20 s of CPU each on a
+    quiet machine) and close their pages as soon as their work has started; a third client's request
+    waits in the queue. The two stop at their next progress report (the server log says where), and
+    the third is then served, though neither long request got to its end: the cancellations freed the
+    workers. No duration is asserted (the time-outs only end a hung test): what is checked is the order
+    of events (a worker frees only when its request ends, and the log shows both ended cancelled)."""
+    import threading
+
+    from blendtalk.evaluation.clips import long_clip
+
+    url, workdir = server
+    log = workdir.parent / "server.log"  # eval.load_test.launch_app writes the app's log beside its work folder
+    cancelled_before = len(CANCELLED.findall(log.read_text()))
+    config = httpx.get(url + "config", timeout=30).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "animate")
+    with open(long_clip(55.0, tmp_path)[0], "rb") as f:
+        name = httpx.post(f"{url}gradio_api/upload", files={"files": ("speech.wav", f, "audio/wav")},
+                          timeout=30).json()[0]
+    long_request = [{"path": name, "meta": {"_type": "gradio.FileData"}}, "", "", "happy", 0.8, "", 0.5, "", True, "256",
+                    True]
+
+    def waiting() -> int:
+        return httpx.get(f"{url}gradio_api/queue/status", timeout=30).json()["queue_size"]
+
+    with contextlib.ExitStack() as pages:
+        for k in range(2):
+            join(url, fn_index, long_request, f"leaver{k}")
+        reading = []  # each page's line iterator, kept: a dropped one closes its connection (httpx), i.e. leaves
+        for k in range(2):  # each page stays until its request has started on a worker
+            events = pages.enter_context(httpx.stream("GET", f"{url}gradio_api/queue/data",
+                                                      params={"session_hash": f"leaver{k}"}, timeout=300))
+            reading.append(events.iter_lines())
+            assert next((True for line in reading[-1] if '"msg":"process_starts"' in line.replace(" ", "")), False)
+        # Typed text, not an upload: the test server's short cache age could delete an upload while it waits.
+        join(url, fn_index, [None, "Nice to see you.", "", "sad", 0.8, "", 0.5, "", True, "128", True], "stayer")
+        assert waiting() == 1  # both workers hold the long requests
+        answers = []
+
+        def stay() -> None:
+            with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": "stayer"},
+                              timeout=600) as events:
+                for line in events.iter_lines():
+                    if '"msg":"process_completed"' in line.replace(" ", ""):
+                        answers.append(json.loads(line.removeprefix("data:")))
+                        return
+
+        stayer = threading.Thread(target=stay)
+        stayer.start()
+    # The two leavers' pages are closed here.
+    stayer.join(timeout=600)
+    assert answers and answers[0]["success"], answers
+    assert "sad x0.8" in answers[0]["output"]["data"][4]
+    end = time.monotonic() + 300  # the second may still be between two reports
+    while len(stops := CANCELLED.findall(log.read_text())[cancelled_before:]) < 2 and time.monotonic() < end:
+        time.sleep(0.5)
+    print(f"\ncancelled: {stops}")
+    assert len(stops) == 2, log.read_text()[-3000:]
+    assert all(int(percent) < 100 for _, percent, _ in stops)
+    end = time.monotonic() + 30  # their request folders go with them
+    while list((workdir / "requests").iterdir()) and time.monotonic() < end:
+        time.sleep(0.5)
+    assert list((workdir / "requests").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_cache_cap_spares_the_uploads_of_waiting_requests(tmp_path):
+    """With a cache cap of 0 MB, every sweep (each second) deletes every file older than the minimum age
+    (5 s) that nothing needs. A request waits in the queue behind two long ones; a decoy uploaded after
+    its audio is swept (so the sweep, oldest first, passed the waiting upload), yet the waiting upload is
+    still there, and the request is served once the long ones' clients leave. Before, such a request
+    failed with "Audio file not found" (20 of 64 in a soak whose queue waits outgrew the minimum age)."""
+    from blendtalk.evaluation.clips import long_clip
+
+    cap = ("--cache-max-mb", "0", "--cache-min-age", "5", "--delete-cache", "1", "600")
+    with launch_app(tmp_path, *cap) as (url, workdir):
+        config = httpx.get(url + "config", timeout=30).json()
+        fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "animate")
+
+        def uploaded(path: Path) -> dict:
+            with open(path, "rb") as f:
+                name = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, f, "audio/wav")},
+                                  timeout=30).json()[0]
+            return {"path": name, "meta": {"_type": "gradio.FileData"}}
+
+        def on_disk(audio: dict) -> Path:  # the public name (blendtalk.path_mask) -> the file in the app's cache
+            return workdir / "gradio" / audio["path"].removeprefix(app.PUBLIC_CACHE + "/")
+
+        def inputs(audio: dict, size: str) -> list:
+            return [audio, "", "", "happy", 0.8, "", 0.5, "", True, size, True]
+
+        (tmp_path / "long").mkdir()
+        long_audio = uploaded(long_clip(55.0, tmp_path / "long")[0])
+        with contextlib.ExitStack() as busy_pages:
+            reading = []  # kept: a dropped line iterator closes its connection (httpx), i.e. its client leaves
+            for k in range(2):  # both workers, for requests whose clients will leave (blendtalk.serving.cancellable)
+                join(url, fn_index, inputs(long_audio, "256"), f"busy{k}")
+                events = busy_pages.enter_context(httpx.stream("GET", f"{url}gradio_api/queue/data",
+                                                               params={"session_hash": f"busy{k}"}, timeout=300))
+                reading.append(events.iter_lines())
+                assert next((True for line in reading[-1] if '"msg":"process_starts"' in line.replace(" ", "")), False)
+            waiting_audio = uploaded(clip(tmp_path / "waiting.wav", 1.0))
+            join(url, fn_index, inputs(waiting_audio, "128"), "waiting")
+            decoy = on_disk(uploaded(clip(tmp_path / "decoy.wav", 0.5)))
+            end = time.monotonic() + 120
+            while decoy.exists() and time.monotonic() < end:
+                time.sleep(0.5)
+            assert not decoy.exists(), "the cap never swept"
+            assert httpx.get(f"{url}gradio_api/queue/status", timeout=30).json()["queue_size"] == 1  # still waiting
+            assert on_disk(waiting_audio).exists(), "the cap deleted a waiting request's upload"
+        # The busy clients have left: their requests stop and the waiting one runs.
+        with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": "waiting"},
+                          timeout=600) as events:
+            answer = next(json.loads(line.removeprefix("data:")) for line in events.iter_lines()
+                          if '"msg":"process_completed"' in line.replace(" ", ""))
+    assert answer["success"], answer

@@ -61,3 +61,22 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(monkeypatch, capsys):
         runpy.run_module("blendtalk", run_name="__main__")
     assert stop.value.code == 130
     assert capsys.readouterr().err.strip() == "blendtalk: interrupted; no partial files were left"
+
+
+def test_ctrl_c_during_an_import_is_raised_once_the_import_is_done():
+    """A Ctrl-C (SIGINT, or SIGTERM) inside `held_interrupt` does not interrupt the block, where torch's
+    compiled import could abort the process on it; it is raised as KeyboardInterrupt when the block
+    ends, and the earlier handlers are back."""
+    import signal
+
+    from blendtalk.interrupt import held_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with held_interrupt():
+            signal.raise_signal(signal.SIGINT)
+            done.append("the rest of the import")
+    assert done == ["the rest of the import"] and signal.getsignal(signal.SIGINT) is before
+    with held_interrupt():  # nothing noted: nothing raised
+        pass

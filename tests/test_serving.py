@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from blendtalk.serving import (Gate, LimitError, ServingConfig, TrustedProxies, cap_folder, check_cost, client_key,
-                               folder_bytes, forwarded_for)
+from blendtalk.serving import (Cancelled, Gate, LimitError, ServingConfig, TrustedProxies, cancellable, cap_folder,
+                               check_cost, client_key, event_alive, folder_bytes, forwarded_for, prune_sessions,
+                               queued_files)
 
 
 class Clock:
@@ -62,6 +63,65 @@ def test_one_client_cannot_hold_both_workers():
     with gate.running("1.2.3.4", 1.0):
         pass
     assert gate._running == {}
+
+
+def test_only_requests_that_end_normally_are_measured():
+    """A request cancelled or failed part-way took less time than its cost says: it must not
+    lower the seconds-per-unit that the wait estimate uses."""
+    clock = Clock()
+    gate = Gate(ServingConfig(), clock)
+    with gate.running("a", 10.0):
+        clock.t += 20.0
+    for error in (Cancelled(0.1, "render"), RuntimeError("render failed")):
+        with pytest.raises(type(error)):
+            with gate.running("b", 10.0):
+                clock.t += 1.0
+                raise error
+    assert gate.seconds_per_unit() == pytest.approx(2.0) and gate._running == {}
+
+
+def test_cancellable_progress_stops_when_the_client_has_left():
+    seen, alive = [], [True]
+    report = cancellable(lambda fraction, desc=None: seen.append((fraction, desc)), lambda: alive[0])
+    report(0.1, desc="audio front end")
+    alive[0] = False
+    with pytest.raises(Cancelled, match=r"cancelled at render \(45% done\)") as stop:
+        report(0.45, desc="render")
+    assert seen == [(0.1, "audio front end")] and (stop.value.fraction, stop.value.stage) == (0.45, "render")
+    assert not isinstance(stop.value, ValueError)  # passes the handlers that turn bad input into a message
+    cancellable(None, lambda: True)(0.5)  # no progress bar (an API call without one): only the check
+
+
+class FakeEvent:
+    def __init__(self, event_id, alive=True):
+        self._id, self.alive = event_id, alive
+
+
+class FakeDemo:
+    def __init__(self, *jobs, waiting=()):
+        queues = {"animate": type("EventQueue", (), {"queue": list(waiting)})()}
+        self._queue = type("Queue", (), {"active_jobs": list(jobs), "event_queue_per_concurrency_id": queues})()
+
+
+def test_queued_files_names_the_uploads_of_waiting_and_running_requests():
+    def event(*inputs):
+        e = FakeEvent("x")
+        e.data = type("Body", (), {"data": list(inputs)})()
+        return e
+
+    audio = {"path": "/cache/a/speech.wav", "meta": {"_type": "gradio.FileData"}}
+    demo = FakeDemo([event(audio, "", "happy")], None, waiting=[event({"path": "/cache/b/take.wav"}, "hi"),
+                                                                event(None, "typed text")])
+    assert queued_files(demo) == {"/cache/a/speech.wav", "/cache/b/take.wav"}
+    assert queued_files(object()) == set()  # Gradio's internals not as expected: nothing kept beyond the age rule
+
+
+def test_event_alive_reads_the_running_jobs():
+    demo = FakeDemo([FakeEvent("a")], None, [FakeEvent("b", alive=False)])
+    assert event_alive(demo, "a")  # running, its client connected
+    assert not event_alive(demo, "b")  # its client closed the stream: Gradio marked it dead
+    assert not event_alive(demo, "c")  # no longer among the running jobs (/cancel)
+    assert event_alive(object(), "a")  # Gradio's internals not as expected: never stop on a guess
 
 
 def test_estimated_wait_from_queue_position_and_measured_cost():
@@ -181,3 +241,59 @@ def test_release_memory_runs():
     from blendtalk.serving import release_memory
 
     release_memory()  # glibc: malloc_trim; elsewhere nothing, and never an error
+
+
+def test_a_request_s_cycles_are_freed_at_once_and_start_up_objects_are_frozen():
+    """A Plotly figure is a reference cycle: without a collection its arrays outlive the request."""
+    import gc
+    import weakref
+
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from blendtalk.serving import collect_garbage, freeze_startup
+
+    kept = go.Figure(go.Scatter(y=np.arange(10)))  # alive at "start-up": frozen, not freed
+    try:
+        assert freeze_startup() > 0
+        figure = go.Figure(go.Scatter(y=np.zeros(1_000_000)))
+        alive = weakref.ref(figure)
+        gc.disable()  # no automatic collection may do it for us
+        del figure
+        assert alive() is not None  # the cycle holds it
+        collect_garbage()
+        assert alive() is None and len(kept.data) == 1
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def test_malloc_arenas_are_limited_unless_the_operator_chose(monkeypatch):
+    import ctypes.util
+
+    from blendtalk.serving import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the operator's setting stands
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_malloc_arenas() is (ctypes.util.find_library("c") is not None)  # glibc (Linux): set
+
+
+def test_sessions_nobody_reads_are_forgotten_after_the_keep_time():
+    """A client that queues a request and never opens its event stream leaves its result in Gradio's
+    per-session message queue; after the keep time (as its files on disk) it goes. Sessions with a
+    request waiting or running are never touched; analytics records are capped."""
+    running, waiting = FakeEvent("r"), FakeEvent("w")
+    running.session_hash, waiting.session_hash = "busy", "queued"
+    demo = FakeDemo([running], waiting=[waiting])
+    queue = demo._queue
+    queue.pending_messages_per_session = {"busy": ["msg"], "queued": [], "unread": ["4 MB of result"], "read": []}
+    queue.pending_event_ids_session = {"busy": {"r"}, "queued": {"w"}, "unread": set(), "read": set()}
+    queue.event_analytics = {f"e{i}": {} for i in range(1200)}
+    idle: dict[str, float] = {}
+    assert prune_sessions(demo, idle, keep_s=600, now=0.0) == 0  # idle from now on
+    assert prune_sessions(demo, idle, keep_s=600, now=599.0) == 0
+    assert prune_sessions(demo, idle, keep_s=600, now=600.0) == 2
+    assert sorted(queue.pending_messages_per_session) == ["busy", "queued"] == sorted(queue.pending_event_ids_session)
+    assert idle == {} and len(queue.event_analytics) == 1000 and "e1199" in queue.event_analytics
+    assert prune_sessions(object(), {}, 600, 0.0) == 0  # Gradio's internals not as expected: nothing done
