@@ -86,9 +86,15 @@ EMOTION_AUS: dict[str, dict[str, float]] = {
     # brows high, eyes wide, jaw dropped; the rig's jaw drop spreads the lips wide, so a trace of AU22
     # keeps them in the slack oval of a dropped jaw ("oh") instead of the stretched mouth of fear
     "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU22": 0.25, "AU25": 0.8, "AU26": 0.5},
-    "fearful": {"AU1": 1.0, "AU2": 0.3, "AU4": 0.6, "AU5": 1.0, "AU10": 0.4, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0,
-                "AU26": 0.4},  # brows up and knit, eyes wide, lips stretched
-    "disgusted": {"AU4": 0.3, "AU7": 0.3, "AU9": 1.0, "AU10": 1.0, "AU15": 1.0, "AU16": 0.4, "AU17": 0.5, "AU25": 0.6},
+    # brows raised and drawn together: the whole brow up (1+2) with less knitting (4) than anger or
+    # sadness, which set the oblique, lowered brow of sadness apart from fear; eyes wide, lips stretched
+    "fearful": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.4, "AU5": 1.0, "AU10": 0.4, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0,
+                "AU26": 0.4},
+    # no brow lowerer (4): EMFACS's disgust is 9 and/or 10 with 15/16/17 and 25/26, and the nose wrinkle
+    # already pulls the inner brows down; a lowered brow on top reads as anger. The raised upper lip,
+    # the wrinkled nose and the cheeks pushed up (6, with the lower lids, 7) deepen the nasolabial fold.
+    "disgusted": {"AU6": 0.6, "AU7": 0.4, "AU9": 1.0, "AU10": 1.0, "AU15": 0.3, "AU16": 0.6, "AU17": 0.3, "AU25": 0.8,
+                  "AU26": 0.1},
     "contempt": {"R12": 0.6, "R14": 1.0},                                   # unilateral
 }
 
