@@ -6,7 +6,7 @@ rasterise, then shade only the covered pixels: perspective-correct interpolated 
 Lambert from two lights + ambient + a soft Blinn-Phong sheen, over a per-vertex material fixed on
 the template (albedo, ambient occlusion and cavity tint, `shading`) and darkened per frame in new
 creases; skin that an expression squeezes also shows fine lines (`wrinkles`: the forehead of
-raised brows). Surfaces seen from behind (the inside of a mesh with no mouth cavity, such as FLAME,
+raised brows), and the nasolabial folds deepen as the cheeks and upper lip rise. Surfaces seen from behind (the inside of a mesh with no mouth cavity, such as FLAME,
 or a cut neck) are shaded dark. `Renderer.for_rig` dresses a rig that carries a dressing
 (`blendtalk.face.dressing`: teeth, tongue, lashes, eyeballs following the gaze, painted brows, lip
 tint), moved per frame from the face vertices; other rigs get the plain look of `undressed`.

@@ -12,8 +12,8 @@ where the skin is at rest or stretched, so speech alone (a stretched chin, an op
 The nasolabial fold is not a fine line but one deep crease from the wing of the nose to beyond the
 mouth corner, where the mobile skin of the cheek and upper lip meets skin held to the bone. It
 deepens when that skin rises: the cheek raiser (AU6), the nose wrinkler (AU9), the upper-lip raiser
-(AU10) and the smile (AU12), the cue that people read in disgust and in a Duchenne smile (Ekman &
-Friesen, FACS 1978 / 2002; Cohn & Ekman 2005). Each frame measures how far the skin either side of
+(AU10) and the smile (AU12): FACS lists the deepened nasolabial furrow among the appearance
+changes of each (Ekman, Friesen & Hager 2002), a cue of disgust and of a Duchenne smile. Each frame measures how far the skin either side of
 each fold rose in the head's own frame (the head's pose from the vertices that no unit moves), so a
 nod is no rise and a jaw drop or a pucker, which pull that skin down or forward, draws no fold.
 
@@ -228,8 +228,8 @@ def line_masks(rig) -> np.ndarray:
     """(V, 2) in [0, 1]: where a dressed rig's skin shows [vertical, horizontal] lines. Where faces
     do: horizontal lines across the forehead above the brows and over the root of the nose,
     vertical lines in the glabella between the brows. The cheeks, mouth and chin fold in broad
-    creases (the nasolabial fold, which the crease shading draws), not in fine lines, and the lips
-    and lids fold their own way."""
+    creases (the nasolabial fold: `nasolabial_folds`), not in fine lines, and the lips and lids
+    fold their own way."""
     x, y = rig.vertices[:, 0].astype(np.float64), rig.vertices[:, 1].astype(np.float64)
     eyes = np.asarray(rig.dressing["eye_centres"], dtype=np.float64)  # (2, 3)
     eye_y, half_span = float(eyes[:, 1].mean()), float(abs(eyes[0, 0] - eyes[1, 0]) / 2)
