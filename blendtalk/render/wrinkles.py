@@ -54,8 +54,9 @@ class WrinkleConfig:
     fold_width: float = 0.004  # m, half-width of a fold's shadow: a crease a few millimetres across
     # m the skin beside a fold's upper half rises at which the fold starts to show and is fully
     # formed: on the shipped rig a full smile raises it 5-6 mm, a wrinkled nose (AU9) 2, a raised upper
-    # lip (AU10) 1.7, while speech's closures and pressed lips raise it under 1 mm and must draw nothing.
-    fold_lift: tuple[float, float] = (0.0012, 0.0030)
+    # lip (AU10) 1.7, while the rig's full lip closure raises it 0.8 mm and the speech model's talking
+    # face (the ARCTIC clip) at most 0.34 mm: speech must draw nothing.
+    fold_lift: tuple[float, float] = (0.0009, 0.0024)
 
 
 ATTRIBUTES = 6  # per vertex: line phases (2), line amounts (2), fold coordinate and fold depth
