@@ -90,10 +90,13 @@ def test_displacement_per_region_is_plausible(rig):
             n = np.linalg.norm(rig.displacement(emotion_weights(emotion, intensity)), axis=-1) / MM  # (V,)
             print(f"{emotion:10s} {intensity:.1f} " + " ".join(
                 f"{n[rig.mask(r)].mean():6.2f}/{n[rig.mask(r)].max():6.2f}" for r in REGIONS))
-            assert n.max() < 30, (emotion, intensity)  # nothing moves more than 3 cm
+            # Nothing moves more than 3 cm at the apex; surprise's dropped chin, the largest motion, goes
+            # a little further when exaggerated.
+            assert n.max() < (30 if intensity <= 1 else 35), (emotion, intensity)
             assert n[rig.mask("upper_face")].max() < 15
-            # A dropped jaw stays a moderate one (closures take it back: test_lip_parting_yields_to_closures_only).
-            assert rig.lip_gap(rig(emotion_weights(emotion, intensity))) < (18 if intensity <= 1 else 25) * MM
+            # A dropped jaw stays a moderate one (closures take it back: test_lip_parting_yields_to_closures_only):
+            # surprise's, the widest, parts the lips about 2 cm at the apex, half an adult's widest opening.
+            assert rig.lip_gap(rig(emotion_weights(emotion, intensity))) < (24 if intensity <= 1 else 27) * MM
 
 
 def test_mix():

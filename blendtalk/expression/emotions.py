@@ -84,11 +84,20 @@ EMOTION_AUS: dict[str, dict[str, float]] = {
     "sad": {"AU1": 1.0, "AU4": 0.6, "AU15": 1.0, "AU17": 0.6, "AU41": 0.25},  # oblique brows, corners down, lids droop
     "angry": {"AU4": 1.0, "AU5": 0.5, "AU7": 1.0, "AU9": 0.5, "AU10": 0.8, "AU16": 0.6, "AU25": 0.8, "AU26": 0.3},
     # brows high, eyes wide, jaw dropped; the rig's jaw drop spreads the lips wide, so a trace of AU22
-    # keeps them in the slack oval of a dropped jaw ("oh") instead of the stretched mouth of fear
-    "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU22": 0.25, "AU25": 0.8, "AU26": 0.5},
-    "fearful": {"AU1": 1.0, "AU2": 0.3, "AU4": 0.6, "AU5": 1.0, "AU10": 0.4, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0,
-                "AU26": 0.4},  # brows up and knit, eyes wide, lips stretched
-    "disgusted": {"AU4": 0.3, "AU7": 0.3, "AU9": 1.0, "AU10": 1.0, "AU15": 1.0, "AU16": 0.4, "AU17": 0.5, "AU25": 0.6},
+    # keeps them in the slack oval of a dropped jaw ("oh") instead of the stretched mouth of fear.
+    # The dropped jaw is surprise's mouth (26/27, "the jaw drops open ... without tension or
+    # stretching of the mouth", Ekman & Friesen 1975, Unmasking the Face): 0.7 parts the lips about 2 cm,
+    # half an adult's widest opening, while 0.9 on this rig gapes like a scream.
+    "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU22": 0.25, "AU25": 0.8, "AU26": 0.7},
+    # brows raised and drawn together: the whole brow up (1+2) with less knitting (4) than anger or
+    # sadness, which set the oblique, lowered brow of sadness apart from fear; eyes wide, lips stretched
+    "fearful": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.4, "AU5": 1.0, "AU10": 0.4, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0,
+                "AU26": 0.4},
+    # no brow lowerer (4): EMFACS's disgust is 9 and/or 10 with 15/16/17 and 25/26, and the nose wrinkle
+    # already pulls the inner brows down; a lowered brow on top reads as anger. The raised upper lip,
+    # the wrinkled nose and the cheeks pushed up (6, with the lower lids, 7) deepen the nasolabial fold.
+    "disgusted": {"AU6": 0.6, "AU7": 0.4, "AU9": 1.0, "AU10": 1.0, "AU15": 0.3, "AU16": 0.6, "AU17": 0.3, "AU25": 0.8,
+                  "AU26": 0.1},
     "contempt": {"R12": 0.6, "R14": 1.0},                                   # unilateral
 }
 

@@ -31,7 +31,7 @@ RENDER_ENV = "BLENDTALK_RENDER"  # "torch" forces the torch rasterizer; "gl" mak
 SRGB_STEPS = 4096  # the torch path's sRGB lookup table has this many entries; the shader quantises alike
 _GL_POLYGON_OFFSET_FILL = 0x8037  # GLenum
 _DEPTH_BITS = 24  # the depth renderbuffer's precision: polygon offset units are steps of 2**-24
-ATTRIBUTES = 14  # floats per vertex: position, normal, albedo + sheen, wrinkle
+ATTRIBUTES = 16  # floats per vertex: position, normal, albedo + sheen, wrinkle lines (4) and fold (2)
 _LOCK = threading.Lock()  # moderngl objects of one context must not be used by two threads at once
 
 _VERTEX_SHADER = """
@@ -44,8 +44,10 @@ in vec3 in_pos;           // camera space, +z toward the camera
 in vec3 in_normal;        // camera space, any length
 in vec4 in_material;      // linear albedo (3) and sheen (1)
 in vec4 in_wrinkle;       // `render.wrinkles`: line phases (2) and amounts (2)
+in vec2 in_fold;          // `render.wrinkles`: fold coordinate and depth
 out vec3 v_normal;
 out vec4 v_wrinkle;
+out vec2 v_fold;
 out vec3 v_base;
 out float v_sheen;
 void main() {
@@ -64,6 +66,7 @@ void main() {
     v_base = in_material.rgb;
     v_sheen = in_material.a;
     v_wrinkle = in_wrinkle;
+    v_fold = in_fold;
 }
 """
 
@@ -79,6 +82,7 @@ uniform float srgb_steps;
 {wrinkles}
 in vec3 v_normal;
 in vec4 v_wrinkle;
+in vec2 v_fold;
 in vec3 v_base;
 in float v_sheen;
 out vec4 f_color;
@@ -95,7 +99,7 @@ void main() {
         spec += intensities[i] * h;
     }
     float light = (diffuse + ambient) * (back ? back_light : 1.0);
-    vec3 c = v_base * wrinkle_factor(v_wrinkle) * light + (back ? 0.0 : v_sheen * spec);
+    vec3 c = v_base * wrinkle_factor(v_wrinkle, v_fold) * light + (back ? 0.0 : v_sheen * spec);
     c = floor(clamp(c, 0.0, 1.0) * (srgb_steps - 1.0) + 0.5) / (srgb_steps - 1.0);
     vec3 srgb = mix(1.055 * pow(max(c, vec3(1e-8)), vec3(1.0 / 2.4)) - 0.055, c * 12.92, lessThanEqual(c, vec3(0.0031308)));
     f_color = vec4(srgb, 1.0);
@@ -142,12 +146,12 @@ class GLDrawer:
     focal, distance, (near, far) depth range and whether it is orthographic, as `Renderer` frames
     them. lights: (L, 3) unit directions and (L, 3) Blinn-Phong half-vectors in camera space, (L,)
     intensities. background: (3,) uint8 sRGB. tie_bias: window depth that back faces lose ties by.
-    wrinkle: (strength, sharpness) of the fine lines (`render.wrinkles`); strength 0 draws none.
+    wrinkle: (strength, sharpness, fold strength) of the fine lines and folds (`render.wrinkles`); 0 draws none.
     """
 
     def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
                  ortho: bool, lights: np.ndarray, halfways: np.ndarray, intensities: np.ndarray, ambient: float,
-                 back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float] = (0.0, 1.0)):
+                 back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float, float] = (0.0, 1.0, 0.0)):
         import moderngl
 
         self.ctx = ctx = gl_context()
@@ -168,7 +172,7 @@ class GLDrawer:
             self.num_vertices = int(num_vertices)  # a vertex no triangle uses (a rig's stray point) still comes in
             self.index = ctx.buffer(np.ascontiguousarray(triangles, dtype=np.uint32).tobytes())
             self.vbo = ctx.buffer(reserve=self.num_vertices * ATTRIBUTES * 4, dynamic=True)
-            self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f 3f 4f 4f", "in_pos", "in_normal", "in_material", "in_wrinkle")],
+            self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f 3f 4f 4f 2f", "in_pos", "in_normal", "in_material", "in_wrinkle", "in_fold")],
                                         index_buffer=self.index, index_element_size=4)
             # One frame at a time: frames drawn side by side into a wider framebuffer were no faster
             # on llvmpipe and made a frame's pixels depend (by rounding) on its place in the batch.
@@ -180,8 +184,8 @@ class GLDrawer:
             self.tie_units = float(tie_bias * (1 << _DEPTH_BITS))
 
     def __call__(self, attributes: np.ndarray) -> np.ndarray:
-        """attributes (T, V, 14) float32: camera-space position (3), camera-space normal (3),
-        linear albedo (3), sheen (1) and wrinkle (4, `render.wrinkles`) per vertex -> uint8 frames (T, size, size, 3)."""
+        """attributes (T, V, 16) float32: camera-space position (3), camera-space normal (3),
+        linear albedo (3), sheen (1) and wrinkle (6, `render.wrinkles`) per vertex -> uint8 frames (T, size, size, 3)."""
         t_count, v_count, width = attributes.shape
         if v_count != self.num_vertices or width != ATTRIBUTES:
             raise ValueError(f"attributes must have shape (T, {self.num_vertices}, {ATTRIBUTES}), got {attributes.shape}")

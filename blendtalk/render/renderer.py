@@ -6,7 +6,7 @@ rasterise, then shade only the covered pixels: perspective-correct interpolated 
 Lambert from two lights + ambient + a soft Blinn-Phong sheen, over a per-vertex material fixed on
 the template (albedo, ambient occlusion and cavity tint, `shading`) and darkened per frame in new
 creases; skin that an expression squeezes also shows fine lines (`wrinkles`: the forehead of
-raised brows). Surfaces seen from behind (the inside of a mesh with no mouth cavity, such as FLAME,
+raised brows), and the nasolabial folds deepen as the cheeks and upper lip rise. Surfaces seen from behind (the inside of a mesh with no mouth cavity, such as FLAME,
 or a cut neck) are shaded dark. `Renderer.for_rig` dresses a rig that carries a dressing
 (`blendtalk.face.dressing`: teeth, tongue, lashes, eyeballs following the gaze, painted brows, lip
 tint), moved per frame from the face vertices; other rigs get the plain look of `undressed`.
@@ -28,7 +28,8 @@ from .camera import Camera
 from .raster import Rasterizer
 from .shading import concavity, linear_to_srgb, srgb_to_linear, template_shading
 from .undressed import plain_dressing
-from .wrinkles import WrinkleConfig, Wrinkles, darkening, line_masks
+from .wrinkles import ATTRIBUTES as WRINKLE_ATTRIBUTES
+from .wrinkles import WrinkleConfig, Wrinkles, darkening, line_masks, nasolabial_folds
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class RenderConfig:
     occlusion_strength: float = 0.8  # how much ambient occlusion darkens creases and cavities, 0..1
     crease_strength: float = 0.6  # darkening per mm of new concavity (frown lines, nose wrinkles), 0 off
     wrinkle_strength: float = 0.35  # depth of the fine lines squeezed skin shows (`render.wrinkles`), 0 off
+    fold_strength: float = 0.45  # depth of the nasolabial folds as the cheek and upper lip rise, 0 off
     fov_deg: float = 18.0  # vertical field of view, deg (a portrait lens); 0 means orthographic
     yaw_deg: float = 0.0  # camera orbit about the vertical axis, deg (+ toward the face's left)
     pitch_deg: float = 4.0  # camera orbit above the face, deg: a slight look down reads naturally
@@ -104,7 +106,8 @@ class Renderer:
     from the face vertices (and gaze) and drawn in its colours, which replace `vertex_colours`.
     Ambient occlusion and the cavity tint come from the face alone; attached parts keep their colour.
     wrinkle_mask: optional (V, 2) in [0, 1], where the skin shows [vertical, horizontal] fine lines
-    when squeezed (`wrinkles.line_masks`); None draws none.
+    when squeezed (`wrinkles.line_masks`); None draws none. folds: optional `wrinkles.FoldMasks`,
+    the nasolabial folds that deepen as the cheek and upper lip rise (drawn with the fine lines).
     Building one takes a few tenths of a second (ambient occlusion of the template): reuse it.
     """
 
@@ -118,6 +121,7 @@ class Renderer:
         static_mesh=None,
         dressing: FaceDressing | None = None,
         wrinkle_mask=None,
+        folds=None,
     ):
         self.config = config = config or RenderConfig()
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -168,13 +172,13 @@ class Renderer:
         self.ring = ring_edges(self.face_triangles, self.num_vertices)
         rest_normals = vertex_normals(face32[None], self.face_triangles)
         self.rest_concavity = concavity(face32[None], rest_normals, self.ring)[0]  # (V,)
-        self.wrinkle_config = WrinkleConfig(strength=config.wrinkle_strength)
+        self.wrinkle_config = WrinkleConfig(strength=config.wrinkle_strength, fold_strength=config.fold_strength)
         self.wrinkles = None
         if wrinkle_mask is not None and config.wrinkle_strength > 0:
             mask = _host_tensor(wrinkle_mask).float()
             if mask.shape != (self.num_vertices, 2):
                 raise ValueError(f"wrinkle_mask must have shape ({self.num_vertices}, 2), got {tuple(mask.shape)}")
-            self.wrinkles = Wrinkles(face32, self.face_triangles, mask.to(dev), self.wrinkle_config)
+            self.wrinkles = Wrinkles(face32, self.face_triangles, mask.to(dev), self.wrinkle_config, folds)
         self.gl = self._gl_drawer()
 
     @property
@@ -203,7 +207,8 @@ class Renderer:
             distance=self.camera.distance, near=self.camera.depth_near, far=self.camera.depth_far, ortho=cfg.fov_deg == 0, lights=self.light_matrix[:, :count].T.cpu().numpy(),
             halfways=self.light_matrix[:, count:].T.cpu().numpy(), intensities=self.light_intensities.cpu().numpy(),
             ambient=cfg.ambient, back_light=BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
-            tie_bias=1.5 / self.raster.levels, wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness),
+            tie_bias=1.5 / self.raster.levels,
+            wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness, self.wrinkle_config.fold_strength),
         )
 
     @classmethod
@@ -215,7 +220,8 @@ class Renderer:
         config = config or RenderConfig()
         if getattr(rig, "dressing", None):
             dressing = FaceDressing.for_rig(rig, dressing_config(config))
-            return cls(rig.triangles, rig.vertices, config, device=device, dressing=dressing, wrinkle_mask=line_masks(rig))
+            return cls(rig.triangles, rig.vertices, config, device=device, dressing=dressing, wrinkle_mask=line_masks(rig),
+                       folds=nasolabial_folds(rig))
         colours, static_mesh = plain_dressing(rig, config)
         return cls(rig.triangles, rig.vertices, config, device=device, vertex_colours=colours, static_mesh=static_mesh)
 
@@ -311,13 +317,13 @@ class Renderer:
         """Vertices (T, V, 3) -> uint8 frames (T, H, W, 3) drawn by OpenGL from the same per-vertex
         camera-space positions, normals and material the torch path interpolates."""
         cam = (verts - self.camera.centre) @ self.camera.rotation.T  # (T, V, 3)
-        attributes = torch.cat([cam, *self._vertex_attributes(verts)], -1)  # (T, V, 14)
+        attributes = torch.cat([cam, *self._vertex_attributes(verts)], -1)  # (T, V, 16)
         return self.gl(attributes.cpu().numpy())
 
     def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vertices (T, V, 3) -> camera-space normals (T, V, 3), material (T, V, 4): linear albedo
         after the cavity tint, occlusion and this frame's crease darkening, and sheen; and the
-        wrinkle attributes (T, V, 4) that the shading turns into fine lines (zeros: none)."""
+        wrinkle attributes (T, V, 6) that the shading turns into fine lines and folds (zeros: none)."""
         world = vertex_normals(verts, self.triangles)  # (T, V, 3)
         normals = world @ self.camera.rotation.T  # (T, V, 3) camera space
         material = self.material.expand(verts.shape[0], -1, -1)
@@ -329,7 +335,7 @@ class Renderer:
             dark = nnf.pad(dark, (0, verts.shape[1] - self.num_vertices), value=1.0)
             material = torch.cat([material[..., :3] * dark[..., None], material[..., 3:]], -1)
         if self.wrinkles is None:
-            wrinkle = torch.zeros(*verts.shape[:2], 4, device=verts.device)
+            wrinkle = torch.zeros(*verts.shape[:2], WRINKLE_ATTRIBUTES, device=verts.device)
         else:
             wrinkle = self.wrinkles.attributes(verts[:, : self.num_vertices], verts.shape[1])
         return normals, material, wrinkle
@@ -341,8 +347,8 @@ class Renderer:
             return torch.zeros(0, 3, device=verts.device)
         # One row per (frame, triangle) holding everything shading needs, so that each pixel does
         # a single contiguous gather: 3 perspective-weighted barycentric planes (9), a back-facing
-        # flag (1) and per corner the camera-space normal (3), base colour (3), sheen (1) and wrinkle (4).
-        per_vertex = torch.cat(self._vertex_attributes(verts), -1)  # (T, V, 11)
+        # flag (1) and per corner the camera-space normal (3), base colour (3), sheen (1) and wrinkle (6).
+        per_vertex = torch.cat(self._vertex_attributes(verts), -1)  # (T, V, 13)
         width = per_vertex.shape[-1]
         corners = per_vertex[:, self.triangles].reshape(t_count * f_count, 3 * width)
         # Perspective-correct barycentrics are ratios of affine functions: b_k / depth_k, renormalised.
@@ -369,7 +375,7 @@ class Renderer:
         a, b, c = (10 + k * width for k in range(3))
         attr = row[:, a:b] * (w[0] * norm)[:, None]  # (M, width) interpolated corner attributes
         attr.addcmul_(row[:, b:c], (w[1] * norm)[:, None]).addcmul_(row[:, c:], (w[2] * norm)[:, None])
-        base = attr[:, 3:6] * darkening(attr[:, 7:11], self.wrinkle_config)[:, None]
+        base = attr[:, 3:6] * darkening(attr[:, 7:], self.wrinkle_config)[:, None]
         return self._shade(attr[:, :3], base, attr[:, 6], row[:, 9] > 0)
 
     def _shade(self, nrm, base, sheen, back) -> torch.Tensor:

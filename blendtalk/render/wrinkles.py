@@ -9,15 +9,28 @@ face's vertical and horizontal directions, and the shader draws a periodic line 
 coordinates (so the lines ride on the skin) whose depth follows that compression. Nothing is drawn
 where the skin is at rest or stretched, so speech alone (a stretched chin, an open jaw) stays smooth.
 
-Per vertex the renderer carries four numbers (`Wrinkles.attributes`): the rest-pose line phase
-across (u) and along (v) the face, and the amounts of vertical and horizontal lines. Both the torch
+The nasolabial fold is not a fine line but one deep crease from the wing of the nose to beyond the
+mouth corner, where the mobile skin of the cheek and upper lip meets skin held to the bone. It
+deepens when that skin rises: the cheek raiser (AU6), the nose wrinkler (AU9), the upper-lip raiser
+(AU10) and the smile (AU12): FACS lists the deepened nasolabial furrow among the appearance
+changes of each (Ekman, Friesen & Hager 2002), a cue of disgust and of a Duchenne smile. Each frame measures how far the skin either side of
+each fold rose in the head's own frame (the head's pose from the vertices that no unit moves), so a
+nod is no rise and a jaw drop or a pucker, which pull that skin down or forward, draws no fold.
+
+Per vertex the renderer carries six numbers (`Wrinkles.attributes`): the rest-pose line phase
+across (u) and along (v) the face, the amounts of vertical and horizontal lines, the distance
+across the nearest fold (in the fold's half-widths) and that fold's depth. Both the torch
 rasterizer (`darkening`) and the OpenGL shader (`GLSL`) turn them into the same albedo factor.
+
+For a renderer that blends precomputed maps instead (the browser's live face), `unit_wrinkles`
+bakes what each ARKit unit alone draws, per vertex.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,26 +50,50 @@ class WrinkleConfig:
     sharpness: float = 4.0  # exponent of the raised cosine: higher is thinner lines
     spread: int = 6  # rings over which the squeeze spreads from where the rig bunches the skin
     arch: float = 3.0  # 1/m: lines bend down toward the temples as a brow does (y + arch * x^2)
+    fold_strength: float = 0.45  # albedo darkening on the line of a fully deepened nasolabial fold
+    fold_width: float = 0.004  # m, half-width of a fold's shadow: a crease a few millimetres across
+    # m the skin beside a fold's upper half rises at which the fold starts to show and is fully
+    # formed: on the shipped rig a full smile raises it 5-6 mm, a wrinkled nose (AU9) 2, a raised upper
+    # lip (AU10) 1.7, while the rig's full lip closure raises it 0.8 mm and the speech model's talking
+    # face (the ARCTIC clip) at most 0.34 mm: speech must draw nothing.
+    fold_lift: tuple[float, float] = (0.0009, 0.0024)
 
+
+ATTRIBUTES = 6  # per vertex: line phases (2), line amounts (2), fold coordinate and fold depth
 
 # The same line pattern, written for the fragment shader (`render.gl`); keep it identical to `darkening`.
 GLSL = """
-uniform vec2 wrinkle_shape;  // strength, sharpness
-float wrinkle_factor(vec4 w) {
+uniform vec3 wrinkle_shape;  // strength, sharpness, fold strength
+float wrinkle_factor(vec4 w, vec2 fold) {
     // w: phase across (u) and along (v) the face in line periods, amounts of vertical and horizontal lines
+    // fold: distance across the nasolabial fold in its half-widths, the fold's depth
     float across = pow(0.5 + 0.5 * cos(6.283185307 * w.x), wrinkle_shape.y);
     float along = pow(0.5 + 0.5 * cos(6.283185307 * w.y), wrinkle_shape.y);
-    return max(1.0 - wrinkle_shape.x * (w.z * across + w.w * along), 0.0);
+    float crease = 0.5 + 0.5 * cos(3.141592654 * clamp(fold.x, -1.0, 1.0));
+    float lines = wrinkle_shape.x * (w.z * across + w.w * along) + wrinkle_shape.z * fold.y * crease * crease;
+    return max(1.0 - lines, 0.0);
 }
 """
 
 
 def darkening(wrinkle: torch.Tensor, config: WrinkleConfig) -> torch.Tensor:
-    """Interpolated wrinkle attributes (M, 4) [u, v, vertical amount, horizontal amount] -> albedo
-    factor (M,) in [0, 1]: 1 where there is no line."""
+    """Interpolated wrinkle attributes (M, 6) [u, v, vertical amount, horizontal amount, fold
+    coordinate, fold depth] -> albedo factor (M,) in [0, 1]: 1 where there is no line."""
     across = (0.5 + 0.5 * torch.cos(2 * math.pi * wrinkle[:, 0])).pow(config.sharpness)
     along = (0.5 + 0.5 * torch.cos(2 * math.pi * wrinkle[:, 1])).pow(config.sharpness)
-    return (1 - config.strength * (wrinkle[:, 2] * across + wrinkle[:, 3] * along)).clamp(min=0)
+    crease = 0.5 + 0.5 * torch.cos(math.pi * wrinkle[:, 4].clamp(-1, 1))  # 1 on the fold, 0 a half-width off
+    lines = config.strength * (wrinkle[:, 2] * across + wrinkle[:, 3] * along) + config.fold_strength * wrinkle[:, 5] * crease * crease
+    return (1 - lines).clamp(min=0)
+
+
+class FoldMasks(NamedTuple):
+    """Where a rig's two nasolabial folds lie, on its rest pose (`nasolabial_folds`)."""
+
+    across: np.ndarray  # (V,) m, signed distance across the nearest fold: + on the lip side, - on the cheek side
+    line: np.ndarray  # (V,) in [0, 1], where the crease may show: its ends taper, lips and lids stay clear
+    side: np.ndarray  # (V,) int, the nearest fold: 0 on the face's left (+x), 1 on its right
+    lift: np.ndarray  # (2, V) weights (each row sums to 1) of the skin whose rise deepens each fold
+    still: np.ndarray  # (V,) bool, the vertices that no unit moves: they give the head's pose
 
 
 class Wrinkles:
@@ -64,9 +101,11 @@ class Wrinkles:
 
     rest: (V, 3) template, +y up and +x across the face (the rig's frame). triangles: (F, 3).
     mask: (V, 2) in [0, 1], where skin shows [vertical, horizontal] lines (`line_masks`).
+    folds: optional `FoldMasks` of the nasolabial folds (`nasolabial_folds`); None draws none.
     """
 
-    def __init__(self, rest: torch.Tensor, triangles: torch.Tensor, mask: torch.Tensor, config: WrinkleConfig):
+    def __init__(self, rest: torch.Tensor, triangles: torch.Tensor, mask: torch.Tensor, config: WrinkleConfig,
+                 folds: FoldMasks | None = None):
         rest = torch.as_tensor(rest, dtype=torch.float32)
         tri = torch.as_tensor(triangles).long().to(rest.device)
         mask = torch.as_tensor(mask, dtype=torch.float32, device=rest.device)
@@ -103,6 +142,21 @@ class Wrinkles:
         x = x - float((x.amin() + x.amax()) / 2)
         # Vertical lines sit either side of the midline (the "11" between knitted brows), not on it.
         self.phase = torch.stack([x / config.spacing + 0.5, (y + config.arch * x * x) / config.spacing], -1)  # (V, 2)
+        self.folds = None
+        if folds is not None and config.fold_strength > 0:
+            if folds.across.shape != (self.num_vertices,) or folds.lift.shape != (2, self.num_vertices):
+                raise ValueError(f"fold masks must be for V={self.num_vertices} vertices, got {folds.across.shape}")
+            across = torch.as_tensor(folds.across, dtype=torch.float32, device=dev)
+            self.fold_coordinate = across / config.fold_width  # (V,) in half-widths, linear across a triangle
+            self.fold_line = torch.as_tensor(folds.line, dtype=torch.float32, device=dev)  # (V,)
+            self.fold_side = torch.as_tensor(folds.side, dtype=torch.long, device=dev)  # (V,)
+            self.fold_lift = torch.as_tensor(folds.lift, dtype=torch.float32, device=dev)  # (2, V)
+            self.still = torch.as_tensor(np.flatnonzero(folds.still), device=dev)  # (S,)
+            still = rest[self.still]
+            self.still_centre = still.mean(0)  # (3,)
+            self.still_rest = still - self.still_centre  # (S, 3)
+            self.lift_rest = self.fold_lift @ rest  # (2, 3) where the skin beside each fold sits at rest
+            self.folds = folds
 
     def amounts(self, vertices: torch.Tensor) -> torch.Tensor:
         """Face vertices (T, V, 3) -> (T, V, 2) amounts in [0, 1] of [vertical lines, horizontal lines]."""
@@ -134,13 +188,39 @@ class Wrinkles:
         out[:, self.vertices] = squeezed.reshape(-1, 2, t_count).permute(2, 0, 1)  # (T, R, 2)
         return out
 
-    def attributes(self, vertices: torch.Tensor, total_vertices: int) -> torch.Tensor:
-        """Face vertices (T, V, 3) -> (T, total_vertices, 4) [u, v, vertical, horizontal]; the
-        vertices after the face's (attached parts: teeth, eyes, hair) never wrinkle."""
+    def fold_depths(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Face vertices (T, V, 3) -> (T, 2) depth in [0, 1] of the [left, right] nasolabial fold:
+        how far the skin beside each fold rose, measured in the head's own frame so that a nod or a
+        turn of the whole head is no rise. Zeros without fold masks."""
         t_count = vertices.shape[0]
-        out = torch.zeros(t_count, total_vertices, 4, device=vertices.device)
-        out[:, : self.num_vertices, :2] = self.phase
-        out[:, : self.num_vertices, 2:] = self.amounts(vertices)
+        if self.folds is None:
+            return torch.zeros(t_count, 2, device=vertices.device)
+        still = vertices[:, self.still]  # (T, S, 3)
+        centre = still.mean(1, keepdim=True)  # (T, 1, 3)
+        # Kabsch: the rotation that carries the rest pose's still vertices onto this frame's.
+        cov = torch.einsum("si,tsj->tij", self.still_rest, still - centre)  # (T, 3, 3)
+        u, _, vh = torch.linalg.svd(cov)
+        flip = torch.ones(t_count, 3, device=vertices.device)
+        flip[:, 2] = torch.sign(torch.linalg.det(vh.transpose(1, 2) @ u.transpose(1, 2)))
+        rotation = vh.transpose(1, 2) @ (flip[:, :, None] * u.transpose(1, 2))  # (T, 3, 3): rest -> frame
+        skin = torch.einsum("kv,tvi->tki", self.fold_lift, vertices)  # (T, 2, 3)
+        local = (skin - centre) @ rotation + self.still_centre  # (T, 2, 3) back in the rest pose's frame
+        rise = local[..., 1] - self.lift_rest[:, 1]  # (T, 2) m
+        onset, full = self.config.fold_lift
+        ramp = ((rise - onset) / (full - onset)).clamp(0, 1)
+        return ramp * ramp * (3 - 2 * ramp)
+
+    def attributes(self, vertices: torch.Tensor, total_vertices: int) -> torch.Tensor:
+        """Face vertices (T, V, 3) -> (T, total_vertices, ATTRIBUTES) [u, v, vertical, horizontal,
+        fold coordinate, fold depth]; the vertices after the face's (attached parts: teeth, eyes,
+        hair) never wrinkle."""
+        t_count, v = vertices.shape[0], self.num_vertices
+        out = torch.zeros(t_count, total_vertices, ATTRIBUTES, device=vertices.device)
+        out[:, :v, :2] = self.phase
+        out[:, :v, 2:4] = self.amounts(vertices)
+        if self.folds is not None:
+            out[:, :v, 4] = self.fold_coordinate
+            out[:, :v, 5] = self.fold_depths(vertices)[:, self.fold_side] * self.fold_line  # (T, V)
         return out
 
 
@@ -160,8 +240,8 @@ def line_masks(rig) -> np.ndarray:
     """(V, 2) in [0, 1]: where a dressed rig's skin shows [vertical, horizontal] lines. Where faces
     do: horizontal lines across the forehead above the brows and over the root of the nose,
     vertical lines in the glabella between the brows. The cheeks, mouth and chin fold in broad
-    creases (the nasolabial fold, which the crease shading draws), not in fine lines, and the lips
-    and lids fold their own way."""
+    creases (the nasolabial fold: `nasolabial_folds`), not in fine lines, and the lips and lids
+    fold their own way."""
     x, y = rig.vertices[:, 0].astype(np.float64), rig.vertices[:, 1].astype(np.float64)
     eyes = np.asarray(rig.dressing["eye_centres"], dtype=np.float64)  # (2, 3)
     eye_y, half_span = float(eyes[:, 1].mean()), float(abs(eyes[0, 0] - eyes[1, 0]) / 2)
@@ -180,3 +260,65 @@ def line_masks(rig) -> np.ndarray:
     nose_root = _band(y, eye_y - 0.35 * u, eye_y + 0.35 * u, 0.2 * u) * _band(x, -0.35 * u, 0.35 * u, 0.2 * u)
     glabella = _band(y, eye_y + 0.1 * u, brow_top + 0.6 * u, 0.25 * u) * _band(x, -0.5 * u, 0.5 * u, 0.2 * u)
     return (np.stack([glabella, np.maximum(forehead, nose_root)], -1) * skin[:, None]).astype(np.float32)
+
+
+def nasolabial_folds(rig) -> FoldMasks:
+    """The two nasolabial folds of a dressed rig, placed from its eyes: each runs from beside the
+    wing of the nose, down and out, to beyond the mouth corner, a curve fixed in rest-pose x, y (so
+    the crease rides on the skin). Proportions: the nose wing sits about 0.6 of the half distance
+    between the pupils out from the midline, and the fold ends about a centimetre outside and below the
+    mouth corner (Farkas 1994, anthropometry of the head and face)."""
+    v = rig.vertices.astype(np.float64)
+    eyes = np.asarray(rig.dressing["eye_centres"], dtype=np.float64)  # (2, 3)
+    eye_y, u = float(eyes[:, 1].mean()), float(abs(eyes[0, 0] - eyes[1, 0]) / 2)
+    x = v[:, 0] - float(eyes[:, 0].mean())
+    # A quadratic Bezier per side in units of u below the eyes: nose wing, bend, end.
+    ends = np.array([[0.62, -1.23], [1.12, -1.72], [1.45, -2.50]]) * u
+    s = np.linspace(0.0, 1.0, 64)[:, None]
+    curve = (1 - s) ** 2 * ends[0] + 2 * s * (1 - s) * ends[1] + s ** 2 * ends[2]  # (N, 2), the face's left
+    curve[:, 1] += eye_y
+    tangent = np.gradient(curve, axis=0)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], 1)  # (N, 2) toward the lips (inward and down)
+    side = (x < 0).astype(np.int64)  # 0: the face's left, 1: its right (mirrored)
+    p = np.stack([np.abs(x), v[:, 1]], 1)  # (V, 2) both halves folded onto the left
+    dist = np.linalg.norm(p[:, None] - curve[None], axis=2)  # (V, N)
+    nearest = dist.argmin(1)
+    across = ((p - curve[nearest]) * normal[nearest]).sum(1)  # (V,) + toward the lips
+    along = s[nearest, 0]
+    # Only the skin surface near the curve: not the mouth's inside or the far side of the head.
+    front = np.zeros(len(v), bool)
+    near = dist.min(1) < 0.6 * u
+    if near.any():
+        surface = np.full(len(curve), -np.inf)
+        np.maximum.at(surface, nearest[near], v[near, 2])
+        front = near & (v[:, 2] > surface[nearest] - 0.25 * u)
+    skin = np.ones(len(v))
+    if "lips" in rig.masks:
+        skin[np.asarray(rig.masks["lips"])] = 0.0
+    taper = _band(along, 0.12, 0.85, 0.12)  # the fold fades in beside the nose wing and out below the corner
+    line = (taper * skin * front).astype(np.float32)
+    # The skin either side of the fold's upper half (within ~ a centimetre) is what rises into it:
+    # AU9 and AU10 raise the upper part of the furrow (FACS), while the lower part follows the mouth
+    # corners, which speech moves too.
+    lift = np.zeros((2, len(v)))
+    for k in (0, 1):
+        zone = front & (side == k) & (np.abs(across) < 0.33 * u) & (along > 0.1) & (along < 0.5) & (skin > 0)
+        lift[k, zone] = 1.0 / max(int(zone.sum()), 1)
+    still = np.linalg.norm(rig.deltas, axis=2).max(0) < 1e-4  # (V,)
+    return FoldMasks(across.astype(np.float32), line, side, lift.astype(np.float32), still)
+
+
+def unit_wrinkles(rig, config: WrinkleConfig = WrinkleConfig()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """What every blendshape unit of a dressed rig draws alone at weight 1, for a renderer that
+    blends precomputed maps by the unit weights (the browser's live face) instead of measuring the
+    skin per frame: -> (static (V, 3) float32 [u, v, fold coordinate], the line phases and the fold
+    coordinate in half-widths as `darkening` reads them; {unit name: (V, 3) float32 [vertical
+    lines, horizontal lines, fold depth] in [0, 1]}). Amounts ramp with the squeeze, so a blend of
+    unit maps by weight only approximates what the measured skin draws; summed maps must be clipped to 1."""
+    wr = Wrinkles(torch.as_tensor(rig.vertices, dtype=torch.float32), torch.as_tensor(rig.triangles),
+                  torch.as_tensor(line_masks(rig)), config, nasolabial_folds(rig))
+    poses = torch.as_tensor(rig(np.eye(rig.num_blendshapes, dtype=np.float32)), dtype=torch.float32)  # (K, V, 3)
+    attributes = wr.attributes(poses, rig.num_vertices).numpy()  # (K, V, 6)
+    static = attributes[0][:, [0, 1, 4]].astype(np.float32)
+    return static, {name: attributes[k][:, [2, 3, 5]].astype(np.float32) for k, name in enumerate(rig.blendshape_names)}
