@@ -1,5 +1,5 @@
 """The file renderer's look baked for the live page (blendtalk/live/look.py): the page's blend of
-per-unit wrinkles and creases against what the renderer measures on the moved face."""
+per-unit wrinkles, creases and nasolabial fold rise against what the renderer measures on the moved face."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from blendtalk.constants import ASSETS_DIR
 from blendtalk.face.geometry import vertex_normals
-from blendtalk.live.look import bake_look, blend
+from blendtalk.live.look import LOOK_VERSION, bake_look, blend, blend_folds
 from blendtalk.render.shading import concavity
 
 
@@ -47,6 +47,37 @@ def _renderer_terms(pipe, w):
 def test_rest_draws_no_lines_and_no_crease(look):
     amounts, crease = blend(look, np.zeros(len(look["units"])))
     assert amounts.max() == 0 and np.abs(crease).max() == 0
+    folds = blend_folds(look, np.zeros(len(look["units"])))
+    assert folds[:, 1].max() == 0 and np.abs(folds[:, 0]).max() > 1, "no fold depth, the coordinate still baked"
+
+
+def _renderer_folds(pipe, w) -> np.ndarray:
+    """The renderer's fold attributes (V, 2) [coordinate, depth] on the ARKit-driven face of weights w (K,)."""
+    wr = pipe.renderer(512).wrinkles
+    face = torch.as_tensor(pipe.rig.vertices + np.einsum("k,kvc->vc", w, pipe.rig.deltas), dtype=torch.float32)[None]
+    with torch.inference_mode():
+        return wr.attributes(face, wr.num_vertices)[0, :, 4:6].numpy()
+
+
+@pytest.mark.parametrize("units, sides, depth", [
+    ({"mouthSmileLeft": 1.0}, (0,), 0.9),  # one side's smile deepens that side's fold only
+    ({"noseSneerLeft": 1.0, "noseSneerRight": 1.0}, (0, 1), 0.3),  # disgust's wrinkled nose: 1.5 mm of rise
+    ({"mouthSmileLeft": 0.6, "mouthSmileRight": 0.6, "jawOpen": 0.15, "cheekSquintLeft": 0.5}, (0, 1), 0.5),  # a smile that talks
+    ({"jawOpen": 0.6, "mouthFunnel": 0.5, "mouthClose": 0.1}, (), 0),  # speech draws no fold
+])
+def test_fold_follows_the_renderer(pipe, look, units, sides, depth):
+    """The page's fold (the per-unit rises summed, then the renderer's ramp on the static fold line)
+    is the renderer's on the moved face: deep beside the nose and mouth on the units' sides, none elsewhere."""
+    w = _weights(pipe, **units)
+    page, exact = blend_folds(look, w), _renderer_folds(pipe, w)
+    assert np.abs(page - exact).max() < 1e-3, np.abs(page - exact).max()
+    side = np.asarray(pipe.renderer(512).wrinkles.folds.side)
+    on_line = np.abs(page[:, 0]) < 1  # within a half-width of the fold's line, where the crease shows
+    for k in (0, 1):
+        deepest = page[(side == k) & on_line, 1].max()
+        assert deepest > depth if k in sides else page[side == k, 1].max() == 0, (k, deepest)
+    # the depth rides on the fold's strip of skin (its line mask reaches about 5 half-widths), nowhere else
+    assert (page[:, 1] > 0).sum() < 200 and np.all(np.abs(page[page[:, 1] > 0, 0]) < 6)
 
 
 @pytest.mark.parametrize("units", [
@@ -83,6 +114,10 @@ def test_shipped_look_is_current(look):
     shipped = json.loads((ASSETS_DIR / "live" / "face_look.json").read_text())
     stale = "assets/live/face_look.json is stale: python tools/build_live_glb.py"
     assert shipped["units"] == look["units"] and shipped["camera"] == pytest.approx(look["camera"]), stale
+    assert shipped["version"] == LOOK_VERSION and shipped["wrinkle"] == pytest.approx(look["wrinkle"]), stale
     assert shipped["wrinkle_glsl"] == look["wrinkle_glsl"], stale
+    face, shipped_face = look["parts"]["face"], shipped["parts"]["face"]
+    assert np.allclose(shipped_face["fold_rise"], face["fold_rise"], atol=1e-5), stale
+    assert abs(shipped_face["fold_line"]["count"] - face["fold_line"]["count"]) <= 2, stale
     for new, old in zip(look["parts"]["face"]["wrinkles"], shipped["parts"]["face"]["wrinkles"]):
         assert abs(new["count"] - old["count"]) <= 0.01 * max(new["count"], 100), stale

@@ -13,8 +13,13 @@ functions, and the page blends them by the received weights:
                                     that each squeeze too little to draw a line do together
     amounts(w) = lines(squeeze(w))  the module's own onset ramp and zone mask (`Wrinkles.lines`)
     crease(w)  = sum_k w_k C_k      C_k: the unit's new concavity (m), linear to first order
+    rise(w)    = sum_k w_k R_k      R_k (2,): how far the unit raises the skin beside the [left, right]
+                                    nasolabial fold (m); exact, because the rig is linear and the
+                                    vertices that give the head's pose move with no unit
+    fold(w)    = depth(rise(w)) * line   the module's own ramp (`Wrinkles.fold_depths`), spread on
+                                    the static per-vertex fold line of each side (`nasolabial_folds`)
 
-then draws them with the same line pattern (`render.wrinkles.GLSL`), the same lights, camera,
+then draws them with the same line and fold pattern (`render.wrinkles.GLSL`), the same lights, camera,
 Blinn-Phong sheen and sRGB encoding (live/web/live.js). The wrinkle zones and channels come from
 whatever `render.wrinkles` measures (`Wrinkles.squeeze`, `Wrinkles.lines`), so a rebuild picks new
 zones up.
@@ -38,7 +43,7 @@ from ..render.renderer import BACK_FACE_LIGHT, CREASE_FLOOR, SHININESS_SQUARINGS
 from ..render.shading import concavity
 from ..render.wrinkles import GLSL as WRINKLE_GLSL
 
-LOOK_VERSION = 1
+LOOK_VERSION = 2  # 2: the nasolabial folds
 WRINKLE_LEVELS = (0.25, 0.5, 0.75, 1.0)  # unit weights at which each unit's line amounts are measured
 MIN_SQUEEZE = 2e-3  # squeeze below this is not stored (a tenth of the earliest onset of lines)
 # Share of a unit's opposite motion's squeeze taken off as stretch: 1 over-cancels (the squeeze
@@ -46,6 +51,7 @@ MIN_SQUEEZE = 2e-3  # squeeze below this is not stored (a tenth of the earliest 
 # add lines to a raised one; 0.5 halves the mean error against the renderer on the emotions' frames.
 STRETCH_SHARE = 0.5
 MIN_CREASE = 2e-6  # m: crease offsets below this are not stored (0.1% darkening at the default strength)
+MIN_FOLD_LINE = 1e-4  # fold line weights below this are not stored (a 0.005% darkening at most)
 
 
 def _b64(array: np.ndarray, dtype) -> str:
@@ -77,6 +83,15 @@ def unit_creases(rig, renderer) -> np.ndarray:
     dressed = renderer.dressing(faces) if renderer.dressing is not None else faces
     normals = vertex_normals(dressed, renderer.triangles)[:, :v]
     return (concavity(faces, normals, renderer.ring) - renderer.rest_concavity).cpu().numpy()
+
+
+@torch.inference_mode()
+def unit_fold_rise(rig, renderer) -> np.ndarray:
+    """(K, 2) m that each of the rig's K units applied alone at weight 1 raises the skin beside the
+    [left, right] nasolabial fold (`Wrinkles.fold_rise`, the renderer's own measure); the rise of a
+    blend is the weighted sum (linear rig, head pose from vertices no unit moves)."""
+    base = torch.as_tensor(rig.vertices, dtype=torch.float32)
+    return renderer.wrinkles.fold_rise(base + torch.as_tensor(rig.deltas, dtype=torch.float32)).cpu().numpy()
 
 
 def _sparse(values: np.ndarray, floor: float) -> dict:
@@ -118,6 +133,15 @@ def bake_look(rig, renderer) -> dict:
         "wrinkles": _sparse(squeeze.transpose(0, 2, 1, 3), MIN_SQUEEZE),
         "creases": _sparse(unit_creases(rig, renderer)[..., None], MIN_CREASE),
     }
+    if wr.folds is not None:
+        side = np.asarray(wr.folds.side)
+        line = wr.fold_line.cpu().numpy()[:, None] * np.stack([side == 0, side == 1], 1)  # (V, 2) per fold
+        parts["face"] |= {
+            "fold_coordinate": _b64(wr.fold_coordinate.cpu().numpy(), np.float32),  # (V,) across the fold, half-widths
+            "fold_line": _sparse(line[None], MIN_FOLD_LINE)[0],  # where each fold's crease may show, (n, 2)
+            "fold_rise": unit_fold_rise(rig, renderer).tolist(),  # (K, 2) m per unit at weight 1
+            "fold_onset": wr.config.fold_lift[0], "fold_full": wr.config.fold_lift[1],
+        }
     return {
         "format": "blendtalk-live-look", "version": LOOK_VERSION, "units": list(rig.blendshape_names),
         "size": cfg.size,
@@ -131,8 +155,9 @@ def bake_look(rig, renderer) -> dict:
         "intensities": renderer.light_intensities.cpu().numpy().tolist(),
         "ambient": cfg.ambient, "back_light": BACK_FACE_LIGHT, "shininess": 2 ** SHININESS_SQUARINGS,
         "crease": {"strength": cfg.crease_strength * 1000, "floor": CREASE_FLOOR},  # darkening per m of new concavity
-        "wrinkle": {"strength": renderer.wrinkle_config.strength, "sharpness": renderer.wrinkle_config.sharpness},
-        "wrinkle_glsl": WRINKLE_GLSL,  # the renderer's own line pattern: the page compiles this text
+        "wrinkle": {"strength": renderer.wrinkle_config.strength, "sharpness": renderer.wrinkle_config.sharpness,
+                    "fold_strength": renderer.wrinkle_config.fold_strength if wr.folds is not None else 0.0},
+        "wrinkle_glsl": WRINKLE_GLSL,  # the renderer's own line and fold pattern: the page compiles this text
         "parts": parts,
     }
 
@@ -167,3 +192,22 @@ def blend(look: dict, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ramp = np.clip((squeeze - onset) / (full - onset), 0, 1)
     mask = np.frombuffer(base64.b64decode(face["wrinkle_mask"]), "<f4").reshape(v, c)
     return ramp * ramp * (3 - 2 * ramp) * mask, crease
+
+
+def blend_folds(look: dict, weights: np.ndarray) -> np.ndarray:
+    """What the page computes from one frame's weights (K,) for the nasolabial folds: (V, 2) per face
+    vertex [fold coordinate in half-widths, fold depth], as `Wrinkles.attributes` gives them
+    (zeros if the look has no folds)."""
+    face = look["parts"]["face"]
+    v = face["face_vertices"]
+    out = np.zeros((v, 2))
+    if "fold_rise" not in face:
+        return out
+    rise = np.clip(np.asarray(weights, np.float64), 0, None) @ np.asarray(face["fold_rise"])  # (2,) m, as the page: units at weight > 0
+    ramp = np.clip((rise - face["fold_onset"]) / (face["fold_full"] - face["fold_onset"]), 0, 1)
+    depth = ramp * ramp * (3 - 2 * ramp)
+    out[:, 0] = np.frombuffer(base64.b64decode(face["fold_coordinate"]), "<f4")
+    line = face["fold_line"]
+    idx = np.frombuffer(base64.b64decode(line["index"]), "<u4")
+    out[idx, 1] = np.frombuffer(base64.b64decode(line["values"]), "<f4").reshape(-1, 2) @ depth
+    return out

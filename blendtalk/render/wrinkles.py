@@ -190,11 +190,19 @@ class Wrinkles:
 
     def fold_depths(self, vertices: torch.Tensor) -> torch.Tensor:
         """Face vertices (T, V, 3) -> (T, 2) depth in [0, 1] of the [left, right] nasolabial fold:
-        how far the skin beside each fold rose, measured in the head's own frame so that a nod or a
-        turn of the whole head is no rise. Zeros without fold masks."""
-        t_count = vertices.shape[0]
+        the skin's rise beside each fold (`fold_rise`) eased in between `WrinkleConfig.fold_lift`'s
+        onset and full rise. Zeros without fold masks."""
         if self.folds is None:
-            return torch.zeros(t_count, 2, device=vertices.device)
+            return torch.zeros(vertices.shape[0], 2, device=vertices.device)
+        onset, full = self.config.fold_lift
+        ramp = ((self.fold_rise(vertices) - onset) / (full - onset)).clamp(0, 1)
+        return ramp * ramp * (3 - 2 * ramp)
+
+    def fold_rise(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Face vertices (T, V, 3) -> (T, 2) m that the skin beside the [left, right] nasolabial fold
+        rose against the rest pose, measured in the head's own frame so that a nod or a turn of the
+        whole head is no rise. Requires fold masks."""
+        t_count = vertices.shape[0]
         still = vertices[:, self.still]  # (T, S, 3)
         centre = still.mean(1, keepdim=True)  # (T, 1, 3)
         # Kabsch: the rotation that carries the rest pose's still vertices onto this frame's.
@@ -205,10 +213,7 @@ class Wrinkles:
         rotation = vh.transpose(1, 2) @ (flip[:, :, None] * u.transpose(1, 2))  # (T, 3, 3): rest -> frame
         skin = torch.einsum("kv,tvi->tki", self.fold_lift, vertices)  # (T, 2, 3)
         local = (skin - centre) @ rotation + self.still_centre  # (T, 2, 3) back in the rest pose's frame
-        rise = local[..., 1] - self.lift_rest[:, 1]  # (T, 2) m
-        onset, full = self.config.fold_lift
-        ramp = ((rise - onset) / (full - onset)).clamp(0, 1)
-        return ramp * ramp * (3 - 2 * ramp)
+        return local[..., 1] - self.lift_rest[:, 1]  # (T, 2) m
 
     def attributes(self, vertices: torch.Tensor, total_vertices: int) -> torch.Tensor:
         """Face vertices (T, V, 3) -> (T, total_vertices, ATTRIBUTES) [u, v, vertical, horizontal,

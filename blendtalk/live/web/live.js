@@ -1,7 +1,7 @@
 // blendtalk live page: microphone -> 16 kHz int16 over a WebSocket -> ARKit weights back -> three.js face.
 // The face is /live/face_arkit.glb (the dressed rig, 52 ARKit morph targets with normal offsets) drawn
 // in the file renderer's look, /live/face_look.json (camera, lights, material, and each unit's wrinkle
-// lines and creases, blended per frame: blendtalk/live/look.py); both loaded once. Per frame only the
+// lines, creases and nasolabial fold rise, blended per frame: blendtalk/live/look.py); both loaded once. Per frame only the
 // weights, the head rotation and the gaze arrive (format "blendtalk-live" v1, docs/live.md).
 import * as THREE from "three";
 import { GLTFLoader } from "/live/static/vendor/three/examples/jsm/loaders/GLTFLoader.js";
@@ -55,7 +55,7 @@ loaded.then(([gltf, bakedLook]) => {
 }, (err) => fail(`the face model did not load: ${(err && err.message) || err}`));
 
 // ---- the file renderer's look (blendtalk/live/look.py): its camera, lights, per-vertex material, and
-// the wrinkle lines and creases each unit makes, blended here by the frame's weights.
+// the wrinkle lines, creases and nasolabial fold rise each unit makes, blended here by the frame's weights.
 function decode(b64, Type) {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   return new Type(bytes.buffer);
@@ -66,8 +66,11 @@ const VERTEX = `
 attribute vec4 lookMaterial;  // linear albedo after the cavity tint and occlusion, sheen
 attribute vec2 lookPhase;     // wrinkle line phases in rest-pose coordinates
 attribute vec3 lookDynamic;   // this frame's [vertical, horizontal] line amounts and crease darkening
+attribute vec3 lookFold;      // distance across the nasolabial fold (half-widths), weight of the left and right fold's line
+uniform vec2 foldDepths;      // this frame's depth of the left and right fold
 varying vec3 vNormal;
 varying vec4 vWrinkle;
+varying vec2 vFold;
 varying vec3 vBase;
 varying float vSheen;
 void main() {
@@ -80,6 +83,7 @@ void main() {
   vBase = lookMaterial.rgb * lookDynamic.z;
   vSheen = lookMaterial.a;
   vWrinkle = vec4(lookPhase, lookDynamic.xy);
+  vFold = vec2(lookFold.x, dot(lookFold.yz, foldDepths));  // render.wrinkles: fold depth times the side's line
   gl_Position = projectionMatrix * modelViewMatrix * vec4(transformed, 1.0);
 }`;
 const FRAGMENT = (lights, glsl) => `
@@ -92,6 +96,7 @@ uniform float shininess;
 ${glsl}
 varying vec3 vNormal;
 varying vec4 vWrinkle;
+varying vec2 vFold;
 varying vec3 vBase;
 varying float vSheen;
 void main() {  // render/gl.py's fragment shader for surfaces facing the camera: Lambert + Blinn-Phong, sRGB
@@ -101,8 +106,8 @@ void main() {  // render/gl.py's fragment shader for surfaces facing the camera:
     diffuse += intensities[i] * max(dot(n, lightDirs[i]), 0.0);
     spec += intensities[i] * pow(max(dot(n, halfways[i]), 0.0), shininess);
   }
-  // Only skin with lines pays for the pattern: software WebGL draws every pixel on the CPU.
-  float lines = vWrinkle.z + vWrinkle.w > 0.0 ? wrinkle_factor(vWrinkle) : 1.0;
+  // Only skin with lines or a fold pays for the pattern: software WebGL draws every pixel on the CPU.
+  float lines = vWrinkle.z + vWrinkle.w + vFold.y > 0.0 ? wrinkle_factor(vWrinkle, vFold) : 1.0;
   vec3 c = clamp(vBase * lines * (diffuse + ambient) + vSheen * spec, 0.0, 1.0);
   vec3 srgb = mix(1.055 * pow(max(c, vec3(1e-8)), vec3(1.0 / 2.4)) - 0.055, c * 12.92, vec3(lessThanEqual(c, vec3(0.0031308))));
   gl_FragColor = vec4(srgb, 1.0);
@@ -118,6 +123,7 @@ function makeLook(baked) {
   scene.background = new THREE.Color().setRGB(...baked.background, THREE.SRGBColorSpace);
   const face = baked.parts.face;
   const wrinkles = face.wrinkle_channels === 2;  // the line pattern (wrinkles.GLSL) takes two channels
+  const folds = !!face.fold_rise && baked.wrinkle.fold_strength > 0;
   const material = new THREE.ShaderMaterial({
     vertexShader: VERTEX, fragmentShader: FRAGMENT(baked.intensities.length, baked.wrinkle_glsl), side: THREE.FrontSide,
     uniforms: {
@@ -125,7 +131,9 @@ function makeLook(baked) {
       halfways: { value: baked.halfways.map((v) => new THREE.Vector3().fromArray(v)) },
       intensities: { value: baked.intensities }, ambient: { value: baked.ambient },
       shininess: { value: baked.shininess },
-      wrinkle_shape: { value: new THREE.Vector2(wrinkles ? baked.wrinkle.strength : 0, baked.wrinkle.sharpness) },
+      wrinkle_shape: { value: new THREE.Vector3(wrinkles ? baked.wrinkle.strength : 0, baked.wrinkle.sharpness,
+                                                folds ? baked.wrinkle.fold_strength : 0) },
+      foldDepths: { value: new THREE.Vector2(0, 0) },
     },
   });
   let faceGeometry = null;
@@ -139,6 +147,16 @@ function makeLook(baked) {
     const dynamic = new Float32Array(n * 3);
     for (let i = 0; i < n; i++) dynamic[3 * i + 2] = 1;  // no lines, no crease
     g.setAttribute("lookDynamic", new THREE.BufferAttribute(dynamic, 3).setUsage(THREE.DynamicDrawUsage));
+    const fold = new Float32Array(n * 3);  // no fold but on the face
+    if (folds && mesh.name === "face") {
+      const coordinate = decode(face.fold_coordinate, Float32Array), line = face.fold_line;
+      for (let i = 0; i < Math.min(n, coordinate.length); i++) fold[3 * i] = coordinate[i];
+      if (line.count) {
+        const index = decode(line.index, Uint32Array), values = decode(line.values, Float32Array);
+        for (let i = 0; i < index.length; i++) { fold[3 * index[i] + 1] = values[2 * i]; fold[3 * index[i] + 2] = values[2 * i + 1]; }
+      }
+    }
+    g.setAttribute("lookFold", new THREE.BufferAttribute(fold, 3));
     mesh.material = material;
     if (mesh.name === "face") faceGeometry = g;
   }
@@ -151,13 +169,15 @@ function makeLook(baked) {
            onset: face.wrinkle_onset, full: face.wrinkle_full, crease: baked.crease, wrinkles: wrinkles,
            units: baked.units, squeezes: unpack(face.wrinkles, face.wrinkle_levels.length * c),
            creases: unpack(face.creases, 1), squeeze: new Float32Array(face.face_vertices * c),
-           fold: new Float32Array(face.face_vertices) };
+           concave: new Float32Array(face.face_vertices), folds: folds, foldRise: face.fold_rise,
+           foldOnset: face.fold_onset, foldFull: face.fold_full, foldDepths: material.uniforms.foldDepths.value };
 }
 function padded(a, n) { const out = new Float32Array(n); out.set(a.subarray(0, Math.min(a.length, n))); return out; }
 
-function shade(arkit) {  // look.py's `blend`: per-unit squeeze and creases summed by weight, then the lines' ramp
+function shade(arkit) {  // look.py's `blend` and `blend_folds`: per-unit squeeze, creases and fold rise summed by weight, then the ramps
   const L = look, c = L.channels, levels = L.levels, last = levels.length - 2;
-  L.squeeze.fill(0); L.fold.fill(0);
+  L.squeeze.fill(0); L.concave.fill(0);
+  const rise = [0, 0];
   L.units.forEach((name, k) => {
     const w = arkit[name] || 0;
     if (w <= 0) return;
@@ -175,8 +195,15 @@ function shade(arkit) {  // look.py's `blend`: per-unit squeeze and creases summ
       }
     }
     const cr = L.creases[k];
-    if (cr) for (let i = 0; i < cr.index.length; i++) L.fold[cr.index[i]] += w * cr.values[i];
+    if (cr) for (let i = 0; i < cr.index.length; i++) L.concave[cr.index[i]] += w * cr.values[i];
+    if (L.folds) { rise[0] += w * L.foldRise[k][0]; rise[1] += w * L.foldRise[k][1]; }
   });
+  const depth = rise.map((r) => {  // Wrinkles.fold_depths' smoothstep between the onset and full rise
+    const x = Math.min(Math.max((r - L.foldOnset) / (L.foldFull - L.foldOnset), 0), 1);
+    return L.folds ? x * x * (3 - 2 * x) : 0;
+  });
+  L.foldDepths.set(depth[0], depth[1]);
+  stats.foldDepths = depth;
   const out = L.dynamic.array;
   for (let v = 0; v < L.v; v++) {
     for (let ch = 0; ch < 2 && ch < c; ch++) {
@@ -184,7 +211,7 @@ function shade(arkit) {  // look.py's `blend`: per-unit squeeze and creases summ
       r = Math.min(Math.max(r, 0), 1);
       out[3 * v + ch] = L.wrinkles ? r * r * (3 - 2 * r) * L.mask[v * c + ch] : 0;
     }
-    out[3 * v + 2] = Math.max(1 - L.crease.strength * Math.max(L.fold[v], 0), L.crease.floor);
+    out[3 * v + 2] = Math.max(1 - L.crease.strength * Math.max(L.concave[v], 0), L.crease.floor);
   }
   L.dynamic.needsUpdate = true;
 }
