@@ -23,6 +23,13 @@ if (!document.createElement("canvas").getContext("webgl2")) {  // three.js needs
 const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
 renderer.setPixelRatio(1);
 renderer.outputColorSpace = THREE.SRGBColorSpace;
+// A shader that does not compile (a look baked with another wrinkle GLSL) would draw nothing, silently:
+// say so on the page and in liveStats.errors, which the browser tests read.
+renderer.debug.onShaderError = (gl, program, vs, fs) => {
+  const log = [gl.getProgramInfoLog(program), gl.getShaderInfoLog(vs), gl.getShaderInfoLog(fs)].filter(Boolean).join(" ").trim();
+  console.error(`the face's shader did not compile: ${log}`);
+  status(`The face's shader did not compile (rebuild the look: python tools/build_live_glb.py): ${log.slice(0, 300)}`, true);
+};
 const scene = new THREE.Scene();
 scene.background = new THREE.Color(0xd4d4d8);
 const camera = new THREE.PerspectiveCamera(18, 1, 0.01, 20);
