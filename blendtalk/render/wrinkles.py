@@ -44,8 +44,8 @@ GLSL = """
 uniform vec2 wrinkle_shape;  // strength, sharpness
 float wrinkle_factor(vec4 w) {
     // w: phase across (u) and along (v) the face in line periods, amounts of vertical and horizontal lines
-    float across = pow(0.5 + 0.5 * cos(6.283185307 * w.x), wrinkle_shape.y);
-    float along = pow(0.5 + 0.5 * cos(6.283185307 * w.y), wrinkle_shape.y);
+    float across = wrinkle_sharpen(0.5 + 0.5 * cos(6.283185307 * w.x));  // x ** sharpness, `render.gl` defines it
+    float along = wrinkle_sharpen(0.5 + 0.5 * cos(6.283185307 * w.y));
     return max(1.0 - wrinkle_shape.x * (w.z * across + w.w * along), 0.0);
 }
 """
