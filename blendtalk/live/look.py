@@ -14,7 +14,7 @@ functions, and the page blends them by the received weights:
     amounts(w) = lines(squeeze(w))  the module's own onset ramp and zone mask (`Wrinkles.lines`)
     crease(w)  = sum_k w_k C_k      C_k: the unit's new concavity (m), linear to first order
 
-then draws them with the same line pattern (`render.wrinkles.GLSL`), the same lights, camera,
+then draws them with the same line pattern (`render.wrinkles.wrinkle_glsl`), the same lights, camera,
 Blinn-Phong sheen and sRGB encoding (live/web/live.js). The wrinkle zones and channels come from
 whatever `render.wrinkles` measures (`Wrinkles.squeeze`, `Wrinkles.lines`), so a rebuild picks new
 zones up.
@@ -36,7 +36,7 @@ from ..face.geometry import vertex_normals
 from ..render.gltf import posable_parts
 from ..render.renderer import BACK_FACE_LIGHT, CREASE_FLOOR, SHININESS_SQUARINGS
 from ..render.shading import concavity
-from ..render.wrinkles import GLSL as WRINKLE_GLSL
+from ..render.wrinkles import wrinkle_glsl
 
 LOOK_VERSION = 1
 WRINKLE_LEVELS = (0.25, 0.5, 0.75, 1.0)  # unit weights at which each unit's line amounts are measured
@@ -132,7 +132,7 @@ def bake_look(rig, renderer) -> dict:
         "ambient": cfg.ambient, "back_light": BACK_FACE_LIGHT, "shininess": 2 ** SHININESS_SQUARINGS,
         "crease": {"strength": cfg.crease_strength * 1000, "floor": CREASE_FLOOR},  # darkening per m of new concavity
         "wrinkle": {"strength": renderer.wrinkle_config.strength, "sharpness": renderer.wrinkle_config.sharpness},
-        "wrinkle_glsl": WRINKLE_GLSL,  # the renderer's own line pattern: the page compiles this text
+        "wrinkle_glsl": wrinkle_glsl(renderer.wrinkle_config.sharpness),  # the renderer's own line pattern: the page compiles this text
         "parts": parts,
     }
 
