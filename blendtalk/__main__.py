@@ -1,3 +1,5 @@
+import logging
+import os
 import sys
 
 
@@ -14,5 +16,18 @@ def main() -> int:
     return cli_main()
 
 
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown after a run that succeeded: unloading torch and the
+    OpenGL context took 0.3-0.9 s of a 10 s clip's run. Every output is written, moved into place
+    and closed by then, and nothing registered at exit has work left (the phone worker has exited;
+    temporary folders are removed by the writers themselves). Failures exit the usual way."""
+    if code != 0:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())

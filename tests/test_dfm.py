@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +13,7 @@ from blendtalk.evaluation.fusion import fuse_keeping_residuals
 from blendtalk.models.dfm import DeformationFusionModule, DFMConfig, interpolate_inputs
 
 V, K = 50, 4
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = (4, 4, 8, 8, 8, 8)  # channels of a tiny CNN
 
 
@@ -106,6 +111,23 @@ def test_cross_halves_start_at_zero():
     assert model.encode_speech(d)[:, K:].abs().max() == 0 < model.encode_speech(d)[:, :K].abs().max()
     assert model.encode_expression(d)[:, :K].abs().max() == 0 < model.encode_expression(d)[:, K:].abs().max()
     assert tiny(True, 64, cross_init=1.0).encode_speech(d)[:, K:].abs().max() > 0
+
+
+def test_join_broadcasts_without_importing_sympy():
+    """join's broadcasting must not pull in torch.fx/sympy (0.7 s of a CLI run); nor may the geometry
+    module import scipy.sparse, which only building a map needs. In a new process, as the CLI runs."""
+    code = ("import sys, torch\n"
+            "from blendtalk.face import geometry\n"
+            "from blendtalk.models.dfm import DeformationFusionModule, DFMConfig\n"
+            "m = DeformationFusionModule(DFMConfig(num_vertices=5, num_blendshapes=2, map_size=16, use_geometric_map=False,"
+            " channels=(2, 2, 2, 2, 2, 2), mlp_hidden=(4,)))\n"
+            "w = m.join(torch.zeros(3, 1, 2), torch.ones(1, 4, 2))\n"
+            "assert w.shape == (3, 4, 4), w.shape\n"
+            "print(sorted(k for k in ('sympy', 'scipy.sparse', 'torch.fx.experimental.symbolic_shapes') if k in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
 
 
 def test_split_join_layout_and_decode():

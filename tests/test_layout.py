@@ -22,7 +22,7 @@ LAYERS = (
     ("blendtalk.training",),  # loops, losses (validation reads evaluation's metrics)
     ("blendtalk.live",),  # live mode: streaming session, frame format, WebSocket server, browser page
     ("blendtalk.request", "blendtalk.hub", "blendtalk.model_card", "blendtalk.publish", "blendtalk.pipeline", "blendtalk.cli",
-     "blendtalk.live.cli", "blendtalk.serving", "blendtalk.path_mask",
+     "blendtalk.live.cli", "blendtalk.serving", "blendtalk.path_mask", "blendtalk.interrupt",
      "blendtalk.__main__", "blendtalk"),  # the product's entry points
 )
 

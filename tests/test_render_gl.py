@@ -7,6 +7,7 @@ import pytest
 
 import blendtalk.render.gl as gl
 from blendtalk.render.renderer import Renderer, RenderConfig
+from blendtalk.render.wrinkles import wrinkle_glsl
 
 SIZE = 256  # px: large enough that the mouth, eyes and brows span many pixels
 TOLERANCE = 2.0  # mean absolute difference in 8-bit levels allowed between the back ends (issue #27)
@@ -86,6 +87,26 @@ def test_gl_nearer_surface_wins_and_back_faces_lose_ties():
     centre = frames["gl"][32, 36].astype(int)
     assert centre[0] > centre[2]  # red (the nearer quad) wins
     assert np.abs(frames["gl"].astype(int) - frames["torch"].astype(int)).mean() < 1.0
+
+
+@needs_gl
+@pytest.mark.parametrize("sharpness", [4.0, 1.0, 3.0, 0.5])  # squared twice, as is, pow, pow
+def test_wrinkle_sharpen_is_the_power_torch_takes(sharpness):
+    """The shader's `wrinkle_sharpen` (squarings for powers of two) against x ** sharpness in float32."""
+    ctx = gl.gl_context()
+    width = 64
+    with gl._LOCK, ctx:
+        program = ctx.program(
+            vertex_shader="#version 330\nin vec2 p; void main() { gl_Position = vec4(p, 0.0, 1.0); }",
+            fragment_shader="#version 330\n" + wrinkle_glsl(sharpness)
+            + "out vec4 f; void main() { f = vec4(wrinkle_sharpen((gl_FragCoord.x - 0.5) / 63.0), 0.0, 0.0, 1.0); }")
+        fbo = ctx.framebuffer(color_attachments=[ctx.texture((width, 1), 4, dtype="f4")])
+        fbo.use()
+        quad = ctx.buffer(np.array([-1, -1, 3, -1, -1, 3], np.float32).tobytes())
+        ctx.vertex_array(program, [(quad, "2f", "p")]).render()
+        got = np.frombuffer(fbo.read(components=1, dtype="f4"), np.float32)
+    x = np.arange(width, dtype=np.float32) / 63
+    np.testing.assert_allclose(got, x ** np.float32(sharpness), rtol=1e-5, atol=1e-6)
 
 
 def test_forced_off_falls_back_to_torch(rig, animated, monkeypatch):

@@ -328,7 +328,8 @@ class FlameModel(nn.Module):
         for key, t in given.items():
             if t.ndim == 0 or t.shape[-1] != sizes[key]:
                 raise ValueError(f"{key} must have shape (..., {sizes[key]}), got {tuple(t.shape)}")
-        lead = torch.broadcast_shapes(*(t.shape[:-1] for t in given.values())) if given else ()
+        # numpy's broadcast_shapes: torch's imports sympy and torch.fx on first use (0.7 s).
+        lead = np.broadcast_shapes(*(tuple(t.shape[:-1]) for t in given.values())) if given else ()
         ref = self.v_template
         n = int(np.prod(lead)) if lead else 1
 

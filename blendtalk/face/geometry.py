@@ -17,11 +17,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 import torch
+
+# scipy.sparse is imported inside the functions that build maps and Laplacians: half a second of
+# import that animating (which loads a cached map) never needs.
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 MAP_SIZE_RANGE = (16, 512)  # pixels per side accepted by square_map
 SQUARE_MAP_VERSION = "square-map-v1"  # bump when the algorithm changes: it keys the on-disk cache
@@ -89,6 +93,7 @@ def _check_triangles(triangles, num_vertices: int) -> np.ndarray:
 
 def _adjacency(num_vertices: int, tri: np.ndarray) -> sp.csr_matrix:
     """Symmetric 0/1 vertex adjacency (V, V) from the triangles' edges."""
+    import scipy.sparse as sp
     e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
     e = np.concatenate([e, e[:, ::-1]])
     adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(num_vertices, num_vertices)).tocsr()
@@ -97,6 +102,7 @@ def _adjacency(num_vertices: int, tri: np.ndarray) -> sp.csr_matrix:
 
 
 def _uniform_laplacian_np(num_vertices: int, tri: np.ndarray) -> sp.csr_matrix:
+    import scipy.sparse as sp
     adj = _adjacency(num_vertices, tri)
     deg = np.asarray(adj.sum(1)).ravel()
     inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
@@ -165,6 +171,7 @@ def _boundary_loops(tri: np.ndarray) -> list[np.ndarray]:
 
 def _mean_value_weights(pos: np.ndarray, tri: np.ndarray) -> sp.csr_matrix:
     """Row-normalised mean-value weights (n, n): positive, so the Tutte embedding cannot fold."""
+    import scipy.sparse as sp
     n = len(pos)
     rows, cols, vals = [], [], []
     for k in range(3):
@@ -215,6 +222,8 @@ def _symmetric_embedding(pos, tri, mirror, outer_arc, outer_uv) -> np.ndarray:
     equations of the free representatives are the ordinary Tutte equations with that substitution,
     which on a symmetric mesh is the same as solving the whole disk and mirroring.
     """
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
     n = len(pos)
     is_mid = mirror == np.arange(n)
     rep = np.where(is_mid | (pos[:, 0] > 0), np.arange(n), mirror)
@@ -424,6 +433,7 @@ class SquareMap:
 
     def _unmap_operator(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """M_c^T (V_c, N*N) sparse and (M_c^T M_c + mu L^T L)^-1 (V_c, V_c) dense, float64."""
+        import scipy.sparse as sp
         key = ("unmap", str(device))
         dtype = torch.float64
         if key not in self._cache:

@@ -19,7 +19,7 @@ functions, and the page blends them by the received weights:
     fold(w)    = depth(rise(w)) * line   the module's own ramp (`Wrinkles.fold_depths`), spread on
                                     the static per-vertex fold line of each side (`nasolabial_folds`)
 
-then draws them with the same line and fold pattern (`render.wrinkles.GLSL`), the same lights, camera,
+then draws them with the same line and fold pattern (`render.wrinkles.wrinkle_glsl`), the same lights, camera,
 Blinn-Phong sheen and sRGB encoding (live/web/live.js). The wrinkle zones and channels come from
 whatever `render.wrinkles` measures (`Wrinkles.squeeze`, `Wrinkles.lines`), so a rebuild picks new
 zones up.
@@ -41,7 +41,7 @@ from ..face.geometry import vertex_normals
 from ..render.gltf import posable_parts
 from ..render.renderer import BACK_FACE_LIGHT, CREASE_FLOOR, SHININESS_SQUARINGS
 from ..render.shading import concavity
-from ..render.wrinkles import GLSL as WRINKLE_GLSL
+from ..render.wrinkles import wrinkle_glsl
 
 LOOK_VERSION = 2  # 2: the nasolabial folds
 WRINKLE_LEVELS = (0.25, 0.5, 0.75, 1.0)  # unit weights at which each unit's line amounts are measured
@@ -157,7 +157,8 @@ def bake_look(rig, renderer) -> dict:
         "crease": {"strength": cfg.crease_strength * 1000, "floor": CREASE_FLOOR},  # darkening per m of new concavity
         "wrinkle": {"strength": renderer.wrinkle_config.strength, "sharpness": renderer.wrinkle_config.sharpness,
                     "fold_strength": renderer.wrinkle_config.fold_strength if wr.folds is not None else 0.0},
-        "wrinkle_glsl": WRINKLE_GLSL,  # the renderer's own line and fold pattern: the page compiles this text
+        # the renderer's own line and fold pattern (with the `wrinkle_sharpen` it calls): the page compiles this text
+        "wrinkle_glsl": wrinkle_glsl(renderer.wrinkle_config.sharpness),
         "parts": parts,
     }
 

@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -201,7 +202,8 @@ class DeformationFusionModule(PretrainedModel):
         """(..., K_s), (..., K_e) -> (..., K_s + K_e), the inverse of `split`; leading dims broadcast."""
         self._check_last(w_speech, self.config.k_speech, "speech weights")
         self._check_last(w_expression, self.config.k_expression, "expression weights")
-        lead = torch.broadcast_shapes(w_speech.shape[:-1], w_expression.shape[:-1])
+        # numpy's broadcast_shapes: torch's imports sympy and torch.fx on first use (0.7 s of a CLI run).
+        lead = np.broadcast_shapes(tuple(w_speech.shape[:-1]), tuple(w_expression.shape[:-1]))
         return torch.cat([w_speech.expand(*lead, -1), w_expression.expand(*lead, -1)], dim=-1)
 
     # ---- blendshapes ----

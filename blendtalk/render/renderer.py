@@ -15,6 +15,7 @@ tint), moved per frame from the face vertices; other rigs get the plain look of 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,8 @@ _CUDA_CANDIDATES = 32_000_000  # per chunk on CUDA: big launches amortise kernel
 _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a time
 _DRESSING_SHEEN = 2.0  # eyes and teeth are wet: twice the skin's sheen
 _HAIR_SHEEN = 0.3  # short hair scatters light: a third of the skin's sheen, never a plastic gloss
-_GL_FRAMES = 32  # frames whose vertex attributes go to OpenGL at a time (about 20 MB for a dressed head)
+_GL_FRAMES = 8  # frames whose vertex attributes go to OpenGL at a time: small, so that computing the next
+                # ones overlaps most of the drawing (3 MB for a dressed head)
 BACKENDS = ("auto", "gl", "torch")
 
 
@@ -264,9 +266,7 @@ class Renderer:
             if head_rotation is not None:  # after dressing: teeth, eyes and lashes turn with the head
                 block = rotate_head(block, head_rotation[first : first + _PLAN_FRAMES].to(self.device), self.pivot)
             if self.gl is not None:
-                for start in range(0, len(block), _GL_FRAMES):
-                    end = min(start + _GL_FRAMES, len(block))
-                    out[first + start : first + end] = self._draw_gl(block[start:end])
+                self._draw_gl(block, out[first : first + len(block)])
                 continue
             for start, end in self._chunks(block):
                 out[first + start : first + end] = self._render_chunk(block[start:end]).cpu().numpy()
@@ -313,12 +313,28 @@ class Renderer:
         """Linear RGB (..., 3) -> sRGB uint8 through a lookup table (much cheaper than a power)."""
         return self.srgb_table[(linear.clamp(0, 1) * (len(self.srgb_table) - 1) + 0.5).long()]
 
-    def _draw_gl(self, verts: torch.Tensor) -> np.ndarray:
-        """Vertices (T, V, 3) -> uint8 frames (T, H, W, 3) drawn by OpenGL from the same per-vertex
-        camera-space positions, normals and material the torch path interpolates."""
+    def _draw_gl(self, verts: torch.Tensor, out: np.ndarray) -> None:
+        """Vertices (T, V, 3) -> uint8 frames written into out (T, H, W, 3), drawn by OpenGL from the
+        same per-vertex camera-space positions, normals and material the torch path interpolates.
+
+        The attributes of the next _GL_FRAMES frames are computed on a second thread while OpenGL
+        draws these (torch and llvmpipe both release the GIL): per frame, llvmpipe's threads wait
+        while the drawing thread sets up the triangles and reads the pixels back, and this fills
+        those gaps."""
+        spans = [(start, min(start + _GL_FRAMES, len(verts))) for start in range(0, len(verts), _GL_FRAMES)]
+        with ThreadPoolExecutor(1, thread_name_prefix="gl-attributes") as pool:
+            pending = pool.submit(self._gl_attributes, verts[slice(*spans[0])])
+            for i, (start, end) in enumerate(spans):
+                attributes = pending.result()
+                if i + 1 < len(spans):
+                    pending = pool.submit(self._gl_attributes, verts[slice(*spans[i + 1])])
+                out[start:end] = self.gl(attributes)
+
+    @torch.inference_mode()
+    def _gl_attributes(self, verts: torch.Tensor) -> np.ndarray:
+        """Vertices (T, V, 3) -> the OpenGL drawer's per-vertex attributes (T, V, 14) float32."""
         cam = (verts - self.camera.centre) @ self.camera.rotation.T  # (T, V, 3)
-        attributes = torch.cat([cam, *self._vertex_attributes(verts)], -1)  # (T, V, 16)
-        return self.gl(attributes.cpu().numpy())
+        return torch.cat([cam, *self._vertex_attributes(verts)], -1).cpu().numpy()  # (T, V, 16)
 
     def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vertices (T, V, 3) -> camera-space normals (T, V, 3), material (T, V, 4): linear albedo

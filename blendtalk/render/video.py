@@ -34,8 +34,11 @@ MAX_LENGTH_MISMATCH = 0.25  # s; frames and audio further apart than this are a 
 class VideoConfig:
     """How the MP4 is encoded."""
 
-    crf: int = 20  # x264 constant quality: ~20 is visually clean for smooth renders at small size
-    preset: str = "veryfast"  # x264 speed/size trade-off: encoding stays a small share of render time
+    # x264 constant quality and speed/size trade-off. superfast at 23 matches veryfast at 20 in PSNR
+    # (40.7 against 40.2 dB on a 10 s 512 px clip) for a third less encoder CPU (0.85 against 1.26 s),
+    # which the render shares two cores with; the file is 1.6x larger (0.8 MB for 10 s).
+    crf: int = 23
+    preset: str = "superfast"
     audio_bitrate: str = "96k"  # AAC bit rate: plenty for 16 kHz mono speech
 
     def __post_init__(self):

@@ -67,13 +67,23 @@ uniform vec3 wrinkle_shape;  // strength, sharpness, fold strength
 float wrinkle_factor(vec4 w, vec2 fold) {
     // w: phase across (u) and along (v) the face in line periods, amounts of vertical and horizontal lines
     // fold: distance across the nasolabial fold in its half-widths, the fold's depth
-    float across = pow(0.5 + 0.5 * cos(6.283185307 * w.x), wrinkle_shape.y);
-    float along = pow(0.5 + 0.5 * cos(6.283185307 * w.y), wrinkle_shape.y);
+    float across = wrinkle_sharpen(0.5 + 0.5 * cos(6.283185307 * w.x));  // x ** sharpness, `render.gl` defines it
+    float along = wrinkle_sharpen(0.5 + 0.5 * cos(6.283185307 * w.y));
     float crease = 0.5 + 0.5 * cos(3.141592654 * clamp(fold.x, -1.0, 1.0));
     float lines = wrinkle_shape.x * (w.z * across + w.w * along) + wrinkle_shape.z * fold.y * crease * crease;
     return max(1.0 - lines, 0.0);
 }
 """
+
+
+def wrinkle_glsl(sharpness: float) -> str:
+    """`GLSL` with the `float wrinkle_sharpen(float x)` it calls: x ** sharpness for x in [0, 1]. A power of two is
+    squared that many times: llvmpipe's pow (an exp2 of a log2) made the wrinkle lines a quarter of
+    the fragment shader's cost, and the squares give the same 8-bit frames."""
+    squarings = math.log2(sharpness) if sharpness >= 1 else -1.0
+    if squarings < 0 or squarings != int(squarings) or squarings > 8:
+        return "float wrinkle_sharpen(float x) { return pow(x, %r); }\n" % sharpness + GLSL
+    return "float wrinkle_sharpen(float x) {%s return x; }\n" % (" x *= x;" * int(squarings)) + GLSL
 
 
 def darkening(wrinkle: torch.Tensor, config: WrinkleConfig) -> torch.Tensor:

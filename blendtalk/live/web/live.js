@@ -129,7 +129,7 @@ function makeLook(baked) {
   camera.updateProjectionMatrix();
   scene.background = new THREE.Color().setRGB(...baked.background, THREE.SRGBColorSpace);
   const face = baked.parts.face;
-  const wrinkles = face.wrinkle_channels === 2;  // the line pattern (wrinkles.GLSL) takes two channels
+  const wrinkles = face.wrinkle_channels === 2;  // the line pattern (wrinkles.wrinkle_glsl) takes two channels
   const folds = !!face.fold_rise && baked.wrinkle.fold_strength > 0;
   const material = new THREE.ShaderMaterial({
     vertexShader: VERTEX, fragmentShader: FRAGMENT(baked.intensities.length, baked.wrinkle_glsl), side: THREE.FrontSide,
