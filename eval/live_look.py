@@ -9,6 +9,9 @@ the mean absolute difference over the frame (grey levels, 0-255), and on the pix
 nasolabial folds darken by more than 2 levels, how far the page is from the renderer and how far it
 would be without folds (the renderer with `fold_strength=0`). The sheet holds, per emotion, the
 frame of the deepest fold: page, renderer, renderer without folds, and the page's difference x8.
+Also the bake's fold depth (`live.look.blend_folds`, what the page computes) against the renderer's
+(`Wrinkles.attributes`) at the worst vertex, and the same for the alternative the bake does not use:
+per-unit fold depths (after the ramp) at the lines' weight levels, summed and clipped to 1.
 """
 
 import argparse
@@ -47,6 +50,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from blendtalk.evaluation import browser
+    from blendtalk.live.look import WRINKLE_LEVELS, bake_look, blend_folds
     from blendtalk.pipeline import Pipeline
     from blendtalk.render.renderer import Renderer
     from blendtalk.speech.audio import load_audio
@@ -60,7 +64,13 @@ def main(argv=None) -> int:
     drawn = pipe.renderer(480)
     plain = Renderer.for_rig(rig, replace(drawn.config, fold_strength=0.0))  # the same without folds
     folds = pipe.renderer(512).wrinkles
-    clips = {}
+    look = bake_look(rig, pipe.renderer(512))
+    levels = np.array([0.0, *WRINKLE_LEVELS])
+    base, deltas = torch.as_tensor(rig.vertices), torch.as_tensor(rig.deltas, dtype=torch.float32)
+    with torch.inference_mode():  # (K, L+1, 2) each unit's fold depths alone, from weight 0
+        unit_depth = np.stack([np.zeros((len(deltas), 2))] + [folds.fold_depths(base + level * deltas).numpy()
+                                                               for level in WRINKLE_LEVELS], 1)
+    clips, bake = {}, {}
     for emotion in emotions:
         weights = pipe.animate(audio, emotion=emotion).arkit_weights[::args.stride]  # (T, 52)
         faces = (rig.vertices[None] + np.einsum("tk,kvc->tvc", weights, rig.deltas)).astype(np.float32)
@@ -68,6 +78,21 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             depth = folds.fold_depths(torch.as_tensor(faces)).numpy().max(1)  # (T,) the deeper fold
         clips[emotion] = (weights, np.asarray(drawn(faces, *still)), np.asarray(plain(faces, *still)), depth)
+        with torch.inference_mode():
+            exact = folds.attributes(torch.as_tensor(faces), folds.num_vertices)[..., 5].numpy()  # (T, V)
+        line = folds.fold_line.cpu().numpy()
+        side = np.asarray(folds.folds.side)
+        error, alternative = [], []
+        for w, e in zip(weights.astype(np.float64), exact):
+            error.append(np.abs(blend_folds(look, w)[:, 1] - e).max())
+            j = np.clip(np.searchsorted(levels, w, side="right") - 1, 0, len(levels) - 2)  # (K,) segment per unit
+            f = ((w - levels[j]) / (levels[j + 1] - levels[j]))[:, None]
+            k = np.arange(len(w))
+            summed = np.where(w[:, None] > 0, unit_depth[k, j] + f * (unit_depth[k, j + 1] - unit_depth[k, j]), 0).sum(0)
+            alternative.append(np.abs(np.clip(summed, 0, 1)[side] * line - e).max())
+        bake[emotion] = {"fold_bake_error_max": float(np.max(error)),
+                         "fold_unit_depth_sum_error_max": round(float(np.max(alternative)), 3),
+                         "fold_unit_depth_sum_error_mean": round(float(np.mean(alternative)), 3)}
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -94,7 +119,7 @@ def main(argv=None) -> int:
                      "fold_page_vs_file": round(float(diff[fold].mean()), 2) if fold.any() else 0.0,
                      "fold_page_vs_file_without_fold": round(float(np.abs(page - no_fold).mean(-1)[fold].mean()), 2)
                      if fold.any() else 0.0,
-                     "deepest_fold": round(float(depth.max()), 3)})
+                     "deepest_fold": round(float(depth.max()), 3)} | bake[emotion])
         print(" ".join(f"{k} {v}" for k, v in rows[-1].items()))
         t = int(depth.argmax())
         sheet.append(np.concatenate([page[t], file[t], no_fold[t], np.clip(8 * np.abs(page[t] - file[t]), 0, 255)], 1))
