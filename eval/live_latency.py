@@ -12,16 +12,17 @@ audio time. The audio is the ARCTIC sentence said again and again with 0.5 s of 
 between (eval/lipsync.py's `with_pauses`), unless a file is given.
 """
 
-from blendtalk.evaluation.reports import write_report
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python eval/X.py`: its sibling scripts import as eval.*
 
 import numpy as np  # noqa: E402
+
+from blendtalk.evaluation.reports import write_report  # noqa: E402
 
 
 def percentiles(x) -> dict:

@@ -44,6 +44,23 @@ def serve_live(pipe, port: int):
     return f"http://127.0.0.1:{port}/live/", server
 
 
+
+def checked_emotions(p: argparse.ArgumentParser, names: list[str]) -> list[str]:
+    """The emotions asked for, or the parser's one-line error for an unknown one."""
+    try:
+        return [check_emotion(e) for e in names]
+    except ValueError as err:
+        p.error(str(err))
+
+
+def require_chromium(p: argparse.ArgumentParser) -> None:
+    """The parser's one-line error where Chromium and chromedriver are missing."""
+    from blendtalk.evaluation import browser
+
+    if not browser.available():
+        p.error("needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--audio", type=Path, default=ARCTIC, help="speech the fake microphone loops (wav)")
@@ -64,10 +81,7 @@ def main(argv=None) -> int:
         p.error(f"--audio must be a wav file (Chromium's fake microphone reads wav), got {args.audio}")
     if args.seconds <= 0 or args.settle < 0 or args.stride < 1 or not 1024 <= args.port <= 65535:
         p.error("--seconds must be > 0, --settle >= 0, --stride >= 1 and --port in 1024..65535")
-    try:
-        emotions = [check_emotion(e) for e in args.emotions]
-    except ValueError as err:
-        p.error(str(err))
+    emotions = checked_emotions(p, args.emotions)
 
     import numpy as np
     import torch
@@ -76,8 +90,7 @@ def main(argv=None) -> int:
     from blendtalk.evaluation.legibility import Clip, Judge, ModelNotFoundError, benchmark, contact_sheet, summarise
     from blendtalk.pipeline import Pipeline
 
-    if not browser.available():
-        p.error("needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)")
+    require_chromium(p)
     try:
         judge = Judge.load(args.model, args.cache_dir, download=False)
     except (ModelNotFoundError, ImportError) as err:

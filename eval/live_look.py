@@ -20,8 +20,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python eval/X.py`: its sibling scripts import as eval.*
+
 from blendtalk.constants import ASSETS_DIR
-from blendtalk.expression.emotions import EMOTIONS, check_emotion
+from blendtalk.expression.emotions import EMOTIONS
 from blendtalk.evaluation.reports import write_report
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
@@ -40,10 +42,9 @@ def main(argv=None) -> int:
         p.error(f"--audio: no such file {args.audio}")
     if args.stride < 1:
         p.error("--stride must be >= 1")
-    try:
-        emotions = [check_emotion(e) for e in args.emotions]
-    except ValueError as err:
-        p.error(str(err))
+    from eval.live_legibility import checked_emotions, require_chromium, serve_live
+
+    emotions = checked_emotions(p, args.emotions)
 
     import numpy as np
     import torch
@@ -54,10 +55,8 @@ def main(argv=None) -> int:
     from blendtalk.pipeline import Pipeline
     from blendtalk.render.renderer import Renderer
     from blendtalk.speech.audio import load_audio
-    from eval.live_legibility import serve_live
 
-    if not browser.available():
-        p.error("needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)")
+    require_chromium(p)
     torch.set_num_threads(1)
     pipe = Pipeline.from_pretrained(device="cpu")
     rig, names, audio = pipe.rig, list(pipe.rig.blendshape_names), load_audio(args.audio)

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python eval/X.py`: its sibling scripts import as eval.*
+
 import numpy as np
 
 from blendtalk.evaluation.clips import CLIPS, long_clip
