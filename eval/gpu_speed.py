@@ -385,7 +385,7 @@ def pipeline_section(args, device, report: dict, save) -> None:
         fused, _ = stage("dfm", lambda: pipe.fuse(d_s.reshape(b * t, *d_s.shape[2:]), np.tile(d_e, (b, 1, 1)), "ours", True))
         verts = pipe.rig.vertices[None].astype(np.float32) + fused  # (B*T, V, 3)
         def render():
-            step = 60 if device.type == "cpu" else 256  # as Pipeline.render_frames batches
+            step = pipe.render_batch
             for i in range(0, len(verts), step):  # each batch (step, size, size, 3) uint8 in host memory, then dropped
                 renderer(verts[i:i + step])
         stage("render", render)
