@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as nnf
 
 from ..expression.head_motion import head_pivot, rotate_head
+from ..face.brows import brow_density
 from ..face.dressing import DressingConfig, FaceDressing
 from ..face.geometry import ring_edges, vertex_normals
 from .camera import Camera
@@ -170,6 +171,15 @@ class Renderer:
             a, b = dressing.ranges["hair"]
             sheen[a:b] = config.specular * _HAIR_SHEEN
         self.material = torch.cat([base, sheen[:, None]], -1).contiguous()  # (V+E, 4)
+        # Brows drawn per pixel (`face.brows`): rest-pose coordinates per vertex and the albedo factor
+        # of full paint, brow over skin in linear light (the skin is the only colour under a brow).
+        self.brows = torch.zeros(len(tmpl), 3, device=dev)
+        self.brow_tint = torch.ones(3, device=dev)
+        if dressing is not None and bool(dressing.brows[:, 2].any()):
+            *colour, opacity = dressing.brow_paint
+            ratio = srgb_to_linear(torch.tensor(colour)) / srgb_to_linear(torch.tensor(config.skin))
+            self.brows = dressing.brows.to(dev)
+            self.brow_tint = (1 + opacity * (ratio - 1)).to(dev)
         # Reference concavity of the face at rest: only creases the animation adds darken.
         self.ring = ring_edges(self.face_triangles, self.num_vertices)
         rest_normals = vertex_normals(face32[None], self.face_triangles)
@@ -211,6 +221,7 @@ class Renderer:
             ambient=cfg.ambient, back_light=BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
             tie_bias=1.5 / self.raster.levels,
             wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness, self.wrinkle_config.fold_strength),
+            brow_tint=self.brow_tint.cpu().numpy(),
         )
 
     @classmethod
@@ -221,7 +232,7 @@ class Renderer:
         sockets (found from the 'eyes' region)."""
         config = config or RenderConfig()
         if getattr(rig, "dressing", None):
-            dressing = FaceDressing.for_rig(rig, dressing_config(config))
+            dressing = FaceDressing.for_rig(rig, replace(dressing_config(config), painted_brows=False))
             return cls(rig.triangles, rig.vertices, config, device=device, dressing=dressing, wrinkle_mask=line_masks(rig),
                        folds=nasolabial_folds(rig))
         colours, static_mesh = plain_dressing(rig, config)
@@ -332,14 +343,15 @@ class Renderer:
 
     @torch.inference_mode()
     def _gl_attributes(self, verts: torch.Tensor) -> np.ndarray:
-        """Vertices (T, V, 3) -> the OpenGL drawer's per-vertex attributes (T, V, 14) float32."""
+        """Vertices (T, V, 3) -> the OpenGL drawer's per-vertex attributes (T, V, 19) float32."""
         cam = (verts - self.camera.centre) @ self.camera.rotation.T  # (T, V, 3)
-        return torch.cat([cam, *self._vertex_attributes(verts)], -1).cpu().numpy()  # (T, V, 16)
+        return torch.cat([cam, *self._vertex_attributes(verts)], -1).cpu().numpy()  # (T, V, 19)
 
-    def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Vertices (T, V, 3) -> camera-space normals (T, V, 3), material (T, V, 4): linear albedo
-        after the cavity tint, occlusion and this frame's crease darkening, and sheen; and the
-        wrinkle attributes (T, V, 6) that the shading turns into fine lines and folds (zeros: none)."""
+        after the cavity tint, occlusion and this frame's crease darkening, and sheen; the
+        wrinkle attributes (T, V, 6) that the shading turns into fine lines and folds (zeros: none);
+        and the rest-pose brow coordinates (T, V, 3) that it paints the brows from."""
         world = vertex_normals(verts, self.triangles)  # (T, V, 3)
         normals = world @ self.camera.rotation.T  # (T, V, 3) camera space
         material = self.material.expand(verts.shape[0], -1, -1)
@@ -354,7 +366,7 @@ class Renderer:
             wrinkle = torch.zeros(*verts.shape[:2], WRINKLE_ATTRIBUTES, device=verts.device)
         else:
             wrinkle = self.wrinkles.attributes(verts[:, : self.num_vertices], verts.shape[1])
-        return normals, material, wrinkle
+        return normals, material, wrinkle, self.brows.expand(verts.shape[0], -1, -1)
 
     def _shade_pixels(self, verts, depth, zbuf, planes, area, pix, n: int) -> torch.Tensor:
         """Shade the covered pixels `pix` (M,) of the flat z-buffer `zbuf`: -> linear RGB (M, 3)."""
@@ -363,8 +375,9 @@ class Renderer:
             return torch.zeros(0, 3, device=verts.device)
         # One row per (frame, triangle) holding everything shading needs, so that each pixel does
         # a single contiguous gather: 3 perspective-weighted barycentric planes (9), a back-facing
-        # flag (1) and per corner the camera-space normal (3), base colour (3), sheen (1) and wrinkle (6).
-        per_vertex = torch.cat(self._vertex_attributes(verts), -1)  # (T, V, 13)
+        # flag (1) and per corner the camera-space normal (3), base colour (3), sheen (1), wrinkle (6)
+        # and brow (3).
+        per_vertex = torch.cat(self._vertex_attributes(verts), -1)  # (T, V, 16)
         width = per_vertex.shape[-1]
         corners = per_vertex[:, self.triangles].reshape(t_count * f_count, 3 * width)
         # Perspective-correct barycentrics are ratios of affine functions: b_k / depth_k, renormalised.
@@ -391,7 +404,8 @@ class Renderer:
         a, b, c = (10 + k * width for k in range(3))
         attr = row[:, a:b] * (w[0] * norm)[:, None]  # (M, width) interpolated corner attributes
         attr.addcmul_(row[:, b:c], (w[1] * norm)[:, None]).addcmul_(row[:, c:], (w[2] * norm)[:, None])
-        base = attr[:, 3:6] * darkening(attr[:, 7:], self.wrinkle_config)[:, None]
+        base = attr[:, 3:6] * darkening(attr[:, 7:13], self.wrinkle_config)[:, None]
+        base = base * torch.lerp(self.white, self.brow_tint, brow_density(attr[:, 13:16])[:, None])
         return self._shade(attr[:, :3], base, attr[:, 6], row[:, 9] > 0)
 
     def _shade(self, nrm, base, sheen, back) -> torch.Tensor:
