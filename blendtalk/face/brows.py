@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 FRONT_NORMAL_Z = 0.3  # skin whose rest normal points this much toward the camera can carry a brow
+ANCHOR_VERTICES = 6  # vertices whose motion is blended into a point of a brow's centre line
+ANCHOR_SPREAD = 0.003  # m, the Gaussian's width over them
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,58 @@ def brow_coordinates(rest: np.ndarray, eye_centres: np.ndarray, normals: np.ndar
         out[mine, 1] = rest[mine, 1] - c[1]
         out[mine, 2] = (rest[mine, 2] > c[2]) & (normals[mine, 2] > FRONT_NORMAL_Z)
     return out
+
+
+class BrowRide:
+    """Per-frame brow coordinates (T, V, 3) from face vertices (T, V, 3): the brow moves as one piece
+    with the skin on its centre line.
+
+    Brow hair grows in the thick skin over the brow ridge, which slides as a whole; the rig's brow
+    units instead raise the top of a brow about twice as far as its bottom (9.5 against 4.3 mm at
+    the head), which drew a raised brow half again as thick. So each vertex near a brow takes its
+    coordinates in the frame of the nearest point of the brow's centre line, `anchor`: rest
+    coordinates plus its own motion less the anchor's, blended back to plain rest coordinates
+    within `reach` of the brow's edge. Linear in the vertices, so it is linear in the rig's weights.
+
+    coords: (V, 3) rest coordinates (`brow_coordinates`); rest: (V, 3) the face at rest."""
+
+    def __init__(self, coords: np.ndarray, rest: np.ndarray, shape: BrowShape = BrowShape(), reach: float = 0.006):
+        coords, rest = np.asarray(coords, np.float64), np.asarray(rest, np.float64)
+        length = shape.tail_x - shape.head_x
+        u = np.clip((coords[:, 0] - shape.head_x) / length, 0, 1)
+        y, half = brow_curve(u, shape)
+        gate = coords[:, 2] > 0
+        weight = np.clip(1 - np.maximum(np.abs(coords[:, 1] - y) - half, 0) / reach, 0, 1) * gate  # (V,)
+        side = np.sign(rest[:, 0])
+        # Each vertex's anchor: the skin motion at its point of the centre line, a Gaussian blend of
+        # the nearest vertices there (they are 3-5 mm apart; the nearest one alone made a ragged band).
+        anchor = np.tile(np.arange(len(coords))[:, None], (1, ANCHOR_VERTICES))  # (V, k)
+        blend = np.full((len(coords), ANCHOR_VERTICES), 1.0 / ANCHOR_VERTICES)
+        for s in (-1.0, 1.0):
+            near = np.flatnonzero((side == s) & (weight > 0))
+            candidates = np.flatnonzero((side == s) & gate)
+            if len(near) and len(candidates) >= ANCHOR_VERTICES:
+                centre = np.stack([shape.head_x + u[near] * length, y[near]], 1)  # (n, 2) the brow's centre line
+                d = np.linalg.norm(coords[candidates, None, :2] - centre[None], axis=-1)  # (m, n)
+                nearest = np.argsort(d, 0)[:ANCHOR_VERTICES].T  # (n, k)
+                g = np.exp(-0.5 * (np.take_along_axis(d.T, nearest, 1) / ANCHOR_SPREAD) ** 2)
+                anchor[near], blend[near] = candidates[nearest], g / g.sum(1, keepdims=True)
+        self.coords = torch.as_tensor(coords, dtype=torch.float32)
+        self.rest = torch.as_tensor(rest, dtype=torch.float32)
+        self.anchor = torch.as_tensor(anchor)
+        self.blend = torch.as_tensor(blend, dtype=torch.float32)
+        # (V, 3) factors on the relative motion: mirrored x, y, and nothing on the gate.
+        self.scale = torch.as_tensor(np.stack([side * weight, weight, 0 * weight], 1), dtype=torch.float32)
+
+    def to(self, device) -> "BrowRide":
+        for name in ("coords", "rest", "anchor", "blend", "scale"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def __call__(self, vertices: torch.Tensor) -> torch.Tensor:
+        moved = vertices - self.rest  # (T, V, 3)
+        centre = (moved[:, self.anchor] * self.blend[..., None]).sum(2)  # (T, V, 3) the anchor's motion
+        return torch.addcmul(self.coords, moved - centre, self.scale)
 
 
 def brow_curve(u, shape: BrowShape = BrowShape()):
