@@ -278,7 +278,7 @@ def line_masks(rig) -> np.ndarray:
     # Hager 2002); the skin of the nose's lower half is held to cartilage and does not fold.
     # Its front surface only: the band also crosses the nostrils' and the mouth's insides behind it.
     front = _band(rig.vertices[:, 2].astype(np.float64), float(eyes[:, 2].mean()), 10.0, 0.1 * u)
-    nose = _band(y, eye_y - 1.1 * u, eye_y - 0.2 * u, 0.2 * u) * _band(x, -0.45 * u, 0.45 * u, 0.2 * u) * front
+    nose = _band(y, eye_y - 0.95 * u, eye_y - 0.2 * u, 0.15 * u) * _band(x, -0.45 * u, 0.45 * u, 0.2 * u) * front
     glabella = _band(y, eye_y + 0.1 * u, brow_top + 0.6 * u, 0.25 * u) * _band(x, -0.5 * u, 0.5 * u, 0.2 * u)
     across = np.maximum.reduce([forehead, nose_root, nose])
     return (np.stack([glabella, across], -1) * skin[:, None]).astype(np.float32)
