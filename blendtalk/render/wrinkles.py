@@ -253,7 +253,7 @@ def _band(value: np.ndarray, low: float, high: float, soft: float) -> np.ndarray
 
 def line_masks(rig) -> np.ndarray:
     """(V, 2) in [0, 1]: where a dressed rig's skin shows [vertical, horizontal] lines. Where faces
-    do: horizontal lines across the forehead above the brows and over the root of the nose,
+    do: horizontal lines across the forehead above the brows, the root of the nose and its bridge and sides,
     vertical lines in the glabella between the brows. The cheeks, mouth and chin fold in broad
     creases (the nasolabial fold: `nasolabial_folds`), not in fine lines, and the lips and lids
     fold their own way."""
