@@ -11,7 +11,7 @@ import torch
 
 from blendtalk.constants import ASSETS_DIR
 from blendtalk.face.geometry import vertex_normals
-from blendtalk.live.look import LOOK_VERSION, bake_look, blend, blend_folds
+from blendtalk.live.look import LOOK_VERSION, bake_look, blend, blend_brows, blend_folds
 from blendtalk.render.shading import concavity
 
 
@@ -99,6 +99,23 @@ def test_blend_follows_the_renderer(pipe, look, units):
     exact_dark = np.clip(1 - strength * np.maximum(exact_crease, 0), floor, 1)
     error = np.abs(dark - exact_dark)  # linear to first order: a few vertices of a deep fold differ more
     assert exact_dark.min() < 0.9 and np.percentile(error, 99) < 0.05 and error.mean() < 0.01, (error.max(), error.mean())
+
+
+@pytest.mark.parametrize("units", [
+    {"browInnerUp": 1.0, "browOuterUpLeft": 1.0, "browOuterUpRight": 1.0},  # surprise
+    {"browInnerUp": 0.8, "browDownLeft": 0.5, "browDownRight": 0.5, "eyeSquintLeft": 0.4},  # sadness
+])
+def test_brows_follow_the_renderer(pipe, look, units):
+    """The page's brow coordinates (rest plus the per-unit shifts summed by weight) are the renderer's
+    on the moved face: the brows ride on the skin the same way in the browser."""
+    r = pipe.renderer(512)
+    w = _weights(pipe, **units)
+    face = torch.as_tensor(pipe.rig.vertices + np.einsum("k,kvc->vc", w, pipe.rig.deltas), dtype=torch.float32)[None]
+    with torch.inference_mode():
+        exact = r._brows(r.dressing(face))[0, : r.num_vertices].numpy()
+    page = blend_brows(look, w)
+    assert np.abs(page - exact).max() < 1e-4, np.abs(page - exact).max()  # m: a tenth of the brow's soft edge
+    assert np.abs(page - blend_brows(look, 0 * w)).max() > 1e-3, "the brows ride: their coordinates move"
 
 
 def test_look_matches_the_file_renderer(pipe, look):

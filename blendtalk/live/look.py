@@ -13,6 +13,8 @@ functions, and the page blends them by the received weights:
                                     that each squeeze too little to draw a line do together
     amounts(w) = lines(squeeze(w))  the module's own onset ramp and zone mask (`Wrinkles.lines`)
     crease(w)  = sum_k w_k C_k      C_k: the unit's new concavity (m), linear to first order
+    brow(w)    = B + sum_k w_k D_k  B: rest-pose brow coordinates, D_k: the unit's shift of them
+                                    (`face.brows.BrowRide`, linear in the weights)
     rise(w)    = sum_k w_k R_k      R_k (2,): how far the unit raises the skin beside the [left, right]
                                     nasolabial fold (m); exact, because the rig is linear and the
                                     vertices that give the head's pose move with no unit
@@ -53,6 +55,7 @@ MIN_SQUEEZE = 2e-3  # squeeze below this is not stored (a tenth of the earliest 
 # add lines to a raised one; 0.5 halves the mean error against the renderer on the emotions' frames.
 STRETCH_SHARE = 0.5
 MIN_CREASE = 2e-6  # m: crease offsets below this are not stored (0.1% darkening at the default strength)
+MIN_BROW_RIDE = 2e-5  # m: brow coordinate shifts below this are not stored (a fiftieth of the brow's soft edge)
 MIN_FOLD_LINE = 1e-4  # fold line weights below this are not stored (a 0.005% darkening at most)
 
 
@@ -85,6 +88,19 @@ def unit_creases(rig, renderer) -> np.ndarray:
     dressed = renderer.dressing(faces) if renderer.dressing is not None else faces
     normals = vertex_normals(dressed, renderer.triangles)[:, :v]
     return (concavity(faces, normals, renderer.ring) - renderer.rest_concavity).cpu().numpy()
+
+
+@torch.inference_mode()
+def unit_brow_ride(rig, renderer) -> np.ndarray:
+    """(K, V, 2) how far each unit applied alone at weight 1 moves each vertex's brow coordinates
+    (`face.brows.BrowRide`, linear in the vertices, so a blend's is the weighted sum); zeros
+    for a renderer without per-pixel brows."""
+    v = renderer.num_vertices
+    if renderer.brow_ride is None:
+        return np.zeros((rig.num_blendshapes, v, 2), np.float32)
+    base = torch.as_tensor(rig.vertices, dtype=torch.float32)
+    faces = base + torch.as_tensor(rig.deltas, dtype=torch.float32)  # (K, V, 3)
+    return (renderer.brow_ride(faces) - renderer.brow_ride(base[None]))[..., :2].cpu().numpy()
 
 
 @torch.inference_mode()
@@ -131,6 +147,7 @@ def bake_look(rig, renderer) -> dict:
         "wrinkle_mask": _b64(mask, np.float32),  # (V, C) where the skin shows lines
         "wrinkle_onset": wr.onset.cpu().tolist(), "wrinkle_full": wr.full.cpu().tolist(),
         "brows": _b64(renderer.brows[:v].cpu().numpy(), np.float32),  # (V, 3) rest-pose brow coordinates (`face.brows`)
+        "brow_ride": _sparse(unit_brow_ride(rig, renderer), MIN_BROW_RIDE),  # per unit (n, 2) m
         "wrinkle_levels": list(WRINKLE_LEVELS),
         # per unit: vertices, then per vertex L levels x C channels of squeeze
         "wrinkles": _sparse(squeeze.transpose(0, 2, 1, 3), MIN_SQUEEZE),
@@ -215,4 +232,16 @@ def blend_folds(look: dict, weights: np.ndarray) -> np.ndarray:
     line = face["fold_line"]
     idx = np.frombuffer(base64.b64decode(line["index"]), "<u4")
     out[idx, 1] = np.frombuffer(base64.b64decode(line["values"]), "<f4").reshape(-1, 2) @ depth
+    return out
+
+
+def blend_brows(look: dict, weights: np.ndarray) -> np.ndarray:
+    """What the page computes from one frame's weights (K,) for the brows: (V, 3) brow coordinates
+    per face vertex, as `face.brows.BrowRide` gives them (the rest coordinates for an older look)."""
+    face = look["parts"]["face"]
+    out = np.frombuffer(base64.b64decode(face["brows"]), "<f4").reshape(-1, 3).astype(np.float64)
+    for w, unit in zip(np.asarray(weights, np.float64), face.get("brow_ride", [])):
+        if w > 0 and unit["count"]:
+            idx = np.frombuffer(base64.b64decode(unit["index"]), "<u4")
+            out[idx, :2] += w * np.frombuffer(base64.b64decode(unit["values"]), "<f4").reshape(-1, 2)
     return out

@@ -174,7 +174,8 @@ function makeLook(baked) {
     }
     g.setAttribute("lookFold", new THREE.BufferAttribute(fold, 3));
     const brows = face.brows && mesh.name === "face" ? decode(face.brows, Float32Array) : new Float32Array(0);
-    g.setAttribute("lookBrow", new THREE.BufferAttribute(brows.length === n * 3 ? brows : padded(brows, n * 3), 3));
+    const browAttribute = new THREE.BufferAttribute(brows.length === n * 3 ? brows : padded(brows, n * 3), 3);
+    g.setAttribute("lookBrow", mesh.name === "face" ? browAttribute.setUsage(THREE.DynamicDrawUsage) : browAttribute);
     mesh.material = material;
     if (mesh.name === "face") faceGeometry = g;
   }
@@ -188,7 +189,9 @@ function makeLook(baked) {
            units: baked.units, squeezes: unpack(face.wrinkles, face.wrinkle_levels.length * c),
            creases: unpack(face.creases, 1), squeeze: new Float32Array(face.face_vertices * c),
            concave: new Float32Array(face.face_vertices), folds: folds, foldRise: face.fold_rise,
-           foldOnset: face.fold_onset, foldFull: face.fold_full, foldDepths: material.uniforms.foldDepths.value };
+           foldOnset: face.fold_onset, foldFull: face.fold_full, foldDepths: material.uniforms.foldDepths.value,
+           brow: faceGeometry.getAttribute("lookBrow"), browRest: faceGeometry.getAttribute("lookBrow").array.slice(),
+           browRide: face.brow_ride ? unpack(face.brow_ride, 2) : [] };
 }
 function padded(a, n) { const out = new Float32Array(n); out.set(a.subarray(0, Math.min(a.length, n))); return out; }
 
@@ -216,6 +219,18 @@ function shade(arkit) {  // look.py's `blend` and `blend_folds`: per-unit squeez
     if (cr) for (let i = 0; i < cr.index.length; i++) L.concave[cr.index[i]] += w * cr.values[i];
     if (L.folds) { rise[0] += w * L.foldRise[k][0]; rise[1] += w * L.foldRise[k][1]; }
   });
+  // face/brows.py's BrowRide: the brows move with the skin of their centre line, linear in the weights.
+  const brow = L.brow.array;
+  brow.set(L.browRest);
+  L.units.forEach((name, k) => {
+    const w = arkit[name] || 0, d = L.browRide[k];
+    if (w <= 0 || !d) return;
+    for (let i = 0; i < d.index.length; i++) {
+      brow[3 * d.index[i]] += w * d.values[2 * i];
+      brow[3 * d.index[i] + 1] += w * d.values[2 * i + 1];
+    }
+  });
+  L.brow.needsUpdate = true;
   const depth = rise.map((r) => {  // Wrinkles.fold_depths' smoothstep between the onset and full rise
     const x = Math.min(Math.max((r - L.foldOnset) / (L.foldFull - L.foldOnset), 0), 1);
     return L.folds ? x * x * (3 - 2 * x) : 0;
