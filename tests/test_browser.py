@@ -216,9 +216,13 @@ def test_an_example_runs_and_plays_under_the_public_cache_name(browser, app_url)
     and play, under the cache's public names (blendtalk.path_mask), never the server's folders."""
     browser.get(app_url)
     browser.wait_for("#generate")
-    # The examples table: a row per example, its cells the inputs (the audio by its file name).
-    clicked = browser.js("const row = [...document.querySelectorAll('tr')].find(r => /tts_sad/.test(r.textContent));"
-                         "if (!row) return null; row.click(); return row.textContent;")
+    # The examples table: a row per example, its cells the inputs (the audio by its file name). It
+    # mounts after the Generate button: on a loaded machine (load 8) the first look found no row.
+    end, clicked = time.monotonic() + 60, None
+    while not clicked and time.monotonic() < end:
+        clicked = browser.js("const row = [...document.querySelectorAll('tr')].find(r => /tts_sad/.test(r.textContent));"
+                             "if (!row) return null; row.click(); return row.textContent;")
+        time.sleep(0.0 if clicked else 0.25)
     assert clicked, "no example of the sad clip on the page"
     source = wait_playable(browser, "the example's video")[2]
     assert "file=blendtalk-" in source and "/tmp/" not in source, source
