@@ -109,7 +109,8 @@ void main() {
         spec += intensities[i] * h;
     }
     float light = (diffuse + ambient) * (back ? back_light : 1.0);
-    vec3 base = v_base * wrinkle_factor(v_wrinkle, v_fold) * mix(vec3(1.0), brow_tint, brow_density(v_brow));
+    vec3 base = v_base * wrinkle_factor(v_wrinkle, v_fold);
+    if (v_brow.z > 0.999) base *= mix(vec3(1.0), brow_tint, brow_density(v_brow));  // only skin that can carry a brow pays
     vec3 c = base * light + (back ? 0.0 : v_sheen * spec);
     c = floor(clamp(c, 0.0, 1.0) * (srgb_steps - 1.0) + 0.5) / (srgb_steps - 1.0);
     vec3 srgb = mix(1.055 * pow(max(c, vec3(1e-8)), vec3(1.0 / 2.4)) - 0.055, c * 12.92, lessThanEqual(c, vec3(0.0031308)));
