@@ -20,6 +20,9 @@ import numpy as np
 import torch
 
 FRONT_NORMAL_Z = 0.3  # skin whose rest normal points this much toward the camera can carry a brow
+# m beyond a brow's edge (at rest) where the gate stays open: the ride moves a vertex's coordinates
+# up to about 5 mm, and a triangle (3-5 mm) that the moved brow touches must have all corners inside.
+GATE_MARGIN = 0.012
 ANCHOR_VERTICES = 6  # vertices whose motion is blended into a point of a brow's centre line
 ANCHOR_SPREAD = 0.003  # m, the Gaussian's width over them
 
@@ -40,11 +43,13 @@ class BrowShape:
     soft_edge: float = 0.001  # over which the paint fades into skin: hair thins at a brow's edge
 
 
-def brow_coordinates(rest: np.ndarray, eye_centres: np.ndarray, normals: np.ndarray) -> np.ndarray:
+def brow_coordinates(rest: np.ndarray, eye_centres: np.ndarray, normals: np.ndarray,
+                     shape: BrowShape = BrowShape()) -> np.ndarray:
     """Rest vertices (V, 3), eye centres (2, 3), rest normals (V, 3) -> (V, 3) float64: each
     vertex's (x, y) about the eye on its side, x mirrored so that it grows toward the temple on
-    both sides, and a gate, 1 on forward-facing skin in front of the eyes (0 elsewhere: the back of
-    the head has the same x and y as the front)."""
+    both sides, and a gate: 1 on forward-facing skin in front of the eyes within `GATE_MARGIN` of
+    a brow, 0 elsewhere (the back of the head has the same x and y as the front, and a software
+    rasterizer evaluates the curve only for triangles whose corners all carry the gate)."""
     rest, eye_centres, normals = (np.asarray(a, np.float64) for a in (rest, eye_centres, normals))
     out = np.zeros((len(rest), 3))
     for c in eye_centres:
@@ -53,6 +58,7 @@ def brow_coordinates(rest: np.ndarray, eye_centres: np.ndarray, normals: np.ndar
         out[mine, 0] = side * (rest[mine, 0] - c[0])
         out[mine, 1] = rest[mine, 1] - c[1]
         out[mine, 2] = (rest[mine, 2] > c[2]) & (normals[mine, 2] > FRONT_NORMAL_Z)
+    out[:, 2] *= band_distance(out[:, :2], shape) < GATE_MARGIN
     return out
 
 
@@ -90,22 +96,26 @@ class BrowRide:
                 nearest = np.argsort(d, 0)[:ANCHOR_VERTICES].T  # (n, k)
                 g = np.exp(-0.5 * (np.take_along_axis(d.T, nearest, 1) / ANCHOR_SPREAD) ** 2)
                 anchor[near], blend[near] = candidates[nearest], g / g.sum(1, keepdims=True)
+        moving = np.flatnonzero(weight > 0)  # (n,) the vertices near a brow: the rest keep rest coordinates
         self.coords = torch.as_tensor(coords, dtype=torch.float32)
         self.rest = torch.as_tensor(rest, dtype=torch.float32)
-        self.anchor = torch.as_tensor(anchor)
-        self.blend = torch.as_tensor(blend, dtype=torch.float32)
-        # (V, 3) factors on the relative motion: mirrored x, y, and nothing on the gate.
-        self.scale = torch.as_tensor(np.stack([side * weight, weight, 0 * weight], 1), dtype=torch.float32)
+        self.moving = torch.as_tensor(moving)
+        self.anchor = torch.as_tensor(anchor[moving])  # (n, k)
+        self.blend = torch.as_tensor(blend[moving], dtype=torch.float32)  # (n, k)
+        # (n, 3) factors on the relative motion: mirrored x, y, and nothing on the gate.
+        self.scale = torch.as_tensor(np.stack([side * weight, weight, 0 * weight], 1)[moving], dtype=torch.float32)
 
     def to(self, device) -> "BrowRide":
-        for name in ("coords", "rest", "anchor", "blend", "scale"):
+        for name in ("coords", "rest", "moving", "anchor", "blend", "scale"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
     def __call__(self, vertices: torch.Tensor) -> torch.Tensor:
-        moved = vertices - self.rest  # (T, V, 3)
-        centre = (moved[:, self.anchor] * self.blend[..., None]).sum(2)  # (T, V, 3) the anchor's motion
-        return torch.addcmul(self.coords, moved - centre, self.scale)
+        moved = vertices[:, self.moving] - self.rest[self.moving]  # (T, n, 3)
+        centre = ((vertices[:, self.anchor] - self.rest[self.anchor]) * self.blend[..., None]).sum(2)  # (T, n, 3) the anchor's motion
+        out = self.coords.expand(vertices.shape[0], -1, -1).clone()
+        out[:, self.moving] += (moved - centre) * self.scale
+        return out
 
 
 def brow_curve(u, shape: BrowShape = BrowShape()):
@@ -118,17 +128,23 @@ def brow_curve(u, shape: BrowShape = BrowShape()):
     return y, half
 
 
+def band_distance(xy, shape: BrowShape = BrowShape()):
+    """Brow coordinates (..., 2), numpy or torch -> distance (...) m outside the brow (< 0 inside):
+    taken vertically inside the brow's length (the curve is nearly level) and to its end beyond
+    the head and the tail."""
+    lib = torch if isinstance(xy, torch.Tensor) else np
+    length = shape.tail_x - shape.head_x
+    u = (xy[..., 0] - shape.head_x) / length
+    uc = lib.clip(u, 0, 1)
+    y, half = brow_curve(uc, shape)
+    return lib.hypot((u - uc) * length, xy[..., 1] - y) - half
+
+
 def brow_density(coords: torch.Tensor, shape: BrowShape = BrowShape()) -> torch.Tensor:
     """Interpolated brow coordinates (..., 3) (`brow_coordinates`) -> paint (...) in [0, 1]: 1 inside
-    the brow, fading to 0 over `soft_edge` beyond it. The distance is taken vertically inside the
-    brow's length (the curve is nearly level) and to its end beyond the head and the tail."""
-    length = shape.tail_x - shape.head_x
-    u = (coords[..., 0] - shape.head_x) / length
-    uc = u.clamp(0, 1)
-    y, half = brow_curve(uc, shape)
-    d = torch.hypot((u - uc) * length, coords[..., 1] - y) - half
-    gate = (coords[..., 2] >= 1.0 - 1e-3).to(coords.dtype)  # a triangle that leaves the front carries none
-    return (1 - d / shape.soft_edge).clamp(0, 1) * gate
+    the brow, fading to 0 over `soft_edge` beyond it."""
+    gate = (coords[..., 2] >= 1.0 - 1e-3).to(coords.dtype)  # a triangle that leaves the gate carries none
+    return (1 - band_distance(coords[..., :2], shape) / shape.soft_edge).clamp(0, 1) * gate
 
 
 def brow_glsl(shape: BrowShape = BrowShape()) -> str:
