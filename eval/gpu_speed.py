@@ -479,7 +479,7 @@ def render_section(args, device, report: dict, save) -> None:
             x, y, depth, q = stage("project", lambda: r.camera.project(chunk, n))
             zbuf, planes, area = stage("z-buffer", lambda: r.raster(x, y, q, n))
             pix = stage("covered pixels", lambda: torch.nonzero(zbuf != r.raster.empty).squeeze(1))
-            colour = stage("shade", lambda: r._shade_pixels(chunk, depth, zbuf, planes, area, pix, n))
+            colour = stage("shade", lambda: r._shade_pixels(chunk, r._brows(chunk), depth, zbuf, planes, area, pix, n))
             image = stage("encode", lambda: r._encode(colour))
             stage("to host", lambda: image.cpu().numpy())
         return dict(stages)

@@ -40,6 +40,20 @@ def test_raised_brows_line_the_forehead_and_knitted_brows_the_glabella(rig, wrin
     assert (knitted[masks[:, 0] == 0, 0] == 0).all()  # never on the cheeks, mouth or lids
 
 
+def test_a_wrinkled_nose_lines_its_bridge_and_sides_and_a_smile_or_blink_does_not(rig, wrinkles):
+    eyes = np.asarray(rig.dressing["eye_centres"])
+    u = abs(eyes[0, 0] - eyes[1, 0]) / 2  # half the distance between the eyes
+    v = rig.vertices
+    # the nose below its root (whose lines a frown draws too) and above its lower third, on its surface
+    nose = (np.abs(v[:, 0]) < 0.45 * u) & (v[:, 1] < eyes[0, 1] - 0.6 * u) & (v[:, 1] > eyes[0, 1] - 0.95 * u) & \
+        (v[:, 2] > eyes[0, 2])
+    assert nose.sum() > 20
+    sneer = amounts(rig, wrinkles, noseSneerLeft=1.0, noseSneerRight=1.0, mouthUpperUpLeft=1.0, mouthUpperUpRight=1.0)
+    assert sneer[nose, 1].max() > 0.5  # lines across the nose (AU9 with AU10, as in disgust)
+    for other in ({"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}, {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0},
+                  {"mouthShrugUpper": 1.0}, {"mouthFunnel": 1.0}):
+        assert amounts(rig, wrinkles, **other)[nose, 1].max() < 0.2, other
+
 def test_line_masks_leave_lips_and_lids_alone(rig):
     masks = line_masks(rig)
     assert masks.shape == (rig.num_vertices, 2) and masks.min() >= 0 and masks.max() <= 1

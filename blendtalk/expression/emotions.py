@@ -75,7 +75,7 @@ AU_TO_ARKIT: dict[int, dict[str, float]] = {
 # a closed-mouth prototype (anger's pressed lips) fights the speech instead of riding on it. So:
 # happy is the open-mouthed Duchenne smile (6+12+25 with the upper teeth shown), anger the
 # open-mouthed glare (4+5+7+10+16+25+26, a shout), fear 1+2+4+5+20+25+26 with the lower lip drawn
-# down, surprise 1+2+5+25+26, disgust 9+10 with the lower lip lowered and corners down. The units
+# down, surprise 1+2+5+25+26, disgust 6+7+9+10+15+16+17+25. The units
 # that hold the lips apart (jaw drop, lips part, raised upper lip, lowered lower lip) yield to the
 # speech's bilabial closures and pauses (`yield_to_closure`): corners, presses, brows and lids stay.
 EMOTION_AUS: dict[str, dict[str, float]] = {
@@ -93,12 +93,21 @@ EMOTION_AUS: dict[str, dict[str, float]] = {
     # sadness, which set the oblique, lowered brow of sadness apart from fear; eyes wide, lips stretched
     "fearful": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.4, "AU5": 1.0, "AU10": 0.4, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0,
                 "AU26": 0.4},
-    # no brow lowerer (4): EMFACS's disgust is 9 and/or 10 with 15/16/17 and 25/26, and the nose wrinkle
-    # already pulls the inner brows down; a lowered brow on top reads as anger. The raised upper lip,
-    # the wrinkled nose and the cheeks pushed up (6, with the lower lids, 7) deepen the nasolabial fold.
-    "disgusted": {"AU6": 0.6, "AU7": 0.4, "AU9": 1.0, "AU10": 1.0, "AU15": 0.3, "AU16": 0.6, "AU17": 0.3, "AU25": 0.8,
-                  "AU26": 0.1},
-    "contempt": {"R12": 0.6, "R14": 1.0},                                   # unilateral
+    # Disgust is carried by the nose and the upper lip (Ekman & Friesen 1975, Unmasking the Face: the
+    # upper lip raised, the nose wrinkled, the cheeks and lower lids pushed up, the lower lip raised
+    # against the upper or lowered and pushed out; EMFACS's disgust is 9 and/or 10 with 15/16/17 and
+    # 25/26). So: the full nose wrinkle (9) and upper-lip raise (10), the eyes narrowed from below by the
+    # cheek raise and lid tightener (6, 7) instead of anger's glare (5), the lower lip lowered (16) and
+    # pushed out by the chin raiser (17), the corners turned down a little (15). No brow lowerer (4):
+    # the nose wrinkle already pulls the inner brows down, and more reads as anger's frown. No jaw drop
+    # (26): the speech opens the jaw, and a held drop pulls the cheeks down, flattening the nasolabial
+    # fold that the raised lip and cheeks deepen (`render.wrinkles`).
+    "disgusted": {"AU6": 1.0, "AU7": 0.6, "AU9": 1.0, "AU10": 1.0, "AU15": 0.2, "AU16": 0.8, "AU17": 0.6, "AU25": 1.0},
+    # Contempt is one-sided: the lip corner tightened and slightly raised on one side (R14 with R12,
+    # Ekman & Friesen 1986, "A new pan-cultural facial expression of emotion"), with a trace of the
+    # same side's upper lip raised (R10), the sneer that goes with it; the corner's pull must clearly
+    # outweigh the speech's symmetric mouth, so both corner units sit near their apex.
+    "contempt": {"R10": 0.3, "R12": 0.9, "R14": 1.0},
 }
 
 # Units that hold the lips apart, and the speech lip gaps between which they give way to a closure.

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .geometry import boundary_edges, smooth
+from .brows import brow_coordinates
+from .geometry import boundary_edges, smooth, vertex_normals
 
 PARTS = ("upper_teeth", "lower_teeth", "tongue", "lashes", "hair", "left_eye", "right_eye")
 _HELPERS = 5  # PARTS[:5] come from the asset's helper meshes, the eyeballs are built here
@@ -53,6 +54,9 @@ class DressingConfig:
     lips: tuple[float, float, float] = (0.78, 0.45, 0.45)  # lip tint
     brow: tuple[float, float, float] = (0.24, 0.16, 0.11)  # dark brown: reads in greyscale too
     brow_opacity: float = 0.92  # the densest paint still lets a little skin through, like hair
+    # False leaves the brows out of `colours` for a renderer that draws them per pixel from
+    # `FaceDressing.brows` (`face.brows`); vertex colours alone (exports, Plotly) keep the paint.
+    painted_brows: bool = True
     teeth: tuple[float, float, float] = (0.93, 0.90, 0.82)  # off-white enamel
     tongue: tuple[float, float, float] = (0.78, 0.36, 0.38)  # pink-red
     lashes: tuple[float, float, float] = (0.07, 0.05, 0.05)  # near black
@@ -138,6 +142,9 @@ class FaceDressing:
     eye_cap: (E, 3) unit eyeball cap; eye_centres: (2, 3); eye_radius: (2,) m at rest;
     lid_index: (2, L) face vertices in front of each eyeball that bound its radius.
     triangles: (F + G, 3) of the dressed mesh; colours: (V + H + 2E, 3) sRGB;
+    brows: (V + H + 2E, 3) rest-pose brow coordinates (`face.brows.brow_coordinates`) for a renderer
+    that draws the brows per pixel, in `brow_paint` (sRGB colour and opacity, (4,)); all zeros
+    where `colours` already carry them (`DressingConfig.painted_brows`) and off the face;
     ranges: part name -> (first, stop) vertex range in the dressed mesh.
     """
 
@@ -152,6 +159,8 @@ class FaceDressing:
     lid_index: torch.Tensor
     triangles: np.ndarray
     colours: np.ndarray
+    brows: torch.Tensor
+    brow_paint: tuple[float, float, float, float]
     ranges: dict[str, tuple[int, int]]
     triangle_ranges: dict[str, tuple[int, int]]
 
@@ -195,7 +204,7 @@ class FaceDressing:
 
         face_v = len(v)
         h_col = _helper_colours(hv, part, h_tris, config)
-        face_col = _face_colours(rig, tri, d["face_brow"], config)
+        face_col = _face_colours(rig, tri, d["face_brow"] * config.painted_brows, config)
 
         ranges, tri_ranges, start, tstart = {}, {}, face_v, len(tri)
         for k, name in enumerate(PARTS[:_HELPERS]):
@@ -235,6 +244,9 @@ class FaceDressing:
             eye_radius=f32(radius), lid_index=torch.as_tensor(lid_index),
             triangles=np.concatenate(all_tris).astype(np.int64),
             colours=np.concatenate(all_cols).astype(np.float32).clip(0, 1),
+            brows=f32(np.pad(brow_coordinates(v, centres, _rest_normals(v, tri)) * (not config.painted_brows),
+                             ((0, start - face_v), (0, 0)))),
+            brow_paint=(*config.brow, config.brow_opacity),
             ranges=ranges, triangle_ranges=tri_ranges,
         )
 
@@ -306,6 +318,11 @@ def _helper_colours(hv: np.ndarray, part: np.ndarray, h_tris: np.ndarray, config
     if hair.any():
         h_col[hair] = hair_colours(h_tris[hair[h_tris[:, 0]]] - np.argmax(hair), config)
     return h_col
+
+
+def _rest_normals(v: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """Unit vertex normals (V, 3) of the face at rest."""
+    return vertex_normals(torch.as_tensor(v)[None], torch.as_tensor(tri))[0].numpy()
 
 
 def _face_colours(rig, tri: np.ndarray, brow_mask: np.ndarray, config: DressingConfig) -> np.ndarray:

@@ -19,7 +19,8 @@ functions, and the page blends them by the received weights:
     fold(w)    = depth(rise(w)) * line   the module's own ramp (`Wrinkles.fold_depths`), spread on
                                     the static per-vertex fold line of each side (`nasolabial_folds`)
 
-then draws them with the same line and fold pattern (`render.wrinkles.wrinkle_glsl`), the same lights, camera,
+then draws them with the same line and fold pattern (`render.wrinkles.wrinkle_glsl`), the same per-pixel
+brows (`face.brows.brow_glsl`, from each vertex's rest-pose brow coordinates), the same lights, camera,
 Blinn-Phong sheen and sRGB encoding (live/web/live.js). The wrinkle zones and channels come from
 whatever `render.wrinkles` measures (`Wrinkles.squeeze`, `Wrinkles.lines`), so a rebuild picks new
 zones up.
@@ -37,13 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..face.brows import brow_glsl
 from ..face.geometry import vertex_normals
 from ..render.gltf import posable_parts
 from ..render.renderer import BACK_FACE_LIGHT, CREASE_FLOOR, SHININESS_SQUARINGS
 from ..render.shading import concavity
 from ..render.wrinkles import wrinkle_glsl
 
-LOOK_VERSION = 2  # 2: the nasolabial folds
+LOOK_VERSION = 3  # 2: the nasolabial folds; 3: brows drawn per pixel
 WRINKLE_LEVELS = (0.25, 0.5, 0.75, 1.0)  # unit weights at which each unit's line amounts are measured
 MIN_SQUEEZE = 2e-3  # squeeze below this is not stored (a tenth of the earliest onset of lines)
 # Share of a unit's opposite motion's squeeze taken off as stretch: 1 over-cancels (the squeeze
@@ -128,6 +130,7 @@ def bake_look(rig, renderer) -> dict:
         "wrinkle_channels": channels,
         "wrinkle_mask": _b64(mask, np.float32),  # (V, C) where the skin shows lines
         "wrinkle_onset": wr.onset.cpu().tolist(), "wrinkle_full": wr.full.cpu().tolist(),
+        "brows": _b64(renderer.brows[:v].cpu().numpy(), np.float32),  # (V, 3) rest-pose brow coordinates (`face.brows`)
         "wrinkle_levels": list(WRINKLE_LEVELS),
         # per unit: vertices, then per vertex L levels x C channels of squeeze
         "wrinkles": _sparse(squeeze.transpose(0, 2, 1, 3), MIN_SQUEEZE),
@@ -159,6 +162,7 @@ def bake_look(rig, renderer) -> dict:
                     "fold_strength": renderer.wrinkle_config.fold_strength if wr.folds is not None else 0.0},
         # the renderer's own line and fold pattern (with the `wrinkle_sharpen` it calls): the page compiles this text
         "wrinkle_glsl": wrinkle_glsl(renderer.wrinkle_config.sharpness),
+        "brow_glsl": brow_glsl(), "brow_tint": renderer.brow_tint.cpu().tolist(),  # albedo factor of full paint
         "parts": parts,
     }
 

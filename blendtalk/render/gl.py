@@ -26,6 +26,7 @@ import threading
 
 import numpy as np
 
+from ..face.brows import brow_glsl
 from .wrinkles import wrinkle_glsl
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ RENDER_ENV = "BLENDTALK_RENDER"  # "torch" forces the torch rasterizer; "gl" mak
 SRGB_STEPS = 4096  # the torch path's sRGB lookup table has this many entries; the shader quantises alike
 _GL_POLYGON_OFFSET_FILL = 0x8037  # GLenum
 _DEPTH_BITS = 24  # the depth renderbuffer's precision: polygon offset units are steps of 2**-24
-ATTRIBUTES = 16  # floats per vertex: position, normal, albedo + sheen, wrinkle lines (4) and fold (2)
+ATTRIBUTES = 19  # floats per vertex: position, normal, albedo + sheen, wrinkle lines (4), fold (2) and brow (3)
 _LOCK = threading.Lock()  # moderngl objects of one context must not be used by two threads at once
 
 _VERTEX_SHADER = """
@@ -48,9 +49,11 @@ in vec3 in_normal;        // camera space, any length
 in vec4 in_material;      // linear albedo (3) and sheen (1)
 in vec4 in_wrinkle;       // `render.wrinkles`: line phases (2) and amounts (2)
 in vec2 in_fold;          // `render.wrinkles`: fold coordinate and depth
+in vec3 in_brow;          // `face.brows`: rest-pose brow coordinates and gate
 out vec3 v_normal;
 out vec4 v_wrinkle;
 out vec2 v_fold;
+out vec3 v_brow;
 out vec3 v_base;
 out float v_sheen;
 void main() {
@@ -70,6 +73,7 @@ void main() {
     v_sheen = in_material.a;
     v_wrinkle = in_wrinkle;
     v_fold = in_fold;
+    v_brow = in_brow;
 }
 """
 
@@ -82,10 +86,13 @@ uniform float intensities[LIGHTS];
 uniform float ambient;
 uniform float back_light;  // surfaces seen from behind get this share of the light
 uniform float srgb_steps;
+uniform vec3 brow_tint;   // albedo factor of full brow paint
 {wrinkles}
+{brows}
 in vec3 v_normal;
 in vec4 v_wrinkle;
 in vec2 v_fold;
+in vec3 v_brow;
 in vec3 v_base;
 in float v_sheen;
 out vec4 f_color;
@@ -102,7 +109,8 @@ void main() {
         spec += intensities[i] * h;
     }
     float light = (diffuse + ambient) * (back ? back_light : 1.0);
-    vec3 c = v_base * wrinkle_factor(v_wrinkle, v_fold) * light + (back ? 0.0 : v_sheen * spec);
+    vec3 base = v_base * wrinkle_factor(v_wrinkle, v_fold) * mix(vec3(1.0), brow_tint, brow_density(v_brow));
+    vec3 c = base * light + (back ? 0.0 : v_sheen * spec);
     c = floor(clamp(c, 0.0, 1.0) * (srgb_steps - 1.0) + 0.5) / (srgb_steps - 1.0);
     vec3 srgb = mix(1.055 * pow(max(c, vec3(1e-8)), vec3(1.0 / 2.4)) - 0.055, c * 12.92, lessThanEqual(c, vec3(0.0031308)));
     f_color = vec4(srgb, 1.0);
@@ -150,11 +158,13 @@ class GLDrawer:
     them. lights: (L, 3) unit directions and (L, 3) Blinn-Phong half-vectors in camera space, (L,)
     intensities. background: (3,) uint8 sRGB. tie_bias: window depth that back faces lose ties by.
     wrinkle: (strength, sharpness, fold strength) of the fine lines and folds (`render.wrinkles`); 0 draws none.
+    brow_tint: (3,) albedo factor of full brow paint (`face.brows`).
     """
 
     def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
                  ortho: bool, lights: np.ndarray, halfways: np.ndarray, intensities: np.ndarray, ambient: float,
-                 back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float, float] = (0.0, 1.0, 0.0)):
+                 back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float, float] = (0.0, 1.0, 0.0),
+                 brow_tint: np.ndarray = np.ones(3)):
         import moderngl
 
         self.ctx = ctx = gl_context()
@@ -162,12 +172,13 @@ class GLDrawer:
         self.background = tuple(float(c) / 255 for c in background) + (1.0,)
         with _LOCK, ctx:
             fragment = (_FRAGMENT_SHADER.replace("{lights}", str(len(intensities)))
-                        .replace("{wrinkles}", wrinkle_glsl(float(wrinkle[1]))))
+                        .replace("{wrinkles}", wrinkle_glsl(float(wrinkle[1]))).replace("{brows}", brow_glsl()))
             self.program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=fragment)
             uniforms = {"focal": focal, "distance": distance, "ortho": int(ortho),
                         "code_range": (near, far) if ortho else (1 / far, 1 / near),
                         "ambient": ambient, "back_light": back_light,
-                        "srgb_steps": float(SRGB_STEPS), "wrinkle_shape": tuple(wrinkle)}
+                        "srgb_steps": float(SRGB_STEPS), "wrinkle_shape": tuple(wrinkle),
+                        "brow_tint": tuple(float(c) for c in brow_tint)}
             for name, value in uniforms.items():
                 self.program[name].value = value
             self.program["light_dirs"].write(np.asarray(lights, np.float32).tobytes())
@@ -176,7 +187,7 @@ class GLDrawer:
             self.num_vertices = int(num_vertices)  # a vertex no triangle uses (a rig's stray point) still comes in
             self.index = ctx.buffer(np.ascontiguousarray(triangles, dtype=np.uint32).tobytes())
             self.vbo = ctx.buffer(reserve=self.num_vertices * ATTRIBUTES * 4, dynamic=True)
-            self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f 3f 4f 4f 2f", "in_pos", "in_normal", "in_material", "in_wrinkle", "in_fold")],
+            self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f 3f 4f 4f 2f 3f", "in_pos", "in_normal", "in_material", "in_wrinkle", "in_fold", "in_brow")],
                                         index_buffer=self.index, index_element_size=4)
             # One frame at a time: frames drawn side by side into a wider framebuffer were no faster
             # on llvmpipe and made a frame's pixels depend (by rounding) on its place in the batch.
@@ -188,8 +199,8 @@ class GLDrawer:
             self.tie_units = float(tie_bias * (1 << _DEPTH_BITS))
 
     def __call__(self, attributes: np.ndarray) -> np.ndarray:
-        """attributes (T, V, 16) float32: camera-space position (3), camera-space normal (3),
-        linear albedo (3), sheen (1) and wrinkle (6, `render.wrinkles`) per vertex -> uint8 frames (T, size, size, 3)."""
+        """attributes (T, V, 19) float32: camera-space position (3), camera-space normal (3),
+        linear albedo (3), sheen (1), wrinkle (6, `render.wrinkles`) and brow (3, `face.brows`) per vertex -> uint8 frames (T, size, size, 3)."""
         t_count, v_count, width = attributes.shape
         if v_count != self.num_vertices or width != ATTRIBUTES:
             raise ValueError(f"attributes must have shape (T, {self.num_vertices}, {ATTRIBUTES}), got {attributes.shape}")

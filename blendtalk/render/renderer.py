@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as nnf
 
 from ..expression.head_motion import head_pivot, rotate_head
+from ..face.brows import BrowRide, brow_density
 from ..face.dressing import DressingConfig, FaceDressing
 from ..face.geometry import ring_edges, vertex_normals
 from .camera import Camera
@@ -170,6 +171,17 @@ class Renderer:
             a, b = dressing.ranges["hair"]
             sheen[a:b] = config.specular * _HAIR_SHEEN
         self.material = torch.cat([base, sheen[:, None]], -1).contiguous()  # (V+E, 4)
+        # Brows drawn per pixel (`face.brows`): rest-pose coordinates per vertex and the albedo factor
+        # of full paint, brow over skin in linear light (the skin is the only colour under a brow).
+        self.brows = torch.zeros(len(tmpl), 3, device=dev)  # at rest
+        self.brow_tint = torch.ones(3, device=dev)
+        self.brow_ride = None
+        if dressing is not None and bool(dressing.brows[:, 2].any()):
+            *colour, opacity = dressing.brow_paint
+            ratio = srgb_to_linear(torch.tensor(colour)) / srgb_to_linear(torch.tensor(config.skin))
+            self.brows = dressing.brows.to(dev)
+            self.brow_tint = (1 + opacity * (ratio - 1)).to(dev)
+            self.brow_ride = BrowRide(dressing.brows[: self.num_vertices].numpy(), face.numpy()).to(dev)
         # Reference concavity of the face at rest: only creases the animation adds darken.
         self.ring = ring_edges(self.face_triangles, self.num_vertices)
         rest_normals = vertex_normals(face32[None], self.face_triangles)
@@ -211,6 +223,7 @@ class Renderer:
             ambient=cfg.ambient, back_light=BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
             tie_bias=1.5 / self.raster.levels,
             wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness, self.wrinkle_config.fold_strength),
+            brow_tint=self.brow_tint.cpu().numpy(),
         )
 
     @classmethod
@@ -221,7 +234,7 @@ class Renderer:
         sockets (found from the 'eyes' region)."""
         config = config or RenderConfig()
         if getattr(rig, "dressing", None):
-            dressing = FaceDressing.for_rig(rig, dressing_config(config))
+            dressing = FaceDressing.for_rig(rig, replace(dressing_config(config), painted_brows=False))
             return cls(rig.triangles, rig.vertices, config, device=device, dressing=dressing, wrinkle_mask=line_masks(rig),
                        folds=nasolabial_folds(rig))
         colours, static_mesh = plain_dressing(rig, config)
@@ -263,13 +276,14 @@ class Renderer:
                 block = self.dressing(block, look)  # (T, V+H, 3)
             elif len(self.static_vertices):
                 block = torch.cat([block, self.static_vertices.expand(len(block), -1, -1)], 1)  # (T, V+E, 3)
+            brows = self._brows(block)  # (T, V+E, 3) from the head-local vertices
             if head_rotation is not None:  # after dressing: teeth, eyes and lashes turn with the head
                 block = rotate_head(block, head_rotation[first : first + _PLAN_FRAMES].to(self.device), self.pivot)
             if self.gl is not None:
-                self._draw_gl(block, out[first : first + len(block)])
+                self._draw_gl(block, brows, out[first : first + len(block)])
                 continue
             for start, end in self._chunks(block):
-                out[first + start : first + end] = self._render_chunk(block[start:end]).cpu().numpy()
+                out[first + start : first + end] = self._render_chunk(block[start:end], brows[start:end]).cpu().numpy()
         return out[0] if len(shape) == 2 else out
 
     def _chunks(self, verts: torch.Tensor) -> list[tuple[int, int]]:
@@ -290,15 +304,23 @@ class Renderer:
             chunks.append((start, len(counts)))
         return chunks
 
-    def _render_chunk(self, verts: torch.Tensor) -> torch.Tensor:
-        """Vertices (T, V, 3) -> uint8 frames (T, H, W, 3)."""
+    def _brows(self, verts: torch.Tensor) -> torch.Tensor:
+        """Head-local vertices (T, V+E, 3) -> brow coordinates (T, V+E, 3) (`face.brows`)."""
+        brows = self.brows.expand(verts.shape[0], -1, -1)
+        if self.brow_ride is None:
+            return brows
+        v = self.num_vertices
+        return torch.cat([self.brow_ride(verts[:, :v]), brows[:, v:]], 1)
+
+    def _render_chunk(self, verts: torch.Tensor, brows: torch.Tensor) -> torch.Tensor:
+        """Vertices (T, V, 3) and their brow coordinates (T, V, 3) -> uint8 frames (T, H, W, 3)."""
         cfg = self.config
         t_count = verts.shape[0]
         n = cfg.size * cfg.supersample
         x, y, depth, q = self.camera.project(verts, n)
         zbuf, planes, area = self.raster(x, y, q, n)
         pix = torch.nonzero(zbuf != self.raster.empty).squeeze(1)  # (M,) covered pixels
-        colour = self._shade_pixels(verts, depth, zbuf, planes, area, pix, n)  # (M, 3) linear
+        colour = self._shade_pixels(verts, brows, depth, zbuf, planes, area, pix, n)  # (M, 3) linear
         if cfg.supersample == 1:  # encode only the covered pixels; the background is constant
             image = self.background.expand(t_count * n * n, 3).clone()
             image[pix] = self._encode(colour)
@@ -313,8 +335,8 @@ class Renderer:
         """Linear RGB (..., 3) -> sRGB uint8 through a lookup table (much cheaper than a power)."""
         return self.srgb_table[(linear.clamp(0, 1) * (len(self.srgb_table) - 1) + 0.5).long()]
 
-    def _draw_gl(self, verts: torch.Tensor, out: np.ndarray) -> None:
-        """Vertices (T, V, 3) -> uint8 frames written into out (T, H, W, 3), drawn by OpenGL from the
+    def _draw_gl(self, verts: torch.Tensor, brows: torch.Tensor, out: np.ndarray) -> None:
+        """Vertices and brow coordinates (T, V, 3) -> uint8 frames written into out (T, H, W, 3), drawn by OpenGL from the
         same per-vertex camera-space positions, normals and material the torch path interpolates.
 
         The attributes of the next _GL_FRAMES frames are computed on a second thread while OpenGL
@@ -323,18 +345,18 @@ class Renderer:
         those gaps."""
         spans = [(start, min(start + _GL_FRAMES, len(verts))) for start in range(0, len(verts), _GL_FRAMES)]
         with ThreadPoolExecutor(1, thread_name_prefix="gl-attributes") as pool:
-            pending = pool.submit(self._gl_attributes, verts[slice(*spans[0])])
+            pending = pool.submit(self._gl_attributes, verts[slice(*spans[0])], brows[slice(*spans[0])])
             for i, (start, end) in enumerate(spans):
                 attributes = pending.result()
                 if i + 1 < len(spans):
-                    pending = pool.submit(self._gl_attributes, verts[slice(*spans[i + 1])])
+                    pending = pool.submit(self._gl_attributes, verts[slice(*spans[i + 1])], brows[slice(*spans[i + 1])])
                 out[start:end] = self.gl(attributes)
 
     @torch.inference_mode()
-    def _gl_attributes(self, verts: torch.Tensor) -> np.ndarray:
-        """Vertices (T, V, 3) -> the OpenGL drawer's per-vertex attributes (T, V, 14) float32."""
+    def _gl_attributes(self, verts: torch.Tensor, brows: torch.Tensor) -> np.ndarray:
+        """Vertices and brow coordinates (T, V, 3) -> the OpenGL drawer's per-vertex attributes (T, V, 19) float32."""
         cam = (verts - self.camera.centre) @ self.camera.rotation.T  # (T, V, 3)
-        return torch.cat([cam, *self._vertex_attributes(verts)], -1).cpu().numpy()  # (T, V, 16)
+        return torch.cat([cam, *self._vertex_attributes(verts), brows], -1).cpu().numpy()  # (T, V, 19)
 
     def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vertices (T, V, 3) -> camera-space normals (T, V, 3), material (T, V, 4): linear albedo
@@ -356,15 +378,17 @@ class Renderer:
             wrinkle = self.wrinkles.attributes(verts[:, : self.num_vertices], verts.shape[1])
         return normals, material, wrinkle
 
-    def _shade_pixels(self, verts, depth, zbuf, planes, area, pix, n: int) -> torch.Tensor:
-        """Shade the covered pixels `pix` (M,) of the flat z-buffer `zbuf`: -> linear RGB (M, 3)."""
+    def _shade_pixels(self, verts, brows, depth, zbuf, planes, area, pix, n: int) -> torch.Tensor:
+        """Shade the covered pixels `pix` (M,) of the flat z-buffer `zbuf` of vertices (T, V, 3) with
+        brow coordinates (T, V, 3): -> linear RGB (M, 3)."""
         t_count, f_count = verts.shape[0], len(self.triangles)
         if len(pix) == 0:
             return torch.zeros(0, 3, device=verts.device)
         # One row per (frame, triangle) holding everything shading needs, so that each pixel does
         # a single contiguous gather: 3 perspective-weighted barycentric planes (9), a back-facing
-        # flag (1) and per corner the camera-space normal (3), base colour (3), sheen (1) and wrinkle (6).
-        per_vertex = torch.cat(self._vertex_attributes(verts), -1)  # (T, V, 13)
+        # flag (1) and per corner the camera-space normal (3), base colour (3), sheen (1), wrinkle (6)
+        # and brow (3).
+        per_vertex = torch.cat([*self._vertex_attributes(verts), brows], -1)  # (T, V, 16)
         width = per_vertex.shape[-1]
         corners = per_vertex[:, self.triangles].reshape(t_count * f_count, 3 * width)
         # Perspective-correct barycentrics are ratios of affine functions: b_k / depth_k, renormalised.
@@ -391,7 +415,8 @@ class Renderer:
         a, b, c = (10 + k * width for k in range(3))
         attr = row[:, a:b] * (w[0] * norm)[:, None]  # (M, width) interpolated corner attributes
         attr.addcmul_(row[:, b:c], (w[1] * norm)[:, None]).addcmul_(row[:, c:], (w[2] * norm)[:, None])
-        base = attr[:, 3:6] * darkening(attr[:, 7:], self.wrinkle_config)[:, None]
+        base = attr[:, 3:6] * darkening(attr[:, 7:13], self.wrinkle_config)[:, None]
+        base = base * torch.lerp(self.white, self.brow_tint, brow_density(attr[:, 13:16])[:, None])
         return self._shade(attr[:, :3], base, attr[:, 6], row[:, 9] > 0)
 
     def _shade(self, nrm, base, sheen, back) -> torch.Tensor:

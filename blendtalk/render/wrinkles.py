@@ -253,7 +253,7 @@ def _band(value: np.ndarray, low: float, high: float, soft: float) -> np.ndarray
 
 def line_masks(rig) -> np.ndarray:
     """(V, 2) in [0, 1]: where a dressed rig's skin shows [vertical, horizontal] lines. Where faces
-    do: horizontal lines across the forehead above the brows and over the root of the nose,
+    do: horizontal lines across the forehead above the brows, the root of the nose and its bridge and sides,
     vertical lines in the glabella between the brows. The cheeks, mouth and chin fold in broad
     creases (the nasolabial fold: `nasolabial_folds`), not in fine lines, and the lips and lids
     fold their own way."""
@@ -273,8 +273,15 @@ def line_masks(rig) -> np.ndarray:
     u = half_span  # the inter-ocular half distance sets the scale of every zone
     forehead = _band(y, brow_top + 0.15 * u, 10.0, 0.3 * u) * _band(x, -1.9 * u, 1.9 * u, 0.4 * u)
     nose_root = _band(y, eye_y - 0.35 * u, eye_y + 0.35 * u, 0.2 * u) * _band(x, -0.35 * u, 0.35 * u, 0.2 * u)
+    # The nose wrinkler (AU9) bunches the skin of the bridge and of the nose's sides into lines across
+    # them, down to about the middle of the nose (FACS's appearance changes of AU9, Ekman, Friesen &
+    # Hager 2002); the skin of the nose's lower half is held to cartilage and does not fold.
+    # Its front surface only: the band also crosses the nostrils' and the mouth's insides behind it.
+    front = _band(rig.vertices[:, 2].astype(np.float64), float(eyes[:, 2].mean()), 10.0, 0.1 * u)
+    nose = _band(y, eye_y - 0.95 * u, eye_y - 0.2 * u, 0.15 * u) * _band(x, -0.45 * u, 0.45 * u, 0.2 * u) * front
     glabella = _band(y, eye_y + 0.1 * u, brow_top + 0.6 * u, 0.25 * u) * _band(x, -0.5 * u, 0.5 * u, 0.2 * u)
-    return (np.stack([glabella, np.maximum(forehead, nose_root)], -1) * skin[:, None]).astype(np.float32)
+    across = np.maximum.reduce([forehead, nose_root, nose])
+    return (np.stack([glabella, across], -1) * skin[:, None]).astype(np.float32)
 
 
 def nasolabial_folds(rig) -> FoldMasks:

@@ -74,8 +74,10 @@ attribute vec4 lookMaterial;  // linear albedo after the cavity tint and occlusi
 attribute vec2 lookPhase;     // wrinkle line phases in rest-pose coordinates
 attribute vec3 lookDynamic;   // this frame's [vertical, horizontal] line amounts and crease darkening
 attribute vec3 lookFold;      // distance across the nasolabial fold (half-widths), weight of the left and right fold's line
+attribute vec3 lookBrow;      // rest-pose brow coordinates and gate (face/brows.py)
 uniform vec2 foldDepths;      // this frame's depth of the left and right fold
 varying vec3 vNormal;
+varying vec3 vBrow;
 varying vec4 vWrinkle;
 varying vec2 vFold;
 varying vec3 vBase;
@@ -91,10 +93,14 @@ void main() {
   vSheen = lookMaterial.a;
   vWrinkle = vec4(lookPhase, lookDynamic.xy);
   vFold = vec2(lookFold.x, dot(lookFold.yz, foldDepths));  // render.wrinkles: fold depth times the side's line
+  vBrow = lookBrow;
   gl_Position = projectionMatrix * modelViewMatrix * vec4(transformed, 1.0);
 }`;
-const FRAGMENT = (lights, glsl) => `
+const FRAGMENT = (lights, glsl, browGlsl) => `
 const int LIGHTS = ${lights};
+uniform vec3 browTint;
+${browGlsl}
+varying vec3 vBrow;
 uniform vec3 lightDirs[LIGHTS];
 uniform vec3 halfways[LIGHTS];
 uniform float intensities[LIGHTS];
@@ -115,7 +121,8 @@ void main() {  // render/gl.py's fragment shader for surfaces facing the camera:
   }
   // Only skin with lines or a fold pays for the pattern: software WebGL draws every pixel on the CPU.
   float lines = vWrinkle.z + vWrinkle.w + vFold.y > 0.0 ? wrinkle_factor(vWrinkle, vFold) : 1.0;
-  vec3 c = clamp(vBase * lines * (diffuse + ambient) + vSheen * spec, 0.0, 1.0);
+  vec3 brow = vBrow.z > 0.999 ? mix(vec3(1.0), browTint, brow_density(vBrow)) : vec3(1.0);
+  vec3 c = clamp(vBase * lines * brow * (diffuse + ambient) + vSheen * spec, 0.0, 1.0);
   vec3 srgb = mix(1.055 * pow(max(c, vec3(1e-8)), vec3(1.0 / 2.4)) - 0.055, c * 12.92, vec3(lessThanEqual(c, vec3(0.0031308))));
   gl_FragColor = vec4(srgb, 1.0);
 }`;
@@ -132,7 +139,8 @@ function makeLook(baked) {
   const wrinkles = face.wrinkle_channels === 2;  // the line pattern (wrinkles.wrinkle_glsl) takes two channels
   const folds = !!face.fold_rise && baked.wrinkle.fold_strength > 0;
   const material = new THREE.ShaderMaterial({
-    vertexShader: VERTEX, fragmentShader: FRAGMENT(baked.intensities.length, baked.wrinkle_glsl), side: THREE.FrontSide,
+    vertexShader: VERTEX, fragmentShader: FRAGMENT(baked.intensities.length, baked.wrinkle_glsl,
+                                                    baked.brow_glsl || "float brow_density(vec3 b) { return 0.0; }"), side: THREE.FrontSide,
     uniforms: {
       lightDirs: { value: baked.lights.map((v) => new THREE.Vector3().fromArray(v)) },
       halfways: { value: baked.halfways.map((v) => new THREE.Vector3().fromArray(v)) },
@@ -141,6 +149,7 @@ function makeLook(baked) {
       wrinkle_shape: { value: new THREE.Vector3(wrinkles ? baked.wrinkle.strength : 0, baked.wrinkle.sharpness,
                                                 folds ? baked.wrinkle.fold_strength : 0) },
       foldDepths: { value: new THREE.Vector2(0, 0) },
+      browTint: { value: new THREE.Vector3().fromArray(baked.brow_tint || [1, 1, 1]) },
     },
   });
   let faceGeometry = null;
@@ -164,6 +173,8 @@ function makeLook(baked) {
       }
     }
     g.setAttribute("lookFold", new THREE.BufferAttribute(fold, 3));
+    const brows = face.brows && mesh.name === "face" ? decode(face.brows, Float32Array) : new Float32Array(0);
+    g.setAttribute("lookBrow", new THREE.BufferAttribute(brows.length === n * 3 ? brows : padded(brows, n * 3), 3));
     mesh.material = material;
     if (mesh.name === "face") faceGeometry = g;
   }
