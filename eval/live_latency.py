@@ -6,9 +6,11 @@
 
 Per frame: `window` latency = from the moment the audio that completes the frame's window (its own
 audio, the look-ahead and the closure frame) was recorded (a chunk's due time, not when it was
-pushed: a backlog counts) to the frame's weights being out; `total` latency = from the end of the
-frame's own audio, i.e. window latency + the look-ahead. realtime_factor = processing time /
-audio time. The audio is the ARCTIC sentence said again and again with 0.5 s of its room tone
+pushed: a backlog counts) to the frame's weights being out; `total` latency = from the moment the
+last sample of the frame's own audio was recorded to the weights being out, measured per frame and
+split into `parts`: the look-ahead audio (the window's frames and the half-window of its last mel
+frame), the wait for the chunk holding the window's last sample (0 to one chunk), and the window
+latency. realtime_factor = processing time / audio time. The audio is the ARCTIC sentence said again and again with 0.5 s of its room tone
 between (eval/lipsync.py's `with_pauses`), unless a file is given.
 """
 
@@ -40,6 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=1.0, help="stream this long (the file is repeated or cut)")
     p.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length; chunks arrive at this pace")
     p.add_argument("--lookahead", type=int, default=4, help="frames of look-ahead of the speech window")
+    p.add_argument("--edge-ms", type=float, default=0.0, help="ms of the frame after the look-ahead also read (LiveConfig.edge_ms)")
+    p.add_argument("--no-closure-lookahead", action="store_true", help="the closure rule does not wait for frame t + 1")
     p.add_argument("--emotion", default="happy")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: a session per core)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the models run (phones and mels stay on the CPU)")
@@ -70,7 +74,12 @@ def main(argv=None) -> int:
         p.error(str(err))
     pipe = Pipeline.from_pretrained(device=device)
     warm_up(pipe)  # lazy initialisation (CUDA kernels above all) is not a frame's latency; the CLI warms up too
-    session = pipe.live(args.emotion, config=LiveConfig(lookahead=args.lookahead, realtime=True))
+    try:
+        config = LiveConfig(lookahead=args.lookahead, edge_ms=args.edge_ms, closure_lookahead=not args.no_closure_lookahead,
+                            realtime=True)
+        session = pipe.live(args.emotion, config=config)
+    except ValueError as err:
+        p.error(str(err))
     step = int(round(args.chunk_ms / 1000 * SAMPLE_RATE))
     frames, busy = [], 0.0
     start = time.perf_counter()
@@ -86,14 +95,22 @@ def main(argv=None) -> int:
             session.set_expression(("happy", "sad", "surprised", "angry")[i // step // 500 % 4], 0.8)
     frames = [(f, out) for f, out in frames]  # finish()'s tail is not real-time traffic: not counted
 
+    from blendtalk.live.speech_stream import frame_start
+
     window = np.array([f.latency for f, _ in frames])  # from the due time of the chunk completing the window
-    own = window + session.lookahead_seconds  # from the end of the frame's own audio (about: chunks are 20 ms)
+    own_end = np.array([start + frame_start(f.index + 1) / SAMPLE_RATE for f, _ in frames])  # last sample of its own audio
+    needed = np.array([start + session.window_end(f.index) / SAMPLE_RATE for f, _ in frames])  # last sample its window reads
+    own = np.array([f.ready for f, _ in frames]) - own_end
     minute = FPS * 60
     stages = {k: percentiles([f.stages[k] for f, _ in frames]) for k in frames[0][0].stages}
     report = {
         "audio_seconds": total / SAMPLE_RATE, "chunk_ms": args.chunk_ms, "frames": len(frames),
         "lookahead_frames": args.lookahead, "lookahead_ms": round(session.lookahead_seconds * 1000, 1),
-        **percentiles(window), "total_latency": percentiles(own), "realtime_factor": round(busy / (total / SAMPLE_RATE), 3),
+        "edge_ms": args.edge_ms, "closure_lookahead": not args.no_closure_lookahead,
+        **percentiles(window), "total_latency": percentiles(own),
+        "parts": {"lookahead_audio": percentiles(needed - own_end), "chunk_wait": percentiles(np.array([f.arrived for f, _ in frames]) - needed),
+                  "window": percentiles(window)},
+        "realtime_factor": round(busy / (total / SAMPLE_RATE), 3),
         "per_stage": stages, "torch_threads": args.threads, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dropped_samples": session.dropped,
         "skipped_frames": session.skipped, "load_average_at_end": list(__import__("os").getloadavg()),

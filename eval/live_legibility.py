@@ -25,7 +25,7 @@ from blendtalk.evaluation.reports import write_report
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 
 
-def serve_live(pipe, port: int):
+def serve_live(pipe, port: int, head_motion: bool = True):
     """The live routes on 127.0.0.1:port in a thread -> (url of the page, the uvicorn server to stop)."""
     import uvicorn
     from starlette.applications import Starlette
@@ -33,7 +33,7 @@ def serve_live(pipe, port: int):
     from blendtalk.live.server import LiveService, add_routes
 
     app = Starlette()
-    add_routes(app, LiveService(pipe, max_sessions=1))
+    add_routes(app, LiveService(pipe, max_sessions=1, head_motion=head_motion))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     end = time.monotonic() + 30
@@ -74,6 +74,9 @@ def main(argv=None) -> int:
     p.add_argument("--same-weights", action="store_true",
                    help="also draw the file path's own ARKit frames on the page (no microphone) and with the file "
                         "renderer, and judge both: the drawing alone, without the stream")
+    p.add_argument("--no-head-motion", action="store_true",
+                   help="the head and eyes rest on both sides: the faces compared without two different head-motion draws "
+                        "(the stream's is causal, the file path's smoothed over the clip; angry reads lower when the head turns)")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--sheet", type=Path, help="contact sheet PNG of the page's frames, a row per emotion")
     args = p.parse_args(argv)
@@ -98,14 +101,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     pipe = Pipeline.from_pretrained(device="cpu")
 
-    url, server = serve_live(pipe, args.port)
+    head_motion = not args.no_head_motion
+    url, server = serve_live(pipe, args.port, head_motion)
     t0 = time.perf_counter()
     same = {}
     try:
         captured = browser.live_page_frames(url, args.audio.resolve(), emotions, args.seconds, args.settle,
                                             progress=lambda e, n: print(f"page {e}: {n} frames", file=sys.stderr))
         if args.same_weights:
-            same = same_weights(pipe, judge, url, args.audio, emotions, args.stride)
+            same = same_weights(pipe, judge, url, args.audio, emotions, args.stride, head_motion)
     finally:
         server.should_exit = True
     page_info = captured.pop("_page")
@@ -118,7 +122,7 @@ def main(argv=None) -> int:
     capture_seconds = time.perf_counter() - t0
 
     file_report, _ = benchmark(pipe, judge, [Clip(args.audio.stem, audio=str(args.audio))], emotions, (1.0,),
-                               stride=args.stride, size=512)
+                               stride=args.stride, size=512, head_motion=head_motion)
     file_runs = {r["emotion"]: r for r in file_report["runs"]}
     rows = [{"emotion": e, "page_share": round(page[e]["share"], 3), "file_share": round(file_runs[e]["share"], 3),
              "gap": round(page[e]["share"] - file_runs[e]["share"], 3), "page_top": page[e]["top"],
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
               f"file {r['file_share']:.0%} ({r['file_top']})  gap {r['gap']:+.2f}"
               + (f"  same weights: page {r['same_page_share']:.0%} ({r['same_page_top']}), file renderer "
                  f"{r['same_file_share']:.0%} ({r['same_file_top']}), {r['same_frames']} frames" if same else ""))
-    report = {"clip": args.audio.name, "intensity": 1.0, "rows": rows, "page": page_info,
+    report = {"clip": args.audio.name, "intensity": 1.0, "head_motion": head_motion, "rows": rows, "page": page_info,
               "capture_seconds": round(capture_seconds, 1), "recogniser": file_report["recogniser"],
               "command": "python eval/live_legibility.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     write_report(args.json, report)
@@ -138,7 +142,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def same_weights(pipe, judge, url: str, audio_path: Path, emotions, stride: int) -> dict:
+def same_weights(pipe, judge, url: str, audio_path: Path, emotions, stride: int, head_motion: bool = True) -> dict:
     """Per emotion: the file path's ARKit frames of the clip (every `stride`-th, with its head
     rotation and gaze) drawn by the page and by the file renderer (480 px, the page's canvas) on the
     ARKit-driven face, both judged -> {emotion: {same_page_share, same_file_share, tops, frames}}."""
@@ -151,7 +155,7 @@ def same_weights(pipe, judge, url: str, audio_path: Path, emotions, stride: int)
     audio, rig, out = load_audio(audio_path), pipe.rig, {}
     names = list(rig.blendshape_names)
     for emotion in emotions:
-        anim = pipe.animate(audio, emotion=emotion)
+        anim = pipe.animate(audio, emotion=emotion, head_motion=head_motion)
         picks = np.arange(0, anim.num_frames, stride)
         weights = anim.arkit_weights[picks]  # (T', 52)
         head = np.zeros((len(picks), 3)) if anim.head_rotation is None else anim.head_rotation[picks]

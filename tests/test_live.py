@@ -79,6 +79,51 @@ def test_frames_leave_after_the_lookahead(pipe, arctic):
     assert sum(out) >= 30 - session.config.lookahead - 3
 
 
+LOW_LATENCY = LiveConfig(lookahead=1, edge_ms=20.0, closure_lookahead=False)  # 53 ms: a short window's code paths
+
+
+def test_a_finer_window_gives_the_same_frames_for_any_chunking(pipe, arctic):
+    audio = arctic[: SAMPLE_RATE]
+    runs = [stream(pipe.live(emotion="happy", config=LOW_LATENCY), audio, chunk) for chunk in (160, 777, len(audio))]
+    for frames in runs:
+        assert [f.index for f in frames] == list(range(30))
+    for frames in runs[1:]:
+        np.testing.assert_array_equal(np.stack([f.vertices for f in frames]), np.stack([f.vertices for f in runs[0]]))
+    default = stream(pipe.live(emotion="happy"), audio, 320)
+    assert np.abs(np.stack([f.vertices for f in default]) - np.stack([f.vertices for f in runs[0]])).max() > 0  # it reads less
+
+
+@pytest.mark.parametrize("config", [LiveConfig(), LiveConfig(lookahead=2, closure_lookahead=False), LOW_LATENCY],
+                         ids=["default", "2-frames-no-closure-frame", "1-frame-20ms"])
+def test_each_frame_leaves_with_the_chunk_that_completes_its_window(pipe, arctic, config):
+    from blendtalk.live.speech_stream import frame_start, needed_samples
+
+    session = pipe.live(config=config)
+    out_at = {}
+    for i in range(0, SAMPLE_RATE, 160):  # 10 ms chunks
+        for f in session.push(arctic[i:i + 160]):
+            out_at[f.index] = i + 160
+    assert len(out_at) >= 20
+    for t, at in out_at.items():
+        end = session.window_end(t)
+        assert end <= at < end + 160, (t, end, at)  # not a chunk later than its window allows
+        overhang = end - frame_start(t + 1) - round(session.lookahead_seconds * SAMPLE_RATE)
+        assert 0 <= overhang <= 256, (t, overhang)  # the last mel frame's half window, at most
+    if config.closure_lookahead and config.edge_ms == 0:
+        assert session.window_end(7) == needed_samples(7 + config.lookahead + 1)
+
+
+def test_a_window_finer_than_a_frame_is_checked():
+    from blendtalk.live.speech_stream import StreamConfig, edge_mels, mel_span
+
+    with pytest.raises(ValueError, match="edge_ms"):
+        StreamConfig(lookahead=1, edge_ms=40.0)
+    for t in range(12):
+        a, b = mel_span(t)
+        counts = [edge_mels(t, ms) for ms in (0.0, 10.0, 20.0, 33.3)]
+        assert counts[0] == 0 and counts == sorted(counts) and counts[-1] == b - a, (t, counts)
+
+
 def test_expression_changes_ease_in(pipe, arctic):
     audio = arctic[: SAMPLE_RATE]
     session = pipe.live(emotion="neutral", config=LiveConfig(blinks=False, head_motion=False))

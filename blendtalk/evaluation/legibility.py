@@ -253,10 +253,11 @@ class Clip:
 
 def benchmark(pipe, judge: Judge, clips: Sequence[Clip], emotions: Sequence[str] = EMOTIONS,
               intensities: Sequence[float] = (0.5, 1.0), stride: int = 3, size: int = 512, sheet_frames: int = 6,
-              method: str = "ours", progress=None) -> tuple[dict, dict[str, list[tuple[np.ndarray, str]]]]:
+              method: str = "ours", progress=None, head_motion: bool = True) -> tuple[dict, dict[str, list[tuple[np.ndarray, str]]]]:
     """Animate every clip x emotion x intensity through `pipe`, render and judge every `stride`-th
-    frame -> (report, sheet). method: the pipeline's fusion ("ours", the DFM, as users get it). report: per-run summaries ("runs"), and per intensity the confusion
-    rows and shares pooled over clips and the mean share over MEAN_EMOTIONS. sheet: {emotion:
+    frame -> (report, sheet). method: the pipeline's fusion ("ours", the DFM, as users get it);
+    head_motion: False keeps the head and eyes still (faces compared without a head-motion draw).
+    report: per-run summaries ("runs"), and per intensity the confusion rows and shares pooled over clips and the mean share over MEAN_EMOTIONS. sheet: {emotion:
     [(frame (size, size, 3) uint8, top class)] x sheet_frames} of clips[0] at max(intensities)."""
     if stride < 1:
         raise ValueError(f"stride must be at least 1 frame, got {stride}")
@@ -268,7 +269,7 @@ def benchmark(pipe, judge: Judge, clips: Sequence[Clip], emotions: Sequence[str]
             for intensity in intensities:
                 for emotion in emotions:
                     anim = pipe.animate(**clip.animate_kwargs(), emotion=emotion, intensity=intensity,
-                                        method=method)
+                                        method=method, head_motion=head_motion)
                     frames = np.concatenate(list(pipe.render_frames(every_nth_frame(anim, stride), size=size)))  # (T', H, W, 3)
                     labels = judge(frames)
                     runs.append({"clip": clip.name, "emotion": emotion, "intensity": intensity} | summarise(labels, emotion))

@@ -24,6 +24,11 @@ def add_parser(sub) -> None:
     p.add_argument("--emotion", default="neutral", help="one of `python -m blendtalk emotions`")
     p.add_argument("--intensity", type=float, default=1.0, help="0..1.5 (1 = the apex)")
     p.add_argument("--lookahead", type=int, default=4, help="frames of audio after a frame that its speech window reads")
+    p.add_argument("--edge-ms", type=float, default=0.0, help="ms of the frame after those that the window also reads (< 33.3)")
+    p.add_argument("--no-closure-lookahead", action="store_true",
+                   help="the closure rule does not wait for the next frame: 33 ms sooner, lips no longer ease a frame early")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="audio chunk length (mic blocks, or the pace a FILE is fed at); "
+                   "10 ms waits 4 ms for the window's last sample, 20 ms up to 14 ms")
     p.add_argument("--seconds", type=float, help="stop after this long (default: the file's end, or Ctrl-C)")
     p.add_argument("--token", help="token WebSocket clients must give (?token=); default: a random one, printed")
     p.add_argument("--allow-origin", action="append", default=[], help="browser origin allowed to connect (repeatable)")
@@ -43,6 +48,7 @@ def run(args) -> int:
     import numpy as np
 
     from .session import LiveConfig
+    from .speech_stream import StreamConfig
     from .stream import (WebSocketBroadcast, encode, end_message, frame_message, hello_message, microphone_chunks,
                               notice_message, realtime_chunks)
     from ..pipeline import Pipeline
@@ -50,6 +56,9 @@ def run(args) -> int:
     from .take import MAX_TAKE_SECONDS, Take, check_mp4_path, check_size
 
     # Checked before the stream starts, so a bad path does not cost the take.
+    StreamConfig(lookahead=args.lookahead, edge_ms=args.edge_ms)  # ValueError names a bad window before the models load
+    if not 1.0 <= args.chunk_ms <= 100.0:
+        raise ValueError(f"--chunk-ms must be in [1, 100] ms, got {args.chunk_ms:g}")
     if args.save_mp4 is not None:
         check_mp4_path(args.save_mp4)
         check_size(args.size)
@@ -66,14 +75,14 @@ def run(args) -> int:
         sink = WebSocketBroadcast(host, int(port), args.token, args.allow_origin).start()
         print(f"blendtalk live: serving ws://{host}:{port}/?token={sink.token}", file=sys.stderr)
     if args.input == "mic":
-        chunks = microphone_chunks()
+        chunks = microphone_chunks(args.chunk_ms / 1000)
     else:
         from ..speech.audio import load_audio
 
         path = Path(args.input)
         if not path.is_file():
             raise ValueError(f"--input must be 'mic' or an audio file; {args.input!r} is neither")
-        chunks = realtime_chunks(load_audio(path, max_seconds=4 * 3600))
+        chunks = realtime_chunks(load_audio(path, max_seconds=4 * 3600), args.chunk_ms / 1000)
     import torch
 
     from .session import warm_up
@@ -81,7 +90,8 @@ def run(args) -> int:
     torch.set_num_threads(max(1, args.threads))
     pipe = Pipeline.from_pretrained(device=args.device)
     warm_up(pipe)
-    session = pipe.live(args.emotion, args.intensity, config=LiveConfig(lookahead=args.lookahead, realtime=True))
+    session = pipe.live(args.emotion, args.intensity, config=LiveConfig(
+        lookahead=args.lookahead, edge_ms=args.edge_ms, closure_lookahead=not args.no_closure_lookahead, realtime=True))
     names = session.arkit_names
     take = Take(names, MAX_TAKE_SECONDS) if (args.save_mp4 or args.save_csv) else None
 

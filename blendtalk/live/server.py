@@ -58,11 +58,12 @@ class LiveService:
     """Live sessions on a loaded Pipeline; see the module docstring."""
 
     def __init__(self, pipe, max_sessions: int = MAX_SESSIONS, max_seconds: float = MAX_SECONDS,
-                 origins: tuple[str, ...] = (), lookahead: int = 4):
+                 origins: tuple[str, ...] = (), lookahead: int = 4, head_motion: bool = True):
         from .session import default_prior, warm_up
 
         self.pipe, self.max_sessions, self.max_seconds = pipe, max_sessions, max_seconds
         self.origins, self.lookahead = tuple(origins), lookahead
+        self.head_motion = head_motion  # False: the head and eyes rest (eval/live_legibility.py compares faces alone)
         self.prior = default_prior()  # once, not per session
         warm_up(pipe, self.prior)
         self.tokens: dict[str, float] = {}
@@ -198,7 +199,8 @@ class LiveService:
                                 "try again in a minute", 1013)
         try:
             try:
-                session = LiveSession(self.pipe, self.prior, LiveConfig(lookahead=self.lookahead, realtime=True),
+                session = LiveSession(self.pipe, self.prior, LiveConfig(lookahead=self.lookahead, head_motion=self.head_motion,
+                                                                         realtime=True),
                                       start.get("emotion", "neutral"), float(start.get("intensity", 1.0)))
             except (ValueError, TypeError) as err:
                 return await refuse(str(err), 1003)

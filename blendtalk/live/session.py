@@ -80,6 +80,8 @@ class LiveConfig:
     """A live session's window, motion and input policy."""
 
     lookahead: int = 4  # frames (133 ms) after frame t the speech encoder reads; +1 for the closure rule. docs/live.md
+    edge_ms: float = 0.0  # ms of the frame after those the encoder also reads (10 ms steps, < 33.3): a finer look-ahead
+    closure_lookahead: bool = True  # the closure rule reads frame t + 1 (lips ease a frame early, as the file path); False: a frame sooner
     head_motion: bool = True  # nods, turns and gaze shifts from the voice's energy
     blinks: bool = True
     seed: int = 0  # blinks, head and eye motion
@@ -101,7 +103,7 @@ class LiveSession:
             raise ValueError("live mode needs the speech model and the DFM checkpoints (Pipeline.from_pretrained "
                              "without speech='visemes')")
         self.pipe, self.config, self.rig = pipe, config, pipe.rig
-        self.speech = SpeechStream(pipe.speech_model, prior, StreamConfig(lookahead=config.lookahead))
+        self.speech = SpeechStream(pipe.speech_model, prior, StreamConfig(lookahead=config.lookahead, edge_ms=config.edge_ms))
         self.names = tuple(self.rig.blendshape_names)
         self.expression = ExpressionStream(self.names, emotion, intensity, mix_with, mix_ratio, config.blinks, config.seed)
         self.head = HeadStream(config.seed, pipe.head_motion_config if isinstance(pipe.head_motion_config, HeadMotionConfig) else None)
@@ -167,8 +169,13 @@ class LiveSession:
 
     @property
     def lookahead_seconds(self) -> float:
-        """Audio after a frame's own that must arrive before the frame is out (encoder window + closure rule)."""
-        return (self.config.lookahead + 1) / FPS
+        """Audio after a frame's own that must arrive before the frame is out (encoder window + closure
+        rule), nominal: the half-window of the last mel frame read adds 6-16 ms (`window_end`)."""
+        return (self.config.lookahead + self.config.closure_lookahead) / FPS + self.config.edge_ms / 1000
+
+    def window_end(self, t: int) -> int:
+        """Samples that must have arrived before frame t is out (its own window, and frame t + 1's for the closure rule)."""
+        return self.speech.window_end(t + self.config.closure_lookahead)
 
     def _check(self, chunk, sample_rate) -> np.ndarray:
         if sample_rate != SAMPLE_RATE:
@@ -208,7 +215,7 @@ class LiveSession:
         out = []
         for t, d_s in decoded:
             self._held.append((t, d_s))
-            if len(self._held) == 2:  # the closure rule reads frame t + 1: frame t is now complete
+            if len(self._held) == 1 + self.config.closure_lookahead:  # the closure rule reads frame t + 1 (if it looks ahead)
                 out.append(self._frame(skip=self._thin and self._held[0][0] % 2 == 1))
         if final:
             while self._held:
@@ -279,9 +286,7 @@ class LiveSession:
 
     def _arrival(self, t: int) -> float:
         """When the audio that completed frame t's window arrived (the chunk holding its last needed sample)."""
-        from .speech_stream import needed_samples
-
-        need = min(needed_samples(t + 1 + self.config.lookahead), self.received)
+        need = min(self.window_end(t), self.received)
         while len(self._arrivals) > 1 and self._arrivals[0][0] < need:
             self._arrivals.popleft()
         return self._arrivals[0][1] if self._arrivals else time.perf_counter()

@@ -46,6 +46,7 @@ class StreamConfig:
     """The speech stream's window and memory."""
 
     lookahead: int = 6  # frames (200 ms) of audio after frame t that its encoder window reads; see docs/live.md
+    edge_ms: float = 0.0  # ms of the next frame's audio the window also reads (its first mel frames): a step finer than a frame
     cmvn_prior_frames: int = 90  # the prior mel statistics count as this many frames (3 s) of the stream's own
     cmvn_memory_frames: int = 1800  # frames (60 s): older audio's weight in the running statistics decays with this
     speaker: int | None = None  # training style index; None: the mean of all styles, as the file path
@@ -53,6 +54,9 @@ class StreamConfig:
     def __post_init__(self):
         if not (isinstance(self.lookahead, int) and 0 <= self.lookahead <= 30):
             raise ValueError(f"lookahead must be a whole number of frames in [0, 30] (1 s), got {self.lookahead!r}")
+        if not (0.0 <= self.edge_ms < 1000 / FPS):
+            raise ValueError(f"edge_ms must be in [0, {1000 / FPS:.1f}) ms (a longer look-ahead is whole frames: "
+                             f"lookahead); got {self.edge_ms!r}")
         if self.cmvn_prior_frames < 1 or self.cmvn_memory_frames < 1:
             raise ValueError("cmvn_prior_frames and cmvn_memory_frames must be >= 1")
 
@@ -94,6 +98,22 @@ def needed_samples(t: int) -> int:
     return (mel_span(t)[1] - 1) * HOP_LENGTH + N_FFT // 2
 
 
+def edge_mels(t: int, edge_ms: float) -> int:
+    """Mel frames of motion frame t centred less than `edge_ms` after its start (0 .. all of them)."""
+    a, b = mel_span(t)
+    limit = t * MEL_PER_SECOND / FPS + edge_ms * MEL_PER_SECOND / 1000  # in mel frames
+    return int(sum(1 for m in range(a, b) if m < limit - 1e-9))
+
+
+def window_samples(t: int, lookahead: int, edge_ms: float = 0.0) -> int:
+    """Samples that must have arrived before frame t's speech displacement is final: its window's
+    full frames up to t + lookahead, then the first mel frames of t + lookahead + 1 (`edge_ms`)."""
+    k = edge_mels(t + lookahead + 1, edge_ms)
+    if k == 0:
+        return needed_samples(t + lookahead)
+    return (mel_span(t + lookahead + 1)[0] + k - 1) * HOP_LENGTH + N_FFT // 2
+
+
 class _MelStream:
     """Log-mel (80,) of each motion frame as its samples arrive, equal to `audio.log_mel` on the same audio
     (but the clip's last frame, which `finish` computes with the file path's end padding)."""
@@ -116,9 +136,12 @@ class _MelStream:
     def end(self) -> int:
         return self.offset + len(self.buffer)
 
-    def frame(self, t: int) -> np.ndarray:
-        """Log-mel (80,) of motion frame t; needs samples up to needed_samples(t)."""
+    def frame(self, t: int, mels: int | None = None) -> np.ndarray:
+        """Log-mel (80,) of motion frame t; needs samples up to needed_samples(t). mels: pool only
+        its first mels frames (the look-ahead edge; the buffer is kept for the whole frame)."""
         a, b = mel_span(t)
+        if mels is not None:
+            b = a + mels
         idx = np.arange(a, b)[:, None] * HOP_LENGTH + np.arange(-(N_FFT // 2), N_FFT // 2)[None]  # (M, N_FFT)
         neg = idx < 0
         seg = np.empty(idx.shape, np.float32)
@@ -126,7 +149,8 @@ class _MelStream:
         seg[neg] = self.head[-idx[neg]]  # reflect padding, as np.pad(mode="reflect")
         power = np.abs(np.fft.rfft(seg * self.window, axis=1)) ** 2  # (M, N_FFT // 2 + 1)
         mel = power.astype(np.float32) @ self.fbank.T  # (M, 80)
-        self._drop(a)
+        if mels is None:
+            self._drop(a)
         return np.log(mel.mean(0) + LOG_MEL_FLOOR).astype(np.float32)
 
     def last_frames(self, t0: int, total_samples: int) -> np.ndarray:
@@ -302,28 +326,48 @@ class SpeechStream:
     def latency_frames(self) -> int:
         return self.config.lookahead
 
+    def window_end(self, t: int) -> int:
+        """Samples that must have arrived before frame t's d_s is out (`window_samples`)."""
+        return window_samples(t, self.config.lookahead, self.config.edge_ms)
+
     def push(self, x: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Samples (S,) float32 -> [(t, d_s (V, 3))] of the frames now final, in order."""
         self.mel.push(x)
         self.received += len(x)
         out = []
-        # Feed the recogniser frame by frame, so that each frame's phones are read at the same point
-        # of the audio whatever the chunking.
-        while needed_samples(self.ready) <= self.received:
+        # Two kinds of step, taken in the order of the sample count each needs: a frame's features are
+        # final (needed_samples), or a frame's window is complete (window_end; with edge_ms it reads
+        # part of the frame after its last full one). The recogniser is fed up to each step's sample
+        # count, so that the phones are read at the same point of the audio whatever the chunking.
+        while True:
+            t, L = self.done, self.config.lookahead
+            window = self.window_end(t)
+            if self.ready > t + L and window <= self.received and window <= needed_samples(self.ready):
+                edge = None
+                k = edge_mels(t + L + 1, self.config.edge_ms)
+                if k:
+                    self._feed_phones(window, quiet=False)
+                    edge = (t + L + 1, self.mel.frame(t + L + 1, mels=k))
+                out.extend(self._decode(t, t + L, edge))
+                continue
+            if needed_samples(self.ready) > self.received:
+                break
             t = self.ready
             end = needed_samples(t)
-            pcm = np.clip(np.round(self.mel.buffer[self.phones.fed - self.mel.offset:end - self.mel.offset] * 32768.0),
-                          -32768, 32767).astype("<i2")
-            mel = self.mel.frame(t)
             own = self.mel.buffer[max(frame_start(t) - self.mel.offset, 0):frame_start(t + 1) - self.mel.offset]
             quiet = len(own) > 0 and 10 * math.log10(float(np.mean(np.square(own, dtype=np.float64))) + 1e-12) < QUIET_DBFS
-            self.phones.push(pcm, quiet)
+            self._feed_phones(end, quiet)
+            mel = self.mel.frame(t)
             self.encoder.observe(mel)
             self._add_feature(t, mel)
             self.ready += 1
-            if self.ready - 1 - self.config.lookahead >= self.done:
-                out.extend(self._decode(self.done, self.ready - 1))
         return out
+
+    def _feed_phones(self, end: int, quiet: bool) -> None:
+        """Give the recogniser the samples up to `end` (int16)."""
+        pcm = np.clip(np.round(self.mel.buffer[self.phones.fed - self.mel.offset:end - self.mel.offset] * 32768.0),
+                      -32768, 32767).astype("<i2")
+        self.phones.push(pcm, quiet)
 
     def finish(self) -> list[tuple[int, np.ndarray]]:
         """The remaining frames of a clip of `received` samples, as the file path frames its end."""
@@ -355,11 +399,12 @@ class SpeechStream:
             self.features.popleft()
 
     @torch.no_grad()
-    def _decode(self, t: int, edge: int) -> list[tuple[int, np.ndarray]]:
-        """Frame t with the look-ahead edge at frame `edge` -> [(t, d_s (V, 3))]; its seconds in `self.seconds[t]`."""
+    def _decode(self, t: int, last: int, edge: tuple[int, np.ndarray] | None = None) -> list[tuple[int, np.ndarray]]:
+        """Frame t with full frames up to `last` and, if given, the partial log-mel (80,) of the edge
+        frame after them -> [(t, d_s (V, 3))]; its seconds in `self.seconds[t]`."""
         start = time.perf_counter()
         first = max(0, t - self.encoder.context)
-        window = [(f, m) for f, m in self.features if first <= f <= edge]
+        window = [(f, m) for f, m in self.features if first <= f <= last] + ([edge] if edge is not None else [])
         phones = np.array([self.phones.phone(f) for f, _ in window], dtype=np.int64)
         mels = np.stack([m for _, m in window])
         feature = self.encoder.frame(t, phones, mels, window[0][0])  # (D,)

@@ -6,8 +6,19 @@
 import * as THREE from "three";
 import { GLTFLoader } from "/live/static/vendor/three/examples/jsm/loaders/GLTFLoader.js";
 
-const RATE = 16000, CHUNK = 320;          // Hz, samples (20 ms) per message
-const PLAYOUT_MS = 40;                    // frames are shown at their audio time + this jitter buffer
+const query = new URLSearchParams(location.search);
+const badParams = [];  // shown once the page is up: a bad value gets one line and the default
+function numberParam(name, fallback, ok, hint) {
+  const raw = query.get(name);
+  if (raw === null) return fallback;
+  if (ok(Number(raw))) return Number(raw);
+  badParams.push(`?${name}=${raw} is not used: ${hint}`);
+  return fallback;
+}
+// ?chunk=10: 10 ms audio messages; the server's window then waits 4 ms for its last sample, not up to 14 (docs/live.md)
+const RATE = 16000, CHUNK = RATE / 1000 * numberParam("chunk", 20, (v) => v === 10 || v === 20, "give 10 or 20 (ms)");
+// Frames are shown at their audio time + this jitter buffer; ?playout=MS (0-500) for a server whose frames come evenly.
+const PLAYOUT_MS = numberParam("playout", 40, (v) => Number.isFinite(v) && v >= 0 && v <= 500, "give 0 to 500 (ms)");
 const $ = (id) => document.getElementById(id);
 const stats = window.liveStats = { applied: 0, received: 0, fps: 0, latency: [], serverLatency: [], status: "idle",
                                    mouthHistory: [], errors: [] };
@@ -487,4 +498,5 @@ $("emotion").onchange = sendExpression;
 $("intensity").oninput = sendExpression;
 $("save").onclick = saveTake;
 $("save-mp4").onclick = saveTakeVideo;
-if (new URLSearchParams(location.search).get("autostart") === "1") start();
+if (badParams.length) status(badParams.join("; "), true);
+if (query.get("autostart") === "1") start();
