@@ -7,8 +7,9 @@ the triangles under them stretch and smear that blur down toward the eye: a rais
 heavy, knitted one, and surprise as anger. So the renderer carries each skin vertex's rest-pose
 position about its eye (`brow_coordinates`) and evaluates the curve per pixel (`brow_density`,
 and `brow_glsl` for the OpenGL path): the edge stays about a millimetre soft whatever the skin
-under it does. Exports and the browser's plain look, which have vertex colours only, keep the
-per-vertex paint that `tools/build_face_rig.py` bakes with the same shape.
+under it does, and the coordinates ride with the skin of the brow's centre line (`BrowRide`), so
+a raised brow keeps its thickness. Exports and the browser's plain look, which have vertex colours
+only, keep the per-vertex paint that `tools/build_face_rig.py` bakes with the same shape.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class BrowShape:
     arch: float = 0.0055  # peak rise of the arch, at `peak` along
     peak: float = 0.65
     tail_drop: float = 0.004  # how far the tail falls below the peak
-    head_half_width: float = 0.0035  # half-thickness of the medial head: thinner than the paint, which the skin stretches when brows rise
+    head_half_width: float = 0.0035  # half-thickness of the medial head (the vertex paint needs 4.5 mm to show)
     tail_half_width: float = 0.0012  # half-thickness of the tapered tail
     soft_edge: float = 0.001  # over which the paint fades into skin: hair thins at a brow's edge
 
