@@ -172,31 +172,43 @@ def _check_export_dir(folder: Path, overwrite: bool) -> None:
 
 
 def animate(args) -> int:
-    """Validate every input first (nothing is loaded or written before), then animate, render, export."""
+    """Validate every input first (nothing is loaded or written before), then animate, render, export.
+
+    The input needs no torch but for a reference sequence and the device, so the phones of a valid
+    speech file are being recognised on the other core while torch imports and the device is checked."""
     from .interrupt import held_interrupt
+    from .request import AnimationRequest
+    from .speech.phonetics import PhoneAligner, default_phone_workers
+
+    if (args.speech is None) == (args.text is None):
+        raise ValueError("give a speech file or --text (one of the two)")
+    if args.text is not None and not args.text.strip():
+        raise ValueError("--text is empty; give the words to speak")
+    _check_output(args.output, ".mp4", args.overwrite, "output video")
+    if args.export_dir is not None:
+        _check_export_dir(args.export_dir, args.overwrite)
+    # Text, emotions, intensity, mix, timeline, reference, method, size and seed; the audio is read last.
+    with held_interrupt():  # a reference is read onto the rig, which imports torch
+        request = AnimationRequest.create(
+            args.speech, text=args.text, transcript=args.transcript, emotion=args.emotion, intensity=args.intensity,
+            mix_with=args.mix, mix_ratio=args.mix_ratio, timeline=args.timeline, reference=args.reference,
+            blinks=not args.no_blinks, method=args.method, head_motion=not args.no_head_motion, seed=args.seed,
+            size=args.size)
+    aligner = PhoneAligner()  # recognises a clip whole, as the CPU does
+    if request.audio is not None and request.transcript is None:
+        # The phones are recognised in a worker process on the other core while torch imports and
+        # the models load, which together take longer: the front end then waits for nothing.
+        aligner.prefetch(request.audio)
 
     with held_interrupt():  # torch imports here: Ctrl-C is raised once it is done (blendtalk.interrupt)
         from tqdm import tqdm
 
         from .models.checkpoint import pick_device
         from .pipeline import Pipeline
-        from .request import AnimationRequest
-        from .speech.phonetics import PhoneAligner, default_phone_workers
 
-    if (args.speech is None) == (args.text is None):
-        raise ValueError("give a speech file or --text (one of the two)")
-    if args.text is not None and not args.text.strip():
-        raise ValueError("--text is empty; give the words to speak")
-    pick_device(args.device)
-    _check_output(args.output, ".mp4", args.overwrite, "output video")
-    if args.export_dir is not None:
-        _check_export_dir(args.export_dir, args.overwrite)
-    # Text, emotions, intensity, mix, timeline, reference, method, size and seed; the audio is read last.
-    request = AnimationRequest.create(
-        args.speech, text=args.text, transcript=args.transcript, emotion=args.emotion, intensity=args.intensity,
-        mix_with=args.mix, mix_ratio=args.mix_ratio, timeline=args.timeline, reference=args.reference,
-        blinks=not args.no_blinks, method=args.method, head_motion=not args.no_head_motion, seed=args.seed,
-        size=args.size)
+    workers = default_phone_workers(pick_device(args.device).type)
+    if workers > 1:  # a GPU host: its idle cores recognise the clip in pieces (the whole-clip result goes unused)
+        aligner = PhoneAligner(workers)
 
     bar = tqdm(total=100, desc="animate", unit="%", disable=args.quiet, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
@@ -208,11 +220,8 @@ def animate(args) -> int:
         return report
 
     try:  # the bar is closed before anything else is printed, an interrupt's line included
-        aligner = PhoneAligner(default_phone_workers(pick_device(args.device).type))
-        if request.audio is not None and request.transcript is None:
-            # The phones are recognised in a worker process on the other core while the models load.
-            aligner.prefetch(request.audio)
         pipe = Pipeline.from_pretrained(dfm=args.dfm, speech=args.speech_model, device=args.device, aligner=aligner)
+        pipe.prepare_renderer(request.size)
         anim = pipe.run(request, progress=progress(1, 0.0, 0.3))
         with _disk_full_is_clear(args.output.parent, "the video"):
             pipe.save_video(anim, args.output, size=request.size, progress=progress(1, 0.3, 0.65))

@@ -30,10 +30,6 @@ import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import huggingface_hub
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import errors as hf_errors
-from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
 from .constants import ASSETS_DIR
@@ -111,6 +107,9 @@ def parse_repo_id(text: str) -> tuple[str, str | None]:
     expected = "expected 'org/name' or 'org/name@revision' (a branch, tag or commit sha)"
     if repo_id.count("/") != 1:
         raise CheckpointError(f"{text!r} is not a Hub repo id: {expected}")
+    from huggingface_hub import errors as hf_errors  # here, not at the top: a shipped checkpoint needs no Hub client
+    from huggingface_hub.utils import validate_repo_id
+
     try:
         validate_repo_id(repo_id)
     except hf_errors.HFValidationError as err:
@@ -200,6 +199,8 @@ def _check_safetensors(path: Path) -> None:
 
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) now, or as huggingface_hub read it at import."""
+    from huggingface_hub import constants as hf_constants
+
     now = any(os.environ.get(v, "").strip().upper() in TRUE_VALUES for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return now or bool(hf_constants.HF_HUB_OFFLINE)
 
@@ -210,6 +211,8 @@ def hub_cache_dir() -> Path:
         return Path(value).expanduser()
     if value := os.environ.get("HF_HOME"):
         return Path(value).expanduser() / "hub"
+    from huggingface_hub import constants as hf_constants
+
     return Path(hf_constants.HF_HUB_CACHE)
 
 
@@ -238,6 +241,9 @@ def download_checkpoint(repo: str, kind: str, *, token: str | None = None, endpo
     RevisionNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, ...) and CheckpointError for
     files that do not parse.
     """
+    import huggingface_hub
+    from huggingface_hub import constants as hf_constants
+
     repo_id, revision = parse_repo_id(repo)
     offline = hub_offline() if offline is None else offline
     timeout = hub_timeout() if timeout is None else float(timeout)
@@ -354,6 +360,8 @@ def _report(resolved: ResolvedCheckpoint) -> ResolvedCheckpoint:
 
 def _describe_failure(err: Exception, offline: bool) -> str:
     """One line saying why a Hub checkpoint could not be used."""
+    from huggingface_hub import errors as hf_errors
+
     if isinstance(err, hf_errors.RevisionNotFoundError):
         reason = "revision not found (404)"
     elif isinstance(err, hf_errors.RepositoryNotFoundError):  # also gated or private without a token

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from .constants import FPS, SAMPLE_RATE
 from .expression.emotions import add_blinks, blinks, mix, timeline_weights, yield_to_closure
 from .expression.head_motion import HeadMotionConfig, head_pivot, rotate_head, speech_head_motion
 from .face.rig import FaceRig, load_rig
-from .models.checkpoint import pick_device
+from .models.checkpoint import cpu_threads, pick_device
 from .request import METHODS, AnimationRequest, Expression, check_speech, read_reference
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Pipeline:
     head_motion_config: HeadMotionConfig = field(default_factory=HeadMotionConfig)
     _aligner: object | None = None
     _renderers: dict = field(default_factory=dict)
+    _renderer_lock: threading.Lock = field(default_factory=threading.Lock)  # one build per size, even from two threads
 
     @classmethod
     def from_pretrained(cls, dfm: str | None = None, speech: str | None = None, device: str | None = None,
@@ -318,11 +320,30 @@ class Pipeline:
 
         if not (isinstance(size, int) and 64 <= size <= 2048):
             raise ValueError(f"video size must be an integer number of pixels in [64, 2048], got {size!r}")
-        if size not in self._renderers:
-            base = RenderConfig(size=size)
-            margin = framing_margin(self.rig.vertices, head_pivot(self.rig.vertices), self.head_motion_config.max_angles, base)
-            self._renderers[size] = Renderer.for_rig(self.rig, replace(base, margin=margin), device=self.device)
-        return self._renderers[size]
+        with self._renderer_lock:
+            if size not in self._renderers:
+                base = RenderConfig(size=size)
+                margin = framing_margin(self.rig.vertices, head_pivot(self.rig.vertices), self.head_motion_config.max_angles, base)
+                self._renderers[size] = Renderer.for_rig(self.rig, replace(base, margin=margin), device=self.device)
+            return self._renderers[size]
+
+    def prepare_renderer(self, size: int = 512) -> threading.Thread:
+        """Build `renderer(size)` on a background thread now and draw one frame with it (on a CPU,
+        that first frame compiles llvmpipe's shaders), for a caller with other work before the
+        render: the CLI starts it once the models are loaded, and it runs on the core that the
+        speech model's single-threaded loop leaves free. `renderer(size)` waits for it; an error
+        here is left for that call to raise again. Returns the thread."""
+
+        def build() -> None:
+            try:
+                with cpu_threads(1):  # background work: the other core runs the caller's
+                    self.renderer(size)(self.rig.vertices)
+            except Exception as err:  # the caller's renderer(size) builds it again and raises
+                logger.debug("preparing the %d px renderer failed: %s", size, err)
+
+        thread = threading.Thread(target=build, name="prepare-renderer", daemon=True)
+        thread.start()
+        return thread
 
     @property
     def render_batch(self) -> int:

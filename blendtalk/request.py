@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .constants import SAMPLE_RATE
 from .expression.emotions import check_emotion, check_intensity, parse_timeline
 from .expression.head_motion import check_seed, check_switch
-from .face.rig import FaceRig, load_rig
 from .speech.audio import MAX_SECONDS, load_audio
+
+if TYPE_CHECKING:  # the rig (and torch) load only for a reference sequence: the CLI checks its input first
+    from .face.rig import FaceRig
 
 # "ours": the DFM takes out of each input what the other domain's blendshapes explain (its leak) and
 # keeps the rest, (d_s - B_e w_e^s) + (d_e - B_s w_s^e); "eq13": the paper's B_s w_s^s + B_e w_e^e,
@@ -158,7 +161,11 @@ class AnimationRequest:
         if isinstance(size, bool) or not isinstance(size, int) or not lo <= size <= hi:
             raise ValueError(f"video size must be an integer number of pixels in [{lo}, {hi}], got {size!r}")
         expression = Expression(emotion, intensity, mix_with, mix_ratio, timeline, reference, blinks, seed)
-        ref = read_reference(reference, rig or load_rig()) if reference is not None else None  # (T', V, 3)
+        if reference is not None and rig is None:
+            from .face.rig import load_rig
+
+            rig = load_rig()
+        ref = read_reference(reference, rig) if reference is not None else None  # (T', V, 3)
         audio, text, transcript = check_speech(audio, text, transcript, max_audio_seconds)
         return cls(audio, text, transcript, expression, ref, method, head_motion, size)
 

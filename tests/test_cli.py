@@ -1,10 +1,16 @@
 import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from blendtalk.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -80,3 +86,23 @@ def test_ctrl_c_during_an_import_is_raised_once_the_import_is_done():
     assert done == ["the rest of the import"] and signal.getsignal(signal.SIGINT) is before
     with held_interrupt():  # nothing noted: nothing raised
         pass
+
+
+def test_the_request_needs_no_torch_and_a_shipped_checkpoint_no_hub_client():
+    """`animate` checks its input and starts recognising the phones before torch imports (about a
+    second on two cores), and resolving the shipped checkpoints imports no Hub client. In a new process."""
+    code = ("import sys\n"
+            "from blendtalk.cli import build_parser\n"
+            "from blendtalk.request import AnimationRequest\n"
+            "from blendtalk.constants import ASSETS_DIR\n"
+            "request = AnimationRequest.create(str(ASSETS_DIR / 'audio' / 'arctic_a0009.wav'), emotion='happy', timeline='sad@0 happy@1')\n"
+            "assert request.audio is not None\n"
+            "print('torch' in sys.modules)\n"
+            "from blendtalk.hub import resolve_checkpoint\n"
+            "assert resolve_checkpoint('dfm').path.is_dir()\n"
+            "print('huggingface_hub' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("BLENDTALK_DFM", "BLENDTALK_SPEECH")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**env, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False"]

@@ -294,6 +294,25 @@ def test_head_motion_switch_seed_and_render(pipe):
     assert (border == background).all()
 
 
+def test_a_renderer_prepared_in_the_background_is_built_once_and_draws_the_same(pipe, monkeypatch):
+    """prepare_renderer builds (and warms) the renderer on a thread while the caller goes on; the
+    caller's renderer() waits for that build instead of making a second, and draws what a renderer
+    built in the usual way draws."""
+    import blendtalk.render.renderer as renderer_module
+
+    built = []
+    for_rig = renderer_module.Renderer.for_rig.__func__
+    monkeypatch.setattr(renderer_module.Renderer, "for_rig",
+                        classmethod(lambda cls, *a, **k: built.append(1) or for_rig(cls, *a, **k)))
+    fresh = Pipeline(rig=pipe.rig, device=pipe.device)
+    thread = fresh.prepare_renderer(72)
+    renderer = fresh.renderer(72)  # while the thread may still be building
+    thread.join()
+    assert built == [1] and fresh.renderer(72) is renderer
+    verts = pipe.rig.vertices[None] + 0.002 * np.sin(np.arange(3))[:, None, None].astype(np.float32)  # (3, V, 3)
+    np.testing.assert_array_equal(renderer(verts), pipe.renderer(72)(verts))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(head_motion="no"), "head_motion must be true or false"),
     (dict(seed=-1), "seed must be an integer"),

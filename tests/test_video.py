@@ -1,7 +1,10 @@
+import os
+import threading
+
 import numpy as np
 import pytest
 
-from blendtalk.render.video import VideoConfig, probe, side_by_side, write_video
+from blendtalk.render.video import VideoConfig, _PipeWriter, probe, side_by_side, write_video
 
 FPS, SR = 30, 16_000
 
@@ -70,6 +73,34 @@ def test_ffmpeg_error_is_reported_and_cleaned_up(tmp_path):
     with pytest.raises(RuntimeError, match="ffmpeg"):
         write_video(tmp_path / "x.mp4", _frames(45), FPS, _speech(1.5), SR, VideoConfig(preset="nosuchpreset"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pipe_writer_keeps_order_and_reports_a_closed_reader():
+    """Frames are written by a thread of its own: every byte arrives in order, and once the reader
+    (ffmpeg) is gone, the caller's next write or close raises BrokenPipeError; abort then returns."""
+    read_end, write_end = os.pipe()
+    chunks = [bytes([i]) * (100_000 + i) for i in range(6)]  # larger than a pipe's buffer: writes block
+    received = []
+    reader = threading.Thread(target=lambda: received.append(b"".join(iter(lambda: os.read(read_end, 1 << 16), b""))))
+    reader.start()
+    with os.fdopen(write_end, "wb", buffering=0) as stream:
+        writer = _PipeWriter(stream)
+        for chunk in chunks:
+            writer.write(memoryview(chunk))
+        writer.close()
+    reader.join()
+    os.close(read_end)
+    assert received == [b"".join(chunks)]
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "wb", buffering=0) as stream:
+        writer = _PipeWriter(stream)
+        with pytest.raises(BrokenPipeError):
+            for _ in range(100):  # the first write fails in the thread; a later call raises it
+                writer.write(b"frame")
+            writer.close()
+        writer.abort()
 
 
 def test_silent_video_and_odd_size(tmp_path):

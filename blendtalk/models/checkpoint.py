@@ -3,11 +3,13 @@ README.md (a model card), written atomically and read strictly (blendtalk.models
 
 `PretrainedModel` gives a model with a dataclass `config` its `save_pretrained` and
 `from_pretrained`; `save_folder` writes any such folder (the rig maps use it too). `pick_device`
-and `file_sha256` are the one place where blendtalk chooses a device and hashes a file.
+and `file_sha256` are the one place where blendtalk chooses a device and hashes a file;
+`cpu_threads` narrows torch's CPU threads for work too small to share out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +49,26 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
     return dev
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int):
+    """Run torch's CPU operations inside the block on at most `count` threads, then restore the count.
+
+    For many small operations in a row (a speech model's frame-by-frame loop, a renderer's per-frame
+    geometry beside the rasterizer's own threads): a second thread only adds a hand-off per
+    operation, and when the other core is busy, its spin-waits cost several times the work itself.
+    torch keeps the count per thread (OpenMP): threads that already ran torch work keep theirs.
+    """
+    before = torch.get_num_threads()
+    if before <= count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 RENDER_ENV = "BLENDTALK_RENDER"  # "torch" forces the torch rasterizer; "gl" makes a missing OpenGL an error
 SRGB_STEPS = 4096  # the torch path's sRGB lookup table has this many entries; the shader quantises alike
 _GL_POLYGON_OFFSET_FILL = 0x8037  # GLenum
+_GL_FRAMEBUFFER_SRGB = 0x8DB9  # GLenum: writes to an sRGB colour buffer are encoded from linear
+_GL_SRGB8_ALPHA8 = 0x8C43  # GLenum: 8-bit sRGB-encoded colour buffer
 _DEPTH_BITS = 24  # the depth renderbuffer's precision: polygon offset units are steps of 2**-24
 ATTRIBUTES = 19  # floats per vertex: position, normal, albedo + sheen, wrinkle lines (4), fold (2) and brow (3)
 _LOCK = threading.Lock()  # moderngl objects of one context must not be used by two threads at once
@@ -109,12 +111,14 @@ void main() {
         spec += intensities[i] * h;
     }
     float light = (diffuse + ambient) * (back ? back_light : 1.0);
-    vec3 base = v_base * wrinkle_factor(v_wrinkle, v_fold);
+    float lines = 1.0;
+    if (v_wrinkle.z != 0.0 || v_wrinkle.w != 0.0 || v_fold.y != 0.0)  // most skin has none: skip the cosines
+        lines = wrinkle_factor(v_wrinkle, v_fold);
+    vec3 base = v_base * lines;
     if (v_brow.z > 0.999) base *= mix(vec3(1.0), brow_tint, brow_density(v_brow));  // only skin that can carry a brow pays
     vec3 c = base * light + (back ? 0.0 : v_sheen * spec);
     c = floor(clamp(c, 0.0, 1.0) * (srgb_steps - 1.0) + 0.5) / (srgb_steps - 1.0);
-    vec3 srgb = mix(1.055 * pow(max(c, vec3(1e-8)), vec3(1.0 / 2.4)) - 0.055, c * 12.92, lessThanEqual(c, vec3(0.0031308)));
-    f_color = vec4(srgb, 1.0);
+    f_color = vec4(c, 1.0);  // linear: the sRGB colour buffer encodes it
 }
 """
 
@@ -192,7 +196,7 @@ class GLDrawer:
                                         index_buffer=self.index, index_element_size=4)
             # One frame at a time: frames drawn side by side into a wider framebuffer were no faster
             # on llvmpipe and made a frame's pixels depend (by rounding) on its place in the batch.
-            self.fbo = ctx.framebuffer(color_attachments=[ctx.renderbuffer((size, size))],
+            self.fbo = ctx.framebuffer(color_attachments=[ctx.texture((size, size), 4, internal_format=_GL_SRGB8_ALPHA8)],
                                        depth_attachment=ctx.depth_renderbuffer((size, size)))
             # Back faces lose depth ties to front faces (folds where they touch, e.g. eyelid corners):
             # they are drawn in a second pass, pushed back by `tie_bias` in units of the depth buffer's
@@ -216,7 +220,8 @@ class GLDrawer:
             ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
             ctx.front_face = "cw"  # screen y points down, so a triangle facing us winds clockwise
             for t in range(t_count):
-                self.fbo.clear(*self.background, depth=1.0)
+                self.fbo.clear(*self.background, depth=1.0)  # already sRGB: cleared before encoding is on
+                ctx.enable_direct(_GL_FRAMEBUFFER_SRGB)
                 self.vbo.write(attributes[t])
                 ctx.cull_face = "back"  # pass 1: surfaces facing the camera
                 ctx.disable_direct(_GL_POLYGON_OFFSET_FILL)
@@ -225,6 +230,8 @@ class GLDrawer:
                 ctx.polygon_offset = (0.0, self.tie_units)
                 ctx.enable_direct(_GL_POLYGON_OFFSET_FILL)
                 self.vao.render(moderngl.TRIANGLES)
+                # Read the stored sRGB bytes (with encoding on, GL would decode them to linear).
                 # Rows come bottom-up, which the shader's flipped y turns into image order.
+                ctx.disable_direct(_GL_FRAMEBUFFER_SRGB)
                 self.fbo.read_into(out[t], components=3, alignment=1)
         return out

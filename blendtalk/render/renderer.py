@@ -26,6 +26,7 @@ from ..expression.head_motion import head_pivot, rotate_head
 from ..face.brows import BrowRide, brow_density
 from ..face.dressing import DressingConfig, FaceDressing
 from ..face.geometry import ring_edges, vertex_normals
+from ..models.checkpoint import cpu_threads
 from .camera import Camera
 from .raster import Rasterizer
 from .shading import concavity, linear_to_srgb, srgb_to_linear, template_shading
@@ -355,8 +356,9 @@ class Renderer:
     @torch.inference_mode()
     def _gl_attributes(self, verts: torch.Tensor, brows: torch.Tensor) -> np.ndarray:
         """Vertices and brow coordinates (T, V, 3) -> the OpenGL drawer's per-vertex attributes (T, V, 19) float32."""
-        cam = (verts - self.camera.centre) @ self.camera.rotation.T  # (T, V, 3)
-        return torch.cat([cam, *self._vertex_attributes(verts), brows], -1).cpu().numpy()  # (T, V, 19)
+        with cpu_threads(1):  # llvmpipe's threads have the cores; a few frames' geometry is small work
+            cam = (verts - self.camera.centre) @ self.camera.rotation.T  # (T, V, 3)
+            return torch.cat([cam, *self._vertex_attributes(verts), brows], -1).cpu().numpy()  # (T, V, 19)
 
     def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vertices (T, V, 3) -> camera-space normals (T, V, 3), material (T, V, 4): linear albedo

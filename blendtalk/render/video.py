@@ -1,7 +1,8 @@
 """Video out: stream rendered frames and the speech into a browser-ready MP4 (H.264 + AAC).
 
 Frames go to the ffmpeg binary that imageio-ffmpeg ships (no system ffmpeg) through its stdin, a
-batch at a time, so a long clip is never held twice in memory. The speech goes through a temporary
+batch at a time, so a long clip is never held twice in memory. A thread of its own writes them, so
+that the caller goes on rendering the next batch while ffmpeg takes this one in. The speech goes through a temporary
 wav. The audio defines the length: the video is padded (last frame held) or trimmed to
 `num_frames(len(audio))` frames and the audio to exactly that many frames' worth of samples, so the
 two streams end together. The MP4 is written under a temporary name in the target folder and moved
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import re
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,6 +31,7 @@ from .files import atomic_path
 
 FRAME_BATCH = 32  # frames per write to ffmpeg when given one array: a few MB per pipe write
 MAX_LENGTH_MISMATCH = 0.25  # s; frames and audio further apart than this are a caller bug, not rounding
+WRITE_AHEAD = 1  # batches queued for ffmpeg beyond the one being written: the render runs a batch ahead
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,10 @@ def write_video(
         with tempfile.TemporaryFile() as log:
             # stderr to a file, not a pipe: a chatty ffmpeg can then never block on a full pipe.
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+            writer = _PipeWriter(proc.stdin)
             try:
-                _feed(proc, first, batches, (height, width), target, fps)
+                _feed(writer.write, first, batches, (height, width), target, fps)
+                writer.close()
                 proc.stdin.close()
                 if proc.wait() != 0:
                     raise _ffmpeg_error(path, "failed to encode", _tail(log))
@@ -119,6 +125,7 @@ def write_video(
                 if proc.poll() is None:  # an error or Ctrl-C on our side: stop ffmpeg before cleanup
                     proc.kill()
                     proc.wait()
+                writer.abort()  # after the kill, so that a write blocked on the pipe returns
                 if proc.stdin and not proc.stdin.closed:
                     try:
                         proc.stdin.close()
@@ -127,8 +134,62 @@ def write_video(
     return path
 
 
-def _feed(proc, first, batches, size, target, fps) -> None:
-    """Write batches to ffmpeg's stdin; hold the last frame or trim to reach `target` frames."""
+class _PipeWriter:
+    """Writes to a pipe on a thread of its own, at most WRITE_AHEAD writes behind the caller.
+
+    A write to ffmpeg's stdin returns only once ffmpeg has taken the data in, which it does as fast
+    as it encodes; written from the rendering thread, the render waited for the encoder batch by batch.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._queue: queue.Queue = queue.Queue(maxsize=WRITE_AHEAD)
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="ffmpeg-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, data) -> None:
+        """Queue data (kept as it is until written: the caller must not change it); raises what an
+        earlier write raised (BrokenPipeError: ffmpeg stopped)."""
+        while self._error is None:
+            try:
+                self._queue.put(data, timeout=0.1)
+                return
+            except queue.Full:  # look again whether the writer failed
+                continue
+        raise self._error
+
+    def close(self) -> None:
+        """Wait until everything queued is written; raises what a write raised."""
+        self.write(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Drop what is queued and stop the thread (after a failure; nothing if closed)."""
+        if not self._thread.is_alive():
+            return
+        self._error = self._error or BrokenPipeError("the video was abandoned")
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is None:  # after a failure, only drain: the caller's next write raises it
+                try:
+                    self._stream.write(data)
+                except Exception as err:
+                    self._error = err
+
+
+def _feed(write, first, batches, size, target, fps) -> None:
+    """Write batches with `write`; hold the last frame or trim to reach `target` frames."""
     slack = max(1, round(MAX_LENGTH_MISMATCH * fps))
     given = written = 0
     last = first[-1]
@@ -141,7 +202,7 @@ def _feed(proc, first, batches, size, target, fps) -> None:
             raise ValueError(f"got {given}+ frames for {target} frames of audio at {fps} fps")
         keep = batch if target is None else batch[: max(0, target - written)]
         if len(keep):
-            proc.stdin.write(memoryview(np.ascontiguousarray(keep)))
+            write(memoryview(np.ascontiguousarray(keep)))
             written += len(keep)
         last = batch[-1]
         batch = next(batches, None)
@@ -150,7 +211,7 @@ def _feed(proc, first, batches, size, target, fps) -> None:
             raise ValueError(f"got {written} frames for {target} frames of audio at {fps} fps")
         hold = memoryview(np.ascontiguousarray(last))
         for _ in range(target - written):
-            proc.stdin.write(hold)
+            write(hold)
 
 
 def _batches(frames) -> Iterable[np.ndarray]:
