@@ -306,8 +306,8 @@ class Pipeline:
 
     # ---- output ----
     def dressing(self):
-        """The rig's `FaceDressing` as the video draws it (teeth, tongue, lashes, eyes, painted brows),
-        for exports; None for a rig without one."""
+        """The rig's `FaceDressing` for exports (teeth, tongue, lashes, eyes, and the brows as vertex
+        paint, where the video draws them per pixel); None for a rig without one."""
         from .face.dressing import FaceDressing
         from .render.renderer import RenderConfig, dressing_config
 

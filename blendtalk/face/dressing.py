@@ -13,7 +13,8 @@ vertices, not rig weights):
 - the eyeballs (sclera, iris with a limbal ring, pupil) rotate about their centres with the gaze
   and shrink just inside the nearest lid vertex, so they never poke through a closing lid;
 - the brows are paint on the face vertices (from the asset's `face_brow` density), so they move
-  with the brow units for free; the lips get a tint;
+  with the brow units for free, for views with vertex colours only (exports, Plotly); the
+  renderer instead draws them per pixel (`painted_brows=False`, `face.brows`); the lips get a tint;
 - short hair is a cap over the scalp, rigid with the skull (zero unit deltas, like the upper
   teeth), its hairline well above the raised brows; matte, with a little per-strand colour noise
   and a thinner, skin-showing edge.
