@@ -350,7 +350,7 @@ def brow_density(v: np.ndarray, eye_centres: np.ndarray, normals: np.ndarray) ->
     shape = BROW_PAINT
     u = np.linspace(0.0, 1.0, 64)
     y, half = brow_curve(u, shape)
-    b = brow_coordinates(v, eye_centres, normals)  # (V, 3) about each side's eye, mirrored
+    b = brow_coordinates(v, eye_centres, normals, shape)  # (V, 3) about each side's eye, mirrored
     d = np.hypot(b[:, None, 0] - (shape.head_x + u * (shape.tail_x - shape.head_x))[None], b[:, None, 1] - y[None]) - half[None]
     return (np.clip(1 - d.min(1) / shape.soft_edge, 0, 1) * b[:, 2]).astype(np.float32)
 

@@ -245,7 +245,7 @@ class FaceDressing:
             eye_radius=f32(radius), lid_index=torch.as_tensor(lid_index),
             triangles=np.concatenate(all_tris).astype(np.int64),
             colours=np.concatenate(all_cols).astype(np.float32).clip(0, 1),
-            brows=f32(np.pad(brow_coordinates(v, centres, _rest_normals(v, tri)) * (not config.painted_brows),
+            brows=f32(np.pad(np.zeros((face_v, 3)) if config.painted_brows else brow_coordinates(v, centres, _rest_normals(v, tri)),
                              ((0, start - face_v), (0, 0)))),
             brow_paint=(*config.brow, config.brow_opacity),
             ranges=ranges, triangle_ranges=tri_ranges,
