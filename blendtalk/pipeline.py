@@ -27,11 +27,12 @@ import torch
 
 from .animation import Animation
 from .constants import FPS, SAMPLE_RATE
-from .expression.emotions import add_blinks, blinks, mix, timeline_weights, yield_to_closure
+from .expression.emotions import add_blinks, blinks, mix, pause_share, timeline_weights, yield_to_closure
 from .expression.head_motion import HeadMotionConfig, head_pivot, rotate_head, speech_head_motion
 from .face.rig import FaceRig, load_rig
 from .models.checkpoint import cpu_threads, pick_device
 from .request import METHODS, AnimationRequest, Expression, check_speech, read_reference
+from .speech.phones import BILABIALS, PHONE_INDEX, phones_to_frames
 
 logger = logging.getLogger(__name__)
 
@@ -184,15 +185,16 @@ class Pipeline:
             return load_reference(expr.reference, self.rig, frames)
         return self.rig.displacement(expression_weights(expr, frames, names=self.rig.blendshape_names)).astype(np.float32)
 
-    def closure_release(self, expr: Expression, d_s: np.ndarray) -> np.ndarray:
+    def closure_release(self, expr: Expression, d_s: np.ndarray, pause: np.ndarray | None = None) -> np.ndarray:
         """The emotion's unit weights (T, K) that the speech's closures take back: its lip-parting units
-        where d_s (T, V, 3) closes the lips (`yield_to_closure`). Subtracted after fusion, not before:
-        the DFM reads a closure inside the expression input as articulation leak and would open it again."""
+        where d_s (T, V, 3) closes the lips, except deep in a pause (`yield_to_closure`; pause (T,) from
+        `pause_share`). Subtracted after fusion, not before: the DFM reads a closure inside the
+        expression input as articulation leak and would open it again."""
         names = self.rig.blendshape_names
         if expr.reference is not None:  # a recorded sequence carries its own mouth
             return np.zeros((len(d_s), len(names)), dtype=np.float32)
         w = expression_weights(expr, len(d_s), names=names)
-        return w - yield_to_closure(w, self.rig.lip_gap(self.rig.vertices + d_s), names)
+        return w - yield_to_closure(w, self.rig.lip_gap(self.rig.vertices + d_s), names, pause)
 
     @torch.no_grad()
     def fuse(self, d_s: np.ndarray, d_e: np.ndarray, method: str = "ours",
@@ -276,8 +278,10 @@ class Pipeline:
         if ref is None and method == "ours" and "arkit_weights" in weights:  # a label: its own units, not redrawn
             units = expression_weights(expr, frames, names=self.rig.blendshape_names)  # (T, 52)
             weights["arkit_weights"] = self.arkit.with_expression_units(weights["speech_weights"], units)
-        if method != "speech_only":  # the lips close at /p b m/ and in pauses whatever the emotion
-            released = self.closure_release(expr, d_s)  # (T, 52)
+        if method != "speech_only":  # the lips close at /p b m/ whatever the emotion; deep in a pause its mouth returns
+            ids = phones_to_frames(speech.phones, frames)  # (T,)
+            pause = pause_share(ids == PHONE_INDEX["sil"], np.isin(ids, [PHONE_INDEX[p] for p in BILABIALS]))
+            released = self.closure_release(expr, d_s, pause)  # (T, 52)
             fused = fused - self.rig.displacement(released)
             if "arkit_weights" in weights:  # the mapping's units are the rig's: an engine's lips close too
                 weights["arkit_weights"] = np.clip(weights["arkit_weights"] - released, 0.0, 1.0)

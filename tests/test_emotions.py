@@ -5,7 +5,7 @@ from blendtalk.constants import FPS
 from blendtalk.expression.emotions import (
     activation,
     ARKIT_NAMES, AU_TO_ARKIT, EMOTION_AUS, EMOTIONS, Keyframe, SubjectStyle, add_blinks, au_weights, blinks,
-    emotion_curve, emotion_weights, envelope, mix, parse_timeline, timeline_weights, yield_to_closure,
+    emotion_curve, emotion_weights, envelope, mix, parse_timeline, pause_share, timeline_weights, yield_to_closure,
 )
 from blendtalk.face.rig import REGIONS
 
@@ -212,3 +212,42 @@ def test_lip_parting_yields_to_closures_only():
     np.testing.assert_array_equal(out[:, keep], w[:, keep])
     with pytest.raises(ValueError, match="share T"):
         yield_to_closure(w, gap[:5])
+
+
+def test_pause_share_is_one_deep_in_a_silence_and_zero_near_speech():
+    """1 s of speech, 1.5 s of silence, 1 s of speech: the middle of the pause is a pause, the
+    phones and the frames just around them are not; a clip's silent start is a pause of any length."""
+    silent = np.array([False] * 30 + [True] * 45 + [False] * 30)
+    p = pause_share(silent)
+    assert p.shape == (105,) and p.min() >= 0 and p.max() <= 1
+    assert (p[:30] == 0).all() and (p[75:] == 0).all()
+    assert (p[30:30 + int(0.2 * FPS)] == 0).all()  # a closure inside speech is shorter than the settle time
+    assert (p[45:69] == 1).all()  # 0.45 s after the last phone .. 0.2 s before the next
+    assert p[74] < 0.1
+    start = pause_share(np.array([True] * 20 + [False] * 10))
+    assert start[0] == 1 and start[19] < 0.1  # the clip starts at rest, and gives way before the first phone
+    # Short silences between words never release the mouth.
+    assert pause_share(np.array([False] * 10 + [True] * 6 + [False] * 10)).max() == 0
+
+
+def test_a_live_window_sees_only_its_lookahead():
+    silent = np.array([True] * 12)
+    # Speech 3 frames ahead is beyond a 2-frame window: the frame is still deep in the pause ...
+    assert pause_share(silent[:3], lookahead=2, since=20)[0] == 1
+    # ... and once it is in sight the mouth gives way within the window.
+    seen = pause_share(np.array([True, True, False]), lookahead=2, since=20)
+    assert 0 < seen[0] < 1 and seen[2] == 0
+    assert pause_share(np.array([True]), lookahead=0, since=3)[0] == 0  # 3 silent frames: still settling
+    with pytest.raises(ValueError, match="silent"):
+        pause_share(np.zeros((2, 2), bool))
+
+
+def test_an_open_mouthed_emotion_keeps_its_mouth_deep_in_a_pause():
+    w = np.repeat(emotion_weights("surprised")[None], 5, 0)
+    closed = np.zeros(5)
+    jaw = ARKIT_NAMES.index("jawOpen")
+    out = yield_to_closure(w, closed, pause=np.array([0, 0.5, 1, 1, 0]))
+    assert out[0, jaw] == 0 and out[4, jaw] == 0
+    assert out[1, jaw] == pytest.approx(0.5 * w[1, jaw]) and (out[2:4] == w[2:4]).all()
+    with pytest.raises(ValueError, match="pause"):
+        yield_to_closure(w, closed, pause=np.ones(4))

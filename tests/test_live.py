@@ -69,6 +69,29 @@ def test_streamed_file_is_close_to_the_file_path_and_closes_the_lips(pipe, arcti
     assert a.min() >= 0 and a.max() <= 1 and a.shape == (len(frames), 52)
 
 
+def test_an_open_mouthed_emotion_keeps_its_mouth_in_a_pause_streamed_as_in_the_file_path(pipe, arctic):
+    """Speech, 1.2 s of silence, speech again, surprised: deep in the pause the dropped jaw is back in
+    both paths (the lips do not close and reopen before a phrase that opens on /hh/), the /p b m/ still close."""
+    from blendtalk.evaluation.lipsync import bilabial_closure
+    from blendtalk.speech.phones import Phone, read_phone_labels
+
+    audio = np.concatenate([arctic, np.zeros(int(1.2 * SAMPLE_RATE), np.float32), arctic])
+    anim = pipe.animate(audio, emotion="surprised")
+    v = np.stack([f.vertices for f in stream(pipe.live(emotion="surprised"), audio, 320)])
+    assert np.linalg.norm(v - anim.vertices, axis=-1).mean() * 1e3 <= 0.5
+    end = len(arctic) / SAMPLE_RATE
+    pause = slice(round((end + 0.4) * FPS), round((end + 1.0) * FPS))
+    onset = slice(round((end + 1.2) * FPS) - 3, round((end + 1.2) * FPS) + 1)
+    for gap in (pipe.rig.lip_gap(anim.vertices), pipe.rig.lip_gap(v)):
+        assert gap[pause].min() > 10e-3  # mm: about surprise's 2 cm, against 0 for neutral
+        assert gap[onset].min() > 5e-3
+        phones = read_phone_labels(ARCTIC.with_suffix(".phones.txt"))
+        later = [Phone(p.symbol, p.start + end + 1.2, p.end + end + 1.2) for p in phones]
+        assert bilabial_closure(gap, list(phones) + later)["bilabial_closure"] >= 0.9
+    neutral = pipe.rig.lip_gap(pipe.animate(audio, emotion="neutral").vertices)
+    assert neutral[pause].max() < 1e-3
+
+
 def test_frames_leave_after_the_lookahead(pipe, arctic):
     session = pipe.live()
     out = []

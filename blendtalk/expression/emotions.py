@@ -77,7 +77,8 @@ AU_TO_ARKIT: dict[int, dict[str, float]] = {
 # open-mouthed glare (4+5+7+10+16+25+26, a shout), fear 1+2+4+5+20+25+26 with the lower lip drawn
 # down, surprise 1+2+5+25+26, disgust 6+7+9+10+15+16+17+25. The units
 # that hold the lips apart (jaw drop, lips part, raised upper lip, lowered lower lip) yield to the
-# speech's bilabial closures and pauses (`yield_to_closure`): corners, presses, brows and lids stay.
+# speech's bilabial closures (`yield_to_closure`): corners, presses, brows and lids stay. In a pause
+# the speaker is silent and the whole prototype, open mouth included, comes back (`pause_share`).
 EMOTION_AUS: dict[str, dict[str, float]] = {
     "neutral": {},
     "happy": {"AU6": 1.0, "AU12": 1.0, "AU14": 0.3, "AU10": 0.4, "AU25": 1.0, "AU26": 0.2},  # Duchenne, teeth shown
@@ -115,6 +116,13 @@ LIP_PARTING_UNITS = ("mouthUpperUpLeft", "mouthUpperUpRight", "mouthLowerDownLef
                      "mouthShrugUpper", "mouthFunnel", "jawOpen")
 CLOSED_GAP = 0.5e-3  # m: speech lips this close are closing; the expression's parting gives way fully
 PARTED_GAP = 2.0e-3  # m: from here on the speech has its lips apart; the expression keeps all of it
+# In a pause the speaker is silent, not articulating: the emotion's own mouth (surprise's dropped jaw,
+# anger's bared teeth) comes back once the silence has lasted longer than any closure inside speech
+# (a /p/ or /b/ hold is under 0.15 s), and gives way again before the next phone.
+PAUSE_SETTLE = 0.2  # s of silence after the last phone before the expression's mouth starts to return
+PAUSE_RAMP = 0.25  # s over which it returns
+PAUSE_LEAD = 0.2  # s before the next phone by which it has given way again (or the look-ahead, if shorter)
+ONSET_HOLD = 0.1  # s into a phrase that does not open with /p b m/ over which it gives way, as the speech opens the lips
 
 _AU_KEY = re.compile(r"^(AU|L|R)(\d+)$")
 _TOKEN = re.compile(r"^([A-Za-z_]+)@([^:@]+)(?::([^:@]+))?$")
@@ -336,12 +344,53 @@ def emotion_curve(
     return w
 
 
-def yield_to_closure(weights: np.ndarray, speech_gap: np.ndarray, names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
+def pause_share(silent: np.ndarray, bilabial: np.ndarray | None = None, lookahead: int | None = None,
+                since: int | None = None, fps: float = FPS) -> np.ndarray:
+    """How deep each frame lies in a pause, (T,) in [0, 1]: 0 on and near speech, 1 well inside a silence.
+
+    silent: (T,) bool, no speech phone at the frame ("sil"). Clip edges are not speech: a clip that
+    starts in silence starts deep in a pause. bilabial: (T,) bool, a /p b m/ at the frame; a phrase
+    that opens on anything else need not close the lips first, so the pause's mouth gives way over
+    the phrase's first ONSET_HOLD s (until a /p b m/) instead of before it (None: before every phrase).
+    lookahead: frames after each frame that may be read (a live session sees only its window; None:
+    the whole clip), which also bounds the lead-out. since: silent frames before frame 0 (a live
+    session's state; None: the clip's start).
+    """
+    silent = np.asarray(silent, dtype=bool)
+    if silent.ndim != 1:
+        raise ValueError(f"silent must be a (T,) bool array, got shape {silent.shape}")
+    T = len(silent)
+    big = T + 10**6  # "no speech in sight"
+    idx = np.arange(T)
+    if bilabial is not None:
+        bilabial = np.asarray(bilabial, dtype=bool)
+        if bilabial.shape != silent.shape:
+            raise ValueError(f"bilabial must be (T,) like silent, got {bilabial.shape} and {silent.shape}")
+        last_silent = np.maximum.accumulate(np.where(silent, idx, -big))
+        if since is None or since > 0:  # the frame before the first is silent (a clip's start is a pause)
+            last_silent = np.maximum(last_silent, -1)
+        last_bilabial = np.maximum.accumulate(np.where(bilabial, idx, -big))
+        silent = silent | ((idx - last_silent <= ONSET_HOLD * fps) & (last_bilabial < last_silent))
+    last = np.maximum.accumulate(np.where(~silent, idx, -1))  # (T,) last speech frame at or before t
+    start = -big if since is None else -1 - since
+    before = idx - np.where(last >= 0, last, start)  # frames since speech
+    nxt = np.minimum.accumulate(np.where(~silent, idx, big)[::-1])[::-1]  # (T,) next speech frame at or after t
+    after = nxt - idx
+    lead = PAUSE_LEAD * fps if lookahead is None else min(PAUSE_LEAD * fps, lookahead + 1)
+    if lookahead is not None:
+        after = np.where(after > lookahead, big, after)  # speech beyond the window is not yet known
+    return (_ease((before - PAUSE_SETTLE * fps) / (PAUSE_RAMP * fps)) * _ease(after / lead) * silent).astype(np.float64)
+
+
+def yield_to_closure(weights: np.ndarray, speech_gap: np.ndarray, names: Sequence[str] = ARKIT_NAMES,
+                     pause: np.ndarray | None = None) -> np.ndarray:
     """Expression weights (T, K) with their lip-parting units eased off where the speech closes the lips.
 
     speech_gap: (T,) lip opening of the speech deformation alone, metres (`FaceRig.lip_gap`). A
     bilabial closure is a gesture the speaker makes whatever the emotion: a raised upper lip or lips
     held apart give way to it and come back after, while corners, presses, brows and lids are kept.
+    pause: (T,) in [0, 1] (`pause_share`): deep in a pause the speaker is not articulating, and the
+    expression keeps its own mouth there (None: every closure is yielded to, pauses included).
     """
     gap = np.asarray(speech_gap, dtype=np.float64)
     if weights.ndim != 2 or gap.shape != (weights.shape[0],):
@@ -350,6 +399,11 @@ def yield_to_closure(weights: np.ndarray, speech_gap: np.ndarray, names: Sequenc
     # The lips start meeting a frame before the speech's closure and part a frame after it.
     padded = np.pad(closing, 1, mode="edge")
     closing = np.maximum(np.maximum(padded[:-2], padded[1:-1]), padded[2:])
+    if pause is not None:
+        pause = np.asarray(pause, dtype=np.float64)
+        if pause.shape != gap.shape:
+            raise ValueError(f"pause must be (T,) like speech_gap, got {pause.shape} and {gap.shape}")
+        closing = closing * (1.0 - pause)
     out = weights.copy()
     for unit in LIP_PARTING_UNITS:
         if unit in names:

@@ -21,6 +21,7 @@ latency and the limits.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ import numpy as np
 import torch
 
 from ..constants import FPS, SAMPLE_RATE
-from ..expression.emotions import yield_to_closure
+from ..expression.emotions import ONSET_HOLD, pause_share, yield_to_closure
 from ..expression.head_motion import HeadMotionConfig
+from ..speech.phones import BILABIALS, PHONE_INDEX
 from .motion import ExpressionStream, HeadStream
 from .speech_stream import SpeechStream, StreamConfig, frame_start
 
@@ -45,6 +47,8 @@ MAX_AHEAD_SECONDS = 1.0  # s: with `realtime`, audio further ahead of the wall c
 MAX_LAG_SECONDS = 1.0  # s: with `realtime`, a session this far behind the clock (a busy CPU) drops audio to catch up
 THIN_LAG_SECONDS = 0.25  # s: ... and this far behind it fuses every other frame only (the speech model sees all)
 EXPRESSION_CACHE = 64  # distinct expression frames whose DFM encoding is kept (a held emotion is one)
+SILENCE = PHONE_INDEX["sil"]
+BILABIAL_IDS = [PHONE_INDEX[p] for p in BILABIALS]
 
 
 class LiveInputError(ValueError):
@@ -109,8 +113,10 @@ class LiveSession:
         self.head = HeadStream(config.seed, pipe.head_motion_config if isinstance(pipe.head_motion_config, HeadMotionConfig) else None)
         self.arkit_names = self.names if pipe.arkit is not None else ()
         self.notices: deque = deque(maxlen=20)
-        self._held: deque = deque()  # (t, d_s) decoded, waiting for the next frame (closure rule)
+        self._held: deque = deque()  # (t, d_s, phones) decoded, waiting for the next frame (closure rule)
         self._last_ds = None  # d_s of the frame before the oldest held one
+        self._history: deque = deque(maxlen=math.ceil(ONSET_HOLD * FPS) + 1)  # (silent, bilabial) of the last frames out
+        self._silent = None  # silent frames before the history's first; None: all since the stream's start
         self._expr_cache: OrderedDict = OrderedDict()  # weight bytes -> displacement (V, 3)
         self._samples: deque = deque()  # (first sample, chunk) still needed for head motion energies
         self.received = 0  # samples accepted
@@ -213,8 +219,8 @@ class LiveSession:
     # ---- frames ----
     def _emit(self, decoded: list[tuple[int, np.ndarray]], final: bool = False) -> list[LiveFrame]:
         out = []
-        for t, d_s in decoded:
-            self._held.append((t, d_s))
+        for item in decoded:
+            self._held.append(item)
             if len(self._held) == 1 + self.config.closure_lookahead:  # the closure rule reads frame t + 1 (if it looks ahead)
                 out.append(self._frame(skip=self._thin and self._held[0][0] % 2 == 1))
         if final:
@@ -226,13 +232,16 @@ class LiveSession:
     def _frame(self, skip: bool = False) -> LiveFrame | None:
         """The oldest held frame, fused; skip: advance the states only (a session behind the clock)."""
         t0 = time.perf_counter()
-        t, d_s = self._held.popleft()
+        t, d_s, phones = self._held.popleft()
+        # The newest window read (frame t + 1's with the closure look-ahead) says which frames ahead are pauses.
+        phones = self._held[-1][2] if self._held else phones
         following = self._held[0][1] if self._held else d_s
         before = self._last_ds if self._last_ds is not None else d_s
         self._last_ds = d_s
         rig, dfm, dev = self.rig, self.pipe.dfm, self.pipe.device
         w_e = self.expression.frame(t)  # (52,)
         if skip:
+            self._pause(t, phones)  # keeps the pause state
             self.head.frame(t, self._frame_samples(t))
             self.speech.seconds.pop(t, None)
             self.emitted = t + 1
@@ -243,9 +252,10 @@ class LiveSession:
         ds = torch.from_numpy(d_s).to(dev)
         w_speech, cross_s = dfm.split(dfm.encode_speech(ds[None]))  # (1, K_s), (1, K_e)
         fused = (ds - dfm.decode_expression(cross_s)[0] + own_e).cpu().numpy()  # Pipeline.fuse, method "ours"
-        # The emotion's lip-parting units yield where the speech closes the lips (Pipeline.closure_release).
+        # The emotion's lip-parting units yield where the speech closes the lips, except deep in a pause (Pipeline.closure_release).
         gaps = rig.lip_gap(rig.vertices[None] + np.stack([before, d_s, following]))  # (3,)
-        released = (w_e[None] - yield_to_closure(w_e[None].repeat(3, 0), gaps, self.names)[1:2])[0]  # (52,)
+        pause = np.full(3, self._pause(t, phones))
+        released = (w_e[None] - yield_to_closure(w_e[None].repeat(3, 0), gaps, self.names, pause)[1:2])[0]  # (52,)
         fused = fused - rig.displacement(released[None])[0]
         arkit = None
         if self.pipe.arkit is not None:
@@ -276,6 +286,26 @@ class LiveSession:
         if len(self._expr_cache) > EXPRESSION_CACHE:
             self._expr_cache.popitem(last=False)
         return value
+
+    def _pause(self, t: int, phones: tuple[int, np.ndarray]) -> float:
+        """How deep frame t lies in a pause (`pause_share`). phones = (first frame, (n,) ids): the newest
+        window the speech stream read, frame t's look-ahead as it was then (so any chunking gives the
+        same); frames past its end are silent (the clip's end). The phones of the last few frames, as
+        read when each left, decide whether a phrase's onset still holds the pause's mouth."""
+        window = self.config.lookahead + self.config.closure_lookahead
+        first, ids = phones
+        ahead = np.full(window + 1, SILENCE)
+        seen = ids[t - first:t - first + window + 1]
+        ahead[:len(seen)] = seen
+        past = np.array(self._history, dtype=bool).reshape(-1, 2)  # (H, 2) silent, bilabial
+        silent = np.concatenate([past[:, 0], ahead == SILENCE])
+        bilabial = np.concatenate([past[:, 1], np.isin(ahead, BILABIAL_IDS)])
+        share = float(pause_share(silent, bilabial, lookahead=window, since=self._silent)[len(past)])
+        if len(self._history) == self._history.maxlen:  # the oldest leaves the history: count it
+            left_silent = self._history[0][0]
+            self._silent = (None if self._silent is None else self._silent + 1) if left_silent else 0
+        self._history.append((bool(silent[len(past)]), bool(bilabial[len(past)])))
+        return share
 
     def _frame_samples(self, t: int) -> np.ndarray:
         a, b = frame_start(t), frame_start(t + 1)

@@ -288,7 +288,8 @@ class _EncoderStream:
 
 
 class SpeechStream:
-    """Audio (float32 in [-1, 1] at 16 kHz, any chunking) -> (t, d_s (V, 3) float32 metres) per frame.
+    """Audio (float32 in [-1, 1] at 16 kHz, any chunking) -> (t, d_s (V, 3) float32 metres, phones) per
+    frame; phones = (first frame, (n,) int64): the phone ids of the window read for frame t, as read then.
 
     `push(x)` returns the frames its samples complete; `finish(total)` the rest, the clip's last
     frames read as the file path reads them. Memory is bounded: about a second of samples, a
@@ -330,8 +331,8 @@ class SpeechStream:
         """Samples that must have arrived before frame t's d_s is out (`window_samples`)."""
         return window_samples(t, self.config.lookahead, self.config.edge_ms)
 
-    def push(self, x: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Samples (S,) float32 -> [(t, d_s (V, 3))] of the frames now final, in order."""
+    def push(self, x: np.ndarray) -> list[tuple[int, np.ndarray, tuple[int, np.ndarray]]]:
+        """Samples (S,) float32 -> [(t, d_s (V, 3), phones)] of the frames now final, in order."""
         self.mel.push(x)
         self.received += len(x)
         out = []
@@ -369,7 +370,7 @@ class SpeechStream:
                       -32768, 32767).astype("<i2")
         self.phones.push(pcm, quiet)
 
-    def finish(self) -> list[tuple[int, np.ndarray]]:
+    def finish(self) -> list[tuple[int, np.ndarray, tuple[int, np.ndarray]]]:
         """The remaining frames of a clip of `received` samples, as the file path frames its end."""
         from ..speech.audio import num_frames
 
@@ -399,9 +400,9 @@ class SpeechStream:
             self.features.popleft()
 
     @torch.no_grad()
-    def _decode(self, t: int, last: int, edge: tuple[int, np.ndarray] | None = None) -> list[tuple[int, np.ndarray]]:
+    def _decode(self, t: int, last: int, edge: tuple[int, np.ndarray] | None = None) -> list[tuple[int, np.ndarray, tuple[int, np.ndarray]]]:
         """Frame t with full frames up to `last` and, if given, the partial log-mel (80,) of the edge
-        frame after them -> [(t, d_s (V, 3))]; its seconds in `self.seconds[t]`."""
+        frame after them -> [(t, d_s (V, 3), phones)]; its seconds in `self.seconds[t]`."""
         start = time.perf_counter()
         first = max(0, t - self.encoder.context)
         window = [(f, m) for f, m in self.features if first <= f <= last] + ([edge] if edge is not None else [])
@@ -421,4 +422,4 @@ class SpeechStream:
         self.seconds[t] = time.perf_counter() - start
         while len(self.seconds) > 8:  # read by the session as the frame leaves; a few kept in case it is not
             self.seconds.pop(next(iter(self.seconds)))
-        return [(t, d.float().cpu().numpy())]
+        return [(t, d.float().cpu().numpy(), (window[0][0], phones))]
