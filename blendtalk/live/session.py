@@ -217,7 +217,7 @@ class LiveSession:
             logger.warning("live: %s", text)
 
     # ---- frames ----
-    def _emit(self, decoded: list[tuple[int, np.ndarray]], final: bool = False) -> list[LiveFrame]:
+    def _emit(self, decoded: list[tuple[int, np.ndarray, tuple[int, np.ndarray]]], final: bool = False) -> list[LiveFrame]:
         out = []
         for item in decoded:
             self._held.append(item)
