@@ -11,6 +11,14 @@ interpolation, the same Lambert + Blinn-Phong shading and the same 4096-step qua
 the sRGB encoding, which the sRGB colour buffer does (llvmpipe's own approximation: 7% of pixels
 one 8-bit level off the torch path's table, a mean of 0.03 levels on a 10 s clip).
 
+On a GPU host EGL draws on the GPU's own driver where glvnd can reach it (`egl_vendor` registers
+NVIDIA's where the system did not). There the per-frame work around the draw (an upload, a
+synchronous read back) would cost more than the drawing, so a hardware driver draws a whole block
+of frames per call instead: their attributes go up in one write, each frame is drawn into its own
+tile of a tall framebuffer (its own viewport and scissor, so tiles cannot touch), and the block
+comes back in one read, already laid out as (T, H, W, 3). llvmpipe keeps drawing one frame at a
+time (see `GLDrawer.__init__`).
+
 The context is created once per process on first use (`gl_context`) and reused by every renderer;
 a lock makes one thread draw at a time, and each draw makes the context current on its own thread
 (the app renders from worker threads). Set BLENDTALK_RENDER=torch to never use OpenGL.
@@ -38,6 +46,10 @@ _GL_FRAMEBUFFER_SRGB = 0x8DB9  # GLenum: writes to an sRGB colour buffer are enc
 _GL_SRGB8_ALPHA8 = 0x8C43  # GLenum: 8-bit sRGB-encoded colour buffer
 _DEPTH_BITS = 24  # the depth renderbuffer's precision: polygon offset units are steps of 2**-24
 ATTRIBUTES = 19  # floats per vertex: position, normal, albedo + sheen, wrinkle lines (4), fold (2) and brow (3)
+_LAYOUT = (("in_pos", 3, 0), ("in_normal", 3, 3), ("in_material", 4, 6), ("in_wrinkle", 4, 10), ("in_fold", 2, 14),
+           ("in_brow", 3, 16))  # (shader input, floats, first float) of each vertex's ATTRIBUTES
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "software")  # GL_RENDERER names of CPU rasterizers
+MAX_TILES = 64  # frames per draw call on a hardware driver: 64 tiles of 512 px fill the 32768 px framebuffer limit
 _LOCK = threading.Lock()  # moderngl objects of one context must not be used by two threads at once
 
 _VERTEX_SHADER = """
@@ -131,7 +143,7 @@ def gl_wanted() -> bool:
 @functools.lru_cache(maxsize=None)
 def log_fallback(why: str) -> None:
     """One log line per process (and reason) saying that the torch rasterizer draws instead."""
-    logger.warning("OpenGL rendering unavailable (%s); drawing with the slower torch rasterizer", why)
+    logger.warning("drawing with the torch rasterizer: %s", why)
 
 
 @functools.lru_cache(maxsize=1)
@@ -140,7 +152,15 @@ def gl_context():
     ImportError or another Exception where moderngl, EGL or an OpenGL 3.3 driver is missing."""
     import moderngl
 
+    from .egl_vendor import prepare_nvidia_egl
+
+    prepare_nvidia_egl()  # before EGL's first call: glvnd reads its vendor list once
     return moderngl.create_standalone_context(backend="egl", require=330)
+
+
+def is_hardware(renderer: str) -> bool:
+    """True when the GL_RENDERER string names a GPU driver rather than a software rasterizer."""
+    return not any(name in renderer.lower() for name in SOFTWARE_RENDERERS)
 
 
 def gl_status() -> tuple[bool, str]:
@@ -163,13 +183,14 @@ class GLDrawer:
     them. lights: (L, 3) unit directions and (L, 3) Blinn-Phong half-vectors in camera space, (L,)
     intensities. background: (3,) uint8 sRGB. tie_bias: window depth that back faces lose ties by.
     wrinkle: (strength, sharpness, fold strength) of the fine lines and folds (`render.wrinkles`); 0 draws none.
-    brow_tint: (3,) albedo factor of full brow paint (`face.brows`).
+    brow_tint: (3,) albedo factor of full brow paint (`face.brows`). tiles: frames drawn per call
+    (None: MAX_TILES on a hardware driver, 1 on a software one); `frames_per_call` says which.
     """
 
     def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
                  ortho: bool, lights: np.ndarray, halfways: np.ndarray, intensities: np.ndarray, ambient: float,
                  back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float, float] = (0.0, 1.0, 0.0),
-                 brow_tint: np.ndarray = np.ones(3)):
+                 brow_tint: np.ndarray = np.ones(3), tiles: int | None = None):
         import moderngl
 
         self.ctx = ctx = gl_context()
@@ -194,10 +215,26 @@ class GLDrawer:
             self.vbo = ctx.buffer(reserve=self.num_vertices * ATTRIBUTES * 4, dynamic=True)
             self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f 3f 4f 4f 2f 3f", "in_pos", "in_normal", "in_material", "in_wrinkle", "in_fold", "in_brow")],
                                         index_buffer=self.index, index_element_size=4)
-            # One frame at a time: frames drawn side by side into a wider framebuffer were no faster
-            # on llvmpipe and made a frame's pixels depend (by rounding) on its place in the batch.
-            self.fbo = ctx.framebuffer(color_attachments=[ctx.texture((size, size), 4, internal_format=_GL_SRGB8_ALPHA8)],
-                                       depth_attachment=ctx.depth_renderbuffer((size, size)))
+            # llvmpipe: one frame at a time; frames drawn side by side into a wider framebuffer were no
+            # faster there and made a frame's pixels depend (by rounding) on its place in the batch.
+            # A GPU: tiles of a tall framebuffer, MAX_TILES frames per call (see the module's doc).
+            limit = int(ctx.info.get("GL_MAX_RENDERBUFFER_SIZE", size))
+            self.tiles = max(1, min(MAX_TILES, limit // size)) if is_hardware(ctx.info.get("GL_RENDERER", "")) else 1
+            if tiles is not None:
+                self.tiles = max(1, min(int(tiles), limit // size))
+            self.fbo = ctx.framebuffer(
+                color_attachments=[ctx.texture((size, size * self.tiles), 4, internal_format=_GL_SRGB8_ALPHA8)],
+                depth_attachment=ctx.depth_renderbuffer((size, size * self.tiles)))
+            if self.tiles > 1:  # one vertex array per tile, reading its frame's slice of one buffer
+                stride = ATTRIBUTES * 4  # bytes per vertex
+                self.block = ctx.buffer(reserve=self.tiles * self.num_vertices * stride, dynamic=True)
+                self.tile_vaos = []
+                for t in range(self.tiles):
+                    vao = ctx.vertex_array(self.program, [], index_buffer=self.index, index_element_size=4)
+                    offset = t * self.num_vertices * stride
+                    for name, width, at in _LAYOUT:
+                        vao.bind(self.program[name].location, "f", self.block, f"{width}f", offset=offset + 4 * at, stride=stride)
+                    self.tile_vaos.append(vao)
             # Back faces lose depth ties to front faces (folds where they touch, e.g. eyelid corners):
             # they are drawn in a second pass, pushed back by `tie_bias` in units of the depth buffer's
             # step. Not through gl_FragDepth, which would turn off the early depth test.
@@ -219,19 +256,55 @@ class GLDrawer:
             self.fbo.use()
             ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
             ctx.front_face = "cw"  # screen y points down, so a triangle facing us winds clockwise
+            if self.tiles > 1:
+                for start in range(0, t_count, self.tiles):
+                    self._draw_tiles(attributes[start : start + self.tiles], out[start : start + self.tiles])
+                return out
+            self.fbo.viewport = (0, 0, n, n)
             for t in range(t_count):
                 self.fbo.clear(*self.background, depth=1.0)  # already sRGB: cleared before encoding is on
                 ctx.enable_direct(_GL_FRAMEBUFFER_SRGB)
                 self.vbo.write(attributes[t])
-                ctx.cull_face = "back"  # pass 1: surfaces facing the camera
-                ctx.disable_direct(_GL_POLYGON_OFFSET_FILL)
-                self.vao.render(moderngl.TRIANGLES)
-                ctx.cull_face = "front"  # pass 2: surfaces seen from behind, a tie further away
-                ctx.polygon_offset = (0.0, self.tie_units)
-                ctx.enable_direct(_GL_POLYGON_OFFSET_FILL)
-                self.vao.render(moderngl.TRIANGLES)
+                self._passes([self.vao])
                 # Read the stored sRGB bytes (with encoding on, GL would decode them to linear).
                 # Rows come bottom-up, which the shader's flipped y turns into image order.
                 ctx.disable_direct(_GL_FRAMEBUFFER_SRGB)
-                self.fbo.read_into(out[t], components=3, alignment=1)
+                self.fbo.read_into(out[t], viewport=(0, 0, n, n), components=3, alignment=1)
         return out
+
+    @property
+    def frames_per_call(self) -> int:
+        """Frames this drawer draws per block: feed it at least this many at a time."""
+        return self.tiles
+
+    def _passes(self, vaos, boxes=None) -> None:
+        """Draw each vertex array (into its viewport box, where given): front faces, then back faces."""
+        import moderngl
+
+        ctx = self.ctx
+        for back in (False, True):
+            # Pass 1: surfaces facing the camera. Pass 2: surfaces seen from behind, a tie further away.
+            ctx.cull_face = "front" if back else "back"
+            if back:
+                ctx.polygon_offset = (0.0, self.tie_units)
+                ctx.enable_direct(_GL_POLYGON_OFFSET_FILL)
+            else:
+                ctx.disable_direct(_GL_POLYGON_OFFSET_FILL)
+            for i, vao in enumerate(vaos):
+                if boxes is not None:
+                    self.fbo.viewport = self.fbo.scissor = boxes[i]
+                vao.render(moderngl.TRIANGLES)
+
+    def _draw_tiles(self, attributes: np.ndarray, out: np.ndarray) -> None:
+        """Attributes (B, V, 19) of up to `tiles` frames -> uint8 frames written into out (B, H, W, 3):
+        frame t drawn into rows [t*H, (t+1)*H) of the framebuffer, all read back in one call."""
+        ctx, n, count = self.ctx, self.size, len(attributes)
+        self.fbo.scissor = None
+        self.fbo.clear(*self.background, depth=1.0)  # all tiles at once, before sRGB encoding is on
+        ctx.enable_direct(_GL_FRAMEBUFFER_SRGB)
+        self.block.write(attributes)
+        self._passes(self.tile_vaos[:count], [(0, t * n, n, n) for t in range(count)])
+        ctx.disable_direct(_GL_FRAMEBUFFER_SRGB)
+        self.fbo.scissor = None
+        # Bottom-up rows of the stacked tiles: frame after frame, each in image order (flipped y).
+        self.fbo.read_into(out, viewport=(0, 0, n, n * count), components=3, alignment=1)

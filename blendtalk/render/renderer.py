@@ -78,9 +78,11 @@ class RenderConfig:
     cavity_depth: float = 0.006  # template units (m) behind the visible surface for full cavity tint
     supersample: int = 1  # render at k x size and average k x k blocks (anti-aliasing, k^2 cost)
     max_candidates: int | None = None  # pixel-row candidates per chunk of frames; None: by device
-    # Who draws: "auto" is OpenGL on a CPU device (llvmpipe, several times faster) where it works and
-    # supersample is 1, else the torch rasterizer; "torch" always the rasterizer; "gl" OpenGL or an error.
+    # Who draws: "auto" is OpenGL where it works and supersample is 1: on a CPU device (llvmpipe, several
+    # times faster) and on a CUDA device when OpenGL runs on a GPU driver; else the torch rasterizer.
+    # "torch" always the rasterizer; "gl" OpenGL or an error.
     backend: str = "auto"
+    gl_tiles: int | None = None  # frames per OpenGL draw call (tiles of one framebuffer); None: by driver
 
     def __post_init__(self):
         if self.size < 8:
@@ -97,6 +99,8 @@ class RenderConfig:
             raise ValueError(f"supersample must be >= 1, got {self.supersample}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.gl_tiles is not None and self.gl_tiles < 1:
+            raise ValueError(f"gl_tiles must be None or at least 1, got {self.gl_tiles}")
 
 
 class Renderer:
@@ -202,9 +206,11 @@ class Renderer:
         return "gl" if self.gl is not None else "torch"
 
     def _gl_drawer(self):
-        """A `gl.GLDrawer` for this renderer where the config and the machine allow one, else None."""
+        """A `gl.GLDrawer` for this renderer where the config and the machine allow one, else None.
+        "auto" on a CUDA device takes OpenGL only from a GPU driver: llvmpipe there is slower than the
+        torch rasterizer on the GPU."""
         cfg = self.config
-        if cfg.backend == "torch" or (cfg.backend == "auto" and (self.device.type != "cpu" or cfg.supersample > 1)):
+        if cfg.backend == "torch" or (cfg.backend == "auto" and (self.device.type not in ("cpu", "cuda") or cfg.supersample > 1)):
             return None
         from . import gl
 
@@ -212,7 +218,10 @@ class Renderer:
         if not ok:
             if cfg.backend == "gl":
                 raise RuntimeError(f"OpenGL rendering is not available ({why}); use backend='torch'")
-            gl.log_fallback(why)
+            gl.log_fallback(f"OpenGL is unavailable ({why})")
+            return None
+        if cfg.backend == "auto" and self.device.type == "cuda" and not gl.is_hardware(why):
+            gl.log_fallback(f"OpenGL here is {why}, a software rasterizer, slower than the torch rasterizer on {self.device}")
             return None
         if cfg.supersample > 1:
             raise ValueError("the OpenGL backend draws supersample=1 only; use backend='torch' to supersample")
@@ -224,7 +233,7 @@ class Renderer:
             ambient=cfg.ambient, back_light=BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
             tie_bias=1.5 / self.raster.levels,
             wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness, self.wrinkle_config.fold_strength),
-            brow_tint=self.brow_tint.cpu().numpy(),
+            brow_tint=self.brow_tint.cpu().numpy(), tiles=cfg.gl_tiles,
         )
 
     @classmethod
