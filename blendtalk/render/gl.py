@@ -163,6 +163,22 @@ def is_hardware(renderer: str) -> bool:
     return not any(name in renderer.lower() for name in SOFTWARE_RENDERERS)
 
 
+def choose(backend: str, device_type: str, supersample: int, status=None) -> tuple[bool, str | None]:
+    """Whether a renderer with this `RenderConfig.backend`, device type ("cpu", "cuda", ...) and
+    supersampling draws with OpenGL: (True, None), or (False, why not: a line for the log, None
+    where nothing was expected of OpenGL). "auto" takes llvmpipe on a CPU device (several times the
+    torch rasterizer there) but on a CUDA device only a GPU driver: the torch rasterizer on the GPU
+    outruns llvmpipe. status: () -> (ok, renderer name or why not), default `gl_status`."""
+    if backend == "torch" or (backend == "auto" and (device_type not in ("cpu", "cuda") or supersample > 1)):
+        return False, None
+    ok, name = (status or gl_status)()
+    if not ok:
+        return False, f"OpenGL is unavailable ({name})"
+    if backend == "auto" and device_type == "cuda" and not is_hardware(name):
+        return False, f"OpenGL here is {name}, a software rasterizer, slower than the torch rasterizer on the GPU"
+    return True, None
+
+
 def gl_status() -> tuple[bool, str]:
     """(True, renderer name) where OpenGL can draw, else (False, why not)."""
     if not gl_wanted():
