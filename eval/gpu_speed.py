@@ -544,7 +544,25 @@ def gl_section(args, device, report: dict, save) -> None:
             print(f"render {key} {fmt} {args.size} px: {r_['fps_min']:.0f} / {r_['fps_median']:.0f} / {r_['fps_max']:.0f} frames/s,"
                   f" {r_['median_s']:.3f} s", flush=True)
             save()
-    if ok:
+    if ok:  # where the OpenGL path's time goes: geometry on the device, attributes to the host, drawing + reading
+        r = renderers["gl"]
+        block = r.dressing(verts.to(device), None) if r.dressing is not None else verts.to(device)
+        brows = r._brows(block)
+        per = max(r.gl.frames_per_call, 8)
+        spans = [slice(i, i + per) for i in range(0, len(verts), per)]
+        attributes = [r._gl_attributes(block[s_], brows[s_]) for s_ in spans]
+        parts = {"geometry (dressing, brows)": lambda: r._brows(r.dressing(verts.to(device), None)),
+                 "attributes to pinned host memory": lambda: [r._gl_attributes(block[s_], brows[s_]) for s_ in spans],
+                 "OpenGL draw + read, rgb24": lambda: [r.gl(a) for a in attributes]}
+        if r.gl.frames_per_call > 1:
+            parts["OpenGL draw + read, yuv420p"] = lambda: [r.gl(a, pixel_format="yuv420p") for a in attributes]
+        breakdown = {}
+        for name_, fn in parts.items():
+            times = timed(fn, device, args.repeats_clip, warmup=1)
+            breakdown[name_] = {"min_s": min(times), "median_s": statistics.median(times), "max_s": max(times)}
+            print(f"gl breakdown, {name_}: {min(times):.3f} / {statistics.median(times):.3f} / {max(times):.3f} s", flush=True)
+        report["gl_render"]["breakdown"] = breakdown
+        save()
         diff = np.abs(frames["gl", "rgb24"].astype(np.int16) - frames["torch", "rgb24"].astype(np.int16))
         report["gl_render"]["mad_gl_vs_torch"] = float(diff.mean())
         report["gl_render"]["share_over_8_levels"] = float((diff.max(-1) > 8).mean())

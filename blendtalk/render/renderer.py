@@ -231,7 +231,7 @@ class Renderer:
             ambient=cfg.ambient, back_light=BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
             tie_bias=1.5 / self.raster.levels,
             wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness, self.wrinkle_config.fold_strength),
-            brow_tint=self.brow_tint.cpu().numpy(), tiles=cfg.gl_tiles,
+            brow_tint=self.brow_tint.cpu().numpy(), tiles=cfg.gl_tiles, srgb_table=self.srgb_table.cpu().numpy(),
         )
 
     @classmethod
@@ -295,11 +295,13 @@ class Renderer:
             brows = self._brows(block)  # (T, V+E, 3) from the head-local vertices
             if head_rotation is not None:  # after dressing: teeth, eyes and lashes turn with the head
                 block = rotate_head(block, head_rotation[first : first + _PLAN_FRAMES].to(self.device), self.pivot)
+            if self.gl is not None and (not yuv or self.gl.frames_per_call > 1):  # tiles convert in OpenGL
+                self._draw_gl(block, brows, out[first : first + len(block)], pixel_format)
+                continue
             if self.gl is not None:
-                rgb = np.empty((len(block), size, size, 3), np.uint8) if yuv else out[first : first + len(block)]
+                rgb = np.empty((len(block), size, size, 3), np.uint8)
                 self._draw_gl(block, brows, rgb)
-                if yuv:  # on the renderer's device: a GPU converts in a few kernels
-                    out[first : first + len(block)] = rgb_to_yuv420(torch.from_numpy(rgb).to(self.device)).cpu().numpy()
+                out[first : first + len(block)] = rgb_to_yuv420(torch.from_numpy(rgb).to(self.device)).cpu().numpy()
                 continue
             for start, end in self._chunks(block):
                 frames = self._render_chunk(block[start:end], brows[start:end])  # (T, H, W, 3) on the device
@@ -355,8 +357,9 @@ class Renderer:
         """Linear RGB (..., 3) -> sRGB uint8 through a lookup table (much cheaper than a power)."""
         return self.srgb_table[(linear.clamp(0, 1) * (len(self.srgb_table) - 1) + 0.5).long()]
 
-    def _draw_gl(self, verts: torch.Tensor, brows: torch.Tensor, out: np.ndarray) -> None:
-        """Vertices and brow coordinates (T, V, 3) -> uint8 frames written into out (T, H, W, 3), drawn by OpenGL from the
+    def _draw_gl(self, verts: torch.Tensor, brows: torch.Tensor, out: np.ndarray, pixel_format: str = "rgb24") -> None:
+        """Vertices and brow coordinates (T, V, 3) -> uint8 frames written into out (T, H, W, 3) (or
+        (T, 3H/2, W) for "yuv420p", from tiles), drawn by OpenGL from the
         same per-vertex camera-space positions, normals and material the torch path interpolates.
 
         The attributes of the next _GL_FRAMES frames are computed on a second thread while OpenGL
@@ -371,7 +374,7 @@ class Renderer:
                 attributes = pending.result()
                 if i + 1 < len(spans):
                     pending = pool.submit(self._gl_attributes, verts[slice(*spans[i + 1])], brows[slice(*spans[i + 1])])
-                out[start:end] = self.gl(attributes)
+                self.gl(attributes, out[start:end], pixel_format)
 
     @torch.inference_mode()
     def _gl_attributes(self, verts: torch.Tensor, brows: torch.Tensor) -> np.ndarray:
