@@ -16,8 +16,10 @@ NVIDIA's where the system did not). There the per-frame work around the draw (an
 synchronous read back) would cost more than the drawing, so a hardware driver draws a whole block
 of frames per call instead: their attributes go up in one write, each frame is drawn into its own
 tile of a tall framebuffer (its own viewport and scissor, so tiles cannot touch), and the block
-comes back in one read, already laid out as (T, H, W, 3). llvmpipe keeps drawing one frame at a
-time (see `GLDrawer.__init__`).
+comes back in one read, already laid out as (T, H, W, 3), or converted to the video encoder's
+yuv420p by a second pass (`render.yuv`) and read at half the bytes. The tiles encode sRGB with the
+torch path's own table, so their bytes are the rasterizer's. llvmpipe keeps drawing one frame at a
+time into its sRGB colour buffer (see `GLDrawer.__init__`).
 
 The context is created once per process on first use (`gl_context`) and reused by every renderer;
 a lock makes one thread draw at a time, and each draw makes the context current on its own thread

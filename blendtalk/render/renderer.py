@@ -1,5 +1,5 @@
-"""Headless renderer of vertex sequences with smooth shading, on CPU or CUDA: OpenGL (`gl`, llvmpipe
-on a CPU) where it works, else the pure-torch rasterizer (`raster`).
+"""Headless renderer of vertex sequences with smooth shading, on CPU or CUDA: OpenGL (`gl`: llvmpipe
+on a CPU, the GPU's own driver on a CUDA device) where it works, else the pure-torch rasterizer (`raster`).
 
 Per chunk of frames: project the vertices with the camera framed once on the template (`camera`),
 rasterise, then shade only the covered pixels: perspective-correct interpolated vertex normals,
