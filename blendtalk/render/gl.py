@@ -330,8 +330,8 @@ class GLDrawer:
             raise ValueError(f"attributes must have shape (T, {self.num_vertices}, {ATTRIBUTES}), got {attributes.shape}")
         n = self.size
         yuv = pixel_format == "yuv420p"
-        if yuv and self.tiles == 1:
-            raise ValueError("yuv420p frames come from tiles only; convert RGB frames with render.yuv.rgb_to_yuv420")
+        if yuv and (self.tiles == 1 or n % 2):
+            raise ValueError("yuv420p frames come from tiles of an even size only; convert RGB frames with render.yuv.rgb_to_yuv420")
         shape = (t_count, n * 3 // 2, n) if yuv else (t_count, n, n, 3)
         if out is None:
             out = np.empty(shape, np.uint8)
