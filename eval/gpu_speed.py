@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+from dataclasses import replace
 import statistics
 import tempfile
 import time
@@ -401,14 +402,18 @@ def pipeline_section(args, device, report: dict, save) -> None:
     workers.close()
     report["pipeline_batched"] = {"clips": b, "seconds_each": args.seconds, "size": args.size, **rate(totals, frames),
                                   "stages_median_s": {k: statistics.median(v) for k, v in stages.items()},
+                                  "renderer": renderer.backend,
+                                  "gl_frames_per_call": renderer.gl.frames_per_call if renderer.gl is not None else None,
                                   "note": "one phone-recognition process per clip (whole clips); DFM float32 eager as "
-                                          "Pipeline.fuse runs it; render by the torch rasterizer on the device"}
+                                          "Pipeline.fuse runs it; render as Pipeline.renderer draws on the device"}
     save()
     r = report["pipeline_batched"]
     print(f"pipeline, {b} clips: {r['fps_min']:.0f} / {r['fps_median']:.0f} / {r['fps_max']:.0f} frames/s; "
           + ", ".join(f"{k} {v:.3f}" for k, v in r["stages_median_s"].items()), flush=True)
 
     # One clip -> mp4, as the CLI's pipeline runs it (phone workers as the device's default).
+
+    from blendtalk.render.video import nvenc_available
 
     out_mp4 = tmp / "out.mp4"
     try:
@@ -437,7 +442,8 @@ def pipeline_section(args, device, report: dict, save) -> None:
         clip(to_mp4)  # warm-up
         runs = [clip(to_mp4) for _ in range(args.repeats_clip)]
         walls = [r["wall_s"] for r in runs]
-        report[key] = {"seconds": args.seconds, "size": args.size, "min_s": min(walls), "median_s": statistics.median(walls),
+        report[key] = {"seconds": args.seconds, "size": args.size, "renderer": pipe.renderer(args.size).backend,
+                       "nvenc": ffmpeg is not None and nvenc_available(ffmpeg), "min_s": min(walls), "median_s": statistics.median(walls),
                        "max_s": max(walls), "phone_workers": pipe.phone_workers,
                        "stages_median_s": {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "wall_s"},
                        "runs": runs}
@@ -494,35 +500,99 @@ def render_section(args, device, report: dict, save) -> None:
 
 
 def gl_section(args, device, report: dict, save) -> None:
-    """The OpenGL renderer on this host (EGL: the GPU's own driver where the host exposes it for
-    graphics, else Mesa's llvmpipe): which driver answers and 512 px frames/s of one 10 s clip."""
+    """The render and the encode of one 10 s clip on this host, each way the code can take:
+    * render at --size in Pipeline.render_batch calls: the torch rasterizer on the device, OpenGL
+      with the geometry on the device (`RenderConfig(backend="gl")`: the GPU's own driver where EGL
+      reaches it, else llvmpipe), and OpenGL's frames converted to yuv420p on the device; the mean
+      absolute difference of OpenGL's frames from the rasterizer's (8-bit levels);
+    * encode of the same frames to mp4 (no audio): rgb24 into x264 (ffmpeg converts), yuv420p into
+      x264, and yuv420p into NVENC where `video.nvenc_available` says this ffmpeg and driver have it."""
+    import os
+
     from blendtalk.evaluation.clips import long_clip
     from blendtalk.pipeline import Pipeline
     from blendtalk.render import gl
+    from blendtalk.render.egl_vendor import FILES_ENV
     from blendtalk.render.renderer import Renderer
+    from blendtalk.render.video import VideoConfig, nvenc_available, probe, write_video
+    from blendtalk.render.yuv import rgb_to_yuv420
 
     ok, name = gl.gl_status()
-    report["gl_render"] = {"available": ok, "renderer": name}
+    report["gl_render"] = {"available": ok, "renderer": name, "hardware": ok and gl.is_hardware(name),
+                           FILES_ENV: os.environ.get(FILES_ENV)}
     print(f"OpenGL: {ok}, {name}", flush=True)
-    if not ok:
-        save()
-        return
     pipe = Pipeline.from_pretrained(device=str(device))
-    wav, _ = long_clip(args.seconds, Path(tempfile.mkdtemp(prefix="blendtalk-gl-")))
+    tmp = Path(tempfile.mkdtemp(prefix="blendtalk-gl-"))
+    wav, _ = long_clip(args.seconds, tmp)
     anim = pipe.animate(wav, emotion="happy")
-    torch_renderer = pipe.renderer(args.size)
-    renderer = Renderer.for_rig(pipe.rig, torch_renderer.config, device="cpu")  # a CPU renderer draws through OpenGL
     verts = torch.as_tensor(anim.vertices)
+    step = pipe.render_batch
+    base = pipe.renderer(args.size).config
+    renderers = {"torch": Renderer.for_rig(pipe.rig, replace(base, backend="torch"), device=device)}
+    if ok:
+        renderers["gl"] = Renderer.for_rig(pipe.rig, replace(base, backend="gl"), device=device)
+        report["gl_render"]["tiles"] = renderers["gl"].gl.frames_per_call
+    frames = {}
+    for key, r in renderers.items():
+        for fmt in ("rgb24", "yuv420p"):
+            def draw(r=r, fmt=fmt):
+                return np.concatenate([r(verts[i:i + step], pixel_format=fmt) for i in range(0, len(verts), step)])
+            frames[key, fmt] = draw()
+            times = timed(draw, device, args.repeats_clip, warmup=1)
+            report["gl_render"][f"{key}_{fmt}"] = rate(times, len(verts))
+            r_ = report["gl_render"][f"{key}_{fmt}"]
+            print(f"render {key} {fmt} {args.size} px: {r_['fps_min']:.0f} / {r_['fps_median']:.0f} / {r_['fps_max']:.0f} frames/s,"
+                  f" {r_['median_s']:.3f} s", flush=True)
+            save()
+    if ok:  # where the OpenGL path's time goes: geometry on the device, attributes to the host, drawing + reading
+        r = renderers["gl"]
+        block = r.dressing(verts.to(device), None) if r.dressing is not None else verts.to(device)
+        brows = r._brows(block)
+        per = max(r.gl.frames_per_call, 8)
+        spans = [slice(i, i + per) for i in range(0, len(verts), per)]
+        attributes = [r._gl_attributes(block[s_], brows[s_]) for s_ in spans]
+        parts = {"geometry (dressing, brows)": lambda: r._brows(r.dressing(verts.to(device), None)),
+                 "attributes to pinned host memory": lambda: [r._gl_attributes(block[s_], brows[s_]) for s_ in spans],
+                 "OpenGL draw + read, rgb24": lambda: [r.gl(a) for a in attributes]}
+        if r.gl.frames_per_call > 1:
+            parts["OpenGL draw + read, yuv420p"] = lambda: [r.gl(a, pixel_format="yuv420p") for a in attributes]
+        breakdown = {}
+        for name_, fn in parts.items():
+            times = timed(fn, device, args.repeats_clip, warmup=1)
+            breakdown[name_] = {"min_s": min(times), "median_s": statistics.median(times), "max_s": max(times)}
+            print(f"gl breakdown, {name_}: {min(times):.3f} / {statistics.median(times):.3f} / {max(times):.3f} s", flush=True)
+        report["gl_render"]["breakdown"] = breakdown
+        save()
+        diff = np.abs(frames["gl", "rgb24"].astype(np.int16) - frames["torch", "rgb24"].astype(np.int16))
+        report["gl_render"]["mad_gl_vs_torch"] = float(diff.mean())
+        report["gl_render"]["share_over_8_levels"] = float((diff.max(-1) > 8).mean())
+        print(f"gl vs torch: MAD {diff.mean():.4f} levels", flush=True)
+        try:
+            from PIL import Image
 
-    def draw():
-        for i in range(0, len(verts), 60):
-            renderer(verts[i:i + 60])
+            pick = frames["gl", "rgb24"][len(verts) // 2], frames["torch", "rgb24"][len(verts) // 2]
+            Image.fromarray(np.concatenate(pick, 1)).save(Path(args.json).with_suffix(".png") if args.json else tmp / "gl.png")
+        except Exception:  # a picture is a nicety
+            pass
+    rgb = frames.get(("gl", "rgb24"), frames["torch", "rgb24"])
+    yuv = rgb_to_yuv420(torch.from_numpy(rgb)).numpy()
+    import imageio_ffmpeg
 
-    times = timed(draw, torch.device("cpu"), args.repeats_clip)
-    report["gl_render"].update({"size": args.size, **rate(times, len(verts))})
-    save()
-    r = report["gl_render"]
-    print(f"gl render {args.size} px: {r['fps_min']:.0f} / {r['fps_median']:.0f} / {r['fps_max']:.0f} frames/s", flush=True)
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    report["encode"] = {"ffmpeg": ffmpeg, "nvenc_available": nvenc_available(ffmpeg), "frames": len(rgb)}
+    cases = [("rgb24_x264", rgb, "rgb24", VideoConfig()), ("yuv420p_x264", yuv, "yuv420p", VideoConfig())]
+    if report["encode"]["nvenc_available"]:
+        cases.append(("yuv420p_nvenc", yuv, "yuv420p", VideoConfig(encoder="h264_nvenc")))
+    for key, data, fmt, cfg in cases:
+        out = tmp / f"{key}.mp4"
+        times = timed(lambda: write_video(out, data, anim.fps, config=cfg, pixel_format=fmt), torch.device("cpu"),
+                      args.repeats_clip, warmup=1)
+        v = probe(out)["video"]
+        report["encode"][key] = {"min_s": min(times), "median_s": statistics.median(times), "max_s": max(times),
+                                 "bytes": out.stat().st_size, "stream": {k: v[k] for k in ("codec", "profile", "pix_fmt", "frames")}}
+        print(f"encode {key}: {min(times):.3f} / {statistics.median(times):.3f} / {max(times):.3f} s, {out.stat().st_size} bytes, {v['pix_fmt']}",
+              flush=True)
+        save()
     pipe.close()
 
 

@@ -109,6 +109,51 @@ def test_wrinkle_sharpen_is_the_power_torch_takes(sharpness):
     np.testing.assert_allclose(got, x ** np.float32(sharpness), rtol=1e-5, atol=1e-6)
 
 
+@needs_gl
+def test_tiles_give_the_frames_of_one_frame_at_a_time(rig, animated):
+    # The GPU path (several frames per draw, tiles of one framebuffer, one read) against one frame a call:
+    # 4 tiles for 6 frames also covers a last, partial block.
+    one = Renderer.for_rig(rig, RenderConfig(size=96, backend="gl", gl_tiles=1))
+    tiled = Renderer.for_rig(rig, RenderConfig(size=96, backend="gl", gl_tiles=4))
+    assert (one.gl.frames_per_call, tiled.gl.frames_per_call) == (1, 4)
+    a, b = one(*animated), tiled(*animated)
+    diff = np.abs(a.astype(int) - b.astype(int))
+    # Tiles encode sRGB with the rasterizer's own table, one frame a call with the colour buffer's
+    # (llvmpipe's is one level off for a few % of values); a tile's offset may round a rare sample.
+    assert diff.max() <= 1 and diff.mean() < 0.05
+    alone = tiled(*(x[3:4] for x in animated))[0]  # tile 0 alone against tile 3 of the block
+    assert np.abs(alone.astype(int) - b[3].astype(int)).max() <= 1
+    assert (b != b[:, :1, :1]).any(-1).mean() > 0.2
+    torch_frames = Renderer.for_rig(rig, RenderConfig(size=96, backend="torch"))(*animated)
+    assert np.abs(b.astype(int) - torch_frames.astype(int)).mean() < TOLERANCE / 10
+
+
+@needs_gl
+def test_yuv_frames_are_the_rgb_frames_converted(rig, animated):
+    import torch
+
+    from blendtalk.render.yuv import rgb_to_yuv420
+
+    for backend, tiles in (("gl", 1), ("gl", 4), ("torch", None)):  # tiles convert in OpenGL, the others with torch
+        r = Renderer.for_rig(rig, RenderConfig(size=64, backend=backend, gl_tiles=tiles))
+        rgb, yuv = r(*animated), r(*animated, pixel_format="yuv420p")
+        assert yuv.shape == (len(rgb), 96, 64) and np.array_equal(yuv, rgb_to_yuv420(torch.from_numpy(rgb)).numpy())
+    with pytest.raises(ValueError, match="pixel_format"):
+        r(*animated, pixel_format="nv12")
+
+
+@pytest.mark.gpu
+def test_auto_on_cuda_draws_with_the_gpu_driver_when_there_is_one(rig, animated):
+    ok, name = gl.gl_status()
+    if not (ok and gl.is_hardware(name)):
+        pytest.skip(f"no OpenGL on a GPU driver here ({name})")
+    a = Renderer.for_rig(rig, RenderConfig(size=SIZE), device="cuda")
+    b = Renderer.for_rig(rig, RenderConfig(size=SIZE, backend="torch"), device="cuda")
+    assert a.backend == "gl" and a.gl.frames_per_call > 1
+    diff = np.abs(a(*animated).astype(int) - b(*animated).astype(int))
+    assert diff.mean() < TOLERANCE / 10
+
+
 def test_forced_off_falls_back_to_torch(rig, animated, monkeypatch):
     monkeypatch.setenv(gl.RENDER_ENV, "torch")
     r = Renderer.for_rig(rig, RenderConfig(size=64))

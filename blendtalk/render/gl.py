@@ -11,6 +11,16 @@ interpolation, the same Lambert + Blinn-Phong shading and the same 4096-step qua
 the sRGB encoding, which the sRGB colour buffer does (llvmpipe's own approximation: 7% of pixels
 one 8-bit level off the torch path's table, a mean of 0.03 levels on a 10 s clip).
 
+On a GPU host EGL draws on the GPU's own driver where glvnd can reach it (`egl_vendor` registers
+NVIDIA's where the system did not). There the per-frame work around the draw (an upload, a
+synchronous read back) would cost more than the drawing, so a hardware driver draws a whole block
+of frames per call instead: their attributes go up in one write, each frame is drawn into its own
+tile of a tall framebuffer (its own viewport and scissor, so tiles cannot touch), and the block
+comes back in one read, already laid out as (T, H, W, 3), or converted to the video encoder's
+yuv420p by a second pass (`render.yuv`) and read at half the bytes. The tiles encode sRGB with the
+torch path's own table, so their bytes are the rasterizer's. llvmpipe keeps drawing one frame at a
+time into its sRGB colour buffer (see `GLDrawer.__init__`).
+
 The context is created once per process on first use (`gl_context`) and reused by every renderer;
 a lock makes one thread draw at a time, and each draw makes the context current on its own thread
 (the app renders from worker threads). Set BLENDTALK_RENDER=torch to never use OpenGL.
@@ -38,6 +48,10 @@ _GL_FRAMEBUFFER_SRGB = 0x8DB9  # GLenum: writes to an sRGB colour buffer are enc
 _GL_SRGB8_ALPHA8 = 0x8C43  # GLenum: 8-bit sRGB-encoded colour buffer
 _DEPTH_BITS = 24  # the depth renderbuffer's precision: polygon offset units are steps of 2**-24
 ATTRIBUTES = 19  # floats per vertex: position, normal, albedo + sheen, wrinkle lines (4), fold (2) and brow (3)
+_LAYOUT = (("in_pos", 3, 0), ("in_normal", 3, 3), ("in_material", 4, 6), ("in_wrinkle", 4, 10), ("in_fold", 2, 14),
+           ("in_brow", 3, 16))  # (shader input, floats, first float) of each vertex's ATTRIBUTES
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "software")  # GL_RENDERER names of CPU rasterizers
+MAX_TILES = 64  # frames per draw call on a hardware driver: 64 tiles of 512 px fill the 32768 px framebuffer limit
 _LOCK = threading.Lock()  # moderngl objects of one context must not be used by two threads at once
 
 _VERTEX_SHADER = """
@@ -88,6 +102,8 @@ uniform float intensities[LIGHTS];
 uniform float ambient;
 uniform float back_light;  // surfaces seen from behind get this share of the light
 uniform float srgb_steps;
+uniform int table_encode;        // 1: write the sRGB byte from srgb_table (a plain colour buffer)
+uniform sampler2D srgb_table;    // (srgb_steps, 1) R8: the torch path's own sRGB table
 uniform vec3 brow_tint;   // albedo factor of full brow paint
 {wrinkles}
 {brows}
@@ -117,8 +133,49 @@ void main() {
     vec3 base = v_base * lines;
     if (v_brow.z > 0.999) base *= mix(vec3(1.0), brow_tint, brow_density(v_brow));  // only skin that can carry a brow pays
     vec3 c = base * light + (back ? 0.0 : v_sheen * spec);
-    c = floor(clamp(c, 0.0, 1.0) * (srgb_steps - 1.0) + 0.5) / (srgb_steps - 1.0);
-    f_color = vec4(c, 1.0);  // linear: the sRGB colour buffer encodes it
+    vec3 q = floor(clamp(c, 0.0, 1.0) * (srgb_steps - 1.0) + 0.5);
+    if (table_encode == 1) {
+        ivec3 i = ivec3(q);
+        f_color = vec4(texelFetch(srgb_table, ivec2(i.r, 0), 0).r, texelFetch(srgb_table, ivec2(i.g, 0), 0).r,
+                       texelFetch(srgb_table, ivec2(i.b, 0), 0).r, 1.0);
+    } else {
+        f_color = vec4(q / (srgb_steps - 1.0), 1.0);  // linear: the sRGB colour buffer encodes it
+    }
+}
+"""
+
+# Tiles of sRGB frames -> yuv420p tiles (`render.yuv`: BT.601 limited range, 2x2 chroma means), one
+# R8 texel per output byte: tile t holds rows [t*3N/2, (t+1)*3N/2), Y (N rows), then U and V (N/4 rows each).
+_YUV_VERTEX_SHADER = """
+#version 330
+void main() {  // one triangle over the whole target
+    vec2 p = vec2((gl_VertexID << 1) & 2, gl_VertexID & 2);
+    gl_Position = vec4(2.0 * p - 1.0, 0.0, 1.0);
+}
+"""
+
+_YUV_FRAGMENT_SHADER = """
+#version 330
+uniform sampler2D frames;  // RGBA8 tiles of N x N sRGB frames, tile t at rows [t*N, (t+1)*N)
+uniform int n;
+out float f_byte;
+vec3 rgb(int x, int y) { return texelFetch(frames, ivec2(x, y), 0).rgb * 255.0; }
+void main() {
+    int x = int(gl_FragCoord.x), row = int(gl_FragCoord.y);
+    int rows = 3 * n / 2;
+    int t = row / rows, r = row - t * rows;
+    float v;
+    if (r < n) {
+        v = 16.0 + dot(rgb(x, t * n + r), vec3(65.481, 128.553, 24.966) / 255.0);
+    } else {
+        int k = (r - n) * n + x, quarter = n * n / 4;
+        int plane = k / quarter, j = k - plane * quarter, half_n = n / 2;
+        int cx = 2 * (j % half_n), cy = t * n + 2 * (j / half_n);
+        vec3 m = (rgb(cx, cy) + rgb(cx + 1, cy) + rgb(cx, cy + 1) + rgb(cx + 1, cy + 1)) * 0.25;
+        vec3 w = plane == 0 ? vec3(-37.797, -74.203, 112.0) : vec3(112.0, -93.786, -18.214);
+        v = 128.0 + dot(m, w / 255.0);
+    }
+    f_byte = floor(clamp(v + 0.5, 0.0, 255.0)) / 255.0;
 }
 """
 
@@ -131,7 +188,7 @@ def gl_wanted() -> bool:
 @functools.lru_cache(maxsize=None)
 def log_fallback(why: str) -> None:
     """One log line per process (and reason) saying that the torch rasterizer draws instead."""
-    logger.warning("OpenGL rendering unavailable (%s); drawing with the slower torch rasterizer", why)
+    logger.warning("drawing with the torch rasterizer: %s", why)
 
 
 @functools.lru_cache(maxsize=1)
@@ -140,7 +197,31 @@ def gl_context():
     ImportError or another Exception where moderngl, EGL or an OpenGL 3.3 driver is missing."""
     import moderngl
 
+    from .egl_vendor import prepare_nvidia_egl
+
+    prepare_nvidia_egl()  # before EGL's first call: glvnd reads its vendor list once
     return moderngl.create_standalone_context(backend="egl", require=330)
+
+
+def is_hardware(renderer: str) -> bool:
+    """True when the GL_RENDERER string names a GPU driver rather than a software rasterizer."""
+    return not any(name in renderer.lower() for name in SOFTWARE_RENDERERS)
+
+
+def choose(backend: str, device_type: str, supersample: int, status=None) -> tuple[bool, str | None]:
+    """Whether a renderer with this `RenderConfig.backend`, device type ("cpu", "cuda", ...) and
+    supersampling draws with OpenGL: (True, None), or (False, why not: a line for the log, None
+    where nothing was expected of OpenGL). "auto" takes llvmpipe on a CPU device (several times the
+    torch rasterizer there) but on a CUDA device only a GPU driver: the torch rasterizer on the GPU
+    outruns llvmpipe. status: () -> (ok, renderer name or why not), default `gl_status`."""
+    if backend == "torch" or (backend == "auto" and (device_type not in ("cpu", "cuda") or supersample > 1)):
+        return False, None
+    ok, name = (status or gl_status)()
+    if not ok:
+        return False, f"OpenGL is unavailable ({name})"
+    if backend == "auto" and device_type == "cuda" and not is_hardware(name):
+        return False, f"OpenGL here is {name}, a software rasterizer, slower than the torch rasterizer on the GPU"
+    return True, None
 
 
 def gl_status() -> tuple[bool, str]:
@@ -163,13 +244,17 @@ class GLDrawer:
     them. lights: (L, 3) unit directions and (L, 3) Blinn-Phong half-vectors in camera space, (L,)
     intensities. background: (3,) uint8 sRGB. tie_bias: window depth that back faces lose ties by.
     wrinkle: (strength, sharpness, fold strength) of the fine lines and folds (`render.wrinkles`); 0 draws none.
-    brow_tint: (3,) albedo factor of full brow paint (`face.brows`).
+    brow_tint: (3,) albedo factor of full brow paint (`face.brows`). tiles: frames drawn per call
+    (None: MAX_TILES on a hardware driver, 1 on a software one); `frames_per_call` says which.
+    srgb_table: (SRGB_STEPS,) uint8, the torch path's sRGB table, which tiles encode with (exactly
+    the rasterizer's bytes for the same linear value); one frame at a time encodes with the sRGB
+    colour buffer instead. Needed for tiles > 1.
     """
 
     def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
                  ortho: bool, lights: np.ndarray, halfways: np.ndarray, intensities: np.ndarray, ambient: float,
                  back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float, float] = (0.0, 1.0, 0.0),
-                 brow_tint: np.ndarray = np.ones(3)):
+                 brow_tint: np.ndarray = np.ones(3), tiles: int | None = None, srgb_table: np.ndarray | None = None):
         import moderngl
 
         self.ctx = ctx = gl_context()
@@ -194,23 +279,64 @@ class GLDrawer:
             self.vbo = ctx.buffer(reserve=self.num_vertices * ATTRIBUTES * 4, dynamic=True)
             self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f 3f 4f 4f 2f 3f", "in_pos", "in_normal", "in_material", "in_wrinkle", "in_fold", "in_brow")],
                                         index_buffer=self.index, index_element_size=4)
-            # One frame at a time: frames drawn side by side into a wider framebuffer were no faster
-            # on llvmpipe and made a frame's pixels depend (by rounding) on its place in the batch.
-            self.fbo = ctx.framebuffer(color_attachments=[ctx.texture((size, size), 4, internal_format=_GL_SRGB8_ALPHA8)],
-                                       depth_attachment=ctx.depth_renderbuffer((size, size)))
+            # llvmpipe: one frame at a time; frames drawn side by side into a wider framebuffer were no
+            # faster there and made a frame's pixels depend (by rounding) on its place in the batch.
+            # A GPU: tiles of a tall framebuffer, MAX_TILES frames per call (see the module's doc).
+            limit = int(ctx.info.get("GL_MAX_RENDERBUFFER_SIZE", size))
+            fit = max(1, 2 * limit // (3 * size))  # the yuv420p target is 3/2 as tall as the frames
+            self.tiles = min(MAX_TILES, fit) if is_hardware(ctx.info.get("GL_RENDERER", "")) else 1
+            if tiles is not None:
+                self.tiles = max(1, min(int(tiles), fit))
+            if self.tiles > 1 and srgb_table is None:
+                raise ValueError("tiles > 1 need the sRGB table (srgb_table)")
+            self.program["table_encode"].value = int(self.tiles > 1)
+            # Tiles: plain bytes that the shader encodes from the table (the YUV pass reads them as they are).
+            colour = ctx.texture((size, size * self.tiles), 4, internal_format=None if self.tiles > 1 else _GL_SRGB8_ALPHA8)
+            self.fbo = ctx.framebuffer(color_attachments=[colour], depth_attachment=ctx.depth_renderbuffer((size, size * self.tiles)))
+            if self.tiles > 1:
+                table = np.ascontiguousarray(srgb_table, dtype=np.uint8)
+                self.srgb_texture = ctx.texture((len(table), 1), 1, table.tobytes())
+                self.srgb_texture.filter = (moderngl.NEAREST, moderngl.NEAREST)
+                self.program["srgb_table"].value = 1
+                self.colour = colour
+                self.colour.filter = (moderngl.NEAREST, moderngl.NEAREST)
+                self.yuv_program = ctx.program(vertex_shader=_YUV_VERTEX_SHADER, fragment_shader=_YUV_FRAGMENT_SHADER)
+                self.yuv_program["frames"].value = 0
+                self.yuv_program["n"].value = size
+                self.yuv_vao = ctx.vertex_array(self.yuv_program, [])
+                self.yuv_fbo = ctx.framebuffer(color_attachments=[ctx.texture((size, size * 3 // 2 * self.tiles), 1)])
+            if self.tiles > 1:  # one vertex array per tile, reading its frame's slice of one buffer
+                stride = ATTRIBUTES * 4  # bytes per vertex
+                self.block = ctx.buffer(reserve=self.tiles * self.num_vertices * stride, dynamic=True)
+                self.tile_vaos = []
+                for t in range(self.tiles):
+                    vao = ctx.vertex_array(self.program, [], index_buffer=self.index, index_element_size=4)
+                    offset = t * self.num_vertices * stride
+                    for name, width, at in _LAYOUT:
+                        vao.bind(self.program[name].location, "f", self.block, f"{width}f", offset=offset + 4 * at, stride=stride)
+                    self.tile_vaos.append(vao)
             # Back faces lose depth ties to front faces (folds where they touch, e.g. eyelid corners):
             # they are drawn in a second pass, pushed back by `tie_bias` in units of the depth buffer's
             # step. Not through gl_FragDepth, which would turn off the early depth test.
             self.tie_units = float(tie_bias * (1 << _DEPTH_BITS))
 
-    def __call__(self, attributes: np.ndarray) -> np.ndarray:
+    def __call__(self, attributes: np.ndarray, out: np.ndarray | None = None, pixel_format: str = "rgb24") -> np.ndarray:
         """attributes (T, V, 19) float32: camera-space position (3), camera-space normal (3),
-        linear albedo (3), sheen (1), wrinkle (6, `render.wrinkles`) and brow (3, `face.brows`) per vertex -> uint8 frames (T, size, size, 3)."""
+        linear albedo (3), sheen (1), wrinkle (6, `render.wrinkles`) and brow (3, `face.brows`) per vertex -> uint8 frames (T, size, size, 3),
+        or with pixel_format "yuv420p" (tiles > 1 only) (T, 3 size/2, size) as `yuv.rgb_to_yuv420`
+        makes them. out: optional uint8 array of that shape to write into (returned)."""
         t_count, v_count, width = attributes.shape
         if v_count != self.num_vertices or width != ATTRIBUTES:
             raise ValueError(f"attributes must have shape (T, {self.num_vertices}, {ATTRIBUTES}), got {attributes.shape}")
         n = self.size
-        out = np.empty((t_count, n, n, 3), np.uint8)
+        yuv = pixel_format == "yuv420p"
+        if yuv and (self.tiles == 1 or n % 2):
+            raise ValueError("yuv420p frames come from tiles of an even size only; convert RGB frames with render.yuv.rgb_to_yuv420")
+        shape = (t_count, n * 3 // 2, n) if yuv else (t_count, n, n, 3)
+        if out is None:
+            out = np.empty(shape, np.uint8)
+        elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a contiguous uint8 array of shape {shape}, got {out.dtype} {out.shape}")
         attributes = np.ascontiguousarray(attributes, dtype=np.float32)
         with _LOCK, self.ctx:
             import moderngl
@@ -219,19 +345,68 @@ class GLDrawer:
             self.fbo.use()
             ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
             ctx.front_face = "cw"  # screen y points down, so a triangle facing us winds clockwise
+            if self.tiles > 1:
+                for start in range(0, t_count, self.tiles):
+                    self._draw_tiles(attributes[start : start + self.tiles], out[start : start + self.tiles], yuv)
+                return out
+            self.fbo.viewport = (0, 0, n, n)
             for t in range(t_count):
                 self.fbo.clear(*self.background, depth=1.0)  # already sRGB: cleared before encoding is on
                 ctx.enable_direct(_GL_FRAMEBUFFER_SRGB)
                 self.vbo.write(attributes[t])
-                ctx.cull_face = "back"  # pass 1: surfaces facing the camera
-                ctx.disable_direct(_GL_POLYGON_OFFSET_FILL)
-                self.vao.render(moderngl.TRIANGLES)
-                ctx.cull_face = "front"  # pass 2: surfaces seen from behind, a tie further away
-                ctx.polygon_offset = (0.0, self.tie_units)
-                ctx.enable_direct(_GL_POLYGON_OFFSET_FILL)
-                self.vao.render(moderngl.TRIANGLES)
+                self._passes([self.vao])
                 # Read the stored sRGB bytes (with encoding on, GL would decode them to linear).
                 # Rows come bottom-up, which the shader's flipped y turns into image order.
                 ctx.disable_direct(_GL_FRAMEBUFFER_SRGB)
-                self.fbo.read_into(out[t], components=3, alignment=1)
+                self.fbo.read_into(out[t], viewport=(0, 0, n, n), components=3, alignment=1)
         return out
+
+    @property
+    def frames_per_call(self) -> int:
+        """Frames this drawer draws per block: feed it at least this many at a time."""
+        return self.tiles
+
+    def _passes(self, vaos, boxes=None) -> None:
+        """Draw each vertex array (into its viewport box, where given): front faces, then back faces."""
+        import moderngl
+
+        ctx = self.ctx
+        for back in (False, True):
+            # Pass 1: surfaces facing the camera. Pass 2: surfaces seen from behind, a tie further away.
+            ctx.cull_face = "front" if back else "back"
+            if back:
+                ctx.polygon_offset = (0.0, self.tie_units)
+                ctx.enable_direct(_GL_POLYGON_OFFSET_FILL)
+            else:
+                ctx.disable_direct(_GL_POLYGON_OFFSET_FILL)
+            for i, vao in enumerate(vaos):
+                if boxes is not None:
+                    self.fbo.viewport = self.fbo.scissor = boxes[i]
+                vao.render(moderngl.TRIANGLES)
+
+    def _draw_tiles(self, attributes: np.ndarray, out: np.ndarray, yuv: bool) -> None:
+        """Attributes (B, V, 19) of up to `tiles` frames -> uint8 frames written into out (B, H, W, 3),
+        or (B, 3H/2, W) yuv420p: frame t drawn into rows [t*H, (t+1)*H) of the framebuffer (its own
+        viewport and scissor), all read back in one call."""
+        import moderngl
+
+        ctx, n, count = self.ctx, self.size, len(attributes)
+        self.fbo.scissor = None
+        self.fbo.clear(*self.background, depth=1.0)  # all tiles at once; the background is already sRGB bytes
+        self.block.write(attributes)
+        self.srgb_texture.use(1)
+        self._passes(self.tile_vaos[:count], [(0, t * n, n, n) for t in range(count)])
+        self.fbo.scissor = None
+        if not yuv:
+            # Bottom-up rows of the stacked tiles: frame after frame, each in image order (flipped y).
+            self.fbo.read_into(out, viewport=(0, 0, n, n * count), components=3, alignment=1)
+            return
+        rows = n * 3 // 2 * count
+        self.yuv_fbo.use()
+        self.yuv_fbo.viewport = self.yuv_fbo.scissor = (0, 0, n, rows)
+        ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+        self.colour.use(0)
+        self.yuv_vao.render(moderngl.TRIANGLES, vertices=3)
+        self.yuv_fbo.read_into(out, viewport=(0, 0, n, rows), components=1, alignment=1)
+        self.fbo.use()
+        ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)

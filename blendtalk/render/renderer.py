@@ -1,5 +1,5 @@
-"""Headless renderer of vertex sequences with smooth shading, on CPU or CUDA: OpenGL (`gl`, llvmpipe
-on a CPU) where it works, else the pure-torch rasterizer (`raster`).
+"""Headless renderer of vertex sequences with smooth shading, on CPU or CUDA: OpenGL (`gl`: llvmpipe
+on a CPU, the GPU's own driver on a CUDA device) where it works, else the pure-torch rasterizer (`raster`).
 
 Per chunk of frames: project the vertices with the camera framed once on the template (`camera`),
 rasterise, then shade only the covered pixels: perspective-correct interpolated vertex normals,
@@ -33,6 +33,7 @@ from .shading import concavity, linear_to_srgb, srgb_to_linear, template_shading
 from .undressed import plain_dressing
 from .wrinkles import ATTRIBUTES as WRINKLE_ATTRIBUTES
 from .wrinkles import WrinkleConfig, Wrinkles, darkening, line_masks, nasolabial_folds
+from .yuv import rgb_to_yuv420
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ _HAIR_SHEEN = 0.3  # short hair scatters light: a third of the skin's sheen, nev
 _GL_FRAMES = 8  # frames whose vertex attributes go to OpenGL at a time: small, so that computing the next
                 # ones overlaps most of the drawing (3 MB for a dressed head)
 BACKENDS = ("auto", "gl", "torch")
+PIXEL_FORMATS = ("rgb24", "yuv420p")  # what `Renderer.__call__` returns: RGB, or the video encoder's planar YUV 4:2:0
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,11 @@ class RenderConfig:
     cavity_depth: float = 0.006  # template units (m) behind the visible surface for full cavity tint
     supersample: int = 1  # render at k x size and average k x k blocks (anti-aliasing, k^2 cost)
     max_candidates: int | None = None  # pixel-row candidates per chunk of frames; None: by device
-    # Who draws: "auto" is OpenGL on a CPU device (llvmpipe, several times faster) where it works and
-    # supersample is 1, else the torch rasterizer; "torch" always the rasterizer; "gl" OpenGL or an error.
+    # Who draws: "auto" is OpenGL where it works and supersample is 1: on a CPU device (llvmpipe, several
+    # times faster) and on a CUDA device when OpenGL runs on a GPU driver; else the torch rasterizer.
+    # "torch" always the rasterizer; "gl" OpenGL or an error.
     backend: str = "auto"
+    gl_tiles: int | None = None  # frames per OpenGL draw call (tiles of one framebuffer); None: by driver
 
     def __post_init__(self):
         if self.size < 8:
@@ -97,6 +101,8 @@ class RenderConfig:
             raise ValueError(f"supersample must be >= 1, got {self.supersample}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.gl_tiles is not None and self.gl_tiles < 1:
+            raise ValueError(f"gl_tiles must be None or at least 1, got {self.gl_tiles}")
 
 
 class Renderer:
@@ -202,17 +208,18 @@ class Renderer:
         return "gl" if self.gl is not None else "torch"
 
     def _gl_drawer(self):
-        """A `gl.GLDrawer` for this renderer where the config and the machine allow one, else None."""
+        """A `gl.GLDrawer` for this renderer where the config and the machine allow one (`gl.choose`), else None."""
         cfg = self.config
-        if cfg.backend == "torch" or (cfg.backend == "auto" and (self.device.type != "cpu" or cfg.supersample > 1)):
+        if cfg.backend == "torch":
             return None
         from . import gl
 
-        ok, why = gl.gl_status()
-        if not ok:
+        use, why = gl.choose(cfg.backend, self.device.type, cfg.supersample)
+        if not use:
             if cfg.backend == "gl":
-                raise RuntimeError(f"OpenGL rendering is not available ({why}); use backend='torch'")
-            gl.log_fallback(why)
+                raise RuntimeError(f"{why}; use backend='torch'")
+            if why:
+                gl.log_fallback(why)
             return None
         if cfg.supersample > 1:
             raise ValueError("the OpenGL backend draws supersample=1 only; use backend='torch' to supersample")
@@ -224,7 +231,7 @@ class Renderer:
             ambient=cfg.ambient, back_light=BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
             tie_bias=1.5 / self.raster.levels,
             wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness, self.wrinkle_config.fold_strength),
-            brow_tint=self.brow_tint.cpu().numpy(),
+            brow_tint=self.brow_tint.cpu().numpy(), tiles=cfg.gl_tiles, srgb_table=self.srgb_table.cpu().numpy(),
         )
 
     @classmethod
@@ -242,8 +249,11 @@ class Renderer:
         return cls(rig.triangles, rig.vertices, config, device=device, vertex_colours=colours, static_mesh=static_mesh)
 
     @torch.inference_mode()
-    def __call__(self, vertices, gaze=None, head_rotation=None) -> np.ndarray:
+    def __call__(self, vertices, gaze=None, head_rotation=None, pixel_format: str = "rgb24") -> np.ndarray:
         """vertices (T, V, 3) or (V, 3), numpy or torch -> uint8 frames (T, H, W, 3) or (H, W, 3).
+
+        pixel_format: "rgb24", or "yuv420p" for frames (T, 3H/2, W) or (3H/2, W) in the video
+        encoder's own format (`yuv.rgb_to_yuv420`, converted on this renderer's device; even sizes only).
 
         gaze: optional (T, 2) eye rotation in radians [yaw (+ toward the face's left), pitch (+ up)]
         for a dressed renderer; None looks straight ahead. head_rotation: optional (T, 3) radians
@@ -269,7 +279,12 @@ class Renderer:
             per_frame[name] = value
         gaze, head_rotation = per_frame["gaze"], per_frame["head_rotation"]
         size = self.config.size
-        out = np.empty((len(verts), size, size, 3), dtype=np.uint8)
+        if pixel_format not in PIXEL_FORMATS:
+            raise ValueError(f"pixel_format must be one of {', '.join(PIXEL_FORMATS)}, got {pixel_format!r}")
+        yuv = pixel_format == "yuv420p"
+        if yuv and size % 2:
+            raise ValueError(f"yuv420p frames need an even size, got {size} px; use pixel_format='rgb24'")
+        out = np.empty((len(verts), size * 3 // 2, size) if yuv else (len(verts), size, size, 3), dtype=np.uint8)
         for first in range(0, len(verts), _PLAN_FRAMES):  # long clips: plan chunks a block at a time
             block = verts[first : first + _PLAN_FRAMES].to(self.device, torch.float32)
             if self.dressing is not None:
@@ -280,11 +295,17 @@ class Renderer:
             brows = self._brows(block)  # (T, V+E, 3) from the head-local vertices
             if head_rotation is not None:  # after dressing: teeth, eyes and lashes turn with the head
                 block = rotate_head(block, head_rotation[first : first + _PLAN_FRAMES].to(self.device), self.pivot)
+            if self.gl is not None and (not yuv or self.gl.frames_per_call > 1):  # tiles convert in OpenGL
+                self._draw_gl(block, brows, out[first : first + len(block)], pixel_format)
+                continue
             if self.gl is not None:
-                self._draw_gl(block, brows, out[first : first + len(block)])
+                rgb = np.empty((len(block), size, size, 3), np.uint8)
+                self._draw_gl(block, brows, rgb)
+                out[first : first + len(block)] = rgb_to_yuv420(torch.from_numpy(rgb).to(self.device)).cpu().numpy()
                 continue
             for start, end in self._chunks(block):
-                out[first + start : first + end] = self._render_chunk(block[start:end], brows[start:end]).cpu().numpy()
+                frames = self._render_chunk(block[start:end], brows[start:end])  # (T, H, W, 3) on the device
+                out[first + start : first + end] = (rgb_to_yuv420(frames) if yuv else frames).cpu().numpy()
         return out[0] if len(shape) == 2 else out
 
     def _chunks(self, verts: torch.Tensor) -> list[tuple[int, int]]:
@@ -336,29 +357,36 @@ class Renderer:
         """Linear RGB (..., 3) -> sRGB uint8 through a lookup table (much cheaper than a power)."""
         return self.srgb_table[(linear.clamp(0, 1) * (len(self.srgb_table) - 1) + 0.5).long()]
 
-    def _draw_gl(self, verts: torch.Tensor, brows: torch.Tensor, out: np.ndarray) -> None:
-        """Vertices and brow coordinates (T, V, 3) -> uint8 frames written into out (T, H, W, 3), drawn by OpenGL from the
+    def _draw_gl(self, verts: torch.Tensor, brows: torch.Tensor, out: np.ndarray, pixel_format: str = "rgb24") -> None:
+        """Vertices and brow coordinates (T, V, 3) -> uint8 frames written into out (T, H, W, 3) (or
+        (T, 3H/2, W) for "yuv420p", from tiles), drawn by OpenGL from the
         same per-vertex camera-space positions, normals and material the torch path interpolates.
 
         The attributes of the next _GL_FRAMES frames are computed on a second thread while OpenGL
         draws these (torch and llvmpipe both release the GIL): per frame, llvmpipe's threads wait
         while the drawing thread sets up the triangles and reads the pixels back, and this fills
         those gaps."""
-        spans = [(start, min(start + _GL_FRAMES, len(verts))) for start in range(0, len(verts), _GL_FRAMES)]
+        step = max(_GL_FRAMES, self.gl.frames_per_call)  # a GPU driver draws a block of tiles per call
+        spans = [(start, min(start + step, len(verts))) for start in range(0, len(verts), step)]
         with ThreadPoolExecutor(1, thread_name_prefix="gl-attributes") as pool:
             pending = pool.submit(self._gl_attributes, verts[slice(*spans[0])], brows[slice(*spans[0])])
             for i, (start, end) in enumerate(spans):
                 attributes = pending.result()
                 if i + 1 < len(spans):
                     pending = pool.submit(self._gl_attributes, verts[slice(*spans[i + 1])], brows[slice(*spans[i + 1])])
-                out[start:end] = self.gl(attributes)
+                self.gl(attributes, out[start:end], pixel_format)
 
     @torch.inference_mode()
     def _gl_attributes(self, verts: torch.Tensor, brows: torch.Tensor) -> np.ndarray:
         """Vertices and brow coordinates (T, V, 3) -> the OpenGL drawer's per-vertex attributes (T, V, 19) float32."""
         with cpu_threads(1):  # llvmpipe's threads have the cores; a few frames' geometry is small work
             cam = (verts - self.camera.centre) @ self.camera.rotation.T  # (T, V, 3)
-            return torch.cat([cam, *self._vertex_attributes(verts), brows], -1).cpu().numpy()  # (T, V, 19)
+            attributes = torch.cat([cam, *self._vertex_attributes(verts), brows], -1)  # (T, V, 19)
+            if attributes.device.type != "cuda":
+                return attributes.numpy()
+            # Page-locked host memory: the copy runs at the bus's speed (4x a pageable copy on the H100 host).
+            host = torch.empty(attributes.shape, dtype=attributes.dtype, pin_memory=True)
+            return host.copy_(attributes).numpy()
 
     def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vertices (T, V, 3) -> camera-space normals (T, V, 3), material (T, V, 4): linear albedo

@@ -7,11 +7,17 @@ wav. The audio defines the length: the video is padded (last frame held) or trim
 `num_frames(len(audio))` frames and the audio to exactly that many frames' worth of samples, so the
 two streams end together. The MP4 is written under a temporary name in the target folder and moved
 into place only when ffmpeg succeeded; on any failure (including Ctrl-C) nothing is left behind.
+
+Frames come as RGB, or already in the encoder's yuv420p (`render.yuv`, converted on a GPU), which
+spares ffmpeg its one-core RGB conversion. The encoder is x264, or NVIDIA's NVENC where asked for
+("auto") and this ffmpeg and the driver have it (`nvenc_available`); either way the file is H.264
+yuv420p that browsers play.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import queue
 import re
@@ -32,6 +38,8 @@ from .files import atomic_path
 FRAME_BATCH = 32  # frames per write to ffmpeg when given one array: a few MB per pipe write
 MAX_LENGTH_MISMATCH = 0.25  # s; frames and audio further apart than this are a caller bug, not rounding
 WRITE_AHEAD = 1  # batches queued for ffmpeg beyond the one being written: the render runs a batch ahead
+PIXEL_FORMATS = ("rgb24", "yuv420p")  # frames as RGB (T, H, W, 3), or planar YUV 4:2:0 (T, 3H/2, W), `render.yuv`
+ENCODERS = ("libx264", "h264_nvenc", "auto")  # "auto": NVENC where this ffmpeg and the driver have it, else x264
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,9 @@ class VideoConfig:
     crf: int = 23
     preset: str = "superfast"
     audio_bitrate: str = "96k"  # AAC bit rate: plenty for 16 kHz mono speech
+    # Who encodes: x264 on the CPU by default (the CPU path's probe would cost a process start);
+    # a GPU pipeline asks for "auto". NVENC runs at constant QP = crf, its closest equivalent.
+    encoder: str = "libx264"
 
     def __post_init__(self):
         if not 0 <= self.crf <= 51:
@@ -52,6 +63,32 @@ class VideoConfig:
             raise ValueError(f"preset must be an x264 preset name such as 'veryfast', got {self.preset!r}")
         if not re.fullmatch(r"\d+k?", self.audio_bitrate):
             raise ValueError(f"audio_bitrate must look like '96k', got {self.audio_bitrate!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def nvenc_available(ffmpeg: str) -> bool:
+    """True when the ffmpeg binary `ffmpeg` has h264_nvenc and can open it here (an NVIDIA GPU and its
+    encode library): it lists the encoder, then encodes two black frames to nowhere. Once per binary."""
+    try:
+        listed = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-encoders"], capture_output=True, text=True, timeout=20)
+        if not re.search(r"^\s*V\S*\s+h264_nvenc\b", listed.stdout, re.M):
+            return False
+        trial = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                                "color=black:s=256x256:d=0.1", "-frames:v", "2", "-c:v", "h264_nvenc", "-f", "null", "-"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return trial.returncode == 0
+
+
+def video_codec_args(config: VideoConfig, ffmpeg: str) -> list[str]:
+    """ffmpeg's video encoder options for `config`: x264 at its crf and preset, or NVENC at constant QP."""
+    nvenc = config.encoder == "h264_nvenc" or (config.encoder == "auto" and nvenc_available(ffmpeg))
+    if nvenc:  # options every nvenc ffmpeg knows (presets p1-p7 came later than "fast")
+        return ["-c:v", "h264_nvenc", "-preset", "fast", "-profile:v", "high", "-rc", "constqp", "-qp", str(config.crf)]
+    return ["-c:v", "libx264", "-preset", config.preset, "-crf", str(config.crf)]
 
 
 def write_video(
@@ -61,11 +98,13 @@ def write_video(
     audio: np.ndarray | None = None,
     sample_rate: int = SAMPLE_RATE,
     config: VideoConfig | None = None,
+    pixel_format: str = "rgb24",
 ) -> Path:
     """Encode frames (+ speech) to an MP4 that browsers play: H.264 yuv420p, AAC, +faststart.
 
     frames: uint8 RGB (T, H, W, 3), or an iterable of batches (B, H, W, 3) or single frames
-    (H, W, 3), consumed once, batch by batch. audio: optional float32 mono (S,) in [-1, 1] at
+    (H, W, 3), consumed once, batch by batch. With pixel_format="yuv420p" each frame is instead a
+    (3H/2, W) uint8 yuv420p image (`render.yuv.rgb_to_yuv420`), H and W even. audio: optional float32 mono (S,) in [-1, 1] at
     `sample_rate` Hz. With audio, the video has exactly `num_frames(S)` frames: up to
     MAX_LENGTH_MISMATCH seconds of missing frames are filled by holding the last one, extra ones
     are dropped, and a larger difference raises a ValueError. Odd frame sizes are padded by one
@@ -77,6 +116,8 @@ def write_video(
         raise ValueError(f"video path must end in .mp4, got {path.name!r}")
     if not path.parent.is_dir():
         raise ValueError(f"folder {str(path.parent)!r} does not exist; create it first")
+    if pixel_format not in PIXEL_FORMATS:
+        raise ValueError(f"pixel_format must be one of {', '.join(PIXEL_FORMATS)}, got {pixel_format!r}")
     if not (isinstance(fps, (int, float)) and 1 <= fps <= 240):
         raise ValueError(f"fps must be a number in [1, 240], got {fps!r}")
     target = None  # frames the video must have; None: as many as given
@@ -87,17 +128,20 @@ def write_video(
             raise ValueError(f"audio of {len(audio)} samples is shorter than half a frame at {fps} fps")
         # Exactly `target` frames' worth of samples: the streams end together (< 1 sample apart).
         audio = _fit_length(audio, round(target * sample_rate / fps))
-    batches = _batches(frames)
+    yuv = pixel_format == "yuv420p"
+    batches = _batches(frames, yuv)
     first = next(batches, None)
     if first is None:
         raise ValueError("no frames to write")
-    height, width = first.shape[1:3]
+    rows, width = first.shape[1:3]
+    height = rows * 2 // 3 if yuv else rows
 
     import imageio_ffmpeg
 
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     with atomic_path(path) as tmp, tempfile.TemporaryDirectory(prefix="blendtalk-video-") as scratch:
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+        cmd = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", pixel_format, "-s", f"{width}x{height}",
                "-framerate", str(Fraction(fps).limit_denominator(100_000)), "-i", "pipe:0"]
         if audio is not None:
             wav = os.path.join(scratch, "speech.wav")
@@ -106,14 +150,13 @@ def write_video(
                     "-c:a", "aac", "-b:a", config.audio_bitrate]
         if width % 2 or height % 2:
             cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
-        cmd += ["-c:v", "libx264", "-preset", config.preset, "-crf", str(config.crf), "-pix_fmt", "yuv420p",
-                "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+        cmd += [*video_codec_args(config, ffmpeg), "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
         with tempfile.TemporaryFile() as log:
             # stderr to a file, not a pipe: a chatty ffmpeg can then never block on a full pipe.
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
             writer = _PipeWriter(proc.stdin)
             try:
-                _feed(writer.write, first, batches, (height, width), target, fps)
+                _feed(writer.write, first, batches, (rows, width), target, fps)
                 writer.close()
                 proc.stdin.close()
                 if proc.wait() != 0:
@@ -214,21 +257,31 @@ def _feed(write, first, batches, size, target, fps) -> None:
             write(hold)
 
 
-def _batches(frames) -> Iterable[np.ndarray]:
-    """Yield uint8 (B, H, W, 3) batches from an array (T, H, W, 3) or an iterable of batches/frames."""
-    if isinstance(frames, np.ndarray) and frames.ndim == 4:
-        _check_frames(frames)
+def _batches(frames, yuv: bool = False) -> Iterable[np.ndarray]:
+    """Yield uint8 (B, H, W, 3) batches from an array (T, H, W, 3) or an iterable of batches/frames;
+    with yuv, (B, 3H/2, W) batches from (T, 3H/2, W) or batches/frames of that kind."""
+    check = _check_yuv_frames if yuv else _check_frames
+    whole = 3 if yuv else 4  # ndim of a whole clip or batch; one less for a single frame
+    if isinstance(frames, np.ndarray) and frames.ndim == whole:
+        check(frames)
         for start in range(0, len(frames), FRAME_BATCH):
             yield frames[start : start + FRAME_BATCH]
         return
     if isinstance(frames, np.ndarray):
-        raise ValueError(f"frames must have shape (T, H, W, 3), got {frames.shape}")
+        raise ValueError(f"frames must have shape {'(T, 3H/2, W)' if yuv else '(T, H, W, 3)'}, got {frames.shape}")
     for batch in frames:
         batch = np.asarray(batch)
-        batch = batch[None] if batch.ndim == 3 else batch
-        _check_frames(batch)
+        batch = batch[None] if batch.ndim == whole - 1 else batch
+        check(batch)
         if len(batch):
             yield batch
+
+
+def _check_yuv_frames(frames: np.ndarray) -> None:
+    if frames.ndim != 3 or frames.shape[1] % 3 or frames.shape[1] * 2 // 3 % 2 or frames.shape[2] % 2 or frames.shape[2] < 2:
+        raise ValueError(f"yuv420p frames must have shape (T, 3H/2, W) with H, W even, got {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"yuv420p frames must be uint8, got {frames.dtype}")
 
 
 def _check_frames(frames: np.ndarray) -> None:
