@@ -7,7 +7,8 @@ Per emotion, prior and window: mean vertex distance (mm) between the streamed an
 frames, and the lip-sync metrics of eval/lipsync.py (closure at /p b m/, mouth-opening correlation
 with vowel openness) on both, scored against the ARCTIC label file; also the mean over /p b m/ of
 the smallest lip gap (mm: 0 is closed, eval/lipsync.py counts < 1 mm as a closure), a finer
-measure than the share of closures. --repeat N says the clip N times with 0.5 s of its room tone
+measure than the share of closures; and how far the prior lies from the clip's own statistics
+(`prior_offset`). --repeat N says the clip N times with 0.5 s of its room tone
 between (eval/lipsync.py's `with_pauses`): N times the /p b m/, and the later ones heard with the
 stream's own statistics.
 
@@ -61,6 +62,8 @@ def load_clip(spec: str, text: str):
     from blendtalk.speech.phones import read_phone_labels
     from blendtalk.speech.tts import synthesize
 
+    import numpy as np
+
     if spec == "arctic":
         wav = ASSETS_DIR / "audio" / "arctic_a0009.wav"
         return "arctic", load_audio(wav), read_phone_labels(wav.with_suffix(".phones.txt")), {wav.stem}
@@ -70,7 +73,7 @@ def load_clip(spec: str, text: str):
             audio, phones = synthesize(text, voice=voice, pitch=int(pitch or 50))
         except ValueError as err:
             raise ValueError(f"clip {spec!r}: {err} (write espeak:VOICE@PITCH)") from None
-        return spec, audio, phones, {voice}
+        return spec, np.clip(audio, -1.0, 1.0), phones, {voice}  # Klatt voices peak just over full scale
     wav = Path(spec)
     if wav.suffix != ".wav" or not wav.is_file() or not wav.with_suffix(".txt").is_file():
         raise ValueError(f"clip {spec!r}: give arctic, espeak:VOICE@PITCH or a .wav with its words in a .txt beside it")
@@ -105,6 +108,18 @@ def load_priors(specs, clip_audio, held_out: set[str]) -> list[tuple[str, object
         else:
             out.append((Path(spec).name, speech_prior(load_audio(Path(spec))), []))
     return out
+
+
+def prior_offset(prior, own) -> dict:
+    """How far a prior lies from a clip's own statistics (`own`, the clip's SpeechPrior): mel mean
+    offset in the clip's spreads, |log| of the spread ratio (band means), cepstral mean distance."""
+    import numpy as np
+
+    from blendtalk.live.prior import parse_cmn
+
+    return {"prior_mel_offset": round(float(np.mean(np.abs(prior.mel_mean - own.mel_mean) / own.mel_std)), 3),
+            "prior_spread_log_ratio": round(float(np.mean(np.abs(np.log(prior.mel_std / own.mel_std)))), 3),
+            "prior_cmn_distance": round(float(np.linalg.norm(parse_cmn(prior.cepstral_mean) - parse_cmn(own.cepstral_mean))), 2)}
 
 
 def repeated_phones(phones, duration: float, repeat: int, pause: float = PAUSE):
@@ -181,6 +196,7 @@ def main(argv=None) -> int:
             phones = repeated_phones(phones, len(audio) / SAMPLE_RATE, args.repeat)
             audio = with_pauses(audio, args.repeat, PAUSE)
         priors_here = load_priors(priors, audio, voice)
+        own = load_priors(["own"], audio, voice)[0][1]
         for emotion in args.emotions:
             anim = pipe.animate(audio, emotion=emotion)
             ref = lipsync_report(anim.vertices, pipe.rig, phones)
@@ -196,7 +212,7 @@ def main(argv=None) -> int:
                     got = lipsync_report(v, pipe.rig, phones)
                     got["bilabial_gap_mm"] = bilabial_gap_mm(pipe.rig.lip_gap(v), phones)
                     rows.append({"clip": clip, "seconds": round(len(audio) / SAMPLE_RATE, 2), "emotion": emotion,
-                                 "prior": label, "prior_left_out": left_out,
+                                 "prior": label, "prior_left_out": left_out, **prior_offset(prior, own),
                                  "lookahead_frames": window["lookahead"], "edge_ms": window["edge_ms"],
                                  "closure_lookahead": window["closure_lookahead"],
                                  "lookahead_ms": round(session.lookahead_seconds * 1000, 1), "bilabials": got["bilabials"],
