@@ -2,6 +2,8 @@
 
     python eval/live_quality.py --json docs/benchmarks/live_quality.json
     python eval/live_quality.py --emotions neutral happy surprised --window 4 2 1+20 2/0 --repeat 3
+    python eval/live_quality.py --emotions neutral --clips arctic assets/examples/tts_sad.wav \
+        espeak:en-gb-x-gbclan+m5@45 --prior arctic pooled own
 
 Per emotion, prior and window: mean vertex distance (mm) between the streamed and the file path's
 frames, and the lip-sync metrics of eval/lipsync.py (closure at /p b m/, mouth-opening correlation
@@ -69,6 +71,8 @@ def load_clip(spec: str, text: str):
         return "arctic", load_audio(wav), read_phone_labels(wav.with_suffix(".phones.txt")), {wav.stem}
     if spec.startswith("espeak:"):
         voice, _, pitch = spec[len("espeak:"):].partition("@")
+        if not (pitch or "50").isdigit():
+            raise ValueError(f"clip {spec!r}: the pitch after @ is a whole number 0..100 (write espeak:VOICE@PITCH)")
         try:
             audio, phones = synthesize(text, voice=voice, pitch=int(pitch or 50))
         except ValueError as err:

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         voices.append(voice_stats(f"espeak:{voice}@{pitch}", clips, "espeak", voice, pitch))
     recipe = {"recordings": [r.name for r in args.recordings], "espeak_voices": args.voices, "pitches": args.pitches,
               "rate": args.rate, "sentences": list(texts), "weights": "equal per voice",
-              "command": "python tools/build_live_prior.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": " ".join(["python tools/build_live_prior.py", *(sys.argv[1:] if argv is None else argv)])}
     prior = save_prior(args.out, voices, args.spread, recipe)
     print(f"{args.out}: {len(voices)} voices, {sum(v.seconds for v in voices):.0f} s; pooled mel mean "
           f"{prior.mel_mean.mean():.2f}, spread {prior.mel_std.mean():.2f} (band averages)")
