@@ -16,6 +16,7 @@ with equal weight per voice). pocketsphinx's cepstral mean (13,) is the mean of 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -121,8 +122,14 @@ def save_prior(path: Path, voices: Sequence[VoiceStats], spread: str, recipe: di
                       "cepstral_mean": _rounded(parse_cmn(prior.cepstral_mean))},
            "voices": [v.to_json() for v in voices]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    path.write_text(dump_prior(doc))
     return load_prior(path)
+
+
+def dump_prior(doc: dict) -> str:
+    """A prior document as JSON text, each list of numbers on one line (a readable, diffable file)."""
+    text = json.dumps(doc, indent=1)
+    return re.sub(r"\[\s*(-?[0-9][^\[\]\"]*?)\s*\]", lambda m: "[" + " ".join(m[1].split()) + "]", text) + "\n"
 
 
 def read_prior(path: Path = PRIOR_PATH) -> tuple[dict, list[VoiceStats]]:
