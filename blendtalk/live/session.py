@@ -322,13 +322,23 @@ class LiveSession:
         return self._arrivals[0][1] if self._arrivals else time.perf_counter()
 
 
-def default_prior():
-    """The live normalisations' starting point (`live_speech.SpeechPrior`): the statistics of the
-    shipped ARCTIC sentence (real read speech); the stream's own take over within seconds."""
+def default_prior(path=None):
+    """The live normalisations' starting point (`live_speech.SpeechPrior`): the prior pooled over
+    many voices shipped in `assets/live/prior.json` (`live.prior`, built by
+    tools/build_live_prior.py), or the file at `path`. If that file is missing or bad, the statistics
+    of the shipped ARCTIC sentence, with a warning saying so. The stream's own audio takes over
+    within seconds either way."""
     from ..speech.audio import load_audio
     from ..constants import ASSETS_DIR
+    from .prior import PRIOR_PATH, load_prior
     from .speech_stream import speech_prior
 
+    path = PRIOR_PATH if path is None else path
+    try:
+        return load_prior(path)
+    except (OSError, ValueError) as err:
+        logger.warning("live prior %s unusable (%s); starting from the ARCTIC sentence's statistics instead "
+                       "(rebuild it with python tools/build_live_prior.py)", path, err)
     return speech_prior(load_audio(ASSETS_DIR / "audio" / "arctic_a0009.wav"))
 
 
