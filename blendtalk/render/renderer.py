@@ -194,6 +194,7 @@ class Renderer:
             if mask.shape != (self.num_vertices, 2):
                 raise ValueError(f"wrinkle_mask must have shape ({self.num_vertices}, 2), got {tuple(mask.shape)}")
             self.wrinkles = Wrinkles(face32, self.face_triangles, mask.to(dev), self.wrinkle_config, folds)
+        self.rest_vertices = tmpl.float().to(dev)  # (V+E, 3) dressed, at rest: orders the OpenGL draw
         self.gl = self._gl_drawer()
 
     @property
@@ -217,6 +218,11 @@ class Renderer:
         if cfg.supersample > 1:
             raise ValueError("the OpenGL backend draws supersample=1 only; use backend='torch' to supersample")
         count = len(self.light_intensities)
+        # Nearest first at rest (camera-space z of each triangle's centre, +z toward the camera): the
+        # head turns by 15 degrees at most, so the order stays near enough front to back to spare
+        # llvmpipe shading what a nearer surface then covers (27% more fragments in index order).
+        rest = (self.rest_vertices - self.camera.centre) @ self.camera.rotation.T  # (V+E, 3)
+        front_first = torch.argsort(-rest[self.triangles, 2].mean(-1), stable=True).cpu().numpy()
         return gl.GLDrawer(
             self.triangles.cpu().numpy(), len(self.material), cfg.size, focal=self.camera.focal,
             distance=self.camera.distance, near=self.camera.depth_near, far=self.camera.depth_far, ortho=cfg.fov_deg == 0, lights=self.light_matrix[:, :count].T.cpu().numpy(),
@@ -224,7 +230,7 @@ class Renderer:
             ambient=cfg.ambient, back_light=BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
             tie_bias=1.5 / self.raster.levels,
             wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness, self.wrinkle_config.fold_strength),
-            brow_tint=self.brow_tint.cpu().numpy(),
+            brow_tint=self.brow_tint.cpu().numpy(), front_first=front_first,
         )
 
     @classmethod
