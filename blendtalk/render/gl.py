@@ -88,13 +88,8 @@ uniform float intensities[LIGHTS];
 uniform float ambient;
 uniform float back_light;  // surfaces seen from behind get this share of the light
 uniform float srgb_steps;
-uniform vec3 brow_tint;   // albedo factor of full brow paint
-{wrinkles}
-{brows}
+{detail_declarations}
 in vec3 v_normal;
-in vec4 v_wrinkle;
-in vec2 v_fold;
-in vec3 v_brow;
 in vec3 v_base;
 in float v_sheen;
 out vec4 f_color;
@@ -111,15 +106,27 @@ void main() {
         spec += intensities[i] * h;
     }
     float light = (diffuse + ambient) * (back ? back_light : 1.0);
-    float lines = 1.0;
-    if (v_wrinkle.z != 0.0 || v_wrinkle.w != 0.0 || v_fold.y != 0.0)  // most skin has none: skip the cosines
-        lines = wrinkle_factor(v_wrinkle, v_fold);
-    vec3 base = v_base * lines;
-    if (v_brow.z > 0.999) base *= mix(vec3(1.0), brow_tint, brow_density(v_brow));  // only skin that can carry a brow pays
-    vec3 c = base * light + (back ? 0.0 : v_sheen * spec);
+    vec3 base = v_base;
+{detail}    vec3 c = base * light + (back ? 0.0 : v_sheen * spec);
     c = floor(clamp(c, 0.0, 1.0) * (srgb_steps - 1.0) + 0.5) / (srgb_steps - 1.0);
     f_color = vec4(c, 1.0);  // linear: the sRGB colour buffer encodes it
 }
+"""
+# The fine lines, folds and brows of `_FRAGMENT_SHADER`: only the program for triangles that can carry them has these.
+_DETAIL_DECLARATIONS = """
+uniform vec3 brow_tint;   // albedo factor of full brow paint
+{wrinkles}
+{brows}
+in vec4 v_wrinkle;
+in vec2 v_fold;
+in vec3 v_brow;
+"""
+_DETAIL = """
+    float lines = 1.0;
+    if (v_wrinkle.z != 0.0 || v_wrinkle.w != 0.0 || v_fold.y != 0.0)  // most skin has none: skip the cosines
+        lines = wrinkle_factor(v_wrinkle, v_fold);
+    base *= lines;
+    if (v_brow.z > 0.999) base *= mix(vec3(1.0), brow_tint, brow_density(v_brow));  // only skin that can carry a brow pays
 """
 
 
@@ -167,46 +174,68 @@ class GLDrawer:
     front_first: optional (F,) permutation of the triangles, nearest first, in which the first pass
     draws them: llvmpipe tests depth before shading, so a surface drawn after the one that hides it
     costs no shading (the back-face pass keeps the given order). None draws in the given order.
+    detailed: optional (F,) bool, the triangles with a corner that can carry a fine line, a fold or
+    a brow (a non-zero wrinkle amount or fold depth, or a brow gate, in any frame); the others are
+    drawn by a program without those terms and their 9 interpolated values (the same pixels, for
+    less work per pixel), each pass's plain triangles before its detailed ones. None: all detailed.
     """
 
     def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
                  ortho: bool, lights: np.ndarray, halfways: np.ndarray, intensities: np.ndarray, ambient: float,
                  back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float, float] = (0.0, 1.0, 0.0),
-                 brow_tint: np.ndarray = np.ones(3), front_first: np.ndarray | None = None):
+                 brow_tint: np.ndarray = np.ones(3), front_first: np.ndarray | None = None,
+                 detailed: np.ndarray | None = None):
         import moderngl
 
         self.ctx = ctx = gl_context()
         self.size = size
         self.background = tuple(float(c) / 255 for c in background) + (1.0,)
+        triangles = np.ascontiguousarray(triangles, dtype=np.uint32)
+        order = np.arange(len(triangles)) if front_first is None else np.asarray(front_first)
+        if sorted(order.tolist()) != list(range(len(triangles))):
+            raise ValueError(f"front_first must be a permutation of the {len(triangles)} triangles")
+        detailed = np.ones(len(triangles), bool) if detailed is None else np.asarray(detailed, bool)
+        if detailed.shape != (len(triangles),):
+            raise ValueError(f"detailed must have shape ({len(triangles)},), got {detailed.shape}")
         with _LOCK, ctx:
-            fragment = (_FRAGMENT_SHADER.replace("{lights}", str(len(intensities)))
-                        .replace("{wrinkles}", wrinkle_glsl(float(wrinkle[1]))).replace("{brows}", brow_glsl()))
-            self.program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=fragment)
             uniforms = {"focal": focal, "distance": distance, "ortho": int(ortho),
                         "code_range": (near, far) if ortho else (1 / far, 1 / near),
                         "ambient": ambient, "back_light": back_light,
                         "srgb_steps": float(SRGB_STEPS), "wrinkle_shape": tuple(wrinkle),
                         "brow_tint": tuple(float(c) for c in brow_tint)}
-            for name, value in uniforms.items():
-                self.program[name].value = value
-            self.program["light_dirs"].write(np.asarray(lights, np.float32).tobytes())
-            self.program["halfways"].write(np.asarray(halfways, np.float32).tobytes())
-            self.program["intensities"].write(np.asarray(intensities, np.float32).tobytes())
+            programs = {}
+            for with_detail in set(detailed.tolist()):  # a program only for the kinds there are
+                declarations = _DETAIL_DECLARATIONS.replace("{wrinkles}", wrinkle_glsl(float(wrinkle[1]))).replace("{brows}", brow_glsl())
+                fragment = (_FRAGMENT_SHADER.replace("{lights}", str(len(intensities)))
+                            .replace("{detail_declarations}", declarations if with_detail else "")
+                            .replace("{detail}", _DETAIL if with_detail else ""))
+                program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=fragment)
+                for name, value in uniforms.items():
+                    if name in program:  # the plain program has no detail uniforms
+                        program[name].value = value
+                for name, value in (("light_dirs", lights), ("halfways", halfways), ("intensities", intensities)):
+                    program[name].write(np.asarray(value, np.float32).tobytes())
+                programs[with_detail] = program
             self.num_vertices = int(num_vertices)  # a vertex no triangle uses (a rig's stray point) still comes in
-            triangles = np.ascontiguousarray(triangles, dtype=np.uint32)
             self.vbo = ctx.buffer(reserve=self.num_vertices * ATTRIBUTES * 4, dynamic=True)
-            layout = [(self.vbo, "3f 3f 4f 4f 2f 3f", "in_pos", "in_normal", "in_material", "in_wrinkle", "in_fold", "in_brow")]
-            self.index = ctx.buffer(triangles.tobytes())
-            self.vao = ctx.vertex_array(self.program, layout, index_buffer=self.index, index_element_size=4)
-            self.front_vao = self.vao
-            if front_first is not None:
-                order = np.asarray(front_first)
-                if sorted(order.tolist()) != list(range(len(triangles))):
-                    raise ValueError(f"front_first must be a permutation of the {len(triangles)} triangles")
-                # Only depth ties between two front faces could tell the orders apart (the earlier one
-                # wins them); the 305 frames of a 10 s clip came out byte-identical.
-                self.front_index = ctx.buffer(np.ascontiguousarray(triangles[order]).tobytes())
-                self.front_vao = ctx.vertex_array(self.program, layout, index_buffer=self.front_index, index_element_size=4)
+            # The plain program reads position, normal and material; the 9 detail floats are skipped.
+            layouts = {True: [(self.vbo, "3f 3f 4f 4f 2f 3f", "in_pos", "in_normal", "in_material", "in_wrinkle", "in_fold", "in_brow")],
+                       False: [(self.vbo, "3f 3f 4f 36x", "in_pos", "in_normal", "in_material")]}
+
+            def arrays(ids: np.ndarray) -> list:
+                """The vertex arrays that draw triangles `ids` in this order: plain ones, then detailed ones."""
+                out = []
+                for with_detail in (False, True):
+                    part = ids[detailed[ids] == with_detail]
+                    if len(part):
+                        index = ctx.buffer(np.ascontiguousarray(triangles[part]).tobytes())
+                        out.append(ctx.vertex_array(programs[with_detail], layouts[with_detail], index_buffer=index, index_element_size=4))
+                return out
+
+            # Pass 1 nearest first: only an exact depth tie between two front faces (the earlier one
+            # wins it) could tell the orders apart.
+            self.front_arrays = arrays(order)
+            self.back_arrays = arrays(np.arange(len(triangles)))
             # One frame at a time: frames drawn side by side into a wider framebuffer were no faster
             # on llvmpipe and made a frame's pixels depend (by rounding) on its place in the batch.
             self.fbo = ctx.framebuffer(color_attachments=[ctx.texture((size, size), 4, internal_format=_GL_SRGB8_ALPHA8)],
@@ -238,11 +267,13 @@ class GLDrawer:
                 self.vbo.write(attributes[t])
                 ctx.cull_face = "back"  # pass 1: surfaces facing the camera
                 ctx.disable_direct(_GL_POLYGON_OFFSET_FILL)
-                self.front_vao.render(moderngl.TRIANGLES)
+                for array in self.front_arrays:
+                    array.render(moderngl.TRIANGLES)
                 ctx.cull_face = "front"  # pass 2: surfaces seen from behind, a tie further away
                 ctx.polygon_offset = (0.0, self.tie_units)
                 ctx.enable_direct(_GL_POLYGON_OFFSET_FILL)
-                self.vao.render(moderngl.TRIANGLES)
+                for array in self.back_arrays:
+                    array.render(moderngl.TRIANGLES)
                 # Read the stored sRGB bytes (with encoding on, GL would decode them to linear).
                 # Rows come bottom-up, which the shader's flipped y turns into image order.
                 ctx.disable_direct(_GL_FRAMEBUFFER_SRGB)

@@ -219,10 +219,16 @@ class Renderer:
             raise ValueError("the OpenGL backend draws supersample=1 only; use backend='torch' to supersample")
         count = len(self.light_intensities)
         # Nearest first at rest (camera-space z of each triangle's centre, +z toward the camera): the
-        # head turns by 15 degrees at most, so the order stays near enough front to back to spare
-        # llvmpipe shading what a nearer surface then covers (27% more fragments in index order).
+        # head turns little, so the order stays near enough front to back that llvmpipe's depth test
+        # rejects most hidden fragments before shading them (docs/experiments.md, sixth pass).
         rest = (self.rest_vertices - self.camera.centre) @ self.camera.rotation.T  # (V+E, 3)
         front_first = torch.argsort(-rest[self.triangles, 2].mean(-1), stable=True).cpu().numpy()
+        # Triangles with no corner that can carry a line, a fold or a brow (most of the head) get the
+        # shader without them: less work per pixel, the same pixels.
+        carriers = self.brows[:, 2] > 0  # (V+E,) the brow gate, fixed per vertex
+        if self.wrinkles is not None:
+            carriers[: self.num_vertices] |= self.wrinkles.carriers()
+        detailed = carriers[self.triangles].any(-1).cpu().numpy()
         return gl.GLDrawer(
             self.triangles.cpu().numpy(), len(self.material), cfg.size, focal=self.camera.focal,
             distance=self.camera.distance, near=self.camera.depth_near, far=self.camera.depth_far, ortho=cfg.fov_deg == 0, lights=self.light_matrix[:, :count].T.cpu().numpy(),
@@ -230,7 +236,7 @@ class Renderer:
             ambient=cfg.ambient, back_light=BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
             tie_bias=1.5 / self.raster.levels,
             wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness, self.wrinkle_config.fold_strength),
-            brow_tint=self.brow_tint.cpu().numpy(), front_first=front_first,
+            brow_tint=self.brow_tint.cpu().numpy(), front_first=front_first, detailed=detailed,
         )
 
     @classmethod
