@@ -76,20 +76,20 @@ def test_gl_is_independent_of_batching(rig, animated):
 
 
 @needs_gl
-def test_gl_draw_order_and_plain_shader_change_no_pixel(rig, animated, monkeypatch):
-    """Pass 1 nearest first and the shader without lines, folds and brows for triangles that cannot
-    carry them give the same bytes as every triangle in index order through the full shader."""
+def test_gl_plain_shader_changes_no_pixel(rig, animated, monkeypatch):
+    """The shader without lines, folds and brows for triangles that cannot carry them gives the same
+    bytes as every triangle through the full shader."""
     fast = Renderer.for_rig(rig, RenderConfig(size=SIZE, backend="gl"))
-    plain = [a for a in fast.gl.front_arrays if "v_brow" not in a.program._members]
-    assert len(fast.gl.front_arrays) == len(fast.gl.back_arrays) == 2 and plain  # both programs draw
+    plain = [a for a in fast.gl.arrays if "brow_tint" not in a.program]
+    assert len(fast.gl.arrays) == 2 and len(plain) == 1  # both programs draw
     made = gl.GLDrawer.__init__
 
     def reference(self, *args, **kwargs):
-        made(self, *args, **{**kwargs, "front_first": None, "detailed": None})
+        made(self, *args, **{**kwargs, "detailed": None})
 
     monkeypatch.setattr(gl.GLDrawer, "__init__", reference)
     slow = Renderer.for_rig(rig, RenderConfig(size=SIZE, backend="gl"))
-    assert len(slow.gl.front_arrays) == 1
+    assert len(slow.gl.arrays) == 1
     # Strong expressions, so that lines, folds and brows show (a talking face has none).
     verts, gaze, head = animated
     loud = rig(np.stack([rig.weights(p) for p in ({"browInnerUp": 1.0, "browOuterUpLeft": 1.0, "browOuterUpRight": 1.0},
@@ -111,8 +111,6 @@ def test_gl_draw_arguments_are_checked(rig):
     tris = r.triangles.numpy()
     kwargs = dict(focal=1.0, distance=1.0, near=0.5, far=1.5, ortho=False, lights=np.eye(3)[:1], halfways=np.eye(3)[:1],
                   intensities=np.ones(1), ambient=0.1, back_light=0.3, background=np.zeros(3, np.uint8), tie_bias=1e-6)
-    with pytest.raises(ValueError, match="permutation"):
-        gl.GLDrawer(tris, len(r.material), 32, front_first=np.zeros(len(tris), int), **kwargs)
     with pytest.raises(ValueError, match="detailed must have shape"):
         gl.GLDrawer(tris, len(r.material), 32, detailed=np.ones(3, bool), **kwargs)
 

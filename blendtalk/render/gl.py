@@ -171,9 +171,6 @@ class GLDrawer:
     intensities. background: (3,) uint8 sRGB. tie_bias: window depth that back faces lose ties by.
     wrinkle: (strength, sharpness, fold strength) of the fine lines and folds (`render.wrinkles`); 0 draws none.
     brow_tint: (3,) albedo factor of full brow paint (`face.brows`).
-    front_first: optional (F,) permutation of the triangles, nearest first, in which the first pass
-    draws them: llvmpipe tests depth before shading, so a surface drawn after the one that hides it
-    costs no shading (the back-face pass keeps the given order). None draws in the given order.
     detailed: optional (F,) bool, the triangles with a corner that can carry a fine line, a fold or
     a brow (a non-zero wrinkle amount or fold depth, or a brow gate, in any frame); the others are
     drawn by a program without those terms and their 9 interpolated values (the same pixels, for
@@ -183,17 +180,13 @@ class GLDrawer:
     def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
                  ortho: bool, lights: np.ndarray, halfways: np.ndarray, intensities: np.ndarray, ambient: float,
                  back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float, float] = (0.0, 1.0, 0.0),
-                 brow_tint: np.ndarray = np.ones(3), front_first: np.ndarray | None = None,
-                 detailed: np.ndarray | None = None):
+                 brow_tint: np.ndarray = np.ones(3), detailed: np.ndarray | None = None):
         import moderngl
 
         self.ctx = ctx = gl_context()
         self.size = size
         self.background = tuple(float(c) / 255 for c in background) + (1.0,)
         triangles = np.ascontiguousarray(triangles, dtype=np.uint32)
-        order = np.arange(len(triangles)) if front_first is None else np.asarray(front_first)
-        if sorted(order.tolist()) != list(range(len(triangles))):
-            raise ValueError(f"front_first must be a permutation of the {len(triangles)} triangles")
         detailed = np.ones(len(triangles), bool) if detailed is None else np.asarray(detailed, bool)
         if detailed.shape != (len(triangles),):
             raise ValueError(f"detailed must have shape ({len(triangles)},), got {detailed.shape}")
@@ -222,20 +215,15 @@ class GLDrawer:
             layouts = {True: [(self.vbo, "3f 3f 4f 4f 2f 3f", "in_pos", "in_normal", "in_material", "in_wrinkle", "in_fold", "in_brow")],
                        False: [(self.vbo, "3f 3f 4f 36x", "in_pos", "in_normal", "in_material")]}
 
-            def arrays(ids: np.ndarray) -> list:
-                """The vertex arrays that draw triangles `ids` in this order: plain ones, then detailed ones."""
-                out = []
-                for with_detail in (False, True):
-                    part = ids[detailed[ids] == with_detail]
-                    if len(part):
-                        index = ctx.buffer(np.ascontiguousarray(triangles[part]).tobytes())
-                        out.append(ctx.vertex_array(programs[with_detail], layouts[with_detail], index_buffer=index, index_element_size=4))
-                return out
-
-            # Pass 1 nearest first: only an exact depth tie between two front faces (the earlier one
-            # wins it) could tell the orders apart.
-            self.front_arrays = arrays(order)
-            self.back_arrays = arrays(np.arange(len(triangles)))
+            # Each pass draws the plain triangles, then the detailed ones, each kind in the given order:
+            # only an exact depth tie between a plain and a detailed triangle (the earlier drawn wins
+            # it) could come out otherwise than in one draw of all.
+            self.arrays = []
+            for with_detail in (False, True):
+                part = triangles[detailed == with_detail]
+                if len(part):
+                    index = ctx.buffer(np.ascontiguousarray(part).tobytes())
+                    self.arrays.append(ctx.vertex_array(programs[with_detail], layouts[with_detail], index_buffer=index, index_element_size=4))
             # One frame at a time: frames drawn side by side into a wider framebuffer were no faster
             # on llvmpipe and made a frame's pixels depend (by rounding) on its place in the batch.
             self.fbo = ctx.framebuffer(color_attachments=[ctx.texture((size, size), 4, internal_format=_GL_SRGB8_ALPHA8)],
@@ -267,12 +255,12 @@ class GLDrawer:
                 self.vbo.write(attributes[t])
                 ctx.cull_face = "back"  # pass 1: surfaces facing the camera
                 ctx.disable_direct(_GL_POLYGON_OFFSET_FILL)
-                for array in self.front_arrays:
+                for array in self.arrays:
                     array.render(moderngl.TRIANGLES)
                 ctx.cull_face = "front"  # pass 2: surfaces seen from behind, a tie further away
                 ctx.polygon_offset = (0.0, self.tie_units)
                 ctx.enable_direct(_GL_POLYGON_OFFSET_FILL)
-                for array in self.back_arrays:
+                for array in self.arrays:
                     array.render(moderngl.TRIANGLES)
                 # Read the stored sRGB bytes (with encoding on, GL would decode them to linear).
                 # Rows come bottom-up, which the shader's flipped y turns into image order.

@@ -194,7 +194,6 @@ class Renderer:
             if mask.shape != (self.num_vertices, 2):
                 raise ValueError(f"wrinkle_mask must have shape ({self.num_vertices}, 2), got {tuple(mask.shape)}")
             self.wrinkles = Wrinkles(face32, self.face_triangles, mask.to(dev), self.wrinkle_config, folds)
-        self.rest_vertices = tmpl.float().to(dev)  # (V+E, 3) dressed, at rest: orders the OpenGL draw
         self.gl = self._gl_drawer()
 
     @property
@@ -218,11 +217,6 @@ class Renderer:
         if cfg.supersample > 1:
             raise ValueError("the OpenGL backend draws supersample=1 only; use backend='torch' to supersample")
         count = len(self.light_intensities)
-        # Nearest first at rest (camera-space z of each triangle's centre, +z toward the camera): the
-        # head turns little, so the order stays near enough front to back that llvmpipe's depth test
-        # rejects most hidden fragments before shading them (docs/experiments.md, sixth pass).
-        rest = (self.rest_vertices - self.camera.centre) @ self.camera.rotation.T  # (V+E, 3)
-        front_first = torch.argsort(-rest[self.triangles, 2].mean(-1), stable=True).cpu().numpy()
         # Triangles with no corner that can carry a line, a fold or a brow (most of the head) get the
         # shader without them: less work per pixel, the same pixels.
         carriers = self.brows[:, 2] > 0  # (V+E,) the brow gate, fixed per vertex
@@ -236,7 +230,7 @@ class Renderer:
             ambient=cfg.ambient, back_light=BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
             tie_bias=1.5 / self.raster.levels,
             wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness, self.wrinkle_config.fold_strength),
-            brow_tint=self.brow_tint.cpu().numpy(), front_first=front_first, detailed=detailed,
+            brow_tint=self.brow_tint.cpu().numpy(), detailed=detailed,
         )
 
     @classmethod
