@@ -76,6 +76,46 @@ def test_gl_is_independent_of_batching(rig, animated):
 
 
 @needs_gl
+def test_gl_plain_shader_changes_no_pixel(rig, animated, monkeypatch):
+    """The shader without lines, folds and brows for triangles that cannot carry them gives the same
+    bytes as every triangle through the full shader."""
+    fast = Renderer.for_rig(rig, RenderConfig(size=SIZE, backend="gl"))
+    plain = [a for a in fast.gl.arrays if "brow_tint" not in a.program]
+    assert len(fast.gl.arrays) == 2 and len(plain) == 1  # both programs draw
+    made = gl.GLDrawer.__init__
+
+    def reference(self, *args, **kwargs):
+        made(self, *args, **{**kwargs, "detailed": None})
+
+    monkeypatch.setattr(gl.GLDrawer, "__init__", reference)
+    slow = Renderer.for_rig(rig, RenderConfig(size=SIZE, backend="gl"))
+    assert len(slow.gl.arrays) == 1
+    # Strong expressions, so that lines, folds and brows show (a talking face has none).
+    verts, gaze, head = animated
+    loud = rig(np.stack([rig.weights(p) for p in ({"browInnerUp": 1.0, "browOuterUpLeft": 1.0, "browOuterUpRight": 1.0},
+                                                   {"noseSneerLeft": 1.0, "noseSneerRight": 1.0, "cheekSquintLeft": 1.0,
+                                                    "cheekSquintRight": 1.0, "mouthSmileLeft": 1.0, "mouthSmileRight": 1.0})]))
+    import torch
+
+    detail = fast.wrinkles.attributes(torch.as_tensor(loud), len(loud[0]))  # (2, V, 6)
+    assert detail[..., 2:4].amax() > 0.5 and detail[..., 5].amax() > 0.5  # lines and folds are drawn
+    outside = ~fast.wrinkles.carriers()
+    assert outside.any() and not detail[:, outside][..., [2, 3, 5]].any()  # none where no carrier is
+    for args in ((verts, gaze, head), (loud,)):
+        assert np.array_equal(fast(*args), slow(*args))
+
+
+@needs_gl
+def test_gl_draw_arguments_are_checked(rig):
+    r = Renderer.for_rig(rig, RenderConfig(size=32, backend="gl"))
+    tris = r.triangles.numpy()
+    kwargs = dict(focal=1.0, distance=1.0, near=0.5, far=1.5, ortho=False, lights=np.eye(3)[:1], halfways=np.eye(3)[:1],
+                  intensities=np.ones(1), ambient=0.1, back_light=0.3, background=np.zeros(3, np.uint8), tie_bias=1e-6)
+    with pytest.raises(ValueError, match="detailed must have shape"):
+        gl.GLDrawer(tris, len(r.material), 32, detailed=np.ones(3, bool), **kwargs)
+
+
+@needs_gl
 def test_gl_nearer_surface_wins_and_back_faces_lose_ties():
     # Two quads facing the camera, the red one nearer; then the same quad seen from behind.
     quad = np.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], np.float32)

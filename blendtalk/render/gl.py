@@ -104,13 +104,8 @@ uniform float back_light;  // surfaces seen from behind get this share of the li
 uniform float srgb_steps;
 uniform int table_encode;        // 1: write the sRGB byte from srgb_table (a plain colour buffer)
 uniform sampler2D srgb_table;    // (srgb_steps, 1) R8: the torch path's own sRGB table
-uniform vec3 brow_tint;   // albedo factor of full brow paint
-{wrinkles}
-{brows}
+{detail_declarations}
 in vec3 v_normal;
-in vec4 v_wrinkle;
-in vec2 v_fold;
-in vec3 v_brow;
 in vec3 v_base;
 in float v_sheen;
 out vec4 f_color;
@@ -127,12 +122,8 @@ void main() {
         spec += intensities[i] * h;
     }
     float light = (diffuse + ambient) * (back ? back_light : 1.0);
-    float lines = 1.0;
-    if (v_wrinkle.z != 0.0 || v_wrinkle.w != 0.0 || v_fold.y != 0.0)  // most skin has none: skip the cosines
-        lines = wrinkle_factor(v_wrinkle, v_fold);
-    vec3 base = v_base * lines;
-    if (v_brow.z > 0.999) base *= mix(vec3(1.0), brow_tint, brow_density(v_brow));  // only skin that can carry a brow pays
-    vec3 c = base * light + (back ? 0.0 : v_sheen * spec);
+    vec3 base = v_base;
+{detail}    vec3 c = base * light + (back ? 0.0 : v_sheen * spec);
     vec3 q = floor(clamp(c, 0.0, 1.0) * (srgb_steps - 1.0) + 0.5);
     if (table_encode == 1) {
         ivec3 i = ivec3(q);
@@ -142,6 +133,22 @@ void main() {
         f_color = vec4(q / (srgb_steps - 1.0), 1.0);  // linear: the sRGB colour buffer encodes it
     }
 }
+"""
+# The fine lines, folds and brows of `_FRAGMENT_SHADER`: only the program for triangles that can carry them has these.
+_DETAIL_DECLARATIONS = """
+uniform vec3 brow_tint;   // albedo factor of full brow paint
+{wrinkles}
+{brows}
+in vec4 v_wrinkle;
+in vec2 v_fold;
+in vec3 v_brow;
+"""
+_DETAIL = """
+    float lines = 1.0;
+    if (v_wrinkle.z != 0.0 || v_wrinkle.w != 0.0 || v_fold.y != 0.0)  // most skin has none: skip the cosines
+        lines = wrinkle_factor(v_wrinkle, v_fold);
+    base *= lines;
+    if (v_brow.z > 0.999) base *= mix(vec3(1.0), brow_tint, brow_density(v_brow));  // only skin that can carry a brow pays
 """
 
 # Tiles of sRGB frames -> yuv420p tiles (`render.yuv`: BT.601 limited range, 2x2 chroma means), one
@@ -249,36 +256,53 @@ class GLDrawer:
     srgb_table: (SRGB_STEPS,) uint8, the torch path's sRGB table, which tiles encode with (exactly
     the rasterizer's bytes for the same linear value); one frame at a time encodes with the sRGB
     colour buffer instead. Needed for tiles > 1.
+    detailed: optional (F,) bool, the triangles with a corner that can carry a fine line, a fold or
+    a brow (a non-zero wrinkle amount or fold depth, or a brow gate, in any frame); the others are
+    drawn by a program without those terms and their 9 interpolated values (the same pixels, for
+    less work per pixel), each pass's plain triangles before its detailed ones. None: all detailed.
     """
 
     def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
                  ortho: bool, lights: np.ndarray, halfways: np.ndarray, intensities: np.ndarray, ambient: float,
                  back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float, float] = (0.0, 1.0, 0.0),
-                 brow_tint: np.ndarray = np.ones(3), tiles: int | None = None, srgb_table: np.ndarray | None = None):
+                 brow_tint: np.ndarray = np.ones(3), tiles: int | None = None, srgb_table: np.ndarray | None = None,
+                 detailed: np.ndarray | None = None):
         import moderngl
 
         self.ctx = ctx = gl_context()
         self.size = size
         self.background = tuple(float(c) / 255 for c in background) + (1.0,)
+        triangles = np.ascontiguousarray(triangles, dtype=np.uint32)
+        detailed = np.ones(len(triangles), bool) if detailed is None else np.asarray(detailed, bool)
+        if detailed.shape != (len(triangles),):
+            raise ValueError(f"detailed must have shape ({len(triangles)},), got {detailed.shape}")
         with _LOCK, ctx:
-            fragment = (_FRAGMENT_SHADER.replace("{lights}", str(len(intensities)))
-                        .replace("{wrinkles}", wrinkle_glsl(float(wrinkle[1]))).replace("{brows}", brow_glsl()))
-            self.program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=fragment)
             uniforms = {"focal": focal, "distance": distance, "ortho": int(ortho),
                         "code_range": (near, far) if ortho else (1 / far, 1 / near),
                         "ambient": ambient, "back_light": back_light,
                         "srgb_steps": float(SRGB_STEPS), "wrinkle_shape": tuple(wrinkle),
                         "brow_tint": tuple(float(c) for c in brow_tint)}
-            for name, value in uniforms.items():
-                self.program[name].value = value
-            self.program["light_dirs"].write(np.asarray(lights, np.float32).tobytes())
-            self.program["halfways"].write(np.asarray(halfways, np.float32).tobytes())
-            self.program["intensities"].write(np.asarray(intensities, np.float32).tobytes())
+            # Each pass draws the plain triangles, then the detailed ones, each kind in the given order:
+            # only an exact depth tie between a plain and a detailed triangle (the earlier drawn wins
+            # it) could come out otherwise than in one draw of all.
+            self.kinds = [k for k in (False, True) if (detailed == k).any()]
+            self.programs, self.indices = {}, {}
+            for with_detail in self.kinds:
+                declarations = _DETAIL_DECLARATIONS.replace("{wrinkles}", wrinkle_glsl(float(wrinkle[1]))).replace("{brows}", brow_glsl())
+                fragment = (_FRAGMENT_SHADER.replace("{lights}", str(len(intensities)))
+                            .replace("{detail_declarations}", declarations if with_detail else "")
+                            .replace("{detail}", _DETAIL if with_detail else ""))
+                program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=fragment)
+                for name, value in uniforms.items():
+                    if name in program:  # the plain program has no detail uniforms
+                        program[name].value = value
+                for name, value in (("light_dirs", lights), ("halfways", halfways), ("intensities", intensities)):
+                    program[name].write(np.asarray(value, np.float32).tobytes())
+                self.programs[with_detail] = program
+                self.indices[with_detail] = ctx.buffer(np.ascontiguousarray(triangles[detailed == with_detail]).tobytes())
             self.num_vertices = int(num_vertices)  # a vertex no triangle uses (a rig's stray point) still comes in
-            self.index = ctx.buffer(np.ascontiguousarray(triangles, dtype=np.uint32).tobytes())
             self.vbo = ctx.buffer(reserve=self.num_vertices * ATTRIBUTES * 4, dynamic=True)
-            self.vao = ctx.vertex_array(self.program, [(self.vbo, "3f 3f 4f 4f 2f 3f", "in_pos", "in_normal", "in_material", "in_wrinkle", "in_fold", "in_brow")],
-                                        index_buffer=self.index, index_element_size=4)
+            self.arrays = [self._array(k, self.vbo, 0) for k in self.kinds]
             # llvmpipe: one frame at a time; frames drawn side by side into a wider framebuffer were no
             # faster there and made a frame's pixels depend (by rounding) on its place in the batch.
             # A GPU: tiles of a tall framebuffer, MAX_TILES frames per call (see the module's doc).
@@ -289,7 +313,8 @@ class GLDrawer:
                 self.tiles = max(1, min(int(tiles), fit))
             if self.tiles > 1 and srgb_table is None:
                 raise ValueError("tiles > 1 need the sRGB table (srgb_table)")
-            self.program["table_encode"].value = int(self.tiles > 1)
+            for program in self.programs.values():
+                program["table_encode"].value = int(self.tiles > 1)
             # Tiles: plain bytes that the shader encodes from the table (the YUV pass reads them as they are).
             colour = ctx.texture((size, size * self.tiles), 4, internal_format=None if self.tiles > 1 else _GL_SRGB8_ALPHA8)
             self.fbo = ctx.framebuffer(color_attachments=[colour], depth_attachment=ctx.depth_renderbuffer((size, size * self.tiles)))
@@ -297,7 +322,8 @@ class GLDrawer:
                 table = np.ascontiguousarray(srgb_table, dtype=np.uint8)
                 self.srgb_texture = ctx.texture((len(table), 1), 1, table.tobytes())
                 self.srgb_texture.filter = (moderngl.NEAREST, moderngl.NEAREST)
-                self.program["srgb_table"].value = 1
+                for program in self.programs.values():
+                    program["srgb_table"].value = 1
                 self.colour = colour
                 self.colour.filter = (moderngl.NEAREST, moderngl.NEAREST)
                 self.yuv_program = ctx.program(vertex_shader=_YUV_VERTEX_SHADER, fragment_shader=_YUV_FRAGMENT_SHADER)
@@ -305,16 +331,9 @@ class GLDrawer:
                 self.yuv_program["n"].value = size
                 self.yuv_vao = ctx.vertex_array(self.yuv_program, [])
                 self.yuv_fbo = ctx.framebuffer(color_attachments=[ctx.texture((size, size * 3 // 2 * self.tiles), 1)])
-            if self.tiles > 1:  # one vertex array per tile, reading its frame's slice of one buffer
-                stride = ATTRIBUTES * 4  # bytes per vertex
-                self.block = ctx.buffer(reserve=self.tiles * self.num_vertices * stride, dynamic=True)
-                self.tile_vaos = []
-                for t in range(self.tiles):
-                    vao = ctx.vertex_array(self.program, [], index_buffer=self.index, index_element_size=4)
-                    offset = t * self.num_vertices * stride
-                    for name, width, at in _LAYOUT:
-                        vao.bind(self.program[name].location, "f", self.block, f"{width}f", offset=offset + 4 * at, stride=stride)
-                    self.tile_vaos.append(vao)
+            if self.tiles > 1:  # vertex arrays per tile, reading its frame's slice of one buffer
+                self.block = ctx.buffer(reserve=self.tiles * self.num_vertices * ATTRIBUTES * 4, dynamic=True)
+                self.tile_vaos = [[self._array(k, self.block, t * self.num_vertices) for k in self.kinds] for t in range(self.tiles)]
             # Back faces lose depth ties to front faces (folds where they touch, e.g. eyelid corners):
             # they are drawn in a second pass, pushed back by `tie_bias` in units of the depth buffer's
             # step. Not through gl_FragDepth, which would turn off the early depth test.
@@ -354,12 +373,22 @@ class GLDrawer:
                 self.fbo.clear(*self.background, depth=1.0)  # already sRGB: cleared before encoding is on
                 ctx.enable_direct(_GL_FRAMEBUFFER_SRGB)
                 self.vbo.write(attributes[t])
-                self._passes([self.vao])
+                self._passes(self.arrays)
                 # Read the stored sRGB bytes (with encoding on, GL would decode them to linear).
                 # Rows come bottom-up, which the shader's flipped y turns into image order.
                 ctx.disable_direct(_GL_FRAMEBUFFER_SRGB)
                 self.fbo.read_into(out[t], viewport=(0, 0, n, n), components=3, alignment=1)
         return out
+
+    def _array(self, with_detail: bool, buffer, first: int):
+        """A vertex array of one kind of triangle, reading vertex `first` on of `buffer`; the plain
+        program reads position, normal and material only (it skips the 9 detail floats)."""
+        program, stride = self.programs[with_detail], ATTRIBUTES * 4
+        vao = self.ctx.vertex_array(program, [], index_buffer=self.indices[with_detail], index_element_size=4)
+        for name, width, at in _LAYOUT:
+            if name in program:
+                vao.bind(program[name].location, "f", buffer, f"{width}f", offset=first * stride + 4 * at, stride=stride)
+        return vao
 
     @property
     def frames_per_call(self) -> int:
@@ -395,7 +424,8 @@ class GLDrawer:
         self.fbo.clear(*self.background, depth=1.0)  # all tiles at once; the background is already sRGB bytes
         self.block.write(attributes)
         self.srgb_texture.use(1)
-        self._passes(self.tile_vaos[:count], [(0, t * n, n, n) for t in range(count)])
+        self._passes([vao for vaos in self.tile_vaos[:count] for vao in vaos],
+                     [(0, t * n, n, n) for t in range(count) for _ in self.kinds])
         self.fbo.scissor = None
         if not yuv:
             # Bottom-up rows of the stacked tiles: frame after frame, each in image order (flipped y).

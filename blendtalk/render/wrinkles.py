@@ -168,6 +168,15 @@ class Wrinkles:
             self.lift_rest = self.fold_lift @ rest  # (2, 3) where the skin beside each fold sits at rest
             self.folds = folds
 
+    def carriers(self) -> torch.Tensor:
+        """(V,) bool: the vertices where `attributes` can give a line amount or a fold depth other than
+        0 (a line mask or a fold line); everywhere else both are 0 in every frame."""
+        out = torch.zeros(self.num_vertices, dtype=torch.bool, device=self.mask.device)
+        out[self.vertices] = (self.mask > 0).any(-1)
+        if self.folds is not None:
+            out |= self.fold_line > 0
+        return out
+
     def amounts(self, vertices: torch.Tensor) -> torch.Tensor:
         """Face vertices (T, V, 3) -> (T, V, 2) amounts in [0, 1] of [vertical lines, horizontal lines]."""
         return self.lines(self.squeeze(vertices))
