@@ -51,19 +51,23 @@ def test_shapes_and_dtype(renderer, poses, rig):
 
 
 def test_deterministic_and_independent_of_chunking(rig, renderer, poses, monkeypatch):
+    tiled = renderer.gl is not None and renderer.gl.frames_per_call > 1
+
+    def same(a, b):
+        if not tiled:
+            return a.tobytes() == b.tobytes()
+        # A GPU driver draws frames as tiles of one framebuffer, where a frame's place can move a
+        # pixel by one level (rounding; seen on an H100): the same frames, not the same bytes.
+        d = np.abs(a.astype(int) - b)
+        return d.max() <= 1 and (d > 0).mean() < 1e-3
+
     first = renderer(poses)
     assert first.tobytes() == renderer(poses).tobytes()
     rebuilt = Renderer.for_rig(rig, RenderConfig(size=SIZE, max_candidates=1))  # one frame per chunk
-    assert first.tobytes() == rebuilt(poses).tobytes()
-    alone = renderer(poses[1])
-    if renderer.gl is not None and renderer.gl.frames_per_call > 1:
-        # A GPU driver draws frames as tiles of one framebuffer, where a frame's place can move a
-        # pixel by one level (rounding; seen on an H100): the same frame, not the same bytes.
-        assert np.abs(first[1].astype(int) - alone).max() <= 1 and (first[1] != alone).mean() < 1e-3
-    else:
-        assert np.array_equal(first[1], alone)
+    assert same(first, rebuilt(poses))
+    assert same(first[1], renderer(poses[1]))
     monkeypatch.setattr(render_module, "_PLAN_FRAMES", 2)  # long clips are planned block by block
-    assert first.tobytes() == renderer(poses).tobytes()
+    assert same(first, renderer(poses))
 
 
 def test_face_covers_a_centred_share_of_the_frame(renderer, poses):
