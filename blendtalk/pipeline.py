@@ -32,7 +32,7 @@ from .expression.head_motion import HeadMotionConfig, head_pivot, rotate_head, s
 from .face.rig import FaceRig, load_rig
 from .models.checkpoint import cpu_threads, pick_device
 from .request import METHODS, AnimationRequest, Expression, check_speech, read_reference
-from .speech.phones import BILABIALS, PHONE_INDEX, phones_to_frames
+from .speech.phones import BILABIAL_IDS, SILENCE_ID, phones_to_frames
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ class Pipeline:
             weights["arkit_weights"] = self.arkit.with_expression_units(weights["speech_weights"], units)
         if method != "speech_only":  # the lips close at /p b m/ whatever the emotion; deep in a pause its mouth returns
             ids = phones_to_frames(speech.phones, frames)  # (T,)
-            pause = pause_share(ids == PHONE_INDEX["sil"], np.isin(ids, [PHONE_INDEX[p] for p in BILABIALS]))
+            pause = pause_share(ids == SILENCE_ID, np.isin(ids, BILABIAL_IDS))
             released = self.closure_release(expr, d_s, pause)  # (T, 52)
             fused = fused - self.rig.displacement(released)
             if "arkit_weights" in weights:  # the mapping's units are the rig's: an engine's lips close too

@@ -32,7 +32,7 @@ import torch
 from ..constants import FPS, SAMPLE_RATE
 from ..expression.emotions import ONSET_HOLD, pause_share, yield_to_closure
 from ..expression.head_motion import HeadMotionConfig
-from ..speech.phones import BILABIALS, PHONE_INDEX
+from ..speech.phones import BILABIAL_IDS, SILENCE_ID
 from .motion import ExpressionStream, HeadStream
 from .speech_stream import SpeechStream, StreamConfig, frame_start
 
@@ -47,8 +47,6 @@ MAX_AHEAD_SECONDS = 1.0  # s: with `realtime`, audio further ahead of the wall c
 MAX_LAG_SECONDS = 1.0  # s: with `realtime`, a session this far behind the clock (a busy CPU) drops audio to catch up
 THIN_LAG_SECONDS = 0.25  # s: ... and this far behind it fuses every other frame only (the speech model sees all)
 EXPRESSION_CACHE = 64  # distinct expression frames whose DFM encoding is kept (a held emotion is one)
-SILENCE = PHONE_INDEX["sil"]
-BILABIAL_IDS = [PHONE_INDEX[p] for p in BILABIALS]
 
 
 class LiveInputError(ValueError):
@@ -294,11 +292,11 @@ class LiveSession:
         read when each left, decide whether a phrase's onset still holds the pause's mouth."""
         window = self.config.lookahead + self.config.closure_lookahead
         first, ids = phones
-        ahead = np.full(window + 1, SILENCE)
+        ahead = np.full(window + 1, SILENCE_ID)
         seen = ids[t - first:t - first + window + 1]
         ahead[:len(seen)] = seen
         past = np.array(self._history, dtype=bool).reshape(-1, 2)  # (H, 2) silent, bilabial
-        silent = np.concatenate([past[:, 0], ahead == SILENCE])
+        silent = np.concatenate([past[:, 0], ahead == SILENCE_ID])
         bilabial = np.concatenate([past[:, 1], np.isin(ahead, BILABIAL_IDS)])
         share = float(pause_share(silent, bilabial, lookahead=window, since=self._silent)[len(past)])
         if len(self._history) == self._history.maxlen:  # the oldest leaves the history: count it

@@ -21,6 +21,8 @@ ARPABET = (
 )
 BILABIALS = ("p", "b", "m")
 PHONE_INDEX = {p: i for i, p in enumerate(ARPABET)}
+SILENCE_ID = PHONE_INDEX["sil"]
+BILABIAL_IDS = tuple(PHONE_INDEX[p] for p in BILABIALS)
 
 
 @dataclass(frozen=True)
