@@ -64,7 +64,10 @@ class DressingConfig:
     iris: tuple[float, float, float] = (0.38, 0.26, 0.17)  # hazel-brown
     sclera: tuple[float, float, float] = (0.86, 0.84, 0.80)  # off-white: eyes sit in the lids' shade
     pupil: tuple[float, float, float] = (0.06, 0.05, 0.05)
-    mouth_shade: float = 0.55  # how much darker the back of the teeth and tongue is than the front, 0..1
+    # Light reaches the inside of the mouth only through the lips: teeth and tongue darken with depth
+    # behind the incisors' front, toward 1 - mouth_shade, falling by 1/e every mouth_falloff m.
+    mouth_shade: float = 0.8
+    mouth_falloff: float = 0.018
     eyes: bool = True  # False leaves the eye sockets empty
     hair: bool = True  # False leaves the scalp bare (the mannequin look)
     hair_colour: tuple[float, float, float] = (0.18, 0.12, 0.08)  # dark brown, a shade darker than the brows
@@ -311,8 +314,8 @@ def dress(verts, gaze, template, projection, helper_v, helper_d, anchor, cap, ce
 def _helper_colours(hv: np.ndarray, part: np.ndarray, h_tris: np.ndarray, config: DressingConfig) -> np.ndarray:
     """sRGB colours (H, 3) of the helper vertices hv (H, 3) of parts `part` (H,), triangles h_tris
     (helper indices): teeth and tongue darken toward the back of the mouth (the lips shade them)."""
-    depth = np.clip((hv[part <= 3, 2].max() - hv[:, 2]) / max(np.ptp(hv[part <= 2, 2]), 1e-9), 0, 1)
-    shade = 1 - config.mouth_shade * depth[:, None]
+    depth = np.maximum(hv[part <= 1, 2].max() - hv[:, 2], 0)  # m behind the incisors' front
+    shade = 1 - config.mouth_shade * (1 - np.exp(-depth / config.mouth_falloff))[:, None]
     palette = np.array([config.teeth, config.teeth, config.tongue, config.lashes, config.hair_colour], np.float32)
     h_col = palette[part] * np.where((part <= 2)[:, None], shade, 1.0)
     hair = part == PARTS.index("hair")
