@@ -66,8 +66,8 @@ class DressingConfig:
     pupil: tuple[float, float, float] = (0.06, 0.05, 0.05)
     # Light reaches the inside of the mouth only through the lips: teeth and tongue darken with depth
     # behind the incisors' front, toward 1 - mouth_shade, falling by 1/e every mouth_falloff m.
-    mouth_shade: float = 0.8
-    mouth_falloff: float = 0.018
+    mouth_shade: float = 0.7
+    mouth_falloff: float = 0.030
     eyes: bool = True  # False leaves the eye sockets empty
     hair: bool = True  # False leaves the scalp bare (the mannequin look)
     hair_colour: tuple[float, float, float] = (0.18, 0.12, 0.08)  # dark brown, a shade darker than the brows
