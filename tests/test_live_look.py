@@ -12,7 +12,6 @@ import torch
 from blendtalk.constants import ASSETS_DIR
 from blendtalk.face.geometry import vertex_normals
 from blendtalk.live.look import LOOK_VERSION, bake_look, blend, blend_brows, blend_folds
-from blendtalk.render.shading import concavity
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def _renderer_terms(pipe, w):
     r = pipe.renderer(512)
     face = torch.as_tensor(pipe.rig.vertices + np.einsum("k,kvc->vc", w, pipe.rig.deltas), dtype=torch.float32)[None]
     normals = vertex_normals(r.dressing(face), r.triangles)[:, : r.num_vertices]
-    crease = (concavity(face, normals, r.ring) - r.rest_concavity)[0]
+    crease = r.creases(face, normals)[0]
     return r.wrinkles.amounts(face)[0].numpy(), crease.numpy()
 
 

@@ -12,7 +12,7 @@ functions, and the page blends them by the received weights:
                                     `WRINKLE_LEVELS`; summed before the lines' onset, because units
                                     that each squeeze too little to draw a line do together
     amounts(w) = lines(squeeze(w))  the module's own onset ramp and zone mask (`Wrinkles.lines`)
-    crease(w)  = sum_k w_k C_k      C_k: the unit's new concavity (m), linear to first order
+    crease(w)  = sum_k w_k C_k      C_k: the unit's new concavity (m, smoothed: `Renderer.creases`), linear to first order
     brow(w)    = B + sum_k w_k D_k  B: rest-pose brow coordinates, D_k: the unit's shift of them
                                     (`face.brows.BrowRide`, linear in the weights)
     rise(w)    = sum_k w_k R_k      R_k (2,): how far the unit raises the skin beside the [left, right]
@@ -43,8 +43,7 @@ import torch
 from ..face.brows import brow_glsl
 from ..face.geometry import vertex_normals
 from ..render.gltf import posable_parts
-from ..render.renderer import BACK_FACE_LIGHT, CREASE_FLOOR, SHININESS_SQUARINGS
-from ..render.shading import concavity
+from ..render.renderer import BACK_FACE_LIGHT, CREASE_FLOOR, CREASE_MIN, SHININESS_SQUARINGS
 from ..render.wrinkles import wrinkle_glsl
 
 LOOK_VERSION = 3  # 2: the nasolabial folds; 3: brows drawn per pixel
@@ -54,7 +53,6 @@ MIN_SQUEEZE = 2e-3  # squeeze below this is not stored (a tenth of the earliest 
 # spreads over rings by a maximum, so the stretch reaches wider than it acts), 0 lets a lowered brow
 # add lines to a raised one; 0.5 halves the mean error against the renderer on the emotions' frames.
 STRETCH_SHARE = 0.5
-MIN_CREASE = 2e-6  # m: crease offsets below this are not stored (0.1% darkening at the default strength)
 MIN_BROW_RIDE = 2e-5  # m: brow coordinate shifts below this are not stored (a fiftieth of the brow's soft edge)
 MIN_FOLD_LINE = 1e-4  # fold line weights below this are not stored (a 0.005% darkening at most)
 
@@ -87,7 +85,7 @@ def unit_creases(rig, renderer) -> np.ndarray:
     v = renderer.num_vertices
     dressed = renderer.dressing(faces) if renderer.dressing is not None else faces
     normals = vertex_normals(dressed, renderer.triangles)[:, :v]
-    return (concavity(faces, normals, renderer.ring) - renderer.rest_concavity).cpu().numpy()
+    return renderer.creases(faces, normals).cpu().numpy()
 
 
 @torch.inference_mode()
@@ -151,7 +149,7 @@ def bake_look(rig, renderer) -> dict:
         "wrinkle_levels": list(WRINKLE_LEVELS),
         # per unit: vertices, then per vertex L levels x C channels of squeeze
         "wrinkles": _sparse(squeeze.transpose(0, 2, 1, 3), MIN_SQUEEZE),
-        "creases": _sparse(unit_creases(rig, renderer)[..., None], MIN_CREASE),
+        "creases": _sparse(unit_creases(rig, renderer)[..., None], CREASE_MIN),
     }
     if wr.folds is not None:
         side = np.asarray(wr.folds.side)

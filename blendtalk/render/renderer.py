@@ -25,7 +25,7 @@ import torch.nn.functional as nnf
 from ..expression.head_motion import head_pivot, rotate_head
 from ..face.brows import BrowRide, brow_density
 from ..face.dressing import DressingConfig, FaceDressing
-from ..face.geometry import ring_edges, vertex_normals
+from ..face.geometry import ring_edges, ring_mean, vertex_normals
 from ..models.checkpoint import cpu_threads
 from .camera import Camera
 from .raster import Rasterizer
@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 SHININESS_SQUARINGS = 4  # Blinn-Phong exponent 2**4 = 16: a broad, soft sheen
 BACK_FACE_LIGHT = 0.35  # surfaces seen from behind (the inside of the head) get a third of the light
 CREASE_FLOOR = 0.35  # the deepest crease keeps a third of the albedo: a fold, never a black line
+# Half-and-half with the one-ring mean, this many times: vertices sit about 3 mm apart, so unsmoothed
+# creases mottle a raised cheek like dirt; smoothed they spread over a centimetre, as a fold does.
+CREASE_SMOOTHING = 3
+CREASE_MIN = 2e-6  # m: smaller creases are smoothing's spill and rounding (0.1% darkening), not folds
 _CPU_CANDIDATES = 1_000_000  # pixel-row candidates per chunk on CPU: small tensors stay cache- and allocator-friendly
 _CUDA_CANDIDATES = 32_000_000  # per chunk on CUDA: big launches amortise kernel overhead
 _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a time
@@ -394,6 +398,15 @@ class Renderer:
             host = torch.empty(attributes.shape, dtype=attributes.dtype, pin_memory=True)
             return host.copy_(attributes).numpy()
 
+    def creases(self, verts: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+        """Face vertices and their world normals (T, V, 3) -> new concavity against the rest face
+        (T, V), m, > 0 in a crease, smoothed over the surface (`CREASE_SMOOTHING`); linear in the
+        concavity, so the live page can sum it per unit (`live.look`)."""
+        crease = (concavity(verts, normals, self.ring) - self.rest_concavity).T.contiguous()  # (V, T)
+        for _ in range(CREASE_SMOOTHING):
+            crease = 0.5 * crease + 0.5 * ring_mean(crease, self.ring)
+        return crease.T
+
     def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vertices (T, V, 3) -> camera-space normals (T, V, 3), material (T, V, 4): linear albedo
         after the cavity tint, occlusion and this frame's crease darkening, and sheen; and the
@@ -404,8 +417,9 @@ class Renderer:
         if self.config.crease_strength > 0:
             # New concavity (mm) darkens the albedo: the folds of a frown or a nose wrinkle.
             v = self.num_vertices
-            crease = concavity(verts[:, :v], world[:, :v], self.ring) - self.rest_concavity
-            dark = (1 - self.config.crease_strength * 1000 * crease.clamp(min=0)).clamp(min=CREASE_FLOOR)  # (T, V)
+            crease = self.creases(verts[:, :v], world[:, :v])
+            crease = crease.where(crease > CREASE_MIN, 0.0)
+            dark = (1 - self.config.crease_strength * 1000 * crease).clamp(min=CREASE_FLOOR)  # (T, V)
             dark = nnf.pad(dark, (0, verts.shape[1] - self.num_vertices), value=1.0)
             material = torch.cat([material[..., :3] * dark[..., None], material[..., 3:]], -1)
         if self.wrinkles is None:
