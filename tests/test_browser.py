@@ -191,7 +191,7 @@ def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
             time.sleep(0.25)
             samples.append(page.js("const s = window.liveStats; return [performance.now(), s.received, s.applied, s.fps,"
                                    " s.status, s.errors];"))
-        history = np.array(page.js("return window.liveStats.mouthHistory"))  # (n, 4): time ms, jawOpen, mouthClose, funnel
+        history = np.array(page.js("return window.liveStats.mouthHistory"))  # (n, 5): time ms, jawOpen, mouthClose, funnel, t s
         latency = page.js("return window.liveStats.latency")
         shot = page.screenshot(tmp_path / "live.png")
         print(f"\nlive page screenshot: {shot}")
@@ -203,11 +203,13 @@ def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
     print(f"weight frames applied per second (max over 1 s windows): {fps}; "
           f"own audio -> weights in the page: p50 {np.percentile(latency, 50):.0f} ms, p95 {np.percentile(latency, 95):.0f} ms")
     assert fps >= 10, samples  # a rate target belongs to eval/live_latency.py, not a test
-    first = history[0, 0]
-    playing = history[(history[:, 0] > first + 300) & (history[:, 0] < first + 2800)]
-    after = history[history[:, 0] > first + 4500]
+    # Windows by the frames' own audio time, not by arrival: a starved server delivers the sentence's
+    # last frames seconds late (seen under a CI series), and they must not count as the mouth at rest.
+    t = history[:, 4]
+    playing = history[(t > 0.3) & (t < 2.8)]  # the sentence is 3.1 s, speech from about 0.2 s to 2.9 s
+    after = history[t > 4.0]
     assert len(playing) > 20 and len(after) > 10, (len(playing), len(after))  # fewer when a busy CPU thins the frames
-    moving, resting = playing[:, 1:].std(0).max(), after[:, 1:].std(0).max()
+    moving, resting = playing[:, 1:4].std(0).max(), after[:, 1:4].std(0).max()
     print(f"mouth weight spread while speaking {moving:.3f}, after {resting:.4f}")
     assert moving > 0.05 and resting < 0.2 * moving, (moving, resting)
     assert shot.stat().st_size > 10_000
@@ -303,7 +305,7 @@ def test_live_page_in_firefox(live_url):
         while time.monotonic() - t0 < 9:
             time.sleep(0.25)
             samples.append(page.js("const s = window.liveStats; return [s.received, s.applied, s.fps, s.errors];"))
-        history = np.array(page.js("return window.liveStats.mouthHistory"))  # (n, 4): time ms, jawOpen, mouthClose, funnel
+        history = np.array(page.js("return window.liveStats.mouthHistory"))  # (n, 5): time ms, jawOpen, mouthClose, funnel, t s
         played = page.js("return window.fileMicrophone")
     received, applied, fps, errors = samples[-1]
     print(f"\nFirefox: {received} frames received, {applied} applied, at most {max(s[2] for s in samples)} frames/s")
@@ -312,6 +314,6 @@ def test_live_page_in_firefox(live_url):
     playing = history[(history[:, 0] > start + 300) & (history[:, 0] < start + 1000 * seconds - 200)]
     after = history[history[:, 0] > start + 1000 * seconds + 1500]
     assert len(playing) > 20 and len(after) > 10, (len(playing), len(after))
-    moving, resting = playing[:, 1:].std(0).max(), after[:, 1:].std(0).max()
+    moving, resting = playing[:, 1:4].std(0).max(), after[:, 1:4].std(0).max()
     print(f"mouth weight spread while speaking {moving:.3f}, after {resting:.4f}")
     assert moving > 0.05 and resting < 0.2 * moving, (moving, resting)

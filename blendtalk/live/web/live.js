@@ -275,7 +275,8 @@ function apply(frame) {
   stats.applied += 1;
   stats.appliedTimes.push(performance.now());
   stats.lastFrame = frame.frame;
-  stats.mouthHistory.push([performance.now(), frame.arkit.jawOpen || 0, frame.arkit.mouthClose || 0, frame.arkit.mouthFunnel || 0]);
+  stats.mouthHistory.push([performance.now(), frame.arkit.jawOpen || 0, frame.arkit.mouthClose || 0, frame.arkit.mouthFunnel || 0,
+                          frame.t]);
   if (stats.mouthHistory.length > 3000) stats.mouthHistory.splice(0, 1000);
 }
 stats.appliedTimes = [];
