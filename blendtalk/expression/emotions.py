@@ -90,9 +90,10 @@ EMOTION_AUS: dict[str, dict[str, float]] = {
     # stretching of the mouth", Ekman & Friesen 1975, Unmasking the Face): 0.7 parts the lips about 2 cm,
     # half an adult's widest opening, while 0.9 on this rig gapes like a scream.
     "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU22": 0.25, "AU25": 0.8, "AU26": 0.7},
-    # brows raised and drawn together: the whole brow up (1+2) with less knitting (4) than anger or
-    # sadness, which set the oblique, lowered brow of sadness apart from fear; eyes wide, lips stretched
-    "fearful": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.4, "AU5": 1.0, "AU10": 0.4, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0,
+    # brows raised and drawn together: the whole brow up (1+2) with a trace of knitting (4), far less
+    # than anger or sadness: more, and at half intensity the brow turns into sadness's oblique one;
+    # eyes wide, lips stretched
+    "fearful": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.25, "AU5": 1.0, "AU10": 0.4, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0,
                 "AU26": 0.4},
     # Disgust is carried by the nose and the upper lip (Ekman & Friesen 1975, Unmasking the Face: the
     # upper lip raised, the nose wrinkled, the cheeks and lower lids pushed up, the lower lip raised
