@@ -45,6 +45,7 @@ _CUDA_CANDIDATES = 32_000_000  # per chunk on CUDA: big launches amortise kernel
 _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a time
 _DRESSING_SHEEN = 2.0  # eyes and teeth are wet: twice the skin's sheen
 _HAIR_SHEEN = 0.3  # short hair scatters light: a third of the skin's sheen, never a plastic gloss
+_NECK_TINT_RINGS = 6  # vertex rings of the face above the neck over which the cavity tint fades in
 _GL_FRAMES = 8  # frames whose vertex attributes go to OpenGL at a time: small, so that computing the next
                 # ones overlaps most of the drawing (3 MB for a dressed head)
 BACKENDS = ("auto", "gl", "torch")
@@ -162,18 +163,28 @@ class Renderer:
 
         # Per-vertex material, fixed on the template so per pixel only lighting remains: albedo
         # toward the cavity colour where hidden, darkened by occlusion; the sheen fades in cavities.
-        # Both come from the face alone; attached parts (teeth, eyeballs) keep their own colour.
+        # Both come from the skin alone (the face and a dressing's neck, one welded surface, so the
+        # neck shades the under-jaw and carries on its shading); other parts keep their own colour.
         self.face_triangles = face_tri.to(dev)
-        face_raster = Rasterizer(self.face_triangles)
         face32 = face.float().to(dev)
+        skin_index, skin_tri = dressing.skin() if dressing is not None else (np.arange(self.num_vertices), face_tri)
+        self.skin_index = torch.as_tensor(skin_index, dtype=torch.long, device=dev)  # (S,)
+        skin_tri = torch.as_tensor(skin_tri, dtype=torch.long, device=dev)
+        skin32 = tmpl[skin_index].float().to(dev)  # (S, 3)
         albedo = srgb_to_linear(colours.clamp(0, 1)).to(dev)  # (V+E, 3)
-        extra = len(tmpl) - self.num_vertices
-        occlusion, hidden = template_shading(face32, face_raster, self.camera, config)
-        occlusion, hidden = nnf.pad(occlusion, (0, extra)), nnf.pad(hidden, (0, extra))
+        skin_occlusion, skin_hidden = template_shading(skin32, Rasterizer(skin_tri), self.camera, config, fit=len(face))
+        if len(skin_index) > self.num_vertices:
+            # The cavity tint is for the inside of the mouth; the neck, and the face just above it
+            # (hidden under the chin at rest), are outer skin that a raised chin shows.
+            neck = torch.arange(len(skin_index), device=dev) >= self.num_vertices
+            skin_hidden = skin_hidden * rings_away(neck, skin_tri, _NECK_TINT_RINGS)
+        occlusion = torch.zeros(len(tmpl), device=dev).index_copy_(0, self.skin_index, skin_occlusion)
+        hidden = torch.zeros(len(tmpl), device=dev).index_copy_(0, self.skin_index, skin_hidden)
         base = torch.lerp(albedo, cavity.expand_as(albedo), hidden[:, None])
         base = base * (1 - config.occlusion_strength * occlusion)[:, None]
         sheen = config.specular * (1 - occlusion) * (1 - hidden)
-        sheen[self.num_vertices :] *= _DRESSING_SHEEN
+        is_skin = torch.zeros(len(tmpl), dtype=torch.bool, device=dev).index_fill_(0, self.skin_index, True)
+        sheen[self.num_vertices :] *= torch.where(is_skin[self.num_vertices :], 1.0, _DRESSING_SHEEN)
         if dressing is not None and "hair" in dressing.ranges:
             a, b = dressing.ranges["hair"]
             sheen[a:b] = config.specular * _HAIR_SHEEN
@@ -189,10 +200,10 @@ class Renderer:
             self.brows = dressing.brows.to(dev)
             self.brow_tint = (1 + opacity * (ratio - 1)).to(dev)
             self.brow_ride = BrowRide(dressing.brows[: self.num_vertices].numpy(), face.numpy()).to(dev)
-        # Reference concavity of the face at rest: only creases the animation adds darken.
-        self.ring = ring_edges(self.face_triangles, self.num_vertices)
-        rest_normals = vertex_normals(face32[None], self.face_triangles)
-        self.rest_concavity = concavity(face32[None], rest_normals, self.ring)[0]  # (V,)
+        # Reference concavity of the skin at rest: only creases the animation adds darken.
+        self.ring = ring_edges(skin_tri, len(skin_index))
+        rest_normals = vertex_normals(skin32[None], skin_tri)
+        self.rest_concavity = concavity(skin32[None], rest_normals, self.ring)[0]  # (S,)
         self.wrinkle_config = WrinkleConfig(strength=config.wrinkle_strength, fold_strength=config.fold_strength)
         self.wrinkles = None
         if wrinkle_mask is not None and config.wrinkle_strength > 0:
@@ -403,10 +414,10 @@ class Renderer:
         material = self.material.expand(verts.shape[0], -1, -1)
         if self.config.crease_strength > 0:
             # New concavity (mm) darkens the albedo: the folds of a frown or a nose wrinkle.
-            v = self.num_vertices
-            crease = concavity(verts[:, :v], world[:, :v], self.ring) - self.rest_concavity
-            dark = (1 - self.config.crease_strength * 1000 * crease.clamp(min=0)).clamp(min=CREASE_FLOOR)  # (T, V)
-            dark = nnf.pad(dark, (0, verts.shape[1] - self.num_vertices), value=1.0)
+            skin = self.skin_index
+            crease = concavity(verts[:, skin], world[:, skin], self.ring) - self.rest_concavity
+            dark = (1 - self.config.crease_strength * 1000 * crease.clamp(min=0)).clamp(min=CREASE_FLOOR)  # (T, S)
+            dark = torch.ones(verts.shape[:2], device=verts.device).index_copy_(1, skin, dark)  # (T, V+E)
             material = torch.cat([material[..., :3] * dark[..., None], material[..., 3:]], -1)
         if self.wrinkles is None:
             wrinkle = torch.zeros(*verts.shape[:2], WRINKLE_ATTRIBUTES, device=verts.device)
@@ -517,6 +528,19 @@ def _scene(triangles, template_vertices, config: RenderConfig, vertex_colours, s
         colours = torch.cat([colours, static_c.float()])
         tmpl = torch.cat([tmpl, static_v])
     return tmpl, tri, colours, static_v, face_tri, v_count
+
+
+def rings_away(seed: torch.Tensor, triangles: torch.Tensor, rings: int) -> torch.Tensor:
+    """(S,) in [0, 1]: 0 on the seed vertices (S,) bool, rising smoothly to 1 at `rings` vertex rings
+    (edges of triangles (F, 3)) from them."""
+    reached, away = seed.clone(), torch.zeros(len(seed), device=seed.device)
+    for k in range(1, rings + 1):
+        ring = torch.zeros_like(reached)
+        ring[triangles[reached[triangles].any(1)].reshape(-1)] = True
+        away[ring & ~reached] = k / rings
+        reached |= ring
+    away[~reached] = 1.0
+    return away * away * (3 - 2 * away)
 
 
 def _host_tensor(array) -> torch.Tensor:
