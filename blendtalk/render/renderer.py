@@ -45,7 +45,7 @@ _CUDA_CANDIDATES = 32_000_000  # per chunk on CUDA: big launches amortise kernel
 _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a time
 _DRESSING_SHEEN = 2.0  # eyes and teeth are wet: twice the skin's sheen
 _HAIR_SHEEN = 0.3  # short hair scatters light: a third of the skin's sheen, never a plastic gloss
-_NECK_TINT_RINGS = 6  # vertex rings of the face above the neck over which the cavity tint fades in
+_NECK_TINT_RINGS = 10  # vertex rings of the face above the neck over which the cavity tint fades in
 _GL_FRAMES = 8  # frames whose vertex attributes go to OpenGL at a time: small, so that computing the next
                 # ones overlaps most of the drawing (3 MB for a dressed head)
 BACKENDS = ("auto", "gl", "torch")
@@ -63,6 +63,7 @@ class RenderConfig:
     cavity: tuple[float, float, float] = (0.45, 0.16, 0.15)  # mouth-interior albedo (there are no teeth)
     eyes: bool = True  # `Renderer.for_rig` puts eyeballs in open eye sockets
     hair: bool = True  # `Renderer.for_rig` puts short hair on a rig whose dressing carries it
+    neck: bool = True  # `Renderer.for_rig` puts a neck under a rig whose dressing carries one
     iris: tuple[float, float, float] = (0.38, 0.26, 0.17)  # hazel-brown
     sclera: tuple[float, float, float] = (0.86, 0.84, 0.80)  # off-white: eyes sit in the lids' shade
     # Key light up-left-front, weaker fill from the right; directions point from surface to light.
@@ -549,9 +550,9 @@ def _host_tensor(array) -> torch.Tensor:
 
 
 def dressing_config(config: RenderConfig) -> DressingConfig:
-    """The dressing colours that go with a render config (its skin, lips, iris, sclera, eyes)."""
+    """The dressing that goes with a render config (its skin, lips, iris, sclera; eyes, hair and neck on or off)."""
     return DressingConfig(skin=config.skin, lips=config.lips, iris=config.iris, sclera=config.sclera, eyes=config.eyes,
-                          hair=config.hair)
+                          hair=config.hair, neck=config.neck)
 
 
 def render(vertices, triangles, size: int = 512, device: str | torch.device | None = None) -> np.ndarray:
