@@ -156,6 +156,25 @@ def test_mesh_figure(rig):
     assert len(plain.data) == 1 and plain.data[0].color is not None and plain.data[0].intensity is None
 
 
+def test_neck_in_the_face_trace_moves_as_the_dressing_moves_it(rig):
+    from blendtalk.face.dressing import FaceDressing
+
+    look = rig_look(rig)
+    dressing = FaceDressing.for_rig(rig)
+    poses = rig(np.stack([rig.weights({"jawOpen": 1.0}), rig.weights({})])) + np.float32([0, -0.004, 0.002])
+    with_neck = look.neck.attach(poses, look.template)  # (2, V + N, 3)
+    a, b = dressing.ranges["neck"]
+    dressed = dressing(poses)[:, a:b]
+    # The look's neck is the dressing's without the copies of the face's boundary, in the same order.
+    copies = ~np.isin(np.arange(a, b), dressing.triangles)
+    np.testing.assert_allclose(with_neck[:, rig.num_vertices :], dressed[:, ~copies], atol=1e-6)
+    assert np.abs(with_neck[0, rig.num_vertices :] - look.neck.rest).max() > 0.003  # it follows the shifted face
+    fig = mesh_figure(poses[0], rig.triangles, rig=look)
+    assert len(fig.data[0].x) == rig.num_vertices + len(look.neck.rest)
+    bare = mesh_figure(poses[0], rig.triangles)  # not the rig's look: the face alone
+    assert len(bare.data[0].x) == rig.num_vertices
+
+
 def _animation(rig, speech=True, expression=True, arkit=True, frames=60):
     rng = np.random.default_rng(0)
     arkit_w = np.zeros((frames, 52), np.float32)

