@@ -3,7 +3,9 @@
 The animation is one `Mesh3d` trace whose triangles (i, j, k) are sent once; each frame of the
 figure updates only x, y, z of trace 0 (`go.Frame(traces=[0])`: plotly.js merges a frame's trace
 into the existing one, so i, j, k, colours and lighting carry over). Mesh3d is not an "animatable"
-trace type, so frames are shown with `redraw=True`.
+trace type, so frames are shown with `redraw=True`. A dressed rig's neck travels in that trace too
+(its vertices after the face's, moved with it: one surface, shaded without a seam); the scene's box
+is framed on the face, and plotly cuts the neck's shoulders at the box, as the video's frame does.
 
 Payload: coordinates are sent as int16 in units of `COORD_QUANTUM` (0.01 mm), relative to the
 centre of the mesh's bounding box. Plotly serialises numpy arrays as base64 typed arrays, so a
