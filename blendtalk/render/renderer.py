@@ -28,7 +28,7 @@ import torch.nn.functional as nnf
 from ..expression.head_motion import head_pivot, rotate_head
 from ..face.brows import BrowRide, brow_density
 from ..face.dressing import DressingConfig, FaceDressing
-from ..face.geometry import ring_edges, vertex_normals
+from ..face.geometry import ring_edges, rings_away, vertex_normals
 from ..models.checkpoint import cpu_threads
 from .camera import Camera
 from .raster import Rasterizer
@@ -532,19 +532,6 @@ def _scene(triangles, template_vertices, config: RenderConfig, vertex_colours, s
         colours = torch.cat([colours, static_c.float()])
         tmpl = torch.cat([tmpl, static_v])
     return tmpl, tri, colours, static_v, face_tri, v_count
-
-
-def rings_away(seed: torch.Tensor, triangles: torch.Tensor, rings: int) -> torch.Tensor:
-    """(S,) in [0, 1]: 0 on the seed vertices (S,) bool, rising smoothly to 1 at `rings` vertex rings
-    (edges of triangles (F, 3)) from them."""
-    reached, away = seed.clone(), torch.zeros(len(seed), device=seed.device)
-    for k in range(1, rings + 1):
-        ring = torch.zeros_like(reached)
-        ring[triangles[reached[triangles].any(1)].reshape(-1)] = True
-        away[ring & ~reached] = k / rings
-        reached |= ring
-    away[~reached] = 1.0
-    return away * away * (3 - 2 * away)
 
 
 def _host_tensor(array) -> torch.Tensor:
