@@ -336,8 +336,8 @@ def dress(verts, gaze, template, projection, helper_v, helper_d, anchor, anchor_
     disp = verts - template  # (T, V, 3)
     weights = estimate_weights(disp, projection)  # (T, 52)
     helpers = helper_v + torch.einsum("tk,khc->thc", weights, helper_d)  # (T, H, 3)
-    lash = anchor >= 0
-    helpers[:, lash] = helper_v[lash] + anchor_weight[lash, None] * disp[:, anchor[lash]]
+    anchored = anchor >= 0  # lashes on their lid, the neck under the face's boundary
+    helpers[:, anchored] = helper_v[anchored] + anchor_weight[anchored, None] * disp[:, anchor[anchored]]
     parts = [verts, helpers]
     if len(cap):
         rot = gaze_rotation(gaze)  # (T, 3, 3)
