@@ -152,3 +152,93 @@ def test_hair_can_be_turned_off(rig, dressing):
     assert bare.triangles.max() < bare.num_vertices
     np.testing.assert_allclose(bare.neutral()[: a], dressing.neutral()[: a], atol=1e-7)
     np.testing.assert_allclose(bare.neutral()[a:], dressing.neutral()[b:], atol=1e-7)
+
+
+SURPRISED = {"jawOpen": 0.8, "browInnerUp": 1.0, "browOuterUpLeft": 1.0, "browOuterUpRight": 1.0}
+
+
+def neck_parts(dressing: FaceDressing):
+    """The neck's vertex range (a, b), its triangles, which of its vertices copy a face vertex
+    (bool over [a, b)), and each one's anchor face vertex (-1 for none)."""
+    a, b = dressing.ranges["neck"]
+    ta, tb = dressing.triangle_ranges["neck"]
+    h = slice(a - dressing.num_face_vertices, b - dressing.num_face_vertices)
+    anchor, weight = dressing.helper_anchor.numpy()[h], dressing.anchor_weight.numpy()[h]
+    return (a, b), dressing.triangles[ta:tb], weight == 1, anchor
+
+
+def test_neck_closes_the_cut_under_the_face(rig, dressing):
+    from blendtalk.face.geometry import boundary_edges
+
+    (a, b), tri, copy, anchor = neck_parts(dressing)
+    assert copy.sum() >= 40 and b - a > 5 * copy.sum()  # a ring on the face's boundary and several below
+    # Every edge of the face's open boundary below the mouth (the sawtooth of the cut) is shared
+    # with a neck triangle; what stays open of the skin is the neck's far end only.
+    low = rig.vertices[:, 1] < rig.vertices[rig.mask("lips"), 1].min()
+    face_open = boundary_edges(rig.triangles)
+    face_open = face_open[low[face_open].all(1)]
+    skin_index, skin_tri = dressing.skin()
+    skin_open = skin_index[boundary_edges(skin_tri)]  # dressed-vertex indices
+    assert len(face_open) >= 40
+    assert not (skin_open < rig.num_vertices).any()  # no face vertex stays on an open edge
+    rest = dressing.neutral()
+    assert rest[skin_open, 1].max() < rig.vertices[:, 1].min() - 0.02  # the far end is centimetres lower
+    # Skin colour, seen smooth: the neck uses the face's boundary vertices themselves.
+    assert np.allclose(dressing.colours[a:b], DressingConfig().skin)
+    assert (tri < rig.num_vertices).any(1).sum() >= len(face_open)
+    assert not np.isin(np.arange(a, b)[copy], tri).any()  # the copies are welded away
+
+
+def test_neck_top_ring_follows_the_face_and_its_far_end_stays(rig, dressing):
+    from blendtalk.expression.head_motion import head_pivot, rotate_head
+
+    (a, b), _, copy, anchor = neck_parts(dressing)
+    frames = rig(np.stack([rig.weights({}), rig.weights({"jawOpen": 1.0}), rig.weights(SURPRISED)]))
+    out = dressing(frames, np.array([[0.0, 0.0], [0.2, -0.1], [0.0, 0.2]]))
+    turned = rotate_head(out, np.radians([[0, 0, 0], [4.0, -5.0, 2.5], [-4.0, 5.0, -2.5]]), head_pivot(rig.vertices))
+    for pose in (out, turned):  # the copies sit on their face vertex, posed and turned
+        np.testing.assert_allclose(pose[:, a:b][:, copy], pose[:, anchor[copy]], atol=1e-6)
+    # The rig's jaw barely reaches the cut (0.4 mm); the far end of the neck does not move at all.
+    weight = dressing.anchor_weight.numpy()[a - rig.num_vertices : b - rig.num_vertices]
+    moved = np.linalg.norm(out[1, a:b] - out[0, a:b], axis=-1)  # (N,) m under jawOpen
+    assert moved[copy].max() > 1e-4 and (moved[weight == 0] == 0).all() and (weight == 0).sum() > 100
+    # A learned face may move its boundary more: a 5 mm shift of the whole face is taken fully at the
+    # top ring, by a share that falls with the distance below it, and not at all further down.
+    shifted = dressing(rig.vertices + np.float32([0.0, -0.005, 0.002]))[a:b] - dressing.neutral()[a:b]
+    follow = (weight > 0) & ~copy
+    assert follow.sum() > 20 and (weight[follow] < 1).all()
+    np.testing.assert_allclose(np.linalg.norm(shifted, axis=-1), weight * np.hypot(0.005, 0.002), atol=1e-6)
+    rest = dressing.neutral()[a:b]
+    below = np.linalg.norm(rest[follow] - rig.vertices[anchor[follow]], axis=-1)
+    assert np.corrcoef(below, weight[follow])[0, 1] < -0.8  # further from the face, less of its motion
+
+
+def test_neck_can_be_turned_off(rig, dressing):
+    bare = FaceDressing.for_rig(rig, DressingConfig(neck=False))
+    a, b = dressing.ranges["neck"]
+    assert "neck" not in bare.ranges and bare.num_vertices == dressing.num_vertices - (b - a)
+    assert len(bare.triangles) == len(dressing.triangles) - np.subtract(*dressing.triangle_ranges["neck"][::-1])
+    np.testing.assert_allclose(bare.neutral()[:a], dressing.neutral()[:a], atol=1e-7)
+    np.testing.assert_allclose(bare.neutral()[a:], dressing.neutral()[b:], atol=1e-7)
+    assert len(bare.skin()[0]) == rig.num_vertices
+
+
+def test_a_rig_built_before_the_neck_still_loads(rig, dressing):
+    """No neck part and no anchor weights (the asset before them): the lashes follow fully, as before."""
+    import dataclasses
+
+    d = rig.dressing
+    codes = d["dressing_part"]
+    keep = codes != list(d["dressing_part_names"]).index("neck")
+    count = int(keep.sum())
+    assert keep[:count].all()  # the neck is stored last
+    old = {k: v for k, v in d.items() if k != "dressing_anchor_weight"}
+    old.update(dressing_vertices=d["dressing_vertices"][:count], dressing_part=codes[:count],
+               dressing_deltas=d["dressing_deltas"][:, :count], dressing_anchor=d["dressing_anchor"][:count],
+               dressing_triangles=d["dressing_triangles"][(d["dressing_triangles"] < count).all(1)],
+               dressing_part_names=d["dressing_part_names"][:-1])
+    older = FaceDressing.for_rig(dataclasses.replace(rig, dressing=old))
+    assert "neck" not in older.ranges and set(older.ranges) == set(PARTS) - {"neck"}
+    frame = rig(rig.weights({"eyeBlinkLeft": 1.0, "jawOpen": 0.5}))
+    np.testing.assert_allclose(part(older(frame), older, "lashes"), part(dressing(frame), dressing, "lashes"), atol=1e-7)
+    np.testing.assert_allclose(older(frame)[: older.ranges["hair"][1]], dressing(frame)[: dressing.ranges["hair"][1]], atol=1e-7)

@@ -206,6 +206,12 @@ def test_dressed_glb_carries_teeth_eyes_and_colours(tmp_path):
     assert target[lo:hi, 1].mean() < -5e-3  # the lower teeth drop with the jaw
     eye_lo, eye_hi = dressing.ranges["left_eye"]
     assert np.abs(target[eye_lo:eye_hi]).max() > 1e-3  # the eye turned with the gaze
+    # The neck hangs from the face's own boundary vertices (one surface for a viewer's smooth
+    # normals), in the skin's colour.
+    neck_lo, neck_hi = dressing.ranges["neck"]
+    ta, tb = dressing.triangle_ranges["neck"]
+    assert (mesh.faces[ta:tb] < rig.num_vertices).any(1).sum() > 40 and (mesh.faces[ta:tb] >= neck_lo).all(1).sum() > 300
+    assert np.abs(colours[neck_lo:neck_hi] - colours[neck_lo]).max() < 1e-6
 
 
 def test_missing_data_is_skipped_or_strict(tmp_path, caplog, monkeypatch):

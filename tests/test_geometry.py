@@ -295,3 +295,18 @@ def test_vertex_normals_match_a_per_face_sum_to_the_bit(rig, lead):
     got = vertex_normals(v, tri)
     assert got.shape == v.shape
     assert torch.equal(got, expected)
+
+
+def test_rings_away_rises_smoothly_from_the_seed():
+    from blendtalk.face.geometry import rings_away
+
+    # A strip of triangles along x: vertex pairs (2i, 2i+1) at x = i, seeded at x = 0.
+    n = 8
+    tri = torch.tensor([[2 * i + a, 2 * i + b, 2 * i + c] for i in range(n - 1) for a, b, c in ((0, 2, 1), (1, 2, 3))])
+    seed = torch.zeros(2 * n, dtype=torch.bool)
+    seed[:2] = True
+    away = rings_away(seed, tri, rings=4)
+    x = torch.arange(2 * n) // 2
+    assert (away[seed] == 0).all() and (away[x >= 4] == 1).all()
+    step = away[::2]  # one value per x: 0 at the seed, rising to 1 four rings away
+    assert (step[1:5] > step[:4]).all() and torch.allclose(step, away[1::2])

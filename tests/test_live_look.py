@@ -38,8 +38,10 @@ def _renderer_terms(pipe, w):
     """What the file renderer measures on the ARKit-driven face of weights w (K,): amounts (V, C), crease (V,) m."""
     r = pipe.renderer(512)
     face = torch.as_tensor(pipe.rig.vertices + np.einsum("k,kvc->vc", w, pipe.rig.deltas), dtype=torch.float32)[None]
-    normals = vertex_normals(r.dressing(face), r.triangles)[:, : r.num_vertices]
-    crease = r.creases(face, normals)[0]
+    dressed = r.dressing(face)
+    normals = vertex_normals(dressed, r.triangles)
+    skin = r.skin_index  # the renderer measures creases over the skin (face and neck), the face first
+    crease = r.creases(dressed[:, skin], normals[:, skin])[0, : r.num_vertices]
     return r.wrinkles.amounts(face)[0].numpy(), crease.numpy()
 
 

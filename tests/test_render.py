@@ -185,6 +185,60 @@ def test_rig_gets_eyeballs_and_lip_tint(rig):
     assert top + 0.35 * (bottom - top) < rows.min() and rows.max() < top + 0.65 * (bottom - top)
 
 
+def test_neck_fills_the_frame_under_the_chin(rig, renderer):
+    """The dressed face goes on into a neck down to the frame's bottom edge, nodding or not; without
+    it (RenderConfig(neck=False)) the frame's bottom shows the background under the cut."""
+    bare = Renderer.for_rig(rig, RenderConfig(size=SIZE, neck=False))
+    assert "neck" in renderer.dressing.ranges and "neck" not in bare.dressing.ranges
+    heads = np.radians([[0, 0, 0], [-8, 0, 0], [8, 5, 2.5]]).astype(np.float32)
+    frames = renderer(np.repeat(rig.vertices[None], 3, 0), head_rotation=heads)
+    centre = slice(SIZE // 2 - 2, SIZE // 2 + 3)
+    for frame in frames:
+        mask = covered(frame)
+        chin = np.nonzero(mask[:, centre].all(1))[0]
+        assert mask[chin.min():, centre].all()  # skin from the forehead to the bottom edge
+    assert not covered(bare(rig.vertices))[-3:, centre].any()
+
+
+def test_neck_open_end_stays_out_of_the_frame(rig, renderer):
+    """No vertex of the neck's far (cut) end is both in the frame and in front, at head angles
+    beyond the default motion's largest (4, 5, 2.5 deg)."""
+    from itertools import product
+
+    from blendtalk.expression.head_motion import rotate_head
+    from blendtalk.face.geometry import boundary_edges
+    from blendtalk.render.raster import sample_furthest, surface_code
+
+    d = renderer.dressing
+    index, tri = d.skin()
+    rim = torch.as_tensor(index[np.unique(boundary_edges(tri))])
+    rest = torch.as_tensor(d.neutral())
+    n = renderer.config.size
+    for signs in product((-1, 0, 1), repeat=3):
+        turned = rotate_head(rest[None], torch.as_tensor(np.radians(8.0) * np.array([signs]), dtype=torch.float32), renderer.pivot)
+        x, y, _, q = renderer.camera.project(turned, n)
+        zbuf, _, _ = renderer.raster(x, y, q, n)
+        front = sample_furthest(surface_code(zbuf, n, renderer.raster), x[:, rim], y[:, rim], radius=1)[0]
+        inside = (x[0, rim] >= 0) & (x[0, rim] < n) & (y[0, rim] >= 0) & (y[0, rim] < n)
+        assert not (inside & (q[0, rim] <= front + 2e-3)).any(), signs
+
+
+def test_neck_is_shaded_as_skin(rig, renderer):
+    """The neck's material carries on the face's: skin sheen (not the wet parts' double), and next to
+    the face's boundary the same albedo as the boundary itself (no line at the junction)."""
+    d = renderer.dressing
+    a, b = d.ranges["neck"]
+    face_v = rig.num_vertices
+    material = renderer.material.cpu().numpy()
+    assert (material[a:b, 3] <= renderer.config.specular + 1e-6).all()
+    weight = d.anchor_weight.numpy()[a - face_v : b - face_v]
+    anchor = d.helper_anchor.numpy()[a - face_v : b - face_v]
+    near = np.arange(a, b)[(weight > 0.5) & (weight < 1)]  # the neck's ring just under the face
+    assert len(near) >= 10
+    ratio = material[near, :3].mean(1) / material[anchor[near - a], :3].mean(1)
+    assert 0.8 < np.median(ratio) < 1.25
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu(rig, renderer, poses):
     gpu = Renderer.for_rig(rig, RenderConfig(size=SIZE), device="cuda")

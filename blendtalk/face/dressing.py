@@ -17,7 +17,12 @@ vertices, not rig weights):
   renderer instead draws them per pixel (`painted_brows=False`, `face.brows`); the lips get a tint;
 - short hair is a cap over the scalp, rigid with the skull (zero unit deltas, like the upper
   teeth), its hairline well above the raised brows; matte, with a little per-strand colour noise
-  and a thinner, skin-showing edge.
+  and a thinner, skin-showing edge;
+- the neck is skin below the face's cut: its top ring copies the face's boundary vertices (anchor
+  weight 1), and the anchor weight of the rest falls smoothly to 0 a few cm below, so the under-chin
+  follows the jaw while the neck's far end stays with the skull. Its triangles use the face's own
+  boundary vertices (the copies are welded), so the skin is one surface with smooth normals in
+  every view.
 
 Layout of a dressed mesh: face vertices [0, V), then the parts in `PARTS` order, each contiguous.
 """
@@ -33,8 +38,9 @@ import torch
 from .brows import brow_coordinates
 from .geometry import boundary_edges, smooth, vertex_normals
 
-PARTS = ("upper_teeth", "lower_teeth", "tongue", "lashes", "hair", "left_eye", "right_eye")
-_HELPERS = 5  # PARTS[:5] come from the asset's helper meshes, the eyeballs are built here
+PARTS = ("upper_teeth", "lower_teeth", "tongue", "lashes", "hair", "neck", "left_eye", "right_eye")
+_HELPERS = 6  # PARTS[:6] come from the asset's helper meshes (codes of `dressing_part`), the eyeballs are built here
+_OPTIONAL = ("hair", "neck")  # parts a config may leave out and that rigs built before them lack
 _RIDGE = 1e-4  # relative ridge of the unit projection: units the face cannot show (tongueOut) read as 0
 _LID_CLEARANCE = 0.0003  # m kept between the eyeball and the nearest lid vertex
 _MAX_GAZE = math.radians(35.0)  # rad: beyond this the iris would leave the lid opening
@@ -70,6 +76,7 @@ class DressingConfig:
     mouth_falloff: float = 0.030
     eyes: bool = True  # False leaves the eye sockets empty
     hair: bool = True  # False leaves the scalp bare (the mannequin look)
+    neck: bool = True  # False ends the face at the cut under the chin (the learned face alone)
     hair_colour: tuple[float, float, float] = (0.18, 0.12, 0.08)  # dark brown, a shade darker than the brows
     hair_variation: float = 0.12  # relative brightness noise per hair vertex: matte strands, not plastic
     hair_edge_skin: float = 0.35  # how much skin shows through at the hairline, 0..1: short hair thins there
@@ -142,7 +149,9 @@ class FaceDressing:
 
     template: (V, 3) neutral face. projection: (52, V*3) face displacement -> unit weights.
     helper_vertices: (H, 3) teeth, tongue, lashes at rest; helper_deltas: (52, H, 3);
-    helper_anchor: (H,) face vertex each lash vertex follows, -1 for unit-driven vertices.
+    helper_anchor: (H,) face vertex each lash or neck vertex follows, -1 for unit-driven vertices;
+    anchor_weight: (H,) how much of its anchor's displacement it takes (1 lashes and the neck's top
+    ring, falling to 0 down the neck).
     eye_cap: (E, 3) unit eyeball cap; eye_centres: (2, 3); eye_radius: (2,) m at rest;
     lid_index: (2, L) face vertices in front of each eyeball that bound its radius.
     triangles: (F + G, 3) of the dressed mesh; colours: (V + H + 2E, 3) sRGB;
@@ -157,6 +166,7 @@ class FaceDressing:
     helper_vertices: torch.Tensor
     helper_deltas: torch.Tensor
     helper_anchor: torch.Tensor
+    anchor_weight: torch.Tensor
     eye_cap: torch.Tensor
     eye_centres: torch.Tensor
     eye_radius: torch.Tensor
@@ -194,7 +204,7 @@ class FaceDressing:
         # Helper parts contiguous in PARTS order (the asset stores them by source index).
         part = d["dressing_part"].astype(np.int64)
         h_tris = d["dressing_triangles"].astype(np.int64)
-        shown = (part != PARTS.index("hair")) | config.hair  # (H,) helper vertices this config wears
+        shown = ((part != PARTS.index("hair")) | config.hair) & ((part != PARTS.index("neck")) | config.neck)  # (H,)
         h_tris = h_tris[shown[h_tris].all(1)]
         order = np.where(shown)[0][np.argsort(part[shown], kind="stable")]
         inverse = -np.ones(len(part), dtype=np.int64)
@@ -214,11 +224,24 @@ class FaceDressing:
         for k, name in enumerate(PARTS[:_HELPERS]):
             count = int((part == k).sum())
             tcount = int((part[h_tris[:, 0]] == k).sum())
-            if count == 0 and name == "hair":  # turned off, or a rig built before hair
+            if count == 0 and name in _OPTIONAL:  # turned off, or a rig built before it
                 continue
             ranges[name], tri_ranges[name] = (start, start + count), (tstart, tstart + tcount)
             start, tstart = start + count, tstart + tcount
-        all_tris, all_cols = [tri, h_tris + face_v], [face_col, h_col]
+        anchor = d["dressing_anchor"][order].astype(np.int64)
+        # Rigs built before the neck have no weights: every anchored vertex (a lash) follows fully.
+        anchor_weight = d.get("dressing_anchor_weight", np.ones(len(order), np.float32))[order] * (anchor >= 0)
+        h_tris = h_tris + face_v
+        if "neck" in ranges:
+            # The neck's copies of face vertices: its triangles use the face vertex itself (one welded
+            # skin: normals, occlusion and creases run across the junction without a seam).
+            a, b = ranges["neck"]
+            neck = np.arange(a - face_v, b - face_v)
+            copy = neck[(anchor[neck] >= 0) & (np.abs(hv[neck] - v[anchor[neck]]).max(1) < 1e-7)] + face_v
+            weld = np.arange(start)
+            weld[copy] = anchor[copy - face_v]
+            h_tris = weld[h_tris]
+        all_tris, all_cols = [tri, h_tris], [face_col, h_col]
 
         centres = np.asarray(d["eye_centres"], np.float64)
         radius = np.asarray(d["eye_radius"], np.float64)
@@ -243,7 +266,7 @@ class FaceDressing:
         return cls(
             template=f32(v), projection=f32(projection), helper_vertices=f32(hv),
             helper_deltas=f32(d["dressing_deltas"][:, order]),
-            helper_anchor=torch.as_tensor(d["dressing_anchor"][order].astype(np.int64)),
+            helper_anchor=torch.as_tensor(anchor), anchor_weight=f32(anchor_weight),
             eye_cap=f32(cap) if config.eyes else torch.zeros(0, 3), eye_centres=f32(centres),
             eye_radius=f32(radius), lid_index=torch.as_tensor(lid_index),
             triangles=np.concatenate(all_tris).astype(np.int64),
@@ -278,27 +301,43 @@ class FaceDressing:
         out = dress(verts, gaze.clamp(-_MAX_GAZE, _MAX_GAZE), *(
             x.to(dev, dtype) if x.is_floating_point() else x.to(dev)
             for x in (self.template, self.projection, self.helper_vertices, self.helper_deltas, self.helper_anchor,
-                      self.eye_cap, self.eye_centres, self.eye_radius, self.lid_index)
+                      self.anchor_weight, self.eye_cap, self.eye_centres, self.eye_radius, self.lid_index)
         ))
         out = out[0] if single else out
         return out.cpu().numpy() if is_numpy else out
+
+    def skin(self) -> tuple[np.ndarray, np.ndarray]:
+        """The skin as one mesh: dressed-vertex indices (S,) of the face and the neck (if worn), and
+        its triangles (G, 3) indexing them (the face's and the neck's, welded at the junction)."""
+        index, tris = [np.arange(self.num_face_vertices)], [self.triangles[: len(self.triangles) - self._tail()]]
+        if "neck" in self.ranges:
+            index.append(np.arange(*self.ranges["neck"]))
+            tris.append(self.triangles[slice(*self.triangle_ranges["neck"])])
+        index = np.concatenate(index)
+        compact = -np.ones(self.num_vertices, dtype=np.int64)
+        compact[index] = np.arange(len(index))
+        return index, compact[np.concatenate(tris)]
+
+    def _tail(self) -> int:
+        """Triangles after the face's own: the parts'."""
+        return sum(b - a for a, b in self.triangle_ranges.values())
 
     def neutral(self) -> np.ndarray:
         """(V + H + 2E, 3) the dressed template."""
         return self(self.template.numpy())
 
 
-def dress(verts, gaze, template, projection, helper_v, helper_d, anchor, cap, centres, radius, lid_index):
+def dress(verts, gaze, template, projection, helper_v, helper_d, anchor, anchor_weight, cap, centres, radius, lid_index):
     """Face vertices (T, V, 3) and gaze (T, 2) rad -> dressed vertices (T, V + H + 2E, 3).
 
     The rest are FaceDressing's buffers: template (V, 3), projection (52, V*3), helper_v (H, 3),
-    helper_d (52, H, 3), anchor (H,), cap (E, 3) unit eyeball, centres (2, 3), radius (2,),
-    lid_index (2, L)."""
+    helper_d (52, H, 3), anchor (H,), anchor_weight (H,), cap (E, 3) unit eyeball, centres (2, 3),
+    radius (2,), lid_index (2, L)."""
     disp = verts - template  # (T, V, 3)
     weights = estimate_weights(disp, projection)  # (T, 52)
     helpers = helper_v + torch.einsum("tk,khc->thc", weights, helper_d)  # (T, H, 3)
-    lash = anchor >= 0
-    helpers[:, lash] = helper_v[lash] + disp[:, anchor[lash]]
+    anchored = anchor >= 0  # lashes on their lid, the neck under the face's boundary
+    helpers[:, anchored] = helper_v[anchored] + anchor_weight[anchored, None] * disp[:, anchor[anchored]]
     parts = [verts, helpers]
     if len(cap):
         rot = gaze_rotation(gaze)  # (T, 3, 3)
@@ -316,7 +355,7 @@ def _helper_colours(hv: np.ndarray, part: np.ndarray, h_tris: np.ndarray, config
     (helper indices): teeth and tongue darken toward the back of the mouth (the lips shade them)."""
     depth = np.maximum(hv[part <= 1, 2].max() - hv[:, 2], 0)  # m behind the incisors' front
     shade = 1 - config.mouth_shade * (1 - np.exp(-depth / config.mouth_falloff))[:, None]
-    palette = np.array([config.teeth, config.teeth, config.tongue, config.lashes, config.hair_colour], np.float32)
+    palette = np.array([config.teeth, config.teeth, config.tongue, config.lashes, config.hair_colour, config.skin], np.float32)
     h_col = palette[part] * np.where((part <= 2)[:, None], shade, 1.0)
     hair = part == PARTS.index("hair")
     if hair.any():

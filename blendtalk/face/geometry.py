@@ -79,6 +79,19 @@ def smooth(values: torch.Tensor, triangles: torch.Tensor, steps: int) -> torch.T
     return values
 
 
+def rings_away(seed: torch.Tensor, triangles: torch.Tensor, rings: int) -> torch.Tensor:
+    """(S,) in [0, 1]: 0 on the seed vertices (S,) bool, rising smoothly to 1 at `rings` vertex rings
+    (edges of triangles (F, 3)) from them."""
+    reached, away = seed.clone(), torch.zeros(len(seed), device=seed.device)
+    for k in range(1, rings + 1):
+        ring = torch.zeros_like(reached)
+        ring[triangles[reached[triangles].any(1)].reshape(-1)] = True
+        away[ring & ~reached] = k / rings
+        reached |= ring
+    away[~reached] = 1.0
+    return away * away * (3 - 2 * away)
+
+
 # --- uniform Laplacian ------------------------------------------------------------------------------
 
 

@@ -79,13 +79,14 @@ def unit_squeeze(rig, renderer, levels=WRINKLE_LEVELS) -> np.ndarray:
 @torch.inference_mode()
 def unit_creases(rig, renderer) -> np.ndarray:
     """(K, V) new concavity (m, > 0 in a crease) of each unit applied alone at weight 1, against
-    the rest face, as the renderer measures it for its crease darkening."""
+    the rest face, as the renderer measures it for its crease darkening (over the skin, a neck
+    included; the face's V come first)."""
     base = torch.as_tensor(rig.vertices, dtype=torch.float32)
     faces = base + torch.as_tensor(rig.deltas, dtype=torch.float32)  # (K, V, 3)
-    v = renderer.num_vertices
+    v, skin = renderer.num_vertices, renderer.skin_index
     dressed = renderer.dressing(faces) if renderer.dressing is not None else faces
-    normals = vertex_normals(dressed, renderer.triangles)[:, :v]
-    return renderer.creases(faces, normals).cpu().numpy()
+    normals = vertex_normals(dressed, renderer.triangles)
+    return renderer.creases(dressed[:, skin], normals[:, skin])[:, :v].cpu().numpy()
 
 
 @torch.inference_mode()

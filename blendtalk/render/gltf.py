@@ -11,13 +11,13 @@ Vertex colours (COLOR_0) are linear RGB.
 `posable=True` lays the face out for a client that turns the head and eyes itself:
 
     node "head"  (translation: the head pivot, `head_motion.head_pivot`; rotate it by the head rotation)
-      ├─ node "face"       mesh: face, teeth, tongue, lashes, hair
+      ├─ node "face"       mesh: face, teeth, tongue, lashes, hair, neck (it turns with the head)
       ├─ node "left_eye"   (translation: the eyeball's centre; rotate it by the gaze)
       └─ node "right_eye"  ...
 
 Target k holds dressing(template + delta_k) - dressing(template) for each part: exact for one unit
-at weight 1, and for sums as far as the dressing is linear in the units (its teeth, tongue and lashes
-are; the eyeballs' lid clearance is approximately so).
+at weight 1, and for sums as far as the dressing is linear in the units (its teeth, tongue, lashes
+and neck are; the eyeballs' lid clearance is approximately so).
 """
 
 from __future__ import annotations

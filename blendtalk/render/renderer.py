@@ -8,8 +8,11 @@ the template (albedo, ambient occlusion and cavity tint, `shading`) and darkened
 creases; skin that an expression squeezes also shows fine lines (`wrinkles`: the forehead of
 raised brows), and the nasolabial folds deepen as the cheeks and upper lip rise. Surfaces seen from behind (the inside of a mesh with no mouth cavity, such as FLAME,
 or a cut neck) are shaded dark. `Renderer.for_rig` dresses a rig that carries a dressing
-(`blendtalk.face.dressing`: teeth, tongue, lashes, eyeballs following the gaze, lip tint; the
-brows drawn per pixel, `blendtalk.face.brows`), moved per frame from the face vertices; other rigs get the plain look of `undressed`.
+(`blendtalk.face.dressing`: teeth, tongue, lashes, eyeballs following the gaze, hair, a neck, lip
+tint; the brows drawn per pixel, `blendtalk.face.brows`), moved per frame from the face vertices;
+other rigs get the plain look of `undressed`. The skin is the face and the dressing's neck as one
+welded surface: occlusion, the cavity tint (kept off the neck and the face's last rings above it,
+outer skin that a raised chin shows) and creases are computed over both, so the junction has no seam.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch.nn.functional as nnf
 from ..expression.head_motion import head_pivot, rotate_head
 from ..face.brows import BrowRide, brow_density
 from ..face.dressing import DressingConfig, FaceDressing
-from ..face.geometry import ring_edges, ring_mean, vertex_normals
+from ..face.geometry import ring_edges, ring_mean, rings_away, vertex_normals
 from ..models.checkpoint import cpu_threads
 from .camera import Camera
 from .raster import Rasterizer
@@ -49,6 +52,7 @@ _CUDA_CANDIDATES = 32_000_000  # per chunk on CUDA: big launches amortise kernel
 _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a time
 _DRESSING_SHEEN = 2.0  # eyes and teeth are wet: twice the skin's sheen
 _HAIR_SHEEN = 0.3  # short hair scatters light: a third of the skin's sheen, never a plastic gloss
+_NECK_TINT_RINGS = 10  # vertex rings of the face above the neck over which the cavity tint fades in
 _GL_FRAMES = 8  # frames whose vertex attributes go to OpenGL at a time: small, so that computing the next
                 # ones overlaps most of the drawing (3 MB for a dressed head)
 BACKENDS = ("auto", "gl", "torch")
@@ -66,6 +70,7 @@ class RenderConfig:
     cavity: tuple[float, float, float] = (0.45, 0.16, 0.15)  # mouth-interior albedo (there are no teeth)
     eyes: bool = True  # `Renderer.for_rig` puts eyeballs in open eye sockets
     hair: bool = True  # `Renderer.for_rig` puts short hair on a rig whose dressing carries it
+    neck: bool = True  # `Renderer.for_rig` puts a neck under a rig whose dressing carries one
     iris: tuple[float, float, float] = (0.38, 0.26, 0.17)  # hazel-brown
     sclera: tuple[float, float, float] = (0.86, 0.84, 0.80)  # off-white: eyes sit in the lids' shade
     # Key light up-left-front, weaker fill from the right; directions point from surface to light.
@@ -166,18 +171,28 @@ class Renderer:
 
         # Per-vertex material, fixed on the template so per pixel only lighting remains: albedo
         # toward the cavity colour where hidden, darkened by occlusion; the sheen fades in cavities.
-        # Both come from the face alone; attached parts (teeth, eyeballs) keep their own colour.
+        # Both come from the skin alone (the face and a dressing's neck, one welded surface, so the
+        # neck shades the under-jaw and carries on its shading); other parts keep their own colour.
         self.face_triangles = face_tri.to(dev)
-        face_raster = Rasterizer(self.face_triangles)
         face32 = face.float().to(dev)
+        skin_index, skin_tri = dressing.skin() if dressing is not None else (np.arange(self.num_vertices), face_tri)
+        self.skin_index = torch.as_tensor(skin_index, dtype=torch.long, device=dev)  # (S,)
+        skin_tri = torch.as_tensor(skin_tri, dtype=torch.long, device=dev)
+        skin32 = tmpl[skin_index].float().to(dev)  # (S, 3)
         albedo = srgb_to_linear(colours.clamp(0, 1)).to(dev)  # (V+E, 3)
-        extra = len(tmpl) - self.num_vertices
-        occlusion, hidden = template_shading(face32, face_raster, self.camera, config)
-        occlusion, hidden = nnf.pad(occlusion, (0, extra)), nnf.pad(hidden, (0, extra))
+        skin_occlusion, skin_hidden = template_shading(skin32, Rasterizer(skin_tri), self.camera, config, fit=len(face))
+        if len(skin_index) > self.num_vertices:
+            # The cavity tint is for the inside of the mouth; the neck, and the face just above it
+            # (hidden under the chin at rest), are outer skin that a raised chin shows.
+            neck = torch.arange(len(skin_index), device=dev) >= self.num_vertices
+            skin_hidden = skin_hidden * rings_away(neck, skin_tri, _NECK_TINT_RINGS)
+        occlusion = torch.zeros(len(tmpl), device=dev).index_copy_(0, self.skin_index, skin_occlusion)
+        hidden = torch.zeros(len(tmpl), device=dev).index_copy_(0, self.skin_index, skin_hidden)
         base = torch.lerp(albedo, cavity.expand_as(albedo), hidden[:, None])
         base = base * (1 - config.occlusion_strength * occlusion)[:, None]
         sheen = config.specular * (1 - occlusion) * (1 - hidden)
-        sheen[self.num_vertices :] *= _DRESSING_SHEEN
+        is_skin = torch.zeros(len(tmpl), dtype=torch.bool, device=dev).index_fill_(0, self.skin_index, True)
+        sheen[self.num_vertices :] *= torch.where(is_skin[self.num_vertices :], 1.0, _DRESSING_SHEEN)
         if dressing is not None and "hair" in dressing.ranges:
             a, b = dressing.ranges["hair"]
             sheen[a:b] = config.specular * _HAIR_SHEEN
@@ -193,10 +208,10 @@ class Renderer:
             self.brows = dressing.brows.to(dev)
             self.brow_tint = (1 + opacity * (ratio - 1)).to(dev)
             self.brow_ride = BrowRide(dressing.brows[: self.num_vertices].numpy(), face.numpy()).to(dev)
-        # Reference concavity of the face at rest: only creases the animation adds darken.
-        self.ring = ring_edges(self.face_triangles, self.num_vertices)
-        rest_normals = vertex_normals(face32[None], self.face_triangles)
-        self.rest_concavity = concavity(face32[None], rest_normals, self.ring)[0]  # (V,)
+        # Reference concavity of the skin at rest: only creases the animation adds darken.
+        self.ring = ring_edges(skin_tri, len(skin_index))
+        rest_normals = vertex_normals(skin32[None], skin_tri)
+        self.rest_concavity = concavity(skin32[None], rest_normals, self.ring)[0]  # (S,)
         self.wrinkle_config = WrinkleConfig(strength=config.wrinkle_strength, fold_strength=config.fold_strength)
         self.wrinkles = None
         if wrinkle_mask is not None and config.wrinkle_strength > 0:
@@ -399,10 +414,10 @@ class Renderer:
             return host.copy_(attributes).numpy()
 
     def creases(self, verts: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
-        """Face vertices and their world normals (T, V, 3) -> new concavity against the rest face
-        (T, V), m, > 0 in a crease, smoothed over the surface (`CREASE_SMOOTHING`); linear in the
-        concavity, so the live page can sum it per unit (`live.look`)."""
-        crease = (concavity(verts, normals, self.ring) - self.rest_concavity).T.contiguous()  # (V, T)
+        """Skin vertices and their world normals (T, S, 3) (`skin_index`: the face, then a neck) -> new
+        concavity against the rest skin (T, S), m, > 0 in a crease, smoothed over the surface
+        (`CREASE_SMOOTHING`); linear in the concavity, so the live page can sum it per unit (`live.look`)."""
+        crease = (concavity(verts, normals, self.ring) - self.rest_concavity).T.contiguous()  # (S, T)
         for _ in range(CREASE_SMOOTHING):
             crease = 0.5 * crease + 0.5 * ring_mean(crease, self.ring)
         return crease.T
@@ -416,11 +431,11 @@ class Renderer:
         material = self.material.expand(verts.shape[0], -1, -1)
         if self.config.crease_strength > 0:
             # New concavity (mm) darkens the albedo: the folds of a frown or a nose wrinkle.
-            v = self.num_vertices
-            crease = self.creases(verts[:, :v], world[:, :v])
+            skin = self.skin_index
+            crease = self.creases(verts[:, skin], world[:, skin])
             crease = crease.where(crease > CREASE_MIN, 0.0)
-            dark = (1 - self.config.crease_strength * 1000 * crease).clamp(min=CREASE_FLOOR)  # (T, V)
-            dark = nnf.pad(dark, (0, verts.shape[1] - self.num_vertices), value=1.0)
+            dark = (1 - self.config.crease_strength * 1000 * crease).clamp(min=CREASE_FLOOR)  # (T, S)
+            dark = torch.ones(verts.shape[:2], device=verts.device).index_copy_(1, skin, dark)  # (T, V+E)
             material = torch.cat([material[..., :3] * dark[..., None], material[..., 3:]], -1)
         if self.wrinkles is None:
             wrinkle = torch.zeros(*verts.shape[:2], WRINKLE_ATTRIBUTES, device=verts.device)
@@ -539,9 +554,9 @@ def _host_tensor(array) -> torch.Tensor:
 
 
 def dressing_config(config: RenderConfig) -> DressingConfig:
-    """The dressing colours that go with a render config (its skin, lips, iris, sclera, eyes)."""
+    """The dressing that goes with a render config (its skin, lips, iris, sclera; eyes, hair and neck on or off)."""
     return DressingConfig(skin=config.skin, lips=config.lips, iris=config.iris, sclera=config.sclera, eyes=config.eyes,
-                          hair=config.hair)
+                          hair=config.hair, neck=config.neck)
 
 
 def render(vertices, triangles, size: int = 512, device: str | torch.device | None = None) -> np.ndarray:

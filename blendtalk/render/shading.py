@@ -55,18 +55,20 @@ def sphere_directions(count: int) -> torch.Tensor:
     return torch.stack([r * phi.cos(), r * phi.sin(), z], -1).float()
 
 
-def template_shading(face: torch.Tensor, raster: Rasterizer, camera: Camera, config) -> tuple[torch.Tensor, torch.Tensor]:
+def template_shading(face: torch.Tensor, raster: Rasterizer, camera: Camera, config,
+                     fit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Ambient occlusion and hidden depth of the face template (V, 3), each (V,): computed once per
     face, camera and size (a `RenderConfig`), then read from the cache folder ($BLENDTALK_CACHE, else
     ~/.cache/blendtalk) because they are most of the time a renderer takes to build. An unwritable
-    cache is skipped."""
+    cache is skipped. fit: the occlusion maps' scale comes from the first `fit` vertices (the face of
+    a face with a neck; None: all)."""
     cfg = config
     key = hashlib.sha256()
     for part in (face.cpu().numpy(), raster.triangles.cpu().numpy().astype(np.int64)):
         key.update(str(part.shape).encode() + np.ascontiguousarray(part).tobytes())
     key.update(repr((SHADING_CACHE_VERSION, AO_DIRECTIONS, AO_SIZE, min(cfg.size * cfg.supersample, 256),
                      camera.distance, camera.focal, camera.depth_near, camera.depth_far, cfg.cavity_depth, cfg.fov_deg,
-                     cfg.yaw_deg, cfg.pitch_deg, camera.centre.tolist())).encode())
+                     cfg.yaw_deg, cfg.pitch_deg, camera.centre.tolist(), fit)).encode())
     path = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser() / f"shading_{key.hexdigest()[:24]}.npz"
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -76,7 +78,7 @@ def template_shading(face: torch.Tensor, raster: Rasterizer, camera: Camera, con
     except (OSError, KeyError, ValueError):
         pass  # not cached yet (or unreadable): compute it
     n = min(cfg.size * cfg.supersample, 256)  # the tint is smooth; a coarse map is enough
-    occlusion, hidden = ambient_occlusion(face, raster), hidden_depth(face, raster, camera, n, cfg.cavity_depth)
+    occlusion, hidden = ambient_occlusion(face, raster, fit), hidden_depth(face, raster, camera, n, cfg.cavity_depth)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # atomic: concurrent processes may write it too
@@ -87,19 +89,23 @@ def template_shading(face: torch.Tensor, raster: Rasterizer, camera: Camera, con
     return occlusion, hidden
 
 
-def ambient_occlusion(tmpl: torch.Tensor, raster: Rasterizer) -> torch.Tensor:
+def ambient_occlusion(tmpl: torch.Tensor, raster: Rasterizer, fit: int | None = None) -> torch.Tensor:
     """(V,) share of each vertex's cosine-weighted hemisphere that the template (V, 3) itself blocks.
 
     Orthographic depth maps of the template from `AO_DIRECTIONS` directions; a vertex counts
-    as lit from a direction if it is no deeper than the surface around its pixel there."""
-    n = AO_SIZE
+    as lit from a direction if it is no deeper than the surface around its pixel there. The maps
+    are `AO_SIZE` px across the first `fit` vertices (None: all), growing to hold the rest: a neck
+    worn under a face does not coarsen the face's occlusion."""
     dirs = sphere_directions(AO_DIRECTIONS)  # (K, 3) toward each viewer
     rot = look_rotation(dirs).to(tmpl.device)  # (K, 3, 3)
     dirs = dirs.to(tmpl.device)
     centre = (tmpl.amin(0) + tmpl.amax(0)) / 2
     radius = float((tmpl - centre).norm(dim=-1).max())
+    ref = tmpl[:fit]
+    ref_radius = float((ref - (ref.amin(0) + ref.amax(0)) / 2).norm(dim=-1).max())
+    n = math.ceil(AO_SIZE * radius / ref_radius)
     local = torch.einsum("kij,vj->kvi", rot, tmpl - centre)  # (K, V, 3)
-    scale = 0.5 * n * 0.98 / radius
+    scale = 0.5 * AO_SIZE * 0.98 / ref_radius
     x, y = 0.5 * n + local[..., 0] * scale, 0.5 * n - local[..., 1] * scale
     q = (radius - local[..., 2]) / (2 * radius)  # nearer the viewer = smaller
     zbuf, _, _ = raster(x, y, q, n)

@@ -3,7 +3,9 @@
 The animation is one `Mesh3d` trace whose triangles (i, j, k) are sent once; each frame of the
 figure updates only x, y, z of trace 0 (`go.Frame(traces=[0])`: plotly.js merges a frame's trace
 into the existing one, so i, j, k, colours and lighting carry over). Mesh3d is not an "animatable"
-trace type, so frames are shown with `redraw=True`.
+trace type, so frames are shown with `redraw=True`. A dressed rig's neck travels in that trace too
+(its vertices after the face's, moved with it: one surface, shaded without a seam); the scene's box
+is framed on the face, and plotly cuts the neck's shoulders at the box, as the video's frame does.
 
 Payload: coordinates are sent as int16 in units of `COORD_QUANTUM` (0.01 mm), relative to the
 centre of the mesh's bounding box. Plotly serialises numpy arrays as base64 typed arrays, so a
@@ -99,8 +101,8 @@ class _Scene:
         self.ranges = [(float(a), float(b)) for a, b in zip(self.units(lo), self.units(hi))]
 
     def units(self, points: np.ndarray) -> np.ndarray:
-        """(..., 3) metres -> (..., 3) int16 scene units."""
-        return np.round((points - self.centre) / self.step).astype(np.int16)
+        """(..., 3) metres -> (..., 3) int16 scene units (clamped: parts far outside the view, a neck's shoulders, stay in range)."""
+        return np.clip(np.round((points - self.centre) / self.step), -32767, 32767).astype(np.int16)
 
 
 def _indices(triangles: np.ndarray, num_vertices: int) -> dict[str, np.ndarray]:
@@ -118,12 +120,38 @@ class RigLook:
     sockets) as (vertices (E, 3) metres, triangles (G, 3), sRGB colours (E, 3)), or None. The teeth
     and tongue are left out: hidden at rest, and they keep the payload lean. template: (V, 3) the
     rig's neutral vertices, which fix the framing. brow: (V,) in [0, 1] painted brow, 0 skin to 1 brow colour.
+    neck: the dressing's neck as part of the face's own trace (one surface: no seam in its shading),
+    moved with every frame of the face, or None: `Neck`.
     """
 
     lip_tint: np.ndarray
     eyes: tuple[np.ndarray, np.ndarray, np.ndarray] | None
     template: np.ndarray
     brow: np.ndarray | None = None
+    neck: "Neck | None" = None
+
+
+@dataclass(frozen=True, eq=False)
+class Neck:
+    """A dressing's neck appended to the face mesh: N vertices after the face's V.
+
+    rest: (N, 3) m at rest; anchor: (N,) face vertex each follows (-1: none); weight: (N,) share of
+    its anchor's displacement it takes; triangles: (G, 3) over the face's V vertices then these N
+    (the top ring is the face's own boundary). The neck carries no unit deltas, so this is exactly
+    what `FaceDressing` does with it.
+    """
+
+    rest: np.ndarray
+    anchor: np.ndarray
+    weight: np.ndarray
+    triangles: np.ndarray
+
+    def attach(self, vertices: np.ndarray, template: np.ndarray) -> np.ndarray:
+        """Face vertices (..., V, 3) and the face at rest (V, 3) -> (..., V + N, 3) with the neck."""
+        follow = self.anchor >= 0
+        neck = np.broadcast_to(self.rest, (*vertices.shape[:-2], *self.rest.shape)).copy()
+        neck[..., follow, :] += self.weight[follow, None] * (vertices[..., self.anchor[follow], :] - template[self.anchor[follow]])
+        return np.concatenate([vertices, neck], axis=-2)
 
 
 def rig_look(rig: FaceRig) -> RigLook:
@@ -155,7 +183,24 @@ def _dressed_look(rig: FaceRig) -> RigLook:
     eyes = (np.concatenate(verts), np.concatenate(tris), np.concatenate(cols)) if names else None
     brow = np.clip(dressing_config(_STYLE).brow_opacity * rig.dressing["face_brow"], 0, 1).astype(np.float32)
     tint = lip_tint(rig.masks["lips"], rig.triangles).astype(np.float32) if "lips" in rig.masks else np.zeros(len(brow), np.float32)
-    return RigLook(lip_tint=tint, eyes=eyes, template=np.asarray(rig.vertices, dtype=np.float64), brow=brow)
+    return RigLook(lip_tint=tint, eyes=eyes, template=np.asarray(rig.vertices, dtype=np.float64), brow=brow,
+                   neck=_neck(dressing))
+
+
+def _neck(dressing: FaceDressing) -> Neck | None:
+    """The dressing's neck without its copies of the face's boundary (its triangles use the face's own)."""
+    if "neck" not in dressing.ranges:
+        return None
+    a, b = dressing.ranges["neck"]
+    ta, tb = dressing.triangle_ranges["neck"]
+    tri = dressing.triangles[ta:tb]
+    face_v = dressing.num_face_vertices
+    used = np.unique(tri[tri >= face_v])  # the copies are not used
+    index = np.arange(dressing.num_vertices)
+    index[used] = face_v + np.arange(len(used))
+    h = used - face_v  # rows of the helper buffers
+    return Neck(rest=dressing.neutral()[used].astype(np.float64), anchor=dressing.helper_anchor.numpy()[h],
+                weight=dressing.anchor_weight.numpy()[h].astype(np.float64), triangles=index[tri])
 
 
 def _look(rig: FaceRig | RigLook | None, num_vertices: int) -> RigLook | None:
@@ -167,21 +212,30 @@ def _look(rig: FaceRig | RigLook | None, num_vertices: int) -> RigLook | None:
     return look
 
 
+def _with_neck(verts: np.ndarray, tri: np.ndarray, look: RigLook | None) -> tuple[np.ndarray, np.ndarray]:
+    """The rig's face vertices (..., V, 3) and triangles (F, 3) with the look's neck attached
+    (..., V + N, 3), (F + G, 3); unchanged without one."""
+    if look is None or look.neck is None:
+        return verts, tri
+    return look.neck.attach(verts, look.template), np.concatenate([tri, look.neck.triangles])
+
+
 def _dressing(look: RigLook | None, scene: _Scene) -> tuple[dict[str, Any], list[go.Mesh3d]]:
-    """Colour keywords for the face trace (a skin-to-lip intensity when the mesh is the rig) and
-    static eyeball traces for the rig's open eye sockets."""
+    """Colour keywords for the face trace (a skin-to-lip intensity when the mesh is the rig, skin on
+    its neck) and static eyeball traces for the rig's open eye sockets."""
+    skin = np.zeros(0 if look is None or look.neck is None else len(look.neck.rest), np.float32)  # (N,)
     if look is None or not look.lip_tint.any():
         keywords = dict(color=_rgb(_STYLE.skin))
     elif look.brow is not None:
         # One intensity per vertex keeps the payload small: 0 brow, 0.5 skin, 1 lips.
         brow_colour = dressing_config(_STYLE).brow
         keywords = dict(
-            intensity=0.5 + 0.5 * look.lip_tint - 0.5 * look.brow, intensitymode="vertex", cmin=0.0, cmax=1.0,
+            intensity=np.concatenate([0.5 + 0.5 * look.lip_tint - 0.5 * look.brow, skin + 0.5]), intensitymode="vertex", cmin=0.0, cmax=1.0,
             showscale=False, colorscale=[[0.0, _rgb(brow_colour)], [0.5, _rgb(_STYLE.skin)], [1.0, _rgb(_STYLE.lips)]],
         )
     else:
         keywords = dict(
-            intensity=look.lip_tint, intensitymode="vertex", cmin=0.0, cmax=1.0, showscale=False,
+            intensity=np.concatenate([look.lip_tint, skin]), intensitymode="vertex", cmin=0.0, cmax=1.0, showscale=False,
             colorscale=[[0.0, _rgb(_STYLE.skin)], [1.0, _rgb(_STYLE.lips)]],
         )
     traces = []
@@ -260,8 +314,9 @@ def mesh_figure(
     ref = _as_numpy(reference).astype(np.float64)
     if ref.ndim != 2 or ref.shape[1] != 3 or len(ref) == 0:
         raise ValueError(f"reference must have shape (V, 3), got {ref.shape}")
-    scene = _Scene(ref, verts)
+    scene = _Scene(ref, verts)  # framed on the face: a neck reaches out of the view's box, as out of the video's frame
     colour, extras = _dressing(look, scene)
+    verts, tri = _with_neck(verts, tri, look)
     return go.Figure([_face_trace(scene.units(verts), tri, colour), *extras], layout=_scene_layout(scene, height, title))
 
 
@@ -319,8 +374,9 @@ def animation_figure(
     # The head stays still here (head and eye motion are in the video and the exports): the viewer
     # turns it at will, and the eyes, lashes and hair are sent once instead of in every frame.
     scene = _Scene(look.template if look is not None else verts[0], shown)
-    xyz = scene.units(shown)  # (n, V, 3) int16
     colour, extras = _dressing(look, scene)
+    shown, tri = _with_neck(shown, tri, look)  # (n, V + N, 3)
+    xyz = scene.units(shown)  # (n, V + N, 3) int16
 
     times = picks / fps  # (n,) s
     # One frame lasts the mean real-time gap between shown frames: the last lands at its real time.
