@@ -90,9 +90,9 @@ def test_displacement_per_region_is_plausible(rig):
             n = np.linalg.norm(rig.displacement(emotion_weights(emotion, intensity)), axis=-1) / MM  # (V,)
             print(f"{emotion:10s} {intensity:.1f} " + " ".join(
                 f"{n[rig.mask(r)].mean():6.2f}/{n[rig.mask(r)].max():6.2f}" for r in REGIONS))
-            # Nothing moves more than 3 cm at the apex; surprise's dropped chin, the largest motion, goes
-            # a little further when exaggerated.
-            assert n.max() < (30 if intensity <= 1 else 35), (emotion, intensity)
+            # Nothing moves more than 3.2 cm at the apex: surprise's dropped and rounded jaw, the largest
+            # motion (the rig's full jawOpen moves the chin 3.9 cm), goes a little further when exaggerated.
+            assert n.max() < (32 if intensity <= 1 else 36), (emotion, intensity)
             assert n[rig.mask("upper_face")].max() < 15
             # A dropped jaw stays a moderate one (closures take it back: test_lip_parting_yields_to_closures_only):
             # surprise's, the widest, parts the lips about 2 cm at the apex, half an adult's widest opening.

@@ -84,12 +84,13 @@ EMOTION_AUS: dict[str, dict[str, float]] = {
     "happy": {"AU6": 1.0, "AU12": 1.0, "AU14": 0.3, "AU10": 0.4, "AU25": 1.0, "AU26": 0.2},  # Duchenne, teeth shown
     "sad": {"AU1": 1.0, "AU4": 0.6, "AU15": 1.0, "AU17": 0.6, "AU41": 0.25},  # oblique brows, corners down, lids droop
     "angry": {"AU4": 1.0, "AU5": 0.5, "AU7": 1.0, "AU9": 0.5, "AU10": 0.8, "AU16": 0.6, "AU25": 0.8, "AU26": 0.3},
-    # brows high, eyes wide, jaw dropped; the rig's jaw drop spreads the lips wide, so a trace of AU22
+    # brows high, eyes wide, jaw dropped; the rig's jaw drop spreads the lips wide, so some AU22
     # keeps them in the slack oval of a dropped jaw ("oh") instead of the stretched mouth of fear.
     # The dropped jaw is surprise's mouth (26/27, "the jaw drops open ... without tension or
-    # stretching of the mouth", Ekman & Friesen 1975, Unmasking the Face): 0.7 parts the lips about 2 cm,
-    # half an adult's widest opening, while 0.9 on this rig gapes like a scream.
-    "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU22": 0.25, "AU25": 0.8, "AU26": 0.7},
+    # stretching of the mouth", Ekman & Friesen 1975, Unmasking the Face): 0.7 parts the lips about
+    # 2 cm, half an adult's widest opening (0.9 on this rig gapes like a scream). The funnel at 0.4
+    # (0.25 before) rounds the oval, which keeps half intensity from reading as fear's stretched mouth.
+    "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU22": 0.4, "AU25": 0.8, "AU26": 0.7},
     # brows raised and drawn together: the whole brow up (1+2) with a trace of knitting (4), far less
     # than anger or sadness: more, and at half intensity the brow turns into sadness's oblique one;
     # eyes wide, lips stretched
