@@ -187,6 +187,19 @@ def test_flood_faster_than_real_time_is_dropped_with_a_notice(pipe, arctic):
     assert any("faster than real time" in n for n in session.notices)
 
 
+def test_a_session_behind_the_clock_thins_frames_but_not_its_end(pipe, arctic):
+    """Half a second behind real time (a busy CPU) every other frame is skipped; once the stream is
+    over there is no clock to keep up with, so the frames its end completes are all fused."""
+    session = pipe.live(config=LiveConfig(realtime=True))
+    session.push(arctic[:320])
+    session._started -= 1.5  # as if the first chunk had come 1.5 s ago: the next second arrives 0.5 s late
+    thinned = session.push(arctic[320:SAMPLE_RATE])
+    assert session.skipped > 0 and session.dropped == 0
+    assert all(b.index - a.index == 2 for a, b in zip(thinned, thinned[1:]))
+    end = session.finish()
+    assert len(end) > 2 and [f.index for f in end] == list(range(end[0].index, 30))  # 1 s at 30 frames/s
+
+
 @pytest.mark.slow
 def test_memory_stays_bounded_over_a_long_stream(pipe, arctic):
     """45 s of speech and pauses: every buffer keeps its size, pocketsphinx restarts its utterance."""

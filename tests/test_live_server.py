@@ -95,14 +95,20 @@ def test_websocket_session_streams_frames_and_takes_expression_changes(client):
             messages.append(ws.receive_json())
     frames = [m for m in messages if m["type"] == "frame"]
     errors = [m["text"] for m in messages if m["type"] == "error"]
-    assert 15 <= len(frames) <= 30 and frames[-1]["frame"] == 29 and messages[-1]["frames"] == len(frames)
+    notices = [m["text"] for m in messages if m["type"] == "notice"]
+    take = [m for m in messages if m["type"] == "take"]
+    assert len(take) == 1 and messages[-2] == take[0]
+    # All of the second is heard, unless a starved server (a CI series beside it) fell a second behind the
+    # clock and dropped audio to catch up, by design and with a notice; the frames cover what was heard.
+    heard = take[0]["seconds"]
+    assert heard == pytest.approx(1.0, abs=0.01) or (heard >= 0.3 and any("behind real time" in n for n in notices)), notices
+    # a server behind the clock fuses every other frame only
+    assert heard * 15 - 1 <= len(frames) <= 30 and abs(frames[-1]["frame"] + 1 - heard * 30) <= 1 and messages[-1]["frames"] == len(frames)
     assert any("emotion" in e for e in errors) and any("int16" in e for e in errors), errors
     # the page's own token is single use
     with client.websocket_connect(f"/live/ws?token={token}") as ws:
         assert "token" in ws.receive_json()["text"]
     # the take: kept on the server for its mp4 (the audio heard, the face sent)
-    take = [m for m in messages if m["type"] == "take"]
-    assert len(take) == 1 and take[0]["seconds"] == pytest.approx(1.0, abs=0.01) and messages[-2] == take[0]
     video = client.get(f"/live/take/{take[0]['id']}.mp4?size=128")
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4" and video.content[4:8] == b"ftyp"
     assert "size must be one of" in client.get(f"/live/take/{take[0]['id']}.mp4?size=1000").json()["error"]

@@ -164,6 +164,7 @@ class LiveSession:
         """The stream is over: the remaining frames (the clip's end read as `Pipeline.animate` reads it)."""
         if self.received == 0:
             return []
+        self._thin = False  # no clock to keep up with once the stream is over: the face ends on fused frames
         frames = self._emit(self.speech.finish(), final=True)
         return frames
 
