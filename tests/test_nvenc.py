@@ -190,3 +190,14 @@ def test_gpu_nvenc_mp4_matches_x264(tmp_path):
     assert fa.shape == fb.shape == rgb.shape
     assert np.abs(fa.astype(int) - fb.astype(int)).mean() < 2.0
     torch.ones(4, device="cuda").sum().item()  # torch's CUDA context is untouched by the encoder's
+
+
+def test_pynvvideocodec_is_an_extra_not_a_requirement():
+    """CPU machines and CI must install without it: only pyproject's `nvenc` extra names it."""
+    from pathlib import Path
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    assert "pynvvideocodec" not in (root / "requirements.txt").read_text().lower()
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.lower().startswith("pynvvideocodec") for d in extras["nvenc"])
