@@ -372,10 +372,15 @@ class Pipeline:
             yield renderer(animation.vertices[chunk], None if gaze is None else gaze[chunk],
                            None if animation.head_rotation is None else animation.head_rotation[chunk], pixel_format)
 
-    def save_video(self, animation: Animation, path: str | Path, size: int = 512, progress: Progress | None = None) -> Path:
-        """Render and encode to an mp4 (H.264 + AAC, same length as the audio); times both stages.
-        On a GPU the frames are converted to the encoder's yuv420p there (ffmpeg's own conversion
-        takes a CPU core longer than the render) and NVENC encodes where ffmpeg has it."""
+    def save_video(self, animation: Animation, path: str | Path, size: int = 512, progress: Progress | None = None,
+                   video=None) -> Path:
+        """Render and encode to an mp4 (H.264 + AAC, same length as the audio); times both stages and
+        records the encoder in `animation.meta["encoder"]`. On a GPU the frames are converted to the
+        encoder's yuv420p there (ffmpeg's own conversion takes a CPU core longer than the render) and
+        NVENC encodes them as they are rendered, through PyNvVideoCodec where it is installed
+        (`render.nvenc`), else x264. Should NVENC fail midway, the clip is rendered again for x264.
+        video: a `render.video.VideoConfig`; None: x264 on a CPU, encoder "auto" on a GPU."""
+        from .render.nvenc import NvencError
         from .render.video import VideoConfig, write_video
 
         t0 = time.perf_counter()
@@ -383,6 +388,7 @@ class Pipeline:
 
         gpu = self.device.type == "cuda" and size % 2 == 0
         pixel_format = "yuv420p" if gpu else "rgb24"
+        config = video or (VideoConfig(encoder="auto") if gpu else VideoConfig())
 
         def timed():
             it = self.render_frames(animation, size, progress=progress, pixel_format=pixel_format)
@@ -395,10 +401,18 @@ class Pipeline:
                 t_render[0] += time.perf_counter() - t
                 yield block
 
-        out = write_video(path, timed(), animation.fps, animation.audio, animation.sample_rate,
-                          VideoConfig(encoder="auto") if gpu else None, pixel_format=pixel_format)
+        used: dict = {}
+        try:
+            out = write_video(path, timed(), animation.fps, animation.audio, animation.sample_rate, config,
+                              pixel_format=pixel_format, report=used)
+        except NvencError as err:
+            logger.warning("%s; encoding %s again with x264", err, Path(path).name)
+            config = replace(config, encoder="libx264")
+            out = write_video(path, timed(), animation.fps, animation.audio, animation.sample_rate, config,
+                              pixel_format=pixel_format, report=used)
         total = time.perf_counter() - t0
         animation.meta.setdefault("timings", {}).update({"render": t_render[0], "encode": total - t_render[0]})
+        animation.meta["encoder"] = used.get("encoder")
         return out
 
 

@@ -13,6 +13,8 @@
 #                          where EGL reaches it), RGB and yuv420p, their difference; its encode rgb24/yuv420p
 #                          into x264 and yuv420p into NVENC where this ffmpeg has it
 #   gpu_pipeline_torch.json  gpu_pipeline.json's figures with BLENDTALK_RENDER=torch (the rasterizer), for comparison
+#   gpu_clip_mp4.json      one 10 s clip to mp4 with x264 and with NVENC in process (PyNvVideoCodec, where its
+#                          wheel is among .whl/*.whl), interleaved; their decoded frames compared; the front end profiled
 #   live_latency.json      eval/live_latency.py on the device (24 s of speech at real pace)
 #   gpu_graph_sparse.json  the DFM with its cuSPARSE map captured as a CUDA graph (last: a refused
 #                          capture can spoil the process's CUDA context)
@@ -20,7 +22,7 @@
 # libOpenGL.so.0, libGL.so.1, libGLX.so.0); a host without them gets them from .whl/glvnd (1.6 MB, Debian's
 # libegl1 libopengl0 libgl1 libglx0 libglvnd0). blendtalk registers NVIDIA's EGL vendor file itself
 # where the host lacks one (blendtalk/render/egl_vendor.py).
-# STEPS picks steps (default: all of dfm pipeline pipeline_torch gl live graph_sparse).
+# STEPS picks steps (default: all of dfm pipeline pipeline_torch gl clip_mp4 live graph_sparse).
 set -uo pipefail
 : "${OUT:?set OUT to the folder for the results}"
 mkdir -p "$OUT"
@@ -39,7 +41,7 @@ if [ -d .whl/glvnd ] && ! ldconfig -p | grep -q 'libEGL.so.1 '; then
   export LD_LIBRARY_PATH=$PWD/.whl/glvnd:${LD_LIBRARY_PATH:-}
   export GLCONTEXT_LINUX_LIBGL=$PWD/.whl/glvnd/libGL.so.1 GLCONTEXT_LINUX_LIBEGL=$PWD/.whl/glvnd/libEGL.so.1
 fi
-steps=" ${STEPS:-dfm pipeline pipeline_torch gl live graph_sparse} "
+steps=" ${STEPS:-dfm pipeline pipeline_torch gl clip_mp4 live graph_sparse} "
 want() { [[ "$steps" == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 device=${DEVICE:-cuda}
@@ -65,6 +67,7 @@ want pipeline && step pipeline 110 python3 eval/gpu_speed.py --device "$device" 
 want pipeline_torch && BLENDTALK_RENDER=torch step pipeline_torch 110 python3 eval/gpu_speed.py --device "$device" $quick \
   --sections pipeline --repeats-pipeline 2 --json "$OUT/gpu_pipeline_torch.json"
 want gl && step gl 90 python3 eval/gpu_speed.py --device "$device" $quick --sections gl --json "$OUT/gpu_gl.json"
+want clip_mp4 && step clip_mp4 240 python3 eval/clip_mp4.py --device "$device" $quick --json "$OUT/gpu_clip_mp4.json"
 want live && step live 90 python3 eval/live_latency.py --device "$device" --minutes "${LIVE_MINUTES:-0.4}" --json "$OUT/live_latency.json"
 if [ "$device" != cpu ] && want graph_sparse; then
   step graph_sparse 30 python3 eval/gpu_speed.py --device "$device" --sections graph_sparse --json "$OUT/gpu_graph_sparse.json"

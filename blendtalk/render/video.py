@@ -10,8 +10,10 @@ into place only when ffmpeg succeeded; on any failure (including Ctrl-C) nothing
 
 Frames come as RGB, or already in the encoder's yuv420p (`render.yuv`, converted on a GPU), which
 spares ffmpeg its one-core RGB conversion. The encoder is x264, or NVIDIA's NVENC where asked for
-("auto") and this ffmpeg and the driver have it (`nvenc_available`); either way the file is H.264
-yuv420p that browsers play.
+("auto"): yuv420p frames go to NVENC in this process through PyNvVideoCodec where it is installed
+and opens an encoder (`render.nvenc`; ffmpeg then only copies the H.264 into the MP4), else to
+ffmpeg's own h264_nvenc where this ffmpeg and the driver have it (`nvenc_available`), else x264.
+Either way the file is H.264 yuv420p that browsers play.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ import numpy as np
 from ..speech.audio import num_frames
 from ..constants import FPS, SAMPLE_RATE
 from .files import atomic_path
+from .nvenc import NvencOptions, NvencSink, mux_command, open_encoder
 
 FRAME_BATCH = 32  # frames per write to ffmpeg when given one array: a few MB per pipe write
 MAX_LENGTH_MISMATCH = 0.25  # s; frames and audio further apart than this are a caller bug, not rounding
 WRITE_AHEAD = 1  # batches queued for ffmpeg beyond the one being written: the render runs a batch ahead
 PIXEL_FORMATS = ("rgb24", "yuv420p")  # frames as RGB (T, H, W, 3), or planar YUV 4:2:0 (T, 3H/2, W), `render.yuv`
-ENCODERS = ("libx264", "h264_nvenc", "auto")  # "auto": NVENC where this ffmpeg and the driver have it, else x264
+# "pynvvideocodec": NVENC in this process (yuv420p frames only); "auto": that, else ffmpeg's h264_nvenc, else x264
+ENCODERS = ("libx264", "h264_nvenc", "pynvvideocodec", "auto")
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class VideoConfig:
     preset: str = "superfast"
     audio_bitrate: str = "96k"  # AAC bit rate: plenty for 16 kHz mono speech
     # Who encodes: x264 on the CPU by default (the CPU path's probe would cost a process start);
-    # a GPU pipeline asks for "auto". NVENC runs at constant QP = crf, its closest equivalent.
+    # a GPU pipeline asks for "auto". NVENC (either way) runs at constant QP = crf, its closest equivalent.
     encoder: str = "libx264"
 
     def __post_init__(self):
@@ -84,7 +88,8 @@ def nvenc_available(ffmpeg: str) -> bool:
 
 
 def video_codec_args(config: VideoConfig, ffmpeg: str) -> list[str]:
-    """ffmpeg's video encoder options for `config`: x264 at its crf and preset, or NVENC at constant QP."""
+    """ffmpeg's video encoder options for `config`: x264 at its crf and preset, or NVENC at constant QP
+    (ffmpeg's h264_nvenc; "pynvvideocodec" never reaches ffmpeg's encoders)."""
     nvenc = config.encoder == "h264_nvenc" or (config.encoder == "auto" and nvenc_available(ffmpeg))
     if nvenc:  # options every nvenc ffmpeg knows (presets p1-p7 came later than "fast")
         return ["-c:v", "h264_nvenc", "-preset", "fast", "-profile:v", "high", "-rc", "constqp", "-qp", str(config.crf)]
@@ -99,6 +104,7 @@ def write_video(
     sample_rate: int = SAMPLE_RATE,
     config: VideoConfig | None = None,
     pixel_format: str = "rgb24",
+    report: dict | None = None,
 ) -> Path:
     """Encode frames (+ speech) to an MP4 that browsers play: H.264 yuv420p, AAC, +faststart.
 
@@ -108,7 +114,9 @@ def write_video(
     `sample_rate` Hz. With audio, the video has exactly `num_frames(S)` frames: up to
     MAX_LENGTH_MISMATCH seconds of missing frames are filled by holding the last one, extra ones
     are dropped, and a larger difference raises a ValueError. Odd frame sizes are padded by one
-    pixel (yuv420p needs even sides). Returns the path written.
+    pixel (yuv420p needs even sides). report: a dict that gets "encoder", the one that encoded
+    ("pynvvideocodec", "h264_nvenc" or "libx264"). Returns the path written. Raises
+    `nvenc.NvencError` when NVENC fails after taking frames (the caller may encode again with x264).
     """
     path = Path(path)
     config = config or VideoConfig()
@@ -120,6 +128,8 @@ def write_video(
         raise ValueError(f"pixel_format must be one of {', '.join(PIXEL_FORMATS)}, got {pixel_format!r}")
     if not (isinstance(fps, (int, float)) and 1 <= fps <= 240):
         raise ValueError(f"fps must be a number in [1, 240], got {fps!r}")
+    if config.encoder == "pynvvideocodec" and pixel_format != "yuv420p":
+        raise ValueError("encoder 'pynvvideocodec' takes yuv420p frames (render.yuv); pass pixel_format='yuv420p' or use encoder='auto'")
     target = None  # frames the video must have; None: as many as given
     if audio is not None:
         audio = _check_audio(audio, sample_rate)
@@ -135,29 +145,47 @@ def write_video(
         raise ValueError("no frames to write")
     rows, width = first.shape[1:3]
     height = rows * 2 // 3 if yuv else rows
+    nvenc = None  # an open NVENC session: frames are encoded here and ffmpeg only muxes
+    if yuv and config.encoder in ("pynvvideocodec", "auto"):
+        nvenc = open_encoder(width, height, NvencOptions(qp=config.crf, fps=float(fps)))
+        if nvenc is None and config.encoder == "pynvvideocodec":
+            raise RuntimeError("PyNvVideoCodec cannot encode here (not installed, or no NVIDIA driver with NVENC); "
+                               "install blendtalk's 'nvenc' extra on an NVIDIA host, or use encoder='auto'")
 
     import imageio_ffmpeg
 
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     with atomic_path(path) as tmp, tempfile.TemporaryDirectory(prefix="blendtalk-video-") as scratch:
-        cmd = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", pixel_format, "-s", f"{width}x{height}",
-               "-framerate", str(Fraction(fps).limit_denominator(100_000)), "-i", "pipe:0"]
+        wav = None
         if audio is not None:
             wav = os.path.join(scratch, "speech.wav")
             _write_wav(wav, audio, sample_rate)
-            cmd += ["-i", wav, "-map", "0:v:0", "-map", "1:a:0",
-                    "-c:a", "aac", "-b:a", config.audio_bitrate]
-        if width % 2 or height % 2:
-            cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
-        cmd += [*video_codec_args(config, ffmpeg), "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+        if nvenc is not None:
+            cmd, encoder = mux_command(ffmpeg, fps, wav, config.audio_bitrate, str(tmp)), "pynvvideocodec"
+        else:
+            cmd = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+                   "-f", "rawvideo", "-pix_fmt", pixel_format, "-s", f"{width}x{height}",
+                   "-framerate", str(Fraction(fps).limit_denominator(100_000)), "-i", "pipe:0"]
+            if wav is not None:
+                cmd += ["-i", wav, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", config.audio_bitrate]
+            if width % 2 or height % 2:
+                cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+            codec = video_codec_args(config, ffmpeg)
+            encoder = codec[1]
+            cmd += [*codec, "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+        if report is not None:
+            report["encoder"] = encoder
         with tempfile.TemporaryFile() as log:
             # stderr to a file, not a pipe: a chatty ffmpeg can then never block on a full pipe.
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
-            writer = _PipeWriter(proc.stdin)
+            # With NVENC the writer thread encodes too, so that the next batch renders meanwhile.
+            sink = NvencSink(nvenc, proc.stdin) if nvenc is not None else None
+            writer = _PipeWriter(sink if sink is not None else proc.stdin)
             try:
                 _feed(writer.write, first, batches, (rows, width), target, fps)
                 writer.close()
+                if sink is not None:
+                    sink.finish()
                 proc.stdin.close()
                 if proc.wait() != 0:
                     raise _ffmpeg_error(path, "failed to encode", _tail(log))
@@ -381,6 +409,20 @@ def _draw_label(frames: np.ndarray, text: str, x0: int, width: int) -> None:
     region = frames[:, y0 : y0 + h, x0 : x0 + w].astype(np.float32)  # (T, h, w, 3)
     blended = region * (1 - alpha) + rgba[..., :3] * 255 * alpha + 0.5
     frames[:, y0 : y0 + h, x0 : x0 + w] = blended.astype(np.uint8)
+
+
+def read_frames(path: str | os.PathLike) -> np.ndarray:
+    """The decoded video of a media file as uint8 RGB frames (T, H, W, 3), by ffmpeg (BT.601, as
+    written): for comparing what encoders made, on short clips (the whole clip is held in memory)."""
+    import imageio_ffmpeg
+
+    info = probe(path)
+    if info["video"] is None:
+        raise ValueError(f"{Path(path).name} has no video stream")
+    w, h = info["video"]["width"], info["video"]["height"]
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path),
+                          "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
 
 
 _STREAM_RE = re.compile(r"Stream #\d+:\d+\S*: (Video|Audio): (.*)")
