@@ -72,8 +72,12 @@ def ring_mean(values: torch.Tensor, edges: tuple[torch.Tensor, torch.Tensor, tor
 
 
 def smooth(values: torch.Tensor, triangles: torch.Tensor, steps: int) -> torch.Tensor:
-    """Average each vertex value half-and-half with its one-ring mean, `steps` times: (V,) -> (V,)."""
-    edges = ring_edges(triangles.to(values.device), len(values))
+    """Average each vertex value half-and-half with its one-ring mean, `steps` times: (V, ...) -> (V, ...)."""
+    return smooth_over(values, ring_edges(triangles.to(values.device), len(values)), steps)
+
+
+def smooth_over(values: torch.Tensor, edges: tuple[torch.Tensor, torch.Tensor, torch.Tensor], steps: int) -> torch.Tensor:
+    """`smooth` with the one-ring edges already built (`ring_edges`): (V, ...) -> (V, ...)."""
     for _ in range(steps):
         values = 0.5 * values + 0.5 * ring_mean(values, edges)
     return values

@@ -28,7 +28,7 @@ import torch.nn.functional as nnf
 from ..expression.head_motion import head_pivot, rotate_head
 from ..face.brows import BrowRide, brow_density
 from ..face.dressing import DressingConfig, FaceDressing
-from ..face.geometry import ring_edges, ring_mean, rings_away, vertex_normals
+from ..face.geometry import ring_edges, rings_away, smooth_over, vertex_normals
 from ..models.checkpoint import cpu_threads
 from .camera import Camera
 from .raster import Rasterizer
@@ -67,7 +67,7 @@ class RenderConfig:
     background: tuple[float, float, float] = (0.17, 0.18, 0.21)  # dark slate: skin stands out
     skin: tuple[float, float, float] = (0.90, 0.72, 0.62)  # light skin albedo
     lips: tuple[float, float, float] = (0.78, 0.45, 0.45)  # lip tint, used by `Renderer.for_rig`
-    cavity: tuple[float, float, float] = (0.45, 0.16, 0.15)  # mouth-interior albedo (there are no teeth)
+    cavity: tuple[float, float, float] = (0.45, 0.16, 0.15)  # albedo of the face's own inner lips and mouth cavity
     eyes: bool = True  # `Renderer.for_rig` puts eyeballs in open eye sockets
     hair: bool = True  # `Renderer.for_rig` puts short hair on a rig whose dressing carries it
     neck: bool = True  # `Renderer.for_rig` puts a neck under a rig whose dressing carries one
@@ -418,9 +418,7 @@ class Renderer:
         concavity against the rest skin (T, S), m, > 0 in a crease, smoothed over the surface
         (`CREASE_SMOOTHING`); linear in the concavity, so the live page can sum it per unit (`live.look`)."""
         crease = (concavity(verts, normals, self.ring) - self.rest_concavity).T.contiguous()  # (S, T)
-        for _ in range(CREASE_SMOOTHING):
-            crease = 0.5 * crease + 0.5 * ring_mean(crease, self.ring)
-        return crease.T
+        return smooth_over(crease, self.ring, CREASE_SMOOTHING).T
 
     def _vertex_attributes(self, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vertices (T, V, 3) -> camera-space normals (T, V, 3), material (T, V, 4): linear albedo
