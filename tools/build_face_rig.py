@@ -336,20 +336,34 @@ def hair_cap(v: np.ndarray, tris: np.ndarray, normals: np.ndarray) -> tuple[np.n
     return hv[used] + lift[:, None] * hn[used], remap[ht]
 
 
+def append_part(dressing: dict[str, np.ndarray], name: str, vertices, triangles, anchor=None,
+                weight=None) -> dict[str, np.ndarray]:
+    """The dressing with one more part appended: vertices (n, 3) m, triangles (t, 3) into them, zero
+    face-unit deltas; anchor (n,) the face vertex each follows (-1, the default: rigid with the skull)
+    and weight (n,) how much of its motion (default 1)."""
+    count, k, n = len(dressing["dressing_vertices"]), len(dressing["dressing_part_names"]), len(vertices)
+    out = {
+        **dressing,
+        "dressing_vertices": np.concatenate([dressing["dressing_vertices"], vertices.astype(np.float32)]),
+        "dressing_triangles": np.concatenate([dressing["dressing_triangles"], (triangles + count).astype(np.int32)]),
+        "dressing_part": np.concatenate([dressing["dressing_part"], np.full(n, k, np.uint8)]),
+        "dressing_part_names": np.asarray([*dressing["dressing_part_names"], name]),
+        "dressing_deltas": np.concatenate(
+            [dressing["dressing_deltas"], np.zeros((len(dressing["dressing_deltas"]), n, 3), np.float32)], 1),
+        "dressing_anchor": np.concatenate(
+            [dressing["dressing_anchor"], np.full(n, -1, np.int32) if anchor is None else anchor.astype(np.int32)]),
+    }
+    if weight is not None or "dressing_anchor_weight" in dressing:
+        old = dressing.get("dressing_anchor_weight", np.ones(count, np.float32))
+        new = np.ones(n, np.float32) if weight is None else weight.astype(np.float32)
+        out["dressing_anchor_weight"] = np.concatenate([old, new])
+    return out
+
+
 def add_hair(dressing: dict[str, np.ndarray], v, tris, normals) -> dict[str, np.ndarray]:
     """The dressing with the hair cap appended as one more rigid part (zero face-unit deltas)."""
     hv, ht = hair_cap(v, tris, normals)
-    count, k = len(dressing["dressing_vertices"]), len(dressing["dressing_part_names"])
-    return {
-        **dressing,
-        "dressing_vertices": np.concatenate([dressing["dressing_vertices"], hv.astype(np.float32)]),
-        "dressing_triangles": np.concatenate([dressing["dressing_triangles"], (ht + count).astype(np.int32)]),
-        "dressing_part": np.concatenate([dressing["dressing_part"], np.full(len(hv), k, np.uint8)]),
-        "dressing_part_names": np.asarray([*dressing["dressing_part_names"], "hair"]),
-        "dressing_deltas": np.concatenate(
-            [dressing["dressing_deltas"], np.zeros((len(dressing["dressing_deltas"]), len(hv), 3), np.float32)], 1),
-        "dressing_anchor": np.concatenate([dressing["dressing_anchor"], np.full(len(hv), -1, np.int32)]),
-    }
+    return append_part(dressing, "hair", hv, ht)
 
 
 def neck_quads(quads: np.ndarray, head: np.ndarray) -> np.ndarray:
@@ -389,19 +403,7 @@ def add_neck(dressing: dict[str, np.ndarray], verts, body_quads, head, source_in
     t = np.clip(1 - dist.min(1) / NECK_FOLLOW, 0, 1)
     weight = t * t * (3 - 2 * t)  # smoothstep: no kink where the follow ends
     anchor = np.where(weight > 0, boundary[nearest], -1)
-    count, k = len(dressing["dressing_vertices"]), len(dressing["dressing_part_names"])
-    old_weight = dressing.get("dressing_anchor_weight", np.ones(count, np.float32))
-    return {
-        **dressing,
-        "dressing_vertices": np.concatenate([dressing["dressing_vertices"], nv.astype(np.float32)]),
-        "dressing_triangles": np.concatenate([dressing["dressing_triangles"], (tris + count).astype(np.int32)]),
-        "dressing_part": np.concatenate([dressing["dressing_part"], np.full(len(nv), k, np.uint8)]),
-        "dressing_part_names": np.asarray([*dressing["dressing_part_names"], "neck"]),
-        "dressing_deltas": np.concatenate(
-            [dressing["dressing_deltas"], np.zeros((len(dressing["dressing_deltas"]), len(nv), 3), np.float32)], 1),
-        "dressing_anchor": np.concatenate([dressing["dressing_anchor"], anchor.astype(np.int32)]),
-        "dressing_anchor_weight": np.concatenate([old_weight, weight.astype(np.float32)]),
-    }
+    return append_part(dressing, "neck", nv, tris, anchor, weight)
 
 
 def brow_density(v: np.ndarray, eye_centres: np.ndarray, normals: np.ndarray) -> np.ndarray:
