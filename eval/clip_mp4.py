@@ -63,10 +63,12 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="blendtalk-clip-mp4-"))
     wav, _ = long_clip(args.seconds, tmp)
     configs = {"x264": VideoConfig()}  # on a GPU the frames still come as yuv420p (save_video's choice)
-    if module is not None and device.type == "cuda":
+    if device.type == "cuda" and nvenc.available():
         configs["nvenc"] = VideoConfig(encoder="pynvvideocodec")
-    else:
-        report["note"] = "no CUDA or no PyNvVideoCodec: x264 only"
+    else:  # the H100 and H200 have no NVENC engine at all
+        report["note"] = ("no CUDA or no PyNvVideoCodec: x264 only" if module is None or device.type != "cuda"
+                          else "PyNvVideoCodec could not open an encoder on this card (no NVENC engine): x264 only")
+        print(report["note"], flush=True)
     report["renderer"] = pipe.renderer(args.size).backend
 
     def clip(key: str) -> dict:

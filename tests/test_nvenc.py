@@ -123,6 +123,7 @@ def test_stand_in_stream_is_muxed_with_the_speech(tmp_path, monkeypatch):
     copied into an MP4 with AAC, faststart, both streams of the audio's length."""
     module = _stand_in()
     monkeypatch.setattr("blendtalk.render.video.open_encoder", lambda w, h, o: open_encoder(w, h, o, module=module))
+    monkeypatch.setattr("blendtalk.render.video.nvenc_engine", lambda: True)  # "auto" asks the card first
     report = {}
     frames = _yuv(43)
     path = write_video(tmp_path / "n.mp4", (frames[i:i + 10] for i in range(0, 43, 10)), FPS, _speech(1.5), SR,
@@ -144,6 +145,7 @@ def test_nvenc_failure_midway_raises_and_leaves_nothing(tmp_path, monkeypatch):
     (tmp_path / "keep.mp4").write_bytes(b"old")
     module = _stand_in(fail_at=12)
     monkeypatch.setattr("blendtalk.render.video.open_encoder", lambda w, h, o: open_encoder(w, h, o, module=module))
+    monkeypatch.setattr("blendtalk.render.video.nvenc_engine", lambda: True)  # "auto" asks the card first
     with pytest.raises(NvencError, match="ENCODER_BUSY"):
         write_video(tmp_path / "keep.mp4", _yuv(45), FPS, _speech(1.5), SR, VideoConfig(encoder="auto"), "yuv420p")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.mp4"]
@@ -170,11 +172,11 @@ def test_save_video_encodes_again_with_x264_when_nvenc_fails(tmp_path, monkeypat
 
 
 def _nvenc_here() -> bool:
-    return torch.cuda.is_available() and nvenc.pynvvideocodec() is not None
+    return torch.cuda.is_available() and nvenc.available()
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _nvenc_here(), reason="needs CUDA and PyNvVideoCodec")
+@pytest.mark.skipif(not _nvenc_here(), reason="needs CUDA, PyNvVideoCodec and a card with an NVENC engine")
 def test_gpu_nvenc_mp4_matches_x264(tmp_path):
     """On an NVIDIA GPU: the NVENC mp4 has the audio's length and decodes to x264's picture within 2 levels."""
     rgb = _frames(90, 128, 128)

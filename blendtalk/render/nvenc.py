@@ -65,6 +65,14 @@ def pynvvideocodec():
     return PyNvVideoCodec
 
 
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    """True when this process can open an NVENC session: PyNvVideoCodec importable and a card with an
+    NVENC engine (Hopper data-centre cards such as the H100 and H200 have none: the driver answers
+    NV_ENC_ERR_NO_ENCODE_DEVICE). Tries one small session, once per process."""
+    return open_encoder(64, 64, NvencOptions()) is not None
+
+
 class NvencEncoder:
     """One clip's NVENC session: yuv420p frames in (host memory), H.264 Annex B bytes out.
 

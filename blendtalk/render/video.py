@@ -37,6 +37,7 @@ from ..speech.audio import num_frames
 from ..constants import FPS, SAMPLE_RATE
 from .files import atomic_path
 from .nvenc import NvencOptions, NvencSink, mux_command, open_encoder
+from .nvenc import available as nvenc_engine
 
 FRAME_BATCH = 32  # frames per write to ffmpeg when given one array: a few MB per pipe write
 MAX_LENGTH_MISMATCH = 0.25  # s; frames and audio further apart than this are a caller bug, not rounding
@@ -146,7 +147,8 @@ def write_video(
     rows, width = first.shape[1:3]
     height = rows * 2 // 3 if yuv else rows
     nvenc = None  # an open NVENC session: frames are encoded here and ffmpeg only muxes
-    if yuv and config.encoder in ("pynvvideocodec", "auto"):
+    # "auto" asks the card once per process: a card without NVENC would refuse every clip.
+    if yuv and (config.encoder == "pynvvideocodec" or (config.encoder == "auto" and nvenc_engine())):
         nvenc = open_encoder(width, height, NvencOptions(qp=config.crf, fps=float(fps)))
         if nvenc is None and config.encoder == "pynvvideocodec":
             raise RuntimeError("PyNvVideoCodec cannot encode here (not installed, or no NVIDIA driver with NVENC); "
