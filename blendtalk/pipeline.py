@@ -27,8 +27,8 @@ import torch
 
 from .animation import Animation
 from .constants import FPS, SAMPLE_RATE
-from .expression.emotions import add_blinks, blinks, mix, pause_share, timeline_weights, yield_to_closure
-from .expression.head_motion import HeadMotionConfig, head_pivot, rotate_head, speech_head_motion
+from .expression.emotions import add_blinks, blinks, max_posture, mix, mix_posture, pause_share, timeline_posture, timeline_weights, yield_to_closure
+from .expression.head_motion import HeadMotionConfig, add_posture, head_pivot, rotate_head, speech_head_motion
 from .face.rig import FaceRig, load_rig
 from .models.checkpoint import cpu_threads, pick_device
 from .request import METHODS, AnimationRequest, Expression, check_speech, read_reference
@@ -52,6 +52,15 @@ def expression_weights(expr: Expression, frames: int, fps: float = FPS, names: S
     if expr.blinks:
         w = add_blinks(w, blinks(frames, seed=expr.seed, fps=fps, **kw), **kw)
     return w.astype(np.float32)
+
+
+def expression_posture(expr: Expression, frames: int, fps: float = FPS) -> np.ndarray:
+    """Head and gaze offsets (T, 5) in degrees of an `Expression` (`emotions.EMOTION_POSTURE`), following
+    its emotion, mix or timeline as `expression_weights` does."""
+    if expr.timeline:
+        return timeline_posture(expr.timeline, frames, intensity=expr.intensity, fps=fps)
+    target = mix_posture(expr.emotion, expr.mix_with or expr.emotion, expr.mix_ratio if expr.mix_with else 0.0, expr.intensity)
+    return np.repeat(target[None], frames, axis=0)
 
 
 def load_reference(path: str | Path, rig: FaceRig, frames: int) -> np.ndarray:
@@ -285,8 +294,14 @@ class Pipeline:
             fused = fused - self.rig.displacement(released)
             if "arkit_weights" in weights:  # the mapping's units are the rig's: an engine's lips close too
                 weights["arkit_weights"] = np.clip(weights["arkit_weights"] - released, 0.0, 1.0)
-        head, gaze = (stage("head motion", 0.95, speech_head_motion, speech.audio, frames, seed, self.head_motion_config)
-                      if head_motion else (None, None))
+        head, gaze = None, None
+        if head_motion:
+            def motion():  # the speech's nods and glances, with the emotion's posture (none for a reference file)
+                head, gaze = speech_head_motion(speech.audio, frames, seed, self.head_motion_config)
+                if ref is not None:
+                    return head, gaze
+                return add_posture(head, gaze, expression_posture(expr, frames), self.head_motion_config)
+            head, gaze = stage("head motion", 0.95, motion)
         report(1.0, "done")
         arkit = weights.get("arkit_weights")
         return Animation(
@@ -319,7 +334,7 @@ class Pipeline:
 
     def renderer(self, size: int = 512):
         """A Renderer for the rig at `size` px, built once per size, framed so that the head stays
-        inside the frame at the largest angles `head_motion_config` allows."""
+        inside the frame at the largest angles `head_motion_config` and the emotions' postures allow."""
         from .render.renderer import RenderConfig, Renderer
 
         if not (isinstance(size, int) and 64 <= size <= 2048):
@@ -327,7 +342,8 @@ class Pipeline:
         with self._renderer_lock:
             if size not in self._renderers:
                 base = RenderConfig(size=size)
-                margin = framing_margin(self.rig.vertices, head_pivot(self.rig.vertices), self.head_motion_config.max_angles, base)
+                angles = self.head_motion_config.max_angles + np.radians(max_posture()[:3])  # speech's motion + the emotion's posture
+                margin = framing_margin(self.rig.vertices, head_pivot(self.rig.vertices), angles, base)
                 self._renderers[size] = Renderer.for_rig(self.rig, replace(base, margin=margin), device=self.device)
             return self._renderers[size]
 

@@ -251,3 +251,28 @@ def test_an_open_mouthed_emotion_keeps_its_mouth_deep_in_a_pause():
     assert out[1, jaw] == pytest.approx(0.5 * w[1, jaw]) and (out[2:4] == w[2:4]).all()
     with pytest.raises(ValueError, match="pause"):
         yield_to_closure(w, closed, pause=np.ones(4))
+
+
+def test_each_emotion_has_a_small_posture_that_follows_intensity_and_timelines():
+    from blendtalk.expression.emotions import (EMOTION_POSTURE, EMOTIONS, emotion_posture, max_posture, mix_posture,
+                                               timeline_posture)
+
+    assert set(EMOTION_POSTURE) == set(EMOTIONS) and not np.any(emotion_posture("neutral"))
+    for emotion in EMOTIONS:  # a few degrees: a talking face, not a pose
+        p = emotion_posture(emotion, 1.5)
+        assert np.abs(p[:3]).max() <= 6.0 and np.abs(p[3:]).max() <= 10.0
+    sad = emotion_posture("sad")
+    assert sad[0] > 3.0 and sad[4] < -5.0  # bowed, eyes down
+    assert emotion_posture("angry")[0] > 0 > emotion_posture("surprised")[0]  # chin down; head up
+    half, full, over = (emotion_posture("sad", i)[0] for i in (0.5, 1.0, 1.5))
+    assert 0 < half < full < over < 1.2 * full  # 0.5 is moderate; above the apex it grows slowly
+    np.testing.assert_allclose(mix_posture("sad", "happy", 0.25), 0.75 * sad + 0.25 * emotion_posture("happy"))
+    np.testing.assert_array_equal(max_posture(), np.abs(np.array(list(EMOTION_POSTURE.values()))).max(0) * (over / sad[0]))
+    track = timeline_posture("neutral@0 sad@1", 60, fps=30)  # (T, 5), eased over 0.4 s from 1 s on
+    assert track.shape == (60, 5) and not track[:30].any()
+    np.testing.assert_allclose(track[45], sad)
+    assert 0 < track[33, 0] < sad[0]
+    with pytest.raises(ValueError, match="emotion"):
+        emotion_posture("bored")
+    with pytest.raises(ValueError, match="ratio"):
+        mix_posture("sad", "happy", 1.5)

@@ -157,3 +157,23 @@ def test_config_out_of_range_is_one_clear_line(kwargs, message):
 def test_bad_seeds_are_refused(seed):
     with pytest.raises(ValueError, match="seed"):
         check_seed(seed)
+
+
+def test_posture_turns_the_head_and_the_eyes_keep_their_target(speech):
+    from blendtalk.expression.head_motion import add_posture
+
+    t = num_frames(len(speech))
+    head, gaze = speech_head_motion(speech, t, seed=1)
+    same = add_posture(head, gaze, np.zeros((t, 5)))
+    assert same[0] is head and same[1] is gaze  # neutral: the motion untouched
+    posture = np.tile([5.0, 3.0, -1.5, 0.0, -8.0], (t, 1))  # bowed, turned, eyes down
+    h, g = add_posture(head, gaze, posture)
+    np.testing.assert_allclose(np.degrees(h - head), posture[:, :3], atol=1e-4)
+    # Eyes: down 8 deg in the world, so 3 deg down in a head bowed 5 deg; 3 deg against the turn.
+    cfg = HeadMotionConfig()
+    want = cfg.max_gaze_deg * np.tanh((np.degrees(gaze) + [-3.0, -3.0]) / cfg.max_gaze_deg)
+    np.testing.assert_allclose(np.degrees(g), want, atol=1e-4)
+    h, g = add_posture(head, gaze, np.tile([0, 0, 0, 90.0, -90.0], (t, 1)))
+    assert np.abs(np.degrees(g)).max() < cfg.max_gaze_deg
+    with pytest.raises(ValueError, match="posture"):
+        add_posture(head, gaze, np.zeros((t, 3)))

@@ -162,6 +162,26 @@ def test_expression_changes_ease_in(pipe, arctic):
         session.set_expression("hapy")
 
 
+def test_the_emotion_posture_rides_on_the_live_head_motion_and_eases_in(pipe, arctic):
+    from blendtalk.expression.emotions import emotion_posture
+
+    audio = arctic[: SAMPLE_RATE]  # 30 frames
+    neutral = stream(pipe.live(emotion="neutral"), audio, 1600)
+    sad = stream(pipe.live(emotion="sad"), audio, 1600)
+    turn = np.degrees(np.stack([f.head_rotation for f in sad]) - np.stack([f.head_rotation for f in neutral]))
+    np.testing.assert_allclose(turn, np.tile(emotion_posture("sad")[:3], (30, 1)), atol=1e-3)  # as the file path
+    session = pipe.live(emotion="neutral")
+    frames = []
+    for i in range(0, len(audio), 1600):
+        frames += session.push(audio[i:i + 1600])
+        if i == 4800:
+            session.set_expression("sad")
+    frames += session.finish()
+    pitch = np.degrees([f.head_rotation[0] - n.head_rotation[0] for f, n in zip(frames, neutral)])
+    assert abs(pitch[0]) < 1e-3 and abs(pitch[-1] - emotion_posture("sad")[0]) < 1e-3
+    assert np.all(np.diff(pitch) > -1e-3)  # eased in, never back
+
+
 def test_bad_input_gets_one_clear_line(pipe):
     session = pipe.live()
     with pytest.raises(LiveInputError, match="16000 Hz"):

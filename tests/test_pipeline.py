@@ -268,6 +268,20 @@ def test_methods_are_the_documented_ones():
     assert METHODS == ("ours", "eq13", "interpolation", "speech_only")
 
 
+def test_the_emotion_bows_or_lifts_the_head(pipe):
+    """The posture rides on the speech's motion: sad bows the head and lowers the eyes, a timeline
+    eases it in, a reference file (no emotion) adds none."""
+    from blendtalk.expression.emotions import emotion_posture
+
+    audio = load_audio(WAV)[: 16000]
+    neutral, sad = (pipe.animate(audio, transcript="author", emotion=e, seed=3, blinks=False) for e in ("neutral", "sad"))
+    np.testing.assert_allclose(np.degrees(sad.head_rotation - neutral.head_rotation), np.tile(emotion_posture("sad")[:3], (neutral.num_frames, 1)), atol=1e-3)
+    assert np.degrees(sad.gaze[:, 1] - neutral.gaze[:, 1]).max() < -2.0  # eyes down 8 deg, in a head bowed 5
+    late = pipe.animate(audio, transcript="author", timeline="neutral@0 sad@0.5", seed=3, blinks=False)
+    np.testing.assert_array_equal(late.head_rotation[:15], neutral.head_rotation[:15])
+    np.testing.assert_allclose(late.head_rotation[-1], sad.head_rotation[-1], atol=1e-6)
+
+
 @pytest.mark.slow
 def test_head_motion_switch_seed_and_render(pipe):
     """On by default, seeded, None when off; rendering turns the head (and only then changes the frames)

@@ -1,4 +1,5 @@
-"""The emotion library: FACS/EMFACS prototypes on ARKit units, intensity, mixing, dynamics, blinks, timelines.
+"""The emotion library: FACS/EMFACS prototypes on ARKit units, intensity, mixing, dynamics, blinks, timelines,
+and the head posture and gaze that go with each emotion (`EMOTION_POSTURE`).
 
 Each emotion is a set of FACS action units (EMFACS prototypes, `EMOTION_AUS`); each action unit maps
 to ARKit blendshapes (`AU_TO_ARKIT`). Everything returns ARKit weights in the rig's column order
@@ -202,11 +203,66 @@ def emotion_weights(emotion: str, intensity: float = 1.0, names: Sequence[str] =
 def mix(emotion_a: str, emotion_b: str, ratio: float, intensity: float = 1.0,
         names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
     """A blend (K,) of two emotions: ratio 0 gives emotion_a, 1 gives emotion_b."""
-    if not 0.0 <= _number(ratio) <= 1.0:  # NaN (not a number) fails too
-        raise ValueError(f"ratio must be a finite number in [0, 1], got {ratio!r}")
+    ratio = _check_ratio(ratio)
     a = emotion_weights(emotion_a, intensity, names)
     b = emotion_weights(emotion_b, intensity, names)
     return ((1.0 - ratio) * a + ratio * b).astype(np.float32)
+
+
+def _check_ratio(ratio: float) -> float:
+    if not 0.0 <= _number(ratio) <= 1.0:  # NaN (not a number) fails too
+        raise ValueError(f"ratio must be a finite number in [0, 1], got {ratio!r}")
+    return float(ratio)
+
+
+# How each emotion holds the head and where it looks, at the apex, in degrees: [head pitch (+ down,
+# chin toward the chest), head yaw (+ toward the face's left), head roll (+ toward the face's left),
+# gaze yaw, gaze pitch (+ up)]. Gaze is where the eyes look (0, 0 = the listener, the camera), so
+# a head turned away with gaze 0 keeps its eyes on the listener from the corner of the eye. The face
+# alone carries an emotion less well than face and head together: a bowed head and lowered eyes
+# read as sad (Wallbott 1998, "Bodily expression of emotion"; Mignault & Chaudhuri 2003, a bowed
+# head reads sadder, a raised one happier and prouder); averted eyes strengthen the avoidance
+# emotions, fear and sadness, and a direct gaze the approach ones, anger and joy (Adams & Kleck
+# 2003, 2005). Disgust turns the head away and draws it back from what disgusts (Rozin, Haidt &
+# McCauley 2008); contempt raises the chin, looking down the nose; surprise lifts the head. A few
+# degrees only: this is a talking face, not a pose, and the speech's own nods ride on top.
+# On the fer recogniser (ARCTIC + TTS clips, docs/experiments.md) the averted eyes took fear from
+# 61% to 75% and the chin-down glare anger from 93% to 100%, the others held.
+EMOTION_POSTURE: dict[str, tuple[float, float, float, float, float]] = {
+    "neutral": (0.0, 0.0, 0.0, 0.0, 0.0),
+    "happy": (-2.0, 0.0, 3.0, 0.0, 0.0),  # head up a little, tilted: the friendly tilt of a smile
+    "sad": (5.0, 0.0, -1.5, 0.0, -8.0),  # bowed, eyes cast down
+    "angry": (3.0, 0.0, 0.0, 0.0, 0.0),  # chin down, eyes on the listener: the glare from under the brows
+    "surprised": (-4.0, 0.0, 0.0, 0.0, 0.0),  # the head lifts with the brows
+    "fearful": (-2.0, 0.0, 0.0, 8.0, 0.0),  # drawn back, eyes away
+    "disgusted": (-3.0, 5.0, 2.0, 0.0, 0.0),  # turned away and drawn back, eyes kept on the offence
+    "contempt": (-3.0, 0.0, 2.5, 0.0, 0.0),  # chin up: looking down the nose
+}
+POSTURE_DIMS = 5  # head pitch, yaw, roll; gaze yaw, pitch
+
+
+def posture_scale(intensity: float) -> float:
+    """Share of the apex posture at `intensity` in [0, 1.5]: `activation` up to 1 (as the units), then
+    on with the slope it has there, so 1.5 bows a sad head 15% further than 1.0."""
+    intensity = check_intensity(intensity)
+    return activation(min(intensity, 1.0)) + (2.0 - INTENSITY_BEND) * max(intensity - 1.0, 0.0)
+
+
+def emotion_posture(emotion: str, intensity: float = 1.0) -> np.ndarray:
+    """Head and gaze offsets (5,) in degrees [head pitch, yaw, roll, gaze yaw, pitch] of an emotion at `intensity`."""
+    return np.asarray(EMOTION_POSTURE[check_emotion(emotion)], np.float64) * posture_scale(intensity)
+
+
+def max_posture() -> np.ndarray:
+    """The largest |offset| (5,) in degrees that any emotion's posture reaches (at MAX_INTENSITY): the
+    renderer's framing leaves room for it on top of the speech's motion."""
+    return np.abs(np.array(list(EMOTION_POSTURE.values()))).max(0) * posture_scale(MAX_INTENSITY)
+
+
+def mix_posture(emotion_a: str, emotion_b: str, ratio: float, intensity: float = 1.0) -> np.ndarray:
+    """The posture (5,) of `mix(emotion_a, emotion_b, ratio, intensity)`."""
+    ratio = _check_ratio(ratio)
+    return (1.0 - ratio) * emotion_posture(emotion_a, intensity) + ratio * emotion_posture(emotion_b, intensity)
 
 
 @dataclass(frozen=True, eq=False)
@@ -473,6 +529,20 @@ def timeline_weights(
     """Expression weights (T, K) following a timeline: neutral before the first entry, then each entry
     eases (raised cosine over `transition` s) from wherever the face is to its emotion at
     intensity x entry intensity (the product must stay <= 1.5)."""
+    w = _timeline_track(timeline, num_frames, intensity, transition, fps,
+                        lambda emotion, level: emotion_weights(emotion, level, names)).astype(np.float32)
+    return subject.apply(w, names) if subject is not None else w
+
+
+def timeline_posture(timeline: str | Sequence[Keyframe | tuple], num_frames: int, intensity: float = 1.0,
+                     transition: float = 0.4, fps: float = FPS) -> np.ndarray:
+    """Head and gaze offsets (T, 5) in degrees following a timeline, eased as `timeline_weights` eases the face."""
+    return _timeline_track(timeline, num_frames, intensity, transition, fps, emotion_posture)
+
+
+def _timeline_track(timeline, num_frames: int, intensity: float, transition: float, fps: float, target_of) -> np.ndarray:
+    """(T, D) float64: zeros before the first entry, then each entry's `target_of(emotion, level)` (D,)
+    eased in from wherever the track is when the entry starts."""
     _check_frames(num_frames)
     _check_fps(fps)
     keys = parse_timeline(timeline) if isinstance(timeline, str) else check_timeline(timeline)
@@ -480,11 +550,11 @@ def timeline_weights(
     if not 0 <= _number(transition) < math.inf:
         raise ValueError(f"transition must be a finite number of seconds >= 0, got {transition!r}")
     t = np.arange(num_frames) / fps
-    w = np.zeros((num_frames, len(names)))
-    state = np.zeros(len(names))  # the face at the current key's start
-    for i, key in enumerate(keys):
-        level = check_intensity(intensity * key.intensity, "intensity x entry intensity")
-        target = emotion_weights(key.emotion, level, names)
+    targets = [target_of(key.emotion, check_intensity(intensity * key.intensity, "intensity x entry intensity"))
+               for key in keys]
+    w = np.zeros((num_frames, len(targets[0])))
+    state = np.zeros(len(targets[0]))  # the track at the current key's start
+    for i, (key, target) in enumerate(zip(keys, targets)):
         end = keys[i + 1].start if i + 1 < len(keys) else math.inf
         progress = _ease((t - key.start) / transition) if transition > 0 else np.ones_like(t)
         inside = (t >= key.start) & (t < end)
@@ -492,8 +562,7 @@ def timeline_weights(
         if math.isfinite(end):  # where the next transition starts from
             p = float(_ease(np.array((end - key.start) / transition))) if transition > 0 else 1.0
             state = state + (target - state) * p
-    w = w.astype(np.float32)
-    return subject.apply(w, names) if subject is not None else w
+    return w
 
 
 def _number(value) -> float:

@@ -5,6 +5,7 @@ that people add without thinking, from the speech audio (S,) at 16 kHz and a see
 
     pros = prosody(audio, T)                      # energy, F0, speech activity, stressed syllables
     head, gaze = head_and_gaze(pros, seed=0)      # (T, 3) and (T, 2) radians
+    head, gaze = add_posture(head, gaze, posture)  # the emotion's bowed or lifted head, (T, 5) degrees
     posed = rotate_head(vertices, head, head_pivot(template))
 
 What drives what (see HeadMotionConfig for the amplitudes):
@@ -278,6 +279,26 @@ def speech_head_motion(audio: np.ndarray, num_frames: int, seed: int = 0, config
     """Audio (S,) at `sample_rate` -> head_rotation (T, 3) and gaze (T, 2) radians for T = num_frames."""
     config = config or HeadMotionConfig()
     return head_and_gaze(prosody(audio, num_frames, fps, sample_rate, config.settle_seconds), seed, config)
+
+
+def add_posture(head: np.ndarray, gaze: np.ndarray, posture: np.ndarray,
+                config: HeadMotionConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The emotion's posture on top of the speech's motion: head (T, 3) and gaze (T, 2) radians plus
+    posture (T, 5) degrees [head pitch, yaw, roll, gaze yaw, gaze pitch] (`emotions.EMOTION_POSTURE`)
+    -> (head, gaze) float32 radians. The posture's gaze is where the eyes look, so the eyes also turn
+    against the posture's head turn; they stay within config.max_gaze_deg. A zero posture returns
+    the motion unchanged (neutral is byte-identical to the motion alone)."""
+    posture = np.asarray(posture, np.float64)
+    if posture.shape != (len(head), 5) or gaze.shape != (len(head), 2):
+        raise ValueError(f"posture must be (T, 5) and gaze (T, 2) for head (T, 3), got {posture.shape}, {gaze.shape}, {head.shape}")
+    if not posture.any():
+        return head, gaze
+    config = config or HeadMotionConfig()
+    head = np.degrees(head.astype(np.float64)) + posture[:, :3]
+    # Eye pitch (+ up) rises as the head bows (+ pitch); eye yaw goes against the head's yaw.
+    eyes = np.degrees(gaze.astype(np.float64)) + np.stack([posture[:, 3] - posture[:, 1], posture[:, 4] + posture[:, 0]], -1)
+    eyes = config.max_gaze_deg * np.tanh(eyes / config.max_gaze_deg)
+    return np.radians(head).astype(np.float32), np.radians(eyes).astype(np.float32)
 
 
 def _head_deg(pros: Prosody, rng: np.random.Generator, cfg: HeadMotionConfig, world_gaze: np.ndarray) -> np.ndarray:

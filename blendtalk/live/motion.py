@@ -1,9 +1,10 @@
 """What live mode adds to the speech frame by frame: the expression (eased in on every change),
 blinks, and head and eye motion, each with a state of a few numbers.
 
-* `ExpressionStream`: ARKit weights (52,) per frame. A change of emotion, intensity or mix eases
-  from the current weights to the new target over ONSET_SECONDS with the file path's raised cosine;
-  the first frame starts from neutral, so a held emotion equals `pipeline.expression_weights`.
+* `ExpressionStream`: ARKit weights (52,) per frame, and the emotion's head posture and gaze (5,).
+  A change of emotion, intensity or mix eases from the current weights to the new target over
+  ONSET_SECONDS with the file path's raised cosine; the first emotion is held from frame 0, so a
+  held emotion equals `pipeline.expression_weights` (and `pipeline.expression_posture`).
 * Blinks: the draws of `emotions.blinks` in the same order, made as time reaches them, so a
   stream's blinks are the file path's for the same seed.
 * `HeadStream`: a causal version of `head_motion` (which smooths over the whole clip): drift is
@@ -20,7 +21,7 @@ from collections import deque
 import numpy as np
 
 from ..constants import FPS
-from ..expression.emotions import BLINK_RATE, _ease, check_emotion, check_intensity, mix
+from ..expression.emotions import BLINK_RATE, POSTURE_DIMS, _ease, check_emotion, check_intensity, mix, mix_posture
 from ..expression.head_motion import SILENCE_FLOOR_DBFS, SPEECH_RANGE_DB, HeadMotionConfig, check_seed
 
 ONSET_SECONDS = 0.4  # s: a change of expression eases in over this long (the file path's timeline transition)
@@ -33,6 +34,7 @@ class ExpressionStream:
                  mix_ratio: float = 0.5, blinks: bool = True, seed: int = 0):
         self.names = tuple(names)
         self.current = np.zeros(len(self.names))
+        self.posture = np.zeros(POSTURE_DIMS)  # (5,) degrees of frame t's head and gaze offsets (`emotions.EMOTION_POSTURE`)
         self.start_value, self.change_frame = self.current.copy(), 0
         self.target = self.current
         self.blinks = bool(blinks)
@@ -43,6 +45,7 @@ class ExpressionStream:
         self.lid_cols = [[self.names.index(f"eye{u}{s}") for u in ("Wide", "Squint")] for s in ("Left", "Right")]
         self.set(emotion, intensity, mix_with, mix_ratio, frame=0)
         self.current = self.start_value = self.target  # the first emotion is held from frame 0, as in the file path
+        self.posture = self.posture_start = self.posture_target
 
     def set(self, emotion: str, intensity: float = 1.0, mix_with: str | None = None, mix_ratio: float = 0.5,
             frame: int = 0) -> None:
@@ -52,14 +55,18 @@ class ExpressionStream:
             mix_with = check_emotion(mix_with)
             if not (isinstance(mix_ratio, (int, float)) and 0.0 <= mix_ratio <= 1.0):
                 raise ValueError(f"mix_ratio must be a number in [0, 1], got {mix_ratio!r}")
-        target = mix(emotion, mix_with or emotion, mix_ratio if mix_with else 0.0, intensity, names=self.names)
+        ratio = mix_ratio if mix_with else 0.0
+        target = mix(emotion, mix_with or emotion, ratio, intensity, names=self.names)
         self.start_value, self.change_frame, self.target = self.current.copy(), frame, target.astype(np.float64)
+        # The head's posture and the gaze (5,) degrees ease with the face, as the file path's timeline.
+        self.posture_start, self.posture_target = self.posture.copy(), mix_posture(emotion, mix_with or emotion, ratio, intensity)
         self.describe = f"{emotion}" + (f" + {mix_with} ({mix_ratio:g})" if mix_with else "") + f" x{intensity:g}"
 
     def frame(self, t: int) -> np.ndarray:
         """Weights (52,) float32 of frame t (frames must come in order)."""
         k = _ease((t - self.change_frame) / (ONSET_SECONDS * FPS))
         self.current = self.start_value + k * (self.target - self.start_value)
+        self.posture = self.posture_start + k * (self.posture_target - self.posture_start)
         w = self.current.astype(np.float32)
         if self.blinks:
             b = self._blink(t / FPS)

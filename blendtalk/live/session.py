@@ -31,7 +31,7 @@ import torch
 
 from ..constants import FPS, SAMPLE_RATE
 from ..expression.emotions import ONSET_HOLD, pause_share, yield_to_closure
-from ..expression.head_motion import HeadMotionConfig
+from ..expression.head_motion import HeadMotionConfig, add_posture
 from ..speech.phones import BILABIAL_IDS, SILENCE_ID
 from .motion import ExpressionStream, HeadStream
 from .speech_stream import SpeechStream, StreamConfig, frame_start
@@ -263,7 +263,9 @@ class LiveSession:
             arkit = np.clip(speech_units.cpu().numpy()[0] - released, 0.0, 1.0).astype(np.float32)
         t2 = time.perf_counter()
         head, gaze = self.head.frame(t, self._frame_samples(t))
-        if not self.config.head_motion:
+        if self.config.head_motion:  # the emotion's posture on the voice's motion, as the file path
+            head, gaze = (a[0] for a in add_posture(head[None], gaze[None], self.expression.posture[None], self.head.cfg))
+        else:
             head, gaze = np.zeros(3, np.float32), np.zeros(2, np.float32)
         t3 = time.perf_counter()
         self.emitted = t + 1
