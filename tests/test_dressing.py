@@ -154,6 +154,22 @@ def test_hair_can_be_turned_off(rig, dressing):
     np.testing.assert_allclose(bare.neutral()[a:], dressing.neutral()[b:], atol=1e-7)
 
 
+
+def test_the_skin_darkens_toward_the_hairline(rig, dressing):
+    """Short hair thins into the forehead: the face's skin takes the hair's colour at and under the
+    hairline (the asset's `face_hair`), so the cap's edge is no hard step; none without hair."""
+    roots = rig.dressing["face_hair"]
+    assert 0.0 <= roots.min() and roots.max() == 1.0 and 0 < (roots > 0).mean() < 0.1  # the scalp's edge only
+    v = rig.num_vertices
+    cfg = DressingConfig()
+    skin, hair = np.asarray(cfg.skin), np.asarray(cfg.hair_colour)
+    under = dressing.colours[:v][roots == 1]
+    np.testing.assert_allclose(under, np.tile(skin + cfg.hair_roots * (hair - skin), (len(under), 1)), atol=1e-6)
+    assert not (roots[rig.dressing["face_brow"] > 0] > 0).any()  # the brows stay clear of it
+    bare = FaceDressing.for_rig(rig, DressingConfig(hair=False))
+    np.testing.assert_allclose(bare.colours[:v][roots > 0], np.tile(skin, ((roots > 0).sum(), 1)), atol=1e-6)
+
+
 SURPRISED = {"jawOpen": 0.8, "browInnerUp": 1.0, "browOuterUpLeft": 1.0, "browOuterUpRight": 1.0}
 
 

@@ -64,6 +64,7 @@ HAIR_LINE = ((0, 0.800), (20, 0.802), (38, 0.805), (55, 0.796), (64, 0.782), (70
 HAIR_EDGE_THICKNESS = 0.0012  # m off the skin at the hairline: the skin under it does not move there
 HAIR_THICKNESS = 0.007  # m off the skin on the crown: short hair has a little volume
 HAIR_RAMP = 0.025  # m above the hairline over which the hair thickens
+HAIR_ROOTS = 0.008  # m below the hairline over which the skin darkens toward the hair: a soft line, not a cut
 HAIR_SUBDIVISIONS = 1  # midpoint splits of the scalp (its quads are 1.5-3 cm: faceted at 512 px)
 # The neck: whole rings of the body group's quads around the head's cut (the source's quads form
 # loops of 46 around the neck), the first ring being the quads that cross the cut. Six reach 5.13 dm
@@ -363,7 +364,15 @@ def append_part(dressing: dict[str, np.ndarray], name: str, vertices, triangles,
 def add_hair(dressing: dict[str, np.ndarray], v, tris, normals) -> dict[str, np.ndarray]:
     """The dressing with the hair cap appended as one more rigid part (zero face-unit deltas)."""
     hv, ht = hair_cap(v, tris, normals)
-    return append_part(dressing, "hair", hv, ht)
+    return {**append_part(dressing, "hair", hv, ht), "face_hair": hair_roots(v)}
+
+
+def hair_roots(v: np.ndarray) -> np.ndarray:
+    """(V,) float32 in [0, 1]: how much each face vertex takes the hair's colour: 1 at and above the
+    hairline (the skin under the cap, which shows through where the cap's edge lies on it), falling
+    smoothly to 0 over `HAIR_ROOTS` below it, as short hair thins into the forehead."""
+    t = np.clip(1 + hairline(v) / HAIR_ROOTS, 0, 1)
+    return (t * t * (3 - 2 * t)).astype(np.float32)
 
 
 def neck_quads(quads: np.ndarray, head: np.ndarray) -> np.ndarray:

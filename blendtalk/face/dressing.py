@@ -79,7 +79,8 @@ class DressingConfig:
     neck: bool = True  # False ends the face at the cut under the chin (the learned face alone)
     hair_colour: tuple[float, float, float] = (0.18, 0.12, 0.08)  # dark brown, a shade darker than the brows
     hair_variation: float = 0.12  # relative brightness noise per hair vertex: matte strands, not plastic
-    hair_edge_skin: float = 0.35  # how much skin shows through at the hairline, 0..1: short hair thins there
+    hair_edge_skin: float = 0.6  # how much skin shows through at the hairline, 0..1: short hair thins there
+    hair_roots: float = 0.2  # how far the skin at the hairline takes the hair's colour (the asset's `face_hair`), 0..1
     # Rest offsets (x, y, z) m of the source helpers: MakeHuman's upper teeth hide behind the upper
     # lip and its tongue rests against the palate, filling an open mouth; real ones show teeth.
     upper_teeth_offset: tuple[float, float, float] = (0.0, -0.003, 0.001)
@@ -218,7 +219,8 @@ class FaceDressing:
 
         face_v = len(v)
         h_col = _helper_colours(hv, part, h_tris, config)
-        face_col = _face_colours(rig, tri, d["face_brow"] * config.painted_brows, config)
+        roots = d.get("face_hair", np.zeros(len(v), np.float32)) * (config.hair_roots if config.hair else 0.0)
+        face_col = _face_colours(rig, tri, d["face_brow"] * config.painted_brows, config, roots)
 
         ranges, tri_ranges, start, tstart = {}, {}, face_v, len(tri)
         for k, name in enumerate(PARTS[:_HELPERS]):
@@ -368,13 +370,14 @@ def _rest_normals(v: np.ndarray, tri: np.ndarray) -> np.ndarray:
     return vertex_normals(torch.as_tensor(v)[None], torch.as_tensor(tri))[0].numpy()
 
 
-def _face_colours(rig, tri: np.ndarray, brow_mask: np.ndarray, config: DressingConfig) -> np.ndarray:
-    """sRGB colours (V, 3) of the face: skin, tinted lips (its 'lips' region) and painted brows
-    (brow_mask (V,) in [0, 1])."""
+def _face_colours(rig, tri: np.ndarray, brow_mask: np.ndarray, config: DressingConfig, roots: np.ndarray) -> np.ndarray:
+    """sRGB colours (V, 3) of the face: skin, tinted lips (its 'lips' region), painted brows
+    (brow_mask (V,) in [0, 1]) and the hair's colour toward the hairline (roots (V,) in [0, 1])."""
     skin = np.asarray(config.skin, np.float32)
     face_col = np.broadcast_to(skin, (len(rig.vertices), 3)).copy()
     if "lips" in rig.masks:
         face_col += lip_tint(rig.masks["lips"], tri)[:, None] * (np.asarray(config.lips) - skin)
     brow = config.brow_opacity * brow_mask.astype(np.float32)[:, None]
     face_col += brow * (np.asarray(config.brow) - face_col)
+    face_col += roots.astype(np.float32)[:, None] * (np.asarray(config.hair_colour, np.float32) - face_col)
     return face_col

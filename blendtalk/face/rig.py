@@ -16,7 +16,7 @@ import torch
 from ..constants import FACE_RIG_PATH
 
 REGIONS = ("lips", "mouth", "eyes", "upper_face", "face_crop")
-_DRESSING_PREFIXES = ("dressing_", "face_brow", "eye_")  # asset keys that dress the face, not the rig
+_DRESSING_PREFIXES = ("dressing_", "face_brow", "face_hair", "eye_")  # asset keys that dress the face, not the rig
 
 
 @dataclass(frozen=True, eq=False)
