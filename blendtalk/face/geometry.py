@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..constants import ASSETS_DIR
+
 # scipy.sparse is imported inside the functions that build maps and Laplacians: half a second of
 # import that animating (which loads a cached map) never needs.
 if TYPE_CHECKING:
@@ -32,6 +34,9 @@ SQUARE_MAP_VERSION = "square-map-v1"  # bump when the algorithm changes: it keys
 UNMAP_SMOOTHING = 1e-3  # Laplacian ridge in unmap, relative to the mean pixel weight per vertex
 CACHE_ENV = "BLENDTALK_CACHE"  # environment variable overriding the cache folder
 DEFAULT_CACHE_DIR = Path("~/.cache/blendtalk")
+# Maps of the shipped rig, built once by tools/build_face_rig.py: a fresh machine's first run reads
+# one instead of spending about half a second building it. Keyed by the same hash as the cache.
+SHIPPED_MAP_DIR = ASSETS_DIR / "square_map"
 
 
 def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
@@ -526,6 +531,8 @@ def load_square_map(rig, size: int = 128, cache_dir: str | Path | None = None) -
 
     The cache file name is a sha256 of the vertices, triangles, crop mask, mirror, N and
     SQUARE_MAP_VERSION; the folder is `cache_dir`, else $BLENDTALK_CACHE, else ~/.cache/blendtalk.
+    A map of that name in SHIPPED_MAP_DIR (the shipped rig's) is read first; a rig of its own is
+    built once and cached.
     """
     size = _check_size(size)
     crop, mirror = rig.mask("face_crop"), rig.mirror
@@ -537,7 +544,10 @@ def load_square_map(rig, size: int = 128, cache_dir: str | Path | None = None) -
         h.update(str(arr.shape).encode())
         h.update(np.ascontiguousarray(arr).tobytes())
     folder = Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
-    path = folder / f"square_map_{size}_{h.hexdigest()[:24]}.npz"
+    name = f"square_map_{size}_{h.hexdigest()[:24]}.npz"
+    path = folder / name
+    if cache_dir is None and (SHIPPED_MAP_DIR / name).is_file():
+        path = SHIPPED_MAP_DIR / name
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
