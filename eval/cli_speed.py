@@ -9,6 +9,10 @@ Modes (min/median/max of --repeats each):
   (BLENDTALK_CACHE) and Mesa shader (MESA_SHADER_CACHE_DIR) caches: every .py file, the package's and
   torch's alike, is compiled again, which is more than a new venv right after `pip install` costs
   (pip compiles site-packages); the OS file cache stays warm (dropping it would hurt a shared machine).
+* process, new install: what a new venv right after `pip install -r requirements.txt` costs: the
+  installed packages' bytecode present (pip writes it), this package's own not (a new clone: a copy
+  of `blendtalk/` without __pycache__, run from a temporary folder beside the repo's assets), and
+  empty square-map and Mesa shader caches. The shipped square map is part of the install.
 * in-process: `blendtalk.cli.main(argv)` called in this process; the first call pays the imports,
   later calls only the checkpoint loading (eval/end_to_end.py times a loaded pipeline).
 The stage times are the CLI's own (`timings_s` of its JSON line). The clip is the shipped 3 s clips
@@ -23,6 +27,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +38,8 @@ from pathlib import Path
 from blendtalk.evaluation.clips import long_clip
 from blendtalk.evaluation.reports import write_report
 
-MODES = ("process-warm", "process-fresh", "in-process")
+MODES = ("process-warm", "process-fresh", "process-new-install", "in-process")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli_argv(wav: Path, out: Path, size: int) -> list[str]:
@@ -98,6 +104,15 @@ def main(argv=None) -> int:
                     fresh = tmp / f"fresh-{i}"
                     env = {**base, "PYTHONPYCACHEPREFIX": str(fresh / "pycache"), "BLENDTALK_CACHE": str(fresh / "cache"),
                            "MESA_SHADER_CACHE_DIR": str(fresh / "mesa")}
+                    runs.append(run_process(cli_argv(wav, out, args.size), env))
+            elif mode == "process-new-install":
+                runs = []
+                for i in range(args.repeats):
+                    fresh = tmp / f"install-{i}"
+                    shutil.copytree(ROOT / "blendtalk", fresh / "blendtalk", ignore=shutil.ignore_patterns("__pycache__"))
+                    (fresh / "assets").symlink_to(ROOT / "assets")  # the package finds its assets beside it
+                    env = {k: v for k, v in base.items() if k != "PYTHONPYCACHEPREFIX"}
+                    env.update(PYTHONPATH=str(fresh), BLENDTALK_CACHE=str(fresh / "cache"), MESA_SHADER_CACHE_DIR=str(fresh / "mesa"))
                     runs.append(run_process(cli_argv(wav, out, args.size), env))
             else:
                 runs = [run_in_process(cli_argv(wav, out, args.size)) for _ in range(args.repeats + 1)]

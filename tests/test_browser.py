@@ -196,9 +196,11 @@ def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
         shot = page.screenshot(tmp_path / "live.png")
         print(f"\nlive page screenshot: {shot}")
     assert not samples[-1][5], f"the page reported errors: {samples[-1][5]}"
-    # The sentence is 93 frames; a starved server (seen at load 8 with a CI series beside it) drops up to
-    # a second of audio to catch up with the clock, by design, so the bound leaves room for that.
-    assert samples[-1][1] > 45, f"too few frames received: {samples[-1]}"
+    # The sentence is 93 frames. A starved server drops audio to catch up with the clock, by design,
+    # and says so in the page's status: a second of it at load 8, two at load 6 with the full suite
+    # run beside a CI series (29 frames came). Without that notice nearly all must come.
+    caught_up = any("behind real time" in str(s[4]) for s in samples)
+    assert samples[-1][1] > (15 if caught_up else 45), f"too few frames received: {samples[-1]}"
     fps = max(s[3] for s in samples)
     print(f"weight frames applied per second (max over 1 s windows): {fps}; "
           f"own audio -> weights in the page: p50 {np.percentile(latency, 50):.0f} ms, p95 {np.percentile(latency, 95):.0f} ms")
@@ -208,7 +210,8 @@ def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
     t = history[:, 4]
     playing = history[(t > 0.3) & (t < 2.8)]  # the sentence is 3.1 s, speech from about 0.2 s to 2.9 s
     after = history[t > 4.0]
-    assert len(playing) > 20 and len(after) > 10, (len(playing), len(after))  # fewer when a busy CPU thins the frames
+    # Fewer when a busy CPU thins the frames or the server drops audio to catch up.
+    assert len(playing) > (5 if caught_up else 20) and len(after) > 10, (len(playing), len(after), caught_up)
     moving, resting = playing[:, 1:4].std(0).max(), after[:, 1:4].std(0).max()
     print(f"mouth weight spread while speaking {moving:.3f}, after {resting:.4f}")
     assert moving > 0.05 and resting < 0.2 * moving, (moving, resting)
