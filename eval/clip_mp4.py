@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     configs = {"x264": VideoConfig()}  # on a GPU the frames still come as yuv420p (save_video's choice)
     if device.type == "cuda" and nvenc.available():
         configs["nvenc"] = VideoConfig(encoder="pynvvideocodec")
-    else:  # the H100 and H200 have no NVENC engine at all
+    else:  # the H100 has no NVENC engine at all
         report["note"] = ("no CUDA or no PyNvVideoCodec: x264 only" if module is None or device.type != "cuda"
                           else "PyNvVideoCodec could not open an encoder on this card (no NVENC engine): x264 only")
         print(report["note"], flush=True)

@@ -68,8 +68,8 @@ def pynvvideocodec():
 @functools.lru_cache(maxsize=1)
 def available() -> bool:
     """True when this process can open an NVENC session: PyNvVideoCodec importable and a card with an
-    NVENC engine (Hopper data-centre cards such as the H100 and H200 have none: the driver answers
-    NV_ENC_ERR_NO_ENCODE_DEVICE). Tries one small session, once per process."""
+    NVENC engine (the H100 has none: its driver answers NV_ENC_ERR_NO_ENCODE_DEVICE; the H200 is the
+    same GH100 chip). Tries one small session, once per process."""
     return open_encoder(64, 64, NvencOptions()) is not None
 
 
