@@ -258,3 +258,22 @@ def test_a_rig_built_before_the_neck_still_loads(rig, dressing):
     frame = rig(rig.weights({"eyeBlinkLeft": 1.0, "jawOpen": 0.5}))
     np.testing.assert_allclose(part(older(frame), older, "lashes"), part(dressing(frame), dressing, "lashes"), atol=1e-7)
     np.testing.assert_allclose(older(frame)[: older.ranges["hair"][1]], dressing(frame)[: dressing.ranges["hair"][1]], atol=1e-7)
+
+
+def test_lower_lashes_are_a_short_line_under_the_eye(rig, dressing):
+    """The source's lashes are solid cards: full length, the lower ones drew a grey band under each eye.
+    Shortened toward their lid, they keep their anchors and ride the lid as before."""
+    full = FaceDressing.for_rig(rig, DressingConfig(lower_lashes=1.0))
+    a, b = dressing.ranges["lashes"]
+    h = slice(a - rig.num_vertices, b - rig.num_vertices)
+    anchor = dressing.helper_anchor.numpy()[h]
+    lid = rig.vertices[anchor]
+    short, long = (np.linalg.norm(d.helper_vertices.numpy()[h] - lid, axis=1) for d in (dressing, full))
+    moved = short < long - 1e-7
+    assert 0.3 < moved.mean() < 0.7  # the lower lashes, about half of them
+    np.testing.assert_allclose(short[moved], 0.4 * long[moved], atol=1e-7)  # float32 vertices
+    np.testing.assert_allclose(short[~moved], long[~moved], atol=1e-7)  # the upper ones unchanged
+    assert lid[moved, 1].mean() < lid[~moved, 1].mean()  # below the upper ones' lids
+    closed = rig(rig.weights({"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0})[None])
+    rest, shut = dressing(rig.vertices[None])[0, a:b], dressing(closed)[0, a:b]
+    np.testing.assert_allclose(shut - rest, (closed[0] - rig.vertices)[anchor], atol=1e-6)  # they ride their lid

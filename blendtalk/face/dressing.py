@@ -67,6 +67,9 @@ class DressingConfig:
     teeth: tuple[float, float, float] = (0.93, 0.90, 0.82)  # off-white enamel
     tongue: tuple[float, float, float] = (0.78, 0.36, 0.38)  # pink-red
     lashes: tuple[float, float, float] = (0.07, 0.05, 0.05)  # near black
+    # The source's lashes are solid cards (its hair texture is not used): the lower ones draw a grey
+    # band under each eye and tangle with the upper ones in a blink. Their length from the lid, 0..1.
+    lower_lashes: float = 0.4
     iris: tuple[float, float, float] = (0.38, 0.26, 0.17)  # hazel-brown
     sclera: tuple[float, float, float] = (0.86, 0.84, 0.80)  # off-white: eyes sit in the lids' shade
     pupil: tuple[float, float, float] = (0.06, 0.05, 0.05)
@@ -216,6 +219,8 @@ class FaceDressing:
         hv = d["dressing_vertices"][order].astype(np.float64)
         hv[part == 0] += config.upper_teeth_offset
         hv[part == 2] += config.tongue_offset
+        if config.lower_lashes != 1.0:
+            hv = _shorten_lower_lashes(hv, part, d["dressing_anchor"][order].astype(np.int64), rig, config.lower_lashes)
 
         face_v = len(v)
         h_col = _helper_colours(hv, part, h_tris, config)
@@ -350,6 +355,20 @@ def dress(verts, gaze, template, projection, helper_v, helper_d, anchor, anchor_
             r = torch.minimum(radius[k].expand_as(lid), lid - _LID_CLEARANCE)
             parts.append(centres[k] + r[:, None, None] * ball)
     return torch.cat(parts, 1)
+
+
+def _shorten_lower_lashes(hv: np.ndarray, part: np.ndarray, anchor: np.ndarray, rig, length: float) -> np.ndarray:
+    """Helper vertices hv (H, 3) with the lower lashes drawn toward their lid anchors (anchor (H,) face
+    vertex indices) to `length` of their rest distance. Lower: anchored to a lid vertex that the
+    blink moves less than 2 mm (the upper lid travels about a centimetre)."""
+    lash = np.where(part == PARTS.index("lashes"))[0]
+    names = list(rig.blendshape_names)
+    blink = np.abs(np.asarray(rig.deltas)[[names.index("eyeBlinkLeft"), names.index("eyeBlinkRight")], :, 1]).max(0)  # (V,)
+    lower = lash[blink[anchor[lash]] < 0.002]
+    out = hv.copy()
+    lid = np.asarray(rig.vertices, np.float64)[anchor[lower]]
+    out[lower] = lid + length * (hv[lower] - lid)
+    return out
 
 
 def _helper_colours(hv: np.ndarray, part: np.ndarray, h_tris: np.ndarray, config: DressingConfig) -> np.ndarray:
