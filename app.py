@@ -435,7 +435,8 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
         HTML, blendshape weight curves, downloads, status). Audio at most 60 s; emotion one of
         neutral, happy, sad, angry, surprised, fearful, disgusted, contempt; intensity 0..1.5;
         mix_with "" or a second emotion, mix_ratio 0..1; timeline e.g. 'neutral@0 happy@1.5 sad@4.0:0.7';
-        head_motion (default true): nods, turns and gaze shifts driven by the speech."""
+        head_motion (default true): nods, turns and gaze shifts driven by the speech, and the emotion's
+        own head posture and gaze (sad bows and looks down, fear looks away)."""
         client = serving.client_key(getattr(getattr(request, "client", None), "host", None),
                                     serving.forwarded_for(getattr(request, "headers", None)), service.trusted)
         from gradio.context import LocalContext  # the queued event this call serves (Gradio sets it per call)

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", help="e.g. 'neutral@0 happy@1.5 sad@4.0:0.7' (overrides --emotion)")
     p.add_argument("--reference", type=Path, help="expression sequence .npy/.npz: ARKit weights (T, 52) or rig vertices (T, V, 3)")
     p.add_argument("--no-blinks", action="store_true", help="no natural blinks")
-    p.add_argument("--no-head-motion", action="store_true", help="keep the head and eyes still (no nods, turns or gaze shifts)")
+    p.add_argument("--no-head-motion", action="store_true", help="keep the head and eyes still (no nods, turns, gaze shifts or the emotion's posture)")
     p.add_argument("--seed", type=int, default=0, help="picks the blinks and the head and eye motion (0 .. 2**32-1)")
     p.add_argument("--method", default="ours", choices=METHODS, help="fusion: the DFM keeping what its bases miss (ours), the paper's eq. 13, the naive sum, or speech alone")
     p.add_argument("-o", "--output", type=Path, default=Path("out.mp4"), help="the video (.mp4)")
