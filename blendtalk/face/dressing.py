@@ -64,7 +64,7 @@ class DressingConfig:
     # False leaves the brows out of `colours` for a renderer that draws them per pixel from
     # `FaceDressing.brows` (`face.brows`); vertex colours alone (exports, Plotly) keep the paint.
     painted_brows: bool = True
-    teeth: tuple[float, float, float] = (0.93, 0.90, 0.82)  # off-white enamel
+    teeth: tuple[float, float, float] = (0.97, 0.96, 0.93)  # near-white enamel: a yellower white goes olive in the shade of the mouth
     tongue: tuple[float, float, float] = (0.78, 0.36, 0.38)  # pink-red
     lashes: tuple[float, float, float] = (0.07, 0.05, 0.05)  # near black
     # The source's lashes are solid cards (its hair texture is not used): the lower ones draw a grey
