@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--columns", type=int, default=4, help="tiles per row")
     p.add_argument("--tile", type=int, default=192, help="tile side in pixels")
     p.add_argument("--fps", type=int, default=15, help="frames per second of the WebP")
-    p.add_argument("--quality", type=int, default=60, help="WebP quality (0-100, lossy)")
+    p.add_argument("--quality", type=int, default=80, help="WebP quality (0-100, lossy; below about 80 the teeth take a cyan cast)")
     args = p.parse_args(argv)
     transcript = (ARCTIC.with_suffix(".txt")).read_text().strip()
     with tempfile.TemporaryDirectory(prefix="blendtalk-preview-") as tmp:
