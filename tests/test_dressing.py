@@ -277,3 +277,12 @@ def test_lower_lashes_are_a_short_line_under_the_eye(rig, dressing):
     closed = rig(rig.weights({"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0})[None])
     rest, shut = dressing(rig.vertices[None])[0, a:b], dressing(closed)[0, a:b]
     np.testing.assert_allclose(shut - rest, (closed[0] - rig.vertices)[anchor], atol=1e-6)  # they ride their lid
+
+
+def test_only_the_thin_sheets_are_two_sided(rig, dressing):
+    both = dressing.two_sided()
+    assert both.shape == (len(dressing.triangles),)
+    sheets = np.zeros_like(both)
+    for name in ("lashes", "hair"):
+        sheets[slice(*dressing.triangle_ranges[name])] = True
+    assert np.array_equal(both, sheets)  # the face, teeth, tongue, neck and eyes show their fronts only

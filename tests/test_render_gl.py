@@ -80,8 +80,9 @@ def test_gl_plain_shader_changes_no_pixel(rig, animated, monkeypatch):
     """The shader without lines, folds and brows for triangles that cannot carry them gives the same
     bytes as every triangle through the full shader."""
     fast = Renderer.for_rig(rig, RenderConfig(size=SIZE, backend="gl"))
-    plain = [a for a in fast.gl.arrays if "brow_tint" not in a.program]
-    assert len(fast.gl.arrays) == 2 and len(plain) == 1  # both programs draw
+    front, back = fast.gl.arrays
+    plain = [a for a in front if "brow_tint" not in a.program]
+    assert len(front) == 2 and len(plain) == 1  # both programs draw
     made = gl.GLDrawer.__init__
 
     def reference(self, *args, **kwargs):
@@ -89,7 +90,7 @@ def test_gl_plain_shader_changes_no_pixel(rig, animated, monkeypatch):
 
     monkeypatch.setattr(gl.GLDrawer, "__init__", reference)
     slow = Renderer.for_rig(rig, RenderConfig(size=SIZE, backend="gl"))
-    assert len(slow.gl.arrays) == 1
+    assert len(slow.gl.arrays[0]) == 1
     # Strong expressions, so that lines, folds and brows show (a talking face has none).
     verts, gaze, head = animated
     loud = rig(np.stack([rig.weights(p) for p in ({"browInnerUp": 1.0, "browOuterUpLeft": 1.0, "browOuterUpRight": 1.0},
@@ -127,6 +128,24 @@ def test_gl_nearer_surface_wins_and_back_faces_lose_ties():
     centre = frames["gl"][32, 36].astype(int)
     assert centre[0] > centre[2]  # red (the nearer quad) wins
     assert np.abs(frames["gl"].astype(int) - frames["torch"].astype(int)).mean() < 1.0
+
+
+@needs_gl
+def test_one_sided_triangles_hide_their_backs_in_both_backends():
+    # One quad facing the camera, and the same quad wound the other way round (facing away).
+    quad = np.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], np.float32)
+    tris = np.array([[0, 1, 2], [0, 2, 3]])
+    blue = np.array([[0, 0, 1]] * 4, np.float32)
+    for two_sided, backs in ((None, 1.0), ([False, False], 0.0), ([True, False], 0.5)):
+        for backend in ("gl", "torch"):
+            covered = []
+            for winding in (tris, tris[:, ::-1]):
+                r = Renderer(winding, quad, RenderConfig(size=32, pitch_deg=0, backend=backend), vertex_colours=blue,
+                             two_sided=two_sided)
+                frame = r(quad)
+                covered.append((frame != frame[0, 0]).any(-1).mean())
+            assert covered[0] > 0.2, backend  # the front always shows
+            assert covered[1] == pytest.approx(backs * covered[0], abs=0.05), (backend, two_sided)
 
 
 @needs_gl

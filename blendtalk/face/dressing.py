@@ -40,6 +40,10 @@ from .geometry import boundary_edges, smooth, vertex_normals
 
 PARTS = ("upper_teeth", "lower_teeth", "tongue", "lashes", "hair", "neck", "left_eye", "right_eye")
 _HELPERS = 6  # PARTS[:6] come from the asset's helper meshes (codes of `dressing_part`), the eyeballs are built here
+# Thin sheets whose back a camera can see (a lash card, the inside of the hair cap at its edge). The
+# rest is drawn front faces only: renders of every emotion at 1.0 and 1.5 with head motion showed the
+# back of the face only in slivers at the lid corners, 0.4 px a frame, and teeth, tongue and eyes never.
+TWO_SIDED = ("lashes", "hair")
 _OPTIONAL = ("hair", "neck")  # parts a config may leave out and that rigs built before them lack
 _RIDGE = 1e-4  # relative ridge of the unit projection: units the face cannot show (tongueOut) read as 0
 _LID_CLEARANCE = 0.0003  # m kept between the eyeball and the nearest lid vertex
@@ -312,6 +316,14 @@ class FaceDressing:
         ))
         out = out[0] if single else out
         return out.cpu().numpy() if is_numpy else out
+
+    def two_sided(self) -> np.ndarray:
+        """(F + G,) bool over `triangles`: True where the back face may show (`TWO_SIDED` parts)."""
+        out = np.zeros(len(self.triangles), bool)
+        for name in TWO_SIDED:
+            if name in self.triangle_ranges:
+                out[slice(*self.triangle_ranges[name])] = True
+        return out
 
     def skin(self) -> tuple[np.ndarray, np.ndarray]:
         """The skin as one mesh: dressed-vertex indices (S,) of the face and the neck (if worn), and

@@ -260,13 +260,15 @@ class GLDrawer:
     a brow (a non-zero wrinkle amount or fold depth, or a brow gate, in any frame); the others are
     drawn by a program without those terms and their 9 interpolated values (the same pixels, for
     less work per pixel), each pass's plain triangles before its detailed ones. None: all detailed.
+    two_sided: optional (F,) bool, the triangles whose back faces are drawn (the second pass draws
+    only these: a quarter of llvmpipe's time when it drew all); None: every triangle.
     """
 
     def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
                  ortho: bool, lights: np.ndarray, halfways: np.ndarray, intensities: np.ndarray, ambient: float,
                  back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float, float] = (0.0, 1.0, 0.0),
                  brow_tint: np.ndarray = np.ones(3), tiles: int | None = None, srgb_table: np.ndarray | None = None,
-                 detailed: np.ndarray | None = None):
+                 detailed: np.ndarray | None = None, two_sided: np.ndarray | None = None):
         import moderngl
 
         self.ctx = ctx = gl_context()
@@ -274,8 +276,10 @@ class GLDrawer:
         self.background = tuple(float(c) / 255 for c in background) + (1.0,)
         triangles = np.ascontiguousarray(triangles, dtype=np.uint32)
         detailed = np.ones(len(triangles), bool) if detailed is None else np.asarray(detailed, bool)
-        if detailed.shape != (len(triangles),):
-            raise ValueError(f"detailed must have shape ({len(triangles)},), got {detailed.shape}")
+        two_sided = np.ones(len(triangles), bool) if two_sided is None else np.asarray(two_sided, bool)
+        for name, mask in (("detailed", detailed), ("two_sided", two_sided)):
+            if mask.shape != (len(triangles),):
+                raise ValueError(f"{name} must have shape ({len(triangles)},), got {mask.shape}")
         with _LOCK, ctx:
             uniforms = {"focal": focal, "distance": distance, "ortho": int(ortho),
                         "code_range": (near, far) if ortho else (1 / far, 1 / near),
@@ -286,6 +290,7 @@ class GLDrawer:
             # only an exact depth tie between a plain and a detailed triangle (the earlier drawn wins
             # it) could come out otherwise than in one draw of all.
             self.kinds = [k for k in (False, True) if (detailed == k).any()]
+            self.back_kinds = [k for k in self.kinds if ((detailed == k) & two_sided).any()]
             self.programs, self.indices = {}, {}
             for with_detail in self.kinds:
                 declarations = _DETAIL_DECLARATIONS.replace("{wrinkles}", wrinkle_glsl(float(wrinkle[1]))).replace("{brows}", brow_glsl())
@@ -299,10 +304,13 @@ class GLDrawer:
                 for name, value in (("light_dirs", lights), ("halfways", halfways), ("intensities", intensities)):
                     program[name].write(np.asarray(value, np.float32).tobytes())
                 self.programs[with_detail] = program
-                self.indices[with_detail] = ctx.buffer(np.ascontiguousarray(triangles[detailed == with_detail]).tobytes())
+                for back in (False, True):
+                    chosen = (detailed == with_detail) & (two_sided if back else True)
+                    if chosen.any():
+                        self.indices[with_detail, back] = ctx.buffer(np.ascontiguousarray(triangles[chosen]).tobytes())
             self.num_vertices = int(num_vertices)  # a vertex no triangle uses (a rig's stray point) still comes in
             self.vbo = ctx.buffer(reserve=self.num_vertices * ATTRIBUTES * 4, dynamic=True)
-            self.arrays = [self._array(k, self.vbo, 0) for k in self.kinds]
+            self.arrays = self._arrays(self.vbo, 0)
             # llvmpipe: one frame at a time; frames drawn side by side into a wider framebuffer were no
             # faster there and made a frame's pixels depend (by rounding) on its place in the batch.
             # A GPU: tiles of a tall framebuffer, MAX_TILES frames per call (see the module's doc).
@@ -333,7 +341,7 @@ class GLDrawer:
                 self.yuv_fbo = ctx.framebuffer(color_attachments=[ctx.texture((size, size * 3 // 2 * self.tiles), 1)])
             if self.tiles > 1:  # vertex arrays per tile, reading its frame's slice of one buffer
                 self.block = ctx.buffer(reserve=self.tiles * self.num_vertices * ATTRIBUTES * 4, dynamic=True)
-                self.tile_vaos = [[self._array(k, self.block, t * self.num_vertices) for k in self.kinds] for t in range(self.tiles)]
+                self.tile_vaos = [self._arrays(self.block, t * self.num_vertices) for t in range(self.tiles)]
             # Back faces lose depth ties to front faces (folds where they touch, e.g. eyelid corners):
             # they are drawn in a second pass, pushed back by `tie_bias` in units of the depth buffer's
             # step. Not through gl_FragDepth, which would turn off the early depth test.
@@ -373,18 +381,23 @@ class GLDrawer:
                 self.fbo.clear(*self.background, depth=1.0)  # already sRGB: cleared before encoding is on
                 ctx.enable_direct(_GL_FRAMEBUFFER_SRGB)
                 self.vbo.write(attributes[t])
-                self._passes(self.arrays)
+                self._passes([self.arrays])
                 # Read the stored sRGB bytes (with encoding on, GL would decode them to linear).
                 # Rows come bottom-up, which the shader's flipped y turns into image order.
                 ctx.disable_direct(_GL_FRAMEBUFFER_SRGB)
                 self.fbo.read_into(out[t], viewport=(0, 0, n, n), components=3, alignment=1)
         return out
 
-    def _array(self, with_detail: bool, buffer, first: int):
-        """A vertex array of one kind of triangle, reading vertex `first` on of `buffer`; the plain
-        program reads position, normal and material only (it skips the 9 detail floats)."""
+    def _arrays(self, buffer, first: int) -> tuple[list, list]:
+        """The vertex arrays of the front pass and of the back pass (`_array` of each kind)."""
+        return [self._array(k, False, buffer, first) for k in self.kinds], [self._array(k, True, buffer, first) for k in self.back_kinds]
+
+    def _array(self, with_detail: bool, back: bool, buffer, first: int):
+        """A vertex array of one kind of triangle (of the two-sided ones for the `back` pass), reading
+        vertex `first` on of `buffer`; the plain program reads position, normal and material only
+        (it skips the 9 detail floats)."""
         program, stride = self.programs[with_detail], ATTRIBUTES * 4
-        vao = self.ctx.vertex_array(program, [], index_buffer=self.indices[with_detail], index_element_size=4)
+        vao = self.ctx.vertex_array(program, [], index_buffer=self.indices[with_detail, back], index_element_size=4)
         for name, width, at in _LAYOUT:
             if name in program:
                 vao.bind(program[name].location, "f", buffer, f"{width}f", offset=first * stride + 4 * at, stride=stride)
@@ -395,8 +408,9 @@ class GLDrawer:
         """Frames this drawer draws per block: feed it at least this many at a time."""
         return self.tiles
 
-    def _passes(self, vaos, boxes=None) -> None:
-        """Draw each vertex array (into its viewport box, where given): front faces, then back faces."""
+    def _passes(self, arrays, boxes=None) -> None:
+        """Draw frames from their (front, back) vertex arrays (`_arrays`), each frame into its
+        viewport box where boxes are given: front faces of all, then back faces."""
         import moderngl
 
         ctx = self.ctx
@@ -408,10 +422,11 @@ class GLDrawer:
                 ctx.enable_direct(_GL_POLYGON_OFFSET_FILL)
             else:
                 ctx.disable_direct(_GL_POLYGON_OFFSET_FILL)
-            for i, vao in enumerate(vaos):
+            for i, frame in enumerate(arrays):
                 if boxes is not None:
                     self.fbo.viewport = self.fbo.scissor = boxes[i]
-                vao.render(moderngl.TRIANGLES)
+                for vao in frame[back]:
+                    vao.render(moderngl.TRIANGLES)
 
     def _draw_tiles(self, attributes: np.ndarray, out: np.ndarray, yuv: bool) -> None:
         """Attributes (B, V, 19) of up to `tiles` frames -> uint8 frames written into out (B, H, W, 3),
@@ -424,8 +439,7 @@ class GLDrawer:
         self.fbo.clear(*self.background, depth=1.0)  # all tiles at once; the background is already sRGB bytes
         self.block.write(attributes)
         self.srgb_texture.use(1)
-        self._passes([vao for vaos in self.tile_vaos[:count] for vao in vaos],
-                     [(0, t * n, n, n) for t in range(count) for _ in self.kinds])
+        self._passes(self.tile_vaos[:count], [(0, t * n, n, n) for t in range(count)])
         self.fbo.scissor = None
         if not yuv:
             # Bottom-up rows of the stacked tiles: frame after frame, each in image order (flipped y).

@@ -18,11 +18,16 @@ class Rasterizer:
     """Nearest-triangle z-buffer for one triangle list, any resolution, CPU or CUDA.
 
     triangles: (F, 3) long on the target device. Keys pack a quantised depth code above the
-    triangle id, so one integer `amin` per pixel performs the depth test.
+    triangle id, so one integer `amin` per pixel performs the depth test. two_sided: optional (F,)
+    bool, the triangles whose back faces are drawn; the others only where they face the camera
+    (None: every triangle both sides).
     """
 
-    def __init__(self, triangles: torch.Tensor):
+    def __init__(self, triangles: torch.Tensor, two_sided: torch.Tensor | None = None):
         self.triangles = triangles
+        if two_sided is not None and tuple(two_sided.shape) != (len(triangles),):
+            raise ValueError(f"two_sided must have shape ({len(triangles)},), got {tuple(two_sided.shape)}")
+        self.one_sided = None if two_sided is None or bool(two_sided.all()) else ~two_sided.to(triangles.device, torch.bool)
         self.tri_bits = max(1, int(len(triangles) - 1).bit_length())
         self.tri_mask = (1 << self.tri_bits) - 1
         # int32 keys (17+ depth bits: micrometre steps on a head) halve the memory traffic; very
@@ -66,7 +71,10 @@ class Rasterizer:
         planes[..., 2] -= local[..., 0] * bx0[:, None] + local[..., 1] * by0[:, None]
         planes = planes.reshape(-1, 6)
         zbuf = torch.full((t_count * n * n,), self.empty, dtype=self.dtype, device=dev)
-        rows = ((by1 - by0 + 1).clamp(min=0) * ((bx1 >= bx0) & good)).long()  # (T*F,)
+        drawn = (bx1 >= bx0) & good
+        if self.one_sided is not None:  # screen y points down: a triangle facing the camera has area < 0
+            drawn &= ~(self.one_sided.repeat(t_count) & (area > 0))
+        rows = ((by1 - by0 + 1).clamp(min=0) * drawn).long()  # (T*F,)
         ids = torch.nonzero(rows).squeeze(1)  # (K,) flat frame * F + triangle, on screen
         if len(ids) == 0:
             return zbuf, planes, area

@@ -127,6 +127,8 @@ class Renderer:
     wrinkle_mask: optional (V, 2) in [0, 1], where the skin shows [vertical, horizontal] fine lines
     when squeezed (`wrinkles.line_masks`); None draws none. folds: optional `wrinkles.FoldMasks`,
     the nasolabial folds that deepen as the cheek and upper lip rise (drawn with the fine lines).
+    two_sided: optional (F,) bool over the drawn triangles (the dressing's where dressed), those whose
+    back faces show; default every triangle, or a dressing's thin sheets (`dressing.TWO_SIDED`).
     Building one takes a few tenths of a second (ambient occlusion of the template): reuse it.
     """
 
@@ -141,6 +143,7 @@ class Renderer:
         dressing: FaceDressing | None = None,
         wrinkle_mask=None,
         folds=None,
+        two_sided=None,
     ):
         self.config = config = config or RenderConfig()
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -150,7 +153,11 @@ class Renderer:
         self.static_vertices = static_v.float().to(self.device)  # (E, 3)
         self.pivot = torch.as_tensor(head_pivot(tmpl[: self.num_vertices].numpy()), dtype=torch.float32, device=self.device)
         self.triangles = tri.to(self.device)
-        self.raster = Rasterizer(self.triangles)
+        # A dressed head is drawn as games draw one: back faces only for the thin sheets (lashes, hair).
+        if two_sided is None and dressing is not None:
+            two_sided = dressing.two_sided()
+        self.two_sided = None if two_sided is None else _host_tensor(two_sided).bool().to(self.device)
+        self.raster = Rasterizer(self.triangles, self.two_sided)
         face = tmpl[: self.num_vertices]  # (V, 3): framing, occlusion and cavity come from the face alone
 
         self.camera = Camera.frame(face, config, self.device)  # framed on the face alone
@@ -257,6 +264,7 @@ class Renderer:
             tie_bias=1.5 / self.raster.levels,
             wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness, self.wrinkle_config.fold_strength),
             brow_tint=self.brow_tint.cpu().numpy(), tiles=cfg.gl_tiles, srgb_table=self.srgb_table.cpu().numpy(), detailed=detailed,
+            two_sided=None if self.two_sided is None else self.two_sided.cpu().numpy(),
         )
 
     @classmethod
@@ -548,7 +556,7 @@ def _scene(triangles, template_vertices, config: RenderConfig, vertex_colours, s
 
 def _host_tensor(array) -> torch.Tensor:
     """A CPU tensor from a numpy array, sequence or tensor (detached: rendering needs no gradients)."""
-    return array.detach().cpu() if isinstance(array, torch.Tensor) else torch.as_tensor(np.asarray(array))
+    return array.detach().cpu() if isinstance(array, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(array))  # a reversed view has negative strides
 
 
 def dressing_config(config: RenderConfig) -> DressingConfig:
