@@ -6,7 +6,6 @@ exit code 2, one line on stderr, and leave the output folder as it was, before a
 """
 
 import csv
-import io
 import json
 import os
 import struct

@@ -5,7 +5,6 @@ import time
 import pytest
 import torch
 
-from blendtalk.models import audio_encoders as ae
 from blendtalk.models.audio_encoders import (
     AudioEncoderConfig, PhoneticEncoder, Wav2Vec2Encoder, build_audio_encoder,
 )

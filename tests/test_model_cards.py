@@ -1,8 +1,6 @@
 """The shipped checkpoints' model cards: in the Hub's format, up to date, and their figures those of metrics.json."""
 
 import json
-import re
-from pathlib import Path
 
 import pytest
 import yaml
