@@ -119,7 +119,38 @@ def build_parser() -> argparse.ArgumentParser:
     from .live.cli import add_parser as add_live_parser
 
     add_live_parser(sub)
+
+    p = sub.add_parser("blender-addon", help="write the Blender add-on (takes and the live stream on a face) and blendtalk's face",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Writes blendtalk_blender.py (install it in Blender: Edit > Preferences > Add-ons > "
+                                   "Install from Disk) and blendtalk_face.glb (File > Import > glTF 2.0) into OUT_DIR.")
+    p.add_argument("out_dir", type=Path, help="an existing folder")
+    p.add_argument("--overwrite", action="store_true", help="replace files of the same names")
+    p.set_defaults(func=blender_addon)
     return parser
+
+
+def blender_addon(args) -> int:
+    """Copy the add-on (blendtalk/clients/blender.py) and the live face's GLB into args.out_dir."""
+    import shutil
+
+    from .constants import ASSETS_DIR
+
+    sources = {"blendtalk_blender.py": Path(__file__).parent / "clients" / "blender.py",
+               "blendtalk_face.glb": ASSETS_DIR / "live" / "face_arkit.glb"}
+    folder = args.out_dir
+    if not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is not an existing folder; create it first")
+    targets = {name: folder / name for name in sources}
+    taken = [str(t) for t in targets.values() if t.exists()]
+    if taken and not args.overwrite:
+        raise ValueError(f"{', '.join(taken)} exist; pass --overwrite to replace them")
+    _check_writable(folder, "Blender files")
+    for name, target in targets.items():
+        shutil.copyfile(sources[name], target)
+    print(f"wrote {targets['blendtalk_blender.py']} (Blender: Edit > Preferences > Add-ons > Install from Disk) and "
+          f"{targets['blendtalk_face.glb']} (File > Import > glTF 2.0); the panel is in the 3D view's sidebar, tab blendtalk")
+    return 0
 
 
 def list_emotions(args) -> int:

@@ -21,6 +21,7 @@ LAYERS = (
     ("blendtalk.evaluation",),  # metrics, lip sync, fusion scores, legibility, study, benchmark clips
     ("blendtalk.training",),  # loops, losses (validation reads evaluation's metrics)
     ("blendtalk.live",),  # live mode: streaming session, frame format, WebSocket server, browser page
+    ("blendtalk.clients",),  # code that runs inside other tools (the Blender add-on): the standard library only
     ("blendtalk.request", "blendtalk.hub", "blendtalk.model_card", "blendtalk.publish", "blendtalk.pipeline", "blendtalk.cli",
      "blendtalk.live.cli", "blendtalk.serving", "blendtalk.path_mask", "blendtalk.interrupt",
      "blendtalk.__main__", "blendtalk"),  # the product's entry points

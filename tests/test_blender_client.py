@@ -1,0 +1,230 @@
+"""The Blender add-on (blendtalk/clients/blender.py): its take reader, rotations and WebSocket client
+here without Blender; the add-on itself inside Blender's Python when BLENDTALK_BPY_PYTHON names one
+(a Python with the `bpy` wheel, `pip install bpy`: 370 MB, so not in requirements-dev.txt)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from blendtalk.animation import Animation
+from blendtalk.clients import blender
+from blendtalk.constants import ASSETS_DIR
+from blendtalk.expression.head_motion import rotation_matrix
+from blendtalk.face.dressing import gaze_rotation
+from blendtalk.live.stream import WebSocketBroadcast, encode
+from blendtalk.render.exports import LIVE_LINK_FACE_NAMES, write_arkit_csv, write_arkit_json
+
+ARKIT = tuple(n[0].lower() + n[1:] for n in LIVE_LINK_FACE_NAMES)
+
+
+def _take(t: int = 40) -> Animation:
+    rng = np.random.default_rng(1)
+    base = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    return Animation(np.repeat(base[None], t, 0), np.array([[0, 1, 2]]), np.zeros(int(t / 30 * 16000), np.float32),
+                     arkit_weights=rng.uniform(0, 1, (t, 52)).astype(np.float32), arkit_names=ARKIT,
+                     head_rotation=rng.uniform(-0.2, 0.2, (t, 3)).astype(np.float32),
+                     gaze=rng.uniform(-0.3, 0.3, (t, 2)).astype(np.float32))
+
+
+def test_json_and_csv_takes_read_as_written(tmp_path):
+    anim = _take()
+    for path in (write_arkit_json(anim, tmp_path / "a.json"), write_arkit_csv(anim, tmp_path / "a.csv")):
+        take = blender.read_take(str(path))
+        order = [take["names"].index(n) for n in ARKIT]  # the CSV keeps Live Link Face's order
+        assert take["fps"] == 30 and len(take["frames"]) == 40
+        np.testing.assert_allclose(np.array(take["frames"])[:, order], anim.arkit_weights, atol=1e-6)
+        np.testing.assert_allclose(take["head"], anim.head_rotation, atol=1e-6)
+        np.testing.assert_allclose(take["eyes"], anim.gaze, atol=1e-6)
+
+
+def test_bad_takes_get_one_clear_line(tmp_path):
+    cases = {"a.txt": "x", "b.json": "{not json", "c.json": json.dumps({"fps": 30}),
+             "d.csv": "time,count\n", "e.csv": "Timecode,BlendShapeCount,JawOpen\n00:00:00:00.000,1,zero\n",
+             "f.json": json.dumps({"fps": 30, "names": ["jawOpen"], "frames": [[0.1, 0.2]]})}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError) as err:
+            blender.read_take(str(tmp_path / name))
+        assert name in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_addon_needs_only_the_standard_library_and_blender():
+    import ast
+
+    tree = ast.parse(open(blender.__file__).read())
+    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert names - set(sys.stdlib_module_names) == {"bpy", "bpy_extras", "mathutils"}
+
+
+def test_rotations_are_blendtalks_in_blenders_axes():
+    rng = np.random.default_rng(2)
+    for pitch, yaw, roll in rng.uniform(-0.5, 0.5, (10, 3)):
+        expected = rotation_matrix(np.array([pitch, yaw, roll]))
+        np.testing.assert_allclose(blender.head_matrix(pitch, yaw, roll), expected, atol=1e-12)
+        eye = gaze_rotation(torch.tensor([[yaw, pitch]], dtype=torch.float64))[0].numpy()
+        np.testing.assert_allclose(blender.eye_matrix(yaw, pitch), eye, atol=1e-12)
+        m = np.array(blender.to_blender(blender.head_matrix(pitch, yaw, roll)))
+        w, x, y, z = blender.head_quaternion([pitch, yaw, roll])
+        q = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+        np.testing.assert_allclose(q, m, atol=1e-12)
+    # A nod down (+ pitch) takes Blender's forward (-y, out of the face) downward (-z); a turn toward
+    # the face's left (+ yaw) takes it toward +x.
+    nod = np.array(blender.to_blender(blender.head_matrix(0.3, 0, 0))) @ [0, -1, 0]
+    turn = np.array(blender.to_blender(blender.head_matrix(0, 0.3, 0))) @ [0, -1, 0]
+    assert nod[2] < -0.2 and turn[0] > 0.2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(condition, seconds: float = 10.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_stream_client_reads_the_live_format():
+    port = _free_port()
+    server = WebSocketBroadcast("127.0.0.1", port, "tok").start()
+    server.hello = encode({"type": "hello", "format": "blendtalk-live", "version": 1, "fps": 30})
+    client = blender.StreamClient(f"ws://127.0.0.1:{port}/?token=tok", record=True).start()
+    try:
+        assert _wait(lambda: client.hello is not None)
+        big = {"type": "frame", "version": 1, "frame": 0, "t": 0.0, "arkit": {n: 0.5 for n in ARKIT},
+               "head": [0.1, 0.0, 0.0], "eyes": [0.0, 0.1], "pad": "x" * 70_000}  # a 64-bit length field
+        server.send(encode(big))
+        for i in range(1, 5):
+            server.send(encode({"type": "frame", "version": 1, "frame": i, "t": i / 30, "arkit": {"jawOpen": i / 10},
+                                "head": [0, 0, 0], "eyes": [0, 0]}))
+        server.send(encode({"type": "notice", "version": 1, "t": 0.2, "text": "no sound for 5 s"}))
+        server.send(encode({"type": "end", "version": 1, "frames": 5}))
+        assert _wait(lambda: client.ended)
+        assert [m["frame"] for m in client.take_recorded()] == [0, 1, 2, 3, 4]
+        assert client.latest()["arkit"] == {"jawOpen": 0.4} and client.latest() is None  # handed over once
+        assert client.notices == ["no sound for 5 s"] and client.error is None
+    finally:
+        client.close()
+        server.close()
+
+
+def test_stream_client_says_why_it_cannot_connect():
+    port = _free_port()
+    with pytest.raises(blender.StreamError, match="cannot reach"):
+        blender.StreamClient(f"ws://127.0.0.1:{port}/?token=x").start()
+    for url in ("http://127.0.0.1:1/", "ws://:80/", "ws://host:port/"):
+        with pytest.raises(blender.StreamError):
+            blender.StreamClient(url)
+    server = WebSocketBroadcast("127.0.0.1", port, "tok").start()
+    try:
+        client = blender.StreamClient(f"ws://127.0.0.1:{port}/?token=wrong").start()
+        assert _wait(lambda: not client.running)
+        assert "4401" in client.error and "token" in client.error
+    finally:
+        server.close()
+
+
+def test_cli_writes_the_addon_and_the_face(tmp_path):
+    run = [sys.executable, "-m", "blendtalk", "blender-addon"]
+    done = subprocess.run([*run, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "blendtalk_blender.py").read_text() == open(blender.__file__).read()
+    assert (tmp_path / "blendtalk_face.glb").read_bytes() == (ASSETS_DIR / "live" / "face_arkit.glb").read_bytes()
+    again = subprocess.run([*run, str(tmp_path)], capture_output=True, text=True)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    missing = subprocess.run([*run, str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "not an existing folder" in missing.stderr
+
+
+BPY_PYTHON = os.environ.get("BLENDTALK_BPY_PYTHON")
+_IN_BLENDER = r"""
+import importlib.util, json, sys, time
+import bpy
+spec = importlib.util.spec_from_file_location("blendtalk_blender", sys.argv[1])
+addon = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(addon)
+bpy.ops.wm.read_factory_settings(use_empty=True)
+addon.register()
+bpy.ops.import_scene.gltf(filepath=sys.argv[2])
+for obj in bpy.data.objects:
+    obj.select_set(obj.type == "MESH")
+out = {"ops": [bpy.ops.blendtalk.import_take.idname(), bpy.ops.blendtalk.live_connect.idname()]}
+bpy.context.scene.frame_set(10)
+out["import"] = addon.import_take(bpy.context, sys.argv[3])
+take = addon.read_take(sys.argv[3])
+face, head, eye = (bpy.data.objects[n] for n in ("face", "head", "left_eye"))
+jaw = take["names"].index("jawOpen")
+out["posed"] = []
+for t in (0, 7, 19):
+    bpy.context.scene.frame_set(10 + t)
+    out["posed"].append([face.data.shape_keys.key_blocks["jawOpen"].value, take["frames"][t][jaw],
+                         list(head.rotation_quaternion), addon.head_quaternion(take["head"][t]),
+                         list(eye.rotation_quaternion), addon.eye_quaternion(take["eyes"][t])])
+out["fps"] = bpy.context.scene.render.fps
+bpy.context.scene.frame_set(100)
+link = addon.LiveLink(bpy.context, sys.argv[4], record=True)
+print("CONNECTED", flush=True)
+values, end = set(), time.time() + 30
+while link.poll() and time.time() < end:
+    values.add(round(face.data.shape_keys.key_blocks["jawOpen"].value, 4))
+    time.sleep(1 / 60)
+link.poll()
+out["live"] = {"status": link.status(), "frames": link.client.frames, "values": len(values), "error": link.client.error}
+bpy.context.scene.frame_set(104)
+out["live"]["recorded_jaw"] = face.data.shape_keys.key_blocks["jawOpen"].value
+addon.unregister()
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not BPY_PYTHON, reason="BLENDTALK_BPY_PYTHON (a Python with the bpy wheel) is not set")
+def test_the_addon_in_blender(tmp_path):
+    anim = _take(30)
+    take = write_arkit_json(anim, tmp_path / "take.json")
+    port = _free_port()
+    server = WebSocketBroadcast("127.0.0.1", port, "tok").start()
+    server.hello = encode({"type": "hello", "format": "blendtalk-live", "version": 1, "fps": 30})
+    script = tmp_path / "in_blender.py"
+    script.write_text(_IN_BLENDER)
+    proc = subprocess.Popen([BPY_PYTHON, str(script), blender.__file__, str(ASSETS_DIR / "live" / "face_arkit.glb"), str(take),
+                             f"ws://127.0.0.1:{port}/?token=tok"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # stream frames once Blender is connected
+            lines.append(line)
+            if line.startswith("CONNECTED"):
+                for i in range(30):
+                    server.send(encode({"type": "frame", "version": 1, "frame": i, "t": i / 30,
+                                        "arkit": {"jawOpen": i / 30}, "head": [0.01 * i, 0, 0], "eyes": [0, 0]}))
+                    time.sleep(1 / 30)
+                server.send(encode({"type": "end", "version": 1, "frames": 30}))
+        proc.wait(120)
+    finally:
+        server.close()
+        if proc.poll() is None:
+            proc.kill()
+    result = [line for line in lines if line.startswith("RESULT ")]
+    assert result, "".join(lines[-30:])
+    out = json.loads(result[0][len("RESULT "):])
+    assert out["import"] == {"frames": 30, "curves": 52, "missing": []} and out["fps"] == 30
+    for jaw, expected_jaw, head, expected_head, eye, expected_eye in out["posed"]:
+        assert jaw == pytest.approx(expected_jaw, abs=1e-5)
+        assert head == pytest.approx(expected_head, abs=1e-5) and eye == pytest.approx(expected_eye, abs=1e-5)
+    live = out["live"]
+    assert live["frames"] == 30 and live["error"] is None and "ended" in live["status"] and live["values"] > 5
+    assert live["recorded_jaw"] == pytest.approx(4 / 30, abs=1e-4)  # frame 4 keyframed at 100 + 4
