@@ -66,7 +66,8 @@ EXAMPLES_DIR = ASSETS_DIR / "examples"
 ARCTIC_DIR = ASSETS_DIR / "audio"
 TIMELINE_HINT = "neutral@0 happy@1.5 sad@4.0:0.7"
 NO_MIX = ""  # the second-emotion value that means "no mix"
-PLOTLY_ROUTE = "blendtalk/plotly.min.js"  # where the app serves plotly.js (add_plotly_route)
+PLOTLY_ROUTE = "blendtalk/plotly.min.js"  # where the app serves plotly.js (add_file_routes)
+BLENDER_ROUTE = "blendtalk/blendtalk_blender.py"  # the Blender add-on (blendtalk/clients/blender.py), for the ARKit downloads
 PUBLIC_CACHE = "blendtalk-cache"  # what clients see in place of Gradio's cache folder (blendtalk.path_mask)
 PUBLIC_EXAMPLES = "blendtalk-examples"  # ... and of the cached examples' folder
 
@@ -263,18 +264,22 @@ def plotly_js_path() -> Path:
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
-def add_plotly_route(app) -> None:
-    """Serve plotly.js at PLOTLY_ROUTE (first in the routing table, before Gradio's catch-all), so the
-    page names it by that route, not by its path in the server's site-packages (`/gradio_api/file=...`)."""
+def add_file_routes(app) -> None:
+    """Serve plotly.js at PLOTLY_ROUTE and the Blender add-on at BLENDER_ROUTE (first in the routing
+    table, before Gradio's catch-all), so the page names them by these routes, not by their paths on
+    the server (`/gradio_api/file=...`)."""
     from starlette.responses import FileResponse
     from starlette.routing import Route
 
-    path = plotly_js_path()
+    from blendtalk.clients import blender
 
-    async def plotly_js(request):
-        return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+    files = {PLOTLY_ROUTE: (plotly_js_path(), "text/javascript", None),
+             BLENDER_ROUTE: (blender.__file__, "text/x-python", "blendtalk_blender.py")}
+    for route, (path, media_type, download) in files.items():
+        async def serve(request, path=path, media_type=media_type, download=download):
+            return FileResponse(path, media_type=media_type, filename=download, headers={"Cache-Control": "public, max-age=86400"})
 
-    app.router.routes.insert(0, Route("/" + PLOTLY_ROUTE, plotly_js))
+        app.router.routes.insert(0, Route("/" + route, serve))
 
 
 @dataclass
@@ -297,7 +302,7 @@ class Service:
 
         self.gate = serving.Gate(self.limits)
         self.look = rig_look(self.pipe.rig)
-        # Served by this app (add_plotly_route) so the figure works offline; the srcdoc iframe resolves
+        # Served by this app (add_file_routes) so the figure works offline; the srcdoc iframe resolves
         # a relative URL against the page, which also holds behind a proxy's root path.
         self.plotly_url = PLOTLY_ROUTE
         self.allowed_dirs = [os.environ["GRADIO_TEMP_DIR"]]  # uploads, recordings and examples all arrive as copies here
@@ -505,7 +510,9 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
                 f"{limits.max_cost:g} s of speech at 256 px or less, "
                 f"{serving.longest_seconds(512, limits.max_cost):.0f} s at 512 px; "
                 f"{limits.rate_per_minute or 'any number of'} requests a minute and "
-                f"{limits.running_per_client or 'any number'} computed at once per address.")
+                f"{limits.running_per_client or 'any number'} computed at once per address. "
+                f"The ARKit CSV/JSON open in Blender with the [blendtalk add-on]({BLENDER_ROUTE}) (Edit > Preferences > "
+                "Add-ons > Install from Disk; its panel is in the 3D view's sidebar).")
     examples([audio, text, transcript, emotion, intensity], outputs, service.run_example)
 
 
@@ -676,7 +683,7 @@ def main(argv=None) -> None:
                 footer_links=["api", "gradio", "settings"],
                 state_session_capacity=STATE_SESSIONS, prevent_thread_lock=True)
     add_routes(demo.app, live)  # the Live tab's page and WebSocket, first in the routing table
-    add_plotly_route(demo.app)
+    add_file_routes(demo.app)
     t0 = time.perf_counter()
     frozen = serving.freeze_startup()  # the start-up is done: what is alive now stays for the app's life
     logger.info("froze %d start-up objects in %.2f s", frozen, time.perf_counter() - t0)

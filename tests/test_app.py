@@ -332,6 +332,9 @@ def test_page_uploads_and_results_name_no_server_folder(server, tmp_path):
     assert video.status_code == 200 and video.content[4:8] == b"ftyp"
     plotly = httpx.get(url + app.PLOTLY_ROUTE, timeout=30)
     assert plotly.status_code == 200 and b"plotly.js" in plotly.content[:200]
+    addon = httpx.get(url + app.BLENDER_ROUTE, timeout=30)
+    assert addon.status_code == 200 and b"bl_info" in addon.content
+    assert 'filename="blendtalk_blender.py"' in addon.headers["content-disposition"]
 
 
 def test_trusted_proxies_are_checked_before_anything_loads(capsys):
