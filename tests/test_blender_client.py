@@ -84,6 +84,16 @@ def test_rotations_are_blendtalks_in_blenders_axes():
     assert nod[2] < -0.2 and turn[0] > 0.2
 
 
+def test_head_and_eye_bones_are_found_by_name():
+    heads = ["Head", "head", "mixamorig:Head", "DEF-head", "CC_Base_Head"]
+    assert all(blender.is_head_bone(n) for n in heads)
+    assert not any(blender.is_head_bone(n) for n in ["HeadTop_End", "Neck", "forehead", "head_ctrl"])
+    sides = {"LeftEye": "left", "eye.L": "left", "mixamorig:LeftEye": "left", "left_eye": "left", "CC_Base_L_Eye": "left",
+             "RightEye": "right", "DEF-eye.R": "right", "CC_Base_R_Eye": "right", "right_eye": "right"}
+    assert {n: blender.eye_side(n) for n in sides} == sides
+    assert [blender.eye_side(n) for n in ("Eyes", "eyelid.L", "EyeTarget", "brow.L", "eyeLash_L", "Head")] == [None] * 6
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -176,6 +186,48 @@ for t in (0, 7, 19):
                          list(head.rotation_quaternion), addon.head_quaternion(take["head"][t]),
                          list(eye.rotation_quaternion), addon.eye_quaternion(take["eyes"][t])])
 out["fps"] = bpy.context.scene.render.fps
+# A character: a mesh with ARKit shape keys deformed by an armature whose head and eye bones point
+# their own ways (the head bone up with a roll, the eyes forward), the eyes children of the head.
+for obj in bpy.data.objects:
+    obj.select_set(False)
+arm_data = bpy.data.armatures.new("Rig")
+arm = bpy.data.objects.new("Rig", arm_data)
+bpy.context.scene.collection.objects.link(arm)
+bpy.context.view_layer.objects.active = arm
+bpy.ops.object.mode_set(mode="EDIT")
+head_bone = arm_data.edit_bones.new("Head")
+head_bone.head, head_bone.tail, head_bone.roll = (0, 0, 1.5), (0, 0, 1.7), 0.4
+for name, x in (("LeftEye", 0.03), ("RightEye", -0.03)):
+    eye_bone = arm_data.edit_bones.new(name)
+    eye_bone.head, eye_bone.tail, eye_bone.parent = (x, -0.1, 1.6), (x, -0.12, 1.6), head_bone
+bpy.ops.object.mode_set(mode="OBJECT")
+mesh = bpy.data.meshes.new("Avatar")
+mesh.from_pydata([(0, -0.1, 1.5), (0.1, -0.1, 1.5), (0, -0.1, 1.6)], [], [(0, 1, 2)])
+avatar = bpy.data.objects.new("Avatar", mesh)
+bpy.context.scene.collection.objects.link(avatar)
+avatar.shape_key_add(name="Basis")
+avatar.shape_key_add(name="JawOpen")
+avatar.parent = arm
+avatar.modifiers.new("Armature", "ARMATURE").object = arm
+avatar.select_set(True)
+bpy.context.view_layer.objects.active = avatar
+bpy.context.scene.frame_set(1)
+out["character"] = addon.import_take(bpy.context, sys.argv[3])
+bones = arm.pose.bones
+out["bones"] = []
+for t in (3, 11):
+    bpy.context.scene.frame_set(1 + t)
+    bpy.context.view_layer.update()
+    def armature_rotation(name):  # the posed bone's turn from its rest, in the armature's axes
+        pose_bone = bones[name]
+        return [list(row) for row in (pose_bone.matrix.to_3x3() @ pose_bone.bone.matrix_local.to_3x3().inverted())]
+    out["bones"].append([armature_rotation("Head"), addon.to_blender(addon.head_matrix(*take["head"][t])),
+                         armature_rotation("LeftEye"),
+                         addon._matmul(addon.to_blender(addon.head_matrix(*take["head"][t])),
+                                       addon.to_blender(addon.eye_matrix(*take["eyes"][t]))),
+                         avatar.data.shape_keys.key_blocks["JawOpen"].value, take["frames"][t][jaw]])
+for obj in bpy.data.objects:
+    obj.select_set(obj.name in ("face", "left_eye", "right_eye"))
 bpy.context.scene.frame_set(100)
 link = addon.LiveLink(bpy.context, sys.argv[4], record=True)
 print("CONNECTED", flush=True)
@@ -221,10 +273,17 @@ def test_the_addon_in_blender(tmp_path):
     result = [line for line in lines if line.startswith("RESULT ")]
     assert result, "".join(lines[-30:])
     out = json.loads(result[0][len("RESULT "):])
-    assert out["import"] == {"frames": 30, "curves": 52, "missing": []} and out["fps"] == 30
+    assert out["import"] == {"frames": 30, "curves": 52, "missing": [], "rig": "head: head; eyes: left_eye, right_eye"}
+    assert out["fps"] == 30
     for jaw, expected_jaw, head, expected_head, eye, expected_eye in out["posed"]:
         assert jaw == pytest.approx(expected_jaw, abs=1e-5)
         assert head == pytest.approx(expected_head, abs=1e-5) and eye == pytest.approx(expected_eye, abs=1e-5)
+    character = out["character"]
+    assert character["curves"] == 1 and len(character["missing"]) == 51 and character["rig"] == "head: Head; eyes: LeftEye, RightEye"
+    for head, expected_head, eye, expected_eye, jaw, expected_jaw in out["bones"]:
+        np.testing.assert_allclose(head, expected_head, atol=1e-5)
+        np.testing.assert_allclose(eye, expected_eye, atol=1e-5)  # the eyes turn in the turned head
+        assert jaw == pytest.approx(expected_jaw, abs=1e-5)
     live = out["live"]
     assert live["frames"] == 30 and live["error"] is None and "ended" in live["status"] and live["values"] > 5
     assert live["recorded_jaw"] == pytest.approx(4 / 30, abs=1e-4)  # frame 4 keyframed at 100 + 4

@@ -10,7 +10,9 @@ In Blender: Edit > Preferences > Add-ons > Install from Disk... > blendtalk_blen
 is in the 3D view's sidebar (N), tab "blendtalk". To try it on blendtalk's own face, File > Import >
 glTF 2.0 > blendtalk_face.glb: a "head" empty (at the neck pivot) holding "face", "left_eye" and
 "right_eye", each with the 52 ARKit units as shape keys. Any mesh whose shape keys carry ARKit
-names (jawOpen, JawOpen, any case) works the same way.
+names (jawOpen, JawOpen, any case) works the same way; a character's armature (selected, or the
+one deforming the selected mesh) lends its head and eye bones (Head, mixamorig:Head, LeftEye, eye.L,
+CC_Base_R_Eye, ...), turned in their own axes whichever way the rig's bones point.
 
 * **Import take**: `animation_arkit.json` or `animation_arkit.csv` (Live Link Face layout) from
   `python -m blendtalk animate SPEECH.wav --export-dir DIR` (or a live take saved with --save-csv):
@@ -22,10 +24,10 @@ names (jawOpen, JawOpen, any case) works the same way.
 
 Rotations follow `docs/live.md`: head [pitch, yaw, roll] about the neck, R = R_yaw R_pitch R_roll;
 eyes [yaw, pitch] in the head. blendtalk's axes (+x the face's left, +y up, +z out of the face,
-glTF's) are Blender's +x, +z, -y, as Blender's glTF importer converts them. The head object turns
-about its origin, which for blendtalk's face is the neck pivot; a character's armature can follow
-it with a Copy Rotation constraint on its head bone. An object's rotation when blendtalk first
-drives it is its rest (kept in its custom property "blendtalk_rest"): rotations go on top of it.
+glTF's) are Blender's +x, +z, -y, as Blender's glTF importer converts them (a character faces -y).
+The head turns about its origin (blendtalk's face: the neck pivot) or its bone's head. An object's
+or bone's rotation when blendtalk first drives it is its rest (kept in its custom property
+"blendtalk_rest"): rotations go on top of it.
 
 (No `from __future__ import annotations` here: Blender reads its properties from class annotations.)
 """
@@ -396,84 +398,151 @@ def shape_keys(objects) -> dict:
     return found
 
 
+def is_head_bone(name: str) -> bool:
+    """Head bones by name: Head, head, mixamorig:Head, DEF-head, CC_Base_Head."""
+    last = name.lower().replace(":", "_").replace(".", "_").replace("-", "_").split("_")[-1]
+    return last == "head"
+
+
+def eye_side(name: str) -> str | None:
+    """"left" or "right" for an eye bone or object by its name (LeftEye, eye.L, CC_Base_R_Eye,
+    left_eye), else None; lids, brows, lashes and targets are not eyes."""
+    low = name.lower()
+    if "eye" not in low or any(part in low for part in ("lid", "brow", "lash", "target", "socket", "look")):
+        return None
+    words = low.replace(":", "_").replace(".", "_").replace("-", "_").replace("eye", "_").split("_")
+    if "left" in low or "l" in words:
+        return "left"
+    if "right" in low or "r" in words:
+        return "right"
+    return None
+
+
+class Turn:
+    """An object or a pose bone that blendtalk turns. Rotations come in Blender's axes (for a bone: its
+    armature's) and go on top of its rest (`_rest`); a bone's own axes are its rest orientation in the
+    armature (`basis`), whatever way the rig's bones point."""
+
+    def __init__(self, target, basis=None):
+        self.target, self.basis = target, basis
+        self.rest = _rest(target)
+        self.name = target.name
+
+    def turn(self, q) -> None:
+        import mathutils
+
+        q = mathutils.Quaternion(q)
+        if self.basis is not None:
+            q = self.basis.inverted() @ q @ self.basis
+        self.target.rotation_quaternion = self.rest @ q
+
+    def keyframe(self, frame: float) -> None:
+        self.target.keyframe_insert("rotation_quaternion", frame=frame)
+
+
+def _armature(objects):
+    """The armature among the selected objects, or the one a selected mesh is deformed by or parented to."""
+    for obj in objects:
+        if obj.type == "ARMATURE":
+            return obj
+    for obj in objects:
+        for mod in getattr(obj, "modifiers", ()):
+            if mod.type == "ARMATURE" and mod.object is not None:
+                return mod.object
+        if obj.parent is not None and obj.parent.type == "ARMATURE":
+            return obj.parent
+    return None
+
+
 def find_rig(objects) -> tuple:
-    """(head object, [eye objects]) for the selected objects: their common parent as the head when
-    they share one, and the objects named like left_eye / right_eye among it and its children."""
-    parents = {obj.parent for obj in objects if obj.parent is not None}
-    head = next(iter(parents)) if len(parents) == 1 else None
-    pool = list(objects) + (list(head.children) if head is not None else [])
-    eyes, seen = [], set()
-    for obj in pool:
-        name = obj.name.lower()
-        if ("left_eye" in name or "right_eye" in name) and obj.name not in seen:
-            eyes.append(obj)
-            seen.add(obj.name)
-    return head, eyes
+    """(head Turn or None, [eye Turns]) for the selected objects. With an armature (selected, or
+    deforming or parenting a selected mesh): its bones named like a head and like eyes. Otherwise,
+    or for what the armature lacks: the selected objects' common parent as the head, and the objects
+    named like eyes among them and its children (blendtalk_face.glb: head, left_eye, right_eye)."""
+    head, eyes = None, {}
+    arm = _armature(objects)
+    if arm is not None:
+        for pose_bone in arm.pose.bones:
+            basis = pose_bone.bone.matrix_local.to_quaternion()
+            if head is None and is_head_bone(pose_bone.name):
+                head = Turn(pose_bone, basis)
+            side = eye_side(pose_bone.name)
+            if side and side not in eyes:
+                eyes[side] = Turn(pose_bone, basis)
+    meshes = [obj for obj in objects if obj.type != "ARMATURE"]
+    parents = {obj.parent for obj in meshes if obj.parent is not None and obj.parent.type != "ARMATURE"}
+    parent = next(iter(parents)) if len(parents) == 1 else None
+    if head is None and parent is not None:
+        head = Turn(parent)
+    for obj in meshes + (list(parent.children) if parent is not None else []):
+        side = eye_side(obj.name)
+        if side and side not in eyes:
+            eyes[side] = Turn(obj)
+    return head, [eyes[side] for side in ("left", "right") if side in eyes]
 
 
-REST_PROPERTY = "blendtalk_rest"  # custom property: an object's rotation before blendtalk first drove it
+REST_PROPERTY = "blendtalk_rest"  # custom property: an object's or bone's rotation before blendtalk first drove it
 
 
-def _rest(obj):
-    """The rotation blendtalk's rotations go on top of: the object's own when blendtalk first drives
-    it, kept in its REST_PROPERTY so that a second take is not added to the first one's last pose
-    (delete the property to take the current rotation as the rest)."""
+def _rest(target):
+    """The rotation blendtalk's rotations go on top of: the object's (or pose bone's) own when
+    blendtalk first drives it, kept in its REST_PROPERTY so that a second take is not added to the
+    first one's last pose (delete the property to take the current rotation as the rest)."""
     import mathutils
 
-    if REST_PROPERTY in obj:
-        return mathutils.Quaternion(obj[REST_PROPERTY])
-    if obj.rotation_mode == "QUATERNION":
-        rest = obj.rotation_quaternion.copy()
-    elif obj.rotation_mode == "AXIS_ANGLE":
-        rest = mathutils.Quaternion(obj.rotation_axis_angle[1:], obj.rotation_axis_angle[0])
+    if REST_PROPERTY in target:
+        return mathutils.Quaternion(target[REST_PROPERTY])
+    if target.rotation_mode == "QUATERNION":
+        rest = target.rotation_quaternion.copy()
+    elif target.rotation_mode == "AXIS_ANGLE":
+        rest = mathutils.Quaternion(target.rotation_axis_angle[1:], target.rotation_axis_angle[0])
     else:
-        rest = obj.rotation_euler.to_quaternion()
-    obj.rotation_mode = "QUATERNION"
-    obj[REST_PROPERTY] = list(rest)
+        rest = target.rotation_euler.to_quaternion()
+    target.rotation_mode = "QUATERNION"
+    target[REST_PROPERTY] = list(rest)
     return rest
 
 
 class Driver:
-    """Poses shape keys, a head and eyes from frames: weights by ARKit name, rotations on top of
-    each object's rotation when the driver was made."""
+    """Poses shape keys, a head and eyes from frames: weights by ARKit name, rotations (`Turn`) on top
+    of each object's or bone's rest."""
 
-    def __init__(self, objects, head=None, eyes=()):
-        import mathutils
-
+    def __init__(self, objects):
         self.keys = shape_keys(objects)
         if not self.keys:
             raise ValueError("no selected mesh has shape keys with ARKit names (jawOpen, eyeBlinkLeft, ...): "
                              "select the face (and its eyes), e.g. blendtalk_face.glb's")
-        self.head, self.eyes = head, list(eyes)
-        self.rest = {obj.name: _rest(obj) for obj in [head, *self.eyes] if obj is not None}
-        self._quaternion = mathutils.Quaternion
+        self.head, self.eyes = find_rig(objects)
+
+    def describe(self) -> str:
+        """Which head and eyes turn, for the report line."""
+        head = self.head.name if self.head is not None else "none (select its parent or armature)"
+        return f"head: {head}; eyes: {', '.join(e.name for e in self.eyes) or 'none'}"
 
     def pose(self, weights: dict, head=None, eyes=None) -> None:
         for name, value in weights.items():
             for block in self.keys.get(name.lower(), ()):
                 block.value = min(max(float(value), 0.0), 1.0)
         if head is not None and self.head is not None:
-            self.head.rotation_quaternion = self.rest[self.head.name] @ self._quaternion(head_quaternion(head))
+            self.head.turn(head_quaternion(head))
         if eyes is not None:
             for eye in self.eyes:
-                eye.rotation_quaternion = self.rest[eye.name] @ self._quaternion(eye_quaternion(eyes))
+                eye.turn(eye_quaternion(eyes))
 
     def keyframe(self, frame: float) -> None:
         for blocks in self.keys.values():
             for block in blocks:
                 block.keyframe_insert("value", frame=frame)
-        for obj in [self.head, *self.eyes]:
-            if obj is not None:
-                obj.keyframe_insert("rotation_quaternion", frame=frame)
+        for turn in [self.head, *self.eyes]:
+            if turn is not None:
+                turn.keyframe(frame)
 
 
 def import_take(context, path: str) -> dict:
     """Keyframe a take (`read_take`) onto the selected objects from the current frame; sets the
-    scene's frame rate to the take's and extends its end. Returns {"frames", "curves", "missing"}."""
+    scene's frame rate to the take's and extends its end. Returns {"frames", "curves", "missing", "rig"}."""
     take = read_take(path)
-    objects = list(context.selected_objects)
-    head, eyes = find_rig(objects)
-    driver = Driver(objects, head, eyes)
+    driver = Driver(list(context.selected_objects))
     scene = context.scene
     scene.render.fps, scene.render.fps_base = round(take["fps"]), round(take["fps"]) / take["fps"]
     start = scene.frame_current
@@ -484,7 +553,8 @@ def import_take(context, path: str) -> dict:
         driver.keyframe(start + t)
     scene.frame_end = max(scene.frame_end, start + len(take["frames"]) - 1)
     missing = sorted(n for n in names if n.lower() not in driver.keys)
-    return {"frames": len(take["frames"]), "curves": len(names) - len(missing), "missing": missing}
+    return {"frames": len(take["frames"]), "curves": len(names) - len(missing), "missing": missing,
+            "rig": driver.describe()}
 
 
 class LiveLink:
@@ -492,9 +562,7 @@ class LiveLink:
     recorded ones from `start`); Blender calls it from a timer."""
 
     def __init__(self, context, url: str, record: bool = False):
-        objects = list(context.selected_objects)
-        head, eyes = find_rig(objects)
-        self.driver = Driver(objects, head, eyes)
+        self.driver = Driver(list(context.selected_objects))
         self.record, self.start = record, context.scene.frame_current
         self.client = StreamClient(url, record=record).start()
 
@@ -565,7 +633,7 @@ def _classes():
                 self.report({"ERROR"}, str(err))
                 return {"CANCELLED"}
             missing = f"; not on this face: {', '.join(done['missing'][:6])}" if done["missing"] else ""
-            self.report({"INFO"}, f"{done['frames']} frames of {done['curves']} curves keyframed{missing}")
+            self.report({"INFO"}, f"{done['frames']} frames of {done['curves']} curves keyframed; {done['rig']}{missing}")
             return {"FINISHED"}
 
     class BLENDTALK_OT_live_connect(bpy.types.Operator):
@@ -584,7 +652,7 @@ def _classes():
             except (StreamError, ValueError) as err:
                 self.report({"ERROR"}, str(err))
                 return {"CANCELLED"}
-            _LIVE["status"] = "connected"
+            _LIVE["status"] = "connected; " + _LIVE["link"].driver.describe()
             bpy.app.timers.register(_poll_live, first_interval=0.0)
             return {"FINISHED"}
 
