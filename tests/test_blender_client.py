@@ -229,14 +229,17 @@ for t in (3, 11):
 for obj in bpy.data.objects:
     obj.select_set(obj.name in ("face", "left_eye", "right_eye"))
 bpy.context.scene.frame_set(100)
-link = addon.LiveLink(bpy.context, sys.argv[4], record=True)
+settings = bpy.context.scene.blendtalk
+settings.url, settings.record = sys.argv[4], True
+out["connect"] = list(bpy.ops.blendtalk.live_connect())  # the panel's button; Blender's timer runs _poll_live
 print("CONNECTED", flush=True)
+link = addon._LIVE["link"]
 values, end = set(), time.time() + 30
-while link.poll() and time.time() < end:
+while addon._poll_live() is not None and time.time() < end:  # no event loop in background mode: call the timer
     values.add(round(face.data.shape_keys.key_blocks["jawOpen"].value, 4))
     time.sleep(1 / 60)
-link.poll()
-out["live"] = {"status": link.status(), "frames": link.client.frames, "values": len(values), "error": link.client.error}
+out["live"] = {"status": addon._LIVE["status"], "frames": link.client.frames, "values": len(values),
+               "error": link.client.error, "closed": "link" not in addon._LIVE}
 bpy.context.scene.frame_set(104)
 out["live"]["recorded_jaw"] = face.data.shape_keys.key_blocks["jawOpen"].value
 addon.unregister()
@@ -285,5 +288,6 @@ def test_the_addon_in_blender(tmp_path):
         np.testing.assert_allclose(eye, expected_eye, atol=1e-5)  # the eyes turn in the turned head
         assert jaw == pytest.approx(expected_jaw, abs=1e-5)
     live = out["live"]
-    assert live["frames"] == 30 and live["error"] is None and "ended" in live["status"] and live["values"] > 5
+    assert out["connect"] == ["FINISHED"] and live["closed"], live
+    assert live["frames"] == 30 and live["error"] is None and "ended after 30 frames" in live["status"] and live["values"] > 5
     assert live["recorded_jaw"] == pytest.approx(4 / 30, abs=1e-4)  # frame 4 keyframed at 100 + 4

@@ -360,6 +360,8 @@ class StreamClient:
                     return
                 if opcode == 0x1:
                     self._handle(json.loads(payload.decode("utf-8")))
+                    if self.ended:  # the stream said it is over: stop reading, as if the server had closed
+                        return
         except (OSError, ConnectionError, StreamError, ValueError) as err:
             if not self._closing and not self.ended:
                 self.error = str(err) or type(err).__name__
