@@ -282,7 +282,8 @@ return true;
 """
 
 
-@pytest.mark.skipif(not firefox_available(), reason="needs /usr/bin/firefox-esr (apt-get install firefox-esr)")
+@pytest.mark.skipif(not firefox_available(), reason="needs /usr/bin/firefox-esr and /usr/bin/pulseaudio "
+                                                   "(apt-get install firefox-esr pulseaudio)")
 def test_live_page_in_firefox(live_url):
     """Firefox ESR through its own Marionette server (no geckodriver here), with WebGL on Mesa's
     llvmpipe (browser.FIREFOX_ENV): the ARCTIC sentence plays once as the microphone, the face moves

@@ -267,7 +267,8 @@ def null_audio_output():
 
 
 def firefox_available() -> bool:
-    return FIREFOX.exists()
+    """Firefox and PulseAudio (without an audio output Firefox never starts the page's audio)."""
+    return FIREFOX.exists() and PULSEAUDIO.exists()
 
 
 class Marionette:
