@@ -44,6 +44,18 @@ def test_json_and_csv_takes_read_as_written(tmp_path):
         np.testing.assert_allclose(take["eyes"], anim.gaze, atol=1e-6)
 
 
+def test_the_live_pages_saved_take_reads_too(tmp_path):
+    # live.js saveTake(): the rig's names, then HeadPitch, HeadYaw, HeadRoll, EyeYaw, EyePitch (radians)
+    header = ["Timecode", "BlendShapeCount", "jawOpen", "eyeBlinkLeft", "HeadPitch", "HeadYaw", "HeadRoll", "EyeYaw", "EyePitch"]
+    rows = [["00:00:00:00.000", "2", "0.5", "0.0", "0.1", "0.2", "0.3", "0.04", "0.05"],
+            ["00:00:00:01.000", "2", "0.25", "1.0", "0", "0", "0", "0", "0"]]
+    path = tmp_path / "blendtalk-live-take.csv"
+    path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    take = blender.read_take(str(path))
+    assert take["names"] == ["jawOpen", "eyeBlinkLeft"] and take["frames"] == [[0.5, 0.0], [0.25, 1.0]]
+    assert take["head"][0] == [0.1, 0.2, 0.3] and take["eyes"][0] == [0.04, 0.05] and take["fps"] == 30
+
+
 def test_bad_takes_get_one_clear_line(tmp_path):
     cases = {"a.txt": "x", "b.json": "{not json", "c.json": json.dumps({"fps": 30}),
              "d.csv": "time,count\n", "e.csv": "Timecode,BlendShapeCount,JawOpen\n00:00:00:00.000,1,zero\n",

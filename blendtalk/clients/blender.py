@@ -57,6 +57,7 @@ FORMAT, VERSION = "blendtalk-live", 1  # the live frame format this client reads
 FPS = 30.0  # blendtalk's frame rate; a CSV whose timecodes say otherwise keeps its own
 LIVE_LINK_ROTATIONS = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
                        "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
+PAGE_EYES = ("EyeYaw", "EyePitch")  # the live page's Save writes one pair of eye angles instead of Live Link Face's six
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's accept-key constant
 _MAX_MESSAGE = 1 << 20  # bytes: a frame message is about 2 kB; anything this large is not one
 
@@ -67,8 +68,9 @@ def read_take(path: str) -> dict:
     roll] or None, "eyes" (T, 2) [yaw, pitch] or None}, lists of floats, radians.
 
     path: `*_arkit.json` ({"fps", "names", "frames", "head_rotation", "gaze"}) or a Live Link Face
-    CSV (Timecode, BlendShapeCount, 52 PascalCase curves, head and eye rotations). ValueError with
-    a line saying what is wrong for anything else."""
+    CSV (Timecode, BlendShapeCount, 52 PascalCase curves, head and eye rotations), as the CLI writes
+    it, or as the live page's Save does (the rig's curve names, HeadPitch, HeadYaw, HeadRoll, EyeYaw,
+    EyePitch). ValueError with a line saying what is wrong for anything else."""
     if path.lower().endswith(".json"):
         with open(path, encoding="utf-8") as f:
             try:
@@ -107,19 +109,21 @@ def _read_live_link_csv(path: str) -> dict:
     if not rows or rows[0][:2] != ["Timecode", "BlendShapeCount"]:
         raise ValueError(f"{os.path.basename(path)} does not start with Timecode,BlendShapeCount: not a Live Link Face CSV")
     header = rows[0]
-    curves = [i for i, name in enumerate(header[2:], 2) if name not in LIVE_LINK_ROTATIONS]
+    rotations = LIVE_LINK_ROTATIONS + PAGE_EYES
+    curves = [i for i, name in enumerate(header[2:], 2) if name not in rotations]
     where = {name: i for i, name in enumerate(header)}
     body = [row for row in rows[1:] if row]
     try:
         frames = [[float(row[i]) for i in curves] for row in body]
-        rotation = {name: [float(row[where[name]]) for row in body] for name in LIVE_LINK_ROTATIONS if name in where}
+        rotation = {name: [float(row[where[name]]) for row in body] for name in rotations if name in where}
     except (ValueError, IndexError):
         raise ValueError(f"{os.path.basename(path)}: a row has a missing or non-numeric value") from None
     head = eyes = None
     if {"HeadPitch", "HeadYaw", "HeadRoll"} <= set(rotation):
         head = [list(r) for r in zip(rotation["HeadPitch"], rotation["HeadYaw"], rotation["HeadRoll"])]
-    if {"LeftEyeYaw", "LeftEyePitch"} <= set(rotation):
-        eyes = [list(r) for r in zip(rotation["LeftEyeYaw"], rotation["LeftEyePitch"])]
+    for yaw, pitch in (("LeftEyeYaw", "LeftEyePitch"), PAGE_EYES):
+        if eyes is None and {yaw, pitch} <= set(rotation):
+            eyes = [list(r) for r in zip(rotation[yaw], rotation[pitch])]
     return {"fps": _timecode_fps([row[0] for row in body]), "names": [_camel(header[i]) for i in curves],
             "frames": frames, "head": head, "eyes": eyes}
 
