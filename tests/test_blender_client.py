@@ -4,6 +4,7 @@ here without Blender; the add-on itself inside Blender's Python when BLENDTALK_B
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -54,6 +55,15 @@ def test_the_live_pages_saved_take_reads_too(tmp_path):
     take = blender.read_take(str(path))
     assert take["names"] == ["jawOpen", "eyeBlinkLeft"] and take["frames"] == [[0.5, 0.0], [0.25, 1.0]]
     assert take["head"][0] == [0.1, 0.2, 0.3] and take["eyes"][0] == [0.04, 0.05] and take["fps"] == 30
+
+
+def test_the_speech_beside_a_take_is_found(tmp_path):
+    take = tmp_path / "blendtalk_sad_arkit.csv"
+    assert blender.speech_beside(str(take)) is None
+    (tmp_path / "blendtalk_sad.mp4").write_bytes(b"")
+    assert blender.speech_beside(str(take)) == str(tmp_path / "blendtalk_sad.mp4")
+    (tmp_path / "blendtalk_sad.wav").write_bytes(b"")  # a wav is preferred: no video to decode
+    assert blender.speech_beside(str(take)) == str(tmp_path / "blendtalk_sad.wav")
 
 
 def test_bad_takes_get_one_clear_line(tmp_path):
@@ -188,6 +198,9 @@ for obj in bpy.data.objects:
 out = {"ops": [bpy.ops.blendtalk.import_take.idname(), bpy.ops.blendtalk.live_connect.idname()]}
 bpy.context.scene.frame_set(10)
 out["import"] = addon.import_take(bpy.context, sys.argv[3])
+editor = bpy.context.scene.sequence_editor
+strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+out["sound"] = [[s.type, s.frame_start] for s in strips]
 take = addon.read_take(sys.argv[3])
 face, head, eye = (bpy.data.objects[n] for n in ("face", "head", "left_eye"))
 jaw = take["names"].index("jawOpen")
@@ -262,7 +275,8 @@ print("RESULT " + json.dumps(out))
 @pytest.mark.skipif(not BPY_PYTHON, reason="BLENDTALK_BPY_PYTHON (a Python with the bpy wheel) is not set")
 def test_the_addon_in_blender(tmp_path):
     anim = _take(30)
-    take = write_arkit_json(anim, tmp_path / "take.json")
+    take = write_arkit_json(anim, tmp_path / "take_arkit.json")
+    shutil.copyfile(ASSETS_DIR / "audio" / "arctic_a0009.wav", tmp_path / "take.wav")  # the take's speech, as the app names it
     port = _free_port()
     server = WebSocketBroadcast("127.0.0.1", port, "tok").start()
     server.hello = encode({"type": "hello", "format": "blendtalk-live", "version": 1, "fps": 30})
@@ -288,7 +302,9 @@ def test_the_addon_in_blender(tmp_path):
     result = [line for line in lines if line.startswith("RESULT ")]
     assert result, "".join(lines[-30:])
     out = json.loads(result[0][len("RESULT "):])
-    assert out["import"] == {"frames": 30, "curves": 52, "missing": [], "rig": "head: head; eyes: left_eye, right_eye"}
+    assert out["import"] == {"frames": 30, "curves": 52, "missing": [], "rig": "head: head; eyes: left_eye, right_eye",
+                             "speech": "take.wav"}
+    assert out["sound"] == [["SOUND", 10]]  # from the frame the take starts at
     assert out["fps"] == 30
     for jaw, expected_jaw, head, expected_head, eye, expected_eye in out["posed"]:
         assert jaw == pytest.approx(expected_jaw, abs=1e-5)

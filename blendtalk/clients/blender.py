@@ -17,7 +17,8 @@ CC_Base_R_Eye, ...), turned in their own axes whichever way the rig's bones poin
 * **Import take**: `animation_arkit.json` or `animation_arkit.csv` (Live Link Face layout) from
   `python -m blendtalk animate SPEECH.wav --export-dir DIR` (or a live take saved with --save-csv):
   keyframes on the selected meshes' shape keys from the current frame, at the scene's frame rate
-  set to the take's; the head's and eyes' rotations onto the head and eye objects.
+  set to the take's; the head's and eyes' rotations onto the head and eye objects; the speech
+  beside it (NAME.wav or NAME.mp4 for NAME_arkit.*, as the app names its downloads) as a sound strip.
 * **Live**: `python -m blendtalk live --input mic --emit ws://127.0.0.1:8765` prints the URL with its
   token; paste it and Connect. The newest frame is applied up to 60 times a second; with Record
   on, every frame is also keyframed at its own frame number (from the current frame).
@@ -544,9 +545,23 @@ class Driver:
                 turn.keyframe(frame)
 
 
+def speech_beside(path: str) -> str | None:
+    """The take's speech, where it lies beside it: NAME.wav or NAME.mp4 for NAME_arkit.csv/json (the
+    app's downloads are named so: blendtalk_sad.mp4 and blendtalk_sad_arkit.csv), else None."""
+    folder, name = os.path.split(path)
+    stem = os.path.splitext(name)[0]
+    stem = stem[: -len("_arkit")] if stem.endswith("_arkit") else stem
+    for suffix in (".wav", ".mp4"):
+        candidate = os.path.join(folder, stem + suffix)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
 def import_take(context, path: str) -> dict:
     """Keyframe a take (`read_take`) onto the selected objects from the current frame; sets the
-    scene's frame rate to the take's and extends its end. Returns {"frames", "curves", "missing", "rig"}."""
+    scene's frame rate to the take's and extends its end; the take's speech (`speech_beside`) becomes a
+    sound strip from the same frame. Returns {"frames", "curves", "missing", "rig", "speech"}."""
     take = read_take(path)
     driver = Driver(list(context.selected_objects))
     scene = context.scene
@@ -558,9 +573,14 @@ def import_take(context, path: str) -> dict:
                     take["eyes"][t] if take["eyes"] else None)
         driver.keyframe(start + t)
     scene.frame_end = max(scene.frame_end, start + len(take["frames"]) - 1)
+    sound = speech_beside(path)
+    if sound is not None:  # heard while scrubbing and playing, in step with the keys
+        editor = scene.sequence_editor_create()
+        strips = editor.strips if hasattr(editor, "strips") else editor.sequences  # renamed in Blender 4.4
+        strips.new_sound(f"blendtalk {os.path.basename(sound)}", sound, 1, start)
     missing = sorted(n for n in names if n.lower() not in driver.keys)
     return {"frames": len(take["frames"]), "curves": len(names) - len(missing), "missing": missing,
-            "rig": driver.describe()}
+            "rig": driver.describe(), "speech": None if sound is None else os.path.basename(sound)}
 
 
 class LiveLink:
@@ -639,7 +659,8 @@ def _classes():
                 self.report({"ERROR"}, str(err))
                 return {"CANCELLED"}
             missing = f"; not on this face: {', '.join(done['missing'][:6])}" if done["missing"] else ""
-            self.report({"INFO"}, f"{done['frames']} frames of {done['curves']} curves keyframed; {done['rig']}{missing}")
+            speech = f"; speech: {done['speech']}" if done["speech"] else ""
+            self.report({"INFO"}, f"{done['frames']} frames of {done['curves']} curves keyframed; {done['rig']}{speech}{missing}")
             return {"FINISHED"}
 
     class BLENDTALK_OT_live_connect(bpy.types.Operator):
