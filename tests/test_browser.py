@@ -9,6 +9,7 @@ face rendered inside its iframe; the screenshot is saved under tmp_path and its 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -185,6 +186,8 @@ def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
         while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
             assert time.monotonic() < end, "the live page did not load its face"
             time.sleep(0.2)
+        # Downloads are caught, not saved: the page's anchors hand their file name and blob here.
+        page.js("window.downloads = []; HTMLAnchorElement.prototype.click = function () { window.downloads.push([this.download, this.href]); };")
         page.click(page.find("#start"))
         samples, t0 = [], time.monotonic()
         while time.monotonic() - t0 < 9:
@@ -195,6 +198,20 @@ def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
         latency = page.js("return window.liveStats.latency")
         shot = page.screenshot(tmp_path / "live.png")
         print(f"\nlive page screenshot: {shot}")
+        # Stop, then Save: the take the server kept, as the CLI's --save-csv writes it (Live Link Face's layout).
+        page.click(page.find("#stop"))
+        end = time.monotonic() + 30
+        while page.js("return document.getElementById('save-mp4').disabled"):  # enabled once the server named the take
+            assert time.monotonic() < end, "the server did not name the take"
+            time.sleep(0.2)
+        page.click(page.find("#save"))
+        while not page.js("return window.downloads.length"):
+            assert time.monotonic() < end, "Save gave no file"
+            time.sleep(0.2)
+        name, blob = page.js("return window.downloads[0]")
+        saved = page.js_async(f"fetch({json.dumps(blob)}).then(r => r.text()).then(arguments[arguments.length - 1]);")
+    assert name == "blendtalk-live-take.csv" and saved.startswith("Timecode,BlendShapeCount,EyeBlinkLeft,"), saved[:100]
+    assert len(saved.strip().splitlines()) > 30
     assert not samples[-1][5], f"the page reported errors: {samples[-1][5]}"
     # The sentence is 93 frames. A starved server drops audio to catch up with the clock, by design,
     # and says so in the page's status: a second of it at load 8, two at load 6 with the full suite

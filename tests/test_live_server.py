@@ -114,6 +114,13 @@ def test_websocket_session_streams_frames_and_takes_expression_changes(client):
     assert "size must be one of" in client.get(f"/live/take/{take[0]['id']}.mp4?size=1000").json()["error"]
     missing = client.get("/live/take/not-a-take.mp4")
     assert missing.status_code == 404 and "record a new one" in missing.json()["error"]
+    # and its curves, in the layout `blendtalk live --save-csv` and the file path's exports use
+    csv = client.get(f"/live/take/{take[0]['id']}.csv")
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    rows = csv.text.strip().splitlines()
+    assert rows[0].split(",")[:3] == ["Timecode", "BlendShapeCount", "EyeBlinkLeft"] and len(rows[0].split(",")) == 63
+    assert len(rows) - 1 == round(heard * 30) and all(len(r.split(",")) == 63 for r in rows[1:])
+    assert client.get(f"/live/take/{take[0]['id']}.exe").status_code == 404
 
 
 def test_websocket_refuses_foreign_origins_and_busy_servers(client, service):

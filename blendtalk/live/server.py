@@ -7,6 +7,7 @@ Routes (added to the app's server by `add_routes`):
     GET  /live/face_arkit.glb    the dressed rig with the 52 ARKit units as morph targets (sent once)
     GET  /live/face_look.json    the file renderer's camera, lights, material and per-unit wrinkles and creases (`live.look`)
     GET  /live/take/ID.mp4?size=256   a finished session's take rendered as an mp4 (audio + the ARKit face)
+    GET  /live/take/ID.csv       the same take's ARKit curves, head and eyes in Live Link Face's CSV layout
     GET  /live/static/...        the page's script and the bundled three.js (MIT, vendor/three/LICENSE)
     WS   /live/ws?token=TOKEN    the stream
 
@@ -16,7 +17,7 @@ at any time {"type": "expression", "emotion": ..., "intensity": ...} or {"type":
 server answers with the "blendtalk-live" v1 messages of `live_stream` (hello, frame, notice, end)
 and {"type": "error", "text": ...} before it closes a connection it refuses. A session that ends
 (stop or cap) also gets {"type": "take", "id": ..., "seconds": ...} before "end": its take is kept
-TAKE_KEEP_SECONDS for /live/take/ID.mp4 (the newest MAX_TAKES; rendered one at a time).
+TAKE_KEEP_SECONDS for /live/take/ID.mp4 and .csv (the newest MAX_TAKES; rendered one at a time).
 
 Limits: at most `max_sessions` at once (the CPU's cores: a session takes about 60% of one core),
 each at most `max_seconds` of audio; tokens are single use and expire after TOKEN_SECONDS; a
@@ -83,16 +84,23 @@ class LiveService:
             self.takes[key] = (take, now + TAKE_KEEP_SECONDS)
         return key
 
-    def take_mp4(self, key: str, size: int, folder: Path) -> Path:
-        """Render take `key` into folder/take.mp4. ValueError (said to the user) for an unknown id or size."""
+    def take_file(self, key: str, suffix: str, folder: Path, size: int = 256) -> Path:
+        """Take `key` written into `folder`: "mp4" rendered at `size` px, or "csv", its ARKit curves in
+        Live Link Face's layout (as `blendtalk live --save-csv` writes them). LookupError for a take no
+        longer kept, ValueError for a bad size; both are said to the user."""
         from .take import check_size
 
-        check_size(size)
+        if suffix == "mp4":
+            check_size(size)
         with self._lock:
             entry = self.takes.get(key)
         if entry is None or entry[1] <= time.monotonic():
             raise LookupError(f"this take is no longer kept (takes are kept {TAKE_KEEP_SECONDS / 60:g} min, the newest "
                               f"{MAX_TAKES}); record a new one")
+        if suffix == "csv":
+            from ..render.exports import write_arkit_csv
+
+            return write_arkit_csv(entry[0].animation(self.pipe.rig), folder / "blendtalk-live-take.csv")
         with self._render:
             return entry[0].write_mp4(self.pipe, folder / "blendtalk-live-take.mp4", size)
 
@@ -153,9 +161,13 @@ class LiveService:
             from starlette.background import BackgroundTask
 
             size = request.query_params.get("size", "256")
+            suffix = request.path_params["suffix"]
+            if suffix not in ("mp4", "csv"):
+                return JSONResponse({"error": "a take is served as ID.mp4 or ID.csv"}, status_code=404)
             folder = Path(tempfile.mkdtemp(prefix="blendtalk-take-"))
             try:
-                path = await asyncio.to_thread(self.take_mp4, request.path_params["key"], int(size) if size.isdigit() else size, folder)
+                path = await asyncio.to_thread(self.take_file, request.path_params["key"], suffix, folder,
+                                               int(size) if size.isdigit() else size)
             except (ValueError, LookupError) as err:
                 shutil.rmtree(folder, ignore_errors=True)
                 return JSONResponse({"error": str(err)}, status_code=404 if isinstance(err, LookupError) else 400)
@@ -163,12 +175,12 @@ class LiveService:
                 shutil.rmtree(folder, ignore_errors=True)
                 logger.exception("rendering a live take failed")
                 return JSONResponse({"error": "rendering the take failed on the server; save the CSV instead"}, status_code=500)
-            return FileResponse(path, media_type="video/mp4", filename=path.name,
+            return FileResponse(path, media_type="video/mp4" if suffix == "mp4" else "text/csv", filename=path.name,
                                 background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
         return [Route("/live/", page), Route("/live", page), Route("/live/token", token), Route("/live/face_arkit.glb", glb),
                 Route("/live/face_look.json", look),
-                Route("/live/take/{key}.mp4", take),
+                Route("/live/take/{key}.{suffix:str}", take),
                 WebSocketRoute("/live/ws", self.websocket), Mount("/live/static", StaticFiles(directory=WEB_DIR))]
 
     # ---- the stream ----

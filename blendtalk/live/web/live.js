@@ -478,7 +478,23 @@ async function saveTakeVideo() {  // the server renders the take it kept (audio 
   }
 }
 
-function saveTake() {  // Live Link Face style: Timecode, BlendShapeCount, the 52 weights, head and eye angles (rad)
+async function saveTake() {  // the server's CSV of the take it kept (Live Link Face's layout, as the CLI writes it)
+  if (takeId) {
+    try {
+      const r = await fetch(`/live/take/${encodeURIComponent(takeId)}.csv`);
+      if (r.ok) {
+        const a = document.createElement("a");
+        a.href = URL.createObjectURL(await r.blob());
+        a.download = "blendtalk-live-take.csv";
+        a.click();
+        return;
+      }
+    } catch (err) { /* the frames received here, below */ }
+  }
+  saveReceivedTake();
+}
+
+function saveReceivedTake() {  // without a take kept on the server: the frames received, Live Link Face style (rad)
   const cols = ["HeadPitch", "HeadYaw", "HeadRoll", "EyeYaw", "EyePitch"];
   const lines = [["Timecode", "BlendShapeCount", ...names, ...cols].join(",")];
   for (const f of take) {
