@@ -134,9 +134,10 @@ def blender_addon(args) -> int:
     """Copy the add-on (blendtalk/clients/blender.py) and the live face's GLB into args.out_dir."""
     import shutil
 
+    from .clients import blender
     from .constants import ASSETS_DIR
 
-    sources = {"blendtalk_blender.py": Path(__file__).parent / "clients" / "blender.py",
+    sources = {"blendtalk_blender.py": Path(blender.__file__),
                "blendtalk_face.glb": ASSETS_DIR / "live" / "face_arkit.glb"}
     folder = args.out_dir
     if not folder.is_dir():
