@@ -5,7 +5,6 @@ here without Blender; the add-on itself inside Blender's Python when BLENDTALK_B
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import torch
 from blendtalk.animation import Animation
 from blendtalk.clients import blender
 from blendtalk.constants import ASSETS_DIR
+from blendtalk.evaluation.browser import free_port
 from blendtalk.expression.head_motion import rotation_matrix
 from blendtalk.face.dressing import gaze_rotation
 from blendtalk.live.stream import WebSocketBroadcast, encode
@@ -116,12 +116,6 @@ def test_head_and_eye_bones_are_found_by_name():
     assert [blender.eye_side(n) for n in ("Eyes", "eyelid.L", "EyeTarget", "brow.L", "eyeLash_L", "Head")] == [None] * 6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(condition, seconds: float = 10.0) -> bool:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -132,7 +126,7 @@ def _wait(condition, seconds: float = 10.0) -> bool:
 
 
 def test_stream_client_reads_the_live_format():
-    port = _free_port()
+    port = free_port()
     server = WebSocketBroadcast("127.0.0.1", port, "tok").start()
     server.hello = encode({"type": "hello", "format": "blendtalk-live", "version": 1, "fps": 30})
     client = blender.StreamClient(f"ws://127.0.0.1:{port}/?token=tok", record=True).start()
@@ -156,7 +150,7 @@ def test_stream_client_reads_the_live_format():
 
 
 def test_stream_client_says_why_it_cannot_connect():
-    port = _free_port()
+    port = free_port()
     with pytest.raises(blender.StreamError, match="cannot reach"):
         blender.StreamClient(f"ws://127.0.0.1:{port}/?token=x").start()
     for url in ("http://127.0.0.1:1/", "ws://:80/", "ws://host:port/"):
@@ -277,7 +271,7 @@ def test_the_addon_in_blender(tmp_path):
     anim = _take(30)
     take = write_arkit_json(anim, tmp_path / "take_arkit.json")
     shutil.copyfile(ASSETS_DIR / "audio" / "arctic_a0009.wav", tmp_path / "take.wav")  # the take's speech, as the app names it
-    port = _free_port()
+    port = free_port()
     server = WebSocketBroadcast("127.0.0.1", port, "tok").start()
     server.hello = encode({"type": "hello", "format": "blendtalk-live", "version": 1, "fps": 30})
     script = tmp_path / "in_blender.py"

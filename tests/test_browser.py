@@ -19,7 +19,8 @@ import soundfile as sf
 from PIL import Image
 
 from blendtalk.constants import ASSETS_DIR
-from blendtalk.evaluation.browser import WebDriver, available, chrome, fake_microphone_flags, firefox, firefox_available
+from blendtalk.evaluation.browser import (WebDriver, available, chrome, fake_microphone_flags, firefox, firefox_available,
+                                         free_port)
 from tests.test_app import launch_app
 
 WAV = ASSETS_DIR / "audio" / "arctic_a0009.wav"
@@ -257,14 +258,9 @@ def test_an_example_runs_and_plays_under_the_public_cache_name(browser, app_url)
 @pytest.fixture(scope="module")
 def live_url(pipe_for_live):
     """The live routes alone on a local port (the Live tab without the rest of the app)."""
-    import socket
-
     from eval.live_legibility import serve_live
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url, server = serve_live(pipe_for_live, port)
+    url, server = serve_live(pipe_for_live, free_port())
     yield url
     server.should_exit = True
 

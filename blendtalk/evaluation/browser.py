@@ -114,7 +114,8 @@ class WebDriver:
             self.http.close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A local TCP port free at the time of asking."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -123,7 +124,7 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def chrome(*extra_flags: str):
     """A chromedriver and one WebDriver session of headless Chromium with `extra_flags`."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(CHROMEDRIVER), f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -334,7 +335,7 @@ def firefox():
     import shutil
     import tempfile
 
-    port = _free_port()
+    port = free_port()
     profile = Path(tempfile.mkdtemp(prefix="blendtalk-firefox-"))
     prefs = dict(FIREFOX_PREFS, **{"marionette.port": port})
     (profile / "user.js").write_text("".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in prefs.items()))
