@@ -455,6 +455,13 @@ function sendExpression() {
   if (ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "expression", emotion: $("emotion").value, intensity: +$("intensity").value }));
 }
 
+function download(blob, name) {  // hand the browser a file to save
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  a.click();
+}
+
 async function saveTakeVideo() {  // the server renders the take it kept (audio + the face drawn here)
   if (!takeId) return;
   $("save-mp4").disabled = true;
@@ -466,10 +473,7 @@ async function saveTakeVideo() {  // the server renders the take it kept (audio 
       fail(e.error);
       return;
     }
-    const a = document.createElement("a");
-    a.href = URL.createObjectURL(await r.blob());
-    a.download = "blendtalk-live-take.mp4";
-    a.click();
+    download(await r.blob(), "blendtalk-live-take.mp4");
     status("Saved the take's video.");
   } catch (err) {
     fail("The video could not be fetched (is the server up?).");
@@ -482,13 +486,7 @@ async function saveTake() {  // the server's CSV of the take it kept (Live Link 
   if (takeId) {
     try {
       const r = await fetch(`/live/take/${encodeURIComponent(takeId)}.csv`);
-      if (r.ok) {
-        const a = document.createElement("a");
-        a.href = URL.createObjectURL(await r.blob());
-        a.download = "blendtalk-live-take.csv";
-        a.click();
-        return;
-      }
+      if (r.ok) return download(await r.blob(), "blendtalk-live-take.csv");
     } catch (err) { /* the frames received here, below */ }
   }
   saveReceivedTake();
@@ -503,10 +501,7 @@ function saveReceivedTake() {  // without a take kept on the server: the frames 
                `${String(s % 60).padStart(2, "0")}:${String(ff).padStart(2, "0")}.000`;
     lines.push([tc, names.length, ...names.map((n) => (f.arkit[n] || 0).toFixed(6)), ...f.head, ...f.eyes].join(","));
   }
-  const a = document.createElement("a");
-  a.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
-  a.download = "blendtalk-live-take.csv";
-  a.click();
+  download(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }), "blendtalk-live-take.csv");
 }
 
 $("start").onclick = start;
