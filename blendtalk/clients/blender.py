@@ -532,9 +532,10 @@ class Driver:
                 block.value = min(max(float(value), 0.0), 1.0)
         if head is not None and self.head is not None:
             self.head.turn(head_quaternion(head))
-        if eyes is not None:
+        if eyes is not None and self.eyes:
+            q = eye_quaternion(eyes)  # both eyes turn alike (no vergence: the listener is far away)
             for eye in self.eyes:
-                eye.turn(eye_quaternion(eyes))
+                eye.turn(q)
 
     def keyframe(self, frame: float) -> None:
         for blocks in self.keys.values():
