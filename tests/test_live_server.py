@@ -2,7 +2,6 @@
 origin, session limit, expression changes, bad messages) and the ARKit GLB the browser draws."""
 
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from blendtalk.speech.audio import load_audio
 from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
+from test_morph_glb import accessor, read_glb
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
@@ -155,11 +155,8 @@ def test_page_and_assets_are_served(client):
 def test_arkit_glb_has_the_52_units_as_morph_targets(pipe, tmp_path):
     from blendtalk.render.gltf import write_rig_glb
 
-    data = write_rig_glb(tmp_path / "face.glb", pipe.rig, pipe.dressing(), posable=True, morph_normals=True).read_bytes()
-    magic, version, length = struct.unpack("<4sII", data[:12])
-    assert magic == b"glTF" and version == 2 and length == len(data)
-    size = struct.unpack("<I", data[12:16])[0]
-    doc = json.loads(data[20:20 + size])
+    built_path = write_rig_glb(tmp_path / "face.glb", pipe.rig, pipe.dressing(), posable=True, morph_normals=True)
+    doc, _ = read_glb(built_path)  # checks the container
     assert [n["name"] for n in doc["nodes"]] == ["head", "face", "left_eye", "right_eye"]
     assert doc["nodes"][0]["children"] == [1, 2, 3] and "animations" not in doc  # driven by the stream
     for mesh in doc["meshes"]:
@@ -168,7 +165,7 @@ def test_arkit_glb_has_the_52_units_as_morph_targets(pipe, tmp_path):
         assert all(set(t) == {"POSITION", "NORMAL"} for t in mesh["primitives"][0]["targets"])
     # Not byte for byte: another CPU's float rounding moves offsets by up to 5e-6 (normals) and a few across
     # the sparse threshold; a real change to the face moves them by far more.
-    shipped, built = glb_content((ASSETS_DIR / "live" / "face_arkit.glb").read_bytes()), glb_content(data)
+    shipped, built = glb_content(ASSETS_DIR / "live" / "face_arkit.glb"), glb_content(built_path)
     stale = "assets/live/face_arkit.glb is stale: python tools/build_live_glb.py"
     assert shipped[0] == built[0] and len(shipped[1]) == len(built[1]), stale
     for old, new in zip(shipped[1], built[1]):
@@ -176,31 +173,10 @@ def test_arkit_glb_has_the_52_units_as_morph_targets(pipe, tmp_path):
         assert np.allclose(old, new, rtol=0, atol=2e-5) if old.dtype.kind == "f" else np.array_equal(old, new), stale
 
 
-_COMPONENTS = {5126: np.float32, 5125: np.uint32, 5123: np.uint16, 5121: np.uint8}
-_WIDTHS = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
-
-
-def glb_content(data: bytes) -> tuple[dict, list[np.ndarray]]:
+def glb_content(path) -> tuple[dict, list[np.ndarray]]:
     """A GLB -> its JSON without the buffer layout, and every accessor as a dense array (sparse ones filled in)."""
-    size = struct.unpack("<I", data[12:16])[0]
-    doc = json.loads(data[20:20 + size])
-    binary = data[20 + size + 8:]  # after the BIN chunk's length and type
-
-    def read(view: int, dtype, count: int, width: int, offset: int = 0) -> np.ndarray:
-        start = doc["bufferViews"][view].get("byteOffset", 0) + offset
-        return np.frombuffer(binary, dtype, count * width, start).reshape(count, width)
-
-    arrays = []
-    for acc in doc["accessors"]:
-        dtype, width = _COMPONENTS[acc["componentType"]], _WIDTHS[acc["type"]]
-        dense = (read(acc["bufferView"], dtype, acc["count"], width, acc.get("byteOffset", 0)).copy()
-                 if "bufferView" in acc else np.zeros((acc["count"], width), dtype))
-        if "sparse" in acc:
-            sparse = acc["sparse"]
-            index = read(sparse["indices"]["bufferView"], _COMPONENTS[sparse["indices"]["componentType"]], sparse["count"], 1,
-                         sparse["indices"].get("byteOffset", 0))[:, 0]
-            dense[index] = read(sparse["values"]["bufferView"], dtype, sparse["count"], width, sparse["values"].get("byteOffset", 0))
-        arrays.append(dense)
+    doc, blob = read_glb(path)
+    arrays = [accessor(doc, blob, i) for i in range(len(doc["accessors"]))]
     layout = {k: v for k, v in doc.items() if k not in ("buffers", "bufferViews", "accessors")}
     layout["accessors"] = [{k: v for k, v in acc.items() if k not in ("bufferView", "byteOffset", "sparse", "min", "max")}
                            for acc in doc["accessors"]]

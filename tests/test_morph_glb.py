@@ -44,10 +44,10 @@ def accessor(doc, blob, index) -> np.ndarray:
     width = {"SCALAR": 1, "VEC3": 3}[acc["type"]]
     dtype = {5126: "<f4", 5125: "<u4"}[acc["componentType"]]
 
-    def read(view_index, dt, count):  # blendtalk's accessors start at their view's start
-        return np.frombuffer(blob, dt, count, doc["bufferViews"][view_index]["byteOffset"])
+    def read(view_index, dt, count, offset=0):
+        return np.frombuffer(blob, dt, count, doc["bufferViews"][view_index].get("byteOffset", 0) + offset)
 
-    out = (read(acc["bufferView"], dtype, acc["count"] * width).copy() if "bufferView" in acc
+    out = (read(acc["bufferView"], dtype, acc["count"] * width, acc.get("byteOffset", 0)).copy() if "bufferView" in acc
            else np.zeros(acc["count"] * width, dtype)).reshape(acc["count"], width)
     if "sparse" in acc:
         sp = acc["sparse"]
