@@ -45,8 +45,22 @@ def test_json_and_csv_takes_read_as_written(tmp_path):
         np.testing.assert_allclose(take["eyes"], anim.gaze, atol=1e-6)
 
 
-def test_the_live_pages_saved_take_reads_too(tmp_path):
-    # live.js saveTake(): the rig's names, then HeadPitch, HeadYaw, HeadRoll, EyeYaw, EyePitch (radians)
+def test_a_live_link_face_recording_turns_the_eyes_where_its_curves_look(tmp_path):
+    # One frame as the Live Link Face app records it (values from a public recording): both eyes look
+    # toward the face's left and up (EyeLookOutLeft, EyeLookInRight, EyeLookUp*), with negative eye yaw and pitch.
+    curves = {"EyeLookOutLeft": 0.93, "EyeLookUpLeft": 0.65, "EyeLookInRight": 1.0, "EyeLookUpRight": 0.64}
+    angles = {"LeftEyeYaw": -0.585, "LeftEyePitch": -0.335, "LeftEyeRoll": 0.19, "RightEyeYaw": -0.544,
+              "RightEyePitch": -0.335, "RightEyeRoll": 0.18, "HeadYaw": 0.0, "HeadPitch": 0.0, "HeadRoll": 0.0}
+    header = ["Timecode", "BlendShapeCount", *curves, *angles]
+    row = ["12:24:28:45.923", "61", *map(str, curves.values()), *map(str, angles.values())]
+    path = tmp_path / "llf.csv"
+    path.write_text(",".join(header) + "\n" + ",".join(row) + "\n")
+    yaw, pitch = blender.read_take(str(path))["eyes"][0]
+    assert yaw == pytest.approx(0.585) and pitch == pytest.approx(0.335)  # blendtalk: + toward the face's left, + up
+
+
+def test_the_live_pages_saved_take_of_2026_12_06_reads_too(tmp_path):
+    # live.js's first saveTake(): the rig's names, then HeadPitch, HeadYaw, HeadRoll, EyeYaw, EyePitch (blendtalk's signs)
     header = ["Timecode", "BlendShapeCount", "jawOpen", "eyeBlinkLeft", "HeadPitch", "HeadYaw", "HeadRoll", "EyeYaw", "EyePitch"]
     rows = [["00:00:00:00.000", "2", "0.5", "0.0", "0.1", "0.2", "0.3", "0.04", "0.05"],
             ["00:00:00:01.000", "2", "0.25", "1.0", "0", "0", "0", "0", "0"]]

@@ -273,9 +273,10 @@ def test_head_and_eye_rotations_fill_the_live_link_columns_and_the_json(tmp_path
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     got = dict(zip(rows[0], rows[1]))
-    assert [float(got[k]) for k in ("HeadYaw", "HeadPitch", "HeadRoll")] == pytest.approx([0.02, 0.01, 0.03])
+    # Live Link Face's signs: yaw + toward the face's right, pitch + down (blendtalk's yaw and eye pitch reversed)
+    assert [float(got[k]) for k in ("HeadYaw", "HeadPitch", "HeadRoll")] == pytest.approx([-0.02, 0.01, 0.03])
     for eye in ("Left", "Right"):
-        assert [float(got[f"{eye}Eye{k}"]) for k in ("Yaw", "Pitch", "Roll")] == pytest.approx([-0.05, 0.04, 0.0])
+        assert [float(got[f"{eye}Eye{k}"]) for k in ("Yaw", "Pitch", "Roll")] == pytest.approx([0.05, -0.04, 0.0])
     doc = json.loads(write_arkit_json(anim, tmp_path / "a.json").read_text())
     assert doc["head_rotation"][0] == pytest.approx([0.01, 0.02, 0.03]) and doc["gaze"][0] == pytest.approx([-0.05, 0.04])
     assert "radians" in doc["rotation_convention"]

@@ -119,12 +119,15 @@ def _read_live_link_csv(path: str) -> dict:
         rotation = {name: [float(row[where[name]]) for row in body] for name in rotations if name in where}
     except (ValueError, IndexError):
         raise ValueError(f"{os.path.basename(path)}: a row has a missing or non-numeric value") from None
+    # Live Link Face's yaw and eye pitch run the other way from blendtalk's (render/exports.py says how
+    # that was found); the live page's CSVs of 2026-12-06 (EyeYaw, EyePitch) carry blendtalk's signs.
+    flip = -1.0 if "LeftEyeYaw" in rotation or "EyeYaw" not in rotation else 1.0
     head = eyes = None
     if {"HeadPitch", "HeadYaw", "HeadRoll"} <= set(rotation):
-        head = [list(r) for r in zip(rotation["HeadPitch"], rotation["HeadYaw"], rotation["HeadRoll"])]
+        head = [[p, flip * y, r] for p, y, r in zip(rotation["HeadPitch"], rotation["HeadYaw"], rotation["HeadRoll"])]
     for yaw, pitch in (("LeftEyeYaw", "LeftEyePitch"), PAGE_EYES):
         if eyes is None and {yaw, pitch} <= set(rotation):
-            eyes = [list(r) for r in zip(rotation[yaw], rotation[pitch])]
+            eyes = [[flip * y, flip * p] for y, p in zip(rotation[yaw], rotation[pitch])]
     return {"fps": _timecode_fps([row[0] for row in body]), "names": [_camel(header[i]) for i in curves],
             "frames": frames, "head": head, "eyes": eyes}
 

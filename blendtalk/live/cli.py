@@ -1,12 +1,15 @@
-"""`python -m blendtalk live --input mic|FILE --emit stdout|ws://HOST:PORT`: frames as they are made.
+"""`python -m blendtalk live --input mic|FILE --emit stdout|ws://HOST:PORT|livelink://HOST`: frames as they are made.
 
     python -m blendtalk live --input assets/audio/arctic_a0009.wav --emit stdout > frames.jsonl
     python -m blendtalk live --input mic --emit ws://127.0.0.1:8765 --emotion happy --token secret
+    python -m blendtalk live --input mic --emit livelink://192.168.1.20 --subject blendtalk
     python -m blendtalk live --input mic --seconds 20 --save-mp4 take.mp4 --save-csv take.csv > /dev/null
 
 A FILE is fed at the pace of a recording (20 ms chunks). The frame format is documented in
-`blendtalk.live_stream` and docs/live.md. With ws://, clients connect to ws://HOST:PORT/?token=TOKEN
-(the token is printed on stderr when not given) and all receive every message.
+`blendtalk.live.stream` and docs/live.md. With ws://, clients connect to ws://HOST:PORT/?token=TOKEN
+(the token is printed on stderr when not given) and all receive every message. With livelink://,
+each frame goes to Unreal's Live Link as a Live Link Face packet (UDP, port 11111 unless given;
+`blendtalk.live.live_link`). --emit may be given more than once.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("live", help="stream frames (ARKit weights, head and eyes) from a microphone or a file in real time",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="'mic' (the default input device) or an audio FILE fed in real time")
-    p.add_argument("--emit", default="stdout", help="'stdout' (JSON lines) or ws://HOST:PORT (a WebSocket server)")
+    p.add_argument("--emit", action="append", help="'stdout' (JSON lines, the default), ws://HOST:PORT (a WebSocket "
+                   "server) or livelink://HOST[:PORT] (Unreal's Live Link, UDP 11111 by default); repeatable")
+    p.add_argument("--subject", default="blendtalk", help="the Live Link subject name Unreal lists (with livelink://)")
     p.add_argument("--emotion", default="neutral", help="one of `python -m blendtalk emotions`")
     p.add_argument("--intensity", type=float, default=1.0, help="0..1.5 (1 = the apex)")
     p.add_argument("--lookahead", type=int, default=4, help="frames of audio after a frame that its speech window reads")
@@ -53,6 +58,7 @@ def run(args) -> int:
                               notice_message, realtime_chunks)
     from ..pipeline import Pipeline
 
+    from .live_link import LiveLinkSender, check_subject
     from .take import MAX_TAKE_SECONDS, Take, check_mp4_path, check_size
 
     # Checked before the stream starts, so a bad path does not cost the take.
@@ -65,14 +71,14 @@ def run(args) -> int:
     if args.save_csv is not None:
         if args.save_csv.suffix.lower() != ".csv" or not args.save_csv.parent.is_dir() or args.save_csv.exists():
             raise ValueError(f"--save-csv must be a new .csv file in an existing folder, got {str(args.save_csv)!r}")
+    targets = parse_emit(args.emit or ["stdout"])
+    to_stdout = "stdout" in targets
+    if "livelink" in targets:
+        check_subject(args.subject)
     sink = None
-    if args.emit != "stdout":
-        if not args.emit.startswith("ws://"):
-            raise ValueError(f"--emit must be 'stdout' or ws://HOST:PORT, got {args.emit!r}")
-        host, _, port = args.emit[len("ws://"):].rstrip("/").rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"--emit ws://HOST:PORT needs a host and a port number, got {args.emit!r}")
-        sink = WebSocketBroadcast(host, int(port), args.token, args.allow_origin).start()
+    if "ws" in targets:
+        host, port = targets["ws"]
+        sink = WebSocketBroadcast(host, port, args.token, args.allow_origin).start()
         print(f"blendtalk live: serving ws://{host}:{port}/?token={sink.token}", file=sys.stderr)
     if args.input == "mic":
         chunks = microphone_chunks(args.chunk_ms / 1000)
@@ -94,13 +100,18 @@ def run(args) -> int:
         lookahead=args.lookahead, edge_ms=args.edge_ms, closure_lookahead=not args.no_closure_lookahead, realtime=True))
     names = session.arkit_names
     take = Take(names, MAX_TAKE_SECONDS) if (args.save_mp4 or args.save_csv) else None
+    unreal = None
+    if "livelink" in targets:
+        unreal = LiveLinkSender(*targets["livelink"], subject=args.subject, names=names)
+        print(f"blendtalk live: sending subject {args.subject!r} to Live Link at {unreal.address[0]}:{unreal.address[1]}",
+              file=sys.stderr)
 
     def emit(message: dict) -> None:
         line = encode(message)
-        if sink is None:
+        if to_stdout:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
-        else:
+        if sink is not None:
             sink.send(line)
 
     hello = encode(hello_message(names, session.lookahead_seconds))
@@ -122,6 +133,8 @@ def run(args) -> int:
                 take.add_frames(frames)
             for frame in frames:
                 emit(frame_message(frame, names))
+                if unreal is not None:
+                    unreal.send(frame)
                 count += 1
             while session.notices:
                 emit(notice_message(session.received / 16000, session.notices.popleft()))
@@ -132,6 +145,8 @@ def run(args) -> int:
             take.add_frames(frames)
         for frame in frames:
             emit(frame_message(frame, names))
+            if unreal is not None:
+                unreal.send(frame)
             count += 1
         emit(end_message(count))
         if take is not None and take.arkit:
@@ -147,8 +162,36 @@ def run(args) -> int:
     finally:
         if sink is not None:
             sink.close()
+        if unreal is not None:
+            unreal.close()
         pipe.close()
     return 0
+
+
+def parse_emit(emits: list[str]) -> dict:
+    """--emit values -> {"stdout": None, "ws": (host, port), "livelink": (host, port)}; ValueError names a bad one."""
+    from .live_link import PORT
+
+    targets: dict = {}
+    for emit in emits:
+        kind, _, rest = emit.partition("://")
+        if emit == "stdout":
+            kind, where = "stdout", None
+        elif kind in ("ws", "livelink") and rest:
+            rest = rest.rstrip("/")
+            host, colon, port = rest.rpartition(":")
+            if kind == "livelink" and (not colon or rest.endswith("]")):  # no port: Live Link Face's
+                host, port = rest, str(PORT)
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"--emit {kind}://HOST{':PORT' if kind == 'ws' else '[:PORT]'} needs a host and a port "
+                                 f"number (1-65535), got {emit!r}")
+            where = (host.strip("[]"), int(port))
+        else:
+            raise ValueError(f"--emit must be 'stdout', ws://HOST:PORT or livelink://HOST[:PORT], got {emit!r}")
+        if kind in targets:
+            raise ValueError(f"--emit {kind} is given twice; give each kind of output once")
+        targets[kind] = where
+    return targets
 
 
 def _until_interrupted(chunks):

@@ -13,10 +13,14 @@ ARKit files, and the glb's frames are posed with it (`head_motion.rotate_head` a
 `head_motion.head_pivot(template)`).
 
 Head and eye rotations (Live Link Face columns HeadYaw, HeadPitch, HeadRoll, LeftEyeYaw, ...) are
-radians, as Live Link Face records them, with blendtalk's signs (`Animation`): yaw + toward the
-face's left, head pitch + nodding down, roll + tilting toward the face's left, eye pitch + up; eye
-roll is 0. Live Link Face does not document its signs; flip a curve in the importer if a tool
-disagrees. Both eyes get the same rotation (no vergence: the listener is far away).
+radians with Live Link Face's signs, which it does not document; they were read off its own
+recordings, where eyes turned toward the face's left and up (EyeLookOutLeft, EyeLookInRight and
+EyeLookUp high) carry negative LeftEyeYaw/RightEyeYaw and LeftEyePitch/RightEyePitch, at angles
+that only radians make anatomical (-0.58 with the look curves near 1). So yaw + turns toward the
+face's right and pitch + looks or nods down, the reverse of blendtalk's yaw and eye pitch
+(`Animation`); HeadRoll keeps blendtalk's sign (+ tilts toward the face's left), by the same axes.
+Eye roll is 0. Both eyes get the same rotation (no vergence: the listener is far away). The JSON
+export keeps blendtalk's own signs and says so in "rotation_convention".
 | flame      | animation_flame.npz       | the FLAME parameters per frame, plus fps                      |
 
 `arkit_rig_glb` writes another glTF (the app's second 3D view): the rig with its 52 ARKit units as
@@ -63,7 +67,7 @@ _SUFFIX = {"npy": "{}.npy", "obj": "{}_obj.zip", "glb": "{}.glb", "arkit_csv": "
            "arkit_json": "{}_arkit.json", "flame": "{}_flame.npz"}
 
 # Live Link Face's CSV columns after Timecode and BlendShapeCount: its 52 blendshapes in its order
-# and PascalCase spelling, then head and eye rotations (radians; 0 when the animation has none).
+# and PascalCase spelling, then head and eye rotations (radians, its signs; 0 when the animation has none).
 LIVE_LINK_FACE_NAMES = (
     "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft", "EyeSquintLeft",
     "EyeWideLeft", "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight", "EyeLookOutRight", "EyeLookUpRight",
@@ -173,14 +177,15 @@ def write_arkit_csv(animation: Animation, path: str | os.PathLike) -> Path:
     """The 52 ARKit curves in Live Link Face's CSV layout (Unreal's LiveLinkFace importer, Blender add-ons).
 
     Columns: Timecode (HH:MM:SS:FF.mmm, FF counted at the animation's fps), BlendShapeCount (61),
-    the 52 LIVE_LINK_FACE_NAMES, the 9 LIVE_LINK_FACE_ROTATIONS (radians, `live_link_rotations`). Curves are matched to
+    the 52 LIVE_LINK_FACE_NAMES, the 9 LIVE_LINK_FACE_ROTATIONS (`live_link_rotations`). Curves are matched to
     `animation.arkit_names` case-insensitively; curves the animation lacks are 0; values are
     clipped to [0, 1], the range ARKit coefficients have.
     """
     path = output_path(path, ".csv")
     _check_values(animation)
     columns = _live_link_columns(animation)  # (T, 52)
-    columns = np.concatenate([np.clip(columns, 0.0, 1.0), live_link_rotations(animation)], 1)  # (T, 61)
+    rotations = live_link_rotations(animation.num_frames, animation.head_rotation, animation.gaze)
+    columns = np.concatenate([np.clip(columns, 0.0, 1.0), rotations], 1)  # (T, 61)
     count = len(LIVE_LINK_FACE_NAMES) + len(LIVE_LINK_FACE_ROTATIONS)
     lines = [",".join(("Timecode", "BlendShapeCount") + LIVE_LINK_FACE_NAMES + LIVE_LINK_FACE_ROTATIONS)]
     for t, row in enumerate(columns):
@@ -190,15 +195,18 @@ def write_arkit_csv(animation: Animation, path: str | os.PathLike) -> Path:
     return path
 
 
-def live_link_rotations(animation: Animation) -> np.ndarray:
-    """(T, 9) radians in LIVE_LINK_FACE_ROTATIONS order from head_rotation and gaze (0 where None)."""
-    out = np.zeros((animation.num_frames, len(LIVE_LINK_FACE_ROTATIONS)), dtype=np.float32)
-    if animation.head_rotation is not None:
-        pitch, yaw, roll = animation.head_rotation.T
-        out[:, 0], out[:, 1], out[:, 2] = yaw, pitch, roll
-    if animation.gaze is not None:
+def live_link_rotations(num_frames: int, head_rotation: np.ndarray | None = None,
+                        gaze: np.ndarray | None = None) -> np.ndarray:
+    """blendtalk's head_rotation (T, 3) [pitch, yaw, roll] and gaze (T, 2) [yaw, pitch] -> (T, 9)
+    in LIVE_LINK_FACE_ROTATIONS order with Live Link Face's signs (module docstring); 0 where None."""
+    out = np.zeros((num_frames, len(LIVE_LINK_FACE_ROTATIONS)), dtype=np.float32)
+    if head_rotation is not None:
+        pitch, yaw, roll = np.asarray(head_rotation, dtype=np.float32).reshape(num_frames, 3).T
+        out[:, 0], out[:, 1], out[:, 2] = -yaw, pitch, roll
+    if gaze is not None:
+        yaw, pitch = np.asarray(gaze, dtype=np.float32).reshape(num_frames, 2).T
         for first in (3, 6):  # left eye, right eye: the same rotation
-            out[:, first], out[:, first + 1] = animation.gaze[:, 0], animation.gaze[:, 1]
+            out[:, first], out[:, first + 1] = -yaw, -pitch
     return out
 
 

@@ -492,14 +492,19 @@ async function saveTake() {  // the server's CSV of the take it kept (Live Link 
   saveReceivedTake();
 }
 
-function saveReceivedTake() {  // without a take kept on the server: the frames received, Live Link Face style (rad)
-  const cols = ["HeadPitch", "HeadYaw", "HeadRoll", "EyeYaw", "EyePitch"];
-  const lines = [["Timecode", "BlendShapeCount", ...names, ...cols].join(",")];
+function saveReceivedTake() {  // without a take kept on the server: the frames received, in Live Link Face's layout
+  // Its rotation columns in radians with its signs (yaw + toward the face's right, pitch + down), as the server's CSV has them.
+  const rot = ["HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
+               "RightEyeYaw", "RightEyePitch", "RightEyeRoll"];
+  const pascal = names.map((n) => n.charAt(0).toUpperCase() + n.slice(1));
+  const lines = [["Timecode", "BlendShapeCount", ...pascal, ...rot].join(",")];
   for (const f of take) {
     const s = Math.floor(f.t), ff = Math.round((f.t - s) * 30);
     const tc = `${String(Math.floor(s / 3600)).padStart(2, "0")}:${String(Math.floor(s / 60) % 60).padStart(2, "0")}:` +
                `${String(s % 60).padStart(2, "0")}:${String(ff).padStart(2, "0")}.000`;
-    lines.push([tc, names.length, ...names.map((n) => (f.arkit[n] || 0).toFixed(6)), ...f.head, ...f.eyes].join(","));
+    const [pitch, yaw, roll] = f.head, eye = [-f.eyes[0], -f.eyes[1], 0];
+    lines.push([tc, names.length + rot.length, ...names.map((n) => (f.arkit[n] || 0).toFixed(6)),
+                -yaw, pitch, roll, ...eye, ...eye].join(","));
   }
   download(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }), "blendtalk-live-take.csv");
 }
