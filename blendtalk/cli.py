@@ -127,31 +127,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="an existing folder")
     p.add_argument("--overwrite", action="store_true", help="replace files of the same names")
     p.set_defaults(func=blender_addon)
+    p = sub.add_parser("unity-client", help="write the Unity component that plays the live stream on a face",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Writes BlendtalkLive.cs into OUT_DIR (a folder under your project's Assets/).")
+    p.add_argument("out_dir", type=Path, help="an existing folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a file of the same name")
+    p.set_defaults(func=unity_client)
     return parser
 
 
 def blender_addon(args) -> int:
     """Copy the add-on (blendtalk/clients/blender.py) and the live face's GLB into args.out_dir."""
-    import shutil
-
     from .clients import blender
     from .constants import ASSETS_DIR
 
-    sources = {"blendtalk_blender.py": Path(blender.__file__),
-               "blendtalk_face.glb": ASSETS_DIR / "live" / "face_arkit.glb"}
+    targets = _copy_client_files({"blendtalk_blender.py": Path(blender.__file__),
+                                  "blendtalk_face.glb": ASSETS_DIR / "live" / "face_arkit.glb"}, args, "Blender files")
+    print(f"wrote {targets['blendtalk_blender.py']} (Blender: Edit > Preferences > Add-ons > Install from Disk) and "
+          f"{targets['blendtalk_face.glb']} (File > Import > glTF 2.0); the panel is in the 3D view's sidebar, tab blendtalk")
+    return 0
+
+
+def unity_client(args) -> int:
+    """Copy the Unity component (blendtalk/clients/unity/BlendtalkLive.cs) into args.out_dir."""
+    from . import clients
+
+    targets = _copy_client_files({"BlendtalkLive.cs": Path(clients.__file__).parent / "unity" / "BlendtalkLive.cs"},
+                                 args, "Unity component")
+    print(f"wrote {targets['BlendtalkLive.cs']}: add the BlendtalkLive component to the character, set its Url to what "
+          "`python -m blendtalk live --emit ws://0.0.0.0:8765` prints, and give it the face meshes and head and eye bones")
+    return 0
+
+
+def _copy_client_files(sources: dict, args, what: str) -> dict:
+    """{file name: source path} -> {file name: target path} in args.out_dir, copied; ValueError, with
+    nothing written, for a missing or unwritable folder or a taken name without --overwrite."""
+    import shutil
+
     folder = args.out_dir
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not an existing folder; create it first")
     targets = {name: folder / name for name in sources}
     taken = [str(t) for t in targets.values() if t.exists()]
     if taken and not args.overwrite:
-        raise ValueError(f"{', '.join(taken)} exist; pass --overwrite to replace them")
-    _check_writable(folder, "Blender files")
+        raise ValueError(f"{', '.join(taken)} exist{'s' if len(taken) == 1 else ''}; pass --overwrite to replace "
+                         f"{'it' if len(taken) == 1 else 'them'}")
+    _check_writable(folder, what)
     for name, target in targets.items():
         shutil.copyfile(sources[name], target)
-    print(f"wrote {targets['blendtalk_blender.py']} (Blender: Edit > Preferences > Add-ons > Install from Disk) and "
-          f"{targets['blendtalk_face.glb']} (File > Import > glTF 2.0); the panel is in the 3D view's sidebar, tab blendtalk")
-    return 0
+    return targets
 
 
 def list_emotions(args) -> int:
