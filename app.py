@@ -512,7 +512,8 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
                 f"{limits.rate_per_minute or 'any number of'} requests a minute and "
                 f"{limits.running_per_client or 'any number'} computed at once per address. "
                 f"The ARKit CSV/JSON open in Blender with the [blendtalk add-on]({BLENDER_ROUTE}) (Edit > Preferences > "
-                "Add-ons > Install from Disk; its panel is in the 3D view's sidebar).")
+                "Add-ons > Install from Disk; its panel is in the 3D view's sidebar); the CSV is in Live Link Face's "
+                "layout, which Unreal's Live Link Face importer reads.")
     examples([audio, text, transcript, emotion, intensity], outputs, service.run_example)
 
 

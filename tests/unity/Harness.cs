@@ -41,7 +41,8 @@ static class Harness
         bool ended = false;
         while (DateTime.UtcNow < end && !ended)
         {
-            ended = live.Status.StartsWith("the stream ended");  // one more Update takes the last frame
+            // Anything but connecting or streaming is the end (of the stream, or an error): one more Update takes the last frame.
+            ended = !(live.Status == "idle" || live.Status == "streaming" || live.Status.StartsWith("connecting"));
             int applied = live.Applied;
             update.Invoke(live, null);
             if (live.Applied > applied)
