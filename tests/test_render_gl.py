@@ -1,6 +1,8 @@
 """The OpenGL back end (render/gl.py) against the torch rasterizer it stands in for, and the fallback."""
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -255,3 +257,29 @@ def test_template_shading_is_cached_and_the_cache_gives_the_same_frames(rig, tmp
 
 def torch_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
+
+
+@needs_gl
+def test_the_context_made_on_one_thread_draws_on_another():
+    # EGL binds a context to one thread at a time. The process's context is made where OpenGL is first
+    # asked about (here the main thread, as collecting this file does), and must still draw on another
+    # (a server's worker thread): it once stayed bound to its first thread, and the worker's program failed.
+    code = """
+import threading
+import numpy as np
+import blendtalk.render.gl as gl
+from blendtalk.face.rig import load_rig
+from blendtalk.render.renderer import Renderer, RenderConfig
+assert gl.gl_status()[0]
+rig, frames = load_rig(), []
+def draw():
+    frames.append(Renderer.for_rig(rig, RenderConfig(size=64, backend="gl"))(rig.vertices))
+worker = threading.Thread(target=draw)
+worker.start()
+worker.join()
+print(gl.gl_status()[1], frames[0].shape, int((frames[0] != frames[0][0, 0]).any(-1).sum()))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, _, rest = done.stdout.strip().rpartition(" (64, 64, 3) ")
+    assert name and int(rest) > 500, done.stdout  # a renderer's name, and a face drawn

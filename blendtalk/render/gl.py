@@ -206,7 +206,13 @@ def gl_context():
     from .egl_vendor import prepare_nvidia_egl
 
     prepare_nvidia_egl()  # before EGL's first call: glvnd reads its vendor list once
-    return moderngl.create_standalone_context(backend="egl", require=330)
+    ctx = moderngl.create_standalone_context(backend="egl", require=330)
+    ctx.info  # read while current: moderngl keeps this first reading (read later unbound, it is empty)
+    # EGL binds a context to one thread at a time, and creating it bound it to this one: leaving a
+    # `with` releases it for whichever thread draws next (each under _LOCK, in `with ctx`).
+    with ctx:
+        pass
+    return ctx
 
 
 def is_hardware(renderer: str) -> bool:
