@@ -303,8 +303,9 @@ def subdivide(v: np.ndarray, n: np.ndarray, tris: np.ndarray) -> tuple[np.ndarra
 
 def hair_cap(v: np.ndarray, tris: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Short-hair cap over the scalp of the head (v (V, 3) m, tris (F, 3), unit normals (V, 3)):
-    the skin above `HAIR_LINE` (it passes over the ears), subdivided, lifted along its normals by a thickness
-    that grows from the hairline to the crown. Returns vertices (H, 3) m and triangles (G, 3)."""
+    the skin above `HAIR_LINE` (it passes over the ears), subdivided, cut along the line (`cut_along`: its
+    open edge follows the line, not the triangles), lifted along its normals by a thickness that grows
+    from the hairline to the crown. Returns vertices (H, 3) m and triangles (G, 3)."""
     band = (hairline(v) > -0.03)[tris].any(1)  # a margin below the line: it is cut after subdividing
     keep = np.unique(tris[band])
     remap = -np.ones(len(v), dtype=np.int64)
@@ -312,30 +313,60 @@ def hair_cap(v: np.ndarray, tris: np.ndarray, normals: np.ndarray) -> tuple[np.n
     hv, hn, ht = v[keep], normals[keep], remap[tris[band]]
     for _ in range(HAIR_SUBDIVISIONS):
         hv, hn, ht = subdivide(hv, hn, ht)
-    above = hairline(hv)
-    inside = above > 0
-    ht = ht[inside[ht].sum(1) >= 2]  # a triangle half over the line keeps the edge from stair-stepping
+    hv, hn, ht = cut_along(hv, hn, ht, hairline(hv))
     ht = ht[largest_face_component(ht, len(hv))]
-    # Slide the open edge's vertices along the skin onto the line, so the hairline is a curve, not
-    # the stair of the triangles it cuts (by at most 0.45 of its shortest edge: no triangle flips).
-    ends = np.sort(np.concatenate([ht[:, [0, 1]], ht[:, [1, 2]], ht[:, [2, 0]]]), axis=1)
-    uniq, uses = np.unique(ends, axis=0, return_counts=True)
-    rim = np.unique(uniq[uses == 1])
-    shortest = np.full(len(hv), np.inf)
-    length = np.linalg.norm(hv[uniq[:, 0]] - hv[uniq[:, 1]], axis=1)
-    for k in range(2):
-        np.minimum.at(shortest, uniq[:, k], length)
-    reach = 0.45 * shortest[rim]
-    up = np.array([0.0, 1.0, 0.0]) - hn[rim, 1:2] * hn[rim]  # +y in the tangent plane
-    step = np.clip(-above[rim] / np.maximum(up[:, 1], 0.3), -reach, reach)
-    hv[rim] += step[:, None] * up
-    above[rim] += step * up[:, 1]
+    above = np.maximum(hairline(hv), 0.0)  # the rim lies on the line (0 up to rounding)
     used = np.unique(ht)
     remap = -np.ones(len(hv), dtype=np.int64)
     remap[used] = np.arange(len(used))
     ramp = np.clip(above[used] / HAIR_RAMP, 0, 1)
     lift = HAIR_EDGE_THICKNESS + (HAIR_THICKNESS - HAIR_EDGE_THICKNESS) * ramp * ramp * (3 - 2 * ramp)
     return hv[used] + lift[:, None] * hn[used], remap[ht]
+
+
+def cut_along(v: np.ndarray, n: np.ndarray, tris: np.ndarray, level: np.ndarray,
+              snap: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The part of a mesh where a per-vertex `level` (V,) is > 0, cut exactly along its zero line
+    (marching triangles): each edge the line crosses gets one new vertex where `level`, linear along
+    the edge, is 0, shared by the triangles on both sides, so the open edge is a smooth curve instead
+    of the stair of whole triangles. A crossing within `snap` of an edge's end moves onto that corner
+    (no sliver triangles). v, n (V, 3), tris (F, 3) -> v, n, tris of the kept part (unused vertices kept)."""
+    on_line = 1e-12  # the level of a corner moved onto the line: it counts as inside
+    level = level.astype(np.float64).copy()
+    level[np.abs(level) < on_line] = on_line
+    edges = np.unique(np.sort(np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]]), axis=1), axis=0)
+
+    def crossings():
+        cross = edges[(level[edges[:, 0]] > 0) != (level[edges[:, 1]] > 0)]
+        return cross, level[cross[:, 0]] / (level[cross[:, 0]] - level[cross[:, 1]])  # from the first end
+
+    cross, t = crossings()
+    level[cross[t < snap, 0]] = on_line
+    level[cross[t > 1 - snap, 1]] = on_line
+    cross, t = crossings()
+    point, new_v, new_n = {}, [], []
+    for (i, j), f in zip(cross.tolist(), t.tolist()):
+        if f < snap or f > 1 - snap:  # a corner on the line (snapped above)
+            point[i, j] = point[j, i] = i if f < snap else j
+            continue
+        point[i, j] = point[j, i] = len(v) + len(new_v)
+        new_v.append(v[i] + f * (v[j] - v[i]))
+        m = n[i] + f * (n[j] - n[i])
+        new_n.append(m / np.linalg.norm(m))
+    out = []
+    for tri in tris.tolist():
+        inside = [bool(level[k] > 0) for k in tri]
+        count = sum(inside)
+        if count == 3:
+            out.append(tri)
+        elif count:
+            r = inside.index(count == 1)  # the corner alone on its side first; the winding is kept
+            a, b, c = tri[r:] + tri[:r]
+            ab, ac = point[a, b], point[a, c]
+            out += [[a, ab, ac]] if count == 1 else [[ab, b, c], [ab, c, ac]]
+    out = np.asarray(out, dtype=np.int64).reshape(-1, 3)
+    out = out[(out[:, 0] != out[:, 1]) & (out[:, 1] != out[:, 2]) & (out[:, 2] != out[:, 0])]
+    return np.concatenate([v, np.reshape(new_v, (-1, 3))]), np.concatenate([n, np.reshape(new_n, (-1, 3))]), out
 
 
 def append_part(dressing: dict[str, np.ndarray], name: str, vertices, triangles, anchor=None,

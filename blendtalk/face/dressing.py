@@ -54,7 +54,7 @@ EYE_RINGS = ((3, 0), (6, 0), (8.5, 0), (10, 1), (16, 1), (22, 1), (25.5, 1), (27
              (38, 3), (50, 3), (64, 3), (80, 3), (97, 3), (115, 3))
 EYE_SEGMENTS = 24  # vertices per eyeball ring
 _HAIR_SEED = 0  # fixed: the hair's colour noise is part of the look, the same on every run
-_HAIR_EDGE_RINGS = 2  # vertex rings over which the hairline thins into skin
+_HAIR_EDGE_FADE = 0.012  # m above the hairline over which short hair thins into skin
 
 
 @dataclass(frozen=True)
@@ -128,15 +128,16 @@ def eyeball_cap(colours: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.concatenate(verts).astype(np.float32), np.concatenate(tris), colours[np.concatenate(kinds)]
 
 
-def hair_colours(triangles: np.ndarray, config: DressingConfig) -> np.ndarray:
-    """Colours (H, 3) of a hair cap with triangles (G, 3) over its H vertices: `config.hair_colour`
-    with seeded per-vertex brightness noise, thinning toward the skin over the cap's open edge."""
-    count = int(triangles.max()) + 1
-    edge = torch.zeros(count)
-    edge[np.unique(boundary_edges(triangles))] = 1.0  # vertices on the hairline
-    edge = smooth(edge, torch.as_tensor(triangles), steps=_HAIR_EDGE_RINGS).numpy()
-    edge = np.clip(edge / max(edge.max(), 1e-9), 0, 1)[:, None]  # (H, 1), 1 on the line
-    noise = np.random.default_rng(_HAIR_SEED).uniform(-1, 1, (count, 1))
+def hair_colours(vertices: np.ndarray, triangles: np.ndarray, config: DressingConfig) -> np.ndarray:
+    """Colours (H, 3) of a hair cap of vertices (H, 3) m and triangles (G, 3): `config.hair_colour`
+    with seeded per-vertex brightness noise, thinning toward the skin (`hair_edge_skin`) over the
+    `_HAIR_EDGE_FADE` nearest its open edge. Measured in metres, not vertex rings: the cap's rim is
+    cut along the hairline, so its triangles there are of every size."""
+    rim = vertices[np.unique(boundary_edges(triangles))]  # (R, 3) on the hairline
+    gap = np.sqrt(((vertices[:, None] - rim[None]) ** 2).sum(-1)).min(1)  # (H,) m to the nearest rim vertex
+    t = np.clip(1 - gap / _HAIR_EDGE_FADE, 0, 1)
+    edge = (t * t * (3 - 2 * t))[:, None]  # (H, 1), 1 on the line
+    noise = np.random.default_rng(_HAIR_SEED).uniform(-1, 1, (len(vertices), 1))
     base = np.asarray(config.hair_colour) * (1 + config.hair_variation * noise)
     return base + config.hair_edge_skin * edge * (np.asarray(config.skin) - base)
 
@@ -392,7 +393,7 @@ def _helper_colours(hv: np.ndarray, part: np.ndarray, h_tris: np.ndarray, config
     h_col = palette[part] * np.where((part <= 2)[:, None], shade, 1.0)
     hair = part == PARTS.index("hair")
     if hair.any():
-        h_col[hair] = hair_colours(h_tris[hair[h_tris[:, 0]]] - np.argmax(hair), config)
+        h_col[hair] = hair_colours(hv[hair], h_tris[hair[h_tris[:, 0]]] - np.argmax(hair), config)
     return h_col
 
 
