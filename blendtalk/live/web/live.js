@@ -67,6 +67,7 @@ loaded.then(([gltf, bakedLook]) => {
     camera.position.set(centre.x, centre.y, centre.z + 0.85 * size.y / Math.tan(THREE.MathUtils.degToRad(9)) / 2 + size.z);
     camera.lookAt(centre);
   }
+  drawn = -1;  // draw the face at rest now, not only once frames come
   stats.loaded = true;
   stats.look = !!look;
   stats.box = [camera.position.toArray(), meshes.length];
