@@ -179,18 +179,6 @@ def test_stream_client_says_why_it_cannot_connect():
         server.close()
 
 
-def test_cli_writes_the_addon_and_the_face(tmp_path):
-    run = [sys.executable, "-m", "blendtalk", "blender-addon"]
-    done = subprocess.run([*run, str(tmp_path)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "blendtalk_blender.py").read_text() == open(blender.__file__).read()
-    assert (tmp_path / "blendtalk_face.glb").read_bytes() == (ASSETS_DIR / "live" / "face_arkit.glb").read_bytes()
-    again = subprocess.run([*run, str(tmp_path)], capture_output=True, text=True)
-    assert again.returncode == 2 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
-    missing = subprocess.run([*run, str(tmp_path / "nope")], capture_output=True, text=True)
-    assert missing.returncode == 2 and "not an existing folder" in missing.stderr
-
-
 BPY_PYTHON = os.environ.get("BLENDTALK_BPY_PYTHON")
 _IN_BLENDER = r"""
 import importlib.util, json, sys, time

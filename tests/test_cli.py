@@ -106,3 +106,19 @@ def test_the_request_needs_no_torch_and_a_shipped_checkpoint_no_hub_client():
                           env={**env, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("command, files", [
+    ("blender-addon", {"blendtalk_blender.py": "blendtalk/clients/blender.py", "blendtalk_face.glb": "assets/live/face_arkit.glb"}),
+    ("unity-client", {"BlendtalkLive.cs": "blendtalk/clients/unity/BlendtalkLive.cs"}),
+])
+def test_cli_writes_a_clients_files(tmp_path, command, files):
+    run = [sys.executable, "-m", "blendtalk", command]
+    done = subprocess.run([*run, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name, source in files.items():
+        assert (tmp_path / name).read_bytes() == (ROOT / source).read_bytes()
+    again = subprocess.run([*run, str(tmp_path)], capture_output=True, text=True)  # nothing replaced unasked
+    assert again.returncode == 2 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    missing = subprocess.run([*run, str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "not an existing folder" in missing.stderr

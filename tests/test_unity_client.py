@@ -91,11 +91,3 @@ def test_a_bad_url_a_wrong_token_or_no_server_is_one_line_in_status(harness):
     finally:
         server.close()
 
-
-def test_cli_writes_the_unity_component(tmp_path):
-    run = [sys.executable, "-m", "blendtalk", "unity-client"]
-    done = subprocess.run([*run, str(tmp_path)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "BlendtalkLive.cs").read_bytes() == CLIENT.read_bytes()
-    again = subprocess.run([*run, str(tmp_path)], capture_output=True, text=True)
-    assert again.returncode == 2 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
