@@ -52,10 +52,10 @@ def _frame(t=0.0, weights=None, head=(0.0, 0.0, 0.0), gaze=(0.0, 0.0)):
 
 
 def test_the_packet_follows_unreals_layout_order_and_signs():
-    sender = LiveLinkSender("127.0.0.1", 9, subject="Ada", names=ARKIT)
+    sender = LiveLinkSender("127.0.0.1", 9, subject="Ada")
     try:
         values = sender.values(_frame(weights={"jawLeft": 0.3, "mouthLeft": 0.6, "tongueOut": 1.4},
-                                          head=(0.1, 0.2, 0.3), gaze=(0.05, 0.04)))
+                                      head=(0.1, 0.2, 0.3), gaze=(0.05, 0.04)), ARKIT)
     finally:
         sender.close()
     got = decode(packet(values, "Ada", "dev-1", 3600.5))
@@ -75,10 +75,10 @@ def test_frames_arrive_over_udp_with_their_timecode():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
         rx.bind(("127.0.0.1", 0))
         rx.settimeout(10)
-        sender = LiveLinkSender("127.0.0.1", rx.getsockname()[1], names=ARKIT)
+        sender = LiveLinkSender("127.0.0.1", rx.getsockname()[1])
         try:
             for i in range(5):
-                sender.send(_frame(t=i / 30, weights={"jawOpen": i / 10}))
+                sender.send(_frame(t=i / 30, weights={"jawOpen": i / 10}), ARKIT)
             got = [decode(rx.recv(2048)) for _ in range(5)]
         finally:
             sender.close()

@@ -51,7 +51,10 @@ def test_cli_live_streams_versioned_json_lines(tmp_path):
 def test_cli_live_refuses_bad_arguments_in_one_line():
     for args, words in ((["--input", "nope.wav"], "neither"), (["--input", str(ARCTIC), "--emit", "http://x"], "--emit"),
                         (["--input", str(ARCTIC), "--edge-ms", "40"], "edge_ms"),
-                        (["--input", str(ARCTIC), "--chunk-ms", "0"], "--chunk-ms")):
+                        (["--input", str(ARCTIC), "--chunk-ms", "0"], "--chunk-ms"),
+                        (["--input", str(ARCTIC), "--emit", "livelink://no such host.invalid"], "cannot resolve"),
+                        (["--input", str(ARCTIC), "--emit", "livelink://127.0.0.1", "--subject", ""], "--subject"),
+                        (["--input", str(ARCTIC), "--emit", "stdout", "--emit", "stdout"], "twice")):
         out = subprocess.run([sys.executable, "-m", "blendtalk", "live", *args], cwd=ROOT, capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, out.stderr

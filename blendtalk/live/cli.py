@@ -58,7 +58,7 @@ def run(args) -> int:
                               notice_message, realtime_chunks)
     from ..pipeline import Pipeline
 
-    from .live_link import LiveLinkSender, check_subject
+    from .live_link import LiveLinkSender
     from .take import MAX_TAKE_SECONDS, Take, check_mp4_path, check_size
 
     # Checked before the stream starts, so a bad path does not cost the take.
@@ -73,8 +73,11 @@ def run(args) -> int:
             raise ValueError(f"--save-csv must be a new .csv file in an existing folder, got {str(args.save_csv)!r}")
     targets = parse_emit(args.emit or ["stdout"])
     to_stdout = "stdout" in targets
+    unreal = None
     if "livelink" in targets:
-        check_subject(args.subject)
+        unreal = LiveLinkSender(*targets["livelink"], subject=args.subject)
+        print(f"blendtalk live: sending subject {args.subject!r} to Live Link at {unreal.address[0]}:{unreal.address[1]}",
+              file=sys.stderr)
     sink = None
     if "ws" in targets:
         host, port = targets["ws"]
@@ -100,11 +103,6 @@ def run(args) -> int:
         lookahead=args.lookahead, edge_ms=args.edge_ms, closure_lookahead=not args.no_closure_lookahead, realtime=True))
     names = session.arkit_names
     take = Take(names, MAX_TAKE_SECONDS) if (args.save_mp4 or args.save_csv) else None
-    unreal = None
-    if "livelink" in targets:
-        unreal = LiveLinkSender(*targets["livelink"], subject=args.subject, names=names)
-        print(f"blendtalk live: sending subject {args.subject!r} to Live Link at {unreal.address[0]}:{unreal.address[1]}",
-              file=sys.stderr)
 
     def emit(message: dict) -> None:
         line = encode(message)
@@ -134,7 +132,7 @@ def run(args) -> int:
             for frame in frames:
                 emit(frame_message(frame, names))
                 if unreal is not None:
-                    unreal.send(frame)
+                    unreal.send(frame, names)
                 count += 1
             while session.notices:
                 emit(notice_message(session.received / 16000, session.notices.popleft()))
@@ -146,7 +144,7 @@ def run(args) -> int:
         for frame in frames:
             emit(frame_message(frame, names))
             if unreal is not None:
-                unreal.send(frame)
+                unreal.send(frame, names)
             count += 1
         emit(end_message(count))
         if take is not None and take.arkit:

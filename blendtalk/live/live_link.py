@@ -70,15 +70,13 @@ def check_subject(subject: str) -> str:
 
 
 class LiveLinkSender:
-    """Sends `LiveFrame`s to host:port as Live Link Face packets.
-
-    names: the 52 ARKit names of the frames' weights (`LiveSession.arkit_names`), in any order and
-    case; curves the frames lack are sent as 0. The timecode is the wall clock's time of day at the
-    stream's start plus each frame's t, so frames keep their spacing however they are batched.
-    UDP needs no connection: Unreal may start, stop or restart while frames are sent.
+    """Sends `LiveFrame`s to host:port as Live Link Face packets; ValueError at once for a host that
+    does not resolve. The timecode is the wall clock's time of day when the sender was made plus each
+    frame's t, so frames keep their spacing however they are batched. UDP needs no connection:
+    Unreal may start, stop or restart while frames are sent.
     """
 
-    def __init__(self, host: str, port: int = PORT, subject: str = "blendtalk", names=()):
+    def __init__(self, host: str, port: int = PORT, subject: str = "blendtalk"):
         self.subject = check_subject(subject)
         self.device_id = f"blendtalk@{socket.gethostname()}"[:MAX_NAME_BYTES]
         try:
@@ -87,14 +85,18 @@ class LiveLinkSender:
             raise ValueError(f"--emit livelink://{host}:{port}: cannot resolve the host ({err})") from None
         self.address = address
         self._socket = socket.socket(family, kind, proto)
-        where = {name.lower(): i for i, name in enumerate(names)}
-        self._columns = np.array([where.get(name.lower(), -1) for name in CURVES])
+        self._names, self._columns = None, None
         local = time.localtime()
         self._start = time.time() - time.mktime(local[:3] + (0, 0, 0) + local[6:])  # s since local midnight
         self.sent = 0
 
-    def values(self, frame) -> np.ndarray:
-        """(61,) float32: the frame's curves in CURVES order (clipped to [0, 1]), then its rotations."""
+    def values(self, frame, names) -> np.ndarray:
+        """(61,) float32: the frame's curves in CURVES order (clipped to [0, 1]), then its rotations.
+        names: the ARKit names of `frame.arkit` (`LiveSession.arkit_names`), any order and case; curves
+        it lacks are sent as 0."""
+        if names is not self._names:  # one session's names: matched once
+            where = {name.lower(): i for i, name in enumerate(names)}
+            self._names, self._columns = names, np.array([where.get(name.lower(), -1) for name in CURVES])
         curves = np.zeros(len(CURVES), dtype=np.float32)
         if frame.arkit is not None:
             known = self._columns >= 0
@@ -102,8 +104,8 @@ class LiveLinkSender:
         rotations = live_link_rotations(1, frame.head_rotation[None], frame.gaze[None])[0]
         return np.concatenate([curves, rotations])
 
-    def send(self, frame) -> None:
-        data = packet(self.values(frame), self.subject, self.device_id, (self._start + frame.t) % 86400.0)
+    def send(self, frame, names) -> None:
+        data = packet(self.values(frame, names), self.subject, self.device_id, (self._start + frame.t) % 86400.0)
         try:
             self._socket.sendto(data, self.address)
             self.sent += 1
