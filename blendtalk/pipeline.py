@@ -175,14 +175,9 @@ class Pipeline:
     def speech_deformation(self, speech) -> tuple[np.ndarray, str]:
         """SpeechFeatures -> speech displacements d_s (T, V, 3) in metres, and the driver's name."""
         if self.speech_model is not None:
-            from .speech.features import driver_inputs
+            from .speech.features import animate_speech
 
-            inputs = driver_inputs(self.speech_model, speech).to(self.device)
-            n = self.speech_model.config.num_speakers
-            style = torch.full((1, n), 1.0 / n, device=self.device)  # a new voice: the mean training style
-            with torch.no_grad():
-                d = self.speech_model.generate(inputs, speech.num_frames, style)[0]
-            return d.float().cpu().numpy(), "faceformer"
+            return animate_speech(self.speech_model, speech, rig=self.rig), "faceformer"
         from .speech.visemes import VisemeDriver
 
         _, d = VisemeDriver(self.rig)(speech.phones, speech.num_frames)

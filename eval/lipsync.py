@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--driver", choices=("faceformer", "visemes"), default="visemes")
     p.add_argument("--checkpoint", help="FaceFormer folder or Hub id (default: BLENDTALK_SPEECH, then assets/speech)")
     p.add_argument("--speaker", type=int, help="training style index (default: the mixture of all styles)")
+    p.add_argument("--no-seal", action="store_true",
+                   help="faceformer: the model's own lips, not closed at the recognised /p b m/ as the product closes them")
     p.add_argument("--repeat", type=int, default=1,
                    help="say the clip this many times, separated by --pause s of its own quietest 100 ms (room "
                         "tone), to score closure in pauses on a clip that has none over 150 ms")
@@ -106,8 +108,8 @@ def main(argv=None) -> int:
         model = load_speech_model(ckpt.path, args.device)
         if model.config.num_vertices != rig.num_vertices:
             p.error(f"the checkpoint animates V={model.config.num_vertices} vertices; lip-sync is measured on the rig (V={rig.num_vertices})")
-        displacement = animate_speech(model, speech, args.speaker)
-        described |= {"checkpoint": str(ckpt.path), "speaker": args.speaker}
+        displacement = animate_speech(model, speech, args.speaker, rig=None if args.no_seal else rig)
+        described |= {"checkpoint": str(ckpt.path), "speaker": args.speaker, "sealed": not args.no_seal}
     if expression is not None:
         from blendtalk.pipeline import Pipeline
 

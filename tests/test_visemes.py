@@ -186,3 +186,22 @@ def test_close_lips_closes_any_pose(rig):
     assert closed.min() >= 0 and closed.max() <= 1
     jaw = rig.index("jawOpen")
     np.testing.assert_array_equal(closed[:, jaw], w[:, jaw])  # the jaw may stay open behind closed lips
+
+
+def test_seal_bilabials_closes_open_bilabial_frames_and_eases_their_neighbours(rig):
+    from blendtalk.speech.phones import PHONE_INDEX
+    from blendtalk.speech.visemes import SEAL_GAP, seal_bilabials
+
+    jaw = rig.displacement(rig.weights({"jawOpen": 0.5, "mouthSmileLeft": 0.4}))  # (V, 3): lips apart
+    gap = rig.lip_gap(rig.vertices + jaw)
+    assert gap > 3 * MM
+    # a vowel, an open /b/, a closed /m/, a vowel, a /p/ already under the seal, a vowel
+    d_s = np.stack([jaw, jaw, 0.0 * jaw, jaw, jaw * (0.5 * SEAL_GAP / gap), jaw]).astype(np.float32)
+    ids = np.array([PHONE_INDEX[p] for p in ("aa", "b", "m", "aa", "p", "aa")])
+    sealed = seal_bilabials(d_s, ids, rig)
+    alpha = SEAL_GAP / gap
+    assert rig.lip_gap(rig.vertices + sealed[1]) == pytest.approx(SEAL_GAP, rel=1e-3)  # the open /b/: brought to the seal
+    np.testing.assert_allclose(sealed[1], alpha * d_s[1], rtol=1e-5)  # one scale of the whole frame: its shape is kept
+    np.testing.assert_allclose(sealed[0], (1 + alpha) / 2 * d_s[0], rtol=1e-5)  # the frame before goes half way
+    np.testing.assert_array_equal(sealed[2:], d_s[2:])  # closed already, or under the seal: nothing moves
+    assert seal_bilabials(d_s, np.zeros(6, np.int64), rig) is d_s  # no bilabial: nothing copied

@@ -9,7 +9,8 @@
         session.set_expression("sad", 0.7)        # any time; eased in over 0.4 s
     frames = session.finish()                     # the last frames, read as the file path reads a clip's end
 
-Per frame: `live_speech.SpeechStream` (phones, features, the speech model's cached step) gives d_s;
+Per frame: `live_speech.SpeechStream` (phones, features, the speech model's cached step) gives d_s,
+its lips closed where the frame's phone is /p b m/ (`speech.visemes.seal_bilabials`, as the file path);
 `live_motion` the expression weights, blinks, head and gaze; the DFM fuses them as
 `Pipeline.fuse(method="ours")` does, the emotion's lip-parting units yield to the speech's
 closures (`Pipeline.closure_release`, which reads the frames either side: one more frame of
@@ -33,6 +34,7 @@ from ..constants import FPS, SAMPLE_RATE
 from ..expression.emotions import ONSET_HOLD, pause_share, yield_to_closure
 from ..expression.head_motion import HeadMotionConfig, add_posture
 from ..speech.phones import BILABIAL_IDS, SILENCE_ID
+from ..speech.visemes import seal_bilabials
 from .motion import ExpressionStream, HeadStream
 from .speech_stream import SpeechStream, StreamConfig, frame_start
 
@@ -218,8 +220,11 @@ class LiveSession:
     # ---- frames ----
     def _emit(self, decoded: list[tuple[int, np.ndarray, tuple[int, np.ndarray]]], final: bool = False) -> list[LiveFrame]:
         out = []
-        for item in decoded:
-            self._held.append(item)
+        for t, d_s, phones in decoded:
+            first, ids = phones
+            if 0 <= t - first < len(ids):  # frame t's phone as the window read it; lips closed as in the file path
+                d_s = seal_bilabials(d_s[None], ids[t - first:t - first + 1], self.rig)[0]
+            self._held.append((t, d_s, phones))
             if len(self._held) == 1 + self.config.closure_lookahead:  # the closure rule reads frame t + 1 (if it looks ahead)
                 out.append(self._frame(skip=self._thin and self._held[0][0] % 2 == 1))
         if final:

@@ -141,12 +141,15 @@ def driver_inputs(model, speech: SpeechFeatures) -> torch.Tensor:
 
 
 @torch.no_grad()
-def animate_speech(model, speech: SpeechFeatures, speaker=None) -> np.ndarray:
-    """FaceFormer displacements (T, V, 3) float32 in metres for one clip.
+def animate_speech(model, speech: SpeechFeatures, speaker=None, rig=None) -> np.ndarray:
+    """FaceFormer displacements (T, V, 3) float32 in metres for one clip, on the model's device.
 
     speaker: a training style index, a (num_speakers,) weight vector, or None for the uniform
-    mixture of all training styles (a new voice belongs to none of them).
+    mixture of all training styles (a new voice belongs to none of them). rig: the rig the model
+    animates; given, the lips are closed at the clip's /p b m/ frames (`visemes.seal_bilabials`),
+    as the product does; None: the model's own output.
     """
+    device = next(model.parameters()).device
     n = model.config.num_speakers
     if speaker is None:
         style = torch.full((1, n), 1.0 / n)
@@ -154,8 +157,14 @@ def animate_speech(model, speech: SpeechFeatures, speaker=None) -> np.ndarray:
         style = torch.tensor([int(speaker)])
     else:
         style = torch.as_tensor(np.asarray(speaker, dtype=np.float32)).reshape(1, -1)
-    out = model.generate(driver_inputs(model, speech), speech.num_frames, style)
-    return out[0].float().cpu().numpy()
+    with torch.no_grad():
+        out = model.generate(driver_inputs(model, speech).to(device), speech.num_frames, style.to(device))
+    d = out[0].float().cpu().numpy()
+    if rig is None:
+        return d
+    from .visemes import seal_bilabials
+
+    return seal_bilabials(d, phones_to_frames(speech.phones, speech.num_frames), rig)
 
 
 # ---------------------------------------------------------------------------------------------
