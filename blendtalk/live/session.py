@@ -115,6 +115,7 @@ class LiveSession:
         self.notices: deque = deque(maxlen=20)
         self._held: deque = deque()  # (t, d_s, phones) decoded, waiting for the next frame (closure rule)
         self._last_ds = None  # d_s of the frame before the oldest held one
+        self._last_raw = None  # that frame as decoded, (t, d_s before the seal, phones)
         self._history: deque = deque(maxlen=math.ceil(ONSET_HOLD * FPS) + 1)  # (silent, bilabial) of the last frames out
         self._silent = None  # silent frames before the history's first; None: all since the stream's start
         self._expr_cache: OrderedDict = OrderedDict()  # weight bytes -> displacement (V, 3)
@@ -220,11 +221,8 @@ class LiveSession:
     # ---- frames ----
     def _emit(self, decoded: list[tuple[int, np.ndarray, tuple[int, np.ndarray]]], final: bool = False) -> list[LiveFrame]:
         out = []
-        for t, d_s, phones in decoded:
-            first, ids = phones
-            if 0 <= t - first < len(ids):  # frame t's phone as the window read it; lips closed as in the file path
-                d_s = seal_bilabials(d_s[None], ids[t - first:t - first + 1], self.rig)[0]
-            self._held.append((t, d_s, phones))
+        for item in decoded:
+            self._held.append(item)
             if len(self._held) == 1 + self.config.closure_lookahead:  # the closure rule reads frame t + 1 (if it looks ahead)
                 out.append(self._frame(skip=self._thin and self._held[0][0] % 2 == 1))
         if final:
@@ -236,12 +234,20 @@ class LiveSession:
     def _frame(self, skip: bool = False) -> LiveFrame | None:
         """The oldest held frame, fused; skip: advance the states only (a session behind the clock)."""
         t0 = time.perf_counter()
-        t, d_s, phones = self._held.popleft()
+        current = self._held.popleft()
+        t, _, phones = current
+        # The lips sealed at /p b m/ as the file path seals a clip, over frames t - 1, t and t + 1 (what
+        # is held; each with the phone its own window read): frame t and the one after it, sealed.
+        before_t = self._last_raw if self._last_raw is not None and self._last_raw[0] == t - 1 else None
+        window = [item for item in (before_t, current, self._held[0] if self._held else None) if item is not None]
+        sealed = seal_bilabials(np.stack([d for _, d, _ in window]), np.array([_phone(i) for i in window]), self.rig)
+        k = int(before_t is not None)
+        d_s = sealed[k]
+        following = sealed[k + 1] if k + 1 < len(window) else d_s
         # The newest window read (frame t + 1's with the closure look-ahead) says which frames ahead are pauses.
         phones = self._held[-1][2] if self._held else phones
-        following = self._held[0][1] if self._held else d_s
         before = self._last_ds if self._last_ds is not None else d_s
-        self._last_ds = d_s
+        self._last_ds, self._last_raw = d_s, current
         rig, dfm, dev = self.rig, self.pipe.dfm, self.pipe.device
         w_e = self.expression.frame(t)  # (52,)
         if skip:
@@ -362,3 +368,9 @@ def live_session(pipe, emotion: str = "neutral", intensity: float = 1.0, mix_wit
     """A LiveSession on a loaded Pipeline (validated expression; ValueError names a bad value)."""
     return LiveSession(pipe, prior if prior is not None else default_prior(), config or LiveConfig(), emotion, intensity,
                        mix_with, mix_ratio)
+
+
+def _phone(item: tuple[int, np.ndarray, tuple[int, np.ndarray]]) -> int:
+    """A decoded frame's own phone id, as its window read it."""
+    t, _, (first, ids) = item
+    return int(ids[t - first]) if 0 <= t - first < len(ids) else SILENCE_ID

@@ -157,8 +157,7 @@ def animate_speech(model, speech: SpeechFeatures, speaker=None, rig=None) -> np.
         style = torch.tensor([int(speaker)])
     else:
         style = torch.as_tensor(np.asarray(speaker, dtype=np.float32)).reshape(1, -1)
-    with torch.no_grad():
-        out = model.generate(driver_inputs(model, speech).to(device), speech.num_frames, style.to(device))
+    out = model.generate(driver_inputs(model, speech).to(device), speech.num_frames, style.to(device))
     d = out[0].float().cpu().numpy()
     if rig is None:
         return d
