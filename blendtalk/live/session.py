@@ -371,6 +371,6 @@ def live_session(pipe, emotion: str = "neutral", intensity: float = 1.0, mix_wit
 
 
 def _phone(item: tuple[int, np.ndarray, tuple[int, np.ndarray]]) -> int:
-    """A decoded frame's own phone id, as its window read it."""
+    """A decoded frame's own phone id, as its window read it (the window always holds its own frame)."""
     t, _, (first, ids) = item
-    return int(ids[t - first]) if 0 <= t - first < len(ids) else SILENCE_ID
+    return int(ids[t - first])
