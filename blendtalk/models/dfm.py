@@ -39,6 +39,9 @@ from .checkpoint import PretrainedModel, pick_device
 MODEL_TYPE = "blendtalk-dfm"
 AMPLITUDE_FLOOR = 1e-9  # input length unit (metres on the rig): a displacement this small counts as zero
 MIN_MAP_SIZE = 2  # pixels: the last block's output side; InstanceNorm needs more than one pixel
+# Frames per encoder call on a CPU: 16 frames' first-block activations (8 MB) stay in cache from the
+# convolution to the norm, which halved the encoders' time on the 2-core machine (docs/speed.md).
+CPU_CHUNK = 16
 
 
 @dataclass
@@ -344,7 +347,8 @@ class DeformationFusionModule(PretrainedModel):
         flat = d.reshape(-1, v, 3)  # (B, V, 3)
         if flat.shape[0] == 0:
             return flat.new_zeros(*lead, self.config.k_total)
-        chunks = [self._encode_chunk(encoder, c) for c in flat.split(self.config.chunk_size)]
+        size = self.config.chunk_size if d.device.type != "cpu" else min(self.config.chunk_size, CPU_CHUNK)
+        chunks = [self._encode_chunk(encoder, c) for c in flat.split(size)]
         return torch.cat(chunks).reshape(*lead, self.config.k_total)  # (..., K_s + K_e)
 
     def _encode_chunk(self, encoder: nn.Module, d: torch.Tensor) -> torch.Tensor:

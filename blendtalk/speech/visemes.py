@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 from ..constants import FPS
 from .phones import ARPABET, BILABIAL_IDS, BILABIALS, Phone
@@ -329,6 +328,8 @@ def visemes_to_weights(
     targets = viseme_targets(rig, style).astype(np.float64)  # (14, K)
     w = _coarticulate(times, _keys(phones, style.timing_offset), targets, config)  # (T, K)
     if style.smoothing > 0:
+        from scipy.ndimage import gaussian_filter1d  # here: importing scipy.ndimage costs the CLI 0.15-0.3 s
+
         w = gaussian_filter1d(w, style.smoothing, axis=0, mode="nearest")
     w = np.clip(w, 0.0, 1.0)
     c = closure_factor(phones, times, config, style.timing_offset, fps)[:, None]  # (T, 1)
