@@ -164,6 +164,36 @@ def test_blinks_close_the_eyes_briefly(rig):
         add_blinks(curve, w[:10])
 
 
+def test_a_blink_on_a_raised_cheek_stops_at_the_lower_lid(rig):
+    names = rig.blendshape_names
+    shut = np.zeros((1, 52), np.float32)
+    shut[0, [rig.index("eyeBlinkLeft"), rig.index("eyeBlinkRight")]] = 1.0
+    # The left upper lid's margin, a vertex per column across the eye, and the lower-lid vertex each meets.
+    blink = rig.deltas[rig.index("eyeBlinkLeft")]
+    upper = np.flatnonzero(blink[:, 1] < -4 * MM)
+    closed = rig.vertices[upper, 1] + blink[upper, 1]
+    x = rig.vertices[upper, 0]
+    column = np.digitize(x, np.linspace(x.min(), x.max(), 9)[1:-1])
+    margin = np.array([upper[column == c][np.argmin(closed[column == c])] for c in range(8)])
+    still = np.flatnonzero(np.abs(blink[:, 1]) < 1.5 * MM)
+    meets = rig.vertices[margin] + blink[margin]
+    partner = still[np.argmin(np.linalg.norm(rig.vertices[still][None] - meets[:, None], axis=-1), axis=1)]
+
+    def sunk(w):  # mm by which the upper lid's margin ends below the lower lid, at the deepest column
+        v = rig(w)
+        return ((v[partner, 1] - v[margin, 1]) / MM).max()
+
+    neutral = sunk(add_blinks(emotion_weights("neutral", names=names)[None], shut, names)[0])
+    squint = np.isin(names, ["eyeSquintLeft", "eyeSquintRight"])
+    for emotion in ("happy", "disgusted"):
+        w = emotion_weights(emotion, names=names)[None]
+        blinked = add_blinks(w, shut, names)[0]
+        assert blinked[rig.index("eyeBlinkLeft")] < 1.0  # the raised cheek has closed part of the eye
+        assert sunk(blinked) <= neutral  # the lids meet no deeper than in a neutral blink
+        full = np.where(squint, 0.0, np.maximum(w[0], shut[0]))  # the whole blink on the raised cheek
+        assert sunk(full) > neutral + 1.0  # it sank through the lower lid (the grey band of lashes)
+
+
 def test_parse_timeline():
     assert parse_timeline("neutral@0 happy@1.5 sad@4.0") == [
         Keyframe("neutral", 0.0), Keyframe("happy", 1.5), Keyframe("sad", 4.0)]

@@ -24,6 +24,12 @@ ALIASES = {"happiness": "happy", "sadness": "sad", "anger": "angry", "surprise":
 MAX_INTENSITY = 1.5  # above 1 exaggerates; weights are clipped to [0, 1] per unit
 INTENSITY_BEND = 1.7  # `activation`: 0.5 switches on 0.675 of the apex; the slope at 1 is 0.3
 BLINK_RATE = 17.0  # blinks per minute, a typical resting rate
+# Share of a blink's lid travel that a full cheek raise (cheekSquint) closes from below. A blink on a
+# smile or a sneer stops there; at full travel the upper lid and its lashes sank through the raised
+# lower lid, and the lower lashes showed as a grey band above the closed eye. On the default rig the
+# cheek raise lifts the lower lid by 0.06-0.21 of the upper lid's 12.6 mm travel along the eye;
+# 0.25 closes the eye without that band (docs/experiments.md).
+CHEEK_LID_CLOSURE = 0.25
 FPS_RANGE = (1.0, 1000.0)  # frames per second accepted; outside it a curve has no usable time axis (0 divides)
 
 # The 52 ARKit units in the default rig's column order (rig.blendshape_names).
@@ -361,13 +367,14 @@ def blinks(num_frames: int, seed: int | np.random.Generator | None = None, rate_
 
 
 def add_blinks(weights: np.ndarray, blink_weights: np.ndarray, names: Sequence[str] = ARKIT_NAMES) -> np.ndarray:
-    """Expression (T, K) with blinks (T, K) on top: the lids close over any widening or squint."""
+    """Expression (T, K) with blinks (T, K) on top: the lids close over any widening or squint, and a
+    blink stops where a raised cheek has already brought the lower lid up (`CHEEK_LID_CLOSURE`)."""
     if weights.shape != blink_weights.shape:
         raise ValueError(f"weights {weights.shape} and blink weights {blink_weights.shape} must match")
     out = weights.copy()
     for side in ("Left", "Right"):
-        b = blink_weights[:, _column(names, f"eyeBlink{side}")]
         k = _column(names, f"eyeBlink{side}")
+        b = np.minimum(blink_weights[:, k], 1.0 - CHEEK_LID_CLOSURE * weights[:, _column(names, f"cheekSquint{side}")])
         out[:, k] = np.maximum(out[:, k], b)
         for unit in (f"eyeWide{side}", f"eyeSquint{side}"):
             out[:, _column(names, unit)] *= 1.0 - b

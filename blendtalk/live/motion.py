@@ -21,7 +21,7 @@ from collections import deque
 import numpy as np
 
 from ..constants import FPS
-from ..expression.emotions import BLINK_RATE, POSTURE_DIMS, _ease, check_emotion, check_intensity, mix, mix_posture
+from ..expression.emotions import BLINK_RATE, POSTURE_DIMS, _ease, add_blinks, check_emotion, check_intensity, mix, mix_posture
 from ..expression.head_motion import SILENCE_FLOOR_DBFS, SPEECH_RANGE_DB, HeadMotionConfig, check_seed
 
 ONSET_SECONDS = 0.4  # s: a change of expression eases in over this long (the file path's timeline transition)
@@ -42,7 +42,6 @@ class ExpressionStream:
         self.next_blink = float(self.rng.uniform(0.0, 60.0 / BLINK_RATE))
         self.blink = None  # (when, close, hold, reopen, depth) of the blink in progress
         self.blink_cols = [self.names.index(f"eyeBlink{s}") for s in ("Left", "Right")]
-        self.lid_cols = [[self.names.index(f"eye{u}{s}") for u in ("Wide", "Squint")] for s in ("Left", "Right")]
         self.set(emotion, intensity, mix_with, mix_ratio, frame=0)
         self.current = self.start_value = self.target  # the first emotion is held from frame 0, as in the file path
         self.posture = self.posture_start = self.posture_target
@@ -71,10 +70,9 @@ class ExpressionStream:
         if self.blinks:
             b = self._blink(t / FPS)
             if b > 0:
-                w = w.copy()
-                for col, lids in zip(self.blink_cols, self.lid_cols):
-                    w[col] = max(w[col], b)
-                    w[lids] *= 1.0 - b
+                blink = np.zeros((1, len(w)), np.float32)
+                blink[0, self.blink_cols] = b
+                w = add_blinks(w[None], blink, self.names)[0]
         return w
 
     def _blink(self, time: float) -> float:
