@@ -3,6 +3,7 @@ import torch
 
 from blendtalk.training.losses import (
     DFMLossConfig,
+    cross_l1,
     dfm_loss,
     l2_loss,
     laplacian_loss,
@@ -63,6 +64,17 @@ def test_sparsity_loss_sees_only_cross_domain_halves():
         sparsity_loss(w_s[:, :5], w_e, K)
     # Unequal halves (K_s = 2, K_e = 4): the speech half is always the first K_s entries.
     torch.testing.assert_close(sparsity_loss(w_s, w_e, 2), w_s[:, 2:].abs().sum(1).mean() + w_e[:, :2].abs().sum(1).mean())
+
+
+
+def test_the_speech_inputs_cross_half_can_pay_a_share_of_the_l1():
+    cross_s, cross_e = torch.randn(4, K), torch.randn(5, K)
+    speech, expression = cross_s.abs().sum(1).mean(), cross_e.abs().sum(1).mean()
+    torch.testing.assert_close(cross_l1(cross_s, cross_e, 0.25), 0.25 * speech + expression)
+    out = {"cross_s": cross_s, "cross_e": cross_e, "rec_s": torch.zeros(4, V, 3), "rec_e": torch.zeros(5, V, 3)}
+    d_s, d_e = torch.zeros(4, V, 3), torch.zeros(5, V, 3)
+    _, parts = dfm_loss(out, d_s, d_e, DFMLossConfig(scale=1.0, lambda_lap=0.0, lambda_reg=0.0, speech_cross_share=0.25))
+    assert parts["sparse"] == pytest.approx(float(0.25 * speech + expression))
 
 
 def test_laplacian_loss():

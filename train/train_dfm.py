@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--expression-blendshapes", type=int, help="K_e, expression blendshapes (default: same as -K)")
     p.add_argument("--map-size", type=int, default=DFMConfig.map_size)
     p.add_argument("--lambda-sparse", type=float, default=dl.lambda_sparse)
+    p.add_argument("--speech-cross-share", type=float, default=dl.speech_cross_share,
+                   help="share of --lambda-sparse that the speech inputs' cross half pays (not in the paper: below 1 "
+                        "lets speech shed its emotion leak while expressions keep their open mouths)")
     p.add_argument("--lambda-lap", type=float, default=dl.lambda_lap)
     p.add_argument("--lambda-orth", type=float, default=dl.lambda_orth, help="keep expression blendshapes out of the speech span")
     p.add_argument("--lambda-invariance", type=float, default=dl.lambda_invariance,
@@ -59,7 +62,8 @@ def main(argv=None) -> int:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.expression_blendshapes is not None and args.expression_blendshapes < 1:
         p.error("--expression-blendshapes must be positive")
-    if min(args.lambda_sparse, args.lambda_lap, args.lambda_orth, args.lambda_invariance, args.lambda_speech_upper) < 0:
+    if min(args.lambda_sparse, args.speech_cross_share, args.lambda_lap, args.lambda_orth, args.lambda_invariance,
+           args.lambda_speech_upper) < 0:
         p.error("loss weights must be >= 0")
     if not args.invariance_mix > 0:
         p.error("--invariance-mix must be positive")
@@ -77,6 +81,7 @@ def main(argv=None) -> int:
         config = DFMTrainConfig(
             data=args.data, speech_root=args.vocaset, expression_root=args.florence, out=args.out, model=model,
             loss=DFMLossConfig(lambda_sparse=0.0 if args.no_sparsity else args.lambda_sparse,
+                               speech_cross_share=args.speech_cross_share,
                                lambda_lap=0.0 if args.no_laplacian else args.lambda_lap, lambda_orth=args.lambda_orth,
                                lambda_invariance=args.lambda_invariance, invariance_mix=args.invariance_mix,
                                lambda_speech_upper=args.lambda_speech_upper),

@@ -22,6 +22,10 @@ class DFMLossConfig:
 
     scale: float = 300.0  # lengths (d, d_hat, w) are multiplied by this; ~1/RMS displacement (3 mm) on the rig; measure with unit_scale
     lambda_sparse: float = 1e-1  # L1 on cross-domain weights; toy sweep at unit scale: 1e-2 too weak, 1e-1..1 work; 0 = "without L_sparse"
+    # The speech inputs' cross half (w_e^s, which reads their emotion leak) pays this share of that L1;
+    # the expression inputs' (w_s^e, which reads articulation) pays it whole. Below 1 (not in the paper):
+    # speech may shed its leak while an emotion keeps its open mouth (docs/experiments.md).
+    speech_cross_share: float = 1.0
     lambda_lap: float = 1e-1  # uniform-Laplacian smoothness of outputs; 0 = the "without L_lap" ablation
     lambda_reg: float = 1e-4  # L2 on outputs; it pulls towards zero, so keep it well below 1
     lambda_orth: float = 0.0  # squared cosines between speech and expression blendshapes; > 0 keeps B_e out of span(B_s)
@@ -107,14 +111,14 @@ def sparsity_loss(w_s: torch.Tensor, w_e: torch.Tensor, num_speech_blendshapes: 
     return cross_l1(w_s[..., k:], w_e[..., :k])
 
 
-def cross_l1(cross_s: torch.Tensor, cross_e: torch.Tensor) -> torch.Tensor:
-    """mean ||w_e^s||_1 + mean ||w_s^e||_1 from the cross halves cross_s (..., K_e), cross_e (..., K_s).
+def cross_l1(cross_s: torch.Tensor, cross_e: torch.Tensor, speech_share: float = 1.0) -> torch.Tensor:
+    """speech_share * mean ||w_e^s||_1 + mean ||w_s^e||_1 from the cross halves cross_s (..., K_e), cross_e (..., K_s).
 
     The L1 norm sums over a sample's cross weights (so one unit of cross weight costs the same
     whatever K is); the mean is over the leading dims (so the two domains count equally whatever
     their batch sizes).
     """
-    return cross_s.abs().sum(-1).mean() + cross_e.abs().sum(-1).mean()
+    return speech_share * cross_s.abs().sum(-1).mean() + cross_e.abs().sum(-1).mean()
 
 
 def cross_cosine_loss(blendshapes: torch.Tensor, num_speech_blendshapes: int) -> torch.Tensor:
@@ -212,7 +216,7 @@ def dfm_loss(
     total = rec_s + rec_e
     parts = {"rec_s": rec_s, "rec_e": rec_e}
     if config.lambda_sparse:
-        parts["sparse"] = cross_l1(s * outputs["cross_s"], s * outputs["cross_e"])
+        parts["sparse"] = cross_l1(s * outputs["cross_s"], s * outputs["cross_e"], config.speech_cross_share)
         total = total + config.lambda_sparse * parts["sparse"]
     if config.lambda_lap:
         if laplacian is None:
