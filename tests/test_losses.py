@@ -66,7 +66,6 @@ def test_sparsity_loss_sees_only_cross_domain_halves():
     torch.testing.assert_close(sparsity_loss(w_s, w_e, 2), w_s[:, 2:].abs().sum(1).mean() + w_e[:, :2].abs().sum(1).mean())
 
 
-
 def test_the_speech_inputs_cross_half_can_pay_a_share_of_the_l1():
     cross_s, cross_e = torch.randn(4, K), torch.randn(5, K)
     speech, expression = cross_s.abs().sum(1).mean(), cross_e.abs().sum(1).mean()
