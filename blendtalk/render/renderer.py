@@ -28,7 +28,7 @@ import torch.nn.functional as nnf
 from ..expression.head_motion import head_pivot, rotate_head
 from ..face.brows import BrowRide, brow_density
 from ..face.dressing import DressingConfig, FaceDressing
-from ..face.geometry import ring_edges, rings_away, smooth_over, vertex_normals
+from ..face.geometry import ring_matrix, rings_away, smooth_over, vertex_normals
 from ..models.checkpoint import cpu_threads
 from .camera import Camera
 from .raster import Rasterizer
@@ -216,7 +216,7 @@ class Renderer:
             self.brow_tint = (1 + opacity * (ratio - 1)).to(dev)
             self.brow_ride = BrowRide(dressing.brows[: self.num_vertices].numpy(), face.numpy()).to(dev)
         # Reference concavity of the skin at rest: only creases the animation adds darken.
-        self.ring = ring_edges(skin_tri, len(skin_index))
+        self.ring = ring_matrix(skin_tri, len(skin_index))
         rest_normals = vertex_normals(skin32[None], skin_tri)
         self.rest_concavity = concavity(skin32[None], rest_normals, self.ring)[0]  # (S,)
         self.wrinkle_config = WrinkleConfig(strength=config.wrinkle_strength, fold_strength=config.fold_strength)

@@ -129,10 +129,10 @@ def hidden_depth(tmpl: torch.Tensor, raster: Rasterizer, camera: Camera, n: int,
     return smooth(tint, raster.triangles, steps=2)
 
 
-def concavity(verts: torch.Tensor, normals: torch.Tensor, edges) -> torch.Tensor:
+def concavity(verts: torch.Tensor, normals: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
     """How far each vertex lies below its one-ring mean along its unit normal: verts and normals
-    (T, V, 3), edges from `geometry.ring_edges` -> (T, V), in the vertices' units (> 0 in a crease)."""
+    (T, V, 3), ring from `geometry.ring_matrix` -> (T, V), in the vertices' units (> 0 in a crease)."""
     t_count, v_count, _ = verts.shape
-    flat = verts.permute(1, 0, 2).reshape(v_count, t_count * 3)  # (V, T*3): index_add_ on dim 0 is the fast path
-    ring = ring_mean(flat, edges).reshape(v_count, t_count, 3).permute(1, 0, 2)  # (T, V, 3)
-    return ((ring - verts) * normals).sum(-1)
+    flat = verts.permute(1, 0, 2).reshape(v_count, t_count * 3)  # (V, T*3): vertex-major for the sparse product
+    mean = ring_mean(flat, ring).reshape(v_count, t_count, 3).permute(1, 0, 2)  # (T, V, 3)
+    return ((mean - verts) * normals).sum(-1)

@@ -35,6 +35,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..face.geometry import sparse_matrix
+
 
 @dataclass(frozen=True)
 class WrinkleConfig:
@@ -142,10 +144,10 @@ class Wrinkles:
         # As sparse operators (vertex-major, frames along the columns: several times faster than
         # index_add_ over a frame-major layout): each direction's share-weighted mean of a vertex's
         # edges' shortening, (R, E) each, and the mean over a vertex's neighbours, (R, R).
-        self.to_vertex = [_sparse(ends, ids, self.share.repeat(2, 1)[:, k] / total[ends, k], (count, len(edges)))
+        self.to_vertex = [sparse_matrix(ends, ids, self.share.repeat(2, 1)[:, k] / total[ends, k], (count, len(edges)))
                           for k in range(2)]
         degree = torch.bincount(ends, minlength=count).clamp(min=1).float()
-        self.ring_mean = _sparse(ends, torch.cat([edges[:, 1], edges[:, 0]]), 1 / degree[ends], (count, count))
+        self.ring_mean = sparse_matrix(ends, torch.cat([edges[:, 1], edges[:, 0]]), 1 / degree[ends], (count, count))
         self.mask = mask[self.vertices]  # (R, 2)
         self.onset, self.full = (torch.tensor(v, device=dev) for v in (config.onset, config.full))
         x, y = rest[:, 0], rest[:, 1]
@@ -197,11 +199,11 @@ class Wrinkles:
         local = vertices[:, self.vertices.to(vertices.device)].transpose(0, 1)  # (R, T, 3)
         length = (local[e[:, 1]] - local[e[:, 0]]).norm(dim=-1)  # (E, T)
         squeeze = (1 - length / self.rest_length[:, None]).clamp(min=0)  # (E, T) shortening, 0 when stretched
-        squeezed = torch.cat([torch.sparse.mm(op, squeeze) for op in self.to_vertex], 1)  # (R, 2T): along x, along y
+        squeezed = torch.cat([op @ squeeze for op in self.to_vertex], 1)  # (R, 2T): along x, along y
         # A muscle squeezes the skin over its whole belly, while the rig's units bunch it near the
         # features they move: spread the squeeze a few rings (the frontalis lines the whole forehead).
         for _ in range(self.config.spread):
-            squeezed = torch.maximum(squeezed, torch.sparse.mm(self.ring_mean, squeezed))
+            squeezed = torch.maximum(squeezed, self.ring_mean @ squeezed)
         # Squeezed along x -> vertical lines; along y -> horizontal lines.
         out = torch.zeros(t_count, self.num_vertices, 2, device=vertices.device)
         out[:, self.vertices] = squeezed.reshape(-1, 2, t_count).permute(2, 0, 1)  # (T, R, 2)
@@ -246,11 +248,6 @@ class Wrinkles:
             out[:, :v, 4] = self.fold_coordinate
             out[:, :v, 5] = self.fold_depths(vertices)[:, self.fold_side] * self.fold_line  # (T, V)
         return out
-
-
-def _sparse(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """A sparse (COO) matrix of `shape` with `values` at (rows, cols); repeated entries add up."""
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values.float(), shape, check_invariants=False).coalesce()
 
 
 def _band(value: np.ndarray, low: float, high: float, soft: float) -> np.ndarray:
