@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import blendtalk.render.gl as gl
+import blendtalk.render.shading as shading
+from blendtalk.pipeline import Pipeline
 from blendtalk.render.renderer import Renderer, RenderConfig
 from blendtalk.render.wrinkles import wrinkle_glsl
 
@@ -253,6 +255,18 @@ def test_template_shading_is_cached_and_the_cache_gives_the_same_frames(rig, tmp
     assert torch_equal(first.material, again.material)
     other = Renderer.for_rig(rig, RenderConfig(size=64, backend="torch", pitch_deg=10))  # another camera: another entry
     assert len(list(tmp_path.glob("shading_*.npz"))) == 2 and not torch_equal(first.material, other.material)
+
+
+def test_the_video_cameras_template_shading_ships(rig, tmp_path, monkeypatch):
+    # A new install's first video reads the shipped rig's shading (tools/build_face_rig.py writes it):
+    # computing it took half a second of the core that the speech model and the DFM need.
+    monkeypatch.setenv("BLENDTALK_CACHE", str(tmp_path))
+    shipped = Pipeline(rig=rig).renderer(256)
+    assert not list(tmp_path.glob("shading_*.npz"))  # read, not computed
+    monkeypatch.setattr(shading, "SHIPPED_SHADING_DIR", tmp_path / "none")
+    computed = Pipeline(rig=rig).renderer(256)
+    assert len(list(tmp_path.glob("shading_*.npz"))) == 1
+    assert np.allclose(shipped.material.numpy(), computed.material.numpy(), atol=1e-6)
 
 
 def torch_equal(a, b) -> bool:

@@ -491,6 +491,7 @@ def main(argv=None):
           f"F={len(rig['triangles'])} K={len(rig['blendshape_names'])} lip pairs={len(rig['lip_pairs'])} {counts}")
     if args.out.resolve() == FACE_RIG_PATH.resolve():
         write_shipped_map()
+        write_shipped_shading()
 
 
 def write_shipped_map() -> Path:
@@ -507,6 +508,30 @@ def write_shipped_map() -> Path:
         old.unlink()
     load_square_map(load_rig(), size, SHIPPED_MAP_DIR)
     path = next(SHIPPED_MAP_DIR.glob("square_map_*.npz"))
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    return path
+
+
+def write_shipped_shading() -> Path:
+    """The shipped rig's template shading at the video camera (every size of 256 px or more shares it),
+    in SHIPPED_SHADING_DIR (older files removed): a first run reads it instead of computing it."""
+    import os
+    import shutil
+    import tempfile
+
+    from blendtalk.face.rig import load_rig
+    from blendtalk.pipeline import Pipeline
+    from blendtalk.render.shading import SHIPPED_SHADING_DIR
+
+    SHIPPED_SHADING_DIR.mkdir(exist_ok=True)
+    for old in SHIPPED_SHADING_DIR.glob("shading_*.npz"):
+        old.unlink()
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["BLENDTALK_CACHE"] = cache  # the renderer writes its shading there
+        Pipeline(rig=load_rig()).renderer(512)
+        del os.environ["BLENDTALK_CACHE"]
+        (found,) = Path(cache).glob("shading_*.npz")
+        path = Path(shutil.copy(found, SHIPPED_SHADING_DIR / found.name))
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
     return path
 

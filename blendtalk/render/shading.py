@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
+from ..constants import ASSETS_DIR
 from ..face.geometry import CACHE_ENV, DEFAULT_CACHE_DIR, ring_mean, smooth, vertex_normals
 from .camera import Camera
 from .raster import Rasterizer, sample_furthest, surface_code
@@ -25,6 +26,10 @@ from .raster import Rasterizer, sample_furthest, surface_code
 AO_DIRECTIONS = 48  # view directions sampled over the sphere for ambient occlusion
 AO_SIZE = 160  # px, resolution of the ambient-occlusion depth maps
 SHADING_CACHE_VERSION = 1  # bump when ambient_occlusion or hidden_depth change what they compute
+# The shipped rig's template shading at the video camera, which every size of 256 px or more shares
+# (tools/build_face_rig.py writes it): a new install's first renderer reads it instead of spending
+# half a second of the core that the speech model and the DFM need.
+SHIPPED_SHADING_DIR = ASSETS_DIR / "shading"
 
 
 def srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
@@ -59,7 +64,8 @@ def template_shading(face: torch.Tensor, raster: Rasterizer, camera: Camera, con
                      fit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Ambient occlusion and hidden depth of the face template (V, 3), each (V,): computed once per
     face, camera and size (a `RenderConfig`), then read from the cache folder ($BLENDTALK_CACHE, else
-    ~/.cache/blendtalk) because they are most of the time a renderer takes to build. An unwritable
+    ~/.cache/blendtalk) because they are most of the time a renderer takes to build; the shipped
+    rig's at the video camera ships (SHIPPED_SHADING_DIR). An unwritable
     cache is skipped. fit: the occlusion maps' scale comes from the first `fit` vertices (the face of
     a face with a neck; None: all)."""
     cfg = config
@@ -70,13 +76,14 @@ def template_shading(face: torch.Tensor, raster: Rasterizer, camera: Camera, con
                      camera.distance, camera.focal, camera.depth_near, camera.depth_far, cfg.cavity_depth, cfg.fov_deg,
                      cfg.yaw_deg, cfg.pitch_deg, camera.centre.tolist(), fit)).encode())
     path = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser() / f"shading_{key.hexdigest()[:24]}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            occlusion, hidden = z["occlusion"], z["hidden"]
-        if occlusion.shape == hidden.shape == (len(face),):
-            return torch.from_numpy(occlusion).to(face.device), torch.from_numpy(hidden).to(face.device)
-    except (OSError, KeyError, ValueError):
-        pass  # not cached yet (or unreadable): compute it
+    for known in (SHIPPED_SHADING_DIR / path.name, path):
+        try:
+            with np.load(known, allow_pickle=False) as z:
+                occlusion, hidden = z["occlusion"], z["hidden"]
+            if occlusion.shape == hidden.shape == (len(face),):
+                return torch.from_numpy(occlusion).to(face.device), torch.from_numpy(hidden).to(face.device)
+        except (OSError, KeyError, ValueError):
+            pass  # not shipped, not cached yet (or unreadable): compute it
     n = min(cfg.size * cfg.supersample, 256)  # the tint is smooth; a coarse map is enough
     occlusion, hidden = ambient_occlusion(face, raster, fit), hidden_depth(face, raster, camera, n, cfg.cavity_depth)
     try:
