@@ -87,7 +87,7 @@ def ring_matrix(triangles: torch.Tensor, num_vertices: int) -> torch.Tensor:
 def ring_mean(values: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
     """Mean of each vertex's one-ring neighbours (`ring_matrix`): (V, ...) -> (V, ...)."""
     flat = values.reshape(len(values), -1).contiguous()
-    return (ring @ flat.float()).to(values.dtype).reshape(values.shape)
+    return ((ring if ring.dtype == values.dtype else ring.to(values.dtype)) @ flat).reshape(values.shape)
 
 
 def smooth(values: torch.Tensor, triangles: torch.Tensor, steps: int) -> torch.Tensor:
