@@ -526,10 +526,15 @@ def write_shipped_shading() -> Path:
     SHIPPED_SHADING_DIR.mkdir(exist_ok=True)
     for old in SHIPPED_SHADING_DIR.glob("shading_*.npz"):
         old.unlink()
+    before = os.environ.get("BLENDTALK_CACHE")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["BLENDTALK_CACHE"] = cache  # the renderer writes its shading there
-        Pipeline(rig=load_rig()).renderer(512)
-        del os.environ["BLENDTALK_CACHE"]
+        try:
+            Pipeline(rig=load_rig()).renderer(512)
+        finally:
+            os.environ.pop("BLENDTALK_CACHE")
+            if before is not None:
+                os.environ["BLENDTALK_CACHE"] = before
         (found,) = Path(cache).glob("shading_*.npz")
         path = Path(shutil.copy(found, SHIPPED_SHADING_DIR / found.name))
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
