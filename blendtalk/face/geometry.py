@@ -65,8 +65,8 @@ def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Ten
 def sparse_matrix(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """A sparse float32 matrix of `shape` with `values` at (rows, cols), repeated entries added up, in
     CSR layout: its product with a dense (n, k) matrix is several times faster than COO's on a CPU
-    (a one-ring mean of 8 frames: 8x), and the same for any k, so a frame's result never depends on
-    how many frames share the product."""
+    (a one-ring mean of 8 frames: 8x). A column's result may move by one float32 rounding step with
+    k (the kernel vectorises over columns), which never showed in a frame's 8-bit pixels."""
     coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values.float(), shape, check_invariants=False).coalesce()
     with warnings.catch_warnings():  # torch calls its CSR support beta; products with dense matrices are all we use
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
