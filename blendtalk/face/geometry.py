@@ -66,7 +66,8 @@ def sparse_matrix(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, 
     """A sparse float32 matrix of `shape` with `values` at (rows, cols), repeated entries added up, in
     CSR layout: its product with a dense (n, k) matrix is several times faster than COO's on a CPU
     (a one-ring mean of 8 frames: 8x). A column's result may move by one float32 rounding step with
-    k (the kernel vectorises over columns), which never showed in a frame's 8-bit pixels."""
+    k (the kernel vectorises over columns); a frame's bytes stay the same drawn alone or in a batch
+    (tests/test_render.py)."""
     coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values.float(), shape, check_invariants=False).coalesce()
     with warnings.catch_warnings():  # torch calls its CSR support beta; products with dense matrices are all we use
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
