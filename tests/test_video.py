@@ -1,5 +1,7 @@
 import os
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +45,38 @@ def test_streamed_batches_are_padded_or_trimmed_to_the_audio(tmp_path):
     long = iter(list(frames))  # single (H, W, 3) frames, 47 of them
     info = probe(write_video(tmp_path / "long.mp4", long, FPS, _speech(1.5), SR))
     assert info["video"]["frames"] == 45
+
+
+def _children_niceness() -> dict[int, list[int]]:
+    """The nice value of every thread of each ffmpeg this process started: {pid: [nice, ...]} (Linux)."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()  # "pid (comm) state ppid ...": field 19 (index 16 after comm) is the nice value
+            if int(text.rsplit(")", 1)[1].split()[1]) != os.getpid() or "ffmpeg" not in text:
+                continue
+            tasks = stat.parent.glob("task/*/stat")
+            out[int(stat.parent.name)] = [int(t.read_text().rsplit(")", 1)[1].split()[16]) for t in tasks]
+        except (OSError, ValueError, IndexError):  # a process that ended while we looked
+            continue
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread priorities from Linux's /proc")
+def test_the_encoder_yields_the_cores_to_the_render(tmp_path):
+    seen = {}
+
+    def frames():
+        yield _frames(30)
+        time.sleep(0.3)  # ffmpeg has the first frames: its encoding threads exist by now
+        seen.update(_children_niceness())
+        yield _frames(15)
+
+    write_video(tmp_path / "clip.mp4", frames(), FPS, _speech(1.5), SR)
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert len(seen) == 1
+    (threads,) = seen.values()
+    assert len(threads) >= 2 and set(threads) == {min(ours + 10, 19)}
 
 
 def test_length_mismatch_beyond_slack_raises_and_leaves_nothing(tmp_path):

@@ -321,7 +321,8 @@ class GLDrawer:
             # A GPU: tiles of a tall framebuffer, MAX_TILES frames per call (see the module's doc).
             limit = int(ctx.info.get("GL_MAX_RENDERBUFFER_SIZE", size))
             fit = max(1, 2 * limit // (3 * size))  # the yuv420p target is 3/2 as tall as the frames
-            self.tiles = min(MAX_TILES, fit) if is_hardware(ctx.info.get("GL_RENDERER", "")) else 1
+            self.hardware = is_hardware(ctx.info.get("GL_RENDERER", ""))
+            self.tiles = min(MAX_TILES, fit) if self.hardware else 1
             if tiles is not None:
                 self.tiles = max(1, min(int(tiles), fit))
             if self.tiles > 1 and srgb_table is None:

@@ -53,8 +53,8 @@ _PLAN_FRAMES = 256  # frames moved to the device and planned into chunks at a ti
 _DRESSING_SHEEN = 2.0  # eyes and teeth are wet: twice the skin's sheen
 _HAIR_SHEEN = 0.3  # short hair scatters light: a third of the skin's sheen, never a plastic gloss
 _NECK_TINT_RINGS = 10  # vertex rings of the face above the neck over which the cavity tint fades in
-_GL_FRAMES = 8  # frames whose vertex attributes go to OpenGL at a time: small, so that computing the next
-                # ones overlaps most of the drawing (3 MB for a dressed head)
+_GL_FRAMES = 8  # frames whose vertex attributes go to OpenGL at a time: 3 MB for a dressed head, which stays in
+                # cache, and on a GPU computing the next ones overlaps most of the drawing
 BACKENDS = ("auto", "gl", "torch")
 PIXEL_FORMATS = ("rgb24", "yuv420p")  # what `Renderer.__call__` returns: RGB, or the video encoder's planar YUV 4:2:0
 
@@ -395,12 +395,16 @@ class Renderer:
         (T, 3H/2, W) for "yuv420p", from tiles), drawn by OpenGL from the
         same per-vertex camera-space positions, normals and material the torch path interpolates.
 
-        The attributes of the next _GL_FRAMES frames are computed on a second thread while OpenGL
-        draws these (torch and llvmpipe both release the GIL): per frame, llvmpipe's threads wait
-        while the drawing thread sets up the triangles and reads the pixels back, and this fills
-        those gaps."""
+        A GPU driver draws while the attributes of the next _GL_FRAMES frames are computed on a second
+        thread. llvmpipe gets them computed in turn: its threads wait for each other at every frame, so
+        a thread that takes one of the two cores from them stalls both, and the clip drew 0.2 s slower
+        that way (docs/speed.md)."""
         step = max(_GL_FRAMES, self.gl.frames_per_call)  # a GPU driver draws a block of tiles per call
         spans = [(start, min(start + step, len(verts))) for start in range(0, len(verts), step)]
+        if not self.gl.hardware:
+            for start, end in spans:
+                self.gl(self._gl_attributes(verts[start:end], brows[start:end]), out[start:end], pixel_format)
+            return
         with ThreadPoolExecutor(1, thread_name_prefix="gl-attributes") as pool:
             pending = pool.submit(self._gl_attributes, verts[slice(*spans[0])], brows[slice(*spans[0])])
             for i, (start, end) in enumerate(spans):
