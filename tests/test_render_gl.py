@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import blendtalk.render.gl as gl
+import blendtalk.render.gl_worker as gl_worker
 import blendtalk.render.shading as shading
 from blendtalk.pipeline import Pipeline
 from blendtalk.render.renderer import Renderer, RenderConfig
@@ -282,6 +283,7 @@ def test_the_context_made_on_one_thread_draws_on_another():
 import threading
 import numpy as np
 import blendtalk.render.gl as gl
+import blendtalk.render.gl_worker as gl_worker
 from blendtalk.face.rig import load_rig
 from blendtalk.render.renderer import Renderer, RenderConfig
 assert gl.gl_status()[0]
@@ -297,3 +299,55 @@ print(gl.gl_status()[1], frames[0].shape, int((frames[0] != frames[0][0, 0]).any
     assert done.returncode == 0, done.stderr[-2000:]
     name, _, rest = done.stdout.strip().rpartition(" (64, 64, 3) ")
     assert name and int(rest) > 500, done.stdout  # a renderer's name, and a face drawn
+
+
+def _long(animated, repeat: int = 7):
+    """The animated frames repeated: a clip of several drawing blocks (42 frames)."""
+    return tuple(np.concatenate([a] * repeat) for a in animated)
+
+
+@needs_gl
+@pytest.mark.skipif(not gl_worker.available(), reason="a drawing worker needs memfd (Linux) and two cores")
+def test_a_worker_process_draws_a_share_of_the_same_frames(rig, animated):
+    clip = _long(animated)
+    alone = Renderer.for_rig(rig, RenderConfig(size=128, backend="gl", gl_worker=False))
+    shared = Renderer.for_rig(rig, RenderConfig(size=128, backend="gl"))
+    if shared.gl.hardware:
+        pytest.skip("a GPU driver draws blocks of tiles itself, with no worker")
+    assert not alone.start_worker() and shared.start_worker()
+    assert shared._worker.ready(timeout=None)
+    frames = shared(*clip)
+    assert shared._worker.drawn >= 8  # it drew at least one block
+    assert np.array_equal(frames, alone(*clip))
+    assert np.array_equal(shared(*animated), alone(*animated))  # a clip of one block: drawn here
+
+
+@needs_gl
+@pytest.mark.skipif(not gl_worker.available(), reason="a drawing worker needs memfd (Linux) and two cores")
+def test_a_worker_that_dies_leaves_the_frames_whole(rig, animated, caplog):
+    clip = _long(animated)
+    r = Renderer.for_rig(rig, RenderConfig(size=128, backend="gl"))
+    if r.gl.hardware:
+        pytest.skip("a GPU driver draws blocks of tiles itself, with no worker")
+    assert r.start_worker() and r._worker.ready(timeout=None)
+    expected = r(*clip)
+    process = r._worker._proc
+    process.kill()
+    process.wait()
+    with caplog.at_level(logging.WARNING, logger="blendtalk.render.renderer"):
+        assert np.array_equal(r(*clip), expected)
+    assert "drawing every frame in this process" in caplog.text
+    assert r._worker is None and not r.start_worker()  # this renderer draws alone from now on
+    assert np.array_equal(r(*clip), expected)
+
+
+@needs_gl
+@pytest.mark.skipif(not gl_worker.available(), reason="a drawing worker needs memfd (Linux) and two cores")
+def test_a_worker_exits_when_its_pipe_closes(rig):
+    r = Renderer.for_rig(rig, RenderConfig(size=64, backend="gl"))
+    if r.gl.hardware:
+        pytest.skip("a GPU driver draws blocks of tiles itself, with no worker")
+    assert r.start_worker() and r._worker.ready(timeout=None)
+    process = r._worker._proc
+    r._worker.close()  # closes its stdin, as the worker's garbage collection or this process's death does
+    assert process.wait(timeout=10) == 0

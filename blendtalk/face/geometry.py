@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..constants import ASSETS_DIR
+from ..constants import ASSETS_DIR, CACHE_ENV, DEFAULT_CACHE_DIR
 
 # scipy.sparse is imported inside the functions that build maps and Laplacians: half a second of
 # import that animating (which loads a cached map) never needs.
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 MAP_SIZE_RANGE = (16, 512)  # pixels per side accepted by square_map
 SQUARE_MAP_VERSION = "square-map-v1"  # bump when the algorithm changes: it keys the on-disk cache
 UNMAP_SMOOTHING = 1e-3  # Laplacian ridge in unmap, relative to the mean pixel weight per vertex
-CACHE_ENV = "BLENDTALK_CACHE"  # environment variable overriding the cache folder
-DEFAULT_CACHE_DIR = Path("~/.cache/blendtalk")
 # Maps of the shipped rig, built once by tools/build_face_rig.py: a fresh machine's first run reads
 # one instead of spending about half a second building it. Keyed by the same hash as the cache.
 SHIPPED_MAP_DIR = ASSETS_DIR / "square_map"

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 
-from ..face.geometry import CACHE_ENV, DEFAULT_CACHE_DIR
+from ..constants import CACHE_ENV, DEFAULT_CACHE_DIR
 
 logger = logging.getLogger(__name__)
 

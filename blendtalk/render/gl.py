@@ -35,9 +35,6 @@ import threading
 
 import numpy as np
 
-from ..face.brows import brow_glsl
-from .wrinkles import wrinkle_glsl
-
 logger = logging.getLogger(__name__)
 
 RENDER_ENV = "BLENDTALK_RENDER"  # "torch" forces the torch rasterizer; "gl" makes a missing OpenGL an error
@@ -136,8 +133,7 @@ void main() {
 # The fine lines, folds and brows of `_FRAGMENT_SHADER`: only the program for triangles that can carry them has these.
 _DETAIL_DECLARATIONS = """
 uniform vec3 brow_tint;   // albedo factor of full brow paint
-{wrinkles}
-{brows}
+{functions}
 in vec4 v_wrinkle;
 in vec2 v_fold;
 in vec3 v_brow;
@@ -267,13 +263,16 @@ class GLDrawer:
     less work per pixel), each pass's plain triangles before its detailed ones. None: all detailed.
     two_sided: optional (F,) bool, the triangles whose back faces are drawn (the second pass draws
     only these: a quarter of llvmpipe's time when it drew all); None: every triangle.
+    detail_functions: GLSL of the detailed program's `wrinkle_factor(vec4, vec2)` (`render.wrinkles`)
+    and `brow_density(vec3)` (`face.brows`); given as source, so that this module needs no torch and a
+    `gl_worker` process starts fast.
     """
 
     def __init__(self, triangles: np.ndarray, num_vertices: int, size: int, *, focal: float, distance: float, near: float, far: float,
                  ortho: bool, lights: np.ndarray, halfways: np.ndarray, intensities: np.ndarray, ambient: float,
                  back_light: float, background: np.ndarray, tie_bias: float, wrinkle: tuple[float, float, float] = (0.0, 1.0, 0.0),
                  brow_tint: np.ndarray = np.ones(3), tiles: int | None = None, srgb_table: np.ndarray | None = None,
-                 detailed: np.ndarray | None = None, two_sided: np.ndarray | None = None):
+                 detailed: np.ndarray | None = None, two_sided: np.ndarray | None = None, detail_functions: str = ""):
         import moderngl
 
         self.ctx = ctx = gl_context()
@@ -298,7 +297,7 @@ class GLDrawer:
             self.back_kinds = [k for k in self.kinds if ((detailed == k) & two_sided).any()]
             self.programs, self.indices = {}, {}
             for with_detail in self.kinds:
-                declarations = _DETAIL_DECLARATIONS.replace("{wrinkles}", wrinkle_glsl(float(wrinkle[1]))).replace("{brows}", brow_glsl())
+                declarations = _DETAIL_DECLARATIONS.replace("{functions}", detail_functions)
                 fragment = (_FRAGMENT_SHADER.replace("{lights}", str(len(intensities)))
                             .replace("{detail_declarations}", declarations if with_detail else "")
                             .replace("{detail}", _DETAIL if with_detail else ""))

@@ -26,16 +26,17 @@ import torch
 import torch.nn.functional as nnf
 
 from ..expression.head_motion import head_pivot, rotate_head
-from ..face.brows import BrowRide, brow_density
+from ..face.brows import BrowRide, brow_density, brow_glsl
 from ..face.dressing import DressingConfig, FaceDressing
 from ..face.geometry import ring_matrix, rings_away, smooth_over, vertex_normals
 from ..models.checkpoint import cpu_threads
+from . import gl_worker
 from .camera import Camera
 from .raster import Rasterizer
 from .shading import concavity, linear_to_srgb, srgb_to_linear, template_shading
 from .undressed import plain_dressing
 from .wrinkles import ATTRIBUTES as WRINKLE_ATTRIBUTES
-from .wrinkles import WrinkleConfig, Wrinkles, darkening, line_masks, nasolabial_folds
+from .wrinkles import WrinkleConfig, Wrinkles, darkening, line_masks, nasolabial_folds, wrinkle_glsl
 from .yuv import rgb_to_yuv420
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ class RenderConfig:
     # "torch" always the rasterizer; "gl" OpenGL or an error.
     backend: str = "auto"
     gl_tiles: int | None = None  # frames per OpenGL draw call (tiles of one framebuffer); None: by driver
+    # llvmpipe with two cores or more: a child process draws every other block of a clip's frames
+    # (`render.gl_worker`, the same bytes); False draws every frame in this process.
+    gl_worker: bool = True
 
     def __post_init__(self):
         if self.size < 8:
@@ -226,7 +230,10 @@ class Renderer:
             if mask.shape != (self.num_vertices, 2):
                 raise ValueError(f"wrinkle_mask must have shape ({self.num_vertices}, 2), got {tuple(mask.shape)}")
             self.wrinkles = Wrinkles(face32, self.face_triangles, mask.to(dev), self.wrinkle_config, folds)
+        self._gl_spec: dict = {}  # the drawer's arguments, for a `gl_worker` to build the same
         self.gl = self._gl_drawer()
+        self._worker = None  # a `gl_worker.DrawWorker` once a clip or `start_worker` asked for one
+        self._worker_failed = False  # a worker failed here once: this renderer draws alone from then on
 
     @property
     def backend(self) -> str:
@@ -256,8 +263,8 @@ class Renderer:
         if self.wrinkles is not None:
             carriers[: self.num_vertices] |= self.wrinkles.carriers()
         detailed = carriers[self.triangles].any(-1).cpu().numpy()
-        return gl.GLDrawer(
-            self.triangles.cpu().numpy(), len(self.material), cfg.size, focal=self.camera.focal,
+        self._gl_spec = dict(
+            triangles=self.triangles.cpu().numpy(), num_vertices=len(self.material), size=cfg.size, focal=self.camera.focal,
             distance=self.camera.distance, near=self.camera.depth_near, far=self.camera.depth_far, ortho=cfg.fov_deg == 0, lights=self.light_matrix[:, :count].T.cpu().numpy(),
             halfways=self.light_matrix[:, count:].T.cpu().numpy(), intensities=self.light_intensities.cpu().numpy(),
             ambient=cfg.ambient, back_light=BACK_FACE_LIGHT, background=self.background.cpu().numpy(),
@@ -265,7 +272,9 @@ class Renderer:
             wrinkle=(self.wrinkle_config.strength, self.wrinkle_config.sharpness, self.wrinkle_config.fold_strength),
             brow_tint=self.brow_tint.cpu().numpy(), tiles=cfg.gl_tiles, srgb_table=self.srgb_table.cpu().numpy(), detailed=detailed,
             two_sided=None if self.two_sided is None else self.two_sided.cpu().numpy(),
+            detail_functions=wrinkle_glsl(self.wrinkle_config.sharpness) + "\n" + brow_glsl(),
         )
+        return gl.GLDrawer(**self._gl_spec)
 
     @classmethod
     def for_rig(cls, rig, config: RenderConfig | None = None, device=None) -> "Renderer":
@@ -390,6 +399,26 @@ class Renderer:
         """Linear RGB (..., 3) -> sRGB uint8 through a lookup table (much cheaper than a power)."""
         return self.srgb_table[(linear.clamp(0, 1) * (len(self.srgb_table) - 1) + 0.5).long()]
 
+    def start_worker(self) -> bool:
+        """Start the child process that draws a share of a clip's frames (`render.gl_worker`) now,
+        where this renderer draws with llvmpipe, `RenderConfig.gl_worker` is on and the system allows
+        one; otherwise its first clip would start it and draw alone until it is ready (about 0.15 s).
+        Returns whether a worker is running."""
+        if not (self.config.gl_worker and self.gl is not None and not self.gl.hardware):
+            return False
+        if self._worker is None and not self._worker_failed and gl_worker.available():
+            try:
+                self._worker = gl_worker.DrawWorker(self._gl_spec, _GL_FRAMES)
+            except (OSError, gl_worker.DrawWorkerError) as err:
+                self._worker_lost(err)
+        return self._worker is not None
+
+    def _worker_lost(self, err: Exception) -> None:
+        logger.warning("drawing every frame in this process: %s", err)
+        if self._worker is not None:
+            self._worker.close()
+        self._worker, self._worker_failed = None, True
+
     def _draw_gl(self, verts: torch.Tensor, brows: torch.Tensor, out: np.ndarray, pixel_format: str = "rgb24") -> None:
         """Vertices and brow coordinates (T, V, 3) -> uint8 frames written into out (T, H, W, 3) (or
         (T, 3H/2, W) for "yuv420p", from tiles), drawn by OpenGL from the
@@ -398,13 +427,50 @@ class Renderer:
         A GPU driver draws while the attributes of the next _GL_FRAMES frames are computed on a second
         thread. llvmpipe gets them computed in turn: its threads wait for each other at every frame, so
         a thread that takes one of the two cores from them stalls both, and the clip drew 0.2 s slower
-        that way (docs/speed.md)."""
+        that way (docs/speed.md). A clip longer than one block also goes half to the worker process
+        (`start_worker`), block by block, once it is ready."""
         step = max(_GL_FRAMES, self.gl.frames_per_call)  # a GPU driver draws a block of tiles per call
         spans = [(start, min(start + step, len(verts))) for start in range(0, len(verts), step)]
-        if not self.gl.hardware:
-            for start, end in spans:
-                self.gl(self._gl_attributes(verts[start:end], brows[start:end]), out[start:end], pixel_format)
+        if self.gl.hardware:
+            self._draw_gl_ahead(verts, brows, out, pixel_format, spans)
             return
+
+        def attributes(span):
+            return self._gl_attributes(verts[slice(*span)], brows[slice(*span)])
+
+        worker = self._worker if len(spans) > 1 and self.start_worker() else None
+        if worker is None or not worker.lock.acquire(blocking=False):  # none, or another thread's clip has it
+            for span in spans:
+                self.gl(attributes(span), out[slice(*span)], pixel_format)
+            return
+        try:
+            self._draw_gl_shared(worker, spans, attributes, out)
+        finally:
+            worker.lock.release()
+
+    def _draw_gl_shared(self, worker, spans, attributes, out) -> None:
+        """`_draw_gl` on llvmpipe with a worker: once it is ready, the worker is given the next block
+        whenever it is idle, and this process draws a block in between (and computes every block's
+        attributes); should the worker fail, this process draws what it had and the rest."""
+        pending, i = None, 0  # the span the worker draws; the next span not yet drawn or given out
+        try:
+            while i < len(spans) or pending is not None:
+                if pending is not None and (i == len(spans) or worker.done()):
+                    out[slice(*pending)] = worker.result()
+                    pending = None
+                if pending is None and i + 1 < len(spans) and worker.ready():
+                    pending, i = spans[i], i + 1
+                    worker.submit(attributes(pending))
+                if i < len(spans):
+                    self.gl(attributes(spans[i]), out[slice(*spans[i])])
+                    i += 1
+        except gl_worker.DrawWorkerError as err:
+            self._worker_lost(err)
+            for span in ([pending] if pending is not None else []) + spans[i:]:
+                self.gl(attributes(span), out[slice(*span)])
+
+    def _draw_gl_ahead(self, verts, brows, out, pixel_format, spans) -> None:
+        """`_draw_gl` on a GPU driver: the next block's attributes are computed on a second thread."""
         with ThreadPoolExecutor(1, thread_name_prefix="gl-attributes") as pool:
             pending = pool.submit(self._gl_attributes, verts[slice(*spans[0])], brows[slice(*spans[0])])
             for i, (start, end) in enumerate(spans):

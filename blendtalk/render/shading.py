@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
-from ..constants import ASSETS_DIR
-from ..face.geometry import CACHE_ENV, DEFAULT_CACHE_DIR, ring_mean, smooth, vertex_normals
+from ..constants import ASSETS_DIR, CACHE_ENV, DEFAULT_CACHE_DIR
+from ..face.geometry import ring_mean, smooth, vertex_normals
 from .camera import Camera
 from .raster import Rasterizer, sample_furthest, surface_code
 
