@@ -9,18 +9,20 @@ child's threads shade, and a 10 s clip drew about 0.5 s faster on two cores (doc
 frames are the same bytes, since both draw with the same `GLDrawer` and the same attributes.
 
 The worker is a plain subprocess (`python -m blendtalk.render.gl_worker`), which imports numpy and
-moderngl but not torch. Protocol: the drawer's arguments pickled on the worker's stdin, then one
-byte back, b"R" when its first frame is drawn (the shaders compiled); then per request a 4-byte
-little-endian frame count k on stdin, after the attributes of k frames were put in the shared
-input (a memfd, (K, V, ATTRIBUTES) float32), and b"D" back once their pixels are in the shared
-output ((K, size, size, 3) uint8). EOF on stdin ends it; the parent's death closes that pipe too.
+moderngl but not torch. Protocol: the drawer's arguments on the worker's stdin (`_encode_spec`:
+arrays as an npz, the rest as JSON, no pickle), then one byte back, b"R" when its first frame is
+drawn (the shaders compiled); then per request a 4-byte little-endian frame count k on stdin, after
+the attributes of k frames were put in the shared input (a memfd, (K, V, ATTRIBUTES) float32), and
+b"D" back once their pixels are in the shared output ((K, size, size, 3) uint8). EOF on stdin ends
+it; the parent's death closes that pipe too.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import mmap
 import os
-import pickle
 import select
 import struct
 import subprocess
@@ -29,6 +31,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
+
+from .gl import ATTRIBUTES, GLDrawer
 
 _COUNT = struct.Struct("<I")
 READY, DONE = b"R", b"D"
@@ -55,8 +59,6 @@ class DrawWorker:
         self.frames = frames
         self.lock = threading.Lock()
         size, vertices = int(spec["size"]), int(spec["num_vertices"])
-        from .gl import ATTRIBUTES
-
         sizes = (frames * vertices * ATTRIBUTES * 4, frames * size * size * 3)
         fds = [os.memfd_create(name) for name in ("blendtalk-attributes", "blendtalk-pixels")]
         try:
@@ -83,7 +85,7 @@ class DrawWorker:
 
     def _send_spec(self, spec: dict) -> None:
         try:
-            _write_all(self._proc.stdin, pickle.dumps(spec))
+            _write_all(self._proc.stdin, _encode_spec(spec))
         except (OSError, ValueError, AttributeError):  # the worker died (its answer says so) or was closed
             pass
 
@@ -158,6 +160,27 @@ class DrawWorker:
             pass
 
 
+def _encode_spec(spec: dict) -> bytes:
+    """The drawer's keyword arguments -> bytes: two length-prefixed parts, an npz of the arrays and
+    JSON of the rest (numbers, strings, None, tuples as lists)."""
+    arrays = {k: v for k, v in spec.items() if isinstance(v, np.ndarray)}
+    rest = json.dumps({k: v for k, v in spec.items() if k not in arrays}, default=lambda x: x.item()).encode()  # numpy scalars
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    parts = [buffer.getvalue(), rest]
+    return b"".join(_COUNT.pack(len(part)) + part for part in parts)
+
+
+def _decode_spec(stream) -> dict:
+    """`_encode_spec`'s bytes read from stream -> the keyword arguments."""
+    parts = []
+    for _ in range(2):
+        (size,) = _COUNT.unpack(stream.read(_COUNT.size))
+        parts.append(stream.read(size))
+    with np.load(io.BytesIO(parts[0]), allow_pickle=False) as arrays:
+        return {**json.loads(parts[1]), **{k: arrays[k] for k in arrays.files}}
+
+
 def _write_all(stream, data: bytes) -> None:
     """Write all of data to an unbuffered stream (one write may take only part of it)."""
     view = memoryview(data)
@@ -166,10 +189,8 @@ def _write_all(stream, data: bytes) -> None:
 
 
 def _serve(fd_in: int, fd_out: int, frames: int) -> None:
-    from .gl import ATTRIBUTES, GLDrawer
-
     source, sink = sys.stdin.buffer, sys.stdout.buffer
-    drawer = GLDrawer(**pickle.load(source))  # from the parent that started us, through our own stdin
+    drawer = GLDrawer(**_decode_spec(source))
     n, v = drawer.size, drawer.num_vertices
     attributes = np.frombuffer(mmap.mmap(fd_in, frames * v * ATTRIBUTES * 4), np.float32).reshape(frames, v, ATTRIBUTES)
     pixels = np.frombuffer(mmap.mmap(fd_out, frames * n * n * 3), np.uint8).reshape(frames, n, n, 3)
