@@ -352,9 +352,7 @@ class Pipeline:
         def build() -> None:
             try:
                 with cpu_threads(1):  # background work: the other core runs the caller's
-                    renderer = self.renderer(size)
-                    renderer.start_worker()  # a CPU's second llvmpipe, ready by the time the clip is
-                    renderer(self.rig.vertices)
+                    self.renderer(size)(self.rig.vertices)
             except Exception as err:  # the caller's renderer(size) builds it again and raises
                 logger.debug("preparing the %d px renderer failed: %s", size, err)
 
