@@ -95,8 +95,8 @@ class RenderConfig:
     # "torch" always the rasterizer; "gl" OpenGL or an error.
     backend: str = "auto"
     gl_tiles: int | None = None  # frames per OpenGL draw call (tiles of one framebuffer); None: by driver
-    # llvmpipe with two cores or more: a child process draws every other block of a clip's frames
-    # (`render.gl_worker`, the same bytes); False draws every frame in this process.
+    # llvmpipe with two cores or more: a child process draws a share of a clip's frames, a block
+    # whenever it is idle (`render.gl_worker`, the same bytes); False draws every frame in this process.
     gl_worker: bool = True
 
     def __post_init__(self):
