@@ -351,3 +351,14 @@ def test_a_worker_exits_when_its_pipe_closes(rig):
     process = r._worker._proc
     r._worker.close()  # closes its stdin, as the worker's garbage collection or this process's death does
     assert process.wait(timeout=10) == 0
+
+
+@needs_gl
+def test_a_gpu_drivers_block_ahead_gives_the_same_frames(rig, animated):
+    # On a GPU driver the next block's attributes are computed on a thread while OpenGL draws
+    # (`Renderer._draw_gl_ahead`); CI has only llvmpipe, so the drawer is told it is hardware.
+    clip = _long(animated, 3)
+    r = Renderer.for_rig(rig, RenderConfig(size=64, backend="gl", gl_worker=False))
+    expected = r(*clip)
+    r.gl.hardware = True
+    assert np.array_equal(r(*clip), expected)
