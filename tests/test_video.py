@@ -68,8 +68,11 @@ def test_the_encoder_yields_the_cores_to_the_render(tmp_path):
 
     def frames():
         yield _frames(30)
-        time.sleep(0.3)  # ffmpeg has the first frames: its encoding threads exist by now
-        seen.update(_children_niceness())
+        deadline = time.monotonic() + 30  # ffmpeg has the first frames: wait until it has its encoding threads
+        while time.monotonic() < deadline and not any(len(t) >= 2 for t in seen.values()):
+            time.sleep(0.05)
+            seen.clear()
+            seen.update(_children_niceness())
         yield _frames(15)
 
     write_video(tmp_path / "clip.mp4", frames(), FPS, _speech(1.5), SR)
