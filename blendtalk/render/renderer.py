@@ -427,8 +427,8 @@ class Renderer:
         A GPU driver draws while the attributes of the next _GL_FRAMES frames are computed on a second
         thread. llvmpipe gets them computed in turn: its threads wait for each other at every frame, so
         a thread that takes one of the two cores from them stalls both, and the clip drew 0.2 s slower
-        that way (docs/speed.md). A clip longer than one block also goes half to the worker process
-        (`start_worker`), block by block, once it is ready."""
+        that way (docs/speed.md). Of a clip longer than one block, the worker process (`start_worker`)
+        draws a share once it is ready (`_draw_gl_shared`)."""
         step = max(_GL_FRAMES, self.gl.frames_per_call)  # a GPU driver draws a block of tiles per call
         spans = [(start, min(start + step, len(verts))) for start in range(0, len(verts), step)]
         if self.gl.hardware:
