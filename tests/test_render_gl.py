@@ -1,6 +1,7 @@
 """The OpenGL back end (render/gl.py) against the torch rasterizer it stands in for, and the fallback."""
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -362,3 +363,24 @@ def test_a_gpu_drivers_block_ahead_gives_the_same_frames(rig, animated):
     expected = r(*clip)
     r.gl.hardware = True
     assert np.array_equal(r(*clip), expected)
+
+
+
+@needs_gl
+@pytest.mark.skipif(not gl_worker.available(), reason="a drawing worker needs memfd (Linux) and two cores")
+def test_a_forked_copy_leaves_the_parents_worker_alone(rig, animated):
+    # A process forked after a renderer started its worker inherits the worker's pipes: the copy must
+    # neither talk to that worker nor stop it. (The copy is told by the worker's owner pid, faked here.)
+    r = Renderer.for_rig(rig, RenderConfig(size=64, backend="gl"))
+    if r.gl.hardware:
+        pytest.skip("a GPU driver draws blocks of tiles itself, with no worker")
+    assert r.start_worker() and r._worker.ready(timeout=None)
+    inherited = r._worker
+    inherited.owner = -1  # as a forked child sees its parent's worker
+    assert r.start_worker() and r._worker is not inherited  # a worker of its own
+    inherited.close()  # a no-op for a copy that does not own it
+    assert inherited._proc is not None and inherited._proc.poll() is None
+    clip = _long(animated, 3)
+    assert np.array_equal(r(*clip), Renderer.for_rig(rig, RenderConfig(size=64, backend="gl", gl_worker=False))(*clip))
+    inherited.owner = os.getpid()
+    inherited.close()

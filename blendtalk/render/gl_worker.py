@@ -58,6 +58,7 @@ class DrawWorker:
     def __init__(self, spec: dict, frames: int) -> None:
         self.frames = frames
         self.lock = threading.Lock()
+        self.owner = os.getpid()  # a forked child inherits this object but must not talk to the worker
         size, vertices = int(spec["size"]), int(spec["num_vertices"])
         sizes = (frames * vertices * ATTRIBUTES * 4, frames * size * size * 3)
         fds = [os.memfd_create(name) for name in ("blendtalk-attributes", "blendtalk-pixels")]
@@ -126,9 +127,9 @@ class DrawWorker:
         return self.pixels[: self._pending]
 
     def close(self) -> None:
-        """Stop the worker (EOF on its stdin, then a kill if it lingers)."""
+        """Stop the worker (EOF on its stdin, then a kill if it lingers); nothing in a forked child."""
         proc = getattr(self, "_proc", None)
-        if proc is None:
+        if proc is None or self.owner != os.getpid():
             return
         self._proc = None
         try:

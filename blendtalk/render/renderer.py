@@ -18,6 +18,7 @@ outer skin that a raised chin shows) and creases are computed over both, so the 
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -406,6 +407,8 @@ class Renderer:
         Returns whether a worker is running."""
         if not (self.config.gl_worker and self.gl is not None and not self.gl.hardware):
             return False
+        if self._worker is not None and self._worker.owner != os.getpid():  # a forked copy: its parent's worker
+            self._worker = None
         if self._worker is None and not self._worker_failed and gl_worker.available():
             try:
                 self._worker = gl_worker.DrawWorker(self._gl_spec, _GL_FRAMES)
