@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "blendtalk"
 
 # Lowest first. A module may import its own layer and the layers before it, never a later one.
 LAYERS = (
-    ("blendtalk.constants", "blendtalk.animation", "blendtalk.safe_pickle"),  # units, the result type, safe pickles
+    ("blendtalk.constants", "blendtalk.animation", "blendtalk.safe_pickle", "blendtalk.worker_process"),  # units, the result
+    # type, safe pickles, how worker processes start
     ("blendtalk.face",),  # rig, geometry, rig mappings, FLAME, dressing
     ("blendtalk.speech",),  # audio, phones, TTS, alignment, features, visemes
     ("blendtalk.expression",),  # emotions, head and eye motion

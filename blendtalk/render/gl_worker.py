@@ -8,13 +8,13 @@ process has a screen of its own: while this process bins or computes vertex attr
 child's threads shade, and a 10 s clip drew about 0.5 s faster on two cores (docs/speed.md). The
 frames are the same bytes, since both draw with the same `GLDrawer` and the same attributes.
 
-The worker is a plain subprocess (`python -m blendtalk.render.gl_worker`), which imports numpy and
-moderngl but not torch. Protocol: the drawer's arguments on the worker's stdin (`_encode_spec`:
-arrays as an npz, the rest as JSON, no pickle), then one byte back, b"R" when its first frame is
-drawn (the shaders compiled); then per request a 4-byte little-endian frame count k on stdin, after
-the attributes of k frames were put in the shared input (a memfd, (K, V, ATTRIBUTES) float32), and
-b"D" back once their pixels are in the shared output ((K, size, size, 3) uint8). EOF on stdin ends
-it; the parent's death closes that pipe too.
+The worker is a plain subprocess (`python -m blendtalk.render.gl_worker`, see `worker_process`),
+which imports numpy and moderngl but not torch. Protocol: the drawer's arguments on the worker's
+stdin (`_encode_spec`: arrays as an npz, the rest as JSON, no pickle), then one byte back, b"R"
+when its first frame is drawn (the shaders compiled); then per request a 4-byte little-endian frame
+count k on stdin, after the attributes of k frames were put in the shared input (a memfd, (K, V,
+ATTRIBUTES) float32), and b"D" back once their pixels are in the shared output ((K, size, size, 3)
+uint8). EOF on stdin ends it; the parent's death closes that pipe too.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import struct
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 
+from ..worker_process import worker_command
 from .gl import ATTRIBUTES, GLDrawer
 
 _COUNT = struct.Struct("<I")
@@ -68,12 +68,8 @@ class DrawWorker:
             self._maps = [mmap.mmap(fd, nbytes) for fd, nbytes in zip(fds, sizes)]
             self.attributes = np.frombuffer(self._maps[0], np.float32).reshape(frames, vertices, ATTRIBUTES)
             self.pixels = np.frombuffer(self._maps[1], np.uint8).reshape(frames, size, size, 3)
-            env = dict(os.environ)
-            root = str(Path(__file__).resolve().parents[2])  # so the worker imports this very blendtalk
-            env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "blendtalk.render.gl_worker", str(fds[0]), str(fds[1]), str(frames)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds, env=env, bufsize=0)
+            argv, env = worker_command("blendtalk.render.gl_worker", str(fds[0]), str(fds[1]), str(frames))
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds, env=env, bufsize=0)
         finally:
             for fd in fds:  # the maps and the child hold the memory now
                 os.close(fd)

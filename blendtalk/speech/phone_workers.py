@@ -1,22 +1,21 @@
 """Phone recognition in worker processes: one pocketsphinx allphone decoder per process.
 
 pocketsphinx holds the GIL while it decodes, so only processes run recognitions side by side.
-The workers are plain subprocesses (`python -m blendtalk.speech.phone_workers`), not multiprocessing
-ones, so that they never re-import the caller's main script and never fork a process that holds
-CUDA. Protocol on the worker's stdin/stdout, one request at a time: a 4-byte little-endian
-length + 16-bit PCM at 16 kHz in; a 4-byte length + JSON [[symbol, start_s, end_s], ...] out.
+The workers are plain subprocesses (`python -m blendtalk.speech.phone_workers`, see
+`worker_process`). Protocol on the worker's stdin/stdout, one request at a time: a 4-byte
+little-endian length + 16-bit PCM at 16 kHz in; a 4-byte length + JSON [[symbol, start_s, end_s],
+...] out.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
+from ..worker_process import worker_command
 from .phones import Phone
 from .sphinx import allphone_decoder, allphone_segments
 
@@ -41,11 +40,8 @@ class PhoneWorkers:
         self._lock = threading.Lock()
 
     def _start(self) -> None:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])  # so the workers import this very blendtalk
-        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-        self._procs = [subprocess.Popen([sys.executable, "-m", "blendtalk.speech.phone_workers"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env) for _ in range(self.count)]
+        argv, env = worker_command("blendtalk.speech.phone_workers")
+        self._procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) for _ in range(self.count)]
 
     def recognize(self, pieces: list[bytes]) -> list[list[Phone]]:
         """16-bit PCM pieces (at most `count`) -> the phones of each, times from the piece's start."""
