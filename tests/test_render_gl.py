@@ -284,7 +284,6 @@ def test_the_context_made_on_one_thread_draws_on_another():
 import threading
 import numpy as np
 import blendtalk.render.gl as gl
-import blendtalk.render.gl_worker as gl_worker
 from blendtalk.face.rig import load_rig
 from blendtalk.render.renderer import Renderer, RenderConfig
 assert gl.gl_status()[0]
