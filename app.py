@@ -459,6 +459,20 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
     def estimate(audio, text, size):
         return service.estimate(demo, audio, text, size)
 
+    # The outputs are made first and placed below, so that the examples can sit right under Generate,
+    # where a first visitor looks, and still name them.
+    video = gr.Video(label="Talking face (mp4 with sound)", elem_id="video", autoplay=False, render=False)
+    status = gr.Markdown(elem_id="status", render=False)
+    mesh = gr.HTML(label="Interactive 3D face (drag to turn, ▶ to play)", elem_id="mesh",
+                   js_on_load=None, min_height=100, render=False)
+    rig3d = gr.Model3D(label="The rig driven by its 52 ARKit blendshape curves (glTF morph targets; loops)",
+                       elem_id="rig3d", clear_color=(0.17, 0.18, 0.21, 1.0), camera_position=(90, 90, 0.6),
+                       height=420, render=False)
+    curves = gr.Plot(label="Blendshape weights over time", elem_id="curves", render=False)
+    files = gr.File(label="Downloads: mp4, vertices .npy, OBJ sequence .zip, glTF .glb, ARKit CSV/JSON, FLAME, "
+                          "the rig with ARKit morph targets _rig.glb",
+                    file_count="multiple", interactive=False, elem_id="downloads", render=False)
+    outputs = [video, mesh, curves, files, status]
     with gr.Row():
         with gr.Column(scale=2):
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
@@ -485,20 +499,13 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
                     size = gr.Dropdown([str(v) for v in VIDEO_SIZES], value=str(default_size), label="Video size (px)",
                                        allow_custom_value=True)  # check_request takes "256" or 256
             button = gr.Button("Generate", variant="primary", elem_id="generate")
+            examples([audio, text, transcript, emotion, intensity], outputs, service.run_example)
         with gr.Column(scale=3):
-            video = gr.Video(label="Talking face (mp4 with sound)", elem_id="video", autoplay=False)
-            status = gr.Markdown(elem_id="status")
-    mesh = gr.HTML(label="Interactive 3D face (drag to turn, ▶ to play)", elem_id="mesh",
-                   js_on_load=None, min_height=100)
-    rig3d = gr.Model3D(label="The rig driven by its 52 ARKit blendshape curves (glTF morph targets; loops)",
-                       elem_id="rig3d", clear_color=(0.17, 0.18, 0.21, 1.0), camera_position=(90, 90, 0.6),
-                       height=420)
-    curves = gr.Plot(label="Blendshape weights over time", elem_id="curves")
-    files = gr.File(label="Downloads: mp4, vertices .npy, OBJ sequence .zip, glTF .glb, ARKit CSV/JSON, FLAME, "
-                          "the rig with ARKit morph targets _rig.glb",
-                    file_count="multiple", interactive=False, elem_id="downloads")
+            video.render()
+            status.render()
+    for output in (mesh, rig3d, curves, files):
+        output.render()
     inputs = [audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size, head_motion]
-    outputs = [video, mesh, curves, files, status]
     button.click(estimate, [audio, text, size], status, queue=False, api_visibility="private",
                  show_progress="hidden")  # before the queue: where this request stands
     # gr.Model3D (6.x) starts its viewer for a value set by a plain event, not by a generator's
@@ -514,7 +521,6 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
                 f"The ARKit CSV/JSON open in Blender with the [blendtalk add-on]({BLENDER_ROUTE}) (Edit > Preferences > "
                 "Add-ons > Install from Disk; its panel is in the 3D view's sidebar); the CSV is in Live Link Face's "
                 "layout, which Unreal's Live Link Face importer reads.")
-    examples([audio, text, transcript, emotion, intensity], outputs, service.run_example)
 
 
 def examples(inputs, outputs, fn) -> None:
@@ -526,15 +532,15 @@ def examples(inputs, outputs, fn) -> None:
     csv.field_size_limit(2**31 - 1)
     # Gradio warns that some examples leave inputs empty: they do on purpose (audio or text).
     warnings.filterwarnings("ignore", message="Examples will be cached but not all input components")
+    rows = [(EXAMPLES_DIR / "tts_surprised", "surprised", "a TTS voice"),
+            (ARCTIC_DIR / "arctic_a0009", "angry", "a recorded voice, CMU ARCTIC"),
+            (EXAMPLES_DIR / "tts_sad", "sad", "a TTS voice")]
     gr.Examples(
-        [[str(EXAMPLES_DIR / "tts_surprised.wav"), "", (EXAMPLES_DIR / "tts_surprised.txt").read_text().strip(),
-          "surprised", 1.0],
-         [str(ARCTIC_DIR / "arctic_a0009.wav"), "", (ARCTIC_DIR / "arctic_a0009.txt").read_text().strip(),
-          "angry", 1.0],
-         [str(EXAMPLES_DIR / "tts_sad.wav"), "", (EXAMPLES_DIR / "tts_sad.txt").read_text().strip(), "sad", 1.0],
-         [None, "What a lovely surprise to see you here!", "", "happy", 1.0]],
-        inputs=inputs, outputs=outputs, fn=fn,
-        cache_examples=True, cache_mode="lazy", label="Examples (computed on first use, then cached)",
+        [[str(stem.with_suffix(".wav")), "", stem.with_suffix(".txt").read_text().strip(), emotion, 1.0]
+         for stem, emotion, _ in rows] + [[None, "What a lovely surprise to see you here!", "", "happy", 1.0]],
+        inputs=inputs, outputs=outputs, fn=fn, cache_examples=True, cache_mode="lazy",
+        label="Examples: click one (the first run of each computes it, then it is cached)",
+        example_labels=[f"{emotion}: {voice}" for _, emotion, voice in rows] + ["happy: typed text, built-in TTS"],
     )
 
 

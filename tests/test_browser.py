@@ -241,14 +241,17 @@ def test_an_example_runs_and_plays_under_the_public_cache_name(browser, app_url)
     and play, under the cache's public names (blendtalk.path_mask), never the server's folders."""
     browser.get(app_url)
     browser.wait_for("#generate")
-    # The examples table: a row per example, its cells the inputs (the audio by its file name). It
-    # mounts after the Generate button: on a loaded machine (load 8) the first look found no row.
+    # The examples: a labelled button each, under the Generate button. They mount after it: on a
+    # loaded machine (load 8) the first look found none.
     end, clicked = time.monotonic() + 60, None
     while not clicked and time.monotonic() < end:
-        clicked = browser.js("const row = [...document.querySelectorAll('tr')].find(r => /tts_sad/.test(r.textContent));"
-                             "if (!row) return null; row.click(); return row.textContent;")
+        clicked = browser.js("const b = [...document.querySelectorAll('button')].find(b => /^\\s*sad: /.test(b.textContent));"
+                             "if (!b) return null; b.click(); return b.textContent;")
         time.sleep(0.0 if clicked else 0.25)
     assert clicked, "no example of the sad clip on the page"
+    assert browser.js("const b = document.querySelector('#generate'), e = [...document.querySelectorAll('button')]"
+                      ".find(b => /^\\s*sad: /.test(b.textContent));"
+                      "return e.getBoundingClientRect().top > b.getBoundingClientRect().bottom;"), "examples not under Generate"
     source = wait_playable(browser, "the example's video")[2]
     assert "file=blendtalk-" in source and "/tmp/" not in source, source
     audio = browser.js("const a = document.querySelector('#speech audio'); return a ? a.currentSrc || a.src : null;")
