@@ -89,9 +89,7 @@ AU_TO_ARKIT: dict[int, dict[str, float]] = {
 EMOTION_AUS: dict[str, dict[str, float]] = {
     "neutral": {},
     "happy": {"AU6": 1.0, "AU12": 1.0, "AU14": 0.3, "AU10": 0.4, "AU25": 1.0, "AU26": 0.2},  # Duchenne, teeth shown
-    # Sadness's upper lids droop (41; "the upper eyelids may droop", Ekman & Friesen 1975): at 0.25 the
-    # eyes stayed open wide enough that, under the oblique brow, a second recogniser read fear.
-    "sad": {"AU1": 1.0, "AU4": 0.6, "AU15": 1.0, "AU17": 0.6, "AU41": 0.5},  # oblique brows, corners down, lids droop
+    "sad": {"AU1": 1.0, "AU4": 0.6, "AU15": 1.0, "AU17": 0.6, "AU41": 0.25},  # oblique brows, corners down, lids droop
     "angry": {"AU4": 1.0, "AU5": 0.5, "AU7": 1.0, "AU9": 0.5, "AU10": 0.8, "AU16": 0.6, "AU25": 0.8, "AU26": 0.3},
     # brows high, eyes wide, jaw dropped; the rig's jaw drop spreads the lips wide, so some AU22
     # keeps them in the slack oval of a dropped jaw ("oh") instead of the stretched mouth of fear.
@@ -103,7 +101,7 @@ EMOTION_AUS: dict[str, dict[str, float]] = {
     # Brows raised and drawn together (1+2+4: "the brows are raised and drawn together", Ekman &
     # Friesen 1975), eyes wide (5), lips stretched back (20) over a dropped jaw. The knit (4 at 0.6)
     # and a lower outer brow (2 at 0.4) are what set fear's brow apart from surprise's arch: with a
-    # trace of 4 (0.25) and 2 at 0.6, a second recogniser read surprise in 87-95% of frames.
+    # trace of 4 (0.25) and 2 at 0.6, a second recogniser read surprise in 55-63% of frames, fear in 8-18%.
     "fearful": {"AU1": 1.0, "AU2": 0.4, "AU4": 0.6, "AU5": 0.8, "AU16": 0.6, "AU20": 1.0, "AU25": 1.0, "AU26": 0.4},
     # Disgust is carried by the nose and the upper lip (Ekman & Friesen 1975, Unmasking the Face: the
     # upper lip raised, the nose wrinkled, the cheeks and lower lids pushed up, the lower lip raised
