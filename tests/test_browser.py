@@ -80,6 +80,19 @@ def wait_playable(browser, what: str, timeout: float = 180) -> list:
     raise AssertionError(f"{what} never became playable: {ready}")
 
 
+def mouth_moves_then_rests(history: np.ndarray, speech_end: float, min_playing: int, min_after: int = 10) -> None:
+    """The page's mouth history (n, 5) (time ms, jawOpen, mouthClose, funnel, audio time s) moves while
+    the speech plays (0.3 s to `speech_end`) and rests a second after it. Windows by the frames' own
+    audio time, not by arrival: a starved server (a CI series beside it) delivers the last frames
+    seconds late, and they must not count as the mouth at rest."""
+    t = history[:, 4]
+    playing, after = history[(t > 0.3) & (t < speech_end)], history[t > speech_end + 1.2]
+    assert len(playing) > min_playing and len(after) > min_after, (len(playing), len(after))
+    moving, resting = playing[:, 1:4].std(0).max(), after[:, 1:4].std(0).max()
+    print(f"mouth weight spread while speaking {moving:.3f}, after {resting:.4f}")
+    assert moving > 0.05 and resting < 0.2 * moving, (moving, resting)
+
+
 @needs_chromium
 def test_generate_in_browser(browser, app_url, tmp_path):
     times = generate_in_browser(browser, app_url, WAV, "sad")
@@ -223,16 +236,9 @@ def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
     print(f"weight frames applied per second (max over 1 s windows): {fps}; "
           f"own audio -> weights in the page: p50 {np.percentile(latency, 50):.0f} ms, p95 {np.percentile(latency, 95):.0f} ms")
     assert fps >= 10, samples  # a rate target belongs to eval/live_latency.py, not a test
-    # Windows by the frames' own audio time, not by arrival: a starved server delivers the sentence's
-    # last frames seconds late (seen under a CI series), and they must not count as the mouth at rest.
-    t = history[:, 4]
-    playing = history[(t > 0.3) & (t < 2.8)]  # the sentence is 3.1 s, speech from about 0.2 s to 2.9 s
-    after = history[t > 4.0]
-    # Fewer when a busy CPU thins the frames or the server drops audio to catch up.
-    assert len(playing) > (5 if caught_up else 20) and len(after) > 10, (len(playing), len(after), caught_up)
-    moving, resting = playing[:, 1:4].std(0).max(), after[:, 1:4].std(0).max()
-    print(f"mouth weight spread while speaking {moving:.3f}, after {resting:.4f}")
-    assert moving > 0.05 and resting < 0.2 * moving, (moving, resting)
+    # The sentence is 3.1 s, speech from about 0.2 s to 2.9 s; fewer frames when a busy CPU thins them
+    # or the server drops audio to catch up.
+    mouth_moves_then_rests(history, 2.8, 5 if caught_up else 20)
     assert shot.stat().st_size > 10_000
 
 
@@ -273,6 +279,55 @@ def pipe_for_live():
     from blendtalk.pipeline import Pipeline
 
     return Pipeline.from_pretrained(device="cpu")
+
+
+def resample_tone(page, rate: int, freq: float) -> list:
+    """One second of a unit sine at `rate` through the page's resampler in 128-sample blocks (the audio
+    worklet's) -> [samples out, RMS past the filter's delay]."""
+    return page.js(f"""
+const rate = {rate}, freq = {freq}, x = new Float32Array(rate), toRate = window.liveResampler(rate), out = [];
+for (let i = 0; i < rate; i++) x[i] = Math.sin(2 * Math.PI * freq * i / rate);
+for (let i = 0; i < rate; i += 128) out.push(...toRate(x.subarray(i, i + 128)));
+const tail = out.slice(1600);
+return [out.length, Math.sqrt(tail.reduce((a, v) => a + v * v, 0) / tail.length)];""")
+
+
+@needs_chromium
+def test_the_pages_resampler_keeps_speech_and_drops_what_would_alias(browser, live_url):
+    """A browser that refuses a 16 kHz audio context hands the page 44.1 or 48 kHz: one second of a
+    tone, in 128-sample blocks, comes out as 16,000 samples; 1 kHz keeps its level (RMS 0.707) and
+    tones above 8 kHz, which plain interpolation would fold into the speech band, are gone."""
+    browser.get(live_url)
+    end = time.monotonic() + 60
+    while not browser.js("return !!window.liveResampler"):
+        assert time.monotonic() < end, "the live page did not load its script"
+        time.sleep(0.2)
+    for rate in (48000, 44100):
+        length, kept = resample_tone(browser, rate, 1000)
+        assert abs(length - 16000) <= 1 and kept == pytest.approx(0.7071, abs=0.005), (rate, length, kept)
+        for tone in (9000, 12000, 20000):
+            assert resample_tone(browser, rate, tone)[1] < 0.01, (rate, tone)
+    length, kept = resample_tone(browser, 8000, 1000)  # a narrow-band device: interpolated up
+    assert abs(length - 16000) <= 2 and kept > 0.65, (length, kept)
+
+
+@needs_chromium
+def test_live_page_at_48_khz_resamples_the_microphone(live_url):
+    """?audio-rate=48000 makes the page's audio run at 48 kHz, as a browser that refuses 16 kHz does:
+    the ARCTIC sentence still moves the face while it plays, and the mouth rests after it."""
+    with chrome(*fake_microphone_flags(WAV)) as page:
+        page.get(live_url + "?audio-rate=48000")
+        end = time.monotonic() + 60
+        while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
+            assert time.monotonic() < end, "the live page did not load its face"
+            time.sleep(0.2)
+        page.click(page.find("#start"))
+        time.sleep(8)
+        rate, received, errors = page.js("const s = window.liveStats; return [s.audioRate, s.received, s.errors];")
+        history = np.array(page.js("return window.liveStats.mouthHistory"))
+    assert rate == 48000 and not errors, (rate, errors)
+    assert received > 30, received
+    mouth_moves_then_rests(history, 2.8, 10)
 
 
 # Firefox plays no file as its microphone (its fake device is a tone): the test hands the page a
@@ -330,13 +385,4 @@ def test_live_page_in_firefox(live_url):
     received, applied, fps, errors = samples[-1]
     print(f"\nFirefox: {received} frames received, {applied} applied, at most {max(s[2] for s in samples)} frames/s")
     assert not errors and applied > 60, samples[-1]
-    seconds = played["seconds"]
-    # Windows by the frames' own audio time (the file plays from the session's start), not by arrival:
-    # a starved server (a CI series beside it) delivers late and drops audio to catch up, by design.
-    t = history[:, 4]
-    playing = history[(t > 0.3) & (t < seconds - 0.2)]
-    after = history[t > seconds + 1.0]
-    assert len(playing) > 10 and len(after) > 10, (len(playing), len(after))
-    moving, resting = playing[:, 1:4].std(0).max(), after[:, 1:4].std(0).max()
-    print(f"mouth weight spread while speaking {moving:.3f}, after {resting:.4f}")
-    assert moving > 0.05 and resting < 0.2 * moving, (moving, resting)
+    mouth_moves_then_rests(history, played["seconds"] - 0.2, 10)  # the file plays from the session's start

@@ -17,6 +17,9 @@ function numberParam(name, fallback, ok, hint) {
 }
 // ?chunk=10: 10 ms audio messages; the server's window then waits 4 ms for its last sample, not up to 14 (docs/live.md)
 const RATE = 16000, CHUNK = RATE / 1000 * numberParam("chunk", 20, (v) => v === 10 || v === 20, "give 10 or 20 (ms)");
+// ?audio-rate=HZ asks the browser for that audio rate instead of 16 kHz, as a browser that refuses 16 kHz does: the
+// page then resamples (`resampler`), and a test can run that path in a browser that would grant 16 kHz.
+const AUDIO_RATE = numberParam("audio-rate", RATE, (v) => Number.isInteger(v) && v >= 8000 && v <= 96000, "give 8000 to 96000 (Hz)");
 // Frames are shown at their audio time + this jitter buffer; ?playout=MS (0-500) for a server whose frames come evenly.
 const PLAYOUT_MS = numberParam("playout", 40, (v) => Number.isFinite(v) && v >= 0 && v <= 500, "give 0 to 500 (ms)");
 const $ = (id) => document.getElementById(id);
@@ -339,10 +342,38 @@ function percentile(values, p) {
   return s[Math.min(s.length - 1, Math.floor(p / 100 * s.length))];
 }
 
-function resampler(fromRate) {  // linear interpolation to 16 kHz, state kept across blocks
+// A windowed-sinc low-pass (Blackman window) for audio at `fromRate`, passing up to `cutoff` Hz:
+// about 64 taps per output sample's span, a transition band of about 1.4 kHz above the cutoff.
+function lowpass(fromRate, cutoff) {
+  const half = Math.round(32 * fromRate / RATE), n = 2 * half + 1, fc = cutoff / fromRate;
+  const taps = new Float32Array(n);
+  let sum = 0;
+  for (let k = 0; k < n; k++) {
+    const m = k - half, w = 0.42 - 0.5 * Math.cos(2 * Math.PI * k / (n - 1)) + 0.08 * Math.cos(4 * Math.PI * k / (n - 1));
+    taps[k] = (m === 0 ? 2 * fc : Math.sin(2 * Math.PI * fc * m) / (Math.PI * m)) * w;
+    sum += taps[k];
+  }
+  return taps.map((t) => t / sum);  // unit gain at 0 Hz
+}
+
+// Blocks at `fromRate` -> blocks at 16 kHz, state kept across blocks. Going down, a low-pass below
+// 7 kHz first: linear interpolation alone folds everything above 8 kHz (a fricative's hiss) back
+// into the speech band. Then linear interpolation between the filtered samples.
+function resampler(fromRate) {
   const step = fromRate / RATE;
+  const taps = fromRate > RATE ? lowpass(fromRate, 7000) : Float32Array.of(1);
+  let history = new Float32Array(taps.length - 1);  // the input's last samples, for the next block's filter
   let pos = 0, last = 0;
-  return (x) => {
+  return (block) => {
+    const input = new Float32Array(history.length + block.length);
+    input.set(history); input.set(block, history.length);
+    const x = new Float32Array(block.length);  // filtered, (taps.length - 1) / 2 samples late
+    for (let i = 0; i < x.length; i++) {
+      let acc = 0;
+      for (let k = 0; k < taps.length; k++) acc += taps[k] * input[i + k];
+      x[i] = acc;
+    }
+    history = input.slice(input.length - history.length);
     const out = [];
     while (pos < x.length) {
       const i = Math.floor(pos), f = pos - i;
@@ -351,10 +382,11 @@ function resampler(fromRate) {  // linear interpolation to 16 kHz, state kept ac
       pos += step;
     }
     pos -= x.length;
-    last = x[x.length - 1];
+    if (x.length) last = x[x.length - 1];
     return Float32Array.from(out);
   };
 }
+window.liveResampler = resampler;  // for the browser tests
 
 async function start() {
   $("start").disabled = true;
@@ -365,7 +397,7 @@ async function start() {
   }
   // The audio context is made here, in the click itself: browsers keep one made later (after the
   // awaits below) suspended as autoplay, and Firefox then never runs its worklet.
-  try { ctx = new AudioContext({ sampleRate: RATE }); } catch (e) { ctx = new AudioContext(); }
+  try { ctx = new AudioContext({ sampleRate: AUDIO_RATE }); } catch (e) { ctx = new AudioContext(); }
   ctx.resume();
   stats.audio = ctx.state;
   stats.audioRate = ctx.sampleRate;  // 16000, or the device's rate when the browser refuses 16 kHz (then resampled)
