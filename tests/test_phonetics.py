@@ -317,3 +317,22 @@ def test_prefetched_recognition_gives_the_same_phones(arctic, monkeypatch):
     assert ahead._prefetched is None  # a stale prefetch is dropped, not kept for later
     long = np.concatenate([audio, audio])  # 6 s: two workers would cut it, so no whole-clip prefetch
     assert not PhoneAligner(workers=2).prefetch(long)
+
+
+def test_a_one_request_worker_answers_then_exits(arctic):
+    """`PhoneWorkers(once=True)` (the CLI's prefetch): the worker answers as a pool worker would, then
+    exits instead of building a decoder for a next request that will not come; a second request
+    gets a clear error instead of a hang."""
+    from blendtalk.speech.phone_workers import PhoneWorkers, WorkerError
+    from blendtalk.speech.phonetics import _to_pcm16
+
+    pcm = _to_pcm16(arctic[0])
+    pool, once = PhoneWorkers(1), PhoneWorkers(1, once=True)
+    try:
+        assert once.recognize([pcm]) == pool.recognize([pcm])
+        assert once._procs[0].wait(timeout=30) == 0  # gone without being told to
+        with pytest.raises(WorkerError, match="one request each"):
+            once.recognize([pcm])
+    finally:
+        pool.close()
+        once.close()

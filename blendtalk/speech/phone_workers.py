@@ -29,18 +29,21 @@ class WorkerError(RuntimeError):
 class PhoneWorkers:
     """`count` recognition processes, started on first use; `recognize(pieces)` runs one piece each.
 
-    Each process loads the acoustic model once (about half a second); close() stops them.
+    Each process loads the acoustic model once (about half a second); close() stops them. Between
+    requests a worker builds its next decoder while idle; `once=True` workers answer one request and
+    exit instead, so that a decoder nobody will use does not take a core from the caller.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, once: bool = False) -> None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be a whole number >= 1, got {count!r}")
-        self.count = count
+        self.count, self.once = count, once
         self._procs: list[subprocess.Popen] = []
+        self._started = False
         self._lock = threading.Lock()
 
     def _start(self) -> None:
-        argv, env = worker_command("blendtalk.speech.phone_workers")
+        argv, env = worker_command("blendtalk.speech.phone_workers", *(["--once"] if self.once else []))
         self._procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) for _ in range(self.count)]
 
     def recognize(self, pieces: list[bytes]) -> list[list[Phone]]:
@@ -48,6 +51,9 @@ class PhoneWorkers:
         if len(pieces) > self.count:
             raise ValueError(f"{len(pieces)} pieces for {self.count} workers")
         with self._lock:
+            if self.once and self._started:
+                raise WorkerError("these workers answer one request each; start a new PhoneWorkers")
+            self._started = True
             if not self._procs:
                 self._start()
             try:
@@ -94,7 +100,7 @@ class BackgroundRecognition:
         self._thread.start()
 
     def _run(self) -> None:
-        pool = PhoneWorkers(1)
+        pool = PhoneWorkers(1, once=True)  # the CLI's speech model runs next: no decoder built for nothing
         try:
             self._phones = pool.recognize([self.pcm])[0]
         except Exception as err:  # reported by result(), in the caller's thread
@@ -121,7 +127,7 @@ def _read_message(stream) -> bytes:
     return body
 
 
-def _serve() -> None:
+def _serve(once: bool = False) -> None:
     decoder = allphone_decoder()
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while True:
@@ -133,8 +139,10 @@ def _serve() -> None:
         body = json.dumps([[p.symbol, p.start, p.end] for p in phones]).encode()
         sink.write(_HEADER.pack(len(body)) + body)
         sink.flush()
+        if once:
+            return
         decoder = allphone_decoder()  # a new one for the next piece (see allphone_segments), built while idle
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(once="--once" in sys.argv[1:])
