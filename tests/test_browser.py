@@ -331,11 +331,13 @@ def test_live_page_at_48_khz_resamples_the_microphone(live_url):
 
 
 # Firefox plays no file as its microphone (its fake device is a tone): the test hands the page a
-# stream of the wav played through Web Audio instead, at the page's own 16 kHz.
+# stream of the wav played through Web Audio instead, at the audio device's own rate, as a real
+# microphone runs. In Firefox the page's context runs at that rate too (older Firefox connects a
+# stream only to a context of its own rate) and the page resamples to 16 kHz.
 FILE_MICROPHONE = """
 const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
 navigator.mediaDevices.getUserMedia = async () => {
-  const ctx = new AudioContext({ sampleRate: 16000 });
+  const ctx = new AudioContext();
   await ctx.resume();
   const source = ctx.createBufferSource();
   source.buffer = await ctx.decodeAudioData(bytes.buffer);
@@ -382,7 +384,10 @@ def test_live_page_in_firefox(live_url):
             samples.append(page.js("const s = window.liveStats; return [s.received, s.applied, s.fps, s.errors];"))
         history = np.array(page.js("return window.liveStats.mouthHistory"))  # (n, 5): time ms, jawOpen, mouthClose, funnel, t s
         played = page.js("return window.fileMicrophone")
+        rate = page.js("return window.liveStats.audioRate")
     received, applied, fps, errors = samples[-1]
-    print(f"\nFirefox: {received} frames received, {applied} applied, at most {max(s[2] for s in samples)} frames/s")
+    print(f"\nFirefox: audio at {rate} Hz; {received} frames received, {applied} applied, "
+          f"at most {max(s[2] for s in samples)} frames/s")
     assert not errors and applied > 60, samples[-1]
+    assert rate > 16000, rate  # the device's rate, resampled by the page
     mouth_moves_then_rests(history, played["seconds"] - 0.2, 10)  # the file plays from the session's start

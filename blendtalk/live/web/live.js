@@ -397,7 +397,12 @@ async function start() {
   }
   // The audio context is made here, in the click itself: browsers keep one made later (after the
   // awaits below) suspended as autoplay, and Firefox then never runs its worklet.
-  try { ctx = new AudioContext({ sampleRate: AUDIO_RATE }); } catch (e) { ctx = new AudioContext(); }
+  // Firefox has long refused to connect a microphone to a context of another rate than the microphone's
+  // (NotSupportedError at createMediaStreamSource, Mozilla bug 1725336, reported through 2025; ESR 153
+  // accepts it), so there the context keeps the device's rate and the page resamples. Other browsers
+  // resample into a 16 kHz context themselves.
+  const ownRate = /Firefox\//.test(navigator.userAgent) && !query.has("audio-rate");
+  try { ctx = ownRate ? new AudioContext() : new AudioContext({ sampleRate: AUDIO_RATE }); } catch (e) { ctx = new AudioContext(); }
   ctx.resume();
   stats.audio = ctx.state;
   stats.audioRate = ctx.sampleRate;  // 16000, or the device's rate when the browser refuses 16 kHz (then resampled)
@@ -419,7 +424,14 @@ async function start() {
   ws.onopen = async () => {
     ws.send(JSON.stringify({ type: "start", emotion: $("emotion").value, intensity: +$("intensity").value, sample_rate: RATE }));
     if (!ctx) return;  // stopped while the socket opened
-    const src = ctx.createMediaStreamSource(stream);
+    let src;
+    try {
+      src = ctx.createMediaStreamSource(stream);
+    } catch (err) {
+      ws.close();
+      return fail(`This browser would not take the microphone into ${ctx.sampleRate} Hz audio (${err && err.name}). ` +
+                  "Reload the page without ?audio-rate, or use another browser.");
+    }
     const code = "class Tap extends AudioWorkletProcessor { process(inputs) { const c = inputs[0][0]; " +
                  "if (c) this.port.postMessage(c.slice(0)); return true; } } registerProcessor('tap', Tap);";
     await ctx.audioWorklet.addModule(URL.createObjectURL(new Blob([code], { type: "application/javascript" })));
