@@ -330,6 +330,33 @@ def test_live_page_at_48_khz_resamples_the_microphone(live_url):
     mouth_moves_then_rests(history, 2.8, 10)
 
 
+@needs_chromium
+def test_a_microphone_that_vanishes_mid_stream_gets_one_line(live_url):
+    """A microphone unplugged mid-stream ends its track: the page says so in one line, ends the
+    session (no more frames) and offers Start again, instead of listening to nothing."""
+    with chrome(*fake_microphone_flags(WAV)) as page:
+        page.get(live_url)
+        end = time.monotonic() + 60
+        while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
+            assert time.monotonic() < end, "the live page did not load its face"
+            time.sleep(0.2)
+        page.js("const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);"
+                "navigator.mediaDevices.getUserMedia = async (c) => (window.testStream = await gum(c));")
+        page.click(page.find("#start"))
+        while page.js("return window.liveStats.received") < 5:
+            assert time.monotonic() < end, "no frames came"
+            time.sleep(0.2)
+        page.js("window.testStream.getAudioTracks()[0].dispatchEvent(new Event('ended'));")  # what unplugging fires
+        time.sleep(1.0)
+        status, errors, received = page.js("const s = window.liveStats; return [s.status, s.errors, s.received];")
+        start_enabled = page.js("return !document.getElementById('start').disabled")
+        time.sleep(1.5)
+        later = page.js("return window.liveStats.received")
+    assert "The microphone stopped" in status and len(errors) == 1, (status, errors)
+    assert start_enabled
+    assert later - received <= 3, (received, later)  # the session ended: frames stop (a few in flight)
+
+
 # Firefox plays no file as its microphone (its fake device is a tone): the test hands the page a
 # stream of the wav played through Web Audio instead, at the audio device's own rate, as a real
 # microphone runs. In Firefox the page's context runs at that rate too (older Firefox connects a

@@ -416,6 +416,12 @@ async function start() {
     return fail(`${why}: allow the microphone for this page (the icon left of the address bar) and press Start again. ` +
                 "Without a microphone: python -m blendtalk live --input FILE.");
   }
+  // A microphone unplugged, or its permission withdrawn, ends its track: say so and end the session,
+  // rather than listen to nothing until the server's time cap.
+  stream.getAudioTracks().forEach((track) => track.addEventListener("ended", () => {
+    if (ws) ws.close();
+    fail("The microphone stopped (unplugged, switched off, or its permission withdrawn): connect it and press Start again.");
+  }));
   if (!token) token = (await (await fetch("/live/token")).json()).token;
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   ws = new WebSocket(`${proto}//${location.host}/live/ws?token=${encodeURIComponent(token)}`);
