@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,19 @@ def wait_playable(browser, what: str, timeout: float = 180) -> list:
             return ready
         time.sleep(0.1)
     raise AssertionError(f"{what} never became playable: {ready}")
+
+
+@contextmanager
+def live_page_with_microphone(url: str):
+    """Chromium with the ARCTIC wav as its fake microphone, on the live page at `url`, once the
+    page's face has loaded."""
+    with chrome(*fake_microphone_flags(WAV)) as page:
+        page.get(url)
+        end = time.monotonic() + 60
+        while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
+            assert time.monotonic() < end, "the live page did not load its face"
+            time.sleep(0.2)
+        yield page
 
 
 def mouth_moves_then_rests(history: np.ndarray, speech_end: float, min_playing: int, min_after: int = 10) -> None:
@@ -194,12 +208,7 @@ def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
     """Chromium's fake microphone plays the ARCTIC sentence once: the page's face moves while it plays
     (about 30 distinct weight frames applied per second on a quiet machine; the bound below leaves room
     for a loaded one, where 21 were seen) and its mouth rests after it."""
-    with chrome(*fake_microphone_flags(WAV)) as page:
-        page.get(app_url + "live/")
-        end = time.monotonic() + 60
-        while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
-            assert time.monotonic() < end, "the live page did not load its face"
-            time.sleep(0.2)
+    with live_page_with_microphone(app_url + "live/") as page:
         # Downloads are caught, not saved: the page's anchors hand their file name and blob here.
         page.js("window.downloads = []; HTMLAnchorElement.prototype.click = function () { window.downloads.push([this.download, this.href]); };")
         page.click(page.find("#start"))
@@ -315,12 +324,7 @@ def test_the_pages_resampler_keeps_speech_and_drops_what_would_alias(browser, li
 def test_live_page_at_48_khz_resamples_the_microphone(live_url):
     """?audio-rate=48000 makes the page's audio run at 48 kHz, as a browser that refuses 16 kHz does:
     the ARCTIC sentence still moves the face while it plays, and the mouth rests after it."""
-    with chrome(*fake_microphone_flags(WAV)) as page:
-        page.get(live_url + "?audio-rate=48000")
-        end = time.monotonic() + 60
-        while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
-            assert time.monotonic() < end, "the live page did not load its face"
-            time.sleep(0.2)
+    with live_page_with_microphone(live_url + "?audio-rate=48000") as page:
         page.click(page.find("#start"))
         time.sleep(8)
         rate, received, errors = page.js("const s = window.liveStats; return [s.audioRate, s.received, s.errors];")
@@ -334,15 +338,11 @@ def test_live_page_at_48_khz_resamples_the_microphone(live_url):
 def test_a_microphone_that_vanishes_mid_stream_gets_one_line(live_url):
     """A microphone unplugged mid-stream ends its track: the page says so in one line, ends the
     session (no more frames) and offers Start again, instead of listening to nothing."""
-    with chrome(*fake_microphone_flags(WAV)) as page:
-        page.get(live_url)
-        end = time.monotonic() + 60
-        while not page.js("return !!(window.liveStats && window.liveStats.loaded)"):
-            assert time.monotonic() < end, "the live page did not load its face"
-            time.sleep(0.2)
+    with live_page_with_microphone(live_url) as page:
         page.js("const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);"
                 "navigator.mediaDevices.getUserMedia = async (c) => (window.testStream = await gum(c));")
         page.click(page.find("#start"))
+        end = time.monotonic() + 60
         while page.js("return window.liveStats.received") < 5:
             assert time.monotonic() < end, "no frames came"
             time.sleep(0.2)
