@@ -405,7 +405,7 @@ async function start() {
   try { ctx = ownRate ? new AudioContext() : new AudioContext({ sampleRate: AUDIO_RATE }); } catch (e) { ctx = new AudioContext(); }
   ctx.resume();
   stats.audio = ctx.state;
-  stats.audioRate = ctx.sampleRate;  // 16000, or the device's rate when the browser refuses 16 kHz (then resampled)
+  stats.audioRate = ctx.sampleRate;  // 16000, or the device's rate (Firefox, or a browser that refuses 16 kHz): then resampled
   ctx.onstatechange = () => { stats.audio = ctx && ctx.state; };
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false,
