@@ -80,27 +80,44 @@ def write_picture(path: Path, rig, smap, size: int = 256) -> None:
     iio.imwrite(path, np.concatenate(tiles, axis=1))
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it, or there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or action.required:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """A mistyped option gets one line (which option, what is wrong, where the help is), not the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blendtalk", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="describe the face rig and its geometry map as JSON",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(prog="blendtalk", formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)  # subcommands' parsers are `Parser`s too
+    p = sub.add_parser("info", help="describe the face rig and its geometry map as JSON", formatter_class=HelpFormatter,
+                       description="Prints the face rig (vertices, blendshapes, regions) and its square geometry map as JSON.")
     p.add_argument("--map-size", type=int, default=128, help="side N of the square geometry map")
     p.add_argument("--picture", type=Path, help="also draw the map and a few rendered poses into this PNG")
     p.set_defaults(func=info)
 
-    p = sub.add_parser("emotions", help="list the emotions an animation can show")
+    p = sub.add_parser("emotions", help="list the emotions an animation can show",
+                       description="Prints the emotion names --emotion, --mix and --timeline take, one per line.")
     p.set_defaults(func=list_emotions)
 
-    p = sub.add_parser("animate", help="speech + emotion -> an mp4 with sound (and exports)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("animate", help="speech + emotion -> an mp4 with sound (and exports)", formatter_class=HelpFormatter)
     p.add_argument("speech", nargs="?", type=Path, help="speech audio (wav, flac, ogg, mp3, m4a ...); or use --text")
-    p.add_argument("--text", help="words to speak with the built-in TTS instead of an audio file")
+    p.add_argument("--text", help="words to speak with the built-in TTS instead of an audio file (at most 600 characters)")
     p.add_argument("--transcript", help="the words of the audio: forced alignment gives better lip sync")
     p.add_argument("--emotion", default="neutral", help="one of `python -m blendtalk emotions`")
     p.add_argument("--intensity", type=float, default=1.0, help="0..1 (1: the apex), up to 1.5 to exaggerate")
     p.add_argument("--mix", metavar="EMOTION", help="a second emotion blended in")
-    p.add_argument("--mix-ratio", type=float, default=0.5, help="share of --mix (0..1)")
+    p.add_argument("--mix-ratio", type=float, help="share of --mix (0..1; default: 0.5)")
     p.add_argument("--timeline", help="e.g. 'neutral@0 happy@1.5 sad@4.0:0.7' (overrides --emotion)")
     p.add_argument("--reference", type=Path, help="expression sequence .npy/.npz: ARKit weights (T, 52) or rig vertices (T, V, 3)")
     p.add_argument("--no-blinks", action="store_true", help="no natural blinks")
@@ -108,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="picks the blinks and the head and eye motion (0 .. 2**32-1)")
     p.add_argument("--method", default="ours", choices=METHODS, help="fusion: the DFM keeping what its bases miss (ours), the paper's eq. 13, the naive sum, or speech alone")
     p.add_argument("-o", "--output", type=Path, default=Path("out.mp4"), help="the video (.mp4)")
-    p.add_argument("--export-dir", type=Path, help="also write vertices .npy, OBJ zip, GLB, ARKit CSV/JSON here")
-    p.add_argument("--size", type=int, default=512, help="video frame size in pixels")
+    p.add_argument("--export-dir", type=Path, help="also write vertices .npy, OBJ zip, GLB, ARKit CSV/JSON into this folder (made if missing)")
+    p.add_argument("--size", type=int, default=512, help="video frame size in pixels, 64 to 2048 (H.264 pads an odd size by one)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dfm", help="DFM checkpoint: a folder or a Hub id org/name[@rev] (default: BLENDTALK_DFM, then shipped)")
     p.add_argument("--speech-model", help="speech checkpoint: a folder or Hub id, or 'visemes' for the procedural driver (default: BLENDTALK_SPEECH, then shipped)")
@@ -121,16 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_live_parser(sub)
 
     p = sub.add_parser("blender-addon", help="write the Blender add-on (takes and the live stream on a face) and blendtalk's face",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Writes blendtalk_blender.py (install it in Blender: Edit > Preferences > Add-ons > "
                                    "Install from Disk) and blendtalk_face.glb (File > Import > glTF 2.0) into OUT_DIR.")
-    p.add_argument("out_dir", type=Path, help="an existing folder")
+    p.add_argument("out_dir", type=Path, help="a folder (made if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace files of the same names")
     p.set_defaults(func=blender_addon)
     p = sub.add_parser("unity-client", help="write the Unity component that plays the live stream on a face",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Writes BlendtalkLive.cs into OUT_DIR (a folder under your project's Assets/).")
-    p.add_argument("out_dir", type=Path, help="an existing folder")
+    p.add_argument("out_dir", type=Path, help="a folder (made if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace a file of the same name")
     p.set_defaults(func=unity_client)
     return parser
@@ -240,6 +257,8 @@ def animate(args) -> int:
         raise ValueError("give a speech file or --text (one of the two)")
     if args.text is not None and not args.text.strip():
         raise ValueError("--text is empty; give the words to speak")
+    if args.mix_ratio is not None and args.mix is None:
+        raise ValueError("--mix-ratio is the share of --mix: give --mix EMOTION too, or leave --mix-ratio out")
     _check_output(args.output, ".mp4", args.overwrite, "output video")
     if args.export_dir is not None:
         _check_export_dir(args.export_dir, args.overwrite)
@@ -247,7 +266,7 @@ def animate(args) -> int:
     with held_interrupt():  # a reference is read onto the rig, which imports torch
         request = AnimationRequest.create(
             args.speech, text=args.text, transcript=args.transcript, emotion=args.emotion, intensity=args.intensity,
-            mix_with=args.mix, mix_ratio=args.mix_ratio, timeline=args.timeline, reference=args.reference,
+            mix_with=args.mix, mix_ratio=0.5 if args.mix_ratio is None else args.mix_ratio, timeline=args.timeline, reference=args.reference,
             blinks=not args.no_blinks, method=args.method, head_motion=not args.no_head_motion, seed=args.seed,
             size=args.size)
     aligner = PhoneAligner()  # recognises a clip whole, as the CPU does
@@ -283,11 +302,21 @@ def animate(args) -> int:
             pipe.save_video(anim, args.output, size=request.size, progress=progress(1, 0.3, 0.65))
         written = {}
         if args.export_dir is not None:
-            from .render.exports import export_all
+            from .render.exports import FORMATS, export_all
 
             bar.set_postfix_str("exports")
-            with _disk_full_is_clear(args.export_dir, "the exports"):
-                written = export_all(anim, args.export_dir, template=pipe.rig.vertices, dressing=pipe.dressing())
+            # FLAME parameters exist only for a configured FLAME mapping: no warning for their absence.
+            formats = [f for f in FORMATS if f != "flame" or anim.flame_params]
+            try:
+                with _disk_full_is_clear(args.export_dir, "the exports"):
+                    export_all(anim, args.export_dir, formats, template=pipe.rig.vertices, dressing=pipe.dressing(),
+                               written=written)
+            except KeyboardInterrupt:  # the video is whole and stays; each export is whole or absent
+                bar.close()
+                done = ", ".join(p.name for p in written.values()) or "none"
+                print(f"blendtalk: interrupted during the exports; the video {args.output} is complete; written to "
+                      f"{args.export_dir}: {done} (run again with --overwrite for all of them)", file=sys.stderr)
+                return 130
         bar.n = 100
     finally:
         bar.close()

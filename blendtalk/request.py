@@ -167,6 +167,12 @@ class AnimationRequest:
             rig = load_rig()
         ref = read_reference(reference, rig) if reference is not None else None  # (T', V, 3)
         audio, text, transcript = check_speech(audio, text, transcript, max_audio_seconds)
+        if audio is not None and expression.timeline is not None and expression.reference is None:
+            seconds = len(audio) / SAMPLE_RATE  # typed text's length is known only once it is spoken
+            late = [key for key in parse_timeline(expression.timeline) if key.start >= seconds]
+            if late:
+                raise ValueError(f"timeline entry {late[0].emotion}@{late[0].start:g} starts after the speech ends "
+                                 f"({seconds:.1f} s) and would never show; give times within the speech")
         return cls(audio, text, transcript, expression, ref, method, head_motion, size)
 
 

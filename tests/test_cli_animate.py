@@ -165,6 +165,26 @@ def test_animate_text_replaces_an_existing_video_with_overwrite(tmp_path, shared
     assert [p.name for p in tmp_path.iterdir()] == ["speech.mp4"]
 
 
+@pytest.mark.slow
+def test_an_interrupt_during_the_exports_says_what_was_written(tmp_path, shared_pipe, monkeypatch, capsys):
+    """Ctrl-C while the exports are written: the video is whole and stays, each export is whole or
+    absent, and the one line says which are there (not "no partial files")."""
+    import blendtalk.render.exports as exports
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(exports._WRITERS, "arkit_csv", interrupted)  # after npy, obj and glb
+    out, folder = tmp_path / "clip.mp4", tmp_path / "exports"
+    rc = main(["animate", str(WAV), "--size", str(SIZE), "-o", str(out), "--export-dir", str(folder), "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 130 and len(lines) == 1, lines
+    assert f"the video {out} is complete" in lines[0]
+    assert "animation.npy, animation_obj.zip, animation.glb" in lines[0]
+    assert probe(out)["video"]["frames"] > 0
+    assert sorted(p.name for p in folder.iterdir()) == ["animation.glb", "animation.npy", "animation_obj.zip"]
+
+
 def test_emotions_lists_every_emotion(capsys):
     assert main(["emotions"]) == 0
     assert capsys.readouterr().out.split() == list(EMOTIONS)
@@ -227,6 +247,9 @@ def _bad_cases():
         ("timeline order", lambda i, o: [ok, "--timeline", "happy@2 sad@1", "-o", o], "times must increase", None),
         ("timeline emotion", lambda i, o: [ok, "--timeline", "neutral@0 elated@1", "-o", o], "unknown emotion 'elated'", None),
         ("timeline intensity", lambda i, o: [ok, "--intensity", "1.2", "--timeline", "sad@0:1.5", "-o", o], "timeline entry sad@0", None),
+        ("timeline past the end", lambda i, o: [ok, "--timeline", "neutral@0 happy@10", "-o", o],
+         "timeline entry happy@10 starts after the speech ends (3.1 s)", None),
+        ("mix ratio without mix", lambda i, o: [ok, "--mix-ratio", "0.9", "-o", o], "give --mix EMOTION too", None),
         ("reference shape", lambda i, o: [ok, "--reference", str(i / "ref_51.npy"), "-o", o], "has shape (10, 51)", None),
         ("reference missing", lambda i, o: [ok, "--reference", str(i / "none.npy"), "-o", o], "does not exist", None),
         ("size", lambda i, o: [ok, "--size", "32", "-o", o], "video size must be an integer number of pixels in [64, 2048]", None),
@@ -291,12 +314,28 @@ def test_bad_reference_content_is_one_line(tmp_path, no_models, capsys):
 
 
 def test_usage_errors_exit_2(capsys):
-    """argparse's own errors (bad number, unknown method) also exit with 2."""
-    for argv in (["animate", str(WAV), "--intensity", "lots"], ["animate", str(WAV), "--method", "average"]):
+    """argparse's own errors (bad number, unknown method, unknown option) also exit with 2, in one line
+    that names the option and where the help is, without the usage block."""
+    for argv, what in ((["animate", str(WAV), "--intensity", "lots"], "argument --intensity: invalid float value: 'lots'"),
+                       (["animate", str(WAV), "--method", "average"], "argument --method: invalid choice: 'average'"),
+                       (["live", "--input", str(WAV), "--threads", "two"], "argument --threads: invalid int value"),
+                       (["animate", str(WAV), "--colour", "red"], "unrecognized arguments: --colour red")):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
-        assert "error:" in capsys.readouterr().err
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and what in lines[0] and lines[0].endswith("--help)"), lines
+
+
+def test_help_shows_each_default_once(capsys):
+    """Defaults the help text already names are not repeated, and options with none show none."""
+    for command in ("animate", "live"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert "(default: None)" not in text and "(default: [])" not in text
+        assert "when available) (default" not in text and "then shipped) (default" not in text
+        assert "(default: neutral)" in text  # --emotion's, which its help does not name
 
 
 def test_no_head_motion_flag_reaches_the_pipeline(tmp_path, monkeypatch, capsys):

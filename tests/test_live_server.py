@@ -54,10 +54,56 @@ def test_cli_live_refuses_bad_arguments_in_one_line():
                         (["--input", str(ARCTIC), "--chunk-ms", "0"], "--chunk-ms"),
                         (["--input", str(ARCTIC), "--emit", "livelink://no such host.invalid"], "cannot resolve"),
                         (["--input", str(ARCTIC), "--emit", "livelink://127.0.0.1", "--subject", ""], "--subject"),
-                        (["--input", str(ARCTIC), "--emit", "stdout", "--emit", "stdout"], "twice")):
+                        (["--input", str(ARCTIC), "--emit", "stdout", "--emit", "stdout"], "twice"),
+                        (["--input", str(ARCTIC), "--seconds", "0"], "--seconds must be a positive"),
+                        (["--input", str(ARCTIC), "--threads", "0"], "--threads must be at least 1")):
         out = subprocess.run([sys.executable, "-m", "blendtalk", "live", *args], cwd=ROOT, capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def _no_sounddevice(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # `import sounddevice` raises ImportError
+
+
+def _no_portaudio(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name == "sounddevice":  # what sounddevice raises when the PortAudio library is missing
+            raise OSError("PortAudio library not found")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+
+
+def _no_microphone(monkeypatch):
+    class Devices:
+        @staticmethod
+        def InputStream(**kwargs):
+            raise RuntimeError("Error querying device -1")
+
+    monkeypatch.setitem(sys.modules, "sounddevice", Devices)
+
+
+@pytest.mark.parametrize("setup, words", [(_no_sounddevice, "pip install sounddevice"),
+                                          (_no_portaudio, "apt-get install libportaudio2"),
+                                          (_no_microphone, "no usable microphone (Error querying device -1)")],
+                         ids=["no sounddevice", "no PortAudio", "no input device"])
+def test_cli_live_without_a_microphone_says_what_is_missing_before_any_frame(setup, words, monkeypatch, capsys):
+    """`live --input mic` on a machine without the library, PortAudio or a device: one line saying
+    what to install or check, exit 2, and nothing on stdout (no hello line a reader would take
+    for a stream), before any model loads."""
+    from blendtalk.cli import main
+    from blendtalk.pipeline import Pipeline
+
+    setup(monkeypatch)
+    monkeypatch.setattr(Pipeline, "from_pretrained", classmethod(lambda cls, **kw: pytest.fail("the models loaded")))
+    assert main(["live", "--input", "mic", "--emit", "stdout"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and words in err, (out, err)
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,15 @@ each frame goes to Unreal's Live Link as a Live Link Face packet (UDP, port 1111
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 
 def add_parser(sub) -> None:
+    from ..cli import HelpFormatter
+
     p = sub.add_parser("live", help="stream frames (ARKit weights, head and eyes) from a microphone or a file in real time",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
+                       formatter_class=HelpFormatter, description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="'mic' (the default input device) or an audio FILE fed in real time")
     p.add_argument("--emit", action="append", help="'stdout' (JSON lines, the default), ws://HOST:PORT (a WebSocket "
                    "server) or livelink://HOST[:PORT] (Unreal's Live Link, UDP 11111 by default); repeatable")
@@ -29,11 +30,12 @@ def add_parser(sub) -> None:
     p.add_argument("--emotion", default="neutral", help="one of `python -m blendtalk emotions`")
     p.add_argument("--intensity", type=float, default=1.0, help="0..1.5 (1 = the apex)")
     p.add_argument("--lookahead", type=int, default=4, help="frames of audio after a frame that its speech window reads")
-    p.add_argument("--edge-ms", type=float, default=0.0, help="ms of the frame after those that the window also reads (< 33.3)")
+    p.add_argument("--edge-ms", type=float, default=0.0, help="a finer look-ahead: ms of one more frame's audio that the "
+                   "speech window reads after its --lookahead frames (0 to 33.3)")
     p.add_argument("--no-closure-lookahead", action="store_true",
                    help="the closure rule does not wait for the next frame: 33 ms sooner, lips no longer ease a frame early")
-    p.add_argument("--chunk-ms", type=float, default=20.0, help="audio chunk length (mic blocks, or the pace a FILE is fed at); "
-                   "10 ms waits 4 ms for the window's last sample, 20 ms up to 14 ms")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="audio arrives in chunks this long (the microphone's blocks, "
+                   "or the steps a FILE is fed in); shorter chunks wait less for the window's last sample: up to 4 ms at 10, 14 at 20")
     p.add_argument("--seconds", type=float, help="stop after this long (default: the file's end, or Ctrl-C)")
     p.add_argument("--token", help="token WebSocket clients must give (?token=); default: a random one, printed")
     p.add_argument("--allow-origin", action="append", default=[], help="browser origin allowed to connect (repeatable)")
@@ -65,6 +67,10 @@ def run(args) -> int:
     StreamConfig(lookahead=args.lookahead, edge_ms=args.edge_ms)  # ValueError names a bad window before the models load
     if not 1.0 <= args.chunk_ms <= 100.0:
         raise ValueError(f"--chunk-ms must be in [1, 100] ms, got {args.chunk_ms:g}")
+    if args.seconds is not None and not args.seconds > 0:
+        raise ValueError(f"--seconds must be a positive number of seconds, got {args.seconds:g}; leave it out to run to the end")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if args.save_mp4 is not None:
         check_mp4_path(args.save_mp4)
         check_size(args.size)

@@ -77,13 +77,17 @@ def realtime_chunks(audio: np.ndarray, chunk_seconds: float = CHUNK_SECONDS) -> 
 
 
 def microphone_chunks(chunk_seconds: float = CHUNK_SECONDS, stop: threading.Event | None = None) -> Iterator[np.ndarray]:
-    """16 kHz mono int16 chunks from the default input device (sounddevice). ValueError with what to do
-    when the library or a microphone is missing."""
+    """16 kHz mono int16 chunks from the default input device (sounddevice). The device is opened
+    here, before the first chunk is asked for: ValueError with what to do when the library, the
+    PortAudio system library or a microphone is missing, before a caller has announced a stream."""
     try:
         import sounddevice as sd
-    except (ImportError, OSError) as err:
-        raise ValueError(f"--input mic needs the sounddevice library and PortAudio ({err}); "
-                         "pip install sounddevice, or give an audio FILE") from None
+    except ImportError as err:
+        raise ValueError(f"--input mic needs the sounddevice library ({err}): pip install sounddevice, "
+                         "or give an audio FILE") from None
+    except OSError as err:  # sounddevice is there, PortAudio is not
+        raise ValueError(f"--input mic needs the PortAudio system library ({err}): on Debian or Ubuntu, "
+                         "apt-get install libportaudio2; or give an audio FILE") from None
     q: queue.Queue = queue.Queue(maxsize=500)
 
     def callback(data, frames, when, status):
@@ -98,12 +102,16 @@ def microphone_chunks(chunk_seconds: float = CHUNK_SECONDS, stop: threading.Even
     except Exception as err:  # PortAudioError has no public base; any failure here means no usable microphone
         raise ValueError(f"no usable microphone ({str(err).splitlines()[0]}); check the input device, "
                          "or give an audio FILE") from None
-    with stream:
-        while stop is None or not stop.is_set():
-            try:
-                yield q.get(timeout=1.0)
-            except queue.Empty:
-                raise ValueError("the microphone stopped sending audio (unplugged or taken by another program)") from None
+
+    def chunks():
+        with stream:
+            while stop is None or not stop.is_set():
+                try:
+                    yield q.get(timeout=1.0)
+                except queue.Empty:
+                    raise ValueError("the microphone stopped sending audio (unplugged or taken by another program)") from None
+
+    return chunks()
 
 
 # ---- sinks ----

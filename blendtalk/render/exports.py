@@ -112,6 +112,7 @@ def export_all(
     template: np.ndarray | None = None,
     strict: bool = False,
     dressing=None,
+    written: dict[str, Path] | None = None,
 ) -> dict[str, Path]:
     """Write the requested formats into `out_dir` (created if missing); return {format: path}.
 
@@ -119,7 +120,8 @@ def export_all(
     plain name (letters, digits, '_' or '-'), so nothing lands outside `out_dir`. template: (V, 3)
     neutral mesh used as the glb's base (default: the first frame); dressing: the rig's `FaceDressing`
     for a dressed glb (see `write_glb`). Formats the animation has no
-    data for are skipped with a warning, or raise a ValueError when `strict`.
+    data for are skipped with a warning, or raise a ValueError when `strict`. written: a dict that
+    fills as each file is done, so that a caller interrupted midway knows which were.
     """
     _check_formats(formats)
     if not isinstance(stem, str) or not _STEM_RE.fullmatch(stem):
@@ -133,7 +135,7 @@ def export_all(
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"cannot export into {str(out_dir)!r}: {str(folder)!r} is a file, not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
+    written = {} if written is None else written
     for fmt in dict.fromkeys(formats):  # keep order, drop repeats
         if fmt in missing:
             _log.warning("skipping %s export: %s", fmt, missing[fmt])
