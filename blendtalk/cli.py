@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=animate)
     from .live.cli import add_parser as add_live_parser
 
-    add_live_parser(sub)
+    add_live_parser(sub, HelpFormatter)
 
     p = sub.add_parser("blender-addon", help="write the Blender add-on (takes and the live stream on a face) and blendtalk's face",
                        formatter_class=HelpFormatter,

@@ -18,11 +18,10 @@ import sys
 from pathlib import Path
 
 
-def add_parser(sub) -> None:
-    from ..cli import HelpFormatter
-
+def add_parser(sub, formatter_class) -> None:
+    """The `live` subcommand on `sub` (the CLI's subparsers), its help laid out by `formatter_class`."""
     p = sub.add_parser("live", help="stream frames (ARKit weights, head and eyes) from a microphone or a file in real time",
-                       formatter_class=HelpFormatter, description=__doc__.split("\n\n")[0])
+                       formatter_class=formatter_class, description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="'mic' (the default input device) or an audio FILE fed in real time")
     p.add_argument("--emit", action="append", help="'stdout' (JSON lines, the default), ws://HOST:PORT (a WebSocket "
                    "server) or livelink://HOST[:PORT] (Unreal's Live Link, UDP 11111 by default); repeatable")
