@@ -59,7 +59,7 @@ class Expression:
         self.emotion = check_emotion(self.emotion)
         self.intensity = check_intensity(self.intensity)
         if self.mix_with is not None:
-            self.mix_with = check_emotion(self.mix_with)
+            self.mix_with = check_emotion(self.mix_with, "second emotion (to mix in)")
             if not (isinstance(self.mix_ratio, (int, float)) and 0.0 <= self.mix_ratio <= 1.0):
                 raise ValueError(f"mix_ratio must be a number in [0, 1], got {self.mix_ratio!r}")
         if self.timeline is not None and not str(self.timeline).strip():

@@ -223,7 +223,7 @@ def test_animate_rejects_bad_input_before_the_slow_work(pipe, tmp_path, monkeypa
         ({"timeline": "happy@1 sad@0.5"}, "must increase"),
         ({"timeline": "happy@one"}, "bad number"),
         ({"timeline": "happy@1:1.5", "intensity": 1.5}, "timeline entry happy@1"),  # 2.25 > 1.5
-        ({"mix_with": "bored"}, "unknown emotion"),
+        ({"mix_with": "bored"}, "unknown second emotion"),
         ({"method": "average"}, "unknown method"),
     ]
     for kwargs, message in bad:

@@ -137,12 +137,13 @@ _AU_KEY = re.compile(r"^(AU|L|R)(\d+)$")
 _TOKEN = re.compile(r"^([A-Za-z_]+)@([^:@]+)(?::([^:@]+))?$")
 
 
-def check_emotion(name: str) -> str:
-    """Canonical emotion name (case-insensitive, common aliases); unknown names raise a ValueError."""
+def check_emotion(name: str, what: str = "emotion") -> str:
+    """Canonical emotion name (case-insensitive, common aliases); unknown names raise a ValueError
+    that calls the input `what` ("second emotion" for a mix)."""
     key = str(name).strip().lower()
     key = ALIASES.get(key, key)
     if key not in EMOTIONS:
-        raise ValueError(f"unknown emotion {name!r}; valid emotions: {', '.join(EMOTIONS)}")
+        raise ValueError(f"unknown {what} {name!r}; valid emotions: {', '.join(EMOTIONS)}")
     return key
 
 
@@ -522,7 +523,7 @@ def check_timeline(keys: Sequence[Keyframe | tuple]) -> list[Keyframe]:
         if out and start <= out[-1].start:
             raise ValueError(f"timeline times must increase: {key.emotion}@{start} comes after "
                              f"{out[-1].emotion}@{out[-1].start}")
-        out.append(Keyframe(check_emotion(key.emotion), start,
+        out.append(Keyframe(check_emotion(key.emotion, "emotion in the timeline"), start,
                             check_intensity(key.intensity, f"intensity of timeline entry #{i + 1}")))
     if not out:
         raise ValueError("empty emotion timeline; expected at least one (emotion, start) entry")

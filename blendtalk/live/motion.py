@@ -51,7 +51,7 @@ class ExpressionStream:
         """New target from frame `frame` on (validated: a bad name or intensity raises ValueError)."""
         emotion, intensity = check_emotion(emotion), check_intensity(intensity)
         if mix_with is not None:
-            mix_with = check_emotion(mix_with)
+            mix_with = check_emotion(mix_with, "second emotion (to mix in)")
             if not (isinstance(mix_ratio, (int, float)) and 0.0 <= mix_ratio <= 1.0):
                 raise ValueError(f"mix_ratio must be a number in [0, 1], got {mix_ratio!r}")
         ratio = mix_ratio if mix_with else 0.0
