@@ -326,12 +326,17 @@ def test_live_page_at_48_khz_resamples_the_microphone(live_url):
     the ARCTIC sentence still moves the face while it plays, and the mouth rests after it."""
     with live_page_with_microphone(live_url + "?audio-rate=48000") as page:
         page.click(page.find("#start"))
-        time.sleep(8)
+        statuses, t0 = [], time.monotonic()
+        while time.monotonic() - t0 < 8:
+            time.sleep(0.25)
+            statuses.append(page.js("return window.liveStats.status"))
         rate, received, errors = page.js("const s = window.liveStats; return [s.audioRate, s.received, s.errors];")
         history = np.array(page.js("return window.liveStats.mouthHistory"))
     assert rate == 48000 and not errors, (rate, errors)
-    assert received > 30, received
-    mouth_moves_then_rests(history, 2.8, 10)
+    # A starved server (a loaded machine) drops audio to catch up, by design, and says so.
+    caught_up = any("behind real time" in str(s) for s in statuses)
+    assert received > (15 if caught_up else 30), received
+    mouth_moves_then_rests(history, 2.8, 5 if caught_up else 10)
 
 
 @needs_chromium
