@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .constants import SAMPLE_RATE
-from .expression.emotions import check_emotion, check_intensity, parse_timeline
+from .expression.emotions import check_emotion, check_intensity, check_mix, parse_timeline
 from .expression.head_motion import check_seed, check_switch
 from .speech.audio import MAX_SECONDS, load_audio
 
@@ -59,9 +59,7 @@ class Expression:
         self.emotion = check_emotion(self.emotion)
         self.intensity = check_intensity(self.intensity)
         if self.mix_with is not None:
-            self.mix_with = check_emotion(self.mix_with, "second emotion (to mix in)")
-            if not (isinstance(self.mix_ratio, (int, float)) and 0.0 <= self.mix_ratio <= 1.0):
-                raise ValueError(f"mix_ratio must be a number in [0, 1], got {self.mix_ratio!r}")
+            self.mix_with, self.mix_ratio = check_mix(self.mix_with, self.mix_ratio)
         if self.timeline is not None and not str(self.timeline).strip():
             self.timeline = None
         if self.timeline is not None:

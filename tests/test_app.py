@@ -206,7 +206,7 @@ def test_check_request_validates_before_any_work(tmp_path):
     req = app.check_request(**{**ok, "text": "", "audio": str(inside)})
     assert req.audio.dtype == np.float32 and len(req.audio) == SAMPLE_RATE
     for bad, message in [({"intensity": "1"}, "intensity must be a finite number"), ({"blinks": "yes"}, "true or false"),
-                         ({"transcript": "x" * 1001}, "transcript"), ({"mix_with": "sad", "mix_ratio": 1.5}, "mix_ratio"),
+                         ({"transcript": "x" * 1001}, "transcript"), ({"mix_with": "sad", "mix_ratio": 1.5}, "mix ratio"),
                          ({"head_motion": "false"}, "head_motion must be true or false"),
                          ({"size": "257"}, "video size"), ({"size": "big"}, "video size"), ({"size": True}, "video size")]:
         with pytest.raises(ValueError, match=message):

@@ -241,7 +241,7 @@ def _bad_cases():
         ("intensity above", lambda i, o: [ok, "--intensity", "1.6", "-o", o], "intensity must be a finite number in [0, 1.5]", None),
         ("intensity below", lambda i, o: [ok, "--intensity", "-0.1", "-o", o], "intensity must be", None),
         ("intensity nan", lambda i, o: [ok, "--intensity", "nan", "-o", o], "intensity must be", None),
-        ("mix ratio", lambda i, o: [ok, "--mix", "sad", "--mix-ratio", "1.5", "-o", o], "mix_ratio", None),
+        ("mix ratio", lambda i, o: [ok, "--mix", "sad", "--mix-ratio", "1.5", "-o", o], "mix ratio (the share of the second emotion)", None),
         ("timeline number", lambda i, o: [ok, "--timeline", "happy@soon", "-o", o], "bad number in timeline token", None),
         ("timeline token", lambda i, o: [ok, "--timeline", "happy", "-o", o], "bad timeline token 'happy'", None),
         ("timeline order", lambda i, o: [ok, "--timeline", "happy@2 sad@1", "-o", o], "times must increase", None),

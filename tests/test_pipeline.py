@@ -154,7 +154,7 @@ def test_mix_is_between_its_emotions(pipe, speech):
     d_e = pipe.expression_deformation(Expression("happy", 1.0, "sad", 0.5, blinks=False), SHORT)
     fused, weights = pipe.fuse(speech[1][:SHORT], d_e, "ours")
     assert np.isfinite(fused).all() and weights["expression_weights"].shape[0] == SHORT
-    with pytest.raises(ValueError, match="mix_ratio"):
+    with pytest.raises(ValueError, match="mix ratio"):
         Expression("happy", 1.0, "sad", 1.5)
 
 

@@ -147,6 +147,14 @@ def check_emotion(name: str, what: str = "emotion") -> str:
     return key
 
 
+def check_mix(mix_with: str, mix_ratio: float) -> tuple[str, float]:
+    """A second emotion and its share in [0, 1] (0: only the first emotion), each checked."""
+    mix_with = check_emotion(mix_with, "second emotion (to mix in)")
+    if isinstance(mix_ratio, bool) or not (isinstance(mix_ratio, (int, float)) and 0.0 <= mix_ratio <= 1.0):
+        raise ValueError(f"mix ratio (the share of the second emotion) must be a number in [0, 1], got {mix_ratio!r}")
+    return mix_with, float(mix_ratio)
+
+
 def check_intensity(intensity: float, what: str = "intensity") -> float:
     """A finite intensity in [0, MAX_INTENSITY]; anything else raises a ValueError."""
     value = _number(intensity)

@@ -21,7 +21,8 @@ from collections import deque
 import numpy as np
 
 from ..constants import FPS
-from ..expression.emotions import BLINK_RATE, POSTURE_DIMS, _ease, add_blinks, check_emotion, check_intensity, mix, mix_posture
+from ..expression.emotions import (BLINK_RATE, POSTURE_DIMS, _ease, add_blinks, check_emotion, check_intensity, check_mix,
+                                   mix, mix_posture)
 from ..expression.head_motion import SILENCE_FLOOR_DBFS, SPEECH_RANGE_DB, HeadMotionConfig, check_seed
 
 ONSET_SECONDS = 0.4  # s: a change of expression eases in over this long (the file path's timeline transition)
@@ -51,9 +52,7 @@ class ExpressionStream:
         """New target from frame `frame` on (validated: a bad name or intensity raises ValueError)."""
         emotion, intensity = check_emotion(emotion), check_intensity(intensity)
         if mix_with is not None:
-            mix_with = check_emotion(mix_with, "second emotion (to mix in)")
-            if not (isinstance(mix_ratio, (int, float)) and 0.0 <= mix_ratio <= 1.0):
-                raise ValueError(f"mix_ratio must be a number in [0, 1], got {mix_ratio!r}")
+            mix_with, mix_ratio = check_mix(mix_with, mix_ratio)
         ratio = mix_ratio if mix_with else 0.0
         target = mix(emotion, mix_with or emotion, ratio, intensity, names=self.names)
         self.start_value, self.change_frame, self.target = self.current.copy(), frame, target.astype(np.float64)
