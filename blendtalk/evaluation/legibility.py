@@ -143,8 +143,8 @@ def load_face_detector():
     """OpenCV's frontal-face Haar cascade, the one fer uses by default."""
     cv2 = _require("cv2")
     path = Path(cv2.data.haarcascades) / HAAR_CASCADE
-    detector = cv2.CascadeClassifier(str(path))
-    if detector.empty():
+    detector = cv2.CascadeClassifier(str(path)) if hasattr(cv2, "CascadeClassifier") else None
+    if detector is None or detector.empty():
         raise ImportError(f"OpenCV {cv2.__version__} has no {HAAR_CASCADE} (opencv 5 dropped them): {EVAL_REQUIREMENTS}")
     return detector
 
