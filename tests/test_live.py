@@ -7,6 +7,7 @@ import torch
 
 from blendtalk.speech.audio import load_audio
 from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
+from blendtalk.live import session as live_session
 from blendtalk.live.session import EXPRESSION_CACHE, LiveConfig, LiveInputError
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
@@ -207,17 +208,59 @@ def test_flood_faster_than_real_time_is_dropped_with_a_notice(pipe, arctic):
     assert any("faster than real time" in n for n in session.notices)
 
 
-def test_a_session_behind_the_clock_thins_frames_but_not_its_end(pipe, arctic):
-    """Half a second behind real time (a busy CPU) every other frame is skipped; once the stream is
-    over there is no clock to keep up with, so the frames its end completes are all fused."""
+class Clock:
+    """The session's clock, set by a test (`time.perf_counter` and `time.monotonic` of live.session)."""
+
+    now = 1000.0
+
+    @classmethod
+    def perf_counter(cls) -> float:
+        return cls.now
+
+    monotonic = perf_counter
+
+
+def push_in_real_time(session, audio, first: int, stop: int, sent_at: float, read_late: float, chunk: int = 320):
+    """Chunks of audio[first:stop], sent in real time from `sent_at` and each read `read_late` s after it came."""
+    frames = []
+    for i in range(first, stop, chunk):
+        arrived = sent_at + (i + chunk - first) / SAMPLE_RATE
+        Clock.now = arrived + read_late
+        frames += session.push(audio[i:i + chunk], arrived=arrived)
+    return frames
+
+
+def test_a_session_behind_the_clock_thins_frames_but_not_its_end(pipe, arctic, monkeypatch):
+    """Audio read half a second after it came (a busy CPU) has every other frame skipped; once the
+    stream is over there is no clock to keep up with, so the frames its end completes are all fused."""
+    monkeypatch.setattr(live_session, "time", Clock)
     session = pipe.live(config=LiveConfig(realtime=True))
-    session.push(arctic[:320])
-    session._started -= 1.5  # as if the first chunk had come 1.5 s ago: the next second arrives 0.5 s late
-    thinned = session.push(arctic[320:SAMPLE_RATE])
+    thinned = push_in_real_time(session, arctic, 0, SAMPLE_RATE, 1000.0, 0.5)
     assert session.skipped > 0 and session.dropped == 0
     assert all(b.index - a.index == 2 for a, b in zip(thinned, thinned[1:]))
     end = session.finish()
     assert len(end) > 2 and [f.index for f in end] == list(range(end[0].index, 30))  # 1 s at 30 frames/s
+
+
+def test_audio_read_over_a_second_late_is_dropped_and_summed_up_at_the_end(pipe, arctic, monkeypatch):
+    monkeypatch.setattr(live_session, "time", Clock)
+    session = pipe.live(config=LiveConfig(realtime=True))
+    push_in_real_time(session, arctic, 0, 3200, 1000.0, 0.0)
+    assert push_in_real_time(session, arctic, 3200, 19200, 1000.2, 2.0) == []  # read 2 s after it came: dropped
+    assert session.dropped == 16000 and any("behind real time" in n for n in session.notices)
+    session.finish()
+    assert session.notices[-1] == "audio dropped in this session: 1.00 s (the server behind real time)"
+
+
+def test_a_pause_in_sending_is_not_a_lag(pipe, arctic, monkeypatch):
+    """A client that stops sending for a while (push-to-talk, an engine's hitch) and then goes on in
+    real time loses nothing: the pause is not the server falling behind, and what follows is no flood."""
+    monkeypatch.setattr(live_session, "time", Clock)
+    session = pipe.live(config=LiveConfig(realtime=True))
+    push_in_real_time(session, arctic, 0, 8000, 1000.0, 0.01)  # 0.5 s in real time, read as it comes,
+    push_in_real_time(session, arctic, 8000, 32000, 1003.0, 0.01)  # nothing for 2.5 s, then 1.5 s more
+    assert session.dropped == 0 and session.skipped == 0 and session.received == 32000
+    assert not any("behind" in n or "faster" in n for n in session.notices), list(session.notices)
 
 
 @pytest.mark.slow

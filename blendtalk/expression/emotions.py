@@ -148,7 +148,7 @@ def check_emotion(name: str, what: str = "emotion") -> str:
     key = str(name).strip().lower()
     key = ALIASES.get(key, key)
     if key not in EMOTIONS:
-        raise ValueError(f"unknown {what} {name!r}; valid emotions: {', '.join(EMOTIONS)}")
+        raise ValueError(f"unknown {what} {name!r:.60}; valid emotions: {', '.join(EMOTIONS)}")
     return key
 
 
@@ -156,7 +156,7 @@ def check_mix(mix_with: str, mix_ratio: float) -> tuple[str, float]:
     """A second emotion and its share in [0, 1] (0: only the first emotion), each checked."""
     mix_with = check_emotion(mix_with, "second emotion (to mix in)")
     if isinstance(mix_ratio, bool) or not (isinstance(mix_ratio, (int, float)) and 0.0 <= mix_ratio <= 1.0):
-        raise ValueError(f"mix ratio (the share of the second emotion) must be a number in [0, 1], got {mix_ratio!r}")
+        raise ValueError(f"mix ratio (the share of the second emotion) must be a number in [0, 1], got {mix_ratio!r:.40}")
     return mix_with, float(mix_ratio)
 
 
@@ -164,7 +164,7 @@ def check_intensity(intensity: float, what: str = "intensity") -> float:
     """A finite intensity in [0, MAX_INTENSITY]; anything else raises a ValueError."""
     value = _number(intensity)
     if not (math.isfinite(value) and 0.0 <= value <= MAX_INTENSITY):
-        raise ValueError(f"{what} must be a finite number in [0, {MAX_INTENSITY}], got {intensity!r}")
+        raise ValueError(f"{what} must be a finite number in [0, {MAX_INTENSITY}], got {intensity!r:.40}")
     return value
 
 

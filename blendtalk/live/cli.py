@@ -87,7 +87,11 @@ def run(args) -> int:
     if "ws" in targets:
         host, port = targets["ws"]
         sink = WebSocketBroadcast(host, port, args.token, args.allow_origin).start()
-        print(f"blendtalk live: serving ws://{host}:{port}/?token={sink.token}", file=sys.stderr)
+        url = f"ws://{host}:{port}/?token={sink.token}"
+        if host in ("0.0.0.0", "::"):  # every interface: not an address a client can dial
+            there = lan_address()
+            url += f" (every interface; from another machine: ws://{there or 'THIS-MACHINE'}:{port}/?token={sink.token})"
+        print(f"blendtalk live: serving {url}", file=sys.stderr)
     if args.input == "mic":
         chunks = microphone_chunks(args.chunk_ms / 1000)
     else:
@@ -127,9 +131,9 @@ def run(args) -> int:
     emit(hello_message(names, session.lookahead_seconds))
     count = 0
     try:
-        for chunk in _until_interrupted(chunks):
+        for chunk, arrived in _until_interrupted(chunks):
             received = session.received
-            frames = session.push(np.asarray(chunk))
+            frames = session.push(np.asarray(chunk), arrived=arrived)
             if take is not None:
                 if session.received > received:  # chunks the session dropped (a busy CPU) are not in the take
                     take.add_audio(chunk)
@@ -195,6 +199,19 @@ def parse_emit(emits: list[str]) -> dict:
             raise ValueError(f"--emit {kind} is given twice; give each kind of output once")
         targets[kind] = where
     return targets
+
+
+def lan_address() -> str | None:
+    """This machine's IPv4 address on its default route, or None without one. Connecting a UDP
+    socket only picks the route: nothing is sent."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1, never routed anywhere real
+            return s.getsockname()[0]
+        except OSError:
+            return None
 
 
 def _until_interrupted(chunks):

@@ -11,13 +11,16 @@ Routes (added to the app's server by `add_routes`):
     GET  /live/static/...        the page's script and the bundled three.js (MIT, vendor/three/LICENSE)
     WS   /live/ws?token=TOKEN    the stream
 
-Protocol: the client sends {"type": "start", "emotion": "happy", "intensity": 1.0, "sample_rate": 16000},
-then binary messages of 16 kHz mono int16 little-endian samples (any length; 20 ms is usual), and
-at any time {"type": "expression", "emotion": ..., "intensity": ...} or {"type": "stop"}. The
-server answers with the "blendtalk-live" v1 messages of `live_stream` (hello, frame, notice, end)
-and {"type": "error", "text": ...} before it closes a connection it refuses. A session that ends
-(stop or cap) also gets {"type": "take", "id": ..., "seconds": ...} before "end": its take is kept
-TAKE_KEEP_SECONDS for /live/take/ID.mp4 and .csv (the newest MAX_TAKES; rendered one at a time).
+Protocol: the client sends {"type": "start", "emotion": "happy", "intensity": 1.0, "sample_rate": 16000}
+(optional: "mix_with", "mix_ratio", "channels": 1, "format": "int16"), then binary messages of
+16 kHz mono int16 little-endian samples (any length; 20 ms is usual), and at any time
+{"type": "expression", ...} with any of the start's expression fields (those left out keep their
+values) or {"type": "stop"}. The server answers with the "blendtalk-live" v1 messages of
+`live_stream` (hello, frame, notice, end) and {"type": "error", "text": ...}: before it closes a
+connection it refuses, or for one bad message of a session that goes on. A session that ends (stop,
+cap, or IDLE_SECONDS without a message) also gets {"type": "take", "id": ..., "seconds": ...}
+before "end": its take is kept TAKE_KEEP_SECONDS for /live/take/ID.mp4 and .csv (the newest
+MAX_TAKES; rendered one at a time).
 
 Limits: at most `max_sessions` at once (the CPU's cores: a session takes about 60% of one core),
 each at most `max_seconds` of audio; tokens are single use and expire after TOKEN_SECONDS; a
@@ -53,6 +56,41 @@ MAX_TOKENS = 1000  # minted, unused tokens kept; the oldest are forgotten first
 MAX_MESSAGE_BYTES = 64_000  # one audio message: 2 s of int16 at 16 kHz
 MAX_TAKES = 4  # finished takes kept for an mp4 (about 12 MB each at the 300 s cap); the oldest go first
 TAKE_KEEP_SECONDS = 600.0  # s a finished take stays available (the app keeps its results 10 min too)
+IDLE_SECONDS = 30.0  # s without any message: the session ends, so an idle client holds no slot
+MAX_CONTROL_BYTES = 4096  # one JSON control message
+INBOX_MESSAGES = 200  # messages read ahead of the session (with their arrival times); then the socket waits
+EXPRESSION_KEYS = ("emotion", "intensity", "mix_with", "mix_ratio")
+START_EXPRESSION = {"emotion": "neutral", "intensity": 1.0, "mix_with": None, "mix_ratio": 0.5}
+
+
+def parse_control(text: str | None) -> dict:
+    """A control message's text -> its JSON object; ValueError saying what to send."""
+    if text is None or len(text) > MAX_CONTROL_BYTES:
+        raise ValueError(f"control messages are JSON objects of at most {MAX_CONTROL_BYTES} bytes")
+    try:
+        control = json.loads(text)
+    except ValueError:
+        control = None
+    if not isinstance(control, dict):
+        raise ValueError('control messages are JSON objects, e.g. {"type": "stop"}')
+    return control
+
+
+def parse_start(text: str | None) -> dict:
+    """The start message's text -> the session's expression (EXPRESSION_KEYS); ValueError (or
+    LiveInputError for the audio's format) saying what to send."""
+    from .session import LiveInputError, check_sample_rate
+
+    start = parse_control(text)
+    if start.get("type") != "start":
+        raise ValueError('send {"type": "start", "emotion": ..., "sample_rate": 16000} first')
+    check_sample_rate(start.get("sample_rate", SAMPLE_RATE))
+    if start.get("channels", 1) != 1:
+        raise LiveInputError('live audio must be mono: mix the channels down and send "channels": 1')
+    if start.get("format", "int16") != "int16":
+        raise LiveInputError('live audio travels as 16-bit integers ("format": "int16", little-endian): '
+                             "convert float samples before sending")
+    return {k: start.get(k, v) for k, v in START_EXPRESSION.items()}
 
 
 class LiveService:
@@ -201,24 +239,25 @@ class LiveService:
         if not self._take(ws.query_params.get("token")):
             return await refuse("missing, used or expired token: reload the page (or GET /live/token)", 1008)
         try:
-            start = json.loads(await asyncio.wait_for(ws.receive_text(), timeout=30))
-        except (asyncio.TimeoutError, ValueError, KeyError, WebSocketDisconnect):
+            text = await asyncio.wait_for(ws.receive_text(), timeout=IDLE_SECONDS)
+        except (asyncio.TimeoutError, KeyError, WebSocketDisconnect):
             return await refuse('send {"type": "start", "emotion": ..., "sample_rate": 16000} first', 1003)
-        if start.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
-            return await refuse(f"live audio must be {SAMPLE_RATE} Hz mono int16; got sample_rate {start.get('sample_rate')!r}", 1003)
+        try:
+            expression = parse_start(text)
+        except ValueError as err:
+            return await refuse(str(err), 1003)
         if not self._reserve():
             return await refuse(f"live mode is busy ({self.max_sessions} sessions at most on this server); "
                                 "try again in a minute", 1013)
         try:
             try:
                 session = LiveSession(self.pipe, self.prior, LiveConfig(lookahead=self.lookahead, head_motion=self.head_motion,
-                                                                         realtime=True),
-                                      start.get("emotion", "neutral"), float(start.get("intensity", 1.0)))
+                                                                         realtime=True), **expression)
             except (ValueError, TypeError) as err:
                 return await refuse(str(err), 1003)
             names = session.arkit_names
             await ws.send_text(encode(hello_message(names, session.lookahead_seconds)))
-            count = await self._serve(ws, session, names)
+            count = await self._serve(ws, session, names, expression)
             if count is not None:
                 await ws.send_text(encode(end_message(count)))
                 await ws.close()
@@ -233,13 +272,29 @@ class LiveService:
         finally:
             self._release()
 
-    async def _serve(self, ws, session, names) -> int | None:
+    async def _serve(self, ws, session, names, expression: dict) -> int | None:
         from .session import LiveInputError
         from .take import Take
 
         count = 0
         lock = asyncio.Lock()
         take = Take(names, self.max_seconds) if names else None  # a take is the ARKit face: none without the mapping
+        # A reader notes when each message arrives while the session works on earlier ones, so the
+        # session can tell a busy CPU (audio waiting to be read) from a client that paused.
+        inbox: asyncio.Queue = asyncio.Queue(maxsize=INBOX_MESSAGES)
+
+        async def read() -> None:
+            while True:
+                try:
+                    message = await asyncio.wait_for(ws.receive(), timeout=IDLE_SECONDS)
+                except asyncio.TimeoutError:
+                    message = {"type": "idle"}
+                await inbox.put((message, time.perf_counter()))
+                if message["type"] != "websocket.receive":
+                    return
+
+        async def error(text: str) -> None:
+            await ws.send_text(json.dumps({"type": "error", "text": text}))
 
         async def send(frames, last: bool = False) -> None:
             nonlocal count
@@ -254,50 +309,62 @@ class LiveService:
                 await ws.send_text(json.dumps({"type": "take", "version": VERSION, "id": self.keep_take(take),
                                                "seconds": round(take.seconds, 2)}))
 
-        while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return None
-            data, text = message.get("bytes"), message.get("text")
-            arrived = time.perf_counter()
-            if data is not None:
-                if len(data) % 2 or len(data) > MAX_MESSAGE_BYTES:
-                    await ws.send_text(json.dumps({"type": "error", "text": "audio messages must be whole int16 samples, "
-                                                   f"at most {MAX_MESSAGE_BYTES} bytes"}))
-                    continue
-                async with lock:
-                    received = session.received
-                    try:
-                        frames = await asyncio.to_thread(session.push, np.frombuffer(data, "<i2"), SAMPLE_RATE, arrived)
-                    except LiveInputError as err:
-                        await ws.send_text(json.dumps({"type": "error", "text": str(err)}))
-                        continue
-                    if take is not None and session.received > received:  # audio the session dropped is not in the take either
-                        take.add_audio(np.frombuffer(data, "<i2"))
-                    await send(frames)
-                if session.received >= self.max_seconds * SAMPLE_RATE:
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                message, arrived = await inbox.get()
+                if message["type"] == "websocket.disconnect":
+                    return None
+                if message["type"] == "idle":
                     await ws.send_text(encode(notice_message(session.received / SAMPLE_RATE,
-                                                             f"the session reached its cap of {self.max_seconds:g} s; start a new one")))
+                                                             f"nothing received for {IDLE_SECONDS:g} s: the session ended "
+                                                             "(send silence to keep one open); start a new one")))
                     await send(await asyncio.to_thread(session.finish), last=True)
                     return count
-                continue
-            try:
-                control = json.loads(text or "")
-                kind = control.get("type")
-            except (ValueError, AttributeError):
-                kind = None
-            if kind == "expression":
+                data, text = message.get("bytes"), message.get("text")
+                if data is not None:
+                    if len(data) % 2 or len(data) > MAX_MESSAGE_BYTES:
+                        await error(f"audio messages must be whole int16 samples, at most {MAX_MESSAGE_BYTES} bytes")
+                        continue
+                    async with lock:
+                        received = session.received
+                        try:
+                            frames = await asyncio.to_thread(session.push, np.frombuffer(data, "<i2"), SAMPLE_RATE, arrived)
+                        except LiveInputError as err:
+                            await error(str(err))
+                            continue
+                        if take is not None and session.received > received:  # audio the session dropped is not in the take either
+                            take.add_audio(np.frombuffer(data, "<i2"))
+                        await send(frames)
+                    if session.received >= self.max_seconds * SAMPLE_RATE:
+                        await ws.send_text(encode(notice_message(session.received / SAMPLE_RATE,
+                                                                 f"the session reached its cap of {self.max_seconds:g} s; start a new one")))
+                        await send(await asyncio.to_thread(session.finish), last=True)
+                        return count
+                    continue
                 try:
-                    session.set_expression(control.get("emotion", "neutral"), float(control.get("intensity", 1.0)),
-                                           control.get("mix_with"), float(control.get("mix_ratio", 0.5)))
-                except (ValueError, TypeError) as err:
-                    await ws.send_text(json.dumps({"type": "error", "text": str(err)}))
-            elif kind == "stop":
-                await send(await asyncio.to_thread(session.finish), last=True)
-                return count
-            else:
-                await ws.send_text(json.dumps({"type": "error", "text": 'unknown message; send audio bytes, '
-                                               '{"type": "expression", ...} or {"type": "stop"}'}))
+                    control = parse_control(text)
+                except ValueError as err:
+                    await error(str(err))
+                    continue
+                kind = control.get("type")
+                if kind == "expression":
+                    wanted = expression | {k: control[k] for k in EXPRESSION_KEYS if k in control}  # the rest keep their values
+                    try:
+                        session.set_expression(**wanted)
+                    except (ValueError, TypeError) as err:
+                        await error(str(err))
+                    else:
+                        expression = wanted
+                elif kind == "stop":
+                    await send(await asyncio.to_thread(session.finish), last=True)
+                    return count
+                elif kind == "start":
+                    await error('this session has started: send audio, {"type": "expression", ...} or {"type": "stop"}')
+                else:
+                    await error('unknown message; send audio bytes, {"type": "expression", ...} or {"type": "stop"}')
+        finally:
+            reader.cancel()
 
 
 def add_routes(app, service: LiveService) -> None:

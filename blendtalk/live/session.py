@@ -45,14 +45,21 @@ CLIP_SHARE = 0.01  # a chunk with more clipped samples than this gets a clipping
 SILENCE_DBFS = -60.0  # dBFS: below this for SILENCE_NOTICE_SECONDS the session says it hears nothing
 SILENCE_NOTICE_SECONDS = 5.0  # s
 NOTICE_INTERVAL_SECONDS = 10.0  # s between two notices of the same kind
-MAX_AHEAD_SECONDS = 1.0  # s: with `realtime`, audio further ahead of the wall clock than this is dropped
-MAX_LAG_SECONDS = 1.0  # s: with `realtime`, a session this far behind the clock (a busy CPU) drops audio to catch up
-THIN_LAG_SECONDS = 0.25  # s: ... and this far behind it fuses every other frame only (the speech model sees all)
+MAX_AHEAD_SECONDS = 1.0  # s: with `realtime`, audio sent further ahead of real time than this is dropped
+MAX_LAG_SECONDS = 1.0  # s: with `realtime`, audio that waited this long to be read (a busy CPU) is dropped to catch up
+THIN_LAG_SECONDS = 0.25  # s: ... and audio that waited this long fuses every other frame only (the speech model sees all)
 EXPRESSION_CACHE = 64  # distinct expression frames whose DFM encoding is kept (a held emotion is one)
 
 
 class LiveInputError(ValueError):
     """A chunk the session cannot use (wrong rate, shape or type); the message says what to send."""
+
+
+def check_sample_rate(sample_rate) -> None:
+    """LiveInputError unless `sample_rate` is the live input's 16 kHz."""
+    if isinstance(sample_rate, bool) or sample_rate != SAMPLE_RATE:
+        raise LiveInputError(f"live audio must be {SAMPLE_RATE} Hz mono; got {sample_rate!r:.20} Hz: resample it before "
+                             "sending (browsers: AudioContext({sampleRate: 16000}))")
 
 
 @dataclass
@@ -121,11 +128,12 @@ class LiveSession:
         self._expr_cache: OrderedDict = OrderedDict()  # weight bytes -> displacement (V, 3)
         self._samples: deque = deque()  # (first sample, chunk) still needed for head motion energies
         self.received = 0  # samples accepted
-        self.dropped = 0  # samples dropped (floods)
+        self.dropped = 0  # samples dropped (floods and a busy CPU)
+        self._dropped_by: dict[str, int] = {"flood": 0, "lag": 0}
         self.emitted = 0
         self.skipped = 0  # frames not fused because the session was behind the clock
         self._thin = False
-        self._started: float | None = None
+        self._clock: float | None = None  # when the client's pace says the stream's first sample arrived
         self._quiet_since = 0
         self._last_notice: dict[str, float] = {}
         self._arrivals: deque = deque()  # (sample count, perf_counter) of accepted chunks
@@ -135,36 +143,53 @@ class LiveSession:
         """Audio chunk (S,) float32 in [-1, 1] or int16 at 16 kHz, mono -> the frames it completes.
 
         arrived: `time.perf_counter()` when the chunk was recorded or received (default: now); frame
-        latencies are measured from it, and with `realtime` the lag behind the clock too."""
-        now = time.perf_counter() if arrived is None else arrived
+        latencies are measured from it. With `realtime`, two clocks decide what is dropped:
+        * the client's pace, from the arrival times: audio sent more than `max_ahead_seconds` ahead
+          of real time is a flood. A client that sends nothing for a while (push-to-talk, a hitch)
+          owes nothing: the pace is measured again from its next chunk;
+        * the session's own backlog, how long the chunk waited between its arrival (or, if it came
+          early, the moment real time reached it) and this call: over THIN_LAG_SECONDS every other
+          frame is fused, over MAX_LAG_SECONDS the chunk is dropped to catch up (a busy CPU). A
+          caller that reads chunks as they come passes their arrival times."""
+        now = time.perf_counter()
+        arrived = now if arrived is None else arrived
         x = self._check(chunk, sample_rate)
         if len(x) == 0:
             return []
-        if self._started is None:
-            self._started = now - len(x) / SAMPLE_RATE
         self._thin = False
         if self.config.realtime:
-            consumed = (self.received + self.dropped + len(x)) / SAMPLE_RATE
-            ahead = consumed - (time.perf_counter() - self._started)
+            sent = (self.received + len(x)) / SAMPLE_RATE  # audio accepted so far, this chunk included
+            if self._clock is None or sent < arrived - self._clock:  # first chunk, or the client fell behind
+                self._clock = arrived - sent
+            ahead = sent - (arrived - self._clock)
             if ahead > self.config.max_ahead_seconds:
-                self.dropped += len(x)
-                self._notice("flood", f"audio is arriving faster than real time ({ahead:.1f} s ahead of the clock); "
-                             f"dropped {len(x) / SAMPLE_RATE * 1000:.0f} ms (send chunks as they are recorded)")
-                return []
-            if -ahead > MAX_LAG_SECONDS:
-                self.dropped += len(x)
-                self._notice("lag", f"the server is {-ahead:.1f} s behind real time (a busy CPU); dropping audio "
-                             "to catch up")
-                return []
-            self._thin = -ahead > THIN_LAG_SECONDS
+                return self._drop(x, "flood", f"audio is arriving faster than real time ({ahead:.1f} s ahead of it); "
+                                  "dropping what runs over (send chunks as they are recorded)")
+            backlog = now - (arrived + ahead)  # audio sent early is due later than it came
+            if backlog > MAX_LAG_SECONDS:
+                return self._drop(x, "lag", f"the server is {backlog:.1f} s behind real time (a busy CPU); dropping audio "
+                                  "to catch up")
+            self._thin = backlog > THIN_LAG_SECONDS
         self._watch_level(x)
-        self._arrivals.append((self.received + len(x), now))
+        self._arrivals.append((self.received + len(x), arrived))
         self._samples.append((self.received, x))
         self.received += len(x)
         return self._emit(self.speech.push(x))
 
+    def _drop(self, x: np.ndarray, cause: str, text: str) -> list[LiveFrame]:
+        self.dropped += len(x)
+        self._dropped_by[cause] += len(x)
+        self._notice(cause, text)
+        return []
+
     def finish(self) -> list[LiveFrame]:
-        """The stream is over: the remaining frames (the clip's end read as `Pipeline.animate` reads it)."""
+        """The stream is over: the remaining frames (the clip's end read as `Pipeline.animate` reads it).
+        Audio dropped on the way is summed up in one last notice (the notices themselves come at most
+        every 10 s, so they cannot say how much)."""
+        causes = {"flood": "sent faster than real time", "lag": "the server behind real time"}
+        dropped = [f"{n / SAMPLE_RATE:.2f} s ({causes[c]})" for c, n in self._dropped_by.items() if n]
+        if dropped:
+            self.notices.append(f"audio dropped in this session: {', '.join(dropped)}")
         if self.received == 0:
             return []
         self._thin = False  # no clock to keep up with once the stream is over: the face ends on fused frames
@@ -186,9 +211,7 @@ class LiveSession:
         return self.speech.window_end(t + self.config.closure_lookahead)
 
     def _check(self, chunk, sample_rate) -> np.ndarray:
-        if sample_rate != SAMPLE_RATE:
-            raise LiveInputError(f"live audio must be {SAMPLE_RATE} Hz mono; got {sample_rate} Hz: resample it before sending "
-                                 "(browsers: AudioContext({sampleRate: 16000}))")
+        check_sample_rate(sample_rate)
         x = np.asarray(chunk)
         if x.ndim != 1:
             raise LiveInputError(f"live audio chunks must be mono (S,) arrays; got shape {x.shape} (mix the channels down)")

@@ -63,21 +63,23 @@ def encode(message: dict) -> str:
 
 
 # ---- sources ----
-def realtime_chunks(audio: np.ndarray, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[np.ndarray]:
+def realtime_chunks(audio: np.ndarray, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[tuple[np.ndarray, float]]:
     """Audio (S,) in chunks of `chunk_seconds`, each yielded when it would have finished recording
-    (the pace of a microphone; the wall clock is checked per chunk, so a slow consumer does not drift)."""
+    (the pace of a microphone; the wall clock is checked per chunk, so a slow consumer does not
+    drift), with that moment (`time.perf_counter()`): a consumer running late sees how late."""
     step = max(1, int(round(chunk_seconds * SAMPLE_RATE)))
     start = time.perf_counter()
     for i in range(0, len(audio), step):
-        due = start + (i + step) / SAMPLE_RATE
+        due = start + min(i + step, len(audio)) / SAMPLE_RATE
         delay = due - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        yield audio[i:i + step]
+        yield audio[i:i + step], due
 
 
-def microphone_chunks(chunk_seconds: float = CHUNK_SECONDS, stop: threading.Event | None = None) -> Iterator[np.ndarray]:
-    """16 kHz mono int16 chunks from the default input device (sounddevice). The device is opened
+def microphone_chunks(chunk_seconds: float = CHUNK_SECONDS, stop: threading.Event | None = None) -> Iterator[tuple[np.ndarray, float]]:
+    """16 kHz mono int16 chunks from the default input device (sounddevice), each with the moment it
+    was recorded (`time.perf_counter()` when the driver handed it over). The device is opened
     here, before the first chunk is asked for: ValueError with what to do when the library, the
     PortAudio system library or a microphone is missing, before a caller has announced a stream."""
     try:
@@ -92,7 +94,7 @@ def microphone_chunks(chunk_seconds: float = CHUNK_SECONDS, stop: threading.Even
 
     def callback(data, frames, when, status):
         try:
-            q.put_nowait(data[:, 0].copy())
+            q.put_nowait((data[:, 0].copy(), time.perf_counter()))
         except queue.Full:  # the consumer stopped: drop rather than grow
             pass
 
@@ -118,9 +120,12 @@ def microphone_chunks(chunk_seconds: float = CHUNK_SECONDS, stop: threading.Even
 class WebSocketBroadcast:
     """A WebSocket server at ws://host:port that sends every message to every connected client.
 
-    Clients must give `?token=TOKEN` (a fresh random one unless given); browsers must come from one
-    of `origins` (clients that send no Origin header, such as engines and scripts, are let in).
-    A slow client is dropped rather than allowed to hold up the others (a bounded queue each).
+    Clients must give `?token=TOKEN` (a fresh random one unless given; else closed with 4401 and the
+    reason); browsers must come from one of `origins` (else HTTP 403 with a one-line body; clients
+    that send no Origin header, such as engines and scripts, are let in); at most `max_clients` at
+    once (else closed with 4429). A client that joins late gets the hello and then the stream from
+    where it is. A slow client misses frames rather than holding up the others (a bounded queue
+    each), and one that leaves is forgotten without a word on the terminal.
     """
 
     def __init__(self, host: str, port: int, token: str | None = None, origins: list[str] | None = None,
@@ -146,6 +151,13 @@ class WebSocketBroadcast:
         import asyncio
 
         from websockets.asyncio.server import serve
+        from websockets.exceptions import ConnectionClosed
+
+        def check_origin(connection, request):
+            origin = request.headers.get("Origin")
+            if origin is not None and origin not in self.origins:  # a page of another site
+                return connection.respond(403, f"origin {origin} may not connect; start the stream with --allow-origin {origin}\n")
+            return None
 
         async def handler(ws):
             from urllib.parse import parse_qs, urlparse
@@ -167,13 +179,14 @@ class WebSocketBroadcast:
                     if message is None:
                         break
                     await ws.send(message)
+            except ConnectionClosed:
+                pass  # the client left; the stream goes on for the others
             finally:
                 self._clients.discard(q)
 
         async def main():
-            origins = [None, *self.origins]
             try:
-                server = await serve(handler, self.host, self.port, origins=origins)
+                server = await serve(handler, self.host, self.port, process_request=check_origin)
             except OSError as err:
                 self._error = err
                 self._ready.set()
