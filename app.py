@@ -523,8 +523,9 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
                 "layout, which Unreal's Live Link Face importer reads.")
 
 
-def examples(inputs, outputs, fn) -> None:
-    """The Animate tab's examples (inside an open Blocks): computed by `fn` on first use, then cached."""
+def examples(inputs, outputs, fn):
+    """The Animate tab's examples (inside an open Blocks): computed by `fn` on first use, then
+    cached. Returns the `gr.Examples`; its audio stays in Gradio's cache for as long as the app runs."""
     import gradio as gr
 
     # Gradio keeps cached example outputs in a CSV; the 3D view's HTML (a few MB) is one field,
@@ -535,13 +536,19 @@ def examples(inputs, outputs, fn) -> None:
     rows = [(EXAMPLES_DIR / "tts_surprised", "surprised", "a TTS voice"),
             (ARCTIC_DIR / "arctic_a0009", "angry", "a recorded voice, CMU ARCTIC"),
             (EXAMPLES_DIR / "tts_sad", "sad", "a TTS voice")]
-    gr.Examples(
+    shown = gr.Examples(
         [[str(stem.with_suffix(".wav")), "", stem.with_suffix(".txt").read_text().strip(), emotion, 1.0]
          for stem, emotion, _ in rows] + [[None, "What a lovely surprise to see you here!", "", "happy", 1.0]],
         inputs=inputs, outputs=outputs, fn=fn, cache_examples=True, cache_mode="lazy",
         label="Examples: click one (the first run of each computes it, then it is cached)",
         example_labels=[f"{emotion}: {voice}" for _, emotion, voice in rows] + ["happy: typed text, built-in TTS"],
     )
+    # Gradio copies each example's audio into its cache at start-up without marking the copy as
+    # kept, so the cache sweep deleted it after `--delete-cache AGE` and every example click then
+    # failed with "Audio file not found". The copies are marked kept on the examples' own dataset.
+    shown.dataset.keep_in_cache.update(value["path"] for sample in shown.non_none_processed_examples.values()
+                                       for value in sample if isinstance(value, dict) and isinstance(value.get("path"), str))
+    return shown
 
 
 def blendshapes_tab(pipe, look) -> None:

@@ -224,6 +224,22 @@ def test_workspace_sweeps_old_request_folders(tmp_path):
     assert not old.exists() and new.exists()
 
 
+def test_the_cache_sweep_keeps_the_examples_audio():
+    """Gradio copies the examples' audio into its cache at start-up; a sweep of everything old (age 0)
+    must leave those copies, or every example click fails with "Audio file not found"."""
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        inputs = [gr.Audio(type="filepath"), gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Number()]
+        shown = app.examples(inputs, [gr.Textbox()], lambda *values: "done")
+    copies = [v["path"] for sample in shown.non_none_processed_examples.values() for v in sample if isinstance(v, dict)]
+    assert len(copies) == 3 and all(Path(p).is_file() for p in copies)
+    for temp in demo.temp_file_sets:  # as if each copy were older than any age
+        temp.update(copies)
+    app.clear_gradio_cache(demo, 0)
+    assert all(Path(p).is_file() for p in copies)
+
+
 def test_head_motion_defaults_on_and_reaches_the_pipeline(tmp_path):
     ok = dict(audio=None, text="hello", transcript="", emotion="happy", intensity=0.8, mix_with="", mix_ratio=0.5,
               timeline="", blinks=True, size=128, allowed_dirs=[tmp_path])
