@@ -56,6 +56,7 @@ SLIDER_PEAK_M = 0.010  # m: a blendshape slider at +-1 moves its most-moved vert
 QUEUE_SIZE = 16  # requests waiting at most; more are refused with "queue full"
 CONCURRENCY = 2  # animations computed at once
 REQUEST_KEEP_S = 600.0  # s: a request folder left behind (an example run, a crash) is swept after this
+MAX_FAILURES = 256  # failed requests whose reason waits for the page's status line
 DELETE_CACHE = (60, 600)  # s: every minute, Gradio's cached uploads/results older than 10 min are deleted
 CACHE_MAX_MB = 2048  # MB Gradio's cache may hold (10-20 MB a result); over it the oldest files go first
 CACHE_MIN_AGE_S = 300  # s: the cap deletes no younger file (uploads wait in the queue: 16 x ~20 s / 2 workers)
@@ -242,14 +243,19 @@ def request_seconds(req) -> float:
     return len(req.audio) / SAMPLE_RATE if req.audio is not None else serving.text_seconds(req.text)
 
 
-def describe(anim, missing: dict[str, str]) -> str:
-    """The status line under the outputs: what was made, how, and how long each stage took."""
+def describe(anim, missing: dict[str, str], transcript: str | None = None) -> str:
+    """The status line under the outputs: what was made, how, and how long each stage took; a
+    transcript the aligner could not use, and downloads missing for a reason the user can act on."""
     meta = anim.meta
     timings = " · ".join(f"{k} {v:.2f} s" for k, v in meta.get("timings", {}).items())
     lines = [f"**{anim.duration:.2f} s**, {anim.num_frames} frames · expression: {meta['expression']} · "
              f"speech driver: {meta['speech_driver']} · fusion: {meta['method']} · phones: {meta.get('phones', '?')}",
              f"timings: {timings}"]
-    lines += [f"no {fmt} download: {why}" for fmt, why in missing.items()]
+    if transcript and meta.get("phones") == "recognized":
+        lines.append("The transcript did not fit the audio (other words, or none the aligner knows), so the phones "
+                     "were recognised from the audio alone; check the transcript for better lip sync.")
+    # FLAME parameters exist only for a FLAME mesh: never something a user of this rig can change.
+    lines += [f"no {fmt} download: {why}" for fmt, why in missing.items() if fmt != "flame"]
     return "\n\n".join(lines)
 
 
@@ -330,13 +336,13 @@ class Service:
                 admit(req)
         except ValueError as err:  # AudioError included
             raise gr.Error(public_text(str(err)), title="Please check the input", print_exception=False) from None
-        stem = f"blendtalk_{req.expression.emotion}"
+        stem = "blendtalk_timeline" if req.expression.timeline else f"blendtalk_{req.expression.emotion}"
         video = folder / f"{stem}.mp4"
         try:
             anim = self.render(req, video, progress)
         except ValueError as err:  # e.g. text the TTS cannot speak
             raise gr.Error(public_text(str(err)), title="Please check the input", print_exception=False) from None
-        yield str(video), "", None, None, describe(anim, {}) + "\n\nbuilding the 3D view and downloads…"
+        yield str(video), "", None, None, describe(anim, {}, req.transcript) + "\n\nbuilding the 3D view and downloads…"
         # No progress() from here on: Gradio would lay its progress overlay over the playable video.
         figure = animation_figure(anim, rig=self.look, max_frames=FIGURE_FRAMES)
         html = figure_html(figure, height=figure.layout.height + 40, include_plotlyjs=self.plotly_url)  # no inner scroll bar
@@ -346,7 +352,7 @@ class Service:
         files = [str(video)] + [str(p) for p in written.values()]
         if anim.arkit_weights is not None:  # the rig with its ARKit units as morph targets, played by the curves
             files.append(str(arkit_rig_glb(anim, folder / "downloads" / f"{stem}_rig.glb", pipe.rig, pipe.dressing())))
-        yield str(video), html, curves, files, describe(anim, missing)
+        yield str(video), html, curves, files, describe(anim, missing, req.transcript)
 
     def admitted_steps(self, client: str, *inputs, progress=None, alive=None):
         """`steps` for one client of the page, counted and held to the limits, in its own request folder
@@ -418,8 +424,9 @@ def build_demo(service: Service, delete_cache: tuple[int, int] = DELETE_CACHE):
         with gr.Tab("Blendshapes"):
             blendshapes_tab(pipe, service.look)
         with gr.Tab("Live"):  # its own page and WebSocket (blendtalk.live.server), beside the /animate queue
+            # The page fits 560 px at 1000 px wide and over; narrower, its controls wrap under the face.
             gr.HTML('<iframe id="live-frame" src="/live/" allow="microphone" '
-                    'style="width:100%;height:560px;border:0"></iframe>')
+                    'style="width:100%;height:clamp(560px,calc(1560px - 100vw),1000px);border:0"></iframe>')
     return demo
 
 
@@ -448,13 +455,27 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
 
         event_id = LocalContext.event_id.get(None)
         alive = (lambda: serving.event_alive(demo, event_id)) if event_id else None
-        yield from service.admitted_steps(client, audio, text, transcript, emotion, intensity, mix_with, mix_ratio,
-                                          timeline, blinks, size, head_motion, progress=progress, alive=alive)
+        try:
+            yield from service.admitted_steps(client, audio, text, transcript, emotion, intensity, mix_with, mix_ratio,
+                                              timeline, blinks, size, head_motion, progress=progress, alive=alive)
+        except gr.Error as err:  # said in a toast for 10 s; `show_failure` keeps it in the status line
+            failures[getattr(request, "session_hash", None)] = err.message
+            while len(failures) > MAX_FAILURES:
+                failures.pop(next(iter(failures)))
+            raise
+
+    def show_failure(request: gr.Request = None):
+        """After a failed Generate: the reason stays in the status line (not only in a passing toast),
+        and the video of the last good run stays where it was (an output of this event, left as is)."""
+        reason = failures.pop(getattr(request, "session_hash", None), None) or "the request failed."
+        return gr.update(), f"**Not animated:** {public_text(reason)}"
 
     # Gradio passes the request only to a parameter whose type hint resolves to gr.Request; this module's
     # hints are strings (postponed annotations) naming `gr`, imported in here, so Gradio could not resolve
     # it and every client was "unknown": one shared rate limit and one running request for the whole server.
     generate.__annotations__["request"] = gr.Request
+    show_failure.__annotations__["request"] = gr.Request
+    failures: dict[str | None, str] = {}  # browser session -> why its last Generate failed (the newest MAX_FAILURES)
 
     def estimate(audio, text, size):
         return service.estimate(demo, audio, text, size)
@@ -478,9 +499,10 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
                              label=f"Speech (upload or record, at most {MAX_AUDIO_SECONDS:g} s)",
                              elem_id="speech")
-            text = gr.Textbox("", label="…or text to speak (built-in TTS)", lines=2, max_length=600,
+            text = gr.Textbox("", label="…or text to speak (built-in TTS, at most 600 characters)", lines=2, max_length=600,
                               placeholder="Type a sentence; leave empty when you give audio.", elem_id="text")
-            transcript = gr.Textbox("", label="Transcript (optional): the words of the audio, for better lip sync",
+            transcript = gr.Textbox("", label=f"Transcript (optional, at most {MAX_TRANSCRIPT_CHARS} characters): the words "
+                                              "of the audio, for better lip sync",
                                     max_length=MAX_TRANSCRIPT_CHARS, elem_id="transcript")
             with gr.Row():
                 emotion = gr.Dropdown(list(EMOTIONS), value="happy", label="Emotion", elem_id="emotion")
@@ -510,8 +532,9 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
                  show_progress="hidden")  # before the queue: where this request stands
     # gr.Model3D (6.x) starts its viewer for a value set by a plain event, not by a generator's
     # update: a second event shows the rig's GLB from the downloads, leaving /animate's outputs as they were.
-    button.click(generate, inputs, outputs, api_name="animate", api_visibility="public").then(
-        rig_view, files, rig3d, api_visibility="private", show_progress="hidden")
+    run = button.click(generate, inputs, outputs, api_name="animate", api_visibility="public")
+    run.then(rig_view, files, rig3d, api_visibility="private", show_progress="hidden")
+    run.failure(show_failure, None, [video, status], api_visibility="private", show_progress="hidden")
     gr.Markdown(f"Results are kept for at least {keep_s / 60:g} minutes, then deleted (sooner only if "
                 f"the server's cache is full): download what you want to keep. Limits: "
                 f"{limits.max_cost:g} s of speech at 256 px or less, "

@@ -300,7 +300,7 @@ def synthesize(
 
 def _check_text(text: str) -> None:
     if not isinstance(text, str) or not re.search(r"\w", text):
-        raise ValueError(f"text must be a string with at least one word, got {text!r}")
+        raise ValueError(f"the text to speak has no words (got {text!r:.40}): type a sentence with letters or digits")
 
 
 def _resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
