@@ -99,7 +99,7 @@ def test_animate_endpoint(client):
     assert Path(files[-1]).read_bytes()[:4] == b"glTF" and Path(files[-1]).stat().st_size < 6e6
     vertices = np.load(next(f for f in files if f.endswith(".npy")))
     assert vertices.shape == (93, 4278, 3) and np.isfinite(vertices).all()
-    assert "happy x0.8" in status and "no flame download" in status
+    assert "happy x0.8" in status and "flame" not in status.lower()  # FLAME is not this rig's: nothing to say
 
 
 @pytest.mark.slow
@@ -185,7 +185,9 @@ def test_concurrent_requests_are_queued_and_leave_no_files(server, client, tmp_p
     end = time.monotonic() + CACHE_AGE_S + 20
     while files_under(cache) and time.monotonic() < end:
         time.sleep(1)
-    left = [p for p in files_under(cache) if "example" not in str(p)]
+    # The examples' audio stays for as long as the app runs (test_the_cache_sweep_keeps_the_examples_audio).
+    left = [p for p in files_under(cache) if "example" not in str(p) and p.name not in ("tts_surprised.wav", "tts_sad.wav",
+                                                                                        "arctic_a0009.wav")]
     assert left == [], left
 
 
