@@ -424,9 +424,9 @@ def build_demo(service: Service, delete_cache: tuple[int, int] = DELETE_CACHE):
         with gr.Tab("Blendshapes"):
             blendshapes_tab(pipe, service.look)
         with gr.Tab("Live"):  # its own page and WebSocket (blendtalk.live.server), beside the /animate queue
-            # The page fits 560 px at 1000 px wide and over; narrower, its controls wrap under the face.
+            # The page fits 560 px in a window 1130 px wide or more; narrower, its controls wrap under the face.
             gr.HTML('<iframe id="live-frame" src="/live/" allow="microphone" '
-                    'style="width:100%;height:clamp(560px,calc(1560px - 100vw),1000px);border:0"></iframe>')
+                    'style="width:100%;height:clamp(560px,calc(2820px - 200vw),1050px);border:0"></iframe>')
     return demo
 
 
@@ -525,6 +525,7 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
         with gr.Column(scale=3):
             video.render()
             status.render()
+    gr.Markdown("**Interactive 3D face**: drag to turn it, scroll to zoom, ▶ to play")  # gr.HTML draws no label
     for output in (mesh, rig3d, curves, files):
         output.render()
     inputs = [audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size, head_motion]
