@@ -43,7 +43,7 @@ import numpy as np
 
 from blendtalk import serving
 from blendtalk.constants import ASSETS_DIR, SAMPLE_RATE
-from blendtalk.request import MAX_TRANSCRIPT_CHARS
+from blendtalk.request import MAX_TEXT_CHARS, MAX_TRANSCRIPT_CHARS
 
 logger = logging.getLogger("blendtalk.app")
 
@@ -499,7 +499,8 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
                              label=f"Speech (upload or record, at most {MAX_AUDIO_SECONDS:g} s)",
                              elem_id="speech")
-            text = gr.Textbox("", label="…or text to speak (built-in TTS, at most 600 characters)", lines=2, max_length=600,
+            text = gr.Textbox("", label=f"…or text to speak (built-in TTS, at most {MAX_TEXT_CHARS} characters)", lines=2,
+                              max_length=MAX_TEXT_CHARS,
                               placeholder="Type a sentence; leave empty when you give audio.", elem_id="text")
             transcript = gr.Textbox("", label=f"Transcript (optional, at most {MAX_TRANSCRIPT_CHARS} characters): the words "
                                               "of the audio, for better lip sync",

@@ -65,7 +65,7 @@ START_EXPRESSION = {"emotion": "neutral", "intensity": 1.0, "mix_with": None, "m
 
 def parse_control(text: str | None) -> dict:
     """A control message's text -> its JSON object; ValueError saying what to send."""
-    if text is None or len(text) > MAX_CONTROL_BYTES:
+    if text is None or len(text.encode()) > MAX_CONTROL_BYTES:
         raise ValueError(f"control messages are JSON objects of at most {MAX_CONTROL_BYTES} bytes")
     try:
         control = json.loads(text)
