@@ -233,7 +233,9 @@ def test_live_tab_face_follows_the_microphone(app_url, tmp_path):
             time.sleep(0.2)
         name, blob = page.js("return window.downloads[0]")
         saved = page.js_async(f"fetch({json.dumps(blob)}).then(r => r.text()).then(arguments[arguments.length - 1]);")
+        said = page.js("return window.liveStats.status")
     assert name == "blendtalk-live-take.csv" and saved.startswith("Timecode,BlendShapeCount,EyeBlinkLeft,"), saved[:100]
+    assert said == "Saved the take's curves (ARKit CSV).", said
     assert len(saved.strip().splitlines()) > 30
     assert not samples[-1][5], f"the page reported errors: {samples[-1][5]}"
     # The sentence is 93 frames. A starved server drops audio to catch up with the clock, by design,

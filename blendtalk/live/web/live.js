@@ -537,10 +537,14 @@ async function saveTake() {  // the server's CSV of the take it kept (Live Link 
   if (takeId) {
     try {
       const r = await fetch(`/live/take/${encodeURIComponent(takeId)}.csv`);
-      if (r.ok) return download(await r.blob(), "blendtalk-live-take.csv");
+      if (r.ok) {
+        download(await r.blob(), "blendtalk-live-take.csv");
+        return status("Saved the take's curves (ARKit CSV).");
+      }
     } catch (err) { /* the frames received here, below */ }
   }
   saveReceivedTake();
+  status("Saved the frames this page received (ARKit CSV).");
 }
 
 function saveReceivedTake() {  // without a take kept on the server: the frames received, in Live Link Face's layout
