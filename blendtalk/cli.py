@@ -97,6 +97,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def run_script(main) -> int:
+    """Run a train/ or eval/ script's `main()` as the CLI runs its commands: bad input (a ValueError,
+    a missing, unreadable or unwritable file) gets one line and exit status 2 instead of a
+    traceback; Ctrl-C gets one line and 130. Anything else is a bug and keeps its traceback."""
+    prog = Path(sys.argv[0]).name
+    try:
+        return main() or 0
+    except (ValueError, OSError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="blendtalk", formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)  # subcommands' parsers are `Parser`s too

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from blendtalk.evaluation.clips import long_clip
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 from load_test import launch_app  # eval/load_test.py, beside this script
 
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="length of the speech clip")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], choices=[128, 256, 384, 512])
     p.add_argument("--repeats", type=int, default=3, help="requests per size (after one untimed warm-up)")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
     if not 1.0 <= args.seconds <= 60.0 or args.repeats < 1:
         p.error("--seconds must be in [1, 60] and --repeats at least 1")
@@ -86,4 +86,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -45,7 +45,7 @@ from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
 from blendtalk.speech.features import PHONETIC_MELS, phonetic_inputs
 from blendtalk.speech.phones import Phone, cover_phones, phones_to_frames, read_phone_labels
 from blendtalk.face.rig import load_rig
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009"
 PAPER_FPS = 165  # frames/s of FaceFormer + DFM on an RTX 3090 (paper, Table 2)
@@ -499,7 +499,7 @@ def main(argv=None) -> dict:
                         help="skip timing the speech model with a (random) wav2vec2-base front end")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random stand-in speech model")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--json", type=JSON_FILE, default=None, help="also write the results here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.clips < 1 or not 0.5 <= args.seconds <= 120:
@@ -526,4 +526,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

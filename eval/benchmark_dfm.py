@@ -17,6 +17,7 @@ import torch
 from blendtalk.face.rig import load_rig
 from blendtalk.models.checkpoint import pick_device
 from blendtalk.models.dfm import load_dfm
+from blendtalk.evaluation.reports import JSON_FILE
 
 
 def frames_per_second(fn, batch: int, device, reps: int) -> dict:
@@ -42,8 +43,10 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fuse (compiled once per batch size)")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
+    if args.reps < 1 or min(args.batches) < 1:
+        p.error("--reps and every --batches value must be at least 1")
     device = pick_device(args.device)
     rig = load_rig()
     model = load_dfm(args.dfm, rig, device)
@@ -69,4 +72,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

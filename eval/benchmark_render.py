@@ -12,14 +12,13 @@ import argparse
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from blendtalk.render.renderer import Renderer, RenderConfig
 from blendtalk.face.rig import load_rig
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 
 def animation(rig, frames: int) -> np.ndarray:
@@ -73,7 +72,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before timing")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per size")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--json", type=JSON_FILE, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # a script may; the package never sets global state
@@ -105,4 +104,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

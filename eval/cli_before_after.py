@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from blendtalk.evaluation.clips import long_clip
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 
 def run(tree: Path, wav: Path, out: Path, size: int) -> dict:
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="timed runs of each tree")
     p.add_argument("--seconds", type=float, default=10.15, help="length of the speech clip")
     p.add_argument("--size", type=int, default=512, help="video size in pixels")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     for name, tree in trees.items():
@@ -83,4 +83,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

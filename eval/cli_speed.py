@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from blendtalk.evaluation.clips import long_clip
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 MODES = ("process-warm", "process-fresh", "process-new-install", "in-process")
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=512, help="video size in pixels")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per mode")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="what to time")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
     if not 1.0 <= args.seconds <= 60.0 or args.repeats < 1 or not 64 <= args.size <= 2048:
         p.error("--seconds must be in [1, 60], --repeats at least 1 and --size in [64, 2048]")
@@ -132,4 +132,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

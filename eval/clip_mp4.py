@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from blendtalk.evaluation.reports import JSON_FILE
+
 import numpy as np
 import torch
 
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=512, help="video size in pixels")
     p.add_argument("--repeats", type=int, default=7, help="timed clips per encoder")
     p.add_argument("--quick", action="store_true", help="3 s at 128 px, 2 repeats: a dry run")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.size, args.repeats = 3.0, 128, 2
@@ -139,4 +141,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -45,7 +45,7 @@ from blendtalk.evaluation.fusion import _truth_names, fusion_cases, synthetic_sp
 from blendtalk.training.losses import DFMLossConfig
 from blendtalk.evaluation.metrics import MM_PER_M
 from blendtalk.face.rig import load_rig
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 NUM_WEIGHTS = 52
 SUBSPACE_SIZES = (6, 8, 10, 12)  # K_s and K_e tried for the linear split on the true subspaces
@@ -204,7 +204,7 @@ def main(argv=None) -> dict:
     p.add_argument("--max-sentences", type=int, default=10, help="held-out sentences per speaker (as eval/disentangle.py)")
     p.add_argument("--no-bound", action="store_true", help="skip the supervised per-frame bound")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=JSON_FILE, default=None)
     args = p.parse_args(argv)
     for name in ("speech_blendshapes", "expression_blendshapes", "steps", "batch", "max_sentences"):
         if getattr(args, name) < 1:
@@ -251,4 +251,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

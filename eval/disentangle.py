@@ -27,7 +27,7 @@ from blendtalk.models.dfm import interpolate_inputs, load_dfm
 from blendtalk.speech.phones import Phone
 from blendtalk.face.rig import load_rig
 from blendtalk.speech.visemes import visemes_to_weights
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, PNG_FILE, write_report
 
 COLUMNS = ("fused_mve", "fused_lve", "lip_mve", "upper_face_mve", "bilabial_gap", "bilabial_gap_error")
 UNITS = {"fused_lve": "mm²"}
@@ -185,11 +185,15 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=Path("data/synth"), help="synthetic corpus root (with truth/)")
     p.add_argument("--dfm", type=Path, default=Path("assets/dfm"), help="the full model's checkpoint folder")
     p.add_argument("--ablation", action="append", default=[], metavar="NAME=FOLDER", help="an ablation checkpoint")
-    p.add_argument("--json", type=Path, help="write the report here (plus .md and .png beside it)")
-    p.add_argument("--blendshapes", type=Path, help="render the top learned blendshapes into this PNG")
+    p.add_argument("--json", type=JSON_FILE, help="write the report here (plus .md and .png beside it)")
+    p.add_argument("--blendshapes", type=PNG_FILE, help="render the top learned blendshapes into this PNG")
     p.add_argument("--max-sentences", type=int, default=None, help="per test speaker (default: all)")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
+    if args.json is None and args.blendshapes is None:
+        p.error("give --json (the report) and/or --blendshapes (the picture): there is nothing to write otherwise")
+    if args.max_sentences is not None and args.max_sentences < 1:
+        p.error(f"--max-sentences must be at least 1, got {args.max_sentences}; leave it out for all")
     if not (args.data / "truth").is_dir():
         p.error(f"{args.data} holds no synthetic corpus with truth/; make one with python -m blendtalk.data.synth --out {args.data}")
     device = pick_device(args.device)
@@ -227,4 +231,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

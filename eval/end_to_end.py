@@ -24,7 +24,7 @@ import torch
 
 from blendtalk.evaluation.clips import long_clip
 from blendtalk.pipeline import Pipeline
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 STAGES = ("audio front end", "speech model", "expression", "dfm", "render", "encode")
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--phone-workers", type=int, default=None,
                    help="processes recognising phones in pieces (default: the pipeline's: spare cores on a GPU, 0 on CPU)")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
     if not 1.0 <= args.seconds <= 60.0 or args.repeats < 1 or not 64 <= args.size <= 2048:
         p.error("--seconds must be in [1, 60], --repeats at least 1 and --size in [64, 2048]")
@@ -91,4 +91,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -24,7 +24,7 @@ import soundfile as sf
 import soxr
 
 from blendtalk.constants import ASSETS_DIR
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # eval/load_test.py, beside this script
 from load_test import launch_app  # noqa: E402
@@ -69,7 +69,7 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--repeats", type=int, default=3, help="fresh apps, each sent two uploads")
     p.add_argument("--size", type=int, default=256, choices=[128, 256, 384, 512], help="video size in px")
-    p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--json", type=JSON_FILE, help="write the report here")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
@@ -96,4 +96,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from blendtalk.evaluation.clips import long_clip
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 from blendtalk.expression.head_motion import rotate_head
 from blendtalk.pipeline import Pipeline
 from blendtalk.render import gl
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=10.15, help="length of the speech clip")
     p.add_argument("--size", type=int, default=512, help="frame size in pixels")
     p.add_argument("--rounds", type=int, default=3, help="turns of every variant")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
     if not 1.0 <= args.seconds <= 60.0 or args.rounds < 1 or not 64 <= args.size <= 2048:
         p.error("--seconds must be in [1, 60], --rounds at least 1 and --size in [64, 2048]")
@@ -156,4 +156,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -30,7 +30,7 @@ from blendtalk.constants import FPS
 from blendtalk.face.rig import load_rig
 from blendtalk.models.checkpoint import pick_device
 from blendtalk.models.dfm import load_dfm
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 TOLERANCE_MM = 0.01  # the bound against eager float32
 # Vendor peaks (dense, no sparsity) of the SXM cards, for the physical limit; KINDS.md measured
@@ -612,7 +612,7 @@ def main(argv=None) -> int:
     p.add_argument("--sections", nargs="+", default=["dfm", "pipeline"], choices=["dfm", "pipeline", "render", "gl", "graph_sparse"],
                    help="graph_sparse alone: capture the DFM with its sparse map as a CUDA graph (run it last, in its own process)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a dry run of every code path")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.repeats, args.repeats_b1, args.clips, args.seconds = 16, 2, 3, 2, 3.0
@@ -650,4 +650,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

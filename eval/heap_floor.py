@@ -23,6 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from blendtalk.evaluation.reports import JSON_FILE
+
 TEXTS = ("Nice to see you again today.", "What a lovely surprise to see you here!", "I did not expect that at all.",
          "Please come in and sit down for a while.")
 POOL_THREADS = 16  # threads the requests are spread over (Gradio's workers come from such a pool)
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--requests", type=int, default=48, help=f"requests in all (a multiple of {EVERY})")
     parser.add_argument("--arenas", type=int, default=0, help="glibc malloc arenas; 0: glibc's default")
-    parser.add_argument("--json", type=Path, help="write the readings here")
+    parser.add_argument("--json", type=JSON_FILE, help="write the readings here")
     args = parser.parse_args(argv)
     if args.requests < EVERY or args.arenas < 0:
         parser.error(f"--requests must be at least {EVERY} and --arenas at least 0")
@@ -101,4 +103,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -21,7 +21,7 @@ from pathlib import Path
 from blendtalk.constants import ASSETS_DIR
 from blendtalk.expression.emotions import EMOTIONS, check_emotion
 from blendtalk.evaluation.legibility import RECOGNISERS, Clip, Judge, ModelNotFoundError, benchmark, contact_sheet, format_table
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, PNG_FILE, write_report
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 TTS_TEXT = "Please call Stella and ask her to bring these things with her from the store."
@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; 0: torch's default. On a shared CPU, torch's default pool spins against "
                         "other processes: rendering took 10-30 s per run instead of 1-2 s on 2 busy cores")
-    p.add_argument("--json", type=Path, required=True, help="where to write the report")
-    p.add_argument("--sheet", type=Path, help="contact sheet PNG: a row per emotion, the first clip at the top intensity")
+    p.add_argument("--json", type=JSON_FILE, required=True, help="where to write the report")
+    p.add_argument("--sheet", type=PNG_FILE, help="contact sheet PNG: a row per emotion, the first clip at the top intensity")
     args = p.parse_args(argv)
     if not args.audio.is_file():
         p.error(f"--audio {args.audio} does not exist")
@@ -97,4 +97,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

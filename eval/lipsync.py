@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 from blendtalk.evaluation.lipsync import CLOSURE_GAP, lipsync_report
+from blendtalk.evaluation.reports import JSON_FILE
 
 
 def with_pauses(audio, repeat: int, pause: float):
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", type=Path, help="speech file (wav, flac, mp3, ...)")
     p.add_argument("--transcript", help="what is said: phones by forced alignment (else by recognition)")
     p.add_argument("--phones", type=Path, help="score against these labelled phones instead of the found ones")
-    p.add_argument("--driver", choices=("faceformer", "visemes"), default="visemes")
+    p.add_argument("--driver", choices=("faceformer", "visemes"), default="visemes",
+                   help="the speech model (what the product runs) or the procedural visemes")
     p.add_argument("--checkpoint", help="FaceFormer folder or Hub id (default: BLENDTALK_SPEECH, then assets/speech)")
     p.add_argument("--speaker", type=int, help="training style index (default: the mixture of all styles)")
     p.add_argument("--no-seal", action="store_true",
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --emotion: fusion by the DFM (ours) or the sum of the two deformations")
     p.add_argument("--dfm", help="DFM folder or Hub id for --method ours (default: BLENDTALK_DFM, then assets/dfm)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--json", type=Path, required=True, help="where to write the report")
+    p.add_argument("--json", type=JSON_FILE, required=True, help="where to write the report")
     return p
 
 
@@ -73,6 +75,10 @@ def main(argv=None) -> int:
         p.error("--repeat must be in [1, 10] and --pause in [0.2, 5] s")
     if args.repeat > 1 and args.phones:
         p.error("--phones labels one clip; leave out --repeat")
+    if args.driver == "visemes":  # options that only the speech model reads are not ignored without a word
+        given = [o for o, v in (("--checkpoint", args.checkpoint), ("--speaker", args.speaker), ("--no-seal", args.no_seal)) if v]
+        if given:
+            p.error(f"{', '.join(given)} set the speech model: add --driver faceformer (the default driver is visemes)")
     from blendtalk.request import Expression
 
     try:
@@ -136,4 +142,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

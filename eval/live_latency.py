@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python eval/X.p
 
 import numpy as np  # noqa: E402
 
-from blendtalk.evaluation.reports import write_report  # noqa: E402
+from blendtalk.evaluation.reports import JSON_FILE, write_report  # noqa: E402
 
 
 def percentiles(x) -> dict:
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--emotion", default="happy")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: a session per core)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the models run (phones and mels stay on the CPU)")
-    p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--json", type=JSON_FILE, help="write the report here")
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.chunk_ms <= 0 or args.threads < 1:
         p.error("--minutes and --chunk-ms must be > 0 and --threads >= 1")
@@ -125,4 +125,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

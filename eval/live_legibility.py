@@ -20,7 +20,7 @@ from pathlib import Path
 
 from blendtalk.constants import ASSETS_DIR
 from blendtalk.expression.emotions import EMOTIONS, check_emotion
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, PNG_FILE, write_report
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 
@@ -77,8 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-head-motion", action="store_true",
                    help="the head and eyes rest on both sides: the faces compared without two different head-motion draws "
                         "(the stream's is causal, the file path's smoothed over the clip; angry reads lower when the head turns)")
-    p.add_argument("--json", type=Path, required=True)
-    p.add_argument("--sheet", type=Path, help="contact sheet PNG of the page's frames, a row per emotion")
+    p.add_argument("--json", type=JSON_FILE, required=True)
+    p.add_argument("--sheet", type=PNG_FILE, help="contact sheet PNG of the page's frames, a row per emotion")
     args = p.parse_args(argv)
     if not args.audio.is_file() or args.audio.suffix.lower() != ".wav":
         p.error(f"--audio must be a wav file (Chromium's fake microphone reads wav), got {args.audio}")
@@ -173,4 +173,6 @@ def same_weights(pipe, judge, url: str, audio_path: Path, emotions, stride: int,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python eval/X.p
 
 from blendtalk.constants import ASSETS_DIR
 from blendtalk.expression.emotions import EMOTIONS
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, PNG_FILE, write_report
 
 ARCTIC = ASSETS_DIR / "audio" / "arctic_a0009.wav"
 FOLD_PIXEL = 2.0  # grey levels the renderer's fold must darken a pixel by to count as the fold's
@@ -35,8 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--audio", type=Path, default=ARCTIC, help="speech whose file-path ARKit frames are drawn (wav)")
     p.add_argument("--emotions", nargs="+", default=list(EMOTIONS))
     p.add_argument("--stride", type=int, default=3, help="draw every n-th frame")
-    p.add_argument("--json", type=Path, required=True)
-    p.add_argument("--sheet", type=Path, help="PNG: per emotion, the deepest fold's frame side by side")
+    p.add_argument("--json", type=JSON_FILE, required=True)
+    p.add_argument("--sheet", type=PNG_FILE, help="PNG: per emotion, the deepest fold's frame side by side")
     args = p.parse_args(argv)
     if not args.audio.is_file():
         p.error(f"--audio: no such file {args.audio}")
@@ -131,4 +131,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

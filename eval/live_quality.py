@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blendtalk.expression.emotions import EMOTIONS  # noqa: E402
+from blendtalk.evaluation.reports import JSON_FILE
 
 PAUSE = 0.5  # s of room tone between repeats (eval/lipsync.py's default)
 TEXT = "Bring me a map of the empty bay, please."  # not among the pool's sentences; 7 /p b m/
@@ -161,8 +162,10 @@ def main(argv=None) -> int:
     p.add_argument("--prior-audio", type=Path, nargs="*", default=[], help="recordings for the prior, added to --prior")
     p.add_argument("--repeat", type=int, default=1, help="say the sentence this many times, 0.5 s apart")
     p.add_argument("--chunk", type=int, default=320, help="samples per chunk")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
+    if args.chunk < 1:
+        p.error(f"--chunk must be at least 1 sample, got {args.chunk}")
     try:
         windows = [parse_window(w) for w in ([str(x) for x in args.lookahead] if args.lookahead else args.window)]
     except ValueError as err:
@@ -234,4 +237,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -36,6 +36,7 @@ import numpy as np
 
 from blendtalk.evaluation.browser import stop_process
 from blendtalk.evaluation.clips import CLIPS
+from blendtalk.evaluation.reports import JSON_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 EMOTIONS = ("happy", "sad", "angry", "surprised", "fearful", "disgusted", "contempt", "neutral")
@@ -294,7 +295,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent gradio_client clients")
     parser.add_argument("--size", type=int, default=128, choices=(128, 256, 384, 512), help="video size in px")
     parser.add_argument("--queue-size", type=int, help="the app's queue limit (app.py --queue-size); unset: its default")
-    parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--json", type=JSON_FILE, help="also write the report here")
     parser.add_argument("--keep", type=Path, help="run the app in this folder and keep it (log, left-overs); "
                                                   "default a temporary folder")
     args = parser.parse_args(argv)
@@ -319,4 +320,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

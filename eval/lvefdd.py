@@ -20,11 +20,10 @@ with their mixture (--styles mean). Phone sources: forced-aligned (transcript), 
 
 import argparse
 import time
-from pathlib import Path
 
 from blendtalk.training.faceformer import FaceFormerTrainConfig
 from blendtalk.speech.features import PHONE_SOURCES
-from blendtalk.evaluation.reports import write_report
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 
 def main(argv=None) -> int:
@@ -41,8 +40,10 @@ def main(argv=None) -> int:
     p.add_argument("--styles", choices=("all", "mean"), default="all")
     p.add_argument("--max-sequences", type=int, help="score only the first N test sequences")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--json", type=Path, required=True, help="where to write the report")
+    p.add_argument("--json", type=JSON_FILE, required=True, help="where to write the report")
     args = p.parse_args(argv)
+    if args.max_sequences is not None and args.max_sequences < 1:
+        p.error(f"--max-sequences must be at least 1, got {args.max_sequences}; leave it out for all")
     if len(args.data) == 2 and args.data[0] == "vocaset":
         config = FaceFormerTrainConfig(vocaset=args.data[1], features=args.features, flame_masks=args.flame_masks)
     elif len(args.data) == 1:
@@ -99,4 +100,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

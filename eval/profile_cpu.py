@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--tolerance-mm", type=float, default=0.01, help="largest allowed deviation from float32")
     p.add_argument("--top", type=int, default=12, help="functions listed for the audio front end")
     args = p.parse_args(argv)
+    if args.repeats < 1 or args.tolerance_mm < 0:
+        p.error("--repeats must be at least 1 and --tolerance-mm at least 0")
     pipe = Pipeline.from_pretrained(device="cpu")
     with tempfile.TemporaryDirectory(prefix="blendtalk-profile-") as tmp:
         wav, _ = long_clip(args.seconds, Path(tmp))
@@ -109,4 +111,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

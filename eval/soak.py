@@ -32,6 +32,7 @@ import numpy as np
 
 from blendtalk.evaluation.clips import CLIPS, long_clip
 from blendtalk.serving import folder_bytes
+from blendtalk.evaluation.reports import JSON_FILE
 from eval.load_test import classify, launch_app, rss_mb
 
 REQUEST_TIMEOUT_S = 600  # s one request may take, queue wait included
@@ -228,10 +229,12 @@ def main(argv=None) -> int:
     parser.add_argument("--settle", type=float, default=0.0,
                         help="s to wait after each burst before reading the app's floor (RSS, heap, threads); "
                              "longer than the app's sweep period (--delete-cache EVERY), which trims the heap")
-    parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--json", type=JSON_FILE, help="write the report here")
     parser.add_argument("--plot", type=Path, help="write the PNG here")
     parser.add_argument("app_args", nargs="*", help="extra app.py arguments (after --), e.g. --cache-max-mb 200")
     args = parser.parse_args(argv)
+    if not args.max_minutes > 0:
+        parser.error(f"--max-minutes must be positive, got {args.max_minutes:g}")
     if args.requests < 1 or args.burst < 1:
         parser.error("--requests and --burst must be at least 1")
     with tempfile.TemporaryDirectory(prefix="blendtalk-soak-app-") as workdir:
@@ -252,4 +255,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

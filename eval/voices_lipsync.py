@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from blendtalk.evaluation.reports import JSON_FILE  # noqa: E402
+
 SENTENCES = ("Bring me a map of the empty bay, please.",
              "Bob probably bought a maple bench by the moped shop.")
 VOICES = ("flite:rms", "flite:awb", "flite:kal16", "espeak:en-us+m3", "espeak:en-gb-x-rp")
@@ -27,7 +29,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--voices", nargs="+", default=list(VOICES), help="ENGINE:VOICE, ENGINE flite or espeak")
     p.add_argument("--rate", type=int, default=175, help="words per minute")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
     for voice in args.voices:
         if voice.partition(":")[0] not in ("flite", "espeak") or not voice.partition(":")[2]:
@@ -80,4 +82,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -224,7 +224,7 @@ def test_cli_flame_on_a_geometric_dfm_without_corpus(tmp_path, monkeypatch):
     dfm.save_pretrained(tmp_path / "dfm")
     cli = _fit_mapping_cli()
     argv = ["--dfm", str(tmp_path / "dfm"), "--target", "flame", "--flame-model", str(tmp_path / "generic_model.pkl"),
-            "--num-expression", "8", "--data", str(tmp_path / "none"), "--samples", "256", "--steps", "20",
+            "--num-expression", "8", "--no-corpus", "--samples", "256", "--steps", "20",
             "--picture", str(tmp_path / "p.png"), "--picture-size", "32"]
     assert cli.main(argv) == 0
     loaded = load_mapping(tmp_path / "dfm", "flame")
@@ -234,7 +234,9 @@ def test_cli_flame_on_a_geometric_dfm_without_corpus(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):  # an existing map is not replaced without --overwrite
         cli.main(argv)
     with pytest.raises(SystemExit):  # a FLAME-topology DFM cannot map onto the ARKit rig
-        cli.main(argv[:3] + ["arkit", "--data", str(tmp_path / "none")])
+        cli.main(argv[:3] + ["arkit", "--no-corpus"])
+    with pytest.raises(SystemExit):  # a corpus named but missing is not quietly replaced by sampled weights
+        cli.main(argv[:3] + ["arkit", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "other")])
 
 
 def test_expression_units_are_kept_and_only_the_speech_half_is_mapped():

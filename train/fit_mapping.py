@@ -47,7 +47,7 @@ def fitting_weights(dfm, can_encode: bool, args, gen: torch.Generator) -> tuple[
     k = dfm.config.k_total
     speech_root = Path(args.vocaset or Path(args.data) / "speech")
     expr_root = Path(args.florence or Path(args.data) / "expression")
-    have_corpus = speech_root.is_dir() and expr_root.is_dir()
+    have_corpus = not args.no_corpus and speech_root.is_dir() and expr_root.is_dir()
     train = held = None
     if can_encode and have_corpus:
         frames = corpus_frames(speech_root, expr_root, "train", args.frames, args.seed)
@@ -62,7 +62,7 @@ def fitting_weights(dfm, can_encode: bool, args, gen: torch.Generator) -> tuple[
             "heldout": f"{args.eval_subset} split of the corpus" if held is not None else "sampled"}
     if train is None:
         why = ("the DFM's topology has no geometric map here to encode frames" if not can_encode
-               else f"no corpus at {speech_root} and {expr_root}")
+               else "--no-corpus" if args.no_corpus else f"no corpus at {speech_root} and {expr_root}")
         print(f"fitting on sampled weights only ({why}); scale {SAMPLE_RMS * 1e3:.1f} mm RMS", file=sys.stderr)
     if held is None:
         held = sample_weights(k, max(args.samples // 4, 1), gen, reference=train)
@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/synth", help="corpus root with speech/ and expression/")
     p.add_argument("--vocaset", help="real VOCASET root instead of <data>/speech")
     p.add_argument("--florence", help="real Florence4D root instead of <data>/expression")
+    p.add_argument("--no-corpus", action="store_true", help="fit on sampled weights alone (no speech or expression frames)")
     p.add_argument("--frames", type=int, default=1024, help="frames per domain encoded from each split")
     p.add_argument("--observed", type=int, default=4096, help="observed weight combinations (speech x expression frames)")
     p.add_argument("--samples", type=int, default=1024,
@@ -172,6 +173,14 @@ def main(argv=None) -> int:
         p.error("--steps and the loss weights must be >= 0")
     if args.target == "flame" and args.flame_model is None:
         p.error("--target flame needs --flame-model (FLAME is licence-gated: download it from https://flame.is.tue.mpg.de)")
+    if args.lr <= 0:
+        p.error(f"--lr must be positive, got {args.lr:g}")
+    # A corpus the user named must be there: sampled weights alone fit a far worse map, so that takes --no-corpus.
+    for name in ("vocaset", "florence") + (("data",) if args.data != p.get_default("data") else ()):
+        if not args.no_corpus and getattr(args, name) is not None and not Path(getattr(args, name)).is_dir():
+            p.error(f"--{name} {getattr(args, name)} is not a folder (--no-corpus fits on sampled weights alone)")
+    if args.picture is not None and (args.picture.suffix.lower() != ".png" or not args.picture.parent.is_dir()):
+        p.error(f"--picture must be a .png file in an existing folder, got {str(args.picture)!r}")
     out = args.out or mapping_dir(args.dfm, args.target)
     if (out / "config.json").exists() and not args.overwrite:
         p.error(f"{out} already holds a mapping; pass --overwrite to replace it or --out for another folder")
@@ -231,4 +240,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -51,10 +51,18 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, HfHubHTTPError) as err:  # clear errors from the checks above
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # the network: huggingface_hub's HTTP client raises its own connection errors
+        if "connect" not in type(err).__name__.lower() and "timeout" not in type(err).__name__.lower():
+            raise
+        print(f"error: could not reach the Hub ({type(err).__name__}: {err}); check the network (or HF_ENDPOINT) "
+              "and run again (an upload is one commit: no files were committed)", file=sys.stderr)
+        return 2
     tag = f" (tag {result.tag}: load with {result.repo_id}@{result.tag})" if result.tag else ""
     print(f"uploaded {len(result.files)} files to {result.url} at commit {result.commit}{tag}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

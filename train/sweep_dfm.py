@@ -36,13 +36,26 @@ def main(argv=None) -> int:
     p.add_argument("--val-every", type=int, default=300)
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
+    given_k_e = [k for k in args.expression_blendshapes if k is not None]
+    if min(args.blendshapes) < 1 or (given_k_e and min(given_k_e) < 1):
+        p.error("--blendshapes and --expression-blendshapes must be positive")
+    if min(args.lambda_sparse) < 0 or not args.minutes_each > 0 or args.val_every < 1:
+        p.error("--lambda-sparse must be >= 0, --minutes-each > 0 and --val-every >= 1")
+    if not (Path(args.data) / "speech").is_dir():
+        p.error(f"--data {args.data} holds no synthetic corpus (speech/ and expression/); make one with "
+                f"python -m blendtalk.data.synth --out {args.data}")
+    if (Path(args.out) / "sweep.json").exists():  # an earlier sweep's results are not replaced
+        p.error(f"{Path(args.out) / 'sweep.json'} exists; give another --out")
     num_vertices = load_rig().num_vertices
-    results = []
+    configs = []  # all built (and so checked) before the first one trains
     for k, k_e, lam in itertools.product(args.blendshapes, args.expression_blendshapes, args.lambda_sparse):
         model = DFMConfig(num_vertices, num_blendshapes=k, num_expression_blendshapes=k_e)
-        config = DFMTrainConfig(data=args.data, out=args.out, model=model,
-                                loss=DFMLossConfig(lambda_sparse=lam), epochs=1e6, max_minutes=args.minutes_each,
-                                val_every=args.val_every, device=args.device)
+        configs.append(((k, k_e, lam), DFMTrainConfig(data=args.data, out=args.out, model=model,
+                                                      loss=DFMLossConfig(lambda_sparse=lam), epochs=1e6,
+                                                      max_minutes=args.minutes_each, val_every=args.val_every,
+                                                      device=args.device)))
+    results = []
+    for (k, k_e, lam), config in configs:
         run = train_dfm(config)
         results.append({"K": k, "K_e": k_e, "lambda_sparse": lam, "run": str(run), **best_val(run)})
         print(json.dumps(results[-1]), flush=True)
@@ -54,4 +67,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -67,6 +67,17 @@ def main(argv=None) -> int:
         p.error("loss weights must be >= 0")
     if not args.invariance_mix > 0:
         p.error("--invariance-mix must be positive")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        p.error(f"--max-minutes must be positive, got {args.max_minutes:g}; leave it out to train all epochs")
+    if args.resume is not None:  # a run goes on as it was configured: only the time budget and device may change
+        changed = [a.option_strings[0] for a in p._actions if a.dest not in ("help", "resume", "max_minutes", "device")
+                   and getattr(args, a.dest) != a.default]
+        if changed:
+            p.error(f"--resume continues a run as it was configured; leave out {', '.join(changed)} "
+                    "(only --max-minutes and --device may change)")
+        config = replace(load_train_config(args.resume), max_minutes=args.max_minutes, device=args.device)
+        print(f"run saved in {train_dfm(config, run_dir=args.resume, resume=True)}")
+        return 0
 
     try:
         if args.init is not None:  # the starting checkpoint fixes the model's shape
@@ -91,17 +102,20 @@ def main(argv=None) -> int:
         )
     except ValueError as err:  # a model or loss setting out of range
         p.error(str(err))
-    if not args.vocaset and not (Path(args.data) / "speech").is_dir():
+    data = Path(args.data)
+    if not args.vocaset and not (data / "speech").is_dir():
+        if data.exists() and (not data.is_dir() or any(data.iterdir())):  # not a typo to fill with 1.8 GB
+            p.error(f"--data {args.data} holds no synthetic corpus (speech/ and expression/); give a corpus, "
+                    "or a new or empty folder to generate one in")
         from blendtalk.data.synth import generate
 
         print(f"no corpora in {args.data}: generating the synthetic ones there first")
         generate(args.data)
-    if args.resume is not None:  # go on as the run was configured; only the time budget and device may change
-        config = replace(load_train_config(args.resume), max_minutes=args.max_minutes, device=args.device)
-    run = train_dfm(config, run_dir=args.resume, resume=args.resume is not None)
-    print(f"run saved in {run}")
+    print(f"run saved in {train_dfm(config)}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))

@@ -176,6 +176,19 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="write the manifest only")
     p.add_argument("--resume", action="store_true", help="render the missing clips of an existing study folder")
     args = p.parse_args(argv)
+    from blendtalk.expression.emotions import check_intensity
+    from blendtalk.speech.audio import ACCEPTED, FFMPEG_SUFFIXES, SOUNDFILE_SUFFIXES
+
+    try:
+        check_intensity(args.intensity)
+        for audio in args.audio or ():  # before the manifest is written, in a dry run too
+            if audio.suffix.lower() not in SOUNDFILE_SUFFIXES + FFMPEG_SUFFIXES:
+                raise ValueError(f"--audio {audio}: not an audio file; accepted: {ACCEPTED}")
+        for name, folder in _pairs(args.checkpoint, "--checkpoint", p).items():
+            if not Path(folder).is_dir():
+                p.error(f"--checkpoint {name}={folder}: no such folder")
+    except ValueError as err:
+        p.error(str(err))
     try:
         study = Study.load(args.out / MANIFEST) if args.resume else None
         if study is None and (not args.audio or not args.emotions):
@@ -202,4 +215,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from blendtalk.cli import run_script
+
+    raise SystemExit(run_script(main))
