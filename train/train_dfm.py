@@ -70,8 +70,9 @@ def main(argv=None) -> int:
     if args.max_minutes is not None and not args.max_minutes > 0:
         p.error(f"--max-minutes must be positive, got {args.max_minutes:g}; leave it out to train all epochs")
     if args.resume is not None:  # a run goes on as it was configured: only the time budget and device may change
-        changed = [a.option_strings[0] for a in p._actions if a.dest not in ("help", "resume", "max_minutes", "device")
-                   and getattr(args, a.dest) != a.default]
+        defaults = vars(p.parse_args([]))
+        changed = ["--" + name.replace("_", "-") for name, value in vars(args).items()
+                   if name not in ("resume", "max_minutes", "device") and value != defaults[name]]
         if changed:
             p.error(f"--resume continues a run as it was configured; leave out {', '.join(changed)} "
                     "(only --max-minutes and --device may change)")
