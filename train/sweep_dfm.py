@@ -41,11 +41,11 @@ def main(argv=None) -> int:
         p.error("--blendshapes and --expression-blendshapes must be positive")
     if min(args.lambda_sparse) < 0 or not args.minutes_each > 0 or args.val_every < 1:
         p.error("--lambda-sparse must be >= 0, --minutes-each > 0 and --val-every >= 1")
+    if (Path(args.out) / "sweep.json").exists():  # an earlier sweep's results are not replaced
+        p.error(f"{Path(args.out) / 'sweep.json'} exists; give another --out")
     if not (Path(args.data) / "speech").is_dir():
         p.error(f"--data {args.data} holds no synthetic corpus (speech/ and expression/); make one with "
                 f"python -m blendtalk.data.synth --out {args.data}")
-    if (Path(args.out) / "sweep.json").exists():  # an earlier sweep's results are not replaced
-        p.error(f"{Path(args.out) / 'sweep.json'} exists; give another --out")
     num_vertices = load_rig().num_vertices
     configs = []  # all built (and so checked) before the first one trains
     for k, k_e, lam in itertools.product(args.blendshapes, args.expression_blendshapes, args.lambda_sparse):
