@@ -245,7 +245,7 @@ def request_seconds(req) -> float:
 
 def describe(anim, missing: dict[str, str], transcript: str | None = None) -> str:
     """The status line under the outputs: what was made, how, and how long each stage took; a
-    transcript the aligner could not use, and downloads missing for a reason the user can act on."""
+    transcript the aligner could not use, and the downloads `missing` (`exports.unavailable`)."""
     meta = anim.meta
     timings = " · ".join(f"{k} {v:.2f} s" for k, v in meta.get("timings", {}).items())
     lines = [f"**{anim.duration:.2f} s**, {anim.num_frames} frames · expression: {meta['expression']} · "
@@ -254,8 +254,7 @@ def describe(anim, missing: dict[str, str], transcript: str | None = None) -> st
     if transcript and meta.get("phones") == "recognized":
         lines.append("The transcript did not fit the audio (other words, or none the aligner knows), so the phones "
                      "were recognised from the audio alone; check the transcript for better lip sync.")
-    # FLAME parameters exist only for a FLAME mesh: never something a user of this rig can change.
-    lines += [f"no {fmt} download: {why}" for fmt, why in missing.items() if fmt != "flame"]
+    lines += [f"no {fmt} download: {why}" for fmt, why in missing.items()]
     return "\n\n".join(lines)
 
 
@@ -325,7 +324,7 @@ class Service:
         """Yield the outputs (video, mesh html, weights figure, downloads, status) as they become ready."""
         import gradio as gr
 
-        from blendtalk.render.exports import arkit_rig_glb, export_all, unavailable
+        from blendtalk.render.exports import arkit_rig_glb, export_all, offered_formats, unavailable
         from blendtalk.render.viz import animation_figure, figure_html, weights_figure
 
         pipe = self.pipe
@@ -347,8 +346,10 @@ class Service:
         figure = animation_figure(anim, rig=self.look, max_frames=FIGURE_FRAMES)
         html = figure_html(figure, height=figure.layout.height + 40, include_plotlyjs=self.plotly_url)  # no inner scroll bar
         curves = weights_figure(anim)
-        missing = unavailable(anim)
-        written = export_all(anim, folder / "downloads", stem=stem, template=pipe.rig.vertices, dressing=pipe.dressing())
+        formats = offered_formats(anim)
+        missing = unavailable(anim, formats)
+        written = export_all(anim, folder / "downloads", formats, stem=stem, template=pipe.rig.vertices,
+                             dressing=pipe.dressing())
         files = [str(video)] + [str(p) for p in written.values()]
         if anim.arkit_weights is not None:  # the rig with its ARKit units as morph targets, played by the curves
             files.append(str(arkit_rig_glb(anim, folder / "downloads" / f"{stem}_rig.glb", pipe.rig, pipe.dressing())))

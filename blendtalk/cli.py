@@ -317,15 +317,13 @@ def animate(args) -> int:
             pipe.save_video(anim, args.output, size=request.size, progress=progress(1, 0.3, 0.65))
         written = {}
         if args.export_dir is not None:
-            from .render.exports import FORMATS, export_all
+            from .render.exports import export_all, offered_formats
 
             bar.set_postfix_str("exports")
-            # FLAME parameters exist only for a configured FLAME mapping: no warning for their absence.
-            formats = [f for f in FORMATS if f != "flame" or anim.flame_params]
             try:
                 with _disk_full_is_clear(args.export_dir, "the exports"):
-                    export_all(anim, args.export_dir, formats, template=pipe.rig.vertices, dressing=pipe.dressing(),
-                               written=written)
+                    export_all(anim, args.export_dir, offered_formats(anim), template=pipe.rig.vertices,
+                               dressing=pipe.dressing(), written=written)
             except KeyboardInterrupt:  # the video is whole and stays; each export is whole or absent
                 bar.close()
                 done = ", ".join(p.name for p in written.values()) or "none"

@@ -24,7 +24,6 @@ def output_file(suffixes: tuple[str, ...]):
                 break
         return path
 
-    check.__name__ = "file name"  # argparse names the type in its messages
     return check
 
 

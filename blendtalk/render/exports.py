@@ -89,6 +89,13 @@ ROTATION_CONVENTION = ("radians; rig axes +x the face's left, +y up, +z out of t
 _log = logging.getLogger(__name__)
 
 
+def offered_formats(animation: Animation) -> list[str]:
+    """The formats worth asking for on this animation: all of FORMATS, but FLAME only where the
+    animation has FLAME parameters (a configured FLAME mapping), since no user of another rig can
+    change its absence. The CLI and the app ask for these."""
+    return [fmt for fmt in FORMATS if fmt != "flame" or animation.flame_params]
+
+
 def unavailable(animation: Animation, formats: Sequence[str] = FORMATS) -> dict[str, str]:
     """{format: why it cannot be exported} for the formats this animation lacks data for."""
     _check_formats(formats)
