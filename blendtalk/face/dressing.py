@@ -37,6 +37,7 @@ import torch
 
 from .brows import brow_coordinates
 from .geometry import boundary_edges, smooth, vertex_normals
+from .teeth import CERVIX, GUM, affine_motion, dentition_arch
 
 PARTS = ("upper_teeth", "lower_teeth", "tongue", "lashes", "hair", "neck", "left_eye", "right_eye")
 _HELPERS = 6  # PARTS[:6] come from the asset's helper meshes (codes of `dressing_part`), the eyeballs are built here
@@ -68,7 +69,11 @@ class DressingConfig:
     # False leaves the brows out of `colours` for a renderer that draws them per pixel from
     # `FaceDressing.brows` (`face.brows`); vertex colours alone (exports, Plotly) keep the paint.
     painted_brows: bool = True
-    teeth: tuple[float, float, float] = (0.97, 0.96, 0.93)  # near-white enamel: a yellower white goes olive in the shade of the mouth
+    # Enamel: off-white (pure white crowns glare like a bared-teeth grimace); a yellower one goes
+    # olive in the shade of the mouth.
+    teeth: tuple[float, float, float] = (0.84, 0.82, 0.77)
+    tooth_neck: tuple[float, float, float] = (0.94, 0.90, 0.82)  # factor at a crown's gum line: dentine shows warmer there
+    gums: tuple[float, float, float] = (0.80, 0.47, 0.47)  # pink, a shade off the lips
     tongue: tuple[float, float, float] = (0.78, 0.36, 0.38)  # pink-red
     lashes: tuple[float, float, float] = (0.07, 0.05, 0.05)  # near black
     # The source's lashes are solid cards (its hair texture is not used): the lower ones draw a grey
@@ -89,8 +94,9 @@ class DressingConfig:
     hair_edge_skin: float = 0.6  # how much skin shows through at the hairline, 0..1: short hair thins there
     hair_roots: float = 0.2  # how far the skin at the hairline takes the hair's colour (the asset's `face_hair`), 0..1
     # Rest offsets (x, y, z) m of the source helpers: MakeHuman's upper teeth hide behind the upper
-    # lip and its tongue rests against the palate, filling an open mouth; real ones show teeth.
-    upper_teeth_offset: tuple[float, float, float] = (0.0, -0.003, 0.001)
+    # lip and its tongue rests against the palate, filling an open mouth; real lips parted show
+    # the upper incisors' edges.
+    upper_teeth_offset: tuple[float, float, float] = (0.0, -0.0015, 0.0)
     tongue_offset: tuple[float, float, float] = (0.0, -0.006, -0.003)
 
 
@@ -210,6 +216,7 @@ class FaceDressing:
         gram += _RIDGE * np.trace(gram) / len(gram) * np.eye(len(gram))
         projection = np.linalg.solve(gram, deltas)  # (52, V*3)
 
+        d = _with_crowns(d)
         # Helper parts contiguous in PARTS order (the asset stores them by source index).
         part = d["dressing_part"].astype(np.int64)
         h_tris = d["dressing_triangles"].astype(np.int64)
@@ -228,7 +235,7 @@ class FaceDressing:
             hv = _shorten_lower_lashes(hv, part, d["dressing_anchor"][order].astype(np.int64), rig, config.lower_lashes)
 
         face_v = len(v)
-        h_col = _helper_colours(hv, part, h_tris, config)
+        h_col = _helper_colours(hv, part, d["teeth_material"][order], h_tris, config)
         roots = d.get("face_hair", np.zeros(len(v), np.float32)) * (config.hair_roots if config.hair else 0.0)
         face_col = _face_colours(rig, tri, d["face_brow"] * config.painted_brows, config, roots)
 
@@ -384,13 +391,50 @@ def _shorten_lower_lashes(hv: np.ndarray, part: np.ndarray, anchor: np.ndarray, 
     return out
 
 
-def _helper_colours(hv: np.ndarray, part: np.ndarray, h_tris: np.ndarray, config: DressingConfig) -> np.ndarray:
-    """sRGB colours (H, 3) of the helper vertices hv (H, 3) of parts `part` (H,), triangles h_tris
-    (helper indices): teeth and tongue darken toward the back of the mouth (the lips shade them)."""
-    depth = np.maximum(hv[part <= 1, 2].max() - hv[:, 2], 0)  # m behind the incisors' front
+def _with_crowns(d: dict) -> dict:
+    """The asset's helper arrays with each jaw's helper shell replaced by crowns and gum
+    (`face.teeth`), moved by the affine fit of the shell's own unit deltas; adds `teeth_material`
+    (H,): `teeth.TOOTH`, `CERVIX` or `GUM` on the teeth, 0 elsewhere."""
+    part, hv = d["dressing_part"].astype(np.int64), d["dressing_vertices"].astype(np.float64)
+    tris, deltas = d["dressing_triangles"].astype(np.int64), d["dressing_deltas"].astype(np.float32)
+    anchor = d["dressing_anchor"].astype(np.int64)
+    weight = d.get("dressing_anchor_weight", np.ones(len(part), np.float32)).astype(np.float32)
+    keep = part > PARTS.index("lower_teeth")
+    index = -np.ones(len(part), np.int64)
+    index[keep] = np.arange(keep.sum())
+    out = {"v": [hv[keep]], "part": [part[keep]], "tris": [index[tris[keep[tris].all(1)]]], "deltas": [deltas[:, keep]],
+           "anchor": [anchor[keep]], "weight": [weight[keep]], "material": [np.zeros(keep.sum(), np.int64)]}
+    count = int(keep.sum())
+    for code in (PARTS.index("upper_teeth"), PARTS.index("lower_teeth")):
+        shell = part == code
+        v, t, material = dentition_arch(hv[shell], upper=code == PARTS.index("upper_teeth"))
+        out["v"].append(v)
+        out["part"].append(np.full(len(v), code))
+        out["tris"].append(t + count)
+        out["deltas"].append(affine_motion(hv[shell], deltas[:, shell], v).astype(np.float32))
+        out["anchor"].append(-np.ones(len(v), np.int64))
+        out["weight"].append(np.zeros(len(v), np.float32))
+        out["material"].append(material)
+        count += len(v)
+    return {**d, "dressing_vertices": np.concatenate(out["v"]), "dressing_part": np.concatenate(out["part"]),
+            "dressing_triangles": np.concatenate(out["tris"]), "dressing_deltas": np.concatenate(out["deltas"], 1),
+            "dressing_anchor": np.concatenate(out["anchor"]), "dressing_anchor_weight": np.concatenate(out["weight"]),
+            "teeth_material": np.concatenate(out["material"])}
+
+
+def _helper_colours(hv: np.ndarray, part: np.ndarray, material: np.ndarray, h_tris: np.ndarray,
+                    config: DressingConfig) -> np.ndarray:
+    """sRGB colours (H, 3) of the helper vertices hv (H, 3) of parts `part` (H,), teeth materials
+    `material` (H,) (`face.teeth`), triangles h_tris (helper indices): teeth, gums and tongue darken
+    toward the back of the mouth (the lips shade them)."""
+    teeth = part <= PARTS.index("lower_teeth")
+    depth = np.maximum(hv[teeth & (material != GUM), 2].max() - hv[:, 2], 0)  # m behind the incisors' front
     shade = 1 - config.mouth_shade * (1 - np.exp(-depth / config.mouth_falloff))[:, None]
     palette = np.array([config.teeth, config.teeth, config.tongue, config.lashes, config.hair_colour, config.skin], np.float32)
-    h_col = palette[part] * np.where((part <= 2)[:, None], shade, 1.0)
+    colours = palette[part]
+    colours[teeth & (material == CERVIX)] *= np.asarray(config.tooth_neck, np.float32)
+    colours[teeth & (material == GUM)] = config.gums
+    h_col = colours * np.where((part <= 2)[:, None], shade, 1.0)
     hair = part == PARTS.index("hair")
     if hair.any():
         h_col[hair] = hair_colours(hv[hair], h_tris[hair[h_tris[:, 0]]] - np.argmax(hair), config)
