@@ -71,6 +71,9 @@ HAIR_SUBDIVISIONS = 1  # midpoint splits of the scalp (its quads are 1.5-3 cm: f
 # loops of 46 around the neck), the first ring being the quads that cross the cut. Six reach 5.13 dm
 # in front (0.51 m: below the frame with the head pitched up) and spread over the shoulders' tops.
 NECK_RINGS = 6
+# The rings' last quads stick out past the shoulders' tips as spikes (seen in the app's 3D view
+# of the rig); the neck ends short of them. m from the midline.
+NECK_HALF_WIDTH = 0.2
 NECK_FOLLOW = 0.03  # m below the face's boundary over which the neck stops following the face
 
 
@@ -429,6 +432,7 @@ def add_neck(dressing: dict[str, np.ndarray], verts, body_quads, head, source_in
     verts: (N, 3) source dm; body_quads: the body group's faces; head: (N,) bool source vertices
     above the cut; source_index: (V,) face vertex -> source vertex."""
     quads = neck_quads(np.asarray(body_quads), head)
+    quads = quads[(np.abs(verts[quads, 0]) * DM_TO_M <= NECK_HALF_WIDTH).all(1)]
     keep = np.unique(quads)  # sorted source indices: deterministic
     remap = -np.ones(len(verts), dtype=np.int64)
     remap[keep] = np.arange(len(keep))
