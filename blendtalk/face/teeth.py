@@ -145,13 +145,16 @@ def dentition_arch(helper: np.ndarray, upper: bool) -> tuple[np.ndarray, np.ndar
     # The bite level: the central incisors' end, the helper's lowest (upper) or highest (lower) front point.
     front = np.abs(helper[:, 0]) < crowns[0][0]
     bite = helper[front, 1].min() if upper else helper[front, 1].max()
-    verts, tris, kinds, margin = [], [], [], []  # margin: (s, gum-line height) samples along the arch
+    # margin, per crown: arc where it starts, its centre and end, the height of its neck and of its
+    # biting end, its lean: what the gum band follows.
+    verts, tris, kinds, margin = [], [], [], []
     start = 0.0
     for (width, height, thickness, shape), step, lean in zip(crowns, EDGE_STEP, LEAN):
         centre = start + CONTACT * width / 2
         if centre > arch.length:
             break
-        (x, z), (tx, tz) = (a[0] for a in arch.at([centre]))
+        point, tangent_xz = arch.at([centre])
+        (x, z), (tx, tz) = point[0], tangent_xz[0]
         normal = np.array([-tz, tx])  # outward, horizontal: the tangent turned toward the outside
         edge = bite - down * step
         local, ltris = _crown(width, height, thickness, shape, lean)
