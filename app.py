@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,9 @@ logger = logging.getLogger("blendtalk.app")
 MAX_AUDIO_SECONDS = 60.0  # s of speech per request: render time and download sizes grow with it
 MAX_UPLOAD = "20mb"  # per uploaded file: a minute of 48 kHz stereo 16-bit wav is 11.5 MB
 VIDEO_SIZES = (128, 256, 384, 512)  # px; CPU render time grows with the square of the size
+# The page's default size: the sharpest of VIDEO_SIZES that the cost budget allows for the clip's
+# length (512 px up to 15 s of speech by default), so a short clip is not blurred to spare a long one.
+AUTO_SIZE = "auto"
 FIGURE_FRAMES = 90  # frames in the Plotly animation: about 1.3 MB of page for the rig (viz.figure_html)
 SLIDERS_PER_ROW = 2  # blendshape sliders side by side in the explorer
 SLIDER_PEAK_M = 0.010  # m: a blendshape slider at +-1 moves its most-moved vertex by 10 mm
@@ -216,26 +219,29 @@ def public_text(text: str) -> str:
 
 
 def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
-                  allowed_dirs, head_motion=True):
+                  allowed_dirs, head_motion=True, max_cost=serving.ServingConfig.max_cost):
     """The page's inputs -> a validated blendtalk AnimationRequest, before any slow work; raises
     ValueError with what to change. Checked here only what is the page's own: audio only from
-    Gradio's upload folder, a size from the menu, at most MAX_AUDIO_SECONDS of speech."""
+    Gradio's upload folder, a size from the menu (AUTO_SIZE: the largest whose cost fits `max_cost`
+    for this speech), at most MAX_AUDIO_SECONDS of speech."""
     from blendtalk.request import AnimationRequest
 
     # The dropdown documents its choices as text ("256"); API callers send either that or the number.
+    auto = isinstance(size, str) and size.strip().lower() == AUTO_SIZE
     if isinstance(size, str) and size.strip().isdigit():
         size = int(size)
-    if isinstance(size, bool) or size not in VIDEO_SIZES:
-        raise ValueError(f"The video size must be one of {', '.join(map(str, VIDEO_SIZES))} px, got {size!r}.")
+    if not auto and (isinstance(size, bool) or size not in VIDEO_SIZES):
+        raise ValueError(f"The video size must be {AUTO_SIZE} or one of {', '.join(map(str, VIDEO_SIZES))} px, got {size!r}.")
     if audio is not None:
         audio = Path(str(audio)).resolve()
         # Gradio hands us its own upload copies; anything else is not read on a user's behalf.
         if not any(audio.is_relative_to(Path(d).resolve()) for d in allowed_dirs):
             raise ValueError("The audio must be an uploaded or recorded file.")
-    return AnimationRequest.create(
+    req = AnimationRequest.create(
         audio, text=text, transcript=transcript, emotion=emotion, intensity=intensity, mix_with=mix_with,
-        mix_ratio=mix_ratio, timeline=timeline, blinks=blinks, head_motion=head_motion, size=size,
-        max_audio_seconds=MAX_AUDIO_SECONDS)
+        mix_ratio=mix_ratio, timeline=timeline, blinks=blinks, head_motion=head_motion,
+        size=max(VIDEO_SIZES) if auto else size, max_audio_seconds=MAX_AUDIO_SECONDS)
+    return replace(req, size=serving.fitting_size(request_seconds(req), VIDEO_SIZES, max_cost)) if auto else req
 
 
 def request_seconds(req) -> float:
@@ -243,12 +249,13 @@ def request_seconds(req) -> float:
     return len(req.audio) / SAMPLE_RATE if req.audio is not None else serving.text_seconds(req.text)
 
 
-def describe(anim, missing: dict[str, str], transcript: str | None = None) -> str:
-    """The status line under the outputs: what was made, how, and how long each stage took; a
-    transcript the aligner could not use, and the downloads `missing` (`exports.unavailable`)."""
+def describe(anim, missing: dict[str, str], transcript: str | None = None, size: int | None = None) -> str:
+    """The status line under the outputs: what was made (at `size` px), how, and how long each stage
+    took; a transcript the aligner could not use, and the downloads `missing` (`exports.unavailable`)."""
     meta = anim.meta
     timings = " · ".join(f"{k} {v:.2f} s" for k, v in meta.get("timings", {}).items())
-    lines = [f"**{anim.duration:.2f} s**, {anim.num_frames} frames · expression: {meta['expression']} · "
+    frames = f"{anim.num_frames} frames" + (f" at {size} px" if size else "")
+    lines = [f"**{anim.duration:.2f} s**, {frames} · expression: {meta['expression']} · "
              f"speech driver: {meta['speech_driver']} · fusion: {meta['method']} · phones: {meta.get('phones', '?')}",
              f"timings: {timings}"]
     if transcript and meta.get("phones") == "recognized":
@@ -299,7 +306,7 @@ class Service:
     pipe: object  # a loaded blendtalk Pipeline
     workspace: Workspace
     limits: serving.ServingConfig
-    default_size: int = 256  # px, the page's initial video size
+    default_size: int | str = AUTO_SIZE  # the page's initial video size: px, or AUTO_SIZE
     trusted: serving.TrustedProxies = field(default_factory=serving.TrustedProxies)
 
     def __post_init__(self):
@@ -330,7 +337,7 @@ class Service:
         pipe = self.pipe
         try:
             req = check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline,
-                                blinks, size, self.allowed_dirs, head_motion)
+                                blinks, size, self.allowed_dirs, head_motion, self.limits.max_cost)
             if admit is not None:  # the cost budget and the client's running limit (LimitError)
                 admit(req)
         except ValueError as err:  # AudioError included
@@ -341,7 +348,7 @@ class Service:
             anim = self.render(req, video, progress)
         except ValueError as err:  # e.g. text the TTS cannot speak
             raise gr.Error(public_text(str(err)), title="Please check the input", print_exception=False) from None
-        yield str(video), "", None, None, describe(anim, {}, req.transcript) + "\n\nbuilding the 3D view and downloads…"
+        yield str(video), "", None, None, describe(anim, {}, req.transcript, req.size) + "\n\nbuilding the 3D view and downloads…"
         # No progress() from here on: Gradio would lay its progress overlay over the playable video.
         figure = animation_figure(anim, rig=self.look, max_frames=FIGURE_FRAMES)
         html = figure_html(figure, height=figure.layout.height + 40, include_plotlyjs=self.plotly_url)  # no inner scroll bar
@@ -353,7 +360,7 @@ class Service:
         files = [str(video)] + [str(p) for p in written.values()]
         if anim.arkit_weights is not None:  # the rig with its ARKit units as morph targets, played by the curves
             files.append(str(arkit_rig_glb(anim, folder / "downloads" / f"{stem}_rig.glb", pipe.rig, pipe.dressing())))
-        yield str(video), html, curves, files, describe(anim, missing, req.transcript)
+        yield str(video), html, curves, files, describe(anim, missing, req.transcript, req.size)
 
     def admitted_steps(self, client: str, *inputs, progress=None, alive=None):
         """`steps` for one client of the page, counted and held to the limits, in its own request folder
@@ -393,8 +400,11 @@ class Service:
     def estimate(self, demo, audio, text, size) -> str:
         """The status line shown at once on Generate: requests ahead and the estimated wait."""
         seconds = serving.upload_seconds(audio) if audio else serving.text_seconds((text or "").strip())
-        size = int(size) if str(size).strip().isdigit() else self.default_size
-        cost = serving.request_cost(seconds or 0.0, size)
+        choice = str(size).strip().lower()
+        if not (choice.isdigit() or choice == AUTO_SIZE):
+            choice = str(self.default_size)
+        px = serving.fitting_size(seconds or 0.0, VIDEO_SIZES, self.limits.max_cost) if choice == AUTO_SIZE else int(choice)
+        cost = serving.request_cost(seconds or 0.0, px)
         return self.gate.describe_wait(serving.waiting_requests(demo, "animate"), cost)
 
     def run_example(self, audio, text, transcript, emotion, intensity):
@@ -520,7 +530,8 @@ def animate_tab(demo, service: Service, keep_s: float) -> None:
                 with gr.Row():
                     blinks = gr.Checkbox(True, label="Natural blinks")
                     head_motion = gr.Checkbox(True, label="Head and eye motion", elem_id="head-motion")
-                    size = gr.Dropdown([str(v) for v in VIDEO_SIZES], value=str(default_size), label="Video size (px)",
+                    size = gr.Dropdown([AUTO_SIZE, *map(str, VIDEO_SIZES)], value=str(default_size), label="Video size (px)",
+                                       info="auto: the sharpest this server allows for the clip's length",
                                        allow_custom_value=True)  # check_request takes "256" or 256
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             examples([audio, text, transcript, emotion, intensity], outputs, service.run_example)
@@ -634,7 +645,8 @@ def main(argv=None) -> None:
                         help="address to listen on (GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port (GRADIO_SERVER_PORT)")
-    parser.add_argument("--size", type=int, choices=VIDEO_SIZES, help="default video size in px; unset: 512 on a GPU, else 256")
+    parser.add_argument("--size", type=int, choices=VIDEO_SIZES,
+                        help="default video size in px; unset: the sharpest that the cost budget allows for each clip")
     parser.add_argument("--device", help="cpu or cuda; unset: cuda when available")
     parser.add_argument("--dfm", help="DFM checkpoint folder or Hub id; unset: BLENDTALK_DFM, then the shipped one")
     parser.add_argument("--speech-model", help="speech checkpoint folder or Hub id; unset: BLENDTALK_SPEECH, then the shipped one")
@@ -687,9 +699,9 @@ def main(argv=None) -> None:
     from blendtalk.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(dfm=args.dfm, speech=args.speech_model, device=args.device)
-    size = args.size or (512 if pipe.device.type == "cuda" else 256)
+    size = args.size or AUTO_SIZE
     if spaces is None:  # a ZeroGPU Space has no GPU here, outside a request
-        warm_up(pipe, size)
+        warm_up(pipe, args.size or max(VIDEO_SIZES))
     every, age = args.delete_cache
     limits = serving.ServingConfig(max_cost=args.max_cost, rate_per_minute=args.rate_limit,
                                    running_per_client=args.jobs_per_client, concurrency=CONCURRENCY)

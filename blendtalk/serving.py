@@ -326,6 +326,13 @@ def cap_folder(folder: Path, max_bytes: int, keep: Iterable[str | Path] = (), mi
 # Helpers for the app
 
 
+def fitting_size(seconds: float, sizes, max_cost: float) -> int:
+    """The largest of `sizes` (px) at which `seconds` of speech fits the budget; the smallest when
+    none does (its `check_cost` then says what to do)."""
+    fits = [s for s in sorted(sizes) if request_cost(seconds, s) <= max_cost]
+    return fits[-1] if fits else min(sizes)
+
+
 def longest_seconds(size: int, max_cost: float) -> float:
     """The longest speech (s) that fits the budget at `size` px."""
     return max_cost / (size / REFERENCE_SIZE) ** 2

@@ -213,6 +213,13 @@ def test_check_request_validates_before_any_work(tmp_path):
                          ({"size": "257"}, "video size"), ({"size": "big"}, "video size"), ({"size": True}, "video size")]:
         with pytest.raises(ValueError, match=message):
             app.check_request(**{**ok, **bad})
+    # "auto": the sharpest size the budget allows for this speech (1 s: 512 px; 20 s: 384 px at 60 units).
+    assert app.check_request(**{**ok, "text": "", "audio": str(inside), "size": "auto"}).size == 512
+    assert app.check_request(**{**ok, "text": "", "audio": str(inside), "size": "auto", "max_cost": 1.0}).size == 256
+    speech, sr = sf.read(str(WAV), dtype="float32")
+    long = tmp_path / "long.wav"
+    sf.write(str(long), np.tile(speech, 7)[: 20 * sr], sr)
+    assert app.check_request(**{**ok, "text": "", "audio": str(long), "size": "auto"}).size == 384
     # The size as the API documents it (the dropdown's text) or as a number.
     assert app.check_request(**{**ok, "size": "256"}).size == app.check_request(**{**ok, "size": 256}).size == 256
 

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from blendtalk.serving import (Cancelled, Gate, LimitError, ServingConfig, TrustedProxies, cancellable, cap_folder,
-                               check_cost, client_key, event_alive, folder_bytes, forwarded_for, prune_sessions,
-                               queued_files)
+                               check_cost, client_key, event_alive, fitting_size, folder_bytes, forwarded_for,
+                               prune_sessions, queued_files)
 
 
 class Clock:
@@ -31,6 +31,18 @@ def test_cost_budget_refuses_with_what_to_do():
         check_cost(59.0, 512, 60.0)
     with pytest.raises(LimitError, match="at most 4 s.*shorter clip"):
         check_cost(10.0, 128, 1.0)  # no smaller size helps
+
+
+def test_fitting_size_is_the_sharpest_within_the_budget():
+    sizes = (128, 256, 384, 512)
+    assert fitting_size(3.0, sizes, 60.0) == 512
+    assert fitting_size(15.0, sizes, 60.0) == 512  # exactly the budget
+    assert fitting_size(20.0, sizes, 60.0) == 384  # 20 x 2.25 = 45 units
+    assert fitting_size(60.0, sizes, 60.0) == 256
+    assert fitting_size(0.0, sizes, 60.0) == 512  # no estimate yet (the page's wait line before the upload is read)
+    assert fitting_size(500.0, sizes, 60.0) == 128  # nothing fits: the smallest, whose check says what to do
+    with pytest.raises(LimitError):
+        check_cost(500.0, fitting_size(500.0, sizes, 60.0), 60.0)
 
 
 def test_rate_limit_per_client_and_window():
