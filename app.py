@@ -218,6 +218,23 @@ def public_text(text: str) -> str:
     return "\n".join(public_lines(text.splitlines()))
 
 
+def size_choice(size) -> int | str:
+    """The page's video size (the dropdown's text "256", a number from the API, or AUTO_SIZE) -> px
+    or AUTO_SIZE; ValueError for anything else."""
+    if isinstance(size, str) and size.strip().lower() == AUTO_SIZE:
+        return AUTO_SIZE
+    if isinstance(size, str) and size.strip().isdigit():
+        size = int(size)
+    if isinstance(size, bool) or size not in VIDEO_SIZES:
+        raise ValueError(f"The video size must be {AUTO_SIZE} or one of {', '.join(map(str, VIDEO_SIZES))} px, got {size!r}.")
+    return size
+
+
+def size_pixels(choice: int | str, seconds: float, max_cost: float) -> int:
+    """px of a `size_choice` for `seconds` of speech: AUTO_SIZE is the largest that fits `max_cost`."""
+    return serving.fitting_size(seconds, VIDEO_SIZES, max_cost) if choice == AUTO_SIZE else choice
+
+
 def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_ratio, timeline, blinks, size,
                   allowed_dirs, head_motion=True, max_cost=serving.ServingConfig.max_cost):
     """The page's inputs -> a validated blendtalk AnimationRequest, before any slow work; raises
@@ -226,12 +243,7 @@ def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_rat
     for this speech), at most MAX_AUDIO_SECONDS of speech."""
     from blendtalk.request import AnimationRequest
 
-    # The dropdown documents its choices as text ("256"); API callers send either that or the number.
-    auto = isinstance(size, str) and size.strip().lower() == AUTO_SIZE
-    if isinstance(size, str) and size.strip().isdigit():
-        size = int(size)
-    if not auto and (isinstance(size, bool) or size not in VIDEO_SIZES):
-        raise ValueError(f"The video size must be {AUTO_SIZE} or one of {', '.join(map(str, VIDEO_SIZES))} px, got {size!r}.")
+    choice = size_choice(size)
     if audio is not None:
         audio = Path(str(audio)).resolve()
         # Gradio hands us its own upload copies; anything else is not read on a user's behalf.
@@ -240,8 +252,8 @@ def check_request(audio, text, transcript, emotion, intensity, mix_with, mix_rat
     req = AnimationRequest.create(
         audio, text=text, transcript=transcript, emotion=emotion, intensity=intensity, mix_with=mix_with,
         mix_ratio=mix_ratio, timeline=timeline, blinks=blinks, head_motion=head_motion,
-        size=max(VIDEO_SIZES) if auto else size, max_audio_seconds=MAX_AUDIO_SECONDS)
-    return replace(req, size=serving.fitting_size(request_seconds(req), VIDEO_SIZES, max_cost)) if auto else req
+        size=max(VIDEO_SIZES) if choice == AUTO_SIZE else choice, max_audio_seconds=MAX_AUDIO_SECONDS)
+    return replace(req, size=size_pixels(choice, request_seconds(req), max_cost))
 
 
 def request_seconds(req) -> float:
@@ -400,11 +412,11 @@ class Service:
     def estimate(self, demo, audio, text, size) -> str:
         """The status line shown at once on Generate: requests ahead and the estimated wait."""
         seconds = serving.upload_seconds(audio) if audio else serving.text_seconds((text or "").strip())
-        choice = str(size).strip().lower()
-        if not (choice.isdigit() or choice == AUTO_SIZE):
-            choice = str(self.default_size)
-        px = serving.fitting_size(seconds or 0.0, VIDEO_SIZES, self.limits.max_cost) if choice == AUTO_SIZE else int(choice)
-        cost = serving.request_cost(seconds or 0.0, px)
+        try:
+            choice = size_choice(size)
+        except ValueError:  # the request itself reports it
+            choice = size_choice(self.default_size)
+        cost = serving.request_cost(seconds or 0.0, size_pixels(choice, seconds or 0.0, self.limits.max_cost))
         return self.gate.describe_wait(serving.waiting_requests(demo, "animate"), cost)
 
     def run_example(self, audio, text, transcript, emotion, intensity):
