@@ -94,6 +94,7 @@ class Pipeline:
     _aligner: object | None = None
     _renderers: dict = field(default_factory=dict)
     _renderer_lock: threading.Lock = field(default_factory=threading.Lock)  # one build per size, even from two threads
+    _dressing: object | None = None  # built once: the app asks for it twice a request (70 ms each)
 
     @classmethod
     def from_pretrained(cls, dfm: str | None = None, speech: str | None = None, device: str | None = None,
@@ -325,7 +326,9 @@ class Pipeline:
         from .face.dressing import FaceDressing
         from .render.renderer import RenderConfig, dressing_config
 
-        return FaceDressing.for_rig(self.rig, dressing_config(RenderConfig())) if getattr(self.rig, "dressing", None) else None
+        if self._dressing is None and getattr(self.rig, "dressing", None):
+            self._dressing = FaceDressing.for_rig(self.rig, dressing_config(RenderConfig()))  # immutable: shared by threads
+        return self._dressing
 
     def renderer(self, size: int = 512):
         """A Renderer for the rig at `size` px, built once per size, framed so that the head stays
