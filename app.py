@@ -49,7 +49,7 @@ logger = logging.getLogger("blendtalk.app")
 
 MAX_AUDIO_SECONDS = 60.0  # s of speech per request: render time and download sizes grow with it
 MAX_UPLOAD = "20mb"  # per uploaded file: a minute of 48 kHz stereo 16-bit wav is 11.5 MB
-VIDEO_SIZES = (128, 256, 384, 512)  # px; CPU render time grows with the square of the size
+VIDEO_SIZES = serving.VIDEO_SIZES  # px; one list for the menu and the budget's advice
 # The page's default size: the sharpest of VIDEO_SIZES that the cost budget allows for the clip's
 # length (512 px up to 15 s of speech by default), so a short clip is not blurred to spare a long one.
 AUTO_SIZE = "auto"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REFERENCE_SIZE = 256  # px: a second of speech at this size costs one unit
+VIDEO_SIZES = (128, 256, 384, 512)  # px the app offers; CPU render time grows with the square of the size
 CHARS_PER_SECOND = 14.0  # characters of typed text per second of synthesised speech (TTS at its default rate)
 SECONDS_PER_UNIT = 0.33  # s of server time per cost unit before any request was measured (77 s for 59 s at 512 px, CPU)
 MEASURED_JOBS = 50  # finished requests the seconds-per-unit estimate averages over
@@ -87,8 +88,8 @@ def check_cost(seconds: float, size: int, max_cost: float) -> float:
     if cost <= max_cost:
         return cost
     longest = longest_seconds(size, max_cost)
-    smaller = [s for s in (128, 256, 384, 512) if s < size and request_cost(seconds, s) <= max_cost]
-    hint = f"or choose a video size of {smaller[-1]} px" if smaller else "and a smaller video size"
+    fit = fitting_size(seconds, VIDEO_SIZES, max_cost)
+    hint = f"or choose a video size of {fit} px" if request_cost(seconds, fit) <= max_cost else "and a smaller video size"
     raise LimitError(f"{seconds:.1f} s of speech at {size} px is over this server's budget: at {size} px at most "
                      f"{longest:.0f} s. Use a shorter clip (split it into parts) {hint}.")
 

@@ -161,12 +161,12 @@ def dentition_arch(helper: np.ndarray, upper: bool) -> tuple[np.ndarray, np.ndar
         for mirror in (False, True):
             sign = -1.0 if mirror else 1.0
             # A mirror image winds the other way: across the midline, and upside down for the upper jaw.
-            loc, t = local, (ltris[:, ::-1] if mirror != upper else ltris)
+            t = ltris[:, ::-1] if mirror != upper else ltris
             tangent = np.array([tx * sign, tz])
             out = np.array([normal[0] * sign, normal[1]])
-            pos = np.stack([sign * x + loc[:, 0] * tangent[0] + loc[:, 1] * out[0],
-                            edge - down * (height - loc[:, 2]),
-                            z + loc[:, 0] * tangent[1] + loc[:, 1] * out[1]], 1)
+            pos = np.stack([sign * x + local[:, 0] * tangent[0] + local[:, 1] * out[0],
+                            edge - down * (height - local[:, 2]),
+                            z + local[:, 0] * tangent[1] + local[:, 1] * out[1]], 1)
             tris.append(t + sum(len(v) for v in verts))
             verts.append(pos)
             kind = np.full(len(pos), TOOTH)
