@@ -279,6 +279,22 @@ def test_lower_lashes_are_a_short_line_under_the_eye(rig, dressing):
     np.testing.assert_allclose(shut - rest, (closed[0] - rig.vertices)[anchor], atol=1e-6)  # they ride their lid
 
 
+def test_lower_lashes_fade_into_the_skin_toward_their_tips(rig, dressing):
+    """Solid cards drawn in one colour made a band; sparse lashes show the skin between them, more at the tips."""
+    a, b = dressing.ranges["lashes"]
+    h = slice(a - rig.num_vertices, b - rig.num_vertices)
+    reach = np.linalg.norm(dressing.helper_vertices.numpy()[h] - rig.vertices[dressing.helper_anchor.numpy()[h]], axis=1)
+    colours = dressing.colours[a:b]
+    skin, dark = np.asarray(DressingConfig().skin), np.asarray(DressingConfig().lashes)
+    toward_skin = (colours - dark) @ (skin - dark) / np.sum((skin - dark) ** 2)  # (L,) 0 lash colour .. 1 skin
+    upper = colours.sum(1) == colours.sum(1).min()
+    assert upper.mean() > 0.3 and np.allclose(toward_skin[upper], 0, atol=1e-6)  # the upper lashes stay dark
+    tips = ~upper & (reach > 0.5 * reach[~upper].max())
+    assert tips.any() and toward_skin[tips].min() > 0.35 and toward_skin[~upper].max() <= 0.8 + 1e-6
+    solid = FaceDressing.for_rig(rig, DressingConfig(lower_lash_fade=0.0)).colours[a:b]
+    np.testing.assert_allclose(solid, np.broadcast_to(dark, solid.shape), atol=1e-6)
+
+
 def test_only_the_thin_sheets_are_two_sided(rig, dressing):
     both = dressing.two_sided()
     assert both.shape == (len(dressing.triangles),)

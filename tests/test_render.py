@@ -239,6 +239,17 @@ def test_neck_is_shaded_as_skin(rig, renderer):
     assert 0.8 < np.median(ratio) < 1.25
 
 
+def test_hair_and_lashes_are_matte_eyes_and_teeth_wet(renderer):
+    """Hair, lashes included, scatters light: the wet parts' double sheen on a near-black lash card
+    drew a grey-blue band under each eye."""
+    d, sheen = renderer.dressing, renderer.material.cpu().numpy()[:, 3]
+    skin = renderer.config.specular
+    for name in ("hair", "lashes"):
+        assert sheen[slice(*d.ranges[name])].max() < 0.5 * skin, name
+    for name in ("upper_teeth", "left_eye"):
+        assert sheen[slice(*d.ranges[name])].max() > 1.5 * skin, name
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu(rig, renderer, poses):
     gpu = Renderer.for_rig(rig, RenderConfig(size=SIZE), device="cuda")

@@ -79,6 +79,7 @@ class DressingConfig:
     # The source's lashes are solid cards (its hair texture is not used): the lower ones draw a grey
     # band under each eye and tangle with the upper ones in a blink. Their length from the lid, 0..1.
     lower_lashes: float = 0.4
+    lower_lash_fade: float = 0.8  # how far the lower lashes' tips take the skin's colour, 0..1
     iris: tuple[float, float, float] = (0.38, 0.26, 0.17)  # hazel-brown
     sclera: tuple[float, float, float] = (0.86, 0.84, 0.80)  # off-white: eyes sit in the lids' shade
     pupil: tuple[float, float, float] = (0.06, 0.05, 0.05)
@@ -236,6 +237,13 @@ class FaceDressing:
 
         face_v = len(v)
         h_col = _helper_colours(hv, part, d["teeth_material"][order], h_tris, config)
+        if config.lower_lash_fade > 0:
+            # Drawn solid, a lash card is a band; real lower lashes are sparse hairs over skin, so the
+            # skin shows more toward their tips.
+            lower = _lower_lashes(part, d["dressing_anchor"][order].astype(np.int64), rig)
+            reach = np.linalg.norm(hv[lower] - v[d["dressing_anchor"][order][lower]], axis=1)
+            fade = config.lower_lash_fade * reach / max(reach.max(), 1e-9)
+            h_col[lower] += fade[:, None] * (np.asarray(config.skin, np.float32) - h_col[lower])
         roots = d.get("face_hair", np.zeros(len(v), np.float32)) * (config.hair_roots if config.hair else 0.0)
         face_col = _face_colours(rig, tri, d["face_brow"] * config.painted_brows, config, roots)
 
@@ -377,14 +385,19 @@ def dress(verts, gaze, template, projection, helper_v, helper_d, anchor, anchor_
     return torch.cat(parts, 1)
 
 
-def _shorten_lower_lashes(hv: np.ndarray, part: np.ndarray, anchor: np.ndarray, rig, length: float) -> np.ndarray:
-    """Helper vertices hv (H, 3) with the lower lashes drawn toward their lid anchors (anchor (H,) face
-    vertex indices) to `length` of their rest distance. Lower: anchored to a lid vertex that the
-    blink moves less than 2 mm (the upper lid travels about a centimetre)."""
+def _lower_lashes(part: np.ndarray, anchor: np.ndarray, rig) -> np.ndarray:
+    """Indices of the lower lashes' helper vertices: anchored (anchor (H,) face vertex indices) to a
+    lid vertex that the blink moves less than 2 mm (the upper lid travels about a centimetre)."""
     lash = np.where(part == PARTS.index("lashes"))[0]
     names = list(rig.blendshape_names)
     blink = np.abs(np.asarray(rig.deltas)[[names.index("eyeBlinkLeft"), names.index("eyeBlinkRight")], :, 1]).max(0)  # (V,)
-    lower = lash[blink[anchor[lash]] < 0.002]
+    return lash[blink[anchor[lash]] < 0.002]
+
+
+def _shorten_lower_lashes(hv: np.ndarray, part: np.ndarray, anchor: np.ndarray, rig, length: float) -> np.ndarray:
+    """Helper vertices hv (H, 3) with the lower lashes (`_lower_lashes`) drawn toward their lid
+    anchors to `length` of their rest distance."""
+    lower = _lower_lashes(part, anchor, rig)
     out = hv.copy()
     lid = np.asarray(rig.vertices, np.float64)[anchor[lower]]
     out[lower] = lid + length * (hv[lower] - lid)

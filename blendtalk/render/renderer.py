@@ -205,9 +205,10 @@ class Renderer:
         sheen = config.specular * (1 - occlusion) * (1 - hidden)
         is_skin = torch.zeros(len(tmpl), dtype=torch.bool, device=dev).index_fill_(0, self.skin_index, True)
         sheen[self.num_vertices :] *= torch.where(is_skin[self.num_vertices :], 1.0, _DRESSING_SHEEN)
-        if dressing is not None and "hair" in dressing.ranges:
-            a, b = dressing.ranges["hair"]
-            sheen[a:b] = config.specular * _HAIR_SHEEN
+        for part in ("hair", "lashes"):  # hair, lashes included, is dry
+            if dressing is not None and part in dressing.ranges:
+                a, b = dressing.ranges[part]
+                sheen[a:b] = config.specular * _HAIR_SHEEN
         self.material = torch.cat([base, sheen[:, None]], -1).contiguous()  # (V+E, 4)
         # Brows drawn per pixel (`face.brows`): rest-pose coordinates per vertex and the albedo factor
         # of full paint, brow over skin in linear light (the skin is the only colour under a brow).
