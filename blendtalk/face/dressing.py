@@ -37,7 +37,7 @@ import torch
 
 from .brows import brow_coordinates
 from .geometry import boundary_edges, smooth, vertex_normals
-from .teeth import CERVIX, GUM, affine_motion, dentition_arch
+from .teeth import CERVIX, GUM, affine_motion, dentition_arch, smile_yield
 
 PARTS = ("upper_teeth", "lower_teeth", "tongue", "lashes", "hair", "neck", "left_eye", "right_eye")
 _HELPERS = 6  # PARTS[:6] come from the asset's helper meshes (codes of `dressing_part`), the eyeballs are built here
@@ -217,7 +217,7 @@ class FaceDressing:
         gram += _RIDGE * np.trace(gram) / len(gram) * np.eye(len(gram))
         projection = np.linalg.solve(gram, deltas)  # (52, V*3)
 
-        d = _with_crowns(d)
+        d = _with_crowns(d, rig.blendshape_names)
         # Helper parts contiguous in PARTS order (the asset stores them by source index).
         part = d["dressing_part"].astype(np.int64)
         h_tris = d["dressing_triangles"].astype(np.int64)
@@ -404,9 +404,10 @@ def _shorten_lower_lashes(hv: np.ndarray, part: np.ndarray, anchor: np.ndarray, 
     return out
 
 
-def _with_crowns(d: dict) -> dict:
+def _with_crowns(d: dict, names) -> dict:
     """The asset's helper arrays with each jaw's helper shell replaced by crowns and gum
-    (`face.teeth`), moved by the affine fit of the shell's own unit deltas; adds `teeth_material`
+    (`face.teeth`), moved by the affine fit of the shell's own unit deltas (the rig's units
+    `names`), the lower ones yielding to a smile (`teeth.smile_yield`); adds `teeth_material`
     (H,): `teeth.TOOTH`, `CERVIX` or `GUM` on the teeth, 0 elsewhere."""
     part, hv = d["dressing_part"].astype(np.int64), d["dressing_vertices"].astype(np.float64)
     tris, deltas = d["dressing_triangles"].astype(np.int64), d["dressing_deltas"].astype(np.float32)
@@ -424,7 +425,10 @@ def _with_crowns(d: dict) -> dict:
         out["v"].append(v)
         out["part"].append(np.full(len(v), code))
         out["tris"].append(t + count)
-        out["deltas"].append(affine_motion(hv[shell], deltas[:, shell], v).astype(np.float32))
+        motion = affine_motion(hv[shell], deltas[:, shell], v)
+        if code == PARTS.index("lower_teeth"):
+            motion = motion + smile_yield(v, names)
+        out["deltas"].append(motion.astype(np.float32))
         out["anchor"].append(-np.ones(len(v), np.int64))
         out["weight"].append(np.zeros(len(v), np.float32))
         out["material"].append(material)

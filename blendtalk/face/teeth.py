@@ -9,6 +9,9 @@ Both are pure geometry of the helpers' rest vertices; the face units move them w
 motion that best fits the helpers' own deltas (`affine_motion`: the jaw turns nearly rigidly, so
 the lower teeth ride it within 0.2 mm).
 
+A smile moves the lower canines and premolars back a little (`smile_yield`), where the rig's
+stretched lower lip would otherwise pass behind them with the jaw wide open.
+
 Layout of one arch: the crowns (midline outward, right then left), then the gum band.
 """
 
@@ -45,6 +48,11 @@ GUM_SINK = 0.0004  # m the gum's margin sits behind the crowns' front
 GUM_RECEDE = 0.002  # m the band's far edge leans back further, following the jaw bone under the lip
 CONTACT = 0.95  # crown spacing over width: neighbours touch at their widest, as in a real arch
 GUM_STEP = 0.0025  # m of arch between the gum band's columns
+# A smile draws the lower lip's sides back over the canines; the rig's blendshapes add linearly, so
+# with the jaw wide open the skin passed behind them. The lower canines and premolars yield instead,
+# this far back (m) per unit of their side's smile, fading in from 4 to 14 mm off the midline.
+SMILE_YIELD = 0.0025
+SMILE_YIELD_SPAN = (0.004, 0.014)
 TOOTH, CERVIX, GUM = 0, 1, 2  # per-vertex material of `dentition`
 
 
@@ -219,3 +227,16 @@ def affine_motion(rest: np.ndarray, deltas: np.ndarray, points: np.ndarray) -> n
     fit, *_ = np.linalg.lstsq(design, deltas.transpose(1, 0, 2).reshape(len(rest), -1), rcond=None)  # (4, K*3)
     out = np.concatenate([points, np.ones((len(points), 1))], 1) @ fit  # (P, K*3)
     return out.reshape(len(points), len(deltas), 3).transpose(1, 0, 2)
+
+
+def smile_yield(points: np.ndarray, names) -> np.ndarray:
+    """Deltas (K, P, 3) for lower crowns at points (P, 3) under the rig's units `names` (K,): back
+    (-z) by SMILE_YIELD under mouthSmileLeft (+x side) and mouthSmileRight (-x), 0 elsewhere."""
+    names = list(names)
+    out = np.zeros((len(names), len(points), 3))
+    near, far = SMILE_YIELD_SPAN
+    for unit, side in (("mouthSmileLeft", 1.0), ("mouthSmileRight", -1.0)):
+        if unit in names:
+            t = np.clip((side * points[:, 0] - near) / (far - near), 0.0, 1.0)
+            out[names.index(unit), :, 2] = -SMILE_YIELD * t * t * (3 - 2 * t)
+    return out
