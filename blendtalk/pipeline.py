@@ -95,6 +95,7 @@ class Pipeline:
     _renderers: dict = field(default_factory=dict)
     _renderer_lock: threading.Lock = field(default_factory=threading.Lock)  # one build per size, even from two threads
     _dressing: object | None = None  # built once: the app asks for it twice a request (70 ms each)
+    _stream_encoder: tuple | None = None  # (encoder or None,) once looked up: every live session shares it
 
     @classmethod
     def from_pretrained(cls, dfm: str | None = None, speech: str | None = None, device: str | None = None,
@@ -312,6 +313,15 @@ class Pipeline:
         )
 
     # ---- live ----
+    def stream_encoder(self):
+        """The speech model's encoder distilled for live mode's windows (`models.stream_encoder`), or None
+        where none ships for this speech model (sessions then stream the model's own encoder)."""
+        if self._stream_encoder is None:
+            from .models.stream_encoder import load_stream_encoder
+
+            self._stream_encoder = (load_stream_encoder(self.speech_model) if self.speech_model is not None else None,)
+        return self._stream_encoder[0]
+
     def live(self, emotion: str = "neutral", intensity: float = 1.0, mix_with: str | None = None,
              mix_ratio: float = 0.5, config=None):
         """A `blendtalk.live.LiveSession`: audio chunks in, frames out as they are ready (docs/live.md)."""

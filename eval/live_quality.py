@@ -5,7 +5,8 @@
     python eval/live_quality.py --emotions neutral --clips arctic assets/examples/tts_sad.wav \
         espeak:en-gb-x-gbclan+m5@45 --prior arctic pooled own
 
-Per emotion, prior and window: mean vertex distance (mm) between the streamed and the file path's
+Per emotion, prior, window and encoder (--encoders: the copy distilled for windows, `models.stream_encoder`,
+or the speech model's own): mean vertex distance (mm) between the streamed and the file path's
 frames, and the lip-sync metrics of eval/lipsync.py (closure at /p b m/, mouth-opening correlation
 with vowel openness) on both, scored against the ARCTIC label file; also the mean over /p b m/ of
 the smallest lip gap (mm: 0 is closed, eval/lipsync.py counts < 1 mm as a closure), a finer
@@ -161,6 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("--prior", nargs="+", default=["arctic", "pooled"], help="priors: arctic, default, pooled[=FILE.json], own or a .wav")
     p.add_argument("--prior-audio", type=Path, nargs="*", default=[], help="recordings for the prior, added to --prior")
     p.add_argument("--repeat", type=int, default=1, help="say the sentence this many times, 0.5 s apart")
+    p.add_argument("--encoders", nargs="+", choices=("distilled", "own"), default=["distilled"],
+                   help="the speech encoder the stream runs: the copy distilled for windows (models.stream_encoder) or the model's own")
     p.add_argument("--chunk", type=int, default=320, help="samples per chunk")
     p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
@@ -209,8 +212,9 @@ def main(argv=None) -> int:
             ref = lipsync_report(anim.vertices, pipe.rig, phones)
             ref["bilabial_gap_mm"] = bilabial_gap_mm(pipe.rig.lip_gap(anim.vertices), phones)
             for label, prior, left_out in priors_here:
-                for window in windows:
-                    session = live_session(pipe, emotion, config=LiveConfig(**window), prior=prior)
+                for window, encoder in ((w, e) for w in windows for e in args.encoders):
+                    config = LiveConfig(**window, stream_encoder=encoder == "distilled")
+                    session = live_session(pipe, emotion, config=config, prior=prior)
                     frames = []
                     for i in range(0, len(audio), args.chunk):
                         frames += session.push(audio[i:i + args.chunk])
@@ -222,6 +226,7 @@ def main(argv=None) -> int:
                                  "prior": label, "prior_left_out": left_out, **prior_offset(prior, own),
                                  "lookahead_frames": window["lookahead"], "edge_ms": window["edge_ms"],
                                  "closure_lookahead": window["closure_lookahead"],
+                                 "encoder": encoder if pipe.stream_encoder() is not None else "own",
                                  "lookahead_ms": round(session.lookahead_seconds * 1000, 1), "bilabials": got["bilabials"],
                                  "mean_vertex_distance_mm": round(float(np.linalg.norm(v - anim.vertices, axis=-1).mean() * 1e3), 3),
                                  "arkit_mean_abs_diff": round(float(np.abs(np.stack([f.arkit for f in frames]) - anim.arkit_weights).mean()), 4),

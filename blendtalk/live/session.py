@@ -93,6 +93,7 @@ class LiveConfig:
     lookahead: int = 4  # frames (133 ms) after frame t the speech encoder reads; +1 for the closure rule. docs/live.md
     edge_ms: float = 0.0  # ms of the frame after those the encoder also reads (10 ms steps, < 33.3): a finer look-ahead
     closure_lookahead: bool = True  # the closure rule reads frame t + 1 (lips ease a frame early, as the file path); False: a frame sooner
+    stream_encoder: bool = True  # the speech encoder distilled for windows (`models.stream_encoder`) where one ships; False: the model's own
     head_motion: bool = True  # nods, turns and gaze shifts from the voice's energy
     blinks: bool = True
     seed: int = 0  # blinks, head and eye motion
@@ -114,7 +115,8 @@ class LiveSession:
             raise ValueError("live mode needs the speech model and the DFM checkpoints (Pipeline.from_pretrained "
                              "without speech='visemes')")
         self.pipe, self.config, self.rig = pipe, config, pipe.rig
-        self.speech = SpeechStream(pipe.speech_model, prior, StreamConfig(lookahead=config.lookahead, edge_ms=config.edge_ms))
+        self.speech = SpeechStream(pipe.speech_model, prior, StreamConfig(lookahead=config.lookahead, edge_ms=config.edge_ms),
+                                   encoder=pipe.stream_encoder() if config.stream_encoder else None)
         self.names = tuple(self.rig.blendshape_names)
         self.expression = ExpressionStream(self.names, emotion, intensity, mix_with, mix_ratio, config.blinks, config.seed)
         self.head = HeadStream(config.seed, pipe.head_motion_config if isinstance(pipe.head_motion_config, HeadMotionConfig) else None)

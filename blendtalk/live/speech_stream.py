@@ -8,7 +8,9 @@ every stage keeps a bounded state and frame t is final once the audio of frame t
             ──► phones: pocketsphinx live decoding, the partial hypothesis read at each frame
             ──► phonetic encoder: mel normalised by running statistics (a prior, then the stream's
                 own), conv blocks over a short window, the GRU's forward half carried frame to
-                frame, its backward half run over the look-ahead window only
+                frame, its backward half run over the look-ahead window only; where one ships for
+                the speech model, a copy distilled to give from such windows what the whole clip
+                gives (`models.stream_encoder`)
             ──► FaceFormer decoder: one cached step per frame (its ring buffer of `window` frames)
 
 Everything frame t reads is fixed by the samples up to `needed_samples(t + lookahead)`, so the
@@ -296,14 +298,15 @@ class SpeechStream:
     window of features, the decoder's ring buffer, and one pocketsphinx utterance.
     """
 
-    def __init__(self, model: nn.Module, prior: "SpeechPrior", config: StreamConfig | None = None):
+    def __init__(self, model: nn.Module, prior: "SpeechPrior", config: StreamConfig | None = None,
+                 encoder: nn.Module | None = None):
         self.config = config or StreamConfig()
         if model.config.encoder.kind != "phonetic" or model.config.alignment_radius != 0:
             raise ValueError("live mode needs a FaceFormer with the phonetic encoder and alignment_radius 0 "
                              f"(the shipped one); got encoder {model.config.encoder.kind!r}, radius {model.config.alignment_radius}")
         self.model = model.eval()
         self.mel, self.phones = _MelStream(), _PhoneStream(prior.cepstral_mean)
-        self.encoder = _EncoderStream(model.audio_encoder, prior, self.config)
+        self.encoder = _EncoderStream(encoder if encoder is not None else model.audio_encoder, prior, self.config)
         self.features: deque = deque()  # (frame, mel (80,)) of the current window
         self.ready = 0  # frames whose features are final (the look-ahead edge is ready - 1)
         self.done = 0  # frames decoded
