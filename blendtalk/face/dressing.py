@@ -232,16 +232,17 @@ class FaceDressing:
         hv = d["dressing_vertices"][order].astype(np.float64)
         hv[part == 0] += config.upper_teeth_offset
         hv[part == 2] += config.tongue_offset
-        if config.lower_lashes != 1.0:
-            hv = _shorten_lower_lashes(hv, part, d["dressing_anchor"][order].astype(np.int64), rig, config.lower_lashes)
+        anchor = d["dressing_anchor"][order].astype(np.int64)
+        lower = _lower_lashes(part, anchor, rig)
+        if config.lower_lashes != 1.0:  # drawn toward their lids
+            hv[lower] = v[anchor[lower]] + config.lower_lashes * (hv[lower] - v[anchor[lower]])
 
         face_v = len(v)
         h_col = _helper_colours(hv, part, d["teeth_material"][order], h_tris, config)
-        if config.lower_lash_fade > 0:
+        if config.lower_lash_fade > 0 and len(lower):
             # Drawn solid, a lash card is a band; real lower lashes are sparse hairs over skin, so the
             # skin shows more toward their tips.
-            lower = _lower_lashes(part, d["dressing_anchor"][order].astype(np.int64), rig)
-            reach = np.linalg.norm(hv[lower] - v[d["dressing_anchor"][order][lower]], axis=1)
+            reach = np.linalg.norm(hv[lower] - v[anchor[lower]], axis=1)
             fade = config.lower_lash_fade * reach / max(reach.max(), 1e-9)
             h_col[lower] += fade[:, None] * (np.asarray(config.skin, np.float32) - h_col[lower])
         roots = d.get("face_hair", np.zeros(len(v), np.float32)) * (config.hair_roots if config.hair else 0.0)
@@ -255,7 +256,6 @@ class FaceDressing:
                 continue
             ranges[name], tri_ranges[name] = (start, start + count), (tstart, tstart + tcount)
             start, tstart = start + count, tstart + tcount
-        anchor = d["dressing_anchor"][order].astype(np.int64)
         # Rigs built before the neck have no weights: every anchored vertex (a lash) follows fully.
         anchor_weight = d.get("dressing_anchor_weight", np.ones(len(order), np.float32))[order] * (anchor >= 0)
         h_tris = h_tris + face_v
@@ -387,21 +387,12 @@ def dress(verts, gaze, template, projection, helper_v, helper_d, anchor, anchor_
 
 def _lower_lashes(part: np.ndarray, anchor: np.ndarray, rig) -> np.ndarray:
     """Indices of the lower lashes' helper vertices: anchored (anchor (H,) face vertex indices) to a
-    lid vertex that the blink moves less than 2 mm (the upper lid travels about a centimetre)."""
+    lid vertex that the blink moves less than 2 mm (the upper lid travels about a centimetre). Their
+    length from the lid is `DressingConfig.lower_lashes`."""
     lash = np.where(part == PARTS.index("lashes"))[0]
     names = list(rig.blendshape_names)
     blink = np.abs(np.asarray(rig.deltas)[[names.index("eyeBlinkLeft"), names.index("eyeBlinkRight")], :, 1]).max(0)  # (V,)
     return lash[blink[anchor[lash]] < 0.002]
-
-
-def _shorten_lower_lashes(hv: np.ndarray, part: np.ndarray, anchor: np.ndarray, rig, length: float) -> np.ndarray:
-    """Helper vertices hv (H, 3) with the lower lashes (`_lower_lashes`) drawn toward their lid
-    anchors to `length` of their rest distance."""
-    lower = _lower_lashes(part, anchor, rig)
-    out = hv.copy()
-    lid = np.asarray(rig.vertices, np.float64)[anchor[lower]]
-    out[lower] = lid + length * (hv[lower] - lid)
-    return out
 
 
 def _with_crowns(d: dict, names) -> dict:
