@@ -32,7 +32,7 @@ class StreamEncoderTrainConfig:
     steps: int = 2000
     clips_per_step: int = 8
     lr: float = 3e-4
-    val_every: int = 250
+    val_every: int = 500
     val_speakers: int = 1  # the corpus's last speakers, held out
     max_minutes: float | None = None
     seed: int = 0
