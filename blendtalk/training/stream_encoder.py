@@ -81,8 +81,7 @@ def train_stream_encoder(config: StreamEncoderTrainConfig, inputs: dict[str, lis
     rng = np.random.default_rng(config.seed)
     speech = FaceFormer.from_pretrained(config.speech or ASSETS_DIR / "speech", device=device)
     teacher = speech.audio_encoder.eval()
-    student = StreamEncoder.copy_of(teacher, config.lookaheads).to(device)
-    student.encoder.train()
+    student = StreamEncoder.copy_of(teacher, config.lookaheads).to(device)  # windowed_encode has no dropout
     inputs = inputs if inputs is not None else corpus_inputs(config.data)
     speakers = sorted(inputs)
     if len(speakers) <= config.val_speakers:
@@ -107,9 +106,7 @@ def train_stream_encoder(config: StreamEncoderTrainConfig, inputs: dict[str, lis
         return loss, {"total": loss.item(), "lookahead": lookahead}
 
     def validation(parts):
-        student.encoder.eval()
         report = {str(k): distillation_error(student.encoder, teacher, val, k) for k in config.lookaheads}
-        student.encoder.train()
         return {"relative_rms": report, "teacher_windowed": before}, float(np.mean(list(report.values()))), {}
 
     opt = torch.optim.Adam(student.parameters(), lr=config.lr)
