@@ -51,7 +51,7 @@ def test_windowed_encoding_is_what_a_session_computes_frame_by_frame(speech, loo
         torch.testing.assert_close(frames, windowed_encode(enc, normalised_inputs(enc, x), lookahead), atol=2e-5, rtol=0)
 
 
-def test_distillation_brings_the_window_closer_to_the_whole_clip(tiny_corpus, tmp_path):
+def test_distillation_brings_the_window_closer_to_the_whole_clip(speech, tiny_corpus, tmp_path):
     config = StreamEncoderTrainConfig(data=str(tiny_corpus), out=str(tmp_path), lookaheads=[2, 4], steps=16, clips_per_step=4,
                                       val_every=16, device="cpu")
     run = train_stream_encoder(config, run_dir=tmp_path / "run")
@@ -59,7 +59,7 @@ def test_distillation_brings_the_window_closer_to_the_whole_clip(tiny_corpus, tm
     # One held-out sentence: the mean over the windows, not each window, is what 16 steps reliably move.
     assert 0 < np.mean(list(line["relative_rms"].values())) < np.mean(list(line["teacher_windowed"].values()))
     student = StreamEncoder.from_pretrained(run / "best")
-    assert student.config.lookaheads == [2, 4] and student.config.teacher == fingerprint(FaceFormer.from_pretrained(ASSETS_DIR / "speech").audio_encoder)
+    assert student.config.lookaheads == [2, 4] and student.config.teacher == fingerprint(speech.audio_encoder)
 
 
 def test_a_session_uses_the_copy_distilled_from_its_own_speech_model(speech, tmp_path, caplog):
