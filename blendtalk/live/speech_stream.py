@@ -1,8 +1,9 @@
 """The speech half of live mode: 16 kHz samples in, speech displacements d_s (V, 3) frame by frame out.
 
-The file path (`Pipeline.speech_deformation`) sees a whole clip: allphone recognition over all of
-it, log-mel normalised by the clip's mean and spread, a bidirectional GRU over every frame. Here
-every stage keeps a bounded state and frame t is final once the audio of frame t + LOOKAHEAD is in:
+The file path (`Pipeline.speech_deformation`) sees a whole clip: the words recognised in all of it
+and their phones aligned, log-mel normalised by the clip's mean and spread, a bidirectional GRU
+over every frame. Here every stage keeps a bounded state and frame t is final once the audio of
+frame t + LOOKAHEAD is in:
 
     samples ──► log-mel per motion frame (the file path's framing, frame by frame)
             ──► phones: pocketsphinx live decoding, the partial hypothesis read at each frame

@@ -5,8 +5,9 @@ Three ways to get the phones a clip's features are built from, all ending in the
 
 * `speech_features(audio, transcript)`: forced alignment of the transcript (pocketsphinx), the
   best a user can give; falls back to recognition when alignment fails.
-* `speech_features(audio)`: allphone recognition without a transcript (noisier phones; the
-  log-mel half of the features carries the rest).
+* `speech_features(audio)`: recognition without a transcript (the words pocketsphinx hears,
+  aligned: `speech.sphinx.Recogniser`; noisier phones, and the log-mel half of the features
+  carries the rest).
 * `text_features(text)`: text -> eSpeak NG speech with the exact phones the synthesiser used.
 
 `FeatureCache` stores those per sentence of a corpus (phones as timed segments, log-mel as float16)
@@ -31,7 +32,7 @@ from .phones import ARPABET, PHONE_INDEX, Phone, phones_to_frames
 
 logger = logging.getLogger(__name__)
 
-PHONE_SOURCES = ("exact", "aligned", "recognized")  # TTS phones, forced alignment, allphone recognition
+PHONE_SOURCES = ("exact", "aligned", "recognized")  # TTS phones, forced alignment, recognition
 CACHE_FORMAT = "blendtalk-phonetic-features-v1"
 PHONETIC_MELS = 80  # log-mel bands appended to the phone one-hots (blendtalk.speech.audio.log_mel's default)
 

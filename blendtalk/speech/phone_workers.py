@@ -1,4 +1,4 @@
-"""Phone recognition in worker processes: one pocketsphinx allphone decoder per process.
+"""Phone recognition in worker processes: one `sphinx.Recogniser` per process.
 
 pocketsphinx holds the GIL while it decodes, so only processes run recognitions side by side.
 The workers are plain subprocesses (`python -m blendtalk.speech.phone_workers`, see
@@ -17,7 +17,7 @@ import threading
 
 from ..worker_process import worker_command
 from .phones import Phone
-from .sphinx import allphone_decoder, allphone_segments
+from .sphinx import Recogniser
 
 _HEADER = struct.Struct("<I")
 
@@ -29,9 +29,8 @@ class WorkerError(RuntimeError):
 class PhoneWorkers:
     """`count` recognition processes, started on first use; `recognize(pieces)` runs one piece each.
 
-    Each process loads the acoustic model once (about half a second); close() stops them. Between
-    requests a worker builds its next decoder while idle; `once=True` workers answer one request and
-    exit instead, so that a decoder nobody will use does not take a core from the caller.
+    Each process loads the acoustic model and the LM once (about half a second); close() stops them.
+    `once=True` workers answer one request and exit.
     """
 
     def __init__(self, count: int, once: bool = False) -> None:
@@ -88,8 +87,8 @@ class PhoneWorkers:
 
 class BackgroundRecognition:
     """One clip recognised whole by a worker process of its own, started now; `result()` waits for
-    its phones. The worker's decoder is new, as a first recognition in this process would be, so
-    the phones are the same; meanwhile this process does other work (the CLI loads its models)."""
+    its phones, the same as a recognition in this process; meanwhile this process does other work
+    (the CLI loads its models)."""
 
     def __init__(self, pcm: bytes) -> None:
         self.pcm = pcm
@@ -100,7 +99,7 @@ class BackgroundRecognition:
         self._thread.start()
 
     def _run(self) -> None:
-        pool = PhoneWorkers(1, once=True)  # the CLI's speech model runs next: no decoder built for nothing
+        pool = PhoneWorkers(1, once=True)  # the CLI's speech model runs next: the worker leaves its core
         try:
             self._phones = pool.recognize([self.pcm])[0]
         except Exception as err:  # reported by result(), in the caller's thread
@@ -128,20 +127,18 @@ def _read_message(stream) -> bytes:
 
 
 def _serve(once: bool = False) -> None:
-    decoder = allphone_decoder()
+    recognise = Recogniser().built()  # the models load while the parent sends the audio
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
             pcm = _read_message(source)
         except WorkerError:  # EOF: the parent closed our stdin
             return
-        phones = allphone_segments(decoder, pcm)
-        body = json.dumps([[p.symbol, p.start, p.end] for p in phones]).encode()
+        body = json.dumps([[p.symbol, p.start, p.end] for p in recognise(pcm)]).encode()
         sink.write(_HEADER.pack(len(body)) + body)
         sink.flush()
         if once:
             return
-        decoder = allphone_decoder()  # a new one for the next piece (see allphone_segments), built while idle
 
 
 if __name__ == "__main__":

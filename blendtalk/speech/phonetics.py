@@ -1,8 +1,8 @@
-"""Phones from speech: forced alignment and allphone recognition (text to speech with exact
-timings is `blendtalk.speech.tts`).
+"""Phones from speech: forced alignment and recognition (text to speech with exact timings is
+`blendtalk.speech.tts`).
 
-* `align` (forced alignment with a transcript) and `recognize_phones` (allphone recognition) use
-  pocketsphinx with the CMU en-US acoustic model, dictionary and phone LM from its wheel.
+* `align` (forced alignment with a transcript) and `recognize_phones` (the words heard, aligned:
+  `sphinx.Recogniser`) use pocketsphinx with the CMU en-US acoustic model, dictionary and LMs from its wheel.
 * `phone_features` turns them into per-motion-frame one-hots (the phone set: blendtalk.speech.phones).
 """
 
@@ -17,20 +17,16 @@ import numpy as np
 
 from ..constants import ASSETS_DIR, SAMPLE_RATE
 from .phones import ARPABET, Phone, cover_phones, phones_to_frames, read_phone_labels
-from .sphinx import ALIGN_FRAME_RATE, allphone_decoder, allphone_segments, decode, sphinx_symbol
+from .sphinx import Recogniser, align_decoder, aligned_phones
 from .tts import EspeakTTS
 
 logger = logging.getLogger(__name__)
 
 # Parallel recognition (PhoneAligner(workers=N)) cuts no piece shorter: on 10 s of ARCTIC speech, pieces
-# of 2 s or more keep the phone error rate against the labels at 0.41, as one pass; 1 s pieces raise it to 0.45.
+# of 2 s or more kept allphone recognition's phone error rate against the labels at 0.41, as one pass;
+# 1 s pieces raised it to 0.45 (the word pass loses the words' context at each cut too).
 MIN_PIECE_SECONDS = 2.0
 ARCTIC_DIR = ASSETS_DIR / "audio"
-# Pruning beams for the word-alignment pass. The recognition defaults (1e-48) prune the only
-# path of a linear transcript grammar on synthetic or multi-sentence speech ("final result does
-# not match the grammar"; 1e-100 still fails on 75 s of TTS). A grammar this small is cheap to
-# search almost exhaustively: 126 s of speech aligns in about 6 s on one CPU core.
-ALIGN_BEAMS = {"beam": 1e-200, "wbeam": 1e-200, "pbeam": 1e-200}
 
 # ---------------------------------------------------------------------------------------------
 # Timed phone sequences
@@ -46,7 +42,7 @@ def load_arctic_fixture() -> tuple[np.ndarray, list[Phone], str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# pocketsphinx: forced alignment and allphone recognition
+# pocketsphinx: forced alignment and recognition
 
 
 def default_phone_workers(device_type: str) -> int:
@@ -74,6 +70,7 @@ class PhoneAligner:
         self.workers = workers
         self._lock = threading.RLock()  # align may fall back to recognize under the same lock
         self._aligner = None
+        self._recogniser = None
         self._pool = None
         self._prefetched = None  # a phone_workers.BackgroundRecognition of the clip `recognize` is expected to get
         self._g2p: EspeakTTS | None = None
@@ -87,10 +84,7 @@ class PhoneAligner:
 
     def _align_decoder(self):
         if self._aligner is None:
-            from pocketsphinx import Decoder
-
-            # lm=None: alignment builds its own search from the transcript; no N-gram LM needed.
-            self._aligner = Decoder(samprate=SAMPLE_RATE, lm=None, bestpath=False, loglevel="FATAL", **ALIGN_BEAMS)
+            self._aligner = align_decoder()
         return self._aligner
 
     def align(self, audio: np.ndarray, transcript: str, on_unknown: str = "g2p") -> list[Phone]:
@@ -123,15 +117,9 @@ class PhoneAligner:
             for word in unknown:
                 decoder.add_word(word, " ".join(self._pronounce(word)), update=True)
         try:
-            decoder.set_align_text(" ".join(words))
-            decode(decoder, pcm)  # pass 1: word alignment
-            decoder.set_alignment()
-            decode(decoder, pcm)  # pass 2: phone and state alignment within those words
-            entries = list(decoder.get_alignment().phones())
+            phones = aligned_phones(decoder, pcm, words)
         except RuntimeError as err:
             raise ValueError(f"Could not align the transcript to the audio ({err}); check that they match") from None
-        phones = [Phone(sphinx_symbol(e.name), e.start / ALIGN_FRAME_RATE, (e.start + e.duration) / ALIGN_FRAME_RATE)
-                  for e in entries]
         return cover_phones(phones, len(audio) / SAMPLE_RATE)
 
     def _pronounce(self, word: str) -> list[str]:
@@ -158,7 +146,7 @@ class PhoneAligner:
         return True
 
     def recognize(self, audio: np.ndarray) -> list[Phone]:
-        """Allphone recognition (phone bigram LM, no transcript) of audio (S,) 16 kHz -> phones."""
+        """Phones of audio (S,) 16 kHz without a transcript (`sphinx.Recogniser`: the words heard, aligned)."""
         with self._lock:
             return self._recognize(audio)
 
@@ -190,8 +178,9 @@ class PhoneAligner:
             else:
                 return cover_phones([Phone(p.symbol, p.start + a / SAMPLE_RATE, p.end + a / SAMPLE_RATE)
                                      for a, phones in zip(cuts, found) for p in phones], duration)
-        # A new decoder per clip, 0.1-0.3 s: a used one gives the same clip other phones (allphone_segments).
-        return cover_phones(allphone_segments(allphone_decoder(), pcm), duration)
+        if self._recogniser is None:
+            self._recogniser = Recogniser(self._align_decoder())
+        return cover_phones(self._recogniser(pcm), duration)
 
 
 def quiet_cuts(audio: np.ndarray, parts: int, search: float = 0.25) -> list[int]:
