@@ -77,10 +77,10 @@ class Recogniser:
     then those words' dictionary phones aligned to the audio; allphone recognition (a phone bigram,
     no words) where it hears no word or the words do not align.
 
-    Words give each phone the company of its word: on ARCTIC and 40 flite sentences the frames'
-    phones were right 77% of the time (vowels 74%) against allphone's 67% (57%); on ARCTIC and 48
-    it heard 124 of 138 /p b m/ with 11 false ones against 121 and 27; for about 0.05 s more per
-    second of speech (docs/experiments.md). A wrong word still brings phones that sound like the
+    Words give each phone the company of its word: on ARCTIC and 48 flite sentences
+    (eval/phone_recognition.py) the frames' phones were right 78% of the time (vowels 75%) against
+    allphone's 68% (58%), and it heard 124 of 138 /p b m/ with 11 false ones against 121 and 27,
+    for about 0.06 s more per second of speech. A wrong word still brings phones that sound like the
     audio. The same clip always gets the same phones, whatever the decoders heard before. Where the
     word LM cannot be loaded (a pocketsphinx slimmed without it), every clip gets allphone's phones.
     """

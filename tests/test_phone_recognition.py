@@ -1,0 +1,35 @@
+"""eval/phone_recognition.py: recognised phones scored against exact ones."""
+
+import json
+
+import pytest
+
+from blendtalk.speech.phones import Phone
+from eval.phone_recognition import SENTENCES, main, scores
+
+
+def test_scores_count_frames_vowels_and_bilabials():
+    truth = [Phone("sil", 0.0, 0.1), Phone("m", 0.1, 0.2), Phone("aa", 0.2, 0.4), Phone("t", 0.4, 0.5)]
+    found = [Phone("sil", 0.0, 0.12), Phone("b", 0.12, 0.2), Phone("ae", 0.2, 0.3), Phone("aa", 0.3, 0.4), Phone("p", 0.4, 0.5)]
+    s = scores(found, truth, 0.5)
+    assert s["frames"] == 50 and s["right"] == 10 + 10 + 0  # sil 0-0.1, aa 0.3-0.4; m heard as sil then b
+    assert s["vowel_frames"] == 20 and s["vowels_right"] == 10
+    assert s["bilabials"] == 1 and s["bilabials_heard"] == 1  # /b/ for /m/: the lips close all the same
+    assert s["false_bilabials"] == 1  # the /p/ over /t/, 0.2 s from the /m/
+
+
+@pytest.mark.slow
+def test_a_short_run_scores_both_recognisers(tmp_path, capsys):
+    out = tmp_path / "phones.json"
+    assert main(["--voices", "espeak:en-us", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert len(report["clips"]) == 1 + len(SENTENCES) and "s per s of speech" in capsys.readouterr().out
+    assert report["clips"][0]["words"]["right"] / report["clips"][0]["words"]["frames"] > 0.75  # ARCTIC's words are all heard
+    for summary in report["summary"].values():
+        assert 0 <= summary["vowel_frames_right"] <= 1 and summary["seconds_per_second"] > 0
+
+
+def test_a_bad_voice_is_one_line(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["--voices", "festival:kal"])
+    assert err.value.code == 2 and "ENGINE:VOICE" in capsys.readouterr().err
