@@ -5,11 +5,15 @@
     python eval/lipsync.py speech.wav --driver faceformer --checkpoint runs/faceformer-.../best --json out/ls.json
     python eval/lipsync.py assets/audio/arctic_a0009.wav --driver faceformer --repeat 3 --pause 0.5 --json out/ls.json
     python eval/lipsync.py assets/audio/arctic_a0009.wav --driver faceformer --repeat 3 --emotion disgusted --json out/ls.json
+    python eval/lipsync.py assets/audio/arctic_a0009.wav --driver faceformer --white-noise-db 30 \
+        --phones assets/audio/arctic_a0009.phones.txt --json out/ls_noise30.json
 
 Phones come from forced alignment with --transcript, else from recognition; --phones scores against
 a label file ('start end phone' lines, e.g. the ARCTIC fixture's) instead. The driver animates the
 shipped rig; the metrics read its lip gap (closed below --closure-mm) and lip vertices. With --emotion,
 the speech is combined with that emotion as the app does (--method: the DFM, or the plain sum) first.
+--white-noise-db adds white noise (seed 0) at that signal-to-noise ratio to the clip's mean power
+before anything reads it: hiss in a stop's closure is what makes a recogniser hear /f v/ for /p b/.
 """
 
 import argparse
@@ -62,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --emotion: fusion by the DFM (ours) or the sum of the two deformations")
     p.add_argument("--dfm", help="DFM folder or Hub id for --method ours (default: BLENDTALK_DFM, then assets/dfm)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--white-noise-db", type=float, help="add white noise at this SNR (dB) to the speech first")
     p.add_argument("--json", type=JSON_FILE, required=True, help="where to write the report")
     return p
 
@@ -75,6 +80,8 @@ def main(argv=None) -> int:
         p.error("--repeat must be in [1, 10] and --pause in [0.2, 5] s")
     if args.repeat > 1 and args.phones:
         p.error("--phones labels one clip; leave out --repeat")
+    if args.white_noise_db is not None and not 0 <= args.white_noise_db <= 80:
+        p.error(f"--white-noise-db is a signal-to-noise ratio in [0, 80] dB, got {args.white_noise_db}")
     if args.driver == "visemes":  # options that only the speech model reads are not ignored without a word
         given = [o for o, v in (("--checkpoint", args.checkpoint), ("--speaker", args.speaker), ("--no-seal", args.no_seal)) if v]
         if given:
@@ -97,9 +104,16 @@ def main(argv=None) -> int:
     if args.repeat > 1:
         audio = with_pauses(audio, args.repeat, args.pause)
         transcript = " ".join([transcript] * args.repeat) if transcript else None
+    if args.white_noise_db is not None:
+        import numpy as np
+
+        noise = np.random.default_rng(0).normal(0.0, 1.0, len(audio))
+        power = float(np.mean(np.square(audio, dtype=np.float64)))
+        audio = np.clip(audio + noise * math.sqrt(power / 10 ** (args.white_noise_db / 10)), -1.0, 1.0).astype(np.float32)
     speech = speech_features(audio, transcript)
     phones = read_phone_labels(args.phones) if args.phones else list(speech.phones)
     described = {"audio": str(args.audio), "repeat": args.repeat, "pause_s": args.pause if args.repeat > 1 else None,
+                 "white_noise_snr_db": args.white_noise_db,
                  "driver": args.driver, "phone_source": "labels" if args.phones else speech.phone_source}
     if args.driver == "visemes":
         from blendtalk.speech.visemes import VisemeDriver

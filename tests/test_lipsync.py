@@ -145,3 +145,20 @@ def test_cli_repeat_checks_its_arguments(tmp_path):
                                "--json", str(tmp_path / "x.json"), *extra], capture_output=True, text=True, env=env)
         assert proc.returncode == 2 and ("--repeat" in proc.stderr or "--phones" in proc.stderr), proc.stderr[-500:]
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_the_lips_still_close_in_hiss(tmp_path):
+    """White noise at 30 dB SNR fills the closure of ARCTIC's /p/ and /b/ with hiss; allphone
+    recognition heard /f v/ there and the lips stayed apart (0/2). The words keep them (2/2)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = tmp_path / "noise.json"
+    cmd = [sys.executable, str(ROOT / "eval" / "lipsync.py"), str(ROOT / "assets/audio/arctic_a0009.wav"),
+           "--driver", "faceformer", "--device", "cpu", "--white-noise-db", "30",
+           "--phones", str(ROOT / "assets/audio/arctic_a0009.phones.txt"), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    report = json.loads(out.read_text())
+    assert report["white_noise_snr_db"] == 30 and report["bilabials"] == 2 and report["bilabial_closure"] == 1.0, report
+    bad = subprocess.run(cmd[:-2] + ["--white-noise-db", "-3", "--json", str(tmp_path / "bad.json")], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--white-noise-db" in bad.stderr and not (tmp_path / "bad.json").exists()
