@@ -8,13 +8,14 @@ voices are not eSpeak's, which the speech model was trained on; each engine give
 phones). Per recogniser (`words`: `speech.sphinx.Recogniser`, the words heard with their phones
 aligned, what a user's file gets; `allphone`: a phone bigram alone, its fallback and what live
 mode decodes): the share of 10 ms frames whose phone is right, the same over vowel frames, the
-/p b m/ heard (a recognised one within 30 ms of each labelled one), the recognised /p b m/ with
-no labelled one within 30 ms (false closures), and the seconds spent per second of speech.
+/p b m/ heard (a recognised one within 30 ms of each labelled one) and the false ones (none
+labelled that near) (`evaluation.recognition`), and the seconds spent per second of speech.
 """
 
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,34 +29,6 @@ SENTENCES = ("Bring me a map of the empty bay, please.", "Bob probably bought a 
              "Her purse was full of useless trash.", "The wide road shimmered in the hot sun.",
              "Take the winding path to reach the lake.", "Kick the ball straight and follow through.")
 VOICES = ("flite:rms", "flite:awb", "flite:kal16", "flite:slt")
-VOWELS = ("aa", "ae", "ah", "ao", "aw", "ay", "eh", "er", "ey", "ih", "iy", "ow", "oy", "uh", "uw")
-NEAR = 0.03  # s: a recognised /p b m/ this close to a labelled one heard it
-
-
-def frame_phones(phones, frames: int):
-    """Timed phones -> the phone of each 10 ms frame ("sil" where none)."""
-    import numpy as np
-
-    out = np.full(frames, "sil", dtype=object)
-    for p in phones:
-        out[int(round(p.start * 100)):int(round(p.end * 100))] = p.symbol
-    return out
-
-
-def scores(found, truth, seconds: float) -> dict:
-    import numpy as np
-
-    from blendtalk.speech.phones import BILABIALS
-
-    frames = int(seconds * 100)
-    a, b = frame_phones(found, frames), frame_phones(truth, frames)
-    vowel = np.isin(b, VOWELS)
-    spans = lambda phones: [(p.start, p.end) for p in phones if p.symbol in BILABIALS]  # noqa: E731
-    near = lambda x, ys: any(x[0] < y[1] + NEAR and y[0] < x[1] + NEAR for y in ys)  # noqa: E731
-    labelled, heard = spans(truth), spans(found)
-    return {"frames": frames, "right": int((a == b).sum()), "vowel_frames": int(vowel.sum()), "vowels_right": int((a[vowel] == b[vowel]).sum()),
-            "bilabials": len(labelled), "bilabials_heard": sum(near(x, heard) for x in labelled),
-            "false_bilabials": sum(not near(x, labelled) for x in heard)}
 
 
 def main(argv=None) -> int:
@@ -69,6 +42,7 @@ def main(argv=None) -> int:
             p.error(f"--voices takes ENGINE:VOICE with ENGINE flite or espeak, got {voice!r}")
 
     from blendtalk.constants import SAMPLE_RATE
+    from blendtalk.evaluation.recognition import recognition_scores
     from blendtalk.evaluation.reports import write_report
     from blendtalk.speech.phonetics import _to_pcm16, load_arctic_fixture
     from blendtalk.speech.sphinx import Recogniser, allphone_decoder, allphone_segments
@@ -85,7 +59,8 @@ def main(argv=None) -> int:
             print(f"{voice}: skipped ({err})")
             continue
         clips += [(f"{voice} {text}", *tts.synthesize(text, voice=name, rate=args.rate)) for text in SENTENCES]
-    recognisers = {"words": Recogniser().built(), "allphone": lambda pcm: allphone_segments(allphone_decoder(), pcm)}
+    # Each starts every clip afresh (`sphinx.decode(fresh=True)`), so the clips' order does not matter.
+    recognisers = {"words": Recogniser().built(), "allphone": partial(allphone_segments, allphone_decoder())}
     totals = {k: {"seconds_spent": 0.0} for k in recognisers}
     rows = []
     for name, audio, truth in clips:
@@ -95,7 +70,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             found = recognise(_to_pcm16(audio))
             totals[key]["seconds_spent"] += time.perf_counter() - start
-            row[key] = scores(found, truth, seconds)
+            row[key] = recognition_scores(found, truth, seconds)
             for k, v in row[key].items():
                 totals[key][k] = totals[key].get(k, 0) + v
         rows.append(row)

@@ -25,6 +25,18 @@ def _grad_mode_restored(request):
 
 
 @pytest.fixture(scope="session")
+def word_lm():
+    """pocketsphinx's word LM, with which recognition hears words; the slimmed wheel that travels to
+    the GPU host leaves it out (recognition then falls back to allphone: tests/test_phonetics.py)."""
+    from pathlib import Path
+
+    from pocketsphinx import get_model_path
+
+    if not (Path(get_model_path()) / "en-us" / "en-us.lm.bin").is_file():
+        pytest.skip("this pocketsphinx has no word LM")
+
+
+@pytest.fixture(scope="session")
 def rig():
     """The shipped face rig, loaded once per session (tests must not change it)."""
     from blendtalk.face.rig import load_rig

@@ -148,7 +148,7 @@ def test_cli_repeat_checks_its_arguments(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_lips_still_close_in_hiss(tmp_path):
+def test_the_lips_still_close_in_hiss(tmp_path, word_lm):
     """White noise at 30 dB SNR fills the closure of ARCTIC's /p/ and /b/ with hiss; allphone
     recognition heard /f v/ there and the lips stayed apart (0/2). The words keep them (2/2)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -127,7 +127,7 @@ def _read_message(stream) -> bytes:
 
 
 def _serve(once: bool = False) -> None:
-    recognise = Recogniser().built()  # the models load while the parent sends the audio
+    recognise = Recogniser().built()  # before reading: the parent's write waits in the pipe meanwhile
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:

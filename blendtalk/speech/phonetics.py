@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 # Parallel recognition (PhoneAligner(workers=N)) cuts no piece shorter: on 10 s of ARCTIC speech, pieces
 # of 2 s or more kept allphone recognition's phone error rate against the labels at 0.41, as one pass;
-# 1 s pieces raised it to 0.45 (the word pass loses the words' context at each cut too).
+# 1 s pieces raised it to 0.45. Not measured for the word pass, which loses the words' context at each cut.
 MIN_PIECE_SECONDS = 2.0
 ARCTIC_DIR = ASSETS_DIR / "audio"
 
@@ -59,7 +59,7 @@ class PhoneAligner:
 
     workers > 1: `recognize` cuts audio of 4 s or more into up to `workers` pieces at quiet
     moments (`quiet_cuts`) and recognises them at once in that many processes (started on first
-    use, each with its own decoder; blendtalk.speech.phone_workers). On a GPU host, whose cores are
+    use, each with its own `sphinx.Recogniser`; blendtalk.speech.phone_workers). On a GPU host, whose cores are
     otherwise idle, this cuts most of the audio front end's time.
     Alignment with a transcript always runs in this process.
     """
@@ -133,7 +133,7 @@ class PhoneAligner:
 
     def prefetch(self, audio: np.ndarray) -> bool:
         """Start recognising audio (S,) whole in a worker process now, for a later `recognize` of the
-        same samples to collect (the same phones: a fresh decoder on the same audio). For a process
+        same samples to collect (the phones recognising it here would give). For a process
         with other work to do first on the other core (the CLI loads its models meanwhile). Only
         where `recognize` would decode the clip whole (not cut into pieces); returns whether it started."""
         pcm = _to_pcm16(audio)

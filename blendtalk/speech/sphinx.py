@@ -20,20 +20,19 @@ ALIGN_FRAME_RATE = 100  # pocketsphinx frames per second (10 ms frame shift)
 # search almost exhaustively: 126 s of speech aligns in about 6 s on one CPU core.
 ALIGN_BEAMS = {"beam": 1e-200, "wbeam": 1e-200, "pbeam": 1e-200}
 # The word pass of recognition: one pass (no flat-lexicon rescoring) with at most 3000 HMMs active a
-# frame, and the cepstral mean of each utterance (batch), so that a decoder's past does not change
-# what it hears next. On ARCTIC and 40 flite sentences this decodes in 0.10 s per second of speech
-# (0.16 s with the defaults) at 28% word errors (30%) (docs/experiments.md).
-WORD_SEARCH = {"fwdflat": False, "maxhmmpf": 3000, "cmn": "batch"}
+# frame. On ARCTIC and 24 flite sentences it decoded in 0.10 s per second of speech instead of 0.16 s
+# at 28% word errors instead of 30% (docs/experiments.md).
+WORD_SEARCH = {"fwdflat": False, "maxhmmpf": 3000}
 
 
-def word_decoder():
+def word_decoder() -> "pocketsphinx.Decoder":  # noqa: F821 (imported on first use)
     """A pocketsphinx decoder for words: the wheel's en-US trigram LM and CMU dictionary."""
     from pocketsphinx import Decoder
 
     return Decoder(samprate=SAMPLE_RATE, loglevel="FATAL", **WORD_SEARCH)
 
 
-def align_decoder():
+def align_decoder() -> "pocketsphinx.Decoder":  # noqa: F821
     """A pocketsphinx decoder for forced alignment (`aligned_phones`)."""
     from pocketsphinx import Decoder
 
@@ -41,7 +40,7 @@ def align_decoder():
     return Decoder(samprate=SAMPLE_RATE, lm=None, bestpath=False, loglevel="FATAL", **ALIGN_BEAMS)
 
 
-def allphone_decoder():
+def allphone_decoder() -> "pocketsphinx.Decoder":  # noqa: F821
     """A pocketsphinx decoder for phone recognition without a transcript (CMU en-US phone LM)."""
     from pocketsphinx import Decoder, get_model_path
 
@@ -51,21 +50,17 @@ def allphone_decoder():
 
 
 def allphone_segments(decoder, pcm: bytes) -> list[Phone]:
-    """Allphone recognition of 16-bit PCM -> phones as recognised (times from the start, gaps possible).
-
-    `decoder` must be new (`allphone_decoder()`, nothing decoded yet): one that has decoded another
-    clip gives this one other phones (its search carries state over; cmn=batch, set_cmn and
-    remove_noise=False do not stop it), and the same clip must always get the same phones."""
-    decode(decoder, pcm)
+    """Allphone recognition of 16-bit PCM -> phones as recognised (times from the start, gaps possible)."""
+    decode(decoder, pcm, fresh=True)
     return [Phone(sphinx_symbol(s.word), s.start_frame / ALIGN_FRAME_RATE, (s.end_frame + 1) / ALIGN_FRAME_RATE)
-            for s in decoder.seg()]
+            for s in decoder.seg() or []]  # None for audio too short to hold a frame
 
 
 def aligned_phones(decoder, pcm: bytes, words: list[str]) -> list[Phone]:
     """Forced alignment of `words` (all in the decoder's dictionary) to 16-bit PCM -> their phones
     (times from the start). RuntimeError where they cannot be aligned."""
     decoder.set_align_text(" ".join(words))
-    decode(decoder, pcm)  # pass 1: word alignment
+    decode(decoder, pcm, fresh=True)  # pass 1: word alignment
     decoder.set_alignment()
     decode(decoder, pcm)  # pass 2: phone and state alignment within those words
     return [Phone(sphinx_symbol(e.name), e.start / ALIGN_FRAME_RATE, (e.start + e.duration) / ALIGN_FRAME_RATE)
@@ -81,22 +76,25 @@ class Recogniser:
     (eval/phone_recognition.py) the frames' phones were right 78% of the time (vowels 75%) against
     allphone's 68% (58%), and it heard 124 of 138 /p b m/ with 11 false ones against 121 and 27,
     for about 0.06 s more per second of speech. A wrong word still brings phones that sound like the
-    audio. The same clip always gets the same phones, whatever the decoders heard before. Where the
-    word LM cannot be loaded (a pocketsphinx slimmed without it), every clip gets allphone's phones.
+    audio. The decoders start each clip afresh (`decode(fresh=True)`), so the same clip gets the
+    same phones whatever they heard before. Where the word LM cannot be loaded (a pocketsphinx
+    slimmed without it), every clip gets allphone's phones.
     """
 
     def __init__(self, align=None) -> None:
         self._align = align  # an `align_decoder()` to share (a PhoneAligner's aligns transcripts too)
-        self._words = None  # decoders are built on first use (about 0.3 s)
+        self._words = None  # built on first use (about 0.4 s)
+        self._no_words = False  # the word LM did not load: allphone for every clip
+        self._phones = None
 
     def built(self) -> "Recogniser":
         """Build the decoders now (a worker process does so while its audio arrives); returns self."""
-        if self._words is None:
+        if self._words is None and not self._no_words:
             try:
                 self._words = word_decoder()
             except RuntimeError as err:  # pocketsphinx says only "Failed to initialize"
                 logger.warning("pocketsphinx's word LM did not load (%s); recognising phones without words", err)
-                self._words = False
+                self._no_words = True
         if self._align is None:
             self._align = align_decoder()
         return self
@@ -105,20 +103,27 @@ class Recogniser:
         """16-bit PCM at 16 kHz -> phones as recognised (times from the start, gaps possible)."""
         self.built()
         words = []
-        if self._words:
-            decode(self._words, pcm)
+        if self._words is not None:
+            decode(self._words, pcm, fresh=True)
             hyp = self._words.hyp()
             words = hyp.hypstr.split() if hyp is not None else []
         if words:
             try:
                 return aligned_phones(self._align, pcm, words)
-            except RuntimeError:  # the alignment found no path: the phones alone
-                pass
-        return allphone_segments(allphone_decoder(), pcm)
+            except RuntimeError as err:  # the alignment found no path through these words
+                logger.debug("the words heard did not align (%s); recognising phones without them", err)
+        if self._phones is None:
+            self._phones = allphone_decoder()
+        return allphone_segments(self._phones, pcm)
 
 
-def decode(decoder, pcm: bytes) -> None:
-    """Run `decoder` over one utterance of 16-bit PCM at 16 kHz."""
+def decode(decoder, pcm: bytes, fresh: bool = False) -> None:
+    """Run `decoder` over one utterance of 16-bit PCM at 16 kHz. fresh: first reset its feature
+    computation, whose cepstral mean otherwise carries over from what it decoded before (a used
+    decoder then hears a clip otherwise than a new one: "for all is a study" became "we're always
+    on duty"; neither batch CMN nor `set_cmn` stops it)."""
+    if fresh:
+        decoder.reinit_feat()
     decoder.start_utt()
     decoder.process_raw(pcm, full_utt=True)
     decoder.end_utt()
