@@ -73,9 +73,9 @@ class Recogniser:
     no words) where it hears no word or the words do not align.
 
     Words give each phone the company of its word: on ARCTIC and 48 flite sentences
-    (eval/phone_recognition.py) the frames' phones were right 78% of the time (vowels 75%) against
-    allphone's 68% (58%), and it heard 124 of 138 /p b m/ with 11 false ones against 121 and 27,
-    for about 0.06 s more per second of speech. A wrong word still brings phones that sound like the
+    (eval/phone_recognition.py) the frames' phones were right 77% of the time (vowels 75%) against
+    allphone's 68% (58%), and it heard 123 of 138 /p b m/ with 11 false ones against 121 and 27,
+    for 0.13 s per second of speech against allphone's 0.04. A wrong word still brings phones that sound like the
     audio. The decoders start each clip afresh (`decode(fresh=True)`), so the same clip gets the
     same phones whatever they heard before. Where the word LM cannot be loaded (a pocketsphinx
     slimmed without it), every clip gets allphone's phones.
