@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from blendtalk.evaluation.clips import add_voice_arguments, voice_clips  # noqa: E402
 from blendtalk.evaluation.reports import JSON_FILE  # noqa: E402
 
 SENTENCES = ("Bring me a map of the empty bay, please.", "Bob probably bought a maple bench by the moped shop.",
@@ -33,32 +34,19 @@ VOICES = ("flite:rms", "flite:awb", "flite:kal16", "flite:slt")
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--voices", nargs="+", default=list(VOICES), help="ENGINE:VOICE, ENGINE flite or espeak")
-    p.add_argument("--rate", type=int, default=175, help="words per minute")
+    add_voice_arguments(p, VOICES)
     p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
-    for voice in args.voices:
-        if voice.partition(":")[0] not in ("flite", "espeak") or not voice.partition(":")[2]:
-            p.error(f"--voices takes ENGINE:VOICE with ENGINE flite or espeak, got {voice!r}")
 
     from blendtalk.constants import SAMPLE_RATE
     from blendtalk.evaluation.recognition import recognition_scores
     from blendtalk.evaluation.reports import write_report
     from blendtalk.speech.phonetics import _to_pcm16, load_arctic_fixture
     from blendtalk.speech.sphinx import Recogniser, allphone_decoder, allphone_segments
-    from blendtalk.speech.tts import EspeakTTS, FliteTTS
 
     audio, labels, _ = load_arctic_fixture()
     clips = [("arctic_a0009", audio, labels)]
-    engines = {"espeak": EspeakTTS, "flite": FliteTTS}
-    for voice in args.voices:
-        engine, _, name = voice.partition(":")
-        try:
-            tts = engines[engine]()
-        except RuntimeError as err:  # flite not installed: one line, the other voices go on
-            print(f"{voice}: skipped ({err})")
-            continue
-        clips += [(f"{voice} {text}", *tts.synthesize(text, voice=name, rate=args.rate)) for text in SENTENCES]
+    clips += [(f"{voice} {text}", audio, phones) for voice, text, audio, phones in voice_clips(args.voices, SENTENCES, args.rate)]
     # Each starts every clip afresh (`sphinx.decode(fresh=True)`), so the clips' order does not matter.
     recognisers = {"words": Recogniser().built(), "allphone": partial(allphone_segments, allphone_decoder())}
     totals = {k: {"seconds_spent": 0.0} for k in recognisers}

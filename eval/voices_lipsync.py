@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from blendtalk.evaluation.clips import add_voice_arguments, voice_clips  # noqa: E402
 from blendtalk.evaluation.reports import JSON_FILE  # noqa: E402
 
 SENTENCES = ("Bring me a map of the empty bay, please.",
@@ -27,13 +28,9 @@ VOICES = ("flite:rms", "flite:awb", "flite:kal16", "espeak:en-us+m3", "espeak:en
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--voices", nargs="+", default=list(VOICES), help="ENGINE:VOICE, ENGINE flite or espeak")
-    p.add_argument("--rate", type=int, default=175, help="words per minute")
+    add_voice_arguments(p, VOICES)
     p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
-    for voice in args.voices:
-        if voice.partition(":")[0] not in ("flite", "espeak") or not voice.partition(":")[2]:
-            p.error(f"--voices takes ENGINE:VOICE with ENGINE flite or espeak, got {voice!r}")
 
     import numpy as np
 
@@ -41,35 +38,25 @@ def main(argv=None) -> int:
     from blendtalk.evaluation.reports import write_report
     from blendtalk.pipeline import Pipeline
     from blendtalk.speech.features import animate_speech
-    from blendtalk.speech.tts import EspeakTTS, FliteTTS
 
     pipe = Pipeline.from_pretrained(device="cpu")
-    engines = {"espeak": EspeakTTS, "flite": FliteTTS}
     rows, totals = [], {"sealed": [0, 0], "model": [0, 0]}
-    for voice in args.voices:
-        engine, _, name = voice.partition(":")
-        try:
-            tts = engines[engine]()
-        except RuntimeError as err:  # flite not installed: one line, the other voices go on
-            print(f"{voice}: skipped ({err})")
-            continue
-        for text in SENTENCES:
-            audio, phones = tts.synthesize(text, voice=name, rate=args.rate)
-            speech = pipe.speech_input(audio)
-            row = {"voice": voice, "text": text, "seconds": round(len(audio) / 16000, 2)}
-            for key, rig in (("sealed", pipe.rig), ("model", None)):
-                d_s = animate_speech(pipe.speech_model, speech, rig=rig)
-                r = lipsync_report(pipe.rig.vertices + d_s, pipe.rig, phones)
-                closed = int(round(r["bilabial_closure"] * r["bilabials"]))
-                totals[key][0] += closed
-                totals[key][1] += r["bilabials"]
-                row[key] = {"bilabials_closed": closed, "bilabials": r["bilabials"], "openness_r": r["openness_r"],
-                            "jitter_m_s2": r["jitter_m_s2"], "pauses_closed": r["silence_closure"]}
-            rows.append(row)
-            s, m = row["sealed"], row["model"]
-            print(f"{voice:20s} {text[:28]:28s} /p b m/ closed {s['bilabials_closed']}/{s['bilabials']} "
-                  f"(model alone {m['bilabials_closed']}), openness r {s['openness_r']:.2f} ({m['openness_r']:.2f}), "
-                  f"jitter {s['jitter_m_s2']:.2f} ({m['jitter_m_s2']:.2f}) m/s^2", flush=True)
+    for voice, text, audio, phones in voice_clips(args.voices, SENTENCES, args.rate):
+        speech = pipe.speech_input(audio)
+        row = {"voice": voice, "text": text, "seconds": round(len(audio) / 16000, 2)}
+        for key, rig in (("sealed", pipe.rig), ("model", None)):
+            d_s = animate_speech(pipe.speech_model, speech, rig=rig)
+            r = lipsync_report(pipe.rig.vertices + d_s, pipe.rig, phones)
+            closed = int(round(r["bilabial_closure"] * r["bilabials"]))
+            totals[key][0] += closed
+            totals[key][1] += r["bilabials"]
+            row[key] = {"bilabials_closed": closed, "bilabials": r["bilabials"], "openness_r": r["openness_r"],
+                        "jitter_m_s2": r["jitter_m_s2"], "pauses_closed": r["silence_closure"]}
+        rows.append(row)
+        s, m = row["sealed"], row["model"]
+        print(f"{voice:20s} {text[:28]:28s} /p b m/ closed {s['bilabials_closed']}/{s['bilabials']} "
+              f"(model alone {m['bilabials_closed']}), openness r {s['openness_r']:.2f} ({m['openness_r']:.2f}), "
+              f"jitter {s['jitter_m_s2']:.2f} ({m['jitter_m_s2']:.2f}) m/s^2", flush=True)
     share = {k: (c / n if n else float("nan")) for k, (c, n) in totals.items()}
     print(f"/p b m/ closed over all clips: {share['sealed']:.0%} with the seal, {share['model']:.0%} the model alone")
     if args.json:

@@ -1,5 +1,6 @@
-"""Speech for the speed and load benchmarks: the shipped 3 s clips with their transcripts, and
-longer clips made of them (eval/end_to_end.py, eval/app_latency.py, eval/load_test.py)."""
+"""Speech for the benchmarks: the shipped 3 s clips with their transcripts, and longer clips made
+of them (eval/end_to_end.py, eval/app_latency.py, eval/load_test.py); sentences said by TTS voices
+with their exact phones (eval/voices_lipsync.py, eval/phone_recognition.py)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,40 @@ def long_clip(seconds: float, folder: Path) -> tuple[Path, str]:
     path = folder / "speech.wav"
     sf.write(str(path), x, sr)
     return path, " ".join(words)
+
+
+TTS_ENGINES = ("espeak", "flite")
+
+
+def tts_voice(spec: str) -> str:
+    """"ENGINE:VOICE" with ENGINE espeak or flite, as an argparse type (its error says the form expected)."""
+    import argparse
+
+    engine, _, voice = str(spec).partition(":")
+    if engine not in TTS_ENGINES or not voice:
+        raise argparse.ArgumentTypeError(f"give ENGINE:VOICE with ENGINE flite or espeak, got {spec!r}")
+    return spec
+
+
+def add_voice_arguments(parser, voices) -> None:
+    """--voices (default `voices`) and --rate on an eval script's argparse parser, for `voice_clips`."""
+    parser.add_argument("--voices", nargs="+", type=tts_voice, default=list(voices), help="ENGINE:VOICE, ENGINE flite or espeak")
+    parser.add_argument("--rate", type=int, default=175, help="words per minute")
+
+
+def voice_clips(voices, sentences, rate: int):
+    """Each voice ("ENGINE:VOICE") saying each sentence at `rate` words a minute -> yields (voice,
+    sentence, audio (S,) at 16 kHz, its exact phones). An engine that is not installed is skipped
+    with one printed line; the other voices go on."""
+    from ..speech.tts import EspeakTTS, FliteTTS
+
+    engines = {"espeak": EspeakTTS, "flite": FliteTTS}
+    for voice in voices:
+        engine, _, name = tts_voice(voice).partition(":")
+        try:
+            tts = engines[engine]()
+        except RuntimeError as err:  # flite not installed
+            print(f"{voice}: skipped ({err})")
+            continue
+        for text in sentences:
+            yield (voice, text, *tts.synthesize(text, voice=name, rate=rate))
