@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..constants import SAMPLE_RATE
 from .phones import PHONE_INDEX, Phone
+
+if TYPE_CHECKING:
+    from pocketsphinx import Decoder
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +29,14 @@ ALIGN_BEAMS = {"beam": 1e-200, "wbeam": 1e-200, "pbeam": 1e-200}
 WORD_SEARCH = {"fwdflat": False, "maxhmmpf": 3000}
 
 
-def word_decoder() -> "pocketsphinx.Decoder":  # noqa: F821 (imported on first use)
+def word_decoder() -> Decoder:
     """A pocketsphinx decoder for words: the wheel's en-US trigram LM and CMU dictionary."""
     from pocketsphinx import Decoder
 
     return Decoder(samprate=SAMPLE_RATE, loglevel="FATAL", **WORD_SEARCH)
 
 
-def align_decoder() -> "pocketsphinx.Decoder":  # noqa: F821
+def align_decoder() -> Decoder:
     """A pocketsphinx decoder for forced alignment (`aligned_phones`)."""
     from pocketsphinx import Decoder
 
@@ -40,7 +44,7 @@ def align_decoder() -> "pocketsphinx.Decoder":  # noqa: F821
     return Decoder(samprate=SAMPLE_RATE, lm=None, bestpath=False, loglevel="FATAL", **ALIGN_BEAMS)
 
 
-def allphone_decoder() -> "pocketsphinx.Decoder":  # noqa: F821
+def allphone_decoder() -> Decoder:
     """A pocketsphinx decoder for phone recognition without a transcript (CMU en-US phone LM)."""
     from pocketsphinx import Decoder, get_model_path
 
@@ -75,17 +79,17 @@ class Recogniser:
     Words give each phone the company of its word: on ARCTIC and 48 flite sentences
     (eval/phone_recognition.py) the frames' phones were right 77% of the time (vowels 75%) against
     allphone's 68% (58%), and it heard 123 of 138 /p b m/ with 11 false ones against 121 and 27,
-    for 0.13 s per second of speech against allphone's 0.04. A wrong word still brings phones that sound like the
-    audio. The decoders start each clip afresh (`decode(fresh=True)`), so the same clip gets the
-    same phones whatever they heard before. Where the word LM cannot be loaded (a pocketsphinx
-    slimmed without it), every clip gets allphone's phones.
+    for 0.13 s per second of speech against allphone's 0.04. A wrong word still brings phones that
+    sound like the audio. The decoders start each clip afresh (`decode(fresh=True)`), so the same
+    clip gets the same phones whatever they heard before. Where the word LM cannot be loaded (a
+    pocketsphinx slimmed without it), every clip gets allphone's phones.
     """
 
     def __init__(self, align=None) -> None:
         self._align = align  # an `align_decoder()` to share (a PhoneAligner's aligns transcripts too)
         self._words = None  # built on first use (about 0.4 s)
         self._no_words = False  # the word LM did not load: allphone for every clip
-        self._phones = None
+        self._phones = None  # the allphone decoder, built for the first clip without words
 
     def built(self) -> "Recogniser":
         """Build the decoders now (a worker process does so while its audio arrives); returns self."""
