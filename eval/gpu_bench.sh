@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue #27's GPU measurements in one go, on a GPU host with no network (Python 3.12 with CUDA torch;
 # what it lacks comes as cp312 wheels in .whl/: soundfile, cffi, pycparser, tqdm, espeakng-loader,
-# pocketsphinx 5.0.4 without its 27 MB word LM, which blendtalk never loads, and imageio-ffmpeg
+# pocketsphinx 5.0.4 without its 27 MB word LM (recognition then falls back to allphone, with a warning), and imageio-ffmpeg
 # without its ffmpeg binary, which comes xz-packed as .whl/ffmpeg.xz; without it the mp4 is not timed). About 5 min;
 # every result lands in $OUT (JSON, plus bench.log with the host and each step's output):
 #     OUT=out bash eval/gpu_bench.sh
