@@ -3,8 +3,9 @@
     python eval/app_latency.py --seconds 10 --sizes 256 512 --repeats 3 --json out/app_latency.json
 
 Starts `python app.py` offline on a free port (as eval/load_test.py does), builds a speech clip of
-about --seconds from the shipped 3 s clips (joined with 0.3 s pauses, transcripts joined too) and
-sends it to `/animate` with gradio_client, one request at a time. Two times per request, from
+--seconds from the shipped 3 s clips (joined with 0.3 s pauses, transcripts joined too) and sends
+it to `/animate` with gradio_client, one request at a time (with its transcript, or with
+--no-transcript the audio alone, whose words the app then recognises). Two times per request, from
 submission: to the playable video on the client (the app's first update, what a person waits for)
 and to everything back (the 3D view, the weight curves and the downloads follow the video). The
 page's HTML load is timed with a plain GET; the browser's page load and click-to-playable time
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="length of the speech clip")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], choices=[128, 256, 384, 512])
     p.add_argument("--repeats", type=int, default=3, help="requests per size (after one untimed warm-up)")
+    p.add_argument("--no-transcript", action="store_true", help="send the audio alone (its words are then recognised)")
     p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
     if not 1.0 <= args.seconds <= 60.0 or args.repeats < 1:
@@ -61,12 +63,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="blendtalk-latency-") as tmp:
         tmp = Path(tmp)
         wav, transcript = long_clip(args.seconds, tmp)
+        transcript = "" if args.no_transcript else transcript
         with launch_app(tmp) as app:
             t = time.perf_counter()
             httpx.get(app.url, timeout=30).raise_for_status()
             page_s = time.perf_counter() - t
             client = Client(app.url, verbose=False, download_files=str(tmp / "downloads"))
-            report = {"seconds": args.seconds, "page_html_s": page_s, "sizes": {}}
+            report = {"seconds": args.seconds, "transcript": not args.no_transcript, "page_html_s": page_s, "sizes": {}}
             for size in args.sizes:
                 times = {"video": [], "all": []}
                 for i in range(args.repeats + 1):

@@ -19,21 +19,26 @@ PAUSE_S = 0.3  # s of silence between the clips of a long one
 
 
 def long_clip(seconds: float, folder: Path) -> tuple[Path, str]:
-    """A wav of the shipped clips in turn until `seconds` are reached (written into `folder`), and its transcript."""
+    """A wav of `seconds` (written into `folder`): the shipped clips in turn, each whole, then silence,
+    and its transcript. Whole clips, so that the transcript fits the audio (one cut mid-word made
+    every forced alignment of it fail); at least one clip, however short `seconds`."""
     import soundfile as sf
 
     parts, words, total, sr = [], [], 0.0, None
-    while total < seconds:
-        audio, transcript = CLIPS[len(parts) % len(CLIPS)]
+    while True:
+        audio, transcript = CLIPS[len(words) % len(CLIPS)]
         x, sr_i = sf.read(str(audio), dtype="float32")
         if sr is None:
             sr = sr_i
         elif sr_i != sr:
             raise RuntimeError(f"{audio} is at {sr_i} Hz, the others at {sr} Hz")
+        if words and total + len(x) / sr > seconds:
+            break
         parts += [x, np.zeros(int(PAUSE_S * sr), np.float32)]
         words.append(transcript.read_text().strip())
         total += len(x) / sr + PAUSE_S
-    x = np.concatenate(parts)[: int(seconds * sr)]
+    x = np.concatenate(parts)[: max(int(seconds * sr), len(parts[0]))]
+    x = np.pad(x, (0, max(0, int(seconds * sr) - len(x))))
     path = folder / "speech.wav"
     sf.write(str(path), x, sr)
     return path, " ".join(words)
