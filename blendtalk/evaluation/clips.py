@@ -20,8 +20,9 @@ PAUSE_S = 0.3  # s of silence between the clips of a long one
 
 def long_clip(seconds: float, folder: Path) -> tuple[Path, str]:
     """A wav of `seconds` (written into `folder`): the shipped clips in turn, each whole, then silence,
-    and its transcript. Whole clips, so that the transcript fits the audio (one cut mid-word made
-    every forced alignment of it fail); at least one clip, however short `seconds`."""
+    and its transcript. Whole clips, so that the transcript fits the audio (a clip cut short left
+    words in the transcript that the audio lacks, and forced alignment failed); at least one clip,
+    however short `seconds`."""
     import soundfile as sf
 
     parts, words, total, sr = [], [], 0.0, None
