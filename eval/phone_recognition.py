@@ -54,9 +54,10 @@ def main(argv=None) -> int:
     for name, audio, truth in clips:
         seconds = len(audio) / SAMPLE_RATE
         row = {"clip": name, "seconds": round(seconds, 2)}
+        pcm = _to_pcm16(audio)
         for key, recognise in recognisers.items():
             start = time.perf_counter()
-            found = recognise(_to_pcm16(audio))
+            found = recognise(pcm)
             totals[key]["seconds_spent"] += time.perf_counter() - start
             row[key] = recognition_scores(found, truth, seconds)
             for k, v in row[key].items():

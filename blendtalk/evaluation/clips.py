@@ -38,8 +38,9 @@ def long_clip(seconds: float, folder: Path) -> tuple[Path, str]:
         parts += [x, np.zeros(int(PAUSE_S * sr), np.float32)]
         words.append(transcript.read_text().strip())
         total += len(x) / sr + PAUSE_S
-    x = np.concatenate(parts)[: max(int(seconds * sr), len(parts[0]))]
-    x = np.pad(x, (0, max(0, int(seconds * sr) - len(x))))
+    n = max(int(seconds * sr), len(parts[0]))  # the first clip whole, however short `seconds`
+    x = np.concatenate(parts)[:n]  # the last clip's pause may reach past `seconds`
+    x = np.pad(x, (0, n - len(x)))
     path = folder / "speech.wav"
     sf.write(str(path), x, sr)
     return path, " ".join(words)
