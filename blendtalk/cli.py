@@ -284,21 +284,15 @@ def animate(args) -> int:
             mix_with=args.mix, mix_ratio=0.5 if args.mix_ratio is None else args.mix_ratio, timeline=args.timeline, reference=args.reference,
             blinks=not args.no_blinks, method=args.method, head_motion=not args.no_head_motion, seed=args.seed,
             size=args.size)
-    aligner = PhoneAligner()  # recognises a clip whole, as the CPU does
+    aligner = PhoneAligner(default_phone_workers(busy_cores=1))  # this process imports torch meanwhile
     if request.audio is not None and request.transcript is None:
-        # The phones are recognised in a worker process on the other core while torch imports and
-        # the models load, which together take longer: the front end then waits for nothing.
+        # The phones are recognised in worker processes while torch imports and the models load.
         aligner.prefetch(request.audio)
 
     with held_interrupt():  # torch imports here: Ctrl-C is raised once it is done (blendtalk.interrupt)
         from tqdm import tqdm
 
-        from .models.checkpoint import pick_device
         from .pipeline import Pipeline
-
-    workers = default_phone_workers(pick_device(args.device).type)
-    if workers > 1:  # a GPU host: its idle cores recognise the clip in pieces (the whole-clip result goes unused)
-        aligner = PhoneAligner(workers)
 
     bar = tqdm(total=100, desc="animate", unit="%", disable=args.quiet, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 

@@ -106,7 +106,7 @@ class Pipeline:
         Hub failures fall back to the shipped checkpoints (logged, and listed in `sources`).
 
         phone_workers: processes that recognise the phones of one clip in pieces at once
-        (blendtalk.speech.phonetics.PhoneAligner); None: `default_phone_workers` (up to 8 on a GPU, 0 on CPU).
+        (blendtalk.speech.phonetics.PhoneAligner); None: `default_phone_workers` (a core each, one left to feed a GPU).
         aligner: a PhoneAligner to use instead of a new one (e.g. one already recognising the clip,
         `PhoneAligner.prefetch`); phone_workers is then its own."""
         from .hub import CheckpointNotFoundError, resolve_checkpoint
@@ -117,7 +117,7 @@ class Pipeline:
 
         device = pick_device(device)
         if aligner is None:
-            aligner = PhoneAligner(default_phone_workers(device.type) if phone_workers is None else phone_workers)
+            aligner = PhoneAligner(default_phone_workers(int(device.type == "cuda")) if phone_workers is None else phone_workers)
         rig = rig or load_rig()
         pipe = cls(rig=rig, device=device, _aligner=aligner)
         found = resolve_checkpoint("dfm", dfm)

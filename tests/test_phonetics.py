@@ -308,11 +308,23 @@ def test_one_aligner_shared_by_threads(arctic, aligner):
 
 
 def test_quiet_cuts_land_in_pauses():
+    """The middle of the pause nearest each cut's place, within a third of a piece (also in hiss);
+    without one, the quietest 10 ms near it."""
     rng = np.random.default_rng(0)
-    audio = rng.normal(0, 0.1, 4 * SAMPLE_RATE).astype(np.float32)
-    audio[int(2.1 * SAMPLE_RATE):int(2.2 * SAMPLE_RATE)] = 0  # a pause 0.1 s after the middle
+    second = SAMPLE_RATE
+    speech = rng.normal(0, 0.1, 6 * second).astype(np.float32)
+    speech[int(3.1 * second):int(3.2 * second)] = 0  # a gap too short for a pause, 0.1 s after the middle
+    far = speech.copy()
+    far[int(4.5 * second):int(4.8 * second)] = 0  # a pause 1.65 s after the middle: out of reach
+    (cut,) = quiet_cuts(far, 2)
+    assert 3.1 * second <= cut < 3.2 * second  # so the quietest 10 ms near the middle
+    audio = speech.copy()
+    audio[int(3.6 * second):int(3.9 * second)] *= 0.003  # a pause (50 dB down), 0.75 s after the middle
     (cut,) = quiet_cuts(audio, 2)
-    assert 2.1 * SAMPLE_RATE <= cut < 2.2 * SAMPLE_RATE
+    assert 3.7 * second <= cut <= 3.8 * second  # its middle, rather than the nearer gap
+    hiss = rng.normal(0, 0.01, len(audio)).astype(np.float32)  # 20 dB under the speech: nothing 40 dB down
+    (cut,) = quiet_cuts(audio + hiss, 2)
+    assert 3.7 * second <= cut <= 3.8 * second  # the pause is as quiet as the hiss, and found
     cuts = quiet_cuts(audio, 5)
     assert len(cuts) == 4 and cuts == sorted(cuts) and 0 < cuts[0] and cuts[-1] < len(audio)
     with pytest.raises(ValueError, match="parts"):
@@ -356,7 +368,7 @@ def test_prefetched_recognition_gives_the_same_phones(arctic, monkeypatch):
     audio = arctic[0]
     expected = PhoneAligner().recognize(audio)
     ahead = PhoneAligner()
-    assert ahead.prefetch(audio)
+    ahead.prefetch(audio)
     decoded_here = []
 
     class Counted(phonetics.Recogniser):
@@ -367,12 +379,20 @@ def test_prefetched_recognition_gives_the_same_phones(arctic, monkeypatch):
     monkeypatch.setattr(phonetics, "Recogniser", Counted)
     assert ahead.recognize(audio) == expected
     assert not decoded_here  # collected from the worker, not decoded in this process
-    assert ahead.prefetch(audio)
+    ahead.prefetch(audio)
     other = audio[: len(audio) // 2]
     assert ahead.recognize(other) == PhoneAligner().recognize(other)  # not the prefetched clip
     assert ahead._prefetched is None  # a stale prefetch is dropped, not kept for later
-    long = np.concatenate([audio, audio])  # 6 s: two workers would cut it, so no whole-clip prefetch
-    assert not PhoneAligner(workers=2).prefetch(long)
+    long = np.concatenate([audio, audio])  # 6 s: two workers cut it, and so does the prefetch
+    two = PhoneAligner(workers=2)
+    try:
+        pieces = two.recognize(long)
+        decoded_here.clear()
+        two.prefetch(long)
+        assert two._prefetched.bounds == two._bounds(long) and len(two._prefetched.bounds) == 3
+        assert two.recognize(long) == pieces and not decoded_here
+    finally:
+        two.close()
 
 
 def test_a_one_request_worker_answers_then_exits(arctic):

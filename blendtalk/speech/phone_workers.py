@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 
+from ..constants import SAMPLE_RATE
 from ..worker_process import worker_command
 from .phones import Phone
 from .sphinx import Recogniser
@@ -65,6 +66,13 @@ class PhoneWorkers:
                 self._stop()
                 raise WorkerError(f"a phone recognition worker failed: {err}") from None
 
+    def recognize_clip(self, pcm: bytes, bounds: list[int]) -> list[Phone]:
+        """16-bit PCM of a clip cut at sample indices `bounds` ([0, ..., S], at most `count` + 1 of them)
+        -> the phones of all its pieces, times from the clip's start."""
+        found = self.recognize([pcm[2 * a:2 * b] for a, b in zip(bounds, bounds[1:])])
+        return [Phone(p.symbol, p.start + a / SAMPLE_RATE, p.end + a / SAMPLE_RATE)
+                for a, phones in zip(bounds, found) for p in phones]
+
     def close(self) -> None:
         with self._lock:
             self._stop()
@@ -86,12 +94,13 @@ class PhoneWorkers:
 
 
 class BackgroundRecognition:
-    """One clip recognised whole by a worker process of its own, started now; `result()` waits for
-    its phones, the same as a recognition in this process; meanwhile this process does other work
-    (the CLI loads its models)."""
+    """One clip recognised by worker processes of its own, started now, one per piece between
+    `bounds` (sample indices [0, ..., S]); `result()` waits for its phones, the same as a recognition
+    of those pieces in a `PhoneWorkers` pool; meanwhile this process does other work (the CLI loads
+    its models)."""
 
-    def __init__(self, pcm: bytes) -> None:
-        self.pcm = pcm
+    def __init__(self, pcm: bytes, bounds: list[int]) -> None:
+        self.pcm, self.bounds = pcm, bounds
         self._phones: list[Phone] | None = None
         self._error: Exception | None = None
         # A thread feeds and reads the worker: the write blocks until the worker has loaded its model.
@@ -99,9 +108,9 @@ class BackgroundRecognition:
         self._thread.start()
 
     def _run(self) -> None:
-        pool = PhoneWorkers(1, once=True)  # the CLI's speech model runs next: the worker leaves its core
+        pool = PhoneWorkers(len(self.bounds) - 1, once=True)  # the CLI's speech model runs next: the workers leave
         try:
-            self._phones = pool.recognize([self.pcm])[0]
+            self._phones = pool.recognize_clip(self.pcm, self.bounds)
         except Exception as err:  # reported by result(), in the caller's thread
             self._error = err
         finally:

@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 # of 2 s or more kept allphone recognition's phone error rate against the labels at 0.41, as one pass;
 # 1 s pieces raised it to 0.45. Not measured for the word pass, which loses the words' context at each cut.
 MIN_PIECE_SECONDS = 2.0
+# A pause between words or sentences, where `quiet_cuts` prefers to cut: the word pass loses the words
+# on either side of a cut inside a word (10 s of three sentences cut in two inside a word: phone error
+# rate 0.41 against the transcript's alignment, 0.35 whole; at the nearest pause 0.36).
+PAUSE_SECONDS = 0.15
 ARCTIC_DIR = ASSETS_DIR / "audio"
 
 # ---------------------------------------------------------------------------------------------
@@ -45,10 +49,11 @@ def load_arctic_fixture() -> tuple[np.ndarray, list[Phone], str]:
 # pocketsphinx: forced alignment and recognition
 
 
-def default_phone_workers(device_type: str) -> int:
-    """Recognition processes for one clip (PhoneAligner(workers=...)) when none are asked for: on a
-    GPU host the cores are otherwise idle (one per spare core, up to 8); on the CPU they run the models (0)."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1)) if device_type == "cuda" else 0
+def default_phone_workers(busy_cores: int = 0) -> int:
+    """Recognition processes for one clip (PhoneAligner(workers=...)) when none are asked for: one per
+    core that has nothing else to do meanwhile (`busy_cores` do: a GPU's feeder, the CLI's imports), up
+    to 8. The models wait for the phones, so the pipeline's own process is not busy while they come."""
+    return min(8, max(0, (os.cpu_count() or 1) - busy_cores))
 
 
 class PhoneAligner:
@@ -57,10 +62,10 @@ class PhoneAligner:
     Reuse one instance: creating each decoder loads the acoustic model (about half a second). A
     decoder runs one utterance at a time, so calls from several threads take turns.
 
-    workers > 1: `recognize` cuts audio of 4 s or more into up to `workers` pieces at quiet
-    moments (`quiet_cuts`) and recognises them at once in that many processes (started on first
-    use, each with its own `sphinx.Recogniser`; blendtalk.speech.phone_workers). On a GPU host, whose cores are
-    otherwise idle, this cuts most of the audio front end's time.
+    workers > 1: `recognize` cuts audio of 4 s or more into up to `workers` pieces of 2 s or more,
+    at pauses where it can (`quiet_cuts`), and recognises them at once in that many processes (started
+    on first use, each with its own `sphinx.Recogniser`; blendtalk.speech.phone_workers), using cores
+    that would otherwise wait for the phones.
     Alignment with a transcript always runs in this process.
     """
 
@@ -131,62 +136,55 @@ class PhoneAligner:
             raise ValueError(f"No pronunciation could be made for {word!r}")
         return symbols
 
-    def prefetch(self, audio: np.ndarray) -> bool:
-        """Start recognising audio (S,) whole in a worker process now, for a later `recognize` of the
-        same samples to collect (the phones recognising it here would give). For a process
-        with other work to do first on the other core (the CLI loads its models meanwhile). Only
-        where `recognize` would decode the clip whole (not cut into pieces); returns whether it started."""
-        pcm = _to_pcm16(audio)
-        if self._pieces(len(audio)) > 1:
-            return False
+    def prefetch(self, audio: np.ndarray) -> None:
+        """Start recognising audio (S,) in worker processes now (in the pieces `recognize` would cut it
+        into, one process each), for a later `recognize` of the same samples to collect. For a process
+        with other work to do first (the CLI loads its models meanwhile)."""
         from .phone_workers import BackgroundRecognition
 
+        pcm = _to_pcm16(audio)
         with self._lock:
-            self._prefetched = BackgroundRecognition(pcm)
-        return True
+            self._prefetched = BackgroundRecognition(pcm, self._bounds(audio))
 
     def recognize(self, audio: np.ndarray) -> list[Phone]:
         """Phones of audio (S,) 16 kHz without a transcript (`sphinx.Recogniser`: the words heard, aligned)."""
         with self._lock:
             return self._recognize(audio)
 
-    def _pieces(self, samples: int) -> int:
-        """How many pieces `recognize` cuts audio of `samples` into (1: decoded whole)."""
-        return max(1, min(self.workers, int(samples / SAMPLE_RATE / MIN_PIECE_SECONDS)))
+    def _bounds(self, audio: np.ndarray) -> list[int]:
+        """Where `recognize` cuts audio (S,): sample indices [0, ..., S], one piece per worker at most."""
+        parts = max(1, min(self.workers, int(len(audio) / SAMPLE_RATE / MIN_PIECE_SECONDS)))
+        return [0, *(quiet_cuts(audio, parts) if parts > 1 else []), len(audio)]
 
     def _recognize(self, audio: np.ndarray) -> list[Phone]:
+        from .phone_workers import PhoneWorkers, WorkerError
+
         pcm = _to_pcm16(audio)
         duration = len(audio) / SAMPLE_RATE
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None and prefetched.pcm == pcm:
-            from .phone_workers import WorkerError
-
             try:
                 return cover_phones(prefetched.result(), duration)
             except WorkerError as err:  # this process still can
                 logger.warning("%s; recognising in this process", err)
-        parts = self._pieces(len(audio))
-        if parts > 1:
-            from .phone_workers import PhoneWorkers, WorkerError
-
+        bounds = self._bounds(audio)
+        if len(bounds) > 2:
             self._pool = self._pool or PhoneWorkers(self.workers)
-            cuts = [0, *quiet_cuts(audio, parts), len(audio)]
             try:
-                found = self._pool.recognize([pcm[2 * a:2 * b] for a, b in zip(cuts, cuts[1:])])
+                return cover_phones(self._pool.recognize_clip(pcm, bounds), duration)
             except WorkerError as err:  # e.g. a worker killed for memory: this process still can (and retries later)
                 logger.warning("%s; recognising in this process", err)
-            else:
-                return cover_phones([Phone(p.symbol, p.start + a / SAMPLE_RATE, p.end + a / SAMPLE_RATE)
-                                     for a, phones in zip(cuts, found) for p in phones], duration)
         if self._recogniser is None:
             self._recogniser = Recogniser(self._align_decoder())
         return cover_phones(self._recogniser(pcm), duration)
 
 
 def quiet_cuts(audio: np.ndarray, parts: int, search: float = 0.25) -> list[int]:
-    """Sample indices cutting audio (S,) into `parts` pieces of about equal length: cut k falls on
-    the quietest 10 ms stretch within +-`search` s of k/parts of the way (pauses and closures, where
-    a recogniser that starts afresh loses least). Returns parts - 1 increasing indices in (0, S)."""
+    """Sample indices cutting audio (S,) into `parts` pieces of about equal length, where a
+    recogniser that starts afresh loses least: cut k falls in the middle of the pause nearest k/parts
+    of the way, within a third of a piece (a pause: `PAUSE_SECONDS` or more of quiet, see
+    `_quiet_frames`); where no pause is that near, on the quietest 10 ms within +-`search` s of that
+    point (a stop's closure, a breath). Returns parts - 1 increasing indices in (0, S)."""
     if parts < 1:
         raise ValueError(f"parts must be >= 1, got {parts}")
     hop = SAMPLE_RATE // 100
@@ -194,15 +192,30 @@ def quiet_cuts(audio: np.ndarray, parts: int, search: float = 0.25) -> list[int]
     if frames < 2 * parts:
         raise ValueError(f"{len(audio)} samples are too short to cut into {parts} pieces")
     energy = np.square(audio[: frames * hop].astype(np.float64)).reshape(frames, hop).sum(1)  # (F,) per 10 ms
-    reach = max(1, int(search * 100))
+    quiet = np.concatenate([[False], _quiet_frames(energy), [False]])
+    edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))  # runs of quiet frames: [start, end) pairs
+    pauses = [(a + b) // 2 for a, b in zip(edges[::2], edges[1::2]) if b - a >= PAUSE_SECONDS * 100]
+    reach, shift = max(1, int(search * 100)), frames // (3 * parts)
     cuts, last = [], 0
     for k in range(1, parts):
         target = round(k * frames / parts)
-        lo, hi = max(last + 1, target - reach), min(frames - 1, target + reach)
-        f = lo + int(np.argmin(energy[lo:hi + 1])) if hi >= lo else max(last + 1, target)
-        cuts.append(f * hop)
+        near = [f for f in pauses if last < f < frames and abs(f - target) <= shift]
+        if near:
+            f = min(near, key=lambda f: abs(f - target))
+        else:
+            lo, hi = max(last + 1, target - reach), min(frames - 1, target + reach)
+            f = lo + int(np.argmin(energy[lo:hi + 1])) if hi >= lo else max(last + 1, target)
+        cuts.append(int(f) * hop)
         last = f
     return cuts
+
+
+def _quiet_frames(energy: np.ndarray) -> np.ndarray:
+    """10 ms energies (F,) -> (F,) bool: at least 40 dB under the loudest frame, or, so that pauses in
+    hiss count too, within 6 dB of the clip's noise floor (its 10th percentile) and 20 dB under the
+    loudest (speech without pauses has its floor in the speech)."""
+    peak = energy.max()
+    return energy <= max(peak * 1e-4, min(np.percentile(energy, 10) * 4, peak * 1e-2))
 
 
 def _to_pcm16(audio: np.ndarray) -> bytes:
