@@ -292,8 +292,10 @@ def animate(args) -> int:
     with held_interrupt():  # torch imports here: Ctrl-C is raised once it is done (blendtalk.interrupt)
         from tqdm import tqdm
 
+        from .models.checkpoint import pick_device
         from .pipeline import Pipeline
 
+    pick_device(args.device)  # a bad --device is refused before any model loads
     bar = tqdm(total=100, desc="animate", unit="%", disable=args.quiet, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
     def progress(share: float, start: float, span: float):
