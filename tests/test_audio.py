@@ -158,6 +158,17 @@ def test_other_bad_sources(tmp_path):
         load_audio(_speechlike(3.0, SAMPLE_RATE), sample_rate=SAMPLE_RATE, max_seconds=2.0)
     with pytest.raises(AudioError, match=r"\[-1, 1\]"):
         load_audio(x * 30000, sample_rate=SAMPLE_RATE)  # int16 values passed as float
+
+
+def test_float_audio_over_full_scale_is_scaled_not_refused(tmp_path):
+    """A decoded MP3 or a float WAV may peak a little over 1: it loads scaled to peak at 1, its shape kept."""
+    x = _speechlike(1.0, SAMPLE_RATE)
+    loud = 1.3 * x / np.abs(x).max()
+    path = tmp_path / "float.wav"
+    sf.write(str(path), loud, SAMPLE_RATE, subtype="FLOAT")
+    for audio in (load_audio(path), load_audio(loud, sample_rate=SAMPLE_RATE)):
+        assert np.abs(audio).max() == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(audio, loud / 1.3, atol=1e-6)
     with pytest.raises(AudioError, match="NaN"):
         load_audio(np.full(SAMPLE_RATE, np.inf, np.float32), sample_rate=SAMPLE_RATE)
 

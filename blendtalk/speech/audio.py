@@ -21,6 +21,10 @@ MAX_SECONDS = 120.0  # s, default cap: memory and the app's patience, not a mode
 SILENCE_RMS_DBFS = -60.0  # dB re full scale; a clip whose RMS is below this is treated as silent
 CLIP_LEVEL = 0.999  # |sample| at or above this (full scale = 1) counts as clipped
 MAX_CLIPPED_SHARE = 0.05  # more than this share of clipped samples is "heavily clipped"
+# Float audio may peak over full scale: an MP3 or AAC decodes a little over 1 where the recording
+# reached it (the encoder's ringing; gradio's sample heath_ledger.mp3 peaks at 1.045), and float WAV
+# has headroom. Up to 12 dB over, it is scaled to peak at 1; further is int PCM given as float.
+MAX_FLOAT_PEAK = 4.0
 MAX_CHANNELS = 16  # more columns than this in an array is taken as a layout mistake, not channels
 MIN_SAMPLE_RATE = 4_000  # Hz; below this a header is broken (speech needs ~2 kHz of bandwidth, telephony has 8 kHz)
 MAX_SAMPLE_RATE = 384_000  # Hz; the highest rate audio interfaces record at; above it a header is broken
@@ -67,7 +71,8 @@ def load_audio(
 
     `source` is a path (wav/flac/ogg through libsndfile; mp3, m4a and other containers through the
     ffmpeg binary of imageio-ffmpeg) or an array (S,) or (S, C) with its `sample_rate` in Hz
-    (float in [-1, 1], or int16/int32 PCM). Channels are averaged to mono.
+    (float in [-1, 1], or int16/int32 PCM). Channels are averaged to mono. Float audio that peaks over
+    full scale (a lossy codec's overshoot, up to `MAX_FLOAT_PEAK`) is scaled to peak at 1.
 
     Raises:
         AudioError: missing/unreadable/unsupported file, no samples, shorter than MIN_SECONDS,
@@ -219,7 +224,7 @@ def _validate_and_convert(data: np.ndarray, sr: int) -> np.ndarray:
     if not np.isfinite(data).all():
         raise AudioError("Audio contains NaN or infinite samples; give finite samples in [-1, 1].")
     peak = float(np.abs(data).max())
-    if peak > 1.0 + 1e-3:
+    if peak > MAX_FLOAT_PEAK:
         raise AudioError(
             f"Float audio must lie in [-1, 1] but peaks at {peak:.4g}; divide int16 PCM by 32768 first."
         )
@@ -230,6 +235,8 @@ def _validate_and_convert(data: np.ndarray, sr: int) -> np.ndarray:
             f"Audio is heavily clipped: {clipped:.1%} of samples are at full scale (at most "
             f"{MAX_CLIPPED_SHARE:.0%} accepted); record it again at a lower level."
         )
+    if peak > 1.0:  # scaled, not clipped, so that the waveform keeps its shape
+        data = data / np.float32(peak)
     mono = data.mean(axis=1, dtype=np.float32)
     rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
     rms_dbfs = 20.0 * math.log10(max(rms, 1e-12))
