@@ -15,7 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .constants import SAMPLE_RATE
 from .request import METHODS
+
+# Speech this long or longer is recognised in a process per core while torch imports; shorter clips
+# leave this process a core. On two cores a 10 s clip took 7.8-8.4 s with two recognition processes
+# and 7.2-7.4 s with one; 30 s took 17.8 s with two and 18.6 s with one, 60 s 31.4 s and 35.2 s.
+LONG_CLIP_SECONDS = 20.0
 
 REGION_COLOURS = {  # RGB for the map picture, drawn in this order (later wins)
     "face_crop": (200, 170, 150),
@@ -259,6 +265,14 @@ def _check_export_dir(folder: Path, overwrite: bool) -> None:
     _check_writable(ancestor, "exports")
 
 
+def recognition_workers(samples: int) -> int:
+    """Processes that recognise a clip of `samples` at 16 kHz while torch imports and the models load:
+    a short clip leaves this process a core, a long one outlasts the imports and takes it too."""
+    from .speech.phonetics import default_phone_workers
+
+    return default_phone_workers(busy_cores=0 if samples >= LONG_CLIP_SECONDS * SAMPLE_RATE else 1)
+
+
 def animate(args) -> int:
     """Validate every input first (nothing is loaded or written before), then animate, render, export.
 
@@ -266,7 +280,7 @@ def animate(args) -> int:
     speech file are being recognised on the other core while torch imports and the device is checked."""
     from .interrupt import held_interrupt
     from .request import AnimationRequest
-    from .speech.phonetics import PhoneAligner, default_phone_workers
+    from .speech.phonetics import PhoneAligner
 
     if (args.speech is None) == (args.text is None):
         raise ValueError("give a speech file or --text (one of the two)")
@@ -284,9 +298,8 @@ def animate(args) -> int:
             mix_with=args.mix, mix_ratio=0.5 if args.mix_ratio is None else args.mix_ratio, timeline=args.timeline, reference=args.reference,
             blinks=not args.no_blinks, method=args.method, head_motion=not args.no_head_motion, seed=args.seed,
             size=args.size)
-    aligner = PhoneAligner(default_phone_workers(busy_cores=1))  # this process imports torch meanwhile
+    aligner = PhoneAligner(recognition_workers(0 if request.audio is None else len(request.audio)))
     if request.audio is not None and request.transcript is None:
-        # The phones are recognised in worker processes while torch imports and the models load.
         aligner.prefetch(request.audio)
 
     with held_interrupt():  # torch imports here: Ctrl-C is raised once it is done (blendtalk.interrupt)

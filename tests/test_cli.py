@@ -122,3 +122,14 @@ def test_cli_writes_a_clients_files(tmp_path, command, files):
     assert again.returncode == 2 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     missing = subprocess.run([*run, str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode == 2 and "not an existing folder" in missing.stderr
+
+
+def test_a_long_clip_is_recognised_on_every_core(monkeypatch):
+    """While torch imports: a short clip leaves the CLI's process a core, a long one takes them all (up to 8)."""
+    from blendtalk.cli import LONG_CLIP_SECONDS, recognition_workers
+    from blendtalk.constants import SAMPLE_RATE
+
+    long = int(LONG_CLIP_SECONDS * SAMPLE_RATE)
+    for cores, short_workers, long_workers in ((1, 0, 1), (2, 1, 2), (16, 8, 8)):
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        assert (recognition_workers(long - 1), recognition_workers(long)) == (short_workers, long_workers)
