@@ -12,7 +12,7 @@ from blendtalk.speech.phones import (
     ARPABET, BILABIALS, Phone, cover_phones, phone_error_rate, phones_to_frames, read_phone_labels,
     write_phone_labels,
 )
-from blendtalk.speech.phonetics import PhoneAligner, load_arctic_fixture, phone_features, quiet_cuts
+from blendtalk.speech.phonetics import PhoneAligner, load_arctic_fixture, phone_features, pause_cuts
 from blendtalk.speech.tts import ESPEAK_TO_ARPABET, SPEAKER_VOICES, EspeakTTS, FliteTTS, espeak_to_arpabet, synthesize
 
 TEXT = "Maybe my mother makes the best plum pie."
@@ -307,30 +307,32 @@ def test_one_aligner_shared_by_threads(arctic, aligner):
     assert len(recognized[0]) > 10 and recognized[0] == recognized[1]
 
 
-def test_quiet_cuts_land_in_pauses():
+def test_pause_cuts_land_in_pauses_or_nowhere():
     """The middle of the pause nearest each cut's place, within a third of a piece (also in hiss);
-    without one, the quietest 10 ms near it."""
+    without one that near, no cut there: a cut inside a word loses the word."""
     rng = np.random.default_rng(0)
     second = SAMPLE_RATE
     speech = rng.normal(0, 0.1, 6 * second).astype(np.float32)
     speech[int(3.1 * second):int(3.2 * second)] = 0  # a gap too short for a pause, 0.1 s after the middle
     far = speech.copy()
     far[int(4.5 * second):int(4.8 * second)] = 0  # a pause 1.65 s after the middle: out of reach
-    (cut,) = quiet_cuts(far, 2)
-    assert 3.1 * second <= cut < 3.2 * second  # so the quietest 10 ms near the middle
+    assert pause_cuts(far, 2) == []
     audio = speech.copy()
     audio[int(3.6 * second):int(3.9 * second)] *= 0.003  # a pause (50 dB down), 0.75 s after the middle
-    (cut,) = quiet_cuts(audio, 2)
+    (cut,) = pause_cuts(audio, 2)
     assert 3.7 * second <= cut <= 3.8 * second  # its middle, rather than the nearer gap
     hiss = rng.normal(0, 0.01, len(audio)).astype(np.float32)  # 20 dB under the speech: nothing 40 dB down
-    (cut,) = quiet_cuts(audio + hiss, 2)
+    (cut,) = pause_cuts(audio + hiss, 2)
     assert 3.7 * second <= cut <= 3.8 * second  # the pause is as quiet as the hiss, and found
-    cuts = quiet_cuts(audio, 5)
-    assert len(cuts) == 4 and cuts == sorted(cuts) and 0 < cuts[0] and cuts[-1] < len(audio)
+    for start in (1.0, 2.2, 4.9):  # pauses near 1/5, 2/5 and 4/5 of the way; none near 3/5
+        audio[int(start * second):int((start + 0.2) * second)] = 0
+    cuts = pause_cuts(audio, 5)
+    assert len(cuts) == 4 and cuts == sorted(cuts)  # 3/5 took the pause at 3.75 s, within a third of a piece
+    assert [round(c / second, 2) for c in cuts] == [1.1, 2.3, 3.75, 5.0]
     with pytest.raises(ValueError, match="parts"):
-        quiet_cuts(audio, 0)
+        pause_cuts(audio, 0)
     with pytest.raises(ValueError, match="too short"):
-        quiet_cuts(audio[:300], 2)
+        pause_cuts(audio[:300], 2)
 
 
 def test_recognition_in_worker_processes(arctic, aligner, caplog):

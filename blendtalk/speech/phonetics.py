@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 # of 2 s or more kept allphone recognition's phone error rate against the labels at 0.41, as one pass;
 # 1 s pieces raised it to 0.45. The word pass loses a word cut in two, so the cuts seek pauses (below).
 MIN_PIECE_SECONDS = 2.0
-# A pause between words or sentences, where `quiet_cuts` prefers to cut: on 12 clips of about 10 s
+# A pause between words or sentences, the only place `pause_cuts` cuts: on 12 clips of about 10 s
 # cut in 2-4 pieces the word pass's frames were right as often as whole (76-78%, whole 76%) when cut
 # at pauses, and up to 2 points less when cut inside words (docs/experiments.md).
 PAUSE_SECONDS = 0.15
@@ -62,8 +62,8 @@ class PhoneAligner:
     Reuse one instance: creating each decoder loads the acoustic model (about half a second). A
     decoder runs one utterance at a time, so calls from several threads take turns.
 
-    workers > 1: `recognize` cuts audio of 4 s or more into up to `workers` pieces of 2 s or more,
-    at pauses where it can (`quiet_cuts`), and recognises them at once in that many processes (started
+    workers > 1: `recognize` cuts audio of 4 s or more at pauses into up to `workers` pieces of about
+    2 s or more (`pause_cuts`; a clip without pauses stays whole), and recognises them at once in that many processes (started
     on first use, each with its own `sphinx.Recogniser`; blendtalk.speech.phone_workers), using cores
     that would otherwise wait for the phones.
     Alignment with a transcript always runs in this process.
@@ -154,7 +154,7 @@ class PhoneAligner:
     def _bounds(self, audio: np.ndarray) -> list[int]:
         """Where `recognize` cuts audio (S,): sample indices [0, ..., S], one piece per worker at most."""
         parts = max(1, min(self.workers, int(len(audio) / SAMPLE_RATE / MIN_PIECE_SECONDS)))
-        return [0, *(quiet_cuts(audio, parts) if parts > 1 else []), len(audio)]
+        return [0, *(pause_cuts(audio, parts) if parts > 1 else []), len(audio)]
 
     def _recognize(self, audio: np.ndarray) -> list[Phone]:
         from .phone_workers import PhoneWorkers, WorkerError
@@ -179,12 +179,12 @@ class PhoneAligner:
         return cover_phones(self._recogniser(pcm), duration)
 
 
-def quiet_cuts(audio: np.ndarray, parts: int, search: float = 0.25) -> list[int]:
-    """Sample indices cutting audio (S,) into `parts` pieces of about equal length, where a
-    recogniser that starts afresh loses least: cut k falls in the middle of the pause nearest k/parts
-    of the way, within a third of a piece (a pause: `PAUSE_SECONDS` or more of quiet, see
-    `_quiet_frames`); where no pause is that near, on the quietest 10 ms within +-`search` s of that
-    point (a stop's closure, a breath). Returns parts - 1 increasing indices in (0, S)."""
+def pause_cuts(audio: np.ndarray, parts: int) -> list[int]:
+    """Sample indices cutting audio (S,) into at most `parts` pieces of about equal length at pauses,
+    where a recogniser that starts afresh loses nothing: cut k falls in the middle of the pause (at
+    least `PAUSE_SECONDS` of quiet, `_quiet_frames`) nearest k/parts of the way, within a third of a
+    piece; where there is none that near, that cut is left out (a cut inside a word loses the word).
+    Returns up to parts - 1 increasing indices in (0, S)."""
     if parts < 1:
         raise ValueError(f"parts must be >= 1, got {parts}")
     hop = SAMPLE_RATE // 100
@@ -195,19 +195,14 @@ def quiet_cuts(audio: np.ndarray, parts: int, search: float = 0.25) -> list[int]
     quiet = np.concatenate([[False], _quiet_frames(energy), [False]])
     edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))  # runs of quiet frames: [start, end) pairs
     pauses = [(a + b) // 2 for a, b in zip(edges[::2], edges[1::2]) if b - a >= PAUSE_SECONDS * 100]
-    reach, shift = max(1, int(search * 100)), frames // (3 * parts)
-    cuts, last = [], 0
+    shift = frames // (3 * parts)
+    cuts = []
     for k in range(1, parts):
         target = round(k * frames / parts)
-        near = [f for f in pauses if last < f < frames and abs(f - target) <= shift]
+        near = [f for f in pauses if (not cuts or f > cuts[-1]) and abs(f - target) <= shift]
         if near:
-            f = min(near, key=lambda f: abs(f - target))
-        else:
-            lo, hi = max(last + 1, target - reach), min(frames - 1, target + reach)
-            f = lo + int(np.argmin(energy[lo:hi + 1])) if hi >= lo else max(last + 1, target)
-        cuts.append(int(f) * hop)
-        last = f
-    return cuts
+            cuts.append(min(near, key=lambda f: abs(f - target)))
+    return [int(f) * hop for f in cuts]
 
 
 def _quiet_frames(energy: np.ndarray) -> np.ndarray:
