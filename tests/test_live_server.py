@@ -47,6 +47,19 @@ def test_cli_live_streams_versioned_json_lines(tmp_path):
     assert lines[-1] == {"type": "end", "version": 1, "frames": len(frames)}
 
 
+@pytest.mark.slow  # a new Python process
+def test_cli_live_stops_quietly_when_its_reader_leaves():
+    """`live --emit stdout | head`: once the pipe's reader has gone, the stream ends with exit 0 and no
+    error line (it printed "error: [Errno 32] Broken pipe")."""
+    reader = subprocess.Popen([sys.executable, "-m", "blendtalk", "live", "--input", str(ARCTIC), "--emit", "stdout"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(reader.stdout.readline())["type"] == "hello"
+    reader.stdout.readline()  # a frame: the stream runs
+    reader.stdout.close()  # the reader leaves
+    _, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0 and "error" not in err.lower(), err[-2000:]
+
+
 @pytest.mark.slow  # a new Python process per refused argument
 def test_cli_live_refuses_bad_arguments_in_one_line():
     for args, words in ((["--input", "nope.wav"], "neither"), (["--input", str(ARCTIC), "--emit", "http://x"], "--emit"),

@@ -14,6 +14,7 @@ each frame goes to Unreal's Live Link as a Live Link Face packet (UDP, port 1111
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -114,10 +115,15 @@ def run(args) -> int:
     take = Take(names, MAX_TAKE_SECONDS) if (args.save_mp4 or args.save_csv) else None
 
     def emit(message: dict) -> None:
+        nonlocal to_stdout
         line = encode(message)
         if to_stdout:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:  # the reader left (`| head`): like any pipe writer, stop writing
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+                to_stdout = False
         if sink is not None:
             sink.send(line)
 
@@ -147,6 +153,8 @@ def run(args) -> int:
                 emit(notice_message(session.received / 16000, session.notices.popleft()))
             if args.seconds is not None and session.received >= args.seconds * 16000:
                 break
+            if not to_stdout and sink is None and unreal is None and take is None:  # stdout's reader left, no one else listens
+                return 0
         frames = session.finish()
         if take is not None:
             take.add_frames(frames)
