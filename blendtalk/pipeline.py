@@ -117,7 +117,7 @@ class Pipeline:
 
         device = pick_device(device)
         if aligner is None:
-            aligner = PhoneAligner(default_phone_workers(int(device.type == "cuda")) if phone_workers is None else phone_workers)
+            aligner = PhoneAligner(default_phone_workers(busy_cores=int(device.type == "cuda")) if phone_workers is None else phone_workers)
         rig = rig or load_rig()
         pipe = cls(rig=rig, device=device, _aligner=aligner)
         found = resolve_checkpoint("dfm", dfm)

@@ -242,7 +242,7 @@ def front_end(bench: Bench, audio: np.ndarray, phones: list[Phone], wav: Path) -
 
         aligner = PhoneAligner()
         bench.stage("phones", "audio: phone recognition (pocketsphinx)", "clip", lambda: aligner.recognize(audio), t)
-        workers = default_phone_workers(int(device.type == "cuda")) if bench.args.phone_workers is None else bench.args.phone_workers
+        workers = default_phone_workers(busy_cores=int(device.type == "cuda")) if bench.args.phone_workers is None else bench.args.phone_workers
         if workers > 1:  # as the pipeline runs it: pieces of >= 2 s in worker processes
             pool = PhoneAligner(workers)
             bench.stage("phones_parallel", f"audio: phone recognition, {workers} worker processes", "clip",

@@ -324,7 +324,7 @@ def test_pause_cuts_land_in_pauses_or_nowhere():
     hiss = rng.normal(0, 0.01, len(audio)).astype(np.float32)  # 20 dB under the speech: nothing 40 dB down
     (cut,) = pause_cuts(audio + hiss, 2)
     assert 3.7 * second <= cut <= 3.8 * second  # the pause is as quiet as the hiss, and found
-    for start in (1.0, 2.2, 4.9):  # pauses near 1/5, 2/5 and 4/5 of the way; none near 3/5
+    for start in (1.0, 2.2, 4.9):  # pauses near 1/5, 2/5 and 4/5 of the way (3/5: the one at 3.6-3.9 s)
         audio[int(start * second):int((start + 0.2) * second)] = 0
     cuts = pause_cuts(audio, 5)
     assert len(cuts) == 4 and cuts == sorted(cuts)  # 3/5 took the pause at 3.75 s, within a third of a piece

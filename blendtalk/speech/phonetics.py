@@ -63,9 +63,9 @@ class PhoneAligner:
     decoder runs one utterance at a time, so calls from several threads take turns.
 
     workers > 1: `recognize` cuts audio of 4 s or more at pauses into up to `workers` pieces of about
-    2 s or more (`pause_cuts`; a clip without pauses stays whole), and recognises them at once in that many processes (started
-    on first use, each with its own `sphinx.Recogniser`; blendtalk.speech.phone_workers), using cores
-    that would otherwise wait for the phones.
+    2 s or more (`pause_cuts`; a clip without pauses stays whole) and recognises them at once in that
+    many processes (started on first use, each with its own `sphinx.Recogniser`;
+    blendtalk.speech.phone_workers), using cores that would otherwise wait for the phones.
     Alignment with a transcript always runs in this process.
     """
 
