@@ -2,6 +2,7 @@
 
     python eval/phone_recognition.py --json docs/benchmarks/phone-recognition.json
     python eval/phone_recognition.py --voices flite:awb espeak:en-gb-x-rp --rate 200
+    python eval/phone_recognition.py --join 4 --pieces 3   # about 10 s clips, whole and cut at pauses
 
 Clips: the ARCTIC sentence (its label file) and each voice saying the sentences below (flite's
 voices are not eSpeak's, which the speech model was trained on; each engine gives its exact
@@ -10,6 +11,9 @@ aligned, what a user's file gets; `allphone`: a phone bigram alone, its fallback
 mode decodes): the share of 10 ms frames whose phone is right, the same over vowel frames, the
 /p b m/ heard (a recognised one within 30 ms of each labelled one) and the false ones (none
 labelled that near) (`evaluation.recognition`), and the seconds spent per second of speech.
+--join K makes longer clips of K sentences each (one voice's, joined as synthesised, so with the
+pauses between them); --pieces N also scores the words recogniser on each clip cut at pauses into
+up to N pieces (`speech.phonetics.pause_cuts`), what `PhoneAligner(workers=N)` recognises.
 """
 
 import argparse
@@ -17,6 +21,8 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,20 +41,43 @@ VOICES = ("flite:rms", "flite:awb", "flite:kal16", "flite:slt")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_voice_arguments(p, VOICES)
+    p.add_argument("--join", type=int, default=1, metavar="K",
+                   help="sentences per clip: each voice's sentences joined K at a time as synthesised (clips with pauses)")
+    p.add_argument("--pieces", type=int, default=1, metavar="N",
+                   help="also score the words recogniser on each clip cut at pauses into up to N pieces of 2 s or more, "
+                        "as PhoneAligner(workers=N) recognises it")
     p.add_argument("--json", type=JSON_FILE)
     args = p.parse_args(argv)
+    if not 1 <= args.join <= len(SENTENCES) or not 1 <= args.pieces <= 8:
+        p.error(f"--join must be 1..{len(SENTENCES)} and --pieces 1..8")
 
     from blendtalk.constants import SAMPLE_RATE
     from blendtalk.evaluation.recognition import recognition_scores
     from blendtalk.evaluation.reports import write_report
-    from blendtalk.speech.phonetics import _to_pcm16, load_arctic_fixture
+    from blendtalk.speech.phonetics import MIN_PIECE_SECONDS, _to_pcm16, load_arctic_fixture, pause_cuts
+    from blendtalk.speech.phones import Phone
     from blendtalk.speech.sphinx import Recogniser, allphone_decoder, allphone_segments
 
     audio, labels, _ = load_arctic_fixture()
     clips = [("arctic_a0009", audio, labels)]
-    clips += [(f"{voice} {text}", audio, phones) for voice, text, audio, phones in voice_clips(args.voices, SENTENCES, args.rate)]
+    said = list(voice_clips(args.voices, SENTENCES, args.rate))
+    for k in range(0, len(said), args.join):
+        group = [c for c in said[k:k + args.join] if c[0] == said[k][0]]  # one voice's sentences
+        offsets = np.cumsum([0] + [len(c[2]) for c in group]) / SAMPLE_RATE
+        clips.append((f"{group[0][0]} {' '.join(c[1] for c in group)}", np.concatenate([c[2] for c in group]),
+                      [Phone(q.symbol, q.start + t, q.end + t) for c, t in zip(group, offsets) for q in c[3]]))
     # Each starts every clip afresh (`sphinx.decode(fresh=True)`), so the clips' order does not matter.
-    recognisers = {"words": Recogniser().built(), "allphone": partial(allphone_segments, allphone_decoder())}
+    words = Recogniser().built()
+    recognisers = {"words": words, "allphone": partial(allphone_segments, allphone_decoder())}
+    if args.pieces > 1:
+        def in_pieces(pcm: bytes) -> list:
+            x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+            parts = max(1, min(args.pieces, int(len(x) / SAMPLE_RATE / MIN_PIECE_SECONDS)))
+            bounds = [0, *(pause_cuts(x, parts) if parts > 1 else []), len(x)]
+            return [Phone(q.symbol, q.start + a / SAMPLE_RATE, q.end + a / SAMPLE_RATE)
+                    for a, b in zip(bounds, bounds[1:]) for q in words(pcm[2 * a:2 * b])]
+
+        recognisers[f"words, up to {args.pieces} pieces"] = in_pieces
     totals = {k: {"seconds_spent": 0.0} for k in recognisers}
     rows = []
     for name, audio, truth in clips:
@@ -76,6 +105,7 @@ def main(argv=None) -> int:
               f"{s['bilabials_heard']} with {s['false_bilabials']} false, {s['seconds_per_second']:.3f} s per s of speech")
     if args.json:
         write_report(args.json, {"voices": args.voices, "rate_wpm": args.rate, "sentences": list(SENTENCES),
+                                 "join": args.join, "pieces": args.pieces,
                                  "speech_seconds": round(speech, 1), "summary": summary, "clips": rows})
         print(f"report written to {args.json}")
     return 0

@@ -32,7 +32,26 @@ def test_a_short_run_scores_both_recognisers(tmp_path, capsys, word_lm):
         assert summary["frames_right"] == round(right, 3)
 
 
+@pytest.mark.slow
+def test_joined_clips_are_scored_whole_and_in_pieces(tmp_path, word_lm):
+    """--join 4 makes one clip of a voice's four sentences with their phones in place; --pieces 2 scores
+    the words recogniser on it cut at a pause too, about as right as whole."""
+    out = tmp_path / "phones.json"
+    assert main(["--voices", "espeak:en-us", "--join", "4", "--pieces", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert len(report["clips"]) == 1 + len(SENTENCES) // 4 and report["pieces"] == 2
+    joined = report["clips"][1]
+    assert joined["clip"].startswith("espeak:en-us " + " ".join(SENTENCES[:4])) and joined["seconds"] > 6
+    whole, cut = joined["words"], joined["words, up to 2 pieces"]
+    assert whole["frames"] == cut["frames"]  # the same clip, scored over the same frames
+    assert cut["right"] / cut["frames"] > whole["right"] / whole["frames"] - 0.1
+
+
 def test_a_bad_voice_is_one_line(capsys):
     with pytest.raises(SystemExit) as err:
         main(["--voices", "festival:kal"])
     assert err.value.code == 2 and "ENGINE:VOICE" in capsys.readouterr().err
+    for bad in (["--join", "0"], ["--pieces", "9"]):
+        with pytest.raises(SystemExit) as err:
+            main(bad)
+        assert err.value.code == 2 and "--join must be" in capsys.readouterr().err

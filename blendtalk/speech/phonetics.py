@@ -26,9 +26,9 @@ logger = logging.getLogger(__name__)
 # of 2 s or more kept allphone recognition's phone error rate against the labels at 0.41, as one pass;
 # 1 s pieces raised it to 0.45. The word pass loses a word cut in two, so the cuts seek pauses (below).
 MIN_PIECE_SECONDS = 2.0
-# A pause between words or sentences, the only place `pause_cuts` cuts: on 12 clips of about 10 s
-# cut in 2-4 pieces the word pass's frames were right as often as whole (76-78%, whole 76%) when cut
-# at pauses, and up to 2 points less when cut inside words (docs/experiments.md).
+# A pause between words or sentences, the only place `pause_cuts` cuts: on clips of about 10 s cut
+# in 2-4 pieces the word pass's frames were right as often as whole (76-78%, whole 76%; `python
+# eval/phone_recognition.py --join 4 --pieces N`), and up to 2 points less cut inside words.
 PAUSE_SECONDS = 0.15
 ARCTIC_DIR = ASSETS_DIR / "audio"
 
