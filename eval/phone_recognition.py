@@ -13,7 +13,7 @@ mode decodes): the share of 10 ms frames whose phone is right, the same over vow
 labelled that near) (`evaluation.recognition`), and the seconds spent per second of speech.
 --join K makes longer clips of K sentences each (one voice's, joined as synthesised, so with the
 pauses between them); --pieces N also scores the words recogniser on each clip cut at pauses into
-up to N pieces (`speech.phonetics.pause_cuts`), what `PhoneAligner(workers=N)` recognises.
+up to N pieces (`speech.phonetics.piece_bounds`), what `PhoneAligner(workers=N)` recognises.
 """
 
 import argparse
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     from blendtalk.constants import SAMPLE_RATE
     from blendtalk.evaluation.recognition import recognition_scores
     from blendtalk.evaluation.reports import write_report
-    from blendtalk.speech.phonetics import MIN_PIECE_SECONDS, _to_pcm16, load_arctic_fixture, pause_cuts
+    from blendtalk.speech.phone_workers import join_pieces
+    from blendtalk.speech.phonetics import _to_pcm16, load_arctic_fixture, piece_bounds
     from blendtalk.speech.phones import Phone
     from blendtalk.speech.sphinx import Recogniser, allphone_decoder, allphone_segments
 
@@ -70,12 +71,9 @@ def main(argv=None) -> int:
     words = Recogniser().built()
     recognisers = {"words": words, "allphone": partial(allphone_segments, allphone_decoder())}
     if args.pieces > 1:
-        def in_pieces(pcm: bytes) -> list:
-            x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
-            parts = max(1, min(args.pieces, int(len(x) / SAMPLE_RATE / MIN_PIECE_SECONDS)))
-            bounds = [0, *(pause_cuts(x, parts) if parts > 1 else []), len(x)]
-            return [Phone(q.symbol, q.start + a / SAMPLE_RATE, q.end + a / SAMPLE_RATE)
-                    for a, b in zip(bounds, bounds[1:]) for q in words(pcm[2 * a:2 * b])]
+        def in_pieces(pcm: bytes) -> list:  # each piece as a worker process recognises it
+            bounds = piece_bounds(np.frombuffer(pcm, "<i2").astype(np.float32) / 32768, args.pieces)
+            return join_pieces(bounds, [words(pcm[2 * a:2 * b]) for a, b in zip(bounds, bounds[1:])])
 
         recognisers[f"words, up to {args.pieces} pieces"] = in_pieces
     totals = {k: {"seconds_spent": 0.0} for k in recognisers}

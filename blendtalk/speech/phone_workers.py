@@ -69,9 +69,7 @@ class PhoneWorkers:
     def recognize_clip(self, pcm: bytes, bounds: list[int]) -> list[Phone]:
         """16-bit PCM of a clip cut at sample indices `bounds` ([0, ..., S], at most `count` + 1 of them)
         -> the phones of all its pieces, times from the clip's start."""
-        found = self.recognize([pcm[2 * a:2 * b] for a, b in zip(bounds, bounds[1:])])
-        return [Phone(p.symbol, p.start + a / SAMPLE_RATE, p.end + a / SAMPLE_RATE)
-                for a, phones in zip(bounds, found) for p in phones]
+        return join_pieces(bounds, self.recognize([pcm[2 * a:2 * b] for a, b in zip(bounds, bounds[1:])]))
 
     def close(self) -> None:
         with self._lock:
@@ -91,6 +89,13 @@ class PhoneWorkers:
             self._stop()
         except Exception:  # interpreter shutdown: best effort
             pass
+
+
+def join_pieces(bounds: list[int], found: list[list[Phone]]) -> list[Phone]:
+    """The phones of each piece between sample indices `bounds` (times from the piece's start) -> the
+    phones of the whole clip, times from its start."""
+    return [Phone(p.symbol, p.start + a / SAMPLE_RATE, p.end + a / SAMPLE_RATE)
+            for a, phones in zip(bounds, found) for p in phones]
 
 
 class BackgroundRecognition:

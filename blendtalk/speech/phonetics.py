@@ -144,17 +144,12 @@ class PhoneAligner:
 
         pcm = _to_pcm16(audio)
         with self._lock:
-            self._prefetched = BackgroundRecognition(pcm, self._bounds(audio))
+            self._prefetched = BackgroundRecognition(pcm, piece_bounds(audio, self.workers))
 
     def recognize(self, audio: np.ndarray) -> list[Phone]:
         """Phones of audio (S,) 16 kHz without a transcript (`sphinx.Recogniser`: the words heard, aligned)."""
         with self._lock:
             return self._recognize(audio)
-
-    def _bounds(self, audio: np.ndarray) -> list[int]:
-        """Where `recognize` cuts audio (S,): sample indices [0, ..., S], one piece per worker at most."""
-        parts = max(1, min(self.workers, int(len(audio) / SAMPLE_RATE / MIN_PIECE_SECONDS)))
-        return [0, *(pause_cuts(audio, parts) if parts > 1 else []), len(audio)]
 
     def _recognize(self, audio: np.ndarray) -> list[Phone]:
         from .phone_workers import PhoneWorkers, WorkerError
@@ -167,7 +162,7 @@ class PhoneAligner:
                 return cover_phones(prefetched.result(), duration)
             except WorkerError as err:  # this process still can
                 logger.warning("%s; recognising in this process", err)
-        bounds = self._bounds(audio)
+        bounds = piece_bounds(audio, self.workers)
         if len(bounds) > 2:
             self._pool = self._pool or PhoneWorkers(self.workers)
             try:
@@ -177,6 +172,13 @@ class PhoneAligner:
         if self._recogniser is None:
             self._recogniser = Recogniser(self._align_decoder())
         return cover_phones(self._recogniser(pcm), duration)
+
+
+def piece_bounds(audio: np.ndarray, workers: int) -> list[int]:
+    """Where recognition in `workers` processes cuts audio (S,): sample indices [0, ..., S], at most
+    one piece per worker, of about MIN_PIECE_SECONDS or more, cut at pauses (`pause_cuts`)."""
+    parts = max(1, min(workers, int(len(audio) / SAMPLE_RATE / MIN_PIECE_SECONDS)))
+    return [0, *(pause_cuts(audio, parts) if parts > 1 else []), len(audio)]
 
 
 def pause_cuts(audio: np.ndarray, parts: int) -> list[int]:
