@@ -93,6 +93,19 @@ def test_an_open_mouthed_emotion_keeps_its_mouth_in_a_pause_streamed_as_in_the_f
     assert neutral[pause].max() < 1e-3
 
 
+def test_without_the_closure_frame_the_lips_start_meeting_before_a_heard_closure(pipe, arctic):
+    """The 67 ms window does not decode frame t + 1 before frame t leaves, but its phones are heard:
+    where they say /p b m/, surprise's dropped jaw yields a frame early, as in the file path. Frame 24
+    holds the onset of ARCTIC's /p/ (0.815 s); the file path's lips there are 3.8 mm apart (the jaw
+    yielded), and the stream's were 29 mm apart before it read the heard phone."""
+    config = LiveConfig(lookahead=2, closure_lookahead=False, blinks=False, head_motion=False)
+    audio = arctic[: SAMPLE_RATE]
+    gaps = {e: pipe.rig.lip_gap(np.stack([f.vertices for f in stream(pipe.live(emotion=e, config=config), audio, 320)]))
+            for e in ("neutral", "surprised")}
+    assert gaps["surprised"][22] > gaps["neutral"][22] + 15e-3  # open speech: surprise's jaw is there
+    assert gaps["surprised"][24] < gaps["neutral"][24] + 2e-3  # before the /p/: it has given way
+
+
 def test_frames_leave_after_the_lookahead(pipe, arctic):
     session = pipe.live()
     out = []

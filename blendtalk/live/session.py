@@ -264,7 +264,13 @@ class LiveSession:
         # The lips sealed at /p b m/ as the file path seals a clip, over frames t - 1, t and t + 1 (what
         # is held; each with the phone its own window read): frame t and the one after it, sealed.
         before_t = self._last_raw if self._last_raw is not None and self._last_raw[0] == t - 1 else None
-        window = [item for item in (before_t, current, self._held[0] if self._held else None) if item is not None]
+        after_t = self._held[0] if self._held else None
+        first, ids = phones
+        if after_t is None and t + 1 - first < len(ids) and ids[t + 1 - first] in BILABIAL_IDS:
+            # Frame t + 1 is not decoded yet (no closure look-ahead), but its /p b m/ is heard: with frame
+            # t's shape standing in for it, the lips start meeting at t, as the file path's do.
+            after_t = (t + 1, current[1], phones)
+        window = [item for item in (before_t, current, after_t) if item is not None]
         sealed = seal_bilabials(np.stack([d for _, d, _ in window]), np.array([_phone(i) for i in window]), self.rig)
         k = int(before_t is not None)
         d_s = sealed[k]
