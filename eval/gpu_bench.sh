@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue #27's GPU measurements in one go, on a GPU host with no network (Python 3.12 with CUDA torch;
 # what it lacks comes as cp312 wheels in .whl/, built by tools/gpu_carry.sh: without pocketsphinx's word LM
-# recognition falls back to allphone, with a warning; `tools/gpu_carry.sh --ffmpeg` adds ffmpeg, xz-packed as
-# .whl/ffmpeg.xz, without which the mp4 is not timed). About 5 min;
+# recognition falls back to allphone, with a warning; an ffmpeg xz-packed as .whl/ffmpeg.xz is unpacked, and
+# without an ffmpeg the mp4 is not timed). About 5 min;
 # every result lands in $OUT (JSON, plus bench.log with the host and each step's output):
 #     OUT=out bash eval/gpu_bench.sh
 #     OUT=/tmp/dry DEVICE=cpu QUICK=1 SKIP_INSTALL=1 bash eval/gpu_bench.sh    # dry run of every step on a CPU

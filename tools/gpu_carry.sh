@@ -7,9 +7,9 @@
 #   tests/: pytest and hypothesis as requirements-dev.txt pins them, for a host without them;
 #   glvnd/: glvnd's dispatch libraries from Debian (libEGL, libGL, libGLX, libOpenGL, libGLdispatch), through
 #     which OpenGL reaches the NVIDIA driver on a host without them.
-# With --ffmpeg, ffmpeg.xz replaces tests/: imageio-ffmpeg 0.5.1's static ffmpeg 4.2.2, xz-packed (19 MB; newer
-# builds pack to 21-50 MB), for the mp4 timings; eval/gpu_bench.sh unpacks it. It leaves no room for much else.
-#     bash tools/gpu_carry.sh [--ffmpeg]     # then the device tool's carry: [".whl"]
+# No ffmpeg: the smallest static build (imageio-ffmpeg 0.5.1's ffmpeg 4.2.2) packs to 19 MB with xz -9e, over
+# what is left, so eval/gpu_bench.sh times the mp4 only where the host has an ffmpeg (or .whl/ffmpeg.xz).
+#     bash tools/gpu_carry.sh     # then the device tool's carry: [".whl"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .whl && mkdir -p .whl/glvnd
@@ -39,13 +39,7 @@ for w in "$tmp"/w/*.whl; do
     *) cp "$w" .whl/ ;;
   esac
 done
-if [ "${1:-}" = --ffmpeg ]; then
-  fetch --no-deps --platform manylinux2010_x86_64 -d "$tmp/ff" imageio-ffmpeg==0.5.1
-  (cd "$tmp/ff" && python -m zipfile -e imageio_ffmpeg-*.whl . && xz -T0 -9e -c imageio_ffmpeg/binaries/ffmpeg-*) \
-      > .whl/ffmpeg.xz
-else
-  fetch "${platforms[@]}" -d .whl/tests $(grep -E '^(pytest|hypothesis)==' requirements-dev.txt)
-fi
+fetch "${platforms[@]}" -d .whl/tests $(grep -E '^(pytest|hypothesis)==' requirements-dev.txt)
 (cd "$tmp" && apt-get download -q libegl1 libopengl0 libgl1 libglx0 libglvnd0 >/dev/null 2>&1 && for d in *.deb; do dpkg -x "$d" x; done)
 for lib in libEGL.so.1 libGL.so.1 libGLX.so.0 libOpenGL.so.0 libGLdispatch.so.0; do
   cp -L "$tmp/x/usr/lib/x86_64-linux-gnu/$lib" .whl/glvnd/
