@@ -2,7 +2,8 @@
 # Builds .whl/, what an offline GPU host (Python 3.12, its own CUDA torch, no network) lacks to run the GPU tests
 # and eval/gpu_bench.sh. The device tool carries at most 64 MiB together with the working tree (about 46 MiB):
 #   cp312 wheels: moderngl, glcontext, cffi, pycparser, soundfile, soxr, tqdm, imageio-ffmpeg without its
-#     ffmpeg, and pocketsphinx 5.0.4 (5.1.1 has no cp312 wheel) without its 27 MB word LM, so recognition
+#     ffmpeg, espeakng-loader with English's dictionary only (the GPU training test makes a small eSpeak
+#     corpus), and pocketsphinx 5.0.4 (5.1.1 has no cp312 wheel) without its 27 MB word LM, so recognition
 #     there falls back to allphone, with a warning;
 #   tests/: pytest and hypothesis as requirements-dev.txt pins them, for a host without them;
 #   glvnd/: glvnd's dispatch libraries from Debian (libEGL, libGL, libGLX, libOpenGL, libGLdispatch), through
@@ -19,23 +20,24 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manyl
          manylinux1_x86_64 any; do platforms+=(--platform "$p"); done
 fetch() { pip download -q --only-binary=:all: --python-version 3.12 "$@" 2>&1 | grep -v "is ignored" || true; }
 
-slim() {  # slim WHEEL PREFIX: copy WHEEL into .whl/ without the members whose names start with PREFIX
+slim() {  # slim WHEEL PATTERN: copy WHEEL into .whl/ without the members whose names match PATTERN (a regex)
   python -c '
-import sys, zipfile
-src, dst, prefix = sys.argv[1:]
+import re, sys, zipfile
+src, dst, pattern = sys.argv[1:]
 with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
     for item in zin.infolist():
-        if not item.filename.startswith(prefix):
+        if not re.match(pattern, item.filename):
             zout.writestr(item, zin.read(item.filename))
 ' "$1" ".whl/$(basename "$1")" "$2"
 }
 
 fetch --no-deps "${platforms[@]}" -d "$tmp/w" moderngl==5.13.0 glcontext cffi pycparser soundfile==0.14.0 \
-    soxr==1.1.0 tqdm==4.70.1 pocketsphinx==5.0.4 imageio-ffmpeg==0.8.1
+    soxr==1.1.0 tqdm==4.70.1 pocketsphinx==5.0.4 imageio-ffmpeg==0.8.1 espeakng-loader==0.2.4
 for w in "$tmp"/w/*.whl; do
   case $(basename "$w") in
-    imageio_ffmpeg-*) slim "$w" imageio_ffmpeg/binaries/ffmpeg- ;;
-    pocketsphinx-*) slim "$w" pocketsphinx/model/en-us/en-us.lm.bin ;;
+    imageio_ffmpeg-*) slim "$w" 'imageio_ffmpeg/binaries/ffmpeg-' ;;
+    pocketsphinx-*) slim "$w" 'pocketsphinx/model/en-us/en-us\.lm\.bin' ;;
+    espeakng_loader-*) slim "$w" 'espeakng_loader/espeak-ng-data/(?!en_)[a-z]+_dict$' ;;
     *) cp "$w" .whl/ ;;
   esac
 done
