@@ -98,9 +98,7 @@ uniform float intensities[LIGHTS];
 uniform float ambient;
 uniform float back_light;  // surfaces seen from behind get this share of the light
 uniform float srgb_steps;
-uniform int table_encode;        // 1: write the sRGB byte from srgb_table (a plain colour buffer)
-uniform sampler2D srgb_table;    // (srgb_steps, 1) R8: the torch path's own sRGB table
-{detail_declarations}
+{encode_declarations}{detail_declarations}
 in vec3 v_normal;
 in vec3 v_base;
 in float v_sheen;
@@ -121,15 +119,18 @@ void main() {
     vec3 base = v_base;
 {detail}    vec3 c = base * light + (back ? 0.0 : v_sheen * spec);
     vec3 q = floor(clamp(c, 0.0, 1.0) * (srgb_steps - 1.0) + 0.5);
-    if (table_encode == 1) {
-        ivec3 i = ivec3(q);
-        f_color = vec4(texelFetch(srgb_table, ivec2(i.r, 0), 0).r, texelFetch(srgb_table, ivec2(i.g, 0), 0).r,
-                       texelFetch(srgb_table, ivec2(i.b, 0), 0).r, 1.0);
-    } else {
-        f_color = vec4(q / (srgb_steps - 1.0), 1.0);  // linear: the sRGB colour buffer encodes it
-    }
-}
+{encode}}
 """
+# How `_FRAGMENT_SHADER` writes its colour, chosen when the program is built: a branch on a uniform
+# cost llvmpipe 4-9% of a frame's drawing even where it was never taken (docs/experiments.md).
+# Tiles: the sRGB byte from the torch path's own table, into a plain colour buffer.
+_TABLE_ENCODE = ("""uniform sampler2D srgb_table;    // (srgb_steps, 1) R8: the torch path's own sRGB table
+""", """    ivec3 i = ivec3(q);
+    f_color = vec4(texelFetch(srgb_table, ivec2(i.r, 0), 0).r, texelFetch(srgb_table, ivec2(i.g, 0), 0).r,
+                   texelFetch(srgb_table, ivec2(i.b, 0), 0).r, 1.0);
+""")
+# One frame at a time: linear, which the sRGB colour buffer encodes.
+_BUFFER_ENCODE = ("", "    f_color = vec4(q / (srgb_steps - 1.0), 1.0);\n")
 # The fine lines, folds and brows of `_FRAGMENT_SHADER`: only the program for triangles that can carry them has these.
 _DETAIL_DECLARATIONS = """
 uniform vec3 brow_tint;   // albedo factor of full brow paint
@@ -290,6 +291,18 @@ class GLDrawer:
                         "ambient": ambient, "back_light": back_light,
                         "srgb_steps": float(SRGB_STEPS), "wrinkle_shape": tuple(wrinkle),
                         "brow_tint": tuple(float(c) for c in brow_tint)}
+            # llvmpipe: one frame at a time; frames drawn side by side into a wider framebuffer were no
+            # faster there and made a frame's pixels depend (by rounding) on its place in the batch.
+            # A GPU: tiles of a tall framebuffer, MAX_TILES frames per call (see the module's doc).
+            limit = int(ctx.info.get("GL_MAX_RENDERBUFFER_SIZE", size))
+            fit = max(1, 2 * limit // (3 * size))  # the yuv420p target is 3/2 as tall as the frames
+            self.hardware = is_hardware(ctx.info.get("GL_RENDERER", ""))
+            self.tiles = min(MAX_TILES, fit) if self.hardware else 1
+            if tiles is not None:
+                self.tiles = max(1, min(int(tiles), fit))
+            if self.tiles > 1 and srgb_table is None:
+                raise ValueError("tiles > 1 need the sRGB table (srgb_table)")
+            encode_declarations, encode = _TABLE_ENCODE if self.tiles > 1 else _BUFFER_ENCODE
             # Each pass draws the plain triangles, then the detailed ones, each kind in the given order:
             # only an exact depth tie between a plain and a detailed triangle (the earlier drawn wins
             # it) could come out otherwise than in one draw of all.
@@ -300,7 +313,8 @@ class GLDrawer:
                 declarations = _DETAIL_DECLARATIONS.replace("{functions}", detail_functions)
                 fragment = (_FRAGMENT_SHADER.replace("{lights}", str(len(intensities)))
                             .replace("{detail_declarations}", declarations if with_detail else "")
-                            .replace("{detail}", _DETAIL if with_detail else ""))
+                            .replace("{detail}", _DETAIL if with_detail else "")
+                            .replace("{encode_declarations}", encode_declarations).replace("{encode}", encode))
                 program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=fragment)
                 for name, value in uniforms.items():
                     if name in program:  # the plain program has no detail uniforms
@@ -315,19 +329,6 @@ class GLDrawer:
             self.num_vertices = int(num_vertices)  # a vertex no triangle uses (a rig's stray point) still comes in
             self.vbo = ctx.buffer(reserve=self.num_vertices * ATTRIBUTES * 4, dynamic=True)
             self.arrays = self._arrays(self.vbo, 0)
-            # llvmpipe: one frame at a time; frames drawn side by side into a wider framebuffer were no
-            # faster there and made a frame's pixels depend (by rounding) on its place in the batch.
-            # A GPU: tiles of a tall framebuffer, MAX_TILES frames per call (see the module's doc).
-            limit = int(ctx.info.get("GL_MAX_RENDERBUFFER_SIZE", size))
-            fit = max(1, 2 * limit // (3 * size))  # the yuv420p target is 3/2 as tall as the frames
-            self.hardware = is_hardware(ctx.info.get("GL_RENDERER", ""))
-            self.tiles = min(MAX_TILES, fit) if self.hardware else 1
-            if tiles is not None:
-                self.tiles = max(1, min(int(tiles), fit))
-            if self.tiles > 1 and srgb_table is None:
-                raise ValueError("tiles > 1 need the sRGB table (srgb_table)")
-            for program in self.programs.values():
-                program["table_encode"].value = int(self.tiles > 1)
             # Tiles: plain bytes that the shader encodes from the table (the YUV pass reads them as they are).
             colour = ctx.texture((size, size * self.tiles), 4, internal_format=None if self.tiles > 1 else _GL_SRGB8_ALPHA8)
             self.fbo = ctx.framebuffer(color_attachments=[colour], depth_attachment=ctx.depth_renderbuffer((size, size * self.tiles)))
