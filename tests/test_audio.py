@@ -10,10 +10,12 @@ import soundfile as sf
 from blendtalk.speech.audio import (
     MIN_SECONDS,
     AudioError,
+    RunningDc,
     load_audio,
     log_mel,
     mel_filters,
     num_frames,
+    remove_dc,
     resample,
 )
 from blendtalk.constants import FPS, SAMPLE_RATE
@@ -59,12 +61,12 @@ def test_resampling_and_mono_keep_duration(tmp_path):
     y = load_audio(x, sample_rate=22_050)
     assert abs(y.shape[0] - 0.8 * SAMPLE_RATE) <= 1
     same = load_audio(x, sample_rate=SAMPLE_RATE)
-    np.testing.assert_allclose(same, x.mean(axis=1), atol=1e-7)
+    np.testing.assert_allclose(same, remove_dc(x.mean(axis=1)), atol=1e-7)
 
 
 def test_int16_array_scaled():
     x = (_speechlike(0.5, SAMPLE_RATE) * 32767).astype(np.int16)
-    np.testing.assert_allclose(load_audio(x, sample_rate=SAMPLE_RATE), x / 32768.0, atol=1e-6)
+    np.testing.assert_allclose(load_audio(x, sample_rate=SAMPLE_RATE), remove_dc(x / 32768.0), atol=1e-6)
 
 
 @pytest.mark.parametrize("suffix", [".mp3", ".m4a"])
@@ -167,8 +169,7 @@ def test_float_audio_over_full_scale_is_scaled_not_refused(tmp_path):
     path = tmp_path / "float.wav"
     sf.write(str(path), loud, SAMPLE_RATE, subtype="FLOAT")
     for audio in (load_audio(path), load_audio(loud, sample_rate=SAMPLE_RATE)):
-        assert np.abs(audio).max() == pytest.approx(1.0, abs=1e-6)
-        np.testing.assert_allclose(audio, loud / 1.3, atol=1e-6)
+        np.testing.assert_allclose(audio, remove_dc(loud / 1.3), atol=1e-6)
     with pytest.raises(AudioError, match="NaN"):
         load_audio(np.full(SAMPLE_RATE, np.inf, np.float32), sample_rate=SAMPLE_RATE)
 
@@ -232,3 +233,31 @@ def test_arctic_features_unchanged_by_the_numpy_front_end(monkeypatch):
     ref = log_mel(audio)
     assert ours.shape == ref.shape == (num_frames(len(audio)), 80)
     assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_a_dc_offset_is_taken_off_and_is_no_sound():
+    """A cheap converter's DC offset is no sound: loading takes it off (it leaks into the speech
+    model's lowest mel bands), and an offset alone is silence."""
+    x = _speechlike(1.0, SAMPLE_RATE)
+    clean = load_audio(x, sample_rate=SAMPLE_RATE)
+    np.testing.assert_allclose(load_audio(x + 0.05, sample_rate=SAMPLE_RATE), clean, atol=1e-6)
+    assert abs(float(clean.mean())) < 1e-6
+    np.testing.assert_allclose(log_mel(load_audio(x + 0.02, sample_rate=SAMPLE_RATE)), log_mel(clean), atol=1e-3)
+    hum = np.full(SAMPLE_RATE, 0.05, np.float32) + 1e-5 * np.random.default_rng(1).standard_normal(SAMPLE_RATE).astype(np.float32)
+    with pytest.raises(AudioError, match="silent"):
+        load_audio(hum, sample_rate=SAMPLE_RATE)
+
+
+def test_a_running_dc_offset_settles_without_steps():
+    """A live session's chunks lose a steady offset as a loaded file does, without a step between chunks."""
+    x = _speechlike(3.0, SAMPLE_RATE) + 0.05
+    running = RunningDc()
+    out = np.concatenate([running(x[i : i + 320]) for i in range(0, len(x), 320)])
+    settled = SAMPLE_RATE // 2
+    np.testing.assert_allclose(out[settled:], remove_dc(x)[settled:], atol=5e-3)
+    assert running.level == pytest.approx(0.05, abs=5e-3)
+    assert np.abs(np.diff(out)).max() <= np.abs(np.diff(x)).max() + 1e-3  # no click where chunks meet
+    first = RunningDc()
+    np.testing.assert_array_equal(first(x[:320]), x[:320])  # nothing to estimate from yet
+    cut = RunningDc()
+    np.testing.assert_array_equal(np.concatenate([cut(x[i : i + 777]) for i in range(0, len(x), 777)]), out)

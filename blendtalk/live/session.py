@@ -33,6 +33,7 @@ import torch
 from ..constants import FPS, SAMPLE_RATE
 from ..expression.emotions import ONSET_HOLD, pause_share, yield_to_closure
 from ..expression.head_motion import HeadMotionConfig, add_posture
+from ..speech.audio import RunningDc
 from ..speech.phones import BILABIAL_IDS, SILENCE_ID
 from ..speech.visemes import seal_bilabials
 from .motion import ExpressionStream, HeadStream
@@ -139,6 +140,7 @@ class LiveSession:
         self._quiet_since = 0
         self._last_notice: dict[str, float] = {}
         self._arrivals: deque = deque()  # (sample count, perf_counter) of accepted chunks
+        self._dc = RunningDc()
 
     # ---- input ----
     def push(self, chunk, sample_rate: int = SAMPLE_RATE, arrived: float | None = None) -> list[LiveFrame]:
@@ -173,6 +175,7 @@ class LiveSession:
                                   "to catch up")
             self._thin = backlog > THIN_LAG_SECONDS
         self._watch_level(x)
+        x = self._dc(x)  # as loading a file takes its mean off (speech.audio.remove_dc)
         self._arrivals.append((self.received + len(x), arrived))
         self._samples.append((self.received, x))
         self.received += len(x)
@@ -229,7 +232,7 @@ class LiveSession:
     def _watch_level(self, x: np.ndarray) -> None:
         if np.mean(np.abs(x) >= CLIP_LEVEL) > CLIP_SHARE:
             self._notice("clipping", "the input is clipping (samples at full scale); lower the microphone gain")
-        rms_db = 10 * np.log10(float(np.mean(np.square(x, dtype=np.float64))) + 1e-12)
+        rms_db = 10 * np.log10(float(np.var(x, dtype=np.float64)) + 1e-12)  # about the chunk's mean: a DC offset is no sound
         if rms_db >= SILENCE_DBFS:
             self._quiet_since = self.received + len(x)
         elif (self.received + len(x) - self._quiet_since) / SAMPLE_RATE >= SILENCE_NOTICE_SECONDS:
