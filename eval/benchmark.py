@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from blendtalk.speech.audio import (
-    HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, _power_spectrogram, num_frames,
+    HOP_LENGTH, N_FFT, _power_spectrogram, mel_floor, num_frames,
 )
 from blendtalk.constants import ASSETS_DIR, FPS, SAMPLE_RATE
 from blendtalk.speech.features import PHONETIC_MELS, phonetic_inputs
@@ -112,7 +112,7 @@ def numpy_log_mel(audio: np.ndarray, n_mels: int = PHONETIC_MELS) -> np.ndarray:
     ends = np.maximum(np.append(starts[1:], mel.shape[0]), starts + 1)
     sums = np.add.reduceat(mel, starts, axis=0)
     sums[-1] = mel[starts[-1]:].sum(axis=0)
-    return np.log(sums / (ends - starts)[:, None] + LOG_MEL_FLOOR).astype(np.float32)
+    return np.log(sums / (ends - starts)[:, None] + mel_floor(float(np.mean(np.square(audio, dtype=np.float64))))).astype(np.float32)
 
 
 def missing(module: str) -> str | None:

@@ -261,3 +261,23 @@ def test_a_running_dc_offset_settles_without_steps():
     np.testing.assert_array_equal(first(x[:320]), x[:320])  # nothing to estimate from yet
     cut = RunningDc()
     np.testing.assert_array_equal(np.concatenate([cut(x[i : i + 777]) for i in range(0, len(x), 777)]), out)
+
+
+def test_log_mel_of_a_quieter_recording_is_the_same_up_to_a_shift():
+    """The floor before the log follows the clip's level, so the same speech recorded 15 dB quieter (or
+    louder) shifts every band of every frame alike, which the speech model's normalisation takes out;
+    a fixed floor swallowed the quiet copy's weak bands."""
+    x = np.concatenate([np.zeros(SAMPLE_RATE // 4, np.float32), _speechlike(1.0, SAMPLE_RATE)])
+    for gain in (10 ** (-15 / 20), 10 ** (6 / 20)):
+        shift = log_mel(x * np.float32(gain)) - log_mel(x)
+        np.testing.assert_allclose(shift, 2 * np.log(gain), atol=1e-3)
+
+
+def test_a_stream_floor_starts_at_the_reference_level_and_moves_to_the_microphones():
+    from blendtalk.speech.audio import LEVEL_MEMORY, LEVEL_PRIOR, LOG_MEL_FLOOR, level_floor, mel_floor
+
+    assert level_floor(np.zeros(0)) == pytest.approx(LOG_MEL_FLOOR)  # nothing heard: a speaker's usual level
+    quiet = 1e-4  # -40 dBFS
+    halfway = level_floor(np.full(LEVEL_PRIOR // 2, quiet))
+    assert mel_floor(quiet) < halfway < LOG_MEL_FLOOR
+    assert level_floor(np.full(LEVEL_MEMORY, quiet)) == pytest.approx(mel_floor(quiet))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..speech.audio import HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, WIN_LENGTH, mel_filters
+from ..speech.audio import HOP_LENGTH, LEVEL_BLOCK, LEVEL_MEMORY, N_FFT, WIN_LENGTH, block_levels, level_floor, mel_filters
 from ..constants import FPS, SAMPLE_RATE
 from ..models.audio_encoders import CMVN_STD_FLOOR
 from ..speech.features import PHONETIC_MELS
@@ -118,8 +118,10 @@ def window_samples(t: int, lookahead: int, edge_ms: float = 0.0) -> int:
 
 
 class _MelStream:
-    """Log-mel (80,) of each motion frame as its samples arrive, equal to `audio.log_mel` on the same audio
-    (but the clip's last frame, which `finish` computes with the file path's end padding)."""
+    """Log-mel (80,) of each motion frame as its samples arrive, as `audio.log_mel` computes it on the
+    same audio (but the clip's last frame, which `finish` computes with the file path's end padding),
+    but for the floor before the log: the file path's follows the clip's level, a stream's the level
+    of the blocks before each frame's last sample (`audio.level_floor`)."""
 
     def __init__(self):
         self.buffer = np.zeros(0, np.float32)  # samples from `offset` on; the oldest are dropped as frames complete
@@ -129,11 +131,25 @@ class _MelStream:
         self.window = np.zeros(N_FFT, np.float32)
         self.window[left:left + WIN_LENGTH] = np.hanning(WIN_LENGTH + 1)[:-1]
         self.head = np.zeros(0, np.float32)  # the first N_FFT // 2 + 1 samples, for the reflect padding at t = 0
+        self.levels: deque = deque()  # mean squares of whole LEVEL_BLOCKs, from block `first_level` on
+        self.first_level = 0
+        self.partial = np.zeros(0, np.float32)  # samples of the block being filled
 
     def push(self, x: np.ndarray) -> None:
         if len(self.head) <= N_FFT // 2:
             self.head = np.concatenate([self.head, x[: N_FFT // 2 + 1 - len(self.head)]])
         self.buffer = np.concatenate([self.buffer, x])
+        self.partial = np.concatenate([self.partial, x])
+        whole = len(self.partial) // LEVEL_BLOCK * LEVEL_BLOCK
+        if whole:
+            self.levels.extend(block_levels(self.partial[:whole]).tolist())
+            self.partial = self.partial[whole:]
+
+    def floor(self, upto: int) -> float:
+        """The mel floor of a frame whose samples end at `upto` (`audio.level_floor`)."""
+        end = upto // LEVEL_BLOCK
+        start = max(self.first_level, end - LEVEL_MEMORY)
+        return level_floor(np.array([self.levels[i - self.first_level] for i in range(start, end)], np.float64))
 
     @property
     def end(self) -> int:
@@ -152,9 +168,10 @@ class _MelStream:
         seg[neg] = self.head[-idx[neg]]  # reflect padding, as np.pad(mode="reflect")
         power = np.abs(np.fft.rfft(seg * self.window, axis=1)) ** 2  # (M, N_FFT // 2 + 1)
         mel = power.astype(np.float32) @ self.fbank.T  # (M, 80)
+        floor = self.floor(int(idx.max()) + 1)
         if mels is None:
             self._drop(a)
-        return np.log(mel.mean(0) + LOG_MEL_FLOOR).astype(np.float32)
+        return np.log(mel.mean(0) + floor).astype(np.float32)
 
     def last_frames(self, t0: int, total_samples: int) -> np.ndarray:
         """Log-mel (T - t0, 80) of the clip's frames from t0 to its end, with the file path's end padding."""
@@ -174,10 +191,14 @@ class _MelStream:
                            self.head[np.clip(idx, 0, len(self.head) - 1)])
             power = np.abs(np.fft.rfft(seg * self.window, axis=1)) ** 2
             mel = power.astype(np.float32) @ self.fbank.T
-            out.append(np.log(mel.mean(0) + LOG_MEL_FLOOR))
+            out.append(np.log(mel.mean(0) + self.floor(min(int(idx.max()) + 1, total_samples))))
         return np.asarray(out, np.float32).reshape(-1, PHONETIC_MELS)
 
     def _drop(self, first_mel: int) -> None:
+        keep_level = first_mel * HOP_LENGTH // LEVEL_BLOCK - LEVEL_MEMORY  # the oldest block a later frame reads
+        while self.first_level < keep_level and self.levels:
+            self.levels.popleft()
+            self.first_level += 1
         keep_from = max(self.offset, first_mel * HOP_LENGTH - N_FFT)  # a margin for `last_frames`
         if keep_from - self.offset > 4 * SAMPLE_RATE // 10:  # drop in blocks of 0.4 s, not per frame
             self.buffer = self.buffer[keep_from - self.offset:]

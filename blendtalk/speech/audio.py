@@ -42,7 +42,12 @@ HOP_LENGTH = 160  # samples, 10 ms; mel frames are pooled onto the 30 fps motion
 MEL_FMIN = 20.0  # Hz, lowest mel band edge: below it is rumble, not speech
 MEL_BREAK_HZ = 1000.0  # Hz where Slaney's mel scale turns from linear to logarithmic
 MEL_LOG_STEP = math.log(6.4) / 27.0  # log-Hz per mel above the break (27 mel per factor 6.4)
-LOG_MEL_FLOOR = 1e-5  # mel power floor before the log, about -50 dB; keeps silence finite
+LOG_MEL_FLOOR = 1e-5  # mel power floor before the log at REFERENCE_POWER, about -50 dB; keeps silence finite
+REFERENCE_POWER = 0.01  # mean square of speech at -20 dBFS RMS, the synthetic corpus's level (-23 to -19 dBFS)
+MIN_POWER = 1e-6  # mean square at -60 dBFS (SILENCE_RMS_DBFS): the floor sinks no lower than for this level
+LEVEL_BLOCK = 320  # samples: a live stream measures its level per 20 ms block (any chunking, the same floor)
+LEVEL_MEMORY = 500  # blocks: a stream's floor follows the level of the 10 s before a frame's last sample
+LEVEL_PRIOR = 150  # blocks: until 3 s have been heard, the rest counts as speech at REFERENCE_POWER
 
 _DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d*)?)")
 
@@ -347,11 +352,36 @@ def mel_filters(n_mels: int = 80, fmin: float = MEL_FMIN, fmax: float = SAMPLE_R
     return bank.astype(np.float32)
 
 
+def mel_floor(power: float) -> float:
+    """The mel power floor before the log for audio of mean square `power`: LOG_MEL_FLOOR at
+    REFERENCE_POWER, moving with the level. A fixed floor swallowed a quiet recording's weak bands,
+    and the speech model, which normalises every band over the clip, moved the face 0.13 mm for the
+    same sentence 15 dB quieter (docs/experiments.md); with the floor at the same distance below the
+    speech, a level change only shifts every band alike, which the normalisation takes out."""
+    return LOG_MEL_FLOOR * max(power, MIN_POWER) / REFERENCE_POWER
+
+
+def block_levels(audio: np.ndarray) -> np.ndarray:
+    """Mean squares (S // LEVEL_BLOCK,) float64 of the whole LEVEL_BLOCKs of audio (S,)."""
+    whole = len(audio) // LEVEL_BLOCK * LEVEL_BLOCK
+    return np.square(audio[:whole].reshape(-1, LEVEL_BLOCK), dtype=np.float64).mean(1)
+
+
+def level_floor(window: np.ndarray) -> float:
+    """`mel_floor` for a frame of a live stream from `window`, the `block_levels` of the (at most
+    LEVEL_MEMORY) whole blocks before its last sample, padded to LEVEL_PRIOR blocks at REFERENCE_POWER:
+    a stream cannot know its clip's level, so it starts from a speaker's usual one and moves to the
+    microphone's over a few seconds."""
+    pad = max(0, LEVEL_PRIOR - len(window))
+    return mel_floor((float(np.sum(window)) + pad * REFERENCE_POWER) / (len(window) + pad))
+
+
 def log_mel(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
     """Log-mel features at the motion frame rate: audio (S,) at 16 kHz -> (T, n_mels) float32.
 
     T = num_frames(S). Mel power at a 10 ms hop is averaged over each motion frame's span
-    [t/FPS, (t+1)/FPS) before the log, so every motion frame sees all of its audio.
+    [t/FPS, (t+1)/FPS) before the log, so every motion frame sees all of its audio. The floor
+    before the log follows the clip's level (`mel_floor`).
     """
     if audio.ndim != 1 or audio.shape[0] == 0:
         raise ValueError(f"audio must be (S,) with S > 0 samples, got shape {tuple(audio.shape)}")
@@ -372,4 +402,4 @@ def log_mel(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
     sums = np.add.reduceat(mel, starts, axis=0)  # (T, n_mels) sums from each start to the next start
     sums[-1] = mel[starts[-1]:].sum(axis=0)
     pooled = sums / (ends - starts)[:, None]
-    return np.log(pooled + LOG_MEL_FLOOR).astype(np.float32)
+    return np.log(pooled + mel_floor(float(np.mean(np.square(audio, dtype=np.float64))))).astype(np.float32)
