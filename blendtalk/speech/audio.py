@@ -45,7 +45,7 @@ MEL_LOG_STEP = math.log(6.4) / 27.0  # log-Hz per mel above the break (27 mel pe
 LOG_MEL_FLOOR = 1e-5  # mel power floor before the log at REFERENCE_POWER, about -50 dB; keeps silence finite
 REFERENCE_POWER = 0.01  # mean square of speech at -20 dBFS RMS, the synthetic corpus's level (-23 to -19 dBFS)
 MIN_POWER = 1e-6  # mean square at -60 dBFS (SILENCE_RMS_DBFS): the floor sinks no lower than for this level
-LEVEL_BLOCK = 320  # samples: a live stream measures its level per 20 ms block (any chunking, the same floor)
+LEVEL_BLOCK = 320  # samples: a live stream measures its level and DC offset per 20 ms block, whatever its chunks
 LEVEL_MEMORY = 500  # blocks: a stream's floor follows the level of the 10 s before a frame's last sample
 LEVEL_PRIOR = 150  # blocks: until 3 s have been heard, the rest counts as speech at REFERENCE_POWER
 
@@ -264,13 +264,11 @@ def remove_dc(audio: np.ndarray) -> np.ndarray:
 
 class RunningDc:
     """`remove_dc` for audio that arrives in chunks (a live session). The offset is estimated from
-    whole blocks of `BLOCK` samples: the mean of the blocks so far, then a running mean with about
+    whole blocks of LEVEL_BLOCK samples: the mean of the blocks so far, then a running mean with about
     `memory` seconds of memory. Each block's samples lose a ramp from the estimate before the
     previous block to the one after it (a step would be a click in every band), so the first block
     passes as it came and a steady offset is gone within about half a second. Estimating per block,
     not per chunk, gives the same samples however the audio is cut into chunks."""
-
-    BLOCK = 320  # samples, 20 ms
 
     def __init__(self, memory: float = 2.0):
         self.memory = int(memory * SAMPLE_RATE)  # samples
@@ -281,7 +279,7 @@ class RunningDc:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Chunk (S,) float32 -> the chunk less the running offset (S,) float32."""
-        out, i, block = np.empty(len(x), np.float32), 0, self.BLOCK
+        out, i, block = np.empty(len(x), np.float32), 0, LEVEL_BLOCK
         while i < len(x):
             at = self.count % block
             take = min(block - at, len(x) - i)
