@@ -281,3 +281,20 @@ def test_a_stream_floor_starts_at_the_reference_level_and_moves_to_the_microphon
     halfway = level_floor(np.full(LEVEL_PRIOR // 2, quiet))
     assert mel_floor(quiet) < halfway < LOG_MEL_FLOOR
     assert level_floor(np.full(LEVEL_MEMORY, quiet)) == pytest.approx(mel_floor(quiet))
+
+
+def test_mains_hum_and_rumble_are_taken_off_and_clean_audio_is_left_alone():
+    """Stationary hum (50 or 60 Hz and its harmonics) and rumble below 20 Hz sit in the lowest mel
+    bands, which the speech model reads: loading cuts them where a clip has them, and returns a clip
+    without them as it was."""
+    from blendtalk.speech.audio import remove_hum
+
+    x = load_audio(ARCTIC_WAV)
+    assert remove_hum(x) is x
+    t = np.arange(len(x)) / SAMPLE_RATE
+    clean = log_mel(x)
+    for noise in (0.005 * np.sin(2 * np.pi * 60 * t) + 0.0025 * np.sin(2 * np.pi * 180 * t), 0.05 * np.sin(2 * np.pi * 7 * t)):
+        noisy = (x + noise).astype(np.float32)
+        before = np.abs(log_mel(noisy)[:, :3] - clean[:, :3]).mean()
+        after = np.abs(log_mel(load_audio(noisy, sample_rate=SAMPLE_RATE))[:, :3] - clean[:, :3]).mean()
+        assert after < before / 3, (before, after)

@@ -45,6 +45,11 @@ MEL_LOG_STEP = math.log(6.4) / 27.0  # log-Hz per mel above the break (27 mel pe
 LOG_MEL_FLOOR = 1e-5  # mel power floor before the log at REFERENCE_POWER, about -50 dB; keeps silence finite
 REFERENCE_POWER = 0.01  # mean square of speech at -20 dBFS RMS, the synthetic corpus's level (-23 to -19 dBFS)
 MIN_POWER = 1e-6  # mean square at -60 dBFS (SILENCE_RMS_DBFS): the floor sinks no lower than for this level
+MAINS_HZ = (50.0, 60.0)  # mains hum fundamentals
+HUM_HARMONICS = 8  # harmonics notched where present: up to 400 / 480 Hz
+HUM_PROMINENCE = 30.0  # a hum line: its +-0.5 Hz hold this many times the median power of its +-5 Hz neighbourhood
+HUM_CUT_HZ = 0.5  # half-width of the band cut around a hum line (+-2 Hz took more speech than it left hum)
+RUMBLE_SHARE = 0.01  # share of a clip's power below MEL_FMIN from which it is rumble to take off (speech: < 1e-3)
 LEVEL_BLOCK = 320  # samples: a live stream measures its level and DC offset per 20 ms block, whatever its chunks
 LEVEL_MEMORY = 500  # blocks: a stream's floor follows the level of the 10 s before a frame's last sample
 LEVEL_PRIOR = 150  # blocks: until 3 s have been heard, the rest counts as speech at REFERENCE_POWER
@@ -77,7 +82,7 @@ def load_audio(
     `source` is a path (wav/flac/ogg through libsndfile; mp3, m4a and other containers through the
     ffmpeg binary of imageio-ffmpeg) or an array (S,) or (S, C) with its `sample_rate` in Hz
     (float in [-1, 1], or int16/int32 PCM). Channels are averaged to mono and its DC offset taken off
-    (`remove_dc`). Float audio that peaks over full scale (a lossy codec's overshoot, up to
+    (`remove_dc`), and so are stationary mains hum and rumble where there are any (`remove_hum`). Float audio that peaks over full scale (a lossy codec's overshoot, up to
     `MAX_FLOAT_PEAK`) is scaled to peak at 1 first.
 
     Raises:
@@ -252,7 +257,7 @@ def _validate_and_convert(data: np.ndarray, sr: int) -> np.ndarray:
         )
     if sr != SAMPLE_RATE:
         mono = resample(mono, sr)
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    return np.ascontiguousarray(remove_hum(mono), dtype=np.float32)
 
 
 def remove_dc(audio: np.ndarray) -> np.ndarray:
@@ -260,6 +265,40 @@ def remove_dc(audio: np.ndarray) -> np.ndarray:
     the lowest mel bands moves the speech model's mouth: 0.15 mm over ARCTIC's sentence at an offset of
     0.02 full scale, and pocketsphinx heard another word (docs/experiments.md)."""
     return (audio - np.mean(audio, dtype=np.float64)).astype(np.float32)
+
+
+def remove_hum(audio: np.ndarray) -> np.ndarray:
+    """Audio (S,) at 16 kHz less stationary mains hum and rumble, where the clip has them; otherwise
+    returned as it is. Like a DC offset, both sit in the lowest mel bands, which the speech model
+    reads: hum at 50 Hz 27 dB under the speech moved the face 0.21 mm (docs/experiments.md).
+    Hum is found on the whole clip's spectrum as a line at 50 or 60 Hz standing HUM_PROMINENCE
+    times over its neighbourhood; that line and each of its harmonics that stands out are cut
+    (+-HUM_CUT_HZ, which holds next to no speech). Rumble (power below MEL_FMIN over RUMBLE_SHARE of
+    the clip's) is cut below MEL_FMIN."""
+    spectrum = np.fft.rfft(np.asarray(audio, np.float64))
+    power = np.abs(spectrum) ** 2
+    hz = np.fft.rfftfreq(len(audio), 1 / SAMPLE_RATE)
+    cut = np.zeros(len(hz), bool)
+
+    def prominence(line_hz: float) -> float:
+        distance = np.abs(hz - line_hz)
+        line, near = distance <= 0.5, (distance <= 5.0) & (distance > 1.0)
+        if not line.any() or not near.any():
+            return 0.0
+        return float(power[line].mean() / max(np.median(power[near]), 1e-30))
+
+    for mains in MAINS_HZ:
+        if prominence(mains) < HUM_PROMINENCE:
+            continue
+        for k in range(1, HUM_HARMONICS + 1):
+            if k == 1 or prominence(k * mains) >= HUM_PROMINENCE / 3:  # a harmonic of a hum found: a lower bar
+                cut |= np.abs(hz - k * mains) <= HUM_CUT_HZ
+    if power[hz < MEL_FMIN].sum() > RUMBLE_SHARE * power.sum():
+        cut |= hz < MEL_FMIN
+    if not cut.any():
+        return audio
+    spectrum[cut] = 0.0
+    return np.fft.irfft(spectrum, n=len(audio)).astype(np.float32)
 
 
 class RunningDc:
