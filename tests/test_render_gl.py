@@ -76,9 +76,17 @@ def test_gl_matches_torch_in_the_regions_that_carry_expression(both, rig, region
 
 @needs_gl
 def test_gl_is_independent_of_batching(rig, animated):
+    """A frame alone = the same frame in a batch. llvmpipe draws one frame at a time: the same bytes. A
+    GPU driver draws a batch as tiles, and a frame's tile offset can round one edge pixel the other
+    way (on an H100, 1 pixel of 4096 off by one level): at most one level on 0.1% of the pixels."""
     r = Renderer.for_rig(rig, RenderConfig(size=64, backend="gl"))
     whole = r(*animated)
-    assert np.array_equal(whole[2], r(*(x[2:3] for x in animated))[0])  # a frame alone = in a batch
+    alone = r(*(x[2:3] for x in animated))[0]
+    if not r.gl.hardware:
+        assert np.array_equal(whole[2], alone)
+        return
+    diff = np.abs(whole[2].astype(int) - alone.astype(int)).max(-1)
+    assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3
 
 
 @needs_gl

@@ -18,8 +18,9 @@ of frames per call instead: their attributes go up in one write, each frame is d
 tile of a tall framebuffer (its own viewport and scissor, so tiles cannot touch), and the block
 comes back in one read, already laid out as (T, H, W, 3), or converted to the video encoder's
 yuv420p by a second pass (`render.yuv`) and read at half the bytes. The tiles encode sRGB with the
-torch path's own table, so their bytes are the rasterizer's. llvmpipe keeps drawing one frame at a
-time into its sRGB colour buffer (see `GLDrawer.__init__`).
+torch path's own table, so their bytes are the rasterizer's; a frame's tile offset can round an
+edge pixel the other way (on an H100 one pixel of 4096 at 64 px, one level). llvmpipe keeps drawing
+one frame at a time into its sRGB colour buffer (see `GLDrawer.__init__`).
 
 The context is created once per process on first use (`gl_context`) and reused by every renderer;
 a lock makes one thread draw at a time, and each draw makes the context current on its own thread
