@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
                   f"{row['vowel_opening']:.2f}, openness r {row['openness_r']:.2f}"
                   + (f", {row['distance_to_clean_mm']:.3f} mm from clean" if "distance_to_clean_mm" in row else ""), flush=True)
     out = {"clip": "arctic_a0009", "closure_mm": args.closure_mm, "seconds": round(time.perf_counter() - started, 1),
-           "command": "python eval/speech_conditions.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+           "command": "python eval/speech_conditions.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "conditions": {name: list(CONDITIONS[name]) for name in args.conditions}, "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1))
