@@ -13,7 +13,6 @@ to the clean clip's animation says how far the condition moved the face.
 """
 
 import argparse
-import json
 import math
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 ARCTIC = Path(__file__).resolve().parents[1] / "assets" / "audio" / "arctic_a0009"
 # name -> (how, parameter): "gain" dB, "dc" offset, "sine" (Hz, amplitude), "ffmpeg" (filter, tempo factor),
@@ -93,8 +94,10 @@ def main(argv=None) -> int:
                    help=f"any of: {', '.join(CONDITIONS)}")
     p.add_argument("--closure-mm", type=float, default=1.0, help="lips count as closed below this gap")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--json", type=JSON_FILE, required=True, help="where to write the report")
     args = p.parse_args(argv)
+    if not args.closure_mm > 0:
+        p.error("--closure-mm must be positive (a lip gap in mm)")
 
     from blendtalk.evaluation.lipsync import lipsync_report
     from blendtalk.face.rig import load_rig
@@ -132,9 +135,7 @@ def main(argv=None) -> int:
     out = {"clip": "arctic_a0009", "closure_mm": args.closure_mm, "seconds": round(time.perf_counter() - started, 1),
            "command": "python eval/speech_conditions.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "conditions": {name: list(CONDITIONS[name]) for name in args.conditions}, "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1))
-    print(f"report written to {args.json}")
+    print(f"report written to {write_report(args.json, out)}")
     return 0
 
 
