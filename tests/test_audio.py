@@ -298,3 +298,23 @@ def test_mains_hum_and_rumble_are_taken_off_and_clean_audio_is_left_alone():
         before = np.abs(log_mel(noisy)[:, :3] - clean[:, :3]).mean()
         after = np.abs(log_mel(load_audio(noisy, sample_rate=SAMPLE_RATE))[:, :3] - clean[:, :3]).mean()
         assert after < before / 3, (before, after)
+
+
+def test_a_live_stream_loses_steady_hum_however_it_is_chunked():
+    """After its first second, a stream's steady mains hum is subtracted (fitted on the last second,
+    continued in time); a stream without hum passes as it came; any chunking gives the same samples."""
+    from blendtalk.speech.audio import RunningHum
+
+    x = np.tile(load_audio(ARCTIC_WAV), 2)
+    t = np.arange(len(x)) / SAMPLE_RATE
+    hum = (0.005 * np.sin(2 * np.pi * 50 * t + 0.3) + 0.0025 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
+
+    def stream(audio, chunk):
+        running = RunningHum()
+        return np.concatenate([running(audio[i : i + chunk]) for i in range(0, len(audio), chunk)])
+
+    out = stream(x + hum, 320)
+    settled = 3 * SAMPLE_RATE // 2
+    assert np.sqrt(np.mean((out - x)[settled:] ** 2)) < 0.5 * np.sqrt(np.mean(hum[settled:] ** 2))
+    np.testing.assert_array_equal(stream(x + hum, 777), out)
+    np.testing.assert_array_equal(stream(x, 320), x)

@@ -33,7 +33,7 @@ import torch
 from ..constants import FPS, SAMPLE_RATE
 from ..expression.emotions import ONSET_HOLD, pause_share, yield_to_closure
 from ..expression.head_motion import HeadMotionConfig, add_posture
-from ..speech.audio import RunningDc
+from ..speech.audio import RunningDc, RunningHum
 from ..speech.phones import BILABIAL_IDS, SILENCE_ID
 from ..speech.visemes import seal_bilabials
 from .motion import ExpressionStream, HeadStream
@@ -140,7 +140,7 @@ class LiveSession:
         self._quiet_since = 0
         self._last_notice: dict[str, float] = {}
         self._arrivals: deque = deque()  # (sample count, perf_counter) of accepted chunks
-        self._dc = RunningDc()
+        self._dc, self._hum = RunningDc(), RunningHum()
 
     # ---- input ----
     def push(self, chunk, sample_rate: int = SAMPLE_RATE, arrived: float | None = None) -> list[LiveFrame]:
@@ -175,7 +175,7 @@ class LiveSession:
                                   "to catch up")
             self._thin = backlog > THIN_LAG_SECONDS
         self._watch_level(x)
-        x = self._dc(x)  # as loading a file takes its mean off (speech.audio.remove_dc)
+        x = self._hum(self._dc(x))  # as loading a file takes its DC offset and hum off (speech.audio)
         self._arrivals.append((self.received + len(x), arrived))
         self._samples.append((self.received, x))
         self.received += len(x)

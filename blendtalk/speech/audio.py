@@ -267,18 +267,10 @@ def remove_dc(audio: np.ndarray) -> np.ndarray:
     return (audio - np.mean(audio, dtype=np.float64)).astype(np.float32)
 
 
-def remove_hum(audio: np.ndarray) -> np.ndarray:
-    """Audio (S,) at 16 kHz less stationary mains hum and rumble, where the clip has them; otherwise
-    returned as it is. Like a DC offset, both sit in the lowest mel bands, which the speech model
-    reads: hum at 50 Hz 27 dB under the speech moved the face 0.21 mm (docs/experiments.md).
-    Hum is found on the whole clip's spectrum as a line at 50 or 60 Hz standing HUM_PROMINENCE
-    times over its neighbourhood; that line and each of its harmonics that stands out are cut
-    (+-HUM_CUT_HZ, which holds next to no speech). Rumble (power below MEL_FMIN over RUMBLE_SHARE of
-    the clip's) is cut below MEL_FMIN."""
-    spectrum = np.fft.rfft(np.asarray(audio, np.float64))
-    power = np.abs(spectrum) ** 2
-    hz = np.fft.rfftfreq(len(audio), 1 / SAMPLE_RATE)
-    cut = np.zeros(len(hz), bool)
+def hum_lines(power: np.ndarray, hz: np.ndarray) -> list[float]:
+    """The mains hum lines (Hz) of a spectrum (power at frequencies `hz`, 1 Hz apart or closer): a line
+    at 50 or 60 Hz whose +-0.5 Hz hold HUM_PROMINENCE times the median power of its +-5 Hz
+    neighbourhood, then each of its harmonics up to HUM_HARMONICS that stands a third as high."""
 
     def prominence(line_hz: float) -> float:
         distance = np.abs(hz - line_hz)
@@ -287,18 +279,89 @@ def remove_hum(audio: np.ndarray) -> np.ndarray:
             return 0.0
         return float(power[line].mean() / max(np.median(power[near]), 1e-30))
 
+    lines = []
     for mains in MAINS_HZ:
-        if prominence(mains) < HUM_PROMINENCE:
-            continue
-        for k in range(1, HUM_HARMONICS + 1):
-            if k == 1 or prominence(k * mains) >= HUM_PROMINENCE / 3:  # a harmonic of a hum found: a lower bar
-                cut |= np.abs(hz - k * mains) <= HUM_CUT_HZ
+        if prominence(mains) >= HUM_PROMINENCE:
+            lines += [k * mains for k in range(1, HUM_HARMONICS + 1) if k == 1 or prominence(k * mains) >= HUM_PROMINENCE / 3]
+    return lines
+
+
+def remove_hum(audio: np.ndarray) -> np.ndarray:
+    """Audio (S,) at 16 kHz less stationary mains hum and rumble, where the clip has them; otherwise
+    returned as it is. Like a DC offset, both sit in the lowest mel bands, which the speech model
+    reads: hum at 50 Hz 27 dB under the speech moved the face 0.21 mm (docs/experiments.md).
+    Hum lines are found on the whole clip's spectrum (`hum_lines`) and cut +-HUM_CUT_HZ, which holds
+    next to no speech. Rumble (power below MEL_FMIN over RUMBLE_SHARE of the clip's) is cut below
+    MEL_FMIN."""
+    spectrum = np.fft.rfft(np.asarray(audio, np.float64))
+    power = np.abs(spectrum) ** 2
+    hz = np.fft.rfftfreq(len(audio), 1 / SAMPLE_RATE)
+    cut = np.zeros(len(hz), bool)
+    for line in hum_lines(power, hz):
+        cut |= np.abs(hz - line) <= HUM_CUT_HZ
     if power[hz < MEL_FMIN].sum() > RUMBLE_SHARE * power.sum():
         cut |= hz < MEL_FMIN
     if not cut.any():
         return audio
     spectrum[cut] = 0.0
     return np.fft.irfft(spectrum, n=len(audio)).astype(np.float32)
+
+
+class RunningHum:
+    """`remove_hum`'s hum cut for audio that arrives in chunks (a live session, after `RunningDc`).
+    Every LEVEL_BLOCK, the last second of whole blocks is searched for hum lines (`hum_lines`; a
+    second holds whole periods of 50 and 60 Hz and their harmonics, so each line is one FFT bin:
+    its amplitude and phase) and the hum it finds is subtracted from the samples that follow,
+    continued in time and ramped from the previous block's fit to this one's, so any chunking gives
+    the same samples. Until a second has arrived, and where there is no hum, samples pass as they
+    came. Rumble is not cut here."""
+
+    WINDOW = SAMPLE_RATE  # samples: one second
+
+    def __init__(self):
+        self.count = 0  # samples seen
+        self.recent = np.zeros(0, np.float32)  # the last WINDOW samples of whole blocks
+        self.partial = np.zeros(0, np.float32)  # the current block's samples so far
+        self.before: list[tuple[float, complex]] = []  # (Hz, amplitude at sample 0) of the previous fit
+        self.fit: list[tuple[float, complex]] = []  # ... of the fit the current block ramps to
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Chunk (S,) float32 -> the chunk less the hum found so far (S,) float32."""
+        out, i, block = np.empty(len(x), np.float32), 0, LEVEL_BLOCK
+        while i < len(x):
+            at = self.count % block
+            take = min(block - at, len(x) - i)
+            n = self.count + np.arange(take)  # absolute sample numbers
+            ramp = (at + 1 + np.arange(take)) / block
+            out[i : i + take] = x[i : i + take] - ((1 - ramp) * self._hum(self.before, n) + ramp * self._hum(self.fit, n))
+            self.partial = np.concatenate([self.partial, x[i : i + take]])
+            self.count += take
+            i += take
+            if self.count % block == 0:
+                self.recent = np.concatenate([self.recent, self.partial])[-self.WINDOW :]
+                self.partial = np.zeros(0, np.float32)
+                self.before, self.fit = self.fit, self._search()
+        return out
+
+    def _search(self) -> list[tuple[float, complex]]:
+        if len(self.recent) < self.WINDOW:
+            return []
+        spectrum = np.fft.rfft(self.recent.astype(np.float64))
+        hz = np.fft.rfftfreq(self.WINDOW, 1 / SAMPLE_RATE)
+        start = self.count - self.WINDOW  # the window's first sample: the bins' phases are relative to it
+        lines = []
+        for line in hum_lines(np.abs(spectrum) ** 2, hz):
+            value = spectrum[int(round(line))] * 2 / self.WINDOW  # a 1 Hz grid: line Hz is bin `line`
+            lines.append((line, value * np.exp(-2j * np.pi * line * start / SAMPLE_RATE)))
+        return lines
+
+    @staticmethod
+    def _hum(lines: list[tuple[float, complex]], n: np.ndarray) -> np.ndarray:
+        """The hum of `lines` at absolute samples n (S,) -> (S,) float64."""
+        out = np.zeros(len(n))
+        for line, amplitude in lines:
+            out += np.real(amplitude * np.exp(2j * np.pi * line * n / SAMPLE_RATE))
+        return out
 
 
 class RunningDc:
