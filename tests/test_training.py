@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -79,13 +80,23 @@ def test_resume_needs_a_run(tmp_path):
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tiny_corpus, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "train/train_dfm.py"), "--data", str(tiny_corpus), "--out", str(tmp_path), "-K", "4",
-           "--map-size", "32", "--batch-size", "4", "--epochs", "0.05", "--val-every", "1000", "--device", "cpu"]
+    """Two torchrun processes train one DFM over gloo. Once in about 20 CI runs on the loaded 2-core
+    machine a rank died of SIGABRT inside gloo (2026-12-07, not reproduced in 17 runs under load
+    since): a worker killed by a signal gets one more try, with the first try's reason kept in the
+    warnings summary; a second death, or any other failure, fails the test."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    runs = [p for p in tmp_path.iterdir() if (p / "checkpoint").is_dir()]
+    for attempt in (1, 2):
+        out_dir = tmp_path / f"try{attempt}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "train/train_dfm.py"), "--data", str(tiny_corpus), "--out", str(out_dir), "-K", "4",
+               "--map-size", "32", "--batch-size", "4", "--epochs", "0.05", "--val-every", "1000", "--device", "cpu"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+        if out.returncode == 0 or attempt == 2 or "Signal " not in out.stderr:
+            break
+        reasons = [line for line in out.stderr.splitlines() if "terminate" in line or "what()" in line or "Signal " in line]
+        warnings.warn(f"torchrun try 1: a worker died by a signal; trying again. {' | '.join(reasons)[-1500:]}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    runs = [p for p in out_dir.iterdir() if (p / "checkpoint").is_dir()]
     assert len(runs) == 1  # only rank 0 writes
 
 
