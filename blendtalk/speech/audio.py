@@ -82,8 +82,9 @@ def load_audio(
     `source` is a path (wav/flac/ogg through libsndfile; mp3, m4a and other containers through the
     ffmpeg binary of imageio-ffmpeg) or an array (S,) or (S, C) with its `sample_rate` in Hz
     (float in [-1, 1], or int16/int32 PCM). Channels are averaged to mono and its DC offset taken off
-    (`remove_dc`), and so are stationary mains hum and rumble where there are any (`remove_hum`). Float audio that peaks over full scale (a lossy codec's overshoot, up to
-    `MAX_FLOAT_PEAK`) is scaled to peak at 1 first.
+    (`remove_dc`), and so are stationary mains hum and rumble where there are any (`remove_hum`).
+    Float audio that peaks over full scale (a lossy codec's overshoot, up to `MAX_FLOAT_PEAK`) is
+    scaled to peak at 1 first.
 
     Raises:
         AudioError: missing/unreadable/unsupported file, no samples, shorter than MIN_SECONDS,
@@ -307,41 +308,83 @@ def remove_hum(audio: np.ndarray) -> np.ndarray:
     return np.fft.irfft(spectrum, n=len(audio)).astype(np.float32)
 
 
-class RunningHum:
-    """`remove_hum`'s hum cut for audio that arrives in chunks (a live session, after `RunningDc`).
-    Every LEVEL_BLOCK, the last second of whole blocks is searched for hum lines (`hum_lines`; a
-    second holds whole periods of 50 and 60 Hz and their harmonics, so each line is one FFT bin:
-    its amplitude and phase) and the hum it finds is subtracted from the samples that follow,
-    continued in time and ramped from the previous block's fit to this one's, so any chunking gives
-    the same samples. Until a second has arrived, and where there is no hum, samples pass as they
-    came. Rumble is not cut here."""
-
-    WINDOW = SAMPLE_RATE  # samples: one second
+class _Blockwise:
+    """Chunks (S,) float32 in, the same less a correction out, for audio that arrives in chunks (a
+    live session). The correction is estimated again at the end of every whole LEVEL_BLOCK, from the
+    blocks so far, and each block's samples lose a ramp from the estimate before the previous block
+    to the one after it (a step would be a click in every band). Estimating per block, not per chunk,
+    gives the same samples however the audio is cut into chunks. Subclasses say what is corrected
+    (`_correction`) and how a finished block moves the estimate (`_update`)."""
 
     def __init__(self):
         self.count = 0  # samples seen
-        self.recent = np.zeros(0, np.float32)  # the last WINDOW samples of whole blocks
         self.partial = np.zeros(0, np.float32)  # the current block's samples so far
-        self.before: list[tuple[float, complex]] = []  # (Hz, amplitude at sample 0) of the previous fit
-        self.fit: list[tuple[float, complex]] = []  # ... of the fit the current block ramps to
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Chunk (S,) float32 -> the chunk less the hum found so far (S,) float32."""
+        """Chunk (S,) float32 -> the chunk less the correction (S,) float32."""
         out, i, block = np.empty(len(x), np.float32), 0, LEVEL_BLOCK
         while i < len(x):
             at = self.count % block
             take = min(block - at, len(x) - i)
-            n = self.count + np.arange(take)  # absolute sample numbers
-            ramp = (at + 1 + np.arange(take)) / block
-            out[i : i + take] = x[i : i + take] - ((1 - ramp) * self._hum(self.before, n) + ramp * self._hum(self.fit, n))
+            ramp = np.arange(at + 1, at + take + 1) / block  # (take,) from the previous estimate to the latest
+            out[i : i + take] = x[i : i + take] - self._correction(self.count + np.arange(take), ramp)
             self.partial = np.concatenate([self.partial, x[i : i + take]])
             self.count += take
             i += take
             if self.count % block == 0:
-                self.recent = np.concatenate([self.recent, self.partial])[-self.WINDOW :]
+                self._update(self.partial)
                 self.partial = np.zeros(0, np.float32)
-                self.before, self.fit = self.fit, self._search()
         return out
+
+    def _correction(self, n: np.ndarray, ramp: np.ndarray) -> np.ndarray:
+        """What samples n (S,) (counted from the stream's start) lose, at ramp (S,) in (0, 1]."""
+        raise NotImplementedError
+
+    def _update(self, block: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class RunningDc(_Blockwise):
+    """`remove_dc` for a live session (`_Blockwise`): the mean of the blocks so far, then a running
+    mean with about `memory` seconds of memory. The first block passes as it came, and a steady
+    offset is gone within about half a second."""
+
+    def __init__(self, memory: float = 2.0):
+        super().__init__()
+        self.memory = int(memory * SAMPLE_RATE)  # samples
+        self.before = 0.0  # where the current block's ramp starts
+        self.level = 0.0  # where it ends: the estimate from the blocks before it
+
+    def _correction(self, n: np.ndarray, ramp: np.ndarray) -> np.ndarray:
+        return self.before + (self.level - self.before) * ramp
+
+    def _update(self, block: np.ndarray) -> None:
+        weight = len(block) / (min(self.count - len(block), self.memory) + len(block))
+        self.before = self.level
+        self.level += weight * (float(np.mean(block, dtype=np.float64)) - self.level)
+
+
+class RunningHum(_Blockwise):
+    """`remove_hum`'s hum cut for a live session (`_Blockwise`, after `RunningDc`). At every block the
+    last second is searched for hum lines (`hum_lines`; a second holds whole periods of 50 and 60 Hz
+    and their harmonics, so each line is one FFT bin: its amplitude and phase), and the hum it finds
+    is subtracted from the samples that follow, continued in time. Until a second has arrived, and
+    where there is no hum, samples pass as they came. Rumble is not cut here."""
+
+    WINDOW = SAMPLE_RATE  # samples: one second
+
+    def __init__(self):
+        super().__init__()
+        self.recent = np.zeros(0, np.float32)  # the last WINDOW samples of whole blocks
+        self.before: list[tuple[float, complex]] = []  # (Hz, amplitude at sample 0) of the previous fit
+        self.fit: list[tuple[float, complex]] = []  # ... of the fit the current block ramps to
+
+    def _correction(self, n: np.ndarray, ramp: np.ndarray) -> np.ndarray:
+        return (1 - ramp) * self._hum(self.before, n) + ramp * self._hum(self.fit, n)
+
+    def _update(self, block: np.ndarray) -> None:
+        self.recent = np.concatenate([self.recent, block])[-self.WINDOW :]
+        self.before, self.fit = self.fit, self._search()
 
     def _search(self) -> list[tuple[float, complex]]:
         if len(self.recent) < self.WINDOW:
@@ -361,40 +404,6 @@ class RunningHum:
         out = np.zeros(len(n))
         for line, amplitude in lines:
             out += np.real(amplitude * np.exp(2j * np.pi * line * n / SAMPLE_RATE))
-        return out
-
-
-class RunningDc:
-    """`remove_dc` for audio that arrives in chunks (a live session). The offset is estimated from
-    whole blocks of LEVEL_BLOCK samples: the mean of the blocks so far, then a running mean with about
-    `memory` seconds of memory. Each block's samples lose a ramp from the estimate before the
-    previous block to the one after it (a step would be a click in every band), so the first block
-    passes as it came and a steady offset is gone within about half a second. Estimating per block,
-    not per chunk, gives the same samples however the audio is cut into chunks."""
-
-    def __init__(self, memory: float = 2.0):
-        self.memory = int(memory * SAMPLE_RATE)  # samples
-        self.count = 0  # samples seen
-        self.partial = np.zeros(0, np.float32)  # the current block's samples so far
-        self.before = 0.0  # where the current block's ramp starts
-        self.level = 0.0  # where it ends: the estimate from the blocks before it
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Chunk (S,) float32 -> the chunk less the running offset (S,) float32."""
-        out, i, block = np.empty(len(x), np.float32), 0, LEVEL_BLOCK
-        while i < len(x):
-            at = self.count % block
-            take = min(block - at, len(x) - i)
-            ramp = self.before + (self.level - self.before) * (np.arange(at + 1, at + take + 1) / block)
-            out[i : i + take] = x[i : i + take] - ramp
-            self.partial = np.concatenate([self.partial, x[i : i + take]])
-            self.count += take
-            i += take
-            if self.count % block == 0:  # a whole block: the estimate moves
-                weight = block / (min(self.count - block, self.memory) + block)
-                self.before = self.level
-                self.level += weight * (float(np.mean(self.partial, dtype=np.float64)) - self.level)
-                self.partial = np.zeros(0, np.float32)
         return out
 
 
