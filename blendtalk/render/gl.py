@@ -123,7 +123,7 @@ void main() {
 {encode}}
 """
 # How `_FRAGMENT_SHADER` writes its colour, chosen when the program is built: a branch on a uniform
-# cost llvmpipe 4-9% of a frame's drawing even where it was never taken (docs/experiments.md).
+# cost llvmpipe 5-6% of a frame's CPU even where it was never taken (docs/experiments.md).
 # Tiles: the sRGB byte from the torch path's own table, into a plain colour buffer.
 _TABLE_ENCODE = ("""uniform sampler2D srgb_table;    // (srgb_steps, 1) R8: the torch path's own sRGB table
 """, """    ivec3 i = ivec3(q);
