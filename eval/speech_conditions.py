@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blendtalk.constants import SAMPLE_RATE
 from blendtalk.evaluation.reports import JSON_FILE, write_report
 
 ARCTIC = Path(__file__).resolve().parents[1] / "assets" / "audio" / "arctic_a0009"
@@ -53,7 +54,7 @@ def make_condition(audio: np.ndarray, how: str, value, folder: Path, seed: int =
 
     path = folder / f"{how}-{len(list(folder.iterdir()))}.wav"
     rng = np.random.default_rng(seed)
-    t = np.arange(len(audio)) / 16000
+    t = np.arange(len(audio)) / SAMPLE_RATE
     tempo = 1.0
     if how == "gain":
         out = audio * 10 ** (value / 20)
@@ -63,10 +64,10 @@ def make_condition(audio: np.ndarray, how: str, value, folder: Path, seed: int =
         out = audio + value[1] * np.sin(2 * np.pi * value[0] * t)
     elif how == "reverb":  # exponentially decaying noise after a direct path of the given ratio
         tau, drr_db = value
-        tail = rng.standard_normal(int(6 * tau * 16000)) * np.exp(-np.arange(int(6 * tau * 16000)) / (tau * 16000))
-        tail[0] = 0.0
-        rir = tail.copy()
-        rir[0] = math.sqrt(np.sum(tail ** 2) * 10 ** (drr_db / 10))
+        taps = int(6 * tau * SAMPLE_RATE)
+        rir = rng.standard_normal(taps) * np.exp(-np.arange(taps) / (tau * SAMPLE_RATE))
+        rir[0] = 0.0  # the tail alone, to size the direct path against
+        rir[0] = math.sqrt(np.sum(rir ** 2) * 10 ** (drr_db / 10))  # the direct path against the tail's energy
         out = np.convolve(audio, rir)[: len(audio)]
         out = out / np.abs(out).max() * np.abs(audio).max()
     elif how == "noise":
@@ -77,14 +78,14 @@ def make_condition(audio: np.ndarray, how: str, value, folder: Path, seed: int =
 
         filters, tempo = value
         src = folder / "source.wav"
-        sf.write(src, audio, 16000, subtype="FLOAT")
+        sf.write(src, audio, SAMPLE_RATE, subtype="FLOAT")
         rate = "44100" if filters == "aresample=44100" else "16000"
         subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-af", filters, "-ar", rate,
                         "-ac", "1", "-c:a", "pcm_f32le", str(path)], check=True)
         return path, tempo
     else:
         raise ValueError(f"unknown condition kind {how!r}")
-    sf.write(path, np.clip(out, -1.0, 1.0).astype(np.float32), 16000, subtype="FLOAT")
+    sf.write(path, np.clip(out, -1.0, 1.0).astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
     return path, tempo
 
 
